@@ -1,0 +1,92 @@
+//! The boot sequence: bring up the hypervisor's own machinery, report what the machine
+//! offers, then hand over to the VMM.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use bootloader_api::BootInfo;
+
+use crate::shutdown::{self, Status};
+use crate::{acpi_info, detect, gdt, interrupts, memory, println, serial, time};
+
+pub fn start(boot_info: &'static mut BootInfo) -> ! {
+    serial::init();
+    time::calibrate();
+    serial::init_logger();
+    println!("hv: hypervisor {} starting", env!("CARGO_PKG_VERSION"));
+    gdt::init();
+    interrupts::init(&[]);
+    log::info!("GDT, TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        println!("hv: FATAL: the bootloader did not map physical memory");
+        shutdown::exit(Status::Failure);
+    };
+    let mem = match memory::init(&boot_info.memory_regions, phys_offset) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("hv: FATAL: {e}");
+            shutdown::exit(Status::Failure);
+        }
+    };
+    log::info!(
+        "heap {} KiB at {:#x}, TSC {} MHz",
+        mem.heap.len() / 1024,
+        mem.heap.start,
+        time::tsc_hz() / 1_000_000
+    );
+
+    let platform = acpi_info::discover(boot_info.rsdp_addr.into_option());
+    let cpu = detect::identify();
+    let ext = detect::detect(&cpu);
+
+    println!("hv: boot report");
+    println!(
+        "hv:   cpu: {} {:?} family {:#x} model {:#x}",
+        cpu.vendor, cpu.brand, cpu.family, cpu.model
+    );
+    match &ext {
+        Ok(detect::Extension::Vmx(c)) => println!(
+            "hv:   extension: VT-x (VMCS revision {:#x}) features: {}",
+            c.revision_id,
+            c.feature_list()
+        ),
+        Ok(detect::Extension::Svm(c)) => println!(
+            "hv:   extension: AMD-V (SVM revision {}) features: {}",
+            c.revision,
+            c.feature_list()
+        ),
+        Err(_) => println!("hv:   extension: none"),
+    }
+    match &platform {
+        Ok(p) => {
+            let ids: Vec<String> = p.apic_ids.iter().map(|id| alloc::format!("{id}")).collect();
+            println!(
+                "hv:   processors: {} (local APIC IDs {}) from the ACPI MADT",
+                p.apic_ids.len(),
+                ids.join(" ")
+            );
+            for io in &p.io_apics {
+                println!(
+                    "hv:   ioapic: id {} at {:#x}, GSI base {}",
+                    io.id, io.address, io.gsi_base
+                );
+            }
+        }
+        Err(e) => println!("hv:   processors: unknown ({e}); running on the boot processor only"),
+    }
+    println!(
+        "hv:   memory: {} MiB usable in {} map regions",
+        mem.usable_bytes >> 20,
+        mem.regions
+    );
+
+    let ext = match ext {
+        Ok(ext) => ext,
+        Err(why) => {
+            println!("hv: cannot host guests: {why}");
+            shutdown::exit(Status::Unsupported);
+        }
+    };
+    println!("hv: using {}", ext.name());
+    shutdown::exit(Status::Success)
+}

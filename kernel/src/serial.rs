@@ -1,0 +1,111 @@
+//! The host serial line (COM1): the hypervisor's log and the relay of guest consoles.
+//! `log` records carry a timestamp in seconds since boot and the level.
+
+use core::fmt::{self, Write};
+use spin::Mutex;
+use uart_16550::SerialPort;
+
+const COM1: u16 = 0x3F8;
+
+static PORT: Mutex<Option<SerialPort>> = Mutex::new(None);
+
+pub fn init() {
+    // SAFETY: COM1 is the standard PC serial port; nothing else in the hypervisor
+    // drives these I/O ports.
+    let mut port = unsafe { SerialPort::new(COM1) };
+    port.init();
+    *PORT.lock() = Some(port);
+}
+
+/// Writes straight to the port. Used by the logger and the console relay.
+pub fn write_fmt(args: fmt::Arguments) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(port) = PORT.lock().as_mut() {
+            let _ = port.write_fmt(args);
+        }
+    });
+}
+
+/// Waits until the UART has shifted out everything written (LSR.TEMT), so that a
+/// power-off right after the last line does not cut it short in emulators that model
+/// the baud rate.
+pub fn drain() {
+    let mut lsr: x86_64::instructions::port::PortReadOnly<u8> =
+        x86_64::instructions::port::PortReadOnly::new(COM1 + 5);
+    for _ in 0..1_000_000 {
+        // SAFETY: reading the line status register has no side effects.
+        if unsafe { lsr.read() } & 0x40 != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// For the exception and panic paths: the lock may be held by the code that faulted,
+/// so take the port over without it. Output may interleave; losing the report would
+/// be worse.
+pub fn emergency_write_fmt(args: fmt::Arguments) {
+    if let Some(mut guard) = PORT.try_lock() {
+        if let Some(port) = guard.as_mut() {
+            let _ = port.write_fmt(args);
+            return;
+        }
+    }
+    // SAFETY: see `init`; we only write bytes, and the machine is about to stop.
+    let mut port = unsafe { SerialPort::new(COM1) };
+    let _ = port.write_fmt(args);
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::serial::write_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+struct SerialLogger;
+
+impl log::Log for SerialLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let micros = crate::time::uptime_micros();
+        write_fmt(format_args!(
+            "[{:5}.{:06}] {:5} {}\n",
+            micros / 1_000_000,
+            micros % 1_000_000,
+            record.level(),
+            record.args()
+        ));
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: SerialLogger = SerialLogger;
+
+/// The level is fixed when the image is built (`HV_LOG` at build time, set by
+/// `cargo xtask build --log <level>`); the default is `info`.
+pub const BUILD_LOG_LEVEL: log::LevelFilter = match option_env!("HV_LOG") {
+    Some(s) => parse_level(s.as_bytes()),
+    None => log::LevelFilter::Info,
+};
+
+const fn parse_level(s: &[u8]) -> log::LevelFilter {
+    match s {
+        b"off" => log::LevelFilter::Off,
+        b"error" => log::LevelFilter::Error,
+        b"warn" => log::LevelFilter::Warn,
+        b"debug" => log::LevelFilter::Debug,
+        b"trace" => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Info,
+    }
+}
+
+pub fn init_logger() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(BUILD_LOG_LEVEL);
+}

@@ -1,0 +1,4 @@
+#![no_std]
+
+pub mod caps;
+pub use caps::{SvmCaps, SvmUnavailable};

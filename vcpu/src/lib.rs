@@ -1,0 +1,241 @@
+//! The vendor-neutral vCPU interface: the guest register file, the one exit type the
+//! VMM core dispatches on, and the `Vcpu` trait that `vmx` and `svm` implement.
+//!
+//! Nothing here knows about VMCS fields or VMCB offsets; nothing in the core knows
+//! which vendor it runs on.
+#![no_std]
+
+
+/// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
+/// RSP, RIP and RFLAGS live in the VMCB/VMCS and are reached through [`Vcpu`].
+///
+/// The layout is fixed (`repr(C)`): the vendor entry stubs save and restore it by offset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegisters {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// The processor mode a guest starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMode {
+    /// Real mode, CS:IP = `entry >> 4 : entry & 0xf` style flat segment at 0.
+    Real,
+    /// 32-bit protected mode, flat 4 GiB segments, paging off.
+    Protected,
+    /// 64-bit long mode with paging (the page tables are given by the loader).
+    Long,
+}
+
+/// Where and how a vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartState {
+    pub mode: CpuMode,
+    pub rip: u64,
+    pub rsp: u64,
+    /// Guest-physical address of the PML4 for [`CpuMode::Long`]; ignored otherwise.
+    pub cr3: u64,
+    /// Initial general-purpose registers (boot protocols pass pointers in them).
+    pub regs: GuestRegisters,
+}
+
+/// One port I/O access as the guest performed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortIo {
+    pub port: u16,
+    /// Access width in bytes: 1, 2 or 4.
+    pub size: u8,
+    pub write: bool,
+    /// INS/OUTS: the core does not emulate string I/O through this path.
+    pub string: bool,
+    pub rep: bool,
+}
+
+/// Why the guest stopped running. Every vendor exit maps onto one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    PortIo(PortIo),
+    /// An access to guest-physical memory that is mapped as MMIO (not RAM).
+    Mmio {
+        gpa: u64,
+        write: bool,
+    },
+    Rdmsr {
+        msr: u32,
+    },
+    Wrmsr {
+        msr: u32,
+        value: u64,
+    },
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
+    /// VMMCALL / VMCALL.
+    Hypercall,
+    Halt,
+    /// A guest-physical access with no mapping, or against the mapping's permissions.
+    NestedPageFault {
+        gpa: u64,
+        write: bool,
+        fetch: bool,
+    },
+    InterruptWindow,
+    /// A physical interrupt arrived (for example the hypervisor's own timer).
+    ExternalInterrupt,
+    /// The hypervisor's time slice for this vCPU ran out.
+    Preempted,
+    /// Triple fault (or another condition after which the CPU would shut down).
+    Shutdown,
+    /// The guest executed a virtualization instruction (VMRUN, VMXON, ...): it gets #UD.
+    VirtInstruction,
+    /// VM entry was refused by the processor; the text explains which check failed.
+    EntryFailure {
+        code: u64,
+        reason: &'static str,
+    },
+    /// Anything the backend could not decode; `code` is the raw vendor exit code.
+    Unknown {
+        code: u64,
+    },
+}
+
+/// A stable, small key for per-reason exit statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitKind {
+    PortIo,
+    Mmio,
+    Msr,
+    Cpuid,
+    Hypercall,
+    Halt,
+    NestedPageFault,
+    InterruptWindow,
+    ExternalInterrupt,
+    Preempted,
+    Shutdown,
+    VirtInstruction,
+    EntryFailure,
+    Unknown,
+}
+
+impl ExitKind {
+    pub const COUNT: usize = 14;
+    pub const ALL: [ExitKind; Self::COUNT] = [
+        ExitKind::PortIo,
+        ExitKind::Mmio,
+        ExitKind::Msr,
+        ExitKind::Cpuid,
+        ExitKind::Hypercall,
+        ExitKind::Halt,
+        ExitKind::NestedPageFault,
+        ExitKind::InterruptWindow,
+        ExitKind::ExternalInterrupt,
+        ExitKind::Preempted,
+        ExitKind::Shutdown,
+        ExitKind::VirtInstruction,
+        ExitKind::EntryFailure,
+        ExitKind::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::PortIo => "io",
+            ExitKind::Mmio => "mmio",
+            ExitKind::Msr => "msr",
+            ExitKind::Cpuid => "cpuid",
+            ExitKind::Hypercall => "hypercall",
+            ExitKind::Halt => "hlt",
+            ExitKind::NestedPageFault => "npf",
+            ExitKind::InterruptWindow => "intr-window",
+            ExitKind::ExternalInterrupt => "extint",
+            ExitKind::Preempted => "preempt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::VirtInstruction => "virt-insn",
+            ExitKind::EntryFailure => "entry-fail",
+            ExitKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl Exit {
+    pub fn kind(&self) -> ExitKind {
+        match self {
+            Exit::PortIo(_) => ExitKind::PortIo,
+            Exit::Mmio { .. } => ExitKind::Mmio,
+            Exit::Rdmsr { .. } | Exit::Wrmsr { .. } => ExitKind::Msr,
+            Exit::Cpuid { .. } => ExitKind::Cpuid,
+            Exit::Hypercall => ExitKind::Hypercall,
+            Exit::Halt => ExitKind::Halt,
+            Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
+            Exit::InterruptWindow => ExitKind::InterruptWindow,
+            Exit::ExternalInterrupt => ExitKind::ExternalInterrupt,
+            Exit::Preempted => ExitKind::Preempted,
+            Exit::Shutdown => ExitKind::Shutdown,
+            Exit::VirtInstruction => ExitKind::VirtInstruction,
+            Exit::EntryFailure { .. } => ExitKind::EntryFailure,
+            Exit::Unknown { .. } => ExitKind::Unknown,
+        }
+    }
+}
+
+/// An exception the core asks the backend to inject on the next entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+}
+
+impl Exception {
+    pub const UD: Exception = Exception {
+        vector: 6,
+        error_code: None,
+    };
+    pub const GP0: Exception = Exception {
+        vector: 13,
+        error_code: Some(0),
+    };
+}
+
+/// One guest-physical to host-physical mapping the backend installs in its nested
+/// page tables (EPT or NPT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestMapping {
+    pub gpa: u64,
+    pub hpa: u64,
+    pub len: u64,
+    pub writable: bool,
+    pub executable: bool,
+}
+
+/// What a vendor backend offers the core for one virtual CPU.
+pub trait Vcpu {
+    /// Enter the guest and run until the next exit. `slice_tsc` bounds how long the
+    /// guest may run (in TSC cycles) before [`Exit::Preempted`] or
+    /// [`Exit::ExternalInterrupt`] gives control back.
+    fn run(&mut self, slice_tsc: u64) -> Exit;
+    fn regs(&mut self) -> &mut GuestRegisters;
+    fn rip(&self) -> u64;
+    fn set_rip(&mut self, rip: u64);
+    /// Step over the instruction that caused the last exit (CPUID, RDMSR, OUT, ...).
+    fn skip_instruction(&mut self);
+    /// Deliver `exception` to the guest on the next entry instead of completing the
+    /// exiting instruction.
+    fn inject_exception(&mut self, exception: Exception);
+    /// The guest's current processor mode (for reports).
+    fn mode(&self) -> CpuMode;
+}

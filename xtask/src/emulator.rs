@@ -1,0 +1,390 @@
+//! Booting the disk images: QEMU (AMD-V under software emulation, or a nested-capable
+//! KVM) and Bochs (VT-x with EPT). Runs are either interactive (`cargo xtask run`) or
+//! captured with a time limit (tests).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::tools;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// QEMU exits with `(value << 1) | 1` for a value written to isa-debug-exit; these are
+/// the kernel's `shutdown::Status` values.
+pub const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+pub const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
+pub const EXIT_UNSUPPORTED: i32 = (0x12 << 1) | 1;
+
+#[derive(Clone, Debug)]
+pub struct QemuOptions {
+    pub firmware: Firmware,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Open a GDB stub on tcp::1234 and wait for the debugger before starting.
+    pub gdb: bool,
+    /// The `-cpu` model; `None` picks one (see [`QemuOptions::cpu_and_accel`]).
+    pub cpu: Option<String>,
+    /// Force software emulation even when a nested-capable KVM is present.
+    pub force_tcg: bool,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        Self {
+            firmware: Firmware::Bios,
+            memory_mib: 512,
+            cpus: 2,
+            gdb: false,
+            cpu: None,
+            force_tcg: false,
+        }
+    }
+}
+
+impl QemuOptions {
+    /// KVM only where it can run a hypervisor (nested virtualization on); otherwise
+    /// TCG with an AMD model that has SVM and nested paging.
+    pub fn cpu_and_accel(&self) -> (String, &'static str) {
+        if !self.force_tcg && self.cpu.is_none() && tools::nested_kvm_available() {
+            return ("host".into(), "kvm");
+        }
+        (
+            self.cpu
+                .clone()
+                .unwrap_or_else(|| "qemu64,+svm,+npt".into()),
+            "tcg",
+        )
+    }
+}
+
+/// The QEMU command line for `image`. `work_dir` holds the writable OVMF variables.
+pub fn qemu_command(image: &Path, opts: &QemuOptions, work_dir: &Path) -> Result<Command, String> {
+    let mut needed = vec![tools::QEMU];
+    if opts.firmware == Firmware::Uefi {
+        needed.extend([tools::OVMF_CODE, tools::OVMF_VARS]);
+    }
+    let paths = tools::require(&needed, "boot the hypervisor in QEMU")?;
+    let (cpu, accel) = opts.cpu_and_accel();
+    let mut cmd = Command::new(&paths[0]);
+    cmd.args(["-machine", "q35", "-accel", accel, "-cpu", &cpu])
+        .args([
+            "-m",
+            &opts.memory_mib.to_string(),
+            "-smp",
+            &opts.cpus.to_string(),
+        ])
+        .args(["-serial", "stdio", "-display", "none", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    match opts.firmware {
+        Firmware::Bios => {
+            cmd.arg("-drive")
+                .arg(format!("format=raw,snapshot=on,file={}", image.display()));
+        }
+        Firmware::Uefi => {
+            std::fs::create_dir_all(work_dir)
+                .map_err(|e| format!("{}: {e}", work_dir.display()))?;
+            let vars = work_dir.join("OVMF_VARS.fd");
+            std::fs::copy(&paths[2], &vars).map_err(|e| format!("copying OVMF variables: {e}"))?;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,readonly=on,file={}",
+                    paths[1].display()
+                ))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+                .arg("-drive")
+                .arg(format!("format=raw,snapshot=on,file={}", image.display()));
+        }
+    }
+    if opts.gdb {
+        cmd.args(["-s", "-S"]);
+    }
+    Ok(cmd)
+}
+
+#[derive(Clone, Debug)]
+pub struct BochsOptions {
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+impl Default for BochsOptions {
+    fn default() -> Self {
+        Self {
+            memory_mib: 128,
+            cpus: 1,
+        }
+    }
+}
+
+/// A prepared Bochs run: its configuration directory, the serial log it writes, and
+/// the Xvfb display it needs (the bootloader wants true-colour VESA modes, which only
+/// the X display library offers; see shared/PLATFORM.md).
+pub struct BochsRun {
+    pub serial_log: PathBuf,
+    bochs: Child,
+    xvfb: Child,
+}
+
+impl Drop for BochsRun {
+    fn drop(&mut self) {
+        let _ = self.bochs.kill();
+        let _ = self.bochs.wait();
+        let _ = self.xvfb.kill();
+        let _ = self.xvfb.wait();
+    }
+}
+
+fn free_display() -> u32 {
+    // Displays from :90 upward; a lock file means taken.
+    let base = 90 + (std::process::id() % 500);
+    (base..base + 400)
+        .find(|n| !Path::new(&format!("/tmp/.X{n}-lock")).exists())
+        .unwrap_or(base)
+}
+
+pub fn start_bochs(image: &Path, opts: &BochsOptions, work_dir: &Path) -> Result<BochsRun, String> {
+    let paths = tools::require(
+        &[
+            tools::BOCHS,
+            tools::BOCHS_BIOS,
+            tools::VGABIOS,
+            tools::BOCHS_X,
+            tools::XVFB,
+        ],
+        "boot the hypervisor in Bochs (VT-x)",
+    )?;
+    std::fs::create_dir_all(work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+    // Bochs takes the disk by path and leaves `<image>.lock` behind when killed: give
+    // it a private copy so parallel runs and stale locks cannot interfere.
+    let disk = work_dir.join("disk.img");
+    std::fs::copy(image, &disk).map_err(|e| format!("copying {}: {e}", image.display()))?;
+    let _ = std::fs::remove_file(work_dir.join("disk.img.lock"));
+    let serial_log = work_dir.join("serial.txt");
+    let _ = std::fs::remove_file(&serial_log);
+    let bochsrc = format!(
+        "megs: {mem}\n\
+         romimage: file={bios}\n\
+         vgaromimage: file={vga}\n\
+         vga: extension=vbe\n\
+         display_library: x\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips=100000000, reset_on_triple_fault=0\n\
+         ata0-master: type=disk, path={disk}, mode=flat\n\
+         boot: disk\n\
+         com1: enabled=1, mode=file, dev={serial}\n\
+         clock: sync=none, time0=local\n\
+         port_e9_hack: enabled=1\n\
+         log: {log}\n\
+         panic: action=fatal\n\
+         error: action=report\n",
+        mem = opts.memory_mib,
+        bios = paths[1].display(),
+        vga = paths[2].display(),
+        cpus = opts.cpus,
+        disk = disk.display(),
+        serial = serial_log.display(),
+        log = work_dir.join("bochs.log").display(),
+    );
+    let rc = work_dir.join("bochsrc");
+    std::fs::write(&rc, bochsrc).map_err(|e| format!("writing bochsrc: {e}"))?;
+    // Debian's Bochs has its debugger built in: `c` runs, `quit` ends at shutdown.
+    let cmds = work_dir.join("debugger.rc");
+    std::fs::write(&cmds, "c\nquit\n").map_err(|e| format!("writing debugger commands: {e}"))?;
+
+    let display = free_display();
+    let xvfb = Command::new(&paths[4])
+        .arg(format!(":{display}"))
+        .args(["-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting Xvfb: {e}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let bochs = Command::new(&paths[0])
+        .args(["-q", "-f"])
+        .arg(&rc)
+        .arg("-rc")
+        .arg(&cmds)
+        .env("DISPLAY", format!(":{display}"))
+        .current_dir(work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let bochs = match bochs {
+        Ok(b) => b,
+        Err(e) => {
+            let mut xvfb = xvfb;
+            let _ = xvfb.kill();
+            let _ = xvfb.wait();
+            return Err(format!("starting bochs: {e}"));
+        }
+    };
+    Ok(BochsRun {
+        serial_log,
+        bochs,
+        xvfb,
+    })
+}
+
+/// The outcome of a captured run.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// What the machine wrote to its first serial port.
+    pub serial: String,
+    /// The emulator's exit code (`None` when killed at the time limit).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs QEMU with its serial port on stdout, until it exits or `limit` passes.
+/// `stop_when` may end the run early once the output shows what was awaited.
+pub fn run_qemu_captured(mut cmd: Command, limit: Duration) -> Result<RunOutput, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let out = Arc::clone(&out);
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (exit_code, timed_out) = wait_with_limit(&mut child, limit);
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    let mut serial = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    if !stderr.trim().is_empty() {
+        serial.push_str("\n[qemu stderr]\n");
+        serial.push_str(&stderr);
+    }
+    Ok(RunOutput {
+        serial,
+        exit_code,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration) -> (Option<i32>, bool) {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return (status.code(), false),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, true);
+            }
+        }
+    }
+}
+
+/// Runs Bochs until it exits, `limit` passes, or the serial log contains `done_marker`
+/// (Bochs has no exit status of its own to carry the hypervisor's).
+pub fn run_bochs_captured(
+    image: &Path,
+    opts: &BochsOptions,
+    work_dir: &Path,
+    done_marker: &str,
+    limit: Duration,
+) -> Result<RunOutput, String> {
+    let start = Instant::now();
+    let mut run = start_bochs(image, opts, work_dir)?;
+    let mut exit_code = None;
+    let mut timed_out = false;
+    loop {
+        let serial = std::fs::read_to_string(&run.serial_log).unwrap_or_default();
+        if serial.contains(done_marker) {
+            // Give Bochs a moment to act on the shutdown port itself.
+            std::thread::sleep(Duration::from_millis(300));
+            if let Ok(Some(s)) = run.bochs.try_wait() {
+                exit_code = s.code();
+            }
+            break;
+        }
+        if let Ok(Some(s)) = run.bochs.try_wait() {
+            exit_code = s.code();
+            break;
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut serial = std::fs::read_to_string(&run.serial_log).unwrap_or_default();
+    // Bochs reports the guest's use of its shutdown port as a "panic" and exits with 1,
+    // so its exit code says nothing: the serial log's end marker does.
+    if timed_out || !serial.contains(done_marker) {
+        let log = std::fs::read_to_string(work_dir.join("bochs.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        serial.push_str("\n[bochs.log tail]\n");
+        for l in tail.into_iter().rev() {
+            serial.push_str(l);
+            serial.push('\n');
+        }
+    }
+    drop(run);
+    Ok(RunOutput {
+        serial,
+        exit_code,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Streams a Bochs run's serial log to stdout until Bochs exits (interactive `run`).
+pub fn run_bochs_interactive(
+    image: &Path,
+    opts: &BochsOptions,
+    work_dir: &Path,
+) -> Result<(), String> {
+    let mut run = start_bochs(image, opts, work_dir)?;
+    let mut shown = 0usize;
+    loop {
+        let serial = std::fs::read(&run.serial_log).unwrap_or_default();
+        if serial.len() > shown {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&serial[shown..]);
+            let _ = out.flush();
+            shown = serial.len();
+        }
+        if let Ok(Some(_)) = run.bochs.try_wait() {
+            break;
+        }
+        if String::from_utf8_lossy(&serial).contains("hv: stopping with status") {
+            std::thread::sleep(Duration::from_millis(500));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! `cargo xtask`: builds the kernel and its disk images, boots them in QEMU or Bochs,
+//! runs the tests and writes USB sticks. The integration tests use this library too.
+
+pub mod build;
+pub mod emulator;
+pub mod flash;
+
+pub mod tools;

@@ -1,0 +1,256 @@
+//! `cargo xtask <command>`: the developer workflow. See `cargo xtask help`.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use xtask::build::{self, BuildOptions};
+use xtask::emulator::{self, BochsOptions, Firmware, QemuOptions};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+commands:
+  build                 build the kernel and the BIOS and UEFI disk images
+  run                   build when needed and boot the hypervisor
+      --uefi | --bios       firmware (default: BIOS)
+      --memory <MiB>        machine memory (default: 512 in QEMU, 128 in Bochs)
+      --cpus <n>            processors (default: 2 in QEMU, 1 in Bochs)
+      --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
+      --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
+      --tcg                 QEMU: software emulation even if a nested KVM exists
+  test                  host unit tests, then integration tests that boot images
+      --host                only the host unit tests
+  flash <device>        write the disk image to a USB stick (removable whole disk)
+      --uefi | --bios       which image (default: BIOS; UEFI for UEFI-only machines)
+      --yes                 do not ask for confirmation
+options for build, run, test and flash:
+  --debug               unoptimised kernel (boots much slower under emulators)
+  --log <level>         kernel log level: off, error, warn, info, debug, trace
+";
+
+struct Args {
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.rest.len();
+        self.rest.retain(|a| a != name);
+        before != self.rest.len()
+    }
+    fn value(&mut self, name: &str) -> Result<Option<String>, String> {
+        match self.rest.iter().position(|a| a == name) {
+            None => Ok(None),
+            Some(i) if i + 1 < self.rest.len() => {
+                let v = self.rest.remove(i + 1);
+                self.rest.remove(i);
+                Ok(Some(v))
+            }
+            Some(_) => Err(format!("{name} needs a value")),
+        }
+    }
+    fn number(&mut self, name: &str) -> Result<Option<u32>, String> {
+        self.value(name)?
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{name}: {v:?} is not a number"))
+            })
+            .transpose()
+    }
+    fn finish(self) -> Result<Vec<String>, String> {
+        if let Some(unknown) = self.rest.iter().find(|a| a.starts_with("--")) {
+            return Err(format!("unknown option {unknown} (see `cargo xtask help`)"));
+        }
+        Ok(self.rest)
+    }
+}
+
+fn build_options(args: &mut Args) -> Result<BuildOptions, String> {
+    let mut opts = BuildOptions::default();
+    if args.flag("--debug") {
+        opts.release = false;
+    }
+    if let Some(level) = args.value("--log")? {
+        opts.log_level = level;
+    }
+    Ok(opts)
+}
+
+fn firmware(args: &mut Args) -> Result<Firmware, String> {
+    match (args.flag("--uefi"), args.flag("--bios")) {
+        (true, true) => Err("choose one of --uefi and --bios".into()),
+        (true, false) => Ok(Firmware::Uefi),
+        _ => Ok(Firmware::Bios),
+    }
+}
+
+fn run(mut args: Args) -> Result<(), String> {
+    let bopts = build_options(&mut args)?;
+    let fw = firmware(&mut args)?;
+    let memory = args.number("--memory")?;
+    let cpus = args.number("--cpus")?;
+    let gdb = args.flag("--gdb");
+    let tcg = args.flag("--tcg");
+    let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
+    args.finish()?;
+    let built = build::build_all(&bopts, None)?;
+    let work = build::target_dir().join("hv").join("run");
+    match emulator.as_str() {
+        "qemu" => {
+            let opts = QemuOptions {
+                firmware: fw,
+                memory_mib: memory.unwrap_or(512),
+                cpus: cpus.unwrap_or(2),
+                gdb,
+                cpu: None,
+                force_tcg: tcg,
+            };
+            let image = if fw == Firmware::Uefi {
+                &built.images.uefi
+            } else {
+                &built.images.bios
+            };
+            let mut cmd = emulator::qemu_command(image, &opts, &work)?;
+            let (cpu, accel) = opts.cpu_and_accel();
+            eprintln!(
+                "xtask: booting {} in QEMU ({accel}, -cpu {cpu}); quit with Ctrl-A X",
+                image.display()
+            );
+            if gdb {
+                eprintln!("xtask: QEMU waits for GDB on localhost:1234 (target remote :1234)");
+            }
+            let status = cmd.status().map_err(|e| format!("starting QEMU: {e}"))?;
+            match status.code() {
+                Some(emulator::EXIT_SUCCESS) => eprintln!("xtask: the hypervisor stopped cleanly"),
+                Some(code) => eprintln!("xtask: QEMU exited with status {code}"),
+                None => eprintln!("xtask: QEMU was stopped by a signal"),
+            }
+            Ok(())
+        }
+        "bochs" => {
+            if fw == Firmware::Uefi {
+                return Err("Bochs boots the BIOS image only".into());
+            }
+            let opts = BochsOptions {
+                memory_mib: memory.unwrap_or(128),
+                cpus: cpus.unwrap_or(1),
+            };
+            eprintln!(
+                "xtask: booting {} in Bochs (VT-x with EPT; slow, be patient)",
+                built.images.bios.display()
+            );
+            emulator::run_bochs_interactive(&built.images.bios, &opts, &work.join("bochs"))
+        }
+        other => Err(format!("unknown emulator {other:?}: use qemu or bochs")),
+    }
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(build::workspace_root());
+    cmd
+}
+
+fn test(mut args: Args) -> Result<(), String> {
+    let bopts = build_options(&mut args)?;
+    let host_only = args.flag("--host");
+    args.finish()?;
+    eprintln!("xtask: host unit tests");
+    let ok = cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "tests",
+            "--exclude",
+            "kernel",
+            "--exclude",
+            "guests",
+        ])
+        .status()
+        .map_err(|e| e.to_string())?
+        .success()
+        && cargo()
+            .args(["test", "--package", "kernel", "--lib"])
+            .status()
+            .map_err(|e| e.to_string())?
+            .success();
+    if !ok {
+        return Err("host unit tests failed".into());
+    }
+    if host_only {
+        return Ok(());
+    }
+    let built = build::build_all(&bopts, None)?;
+    eprintln!(
+        "xtask: integration tests (boot the images under QEMU with AMD-V and Bochs with VT-x)"
+    );
+    let ok = cargo()
+        .args(["test", "--package", "tests", "--", "--test-threads=2"])
+        .env("HV_BIOS_IMAGE", &built.images.bios)
+        .env("HV_UEFI_IMAGE", &built.images.uefi)
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("integration tests failed".into())
+    }
+}
+
+fn flash(mut args: Args) -> Result<(), String> {
+    let bopts = build_options(&mut args)?;
+    let fw = firmware(&mut args)?;
+    let yes = args.flag("--yes");
+    let rest = args.finish()?;
+    let [device] = rest.as_slice() else {
+        return Err("usage: cargo xtask flash <device> [--yes] [--uefi]".into());
+    };
+    let built = build::build_all(&bopts, None)?;
+    let image = if fw == Firmware::Uefi {
+        built.images.uefi
+    } else {
+        built.images.bios
+    };
+    xtask::flash::flash(&image, &PathBuf::from(device), yes)
+}
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        eprint!("{HELP}");
+        return ExitCode::FAILURE;
+    }
+    let command = argv.remove(0);
+    let mut args = Args { rest: argv };
+    let result = match command.as_str() {
+        "build" => build_options(&mut args).and_then(|o| {
+            args.finish()?;
+            let built = build::build_all(&o, None)?;
+            println!(
+                "{}\n{}",
+                built.images.bios.display(),
+                built.images.uefi.display()
+            );
+            Ok(())
+        }),
+        "run" => run(args),
+        "test" => test(args),
+        "flash" => flash(args),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!(
+            "unknown command {other:?} (see `cargo xtask help`)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
