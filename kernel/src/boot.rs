@@ -6,7 +6,8 @@ use alloc::vec::Vec;
 use bootloader_api::BootInfo;
 
 use crate::shutdown::{self, Status};
-use crate::{acpi_info, detect, gdt, interrupts, memory, println, serial, time};
+use crate::vmm::host_memory::KernelMemory;
+use crate::{acpi_info, detect, gdt, interrupts, memory, println, serial, time, timer, vmm};
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
     serial::init();
@@ -14,7 +15,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     serial::init_logger();
     println!("hv: hypervisor {} starting", env!("CARGO_PKG_VERSION"));
     gdt::init();
-    interrupts::init(&[]);
+    interrupts::init(&timer::handlers());
     log::info!("GDT, TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
@@ -88,5 +89,46 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         }
     };
     println!("hv: using {}", ext.name());
-    shutdown::exit(Status::Success)
+
+    let ramdisk = boot_info.ramdisk_addr.into_option().map(|addr| {
+        // SAFETY: the bootloader loaded the ramdisk at this virtual address with this
+        // length and keeps it mapped; nothing else writes to it.
+        unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) }
+    });
+    let specs = match ramdisk.map(bundle::read) {
+        None => {
+            println!("hv: no guest bundle: nothing to run");
+            shutdown::exit(Status::Success);
+        }
+        Some(Err(e)) => {
+            println!("hv: the guest bundle is unusable: {e}");
+            shutdown::exit(Status::Failure);
+        }
+        Some(Ok(specs)) => specs,
+    };
+    println!("hv: guest bundle holds {} VM(s)", specs.len());
+    timer::init();
+    let failed = match ext {
+        detect::Extension::Svm(caps) => {
+            match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
+                Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+                Err(e) => {
+                    println!("hv: enabling AMD-V failed: {e}");
+                    shutdown::exit(Status::Failure);
+                }
+            }
+        }
+        detect::Extension::Vmx(_caps) => {
+            println!(
+                "hv: the VT-x backend cannot run guests yet; {} VM(s) not started",
+                specs.len()
+            );
+            specs.len()
+        }
+    };
+    shutdown::exit(if failed == 0 {
+        Status::Success
+    } else {
+        Status::Failure
+    })
 }

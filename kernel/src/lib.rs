@@ -2,11 +2,12 @@
 //! core. Pure logic is host-tested (`cargo test -p kernel --lib`); the rest runs on the
 //! machine (or emulator) and is tested by booting images.
 #![cfg_attr(not(test), no_std)]
-#![feature(abi_x86_interrupt)]
+#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
 extern crate alloc;
 
 pub mod memory_map;
+pub mod vmm;
 
 #[cfg(target_os = "none")]
 pub mod acpi_info;
@@ -26,6 +27,8 @@ pub mod serial;
 pub mod shutdown;
 #[cfg(target_os = "none")]
 pub mod time;
+#[cfg(target_os = "none")]
+pub mod timer;
 
 /// Reports a panic with its location and message, then stops the machine.
 #[cfg(target_os = "none")]

@@ -2,3 +2,9 @@
 
 pub mod caps;
 pub use caps::{SvmCaps, SvmUnavailable};
+
+pub mod backend;
+pub mod exit;
+pub mod npt;
+pub mod permission_maps;
+pub mod vmcb;

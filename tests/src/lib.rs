@@ -9,31 +9,35 @@ use std::time::Duration;
 pub use xtask::emulator::{BochsOptions, Firmware, QemuOptions, RunOutput};
 use xtask::{build, emulator};
 
+pub use xtask::build::GuestSet;
+
 pub struct Images {
     pub bios: PathBuf,
     pub uefi: PathBuf,
 }
 
-/// The images `cargo xtask test` built (passed in the environment), or a fresh build.
-pub fn images() -> &'static Images {
-    static IMAGES: OnceLock<Images> = OnceLock::new();
-    IMAGES.get_or_init(|| {
-        match (
-            std::env::var_os("HV_BIOS_IMAGE"),
-            std::env::var_os("HV_UEFI_IMAGE"),
-        ) {
-            (Some(bios), Some(uefi)) => Images {
-                bios: bios.into(),
-                uefi: uefi.into(),
-            },
-            _ => {
-                let built = build::build_all(&build::BuildOptions::default(), None)
-                    .unwrap_or_else(|e| panic!("building the images failed: {e}"));
-                Images {
-                    bios: built.images.bios,
-                    uefi: built.images.uefi,
-                }
-            }
+/// The images for `set`, built once per test binary (a no-op rebuild when
+/// `cargo xtask test` already built them with the same options, passed in
+/// `HV_RELEASE` and `HV_LOG`).
+pub fn images(set: GuestSet) -> &'static Images {
+    static PLAIN: OnceLock<Images> = OnceLock::new();
+    static TEST: OnceLock<Images> = OnceLock::new();
+    static DEMO: OnceLock<Images> = OnceLock::new();
+    let cell = match set {
+        GuestSet::None => &PLAIN,
+        GuestSet::Test => &TEST,
+        GuestSet::Demo => &DEMO,
+    };
+    cell.get_or_init(|| {
+        let opts = build::BuildOptions {
+            release: std::env::var("HV_RELEASE").map_or(true, |v| v != "0"),
+            log_level: std::env::var("HV_LOG").unwrap_or_else(|_| "info".into()),
+        };
+        let built = build::build_all(&opts, set)
+            .unwrap_or_else(|e| panic!("building the images failed: {e}"));
+        Images {
+            bios: built.images.bios,
+            uefi: built.images.uefi,
         }
     })
 }
@@ -43,8 +47,8 @@ pub fn work_dir(test: &str) -> PathBuf {
     build::target_dir().join("hv").join("tests").join(test)
 }
 
-pub fn boot_qemu(test: &str, opts: &QemuOptions, limit: Duration) -> RunOutput {
-    let imgs = images();
+pub fn boot_qemu(test: &str, set: GuestSet, opts: &QemuOptions, limit: Duration) -> RunOutput {
+    let imgs = images(set);
     let image = match opts.firmware {
         Firmware::Bios => &imgs.bios,
         Firmware::Uefi => &imgs.uefi,
@@ -62,12 +66,13 @@ pub fn boot_qemu(test: &str, opts: &QemuOptions, limit: Duration) -> RunOutput {
 
 pub fn boot_bochs(
     test: &str,
+    set: GuestSet,
     opts: &BochsOptions,
     done_marker: &str,
     limit: Duration,
 ) -> RunOutput {
     let out =
-        emulator::run_bochs_captured(&images().bios, opts, &work_dir(test), done_marker, limit)
+        emulator::run_bochs_captured(&images(set).bios, opts, &work_dir(test), done_marker, limit)
             .unwrap_or_else(|e| panic!("cannot run Bochs: {e}"));
     eprintln!(
         "[{test}] Bochs ran {:.1} s, exit code {:?}",

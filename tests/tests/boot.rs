@@ -19,7 +19,7 @@ fn amd_v_bios_boot_report() {
         force_tcg: true,
         ..Default::default()
     };
-    let out = boot_qemu("amd_v_bios", &opts, QEMU_LIMIT);
+    let out = boot_qemu("amd_v_bios", GuestSet::None, &opts, QEMU_LIMIT);
     out.expect_line("hv: boot report")
         .expect_line("cpu: AuthenticAMD")
         .expect_line("extension: AMD-V (SVM revision")
@@ -47,7 +47,7 @@ fn amd_v_uefi_boot_report() {
         force_tcg: true,
         ..Default::default()
     };
-    let out = boot_qemu("amd_v_uefi", &opts, QEMU_LIMIT);
+    let out = boot_qemu("amd_v_uefi", GuestSet::None, &opts, QEMU_LIMIT);
     out.expect_line("extension: AMD-V")
         .expect_line(" NPT ")
         .expect_line("processors: 3 (local APIC IDs 0 1 2) from the ACPI MADT")
@@ -68,7 +68,7 @@ fn missing_svm_is_explained_and_stops_cleanly() {
         force_tcg: true,
         ..Default::default()
     };
-    let out = boot_qemu("no_svm", &opts, QEMU_LIMIT);
+    let out = boot_qemu("no_svm", GuestSet::None, &opts, QEMU_LIMIT);
     out.expect_line("extension: none")
         .expect_line("cannot host guests: AMD-V unavailable: CPUID reports no SVM")
         .expect_line("nested virtualization")
@@ -85,7 +85,7 @@ fn missing_npt_is_explained() {
         force_tcg: true,
         ..Default::default()
     };
-    let out = boot_qemu("no_npt", &opts, QEMU_LIMIT);
+    let out = boot_qemu("no_npt", GuestSet::None, &opts, QEMU_LIMIT);
     out.expect_line("cannot host guests: AMD-V unavailable")
         .expect_line("nested paging")
         .expect_exit(EXIT_UNSUPPORTED);
@@ -95,6 +95,7 @@ fn missing_npt_is_explained() {
 fn vt_x_bios_boot_report_under_bochs() {
     let out = boot_bochs(
         "vt_x_bochs",
+        GuestSet::None,
         &BochsOptions::default(),
         "hv: stopping with status",
         BOCHS_LIMIT,

@@ -5,6 +5,7 @@
 //! which vendor it runs on.
 #![no_std]
 
+pub mod paging;
 
 /// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
 /// RSP, RIP and RFLAGS live in the VMCB/VMCS and are reached through [`Vcpu`].
@@ -238,4 +239,63 @@ pub trait Vcpu {
     fn inject_exception(&mut self, exception: Exception);
     /// The guest's current processor mode (for reports).
     fn mode(&self) -> CpuMode;
+    /// MSRs whose value lives in the VMCB/VMCS (EFER, the TSC): the core's MSR policy
+    /// decides whether an access is allowed, the backend carries it out. `None` / `false`
+    /// for an MSR the backend does not own (the core then injects #GP).
+    fn read_backend_msr(&mut self, msr: u32) -> Option<u64>;
+    fn write_backend_msr(&mut self, msr: u32, value: u64) -> bool;
+}
+
+/// Host physical memory as a backend needs it: zeroed, page-aligned, contiguous
+/// allocations for its control structures (VMCB/VMCS, permission bitmaps, nested page
+/// tables), reached through the hypervisor's mapping of physical memory.
+pub trait HostMemory: paging::TableMemory {
+    /// `size` bytes (a page multiple), zeroed, aligned to `align`; host-physical address.
+    fn alloc(&mut self, size: u64, align: u64) -> Option<u64>;
+    fn free(&mut self, pa: u64, size: u64);
+    /// Where host-physical `pa` can be accessed.
+    fn virt(&mut self, pa: u64) -> *mut u8;
+}
+
+/// Why a backend could not set up or run a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendError {
+    OutOfMemory,
+    /// The nested page tables could not map guest RAM.
+    Map(paging::MapError),
+    /// A check the manuals require failed (VMCB consistency, VMX control settings);
+    /// the text names it.
+    Check(&'static str),
+    /// All address-space tags (ASIDs / VPIDs) are in use.
+    NoTagsLeft,
+}
+
+impl core::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            BackendError::OutOfMemory => write!(f, "out of host memory for control structures"),
+            BackendError::Map(e) => write!(f, "nested page tables: {e:?}"),
+            BackendError::Check(what) => write!(f, "{what}"),
+            BackendError::NoTagsLeft => write!(f, "no free ASID/VPID"),
+        }
+    }
+}
+
+/// A vendor's virtualization extension once enabled on this processor: it makes vCPUs.
+/// The core is generic over it; `boot` picks the implementation from CPUID.
+pub trait Backend {
+    type Vcpu: Vcpu;
+    /// "VT-x" or "AMD-V".
+    fn name(&self) -> &'static str;
+    /// A vCPU whose guest-physical memory is exactly `ram` (everything else faults to
+    /// the core as [`Exit::NestedPageFault`]), starting as `start` says.
+    fn create_vcpu(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        ram: &[GuestMapping],
+        start: &StartState,
+    ) -> Result<Self::Vcpu, BackendError>;
+    /// Returns every host resource the vCPU held (control structures, page tables, its
+    /// ASID/VPID).
+    fn destroy_vcpu(&mut self, mem: &mut dyn HostMemory, vcpu: Self::Vcpu);
 }

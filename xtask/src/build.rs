@@ -85,10 +85,44 @@ pub fn build_kernel(opts: &BuildOptions) -> Result<PathBuf, String> {
         .join("kernel"))
 }
 
-/// Builds the kernel and both disk images, with the guest bundle as ramdisk when given.
-pub fn build_all(opts: &BuildOptions, ramdisk: Option<&Path>) -> Result<Built, String> {
+/// Which VMs an image carries in its ramdisk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestSet {
+    /// No bundle: the hypervisor boots, reports and stops.
+    None,
+    /// The tiny guests (`cargo xtask run`).
+    Demo,
+    /// The tiny guests, as the integration tests boot them.
+    Test,
+}
+
+impl GuestSet {
+    fn dir_name(self) -> &'static str {
+        match self {
+            GuestSet::None => "plain",
+            GuestSet::Demo => "demo",
+            GuestSet::Test => "test",
+        }
+    }
+}
+
+/// Builds the kernel, the guests of `set`, and both disk images for it, in
+/// `target/hv/<set>/`.
+pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
-    let out = target_dir().join("hv");
+    let out = target_dir().join("hv").join(set.dir_name());
+    let ramdisk = match set {
+        GuestSet::None => None,
+        GuestSet::Demo | GuestSet::Test => {
+            let images = crate::vms::build_tiny_guests(
+                &workspace_root(),
+                &target_dir().join("hv").join("guests"),
+            )?;
+            let vms = crate::vms::tiny_guests(&images);
+            Some(crate::vms::write_bundle(&vms, &out.join("bundle.bin"))?)
+        }
+    };
+    let ramdisk = ramdisk.as_deref();
     eprintln!(
         "xtask: writing BIOS and UEFI disk images to {}",
         out.display()

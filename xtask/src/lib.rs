@@ -4,5 +4,7 @@
 pub mod build;
 pub mod emulator;
 pub mod flash;
+pub mod guests;
+pub mod vms;
 
 pub mod tools;

@@ -93,7 +93,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let tcg = args.flag("--tcg");
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     args.finish()?;
-    let built = build::build_all(&bopts, None)?;
+    let built = build::build_all(&bopts, build::GuestSet::Demo)?;
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {
         "qemu" => {
@@ -181,14 +181,16 @@ fn test(mut args: Args) -> Result<(), String> {
     if host_only {
         return Ok(());
     }
-    let built = build::build_all(&bopts, None)?;
+    for set in [build::GuestSet::None, build::GuestSet::Test] {
+        build::build_all(&bopts, set)?;
+    }
     eprintln!(
         "xtask: integration tests (boot the images under QEMU with AMD-V and Bochs with VT-x)"
     );
     let ok = cargo()
         .args(["test", "--package", "tests", "--", "--test-threads=2"])
-        .env("HV_BIOS_IMAGE", &built.images.bios)
-        .env("HV_UEFI_IMAGE", &built.images.uefi)
+        .env("HV_RELEASE", if bopts.release { "1" } else { "0" })
+        .env("HV_LOG", &bopts.log_level)
         .status()
         .map_err(|e| e.to_string())?
         .success();
@@ -207,7 +209,7 @@ fn flash(mut args: Args) -> Result<(), String> {
     let [device] = rest.as_slice() else {
         return Err("usage: cargo xtask flash <device> [--yes] [--uefi]".into());
     };
-    let built = build::build_all(&bopts, None)?;
+    let built = build::build_all(&bopts, build::GuestSet::Demo)?;
     let image = if fw == Firmware::Uefi {
         built.images.uefi
     } else {
@@ -227,7 +229,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "build" => build_options(&mut args).and_then(|o| {
             args.finish()?;
-            let built = build::build_all(&o, None)?;
+            let built = build::build_all(&o, build::GuestSet::Demo)?;
             println!(
                 "{}\n{}",
                 built.images.bios.display(),

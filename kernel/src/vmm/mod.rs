@@ -1,0 +1,16 @@
+//! The vendor-neutral VMM core: guest loading, the CPUID/MSR/hypercall policy, exit
+//! dispatch to devices, per-VM statistics, and the run loop that time-slices VMs.
+//! It sees only `vcpu::Backend` and `vcpu::Vcpu`; which vendor runs underneath is
+//! decided once, in `boot`.
+
+pub mod loader;
+pub mod policy;
+pub mod stats;
+pub mod vm;
+
+#[cfg(target_os = "none")]
+pub mod host_memory;
+#[cfg(target_os = "none")]
+mod run;
+#[cfg(target_os = "none")]
+pub use run::run_all;

@@ -1,0 +1,294 @@
+//! What guests see of the processor: the CPUID view (no VMX/SVM, the hypervisor-present
+//! bit, this project's leaves at 0x4000_0000), the MSR allow-list (everything else is
+//! #GP), and the hypercall ABI. Vendor-neutral and pure: host-tested.
+
+/// The 12-byte signature at CPUID 0x4000_0000 (EBX, ECX, EDX).
+pub const SIGNATURE: &[u8; 12] = b"hv-baremetal";
+pub const MAX_HYPERVISOR_LEAF: u32 = 0x4000_0001;
+pub const INTERFACE_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidResult {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+mod bits {
+    pub const L1_ECX_MONITOR: u32 = 1 << 3;
+    pub const L1_ECX_VMX: u32 = 1 << 5;
+    pub const L1_ECX_X2APIC: u32 = 1 << 21;
+    pub const L1_ECX_XSAVE: u32 = 1 << 26;
+    pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
+    pub const L1_ECX_AVX: u32 = 1 << 28;
+    pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+    pub const EXT1_ECX_SVM: u32 = 1 << 2;
+    pub const L7_EBX_AVX2: u32 = 1 << 5;
+    pub const L7_EBX_AVX512F: u32 = 1 << 16;
+}
+
+/// The guest's view of CPUID `leaf`/`subleaf`, derived from the host's answer.
+///
+/// Hidden on purpose: VMX and SVM (no nested virtualization), MONITOR/MWAIT (not
+/// emulated), x2APIC (no virtual x2APIC yet), and XSAVE with the AVX family: the
+/// hypervisor does not switch XCR0 between guests, so a guest must not be told it may
+/// use XSETBV.
+pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) -> CpuidResult {
+    use bits::*;
+    match leaf {
+        0x4000_0000 => CpuidResult {
+            eax: MAX_HYPERVISOR_LEAF,
+            ebx: u32::from_le_bytes(SIGNATURE[0..4].try_into().unwrap()),
+            ecx: u32::from_le_bytes(SIGNATURE[4..8].try_into().unwrap()),
+            edx: u32::from_le_bytes(SIGNATURE[8..12].try_into().unwrap()),
+        },
+        0x4000_0001 => CpuidResult {
+            eax: INTERFACE_VERSION,
+            ..Default::default()
+        },
+        0x4000_0002..=0x4000_FFFF => CpuidResult::default(),
+        1 => {
+            let mut r = host(1, 0);
+            r.ecx &= !(L1_ECX_VMX
+                | L1_ECX_MONITOR
+                | L1_ECX_X2APIC
+                | L1_ECX_XSAVE
+                | L1_ECX_OSXSAVE
+                | L1_ECX_AVX);
+            r.ecx |= L1_ECX_HYPERVISOR;
+            // One vCPU per VM: initial APIC ID 0, one logical processor.
+            r.ebx &= 0x0000_FFFF;
+            r.ebx |= 1 << 16;
+            r
+        }
+        7 => {
+            let mut r = host(7, subleaf);
+            if subleaf == 0 {
+                r.ebx &= !(L7_EBX_AVX2 | L7_EBX_AVX512F);
+            }
+            r
+        }
+        0xD => CpuidResult::default(),
+        0x8000_0001 => {
+            let mut r = host(leaf, subleaf);
+            r.ecx &= !EXT1_ECX_SVM;
+            r
+        }
+        // The SVM feature leaf describes a feature the guest does not have.
+        0x8000_000A => CpuidResult::default(),
+        _ => host(leaf, subleaf),
+    }
+}
+
+/// MSRs every backend passes straight through in hardware: the VMCB/VMCS switches them
+/// per guest, so the guest's values never leak into the host or another guest.
+pub const HARDWARE_SWITCHED_MSRS: &[u32] = &[
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0xC000_0081, // STAR
+    0xC000_0082, // LSTAR
+    0xC000_0083, // CSTAR
+    0xC000_0084, // SFMASK
+    0xC000_0100, // FS_BASE
+    0xC000_0101, // GS_BASE
+    0xC000_0102, // KERNEL_GS_BASE
+];
+
+pub const IA32_EFER: u32 = 0xC000_0080;
+pub const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
+pub const IA32_APIC_BASE: u32 = 0x1B;
+pub const IA32_FEATURE_CONTROL: u32 = 0x3A;
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8B;
+pub const IA32_MTRRCAP: u32 = 0xFE;
+pub const IA32_MISC_ENABLE: u32 = 0x1A0;
+pub const IA32_PAT: u32 = 0x277;
+pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
+
+/// EFER bits a guest may set: SCE, LME, LMA, NXE. SVME (bit 12) and the rest are
+/// refused with #GP, as on a processor without those features.
+pub const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
+
+/// The emulated MSRs of one vCPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MsrState {
+    pub apic_base: u64,
+    pub mtrr_def_type: u64,
+}
+
+impl Default for MsrState {
+    fn default() -> Self {
+        Self {
+            // xAPIC at the architectural address, enabled, this is the BSP.
+            apic_base: 0xFEE0_0000 | (1 << 11) | (1 << 8),
+            mtrr_def_type: 0,
+        }
+    }
+}
+
+/// The outcome of an intercepted RDMSR/WRMSR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrAccess {
+    /// RDMSR returns this value / WRMSR is accepted; the instruction completes.
+    Value(u64),
+    /// The backend owns this MSR's value (EFER, TSC, PAT in the VMCB/VMCS): the core
+    /// asks the backend to read or write it (the value was already validated).
+    Backend,
+    /// Not on the allow-list: the guest gets #GP(0), as real hardware gives for an
+    /// MSR that does not exist.
+    Fault,
+}
+
+impl MsrState {
+    pub fn read(&self, msr: u32) -> MsrAccess {
+        match msr {
+            IA32_APIC_BASE => MsrAccess::Value(self.apic_base),
+            // Locked with VMX disabled: a guest must not try VMXON.
+            IA32_FEATURE_CONTROL => MsrAccess::Value(1),
+            IA32_BIOS_SIGN_ID => MsrAccess::Value(0),
+            // No variable or fixed MTRRs: the nested page tables decide memory types.
+            IA32_MTRRCAP => MsrAccess::Value(0),
+            IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
+            IA32_MISC_ENABLE => MsrAccess::Value(1), // fast strings
+            IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
+            _ => MsrAccess::Fault,
+        }
+    }
+
+    pub fn write(&mut self, msr: u32, value: u64) -> MsrAccess {
+        match msr {
+            // Relocating or disabling the APIC is not supported; rewriting the same
+            // value (firmware and Linux do that) is.
+            IA32_APIC_BASE if value == self.apic_base => MsrAccess::Value(value),
+            IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => MsrAccess::Value(value),
+            IA32_MTRR_DEF_TYPE if value & !0xCFF == 0 => {
+                self.mtrr_def_type = value;
+                MsrAccess::Value(value)
+            }
+            // Each PAT entry must name a valid memory type (0, 1, 4, 5, 6, 7): #GP
+            // otherwise (SDM Vol. 3A 13.12.2).
+            IA32_PAT if (0..8).all(|i| matches!((value >> (i * 8)) & 0xFF, 0 | 1 | 4..=7)) => {
+                MsrAccess::Backend
+            }
+            IA32_EFER if value & !EFER_GUEST_WRITABLE == 0 => MsrAccess::Backend,
+            IA32_TIME_STAMP_COUNTER => MsrAccess::Backend,
+            _ => MsrAccess::Fault,
+        }
+    }
+}
+
+/// The hypercall ABI (VMMCALL / VMCALL): number in RAX, result in RAX.
+pub mod hypercall {
+    /// Returns the interface version.
+    pub const VERSION: u64 = 0;
+    /// Returned for an unknown number (as -ENOSYS would be, two's complement -1).
+    pub const UNKNOWN: u64 = u64::MAX;
+
+    pub fn dispatch(number: u64) -> u64 {
+        match number {
+            VERSION => super::INTERFACE_VERSION as u64,
+            _ => UNKNOWN,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(leaf: u32, _sub: u32) -> CpuidResult {
+        match leaf {
+            1 => CpuidResult {
+                eax: 0x806e9,
+                ebx: 0x0402_0800,
+                ecx: !(1 << 31),
+                edx: 0x1,
+            },
+            0x8000_0001 => CpuidResult {
+                ecx: 0xffff_ffff,
+                ..Default::default()
+            },
+            0x8000_000A => CpuidResult {
+                eax: 1,
+                ebx: 16,
+                ecx: 0,
+                edx: 0xff,
+            },
+            _ => CpuidResult {
+                eax: leaf,
+                ebx: 1,
+                ecx: 2,
+                edx: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn hides_virtualization_and_sets_hypervisor_bit() {
+        let r = cpuid(1, 0, host);
+        assert_eq!(r.ecx & (1 << 5), 0, "VMX hidden");
+        assert_ne!(r.ecx & (1 << 31), 0, "hypervisor present");
+        assert_eq!(r.ecx & (1 << 26), 0, "XSAVE hidden");
+        assert_eq!(r.ebx >> 16, 1, "one logical processor, APIC ID 0");
+        assert_eq!(cpuid(0x8000_0001, 0, host).ecx & (1 << 2), 0, "SVM hidden");
+        assert_eq!(cpuid(0x8000_000A, 0, host), CpuidResult::default());
+        assert_eq!(cpuid(5, 0, host), host(5, 0), "other leaves pass through");
+    }
+
+    #[test]
+    fn hypervisor_leaves_carry_the_signature() {
+        let r = cpuid(0x4000_0000, 0, host);
+        assert_eq!(r.eax, MAX_HYPERVISOR_LEAF);
+        let mut sig = [0u8; 12];
+        sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+        sig[8..12].copy_from_slice(&r.edx.to_le_bytes());
+        assert_eq!(&sig, SIGNATURE);
+        assert_eq!(cpuid(0x4000_0001, 0, host).eax, INTERFACE_VERSION);
+        assert_eq!(cpuid(0x4000_0100, 0, host), CpuidResult::default());
+    }
+
+    #[test]
+    fn msr_allow_list() {
+        let mut m = MsrState::default();
+        assert_eq!(m.read(IA32_APIC_BASE), MsrAccess::Value(0xFEE0_0900));
+        assert_eq!(
+            m.read(0xC001_0117),
+            MsrAccess::Fault,
+            "VM_HSAVE_PA is not the guest's"
+        );
+        assert_eq!(
+            m.write(0xC001_0114, 0),
+            MsrAccess::Fault,
+            "VM_CR is not the guest's"
+        );
+        assert_eq!(
+            m.write(IA32_APIC_BASE, 0),
+            MsrAccess::Fault,
+            "APIC cannot be disabled"
+        );
+        assert_eq!(m.read(IA32_EFER), MsrAccess::Backend);
+        assert_eq!(m.write(IA32_EFER, 0xD01), MsrAccess::Backend);
+        assert_eq!(
+            m.write(IA32_EFER, 1 << 12),
+            MsrAccess::Fault,
+            "SVME refused"
+        );
+        assert_eq!(m.write(IA32_PAT, 0x0606_0606_0606_0606), MsrAccess::Backend);
+        assert_eq!(m.read(IA32_PAT), MsrAccess::Backend);
+        assert_eq!(
+            m.write(IA32_PAT, 0x02),
+            MsrAccess::Fault,
+            "type 2 is reserved"
+        );
+        assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0xC06), MsrAccess::Value(0xC06));
+        assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0x1000), MsrAccess::Fault);
+    }
+
+    #[test]
+    fn hypercalls() {
+        assert_eq!(hypercall::dispatch(hypercall::VERSION), 1);
+        assert_eq!(hypercall::dispatch(0xdead), u64::MAX);
+    }
+}

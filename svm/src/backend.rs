@@ -1,0 +1,397 @@
+//! AMD-V at run time: enabling SVM on this processor (EFER.SVME, VM_HSAVE_PA), building
+//! a vCPU (VMCB, permission maps, nested page tables, ASID) and entering the guest.
+//! The pure pieces live in `vmcb`, `npt`, `permission_maps` and `exit`; this module
+//! holds the small amount of unsafe code that touches the hardware.
+
+use core::arch::naked_asm;
+use raw_cpuid::CpuId;
+use vcpu::paging::Level;
+use vcpu::{
+    Backend, BackendError, CpuMode, Exception, Exit, GuestMapping, GuestRegisters, HostMemory,
+    StartState, Vcpu,
+};
+use x86_64::registers::model_specific::Msr;
+
+use crate::caps::SvmCaps;
+use crate::exit::{self, ExitInfo};
+use crate::npt::Npt;
+use crate::permission_maps::{IoPermissionMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
+use crate::vmcb::{efer, tlb_control, Intercept1, Vmcb};
+
+const MSR_EFER: u32 = 0xC000_0080;
+const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
+const PAGE: u64 = 4096;
+
+/// MSRs that VMLOAD/VMSAVE switch between host and guest (APM Vol. 2 15.5.2, the
+/// VMSAVE/VMLOAD state), so the guest may touch them directly.
+const PASS_THROUGH_MSRS: [u32; 10] = [
+    0x174,
+    0x175,
+    0x176,
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084,
+    0xC000_0100,
+    0xC000_0101,
+    0xC000_0102,
+];
+
+/// ASIDs 1..=255 at most are handed out (0 is the host's, APM 15.16); a bitmap keeps
+/// the allocator free of heap use.
+const MAX_ASIDS: usize = 256;
+
+pub struct SvmBackend {
+    caps: SvmCaps,
+    /// The host state that VMSAVE/VMLOAD switch (FS, GS, TR, LDTR, syscall MSRs).
+    host_state_pa: u64,
+    phys_width: u8,
+    max_leaf: Level,
+    asids_used: [u64; MAX_ASIDS / 64],
+}
+
+impl SvmBackend {
+    /// Turns SVM on for this processor. `caps` comes from `caps::detect`, which already
+    /// checked CPUID and VM_CR.SVMDIS.
+    pub fn enable(caps: SvmCaps, mem: &mut dyn HostMemory) -> Result<Self, BackendError> {
+        let cpuid = CpuId::new();
+        let ext = cpuid.get_extended_processor_and_feature_identifiers();
+        let nx = ext.as_ref().is_some_and(|e| e.has_execute_disable());
+        let gib_pages = ext.as_ref().is_some_and(|e| e.has_1gib_pages());
+        let phys_width = cpuid
+            .get_processor_capacity_feature_info()
+            .map_or(40, |c| c.physical_address_bits());
+        let host_save_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        let host_state_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        // SAFETY: SVM is present and not disabled (caps). Setting EFER.SVME enables the
+        // SVM instructions; NXE makes bit 63 of nested page entries mean no-execute
+        // rather than a reserved bit (APM 15.25.4). VM_HSAVE_PA gets a page the
+        // hypervisor owns for the rest of its life (APM 15.30.4).
+        unsafe {
+            let mut efer_msr = Msr::new(MSR_EFER);
+            let mut v = efer_msr.read() | efer::SVME;
+            if nx {
+                v |= efer::NXE;
+            }
+            efer_msr.write(v);
+            Msr::new(MSR_VM_HSAVE_PA).write(host_save_pa);
+        }
+        Ok(Self {
+            caps,
+            host_state_pa,
+            phys_width,
+            max_leaf: if gib_pages { Level::Pdpt } else { Level::Pd },
+            asids_used: [1; MAX_ASIDS / 64], // ASID 0 belongs to the host
+        })
+    }
+
+    fn alloc_asid(&mut self) -> Option<u32> {
+        let limit = (self.caps.asid_count as usize).min(MAX_ASIDS);
+        let asid = (1..limit).find(|&a| self.asids_used[a / 64] & (1 << (a % 64)) == 0)?;
+        self.asids_used[asid / 64] |= 1 << (asid % 64);
+        Some(asid as u32)
+    }
+
+    fn free_asid(&mut self, asid: u32) {
+        let a = asid as usize;
+        self.asids_used[a / 64] &= !(1 << (a % 64));
+    }
+}
+
+pub struct SvmVcpu {
+    vmcb_pa: u64,
+    vmcb: *mut Vmcb,
+    iopm_pa: u64,
+    msrpm_pa: u64,
+    npt: Option<Npt>,
+    regs: GuestRegisters,
+    asid: u32,
+    nrip_save: bool,
+    host_state_pa: u64,
+    last: ExitInfo,
+}
+
+impl SvmVcpu {
+    fn vmcb(&self) -> &Vmcb {
+        // SAFETY: `vmcb` points at the vCPU's own VMCB frame through the permanent
+        // physical-memory mapping; only this vCPU refers to it.
+        unsafe { &*self.vmcb }
+    }
+    fn vmcb_mut(&mut self) -> &mut Vmcb {
+        // SAFETY: as in `vmcb`, and `&mut self` makes the access exclusive.
+        unsafe { &mut *self.vmcb }
+    }
+}
+
+fn free_all(mem: &mut dyn HostMemory, v: &mut SvmVcpu) {
+    for (pa, size) in [
+        (v.vmcb_pa, PAGE),
+        (v.iopm_pa, IOPM_SIZE as u64),
+        (v.msrpm_pa, MSRPM_SIZE as u64),
+    ] {
+        if pa != 0 {
+            mem.free(pa, size);
+        }
+    }
+    if let Some(npt) = v.npt.take() {
+        npt.destroy(mem, |m, t| m.free(t, PAGE));
+    }
+}
+
+impl Backend for SvmBackend {
+    type Vcpu = SvmVcpu;
+
+    fn name(&self) -> &'static str {
+        "AMD-V"
+    }
+
+    fn create_vcpu(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        ram: &[GuestMapping],
+        start: &StartState,
+    ) -> Result<SvmVcpu, BackendError> {
+        let asid = self.alloc_asid().ok_or(BackendError::NoTagsLeft)?;
+        let mut v = SvmVcpu {
+            vmcb_pa: 0,
+            vmcb: core::ptr::null_mut(),
+            iopm_pa: 0,
+            msrpm_pa: 0,
+            npt: None,
+            regs: start.regs,
+            asid,
+            nrip_save: self.caps.nrip_save,
+            host_state_pa: self.host_state_pa,
+            last: ExitInfo::default(),
+        };
+        let result = (|| {
+            v.vmcb_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+            v.vmcb = mem.virt(v.vmcb_pa) as *mut Vmcb;
+            v.iopm_pa = mem
+                .alloc(IOPM_SIZE as u64, PAGE)
+                .ok_or(BackendError::OutOfMemory)?;
+            v.msrpm_pa = mem
+                .alloc(MSRPM_SIZE as u64, PAGE)
+                .ok_or(BackendError::OutOfMemory)?;
+            // SAFETY: both maps were just allocated (contiguous, zeroed, page-aligned,
+            // of their exact size) and are reached through the physical mapping.
+            let (iopm, msrpm) = unsafe {
+                (
+                    &mut *(mem.virt(v.iopm_pa) as *mut IoPermissionMap),
+                    &mut *(mem.virt(v.msrpm_pa) as *mut MsrPermissionMap),
+                )
+            };
+            // Every port and every MSR exits, but for the MSRs VMLOAD/VMSAVE switch.
+            iopm.reset_intercept_all();
+            msrpm.reset_intercept_all();
+            for msr in PASS_THROUGH_MSRS {
+                msrpm
+                    .allow(msr, true, true)
+                    .map_err(|_| BackendError::Check("MSR outside the permission map"))?;
+            }
+            let mut npt = Npt::new(mem).map_err(BackendError::Map)?;
+            for m in ram {
+                npt.map_guest(mem, m, self.max_leaf)
+                    .map_err(BackendError::Map)?;
+            }
+            let root = npt.root();
+            v.npt = Some(npt);
+            let (iopm_pa, msrpm_pa) = (v.iopm_pa, v.msrpm_pa);
+            let vmcb = v.vmcb_mut();
+            // A fresh or reused ASID may have stale translations: flush on first entry.
+            vmcb.init_control(asid, iopm_pa, msrpm_pa, root, tlb_control::FLUSH_ALL);
+            vmcb.control.intercept1 |= Intercept1::INIT.bits();
+            vmcb.set_start_state(start);
+            vmcb.save.rax = start.regs.rax;
+            vmcb.consistency_check(self.caps.asid_count, self.phys_width)
+                .map_err(BackendError::Check)
+        })();
+        match result {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                free_all(mem, &mut v);
+                self.free_asid(asid);
+                Err(e)
+            }
+        }
+    }
+
+    fn destroy_vcpu(&mut self, mem: &mut dyn HostMemory, mut vcpu: SvmVcpu) {
+        self.free_asid(vcpu.asid);
+        free_all(mem, &mut vcpu);
+    }
+}
+
+/// Enters the guest: VMSAVE the host's switched state, load the guest's general-purpose
+/// registers, CLGI/STI/VMLOAD/VMRUN, then store them back, VMSAVE the guest, VMLOAD the
+/// host and STGI. VMRUN only switches RAX, RSP and RIP of the GPRs (APM 15.5.1).
+///
+/// Interrupts: the host runs with RFLAGS.IF=0. Entering with GIF=0 and IF=1 means a
+/// physical interrupt during the guest causes #VMEXIT(INTR) (V_INTR_MASKING, APM
+/// 15.21.1) and stays pending until STGI, when the host's own handler takes it.
+///
+/// Arguments (System V): rdi = VMCB physical address, rsi = host state page physical
+/// address, rdx = `*mut GuestRegisters`.
+#[unsafe(naked)]
+unsafe extern "C" fn svm_enter(_vmcb_pa: u64, _host_state_pa: u64, _regs: *mut GuestRegisters) {
+    naked_asm!(
+        "push rbx",
+        "push rbp",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rsi", // [rsp+16] host state
+        "push rdi", // [rsp+8]  VMCB
+        "push rdx", // [rsp]    regs
+        "mov rax, rsi",
+        "vmsave rax",
+        "mov rax, rdx",
+        "mov rbx, [rax + 8]",
+        "mov rcx, [rax + 16]",
+        "mov rdx, [rax + 24]",
+        "mov rsi, [rax + 32]",
+        "mov rdi, [rax + 40]",
+        "mov rbp, [rax + 48]",
+        "mov r8, [rax + 56]",
+        "mov r9, [rax + 64]",
+        "mov r10, [rax + 72]",
+        "mov r11, [rax + 80]",
+        "mov r12, [rax + 88]",
+        "mov r13, [rax + 96]",
+        "mov r14, [rax + 104]",
+        "mov r15, [rax + 112]",
+        "mov rax, [rsp + 8]",
+        "clgi",
+        "sti",
+        "vmload rax",
+        "vmrun rax",
+        "vmsave rax",
+        "mov rax, [rsp]",
+        "mov [rax + 8], rbx",
+        "mov [rax + 16], rcx",
+        "mov [rax + 24], rdx",
+        "mov [rax + 32], rsi",
+        "mov [rax + 40], rdi",
+        "mov [rax + 48], rbp",
+        "mov [rax + 56], r8",
+        "mov [rax + 64], r9",
+        "mov [rax + 72], r10",
+        "mov [rax + 80], r11",
+        "mov [rax + 88], r12",
+        "mov [rax + 96], r13",
+        "mov [rax + 104], r14",
+        "mov [rax + 112], r15",
+        "mov rax, [rsp + 16]",
+        "vmload rax",
+        "stgi",
+        "cli",
+        "add rsp, 24",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbp",
+        "pop rbx",
+        "ret",
+    )
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Vcpu for SvmVcpu {
+    /// Time slices come from the hypervisor's periodic timer: its interrupt ends the
+    /// run as [`Exit::ExternalInterrupt`], so `_slice_tsc` is not needed here.
+    fn run(&mut self, _slice_tsc: u64) -> Exit {
+        let rax = self.regs.rax;
+        self.vmcb_mut().save.rax = rax;
+        self.vmcb_mut().control.vmcb_clean = 0;
+        let (vmcb_pa, host_pa) = (self.vmcb_pa, self.host_state_pa);
+        // SAFETY: the VMCB passed the consistency checks at creation, its nested page
+        // tables map only this guest's RAM, and every intercept that could reach host
+        // state is set; the stub preserves the host's callee-saved registers and its
+        // VMSAVE/VMLOAD state.
+        unsafe { svm_enter(vmcb_pa, host_pa, &mut self.regs) };
+        let (nrip_save, rcx, rdx) = (self.nrip_save, self.regs.rcx, self.regs.rdx);
+        let vmcb = self.vmcb_mut();
+        vmcb.control.tlb_control = tlb_control::DO_NOTHING;
+        // An event that was being delivered when the exit happened must be delivered
+        // again on the next entry (APM 15.7.2).
+        if vmcb.control.exitintinfo & (1 << 31) != 0 {
+            vmcb.control.eventinj = vmcb.control.exitintinfo;
+        }
+        let info = ExitInfo {
+            exitcode: vmcb.control.exitcode,
+            exitinfo1: vmcb.control.exitinfo1,
+            exitinfo2: vmcb.control.exitinfo2,
+            rax: vmcb.save.rax,
+            rcx,
+            rdx,
+            nrip: nrip_save.then_some(vmcb.control.next_rip),
+        };
+        self.regs.rax = info.rax;
+        self.last = info;
+        exit::decode(&info)
+    }
+
+    fn regs(&mut self) -> &mut GuestRegisters {
+        &mut self.regs
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb().save.rip
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb_mut().save.rip = rip;
+    }
+
+    fn skip_instruction(&mut self) {
+        let rip = self.rip();
+        if let Some(next) = exit::next_rip(&self.last, rip) {
+            self.set_rip(next);
+        }
+    }
+
+    fn inject_exception(&mut self, exception: Exception) {
+        self.vmcb_mut().inject_exception(exception);
+    }
+
+    fn mode(&self) -> CpuMode {
+        self.vmcb().guest_mode()
+    }
+
+    fn read_backend_msr(&mut self, msr: u32) -> Option<u64> {
+        let v = self.vmcb();
+        match msr {
+            // VMRUN needs the guest's EFER.SVME set (APM 15.5.1); the guest must not see it.
+            MSR_EFER => Some(v.save.efer & !efer::SVME),
+            0x10 => Some(rdtsc().wrapping_add(v.control.tsc_offset)),
+            0x277 => Some(v.save.g_pat),
+            _ => None,
+        }
+    }
+
+    fn write_backend_msr(&mut self, msr: u32, value: u64) -> bool {
+        let v = self.vmcb_mut();
+        match msr {
+            MSR_EFER => {
+                // LMA is the processor's to set (on paging activation with LME).
+                v.save.efer = (value & !efer::LMA) | (v.save.efer & efer::LMA) | efer::SVME;
+                true
+            }
+            0x10 => {
+                v.control.tsc_offset = value.wrapping_sub(rdtsc());
+                true
+            }
+            0x277 => {
+                v.save.g_pat = value;
+                true
+            }
+            _ => false,
+        }
+    }
+}
