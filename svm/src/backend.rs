@@ -16,7 +16,7 @@ use crate::caps::SvmCaps;
 use crate::exit::{self, ExitInfo};
 use crate::npt::Npt;
 use crate::permission_maps::{IoPermissionMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
-use crate::vmcb::{efer, tlb_control, Intercept1, Vmcb};
+use crate::vmcb::{efer, event, int_ctl, int_state, tlb_control, Intercept1, Vmcb};
 
 const MSR_EFER: u32 = 0xC000_0080;
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
@@ -392,6 +392,35 @@ impl Vcpu for SvmVcpu {
                 true
             }
             _ => false,
+        }
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcb().save.rflags
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        let v = self.vmcb();
+        v.save.rflags & (1 << 9) != 0
+            && v.control.interrupt_shadow & int_state::INTERRUPT_SHADOW == 0
+            && v.control.eventinj & (1 << 31) == 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.vmcb_mut().control.eventinj = event::interrupt(vector);
+    }
+
+    /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
+    /// the VINTR intercept set, exits exactly when the guest opens its interrupt
+    /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.
+    fn request_interrupt_window(&mut self, on: bool) {
+        let c = &mut self.vmcb_mut().control;
+        if on {
+            c.int_ctl |= int_ctl::V_IRQ | int_ctl::V_IGN_TPR;
+            c.intercept1 |= Intercept1::VINTR.bits();
+        } else {
+            c.int_ctl &= !(int_ctl::V_IRQ | int_ctl::V_IGN_TPR);
+            c.intercept1 &= !Intercept1::VINTR.bits();
         }
     }
 }

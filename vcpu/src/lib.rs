@@ -244,6 +244,17 @@ pub trait Vcpu {
     /// for an MSR the backend does not own (the core then injects #GP).
     fn read_backend_msr(&mut self, msr: u32) -> Option<u64>;
     fn write_backend_msr(&mut self, msr: u32, value: u64) -> bool;
+    /// The guest's RFLAGS (IF tells whether a HLT can be woken by an interrupt).
+    fn rflags(&self) -> u64;
+    /// Whether an external interrupt can be delivered on the next entry: RFLAGS.IF set,
+    /// no STI/MOV-SS interrupt shadow, and no event already queued for injection.
+    fn interrupt_ready(&self) -> bool;
+    /// Queues external interrupt `vector` for delivery on the next entry. The caller
+    /// checked [`Vcpu::interrupt_ready`].
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for [`Exit::InterruptWindow`] as soon as the guest can take an interrupt
+    /// (SVM: V_IRQ with VINTR intercept; VMX: interrupt-window exiting); `false` cancels.
+    fn request_interrupt_window(&mut self, on: bool);
 }
 
 /// Host physical memory as a backend needs it: zeroed, page-aligned, contiguous

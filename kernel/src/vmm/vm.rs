@@ -268,6 +268,14 @@ mod tests {
             }
             msr == policy::IA32_EFER
         }
+        fn rflags(&self) -> u64 {
+            2
+        }
+        fn interrupt_ready(&self) -> bool {
+            false
+        }
+        fn inject_interrupt(&mut self, _: u8) {}
+        fn request_interrupt_window(&mut self, _: bool) {}
     }
 
     std::thread_local! {
