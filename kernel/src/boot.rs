@@ -118,13 +118,13 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
                 }
             }
         }
-        detect::Extension::Vmx(_caps) => {
-            println!(
-                "hv: the VT-x backend cannot run guests yet; {} VM(s) not started",
-                specs.len()
-            );
-            specs.len()
-        }
+        detect::Extension::Vmx(caps) => match vmx::VmxBackend::enable(&caps, &mut KernelMemory) {
+            Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+            Err(e) => {
+                println!("hv: enabling VT-x failed: {e}");
+                shutdown::exit(Status::Failure);
+            }
+        },
     };
     shutdown::exit(if failed == 0 {
         Status::Success

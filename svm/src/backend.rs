@@ -5,10 +5,11 @@
 
 use core::arch::naked_asm;
 use raw_cpuid::CpuId;
+use vcpu::fpu::{self, FxArea};
 use vcpu::paging::Level;
 use vcpu::{
-    Backend, BackendError, CpuMode, Exception, Exit, GuestMapping, GuestRegisters, HostMemory,
-    StartState, Vcpu,
+    Backend, BackendError, ControlRegs, CpuMode, Exception, Exit, GuestMapping, GuestRegisters,
+    HostMemory, StartState, Vcpu,
 };
 use x86_64::registers::model_specific::Msr;
 
@@ -75,6 +76,7 @@ impl SvmBackend {
             }
             efer_msr.write(v);
             Msr::new(MSR_VM_HSAVE_PA).write(host_save_pa);
+            fpu::enable_host_fxsr();
         }
         Ok(Self {
             caps,
@@ -109,6 +111,7 @@ pub struct SvmVcpu {
     nrip_save: bool,
     host_state_pa: u64,
     last: ExitInfo,
+    fx: FxArea,
 }
 
 impl SvmVcpu {
@@ -163,6 +166,7 @@ impl Backend for SvmBackend {
             nrip_save: self.caps.nrip_save,
             host_state_pa: self.host_state_pa,
             last: ExitInfo::default(),
+            fx: FxArea::initial(),
         };
         let result = (|| {
             v.vmcb_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
@@ -314,7 +318,13 @@ impl Vcpu for SvmVcpu {
         // tables map only this guest's RAM, and every intercept that could reach host
         // state is set; the stub preserves the host's callee-saved registers and its
         // VMSAVE/VMLOAD state.
-        unsafe { svm_enter(vmcb_pa, host_pa, &mut self.regs) };
+        unsafe {
+            // SAFETY (FPU): `enable` set CR4.OSFXSR and cleared CR0.EM/TS; the image
+            // is this vCPU's own and starts as the FNINIT state.
+            fpu::fxrstor(&self.fx);
+            svm_enter(vmcb_pa, host_pa, &mut self.regs);
+            fpu::fxsave(&mut self.fx);
+        }
         let (nrip_save, rcx, rdx) = (self.nrip_save, self.regs.rcx, self.regs.rdx);
         let vmcb = self.vmcb_mut();
         vmcb.control.tlb_control = tlb_control::DO_NOTHING;
@@ -408,6 +418,27 @@ impl Vcpu for SvmVcpu {
 
     fn inject_interrupt(&mut self, vector: u8) {
         self.vmcb_mut().control.eventinj = event::interrupt(vector);
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcb().save.rsp
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.vmcb_mut().save.rsp = rsp;
+    }
+
+    fn control_regs(&self) -> ControlRegs {
+        let s = &self.vmcb().save;
+        ControlRegs {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer & !efer::SVME,
+            cs_base: s.cs.base,
+            // CS.L is bit 9 of the VMCB's compressed attribute format.
+            cs_long: s.cs.attrib & (1 << 9) != 0,
+        }
     }
 
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with

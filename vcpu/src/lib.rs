@@ -5,6 +5,7 @@
 //! which vendor it runs on.
 #![no_std]
 
+pub mod fpu;
 pub mod paging;
 
 /// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
@@ -255,6 +256,24 @@ pub trait Vcpu {
     /// Asks for [`Exit::InterruptWindow`] as soon as the guest can take an interrupt
     /// (SVM: V_IRQ with VINTR intercept; VMX: interrupt-window exiting); `false` cancels.
     fn request_interrupt_window(&mut self, on: bool);
+    /// RSP lives in the VMCB/VMCS, not in [`GuestRegisters`].
+    fn rsp(&self) -> u64;
+    fn set_rsp(&mut self, rsp: u64);
+    /// What a guest-virtual address walk needs (MMIO emulation reads the faulting
+    /// instruction through the guest's page tables).
+    fn control_regs(&self) -> ControlRegs;
+}
+
+/// The guest's paging-relevant control state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlRegs {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    /// CS base (real mode and compatibility segments) and whether CS is 64-bit.
+    pub cs_base: u64,
+    pub cs_long: bool,
 }
 
 /// Host physical memory as a backend needs it: zeroed, page-aligned, contiguous

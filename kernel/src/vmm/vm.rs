@@ -276,6 +276,13 @@ mod tests {
         }
         fn inject_interrupt(&mut self, _: u8) {}
         fn request_interrupt_window(&mut self, _: bool) {}
+        fn rsp(&self) -> u64 {
+            0
+        }
+        fn set_rsp(&mut self, _: u64) {}
+        fn control_regs(&self) -> vcpu::ControlRegs {
+            vcpu::ControlRegs::default()
+        }
     }
 
     std::thread_local! {

@@ -1,0 +1,963 @@
+//! VT-x at run time: entering VMX operation on this processor (IA32_FEATURE_CONTROL,
+//! CR0/CR4 fixed bits, VMXON), building a vCPU (VMCS, I/O and MSR bitmaps, MSR switch
+//! areas, EPT, VPID) and entering the guest.
+//!
+//! The pure pieces live in `controls`, `guest_state`, `checks`, `ops`, `ept`, `exit`,
+//! `bitmaps` and `vpid`; this module holds the unsafe code that touches the hardware.
+//!
+//! **One processor.** VMX state is per logical processor: the VMXON region, the
+//! current-VMCS pointer, the launch state of each VMCS. The backend runs on the boot
+//! processor only, so a single global remembers which VMCS is current and every vCPU
+//! operation loads its own first ([`VmxVcpu::make_current`]).
+//!
+//! **Interrupts.** The host runs with RFLAGS.IF=0. External interrupts arriving while
+//! a guest runs cause a VM exit ("external-interrupt exiting") and, without "acknowledge
+//! interrupt on exit", stay pending at the interrupt controller; `run` then opens a
+//! one-instruction interrupt window (`sti; nop; cli`) so the host's own handler (its
+//! timer) takes them before `run` returns.
+
+use core::arch::naked_asm;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use vcpu::paging::Level;
+use vcpu::{
+    Backend, BackendError, CpuMode, Exception, Exit, GuestMapping, GuestRegisters, HostMemory,
+    StartState, Vcpu,
+};
+
+use crate::arch::{self, FxArea, VmFail};
+use crate::bitmaps::{IoBitmap, MsrArea, MsrBitmap};
+use crate::caps::VmxCaps;
+use crate::checks::check_guest_state;
+use crate::controls::Controls;
+use crate::ept::{self, Ept};
+use crate::exit::{self, entry_failure, ExitInfo};
+use crate::guest_state::{CrFixed, GuestState};
+use crate::ops::{self, ControlSetup, CrContext, CrOutcome, HostState};
+use crate::vmcs::{
+    control32, control64, cr0, cr4, guest32, guest_nat, host_nat, intr_info, msr, reason, ro32,
+    ro64, ro_nat, VmcsAccess,
+};
+use crate::vpid::{self, VpidAllocator};
+
+const PAGE: u64 = 4096;
+/// IA32_FEATURE_CONTROL bits (SDM Vol. 3C 24.7 / 23.7 in older editions).
+const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
+const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
+/// RAM mappings remembered per vCPU for reading PAE PDPTEs from guest memory.
+const MAX_RAM_MAPPINGS: usize = 4;
+
+/// The VMCS that is current on this processor (0: none).
+static CURRENT_VMCS: AtomicU64 = AtomicU64::new(0);
+
+/// VMREAD/VMWRITE on the current VMCS. A failed VMWRITE is remembered (the first one)
+/// so that set-up can report it; a failed VMREAD reads as 0.
+struct Hw {
+    failed: Cell<Option<(u32, u32)>>,
+}
+
+impl Hw {
+    fn new() -> Self {
+        Hw {
+            failed: Cell::new(None),
+        }
+    }
+
+    fn note_failure(&self, field: u32, fail: VmFail) {
+        if self.failed.get().is_none() {
+            let number = match fail {
+                // SAFETY: VMfailValid means there is a current VMCS whose error field
+                // holds the reason; reading it has no side effects.
+                VmFail::Valid => {
+                    unsafe { arch::vmread(ro32::VM_INSTRUCTION_ERROR) }.unwrap_or(0) as u32
+                }
+                VmFail::Invalid => 0,
+            };
+            log::debug!("vmx: VMREAD/VMWRITE of field {field:#06x} failed: error {number}");
+            self.failed.set(Some((field, number)));
+        }
+    }
+
+    /// The first failure as a backend error.
+    fn result(&self) -> Result<(), BackendError> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some((_, 0)) => Err(BackendError::Check(
+                "VMWRITE failed with VMfailInvalid: no current VMCS",
+            )),
+            Some((_, n)) => Err(BackendError::Check(exit::instruction_error(n))),
+        }
+    }
+}
+
+impl VmcsAccess for Hw {
+    fn read(&self, field: u32) -> u64 {
+        // SAFETY: only used between VMPTRLD of the vCPU's VMCS and the next VMPTRLD or
+        // VMCLEAR (`make_current`); VMREAD reads the current VMCS and nothing else.
+        match unsafe { arch::vmread(field) } {
+            Ok(v) => v,
+            Err(e) => {
+                self.note_failure(field, e);
+                0
+            }
+        }
+    }
+
+    fn write(&mut self, field: u32, value: u64) {
+        // SAFETY: as for `read`; the values come from the pure set-up code, which
+        // computes them from the capability MSRs and the architectural rules.
+        if let Err(e) = unsafe { arch::vmwrite(field, value) } {
+            self.note_failure(field, e);
+        }
+    }
+}
+
+/// VT-x enabled on this processor; makes vCPUs.
+pub struct VmxBackend {
+    caps: VmxCaps,
+    controls: Controls,
+    fixed: CrFixed,
+    vmxon_pa: u64,
+    phys_bits: u8,
+    max_leaf: Level,
+    invept: Option<u64>,
+    invvpid: Option<u64>,
+    vpids: VpidAllocator,
+}
+
+fn check(condition: bool, what: &'static str) -> Result<(), BackendError> {
+    if condition {
+        Ok(())
+    } else {
+        Err(BackendError::Check(what))
+    }
+}
+
+/// CPUID 8000_0008 EAX[7:0], the physical-address width (36 if the leaf is missing).
+fn physical_address_bits() -> u8 {
+    let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max >= 0x8000_0008 {
+        core::arch::x86_64::__cpuid(0x8000_0008).eax as u8
+    } else {
+        36
+    }
+}
+
+impl VmxBackend {
+    /// Enters VMX operation on this processor (SDM Vol. 3C 24.7, "Enabling and
+    /// Entering VMX Operation"): IA32_FEATURE_CONTROL locked with VMXON outside SMX
+    /// enabled (set by us when the firmware left it unlocked), CR0 and CR4 adjusted to
+    /// IA32_VMX_CR0/CR4_FIXED0/1 with CR4.VMXE, a VMXON region with the VMCS revision
+    /// identifier, VMXON. `caps` comes from `caps::detect`.
+    ///
+    /// Also sets CR4.OSFXSR and clears CR0.EM/TS on the host so FXSAVE/FXRSTOR can
+    /// switch the x87/SSE registers between guests (the host itself uses neither).
+    pub fn enable(caps: &VmxCaps, mem: &mut dyn HostMemory) -> Result<VmxBackend, BackendError> {
+        let controls = Controls::compute(caps).map_err(BackendError::Check)?;
+        check(
+            caps.vmcs_size as u64 <= PAGE && caps.vmcs_size != 0,
+            "IA32_VMX_BASIC reports a VMCS size of 0 or above 4 KiB",
+        )?;
+        // SAFETY: CPUID said VMX exists (caps), so these architectural MSRs exist
+        // (SDM Vol. 3D A.7, A.8; Vol. 4 Table 2-2 for IA32_FEATURE_CONTROL).
+        let (fc, fixed) = unsafe {
+            (
+                arch::rdmsr(msr::IA32_FEATURE_CONTROL),
+                CrFixed {
+                    cr0_fixed0: arch::rdmsr(msr::IA32_VMX_CR0_FIXED0),
+                    cr0_fixed1: arch::rdmsr(msr::IA32_VMX_CR0_FIXED1),
+                    cr4_fixed0: arch::rdmsr(msr::IA32_VMX_CR4_FIXED0),
+                    cr4_fixed1: arch::rdmsr(msr::IA32_VMX_CR4_FIXED1),
+                },
+            )
+        };
+        if fc & FEATURE_CONTROL_LOCK == 0 {
+            // SAFETY: the MSR is unlocked, so writing lock + VMXON-outside-SMX is
+            // allowed; it changes nothing else until reset.
+            unsafe {
+                arch::wrmsr(
+                    msr::IA32_FEATURE_CONTROL,
+                    fc | FEATURE_CONTROL_LOCK | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
+                )
+            };
+        } else {
+            check(
+                fc & FEATURE_CONTROL_VMXON_OUTSIDE_SMX != 0,
+                "IA32_FEATURE_CONTROL is locked with VMXON outside SMX disabled: enable VT-x in the firmware setup",
+            )?;
+        }
+        check(
+            fixed.cr4_fixed1 & cr4::VMXE != 0,
+            "IA32_VMX_CR4_FIXED1 does not allow CR4.VMXE",
+        )?;
+
+        // SAFETY: reading control registers has no side effects.
+        let (old_cr0, old_cr4) = unsafe { (arch::read_cr0(), arch::read_cr4()) };
+        let new_cr0 = ((old_cr0 | fixed.cr0_fixed0) & fixed.cr0_fixed1) & !(cr0::EM | cr0::TS);
+        let new_cr4 = (old_cr4 | fixed.cr4_fixed0 | cr4::VMXE | cr4::OSFXSR) & fixed.cr4_fixed1;
+        check(
+            new_cr0 & fixed.cr0_fixed0 == fixed.cr0_fixed0
+                && new_cr4 & fixed.cr4_fixed0 == fixed.cr4_fixed0,
+            "the host cannot satisfy IA32_VMX_CR0/CR4_FIXED0 and FIXED1 together",
+        )?;
+        check(
+            new_cr0 & (cr0::PE | cr0::PG) == cr0::PE | cr0::PG,
+            "IA32_VMX_CR0_FIXED1 does not allow the host's protected-mode paging",
+        )?;
+
+        let vmxon_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        // SAFETY: the page was just allocated for the VMXON region and is reached
+        // through the hypervisor's physical mapping; bits 30:0 of its first word hold
+        // the revision identifier, bit 31 clear (SDM Vol. 3C 25.11.5).
+        unsafe { (mem.virt(vmxon_pa) as *mut u32).write_volatile(caps.revision_id & 0x7FFF_FFFF) };
+
+        // SAFETY: the new values only add bits VMX operation requires (NE, VMXE, and
+        // whatever else FIXED0 demands) and OSFXSR, and drop EM/TS, none of which the
+        // host kernel depends on (it uses neither x87 nor SSE instructions).
+        unsafe {
+            arch::write_cr0(new_cr0);
+            arch::write_cr4(new_cr4);
+        }
+        // SAFETY: every precondition of VMXON was established above: feature control
+        // locked with VMX enabled, CR0/CR4 fixed bits, CR4.VMXE, a 4 KiB-aligned region
+        // with the revision identifier.
+        if let Err(e) = unsafe { arch::vmxon(vmxon_pa) } {
+            mem.free(vmxon_pa, PAGE);
+            return Err(BackendError::Check(match e {
+                VmFail::Invalid => "VMXON failed (VMfailInvalid): the VMXON region or its revision identifier was refused, or the processor is already in VMX operation",
+                VmFail::Valid => "VMXON failed (VMfailValid): VMXON executed in VMX root operation (VT-x is already on)",
+            }));
+        }
+        CURRENT_VMCS.store(0, Ordering::Relaxed);
+
+        let invept = ept::invept_type(caps);
+        let invvpid = if controls.vpid {
+            vpid::invvpid_type(caps.ept_vpid_cap)
+        } else {
+            None
+        };
+        // Translations cached before VMXON (by firmware, say) must not reach guests.
+        // SAFETY: in VMX root operation now; the types are ones the CPU reports.
+        unsafe {
+            if caps.ept_vpid_cap & ept::invept::CAP_ALL_CONTEXT != 0 && caps.invept {
+                let _ = arch::invept(ept::invept::ALL_CONTEXT, 0);
+            }
+            if controls.vpid && caps.ept_vpid_cap & vpid::invvpid::CAP_ALL_CONTEXT != 0 {
+                let _ = arch::invvpid(vpid::invvpid::ALL_CONTEXT, 0);
+            }
+        }
+        log::info!(
+            "VT-x on: VMXON region at {vmxon_pa:#x}, controls pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, VPIDs {}, preemption timer {}",
+            controls.pin,
+            controls.proc,
+            controls.proc2,
+            controls.exit,
+            controls.entry,
+            if controls.vpid { "on" } else { "off" },
+            if controls.preemption_timer { "on" } else { "off" },
+        );
+        Ok(VmxBackend {
+            caps: *caps,
+            controls,
+            fixed,
+            vmxon_pa,
+            phys_bits: physical_address_bits(),
+            max_leaf: ept::max_leaf_level(caps),
+            invept,
+            invvpid,
+            vpids: VpidAllocator::new(),
+        })
+    }
+
+    /// Leaves VMX operation (VMXOFF) and returns the VMXON region. Every vCPU must
+    /// have been destroyed first.
+    pub fn disable(self, mem: &mut dyn HostMemory) {
+        // SAFETY: in VMX root operation (since `enable`), and no vCPU is left that
+        // could be entered.
+        let _ = unsafe { arch::vmxoff() };
+        CURRENT_VMCS.store(0, Ordering::Relaxed);
+        // SAFETY: clearing CR4.VMXE is allowed (and required to be possible) outside
+        // VMX operation.
+        unsafe { arch::write_cr4(arch::read_cr4() & !cr4::VMXE) };
+        mem.free(self.vmxon_pa, PAGE);
+    }
+
+    /// The capabilities this backend was enabled with.
+    pub fn caps(&self) -> &VmxCaps {
+        &self.caps
+    }
+
+    /// The control values every guest runs with.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+}
+
+/// The host state of the running processor.
+fn current_host_state() -> HostState {
+    let (gdtr_base, _) = arch::sgdt();
+    let (idtr_base, _) = arch::sidt();
+    let tr = arch::read_tr();
+    // SAFETY: TR indexes a 16-byte TSS descriptor in the GDT the processor is using
+    // (the host loaded it with LTR), so both quadwords are readable.
+    let tr_base = unsafe {
+        let descriptor = (gdtr_base + (tr as u64 & !7)) as *const u64;
+        ops::system_descriptor_base(
+            descriptor.read_unaligned(),
+            descriptor.add(1).read_unaligned(),
+        )
+    };
+    // SAFETY: control registers and architectural MSRs present on every processor
+    // with VMX in IA-32e mode (SYSENTER, FS/GS base, EFER, PAT).
+    unsafe {
+        HostState {
+            cr0: arch::read_cr0(),
+            cr3: arch::read_cr3(),
+            cr4: arch::read_cr4(),
+            cs: arch::read_cs(),
+            ss: arch::read_ss(),
+            ds: arch::read_ds(),
+            es: arch::read_es(),
+            fs: arch::read_fs(),
+            gs: arch::read_gs(),
+            tr,
+            fs_base: arch::rdmsr(msr::IA32_FS_BASE),
+            gs_base: arch::rdmsr(msr::IA32_GS_BASE),
+            tr_base,
+            gdtr_base,
+            idtr_base,
+            sysenter_cs: arch::rdmsr(msr::IA32_SYSENTER_CS),
+            sysenter_esp: arch::rdmsr(msr::IA32_SYSENTER_ESP),
+            sysenter_eip: arch::rdmsr(msr::IA32_SYSENTER_EIP),
+            efer: arch::rdmsr(msr::IA32_EFER),
+            pat: arch::rdmsr(msr::IA32_PAT),
+        }
+    }
+}
+
+/// One virtual CPU: its VMCS and everything the VMCS points at.
+pub struct VmxVcpu {
+    vmcs_pa: u64,
+    /// I/O bitmaps A and B, two consecutive pages.
+    io_bitmaps_pa: u64,
+    msr_bitmap_pa: u64,
+    msr_area_pa: u64,
+    msr_area: *mut MsrArea,
+    ept: Option<Ept>,
+    eptp: u64,
+    /// 0 when VPIDs are not used.
+    vpid: u16,
+    regs: GuestRegisters,
+    launched: bool,
+    /// Set after a failed VM entry: the vCPU is not entered again.
+    failed: Option<Exit>,
+    fixed: CrFixed,
+    phys_bits: u8,
+    /// The preemption-timer rate (TSC ticks per timer tick = 2^shift), when active.
+    timer_shift: Option<u8>,
+    /// The guest's CR8 (CR8 accesses exit so they cannot reach the host's TPR).
+    cr8: u64,
+    /// The guest's x87/SSE registers while the host or another guest runs.
+    fx: FxArea,
+    /// Guest RAM and where the hypervisor reaches it, for reading PAE PDPTEs.
+    ram: [(GuestMapping, usize); MAX_RAM_MAPPINGS],
+    ram_count: usize,
+    invept: Option<u64>,
+    invvpid: Option<u64>,
+    /// The basic reason of the last VM exit (for `skip_instruction`).
+    last_reason: u32,
+}
+
+impl VmxVcpu {
+    /// VMPTRLD this vCPU's VMCS unless it is already current.
+    fn make_current(&self) -> Hw {
+        if CURRENT_VMCS.load(Ordering::Relaxed) != self.vmcs_pa {
+            // SAFETY: the VMCS region belongs to this vCPU, carries the revision
+            // identifier and was VMCLEARed at creation; loading it only changes which
+            // VMCS VMREAD/VMWRITE/VMRESUME act on.
+            match unsafe { arch::vmptrld(self.vmcs_pa) } {
+                Ok(()) => CURRENT_VMCS.store(self.vmcs_pa, Ordering::Relaxed),
+                Err(e) => log::error!("vmx: VMPTRLD {:#x} failed: {e:?}", self.vmcs_pa),
+            }
+        }
+        Hw::new()
+    }
+
+    /// The guest-physical range `[gpa, gpa + len)` in hypervisor memory, if it lies in
+    /// one RAM mapping.
+    fn guest_ptr(&self, gpa: u64, len: u64) -> Option<*const u8> {
+        self.ram[..self.ram_count].iter().find_map(|(m, virt)| {
+            (gpa >= m.gpa && gpa + len <= m.gpa + m.len)
+                .then(|| (*virt + (gpa - m.gpa) as usize) as *const u8)
+        })
+    }
+
+    fn read_pdptes(&self, cr3: u64) -> Option<[u64; 4]> {
+        let p = self.guest_ptr(cr3, 32)? as *const u64;
+        let mut out = [0; 4];
+        for (i, e) in out.iter_mut().enumerate() {
+            // SAFETY: `guest_ptr` checked that the 32 bytes lie in this guest's RAM,
+            // which the hypervisor maps for the VM's lifetime.
+            *e = unsafe { p.add(i).read_unaligned() };
+        }
+        Some(out)
+    }
+
+    /// The guest's value of an MSR switched through the MSR areas.
+    fn switched_msr(&self, index: u32) -> Option<u64> {
+        // SAFETY: `msr_area` points at this vCPU's MSR-area page (owned until destroy);
+        // the processor writes it only during VM exits, never concurrently with this.
+        unsafe { (*self.msr_area).guest_value(index) }
+    }
+
+    /// An exit the guest cannot continue from: remembered, so `run` keeps reporting it.
+    fn fail(&mut self, exit: Exit) -> Exit {
+        self.failed = Some(exit);
+        exit
+    }
+
+    /// VMLAUNCH/VMRESUME failed without a VM exit.
+    fn instruction_failure(&mut self, hw: &Hw, fail: VmFail) -> Exit {
+        let exit = match fail {
+            VmFail::Invalid => Exit::EntryFailure {
+                code: 0,
+                reason: entry_failure::VMFAIL_INVALID,
+            },
+            VmFail::Valid => {
+                let number = hw.read(ro32::VM_INSTRUCTION_ERROR) as u32;
+                let host = current_host_state();
+                let reason = match (number, host.check(&self.fixed)) {
+                    // Name the host-state field when the software check finds it.
+                    (8, Err(why)) => why,
+                    _ => exit::entry_instruction_error(number),
+                };
+                Exit::EntryFailure {
+                    code: number as u64,
+                    reason,
+                }
+            }
+        };
+        self.fail(exit)
+    }
+}
+
+fn free_vcpu(mem: &mut dyn HostMemory, v: &mut VmxVcpu) {
+    for (pa, size) in [
+        (v.vmcs_pa, PAGE),
+        (v.io_bitmaps_pa, 2 * PAGE),
+        (v.msr_bitmap_pa, PAGE),
+        (v.msr_area_pa, PAGE),
+    ] {
+        if pa != 0 {
+            mem.free(pa, size);
+        }
+    }
+    v.vmcs_pa = 0;
+    if let Some(ept) = v.ept.take() {
+        ept.destroy(mem, |m, table| m.free(table, PAGE));
+    }
+}
+
+impl Backend for VmxBackend {
+    type Vcpu = VmxVcpu;
+
+    fn name(&self) -> &'static str {
+        "VT-x"
+    }
+
+    fn create_vcpu(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        ram: &[GuestMapping],
+        start: &StartState,
+    ) -> Result<VmxVcpu, BackendError> {
+        let vpid = if self.controls.vpid {
+            self.vpids.alloc().ok_or(BackendError::NoTagsLeft)?
+        } else {
+            0
+        };
+        let mut v = VmxVcpu {
+            vmcs_pa: 0,
+            io_bitmaps_pa: 0,
+            msr_bitmap_pa: 0,
+            msr_area_pa: 0,
+            msr_area: core::ptr::null_mut(),
+            ept: None,
+            eptp: 0,
+            vpid,
+            regs: start.regs,
+            launched: false,
+            failed: None,
+            fixed: self.fixed,
+            phys_bits: self.phys_bits,
+            timer_shift: self
+                .controls
+                .preemption_timer
+                .then_some(self.caps.preemption_timer_shift),
+            cr8: 0,
+            fx: FxArea::initial(),
+            ram: [(
+                GuestMapping {
+                    gpa: 0,
+                    hpa: 0,
+                    len: 0,
+                    writable: false,
+                    executable: false,
+                },
+                0,
+            ); MAX_RAM_MAPPINGS],
+            ram_count: 0,
+            invept: self.invept,
+            invvpid: self.invvpid,
+            last_reason: u32::MAX,
+        };
+        let result = self.build_vcpu(mem, ram, start, &mut v);
+        match result {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                self.destroy_vcpu(mem, v);
+                Err(e)
+            }
+        }
+    }
+
+    fn destroy_vcpu(&mut self, mem: &mut dyn HostMemory, mut vcpu: VmxVcpu) {
+        if vcpu.vmcs_pa != 0 {
+            // SAFETY: the VMCS is this vCPU's; VMCLEAR writes any processor-cached
+            // state back and makes it not current, so its page can be reused.
+            let _ = unsafe { arch::vmclear(vcpu.vmcs_pa) };
+            let _ = CURRENT_VMCS.compare_exchange(
+                vcpu.vmcs_pa,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        // Drop every translation tagged with this guest's EPTP and VPID before the
+        // tables and the VPID can be handed to another guest.
+        // SAFETY: in VMX root operation; the types are ones the processor supports.
+        unsafe {
+            if let (Some(kind), true) = (vcpu.invept, vcpu.eptp != 0) {
+                let _ = arch::invept(kind, vcpu.eptp);
+            }
+            if let (Some(kind), true) = (vcpu.invvpid, vcpu.vpid != 0) {
+                let _ = arch::invvpid(kind, vcpu.vpid);
+            }
+        }
+        self.vpids.free(vcpu.vpid);
+        free_vcpu(mem, &mut vcpu);
+    }
+}
+
+impl VmxBackend {
+    fn build_vcpu(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        ram: &[GuestMapping],
+        start: &StartState,
+        v: &mut VmxVcpu,
+    ) -> Result<(), BackendError> {
+        let guest = GuestState::for_start(start, &self.fixed);
+        check_guest_state(&guest, &self.fixed, self.phys_bits).map_err(BackendError::Check)?;
+        let entry = self
+            .controls
+            .entry_for(guest.ia32e)
+            .map_err(BackendError::Check)?;
+
+        // EPT: exactly the guest's RAM, everything else faults to the core.
+        let mut table = Ept::new(mem).map_err(BackendError::Map)?;
+        let mapped = ram
+            .iter()
+            .try_for_each(|m| table.map_guest(mem, m, self.max_leaf));
+        v.eptp = ept::eptp(table.root());
+        v.ept = Some(table);
+        mapped.map_err(BackendError::Map)?;
+        for m in ram.iter().take(MAX_RAM_MAPPINGS) {
+            v.ram[v.ram_count] = (*m, mem.virt(m.hpa) as usize);
+            v.ram_count += 1;
+        }
+
+        v.vmcs_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        v.io_bitmaps_pa = mem.alloc(2 * PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        v.msr_bitmap_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        v.msr_area_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        v.msr_area = mem.virt(v.msr_area_pa) as *mut MsrArea;
+        // SAFETY: each region was just allocated (zeroed, page-aligned, of the size of
+        // its type or larger) for this vCPU alone and is reached through the
+        // physical mapping; the processor does not use them before VMLAUNCH.
+        unsafe {
+            (mem.virt(v.vmcs_pa) as *mut u32).write_volatile(self.caps.revision_id & 0x7FFF_FFFF);
+            (*(mem.virt(v.io_bitmaps_pa) as *mut IoBitmap)).intercept_all();
+            (*(mem.virt(v.io_bitmaps_pa + PAGE) as *mut IoBitmap)).intercept_all();
+            (*(mem.virt(v.msr_bitmap_pa) as *mut MsrBitmap)).init();
+            // SAFETY (rdmsr): only the syscall MSRs are read, which exist on every
+            // processor with IA-32e mode.
+            (*v.msr_area).init(|m| arch::rdmsr(m));
+        }
+
+        // SAFETY: the VMCS region is ours and holds the revision identifier; VMCLEAR
+        // initialises its launch state to "clear" (SDM Vol. 3C 25.11.3).
+        unsafe { arch::vmclear(v.vmcs_pa) }
+            .map_err(|_| BackendError::Check("VMCLEAR of a new VMCS failed"))?;
+        if CURRENT_VMCS.load(Ordering::Relaxed) == v.vmcs_pa {
+            CURRENT_VMCS.store(0, Ordering::Relaxed);
+        }
+        // SAFETY: as above; loading it makes the following VMWRITEs act on it.
+        unsafe { arch::vmptrld(v.vmcs_pa) }.map_err(|_| {
+            BackendError::Check("VMPTRLD of a new VMCS failed (revision identifier refused?)")
+        })?;
+        CURRENT_VMCS.store(v.vmcs_pa, Ordering::Relaxed);
+
+        let host = current_host_state();
+        host.check(&self.fixed).map_err(BackendError::Check)?;
+        let mut hw = Hw::new();
+        ops::write_controls(
+            &mut hw,
+            &ControlSetup {
+                controls: self.controls,
+                entry,
+                io_bitmap_a: v.io_bitmaps_pa,
+                io_bitmap_b: v.io_bitmaps_pa + PAGE,
+                msr_bitmap: v.msr_bitmap_pa,
+                msr_guest_list: v.msr_area_pa,
+                msr_host_list: v.msr_area_pa + MsrArea::HOST_OFFSET,
+                msr_count: MsrArea::COUNT,
+                eptp: v.eptp,
+                vpid: v.vpid,
+                fixed: self.fixed,
+            },
+        );
+        host.write(&mut hw);
+        guest.write(&mut hw);
+        hw.result()?;
+
+        // The tables are new, but their frames (and the VPID) may have served another
+        // guest whose translations the processor still caches.
+        // SAFETY: in VMX root operation; the types are ones the processor supports.
+        unsafe {
+            if let Some(kind) = self.invept {
+                arch::invept(kind, v.eptp).map_err(|_| BackendError::Check("INVEPT failed"))?;
+            }
+            if let (Some(kind), true) = (self.invvpid, v.vpid != 0) {
+                arch::invvpid(kind, v.vpid).map_err(|_| BackendError::Check("INVVPID failed"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Enters the guest and returns on the next VM exit (0) or when VMLAUNCH/VMRESUME
+/// fails: 1 for VMfailInvalid, 2 for VMfailValid.
+///
+/// Saves the host's callee-saved registers, sets HOST_RSP to the stack pointer at the
+/// point of entry (the VM exit resumes there with the `regs` pointer on top of the
+/// stack) and HOST_RIP to the exit path, loads the guest's general-purpose registers
+/// from `regs` (the `repr(C)` order of [`GuestRegisters`]: rax rbx rcx rdx rsi rdi rbp
+/// r8..r15, 8 bytes each), then VMLAUNCH (`launched == 0`) or VMRESUME. On a VM exit
+/// it stores the guest's registers back. RSP, RIP and RFLAGS are the VMCS's.
+///
+/// A VM exit loads RFLAGS with only bit 1 set (SDM Vol. 3C 28.5.3): IF and DF are 0.
+#[unsafe(naked)]
+unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u64 {
+    naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi",
+        "mov rax, {host_rsp}",
+        "vmwrite rax, rsp",
+        "jbe 7f",
+        "mov rax, {host_rip}",
+        "lea rdx, [rip + 8f]",
+        "vmwrite rax, rdx",
+        "jbe 7f",
+        // Flags from this test survive the MOVs below (MOV does not change flags).
+        "test rsi, rsi",
+        "mov rax, [rdi]",
+        "mov rbx, [rdi + 8]",
+        "mov rcx, [rdi + 16]",
+        "mov rdx, [rdi + 24]",
+        "mov rsi, [rdi + 32]",
+        "mov rbp, [rdi + 48]",
+        "mov r8, [rdi + 56]",
+        "mov r9, [rdi + 64]",
+        "mov r10, [rdi + 72]",
+        "mov r11, [rdi + 80]",
+        "mov r12, [rdi + 88]",
+        "mov r13, [rdi + 96]",
+        "mov r14, [rdi + 104]",
+        "mov r15, [rdi + 112]",
+        "mov rdi, [rdi + 40]",
+        "jnz 6f",
+        "vmlaunch",
+        "jmp 7f",
+        "6:",
+        "vmresume",
+        // VMLAUNCH/VMRESUME (or a VMWRITE above) failed: CF=1 VMfailInvalid, ZF=1
+        // VMfailValid. RSP is unchanged, so the saved registers are on the stack.
+        "7:",
+        "mov eax, 1",
+        "jc 9f",
+        "mov eax, 2",
+        "9:",
+        "add rsp, 8",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+        // VM exit: RSP = HOST_RSP, the `regs` pointer on top.
+        "8:",
+        "push rdi",
+        "mov rdi, [rsp + 8]",
+        "mov [rdi], rax",
+        "mov [rdi + 8], rbx",
+        "mov [rdi + 16], rcx",
+        "mov [rdi + 24], rdx",
+        "mov [rdi + 32], rsi",
+        "mov [rdi + 48], rbp",
+        "mov [rdi + 56], r8",
+        "mov [rdi + 64], r9",
+        "mov [rdi + 72], r10",
+        "mov [rdi + 80], r11",
+        "mov [rdi + 88], r12",
+        "mov [rdi + 96], r13",
+        "mov [rdi + 104], r14",
+        "mov [rdi + 112], r15",
+        "pop rax",
+        "mov [rdi + 40], rax",
+        "add rsp, 8",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "xor eax, eax",
+        "ret",
+        host_rsp = const host_nat::RSP,
+        host_rip = const host_nat::RIP,
+    )
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Vcpu for VmxVcpu {
+    /// Runs the guest until an exit the core must see. Control-register accesses that
+    /// exit only because the host owns CR0/CR4 bits (or intercepts CR8/CR3) are handled
+    /// here and the guest is resumed.
+    ///
+    /// `slice_tsc` programs the VMX-preemption timer (`slice_tsc >> rate`, clamped to
+    /// 32 bits, SDM Vol. 3C 26.5.1) when the processor has it; otherwise the
+    /// hypervisor's timer interrupt ends the slice.
+    fn run(&mut self, slice_tsc: u64) -> Exit {
+        if let Some(exit) = self.failed {
+            return exit;
+        }
+        let mut hw = self.make_current();
+        if !self.launched {
+            let ia32e = hw.read(control32::VM_ENTRY_CONTROLS) as u32
+                & crate::vmcs::entry_ctl::IA32E_MODE_GUEST
+                != 0;
+            let state = GuestState::read(&hw, ia32e);
+            if let Err(reason) = check_guest_state(&state, &self.fixed, self.phys_bits) {
+                return self.fail(Exit::EntryFailure {
+                    code: (reason::ENTRY_FAILURE | reason::INVALID_GUEST_STATE) as u64,
+                    reason,
+                });
+            }
+        }
+        if let Some(shift) = self.timer_shift {
+            let ticks = (slice_tsc >> shift).clamp(1, u32::MAX as u64);
+            hw.write(guest32::PREEMPTION_TIMER_VALUE, ticks);
+        }
+        loop {
+            // SAFETY: the host set CR4.OSFXSR and cleared CR0.EM/TS in `enable`; the
+            // area holds either the initial image or one FXSAVE wrote.
+            unsafe { arch::fxrstor(&self.fx) };
+            // SAFETY: the VMCS is current and was fully set up by `create_vcpu` (its
+            // guest state passed the software checks, its EPT maps only this guest's
+            // RAM, every I/O port and all but the switched MSRs exit); the stub
+            // preserves the host's callee-saved registers and returns on the host
+            // stack through HOST_RSP/HOST_RIP.
+            let status = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
+            // SAFETY: as for FXRSTOR above.
+            unsafe { arch::fxsave(&mut self.fx) };
+            match status {
+                0 => {}
+                1 => return self.instruction_failure(&hw, VmFail::Invalid),
+                _ => return self.instruction_failure(&hw, VmFail::Valid),
+            }
+            let info = ExitInfo {
+                reason: hw.read(ro32::EXIT_REASON) as u32,
+                qualification: hw.read(ro_nat::EXIT_QUALIFICATION),
+                guest_physical: hw.read(ro64::GUEST_PHYSICAL_ADDRESS),
+                interruption_info: hw.read(ro32::VM_EXIT_INTERRUPTION_INFO) as u32,
+                rax: self.regs.rax,
+                rcx: self.regs.rcx,
+                rdx: self.regs.rdx,
+            };
+            if info.entry_failed() {
+                let mut exit = exit::decode(&info);
+                if info.basic() == reason::INVALID_GUEST_STATE {
+                    // Name the field if the software checks can.
+                    let ia32e = hw.read(control32::VM_ENTRY_CONTROLS) as u32
+                        & crate::vmcs::entry_ctl::IA32E_MODE_GUEST
+                        != 0;
+                    let state = GuestState::read(&hw, ia32e);
+                    if let Err(why) = check_guest_state(&state, &self.fixed, self.phys_bits) {
+                        exit = Exit::EntryFailure {
+                            code: info.reason as u64,
+                            reason: why,
+                        };
+                    }
+                }
+                return self.fail(exit);
+            }
+            self.launched = true;
+            self.last_reason = info.basic();
+            // An event whose delivery the exit interrupted is delivered again.
+            ops::reinject_vectoring(&mut hw);
+            match info.basic() {
+                reason::CR_ACCESS => {
+                    let mut cr8 = self.cr8;
+                    let mut regs = self.regs;
+                    let fixed = self.fixed;
+                    let mut read = |cr3: u64| self.read_pdptes(cr3);
+                    let mut ctx = CrContext {
+                        regs: &mut regs,
+                        fixed: &fixed,
+                        cr8: &mut cr8,
+                        read_pdptes: &mut read,
+                    };
+                    let outcome = ops::emulate_cr_access(&mut hw, info.qualification, &mut ctx);
+                    self.regs = regs;
+                    self.cr8 = cr8;
+                    if outcome == CrOutcome::Unhandled {
+                        return exit::decode(&info);
+                    }
+                    continue;
+                }
+                reason::EXTERNAL_INTERRUPT => {
+                    // SAFETY: the interrupt that caused the exit is still pending (no
+                    // acknowledge-on-exit); one instruction with IF=1 lets the host's
+                    // IDT handler take it, then interrupts are off again.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                }
+                reason::EXCEPTION_OR_NMI
+                    if info.interruption_info & intr_info::TYPE_MASK == intr_info::TYPE_NMI =>
+                {
+                    // "NMI exiting" consumed a host NMI: give it to the host's handler.
+                    // SAFETY: INT 2 runs the host's NMI handler as the NMI would have.
+                    unsafe { core::arch::asm!("int 2", options(nomem, nostack)) };
+                }
+                _ => {}
+            }
+            return exit::decode(&info);
+        }
+    }
+
+    fn regs(&mut self) -> &mut GuestRegisters {
+        &mut self.regs
+    }
+
+    fn rip(&self) -> u64 {
+        self.make_current().read(guest_nat::RIP)
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.make_current().write(guest_nat::RIP, rip);
+    }
+
+    /// Adds the VM-exit instruction length to RIP. Only exits caused by an
+    /// instruction report a length; after any other exit (an EPT violation, say) this
+    /// does nothing, and the caller must compute the next RIP and use `set_rip`.
+    fn skip_instruction(&mut self) {
+        if exit::has_instruction_length(self.last_reason) {
+            ops::skip_instruction(&mut self.make_current());
+        } else {
+            log::warn!(
+                "vmx: skip_instruction after exit reason {} has no instruction length; RIP unchanged",
+                self.last_reason
+            );
+        }
+    }
+
+    fn inject_exception(&mut self, exception: Exception) {
+        ops::inject_exception(&mut self.make_current(), exception);
+    }
+
+    fn mode(&self) -> CpuMode {
+        ops::guest_mode(&self.make_current())
+    }
+
+    fn rflags(&self) -> u64 {
+        ops::rflags(&self.make_current())
+    }
+
+    fn interrupt_ready(&self) -> bool {
+        ops::interrupt_ready(&self.make_current())
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        ops::inject_interrupt(&mut self.make_current(), vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        ops::set_interrupt_window(&mut self.make_current(), on);
+    }
+
+    fn rsp(&self) -> u64 {
+        self.make_current().read(guest_nat::RSP)
+    }
+
+    fn set_rsp(&mut self, rsp: u64) {
+        self.make_current().write(guest_nat::RSP, rsp);
+    }
+
+    fn control_regs(&self) -> vcpu::ControlRegs {
+        ops::control_regs(&self.make_current())
+    }
+
+    /// EFER, the TSC (through the TSC offset) and PAT live in the VMCS; the syscall
+    /// MSRs in the MSR area are passed through and never reach here.
+    fn read_backend_msr(&mut self, index: u32) -> Option<u64> {
+        let hw = self.make_current();
+        match index {
+            msr::IA32_EFER => Some(ops::read_efer(&hw)),
+            msr::IA32_TIME_STAMP_COUNTER => {
+                Some(rdtsc().wrapping_add(hw.read(control64::TSC_OFFSET)))
+            }
+            msr::IA32_PAT => Some(hw.read(crate::vmcs::guest64::IA32_PAT)),
+            _ => self.switched_msr(index),
+        }
+    }
+
+    fn write_backend_msr(&mut self, index: u32, value: u64) -> bool {
+        let mut hw = self.make_current();
+        match index {
+            msr::IA32_EFER => {
+                ops::write_efer(&mut hw, value);
+                true
+            }
+            msr::IA32_TIME_STAMP_COUNTER => {
+                hw.write(control64::TSC_OFFSET, value.wrapping_sub(rdtsc()));
+                true
+            }
+            msr::IA32_PAT => {
+                hw.write(crate::vmcs::guest64::IA32_PAT, value);
+                true
+            }
+            _ => false,
+        }
+    }
+}
