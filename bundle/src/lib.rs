@@ -2,11 +2,31 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout (little endian): a 16-byte header (`MAGIC`, entry count u32, total length
-//! u32), then `count` fixed 64-byte entries (name, memory KiB, run limit, image offset,
-//! image length, flags), then the image bytes. Every offset is
-//! checked against the blob before use: a truncated or corrupt bundle is an error,
-//! never an out-of-bounds read.
+//! Layout, version 2 (all integers little endian, all offsets from the blob's start):
+//!
+//! ```text
+//! header   16 bytes   MAGIC "HVBUNDL2", entry count u32, total length u32
+//! entries  count * 96 bytes, one per VM:
+//!            0  name         [u8; 24], UTF-8, zero-padded
+//!           24  memory_kib   u32
+//!           28  run_limit_ms u32
+//!           32  image        offset u32, length u32
+//!           40  flags        u32 (bit 0: background)
+//!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
+//!           48  vcpus        u32 (at least 1)
+//!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
+//!           60  modules      offset u32 of the module table, count u32
+//!           68  reserved     zero
+//! data     everything else: per VM its module table (count * 16 bytes: data offset,
+//!          data length, cmdline offset, cmdline length), its cmdline strings, then
+//!          the images and module data, each starting 16-byte aligned.
+//! ```
+//!
+//! The reader trusts nothing: every offset and length is checked (with overflow
+//! checks) against the data area `[end of entry table, total)` before use, counts are
+//! bounded by the blob's size before anything is allocated, and strings must be
+//! UTF-8. A truncated or corrupt bundle is an error, never a panic or an
+//! out-of-bounds read (the tests feed it truncated and randomly corrupted blobs).
 #![no_std]
 
 extern crate alloc;
@@ -14,11 +34,102 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL1";
+pub const MAGIC: [u8; 8] = *b"HVBUNDL2";
 const HEADER: usize = 16;
-const ENTRY: usize = 64;
+const ENTRY: usize = 96;
+const MODULE_ENTRY: usize = 16;
+/// Longest VM name, in bytes.
 pub const NAME_MAX: usize = 24;
+/// Longest command line (VM or module), in bytes. Linux's own limit on x86 is 2048
+/// by default; 4 KiB leaves room for kernels built with a larger one.
+pub const CMDLINE_MAX: usize = 4096;
+/// Most modules one VM may carry. Bounds what a corrupt count could make the
+/// reader allocate, and what a guest's module list has to describe.
+pub const MODULES_MAX: usize = 64;
 const FLAG_BACKGROUND: u32 = 1;
+/// Images and module data start at multiples of this within the blob, so the
+/// kernel may read them with aligned loads if it wants to.
+const DATA_ALIGN: usize = 16;
+
+// Byte offsets inside an entry.
+const E_MEMORY: usize = NAME_MAX;
+const E_RUN_LIMIT: usize = NAME_MAX + 4;
+const E_IMAGE: usize = NAME_MAX + 8;
+const E_FLAGS: usize = NAME_MAX + 16;
+const E_FORMAT: usize = NAME_MAX + 20;
+const E_VCPUS: usize = NAME_MAX + 24;
+const E_CMDLINE: usize = NAME_MAX + 28;
+const E_MODULES: usize = NAME_MAX + 36;
+const E_END: usize = NAME_MAX + 44;
+const _: () = assert!(E_END <= ENTRY);
+
+/// How the kernel should load a VM's image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ImageFormat {
+    /// Decided by the image: a 512-byte boot sector or an ELF executable (the tiny
+    /// guests' loader).
+    #[default]
+    Auto,
+    /// A boot sector, ELF32 or ELF64 executable, started as the tiny guests are.
+    Tiny,
+    /// A Multiboot (version 1) kernel, with its modules.
+    Multiboot,
+    /// A Linux bzImage started through the 64-bit boot protocol; module 0 is the
+    /// initrd.
+    Linux,
+}
+
+impl ImageFormat {
+    pub const ALL: [ImageFormat; 4] = [
+        ImageFormat::Auto,
+        ImageFormat::Tiny,
+        ImageFormat::Multiboot,
+        ImageFormat::Linux,
+    ];
+
+    /// The value stored in the bundle.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            ImageFormat::Auto => 0,
+            ImageFormat::Tiny => 1,
+            ImageFormat::Multiboot => 2,
+            ImageFormat::Linux => 3,
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_u8() == value)
+    }
+
+    /// The lower-case name used in configuration files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Auto => "auto",
+            ImageFormat::Tiny => "tiny",
+            ImageFormat::Multiboot => "multiboot",
+            ImageFormat::Linux => "linux",
+        }
+    }
+
+    /// The inverse of [`ImageFormat::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A module handed to the guest with its image: for Multiboot a boot module, for
+/// Linux module 0 is the initrd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module<'a> {
+    pub data: &'a [u8],
+    pub cmdline: &'a str,
+}
 
 /// One VM to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,22 +143,71 @@ pub struct VmSpec<'a> {
     /// guest that never ends by itself does not keep the hypervisor running.
     pub background: bool,
     pub image: &'a [u8],
+    pub format: ImageFormat,
+    /// The kernel command line (Linux, Multiboot); empty when there is none.
+    pub cmdline: &'a str,
+    /// Virtual processors; at least 1 (the kernel runs exactly one per VM for now).
+    pub vcpus: u32,
+    pub modules: Vec<Module<'a>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BundleError {
     BadMagic,
-    Truncated { needed: usize, have: usize },
-    BadName { index: usize },
-    ImageOutOfBounds { index: usize },
-    NameTooLong { index: usize },
+    Truncated {
+        needed: usize,
+        have: usize,
+    },
+    BadName {
+        index: usize,
+    },
+    ImageOutOfBounds {
+        index: usize,
+    },
+    NameTooLong {
+        index: usize,
+    },
     TooLarge,
+    /// The header's entry count or total length is impossible for this blob.
+    BadHeader,
+    BadFormat {
+        index: usize,
+        value: u32,
+    },
+    BadVcpus {
+        index: usize,
+    },
+    CmdlineOutOfBounds {
+        index: usize,
+    },
+    /// A command line is not UTF-8 or contains a NUL byte.
+    BadCmdline {
+        index: usize,
+    },
+    CmdlineTooLong {
+        index: usize,
+    },
+    TooManyModules {
+        index: usize,
+    },
+    ModuleOutOfBounds {
+        index: usize,
+        module: usize,
+    },
+    /// A module's command line is out of bounds, too long or not UTF-8.
+    BadModuleCmdline {
+        index: usize,
+        module: usize,
+    },
 }
 
 impl fmt::Display for BundleError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            BundleError::BadMagic => write!(f, "not a guest bundle (bad magic)"),
+            BundleError::BadMagic => write!(
+                f,
+                "not a guest bundle of this version (bad magic; expected HVBUNDL2)"
+            ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
             }
@@ -61,53 +221,220 @@ impl fmt::Display for BundleError {
                 write!(f, "entry {index}: name longer than {NAME_MAX} bytes")
             }
             BundleError::TooLarge => write!(f, "bundle larger than 4 GiB"),
+            BundleError::BadHeader => write!(f, "bundle header is inconsistent"),
+            BundleError::BadFormat { index, value } => {
+                write!(f, "entry {index}: unknown image format {value}")
+            }
+            BundleError::BadVcpus { index } => write!(f, "entry {index}: 0 vCPUs"),
+            BundleError::CmdlineOutOfBounds { index } => {
+                write!(f, "entry {index}: command line lies outside the bundle")
+            }
+            BundleError::BadCmdline { index } => {
+                write!(f, "entry {index}: command line is not UTF-8 or holds NUL")
+            }
+            BundleError::CmdlineTooLong { index } => {
+                write!(
+                    f,
+                    "entry {index}: command line longer than {CMDLINE_MAX} bytes"
+                )
+            }
+            BundleError::TooManyModules { index } => {
+                write!(f, "entry {index}: more than {MODULES_MAX} modules")
+            }
+            BundleError::ModuleOutOfBounds { index, module } => {
+                write!(f, "entry {index}: module {module} lies outside the bundle")
+            }
+            BundleError::BadModuleCmdline { index, module } => write!(
+                f,
+                "entry {index}: module {module}: command line out of bounds, longer than \
+                 {CMDLINE_MAX} bytes, or not UTF-8"
+            ),
         }
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+/// The u32 at `at`, or `None` past the end: the reader never indexes unchecked.
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    let bytes = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn align_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// A command line the kernel can hand on as a C string: UTF-8 (by type), no NUL,
+/// not too long.
+fn cmdline_ok(s: &str) -> Result<(), bool> {
+    if s.len() > CMDLINE_MAX {
+        Err(true)
+    } else if s.as_bytes().contains(&0) {
+        Err(false)
+    } else {
+        Ok(())
+    }
 }
 
 /// Packs `vms` into a bundle.
 pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
-    let data_start = HEADER + ENTRY * vms.len();
-    let total: usize = data_start + vms.iter().map(|v| v.image.len()).sum::<usize>();
-    if total > u32::MAX as usize {
-        return Err(BundleError::TooLarge);
-    }
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(vms.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    let mut offset = data_start;
+    // Validate first, so the layout pass below cannot fail halfway.
     for (index, vm) in vms.iter().enumerate() {
-        if vm.name.is_empty() {
+        if vm.name.is_empty() || vm.name.as_bytes().contains(&0) {
             return Err(BundleError::BadName { index });
         }
         if vm.name.len() > NAME_MAX {
             return Err(BundleError::NameTooLong { index });
         }
-        let mut name = [0u8; NAME_MAX];
-        name[..vm.name.len()].copy_from_slice(vm.name.as_bytes());
-        out.extend_from_slice(&name);
-        let flags = if vm.background { FLAG_BACKGROUND } else { 0 };
-        for v in [
-            vm.memory_kib,
-            vm.run_limit_ms,
-            offset as u32,
-            vm.image.len() as u32,
-            flags,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
+        if vm.vcpus == 0 {
+            return Err(BundleError::BadVcpus { index });
         }
-        out.extend_from_slice(&[0u8; ENTRY - NAME_MAX - 20]);
-        offset += vm.image.len();
+        cmdline_ok(vm.cmdline).map_err(|long| {
+            if long {
+                BundleError::CmdlineTooLong { index }
+            } else {
+                BundleError::BadCmdline { index }
+            }
+        })?;
+        if vm.modules.len() > MODULES_MAX {
+            return Err(BundleError::TooManyModules { index });
+        }
+        for (module, m) in vm.modules.iter().enumerate() {
+            if cmdline_ok(m.cmdline).is_err() {
+                return Err(BundleError::BadModuleCmdline { index, module });
+            }
+        }
     }
+
+    // Layout: entry table, then per VM: module table, strings; then all blobs.
+    let table_end = HEADER + ENTRY * vms.len();
+    let mut cursor = table_end;
+    struct Placed {
+        modules_at: usize,
+        cmdline_at: usize,
+        module_cmdlines_at: Vec<usize>,
+    }
+    let mut placed = Vec::with_capacity(vms.len());
     for vm in vms {
-        out.extend_from_slice(vm.image);
+        let modules_at = cursor;
+        cursor += MODULE_ENTRY * vm.modules.len();
+        let cmdline_at = cursor;
+        cursor += vm.cmdline.len();
+        let mut module_cmdlines_at = Vec::with_capacity(vm.modules.len());
+        for m in &vm.modules {
+            module_cmdlines_at.push(cursor);
+            cursor += m.cmdline.len();
+        }
+        placed.push(Placed {
+            modules_at,
+            cmdline_at,
+            module_cmdlines_at,
+        });
     }
+    let mut image_at = Vec::with_capacity(vms.len());
+    let mut module_data_at = Vec::with_capacity(vms.len());
+    for vm in vms {
+        cursor = align_up(cursor, DATA_ALIGN);
+        image_at.push(cursor);
+        cursor = cursor
+            .checked_add(vm.image.len())
+            .ok_or(BundleError::TooLarge)?;
+        let mut at = Vec::with_capacity(vm.modules.len());
+        for m in &vm.modules {
+            cursor = align_up(cursor, DATA_ALIGN);
+            at.push(cursor);
+            cursor = cursor
+                .checked_add(m.data.len())
+                .ok_or(BundleError::TooLarge)?;
+        }
+        module_data_at.push(at);
+    }
+    let total = cursor;
+    if total > u32::MAX as usize {
+        return Err(BundleError::TooLarge);
+    }
+    // Every offset and length below is <= total, so the `as u32` casts are exact.
+    let u = |n: usize| (n as u32).to_le_bytes();
+
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&u(vms.len()));
+    out.extend_from_slice(&u(total));
+    for (i, vm) in vms.iter().enumerate() {
+        let mut e = [0u8; ENTRY];
+        e[..vm.name.len()].copy_from_slice(vm.name.as_bytes());
+        let flags = if vm.background { FLAG_BACKGROUND } else { 0 };
+        let fields: [(usize, u32); 11] = [
+            (E_MEMORY, vm.memory_kib),
+            (E_RUN_LIMIT, vm.run_limit_ms),
+            (E_IMAGE, image_at[i] as u32),
+            (E_IMAGE + 4, vm.image.len() as u32),
+            (E_FLAGS, flags),
+            (E_FORMAT, vm.format.as_u8().into()),
+            (E_VCPUS, vm.vcpus),
+            (E_CMDLINE, placed[i].cmdline_at as u32),
+            (E_CMDLINE + 4, vm.cmdline.len() as u32),
+            (E_MODULES, placed[i].modules_at as u32),
+            (E_MODULES + 4, vm.modules.len() as u32),
+        ];
+        for (at, v) in fields {
+            e[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&e);
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        debug_assert_eq!(out.len(), placed[i].modules_at);
+        for (j, m) in vm.modules.iter().enumerate() {
+            out.extend_from_slice(&u(module_data_at[i][j]));
+            out.extend_from_slice(&u(m.data.len()));
+            out.extend_from_slice(&u(placed[i].module_cmdlines_at[j]));
+            out.extend_from_slice(&u(m.cmdline.len()));
+        }
+        out.extend_from_slice(vm.cmdline.as_bytes());
+        for m in &vm.modules {
+            out.extend_from_slice(m.cmdline.as_bytes());
+        }
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        out.resize(image_at[i], 0);
+        out.extend_from_slice(vm.image);
+        for (j, m) in vm.modules.iter().enumerate() {
+            out.resize(module_data_at[i][j], 0);
+            out.extend_from_slice(m.data);
+        }
+    }
+    debug_assert_eq!(out.len(), total);
     Ok(out)
+}
+
+/// The slice `[offset, offset + len)` of `blob` if it lies inside the data area
+/// `[data_start, blob.len())`.
+fn region(blob: &[u8], data_start: usize, offset: u32, len: u32) -> Option<&[u8]> {
+    let (offset, len) = (offset as usize, len as usize);
+    let end = offset.checked_add(len)?;
+    if offset < data_start {
+        return None;
+    }
+    blob.get(offset..end)
+}
+
+/// Why a string field of the bundle is unusable.
+enum StrError {
+    TooLong,
+    OutOfBounds,
+    Invalid,
+}
+
+/// A command line read from the data area: in bounds, not too long, UTF-8, no NUL.
+fn string(blob: &[u8], data_start: usize, offset: u32, len: u32) -> Result<&str, StrError> {
+    if len as usize > CMDLINE_MAX {
+        return Err(StrError::TooLong);
+    }
+    let bytes = region(blob, data_start, offset, len).ok_or(StrError::OutOfBounds)?;
+    let s = core::str::from_utf8(bytes).map_err(|_| StrError::Invalid)?;
+    if s.as_bytes().contains(&0) {
+        return Err(StrError::Invalid);
+    }
+    Ok(s)
 }
 
 /// Reads every VM description out of `blob`.
@@ -121,22 +448,28 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
     if blob[..8] != MAGIC {
         return Err(BundleError::BadMagic);
     }
-    let count = u32_at(blob, 8) as usize;
-    let total = u32_at(blob, 12) as usize;
+    let count = u32_at(blob, 8).ok_or(BundleError::BadHeader)? as usize;
+    let total = u32_at(blob, 12).ok_or(BundleError::BadHeader)? as usize;
     let table_end = count
         .checked_mul(ENTRY)
         .and_then(|t| t.checked_add(HEADER))
         .ok_or(BundleError::TooLarge)?;
-    let needed = table_end.max(total);
-    if blob.len() < needed {
+    if total < table_end {
+        return Err(BundleError::BadHeader);
+    }
+    if blob.len() < total {
         return Err(BundleError::Truncated {
-            needed,
+            needed: total,
             have: blob.len(),
         });
     }
+    // The bootloader may pad the ramdisk; only the first `total` bytes are ours.
+    let blob = &blob[..total];
+    // `count` is now bounded by the blob's size, so this allocation is too.
     let mut vms = Vec::with_capacity(count);
     for index in 0..count {
         let e = &blob[HEADER + index * ENTRY..HEADER + (index + 1) * ENTRY];
+        let field = |at: usize| u32_at(e, at).unwrap_or(0);
         let name_len = e[..NAME_MAX]
             .iter()
             .position(|&b| b == 0)
@@ -145,19 +478,57 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             .ok()
             .filter(|n| !n.is_empty())
             .ok_or(BundleError::BadName { index })?;
-        let offset = u32_at(e, NAME_MAX + 8) as usize;
-        let len = u32_at(e, NAME_MAX + 12) as usize;
-        let image = offset
-            .checked_add(len)
-            .filter(|&end| offset >= table_end && end <= total)
-            .map(|end| &blob[offset..end])
+        let image = region(blob, table_end, field(E_IMAGE), field(E_IMAGE + 4))
             .ok_or(BundleError::ImageOutOfBounds { index })?;
+        let raw_format = field(E_FORMAT);
+        let format = u8::try_from(raw_format)
+            .ok()
+            .and_then(ImageFormat::from_u8)
+            .ok_or(BundleError::BadFormat {
+                index,
+                value: raw_format,
+            })?;
+        let vcpus = field(E_VCPUS);
+        if vcpus == 0 {
+            return Err(BundleError::BadVcpus { index });
+        }
+        let cmdline = string(blob, table_end, field(E_CMDLINE), field(E_CMDLINE + 4)).map_err(
+            |e| match e {
+                StrError::TooLong => BundleError::CmdlineTooLong { index },
+                StrError::OutOfBounds => BundleError::CmdlineOutOfBounds { index },
+                StrError::Invalid => BundleError::BadCmdline { index },
+            },
+        )?;
+        let module_count = field(E_MODULES + 4) as usize;
+        if module_count > MODULES_MAX {
+            return Err(BundleError::TooManyModules { index });
+        }
+        let table = region(
+            blob,
+            table_end,
+            field(E_MODULES),
+            (module_count * MODULE_ENTRY) as u32,
+        )
+        .ok_or(BundleError::ModuleOutOfBounds { index, module: 0 })?;
+        let mut modules = Vec::with_capacity(module_count);
+        for (module, m) in table.as_chunks::<MODULE_ENTRY>().0.iter().enumerate() {
+            let mfield = |at: usize| u32_at(m, at).unwrap_or(0);
+            let data = region(blob, table_end, mfield(0), mfield(4))
+                .ok_or(BundleError::ModuleOutOfBounds { index, module })?;
+            let cmdline = string(blob, table_end, mfield(8), mfield(12))
+                .map_err(|_| BundleError::BadModuleCmdline { index, module })?;
+            modules.push(Module { data, cmdline });
+        }
         vms.push(VmSpec {
             name,
-            memory_kib: u32_at(e, NAME_MAX),
-            run_limit_ms: u32_at(e, NAME_MAX + 4),
-            background: u32_at(e, NAME_MAX + 16) & FLAG_BACKGROUND != 0,
+            memory_kib: field(E_MEMORY),
+            run_limit_ms: field(E_RUN_LIMIT),
+            background: field(E_FLAGS) & FLAG_BACKGROUND != 0,
             image,
+            format,
+            cmdline,
+            vcpus,
+            modules,
         });
     }
     Ok(vms)
@@ -166,51 +537,105 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::String;
+    use alloc::vec;
 
-    fn two() -> Vec<u8> {
-        write(&[
+    fn tiny(name: &'static str, image: &'static [u8]) -> VmSpec<'static> {
+        VmSpec {
+            name,
+            memory_kib: 4096,
+            run_limit_ms: 0,
+            background: false,
+            image,
+            format: ImageFormat::Auto,
+            cmdline: "",
+            vcpus: 1,
+            modules: Vec::new(),
+        }
+    }
+
+    fn specs() -> Vec<VmSpec<'static>> {
+        vec![
+            tiny("a", b"first"),
             VmSpec {
-                name: "a",
-                memory_kib: 4096,
-                run_limit_ms: 0,
-                background: false,
-                image: b"first",
-            },
-            VmSpec {
-                name: "spin",
                 memory_kib: 2048,
                 run_limit_ms: 1500,
                 background: true,
-                image: b"xy",
+                ..tiny("spin", b"xy")
             },
-        ])
-        .unwrap()
+            VmSpec {
+                name: "linux",
+                memory_kib: 256 * 1024,
+                run_limit_ms: 0,
+                background: false,
+                image: b"bzImage bytes",
+                format: ImageFormat::Linux,
+                cmdline: "console=ttyS0 quiet",
+                vcpus: 1,
+                modules: vec![Module {
+                    data: b"070701 initrd",
+                    cmdline: "",
+                }],
+            },
+            VmSpec {
+                format: ImageFormat::Multiboot,
+                cmdline: "kernel arg",
+                modules: vec![
+                    Module {
+                        data: b"m0",
+                        cmdline: "first module",
+                    },
+                    Module {
+                        data: b"",
+                        cmdline: "",
+                    },
+                ],
+                ..tiny("mb", b"multiboot")
+            },
+        ]
+    }
+
+    fn blob() -> Vec<u8> {
+        write(&specs()).unwrap()
     }
 
     #[test]
     fn round_trip() {
-        let blob = two();
-        let vms = read(&blob).unwrap();
-        assert_eq!(vms.len(), 2);
-        assert_eq!(
-            vms[0],
-            VmSpec {
-                name: "a",
-                memory_kib: 4096,
-                run_limit_ms: 0,
-                background: false,
-                image: b"first"
+        let blob = blob();
+        assert_eq!(read(&blob).unwrap(), specs());
+        // Padding after the bundle (as a bootloader may add) is ignored.
+        let mut padded = blob.clone();
+        padded.resize(blob.len() + 4096, 0xee);
+        assert_eq!(read(&padded).unwrap(), specs());
+        assert_eq!(read(&write(&[]).unwrap()).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn data_is_aligned() {
+        let blob = blob();
+        for vm in read(&blob).unwrap() {
+            let at = vm.image.as_ptr() as usize - blob.as_ptr() as usize;
+            assert_eq!(at % DATA_ALIGN, 0, "{}", vm.name);
+            for m in &vm.modules {
+                let at = m.data.as_ptr() as usize - blob.as_ptr() as usize;
+                assert_eq!(at % DATA_ALIGN, 0, "{} module", vm.name);
             }
-        );
-        assert!(vms[1].background);
-        assert_eq!(vms[1].name, "spin");
-        assert_eq!(vms[1].run_limit_ms, 1500);
-        assert_eq!(vms[1].image, b"xy");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for f in ImageFormat::ALL {
+            assert_eq!(ImageFormat::from_u8(f.as_u8()), Some(f));
+            assert_eq!(ImageFormat::from_name(f.name()), Some(f));
+        }
+        assert_eq!(ImageFormat::from_u8(4), None);
+        assert_eq!(ImageFormat::from_name("elf"), None);
     }
 
     #[test]
     fn rejects_bad_magic_and_truncation() {
-        let mut blob = two();
+        let mut blob = blob();
         assert_eq!(
             read(&blob[..10]),
             Err(BundleError::Truncated {
@@ -223,43 +648,207 @@ mod tests {
             read(&blob[..n - 1]),
             Err(BundleError::Truncated { .. })
         ));
-        blob[0] = b'X';
+        blob[7] = b'1';
         assert_eq!(read(&blob), Err(BundleError::BadMagic));
+    }
+
+    fn put(blob: &mut [u8], at: usize, v: u32) {
+        blob[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
 
     #[test]
     fn rejects_images_outside_the_data_area() {
-        let mut blob = two();
+        let mut blob = blob();
         // Point entry 0's image into the entry table.
-        let at = HEADER + NAME_MAX + 8;
-        blob[at..at + 4].copy_from_slice(&16u32.to_le_bytes());
+        put(&mut blob, HEADER + E_IMAGE, 16);
         assert_eq!(read(&blob), Err(BundleError::ImageOutOfBounds { index: 0 }));
-        let mut blob = two();
-        blob[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut blob = self::blob();
+        put(&mut blob, HEADER + E_IMAGE + 4, u32::MAX);
         assert_eq!(read(&blob), Err(BundleError::ImageOutOfBounds { index: 0 }));
     }
 
     #[test]
-    fn rejects_bad_names() {
+    fn rejects_bad_fields() {
+        let linux = HEADER + 2 * ENTRY;
+        let mut b = blob();
+        put(&mut b, linux + E_FORMAT, 9);
+        assert_eq!(read(&b), Err(BundleError::BadFormat { index: 2, value: 9 }));
+        let mut b = blob();
+        put(&mut b, linux + E_VCPUS, 0);
+        assert_eq!(read(&b), Err(BundleError::BadVcpus { index: 2 }));
+        let mut b = blob();
+        put(&mut b, linux + E_CMDLINE + 4, CMDLINE_MAX as u32 + 1);
+        assert_eq!(read(&b), Err(BundleError::CmdlineTooLong { index: 2 }));
+        let mut b = blob();
+        put(&mut b, linux + E_CMDLINE, 0);
+        assert_eq!(read(&b), Err(BundleError::CmdlineOutOfBounds { index: 2 }));
+        let mut b = blob();
+        put(&mut b, linux + E_MODULES + 4, 1000);
+        assert_eq!(read(&b), Err(BundleError::TooManyModules { index: 2 }));
+        let mut b = blob();
+        put(&mut b, linux + E_MODULES + 4, MODULES_MAX as u32);
+        assert!(matches!(
+            read(&b),
+            Err(BundleError::ModuleOutOfBounds { index: 2, .. })
+        ));
+        // The module's data length runs past the end.
+        let mut b = blob();
+        let table = u32_at(&b, linux + E_MODULES).unwrap() as usize;
+        put(&mut b, table + 4, u32::MAX - 3);
+        assert_eq!(
+            read(&b),
+            Err(BundleError::ModuleOutOfBounds {
+                index: 2,
+                module: 0
+            })
+        );
+        // A cmdline byte that is not UTF-8.
+        let mut b = blob();
+        let at = u32_at(&b, linux + E_CMDLINE).unwrap() as usize;
+        b[at] = 0xff;
+        assert_eq!(read(&b), Err(BundleError::BadCmdline { index: 2 }));
+        // An entry count that the blob cannot hold.
+        let mut b = blob();
+        put(&mut b, 8, u32::MAX);
+        assert!(read(&b).is_err());
+        let mut b = blob();
+        put(&mut b, 12, 17);
+        assert_eq!(read(&b), Err(BundleError::BadHeader));
+    }
+
+    #[test]
+    fn writer_rejects_what_the_reader_would() {
         let long = "x".repeat(NAME_MAX + 1);
         let spec = VmSpec {
             name: &long,
-            memory_kib: 1,
-            run_limit_ms: 0,
-            background: false,
-            image: b"",
+            ..tiny("", b"")
         };
         assert_eq!(write(&[spec]), Err(BundleError::NameTooLong { index: 0 }));
-        let mut blob = two();
-        blob[HEADER] = 0xff;
-        assert_eq!(read(&blob), Err(BundleError::BadName { index: 0 }));
-        let empty = VmSpec {
-            name: "",
-            memory_kib: 1,
-            run_limit_ms: 0,
-            background: false,
-            image: b"",
+        assert_eq!(
+            write(&[tiny("", b"")]),
+            Err(BundleError::BadName { index: 0 })
+        );
+        let mut b = blob();
+        b[HEADER] = 0xff;
+        assert_eq!(read(&b), Err(BundleError::BadName { index: 0 }));
+        let zero = VmSpec {
+            vcpus: 0,
+            ..tiny("z", b"")
         };
-        assert_eq!(write(&[empty]), Err(BundleError::BadName { index: 0 }));
+        assert_eq!(write(&[zero]), Err(BundleError::BadVcpus { index: 0 }));
+        let long: String = "c".repeat(CMDLINE_MAX + 1);
+        let spec = VmSpec {
+            cmdline: &long,
+            ..tiny("c", b"")
+        };
+        assert_eq!(
+            write(&[spec]),
+            Err(BundleError::CmdlineTooLong { index: 0 })
+        );
+        let spec = VmSpec {
+            cmdline: "a\0b",
+            ..tiny("c", b"")
+        };
+        assert_eq!(write(&[spec]), Err(BundleError::BadCmdline { index: 0 }));
+        let spec = VmSpec {
+            modules: vec![
+                Module {
+                    data: b"",
+                    cmdline: ""
+                };
+                MODULES_MAX + 1
+            ],
+            ..tiny("m", b"")
+        };
+        assert_eq!(
+            write(&[spec]),
+            Err(BundleError::TooManyModules { index: 0 })
+        );
+        // Exactly at the limits is fine.
+        let max: String = "c".repeat(CMDLINE_MAX);
+        let name: String = "n".repeat(NAME_MAX);
+        let spec = VmSpec {
+            name: &name,
+            cmdline: &max,
+            ..tiny("", b"")
+        };
+        let b = write(core::slice::from_ref(&spec)).unwrap();
+        assert_eq!(read(&b).unwrap(), vec![spec]);
+    }
+
+    /// xorshift64*: deterministic pseudo-random bytes without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The reader must answer every input with a value or an error, never a panic
+    /// (a panic in the kernel stops the machine): every truncation, random byte
+    /// corruptions, random header/offset fields, and plain random blobs.
+    #[test]
+    fn never_panics_on_corrupt_input() {
+        let good = blob();
+        for len in 0..good.len() {
+            assert!(read(&good[..len]).is_err(), "truncated to {len} accepted");
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut accepted = 0;
+        for round in 0..20_000 {
+            let mut b = good.clone();
+            let flips = 1 + rng.below(8);
+            for _ in 0..flips {
+                // Aim most corruptions at the header, entries and module tables,
+                // where the offsets live.
+                let span = if round % 4 == 0 {
+                    b.len()
+                } else {
+                    b.len().min(512)
+                };
+                let at = rng.below(span);
+                if round % 3 == 0 {
+                    // A whole field: offsets near the ends are the interesting ones.
+                    let at = at & !3;
+                    let v = match rng.below(4) {
+                        0 => u32::MAX - rng.below(64) as u32,
+                        1 => b.len() as u32 + rng.below(64) as u32 - 32,
+                        2 => rng.below(4096) as u32,
+                        _ => rng.next() as u32,
+                    };
+                    if at + 4 <= b.len() {
+                        put(&mut b, at, v);
+                    }
+                } else {
+                    b[at] = rng.next() as u8;
+                }
+            }
+            if rng.below(8) == 0 {
+                let keep = rng.below(b.len() + 1);
+                b.truncate(keep);
+            }
+            if read(&b).is_ok() {
+                accepted += 1;
+            }
+        }
+        // Corrupting string or image bytes keeps a bundle valid; that is fine, as
+        // long as nothing panicked.
+        assert!(accepted < 20_000);
+        for _ in 0..5_000 {
+            let len = rng.below(1024);
+            let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if b.len() >= 16 && rng.below(2) == 0 {
+                b[..8].copy_from_slice(&MAGIC);
+                put(&mut b, 8, rng.below(4) as u32);
+                put(&mut b, 12, rng.below(len + 1) as u32);
+            }
+            let _ = read(&b);
+        }
     }
 }

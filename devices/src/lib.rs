@@ -88,13 +88,41 @@
 #![no_std]
 
 pub mod bus;
+pub mod cmos;
+pub mod debug_exit;
+pub mod fw_cfg;
+pub mod i8042;
+pub mod ioapic;
 pub mod irq;
+pub mod lapic;
 pub mod line_buffer;
+pub mod mptable;
+pub mod pci_config;
+pub mod pic8259;
+pub mod pit8254;
 pub mod uart16550;
 
 pub use bus::{all_ones, read_bytewise, write_bytewise, MapError, PortDevice, PortMap, PortRange};
+pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_COUNT, RTC_IRQ};
+pub use debug_exit::{DebugExit, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT};
+pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_BASE, FW_CFG_PORT_COUNT};
+pub use i8042::{SystemControlA, AUX_IRQ, I8042, KBD_IRQ, SYSTEM_CONTROL_A_PORT};
+pub use ioapic::{
+    isa_irq_pin, Delivery, IoApic, Redeliveries, IOAPIC_BASE, IOAPIC_MMIO_SIZE, IOAPIC_PINS,
+};
 pub use irq::IrqEdge;
+pub use lapic::{
+    ApicError, DeliveryMode, Ipi, LapicConfig, LocalApic, Shorthand, TimerMode, DEFAULT_TIMER_HZ,
+    LAPIC_BASE, LAPIC_MMIO_SIZE,
+};
 pub use line_buffer::{Line, LineBuffer, LINE_CAPACITY};
+pub use mptable::{
+    write_acpi_tables, write_mp_table, AcpiLayout, PlatformConfig, TableError, ACPI_TABLES_ADDRESS,
+    ACPI_TABLES_SIZE, MP_TABLE_ADDRESS, MP_TABLE_SIZE,
+};
+pub use pci_config::{PciConfig, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT};
+pub use pic8259::Pic8259;
+pub use pit8254::{Pit8254, PIT_BASE, PIT_HZ, PIT_IRQ, PIT_PORT_COUNT, PORT_61};
 pub use uart16550::{
     NullSink, SerialSink, Uart16550, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, PORT_COUNT,
 };

@@ -26,6 +26,20 @@ pub fn write_fmt(args: fmt::Arguments) {
     });
 }
 
+/// A byte typed on the host console, if one arrived (LSR.DR).
+pub fn try_read_byte() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut lsr: x86_64::instructions::port::PortReadOnly<u8> =
+            x86_64::instructions::port::PortReadOnly::new(COM1 + 5);
+        let mut rbr: x86_64::instructions::port::PortReadOnly<u8> =
+            x86_64::instructions::port::PortReadOnly::new(COM1);
+        let _guard = PORT.lock();
+        // SAFETY: reading LSR has no side effects; RBR is read only when DR says a
+        // byte is there, which consumes exactly that byte.
+        unsafe { (lsr.read() & 1 != 0).then(|| rbr.read()) }
+    })
+}
+
 /// Waits until the UART has shifted out everything written (LSR.TEMT), so that a
 /// power-off right after the last line does not cut it short in emulators that model
 /// the baud rate.

@@ -66,3 +66,53 @@ pub fn uptime_micros() -> u64 {
 pub fn micros_to_tsc(micros: u64) -> u64 {
     ((micros as u128) * tsc_hz() as u128 / 1_000_000) as u64
 }
+
+pub fn uptime_ns() -> u64 {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return 0;
+    }
+    let cycles = rdtsc().saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
+    ((cycles as u128) * 1_000_000_000 / hz as u128) as u64
+}
+
+/// The host's wall-clock time from its CMOS RTC, as Unix nanoseconds, read once at
+/// boot for the guests' RTCs. Waits out an update in progress (status A bit 7) and
+/// handles BCD/binary and 12/24-hour formats (status B bits 2 and 1).
+pub fn read_rtc_unix_ns() -> u64 {
+    let mut index: Port<u8> = Port::new(0x70);
+    let mut data: Port<u8> = Port::new(0x71);
+    // SAFETY: the CMOS index/data ports; reading RTC registers has no side effects
+    // (bit 7 of the index keeps NMIs disabled, as firmware leaves them).
+    let mut reg = |r: u8| unsafe {
+        index.write(0x80 | r);
+        data.read()
+    };
+    for _ in 0..1_000_000 {
+        if reg(0x0A) & 0x80 == 0 {
+            break;
+        }
+    }
+    let status_b = reg(0x0B);
+    let bcd = status_b & 0x04 == 0;
+    let conv = |v: u8| if bcd { (v >> 4) * 10 + (v & 0x0F) } else { v };
+    let sec = conv(reg(0x00)) as u64;
+    let min = conv(reg(0x02)) as u64;
+    let raw_hour = reg(0x04);
+    let mut hour = conv(raw_hour & 0x7F) as u64;
+    if status_b & 0x02 == 0 && raw_hour & 0x80 != 0 {
+        hour = (hour % 12) + 12;
+    }
+    let day = conv(reg(0x07));
+    let month = conv(reg(0x08));
+    let year = conv(reg(0x09)) as i64;
+    let century = conv(reg(0x32)) as i64;
+    let century = if (19..=21).contains(&century) {
+        century
+    } else {
+        20
+    };
+    let days = devices::cmos::days_from_civil(century * 100 + year, month.max(1), day.max(1));
+    let secs = (days.max(0) as u64) * 86_400 + hour * 3600 + min * 60 + sec;
+    secs * 1_000_000_000
+}

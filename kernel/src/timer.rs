@@ -1,4 +1,4 @@
-//! The hypervisor's own time source for time slices: the 8254 PIT channel 0 at 100 Hz
+//! The hypervisor's own time source for time slices: the 8254 PIT channel 0 at 1 kHz
 //! through the 8259 PIC (IRQ 0, remapped to vector 32). Guests never reach these
 //! devices: every I/O port a guest touches is intercepted.
 
@@ -6,7 +6,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 use x86_64::structures::idt::InterruptStackFrame;
 
-pub const TICK_HZ: u32 = 100;
+/// 1 kHz: the resolution at which halted guests are woken for their timers and busy
+/// guests are switched.
+pub const TICK_HZ: u32 = 1000;
 pub const PIC_VECTOR_BASE: u8 = 32;
 const PIT_HZ: u32 = 1_193_182;
 
@@ -37,6 +39,15 @@ pub fn handlers() -> [(u8, crate::interrupts::IrqHandler); 3] {
         (PIC_VECTOR_BASE + 7, spurious_master),
         (PIC_VECTOR_BASE + 15, spurious_slave),
     ]
+}
+
+/// Waits for the next host interrupt (the timer tick at the latest) with the processor
+/// halted: used when every guest is halted.
+pub fn idle() {
+    // STI takes effect after the next instruction, so no interrupt can slip in
+    // between it and HLT (SDM Vol. 2B STI).
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
 }
 
 /// Remaps the PICs above the exception vectors, unmasks only IRQ 0, and starts the PIT

@@ -864,6 +864,10 @@ impl Vmcb {
         };
         let s = &mut self.save;
         s.load_segments(&segments);
+        if let Some((base, limit)) = start.gdtr {
+            s.gdtr.base = base;
+            s.gdtr.limit = limit as u32;
+        }
         s.cpl = 0;
         s.efer = efer;
         s.cr0 = cr0;
@@ -1071,6 +1075,7 @@ mod tests {
                 rax: 0xAA,
                 ..GuestRegisters::default()
             },
+            gdtr: None,
         }
     }
 

@@ -21,12 +21,14 @@ pub struct Images {
 /// `HV_RELEASE` and `HV_LOG`).
 pub fn images(set: GuestSet) -> &'static Images {
     static PLAIN: OnceLock<Images> = OnceLock::new();
-    static TEST: OnceLock<Images> = OnceLock::new();
+    static TINY: OnceLock<Images> = OnceLock::new();
     static DEMO: OnceLock<Images> = OnceLock::new();
+    static LINUX: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
-        GuestSet::Test => &TEST,
+        GuestSet::Tiny => &TINY,
         GuestSet::Demo => &DEMO,
+        GuestSet::LinuxTest => &LINUX,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

@@ -15,7 +15,7 @@ fn run(test: &str, firmware: Firmware) -> RunOutput {
         force_tcg: true,
         ..Default::default()
     };
-    boot_qemu(test, GuestSet::Test, &opts, QEMU_LIMIT)
+    boot_qemu(test, GuestSet::Tiny, &opts, QEMU_LIMIT)
 }
 
 /// Index of the first line containing `needle`.

@@ -8,7 +8,7 @@ use tests::*;
 fn tiny_guests_run_isolated_under_vt_x() {
     let out = boot_bochs(
         "vt_x_guests",
-        GuestSet::Test,
+        GuestSet::Tiny,
         &BochsOptions::default(),
         "hv: stopping with status",
         BOCHS_LIMIT,

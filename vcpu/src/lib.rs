@@ -53,6 +53,9 @@ pub struct StartState {
     pub cr3: u64,
     /// Initial general-purpose registers (boot protocols pass pointers in them).
     pub regs: GuestRegisters,
+    /// GDTR (base, limit) when the loader put a GDT in guest memory (Linux's 64-bit
+    /// boot protocol wants one); `None` leaves GDTR empty.
+    pub gdtr: Option<(u64, u16)>,
 }
 
 /// One port I/O access as the guest performed it.

@@ -279,7 +279,10 @@ impl GuestState {
             // Bit 1 is reserved as 1; IF clear until the guest enables interrupts.
             rflags: rflags::FIXED_1,
             segments: [data, cs, data, data, data, data, ldtr, tr],
-            gdtr: tables,
+            gdtr: start.gdtr.map_or(tables, |(base, limit)| TableRegister {
+                base,
+                limit: limit as u32,
+            }),
             idtr: tables,
             efer: efer_value,
             pat: PAT_RESET_VALUE,
@@ -424,6 +427,7 @@ pub(crate) mod tests {
             rsp: 0x7000,
             cr3: 0x1000,
             regs: GuestRegisters::default(),
+            gdtr: None,
         }
     }
 

@@ -90,10 +90,13 @@ pub fn build_kernel(opts: &BuildOptions) -> Result<PathBuf, String> {
 pub enum GuestSet {
     /// No bundle: the hypervisor boots, reports and stops.
     None,
-    /// The tiny guests (`cargo xtask run`).
+    /// `cargo xtask run`: Debian's Linux to a shell on the serial console, next to
+    /// the tiny `hello64` guest.
     Demo,
-    /// The tiny guests, as the integration tests boot them.
-    Test,
+    /// The eight tiny guests (three CPU modes, policy probes, hostile ones).
+    Tiny,
+    /// Linux in test mode (it prints, then powers off) next to `hello64`.
+    LinuxTest,
 }
 
 impl GuestSet {
@@ -101,7 +104,38 @@ impl GuestSet {
         match self {
             GuestSet::None => "plain",
             GuestSet::Demo => "demo",
-            GuestSet::Test => "test",
+            GuestSet::Tiny => "tiny",
+            GuestSet::LinuxTest => "linux-test",
+        }
+    }
+
+    /// The VMs of this set, building or fetching their images as needed.
+    pub fn vms(self) -> Result<Vec<crate::vms::VmDef>, String> {
+        let tiny = || {
+            crate::vms::build_tiny_guests(
+                &workspace_root(),
+                &target_dir().join("hv").join("guests"),
+            )
+            .map(|images| crate::vms::tiny_guests(&images))
+        };
+        let linux = |test_mode| -> Result<crate::vms::VmDef, String> {
+            let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
+            Ok(crate::config::check(&crate::linux::linux_vm(
+                &guest, test_mode,
+            ))?)
+        };
+        let with_hello = |linux: crate::vms::VmDef| -> Result<Vec<crate::vms::VmDef>, String> {
+            let hello = tiny()?
+                .into_iter()
+                .find(|v| v.name == "hello64")
+                .ok_or("no hello64 guest")?;
+            Ok(vec![linux, hello])
+        };
+        match self {
+            GuestSet::None => Ok(Vec::new()),
+            GuestSet::Tiny => tiny(),
+            GuestSet::Demo => with_hello(linux(false)?),
+            GuestSet::LinuxTest => with_hello(linux(true)?),
         }
     }
 }
@@ -109,18 +143,22 @@ impl GuestSet {
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
+    build_with_vms(opts, set.dir_name(), &set.vms()?)
+}
+
+/// Builds the kernel and both disk images with `vms` in the ramdisk (none: no
+/// ramdisk), in `target/hv/<dir>/`.
+pub fn build_with_vms(
+    opts: &BuildOptions,
+    dir: &str,
+    vms: &[crate::vms::VmDef],
+) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
-    let out = target_dir().join("hv").join(set.dir_name());
-    let ramdisk = match set {
-        GuestSet::None => None,
-        GuestSet::Demo | GuestSet::Test => {
-            let images = crate::vms::build_tiny_guests(
-                &workspace_root(),
-                &target_dir().join("hv").join("guests"),
-            )?;
-            let vms = crate::vms::tiny_guests(&images);
-            Some(crate::vms::write_bundle(&vms, &out.join("bundle.bin"))?)
-        }
+    let out = target_dir().join("hv").join(dir);
+    let ramdisk = if vms.is_empty() {
+        None
+    } else {
+        Some(crate::vms::write_bundle(vms, &out.join("bundle.bin"))?)
     };
     let ramdisk = ramdisk.as_deref();
     eprintln!(

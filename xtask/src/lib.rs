@@ -2,9 +2,11 @@
 //! runs the tests and writes USB sticks. The integration tests use this library too.
 
 pub mod build;
+pub mod config;
 pub mod emulator;
 pub mod flash;
 pub mod guests;
+pub mod linux;
 pub mod vms;
 
 pub mod tools;

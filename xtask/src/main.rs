@@ -1,6 +1,6 @@
 //! `cargo xtask <command>`: the developer workflow. See `cargo xtask help`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use xtask::build::{self, BuildOptions};
@@ -11,9 +11,17 @@ cargo xtask <command> [options]
 
 commands:
   build                 build the kernel and the BIOS and UEFI disk images
-  run                   build when needed and boot the hypervisor
+  run                   build when needed and boot the hypervisor with its guests:
+                        by default Debian's Linux (fetched with apt, cached) to a
+                        shell on the serial console, next to a tiny demo guest
+      --guests <demo|tiny>  a built-in set (tiny: the eight test guests)
+      --config <file.toml>  the VMs described in a TOML file (see vms.example.toml)
+      --kernel <image>      one VM from a bzImage, Multiboot or tiny image, with
+      --initrd <file>       its initrd (Linux) or modules (Multiboot: f1 args,f2),
+      --append <cmdline>    its command line, and
+      --memory <size>       its memory (e.g. 256M), as QEMU's -kernel takes them
       --uefi | --bios       firmware (default: BIOS)
-      --memory <MiB>        machine memory (default: 512 in QEMU, 128 in Bochs)
+      --memory <MiB>        machine memory without --kernel (default: the guests' + 96, at least 512 in QEMU, 128 in Bochs)
       --cpus <n>            processors (default: 2 in QEMU, 1 in Bochs)
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
@@ -84,22 +92,68 @@ fn firmware(args: &mut Args) -> Result<Firmware, String> {
     }
 }
 
+/// The VMs `run` boots: a TOML file, one QEMU-style `--kernel` VM, or a named set.
+fn chosen_vms(args: &mut Args) -> Result<(String, Vec<xtask::vms::VmDef>, Option<u32>), String> {
+    let config = args.value("--config")?;
+    let kernel = args.value("--kernel")?;
+    let initrd = args.value("--initrd")?;
+    let append = args.value("--append")?;
+    let guests = args.value("--guests")?;
+    if kernel.is_none() && (initrd.is_some() || append.is_some()) {
+        return Err("--initrd and --append go with --kernel".into());
+    }
+    // With --kernel, --memory is the VM's size (QEMU's meaning); otherwise the machine's.
+    let vm_memory = if kernel.is_some() {
+        args.value("--memory")?
+    } else {
+        None
+    };
+    let machine_memory = args.number("--memory")?;
+    let vms = match (config, kernel, guests.as_deref()) {
+        (Some(path), None, None) => ("custom".into(), xtask::config::load(Path::new(&path))?),
+        (None, Some(k), None) => {
+            let vm = xtask::config::single_vm(
+                Path::new(&k),
+                initrd.as_deref().map(Path::new),
+                append.as_deref(),
+                vm_memory.as_deref(),
+            )?;
+            ("custom".into(), vec![vm])
+        }
+        (None, None, None | Some("demo")) => ("demo".into(), build::GuestSet::Demo.vms()?),
+        (None, None, Some("tiny")) => ("tiny".into(), build::GuestSet::Tiny.vms()?),
+        (None, None, Some(other)) => {
+            return Err(format!("unknown guest set {other:?}: use demo or tiny"))
+        }
+        _ => return Err("choose one of --config, --kernel and --guests".into()),
+    };
+    Ok((vms.0, vms.1, machine_memory))
+}
+
 fn run(mut args: Args) -> Result<(), String> {
     let bopts = build_options(&mut args)?;
     let fw = firmware(&mut args)?;
-    let memory = args.number("--memory")?;
+    let (dir, vms, memory) = chosen_vms(&mut args)?;
     let cpus = args.number("--cpus")?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     args.finish()?;
-    let built = build::build_all(&bopts, build::GuestSet::Demo)?;
+    // The machine needs the guests' RAM plus room for the hypervisor.
+    let guest_mib: u32 = vms.iter().map(|v| v.memory_kib.div_ceil(1024)).sum();
+    let needed = guest_mib + 96;
+    if let Some(m) = memory {
+        if m < needed {
+            return Err(format!("--memory {m}: the VMs need {guest_mib} MiB, so give the machine at least {needed} MiB"));
+        }
+    }
+    let built = build::build_with_vms(&bopts, &dir, &vms)?;
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {
         "qemu" => {
             let opts = QemuOptions {
                 firmware: fw,
-                memory_mib: memory.unwrap_or(512),
+                memory_mib: memory.unwrap_or(needed.max(512)),
                 cpus: cpus.unwrap_or(2),
                 gdb,
                 cpu: None,
@@ -181,7 +235,11 @@ fn test(mut args: Args) -> Result<(), String> {
     if host_only {
         return Ok(());
     }
-    for set in [build::GuestSet::None, build::GuestSet::Test] {
+    for set in [
+        build::GuestSet::None,
+        build::GuestSet::Tiny,
+        build::GuestSet::LinuxTest,
+    ] {
         build::build_all(&bopts, set)?;
     }
     eprintln!(

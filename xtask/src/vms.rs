@@ -1,18 +1,55 @@
 //! The VM sets that xtask bundles into the kernel's ramdisk: the demo set that
-//! `cargo xtask run` boots, and the sets the integration tests boot.
+//! `cargo xtask run` boots, the sets the integration tests boot, and sets described
+//! by a TOML file (see `config.rs`).
 
 use std::path::{Path, PathBuf};
 
+pub use bundle::ImageFormat;
+
 use crate::guests::{self, GuestImage};
 
+/// A module handed to a guest with its image (Multiboot module; for Linux, module 0
+/// is the initrd).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleDef {
+    pub path: PathBuf,
+    /// The module's string (Multiboot's per-module command line); empty for an initrd.
+    pub cmdline: String,
+}
+
 /// One VM of a set, before bundling.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmDef {
     pub name: String,
     pub image: PathBuf,
     pub memory_kib: u32,
     pub run_limit_ms: u32,
     pub background: bool,
+    /// How the kernel loads `image`. Sets read from a config file carry the format
+    /// detected on the host, never `Auto`.
+    pub format: ImageFormat,
+    pub cmdline: String,
+    /// Always 1 for now: the kernel runs one vCPU per VM.
+    pub vcpus: u32,
+    pub modules: Vec<ModuleDef>,
+}
+
+impl VmDef {
+    /// A VM with one vCPU, no command line and no modules, its format detected by the
+    /// kernel.
+    pub fn new(name: impl Into<String>, image: impl Into<PathBuf>, memory_kib: u32) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            memory_kib,
+            run_limit_ms: 0,
+            background: false,
+            format: ImageFormat::Auto,
+            cmdline: String::new(),
+            vcpus: 1,
+            modules: Vec::new(),
+        }
+    }
 }
 
 /// The tiny test guests: one per CPU mode, the policy probes, and the hostile ones
@@ -23,11 +60,9 @@ pub fn tiny_guests(images: &[GuestImage]) -> Vec<VmDef> {
     images
         .iter()
         .map(|g| VmDef {
-            name: g.name.clone(),
-            image: g.path.clone(),
-            memory_kib: 4096,
-            run_limit_ms: 0,
             background: g.name == "spin64",
+            format: ImageFormat::Tiny,
+            ..VmDef::new(g.name.clone(), g.path.clone(), 4096)
         })
         .collect()
 }
@@ -38,30 +73,137 @@ pub fn build_tiny_guests(workspace: &Path, out_dir: &Path) -> Result<Vec<GuestIm
     guests::build_guests(workspace, out_dir)
 }
 
-/// Packs `vms` into a bundle file for the bootloader's ramdisk.
-pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("reading {what} {}: {e}", path.display()))
+}
+
+/// Packs `vms` into bundle bytes (images and modules read from disk).
+pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
+    // Read everything first: the specs borrow from these buffers.
     let images: Vec<Vec<u8>> = vms
         .iter()
+        .map(|v| read("guest image", &v.image))
+        .collect::<Result<_, _>>()?;
+    let modules: Vec<Vec<Vec<u8>>> = vms
+        .iter()
         .map(|v| {
-            std::fs::read(&v.image)
-                .map_err(|e| format!("reading guest image {}: {e}", v.image.display()))
+            v.modules
+                .iter()
+                .map(|m| read(&format!("module of VM {}", v.name), &m.path))
+                .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
     let specs: Vec<bundle::VmSpec> = vms
         .iter()
         .zip(&images)
-        .map(|(v, image)| bundle::VmSpec {
+        .zip(&modules)
+        .map(|((v, image), data)| bundle::VmSpec {
             name: &v.name,
             memory_kib: v.memory_kib,
             run_limit_ms: v.run_limit_ms,
             background: v.background,
             image,
+            format: v.format,
+            cmdline: &v.cmdline,
+            vcpus: v.vcpus,
+            modules: v
+                .modules
+                .iter()
+                .zip(data)
+                .map(|(m, data)| bundle::Module {
+                    data,
+                    cmdline: &m.cmdline,
+                })
+                .collect(),
         })
         .collect();
-    let blob = bundle::write(&specs).map_err(|e| format!("packing the guest bundle: {e}"))?;
+    bundle::write(&specs).map_err(|e| {
+        // Name the VM: the bundle's errors only know entry indices.
+        let vm = match e {
+            bundle::BundleError::BadName { index }
+            | bundle::BundleError::NameTooLong { index }
+            | bundle::BundleError::BadVcpus { index }
+            | bundle::BundleError::BadCmdline { index }
+            | bundle::BundleError::CmdlineTooLong { index }
+            | bundle::BundleError::TooManyModules { index }
+            | bundle::BundleError::BadModuleCmdline { index, .. } => {
+                format!(" (VM {:?})", vms[index].name)
+            }
+            _ => String::new(),
+        };
+        format!("packing the guest bundle: {e}{vm}")
+    })
+}
+
+/// Packs `vms` into a bundle file for the bootloader's ramdisk. The file is left
+/// alone when its contents would not change, so its timestamp means something.
+pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
+    let blob = bundle_bytes(vms)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    std::fs::write(out, blob).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    if std::fs::read(out).ok().as_deref() != Some(&blob[..]) {
+        std::fs::write(out, blob).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    }
     Ok(out.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_every_field() {
+        let dir = std::env::temp_dir().join(format!("hv-vms-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("k.bin");
+        let initrd = dir.join("initrd");
+        std::fs::write(&image, b"kernel").unwrap();
+        std::fs::write(&initrd, b"070701").unwrap();
+        let vm = VmDef {
+            format: ImageFormat::Linux,
+            cmdline: "console=ttyS0".into(),
+            modules: vec![ModuleDef {
+                path: initrd.clone(),
+                cmdline: String::new(),
+            }],
+            run_limit_ms: 5,
+            background: true,
+            ..VmDef::new("linux", &image, 256 * 1024)
+        };
+        let out = dir.join("bundle.bin");
+        write_bundle(std::slice::from_ref(&vm), &out).unwrap();
+        let blob = std::fs::read(&out).unwrap();
+        let specs = bundle::read(&blob).unwrap();
+        assert_eq!(
+            specs,
+            vec![bundle::VmSpec {
+                name: "linux",
+                memory_kib: 256 * 1024,
+                run_limit_ms: 5,
+                background: true,
+                image: b"kernel",
+                format: ImageFormat::Linux,
+                cmdline: "console=ttyS0",
+                vcpus: 1,
+                modules: vec![bundle::Module {
+                    data: b"070701",
+                    cmdline: ""
+                }],
+            }]
+        );
+        let missing = VmDef {
+            modules: vec![ModuleDef {
+                path: dir.join("nope"),
+                cmdline: String::new(),
+            }],
+            ..vm
+        };
+        let err = write_bundle(&[missing], &out).unwrap_err();
+        assert!(
+            err.contains("module of VM linux") && err.contains("nope"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

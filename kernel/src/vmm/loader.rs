@@ -1,9 +1,18 @@
-//! Guest image loading, decided by the image itself: a 512-byte boot sector starts in
-//! real mode at 0000:7C00 as a BIOS would start it; an ELF32 (EM_386) executable starts
-//! in 32-bit protected mode with paging off; an ELF64 (EM_X86_64) executable starts in
-//! long mode on identity-mapped page tables the loader builds. Pure: the plan names
-//! what to copy where; the VM carries it out. Every image is checked against the VM's
-//! RAM before anything is copied.
+//! Guest image loading, decided by the image itself (or by the caller, through
+//! [`ImageFormat`]):
+//!
+//! - a Linux bzImage (setup header "HdrS" at 0x202 and boot flag 0xAA55 at 0x1FE) starts
+//!   at its 64-bit entry point with a zero page, see [`super::linux`];
+//! - a Multiboot v1 kernel (header magic 0x1BADB002 in the first 8 KiB) starts in
+//!   32-bit protected mode with a Multiboot information structure, see
+//!   [`super::multiboot`];
+//! - otherwise the tiny-guest rules: a 512-byte boot sector starts in real mode at
+//!   0000:7C00 as a BIOS would start it; an ELF32 (EM_386) executable starts in 32-bit
+//!   protected mode with paging off; an ELF64 (EM_X86_64) executable starts in long
+//!   mode on identity-mapped page tables the loader builds.
+//!
+//! Pure: the plan names what to copy where; the VM carries it out. Every image, module
+//! and boot structure is checked against the VM's RAM before anything is copied.
 
 use alloc::format;
 use alloc::string::String;
@@ -12,9 +21,12 @@ use elf::endian::AnyEndian;
 use elf::ElfBytes;
 use vcpu::{CpuMode, GuestRegisters, StartState};
 
+use super::{linux, multiboot};
+
 pub const BOOT_SECTOR_GPA: u64 = 0x7C00;
-/// The long-mode page tables: PML4, PDPT and one page directory, identity-mapping the
-/// first 1 GiB with 2 MiB pages.
+/// The long-mode page tables: a PML4, a PDPT and one page directory per identity-mapped
+/// GiB (2 MiB pages), consecutive pages from here. Tiny ELF64 guests get 1 GiB (3
+/// pages, up to 0x4000), Linux gets 4 GiB (6 pages, up to 0x7000).
 pub const PAGE_TABLES_GPA: u64 = 0x1000;
 const PAGE_TABLES_END: u64 = PAGE_TABLES_GPA + 3 * 4096;
 const _: () = assert!(
@@ -35,14 +47,82 @@ pub struct Segment<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct LoadPlan<'a> {
+    /// The image's pieces and the boot modules (initrd), borrowed from the caller.
     pub segments: Vec<Segment<'a>>,
     pub start: StartState,
-    /// Long mode: the three page-table pages to write at [`PAGE_TABLES_GPA`].
-    pub page_tables: Option<[[u64; 512]; 3]>,
+    /// Long mode: the page-table pages to write consecutively from
+    /// [`PAGE_TABLES_GPA`] (the PML4 first; `start.cr3` points at it).
+    pub page_tables: Option<Vec<[u64; 512]>>,
+    /// Boot structures the loader built (Multiboot information, zero page, GDT,
+    /// command line): bytes to copy to the given guest-physical address, after the
+    /// segments. Checked to lie inside the RAM.
+    pub extra: Vec<(u64, Vec<u8>)>,
+    /// A GDT the loader placed in guest memory (base, limit) whose selectors 0x10
+    /// (code) and 0x18 (data) match the hidden segment state the vCPU starts with.
+    /// The backend should load GDTR with it, so that a guest reloading a segment
+    /// register before it has its own GDT (Linux's 64-bit entry requires this GDT,
+    /// boot.rst "64-bit Boot Protocol") gets the same flat segments. `None`: GDTR
+    /// may stay empty.
+    pub gdtr: Option<(u64, u16)>,
 }
 
-/// Makes a plan for `image` in a VM with `ram` bytes of RAM at guest-physical 0.
+/// How to interpret a guest image: `Auto` tries a Linux bzImage, then a Multiboot v1
+/// header, then the tiny-guest rules; the others force one format. A boot module is
+/// `Module { data, cmdline }`: the initrd for Linux (only `modules[0]`, its `cmdline`
+/// unused), a Multiboot module with its string otherwise. Both are the guest bundle's
+/// own types, so a `VmSpec`'s `format` and `modules` pass straight through.
+pub use bundle::{ImageFormat, Module};
+
+/// Makes a plan for `image` in a VM with `ram` bytes of RAM at guest-physical 0,
+/// detecting the format, with an empty command line and no modules.
 pub fn plan(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
+    plan_with(image, ImageFormat::Auto, "", &[], ram)
+}
+
+/// Makes a plan for `image` in the given (or detected) format, passing `cmdline` and
+/// `modules` the way the format's boot protocol does.
+pub fn plan_with<'a>(
+    image: &'a [u8],
+    format: ImageFormat,
+    cmdline: &str,
+    modules: &[Module<'a>],
+    ram: u64,
+) -> Result<LoadPlan<'a>, String> {
+    let format = match format {
+        ImageFormat::Auto if linux::is_bzimage(image) => ImageFormat::Linux,
+        ImageFormat::Auto if multiboot::find_header(image).is_some() => ImageFormat::Multiboot,
+        ImageFormat::Auto => ImageFormat::Tiny,
+        f => f,
+    };
+    let mut plan = match format {
+        ImageFormat::Linux => linux::plan(image, cmdline, modules, ram)?,
+        ImageFormat::Multiboot => multiboot::plan(image, cmdline, modules, ram)?,
+        _ => {
+            if !cmdline.is_empty() || !modules.is_empty() {
+                return Err(String::from(
+                    "a tiny guest image (boot sector or plain ELF) takes no command line or modules",
+                ));
+            }
+            plan_tiny(image, ram)?
+        }
+    };
+    plan.start.gdtr = plan.gdtr;
+    // The VM copies without further checks: everything must lie inside the RAM. The
+    // format planners check as they place; this is the backstop for the structures.
+    for s in &plan.segments {
+        check_fits(s.gpa, s.mem_len.max(s.data.len() as u64), ram)?;
+    }
+    if let Some(t) = &plan.page_tables {
+        check_fits(PAGE_TABLES_GPA, t.len() as u64 * 4096, ram)?;
+    }
+    for (gpa, bytes) in &plan.extra {
+        check_fits(*gpa, bytes.len() as u64, ram)?;
+    }
+    Ok(plan)
+}
+
+/// The tiny-guest rules: an ELF executable or a 512-byte boot sector.
+fn plan_tiny(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
     if image.starts_with(b"\x7fELF") {
         return plan_elf(image, ram);
     }
@@ -64,8 +144,11 @@ pub fn plan(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
                 rsp: BOOT_SECTOR_GPA,
                 cr3: 0,
                 regs,
+                gdtr: None,
             },
             page_tables: None,
+            extra: Vec::new(),
+            gdtr: None,
         });
     }
     Err(format!(
@@ -74,7 +157,7 @@ pub fn plan(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
     ))
 }
 
-fn check_fits(gpa: u64, len: u64, ram: u64) -> Result<(), String> {
+pub(crate) fn check_fits(gpa: u64, len: u64, ram: u64) -> Result<(), String> {
     match gpa.checked_add(len) {
         Some(end) if end <= ram => Ok(()),
         _ => Err(format!(
@@ -160,24 +243,86 @@ fn plan_elf(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
             rsp: ram & !0xF,
             cr3: if long { PAGE_TABLES_GPA } else { 0 },
             regs: GuestRegisters::default(),
+            gdtr: None,
         },
-        page_tables: long.then(identity_tables),
+        page_tables: long.then(|| identity_tables(1)),
+        extra: Vec::new(),
+        gdtr: None,
     })
 }
 
-/// PML4 -> PDPT -> PD, mapping guest-virtual = guest-physical for the first 1 GiB with
-/// present, writable 2 MiB pages. Addresses beyond the VM's RAM stay mapped here on
+/// PML4 -> PDPT -> `gib` page directories, mapping guest-virtual = guest-physical for
+/// the first `gib` GiB with present, writable 2 MiB pages; the pages are meant for
+/// [`PAGE_TABLES_GPA`] onwards. Addresses beyond the VM's RAM stay mapped here on
 /// purpose: the nested page tables decide what the guest may reach.
-fn identity_tables() -> [[u64; 512]; 3] {
+pub(crate) fn identity_tables(gib: usize) -> Vec<[u64; 512]> {
     const P_RW: u64 = 0b11;
     const PS: u64 = 1 << 7;
-    let mut t = [[0u64; 512]; 3];
+    assert!((1..=512).contains(&gib));
+    let mut t = alloc::vec![[0u64; 512]; 2 + gib];
     t[0][0] = (PAGE_TABLES_GPA + 0x1000) | P_RW;
-    t[1][0] = (PAGE_TABLES_GPA + 0x2000) | P_RW;
-    for (i, e) in t[2].iter_mut().enumerate() {
-        *e = ((i as u64) << 21) | P_RW | PS;
+    for g in 0..gib {
+        t[1][g] = (PAGE_TABLES_GPA + 0x2000 + 0x1000 * g as u64) | P_RW;
+        for (i, e) in t[2 + g].iter_mut().enumerate() {
+            *e = (((g * 512 + i) as u64) << 21) | P_RW | PS;
+        }
     }
     t
+}
+
+/// A GDT for the boot selectors the vCPU's start state uses: 0x00 and 0x08 null, 0x10
+/// a flat 4 GiB code segment (64-bit if `long`, else 32-bit), 0x18 a flat 4 GiB
+/// read/write data segment. The accessed bits are preset so the CPU never needs to
+/// write the table. Returns the bytes; the limit is `len - 1` = 31.
+pub(crate) fn boot_gdt(long: bool) -> [u8; 32] {
+    let code: u64 = if long {
+        0x00AF_9B00_0000_FFFF // G, L, P, DPL0, code execute/read, accessed
+    } else {
+        0x00CF_9B00_0000_FFFF // G, D/B, P, DPL0, code execute/read, accessed
+    };
+    let data: u64 = 0x00CF_9300_0000_FFFF; // G, D/B, P, DPL0, data read/write, accessed
+    let mut g = [0u8; 32];
+    g[0x10..0x18].copy_from_slice(&code.to_le_bytes());
+    g[0x18..0x20].copy_from_slice(&data.to_le_bytes());
+    g
+}
+
+/// Types of a PC memory-map entry (ACPI address range types, as INT 15h E820 and the
+/// Multiboot memory map both use them).
+pub(crate) const MEM_USABLE: u32 = 1;
+pub(crate) const MEM_RESERVED: u32 = 2;
+/// Where a PC's conventional memory ends and the extended BIOS data area starts.
+pub(crate) const EBDA_START: u64 = 0x9_FC00;
+
+/// The memory map every VM is described with, as a PC BIOS would report it and QEMU
+/// does: conventional memory up to the EBDA, the EBDA and the BIOS ROM area reserved,
+/// the VGA/option-ROM hole 0xA0000..0xF0000 left out, everything from 1 MiB to the end
+/// of RAM usable. Entries are clipped to `ram`. (base, length, type).
+pub(crate) fn pc_memory_map(ram: u64) -> Vec<(u64, u64, u32)> {
+    let regions = [
+        (0, EBDA_START, MEM_USABLE),
+        (EBDA_START, 0xA_0000 - EBDA_START, MEM_RESERVED),
+        (0xF_0000, 0x1_0000, MEM_RESERVED),
+        (0x10_0000, u64::MAX, MEM_USABLE),
+    ];
+    regions
+        .iter()
+        .filter(|&&(base, _, _)| base < ram)
+        .map(|&(base, len, ty)| (base, len.min(ram - base), ty))
+        .collect()
+}
+
+/// Rejects command lines the protocols cannot pass: they are NUL-terminated strings.
+pub(crate) fn check_cmdline(cmdline: &str) -> Result<(), String> {
+    if cmdline.as_bytes().contains(&0) {
+        return Err(String::from("the command line contains a NUL byte"));
+    }
+    Ok(())
+}
+
+pub(crate) fn align_up(v: u64, align: u64) -> Option<u64> {
+    debug_assert!(align.is_power_of_two());
+    Some(v.checked_add(align - 1)? & !(align - 1))
 }
 
 #[cfg(test)]
@@ -308,5 +453,114 @@ mod tests {
         assert!(plan(b"hello", MIB)
             .unwrap_err()
             .contains("unrecognised guest image"));
+    }
+
+    #[test]
+    fn auto_detection_and_forced_formats() {
+        // A bzImage: HdrS at 0x202 and 55 AA at 0x1FE.
+        let mut bz = alloc::vec![0u8; 0x1400];
+        bz[0x1F1] = 1; // setup_sects
+        bz[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
+        bz[0x201] = 0x6A;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+        bz[0x211] = 1; // LOADED_HIGH
+        bz[0x234] = 1; // relocatable
+        bz[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        bz[0x236] = 1; // XLF_KERNEL_64
+        bz[0x238..0x23C].copy_from_slice(&255u32.to_le_bytes());
+        bz[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        bz[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        let p = plan_with(&bz, ImageFormat::Auto, "quiet", &[], 64 * MIB).unwrap();
+        assert_eq!(p.start.rip, 0x100_0200);
+        assert_eq!(p.page_tables.as_ref().unwrap().len(), 6);
+        assert!(plan(&bz, 64 * MIB).is_ok());
+        // Forced tiny: a bzImage is neither an ELF nor a 512-byte boot sector.
+        assert!(plan_with(&bz, ImageFormat::Tiny, "", &[], 64 * MIB)
+            .unwrap_err()
+            .contains("unrecognised guest image"));
+        // A Multiboot header inside an ELF32: Multiboot wins over the tiny rules.
+        let mut payload = Vec::new();
+        for v in [0x1BAD_B002u32, 0, 0u32.wrapping_sub(0x1BAD_B002)] {
+            payload.extend_from_slice(&v.to_le_bytes());
+        }
+        let img = elf(false, 3, 0x10_0000, 0x10_0000, &payload, 0x1000);
+        let p = plan(&img, 4 * MIB).unwrap();
+        assert_eq!(p.start.regs.rax, 0x2BAD_B002);
+        assert!(p.gdtr.is_some());
+        let p = plan_with(&img, ImageFormat::Tiny, "", &[], 4 * MIB).unwrap();
+        assert_eq!(p.start.regs.rax, 0);
+        assert!(p.gdtr.is_none() && p.extra.is_empty());
+        // Forcing a format the image does not have.
+        assert!(plan_with(&img, ImageFormat::Linux, "", &[], 4 * MIB)
+            .unwrap_err()
+            .contains("not a Linux bzImage"));
+        let tiny = elf(false, 3, 0x10_0000, 0x10_0000, b"abcd", 4);
+        assert!(plan_with(&tiny, ImageFormat::Multiboot, "", &[], 4 * MIB)
+            .unwrap_err()
+            .contains("no Multiboot header"));
+        // Tiny guests take no command line or modules.
+        assert!(plan_with(&tiny, ImageFormat::Auto, "x", &[], 4 * MIB)
+            .unwrap_err()
+            .contains("no command line or modules"));
+        let m = Module {
+            data: b"m",
+            cmdline: "",
+        };
+        assert!(plan_with(&tiny, ImageFormat::Tiny, "", &[m], 4 * MIB)
+            .unwrap_err()
+            .contains("no command line or modules"));
+    }
+
+    #[test]
+    fn identity_tables_map_each_gib() {
+        let t = identity_tables(4);
+        assert_eq!(t.len(), 6);
+        assert_eq!(t[0][0], 0x2003);
+        assert!(t[0][1..].iter().all(|&e| e == 0));
+        for g in 0..4u64 {
+            assert_eq!(t[1][g as usize], (0x3000 + g * 0x1000) | 3);
+            assert_eq!(t[2 + g as usize][0], (g << 30) | 0x83);
+            assert_eq!(t[2 + g as usize][511], ((g << 30) + (511 << 21)) | 0x83);
+        }
+        assert!(t[1][4..].iter().all(|&e| e == 0));
+    }
+
+    #[test]
+    fn memory_map_is_clipped_to_ram() {
+        assert_eq!(
+            pc_memory_map(64 * MIB),
+            alloc::vec![
+                (0, 0x9FC00, 1),
+                (0x9FC00, 0x400, 2),
+                (0xF0000, 0x10000, 2),
+                (0x10_0000, 63 * MIB, 1)
+            ]
+        );
+        assert_eq!(pc_memory_map(0x9_0000), alloc::vec![(0, 0x9_0000, 1)]);
+        assert_eq!(
+            pc_memory_map(0xF_8000),
+            alloc::vec![(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x8000, 2)]
+        );
+    }
+
+    #[test]
+    fn boot_gdt_descriptors() {
+        let g = boot_gdt(true);
+        assert_eq!(&g[..16], &[0; 16]);
+        // 64-bit code: L set, D clear; data: flat read/write.
+        assert_eq!(
+            u64::from_le_bytes(g[16..24].try_into().unwrap()) >> 52 & 0xF,
+            0xA
+        );
+        assert_eq!(
+            u64::from_le_bytes(g[24..32].try_into().unwrap()),
+            0x00CF_9300_0000_FFFF
+        );
+        let g = boot_gdt(false);
+        assert_eq!(
+            u64::from_le_bytes(g[16..24].try_into().unwrap()),
+            0x00CF_9B00_0000_FFFF
+        );
     }
 }

@@ -23,6 +23,8 @@ mod bits {
     pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
     pub const L1_ECX_AVX: u32 = 1 << 28;
     pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
+    pub const L1_EDX_MCE: u32 = 1 << 7;
+    pub const L1_EDX_MCA: u32 = 1 << 14;
     pub const EXT1_ECX_SVM: u32 = 1 << 2;
     pub const L7_EBX_AVX2: u32 = 1 << 5;
     pub const L7_EBX_AVX512F: u32 = 1 << 16;
@@ -31,9 +33,11 @@ mod bits {
 /// The guest's view of CPUID `leaf`/`subleaf`, derived from the host's answer.
 ///
 /// Hidden on purpose: VMX and SVM (no nested virtualization), MONITOR/MWAIT (not
-/// emulated), x2APIC (no virtual x2APIC yet), and XSAVE with the AVX family: the
+/// emulated), x2APIC (no virtual x2APIC yet), XSAVE with the AVX family (the
 /// hypervisor does not switch XCR0 between guests, so a guest must not be told it may
-/// use XSETBV.
+/// use XSETBV), the machine-check architecture (its MSR banks are not emulated; Linux
+/// panics when an advertised MCG MSR faults) and architectural performance monitoring
+/// (leaf 0xA: its counters are host state).
 pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) -> CpuidResult {
     use bits::*;
     match leaf {
@@ -57,6 +61,7 @@ pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) ->
                 | L1_ECX_OSXSAVE
                 | L1_ECX_AVX);
             r.ecx |= L1_ECX_HYPERVISOR;
+            r.edx &= !(L1_EDX_MCE | L1_EDX_MCA);
             // One vCPU per VM: initial APIC ID 0, one logical processor.
             r.ebx &= 0x0000_FFFF;
             r.ebx |= 1 << 16;
@@ -69,7 +74,7 @@ pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) ->
             }
             r
         }
-        0xD => CpuidResult::default(),
+        0xA | 0xD => CpuidResult::default(),
         0x8000_0001 => {
             let mut r = host(leaf, subleaf);
             r.ecx &= !EXT1_ECX_SVM;
@@ -230,6 +235,8 @@ mod tests {
         assert_eq!(r.ecx & (1 << 5), 0, "VMX hidden");
         assert_ne!(r.ecx & (1 << 31), 0, "hypervisor present");
         assert_eq!(r.ecx & (1 << 26), 0, "XSAVE hidden");
+        assert_eq!(r.edx & ((1 << 7) | (1 << 14)), 0, "MCE/MCA hidden");
+        assert_eq!(cpuid(0xA, 0, host), CpuidResult::default(), "no perfmon");
         assert_eq!(r.ebx >> 16, 1, "one logical processor, APIC ID 0");
         assert_eq!(cpuid(0x8000_0001, 0, host).ecx & (1 << 2), 0, "SVM hidden");
         assert_eq!(cpuid(0x8000_000A, 0, host), CpuidResult::default());

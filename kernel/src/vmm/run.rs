@@ -12,8 +12,8 @@ use vcpu::{Backend, GuestMapping, Vcpu};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::CpuidResult;
-use super::vm::{Next, Vm};
-use crate::{memory, println, time, timer};
+use super::vm::{MachineInfo, Next, Vm};
+use crate::{memory, println, serial, time, timer};
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// A slice is one timer period; the backend may also bound it itself.
@@ -42,9 +42,25 @@ fn host_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     }
 }
 
-fn start<B: Backend>(backend: &mut B, spec: &VmSpec) -> Result<Running<B::Vcpu>, String> {
+fn start<B: Backend>(
+    backend: &mut B,
+    spec: &VmSpec,
+    epoch_unix_ns: u64,
+) -> Result<Running<B::Vcpu>, String> {
     let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
-    let plan = loader::plan(spec.image, ram_size)?;
+    if spec.vcpus != 1 {
+        return Err(format!(
+            "vcpus = {}: only 1 vCPU per VM is supported yet",
+            spec.vcpus
+        ));
+    }
+    let plan = loader::plan_with(
+        spec.image,
+        spec.format,
+        spec.cmdline,
+        &spec.modules,
+        ram_size,
+    )?;
     let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
         format!(
             "cannot allocate {} KiB of guest RAM: {e:?}",
@@ -58,14 +74,19 @@ fn start<B: Backend>(backend: &mut B, spec: &VmSpec) -> Result<Running<B::Vcpu>,
         unsafe { core::ptr::copy_nonoverlapping(seg.data.as_ptr(), ram(seg.gpa), seg.data.len()) };
     }
     if let Some(tables) = &plan.page_tables {
-        // SAFETY: 3 pages at PAGE_TABLES_GPA, below LOWEST_ELF_LOAD, inside the RAM.
+        // SAFETY: tables.len() pages at PAGE_TABLES_GPA, below LOWEST_ELF_LOAD; the
+        // loader checked they lie inside the RAM.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 tables.as_ptr() as *const u8,
                 ram(PAGE_TABLES_GPA),
-                3 * 4096,
+                tables.len() * 4096,
             )
         };
+    }
+    for (gpa, bytes) in &plan.extra {
+        // SAFETY: the loader checked gpa + len <= ram_size (boot structures).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(*gpa), bytes.len()) };
     }
     let mapping = GuestMapping {
         gpa: 0,
@@ -90,7 +111,16 @@ fn start<B: Backend>(backend: &mut B, spec: &VmSpec) -> Result<Running<B::Vcpu>,
         plan.start.rip
     );
     Ok(Running {
-        vm: Vm::new(spec.name, vcpu, relay, host_cpuid),
+        vm: Vm::new(
+            spec.name,
+            vcpu,
+            MachineInfo {
+                ram_bytes: ram_size,
+                epoch_unix_ns,
+            },
+            relay,
+            host_cpuid,
+        ),
         ram_pa,
         ram_size,
         started_tick: timer::ticks(),
@@ -98,6 +128,19 @@ fn start<B: Backend>(backend: &mut B, spec: &VmSpec) -> Result<Running<B::Vcpu>,
             .then(|| (spec.run_limit_ms as u64 * timer::TICK_HZ as u64).div_ceil(1000)),
         background: spec.background,
     })
+}
+
+impl<V: Vcpu> Running<V> {
+    fn limit_reached(&self) -> Option<String> {
+        let ran = timer::ticks() - self.started_tick;
+        match self.limit_ticks {
+            Some(limit) if ran >= limit => Some(format!(
+                "run-time limit reached ({} ms)",
+                ran * 1000 / timer::TICK_HZ as u64
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn stop<B: Backend>(backend: &mut B, mut r: Running<B::Vcpu>, why: &str) {
@@ -118,10 +161,12 @@ fn stop<B: Backend>(backend: &mut B, mut r: Running<B::Vcpu>, why: &str) {
 /// started.
 pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize {
     let free_before = memory::free_bytes();
+    // The guests' RTCs count from the host's wall clock at boot.
+    let epoch_unix_ns = time::read_rtc_unix_ns().saturating_sub(time::uptime_ns());
     let mut vms: Vec<Option<Running<B::Vcpu>>> = Vec::new();
     let mut failed = 0;
     for spec in specs {
-        match start(backend, spec) {
+        match start(backend, spec, epoch_unix_ns) {
             Ok(r) => vms.push(Some(r)),
             Err(e) => {
                 failed += 1;
@@ -139,24 +184,28 @@ pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize {
             }
             break;
         }
+        // Host console input goes to the first VM (the Linux guest in the default set).
+        if let Some(r) = vms.iter_mut().flatten().next() {
+            if r.vm.console_ready() {
+                if let Some(byte) = serial::try_read_byte() {
+                    r.vm.console_input(byte);
+                }
+            }
+        }
+        let mut ran_any = false;
         for slot in vms.iter_mut() {
             let Some(r) = slot else { continue };
             let why = loop {
+                r.vm.prepare_entry(time::uptime_ns());
+                if r.vm.halted {
+                    // Waiting in HLT for an interrupt that has not come yet.
+                    break r.limit_reached();
+                }
+                ran_any = true;
                 let exit = r.vm.vcpu.run(slice);
-                match r.vm.handle(exit) {
+                match r.vm.handle(exit, time::uptime_ns()) {
                     Next::Continue => continue,
-                    Next::Yield => {
-                        let ran = timer::ticks() - r.started_tick;
-                        match r.limit_ticks {
-                            Some(limit) if ran >= limit => {
-                                break Some(format!(
-                                    "run-time limit reached ({} ms)",
-                                    ran * 1000 / timer::TICK_HZ as u64
-                                ))
-                            }
-                            _ => break None,
-                        }
-                    }
+                    Next::Yield => break r.limit_reached(),
                     Next::Stop(why) => break Some(why),
                 }
             };
@@ -164,6 +213,10 @@ pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize {
                 let r = slot.take().expect("slot is running");
                 stop(backend, r, &why);
             }
+        }
+        if !ran_any {
+            // Every VM waits for an interrupt: sleep until the next host tick.
+            timer::idle();
         }
     }
     let leaked = free_before.saturating_sub(memory::free_bytes());

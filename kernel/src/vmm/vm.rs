@@ -1,16 +1,23 @@
-//! One virtual machine: its RAM, its vCPU, its devices and its MSR state, and the
-//! vendor-neutral handling of every exit. Generic over `vcpu::Vcpu`, with no hardware
+//! One virtual machine: its vCPU, the PC platform devices it sees, its MSR state,
+//! and the vendor-neutral handling of every exit, including interrupt delivery from
+//! the devices through the 8259A pair. Generic over `vcpu::Vcpu`, with no hardware
 //! access of its own, so the dispatch is host-tested with a scripted vCPU.
 
 use alloc::format;
 use alloc::string::String;
 use devices::{
-    all_ones, LineBuffer, PortDevice, PortMap, SerialSink, Uart16550, COM1_BASE, PORT_COUNT,
+    all_ones, Cmos, DebugExit, FwCfg, LineBuffer, PciConfig, Pic8259, Pit8254, PortDevice, PortMap,
+    SerialSink, SystemControlA, Uart16550, AUX_IRQ, CMOS_BASE, CMOS_PORT_COUNT, COM1_BASE,
+    COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE, FW_CFG_PORT_COUNT, I8042,
+    KBD_IRQ, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_IRQ, PIT_PORT_COUNT, PORT_61,
+    PORT_COUNT, SYSTEM_CONTROL_A_PORT,
 };
 use vcpu::{Exception, Exit, Vcpu};
 
 use super::policy::{self, CpuidResult, MsrAccess, MsrState};
 use super::stats::ExitStats;
+
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// Where finished console lines of a VM go: `(vm name, line)`.
 pub type ConsoleOut = fn(&str, &str);
@@ -33,6 +40,39 @@ impl SerialSink for Relay {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
     Com1,
+    Pic,
+    Pit,
+    Cmos,
+    PciConfig,
+    Kbc,
+    SystemControlA,
+    FwCfg,
+    DebugExit,
+}
+
+/// The port ranges of the PC platform every VM gets.
+const PORT_RANGES: [(u16, u16, Device); 13] = [
+    (COM1_BASE, PORT_COUNT, Device::Com1),
+    (0x20, 2, Device::Pic),
+    (0xA0, 2, Device::Pic),
+    (0x4D0, 2, Device::Pic),
+    (PIT_BASE, PIT_PORT_COUNT, Device::Pit),
+    (PORT_61, 1, Device::Pit),
+    (CMOS_BASE, CMOS_PORT_COUNT, Device::Cmos),
+    (PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, Device::PciConfig),
+    (0x60, 1, Device::Kbc),
+    (0x64, 1, Device::Kbc),
+    (SYSTEM_CONTROL_A_PORT, 1, Device::SystemControlA),
+    (FW_CFG_BASE, FW_CFG_PORT_COUNT, Device::FwCfg),
+    (DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, Device::DebugExit),
+];
+
+/// What a VM is told about the machine it runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineInfo {
+    pub ram_bytes: u64,
+    /// Unix time (ns) at the moment `now_ns` was 0, for the RTC.
+    pub epoch_unix_ns: u64,
 }
 
 /// What the run loop should do after an exit.
@@ -50,10 +90,21 @@ pub struct Vm<V: Vcpu> {
     pub name: String,
     pub vcpu: V,
     com1: Uart16550<Relay>,
-    ports: PortMap<Device, 4>,
+    pic: Pic8259,
+    pit: Pit8254,
+    cmos: Cmos,
+    pci: PciConfig,
+    kbc: I8042,
+    sysa: SystemControlA,
+    fw_cfg: FwCfg<'static, 1>,
+    debug_exit: DebugExit,
+    ports: PortMap<Device, 16>,
     msrs: MsrState,
+    epoch_unix_ns: u64,
     pub stats: ExitStats,
     pub unknown_port_accesses: u64,
+    /// Waiting in HLT with interrupts enabled for the next interrupt.
+    pub halted: bool,
     host_cpuid: fn(u32, u32) -> CpuidResult,
 }
 
@@ -66,13 +117,16 @@ impl<V: Vcpu> Vm<V> {
     pub fn new(
         name: &str,
         vcpu: V,
+        machine: MachineInfo,
         out: ConsoleOut,
         host_cpuid: fn(u32, u32) -> CpuidResult,
     ) -> Self {
         let mut ports = PortMap::new();
-        ports
-            .register(COM1_BASE, PORT_COUNT, Device::Com1)
-            .expect("an empty port map has room for COM1");
+        for (base, len, device) in PORT_RANGES {
+            ports
+                .register(base, len, device)
+                .expect("the platform's port ranges are disjoint and fit the map");
+        }
         Self {
             name: name.into(),
             vcpu,
@@ -81,12 +135,110 @@ impl<V: Vcpu> Vm<V> {
                 line: LineBuffer::new(),
                 out,
             }),
+            pic: Pic8259::new(),
+            pit: Pit8254::new(),
+            // The VM's RAM is one range from 0: all of it counts as below 4 GiB.
+            cmos: Cmos::new(machine.ram_bytes, 0),
+            pci: PciConfig::new(),
+            kbc: I8042::new(),
+            sysa: SystemControlA::new(),
+            fw_cfg: FwCfg::new(machine.ram_bytes, 1),
+            debug_exit: DebugExit::new(),
             ports,
             msrs: MsrState::default(),
+            epoch_unix_ns: machine.epoch_unix_ns,
             stats: ExitStats::default(),
             unknown_port_accesses: 0,
+            halted: false,
             host_cpuid,
         }
+    }
+
+    /// Whether the guest's UART can take another byte typed on the host console.
+    pub fn console_ready(&self) -> bool {
+        self.com1.rx_space() > 0
+    }
+
+    /// A byte typed on the host console for this VM. Returns false when the guest's
+    /// receive FIFO is full.
+    pub fn console_input(&mut self, byte: u8) -> bool {
+        self.console_ready() && self.com1.enqueue_input(byte)
+    }
+
+    /// The earliest time at which a device of this VM wants to interrupt (the PIT).
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.pit.next_irq0_deadline_ns()
+    }
+
+    /// Brings the interrupt lines up to date at `now_ns` and, before the next entry,
+    /// delivers the highest-priority pending interrupt if the guest can take it, or
+    /// asks for an interrupt-window exit if it cannot yet. Wakes a halted vCPU when
+    /// an interrupt is pending.
+    pub fn prepare_entry(&mut self, now_ns: u64) {
+        if self.pit.irq0_pending(now_ns) > 0 {
+            // The PIC latches one edge: several elapsed periods are one interrupt, as
+            // when a real PC misses ticks.
+            self.pic.pulse_irq(PIT_IRQ);
+        }
+        self.pic.set_irq(COM1_IRQ, self.com1.interrupt_pending());
+        self.pic.set_irq(KBD_IRQ, self.kbc.kbd_irq_level());
+        self.pic.set_irq(AUX_IRQ, self.kbc.aux_irq_level());
+        if self.pic.pending_vector().is_none() {
+            self.vcpu.request_interrupt_window(false);
+            return;
+        }
+        if self.vcpu.rflags() & RFLAGS_IF != 0 {
+            self.halted = false;
+        }
+        if self.vcpu.interrupt_ready() {
+            if let Some(vector) = self.pic.acknowledge() {
+                self.vcpu.inject_interrupt(vector);
+            }
+            self.vcpu.request_interrupt_window(false);
+        } else {
+            self.vcpu.request_interrupt_window(true);
+        }
+    }
+
+    fn port_access(
+        &mut self,
+        port: u16,
+        size: u8,
+        write: bool,
+        value: u32,
+        now_ns: u64,
+    ) -> Result<u32, String> {
+        let result = match self.ports.lookup(port) {
+            Some((Device::Com1, offset)) => self.com1.access(offset, size, write, value),
+            Some((Device::Pic, _)) => self.pic.port_io(port, size, write, value),
+            Some((Device::Pit, _)) => self.pit.port_io(port, size, write, value, now_ns),
+            Some((Device::Cmos, _)) => {
+                let unix_ns = self.epoch_unix_ns + now_ns;
+                self.cmos.port_io(port, size, write, value, unix_ns)
+            }
+            Some((Device::PciConfig, offset)) => self.pci.access(offset, size, write, value),
+            Some((Device::Kbc, _)) => self.kbc.port_io(port, size, write, value),
+            Some((Device::SystemControlA, offset)) => self.sysa.access(offset, size, write, value),
+            Some((Device::FwCfg, offset)) => self.fw_cfg.access(offset, size, write, value),
+            Some((Device::DebugExit, offset)) => self.debug_exit.access(offset, size, write, value),
+            None => {
+                // Nothing there: reads float high, writes vanish, as on a PC bus.
+                self.unknown_port_accesses += 1;
+                all_ones(size)
+            }
+        };
+        if let Some(code) = self.debug_exit.take_exit() {
+            return Err(format!(
+                "guest wrote to the debug-exit port: exit code {code}"
+            ));
+        }
+        if self.kbc.take_reset_request()
+            || self.sysa.take_reset_request()
+            || self.pci.take_reset_request()
+        {
+            return Err(String::from("guest requested a reset"));
+        }
+        Ok(result)
     }
 
     /// Relays what the guest printed without a final newline.
@@ -97,8 +249,8 @@ impl<V: Vcpu> Vm<V> {
         }
     }
 
-    /// Handles one exit; the vCPU is left ready for the next entry.
-    pub fn handle(&mut self, exit: Exit) -> Next {
+    /// Handles one exit at time `now_ns`; the vCPU is left ready for the next entry.
+    pub fn handle(&mut self, exit: Exit, now_ns: u64) -> Next {
         self.stats.record(exit.kind());
         match exit {
             Exit::PortIo(io) => {
@@ -111,15 +263,9 @@ impl<V: Vcpu> Vm<V> {
                 }
                 let mask = all_ones(io.size) as u64;
                 let value = (self.vcpu.regs().rax & mask) as u32;
-                let result = match self.ports.lookup(io.port) {
-                    Some((Device::Com1, offset)) => {
-                        self.com1.access(offset, io.size, io.write, value)
-                    }
-                    None => {
-                        // Nothing there: reads float high, writes vanish, as on a PC bus.
-                        self.unknown_port_accesses += 1;
-                        all_ones(io.size)
-                    }
+                let result = match self.port_access(io.port, io.size, io.write, value, now_ns) {
+                    Ok(r) => r,
+                    Err(why) => return Next::Stop(why),
                 };
                 if !io.write {
                     let rax = &mut self.vcpu.regs().rax;
@@ -180,10 +326,17 @@ impl<V: Vcpu> Vm<V> {
                 Next::Continue
             }
             // No device of this VM raises interrupts yet, so nothing can wake it.
-            Exit::Halt => Next::Stop(format!(
-                "halted at RIP {:#x} with nothing to wake it",
+            // HLT with interrupts disabled can only be left by NMI or reset, which
+            // nothing here sends: the guest has stopped itself.
+            Exit::Halt if self.vcpu.rflags() & RFLAGS_IF == 0 => Next::Stop(format!(
+                "halted with interrupts disabled at RIP {:#x}",
                 self.vcpu.rip()
             )),
+            Exit::Halt => {
+                self.vcpu.skip_instruction();
+                self.halted = true;
+                Next::Yield
+            }
             Exit::NestedPageFault { gpa, write, fetch } => Next::Stop(format!(
                 "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
                 if fetch {
@@ -235,6 +388,9 @@ mod tests {
         skipped: u32,
         injected: Vec<Exception>,
         efer: u64,
+        rflags: u64,
+        interrupts: Vec<u8>,
+        window: bool,
     }
 
     impl Vcpu for FakeVcpu {
@@ -269,13 +425,17 @@ mod tests {
             msr == policy::IA32_EFER
         }
         fn rflags(&self) -> u64 {
-            2
+            self.rflags
         }
         fn interrupt_ready(&self) -> bool {
-            false
+            self.rflags & RFLAGS_IF != 0
         }
-        fn inject_interrupt(&mut self, _: u8) {}
-        fn request_interrupt_window(&mut self, _: bool) {}
+        fn inject_interrupt(&mut self, vector: u8) {
+            self.interrupts.push(vector)
+        }
+        fn request_interrupt_window(&mut self, on: bool) {
+            self.window = on
+        }
         fn rsp(&self) -> u64 {
             0
         }
@@ -303,7 +463,11 @@ mod tests {
     }
 
     fn vm() -> Vm<FakeVcpu> {
-        Vm::new("t", FakeVcpu::default(), capture, host)
+        let machine = MachineInfo {
+            ram_bytes: 4 << 20,
+            epoch_unix_ns: 0,
+        };
+        Vm::new("t", FakeVcpu::default(), machine, capture, host)
     }
 
     fn out(port: u16, size: u8) -> Exit {
@@ -330,7 +494,7 @@ mod tests {
         let mut vm = vm();
         for b in b"hi\nthere" {
             vm.vcpu.regs.rax = *b as u64;
-            assert_eq!(vm.handle(out(0x3F8, 1)), Next::Continue);
+            assert_eq!(vm.handle(out(0x3F8, 1), 0), Next::Continue);
         }
         vm.flush_console();
         let lines = LINES.with(|l| l.borrow().clone());
@@ -342,13 +506,13 @@ mod tests {
     fn unknown_ports_read_all_ones_and_are_counted() {
         let mut vm = vm();
         vm.vcpu.regs.rax = 0x1122_3344_5566_7788;
-        vm.handle(inp(0x1234, 1));
+        vm.handle(inp(0x1234, 1), 0);
         assert_eq!(vm.vcpu.regs.rax, 0x1122_3344_5566_77ff);
-        vm.handle(inp(0x1234, 2));
+        vm.handle(inp(0x1234, 2), 0);
         assert_eq!(vm.vcpu.regs.rax, 0x1122_3344_5566_ffff);
-        vm.handle(inp(0x1234, 4));
+        vm.handle(inp(0x1234, 4), 0);
         assert_eq!(vm.vcpu.regs.rax, 0xffff_ffff);
-        vm.handle(out(0x1234, 4));
+        vm.handle(out(0x1234, 4), 0);
         assert_eq!(vm.unknown_port_accesses, 4);
         assert_eq!(vm.stats.count(vcpu::ExitKind::PortIo), 4);
     }
@@ -357,16 +521,22 @@ mod tests {
     fn cpuid_goes_through_the_policy() {
         let mut vm = vm();
         vm.vcpu.regs.rbx = u64::MAX;
-        vm.handle(Exit::Cpuid {
-            leaf: 0x4000_0000,
-            subleaf: 0,
-        });
+        vm.handle(
+            Exit::Cpuid {
+                leaf: 0x4000_0000,
+                subleaf: 0,
+            },
+            0,
+        );
         assert_eq!(vm.vcpu.regs.rax, 0x4000_0001);
         assert_eq!(vm.vcpu.regs.rbx, u32::from_le_bytes(*b"hv-b") as u64);
-        vm.handle(Exit::Cpuid {
-            leaf: 1,
-            subleaf: 0,
-        });
+        vm.handle(
+            Exit::Cpuid {
+                leaf: 1,
+                subleaf: 0,
+            },
+            0,
+        );
         assert_eq!(vm.vcpu.regs.rcx & (1 << 5), 0);
         assert_eq!(vm.vcpu.skipped, 2);
     }
@@ -374,24 +544,33 @@ mod tests {
     #[test]
     fn msrs_allowed_forbidden_and_backend() {
         let mut vm = vm();
-        vm.handle(Exit::Rdmsr { msr: 0x1B });
+        vm.handle(Exit::Rdmsr { msr: 0x1B }, 0);
         assert_eq!(vm.vcpu.regs.rax, 0xFEE0_0900);
         assert_eq!(vm.vcpu.regs.rdx, 0);
-        vm.handle(Exit::Rdmsr { msr: 0xC001_0117 });
-        vm.handle(Exit::Wrmsr {
-            msr: 0xC001_0114,
-            value: 0,
-        });
+        vm.handle(Exit::Rdmsr { msr: 0xC001_0117 }, 0);
+        vm.handle(
+            Exit::Wrmsr {
+                msr: 0xC001_0114,
+                value: 0,
+            },
+            0,
+        );
         assert_eq!(vm.vcpu.injected, [Exception::GP0, Exception::GP0]);
-        vm.handle(Exit::Wrmsr {
-            msr: policy::IA32_EFER,
-            value: 0xD00,
-        });
+        vm.handle(
+            Exit::Wrmsr {
+                msr: policy::IA32_EFER,
+                value: 0xD00,
+            },
+            0,
+        );
         assert_eq!(vm.vcpu.efer, 0xD00);
-        vm.handle(Exit::Wrmsr {
-            msr: policy::IA32_EFER,
-            value: 1 << 12,
-        });
+        vm.handle(
+            Exit::Wrmsr {
+                msr: policy::IA32_EFER,
+                value: 1 << 12,
+            },
+            0,
+        );
         assert_eq!(vm.vcpu.efer, 0xD00, "SVME refused");
         assert_eq!(vm.vcpu.injected.len(), 3);
         assert_eq!(vm.vcpu.skipped, 2);
@@ -401,11 +580,14 @@ mod tests {
     fn fatal_exits_stop_the_vm_with_a_reason() {
         let mut vm = vm();
         vm.vcpu.rip = 0x10_0040;
-        let Next::Stop(why) = vm.handle(Exit::NestedPageFault {
-            gpa: 0x3000_0000,
-            write: true,
-            fetch: false,
-        }) else {
+        let Next::Stop(why) = vm.handle(
+            Exit::NestedPageFault {
+                gpa: 0x3000_0000,
+                write: true,
+                fetch: false,
+            },
+            0,
+        ) else {
             panic!("must stop")
         };
         assert_eq!(
@@ -413,14 +595,122 @@ mod tests {
             "write outside its memory: guest-physical 0x30000000 at RIP 0x100040"
         );
         assert!(
-            matches!(vm.handle(Exit::Shutdown), Next::Stop(w) if w.starts_with("triple fault"))
+            matches!(vm.handle(Exit::Shutdown, 0), Next::Stop(w) if w.starts_with("triple fault"))
         );
-        assert!(matches!(vm.handle(Exit::Halt), Next::Stop(_)));
-        assert_eq!(vm.handle(Exit::ExternalInterrupt), Next::Yield);
-        assert_eq!(vm.handle(Exit::VirtInstruction), Next::Continue);
+        assert!(
+            matches!(vm.handle(Exit::Halt, 0), Next::Stop(w) if w.contains("interrupts disabled"))
+        );
+        assert_eq!(vm.handle(Exit::ExternalInterrupt, 0), Next::Yield);
+        assert_eq!(vm.handle(Exit::VirtInstruction, 0), Next::Continue);
         assert_eq!(vm.vcpu.injected, [Exception::UD]);
         vm.vcpu.regs.rax = 0;
-        vm.handle(Exit::Hypercall);
+        vm.handle(Exit::Hypercall, 0);
         assert_eq!(vm.vcpu.regs.rax, 1);
+    }
+
+    fn outb(vm: &mut Vm<FakeVcpu>, port: u16, value: u8, now: u64) {
+        vm.vcpu.regs.rax = value as u64;
+        assert_eq!(vm.handle(out(port, 1), now), Next::Continue);
+    }
+
+    /// Linux's init_8259A (vectors 0x30/0x38) and a 100 Hz PIT on channel 0.
+    fn linux_like_platform(vm: &mut Vm<FakeVcpu>) {
+        for (port, v) in [
+            (0x21, 0xff),
+            (0xa1, 0xff),
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 0x04),
+            (0x21, 0x01),
+        ] {
+            outb(vm, port, v, 0);
+        }
+        for (port, v) in [
+            (0xa0, 0x11),
+            (0xa1, 0x38),
+            (0xa1, 0x02),
+            (0xa1, 0x01),
+            (0x21, 0xfe),
+            (0xa1, 0xff),
+        ] {
+            outb(vm, port, v, 0);
+        }
+        let divisor = (devices::PIT_HZ / 100) as u16;
+        outb(vm, 0x43, 0x34, 0);
+        outb(vm, 0x40, divisor as u8, 0);
+        outb(vm, 0x40, (divisor >> 8) as u8, 0);
+    }
+
+    #[test]
+    fn timer_interrupt_is_injected_when_the_guest_can_take_it() {
+        let mut vm = vm();
+        linux_like_platform(&mut vm);
+        let deadline = vm.next_deadline_ns().expect("channel 0 runs");
+        vm.vcpu.rflags = 2; // IF clear: wait for the window
+        vm.prepare_entry(deadline + 1);
+        assert!(vm.vcpu.interrupts.is_empty());
+        assert!(vm.vcpu.window, "interrupt window requested");
+        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        assert_eq!(
+            vm.handle(Exit::InterruptWindow, deadline + 2),
+            Next::Continue
+        );
+        vm.prepare_entry(deadline + 2);
+        assert_eq!(vm.vcpu.interrupts, [0x30]);
+        assert!(!vm.vcpu.window);
+        // No EOI yet: IRQ 0 stays in service, nothing more is delivered.
+        vm.prepare_entry(deadline + 30_000_000);
+        assert_eq!(vm.vcpu.interrupts, [0x30]);
+        outb(&mut vm, 0x20, 0x20, deadline + 30_000_000);
+        vm.prepare_entry(deadline + 30_000_001);
+        assert_eq!(vm.vcpu.interrupts, [0x30, 0x30]);
+    }
+
+    #[test]
+    fn hlt_with_interrupts_enabled_waits_for_the_next_interrupt() {
+        let mut vm = vm();
+        linux_like_platform(&mut vm);
+        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        assert_eq!(vm.handle(Exit::Halt, 1), Next::Yield);
+        assert!(vm.halted);
+        vm.prepare_entry(2);
+        assert!(vm.halted, "nothing pending yet");
+        let deadline = vm.next_deadline_ns().unwrap();
+        vm.prepare_entry(deadline);
+        assert!(!vm.halted);
+        assert_eq!(vm.vcpu.interrupts, [0x30]);
+    }
+
+    #[test]
+    fn uart_transmit_interrupt_reaches_irq4() {
+        let mut vm = vm();
+        linux_like_platform(&mut vm);
+        outb(&mut vm, 0x21, 0xee, 0); // unmask IRQ 0 and 4
+        outb(&mut vm, 0x3fc, 0x08, 0); // MCR.OUT2 gates the IRQ line
+        outb(&mut vm, 0x3f9, 0x02, 0); // IER: THR empty
+        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        vm.prepare_entry(1);
+        assert_eq!(vm.vcpu.interrupts, [0x34]);
+    }
+
+    #[test]
+    fn debug_exit_and_reset_stop_the_vm() {
+        let mut vm = vm();
+        vm.vcpu.regs.rax = 0x10;
+        let Next::Stop(why) = vm.handle(out(0xf4, 4), 0) else {
+            panic!("must stop")
+        };
+        assert_eq!(why, "guest wrote to the debug-exit port: exit code 33");
+        let mut vm = super::tests::vm();
+        vm.vcpu.regs.rax = 0xfe;
+        assert!(matches!(vm.handle(out(0x64, 1), 0), Next::Stop(w) if w.contains("reset")));
+    }
+
+    #[test]
+    fn console_input_reaches_the_guest() {
+        let mut vm = vm();
+        assert!(vm.console_input(b'x'));
+        vm.handle(inp(0x3f8, 1), 0);
+        assert_eq!(vm.vcpu.regs.rax & 0xff, u64::from(b'x'));
     }
 }

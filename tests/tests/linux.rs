@@ -1,0 +1,51 @@
+//! Unmodified Linux (Debian's kernel, fetched with apt and cached) with a BusyBox
+//! initramfs: it must reach /init and run commands whose output is checked, on both
+//! vendors, next to a tiny guest. With `hv.test=1` the init script powers off, which
+//! without ACPI ends in a halt with interrupts disabled: the VM stops by itself.
+
+use tests::*;
+use xtask::emulator::EXIT_SUCCESS;
+
+fn check(out: &RunOutput) {
+    out.expect_line("hv: vm linux started")
+        .expect_line("linux | [    0.000000] Linux version 6.1")
+        .expect_line("linux | hv-linux: init running")
+        .expect_line("linux | hv-linux: kernel 6.1")
+        .expect_line("linux | hv-linux: userspace ok")
+        .expect_line("hv: vm linux stopped: halted with interrupts disabled")
+        .expect_line("hello64 | hello64: done")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("Kernel panic")
+        .expect_no("EXCEPTION")
+        .expect_no("PANIC");
+}
+
+#[test]
+fn linux_reaches_userspace_under_amd_v() {
+    let opts = QemuOptions {
+        memory_mib: 512,
+        cpus: 1,
+        force_tcg: true,
+        ..Default::default()
+    };
+    let out = boot_qemu("linux_amd_v", GuestSet::LinuxTest, &opts, QEMU_LIMIT * 3);
+    check(&out);
+    out.expect_exit(EXIT_SUCCESS);
+}
+
+#[test]
+fn linux_reaches_userspace_under_vt_x() {
+    let opts = BochsOptions {
+        memory_mib: 512,
+        cpus: 1,
+    };
+    let out = boot_bochs(
+        "linux_vt_x",
+        GuestSet::LinuxTest,
+        &opts,
+        "hv: stopping with status",
+        BOCHS_LIMIT,
+    );
+    check(&out);
+    out.expect_line("hv: stopping with status 16 (Success)");
+}

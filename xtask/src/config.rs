@@ -1,0 +1,1917 @@
+//! VM descriptions in a TOML file (`vms.example.toml` at the workspace root shows
+//! every key), validated on the host before anything is bundled, and the same
+//! validation for a single VM given on the command line (`--kernel`, `--initrd`,
+//! `--append`, `--memory`).
+//!
+//! Everything that can be checked here is, because a mistake found by the
+//! hypervisor costs a build and a boot, and its report ("VM linux: cannot load")
+//! cannot point into the file. Every error names `<file>:<line>:<col>: <key>` and
+//! says what is wrong. Images are inspected too: a Linux kernel must be a bzImage
+//! that can be entered in 64-bit mode, a Multiboot kernel must carry a valid header,
+//! a tiny guest must be a boot sector or an ELF executable, and the VM's memory must
+//! roughly hold what is loaded into it.
+//!
+//! The TOML is parsed with `toml_edit`'s `Document`, which keeps the byte span of
+//! every key and value. Serde-based parsing (`toml` + derive) gives one span per
+//! error at best and stops at unknown keys without knowing which keys were
+//! expected, so it cannot suggest the closest one; walking the spanned document by
+//! hand gives exact positions for every kind of error below.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bundle::{ImageFormat, CMDLINE_MAX, MODULES_MAX, NAME_MAX};
+use toml_edit::{Item, TableLike, Value};
+
+use crate::vms::{ModuleDef, VmDef};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+/// Smallest VM: the real-mode area alone is 1 MiB.
+pub const MEMORY_MIN: u64 = MIB;
+/// Largest VM: well beyond any host this runs on for now, and it keeps KiB counts
+/// in the bundle's u32.
+pub const MEMORY_MAX: u64 = 64 * GIB;
+
+/// The keys of a `[[vm]]` table, in the order the example file uses.
+const VM_KEYS: &[&str] = &[
+    "name",
+    "memory",
+    "vcpus",
+    "kernel",
+    "format",
+    "cmdline",
+    "initrd",
+    "modules",
+    "background",
+    "run_limit_ms",
+];
+const MODULE_KEYS: &[&str] = &["path", "cmdline"];
+/// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
+const ALIASES: &[(&str, &str)] = &[
+    ("image", "kernel"),
+    ("bzimage", "kernel"),
+    ("append", "cmdline"),
+    ("args", "cmdline"),
+    ("bootargs", "cmdline"),
+    ("initramfs", "initrd"),
+    ("mem", "memory"),
+    ("ram", "memory"),
+    ("memory_mib", "memory"),
+    ("mem_size_mib", "memory"),
+    ("cpus", "vcpus"),
+    ("vcpu_count", "vcpus"),
+    ("smp", "vcpus"),
+    ("module", "modules"),
+    ("vms", "vm"),
+];
+
+/// A problem with a VM description, located as precisely as possible.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file as given, or `command line` for [`single_vm`].
+    pub file: String,
+    /// 1-based line and column (in characters), where known.
+    pub pos: Option<(usize, usize)>,
+    /// The key at fault (`memory`, `modules[1].path`, or `--initrd` on the
+    /// command line).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.pos {
+            Some((line, col)) => write!(
+                f,
+                "{}:{line}:{col}: {}: {}",
+                self.file, self.key, self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> String {
+        e.to_string()
+    }
+}
+
+/// Where something was written: the position and the key's name.
+#[derive(Clone, Debug, Default)]
+struct Loc {
+    pos: Option<(usize, usize)>,
+    key: String,
+}
+
+/// The file being read: its name for messages, its text for positions, and the
+/// directory relative paths resolve against.
+struct Source<'a> {
+    label: String,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl Source<'_> {
+    fn loc(&self, span: Option<Range<usize>>, key: &str) -> Loc {
+        Loc {
+            pos: span.map(|s| line_col(self.text, s.start)),
+            key: key.to_string(),
+        }
+    }
+
+    fn err(&self, loc: &Loc, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.label.clone(),
+            pos: loc.pos,
+            key: loc.key.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// "unknown key ..." with the closest known key, if one is close enough to be a
+/// plausible typo, or the key another tool uses for the same thing.
+fn unknown_key(key: &str, known: &[&str]) -> String {
+    let lower = key.to_ascii_lowercase();
+    let alias = ALIASES
+        .iter()
+        .find(|(a, k)| *a == lower && known.contains(k))
+        .map(|(_, k)| *k);
+    let close = known
+        .iter()
+        .map(|k| (levenshtein(&lower, k), *k))
+        .min()
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1) || (*d <= 2 && lower.len() > 2))
+        .map(|(_, k)| k)
+        // An abbreviation (`cmd`, `mod`): the known key it starts.
+        .or_else(|| {
+            known
+                .iter()
+                .find(|k| lower.len() >= 3 && k.starts_with(lower.as_str()))
+                .copied()
+        });
+    let hint = match alias.or(close) {
+        Some(k) => format!(" (did you mean `{k}`?)"),
+        None => String::new(),
+    };
+    format!(
+        "unknown key `{key}`{hint}; known keys: {}",
+        known.join(", ")
+    )
+}
+
+fn type_error(expected: &str, item: &Item) -> String {
+    format!("expected {expected}, found {}", article(item.type_name()))
+}
+
+fn article(type_name: &str) -> String {
+    let an = matches!(type_name.as_bytes().first(), Some(b'a' | b'i'));
+    format!("{} {type_name}", if an { "an" } else { "a" })
+}
+
+/// Parses a memory size: an integer number of MiB, or a string with a binary suffix
+/// (`"256M"`, `"512K"`, `"2G"`; `KiB`/`MiB`/`GiB` and `KB`/`MB`/`GB` mean the same;
+/// no suffix means MiB). Returns bytes, range-checked.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (number, suffix) = t.split_at(digits);
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a size: write an integer number of MiB or a string such as \"256M\""
+        ));
+    }
+    let unit = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => MIB,
+        "K" | "KB" | "KIB" => KIB,
+        "G" | "GB" | "GIB" => GIB,
+        other => {
+            return Err(format!(
+                "bad size suffix {other:?} in {text:?}: use K, M or G (binary units), or no suffix for MiB"
+            ))
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is too large: at most 64 GiB"))?;
+    check_memory(bytes)?;
+    Ok(bytes)
+}
+
+fn check_memory(bytes: u64) -> Result<(), String> {
+    if bytes < MEMORY_MIN {
+        Err(format!(
+            "{} is too small: a VM needs at least 1 MiB",
+            show_size(bytes)
+        ))
+    } else if bytes > MEMORY_MAX {
+        Err(format!("{} is too large: at most 64 GiB", show_size(bytes)))
+    } else if !bytes.is_multiple_of(4 * KIB) {
+        Err(format!(
+            "{} is not a whole number of 4 KiB pages",
+            show_size(bytes)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn show_size(bytes: u64) -> String {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+fn mib_up(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// A VM as written, before cross-checks: each value with where it came from.
+#[derive(Default)]
+struct RawVm {
+    /// The `[[vm]]` header (or the first key), for errors about missing keys.
+    at: Loc,
+    name: Option<(String, Loc)>,
+    memory: Option<(u64, Loc)>,
+    vcpus: Option<(i64, Loc)>,
+    kernel: Option<(PathBuf, Loc)>,
+    format: Option<(ImageFormat, Loc)>,
+    cmdline: Option<(String, Loc)>,
+    initrd: Option<(PathBuf, Loc)>,
+    modules: Option<(Vec<(ModuleDef, Loc)>, Loc)>,
+    background: bool,
+    run_limit_ms: u32,
+}
+
+/// Reads and validates the VM descriptions in `path`.
+pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: label.clone(),
+        pos: None,
+        key: "file".into(),
+        message: format!("cannot read the VM config: {e}"),
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    parse(&Source {
+        label,
+        text: &text,
+        dir,
+    })
+}
+
+/// Parses config text; `dir` resolves relative paths. (The tests use this directly.)
+fn parse(src: &Source) -> Result<Vec<VmDef>, ConfigError> {
+    let doc = toml_edit::Document::parse(src.text).map_err(|e| {
+        let loc = src.loc(e.span(), "syntax");
+        src.err(&loc, format!("invalid TOML: {}", e.message().trim()))
+    })?;
+    let top = doc.as_table();
+    for (key, _) in top.iter() {
+        if key != "vm" {
+            let loc = src.loc(top.key(key).and_then(|k| k.span()), key);
+            return Err(src.err(&loc, unknown_key(key, &["vm"])));
+        }
+    }
+    let Some(item) = top.get("vm") else {
+        let loc = Loc {
+            pos: Some((1, 1)),
+            key: "vm".into(),
+        };
+        return Err(src.err(
+            &loc,
+            "no [[vm]] table: describe at least one VM (see vms.example.toml)",
+        ));
+    };
+    let vm_loc = src.loc(top.key("vm").and_then(|k| k.span()), "vm");
+    let tables = table_list(src, item, &vm_loc, "[[vm]] tables")?;
+    if tables.is_empty() {
+        return Err(src.err(&vm_loc, "no VMs: describe at least one [[vm]]"));
+    }
+    let mut vms: Vec<VmDef> = Vec::new();
+    let mut names: Vec<(String, Loc)> = Vec::new();
+    for (table, span) in tables {
+        let raw = parse_vm(src, table, span)?;
+        if let Some((name, loc)) = &raw.name {
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
+                let at = first
+                    .pos
+                    .map(|(l, _)| format!(" (first used on line {l})"))
+                    .unwrap_or_default();
+                return Err(src.err(loc, format!("duplicate VM name {name:?}{at}")));
+            }
+            names.push((name.clone(), loc.clone()));
+        }
+        vms.push(resolve(src, raw, None)?);
+    }
+    Ok(vms)
+}
+
+/// A table with its span in the file.
+type Spanned<'a> = (&'a dyn TableLike, Option<Range<usize>>);
+
+/// The tables of an array of tables (`[[vm]]`) or an array of inline tables
+/// (`vm = [{...}]`), each with its span.
+fn table_list<'a>(
+    src: &Source,
+    item: &'a Item,
+    loc: &Loc,
+    what: &str,
+) -> Result<Vec<Spanned<'a>>, ConfigError> {
+    match item {
+        Item::ArrayOfTables(aot) => Ok(aot
+            .iter()
+            .map(|t| (t as &dyn TableLike, t.span()))
+            .collect()),
+        Item::Value(Value::Array(array)) => array
+            .iter()
+            .map(|v| match v {
+                Value::InlineTable(t) => Ok((t as &dyn TableLike, v.span())),
+                other => Err(src.err(
+                    &src.loc(other.span(), &loc.key),
+                    format!(
+                        "expected {what}, found an array holding {}",
+                        article(other.type_name())
+                    ),
+                )),
+            })
+            .collect(),
+        Item::Table(_) => Err(src.err(
+            loc,
+            format!(
+                "expected {what}: write [[{0}]] (double brackets), not [{0}]",
+                loc.key
+            ),
+        )),
+        other => Err(src.err(loc, type_error(what, other))),
+    }
+}
+
+fn get_str<'a>(src: &Source, item: &'a Item, loc: &Loc) -> Result<&'a str, ConfigError> {
+    item.as_str()
+        .ok_or_else(|| src.err(loc, type_error("a string", item)))
+}
+
+fn parse_vm(
+    src: &Source,
+    table: &dyn TableLike,
+    span: Option<Range<usize>>,
+) -> Result<RawVm, ConfigError> {
+    let mut vm = RawVm {
+        at: src.loc(span, "vm"),
+        ..RawVm::default()
+    };
+    for (key, item) in table.iter() {
+        let key_loc = src.loc(table.key(key).and_then(|k| k.span()), key);
+        // Values are reported where the value starts; tables where their key is.
+        let loc = match item.span() {
+            Some(s) if item.is_value() => src.loc(Some(s), key),
+            _ => key_loc.clone(),
+        };
+        if vm.at.pos.is_none() {
+            vm.at.pos = key_loc.pos;
+        }
+        match key {
+            "name" => vm.name = Some((get_str(src, item, &loc)?.to_string(), loc)),
+            "memory" => {
+                let bytes = match item {
+                    Item::Value(Value::Integer(i)) => {
+                        let mib = *i.value();
+                        if mib <= 0 {
+                            return Err(src.err(&loc, format!("{mib} MiB: must be positive")));
+                        }
+                        let bytes = (mib as u64).saturating_mul(MIB);
+                        check_memory(bytes).map_err(|m| src.err(&loc, m))?;
+                        bytes
+                    }
+                    Item::Value(Value::String(s)) => {
+                        parse_memory(s.value()).map_err(|m| src.err(&loc, m))?
+                    }
+                    other => {
+                        return Err(src.err(
+                            &loc,
+                            type_error(
+                                "an integer number of MiB or a string such as \"256M\"",
+                                other,
+                            ),
+                        ))
+                    }
+                };
+                vm.memory = Some((bytes, loc));
+            }
+            "vcpus" => {
+                let n = item
+                    .as_integer()
+                    .ok_or_else(|| src.err(&loc, type_error("an integer", item)))?;
+                vm.vcpus = Some((n, loc));
+            }
+            "kernel" => {
+                let path = src.resolve(get_str(src, item, &loc)?);
+                vm.kernel = Some((path, loc));
+            }
+            "initrd" => {
+                let path = src.resolve(get_str(src, item, &loc)?);
+                vm.initrd = Some((path, loc));
+            }
+            "format" => {
+                let name = get_str(src, item, &loc)?;
+                let format = ImageFormat::from_name(name).ok_or_else(|| {
+                    src.err(
+                        &loc,
+                        format!("unknown format {name:?}: use one of auto, tiny, multiboot, linux"),
+                    )
+                })?;
+                vm.format = Some((format, loc));
+            }
+            "cmdline" => vm.cmdline = Some((get_str(src, item, &loc)?.to_string(), loc)),
+            "background" => {
+                vm.background = item
+                    .as_bool()
+                    .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
+            }
+            "run_limit_ms" => {
+                let n = item
+                    .as_integer()
+                    .ok_or_else(|| src.err(&loc, type_error("an integer", item)))?;
+                vm.run_limit_ms = u32::try_from(n).map_err(|_| {
+                    src.err(
+                        &loc,
+                        format!("{n} is out of range: 0 (no limit) to {}", u32::MAX),
+                    )
+                })?;
+            }
+            "modules" => vm.modules = Some((parse_modules(src, item, &key_loc)?, loc)),
+            other => return Err(src.err(&key_loc, unknown_key(other, VM_KEYS))),
+        }
+    }
+    Ok(vm)
+}
+
+/// `modules = [ { path = "m.bin", cmdline = "arg" }, "plain.bin" ]` or
+/// `[[vm.modules]]` tables.
+fn parse_modules(
+    src: &Source,
+    item: &Item,
+    loc: &Loc,
+) -> Result<Vec<(ModuleDef, Loc)>, ConfigError> {
+    // Each module: a table, or a plain string path; with its span.
+    type Entry<'a> = (
+        Option<&'a dyn TableLike>,
+        Option<&'a str>,
+        Option<Range<usize>>,
+    );
+    let entries: Vec<Entry> = match item {
+        Item::ArrayOfTables(aot) => aot
+            .iter()
+            .map(|t| (Some(t as &dyn TableLike), None, t.span()))
+            .collect(),
+        Item::Value(Value::Array(array)) => {
+            let mut out = Vec::new();
+            for (i, v) in array.iter().enumerate() {
+                match v {
+                    Value::InlineTable(t) => out.push((Some(t as &dyn TableLike), None, v.span())),
+                    Value::String(s) => out.push((None, Some(s.value().as_str()), v.span())),
+                    other => {
+                        return Err(src.err(
+                            &src.loc(v.span(), &format!("modules[{i}]")),
+                            format!(
+                                "expected a module (a string path or {{ path = \"...\", cmdline = \"...\" }}), found {}",
+                                article(other.type_name())
+                            ),
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        other => {
+            return Err(src.err(
+                loc,
+                type_error(
+                    "an array of modules ({ path = \"...\", cmdline = \"...\" })",
+                    other,
+                ),
+            ))
+        }
+    };
+    let mut modules = Vec::new();
+    for (i, (table, plain, span)) in entries.into_iter().enumerate() {
+        let prefix = format!("modules[{i}]");
+        let Some(table) = table else {
+            // A plain string: the path, with no command line.
+            modules.push((
+                ModuleDef {
+                    path: src.resolve(plain.unwrap_or("")),
+                    cmdline: String::new(),
+                },
+                src.loc(span, &prefix),
+            ));
+            continue;
+        };
+        let mut path = None;
+        let mut cmdline = String::new();
+        for (key, value) in table.iter() {
+            let key_loc = src.loc(
+                table.key(key).and_then(|k| k.span()),
+                &format!("{prefix}.{key}"),
+            );
+            let value_loc = match value.span() {
+                Some(s) => src.loc(Some(s), &key_loc.key),
+                None => key_loc.clone(),
+            };
+            match key {
+                "path" => {
+                    path = Some((src.resolve(get_str(src, value, &value_loc)?), value_loc));
+                }
+                "cmdline" => {
+                    let s = get_str(src, value, &value_loc)?;
+                    if s.len() > CMDLINE_MAX {
+                        return Err(src.err(
+                            &value_loc,
+                            format!("{} bytes: at most {CMDLINE_MAX}", s.len()),
+                        ));
+                    }
+                    cmdline = s.to_string();
+                }
+                other => {
+                    return Err(src.err(&key_loc, unknown_key(other, MODULE_KEYS)));
+                }
+            }
+        }
+        let (path, at) = path.ok_or_else(|| {
+            src.err(
+                &src.loc(span, &format!("{prefix}.path")),
+                "missing key `path` (the module's file)",
+            )
+        })?;
+        modules.push((ModuleDef { path, cmdline }, at));
+    }
+    Ok(modules)
+}
+
+/// What inspecting an image found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ImageInfo {
+    format: ImageFormat,
+    /// Rough guest-physical memory the image itself needs (loaded end address, or
+    /// for Linux the setup header's `init_size` above its load address).
+    need: u64,
+    /// Longest command line the image accepts (Linux's `cmdline_size`).
+    cmdline_max: Option<usize>,
+}
+
+fn le16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Where Linux's protected-mode kernel goes when the loader has no better idea,
+/// and the room it needs beyond `init_size` and the initrd for boot data, page
+/// tables and early allocations. Rough on purpose: it catches "memory = 16" for a
+/// distribution kernel, not a kernel that would run out later.
+const LINUX_LOAD: u64 = 16 * MIB;
+const LINUX_HEADROOM: u64 = 8 * MIB;
+
+/// Checks a bzImage's setup header: 64-bit entry needs boot protocol 2.12+ with
+/// `XLF_KERNEL_64`, and the kernel must be loaded high.
+fn inspect_linux(b: &[u8]) -> Result<ImageInfo, String> {
+    let bad = |what: String| format!("is not a 64-bit-bootable bzImage ({what})");
+    if b.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(bad("no \"HdrS\" setup header at 0x202".into()));
+    }
+    let version = le16(b, 0x206).unwrap_or(0);
+    let protocol = format!("protocol {}.{}", version >> 8, version & 0xff);
+    if version < 0x020c {
+        return Err(bad(format!("{protocol}; 2.12 or later is needed")));
+    }
+    let xloadflags = le16(b, 0x236).unwrap_or(0);
+    if xloadflags & 1 == 0 {
+        return Err(bad(format!("{protocol}, without XLF_KERNEL_64")));
+    }
+    let loadflags = b.get(0x211).copied().unwrap_or(0);
+    if loadflags & 1 == 0 {
+        return Err(bad(format!("{protocol}, a zImage: not loaded high")));
+    }
+    let setup_sects = match b.get(0x1f1).copied().unwrap_or(0) {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let setup_len = (setup_sects + 1) * 512;
+    if (b.len() as u64) <= setup_len {
+        return Err(bad(format!(
+            "{protocol}, truncated: {} bytes, the setup code alone is {setup_len}",
+            b.len()
+        )));
+    }
+    let payload = b.len() as u64 - setup_len;
+    let init_size = u64::from(le32(b, 0x260).unwrap_or(0)).max(payload);
+    let cmdline_size = le32(b, 0x238).unwrap_or(255) as usize;
+    let pref = le64(b, 0x258).filter(|&p| p != 0).unwrap_or(LINUX_LOAD);
+    Ok(ImageInfo {
+        format: ImageFormat::Linux,
+        need: pref.min(LINUX_LOAD) + init_size + LINUX_HEADROOM,
+        cmdline_max: Some(cmdline_size),
+    })
+}
+
+/// An x86 ELF executable's loaded end address, or why it is not one. `min_load`:
+/// the lowest physical address a segment may start at.
+fn inspect_elf(b: &[u8], min_load: u64) -> Result<u64, String> {
+    if !b.starts_with(b"\x7fELF") {
+        return Err("not an ELF file".into());
+    }
+    let class = b.get(4).copied();
+    let machine = le16(b, 18);
+    let (wide, name) = match (class, machine) {
+        (Some(1), Some(3)) => (false, "ELF32"),
+        (Some(2), Some(62)) => (true, "ELF64"),
+        _ => {
+            return Err(format!(
+                "an ELF file for another machine (class {:?}, machine {:?}): want ELF32 EM_386 or ELF64 EM_X86_64",
+                class.unwrap_or(0),
+                machine.unwrap_or(0)
+            ))
+        }
+    };
+    if b.get(5) != Some(&1) {
+        return Err(format!("{name}, but not little-endian"));
+    }
+    if le16(b, 16) != Some(2) {
+        return Err(format!(
+            "{name}, but not a fixed-address executable (ET_EXEC)"
+        ));
+    }
+    let truncated = || format!("{name} with truncated headers");
+    let (phoff, phentsize, phnum) = if wide {
+        (le64(b, 32), le16(b, 54), le16(b, 56))
+    } else {
+        (le32(b, 28).map(u64::from), le16(b, 42), le16(b, 44))
+    };
+    let (phoff, phentsize, phnum) = (
+        phoff.ok_or_else(truncated)? as usize,
+        phentsize.ok_or_else(truncated)? as usize,
+        phnum.ok_or_else(truncated)? as usize,
+    );
+    let mut end = 0u64;
+    for i in 0..phnum {
+        let at = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or_else(truncated)?)
+            .ok_or_else(truncated)?;
+        let ph = b.get(at..).ok_or_else(truncated)?;
+        if le32(ph, 0).ok_or_else(truncated)? != 1 {
+            continue; // not PT_LOAD
+        }
+        let (offset, paddr, filesz, memsz) = if wide {
+            (le64(ph, 8), le64(ph, 24), le64(ph, 32), le64(ph, 40))
+        } else {
+            (
+                le32(ph, 4).map(u64::from),
+                le32(ph, 12).map(u64::from),
+                le32(ph, 16).map(u64::from),
+                le32(ph, 20).map(u64::from),
+            )
+        };
+        let (offset, paddr, filesz, memsz) = (
+            offset.ok_or_else(truncated)?,
+            paddr.ok_or_else(truncated)?,
+            filesz.ok_or_else(truncated)?,
+            memsz.ok_or_else(truncated)?,
+        );
+        if offset
+            .checked_add(filesz)
+            .is_none_or(|e| e > b.len() as u64)
+        {
+            return Err(format!(
+                "{name} whose segment at {paddr:#x} lies outside the file (truncated?)"
+            ));
+        }
+        if paddr < min_load {
+            return Err(format!(
+                "{name} with a segment at {paddr:#x}, below {min_load:#x} where the loader keeps its own structures"
+            ));
+        }
+        end = end.max(paddr.saturating_add(memsz));
+    }
+    if end == 0 {
+        return Err(format!("{name} without loadable segments"));
+    }
+    Ok(end)
+}
+
+/// Checks a tiny guest: a 512-byte boot sector or an ELF32/ELF64 executable loaded
+/// at or above 1 MiB (what the kernel's tiny loader accepts).
+fn inspect_tiny(b: &[u8]) -> Result<ImageInfo, String> {
+    let need = if b.len() == 512 && b[510..] == [0x55, 0xaa] {
+        0x7e00
+    } else if b.starts_with(b"\x7fELF") {
+        inspect_elf(b, crate::guests::MIN_ELF_LOAD_ADDR)
+            .map_err(|e| format!("is not a tiny guest: {e}"))?
+    } else {
+        return Err(
+            "is neither a 512-byte boot sector ending in 55 AA nor an ELF32/ELF64 executable"
+                .into(),
+        );
+    };
+    Ok(ImageInfo {
+        format: ImageFormat::Tiny,
+        need,
+        cmdline_max: Some(0),
+    })
+}
+
+const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+/// Multiboot flag bits 0-15 are requirements; we can meet page-aligned modules (0),
+/// the memory map (1) and video information (2, answered with "none").
+const MULTIBOOT_KNOWN_REQUIRED: u32 = 0b111;
+const MULTIBOOT_AOUT_KLUDGE: u32 = 1 << 16;
+
+/// Finds and checks a Multiboot v1 header in the first 8 KiB (4-byte aligned,
+/// checksum), then the load addresses it or the ELF headers give.
+fn inspect_multiboot(b: &[u8]) -> Result<ImageInfo, String> {
+    let window = &b[..b.len().min(8192)];
+    let mut found = None;
+    let mut bad_checksum = false;
+    for at in (0..window.len().saturating_sub(11)).step_by(4) {
+        if le32(window, at) != Some(MULTIBOOT_MAGIC) {
+            continue;
+        }
+        let flags = le32(window, at + 4).unwrap_or(0);
+        let checksum = le32(window, at + 8).unwrap_or(0);
+        if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) == 0 {
+            found = Some((at, flags));
+            break;
+        }
+        bad_checksum = true;
+    }
+    let Some((at, flags)) = found else {
+        return Err(if bad_checksum {
+            "has a Multiboot magic in its first 8 KiB but no header with a valid checksum".into()
+        } else {
+            "has no Multiboot header (magic 0x1BADB002) in its first 8 KiB".into()
+        });
+    };
+    let unknown = flags & 0xffff & !MULTIBOOT_KNOWN_REQUIRED;
+    if unknown != 0 {
+        return Err(format!(
+            "is a Multiboot kernel that requires features this loader lacks (flags {flags:#x})"
+        ));
+    }
+    let end = if flags & MULTIBOOT_AOUT_KLUDGE != 0 {
+        let field = |i: usize| le32(b, at + 12 + 4 * i).map(u64::from);
+        let (Some(header_addr), Some(load_addr), Some(load_end), Some(bss_end), Some(entry)) =
+            (field(0), field(1), field(2), field(3), field(4))
+        else {
+            return Err("has a truncated Multiboot header (address fields missing)".into());
+        };
+        // The file offset the load starts at: the header sits at header_addr.
+        let Some(start) = (at as u64).checked_sub(header_addr.wrapping_sub(load_addr)) else {
+            return Err(format!(
+                "has inconsistent Multiboot addresses: header_addr {header_addr:#x} vs load_addr {load_addr:#x}"
+            ));
+        };
+        if header_addr < load_addr {
+            return Err(format!(
+                "has inconsistent Multiboot addresses: header_addr {header_addr:#x} below load_addr {load_addr:#x}"
+            ));
+        }
+        let load_end = if load_end == 0 {
+            load_addr + (b.len() as u64 - start)
+        } else {
+            load_end
+        };
+        if load_end < load_addr || load_end - load_addr > b.len() as u64 - start {
+            return Err(format!(
+                "has a Multiboot load range {load_addr:#x}..{load_end:#x} larger than the file"
+            ));
+        }
+        let end = load_end.max(bss_end);
+        if entry < load_addr || entry >= end {
+            return Err(format!(
+                "has a Multiboot entry {entry:#x} outside its load range {load_addr:#x}..{end:#x}"
+            ));
+        }
+        end
+    } else {
+        inspect_elf(b, 0).map_err(|e| {
+            format!("is a Multiboot kernel without load addresses (flag 16), so it must be an ELF executable, but it is {e}")
+        })?
+    };
+    Ok(ImageInfo {
+        format: ImageFormat::Multiboot,
+        need: end,
+        cmdline_max: None,
+    })
+}
+
+/// Checks `bytes` as `format`, or finds the format for `Auto`.
+fn inspect(bytes: &[u8], format: ImageFormat) -> Result<ImageInfo, String> {
+    match format {
+        ImageFormat::Linux => inspect_linux(bytes),
+        ImageFormat::Multiboot => inspect_multiboot(bytes),
+        ImageFormat::Tiny => inspect_tiny(bytes),
+        ImageFormat::Auto => {
+            // A bzImage also ends its first sector in 55 AA, and Multiboot kernels
+            // are often ELF files: test the most specific format first.
+            if bytes.get(0x202..0x206) == Some(b"HdrS") {
+                return inspect_linux(bytes);
+            }
+            if let Ok(info) = inspect_multiboot(bytes) {
+                return Ok(info);
+            }
+            inspect_tiny(bytes).map_err(|tiny| {
+                format!(
+                    "is not a recognised image: not a bzImage (no HdrS at 0x202), no Multiboot header in the first 8 KiB, and it {tiny}"
+                )
+            })
+        }
+    }
+}
+
+/// The size of a file the VM needs, or an error naming it as resolved.
+fn file_size(src: &Source, path: &Path, loc: &Loc) -> Result<u64, ConfigError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.metadata())
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(m.len())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+        .map_err(|e| src.err(loc, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Cross-checks one VM and turns it into a [`VmDef`]. `default_memory` gives the
+/// memory for a format when none was written (the command line); a config file
+/// must say.
+fn resolve(
+    src: &Source,
+    raw: RawVm,
+    default_memory: Option<fn(ImageFormat) -> u64>,
+) -> Result<VmDef, ConfigError> {
+    let missing = |key: &str, what: &str| {
+        src.err(
+            &Loc {
+                pos: raw.at.pos,
+                key: key.into(),
+            },
+            format!("missing key `{key}` ({what})"),
+        )
+    };
+    let (name, name_loc) = raw
+        .name
+        .clone()
+        .ok_or_else(|| missing("name", "the VM's name, shown before its console lines"))?;
+    let (kernel, kernel_loc) = raw
+        .kernel
+        .clone()
+        .ok_or_else(|| missing("kernel", "the image to boot"))?;
+    if raw.memory.is_none() && default_memory.is_none() {
+        return Err(missing("memory", "e.g. \"256M\" or 256 (MiB)"));
+    }
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(src.err(
+            &name_loc,
+            format!("{name:?} is {} bytes long: use 1 to {NAME_MAX}", name.len()),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(src.err(
+            &name_loc,
+            format!("{name:?} contains {c:?}: use only A-Z, a-z, 0-9, '_', '.' and '-'"),
+        ));
+    }
+    if let Some((n, loc)) = &raw.vcpus {
+        if *n != 1 {
+            return Err(src.err(
+                loc,
+                format!("vcpus = {n}: only 1 vCPU per VM is supported yet"),
+            ));
+        }
+    }
+    if let Some((cmdline, loc)) = &raw.cmdline {
+        if cmdline.len() > CMDLINE_MAX {
+            return Err(src.err(
+                loc,
+                format!(
+                    "the command line is {} bytes: at most {CMDLINE_MAX}",
+                    cmdline.len()
+                ),
+            ));
+        }
+        if cmdline.contains('\0') {
+            return Err(src.err(loc, "the command line contains a NUL character"));
+        }
+    }
+
+    let bytes = std::fs::read(&kernel).map_err(|e| {
+        src.err(
+            &kernel_loc,
+            format!("cannot read {}: {e}", kernel.display()),
+        )
+    })?;
+    let asked = raw.format.as_ref().map_or(ImageFormat::Auto, |(f, _)| *f);
+    let info = inspect(&bytes, asked).map_err(|e| {
+        let how = match asked {
+            ImageFormat::Auto => String::new(),
+            f => format!(" (format = {f})"),
+        };
+        src.err(&kernel_loc, format!("{} {e}{how}", kernel.display()))
+    })?;
+    let format = info.format;
+
+    // Modules: for Linux the initrd is module 0; Multiboot takes a list.
+    let mut modules: Vec<(ModuleDef, Loc)> = Vec::new();
+    if let Some((initrd, loc)) = &raw.initrd {
+        if format != ImageFormat::Linux {
+            let hint = if format == ImageFormat::Multiboot {
+                "; pass Multiboot modules with `modules`"
+            } else {
+                ""
+            };
+            return Err(src.err(
+                loc,
+                format!(
+                    "an initrd is only for Linux guests, and {} is a {format} image{hint}",
+                    kernel.display()
+                ),
+            ));
+        }
+        modules.push((
+            ModuleDef {
+                path: initrd.clone(),
+                cmdline: String::new(),
+            },
+            loc.clone(),
+        ));
+    }
+    if let Some((list, loc)) = &raw.modules {
+        match format {
+            ImageFormat::Multiboot => {}
+            ImageFormat::Linux => {
+                return Err(src.err(
+                    loc,
+                    "modules are for Multiboot guests; a Linux guest takes one `initrd`",
+                ))
+            }
+            _ => {
+                return Err(src.err(
+                    loc,
+                    format!(
+                        "modules are for Multiboot guests, and {} is a {format} image",
+                        kernel.display()
+                    ),
+                ))
+            }
+        }
+        if list.len() > MODULES_MAX {
+            return Err(src.err(
+                loc,
+                format!("{} modules: at most {MODULES_MAX}", list.len()),
+            ));
+        }
+        modules.extend(list.iter().cloned());
+    }
+    let mut modules_size = 0u64;
+    for (m, loc) in &modules {
+        modules_size += file_size(src, &m.path, loc)?.div_ceil(4096) * 4096;
+    }
+
+    let cmdline = raw.cmdline.clone().map(|(c, _)| c).unwrap_or_default();
+    if let (Some((_, loc)), Some(max)) = (&raw.cmdline, info.cmdline_max) {
+        if cmdline.len() > max {
+            let why = if format == ImageFormat::Tiny {
+                "tiny guests take no command line".to_string()
+            } else {
+                format!(
+                    "this kernel accepts at most {max} bytes (cmdline_size in its setup header), it is {}",
+                    cmdline.len()
+                )
+            };
+            return Err(src.err(loc, why));
+        }
+    }
+
+    let (memory, memory_loc) = match &raw.memory {
+        Some((bytes, loc)) => (*bytes, loc.clone()),
+        None => {
+            let default = default_memory.map_or(0, |f| f(format));
+            (default, kernel_loc.clone())
+        }
+    };
+    let need = info.need.saturating_add(modules_size).saturating_add(
+        if format == ImageFormat::Multiboot {
+            64 * KIB // the information structure, command lines, memory map
+        } else {
+            0
+        },
+    );
+    // For a defaulted size, grow it to fit rather than fail.
+    let memory = if raw.memory.is_none() && need > memory {
+        (need.div_ceil(MIB) * MIB).max(memory)
+    } else {
+        memory
+    };
+    if need > memory {
+        let detail = match format {
+            ImageFormat::Linux => {
+                let initrd = match modules_size {
+                    0 => String::new(),
+                    n => format!(", {} MiB for the initrd", mib_up(n)),
+                };
+                format!(
+                    "the kernel's load address and init_size{initrd}, and {} MiB of headroom",
+                    LINUX_HEADROOM / MIB
+                )
+            }
+            ImageFormat::Multiboot => {
+                "the image's load range, its modules and boot information".into()
+            }
+            _ => "the image's highest loaded address".into(),
+        };
+        return Err(src.err(
+            &memory_loc,
+            format!(
+                "{} is too small for {}: it needs about {} MiB ({detail})",
+                show_size(memory),
+                kernel.display(),
+                mib_up(need)
+            ),
+        ));
+    }
+    if memory > MEMORY_MAX {
+        return Err(src.err(
+            &memory_loc,
+            format!("{} is too large: at most 64 GiB", show_size(memory)),
+        ));
+    }
+
+    Ok(VmDef {
+        name,
+        image: kernel,
+        memory_kib: (memory / KIB) as u32,
+        run_limit_ms: raw.run_limit_ms,
+        background: raw.background,
+        format,
+        cmdline,
+        vcpus: 1,
+        modules: modules.into_iter().map(|(m, _)| m).collect(),
+    })
+}
+
+/// Memory for a VM given on the command line without `--memory`.
+fn default_memory(format: ImageFormat) -> u64 {
+    match format {
+        ImageFormat::Linux => 256 * MIB,
+        ImageFormat::Multiboot => 64 * MIB,
+        _ => 4 * MIB,
+    }
+}
+
+/// A name for a VM from its image's file name: the allowed characters only, and
+/// short enough for the bundle.
+fn name_from(path: &Path, format: ImageFormat) -> String {
+    if format == ImageFormat::Linux {
+        return "linux".into();
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(NAME_MAX)
+        .collect();
+    if name.is_empty() {
+        "vm".into()
+    } else {
+        name
+    }
+}
+
+/// One VM from QEMU-style options (`--kernel X --initrd Y --append Z --memory
+/// 256M`), with the format detected from the image and the same checks as a
+/// config file. Relative paths are taken as given (from the current directory).
+/// Without `--memory`: 256 MiB for Linux, 64 MiB for Multiboot, 4 MiB for a tiny
+/// guest (grown if the image needs more). For a Multiboot kernel `--initrd` is
+/// QEMU's module list: `"file1 arg,file2"`.
+pub fn single_vm(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    append: Option<&str>,
+    memory: Option<&str>,
+) -> Result<VmDef, ConfigError> {
+    let src = Source {
+        label: "command line".into(),
+        text: "",
+        dir: PathBuf::from("."),
+    };
+    let opt = |key: &str| Loc {
+        pos: None,
+        key: key.into(),
+    };
+    let kernel = kernel.to_path_buf();
+    // The name depends on the format; peek at the image (errors come from resolve).
+    let detected = std::fs::read(&kernel)
+        .ok()
+        .and_then(|b| inspect(&b, ImageFormat::Auto).ok())
+        .map_or(ImageFormat::Auto, |i| i.format);
+    let mut raw = RawVm {
+        at: opt("--kernel"),
+        name: Some((name_from(&kernel, detected), opt("--kernel"))),
+        kernel: Some((kernel, opt("--kernel"))),
+        cmdline: append.map(|a| (a.to_string(), opt("--append"))),
+        ..RawVm::default()
+    };
+    if let Some(m) = memory {
+        let bytes = parse_memory(m).map_err(|e| src.err(&opt("--memory"), e))?;
+        raw.memory = Some((bytes, opt("--memory")));
+    }
+    if let Some(initrd) = initrd {
+        if detected == ImageFormat::Multiboot {
+            // QEMU: -initrd "mod1 args,mod2" for Multiboot kernels.
+            let list = initrd.to_string_lossy();
+            let modules = list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|item| {
+                    // As QEMU does, the module's string is the whole item, path
+                    // included (what GRUB's `module` passes too).
+                    let item = item.trim();
+                    let path = item.split_once(' ').map_or(item, |(p, _)| p);
+                    (
+                        ModuleDef {
+                            path: PathBuf::from(path),
+                            cmdline: item.to_string(),
+                        },
+                        opt("--initrd"),
+                    )
+                })
+                .collect();
+            raw.modules = Some((modules, opt("--initrd")));
+        } else {
+            raw.initrd = Some((initrd.to_path_buf(), opt("--initrd")));
+        }
+    }
+    resolve(&src, raw, Some(default_memory))
+}
+
+/// Checks a VM built in code (e.g. [`crate::linux::linux_vm`]) as a config file's
+/// would be, and returns it with its format detected.
+pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
+    let src = Source {
+        label: format!("VM {}", vm.name),
+        text: "",
+        dir: PathBuf::from("."),
+    };
+    let at = |key: &str| Loc {
+        pos: None,
+        key: key.into(),
+    };
+    let mut raw = RawVm {
+        at: at("vm"),
+        name: Some((vm.name.clone(), at("name"))),
+        memory: Some((u64::from(vm.memory_kib) * KIB, at("memory"))),
+        vcpus: Some((i64::from(vm.vcpus), at("vcpus"))),
+        kernel: Some((vm.image.clone(), at("kernel"))),
+        format: Some((vm.format, at("format"))),
+        cmdline: Some((vm.cmdline.clone(), at("cmdline"))),
+        background: vm.background,
+        run_limit_ms: vm.run_limit_ms,
+        ..RawVm::default()
+    };
+    check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;
+    let mut modules: Vec<(ModuleDef, Loc)> = vm
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.clone(), at(&format!("modules[{i}]"))))
+        .collect();
+    // For Linux, module 0 is the initrd; check it as one.
+    let linux = vm.format == ImageFormat::Linux
+        || (vm.format == ImageFormat::Auto
+            && std::fs::read(&vm.image)
+                .ok()
+                .and_then(|b| inspect(&b, ImageFormat::Auto).ok())
+                .is_some_and(|i| i.format == ImageFormat::Linux));
+    if linux && !modules.is_empty() {
+        let (initrd, _) = modules.remove(0);
+        raw.initrd = Some((initrd.path, at("initrd")));
+    }
+    if !modules.is_empty() {
+        raw.modules = Some((modules, at("modules")));
+    }
+    resolve(&src, raw, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory per test, removed when dropped.
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("hv-config-test-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        }
+        /// Writes `vms.toml` and loads it.
+        fn load(&self, toml: &str) -> Result<Vec<VmDef>, ConfigError> {
+            load(&self.file("vms.toml", toml.as_bytes()))
+        }
+        fn err(&self, toml: &str) -> String {
+            let e = self.load(toml).expect_err("config should be rejected");
+            e.to_string()
+        }
+        /// Writes the sample images: a bzImage, a Multiboot kernel, a boot sector
+        /// and an ELF64.
+        fn images(&self) {
+            self.file("bzImage", &bzimage(0x020f, 1));
+            self.file("initrd", b"070701initrd");
+            self.file("mb.bin", &multiboot());
+            self.file("m.bin", b"module");
+            self.file("boot.bin", &boot_sector());
+            self.file("hello.elf", &elf64(0x20_0000, 0x1000));
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fake bzImage: setup header with `version` and `xloadflags`, 4 setup
+    /// sectors, 64 KiB payload, init_size 8 MiB.
+    fn bzimage(version: u16, xloadflags: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 5 * 512 + 64 * 1024];
+        b[0x1f1] = 4;
+        b[0x1fe] = 0x55;
+        b[0x1ff] = 0xaa;
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        b[0x211] = 1; // LOADED_HIGH
+        b[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        b[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes());
+        b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        b[0x260..0x264].copy_from_slice(&(8 * MIB as u32).to_le_bytes());
+        b
+    }
+
+    /// A Multiboot kernel with the a.out kludge: loads at 1 MiB, 4 KiB file.
+    fn multiboot() -> Vec<u8> {
+        let mut b = vec![0u8; 4096];
+        let flags: u32 = MULTIBOOT_AOUT_KLUDGE | 0b11;
+        let fields = [
+            MULTIBOOT_MAGIC,
+            flags,
+            0u32.wrapping_sub(MULTIBOOT_MAGIC).wrapping_sub(flags),
+            0x10_0040, // header_addr
+            0x10_0000, // load_addr
+            0,         // load_end: whole file
+            0x10_2000, // bss_end
+            0x10_0100, // entry
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            b[0x40 + 4 * i..0x44 + 4 * i].copy_from_slice(&f.to_le_bytes());
+        }
+        b
+    }
+
+    fn boot_sector() -> Vec<u8> {
+        let mut b = vec![0x90u8; 512];
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        b
+    }
+
+    /// An ELF64 executable with one PT_LOAD segment at `paddr` of `memsz` bytes.
+    fn elf64(paddr: u64, memsz: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 0x78 + 16];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[6] = 1;
+        b[16..18].copy_from_slice(&2u16.to_le_bytes());
+        b[18..20].copy_from_slice(&62u16.to_le_bytes());
+        b[24..32].copy_from_slice(&paddr.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = 64;
+        b[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes());
+        b[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes());
+        b[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&16u64.to_le_bytes());
+        b[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        b
+    }
+
+    const LINUX: &str = r#"
+[[vm]]
+name = "linux"
+memory = "256M"
+vcpus = 1
+kernel = "bzImage"
+format = "linux"
+cmdline = "console=ttyS0"
+initrd = "initrd"
+"#;
+
+    #[test]
+    fn loads_every_kind_of_vm() {
+        let s = Scratch::new("ok");
+        s.images();
+        let vms = s
+            .load(&format!(
+                r#"{LINUX}
+[[vm]]
+name = "mb"
+memory = 64
+kernel = "mb.bin"
+cmdline = "mb kernel args"
+modules = [ {{ path = "m.bin", cmdline = "arg" }}, "m.bin" ]
+
+[[vm]]
+name = "boot"
+memory = "4096K"
+kernel = "{}"
+background = true
+run_limit_ms = 1500
+
+[[vm]]
+name = "hello.64-x_y"
+memory = "1G"
+kernel = "hello.elf"
+format = "tiny"
+"#,
+                s.0.join("boot.bin").display()
+            ))
+            .unwrap();
+        assert_eq!(vms.len(), 4);
+        let linux = &vms[0];
+        assert_eq!(linux.format, ImageFormat::Linux);
+        assert_eq!(linux.memory_kib, 256 * 1024);
+        assert_eq!(linux.image, s.0.join("bzImage"));
+        assert_eq!(linux.cmdline, "console=ttyS0");
+        assert_eq!(
+            linux.modules,
+            vec![ModuleDef {
+                path: s.0.join("initrd"),
+                cmdline: String::new()
+            }]
+        );
+        let mb = &vms[1];
+        assert_eq!(mb.format, ImageFormat::Multiboot);
+        assert_eq!(mb.memory_kib, 64 * 1024);
+        assert_eq!(mb.modules.len(), 2);
+        assert_eq!(mb.modules[0].cmdline, "arg");
+        assert_eq!(mb.modules[1].cmdline, "");
+        let boot = &vms[2];
+        assert_eq!(boot.format, ImageFormat::Tiny);
+        assert_eq!(boot.memory_kib, 4096);
+        assert!(boot.background);
+        assert_eq!(boot.run_limit_ms, 1500);
+        assert_eq!(vms[3].memory_kib, 1024 * 1024);
+        // The result bundles.
+        crate::vms::bundle_bytes(&vms).unwrap();
+    }
+
+    #[test]
+    fn inline_array_of_vms_and_module_tables() {
+        let s = Scratch::new("inline");
+        s.images();
+        let vms = s
+            .load(
+                r#"
+vm = [ { name = "a", memory = 4, kernel = "boot.bin" } ]
+"#,
+            )
+            .unwrap();
+        assert_eq!(vms[0].name, "a");
+        let vms = s
+            .load(
+                r#"
+[[vm]]
+name = "mb"
+memory = 64
+kernel = "mb.bin"
+[[vm.modules]]
+path = "m.bin"
+cmdline = "x"
+"#,
+            )
+            .unwrap();
+        assert_eq!(vms[0].modules[0].cmdline, "x");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let s = Scratch::new("syntax");
+        let e = s.err("[[vm]]\nname = \"a\nmemory = 4\n");
+        assert!(
+            e.contains("vms.toml:2:") && e.contains("syntax: invalid TOML"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nname = \"b\"\n");
+        assert!(
+            e.contains("vms.toml:3:1: syntax:") && e.contains("duplicate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_a_suggestion() {
+        let s = Scratch::new("unknown");
+        s.images();
+        let e = s.err("[[vm]]\nname = \"a\"\nmemroy = 4\nkernel = \"boot.bin\"\n");
+        assert!(
+            e.contains("vms.toml:3:1: memroy: unknown key `memroy` (did you mean `memory`?)"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nappend = \"x\"\n");
+        assert!(
+            e.contains("3:1: append:") && e.contains("did you mean `cmdline`"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nfoo = 1\n");
+        assert!(
+            e.contains("unknown key `foo`; known keys: name, memory"),
+            "{e}"
+        );
+        let e = s.err("[[vms]]\nname = \"a\"\n");
+        assert!(
+            e.contains("1:3: vms: unknown key `vms` (did you mean `vm`?)"),
+            "{e}"
+        );
+        let e = s.err(
+            "[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\nmodules = [ { path = \"m.bin\", cmd = \"x\" } ]\n",
+        );
+        assert!(
+            e.contains("5:31: modules[0].cmd: unknown key `cmd` (did you mean `cmdline`?)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let s = Scratch::new("types");
+        let e = s.err("[[vm]]\nname = 5\n");
+        assert!(
+            e.contains("vms.toml:2:8: name: expected a string, found an integer"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 1.5\n");
+        assert!(
+            e.contains("3:10: memory: expected an integer number of MiB"),
+            "{e}"
+        );
+        assert!(e.contains("found a float"), "{e}");
+        let e = s.err("[[vm]]\nbackground = \"yes\"\n");
+        assert!(
+            e.contains("2:14: background: expected true or false, found a string"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nrun_limit_ms = -1\n");
+        assert!(e.contains("2:16: run_limit_ms: -1 is out of range"), "{e}");
+        let e = s.err("[vm]\nname = \"a\"\n");
+        assert!(
+            e.contains("1:2: vm: expected [[vm]] tables: write [[vm]]"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nformat = \"elf\"\n");
+        assert!(
+            e.contains("3:10: format: unknown format \"elf\": use one of auto"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nmodules = 3\n");
+        assert!(
+            e.contains("2:1: modules: expected an array of modules"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_keys_and_empty_files() {
+        let s = Scratch::new("missing");
+        s.images();
+        let e = s.err("# nothing\n");
+        assert!(e.ends_with("vms.toml:1:1: vm: no [[vm]] table: describe at least one VM (see vms.example.toml)"), "{e}");
+        let e = s.err("\n[[vm]]\nmemory = 4\nkernel = \"boot.bin\"\n");
+        assert!(e.contains("vms.toml:2:1: name: missing key `name`"), "{e}");
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\n");
+        assert!(e.contains("1:1: kernel: missing key `kernel`"), "{e}");
+        let e = s.err("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\n");
+        assert!(e.contains("1:1: memory: missing key `memory`"), "{e}");
+        let e = s.err("vm = []\n");
+        assert!(e.contains("1:1: vm: no VMs"), "{e}");
+        let e = load(&s.0.join("absent.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("absent.toml: file: cannot read the VM config"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256M"), Ok(256 * MIB));
+        assert_eq!(parse_memory("256MiB"), Ok(256 * MIB));
+        assert_eq!(parse_memory("2g"), Ok(2 * GIB));
+        assert_eq!(parse_memory("1024K"), Ok(MIB));
+        assert_eq!(parse_memory("64"), Ok(64 * MIB));
+        assert_eq!(parse_memory("64G"), Ok(64 * GIB));
+        assert!(parse_memory("65G").unwrap_err().contains("too large"));
+        assert!(parse_memory("512K").unwrap_err().contains("too small"));
+        assert!(parse_memory("1T")
+            .unwrap_err()
+            .contains("bad size suffix \"T\""));
+        assert!(parse_memory("1.5G")
+            .unwrap_err()
+            .contains("bad size suffix"));
+        assert!(parse_memory("M").unwrap_err().contains("is not a size"));
+        assert!(parse_memory("1025K").unwrap_err().contains("4 KiB pages"));
+        assert!(parse_memory("99999999999999999999G")
+            .unwrap_err()
+            .contains("too large"));
+
+        let s = Scratch::new("memory");
+        s.images();
+        let vm =
+            |mem: &str| format!("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = {mem}\n");
+        let e = s.err(&vm("\"512K\""));
+        assert!(
+            e.contains("4:10: memory: 512 KiB is too small: a VM needs at least 1 MiB"),
+            "{e}"
+        );
+        let e = s.err(&vm("\"100G\""));
+        assert!(
+            e.contains("4:10: memory: 100 GiB is too large: at most 64 GiB"),
+            "{e}"
+        );
+        let e = s.err(&vm("\"12X\""));
+        assert!(e.contains("4:10: memory: bad size suffix \"X\""), "{e}");
+        let e = s.err(&vm("0"));
+        assert!(e.contains("4:10: memory: 0 MiB: must be positive"), "{e}");
+        let e = s.err(&vm("65537"));
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        let s = Scratch::new("names");
+        s.images();
+        let vm =
+            |name: &str| format!("[[vm]]\nname = \"{name}\"\nkernel = \"boot.bin\"\nmemory = 4\n");
+        let e = s.err(&format!("{}{}", vm("a"), vm("a")));
+        assert!(
+            e.contains("vms.toml:6:8: name: duplicate VM name \"a\" (first used on line 2)"),
+            "{e}"
+        );
+        let e = s.err(&vm(&"x".repeat(NAME_MAX + 1)));
+        assert!(
+            e.contains("2:8: name:") && e.contains("is 25 bytes long: use 1 to 24"),
+            "{e}"
+        );
+        let e = s.err(&vm("my vm"));
+        assert!(
+            e.contains("2:8: name: \"my vm\" contains ' ': use only A-Z"),
+            "{e}"
+        );
+        let e = s.err(&vm(""));
+        assert!(e.contains("is 0 bytes long"), "{e}");
+    }
+
+    #[test]
+    fn vcpus_must_be_one() {
+        let s = Scratch::new("vcpus");
+        s.images();
+        let e = s.err("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = 4\nvcpus = 2\n");
+        assert!(
+            e.ends_with("vms.toml:5:9: vcpus: vcpus = 2: only 1 vCPU per VM is supported yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn files_must_exist() {
+        let s = Scratch::new("files");
+        s.images();
+        let e = s.err("[[vm]]\nname = \"a\"\nkernel = \"nope.bin\"\nmemory = 4\n");
+        let resolved = s.0.join("nope.bin");
+        assert!(
+            e.contains(&format!(
+                "3:10: kernel: cannot read {}: ",
+                resolved.display()
+            )),
+            "{e}"
+        );
+        let e = s.err(&LINUX.replace("initrd = \"initrd\"", "initrd = \"gone\""));
+        assert!(
+            e.contains("9:10: initrd: cannot read") && e.contains("gone"),
+            "{e}"
+        );
+        let e = s.err(&LINUX.replace("initrd = \"initrd\"", "initrd = \".\""));
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\nmodules = [\"m.bin\", { path = \"x\" }]\n");
+        assert!(e.contains("5:30: modules[1].path: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn initrd_and_modules_match_the_format() {
+        let s = Scratch::new("modules");
+        s.images();
+        let e =
+            s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\ninitrd = \"initrd\"\n");
+        assert!(
+            e.contains("5:10: initrd: an initrd is only for Linux guests")
+                && e.contains("multiboot image; pass Multiboot modules with `modules`"),
+            "{e}"
+        );
+        let e = s.err(&format!("{LINUX}modules = [\"m.bin\"]\n"));
+        assert!(e.contains("10:11: modules: modules are for Multiboot guests; a Linux guest takes one `initrd`"), "{e}");
+        let e = s.err(
+            "[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\nmodules = [\"m.bin\"]\n",
+        );
+        assert!(
+            e.contains("modules are for Multiboot guests") && e.contains("tiny image"),
+            "{e}"
+        );
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\nmodules = [{ cmdline = \"x\" }]\n");
+        assert!(
+            e.contains("5:12: modules[0].path: missing key `path`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cmdline_limits() {
+        let s = Scratch::new("cmdline");
+        s.images();
+        let long = "x".repeat(CMDLINE_MAX + 1);
+        let e = s.err(&LINUX.replace("console=ttyS0", &long));
+        assert!(
+            e.contains("8:11: cmdline: the command line is 4097 bytes: at most 4096"),
+            "{e}"
+        );
+        let e = s.err(&LINUX.replace("console=ttyS0", &"x".repeat(3000)));
+        assert!(e.contains("this kernel accepts at most 2048 bytes"), "{e}");
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\ncmdline = \"x\"\n");
+        assert!(
+            e.contains("5:11: cmdline: tiny guests take no command line"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn images_are_checked() {
+        let s = Scratch::new("images");
+        s.images();
+        s.file("old", &bzimage(0x020b, 1));
+        s.file("no64", &bzimage(0x020f, 0));
+        s.file("junk", b"just some bytes");
+        s.file("low.elf", &elf64(0x1000, 0x1000));
+        let vm = |kernel: &str, format: &str| {
+            format!("[[vm]]\nname = \"a\"\nmemory = 256\nkernel = \"{kernel}\"\nformat = \"{format}\"\n")
+        };
+        let path = |f: &str| s.0.join(f).display().to_string();
+        let e = s.err(&vm("old", "linux"));
+        assert!(
+            e.contains(&format!("4:10: kernel: {} is not a 64-bit-bootable bzImage (protocol 2.11; 2.12 or later is needed)", path("old"))),
+            "{e}"
+        );
+        let e = s.err(&vm("no64", "auto"));
+        assert!(
+            e.contains("is not a 64-bit-bootable bzImage (protocol 2.15, without XLF_KERNEL_64)"),
+            "{e}"
+        );
+        let e = s.err(&vm("boot.bin", "linux"));
+        assert!(e.contains("is not a 64-bit-bootable bzImage (no \"HdrS\" setup header at 0x202) (format = linux)"), "{e}");
+        let e = s.err(&vm("boot.bin", "multiboot"));
+        assert!(
+            e.contains("has no Multiboot header (magic 0x1BADB002) in its first 8 KiB"),
+            "{e}"
+        );
+        let mut bad = multiboot();
+        bad[0x48] ^= 1;
+        s.file("badsum", &bad);
+        let e = s.err(&vm("badsum", "multiboot"));
+        assert!(e.contains("no header with a valid checksum"), "{e}");
+        let e = s.err(&vm("bzImage", "tiny"));
+        assert!(e.contains("is neither a 512-byte boot sector ending in 55 AA nor an ELF32/ELF64 executable (format = tiny)"), "{e}");
+        let e = s.err(&vm("junk", "auto"));
+        assert!(
+            e.contains(&format!(
+                "kernel: {} is not a recognised image",
+                path("junk")
+            )),
+            "{e}"
+        );
+        let e = s.err(&vm("low.elf", "tiny"));
+        assert!(e.contains("below 0x100000"), "{e}");
+        // Auto detects each.
+        for (file, format) in [
+            ("bzImage", ImageFormat::Linux),
+            ("mb.bin", ImageFormat::Multiboot),
+            ("boot.bin", ImageFormat::Tiny),
+            ("hello.elf", ImageFormat::Tiny),
+        ] {
+            let vms = s.load(&vm(file, "auto")).unwrap();
+            assert_eq!(vms[0].format, format, "{file}");
+        }
+    }
+
+    #[test]
+    fn memory_must_hold_the_image() {
+        let s = Scratch::new("fit");
+        s.images();
+        s.file("big.elf", &elf64(0x20_0000, 8 * MIB));
+        let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"big.elf\"\n");
+        assert!(
+            e.contains("3:10: memory: 4 MiB is too small for") && e.contains("needs about 10 MiB"),
+            "{e}"
+        );
+        // The fake bzImage: 16 MiB load + 8 MiB init_size + 8 MiB headroom + initrd.
+        let e = s.err(&LINUX.replace("256M", "32M"));
+        assert!(
+            e.contains("4:10: memory: 32 MiB is too small") && e.contains("about 33 MiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn single_vm_from_the_command_line() {
+        let s = Scratch::new("single");
+        s.images();
+        let k = s.0.join("bzImage");
+        let initrd = s.0.join("initrd");
+        let vm = single_vm(&k, Some(&initrd), Some("console=ttyS0"), Some("128M")).unwrap();
+        assert_eq!(vm.name, "linux");
+        assert_eq!(vm.format, ImageFormat::Linux);
+        assert_eq!(vm.memory_kib, 128 * 1024);
+        assert_eq!(vm.modules[0].path, initrd);
+        let vm = single_vm(&k, None, None, None).unwrap();
+        assert_eq!(vm.memory_kib, 256 * 1024);
+        let e = single_vm(&k, None, None, Some("12Q"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("command line: --memory: bad size suffix"),
+            "{e}"
+        );
+        let e = single_vm(&s.0.join("boot.bin"), Some(&initrd), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("command line: --initrd: an initrd is only for Linux guests"),
+            "{e}"
+        );
+        let e = single_vm(&s.0.join("nope"), None, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("command line: --kernel: cannot read"), "{e}");
+        // A tiny ELF larger than the default grows the default.
+        s.file("big.elf", &elf64(0x20_0000, 8 * MIB));
+        let vm = single_vm(&s.0.join("big.elf"), None, None, None).unwrap();
+        assert_eq!((vm.name.as_str(), vm.memory_kib), ("big", 10 * 1024));
+        // Multiboot: QEMU's module list.
+        let m = s.0.join("m.bin");
+        let list = format!("{} first arg,{}", m.display(), m.display());
+        let vm = single_vm(&s.0.join("mb.bin"), Some(Path::new(&list)), Some("k"), None).unwrap();
+        assert_eq!(vm.format, ImageFormat::Multiboot);
+        assert_eq!(vm.modules.len(), 2);
+        assert_eq!(vm.modules[0].cmdline, format!("{} first arg", m.display()));
+        assert_eq!(vm.modules[1].cmdline, m.display().to_string());
+    }
+
+    #[test]
+    fn check_validates_vms_built_in_code() {
+        let s = Scratch::new("check");
+        s.images();
+        let vm = VmDef {
+            format: ImageFormat::Linux,
+            cmdline: "console=ttyS0".into(),
+            modules: vec![ModuleDef {
+                path: s.0.join("initrd"),
+                cmdline: String::new(),
+            }],
+            ..VmDef::new("linux", s.0.join("bzImage"), 256 * 1024)
+        };
+        assert_eq!(check(&vm).unwrap(), vm);
+        let auto = VmDef {
+            format: ImageFormat::Auto,
+            ..vm.clone()
+        };
+        assert_eq!(check(&auto).unwrap(), vm);
+        let two = VmDef { vcpus: 2, ..vm };
+        assert_eq!(
+            check(&two).unwrap_err().to_string(),
+            "VM linux: vcpus: vcpus = 2: only 1 vCPU per VM is supported yet"
+        );
+    }
+
+    /// The example at the workspace root is valid, given images at its paths.
+    #[test]
+    fn the_example_config_loads() {
+        let s = Scratch::new("example");
+        for dir in ["target/hv/guests", "target/hv/linux/current"] {
+            std::fs::create_dir_all(s.0.join(dir)).unwrap();
+        }
+        s.file("target/hv/linux/current/bzImage", &bzimage(0x020f, 1));
+        s.file("target/hv/linux/current/initrd.cpio", b"070701");
+        s.file("target/hv/guests/hello64.elf", &elf64(0x20_0000, 0x1000));
+        s.file("target/hv/guests/spin64.elf", &elf64(0x20_0000, 0x1000));
+        s.file("target/hv/guests/real16.bin", &boot_sector());
+        let vms = s.load(include_str!("../../vms.example.toml")).unwrap();
+        let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["linux", "hello64", "real16", "spin64"]);
+        assert_eq!(vms[0].format, ImageFormat::Linux);
+        assert_eq!(vms[0].cmdline, crate::linux::LINUX_CMDLINE);
+        assert!(vms[3].background);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(levenshtein("memroy", "memory"), 2);
+        assert!(unknown_key("kernal", VM_KEYS).contains("did you mean `kernel`"));
+        assert!(unknown_key("image", VM_KEYS).contains("did you mean `kernel`"));
+        assert!(unknown_key("cpus", VM_KEYS).contains("did you mean `vcpus`"));
+        assert!(!unknown_key("zzzzzz", VM_KEYS).contains("did you mean"));
+        assert_eq!(line_col("ab\ncé\nx", 6), (2, 3));
+    }
+}
