@@ -1,7 +1,7 @@
 //! Build script for the test guests: hands each binary its own linker script.
 //!
 //! The guests are linked at fixed addresses (0x7C00 for the boot sector, 0x100000
-//! for the ELF guests). `x86_64-unknown-none` links static-PIE by default, which
+//! for the ELF guests; `mb32` puts its Multiboot header first, hence its own script). `x86_64-unknown-none` links static-PIE by default, which
 //! would leave absolute pointers to be patched by a dynamic loader that the
 //! hypervisor does not have, and which rejects the 16-bit absolute relocations of
 //! the boot sector. `--no-pie` (it comes after rustc's `-pie`, and the last one wins
@@ -23,11 +23,13 @@ const BINS: &[(&str, &str)] = &[
     ("oob64", "link64.ld"),
     ("spin64", "link64.ld"),
     ("triple64", "link64.ld"),
+    ("mb32", "linkmb32.ld"),
+    ("bench64", "link64.ld"),
 ];
 
 fn main() {
     let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    for script in ["link16.ld", "link32.ld", "link64.ld"] {
+    for script in ["link16.ld", "link32.ld", "link64.ld", "linkmb32.ld"] {
         println!("cargo:rerun-if-changed={}", dir.join(script).display());
     }
     println!("cargo:rerun-if-changed=build.rs");

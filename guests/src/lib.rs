@@ -3,8 +3,8 @@
 //! The guests are bare-metal `x86_64-unknown-none` binaries (see `src/bin/`). The
 //! 16-bit and 32-bit guests are pure `global_asm!` and use nothing from here; the
 //! 64-bit guests get their entry point ([`entry_point!`]), serial output
-//! ([`println!`]), port I/O, CPUID/MSR wrappers and an optional GDT+IDT with a
-//! recoverable `#GP` handler ([`idt`]).
+//! ([`println!`]), port I/O, CPUID/MSR wrappers, the hypercall instruction
+//! ([`hypercall`]) and an optional GDT+IDT with a recoverable `#GP` handler ([`idt`]).
 //!
 //! On the host (anything but `target_os = "none"`) only the pure helpers in [`text`]
 //! are compiled, so `cargo clippy --workspace` and `cargo test -p guests` work there.
@@ -15,6 +15,8 @@ pub mod text;
 
 #[cfg(target_os = "none")]
 pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod hypercall;
 #[cfg(target_os = "none")]
 pub mod idt;
 #[cfg(target_os = "none")]

@@ -24,11 +24,15 @@ pub fn images(set: GuestSet) -> &'static Images {
     static TINY: OnceLock<Images> = OnceLock::new();
     static DEMO: OnceLock<Images> = OnceLock::new();
     static LINUX: OnceLock<Images> = OnceLock::new();
+    static MULTIBOOT: OnceLock<Images> = OnceLock::new();
+    static BENCH: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
         GuestSet::Demo => &DEMO,
         GuestSet::LinuxTest => &LINUX,
+        GuestSet::Multiboot => &MULTIBOOT,
+        GuestSet::Bench => &BENCH,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

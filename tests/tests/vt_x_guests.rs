@@ -14,7 +14,10 @@ fn tiny_guests_run_isolated_under_vt_x() {
         BOCHS_LIMIT,
     );
     out.expect_line("extension: VT-x")
-        .expect_line("hv: guest bundle holds 8 VM(s)")
+        .expect_line("hv: guest bundle holds 9 VM(s)")
+        // An image only the kernel sees is broken: refused alone, with the reason.
+        .expect_line("hv: vm broken64 not started: malformed ELF image: Could not read bytes")
+        .expect_line("hv: 1 VM(s) could not be started")
         .expect_line("real16 | real16: hello from real mode")
         .expect_line("prot32 | prot32: hello from protected mode")
         .expect_line("prot32 | prot32: hypervisor signature hv-baremetal")

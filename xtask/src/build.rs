@@ -97,6 +97,12 @@ pub enum GuestSet {
     Tiny,
     /// Linux in test mode (it prints, then powers off) next to `hello64`.
     LinuxTest,
+    /// The Multiboot v1 test kernel `mb32` (16 MiB, a command line and one module)
+    /// next to `hello64`.
+    Multiboot,
+    /// The CPUID exit benchmark `bench64` next to Linux in test mode (so the figures
+    /// are taken with another VM busy, as in real use).
+    Bench,
 }
 
 impl GuestSet {
@@ -106,6 +112,8 @@ impl GuestSet {
             GuestSet::Demo => "demo",
             GuestSet::Tiny => "tiny",
             GuestSet::LinuxTest => "linux-test",
+            GuestSet::Multiboot => "multiboot",
+            GuestSet::Bench => "bench",
         }
     }
 
@@ -133,9 +141,63 @@ impl GuestSet {
         };
         match self {
             GuestSet::None => Ok(Vec::new()),
-            GuestSet::Tiny => tiny(),
+            GuestSet::Tiny => {
+                // Plus one image the kernel must refuse on its own (the bundle skips
+                // xtask's host-side checks here): the rest must run regardless.
+                let mut vms = tiny()?;
+                let hello = vms
+                    .iter()
+                    .find(|v| v.name == "hello64")
+                    .ok_or("no hello64 guest")?;
+                let image = std::fs::read(&hello.image)
+                    .map_err(|e| format!("{}: {e}", hello.image.display()))?;
+                let broken = target_dir().join("hv").join("guests").join("broken64.elf");
+                std::fs::write(&broken, &image[..image.len().min(200)])
+                    .map_err(|e| format!("{}: {e}", broken.display()))?;
+                let mut vm = crate::vms::VmDef::new("broken64", broken, 4096);
+                vm.format = bundle::ImageFormat::Tiny;
+                vms.push(vm);
+                Ok(vms)
+            }
             GuestSet::Demo => with_hello(linux(false)?),
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::Multiboot => {
+                use crate::vms::{ImageFormat, ModuleDef, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let image = |name| crate::guests::find_image(&images, name).map(|g| g.path.clone());
+                // The command line and module string are the ones QEMU would pass for
+                // `-kernel mb32 -append hello=world -initrd testmod`, so mb32 prints
+                // the same lines under both (QEMU prefixes the kernel's file name).
+                let mb32 = VmDef {
+                    format: ImageFormat::Multiboot,
+                    cmdline: "mb32 hello=world".into(),
+                    modules: vec![ModuleDef {
+                        path: crate::guests::write_multiboot_test_module(&dir)?,
+                        cmdline: "testmod".into(),
+                    }],
+                    ..VmDef::new("mb32", image("mb32")?, 16 * 1024)
+                };
+                let hello = VmDef {
+                    format: ImageFormat::Tiny,
+                    ..VmDef::new("hello64", image("hello64")?, 4096)
+                };
+                Ok(vec![crate::config::check(&mb32)?, hello])
+            }
+            GuestSet::Bench => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let bench = VmDef {
+                    format: ImageFormat::Tiny,
+                    ..VmDef::new(
+                        "bench64",
+                        crate::guests::find_image(&images, "bench64")?.path.clone(),
+                        4096,
+                    )
+                };
+                Ok(vec![linux(true)?, bench])
+            }
         }
     }
 }

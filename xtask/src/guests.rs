@@ -9,10 +9,16 @@
 //!   boot signature: `real16.bin`, a 512-byte boot sector for 0000:7C00.
 //! - `prot32`: `llvm-objcopy -O elf32-i386`: `prot32.elf`, an ELF32 (EM_386).
 //! - `*64`: `llvm-objcopy --strip-debug`: `<name>.elf`, an ELF64 (EM_X86_64).
+//! - `mb32`: as `prot32`, an ELF32 that is also a Multiboot v1 kernel.
 //!
 //! Every ELF is checked (class, machine, entry, PT_LOAD at physical >= 1 MiB)
-//! before it is handed out, so a toolchain change shows up here and not as a
-//! puzzling guest crash. Only `std` is used.
+//! before it is handed out, and `mb32` also for its Multiboot header (in the first
+//! 8 KiB of the *converted* file, where loaders look: objcopy decides the file
+//! layout), so a toolchain change shows up here and not as a puzzling guest crash
+//! or a loader's "no Multiboot header". Only `std` is used.
+//!
+//! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32` and
+//! `bench64` are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -37,6 +43,8 @@ enum Kind {
     Elf32,
     /// ELF64 (EM_X86_64), run in long mode on an identity map.
     Elf64,
+    /// ELF32 (EM_386) carrying a Multiboot v1 header, started by a Multiboot loader.
+    Multiboot32,
 }
 
 /// Every guest, in the order [`build_guests`] returns them.
@@ -51,6 +59,15 @@ const GUESTS: &[(&str, Kind)] = &[
     ("triple64", Kind::Elf64),
 ];
 
+/// Guests built with the others but not part of the tiny set, in the order
+/// [`build_all_guests`] returns them after [`GUESTS`].
+const EXTRA_GUESTS: &[(&str, Kind)] = &[("mb32", Kind::Multiboot32), ("bench64", Kind::Elf64)];
+
+/// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
+/// bit 1 (memory information); nothing else, in particular not bit 16 (a.out
+/// kludge: the loaders must use its ELF headers).
+pub const MB32_HEADER_FLAGS: u32 = 0x3;
+
 /// The bare-metal target the guests are compiled for.
 const TARGET: &str = "x86_64-unknown-none";
 
@@ -58,21 +75,38 @@ const TARGET: &str = "x86_64-unknown-none";
 /// use (boot sector at 0x7C00, its own structures).
 pub const MIN_ELF_LOAD_ADDR: u64 = 0x10_0000;
 
-/// Builds all guests and writes their images into `out_dir` (created if needed).
+/// Builds all guests and returns the images of the tiny set, in a fixed order:
+/// real16, prot32, hello64, msr64, ports64, oob64, spin64, triple64. The others
+/// ([`build_all_guests`]) are written to `out_dir` too.
+pub fn build_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
+    let mut images = build_all_guests(workspace_root, out_dir)?;
+    images.truncate(GUESTS.len());
+    Ok(images)
+}
+
+/// The image called `name` among `images`.
+pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestImage, String> {
+    images
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| format!("guests: no `{name}` among the built guests"))
+}
+
+/// Builds every guest and writes their images into `out_dir` (created if needed).
 ///
 /// Runs cargo in `workspace_root` with the workspace's target directory (or
 /// `CARGO_TARGET_DIR` when the caller's environment sets it), then post-processes
 /// each binary with the toolchain's `llvm-objcopy` (component
-/// `llvm-tools-preview`). Returns the images in a fixed order: real16, prot32,
-/// hello64, msr64, ports64, oob64, spin64, triple64.
-pub fn build_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
+/// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
+/// [`build_guests`] lists it, then mb32 and bench64.
+pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     let linked = cargo_build(workspace_root)?;
     let objcopy = llvm_tool(workspace_root, "llvm-objcopy")?;
     fs::create_dir_all(out_dir)
         .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
 
-    let mut images = Vec::with_capacity(GUESTS.len());
-    for &(name, kind) in GUESTS {
+    let mut images = Vec::with_capacity(GUESTS.len() + EXTRA_GUESTS.len());
+    for &(name, kind) in GUESTS.iter().chain(EXTRA_GUESTS) {
         let elf = linked
             .iter()
             .find(|(bin, _)| bin == name)
@@ -98,6 +132,23 @@ pub fn build_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestIm
                 let path = out_dir.join(format!("{name}.elf"));
                 run_objcopy(&objcopy, &["-O", "elf32-i386", "--strip-debug"], elf, &path)?;
                 check_image(name, &path, ElfClass::Elf32)?;
+                path
+            }
+            Kind::Multiboot32 => {
+                let path = out_dir.join(format!("{name}.elf"));
+                run_objcopy(&objcopy, &["-O", "elf32-i386", "--strip-debug"], elf, &path)?;
+                check_image(name, &path, ElfClass::Elf32)?;
+                let bytes = fs::read(&path)
+                    .map_err(|e| format!("guests: cannot read {}: {e}", path.display()))?;
+                let header = check_multiboot(&bytes)
+                    .map_err(|e| format!("guests: {name} ({}): {e}", path.display()))?;
+                if header.flags != MB32_HEADER_FLAGS {
+                    return Err(format!(
+                        "guests: {name} ({}): Multiboot header flags {:#x}, expected {MB32_HEADER_FLAGS:#x}",
+                        path.display(),
+                        header.flags
+                    ));
+                }
                 path
             }
             Kind::Elf64 => {
@@ -418,6 +469,82 @@ pub fn check_elf(bytes: &[u8], class: ElfClass) -> Result<ElfInfo, String> {
     Ok(ElfInfo { entry, loads })
 }
 
+/// Multiboot v1 header magic (spec 3.1.2).
+pub const MULTIBOOT_MAGIC: u32 = 0x1BAD_B002;
+/// Loaders search the first 8192 bytes of the file for the header (spec 3.1.1).
+pub const MULTIBOOT_SEARCH: usize = 8192;
+
+/// What [`check_multiboot`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultibootHeader {
+    /// File offset of the magic.
+    pub offset: usize,
+    pub flags: u32,
+}
+
+/// Finds the Multiboot v1 header as a loader would (spec 3.1.1): the magic 4-byte
+/// aligned with the whole 12-byte header inside the first 8192 bytes, and
+/// `magic + flags + checksum == 0` (mod 2^32). Rejects a header that needs the
+/// a.out kludge fields (flag 16) without room for them, or that asks for
+/// requirement bits (0-15) other than 0-2, which no loader here provides.
+pub fn check_multiboot(bytes: &[u8]) -> Result<MultibootHeader, String> {
+    let u32_at = |off: usize| {
+        u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
+    };
+    let end = bytes.len().min(MULTIBOOT_SEARCH);
+    let offset = (0..end.saturating_sub(11))
+        .step_by(4)
+        .find(|&off| {
+            u32_at(off) == MULTIBOOT_MAGIC
+                && MULTIBOOT_MAGIC
+                    .wrapping_add(u32_at(off + 4))
+                    .wrapping_add(u32_at(off + 8))
+                    == 0
+        })
+        .ok_or_else(|| {
+            format!(
+                "no Multiboot header (magic {MULTIBOOT_MAGIC:#x}, valid checksum, 4-byte aligned) in the first {MULTIBOOT_SEARCH} bytes"
+            )
+        })?;
+    let flags = u32_at(offset + 4);
+    if flags & 0xFFF8 != 0 {
+        return Err(format!(
+            "Multiboot header at {offset:#x} has requirement flags {flags:#x} beyond bits 0-2"
+        ));
+    }
+    if flags & (1 << 16) != 0 && offset + 32 > end {
+        return Err(format!(
+            "Multiboot header at {offset:#x} sets flag 16 but its address fields do not fit in the first {MULTIBOOT_SEARCH} bytes"
+        ));
+    }
+    Ok(MultibootHeader { offset, flags })
+}
+
+/// The contents of the module the Multiboot VM set hands `mb32`: byte `i` is
+/// `i % 251`, so a page-sized shift or a truncated copy changes the byte sum
+/// `mb32` prints (251 is prime, no divisor of the page size).
+pub fn multiboot_test_module() -> Vec<u8> {
+    (0..MULTIBOOT_TEST_MODULE_LEN)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+/// Size of [`multiboot_test_module`]: one page.
+pub const MULTIBOOT_TEST_MODULE_LEN: usize = 4096;
+
+/// Writes [`multiboot_test_module`] to `out_dir/mb32-module.bin` (left alone when
+/// unchanged, so its timestamp means something) and returns the path.
+pub fn write_multiboot_test_module(out_dir: &Path) -> Result<PathBuf, String> {
+    fs::create_dir_all(out_dir)
+        .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
+    let path = out_dir.join("mb32-module.bin");
+    let data = multiboot_test_module();
+    if fs::read(&path).ok().as_deref() != Some(&data[..]) {
+        write(&path, &data)?;
+    }
+    Ok(path)
+}
+
 /// The value of the string field `key` in one line of cargo's JSON output, or
 /// `None` when absent or not a string (e.g. `"executable":null`).
 ///
@@ -554,6 +681,60 @@ mod tests {
         assert!(check_elf(&i386, ElfClass::Elf64).is_err());
     }
 
+    /// A file with a Multiboot header of `flags` at `offset` (checksum `fix`ed or
+    /// off by one).
+    fn multiboot(offset: usize, flags: u32, fix: bool) -> Vec<u8> {
+        let mut b = vec![0u8; 0x3000];
+        let sum = 0u32
+            .wrapping_sub(MULTIBOOT_MAGIC)
+            .wrapping_sub(flags)
+            .wrapping_add(u32::from(!fix));
+        b[offset..offset + 4].copy_from_slice(&MULTIBOOT_MAGIC.to_le_bytes());
+        b[offset + 4..offset + 8].copy_from_slice(&flags.to_le_bytes());
+        b[offset + 8..offset + 12].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn multiboot_header_check() {
+        assert_eq!(
+            check_multiboot(&multiboot(0x1000, 3, true)),
+            Ok(MultibootHeader {
+                offset: 0x1000,
+                flags: 3
+            })
+        );
+        // The last place a whole header fits.
+        assert!(check_multiboot(&multiboot(8192 - 12, 3, true)).is_ok());
+        // Too late, misaligned, bad checksum, unknown requirements, truncated file.
+        assert!(check_multiboot(&multiboot(8192 - 8, 3, true)).is_err());
+        assert!(check_multiboot(&multiboot(0x1002, 3, true)).is_err());
+        assert!(check_multiboot(&multiboot(0x1000, 3, false))
+            .unwrap_err()
+            .contains("no Multiboot header"));
+        assert!(check_multiboot(&multiboot(0x1000, 1 << 3, true))
+            .unwrap_err()
+            .contains("requirement"));
+        assert!(check_multiboot(&multiboot(8192 - 16, 1 << 16, true)).is_err());
+        assert!(check_multiboot(&[0x02, 0xb0, 0xad]).is_err());
+        // A stray magic without a checksum before the real header is skipped.
+        let mut b = multiboot(0x1000, 3, true);
+        b[0x100..0x104].copy_from_slice(&MULTIBOOT_MAGIC.to_le_bytes());
+        assert_eq!(check_multiboot(&b).unwrap().offset, 0x1000);
+    }
+
+    #[test]
+    fn multiboot_module_pattern() {
+        let m = multiboot_test_module();
+        assert_eq!(m.len(), 4096);
+        assert_eq!(
+            (m[0], m[250], m[251], m[4095]),
+            (0, 250, 0, (4095 % 251) as u8)
+        );
+        // The sum mb32 prints for it (and the multiboot test expects).
+        assert_eq!(m.iter().map(|&b| u32::from(b)).sum::<u32>(), 505_160);
+    }
+
     #[test]
     fn cargo_json_fields() {
         let line = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/guests#0.1.0","target":{"kind":["bin"],"name":"real16"},"executable":"/w/target/x86_64-unknown-none/release/real16","fresh":true}"#;
@@ -603,6 +784,17 @@ mod tests {
             let info = check_elf(&fs::read(&image.path).unwrap(), ElfClass::Elf64).unwrap();
             assert_eq!(info.entry, 0x100000, "{}", image.name);
         }
+        // The guests outside the tiny set come after it.
+        let all = super::build_all_guests(root, &out).unwrap();
+        assert_eq!(all[..images.len()], images[..]);
+        let mb32 = fs::read(&find_image(&all, "mb32").unwrap().path).unwrap();
+        assert!(check_elf(&mb32, ElfClass::Elf32).is_ok());
+        assert_eq!(check_multiboot(&mb32).unwrap().flags, MB32_HEADER_FLAGS);
+        let bench64 = fs::read(&find_image(&all, "bench64").unwrap().path).unwrap();
+        assert_eq!(
+            check_elf(&bench64, ElfClass::Elf64).unwrap().entry,
+            0x100000
+        );
         fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -28,6 +28,12 @@ commands:
       --tcg                 QEMU: software emulation even if a nested KVM exists
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
+  bench                 speed figures: Linux to /init under the hypervisor against
+                        QEMU's direct boot (ratio), its exits per reason, and the
+                        CPUID exit round trip against a bare VMRUN/VMRESUME loop
+      --runs <n>            repetitions, shown as median [min-max] (default 3)
+      --emulator <qemu|bochs>  bochs: the hypervisor run under VT-x only
+                        (also takes --debug and --log)
   flash <device>        write the disk image to a USB stick (removable whole disk)
       --uefi | --bios       which image (default: BIOS; UEFI for UEFI-only machines)
       --yes                 do not ask for confirmation
@@ -239,6 +245,7 @@ fn test(mut args: Args) -> Result<(), String> {
         build::GuestSet::None,
         build::GuestSet::Tiny,
         build::GuestSet::LinuxTest,
+        build::GuestSet::Multiboot,
     ] {
         build::build_all(&bopts, set)?;
     }
@@ -257,6 +264,23 @@ fn test(mut args: Args) -> Result<(), String> {
     } else {
         Err("integration tests failed".into())
     }
+}
+
+fn bench(mut args: Args) -> Result<(), String> {
+    let build = build_options(&mut args)?;
+    let runs = args.number("--runs")?.unwrap_or(3);
+    let emulator = args
+        .value("--emulator")?
+        .unwrap_or_else(|| "qemu".into())
+        .parse()?;
+    if let Some(extra) = args.finish()?.first() {
+        return Err(format!("bench takes no argument {extra:?}"));
+    }
+    xtask::bench::bench(&xtask::bench::Options {
+        build,
+        runs,
+        emulator,
+    })
 }
 
 fn flash(mut args: Args) -> Result<(), String> {
@@ -297,6 +321,7 @@ fn main() -> ExitCode {
         }),
         "run" => run(args),
         "test" => test(args),
+        "bench" => bench(args),
         "flash" => flash(args),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

@@ -245,7 +245,8 @@ fn plan_elf(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
             regs: GuestRegisters::default(),
             gdtr: None,
         },
-        page_tables: long.then(|| identity_tables(1)),
+        // 4 GiB, so the guest can reach the local APIC and IOAPIC pages near 4 GiB.
+        page_tables: long.then(|| identity_tables(4)),
         extra: Vec::new(),
         gdtr: None,
     })
@@ -562,5 +563,67 @@ mod tests {
             u64::from_le_bytes(g[16..24].try_into().unwrap()),
             0x00CF_9B00_0000_FFFF
         );
+    }
+}
+
+/// The tables that describe the guest's interrupt controllers (MP table and ACPI
+/// RSDP/XSDT/MADT, where PC firmware leaves them: the reserved BIOS area at 0xF0000),
+/// unless the image itself occupies that area or the RAM does not reach it.
+/// `cpu_signature` and `cpu_features` are CPUID.1 EAX/EDX as the guest sees them.
+pub fn platform_tables(
+    plan: &LoadPlan,
+    ram: u64,
+    cpu_signature: u32,
+    cpu_features: u32,
+) -> Vec<(u64, Vec<u8>)> {
+    use devices::mptable::{self, PlatformConfig};
+    let area =
+        mptable::MP_TABLE_ADDRESS..mptable::ACPI_TABLES_ADDRESS + mptable::ACPI_TABLES_SIZE as u64;
+    let overlaps = |start: u64, len: u64| start < area.end && area.start < start + len;
+    let taken = plan.segments.iter().any(|s| overlaps(s.gpa, s.mem_len))
+        || plan
+            .extra
+            .iter()
+            .any(|(gpa, bytes)| overlaps(*gpa, bytes.len() as u64));
+    if taken || ram < area.end {
+        return Vec::new();
+    }
+    let cfg = PlatformConfig::new(cpu_signature, cpu_features);
+    let mut mp = alloc::vec![0u8; mptable::MP_TABLE_SIZE];
+    let mut acpi = alloc::vec![0u8; mptable::ACPI_TABLES_SIZE];
+    match (
+        mptable::write_mp_table(&mut mp, mptable::MP_TABLE_ADDRESS, &cfg),
+        mptable::write_acpi_tables(&mut acpi, mptable::ACPI_TABLES_ADDRESS, &cfg),
+    ) {
+        (Ok(_), Ok(_)) => alloc::vec![
+            (mptable::MP_TABLE_ADDRESS, mp),
+            (mptable::ACPI_TABLES_ADDRESS, acpi)
+        ],
+        // The buffers are sized by the builders' own constants: cannot happen.
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod platform_table_tests {
+    use super::*;
+
+    #[test]
+    fn tables_go_to_the_bios_area_unless_it_is_taken() {
+        let mut sector = [0u8; 512];
+        sector[510] = 0x55;
+        sector[511] = 0xAA;
+        let plan = plan(&sector, 4 << 20).unwrap();
+        let t = platform_tables(&plan, 4 << 20, 0x806e9, 0x078b_fbff);
+        assert_eq!(t.len(), 2);
+        assert_eq!(&t[0].1[..4], b"_MP_");
+        assert_eq!(t[1].0, devices::mptable::ACPI_TABLES_ADDRESS);
+        assert!(
+            platform_tables(&plan, 512 << 10, 0, 0).is_empty(),
+            "RAM ends below the area"
+        );
+        let mut taken = plan_tiny(&sector, 4 << 20).unwrap();
+        taken.extra.push((0xF_0100, alloc::vec![0; 16]));
+        assert!(platform_tables(&taken, 4 << 20, 0, 0).is_empty());
     }
 }

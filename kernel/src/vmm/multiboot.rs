@@ -254,9 +254,10 @@ pub fn plan<'a>(
     }
     info[gdt_off..gdt_off + 32].copy_from_slice(&boot_gdt(false));
 
-    // mem_lower: KiB of conventional memory (640 as on a PC); mem_upper: KiB from
-    // 1 MiB to the first hole, here the end of RAM (spec 3.3, "mem_*").
-    let mem_lower = (ram.min(640 * 1024) / 1024) as u32;
+    // mem_lower: KiB of conventional memory below the EBDA, the same 639 KiB the
+    // memory map gives as usable (GRUB and QEMU's BIOS report 639 too); mem_upper:
+    // KiB from 1 MiB to the first hole, here the end of RAM (spec 3.3, "mem_*").
+    let mem_lower = (ram.min(0x9FC00) / 1024) as u32;
     let mem_upper = (ram.saturating_sub(0x10_0000) / 1024).min(u32::MAX as u64) as u32;
     wr32(
         &mut info,
@@ -643,7 +644,7 @@ mod tests {
         assert_eq!(p.extra.len(), 1);
         assert_eq!(p.extra[0].0, 0x9000);
         assert_eq!(mem_u32(&p, mbi), 0x24D, "flags: bits 0, 2, 3, 6, 9");
-        assert_eq!(mem_u32(&p, mbi + 4), 640);
+        assert_eq!(mem_u32(&p, mbi + 4), 639);
         assert_eq!(mem_u32(&p, mbi + 8), 31 * 1024);
         assert_eq!(mem_str(&p, mem_u32(&p, mbi + 16) as u64), "console=ttyS0 x");
         assert_eq!(mem_str(&p, mem_u32(&p, mbi + 64) as u64), "hv");

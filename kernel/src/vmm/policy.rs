@@ -103,7 +103,6 @@ pub const HARDWARE_SWITCHED_MSRS: &[u32] = &[
 
 pub const IA32_EFER: u32 = 0xC000_0080;
 pub const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
-pub const IA32_APIC_BASE: u32 = 0x1B;
 pub const IA32_FEATURE_CONTROL: u32 = 0x3A;
 pub const IA32_BIOS_SIGN_ID: u32 = 0x8B;
 pub const IA32_MTRRCAP: u32 = 0xFE;
@@ -115,21 +114,11 @@ pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
 /// refused with #GP, as on a processor without those features.
 pub const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 
-/// The emulated MSRs of one vCPU.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The emulated MSRs of one vCPU (the local APIC's, IA32_APIC_BASE among them, belong
+/// to the APIC model).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsrState {
-    pub apic_base: u64,
     pub mtrr_def_type: u64,
-}
-
-impl Default for MsrState {
-    fn default() -> Self {
-        Self {
-            // xAPIC at the architectural address, enabled, this is the BSP.
-            apic_base: 0xFEE0_0000 | (1 << 11) | (1 << 8),
-            mtrr_def_type: 0,
-        }
-    }
 }
 
 /// The outcome of an intercepted RDMSR/WRMSR.
@@ -148,7 +137,6 @@ pub enum MsrAccess {
 impl MsrState {
     pub fn read(&self, msr: u32) -> MsrAccess {
         match msr {
-            IA32_APIC_BASE => MsrAccess::Value(self.apic_base),
             // Locked with VMX disabled: a guest must not try VMXON.
             IA32_FEATURE_CONTROL => MsrAccess::Value(1),
             IA32_BIOS_SIGN_ID => MsrAccess::Value(0),
@@ -163,9 +151,6 @@ impl MsrState {
 
     pub fn write(&mut self, msr: u32, value: u64) -> MsrAccess {
         match msr {
-            // Relocating or disabling the APIC is not supported; rewriting the same
-            // value (firmware and Linux do that) is.
-            IA32_APIC_BASE if value == self.apic_base => MsrAccess::Value(value),
             IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => MsrAccess::Value(value),
             IA32_MTRR_DEF_TYPE if value & !0xCFF == 0 => {
                 self.mtrr_def_type = value;
@@ -189,6 +174,13 @@ pub mod hypercall {
     pub const VERSION: u64 = 0;
     /// Returned for an unknown number (as -ENOSYS would be, two's complement -1).
     pub const UNKNOWN: u64 = u64::MAX;
+    /// Benchmark support: run this vCPU in the shortest possible exit loop (enter,
+    /// skip the CPUID, re-enter: no dispatch, no devices) until [`BENCH_BARE_END`],
+    /// so a guest can compare a CPUID round trip through the full exit path with the
+    /// bare cost of the VMRUN/VMRESUME round trip itself. Returns 0.
+    pub const BENCH_BARE_BEGIN: u64 = 0x100;
+    /// Ends the bare loop; returns 0 (inside the loop only).
+    pub const BENCH_BARE_END: u64 = 0x101;
 
     pub fn dispatch(number: u64) -> u64 {
         match number {
@@ -259,7 +251,6 @@ mod tests {
     #[test]
     fn msr_allow_list() {
         let mut m = MsrState::default();
-        assert_eq!(m.read(IA32_APIC_BASE), MsrAccess::Value(0xFEE0_0900));
         assert_eq!(
             m.read(0xC001_0117),
             MsrAccess::Fault,
@@ -269,11 +260,6 @@ mod tests {
             m.write(0xC001_0114, 0),
             MsrAccess::Fault,
             "VM_CR is not the guest's"
-        );
-        assert_eq!(
-            m.write(IA32_APIC_BASE, 0),
-            MsrAccess::Fault,
-            "APIC cannot be disabled"
         );
         assert_eq!(m.read(IA32_EFER), MsrAccess::Backend);
         assert_eq!(m.write(IA32_EFER, 0xD01), MsrAccess::Backend);

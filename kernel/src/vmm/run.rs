@@ -11,8 +11,8 @@ use vcpu::{Backend, GuestMapping, Vcpu};
 
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
-use super::policy::CpuidResult;
-use super::vm::{MachineInfo, Next, Vm};
+use super::policy::{self, CpuidResult};
+use super::vm::{GuestRam, MachineInfo, Next, Vm};
 use crate::{memory, println, serial, time, timer};
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -88,6 +88,11 @@ fn start<B: Backend>(
         // SAFETY: the loader checked gpa + len <= ram_size (boot structures).
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(*gpa), bytes.len()) };
     }
+    let leaf1 = super::policy::cpuid(1, 0, host_cpuid);
+    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx) {
+        // SAFETY: `platform_tables` only returns tables inside the RAM.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
+    }
     let mapping = GuestMapping {
         gpa: 0,
         hpa: ram_pa,
@@ -115,8 +120,11 @@ fn start<B: Backend>(
             spec.name,
             vcpu,
             MachineInfo {
-                ram_bytes: ram_size,
+                // SAFETY: the VM's RAM stays allocated and mapped until `stop` frees it
+                // after the VM is dropped.
+                ram: unsafe { GuestRam::new(memory::phys_to_virt(ram_pa), ram_size) },
                 epoch_unix_ns,
+                tsc_hz: time::tsc_hz(),
             },
             relay,
             host_cpuid,
@@ -128,6 +136,25 @@ fn start<B: Backend>(
             .then(|| (spec.run_limit_ms as u64 * timer::TICK_HZ as u64).div_ceil(1000)),
         background: spec.background,
     })
+}
+
+/// The benchmark's reference path: enter, skip the CPUID, enter again. Host timer
+/// interrupts were already serviced inside `run` and need nothing here. Returns the
+/// first other exit for the normal path, or `None` when the guest ends the loop.
+fn bare_cpuid_loop<V: Vcpu>(vcpu: &mut V, slice: u64) -> Option<vcpu::Exit> {
+    use vcpu::Exit;
+    loop {
+        match vcpu.run(slice) {
+            Exit::Cpuid { .. } => vcpu.skip_instruction(),
+            Exit::ExternalInterrupt | Exit::Preempted => {}
+            Exit::Hypercall if vcpu.regs().rax == policy::hypercall::BENCH_BARE_END => {
+                vcpu.regs().rax = 0;
+                vcpu.skip_instruction();
+                return None;
+            }
+            other => return Some(other),
+        }
+    }
 }
 
 impl<V: Vcpu> Running<V> {
@@ -205,6 +232,13 @@ pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize {
                 let exit = r.vm.vcpu.run(slice);
                 match r.vm.handle(exit, time::uptime_ns()) {
                     Next::Continue => continue,
+                    Next::BareCpuidLoop => match bare_cpuid_loop(&mut r.vm.vcpu, slice) {
+                        None => continue,
+                        Some(exit) => match r.vm.handle(exit, time::uptime_ns()) {
+                            Next::Stop(why) => break Some(why),
+                            _ => continue,
+                        },
+                    },
                     Next::Yield => break r.limit_reached(),
                     Next::Stop(why) => break Some(why),
                 }

@@ -12,7 +12,14 @@ use devices::{
     KBD_IRQ, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_IRQ, PIT_PORT_COUNT, PORT_61,
     PORT_COUNT, SYSTEM_CONTROL_A_PORT,
 };
+use devices::{
+    isa_irq_pin, IoApic, LapicConfig, LocalApic, IOAPIC_BASE, IOAPIC_MMIO_SIZE, LAPIC_BASE,
+    LAPIC_MMIO_SIZE,
+};
 use vcpu::{Exception, Exit, Vcpu};
+
+use super::guest_walk::GuestMemory;
+use super::mmio;
 
 use super::policy::{self, CpuidResult, MsrAccess, MsrState};
 use super::stats::ExitStats;
@@ -67,12 +74,54 @@ const PORT_RANGES: [(u16, u16, Device); 13] = [
     (DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, Device::DebugExit),
 ];
 
+/// The VM's RAM as the hypervisor reaches it, for reading guest instructions during
+/// MMIO emulation.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRam {
+    base: *const u8,
+    len: u64,
+}
+
+impl GuestRam {
+    /// # Safety
+    /// `base..base + len` must stay readable for as long as the VM exists (the kernel
+    /// passes the VM's own RAM through the physical-memory mapping).
+    pub unsafe fn new(base: *const u8, len: u64) -> Self {
+        Self { base, len }
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        match gpa.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.len => {
+                // SAFETY: in bounds of the RAM `new` was given.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        self.base.add(gpa as usize),
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    )
+                };
+                Ok(())
+            }
+            _ => Err(()),
+        }
+    }
+}
+
 /// What a VM is told about the machine it runs on.
 #[derive(Clone, Copy, Debug)]
 pub struct MachineInfo {
-    pub ram_bytes: u64,
+    pub ram: GuestRam,
     /// Unix time (ns) at the moment `now_ns` was 0, for the RTC.
     pub epoch_unix_ns: u64,
+    /// The TSC rate the guest sees (the host's), for the TSC-deadline timer.
+    pub tsc_hz: u64,
+}
+
+fn in_page(gpa: u64, base: u64, size: u64) -> bool {
+    (base..base + size).contains(&gpa)
 }
 
 /// What the run loop should do after an exit.
@@ -84,6 +133,9 @@ pub enum Next {
     Yield,
     /// The VM is finished; the text says why.
     Stop(String),
+    /// The guest asked for the benchmark's bare CPUID loop (the run loop carries it
+    /// out: it needs nothing but the vCPU).
+    BareCpuidLoop,
 }
 
 pub struct Vm<V: Vcpu> {
@@ -98,6 +150,9 @@ pub struct Vm<V: Vcpu> {
     sysa: SystemControlA,
     fw_cfg: FwCfg<'static, 1>,
     debug_exit: DebugExit,
+    lapic: LocalApic,
+    ioapic: IoApic,
+    ram: GuestRam,
     ports: PortMap<Device, 16>,
     msrs: MsrState,
     epoch_unix_ns: u64,
@@ -138,12 +193,21 @@ impl<V: Vcpu> Vm<V> {
             pic: Pic8259::new(),
             pit: Pit8254::new(),
             // The VM's RAM is one range from 0: all of it counts as below 4 GiB.
-            cmos: Cmos::new(machine.ram_bytes, 0),
+            cmos: Cmos::new(machine.ram.len, 0),
             pci: PciConfig::new(),
             kbc: I8042::new(),
             sysa: SystemControlA::new(),
-            fw_cfg: FwCfg::new(machine.ram_bytes, 1),
+            fw_cfg: FwCfg::new(machine.ram.len, 1),
             debug_exit: DebugExit::new(),
+            lapic: {
+                // Firmware leaves the BSP's APIC in virtual-wire mode (LINT0 = ExtINT),
+                // so the PIC reaches the CPU until the guest reprograms the APIC.
+                let mut lapic = LocalApic::new(LapicConfig::new(machine.tsc_hz));
+                lapic.setup_virtual_wire();
+                lapic
+            },
+            ioapic: IoApic::new(0),
+            ram: machine.ram,
             ports,
             msrs: MsrState::default(),
             epoch_unix_ns: machine.epoch_unix_ns,
@@ -177,13 +241,25 @@ impl<V: Vcpu> Vm<V> {
     pub fn prepare_entry(&mut self, now_ns: u64) {
         if self.pit.irq0_pending(now_ns) > 0 {
             // The PIC latches one edge: several elapsed periods are one interrupt, as
-            // when a real PC misses ticks.
+            // when a real PC misses ticks. ISA IRQ 0 is IOAPIC pin 2 on PCs.
             self.pic.pulse_irq(PIT_IRQ);
+            let d = self.ioapic.pulse_irq(isa_irq_pin(PIT_IRQ));
+            self.route(d);
         }
-        self.pic.set_irq(COM1_IRQ, self.com1.interrupt_pending());
-        self.pic.set_irq(KBD_IRQ, self.kbc.kbd_irq_level());
-        self.pic.set_irq(AUX_IRQ, self.kbc.aux_irq_level());
-        if self.pic.pending_vector().is_none() {
+        for (irq, level) in [
+            (COM1_IRQ, self.com1.interrupt_pending()),
+            (KBD_IRQ, self.kbc.kbd_irq_level()),
+            (AUX_IRQ, self.kbc.aux_irq_level()),
+        ] {
+            self.pic.set_irq(irq, level);
+            let d = self.ioapic.set_irq(isa_irq_pin(irq), level);
+            self.route(d);
+        }
+        self.lapic.poll_timer(now_ns);
+        // The PIC's INTR reaches the CPU through LINT0 (ExtINT), which bypasses the
+        // APIC's priority logic (SDM Vol. 3A 11.5.1), so it goes first.
+        let from_pic = self.lapic.accepts_pic_interrupts() && self.pic.pending_vector().is_some();
+        if !from_pic && self.lapic.pending_vector().is_none() {
             self.vcpu.request_interrupt_window(false);
             return;
         }
@@ -191,12 +267,80 @@ impl<V: Vcpu> Vm<V> {
             self.halted = false;
         }
         if self.vcpu.interrupt_ready() {
-            if let Some(vector) = self.pic.acknowledge() {
+            let vector = if from_pic {
+                self.pic.acknowledge()
+            } else {
+                self.lapic.acknowledge()
+            };
+            if let Some(vector) = vector {
                 self.vcpu.inject_interrupt(vector);
             }
             self.vcpu.request_interrupt_window(false);
         } else {
             self.vcpu.request_interrupt_window(true);
+        }
+    }
+
+    /// An IOAPIC message to the (only) local APIC: fixed and lowest-priority
+    /// deliveries that address it.
+    fn route(&mut self, delivery: Option<devices::ioapic::Delivery>) {
+        if let Some(d) = delivery {
+            let fixed = matches!(
+                d.mode,
+                devices::DeliveryMode::Fixed | devices::DeliveryMode::LowestPriority
+            );
+            if fixed && self.lapic.matches_ioapic_destination(d.dest, d.logical) {
+                self.lapic.deliver(d.vector, d.level_triggered);
+            }
+        }
+    }
+
+    /// A level-triggered interrupt's EOI at the local APIC reaches the IOAPIC, which
+    /// delivers again if the line is still asserted (SDM Vol. 3A 11.8.5).
+    fn route_eoi(&mut self, eoi_vector: Option<u8>) {
+        if let Some(v) = eoi_vector {
+            for d in self.ioapic.eoi(v) {
+                self.route(Some(d));
+            }
+        }
+    }
+
+    /// Emulates the instruction that touched the local APIC or IOAPIC page.
+    fn emulate_mmio(&mut self, gpa: u64, write: bool, now_ns: u64) -> Next {
+        let (lapic, ioapic) = (&mut self.lapic, &mut self.ioapic);
+        let mut eoi = None;
+        let mut delivery = None;
+        let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
+            if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
+                let offset = addr - LAPIC_BASE;
+                match value {
+                    Some(v) => {
+                        eoi = lapic.mmio_write(offset, size, v as u32, now_ns);
+                        0
+                    }
+                    None => lapic.mmio_read(offset, size, now_ns) as u64,
+                }
+            } else {
+                let offset = addr - IOAPIC_BASE;
+                match value {
+                    Some(v) => {
+                        delivery = ioapic.mmio_write(offset, size, v as u32);
+                        0
+                    }
+                    None => ioapic.mmio_read(offset, size) as u64,
+                }
+            }
+        };
+        match mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device) {
+            Ok(()) => {
+                self.route_eoi(eoi);
+                self.route(delivery);
+                Next::Continue
+            }
+            Err(e) => Next::Stop(format!(
+                "MMIO access to guest-physical {gpa:#x} at RIP {:#x} cannot be emulated: {e}",
+                self.vcpu.rip()
+            )),
         }
     }
 
@@ -289,6 +433,28 @@ impl<V: Vcpu> Vm<V> {
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
+            Exit::Rdmsr { msr } if LocalApic::handles_msr(msr) => {
+                match self.lapic.read_msr(msr, now_ns) {
+                    Ok(v) => {
+                        let regs = self.vcpu.regs();
+                        set_low32(&mut regs.rax, v as u32);
+                        set_low32(&mut regs.rdx, (v >> 32) as u32);
+                        self.vcpu.skip_instruction();
+                    }
+                    Err(_) => self.vcpu.inject_exception(Exception::GP0),
+                }
+                Next::Continue
+            }
+            Exit::Wrmsr { msr, value } if LocalApic::handles_msr(msr) => {
+                match self.lapic.write_msr(msr, value, now_ns) {
+                    Ok(eoi) => {
+                        self.route_eoi(eoi);
+                        self.vcpu.skip_instruction();
+                    }
+                    Err(_) => self.vcpu.inject_exception(Exception::GP0),
+                }
+                Next::Continue
+            }
             Exit::Rdmsr { msr } => {
                 let value = match self.msrs.read(msr) {
                     MsrAccess::Value(v) => Some(v),
@@ -319,6 +485,11 @@ impl<V: Vcpu> Vm<V> {
                 }
                 Next::Continue
             }
+            Exit::Hypercall if self.vcpu.regs().rax == policy::hypercall::BENCH_BARE_BEGIN => {
+                self.vcpu.regs().rax = 0;
+                self.vcpu.skip_instruction();
+                Next::BareCpuidLoop
+            }
             Exit::Hypercall => {
                 let regs = self.vcpu.regs();
                 regs.rax = policy::hypercall::dispatch(regs.rax);
@@ -336,6 +507,15 @@ impl<V: Vcpu> Vm<V> {
                 self.vcpu.skip_instruction();
                 self.halted = true;
                 Next::Yield
+            }
+            Exit::NestedPageFault {
+                gpa,
+                write,
+                fetch: false,
+            } if in_page(gpa, LAPIC_BASE, LAPIC_MMIO_SIZE)
+                || in_page(gpa, IOAPIC_BASE, IOAPIC_MMIO_SIZE) =>
+            {
+                self.emulate_mmio(gpa, write, now_ns)
             }
             Exit::NestedPageFault { gpa, write, fetch } => Next::Stop(format!(
                 "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
@@ -391,6 +571,7 @@ mod tests {
         rflags: u64,
         interrupts: Vec<u8>,
         window: bool,
+        cr: vcpu::ControlRegs,
     }
 
     impl Vcpu for FakeVcpu {
@@ -441,7 +622,7 @@ mod tests {
         }
         fn set_rsp(&mut self, _: u64) {}
         fn control_regs(&self) -> vcpu::ControlRegs {
-            vcpu::ControlRegs::default()
+            self.cr
         }
     }
 
@@ -463,9 +644,14 @@ mod tests {
     }
 
     fn vm() -> Vm<FakeVcpu> {
+        // The fake guest's RAM: leaked so it lives as long as the test's VM.
+        let ram: &'static mut [u8] = alloc::vec![0u8; 4 << 20].leak();
+        // SAFETY: the leaked buffer is never freed.
+        let ram = unsafe { GuestRam::new(ram.as_ptr(), ram.len() as u64) };
         let machine = MachineInfo {
-            ram_bytes: 4 << 20,
+            ram,
             epoch_unix_ns: 0,
+            tsc_hz: 1_000_000_000,
         };
         Vm::new("t", FakeVcpu::default(), machine, capture, host)
     }
@@ -712,5 +898,66 @@ mod tests {
         assert!(vm.console_input(b'x'));
         vm.handle(inp(0x3f8, 1), 0);
         assert_eq!(vm.vcpu.regs.rax & 0xff, u64::from(b'x'));
+    }
+
+    /// Places `code` at RIP 0x1000 in the fake RAM of a 32-bit protected-mode guest.
+    fn at_rip(vm: &mut Vm<FakeVcpu>, code: &[u8]) {
+        // SAFETY: the test RAM is the leaked, writable 4 MiB buffer of `vm()`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                code.as_ptr(),
+                (vm.ram.base as *mut u8).add(0x1000),
+                code.len(),
+            )
+        };
+        vm.vcpu.rip = 0x1000;
+        vm.vcpu.cr = vcpu::ControlRegs {
+            cr0: 1,
+            ..Default::default()
+        };
+    }
+
+    #[test]
+    fn apic_mmio_is_decoded_and_emulated() {
+        let mut vm = vm();
+        // mov eax, [0xFEE00030]: the local APIC version register.
+        at_rip(&mut vm, &[0x8B, 0x05, 0x30, 0x00, 0xE0, 0xFE]);
+        let fault = |gpa, write| Exit::NestedPageFault {
+            gpa,
+            write,
+            fetch: false,
+        };
+        assert_eq!(vm.handle(fault(0xFEE0_0030, false), 0), Next::Continue);
+        assert_eq!(vm.vcpu.regs.rax, u64::from(devices::lapic::LAPIC_VERSION));
+        assert_eq!(vm.vcpu.rip, 0x1006);
+        // mov dword [0xFEC00000], 1 (IOREGSEL = version), then mov ebx, [0xFEC00010].
+        at_rip(
+            &mut vm,
+            &[0xC7, 0x05, 0x00, 0x00, 0xC0, 0xFE, 0x01, 0x00, 0x00, 0x00],
+        );
+        assert_eq!(vm.handle(fault(0xFEC0_0000, true), 0), Next::Continue);
+        at_rip(&mut vm, &[0x8B, 0x1D, 0x10, 0x00, 0xC0, 0xFE]);
+        assert_eq!(vm.handle(fault(0xFEC0_0010, false), 0), Next::Continue);
+        assert_eq!(vm.vcpu.regs.rbx, u64::from(devices::ioapic::IOAPIC_VERSION));
+        // A read-modify-write instruction is refused with a report, not guessed at.
+        at_rip(&mut vm, &[0x83, 0x05, 0x80, 0x00, 0xE0, 0xFE, 0x01]); // add dword [..], 1
+        assert!(
+            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated"))
+        );
+    }
+
+    #[test]
+    fn lapic_timer_interrupt_is_delivered() {
+        let mut vm = vm();
+        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        // x2APIC is not offered, so program the timer through MMIO: one-shot,
+        // vector 0x40, divide by 1, 1000 ticks of the 1 GHz APIC timer clock = 1 us.
+        for (offset, value) in [(0x3E0u64, 0xBu32), (0x320, 0x40), (0x380, 1000)] {
+            vm.lapic.mmio_write(offset, 4, value, 0);
+        }
+        vm.prepare_entry(500);
+        assert!(vm.vcpu.interrupts.is_empty());
+        vm.prepare_entry(2_000);
+        assert_eq!(vm.vcpu.interrupts, [0x40]);
     }
 }

@@ -1,0 +1,1282 @@
+//! `cargo xtask bench`: the hypervisor's speed figures and ratios, from one run.
+//!
+//! What it measures, each `--runs` times (default 3), reported as median [min-max]:
+//!
+//! - **Linux to /init**: the Debian kernel and initramfs of the Linux guest, booted
+//!   by the hypervisor (the `Bench` guest set, in QEMU with software-emulated AMD-V)
+//!   against the same bzImage, initrd and command line booted directly by QEMU's
+//!   `-kernel`. Both are timed from QEMU's start to the serial line
+//!   `hv-linux: init running`, by the wall clock at which the line arrived (the
+//!   captured runner of `emulator.rs` only returns the whole log at the end, so this
+//!   file has a line-streaming one). The ratio is what running under us costs.
+//!   The hypervisor's total also holds the firmware reading its disk image (the
+//!   guests' images are in it, some 10 MB through BIOS calls) and its own boot,
+//!   which `-kernel` does not pay, so a second row times from `hv: vm linux
+//!   started`.
+//! - **Exits per reason** of that Linux VM (its `hv: vm linux exits:` line, printed
+//!   when it powers off, so it covers boot, init and power-off).
+//! - **The CPUID round trip** in guest TSC cycles, measured by the `bench64` guest:
+//!   through our full exit path, and through a bare VMRUN/VMRESUME loop that only
+//!   skips the instruction. The bare loop is the floor the (emulated) hardware sets;
+//!   the ratio shows what our exit path adds on top.
+//!
+//! These are figures, not tests: emulators on shared machines are noisy, so nothing
+//! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
+//! the machine hits both sides alike. A part that fails is named with its reason and
+//! the other figures are still printed; the command fails only when nothing at all
+//! could be measured. Each run's serial output, every line with its arrival time,
+//! is kept in `target/hv/bench/logs/` for finding where the time went.
+//!
+//! `--emulator bochs` measures the hypervisor run under Bochs (VT-x with EPT)
+//! instead. Bochs has no direct Linux boot comparable to QEMU's `-kernel`, so there
+//! is no ratio there; it is said so in the output.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::build::{self, BuildOptions, GuestSet};
+use crate::emulator::{self, BochsOptions, Firmware, QemuOptions};
+use crate::linux::{self, LinuxGuest};
+use crate::tools;
+
+/// The CPU model of every QEMU run here: the software-emulated AMD-V the project's
+/// tests use, named explicitly so a nested-capable KVM never changes what is measured.
+pub const QEMU_CPU: &str = "qemu64,+svm,+npt";
+/// The machine for the hypervisor run: as in the Linux integration test.
+const HV_MEMORY_MIB: u32 = 512;
+/// Per-run limits: Linux under the hypervisor in TCG takes about 17 s, the direct
+/// boot about 6 s, Linux under the hypervisor in Bochs about 2 minutes; the limits
+/// leave room for a machine busy with other work.
+const QEMU_HV_LIMIT: Duration = Duration::from_secs(300);
+const QEMU_DIRECT_LIMIT: Duration = Duration::from_secs(180);
+const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
+/// Bochs gives no exit status to watch (see `emulator.rs`): a serial log that stops
+/// growing this long means it is gone or stuck.
+const BOCHS_STALL: Duration = Duration::from_secs(300);
+
+/// The serial line that ends the Linux boot we time (the first line of /init).
+pub const INIT_LINE: &str = "hv-linux: init running";
+
+/// Which emulator runs the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    Qemu,
+    Bochs,
+}
+
+impl std::str::FromStr for Emulator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(Emulator::Qemu),
+            "bochs" => Ok(Emulator::Bochs),
+            other => Err(format!("unknown emulator {other:?}: use qemu or bochs")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub build: BuildOptions,
+    pub runs: u32,
+    pub emulator: Emulator,
+}
+
+// ---------------------------------------------------------------------------------
+// The pure parts: parsing serial lines, statistics, formatting (host-tested below).
+// ---------------------------------------------------------------------------------
+
+/// A VM's exit counts, from `hv: vm <name> exits: total N: io=3 cpuid=2 ...`
+/// (reasons that never happened are left out by the kernel).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exits {
+    pub total: u64,
+    /// In the kernel's order.
+    pub reasons: Vec<(String, u64)>,
+}
+
+impl std::fmt::Display for Exits {
+    /// The kernel's own format, so the figure reads like the log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "total {}:", self.total)?;
+        for (name, n) in &self.reasons {
+            write!(f, " {name}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The exit counts of VM `vm` if `line` is its exits line.
+pub fn parse_exits(line: &str, vm: &str) -> Option<Exits> {
+    let marker = format!("hv: vm {vm} exits: total ");
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    let (total, reasons) = rest.split_once(':')?;
+    let total = total.trim().parse().ok()?;
+    let reasons = reasons
+        .split_whitespace()
+        .map(|pair| {
+            let (name, n) = pair.split_once('=')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Exits { total, reasons })
+}
+
+/// One averaged CPUID round trip reported by `bench64`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuidFigure {
+    /// Average TSC cycles per round trip.
+    pub avg: f64,
+    /// How many round trips the average is over.
+    pub count: u64,
+}
+
+/// What a `bench64` line says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bench64Line {
+    /// `bench64: cpuid full-path avg=<cycles> cycles over <n>`
+    FullPath(CpuidFigure),
+    /// `bench64: cpuid bare-loop avg=<cycles> cycles over <n>`
+    BareLoop(CpuidFigure),
+    /// `bench64: bare loop unsupported`
+    BareUnsupported,
+    /// `bench64: done`
+    Done,
+}
+
+/// Parses a `bench64:` line, relayed (`bench64 | bench64: ...`) or not.
+pub fn parse_bench64(line: &str) -> Option<Bench64Line> {
+    const TAG: &str = "bench64: ";
+    let rest = line[line.rfind(TAG)? + TAG.len()..].trim();
+    // `<cycles> cycles over <n>`
+    let figure = |s: &str| -> Option<CpuidFigure> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        match words.as_slice() {
+            [avg, "cycles", "over", n] => Some(CpuidFigure {
+                avg: avg.parse().ok().filter(|a: &f64| a.is_finite())?,
+                count: n.parse().ok()?,
+            }),
+            _ => None,
+        }
+    };
+    if let Some(s) = rest.strip_prefix("cpuid full-path avg=") {
+        figure(s).map(Bench64Line::FullPath)
+    } else if let Some(s) = rest.strip_prefix("cpuid bare-loop avg=") {
+        figure(s).map(Bench64Line::BareLoop)
+    } else if rest == "bare loop unsupported" {
+        Some(Bench64Line::BareUnsupported)
+    } else if rest == "done" {
+        Some(Bench64Line::Done)
+    } else {
+        None
+    }
+}
+
+/// A serial line and the wall-clock time, since the emulator started, at which it
+/// arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedLine {
+    pub at: Duration,
+    pub text: String,
+}
+
+/// The bare loop's outcome in one run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bare {
+    Measured(CpuidFigure),
+    Unsupported,
+}
+
+/// What one hypervisor run showed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HvRun {
+    /// `hv: vm linux started`.
+    pub vm_started: Option<Duration>,
+    /// `linux | hv-linux: init running`.
+    pub init: Option<Duration>,
+    pub exits: Option<Exits>,
+    pub full: Option<CpuidFigure>,
+    pub bare: Option<Bare>,
+    pub bench_done: bool,
+    /// The text after `hv: stopping with status ` (e.g. `16 (Success)`).
+    pub stop_status: Option<String>,
+    /// Lines that mean something went wrong (panics, exceptions).
+    pub alarms: Vec<String>,
+    pub last_line: Option<String>,
+}
+
+/// Reads a hypervisor run's serial lines.
+pub fn analyse_hv(lines: &[TimedLine]) -> HvRun {
+    let mut run = HvRun::default();
+    for l in lines {
+        let t = l.text.as_str();
+        if t.contains("hv: vm linux started") {
+            run.vm_started.get_or_insert(l.at);
+        } else if t.contains(&format!("linux | {INIT_LINE}")) {
+            run.init.get_or_insert(l.at);
+        } else if let Some(e) = parse_exits(t, "linux") {
+            run.exits = Some(e);
+        } else if let Some(s) = t.split_once("hv: stopping with status ") {
+            run.stop_status = Some(s.1.trim().to_string());
+        } else if t.starts_with("bench64 | ") {
+            match parse_bench64(t) {
+                Some(Bench64Line::FullPath(f)) => run.full = Some(f),
+                Some(Bench64Line::BareLoop(f)) => run.bare = Some(Bare::Measured(f)),
+                Some(Bench64Line::BareUnsupported) => run.bare = Some(Bare::Unsupported),
+                Some(Bench64Line::Done) => run.bench_done = true,
+                None => {}
+            }
+        }
+        if ["Kernel panic", "EXCEPTION", "PANIC"]
+            .iter()
+            .any(|a| t.contains(a))
+        {
+            run.alarms.push(t.to_string());
+        }
+    }
+    run.last_line = lines
+        .iter()
+        .rev()
+        .find(|l| !l.text.trim().is_empty())
+        .map(|l| l.text.clone());
+    run
+}
+
+/// What went wrong in a hypervisor run, one message per missing figure.
+pub fn hv_problems(run: &HvRun, timed_out: bool, limit: Duration) -> Vec<String> {
+    let mut p = Vec::new();
+    let last = || {
+        run.last_line
+            .as_deref()
+            .map_or("no serial output at all".to_string(), |l| {
+                format!("last serial line: {l:?}")
+            })
+    };
+    if timed_out {
+        p.push(format!(
+            "the run did not end within {} s ({})",
+            limit.as_secs(),
+            last()
+        ));
+    }
+    if run.init.is_none() {
+        p.push(format!(
+            "no `linux | {INIT_LINE}` line: Linux did not reach /init ({})",
+            last()
+        ));
+    }
+    if run.exits.is_none() {
+        p.push("no `hv: vm linux exits:` line (the Linux VM never stopped)".into());
+    }
+    if run.full.is_none() {
+        p.push("no `bench64: cpuid full-path` line".into());
+    }
+    if run.bare.is_none() {
+        p.push("no `bench64: cpuid bare-loop` line".into());
+    }
+    match run.stop_status.as_deref() {
+        Some(s) if !s.starts_with("16 ") && s != "16" => {
+            p.push(format!("the hypervisor stopped with status {s}"))
+        }
+        _ => {}
+    }
+    for a in &run.alarms {
+        p.push(format!("alarm on the serial line: {a:?}"));
+    }
+    p
+}
+
+/// Median and spread of a set of measurements.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+/// `None` for no values; the median of an even count is the mean of the middle two.
+pub fn summarize(values: &[f64]) -> Option<Summary> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        n,
+    })
+}
+
+/// The per-reason median of several runs' exit counts, reasons in first-seen order
+/// (a reason missing from a run counts 0 there).
+pub fn median_exits(runs: &[Exits]) -> Option<Exits> {
+    if runs.is_empty() {
+        return None;
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        for (name, _) in &r.reasons {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+    }
+    let med = |values: Vec<f64>| summarize(&values).map_or(0, |s| s.median.round() as u64);
+    Some(Exits {
+        total: med(runs.iter().map(|r| r.total as f64).collect()),
+        reasons: names
+            .iter()
+            .map(|&name| {
+                let counts = runs
+                    .iter()
+                    .map(|r| {
+                        r.reasons
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map_or(0.0, |(_, c)| *c as f64)
+                    })
+                    .collect();
+                (name.to_string(), med(counts))
+            })
+            .collect(),
+    })
+}
+
+/// `52300` -> `52,300`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `a / b` as `1.27x`; `None` when `b` is not positive.
+pub fn ratio(a: f64, b: f64) -> Option<String> {
+    (b > 0.0 && a.is_finite()).then(|| format!("{:.2}x", a / b))
+}
+
+/// `8.1 s  [7.9-8.4]` (the range only when there is more than one value).
+pub fn fmt_secs(s: &Summary) -> String {
+    if s.n > 1 {
+        format!("{:.1} s  [{:.1}-{:.1}]", s.median, s.min, s.max)
+    } else {
+        format!("{:.1} s", s.median)
+    }
+}
+
+/// `52,300 cycles  [51,000-53,100]`.
+pub fn fmt_cycles(s: &Summary) -> String {
+    let c = |x: f64| thousands(x.round().max(0.0) as u64);
+    if s.n > 1 {
+        format!("{} cycles  [{}-{}]", c(s.median), c(s.min), c(s.max))
+    } else {
+        format!("{} cycles", c(s.median))
+    }
+}
+
+/// `7.2.22` from `QEMU emulator version 7.2.22 (Debian ...)`.
+pub fn qemu_version(text: &str) -> Option<&str> {
+    let rest = &text[text.find("version ")? + "version ".len()..];
+    rest.split_whitespace().next()
+}
+
+/// Everything measured, ready to print.
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    /// The emulator and CPU, e.g. `QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt`.
+    pub setup: String,
+    pub runs: u32,
+    pub emulator_name: String,
+    /// Seconds from QEMU start to /init, booted directly.
+    pub direct: Vec<f64>,
+    /// Why there is no direct figure, when there is none by design (Bochs).
+    pub direct_absent: Option<String>,
+    pub hv: Vec<HvRun>,
+    /// `part: reason` lines.
+    pub failures: Vec<String>,
+}
+
+impl Collected {
+    /// Whether any figure at all was measured.
+    pub fn anything(&self) -> bool {
+        !self.direct.is_empty()
+            || self.hv.iter().any(|r| {
+                r.init.is_some() || r.exits.is_some() || r.full.is_some() || r.bare.is_some()
+            })
+    }
+}
+
+/// The label columns of the table.
+fn row(label: &str, sub: &str, value: &str) -> String {
+    format!("{label:<17}{sub:<16}{value}")
+}
+
+/// The printed table.
+pub fn report(c: &Collected) -> String {
+    let mut out = Vec::new();
+    let runs = if c.runs == 1 {
+        "1 run".to_string()
+    } else {
+        format!("{} runs, median [min-max]", c.runs)
+    };
+    out.push(format!("hv bench ({}, {runs})", c.setup));
+    let failed = || "failed (see below)".to_string();
+    // A figure with its ratio in a column of its own.
+    let with_ratio = |value: String, ratio: String| format!("{value:<32}ratio {ratio}");
+    let secs = |f: &dyn Fn(&HvRun) -> Option<f64>| -> Option<Summary> {
+        summarize(&c.hv.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let ratio_of = |a: &Summary, b: &Summary| ratio(a.median, b.median).unwrap_or("n/a".into());
+
+    // Linux to /init.
+    let direct = summarize(&c.direct);
+    let under = secs(&|r| r.init.map(|d| d.as_secs_f64()));
+    out.push(row(
+        "Linux to /init",
+        &format!("direct {}", c.emulator_name),
+        &match (&direct, &c.direct_absent) {
+            (Some(s), _) => fmt_secs(s),
+            (None, Some(why)) => format!("not measured: {why}"),
+            (None, None) => failed(),
+        },
+    ));
+    out.push(row(
+        "",
+        "under hv",
+        &match (&under, &direct) {
+            (Some(u), Some(d)) => with_ratio(fmt_secs(u), ratio_of(u, d)),
+            (Some(u), None) => fmt_secs(u),
+            (None, _) => failed(),
+        },
+    ));
+    // The hv figure includes the firmware reading the hypervisor's image (guest
+    // images included) from disk and the hypervisor's own boot, which QEMU's
+    // `-kernel` does not pay: this row leaves them out.
+    if let Some(s) = secs(&|r| Some(r.init?.checked_sub(r.vm_started?)?.as_secs_f64())) {
+        out.push(row(
+            "",
+            "from VM start",
+            &match &direct {
+                Some(d) => with_ratio(fmt_secs(&s), ratio_of(&s, d)),
+                None => fmt_secs(&s),
+            },
+        ));
+    }
+
+    // Exits.
+    let exits: Vec<Exits> = c.hv.iter().filter_map(|r| r.exits.clone()).collect();
+    match median_exits(&exits) {
+        Some(e) => {
+            out.push(format!("{:<17}{e}", "Linux exits"));
+            if exits.len() > 1 {
+                out.push(row(
+                    "",
+                    "",
+                    &format!("(median per reason over {} runs)", exits.len()),
+                ));
+            }
+        }
+        None => out.push(format!("{:<17}{}", "Linux exits", failed())),
+    }
+
+    // CPUID round trip.
+    let full_values: Vec<f64> = c.hv.iter().filter_map(|r| r.full.map(|f| f.avg)).collect();
+    let full = summarize(&full_values);
+    let bare_values: Vec<f64> =
+        c.hv.iter()
+            .filter_map(|r| match r.bare {
+                Some(Bare::Measured(f)) => Some(f.avg),
+                _ => None,
+            })
+            .collect();
+    let bare = summarize(&bare_values);
+    let unsupported = c.hv.iter().any(|r| r.bare == Some(Bare::Unsupported));
+    out.push(row(
+        "CPUID round trip",
+        "full exit path",
+        &full.as_ref().map_or_else(failed, fmt_cycles),
+    ));
+    out.push(row(
+        "",
+        "bare loop",
+        &match (&bare, &full) {
+            (Some(b), Some(f)) => format!(
+                "{}  (our exit path adds {} cycles)",
+                with_ratio(fmt_cycles(b), ratio_of(f, b)),
+                if f.median >= b.median {
+                    thousands((f.median - b.median).round() as u64)
+                } else {
+                    format!("-{}", thousands((b.median - f.median).round() as u64))
+                }
+            ),
+            (Some(b), None) => fmt_cycles(b),
+            (None, _) if unsupported => {
+                "not measured (bench64: bare loop unsupported by this hypervisor)".into()
+            }
+            (None, _) => failed(),
+        },
+    ));
+    if let Some(n) = c.hv.iter().find_map(|r| r.full.map(|f| f.count)) {
+        out.push(row(
+            "",
+            "",
+            &format!(
+                "(each run's figure: the average over {} CPUIDs in bench64)",
+                thousands(n)
+            ),
+        ));
+    }
+    // Notes, wrapped to the table's width.
+    out.extend(
+        [
+            "from VM start: from `hv: vm linux started`, leaving out what the direct boot",
+            "  does not pay: the firmware loading the hypervisor image with the guests'",
+            "  images in it, and the hypervisor's own boot.",
+            "bare loop: the same CPUID from the same guest, taken by a VMRUN/VMRESUME loop",
+            "  that only skips the instruction and re-enters (no exit dispatch, policy or",
+            "  statistics): the emulator's own world-switch cost. Under QEMU's emulated",
+            "  AMD-V it is about 47,000-51,000 cycles; KVM in the same emulator pays about",
+            "  123,000.",
+            "cycles: the guest's TSC (under QEMU TCG it runs at the host's TSC rate; under",
+            "  Bochs it counts emulated cycles).",
+        ]
+        .map(String::from),
+    );
+    if !c.failures.is_empty() {
+        out.push("failed:".into());
+        for f in &c.failures {
+            out.push(format!("  {f}"));
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+// ---------------------------------------------------------------------------------
+// Running the emulators.
+// ---------------------------------------------------------------------------------
+
+/// The outcome of a streamed run.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub lines: Vec<TimedLine>,
+    /// The emulator's exit code (`None` when killed).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// `stop` asked to end the run.
+    pub stopped: bool,
+    pub stderr: String,
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `cmd` (QEMU with its serial port on stdout) and timestamps each stdout line
+/// when it is read, relative to just before the process was started. Ends when the
+/// process closes its stdout, when `limit` passes, or when `stop` returns true for a
+/// line (the process is then killed: it is our own child).
+pub fn run_streaming(
+    mut cmd: Command,
+    limit: Duration,
+    mut stop: impl FnMut(&str) -> bool,
+) -> Result<Streamed, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // A thread reads, so the time limit holds even while the emulator is silent.
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let at = start.elapsed();
+                    let text = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if tx.send(TimedLine { at, text }).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = err_tx.send(s);
+    });
+    let mut out = Streamed::default();
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = stop(&line.text);
+                out.lines.push(line);
+                if hit {
+                    out.stopped = true;
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                out.timed_out = true;
+                break;
+            }
+            // End of stdout: the emulator is exiting.
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if out.stopped || out.timed_out {
+        kill(&mut child);
+    } else {
+        // Stdout closed; give the process a moment to finish exiting.
+        let grace = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    out.exit_code = status.code();
+                    break;
+                }
+                Ok(None) if grace.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    kill(&mut child);
+                    break;
+                }
+            }
+        }
+    }
+    // Lines that arrived after the decision still belong to the log.
+    out.lines.extend(rx.try_iter());
+    // The reader threads end when the pipes close. They are not joined: a
+    // grandchild that inherited a pipe could keep it open long after the emulator
+    // is gone, and the run must not wait for that.
+    drop(reader);
+    out.stderr = err_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+    Ok(out)
+}
+
+/// Boots a Bochs image and timestamps serial lines as they appear in its log file
+/// (polled every 100 ms: Bochs writes COM1 to a file, not to a pipe). Ends at
+/// `hv: stopping with status`, at `limit`, or when the log stops growing.
+fn run_bochs_streaming(image: &Path, work: &Path, limit: Duration) -> Result<Streamed, String> {
+    let opts = BochsOptions {
+        memory_mib: HV_MEMORY_MIB,
+        cpus: 1,
+    };
+    // `start_bochs` waits for Xvfb before it starts Bochs: time from its return.
+    let bochs = emulator::start_bochs(image, &opts, work)?;
+    let start = Instant::now();
+    let mut out = Streamed::default();
+    let mut seen = 0usize;
+    let mut last_growth = Instant::now();
+    loop {
+        let log = std::fs::read(&bochs.serial_log).unwrap_or_default();
+        if log.len() > seen {
+            last_growth = Instant::now();
+            // Only whole lines; a partial one waits for its newline.
+            if let Some(end) = log[seen..].iter().rposition(|&b| b == b'\n') {
+                let at = start.elapsed();
+                let chunk = String::from_utf8_lossy(&log[seen..seen + end + 1]).into_owned();
+                seen += end + 1;
+                for l in chunk.lines() {
+                    out.lines.push(TimedLine {
+                        at,
+                        text: l.trim_end_matches('\r').to_string(),
+                    });
+                }
+            }
+        }
+        if out
+            .lines
+            .iter()
+            .any(|l| l.text.contains("hv: stopping with status"))
+        {
+            out.stopped = true;
+            break;
+        }
+        if start.elapsed() > limit || last_growth.elapsed() > BOCHS_STALL {
+            out.timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(bochs); // kills Bochs and its Xvfb
+    Ok(out)
+}
+
+/// The QEMU options of the hypervisor run.
+fn hv_qemu_options() -> QemuOptions {
+    QemuOptions {
+        firmware: Firmware::Bios,
+        memory_mib: HV_MEMORY_MIB,
+        cpus: 1,
+        gdb: false,
+        cpu: Some(QEMU_CPU.into()),
+        force_tcg: true,
+    }
+}
+
+/// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command
+/// line and memory, with the hypervisor run's machine type and CPU model.
+fn direct_command(qemu: &Path, guest: &LinuxGuest) -> Command {
+    let vm = linux::linux_vm(guest, true);
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", QEMU_CPU])
+        .args(["-m", &format!("{}K", vm.memory_kib), "-smp", "1"])
+        .args(["-serial", "stdio", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&guest.bzimage)
+        .arg("-initrd")
+        .arg(&guest.initrd)
+        .arg("-append")
+        .arg(&vm.cmdline);
+    cmd
+}
+
+/// One direct boot: seconds to /init, or why not.
+fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String> {
+    let out = run_streaming(direct_command(qemu, guest), QEMU_DIRECT_LIMIT, |l| {
+        l.contains(INIT_LINE) || l.contains("reboot: System halted") || l.contains("Kernel panic")
+    })?;
+    save_log(log, &out);
+    if let Some(l) = out.lines.iter().find(|l| l.text.contains(INIT_LINE)) {
+        return Ok(l.at.as_secs_f64());
+    }
+    let last = out
+        .lines
+        .iter()
+        .rev()
+        .find(|l| !l.text.trim().is_empty())
+        .map_or("no serial output".into(), |l| {
+            format!("last line {:?}", l.text)
+        });
+    let why = if out.timed_out {
+        format!("no `{INIT_LINE}` within {} s", QEMU_DIRECT_LIMIT.as_secs())
+    } else {
+        format!("no `{INIT_LINE}` line (QEMU exit code {:?})", out.exit_code)
+    };
+    let stderr = out.stderr.trim();
+    Err(if stderr.is_empty() {
+        format!("{why}; {last}")
+    } else {
+        format!("{why}; {last}; QEMU said: {stderr}")
+    })
+}
+
+/// Builds the image with the Linux VM in test mode and `bench64`.
+fn bench_image(opts: &BuildOptions) -> Result<PathBuf, String> {
+    Ok(build::build_all(opts, GuestSet::Bench)?.images.bios)
+}
+
+/// Keeps a run's serial output with each line's arrival time (`[  12.345] text`),
+/// for finding where the time went. Best effort: the figures do not depend on it.
+fn save_log(path: &Path, out: &Streamed) {
+    let mut text: String = out
+        .lines
+        .iter()
+        .map(|l| format!("[{:>9.3}] {}\n", l.at.as_secs_f64(), l.text))
+        .collect();
+    if !out.stderr.trim().is_empty() {
+        text.push_str("[emulator stderr]\n");
+        text.push_str(&out.stderr);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, text);
+}
+
+fn progress(msg: &str) {
+    eprintln!("xtask: bench: {msg}");
+}
+
+/// Notes a hypervisor run's figures and problems.
+fn record_hv(c: &mut Collected, i: u32, out: Streamed, limit: Duration, log: &Path) {
+    save_log(log, &out);
+    let run = analyse_hv(&out.lines);
+    let mut problems = hv_problems(&run, out.timed_out, limit);
+    let stderr = out.stderr.trim();
+    if !stderr.is_empty() && run.init.is_none() {
+        problems.push(format!("{} said: {stderr}", c.emulator_name));
+    }
+    progress(&format!(
+        "run {i}/{}: under hv, /init after {}{}",
+        c.runs,
+        run.init
+            .map_or("(never)".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} problem(s))", problems.len())
+        }
+    ));
+    for p in problems {
+        c.failures.push(format!("hv run {i}: {p}"));
+    }
+    c.hv.push(run);
+}
+
+/// Runs the benchmark and prints its table.
+pub fn bench(opts: &Options) -> Result<(), String> {
+    if opts.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    let work = build::target_dir().join("hv").join("bench");
+    let log = |i: u32, what: &str| work.join("logs").join(format!("{what}-{i}.log"));
+    // Logs of an earlier, longer run would read as this one's.
+    let _ = std::fs::remove_dir_all(work.join("logs"));
+    let mut c = Collected {
+        runs: opts.runs,
+        ..Default::default()
+    };
+    // Build first: a failure is one part's failure, not the end of the command.
+    let image = bench_image(&opts.build);
+    if let Err(e) = &image {
+        c.failures
+            .push(format!("hypervisor: building the bench image failed: {e}"));
+    }
+    match opts.emulator {
+        Emulator::Qemu => {
+            let qemu = tools::require(&[tools::QEMU], "run the benchmark in QEMU")?.remove(0);
+            let version = Command::new(&qemu)
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|o| qemu_version(&String::from_utf8_lossy(&o.stdout)).map(str::to_string))
+                .unwrap_or_else(|| "(version unknown)".into());
+            c.setup = format!("QEMU {version} TCG, -cpu {QEMU_CPU}");
+            c.emulator_name = "QEMU".into();
+            let guest = linux::debian_linux(&linux::default_cache_dir());
+            if let Err(e) = &guest {
+                c.failures
+                    .push(format!("direct boot: no Linux guest to boot: {e}"));
+            }
+            // Alternate the two sides, so that drift in the machine's speed over the
+            // minutes this takes affects both alike.
+            for i in 1..=opts.runs {
+                if let Ok(image) = &image {
+                    let out = emulator::qemu_command(image, &hv_qemu_options(), &work)
+                        .and_then(|cmd| run_streaming(cmd, QEMU_HV_LIMIT, |_| false));
+                    match out {
+                        Ok(out) => record_hv(&mut c, i, out, QEMU_HV_LIMIT, &log(i, "hv")),
+                        Err(e) => c.failures.push(format!("hv run {i}: {e}")),
+                    }
+                }
+                if let Ok(guest) = &guest {
+                    match direct_run(&qemu, guest, &log(i, "direct")) {
+                        Ok(s) => {
+                            progress(&format!(
+                                "run {i}/{}: direct QEMU, /init after {s:.1} s",
+                                opts.runs
+                            ));
+                            c.direct.push(s);
+                        }
+                        Err(e) => c.failures.push(format!("direct run {i}: {e}")),
+                    }
+                }
+            }
+        }
+        Emulator::Bochs => {
+            c.setup = "Bochs, corei7_skylake_x with VT-x and EPT".into();
+            c.emulator_name = "Bochs".into();
+            c.direct_absent = Some("Bochs has no -kernel boot; compare the QEMU figures".into());
+            if let Ok(image) = &image {
+                for i in 1..=opts.runs {
+                    progress(&format!(
+                        "run {i}/{}: under hv in Bochs (slow: minutes per run)",
+                        opts.runs
+                    ));
+                    match run_bochs_streaming(image, &work.join("bochs"), BOCHS_LIMIT) {
+                        Ok(out) => record_hv(&mut c, i, out, BOCHS_LIMIT, &log(i, "hv-bochs")),
+                        Err(e) => c.failures.push(format!("hv run {i}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    progress(&format!(
+        "serial logs with each line's arrival time: {}",
+        work.join("logs").display()
+    ));
+    print!("{}", report(&c));
+    if c.anything() {
+        Ok(())
+    } else {
+        Err("nothing could be measured (see the failures above)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ms: u64, text: &str) -> TimedLine {
+        TimedLine {
+            at: Duration::from_millis(ms),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn exits_lines() {
+        let e = parse_exits(
+            "hv: vm linux exits: total 123456: io=120000 cpuid=40 hlt=3000 extint=416",
+            "linux",
+        )
+        .unwrap();
+        assert_eq!(e.total, 123456);
+        assert_eq!(
+            e.reasons,
+            [
+                ("io".to_string(), 120000),
+                ("cpuid".to_string(), 40),
+                ("hlt".to_string(), 3000),
+                ("extint".to_string(), 416)
+            ]
+        );
+        // The kernel's own format round-trips through Display.
+        assert_eq!(
+            e.to_string(),
+            "total 123456: io=120000 cpuid=40 hlt=3000 extint=416"
+        );
+        assert_eq!(
+            parse_exits("hv: vm linux exits: total 0:", "linux"),
+            Some(Exits::default())
+        );
+        // Another VM's line, a malformed pair, a missing total.
+        assert_eq!(
+            parse_exits("hv: vm bench64 exits: total 3: cpuid=3", "linux"),
+            None
+        );
+        assert_eq!(
+            parse_exits("hv: vm linux exits: total 3: cpuid", "linux"),
+            None
+        );
+        assert_eq!(parse_exits("hv: vm linux exits: total x: ", "linux"), None);
+        assert_eq!(
+            parse_exits("hv: vm linux exits: total 2: intr-window=2", "linux")
+                .unwrap()
+                .reasons,
+            [("intr-window".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn bench64_lines() {
+        assert_eq!(
+            parse_bench64("bench64 | bench64: cpuid full-path avg=52300 cycles over 1000"),
+            Some(Bench64Line::FullPath(CpuidFigure {
+                avg: 52300.0,
+                count: 1000
+            }))
+        );
+        assert_eq!(
+            parse_bench64("bench64: cpuid bare-loop avg=48900.5 cycles over 200"),
+            Some(Bench64Line::BareLoop(CpuidFigure {
+                avg: 48900.5,
+                count: 200
+            }))
+        );
+        assert_eq!(
+            parse_bench64("bench64 | bench64: bare loop unsupported"),
+            Some(Bench64Line::BareUnsupported)
+        );
+        assert_eq!(
+            parse_bench64("bench64 | bench64: done\r"),
+            Some(Bench64Line::Done)
+        );
+        for bad in [
+            "bench64 | bench64: cpuid full-path avg=abc cycles over 10",
+            "bench64 | bench64: cpuid full-path avg=5 cycles",
+            "bench64 | bench64: starting",
+            "hello64 | hello64: done",
+        ] {
+            assert_eq!(parse_bench64(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hypervisor_run() {
+        let lines = [
+            line(100, "hv: boot report"),
+            line(
+                2500,
+                "hv: vm linux started: 262144 KiB RAM at host 0x1000000, ...",
+            ),
+            line(
+                2600,
+                "bench64 | bench64: cpuid full-path avg=52300 cycles over 1000",
+            ),
+            line(
+                2700,
+                "bench64 | bench64: cpuid bare-loop avg=48900 cycles over 1000",
+            ),
+            line(2750, "bench64 | bench64: done"),
+            line(5000, "linux | [    0.000000] Linux version 6.1.0"),
+            line(8100, "linux | hv-linux: init running"),
+            line(8200, "linux | hv-linux: init running"),
+            line(
+                8300,
+                "hv: vm linux stopped: halted with interrupts disabled",
+            ),
+            line(8300, "hv: vm linux exits: total 10: io=7 cpuid=3"),
+            line(8400, "hv: stopping with status 16 (Success)"),
+        ];
+        let r = analyse_hv(&lines);
+        assert_eq!(r.vm_started, Some(Duration::from_millis(2500)));
+        assert_eq!(r.init, Some(Duration::from_millis(8100)), "the first one");
+        assert_eq!(r.exits.as_ref().unwrap().total, 10);
+        assert_eq!(r.full.unwrap().avg, 52300.0);
+        assert_eq!(
+            r.bare,
+            Some(Bare::Measured(CpuidFigure {
+                avg: 48900.0,
+                count: 1000
+            }))
+        );
+        assert!(r.bench_done);
+        assert_eq!(r.stop_status.as_deref(), Some("16 (Success)"));
+        assert!(hv_problems(&r, false, QEMU_HV_LIMIT).is_empty());
+
+        // A run that failed part-way: each missing figure is named.
+        let r = analyse_hv(&lines[..3]);
+        let p = hv_problems(&r, true, Duration::from_secs(300));
+        assert!(
+            p[0].contains("300 s") && p[0].contains("cpuid full-path avg=52300"),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("did not reach /init")));
+        assert!(p.iter().any(|m| m.contains("exits:")));
+        assert!(p.iter().any(|m| m.contains("bare-loop")));
+        assert!(!p.iter().any(|m| m.contains("full-path line")));
+
+        let r = analyse_hv(&[
+            line(1, "bench64 | bench64: bare loop unsupported"),
+            line(2, "hv: PANIC at kernel/src/main.rs:1: oops"),
+            line(3, "hv: stopping with status 17 (Failure)"),
+        ]);
+        assert_eq!(r.bare, Some(Bare::Unsupported));
+        let p = hv_problems(&r, false, QEMU_HV_LIMIT);
+        assert!(p.iter().any(|m| m.contains("status 17 (Failure)")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("PANIC")), "{p:?}");
+    }
+
+    #[test]
+    fn statistics() {
+        assert_eq!(summarize(&[]), None);
+        let s = summarize(&[8.4, 7.9, 8.1]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (8.1, 7.9, 8.4, 3));
+        let s = summarize(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert_eq!(summarize(&[5.0]).unwrap().median, 5.0);
+        assert_eq!(summarize(&[f64::NAN, 2.0]).unwrap().n, 1);
+
+        let e = |total, r: &[(&str, u64)]| Exits {
+            total,
+            reasons: r.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+        };
+        let m = median_exits(&[
+            e(10, &[("io", 8), ("hlt", 2)]),
+            e(14, &[("io", 10), ("cpuid", 4)]),
+            e(12, &[("io", 9), ("hlt", 1), ("cpuid", 2)]),
+        ])
+        .unwrap();
+        assert_eq!(m, e(12, &[("io", 9), ("hlt", 1), ("cpuid", 2)]));
+        assert_eq!(median_exits(&[]), None);
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(52300), "52,300");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(ratio(8.1, 6.4).as_deref(), Some("1.27x"));
+        assert_eq!(ratio(52300.0, 48900.0).as_deref(), Some("1.07x"));
+        assert_eq!(ratio(1.0, 0.0), None);
+        let s = summarize(&[7.94, 8.1, 8.36]).unwrap();
+        assert_eq!(fmt_secs(&s), "8.1 s  [7.9-8.4]");
+        assert_eq!(fmt_secs(&summarize(&[6.44]).unwrap()), "6.4 s");
+        let s = summarize(&[51000.0, 52300.4, 53100.0]).unwrap();
+        assert_eq!(fmt_cycles(&s), "52,300 cycles  [51,000-53,100]");
+        assert_eq!(
+            qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)\nCopyright"),
+            Some("7.2.22")
+        );
+        assert_eq!(qemu_version("nothing"), None);
+    }
+
+    fn hv_run(init_ms: u64, full: f64, bare: Option<Bare>) -> HvRun {
+        HvRun {
+            vm_started: Some(Duration::from_millis(2000)),
+            init: Some(Duration::from_millis(init_ms)),
+            exits: Some(Exits {
+                total: 5,
+                reasons: vec![("io".into(), 5)],
+            }),
+            full: Some(CpuidFigure {
+                avg: full,
+                count: 1000,
+            }),
+            bare,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_table() {
+        let bare = |avg| Some(Bare::Measured(CpuidFigure { avg, count: 1000 }));
+        let c = Collected {
+            setup: "QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt".into(),
+            runs: 3,
+            emulator_name: "QEMU".into(),
+            direct: vec![6.3, 6.4, 6.6],
+            hv: vec![
+                hv_run(8100, 52300.0, bare(48900.0)),
+                hv_run(7900, 52000.0, bare(48000.0)),
+                hv_run(8400, 53000.0, bare(49000.0)),
+            ],
+            ..Default::default()
+        };
+        assert!(c.anything());
+        let t = report(&c);
+        // The whole table, column by column, up to the notes.
+        let expected = [
+            "hv bench (QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt, 3 runs, median [min-max])",
+            "Linux to /init   direct QEMU     6.4 s  [6.3-6.6]",
+            "                 under hv        8.1 s  [7.9-8.4]                ratio 1.27x",
+            "                 from VM start   6.1 s  [5.9-6.4]                ratio 0.95x",
+            "Linux exits      total 5: io=5",
+            "                                 (median per reason over 3 runs)",
+            "CPUID round trip full exit path  52,300 cycles  [52,000-53,000]",
+            "                 bare loop       48,900 cycles  [48,000-49,000]  ratio 1.07x  (our exit path adds 3,400 cycles)",
+            "                                 (each run's figure: the average over 1,000 CPUIDs in bench64)",
+            "from VM start: ",
+        ]
+        .join("\n");
+        assert!(t.starts_with(&expected), "{t}");
+        assert!(t.contains("\nbare loop: the same CPUID"), "{t}");
+        assert!(!t.contains("failed"), "{t}");
+
+        // One part failed: the others still show, and the failure says why.
+        let c = Collected {
+            runs: 1,
+            emulator_name: "QEMU".into(),
+            direct: vec![],
+            hv: vec![hv_run(8100, 52300.0, Some(Bare::Unsupported))],
+            failures: vec!["direct run 1: no `hv-linux: init running` within 180 s".into()],
+            ..c
+        };
+        let t = report(&c);
+        assert!(t.contains(", 1 run)\n"), "{t}");
+        assert!(t.contains("direct QEMU     failed (see below)"), "{t}");
+        assert!(t.contains("under hv        8.1 s\n"), "{t}");
+        assert!(t.contains("full exit path  52,300 cycles\n"), "{t}");
+        // No ratios without a direct figure.
+        assert!(t.contains("from VM start   6.1 s\n"), "{t}");
+        assert!(
+            t.contains("bare loop       not measured (bench64: bare loop unsupported"),
+            "{t}"
+        );
+        assert!(
+            t.contains("failed:\n  direct run 1: no `hv-linux: init running`"),
+            "{t}"
+        );
+
+        // Bochs: no direct figure by design, and it says so.
+        let c = Collected {
+            emulator_name: "Bochs".into(),
+            direct_absent: Some("no direct boot".into()),
+            failures: vec![],
+            ..c
+        };
+        assert!(report(&c).contains("direct Bochs    not measured: no direct boot"));
+
+        let nothing = Collected {
+            hv: vec![HvRun::default()],
+            ..Default::default()
+        };
+        assert!(!nothing.anything());
+    }
+
+    /// The direct boot on this machine (QEMU and the Linux guest, cached or
+    /// downloaded; about 7 s): `cargo test -p xtask -- --ignored direct_boot`.
+    #[test]
+    #[ignore]
+    fn direct_boot_reaches_init() {
+        let qemu = tools::require(&[tools::QEMU], "boot Linux")
+            .unwrap()
+            .remove(0);
+        let guest = linux::debian_linux(&linux::default_cache_dir()).unwrap();
+        let log = std::env::temp_dir().join(format!("hv-bench-{}.log", std::process::id()));
+        let s = direct_run(&qemu, &guest, &log).unwrap();
+        assert!(std::fs::read_to_string(&log).unwrap().contains(INIT_LINE));
+        let _ = std::fs::remove_file(&log);
+        eprintln!("direct QEMU boot: /init after {s:.1} s");
+        assert!(s > 0.5 && s < QEMU_DIRECT_LIMIT.as_secs_f64());
+    }
+
+    #[test]
+    fn streaming_timestamps_lines() {
+        // A stand-in for QEMU: two lines a moment apart, then one that stops the run.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo one; sleep 0.3; printf 'two\\r\\n'; echo stop; exec sleep 30",
+        ]);
+        let out = run_streaming(cmd, Duration::from_secs(20), |l| l == "stop").unwrap();
+        let texts: Vec<&str> = out.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one", "two", "stop"]);
+        assert!(out.stopped && !out.timed_out);
+        let gap = out.lines[1].at - out.lines[0].at;
+        assert!(gap >= Duration::from_millis(250), "{gap:?}");
+
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo a; exit 3"]);
+        let out = run_streaming(cmd, Duration::from_secs(20), |_| false).unwrap();
+        assert_eq!(
+            (out.exit_code, out.timed_out, out.lines.len()),
+            (Some(3), false, 1)
+        );
+
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec sleep 30"]);
+        let out = run_streaming(cmd, Duration::from_millis(200), |_| false).unwrap();
+        assert!(out.timed_out && out.lines.is_empty());
+    }
+}
