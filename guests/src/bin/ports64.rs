@@ -23,8 +23,8 @@ fn main() {}
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::arch::asm;
-    use guests::cpu::{inb, inl, inw, outb, outl, outw, vendor};
+    use guests::cpu::{inb, inl, inw, outb, outl, outw};
+    use guests::hypercall::Hypercall;
     use guests::{idt, println};
 
     /// A port no device should claim.
@@ -32,51 +32,6 @@ mod guest {
     /// Hypercall numbers (RAX).
     const HC_VERSION: u64 = 0;
     const HC_UNKNOWN: u64 = 0xdead;
-
-    #[derive(Clone, Copy)]
-    enum Hypercall {
-        Vmmcall,
-        Vmcall,
-    }
-
-    /// Issues a hypercall with `nr` in RAX (other argument registers zero) and
-    /// returns RAX.
-    fn hypercall(kind: Hypercall, nr: u64) -> u64 {
-        let mut rax = nr;
-        // SAFETY: the hypervisor handles the exit; the asm declares every
-        // register a hypercall ABI might use for arguments or results as clobbered.
-        unsafe {
-            match kind {
-                // VMMCALL = 0F 01 D9
-                Hypercall::Vmmcall => asm!(
-                    "vmmcall",
-                    inout("rax") rax,
-                    inout("rcx") 0u64 => _,
-                    inout("rdx") 0u64 => _,
-                    inout("rsi") 0u64 => _,
-                    inout("rdi") 0u64 => _,
-                    inout("r8") 0u64 => _,
-                    inout("r9") 0u64 => _,
-                    inout("r10") 0u64 => _,
-                    inout("r11") 0u64 => _,
-                ),
-                // VMCALL = 0F 01 C1
-                Hypercall::Vmcall => asm!(
-                    "vmcall",
-                    inout("rax") rax,
-                    inout("rcx") 0u64 => _,
-                    inout("rdx") 0u64 => _,
-                    inout("rsi") 0u64 => _,
-                    inout("rdi") 0u64 => _,
-                    inout("r8") 0u64 => _,
-                    inout("r9") 0u64 => _,
-                    inout("r10") 0u64 => _,
-                    inout("r11") 0u64 => _,
-                ),
-            }
-        }
-        rax
-    }
 
     guests::entry_point!(main);
 
@@ -95,18 +50,19 @@ mod guest {
         }
         println!("ports64: out ok");
 
-        let vendor = vendor();
-        let kind = match vendor.as_str() {
-            "AuthenticAMD" => Hypercall::Vmmcall,
-            "GenuineIntel" => Hypercall::Vmcall,
-            other => {
-                println!("ports64: unknown CPU vendor {other}, no hypercall instruction");
+        let kind = match Hypercall::detect() {
+            Ok(kind) => kind,
+            Err(other) => {
+                println!(
+                    "ports64: unknown CPU vendor {}, no hypercall instruction",
+                    other.as_str()
+                );
                 return;
             }
         };
-        let version = hypercall(kind, HC_VERSION);
+        let version = kind.call(HC_VERSION);
         println!("ports64: hypercall version={version:#x}");
-        let unknown = hypercall(kind, HC_UNKNOWN);
+        let unknown = kind.call(HC_UNKNOWN);
         println!("ports64: hypercall unknown={unknown:#x}");
         println!("ports64: done");
     }

@@ -186,28 +186,8 @@ fn plan_elf(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
             h.e_type
         ));
     }
-    let table = file.segments().ok_or("ELF image has no program headers")?;
     let mut segments = Vec::new();
-    for ph in table
-        .iter()
-        .filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0)
-    {
-        let data = usize::try_from(ph.p_offset)
-            .ok()
-            .zip(usize::try_from(ph.p_filesz).ok())
-            .and_then(|(off, len)| image.get(off..off.checked_add(len)?))
-            .ok_or_else(|| {
-                format!(
-                    "ELF segment at {:#x} lies outside the file (truncated image?)",
-                    ph.p_paddr
-                )
-            })?;
-        if ph.p_filesz > ph.p_memsz {
-            return Err(format!(
-                "ELF segment at {:#x} has file size > memory size",
-                ph.p_paddr
-            ));
-        }
+    for (ph, data) in load_segments(image, &file, "ELF image")? {
         if ph.p_paddr < LOWEST_ELF_LOAD {
             return Err(format!(
                 "ELF segment at {:#x} is below {LOWEST_ELF_LOAD:#x}, where the loader keeps its own structures",
@@ -250,6 +230,43 @@ fn plan_elf(image: &[u8], ram: u64) -> Result<LoadPlan<'_>, String> {
         extra: Vec::new(),
         gdtr: None,
     })
+}
+
+/// The PT_LOAD segments of an ELF file with their bytes, each checked to lie inside
+/// the file and to have no more file bytes than memory bytes. `what` names the image
+/// in errors ("ELF image", "Multiboot ELF image").
+pub(crate) fn load_segments<'a>(
+    image: &'a [u8],
+    file: &ElfBytes<'a, AnyEndian>,
+    what: &str,
+) -> Result<Vec<(elf::segment::ProgramHeader, &'a [u8])>, String> {
+    let table = file
+        .segments()
+        .ok_or_else(|| format!("{what} has no program headers"))?;
+    let mut out = Vec::new();
+    for ph in table
+        .iter()
+        .filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0)
+    {
+        let data = usize::try_from(ph.p_offset)
+            .ok()
+            .zip(usize::try_from(ph.p_filesz).ok())
+            .and_then(|(off, len)| image.get(off..off.checked_add(len)?))
+            .ok_or_else(|| {
+                format!(
+                    "{what}: the segment at {:#x} lies outside the file (truncated image?)",
+                    ph.p_paddr
+                )
+            })?;
+        if ph.p_filesz > ph.p_memsz {
+            return Err(format!(
+                "{what}: the segment at {:#x} has file size > memory size",
+                ph.p_paddr
+            ));
+        }
+        out.push((ph, data));
+    }
+    Ok(out)
 }
 
 /// PML4 -> PDPT -> `gib` page directories, mapping guest-virtual = guest-physical for

@@ -36,8 +36,8 @@ use elf::ElfBytes;
 use vcpu::{CpuMode, GuestRegisters, StartState};
 
 use super::loader::{
-    align_up, boot_gdt, check_cmdline, check_fits, pc_memory_map, LoadPlan, Module, Segment,
-    EBDA_START,
+    align_up, boot_gdt, check_cmdline, check_fits, load_segments, pc_memory_map, LoadPlan, Module,
+    Segment, EBDA_START,
 };
 
 /// The header's magic (spec 3.1.2).
@@ -390,31 +390,9 @@ fn load_elf(image: &[u8], ram: u64) -> Result<Kernel<'_>, String> {
             h.e_type
         ));
     }
-    let table = file
-        .segments()
-        .ok_or("Multiboot ELF image has no program headers")?;
     let mut segments = Vec::new();
     let mut vaddrs = Vec::new();
-    for ph in table
-        .iter()
-        .filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0)
-    {
-        let data = usize::try_from(ph.p_offset)
-            .ok()
-            .zip(usize::try_from(ph.p_filesz).ok())
-            .and_then(|(off, len)| image.get(off..off.checked_add(len)?))
-            .ok_or_else(|| {
-                format!(
-                    "truncated Multiboot ELF image: the segment for {:#x} lies outside the file",
-                    ph.p_paddr
-                )
-            })?;
-        if ph.p_filesz > ph.p_memsz {
-            return Err(format!(
-                "Multiboot ELF segment at {:#x} has file size > memory size",
-                ph.p_paddr
-            ));
-        }
+    for (ph, data) in load_segments(image, &file, "Multiboot ELF image")? {
         check_fits32(ph.p_paddr, ph.p_memsz, ram)?;
         vaddrs.push(ph.p_vaddr);
         segments.push(Segment {
@@ -763,7 +741,9 @@ mod tests {
         let img = elf_kernel(0x7F_F000, 0x7F_F000, 0x7F_F000, 0);
         assert!(explicit(&img).contains("does not fit"));
         let img = elf_kernel(0x10_0000, 0x10_0000, 0x10_0000, 0);
-        assert!(explicit(&img[..0x70]).contains("truncated Multiboot ELF image"));
+        assert!(explicit(&img[..0x70]).contains(
+            "Multiboot ELF image: the segment at 0x100000 lies outside the file (truncated image?)"
+        ));
         // Modules that do not fit.
         let img = aout_kernel(0x10_0000, 0x100);
         let big = alloc::vec![0u8; (7 * MIB) as usize];
