@@ -6,6 +6,9 @@ use x86_64::instructions::port::Port;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds per TSC cycle as a 32.32 fixed-point number: `uptime_ns` runs on
+/// every VM exit, so it multiplies instead of dividing.
+static NS_PER_CYCLE_FP32: AtomicU64 = AtomicU64::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
 
@@ -44,8 +47,10 @@ pub fn calibrate() {
     };
     // An emulator without a PIT would leave us at 0: fall back to a plausible 1 GHz
     // so time still moves forward.
-    TSC_HZ.store(
-        if hz > 1_000_000 { hz } else { 1_000_000_000 },
+    let hz = if hz > 1_000_000 { hz } else { 1_000_000_000 };
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    NS_PER_CYCLE_FP32.store(
+        ((1_000_000_000u128 << 32) / hz as u128) as u64,
         Ordering::Relaxed,
     );
 }
@@ -55,25 +60,17 @@ pub fn tsc_hz() -> u64 {
 }
 
 pub fn uptime_micros() -> u64 {
-    let hz = tsc_hz();
-    if hz == 0 {
-        return 0;
-    }
-    let cycles = rdtsc().saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
-    ((cycles as u128) * 1_000_000 / hz as u128) as u64
+    uptime_ns() / 1000
 }
 
 pub fn micros_to_tsc(micros: u64) -> u64 {
     ((micros as u128) * tsc_hz() as u128 / 1_000_000) as u64
 }
 
+/// Nanoseconds since boot: one multiply (the VM run loop asks on every exit).
 pub fn uptime_ns() -> u64 {
-    let hz = tsc_hz();
-    if hz == 0 {
-        return 0;
-    }
     let cycles = rdtsc().saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
-    ((cycles as u128) * 1_000_000_000 / hz as u128) as u64
+    ((cycles as u128 * NS_PER_CYCLE_FP32.load(Ordering::Relaxed) as u128) >> 32) as u64
 }
 
 /// The host's wall-clock time from its CMOS RTC, as Unix nanoseconds, read once at
