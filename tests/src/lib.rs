@@ -24,6 +24,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static TINY: OnceLock<Images> = OnceLock::new();
     static DEMO: OnceLock<Images> = OnceLock::new();
     static LINUX: OnceLock<Images> = OnceLock::new();
+    static LINUX_APIC: OnceLock<Images> = OnceLock::new();
     static MULTIBOOT: OnceLock<Images> = OnceLock::new();
     static BENCH: OnceLock<Images> = OnceLock::new();
     let cell = match set {
@@ -31,6 +32,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Tiny => &TINY,
         GuestSet::Demo => &DEMO,
         GuestSet::LinuxTest => &LINUX,
+        GuestSet::LinuxApicTest => &LINUX_APIC,
         GuestSet::Multiboot => &MULTIBOOT,
         GuestSet::Bench => &BENCH,
     };

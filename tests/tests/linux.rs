@@ -49,3 +49,41 @@ fn linux_reaches_userspace_under_vt_x() {
     check(&out);
     out.expect_line("hv: stopping with status 16 (Success)");
 }
+
+/// The local APIC, the IOAPIC and the MP table in use by an unmodified kernel: Linux
+/// finds the IOAPIC in the MP table, switches to symmetric I/O mode and checks that
+/// the timer arrives through IOAPIC pin 2 (it panics otherwise); the console's IRQ 4
+/// goes through the IOAPIC too. Their registers are MMIO, emulated by decoding the
+/// guest's instructions (the npf exits).
+#[test]
+fn linux_with_apic_and_ioapic_under_amd_v() {
+    let opts = QemuOptions {
+        memory_mib: 512,
+        cpus: 1,
+        force_tcg: true,
+        ..Default::default()
+    };
+    let out = boot_qemu(
+        "linux_apic_amd_v",
+        GuestSet::LinuxApicTest,
+        &opts,
+        QEMU_LIMIT * 3,
+    );
+    out.expect_line("linux | [    0.000000] MPTABLE: APIC at: 0xFEE00000")
+        .expect_line("IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23")
+        .expect_line("APIC: Switch to symmetric I/O mode setup")
+        .expect_line("..TIMER: vector=0x30 apic1=0 pin1=2")
+        .expect_line("serial8250: ttyS0 at I/O 0x3f8 (irq = 4")
+        .expect_line("linux | hv-linux: userspace ok")
+        .expect_line("hv: vm linux stopped: halted with interrupts disabled")
+        .expect_no("Kernel panic")
+        .expect_no("MSR access error")
+        .expect_exit(EXIT_SUCCESS);
+    let exits = out.line_with("hv: vm linux exits:");
+    let npf: u64 = exits
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("npf="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(npf > 100, "APIC MMIO was not emulated: {exits}");
+}

@@ -97,6 +97,9 @@ pub enum GuestSet {
     Tiny,
     /// Linux in test mode (it prints, then powers off) next to `hello64`.
     LinuxTest,
+    /// Linux in test mode with its local APIC and IOAPIC in use (found through the MP
+    /// table; symmetric I/O mode), alone.
+    LinuxApicTest,
     /// The Multiboot v1 test kernel `mb32` (16 MiB, a command line and one module)
     /// next to `hello64`.
     Multiboot,
@@ -112,6 +115,7 @@ impl GuestSet {
             GuestSet::Demo => "demo",
             GuestSet::Tiny => "tiny",
             GuestSet::LinuxTest => "linux-test",
+            GuestSet::LinuxApicTest => "linux-apic-test",
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
         }
@@ -161,6 +165,12 @@ impl GuestSet {
             }
             GuestSet::Demo => with_hello(linux(false)?),
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::LinuxApicTest => {
+                let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
+                let mut vm = crate::linux::linux_vm(&guest, true);
+                vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);
+                Ok(vec![crate::config::check(&vm)?])
+            }
             GuestSet::Multiboot => {
                 use crate::vms::{ImageFormat, ModuleDef, VmDef};
                 let dir = target_dir().join("hv").join("guests");

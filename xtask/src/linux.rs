@@ -45,6 +45,11 @@ pub struct LinuxGuest {
 pub const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off noapic nolapic \
      pci=off nosmp tsc=reliable quiet";
 
+/// The same guest using its local APIC and IOAPIC (found through the MP table, as
+/// `acpi=off` asks), in symmetric I/O mode; verbose, so the APIC setup can be checked.
+pub const LINUX_APIC_CMDLINE: &str =
+    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off pci=off tsc=reliable";
+
 /// The Linux VM: 256 MiB, format linux, the initrd as module 0. In test mode the
 /// guest's /init prints its lines and powers off.
 pub fn linux_vm(guest: &LinuxGuest, test_mode: bool) -> VmDef {

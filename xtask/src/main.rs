@@ -245,6 +245,7 @@ fn test(mut args: Args) -> Result<(), String> {
         build::GuestSet::None,
         build::GuestSet::Tiny,
         build::GuestSet::LinuxTest,
+        build::GuestSet::LinuxApicTest,
         build::GuestSet::Multiboot,
     ] {
         build::build_all(&bopts, set)?;

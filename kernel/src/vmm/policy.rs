@@ -109,6 +109,9 @@ pub const IA32_MTRRCAP: u32 = 0xFE;
 pub const IA32_MISC_ENABLE: u32 = 0x1A0;
 pub const IA32_PAT: u32 = 0x277;
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
+/// AMD K8's interrupt-pending-message register (C1E control): Linux reads it without
+/// a fault handler on those CPU models. 0 = no C1E, as KVM also answers.
+pub const MSR_K8_INT_PENDING_MSG: u32 = 0xC001_0055;
 
 /// EFER bits a guest may set: SCE, LME, LMA, NXE. SVME (bit 12) and the rest are
 /// refused with #GP, as on a processor without those features.
@@ -142,6 +145,7 @@ impl MsrState {
             IA32_BIOS_SIGN_ID => MsrAccess::Value(0),
             // No variable or fixed MTRRs: the nested page tables decide memory types.
             IA32_MTRRCAP => MsrAccess::Value(0),
+            MSR_K8_INT_PENDING_MSG => MsrAccess::Value(0),
             IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
             IA32_MISC_ENABLE => MsrAccess::Value(1), // fast strings
             IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
@@ -261,6 +265,8 @@ mod tests {
             MsrAccess::Fault,
             "VM_CR is not the guest's"
         );
+        assert_eq!(m.read(MSR_K8_INT_PENDING_MSG), MsrAccess::Value(0));
+        assert_eq!(m.write(MSR_K8_INT_PENDING_MSG, 0), MsrAccess::Fault);
         assert_eq!(m.read(IA32_EFER), MsrAccess::Backend);
         assert_eq!(m.write(IA32_EFER, 0xD01), MsrAccess::Backend);
         assert_eq!(
