@@ -125,21 +125,22 @@ pub fn parse_exits(line: &str, vm: &str) -> Option<Exits> {
     Some(Exits { total, reasons })
 }
 
-/// One averaged CPUID round trip reported by `bench64`.
+/// One CPUID round-trip figure reported by `bench64`: the median of round trips
+/// timed one by one (so time slices given to other VMs do not count).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CpuidFigure {
     /// Average TSC cycles per round trip.
-    pub avg: f64,
-    /// How many round trips the average is over.
+    pub cycles: f64,
+    /// How many round trips the median is taken over.
     pub count: u64,
 }
 
 /// What a `bench64` line says.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Bench64Line {
-    /// `bench64: cpuid full-path avg=<cycles> cycles over <n>`
+    /// `bench64: cpuid full-path median=<cycles> cycles over <n>`
     FullPath(CpuidFigure),
-    /// `bench64: cpuid bare-loop avg=<cycles> cycles over <n>`
+    /// `bench64: cpuid bare-loop median=<cycles> cycles over <n>`
     BareLoop(CpuidFigure),
     /// `bench64: bare loop unsupported`
     BareUnsupported,
@@ -155,16 +156,16 @@ pub fn parse_bench64(line: &str) -> Option<Bench64Line> {
     let figure = |s: &str| -> Option<CpuidFigure> {
         let words: Vec<&str> = s.split_whitespace().collect();
         match words.as_slice() {
-            [avg, "cycles", "over", n] => Some(CpuidFigure {
-                avg: avg.parse().ok().filter(|a: &f64| a.is_finite())?,
+            [cycles, "cycles", "over", n] => Some(CpuidFigure {
+                cycles: cycles.parse().ok().filter(|a: &f64| a.is_finite())?,
                 count: n.parse().ok()?,
             }),
             _ => None,
         }
     };
-    if let Some(s) = rest.strip_prefix("cpuid full-path avg=") {
+    if let Some(s) = rest.strip_prefix("cpuid full-path median=") {
         figure(s).map(Bench64Line::FullPath)
-    } else if let Some(s) = rest.strip_prefix("cpuid bare-loop avg=") {
+    } else if let Some(s) = rest.strip_prefix("cpuid bare-loop median=") {
         figure(s).map(Bench64Line::BareLoop)
     } else if rest == "bare loop unsupported" {
         Some(Bench64Line::BareUnsupported)
@@ -497,12 +498,15 @@ pub fn report(c: &Collected) -> String {
     }
 
     // CPUID round trip.
-    let full_values: Vec<f64> = c.hv.iter().filter_map(|r| r.full.map(|f| f.avg)).collect();
+    let full_values: Vec<f64> =
+        c.hv.iter()
+            .filter_map(|r| r.full.map(|f| f.cycles))
+            .collect();
     let full = summarize(&full_values);
     let bare_values: Vec<f64> =
         c.hv.iter()
             .filter_map(|r| match r.bare {
-                Some(Bare::Measured(f)) => Some(f.avg),
+                Some(Bare::Measured(f)) => Some(f.cycles),
                 _ => None,
             })
             .collect();
@@ -538,7 +542,7 @@ pub fn report(c: &Collected) -> String {
             "",
             "",
             &format!(
-                "(each run's figure: the average over {} CPUIDs in bench64)",
+                "(each run's figure: the median of {} CPUIDs timed one by one in bench64)",
                 thousands(n)
             ),
         ));
@@ -998,16 +1002,16 @@ mod tests {
     #[test]
     fn bench64_lines() {
         assert_eq!(
-            parse_bench64("bench64 | bench64: cpuid full-path avg=52300 cycles over 1000"),
+            parse_bench64("bench64 | bench64: cpuid full-path median=52300 cycles over 1000"),
             Some(Bench64Line::FullPath(CpuidFigure {
-                avg: 52300.0,
+                cycles: 52300.0,
                 count: 1000
             }))
         );
         assert_eq!(
-            parse_bench64("bench64: cpuid bare-loop avg=48900.5 cycles over 200"),
+            parse_bench64("bench64: cpuid bare-loop median=48900.5 cycles over 200"),
             Some(Bench64Line::BareLoop(CpuidFigure {
-                avg: 48900.5,
+                cycles: 48900.5,
                 count: 200
             }))
         );
@@ -1020,8 +1024,8 @@ mod tests {
             Some(Bench64Line::Done)
         );
         for bad in [
-            "bench64 | bench64: cpuid full-path avg=abc cycles over 10",
-            "bench64 | bench64: cpuid full-path avg=5 cycles",
+            "bench64 | bench64: cpuid full-path median=abc cycles over 10",
+            "bench64 | bench64: cpuid full-path median=5 cycles",
             "bench64 | bench64: starting",
             "hello64 | hello64: done",
         ] {
@@ -1039,11 +1043,11 @@ mod tests {
             ),
             line(
                 2600,
-                "bench64 | bench64: cpuid full-path avg=52300 cycles over 1000",
+                "bench64 | bench64: cpuid full-path median=52300 cycles over 1000",
             ),
             line(
                 2700,
-                "bench64 | bench64: cpuid bare-loop avg=48900 cycles over 1000",
+                "bench64 | bench64: cpuid bare-loop median=48900 cycles over 1000",
             ),
             line(2750, "bench64 | bench64: done"),
             line(5000, "linux | [    0.000000] Linux version 6.1.0"),
@@ -1060,11 +1064,11 @@ mod tests {
         assert_eq!(r.vm_started, Some(Duration::from_millis(2500)));
         assert_eq!(r.init, Some(Duration::from_millis(8100)), "the first one");
         assert_eq!(r.exits.as_ref().unwrap().total, 10);
-        assert_eq!(r.full.unwrap().avg, 52300.0);
+        assert_eq!(r.full.unwrap().cycles, 52300.0);
         assert_eq!(
             r.bare,
             Some(Bare::Measured(CpuidFigure {
-                avg: 48900.0,
+                cycles: 48900.0,
                 count: 1000
             }))
         );
@@ -1076,7 +1080,7 @@ mod tests {
         let r = analyse_hv(&lines[..3]);
         let p = hv_problems(&r, true, Duration::from_secs(300));
         assert!(
-            p[0].contains("300 s") && p[0].contains("cpuid full-path avg=52300"),
+            p[0].contains("300 s") && p[0].contains("cpuid full-path median=52300"),
             "{p:?}"
         );
         assert!(p.iter().any(|m| m.contains("did not reach /init")));
@@ -1150,7 +1154,7 @@ mod tests {
                 reasons: vec![("io".into(), 5)],
             }),
             full: Some(CpuidFigure {
-                avg: full,
+                cycles: full,
                 count: 1000,
             }),
             bare,
@@ -1160,7 +1164,12 @@ mod tests {
 
     #[test]
     fn the_table() {
-        let bare = |avg| Some(Bare::Measured(CpuidFigure { avg, count: 1000 }));
+        let bare = |cycles| {
+            Some(Bare::Measured(CpuidFigure {
+                cycles,
+                count: 1000,
+            }))
+        };
         let c = Collected {
             setup: "QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt".into(),
             runs: 3,
@@ -1185,7 +1194,7 @@ mod tests {
             "                                 (median per reason over 3 runs)",
             "CPUID round trip full exit path  52,300 cycles  [52,000-53,000]",
             "                 bare loop       48,900 cycles  [48,000-49,000]  ratio 1.07x  (our exit path adds 3,400 cycles)",
-            "                                 (each run's figure: the average over 1,000 CPUIDs in bench64)",
+            "                                 (each run's figure: the median of 1,000 CPUIDs timed one by one in bench64)",
             "from VM start: ",
         ]
         .join("\n");
