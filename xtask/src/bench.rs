@@ -31,14 +31,14 @@
 //! instead. Bochs has no direct Linux boot comparable to QEMU's `-kernel`, so there
 //! is no ratio there; it is said so in the output.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::build::{self, BuildOptions, GuestSet};
-use crate::emulator::{self, BochsOptions, Firmware, QemuOptions};
+use crate::emulator::{
+    self, run_streaming, BochsOptions, Firmware, QemuOptions, Streamed, TimedLine,
+};
 use crate::linux::{self, LinuxGuest};
 use crate::tools;
 
@@ -174,14 +174,6 @@ pub fn parse_bench64(line: &str) -> Option<Bench64Line> {
     } else {
         None
     }
-}
-
-/// A serial line and the wall-clock time, since the emulator started, at which it
-/// arrived.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimedLine {
-    pub at: Duration,
-    pub text: String,
 }
 
 /// The bare loop's outcome in one run.
@@ -577,121 +569,6 @@ pub fn report(c: &Collected) -> String {
 // ---------------------------------------------------------------------------------
 // Running the emulators.
 // ---------------------------------------------------------------------------------
-
-/// The outcome of a streamed run.
-#[derive(Debug, Default)]
-pub struct Streamed {
-    pub lines: Vec<TimedLine>,
-    /// The emulator's exit code (`None` when killed).
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    /// `stop` asked to end the run.
-    pub stopped: bool,
-    pub stderr: String,
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Runs `cmd` (QEMU with its serial port on stdout) and timestamps each stdout line
-/// when it is read, relative to just before the process was started. Ends when the
-/// process closes its stdout, when `limit` passes, or when `stop` returns true for a
-/// line (the process is then killed: it is our own child).
-pub fn run_streaming(
-    mut cmd: Command,
-    limit: Duration,
-    mut stop: impl FnMut(&str) -> bool,
-) -> Result<Streamed, String> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    // A thread reads, so the time limit holds even while the emulator is silent.
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let at = start.elapsed();
-                    let text = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
-                    if tx.send(TimedLine { at, text }).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        let _ = err_tx.send(s);
-    });
-    let mut out = Streamed::default();
-    loop {
-        let left = limit.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = stop(&line.text);
-                out.lines.push(line);
-                if hit {
-                    out.stopped = true;
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                out.timed_out = true;
-                break;
-            }
-            // End of stdout: the emulator is exiting.
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    if out.stopped || out.timed_out {
-        kill(&mut child);
-    } else {
-        // Stdout closed; give the process a moment to finish exiting.
-        let grace = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    out.exit_code = status.code();
-                    break;
-                }
-                Ok(None) if grace.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    kill(&mut child);
-                    break;
-                }
-            }
-        }
-    }
-    // Lines that arrived after the decision still belong to the log.
-    out.lines.extend(rx.try_iter());
-    // The reader threads end when the pipes close. They are not joined: a
-    // grandchild that inherited a pipe could keep it open long after the emulator
-    // is gone, and the run must not wait for that.
-    drop(reader);
-    out.stderr = err_rx
-        .recv_timeout(Duration::from_secs(2))
-        .unwrap_or_default();
-    Ok(out)
-}
 
 /// Boots a Bochs image and timestamps serial lines as they appear in its log file
 /// (polled every 100 ms: Bochs writes COM1 to a file, not to a pipe). Ends at

@@ -2,10 +2,10 @@
 //! KVM) and Bochs (VT-x with EPT). Runs are either interactive (`cargo xtask run`) or
 //! captured with a time limit (tests).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::tools;
@@ -246,64 +246,143 @@ pub struct RunOutput {
 }
 
 /// Runs QEMU with its serial port on stdout, until it exits or `limit` passes.
-/// `stop_when` may end the run early once the output shows what was awaited.
-pub fn run_qemu_captured(mut cmd: Command, limit: Duration) -> Result<RunOutput, String> {
+pub fn run_qemu_captured(cmd: Command, limit: Duration) -> Result<RunOutput, String> {
+    let start = Instant::now();
+    let run = run_streaming(cmd, limit, |_| false)?;
+    let mut serial: String = run.lines.iter().map(|l| format!("{}\n", l.text)).collect();
+    if !run.stderr.trim().is_empty() {
+        serial.push_str("\n[qemu stderr]\n");
+        serial.push_str(&run.stderr);
+    }
+    Ok(RunOutput {
+        serial,
+        exit_code: run.exit_code,
+        timed_out: run.timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// A serial line and the wall-clock time, since the emulator started, at which it
+/// arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedLine {
+    pub at: Duration,
+    pub text: String,
+}
+
+/// The outcome of a streamed run.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    pub lines: Vec<TimedLine>,
+    /// The emulator's exit code (`None` when killed).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// `stop` asked to end the run.
+    pub stopped: bool,
+    pub stderr: String,
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `cmd` (QEMU with its serial port on stdout) and timestamps each stdout line
+/// when it is read, relative to just before the process was started. Ends when the
+/// process closes its stdout, when `limit` passes, or when `stop` returns true for a
+/// line (the process is then killed: it is our own child).
+pub fn run_streaming(
+    mut cmd: Command,
+    limit: Duration,
+    mut stop: impl FnMut(&str) -> bool,
+) -> Result<Streamed, String> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting QEMU: {e}"))?;
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let out = Arc::clone(&out);
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
+        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // A thread reads, so the time limit holds even while the emulator is silent.
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let at = start.elapsed();
+                    let text = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    if tx.send(TimedLine { at, text }).is_err() {
+                        break;
+                    }
                 }
-                out.lock().unwrap().extend_from_slice(&buf[..n]);
             }
-        })
-    };
+        }
+    });
     let mut stderr = child.stderr.take().expect("piped stderr");
-    let err_reader = std::thread::spawn(move || {
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
-        s
+        let _ = err_tx.send(s);
     });
-    let (exit_code, timed_out) = wait_with_limit(&mut child, limit);
-    let _ = reader.join();
-    let stderr = err_reader.join().unwrap_or_default();
-    let mut serial = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
-    if !stderr.trim().is_empty() {
-        serial.push_str("\n[qemu stderr]\n");
-        serial.push_str(&stderr);
-    }
-    Ok(RunOutput {
-        serial,
-        exit_code,
-        timed_out,
-        elapsed: start.elapsed(),
-    })
-}
-
-fn wait_with_limit(child: &mut Child, limit: Duration) -> (Option<i32>, bool) {
-    let start = Instant::now();
+    let mut out = Streamed::default();
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return (status.code(), false),
-            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, true);
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = stop(&line.text);
+                out.lines.push(line);
+                if hit {
+                    out.stopped = true;
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                out.timed_out = true;
+                break;
+            }
+            // End of stdout: the emulator is exiting.
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if out.stopped || out.timed_out {
+        kill(&mut child);
+    } else {
+        // Stdout closed; give the process a moment to finish exiting.
+        let grace = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    out.exit_code = status.code();
+                    break;
+                }
+                Ok(None) if grace.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    kill(&mut child);
+                    break;
+                }
             }
         }
     }
+    // Lines that arrived after the decision still belong to the log.
+    out.lines.extend(rx.try_iter());
+    // The reader threads end when the pipes close. They are not joined: a
+    // grandchild that inherited a pipe could keep it open long after the emulator
+    // is gone, and the run must not wait for that.
+    drop(reader);
+    out.stderr = err_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+    Ok(out)
 }
 
 /// Runs Bochs until it exits, `limit` passes, or the serial log contains `done_marker`
