@@ -433,33 +433,16 @@ impl<V: Vcpu> Vm<V> {
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
-            Exit::Rdmsr { msr } if LocalApic::handles_msr(msr) => {
-                match self.lapic.read_msr(msr, now_ns) {
-                    Ok(v) => {
-                        let regs = self.vcpu.regs();
-                        set_low32(&mut regs.rax, v as u32);
-                        set_low32(&mut regs.rdx, (v >> 32) as u32);
-                        self.vcpu.skip_instruction();
-                    }
-                    Err(_) => self.vcpu.inject_exception(Exception::GP0),
-                }
-                Next::Continue
-            }
-            Exit::Wrmsr { msr, value } if LocalApic::handles_msr(msr) => {
-                match self.lapic.write_msr(msr, value, now_ns) {
-                    Ok(eoi) => {
-                        self.route_eoi(eoi);
-                        self.vcpu.skip_instruction();
-                    }
-                    Err(_) => self.vcpu.inject_exception(Exception::GP0),
-                }
-                Next::Continue
-            }
             Exit::Rdmsr { msr } => {
-                let value = match self.msrs.read(msr) {
-                    MsrAccess::Value(v) => Some(v),
-                    MsrAccess::Backend => self.vcpu.read_backend_msr(msr),
-                    MsrAccess::Fault => None,
+                // The local APIC's MSRs belong to its model; the rest to the policy.
+                let value = if LocalApic::handles_msr(msr) {
+                    self.lapic.read_msr(msr, now_ns).ok()
+                } else {
+                    match self.msrs.read(msr) {
+                        MsrAccess::Value(v) => Some(v),
+                        MsrAccess::Backend => self.vcpu.read_backend_msr(msr),
+                        MsrAccess::Fault => None,
+                    }
                 };
                 match value {
                     Some(v) => {
@@ -473,10 +456,20 @@ impl<V: Vcpu> Vm<V> {
                 Next::Continue
             }
             Exit::Wrmsr { msr, value } => {
-                let ok = match self.msrs.write(msr, value) {
-                    MsrAccess::Value(_) => true,
-                    MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
-                    MsrAccess::Fault => false,
+                let ok = if LocalApic::handles_msr(msr) {
+                    match self.lapic.write_msr(msr, value, now_ns) {
+                        Ok(eoi) => {
+                            self.route_eoi(eoi);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    match self.msrs.write(msr, value) {
+                        MsrAccess::Value(_) => true,
+                        MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
+                        MsrAccess::Fault => false,
+                    }
                 };
                 if ok {
                     self.vcpu.skip_instruction();
@@ -496,7 +489,6 @@ impl<V: Vcpu> Vm<V> {
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
-            // No device of this VM raises interrupts yet, so nothing can wake it.
             // HLT with interrupts disabled can only be left by NMI or reset, which
             // nothing here sends: the guest has stopped itself.
             Exit::Halt if self.vcpu.rflags() & RFLAGS_IF == 0 => Next::Stop(format!(
