@@ -31,35 +31,30 @@ impl Hypercall {
 
     /// Issues hypercall `nr` (other argument registers zero) and returns RAX.
     pub fn call(self, nr: u64) -> u64 {
+        // The two instructions take the same registers; only the opcode differs.
+        macro_rules! hypercall {
+            ($insn:literal, $rax:ident) => {
+                asm!(
+                    $insn,
+                    inout("rax") $rax,
+                    inout("rcx") 0u64 => _,
+                    inout("rdx") 0u64 => _,
+                    inout("rsi") 0u64 => _,
+                    inout("rdi") 0u64 => _,
+                    inout("r8") 0u64 => _,
+                    inout("r9") 0u64 => _,
+                    inout("r10") 0u64 => _,
+                    inout("r11") 0u64 => _,
+                )
+            };
+        }
         let mut rax = nr;
         // SAFETY: the hypervisor handles the exit; every register a hypercall ABI
         // might use for arguments or results is declared clobbered.
         unsafe {
             match self {
-                Hypercall::Vmmcall => asm!(
-                    "vmmcall",
-                    inout("rax") rax,
-                    inout("rcx") 0u64 => _,
-                    inout("rdx") 0u64 => _,
-                    inout("rsi") 0u64 => _,
-                    inout("rdi") 0u64 => _,
-                    inout("r8") 0u64 => _,
-                    inout("r9") 0u64 => _,
-                    inout("r10") 0u64 => _,
-                    inout("r11") 0u64 => _,
-                ),
-                Hypercall::Vmcall => asm!(
-                    "vmcall",
-                    inout("rax") rax,
-                    inout("rcx") 0u64 => _,
-                    inout("rdx") 0u64 => _,
-                    inout("rsi") 0u64 => _,
-                    inout("rdi") 0u64 => _,
-                    inout("r8") 0u64 => _,
-                    inout("r9") 0u64 => _,
-                    inout("r10") 0u64 => _,
-                    inout("r11") 0u64 => _,
-                ),
+                Hypercall::Vmmcall => hypercall!("vmmcall", rax),
+                Hypercall::Vmcall => hypercall!("vmcall", rax),
             }
         }
         rax
