@@ -69,16 +69,16 @@ pub fn write_bytewise(offset: u16, size: u8, value: u32, mut write_byte: impl Fn
     }
 }
 
-/// Why [`PortMap::register`] refused a range.
+/// Why [`Bus::register`] (or [`PortMap::register`]) refused a range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapError {
-    /// The range shares at least one port with this already registered range.
-    Overlap { base: u16, len: u16 },
+    /// The range shares at least one address with this already registered range.
+    Overlap { base: u64, len: u64 },
     /// All `N` slots are taken.
     Full,
     /// `len` was 0.
     Empty,
-    /// `base + len` runs past port 0xFFFF.
+    /// `base + len` runs past the end of the address space (port 0xFFFF for ports).
     OutOfRange,
 }
 
@@ -87,69 +87,71 @@ impl core::fmt::Display for MapError {
         match self {
             MapError::Overlap { base, len } => write!(
                 f,
-                "overlaps ports {base:#x}..{:#x}",
-                u32::from(*base) + u32::from(*len)
+                "overlaps the range {base:#x}..{:#x}",
+                u128::from(*base) + u128::from(*len)
             ),
-            MapError::Full => f.write_str("port map is full"),
-            MapError::Empty => f.write_str("empty port range"),
-            MapError::OutOfRange => f.write_str("port range runs past 0xffff"),
+            MapError::Full => f.write_str("the bus is full"),
+            MapError::Empty => f.write_str("empty range"),
+            MapError::OutOfRange => f.write_str("range runs past the end of the address space"),
         }
     }
 }
 
 /// One registered range `[base, base + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange<T> {
-    pub base: u16,
-    pub len: u16,
+pub struct BusRange<T> {
+    pub base: u64,
+    pub len: u64,
     pub id: T,
 }
 
-impl<T> PortRange<T> {
-    /// One past the last port, as u32 so that a range ending at 0xFFFF is representable.
-    const fn end(&self) -> u32 {
-        self.base as u32 + self.len as u32
+impl<T> BusRange<T> {
+    /// One past the last address, as u128 so that a range ending at the top of the
+    /// address space is representable.
+    const fn end(&self) -> u128 {
+        self.base as u128 + self.len as u128
     }
 
-    const fn contains(&self, port: u16) -> bool {
-        port >= self.base && (port as u32) < self.end()
+    const fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && (addr as u128) < self.end()
     }
 }
 
-/// Up to `N` non-overlapping port ranges, each naming a device by an id of type `T`
-/// (typically a small `Copy` enum the VM defines, or a `u8`).
+/// Up to `N` non-overlapping address ranges below `limit`, each naming a device by an
+/// id of type `T`: a VM's port-I/O bus (limit 0x10000) or MMIO bus (limit 2^64).
+/// Registering a range that overlaps another is an error: two devices answering one
+/// address is a configuration bug worth failing loudly on (rust-vmm's vm-device
+/// refuses it the same way).
 ///
-/// A linear scan is the right structure: a VM has a handful of devices and `N` is tiny,
-/// so this beats anything cleverer and keeps the map `const`-constructible.
+/// A linear scan is the right structure: a VM has a handful of devices and `N` is
+/// small, so this beats anything cleverer and stays `const`-constructible.
 #[derive(Clone, Debug)]
-pub struct PortMap<T: Copy, const N: usize> {
-    slots: [Option<PortRange<T>>; N],
+pub struct Bus<T: Copy, const N: usize> {
+    slots: [Option<BusRange<T>>; N],
+    limit: u128,
 }
 
-impl<T: Copy, const N: usize> Default for PortMap<T, N> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: Copy, const N: usize> PortMap<T, N> {
-    pub const fn new() -> Self {
-        Self { slots: [None; N] }
+impl<T: Copy, const N: usize> Bus<T, N> {
+    /// A bus for addresses below `limit` (0 means the whole 64-bit space).
+    pub const fn new(limit: u64) -> Self {
+        Self {
+            slots: [None; N],
+            limit: if limit == 0 { 1 << 64 } else { limit as u128 },
+        }
     }
 
-    /// Claims `[base, base + len)` for `id`. Ranges may not overlap: two devices
-    /// answering one port is a configuration bug worth failing loudly on.
-    pub fn register(&mut self, base: u16, len: u16, id: T) -> Result<(), MapError> {
+    /// Claims `[base, base + len)` for `id`.
+    pub fn register(&mut self, base: u64, len: u64, id: T) -> Result<(), MapError> {
         if len == 0 {
             return Err(MapError::Empty);
         }
-        let new = PortRange { base, len, id };
-        if new.end() > 0x1_0000 {
+        let new = BusRange { base, len, id };
+        if new.end() > self.limit {
             return Err(MapError::OutOfRange);
         }
         if let Some(old) = self
             .iter()
-            .find(|r| u32::from(r.base) < new.end() && u32::from(base) < r.end())
+            .find(|r| u128::from(r.base) < new.end() && u128::from(base) < r.end())
         {
             return Err(MapError::Overlap {
                 base: old.base,
@@ -166,7 +168,7 @@ impl<T: Copy, const N: usize> PortMap<T, N> {
     }
 
     /// Removes the range that starts at `base`, returning its id.
-    pub fn unregister(&mut self, base: u16) -> Option<T> {
+    pub fn unregister(&mut self, base: u64) -> Option<T> {
         let slot = self
             .slots
             .iter_mut()
@@ -174,18 +176,16 @@ impl<T: Copy, const N: usize> PortMap<T, N> {
         slot.take().map(|r| r.id)
     }
 
-    /// The device owning `port` and the port's offset from that device's base.
-    ///
-    /// A multi-byte access is routed by its first port alone; the device decides what
-    /// its bytes past the end of its range read as.
-    pub fn lookup(&self, port: u16) -> Option<(T, u16)> {
+    /// The device owning `addr` and the address's offset from that device's base.
+    /// A multi-byte access is routed by its first address alone.
+    pub fn lookup(&self, addr: u64) -> Option<(T, u64)> {
         self.iter()
-            .find(|r| r.contains(port))
-            .map(|r| (r.id, port - r.base))
+            .find(|r| r.contains(addr))
+            .map(|r| (r.id, addr - r.base))
     }
 
     /// The registered ranges, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &PortRange<T>> {
+    pub fn iter(&self) -> impl Iterator<Item = &BusRange<T>> {
         self.slots.iter().flatten()
     }
 
@@ -195,6 +195,66 @@ impl<T: Copy, const N: usize> PortMap<T, N> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One registered port range `[base, base + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange<T> {
+    pub base: u16,
+    pub len: u16,
+    pub id: T,
+}
+
+/// A [`Bus`] of I/O ports (0 to 0xFFFF) with 16-bit addresses.
+#[derive(Clone, Debug)]
+pub struct PortMap<T: Copy, const N: usize>(Bus<T, N>);
+
+impl<T: Copy, const N: usize> Default for PortMap<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy, const N: usize> PortMap<T, N> {
+    pub const fn new() -> Self {
+        Self(Bus::new(0x1_0000))
+    }
+
+    /// Claims `[base, base + len)` for `id`; see [`Bus::register`].
+    pub fn register(&mut self, base: u16, len: u16, id: T) -> Result<(), MapError> {
+        self.0.register(base.into(), len.into(), id)
+    }
+
+    /// Removes the range that starts at `base`, returning its id.
+    pub fn unregister(&mut self, base: u16) -> Option<T> {
+        self.0.unregister(base.into())
+    }
+
+    /// The device owning `port` and the port's offset from that device's base.
+    ///
+    /// A multi-byte access is routed by its first port alone; the device decides what
+    /// its bytes past the end of its range read as.
+    pub fn lookup(&self, port: u16) -> Option<(T, u16)> {
+        // Offsets are below 0x10000: the bus's limit.
+        self.0.lookup(port.into()).map(|(id, off)| (id, off as u16))
+    }
+
+    /// The registered ranges, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = PortRange<T>> + '_ {
+        self.0.iter().map(|r| PortRange {
+            base: r.base as u16,
+            len: r.len as u16,
+            id: r.id,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -17,11 +17,12 @@
 //! * the `IA32_APIC_BASE` MSR with its enable, x2APIC-enable and BSP bits and the
 //!   mode transitions of SDM 11.12.5, and the x2APIC MSR interface (SDM 11.12.1) with
 //!   the 64-bit ICR and the SELF IPI register;
-//! * IPIs as far as one CPU can see them: fixed (and lowest-priority) IPIs that reach
-//!   this APIC, by shorthand or destination, land in its own IRR; NMIs to itself
-//!   become [`LocalApic::take_nmi`]. Everything else (INIT, SIPI, SMI, IPIs to other
-//!   CPUs) has no receiver in a one-CPU machine: it is recorded
-//!   ([`LocalApic::take_ignored_ipi`]) and otherwise dropped.
+//! * IPIs: one with the "self" shorthand is delivered here at once (fixed: IRR; NMI:
+//!   [`LocalApic::take_nmi`]). Every other IPI can reach several APICs, this one
+//!   included, so it is handed to the VMM ([`LocalApic::take_outgoing_ipi`]), which
+//!   routes it across the VM's APICs ([`crate::ipi::route`]): delivery to each target
+//!   (this one too) goes through [`LocalApic::deliver`] / [`LocalApic::deliver_nmi`],
+//!   and INIT/SIPI change the target vCPU's run state, which is the VMM's.
 //!
 //! ## Time
 //!
@@ -580,8 +581,11 @@ pub struct LocalApic {
     /// `IA32_TSC_DEADLINE`; 0 = disarmed.
     tsc_deadline: u64,
     nmi_pending: bool,
-    ignored_ipi: Option<Ipi>,
-    ignored_ipis: u64,
+    /// The last IPI written to the ICR that is not for this APIC alone, until the VMM
+    /// takes it for routing.
+    outgoing: Option<Ipi>,
+    /// IPIs sent through the ICR in all (for statistics).
+    sent_ipis: u64,
 }
 
 impl LocalApic {
@@ -612,8 +616,8 @@ impl LocalApic {
             countdown: CountDown::default(),
             tsc_deadline: 0,
             nmi_pending: false,
-            ignored_ipi: None,
-            ignored_ipis: 0,
+            outgoing: None,
+            sent_ipis: 0,
         };
         apic.reset();
         apic
@@ -830,15 +834,38 @@ impl LocalApic {
         lint0 & lvt::MASKED == 0 && lint0 & lvt::DELIVERY_MODE == lvt::DM_EXTINT
     }
 
-    /// Takes a pending NMI (from an NMI IPI to self).
+    /// Takes a pending NMI (from an NMI IPI).
     pub fn take_nmi(&mut self) -> bool {
         core::mem::take(&mut self.nmi_pending)
     }
 
-    /// The last IPI that had no receiver here (INIT, SIPI, SMI, IPIs to other CPUs), and
-    /// how many such IPIs there were in all. Taking it clears the record, not the count.
-    pub fn take_ignored_ipi(&mut self) -> Option<(Ipi, u64)> {
-        self.ignored_ipi.take().map(|ipi| (ipi, self.ignored_ipis))
+    /// Whether an NMI is pending (see [`Self::take_nmi`]).
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending
+    }
+
+    /// An NMI arrives (an NMI IPI or an NMI-mode IOAPIC/LVT message). NMIs are not
+    /// masked by the APIC's enable bits; the VMM injects it when the CPU can take one.
+    pub fn deliver_nmi(&mut self) {
+        self.nmi_pending = true;
+    }
+
+    /// The IPI last written to the ICR that may reach other APICs (any shorthand but
+    /// "self"), for the VMM to route. Taking it clears the record.
+    pub fn take_outgoing_ipi(&mut self) -> Option<Ipi> {
+        self.outgoing.take()
+    }
+
+    /// How many IPIs this APIC has sent through its ICR.
+    pub fn sent_ipis(&self) -> u64 {
+        self.sent_ipis
+    }
+
+    /// The INIT signal (INIT IPI or INIT reset, SDM 11.4.7.3): every register returns
+    /// to its power-up value except the APIC ID, and `IA32_APIC_BASE` keeps its base,
+    /// enable and mode bits. A pending NMI is discarded with the rest.
+    pub fn init(&mut self) {
+        self.reset_registers();
     }
 
     /// Whether an IPI with this destination reaches this APIC (SDM 11.6.2), in the
@@ -896,27 +923,34 @@ impl LocalApic {
     }
 
     fn send_ipi(&mut self, ipi: Ipi) {
-        let to_self = match ipi.shorthand {
-            Shorthand::None => self.matches_destination(ipi.dest, ipi.logical),
-            Shorthand::SelfOnly | Shorthand::AllIncludingSelf => true,
-            Shorthand::AllExcludingSelf => false,
-        };
-        let handled = to_self
-            && match ipi.mode {
-                // Lowest priority among one candidate is that candidate.
-                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                    self.accept(ipi.vector, false, esr::SEND_ILLEGAL_VECTOR);
-                    true
-                }
-                DeliveryMode::Nmi => {
-                    self.nmi_pending = true;
-                    true
-                }
-                _ => false,
-            };
-        if !handled {
-            self.ignored_ipi = Some(ipi);
-            self.ignored_ipis += 1;
+        self.sent_ipis += 1;
+        if ipi.shorthand != Shorthand::SelfOnly {
+            // May reach any APIC of the VM, this one included: the VMM routes it.
+            self.outgoing = Some(ipi);
+            return;
+        }
+        // The self shorthand allows only fixed delivery (SDM table 11-3, "self": fixed
+        // only); NMI to self is what Linux's `apic->send_IPI_self(NMI_VECTOR)` relies
+        // on, so it is honoured too. Anything else has no defined effect: dropped.
+        match ipi.mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                self.accept(ipi.vector, false, esr::SEND_ILLEGAL_VECTOR);
+            }
+            DeliveryMode::Nmi => self.nmi_pending = true,
+            _ => {}
+        }
+    }
+
+    /// An IPI routed here by the VMM: a fixed or lowest-priority interrupt lands in
+    /// IRR (an illegal vector sets "receive illegal vector"), an NMI becomes pending.
+    /// Other delivery modes (INIT, SIPI) act on the vCPU and are the VMM's.
+    pub fn receive_ipi(&mut self, ipi: &Ipi) {
+        match ipi.mode {
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                self.accept(ipi.vector, false, esr::RECEIVE_ILLEGAL_VECTOR);
+            }
+            DeliveryMode::Nmi => self.nmi_pending = true,
+            _ => {}
         }
     }
 
@@ -1628,25 +1662,28 @@ mod tests {
         assert_eq!(read(&mut a, reg::ICR_LOW) & (1 << 12), 0, "delivery idle");
         a.acknowledge();
         write(&mut a, reg::EOI, 0);
-        // Physical destination = own ID, no shorthand.
+        // Physical destination = own ID, no shorthand: for the VMM to route (it may
+        // name several APICs), nothing delivered here directly.
         write(&mut a, reg::ICR_HIGH, 0);
         write(&mut a, reg::ICR_LOW, 0x41);
+        assert_eq!(a.pending_vector(), None);
+        let ipi = a.take_outgoing_ipi().unwrap();
+        assert_eq!(
+            (ipi.vector, ipi.dest, ipi.shorthand),
+            (0x41, 0, Shorthand::None)
+        );
+        a.receive_ipi(&ipi);
         assert_eq!(a.pending_vector(), Some(0x41));
         a.acknowledge();
         write(&mut a, reg::EOI, 0);
-        // To another APIC: recorded, not delivered.
-        write(&mut a, reg::ICR_HIGH, 1 << 24);
-        write(&mut a, reg::ICR_LOW, 0x42);
-        assert_eq!(a.pending_vector(), None);
-        let (ipi, n) = a.take_ignored_ipi().unwrap();
-        assert_eq!((ipi.vector, ipi.dest, n), (0x42, 1, 1));
-        // INIT to all-excluding-self: recorded.
+        // INIT to all-excluding-self: routed too.
         write(&mut a, reg::ICR_LOW, (3 << 18) | 0x4500);
-        let (ipi, n) = a.take_ignored_ipi().unwrap();
+        let ipi = a.take_outgoing_ipi().unwrap();
         assert_eq!(
-            (ipi.mode, ipi.shorthand, n),
-            (DeliveryMode::Init, Shorthand::AllExcludingSelf, 2)
+            (ipi.mode, ipi.shorthand, a.sent_ipis()),
+            (DeliveryMode::Init, Shorthand::AllExcludingSelf, 3)
         );
+        assert!(a.take_outgoing_ipi().is_none());
         // NMI to self.
         write(&mut a, reg::ICR_LOW, (1 << 18) | 0x400);
         assert!(a.take_nmi());
@@ -1933,10 +1970,17 @@ mod tests {
         a.write_msr(msr::X2APIC_ICR, (0x23 << 32) | 0x60, 0)
             .unwrap();
         assert_eq!(a.read_msr(msr::X2APIC_ICR, 0), Ok((0x23 << 32) | 0x60));
+        // Routed by the VMM; the destination logic says it is ours.
+        let ipi = a.take_outgoing_ipi().unwrap();
+        assert!(a.matches_destination(ipi.dest, ipi.logical));
+        a.receive_ipi(&ipi);
         assert_eq!(a.pending_vector(), Some(0x60));
         // Logical: cluster 2, bit 3.
         a.write_msr(msr::X2APIC_ICR, (0x0002_0008 << 32) | (1 << 11) | 0x70, 0)
             .unwrap();
+        let ipi = a.take_outgoing_ipi().unwrap();
+        assert!(a.matches_destination(ipi.dest, ipi.logical));
+        a.receive_ipi(&ipi);
         assert_eq!(a.pending_vector(), Some(0x70));
         // Delivery status (bit 12) is reserved in x2APIC mode.
         assert_eq!(
@@ -1946,7 +1990,9 @@ mod tests {
         // Broadcast reaches us too.
         a.write_msr(msr::X2APIC_ICR, (0xFFFF_FFFF << 32) | 0x80, 0)
             .unwrap();
+        let ipi = a.take_outgoing_ipi().unwrap();
+        assert!(a.matches_destination(ipi.dest, ipi.logical));
+        a.receive_ipi(&ipi);
         assert_eq!(a.pending_vector(), Some(0x80));
-        assert!(a.take_ignored_ipi().is_none());
     }
 }

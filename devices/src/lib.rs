@@ -88,11 +88,14 @@
 #![no_std]
 
 pub mod bus;
+pub mod bus_devices;
 pub mod cmos;
 pub mod debug_exit;
+pub mod device;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;
+pub mod ipi;
 pub mod irq;
 pub mod lapic;
 pub mod line_buffer;
@@ -102,9 +105,14 @@ pub mod pic8259;
 pub mod pit8254;
 pub mod uart16550;
 
-pub use bus::{all_ones, read_bytewise, write_bytewise, MapError, PortDevice, PortMap, PortRange};
+pub use bus::{
+    all_ones, read_bytewise, write_bytewise, Bus, BusRange, MapError, PortDevice, PortMap,
+    PortRange,
+};
+pub use bus_devices::{RtcCmos, SerialPort};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_COUNT, RTC_IRQ};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT};
+pub use device::{Access, BusDevice, Effects, IrqLine};
 pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_BASE, FW_CFG_PORT_COUNT};
 pub use i8042::{SystemControlA, AUX_IRQ, I8042, KBD_IRQ, SYSTEM_CONTROL_A_PORT};
 pub use ioapic::{

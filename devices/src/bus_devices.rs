@@ -1,0 +1,242 @@
+//! [`BusDevice`] for the legacy PC devices of this crate: how each one's registers,
+//! interrupt lines and side effects look through the platform's one device interface.
+//! The devices themselves stay plain state machines with their own narrower APIs;
+//! this file only adapts them.
+
+use core::any::Any;
+
+use crate::bus::{all_ones, PortDevice};
+use crate::device::{Access, BusDevice, Effects, IrqLine};
+use crate::{
+    Cmos, DebugExit, FwCfg, PciConfig, Pit8254, SerialSink, SystemControlA, Uart16550, AUX_IRQ,
+    I8042, KBD_IRQ, PIT_IRQ,
+};
+
+/// Ports are 16 bits; a port bus never hands out a larger address.
+fn port(access: &Access) -> u16 {
+    access.addr as u16
+}
+
+/// A UART on `irq`: its line follows its interrupt output after every access and
+/// after console input ([`BusDevice::poll`]).
+pub struct SerialPort<S: SerialSink> {
+    pub uart: Uart16550<S>,
+    pub irq: u8,
+}
+
+impl<S: SerialSink + Send + 'static> BusDevice for SerialPort<S> {
+    fn name(&self) -> &'static str {
+        "uart16550"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        let v = self.uart.access(a.offset as u16, a.size, false, 0);
+        (v.into(), self.poll(a.now_ns))
+    }
+    fn write(&mut self, a: &Access, value: u64) -> Effects {
+        self.uart
+            .access(a.offset as u16, a.size, true, value as u32);
+        self.poll(a.now_ns)
+    }
+    fn poll(&mut self, _now_ns: u64) -> Effects {
+        Effects::level(self.irq, self.uart.interrupt_pending())
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The 8254 on ports 0x40-0x43 and 0x61: IRQ 0 pulses once per elapsed period of
+/// channel 0 that has not been reported yet (the PIC latches one edge, so several
+/// missed periods are one interrupt, as on a real PC that misses ticks).
+impl BusDevice for Pit8254 {
+    fn name(&self) -> &'static str {
+        "pit8254"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        let v = self.port_io(port(a), a.size, false, 0, a.now_ns);
+        (v.into(), Effects::NONE)
+    }
+    fn write(&mut self, a: &Access, value: u64) -> Effects {
+        self.port_io(port(a), a.size, true, value as u32, a.now_ns);
+        Effects::NONE
+    }
+    fn poll(&mut self, now_ns: u64) -> Effects {
+        if self.irq0_pending(now_ns) > 0 {
+            Effects::NONE.with_line(IrqLine::Pulse(PIT_IRQ))
+        } else {
+            Effects::NONE
+        }
+    }
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.next_irq0_deadline_ns()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The CMOS/RTC with the wall clock it shows: guest time `now_ns` is
+/// `epoch_unix_ns + now_ns` in Unix time.
+pub struct RtcCmos {
+    pub cmos: Cmos,
+    pub epoch_unix_ns: u64,
+}
+
+impl BusDevice for RtcCmos {
+    fn name(&self) -> &'static str {
+        "cmos"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        let t = self.epoch_unix_ns + a.now_ns;
+        (
+            self.cmos.port_io(port(a), a.size, false, 0, t).into(),
+            Effects::NONE,
+        )
+    }
+    fn write(&mut self, a: &Access, value: u64) -> Effects {
+        let t = self.epoch_unix_ns + a.now_ns;
+        self.cmos.port_io(port(a), a.size, true, value as u32, t);
+        Effects::NONE
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The i8042 on 0x60/0x64: IRQ 1 and IRQ 12 follow its output buffer; a pulse of
+/// the CPU reset line is a reset request.
+impl BusDevice for I8042 {
+    fn name(&self) -> &'static str {
+        "i8042"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        let v = self.port_io(port(a), a.size, false, 0);
+        (v.into(), self.poll(a.now_ns))
+    }
+    fn write(&mut self, a: &Access, value: u64) -> Effects {
+        self.port_io(port(a), a.size, true, value as u32);
+        let mut e = self.poll(a.now_ns);
+        e.reset = self.take_reset_request();
+        e
+    }
+    fn poll(&mut self, _now_ns: u64) -> Effects {
+        Effects::level(KBD_IRQ, self.kbd_irq_level())
+            .with_line(IrqLine::Level(AUX_IRQ, self.aux_irq_level()))
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Implements [`BusDevice`] for a [`PortDevice`] addressed by offset, with the
+/// effects `after` computes after a write.
+macro_rules! port_device {
+    ($ty:ty, $name:literal, |$dev:ident| $after:expr) => {
+        impl BusDevice for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn read(&mut self, a: &Access) -> (u64, Effects) {
+                (
+                    PortDevice::read(self, a.offset as u16, a.size).into(),
+                    Effects::NONE,
+                )
+            }
+            fn write(&mut self, a: &Access, value: u64) -> Effects {
+                PortDevice::write(self, a.offset as u16, a.size, value as u32);
+                let $dev = self;
+                $after
+            }
+            fn as_any_mut(&mut self) -> &mut dyn Any {
+                self
+            }
+        }
+    };
+}
+
+port_device!(SystemControlA, "port92", |d| Effects {
+    reset: d.take_reset_request(),
+    ..Effects::NONE
+});
+port_device!(PciConfig, "pci-config", |d| Effects {
+    reset: d.take_reset_request(),
+    ..Effects::NONE
+});
+port_device!(DebugExit, "debug-exit", |d| Effects {
+    exit: d.take_exit(),
+    ..Effects::NONE
+});
+port_device!(FwCfg<'static, 1>, "fw_cfg", |_d| Effects::NONE);
+
+/// A range nobody decodes, for completeness of the interface: reads float high.
+pub struct Empty;
+
+impl BusDevice for Empty {
+    fn name(&self) -> &'static str {
+        "empty"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        (all_ones(a.size).into(), Effects::NONE)
+    }
+    fn write(&mut self, _a: &Access, _value: u64) -> Effects {
+        Effects::NONE
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NullSink, COM1_BASE, COM1_IRQ};
+
+    fn at(addr: u64, base: u64, size: u8) -> Access {
+        Access {
+            addr,
+            offset: addr - base,
+            size,
+            now_ns: 0,
+        }
+    }
+
+    #[test]
+    fn uart_line_follows_its_interrupt() {
+        let mut d = SerialPort {
+            uart: Uart16550::new(NullSink),
+            irq: COM1_IRQ,
+        };
+        let base = u64::from(COM1_BASE);
+        // MCR.OUT2 gates the line; IER: THR empty.
+        d.write(&at(base + 4, base, 1), 0x08);
+        let e = d.write(&at(base + 1, base, 1), 0x02);
+        assert_eq!(e.lines[0], Some(IrqLine::Level(COM1_IRQ, true)));
+        // Reading IIR reports (and clears) the THR-empty interrupt.
+        let (_, e) = d.read(&at(base + 2, base, 1));
+        assert_eq!(e.lines[0], Some(IrqLine::Level(COM1_IRQ, false)));
+    }
+
+    #[test]
+    fn resets_and_exit_codes_are_effects() {
+        let mut kbc = I8042::new();
+        assert!(kbc.write(&at(0x64, 0x64, 1), 0xFE).reset);
+        let mut p92 = SystemControlA::new();
+        assert!(BusDevice::write(&mut p92, &at(0x92, 0x92, 1), 1).reset);
+        let mut exit = DebugExit::new();
+        let e = BusDevice::write(&mut exit, &at(0xF4, 0xF4, 4), 0x10);
+        assert_eq!(e.exit, Some(0x21));
+        assert_eq!(BusDevice::read(&mut exit, &at(0xF4, 0xF4, 1)).0, 0xFF);
+    }
+
+    #[test]
+    fn pit_pulses_irq0_when_a_period_elapsed() {
+        let mut pit = Pit8254::new();
+        // Channel 0, lo/hi, mode 2, divisor 1193 (~1 ms).
+        pit.write(&at(0x43, 0x40, 1), 0x34);
+        pit.write(&at(0x40, 0x40, 1), 1193 & 0xFF);
+        pit.write(&at(0x40, 0x40, 1), 1193 >> 8);
+        let due = pit.next_deadline_ns().unwrap();
+        assert_eq!(pit.poll(due.saturating_sub(1000)), Effects::NONE);
+        assert_eq!(pit.poll(due).lines[0], Some(IrqLine::Pulse(PIT_IRQ)));
+    }
+}
