@@ -13,7 +13,7 @@
 //!           32  image        offset u32, length u32
 //!           40  flags        u32 (bit 0: background)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
-//!           48  vcpus        u32 (at least 1)
+//!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
 //!           60  modules      offset u32 of the module table, count u32
 //!           68  reserved     zero
@@ -58,6 +58,9 @@ const E_IMAGE: usize = NAME_MAX + 8;
 const E_FLAGS: usize = NAME_MAX + 16;
 const E_FORMAT: usize = NAME_MAX + 20;
 const E_VCPUS: usize = NAME_MAX + 24;
+
+/// The most vCPUs a VM may have (what the guest's MP table and MADT can list).
+pub const MAX_VCPUS: u32 = 16;
 const E_CMDLINE: usize = NAME_MAX + 28;
 const E_MODULES: usize = NAME_MAX + 36;
 const E_END: usize = NAME_MAX + 44;
@@ -146,7 +149,7 @@ pub struct VmSpec<'a> {
     pub format: ImageFormat,
     /// The kernel command line (Linux, Multiboot); empty when there is none.
     pub cmdline: &'a str,
-    /// Virtual processors; at least 1 (the kernel runs exactly one per VM for now).
+    /// Virtual processors: 1 to [`MAX_VCPUS`].
     pub vcpus: u32,
     pub modules: Vec<Module<'a>>,
 }
@@ -225,7 +228,9 @@ impl fmt::Display for BundleError {
             BundleError::BadFormat { index, value } => {
                 write!(f, "entry {index}: unknown image format {value}")
             }
-            BundleError::BadVcpus { index } => write!(f, "entry {index}: 0 vCPUs"),
+            BundleError::BadVcpus { index } => {
+                write!(f, "entry {index}: vCPU count not between 1 and {MAX_VCPUS}")
+            }
             BundleError::CmdlineOutOfBounds { index } => {
                 write!(f, "entry {index}: command line lies outside the bundle")
             }
@@ -285,7 +290,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         if vm.name.len() > NAME_MAX {
             return Err(BundleError::NameTooLong { index });
         }
-        if vm.vcpus == 0 {
+        if !(1..=MAX_VCPUS).contains(&vm.vcpus) {
             return Err(BundleError::BadVcpus { index });
         }
         cmdline_ok(vm.cmdline).map_err(|long| {
@@ -489,7 +494,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
                 value: raw_format,
             })?;
         let vcpus = field(E_VCPUS);
-        if vcpus == 0 {
+        if !(1..=MAX_VCPUS).contains(&vcpus) {
             return Err(BundleError::BadVcpus { index });
         }
         let cmdline = string(blob, table_end, field(E_CMDLINE), field(E_CMDLINE + 4)).map_err(

@@ -359,6 +359,13 @@ impl Vcpu for SvmVcpu {
         self.vmcb_mut().save.rip = rip;
     }
 
+    fn set_real_mode_cs(&mut self, selector: u16) {
+        let v = self.vmcb_mut();
+        v.save.cs.selector = selector;
+        v.save.cs.base = u64::from(selector) << 4;
+        v.control.vmcb_clean = 0;
+    }
+
     fn skip_instruction(&mut self) {
         let rip = self.rip();
         if let Some(next) = exit::next_rip(&self.last, rip) {

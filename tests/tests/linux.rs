@@ -8,10 +8,12 @@ use xtask::emulator::EXIT_SUCCESS;
 
 fn check(out: &RunOutput) {
     out.expect_line("hv: vm linux started")
+        .expect_line(", 2 vCPUs,")
         .expect_line("linux | [    0.000000] Linux version 6.1")
         .expect_line("linux | hv-linux: init running")
         .expect_line("linux | hv-linux: kernel 6.1")
         .expect_line("linux | hv-linux: userspace ok")
+        .expect_line("linux | hv-linux: cpus online 2 of 0-1")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: all VMs stopped; host memory returned: all")
@@ -74,7 +76,11 @@ fn linux_with_apic_and_ioapic_under_amd_v() {
         .expect_line("APIC: Switch to symmetric I/O mode setup")
         .expect_line("..TIMER: vector=0x30 apic1=0 pin1=2")
         .expect_line("serial8250: ttyS0 at I/O 0x3f8 (irq = 4")
+        // Both vCPUs: the AP started through INIT/SIPI from the MP table's list.
+        .expect_line("smp: Bringing up secondary CPUs")
+        .expect_line("smp: Brought up 1 node, 2 CPUs")
         .expect_line("linux | hv-linux: userspace ok")
+        .expect_line("linux | hv-linux: cpus online 2 of 0-1")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_no("Kernel panic")
         .expect_no("MSR access error")

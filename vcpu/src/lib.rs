@@ -236,6 +236,10 @@ pub trait Vcpu {
     fn regs(&mut self) -> &mut GuestRegisters;
     fn rip(&self) -> u64;
     fn set_rip(&mut self, rip: u64);
+    /// Loads CS as real mode does (`selector`, base `selector << 4`): a STARTUP IPI
+    /// starts an AP at CS = vector << 8, IP = 0 (SDM Vol. 3A 9.4.4). Only meaningful
+    /// while the guest is in real mode (as a vCPU created in [`CpuMode::Real`] is).
+    fn set_real_mode_cs(&mut self, selector: u16);
     /// Step over the instruction that caused the last exit (CPUID, RDMSR, OUT, ...).
     fn skip_instruction(&mut self);
     /// Deliver `exception` to the guest on the next entry instead of completing the

@@ -878,6 +878,12 @@ impl Vcpu for VmxVcpu {
         self.make_current().write(guest_nat::RIP, rip);
     }
 
+    fn set_real_mode_cs(&mut self, selector: u16) {
+        let mut hw = self.make_current();
+        hw.write(crate::vmcs::guest16::CS_SELECTOR, selector.into());
+        hw.write(guest_nat::CS_BASE, u64::from(selector) << 4);
+    }
+
     /// Adds the VM-exit instruction length to RIP. Only exits caused by an
     /// instruction report a length; after any other exit (an EPT violation, say) this
     /// does nothing, and the caller must compute the next RIP and use `set_rip`.

@@ -34,6 +34,7 @@ pub const MEMORY_MIN: u64 = MIB;
 /// Largest VM: well beyond any host this runs on for now, and it keeps KiB counts
 /// in the bundle's u32.
 pub const MEMORY_MAX: u64 = 64 * GIB;
+use bundle::MAX_VCPUS;
 
 /// The keys of a `[[vm]]` table, in the order the example file uses.
 const VM_KEYS: &[&str] = &[
@@ -943,11 +944,8 @@ fn resolve(
         ));
     }
     if let Some((n, loc)) = &raw.vcpus {
-        if *n != 1 {
-            return Err(src.err(
-                loc,
-                format!("vcpus = {n}: only 1 vCPU per VM is supported yet"),
-            ));
+        if !(1..=i64::from(MAX_VCPUS)).contains(n) {
+            return Err(src.err(loc, format!("vcpus = {n}: a VM has 1 to {MAX_VCPUS} vCPUs")));
         }
     }
     if let Some((cmdline, loc)) = &raw.cmdline {
@@ -1115,7 +1113,8 @@ fn resolve(
         background: raw.background,
         format,
         cmdline,
-        vcpus: 1,
+        // Checked above to be 1..=MAX_VCPUS.
+        vcpus: raw.vcpus.map_or(1, |(n, _)| n as u32),
         modules: modules.into_iter().map(|(m, _)| m).collect(),
     })
 }
@@ -1658,14 +1657,20 @@ cmdline = "x"
     }
 
     #[test]
-    fn vcpus_must_be_one() {
+    fn vcpus_between_one_and_the_maximum() {
         let s = Scratch::new("vcpus");
         s.images();
-        let e = s.err("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = 4\nvcpus = 2\n");
-        assert!(
-            e.ends_with("vms.toml:5:9: vcpus: vcpus = 2: only 1 vCPU per VM is supported yet"),
-            "{e}"
-        );
+        for bad in ["0", "17", "-1"] {
+            let e = s.err(&format!(
+                "[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = 4\nvcpus = {bad}\n"
+            ));
+            assert!(
+                e.ends_with(&format!(
+                    "vms.toml:5:9: vcpus: vcpus = {bad}: a VM has 1 to 16 vCPUs"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1878,10 +1883,15 @@ cmdline = "x"
             ..vm.clone()
         };
         assert_eq!(check(&auto).unwrap(), vm);
-        let two = VmDef { vcpus: 2, ..vm };
+        let two = VmDef {
+            vcpus: 2,
+            ..vm.clone()
+        };
+        assert_eq!(check(&two).unwrap(), two);
+        let none = VmDef { vcpus: 0, ..vm };
         assert_eq!(
-            check(&two).unwrap_err().to_string(),
-            "VM linux: vcpus: vcpus = 2: only 1 vCPU per VM is supported yet"
+            check(&none).unwrap_err().to_string(),
+            "VM linux: vcpus: vcpus = 0: a VM has 1 to 16 vCPUs"
         );
     }
 

@@ -39,19 +39,23 @@ pub struct LinuxGuest {
     pub initrd: PathBuf,
 }
 
-/// The kernel command line for the hypervisor's platform: serial console, no ACPI,
-/// no APICs (PIT + PIC), no PCI, one CPU. `tsc=reliable` keeps Linux from
+/// The kernel command line for the hypervisor's platform: serial console, the
+/// processors and interrupt controllers from the MP table (`acpi=off`: there is no
+/// FADT/DSDT), local APICs and the IOAPIC, no PCI. `tsc=reliable` keeps Linux from
 /// distrusting a TSC that jumps while the VM is descheduled.
-pub const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off noapic nolapic \
-     pci=off nosmp tsc=reliable quiet";
+pub const LINUX_CMDLINE: &str =
+    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off pci=off tsc=reliable quiet";
+
+/// vCPUs of the default Linux VM.
+pub const LINUX_VCPUS: u32 = 2;
 
 /// The same guest using its local APIC and IOAPIC (found through the MP table, as
 /// `acpi=off` asks), in symmetric I/O mode; verbose, so the APIC setup can be checked.
 pub const LINUX_APIC_CMDLINE: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off pci=off tsc=reliable";
 
-/// The Linux VM: 256 MiB, format linux, the initrd as module 0. In test mode the
-/// guest's /init prints its lines and powers off.
+/// The Linux VM: 256 MiB, [`LINUX_VCPUS`] vCPUs, format linux, the initrd as module
+/// 0. In test mode the guest's /init prints its lines and powers off.
 pub fn linux_vm(guest: &LinuxGuest, test_mode: bool) -> VmDef {
     let mut cmdline = LINUX_CMDLINE.to_string();
     if test_mode {
@@ -64,6 +68,7 @@ pub fn linux_vm(guest: &LinuxGuest, test_mode: bool) -> VmDef {
             path: guest.initrd.clone(),
             cmdline: String::new(),
         }],
+        vcpus: LINUX_VCPUS,
         ..VmDef::new("linux", guest.bzimage.clone(), 256 * 1024)
     }
 }
@@ -510,6 +515,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "hv-linux: init running"
 echo "hv-linux: kernel $(uname -r)"
 echo "hv-linux: userspace ok"
+echo "hv-linux: cpus online $(nproc) of $(cat /sys/devices/system/cpu/possible)"
 case " $(cat /proc/cmdline) " in
 *" hv.test=1 "*)
     poweroff -f
@@ -520,7 +526,9 @@ exec /bin/busybox setsid /bin/busybox cttyhack /bin/sh </dev/ttyS0 >/dev/ttyS0 2
 "#;
 
 /// Busybox applets linked into /bin (the init script and a usable shell).
-const APPLETS: &[&str] = &["sh", "mount", "echo", "cat", "uname", "ls", "poweroff"];
+const APPLETS: &[&str] = &[
+    "sh", "mount", "echo", "cat", "uname", "ls", "poweroff", "nproc",
+];
 
 /// The initramfs: a newc cpio with busybox, its applet links, the console device
 /// nodes, and `/init`.

@@ -936,6 +936,9 @@ mod tests {
         fn run(&mut self, _: u64) -> Exit {
             unimplemented!("MMIO emulation never runs the guest")
         }
+        fn set_real_mode_cs(&mut self, _: u16) {
+            unimplemented!("MMIO emulation never changes CS")
+        }
         fn regs(&mut self) -> &mut GuestRegisters {
             &mut self.regs
         }

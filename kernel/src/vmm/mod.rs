@@ -3,11 +3,13 @@
 //! It sees only `vcpu::Backend` and `vcpu::Vcpu`; which vendor runs underneath is
 //! decided once, in `boot`.
 
+pub mod console;
 pub mod guest_walk;
 pub mod linux;
 pub mod loader;
 pub mod mmio;
 pub mod multiboot;
+pub mod platform;
 pub mod policy;
 pub mod stats;
 pub mod vm;

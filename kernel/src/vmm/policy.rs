@@ -24,10 +24,43 @@ mod bits {
     pub const L1_ECX_AVX: u32 = 1 << 28;
     pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
     pub const L1_EDX_MCE: u32 = 1 << 7;
+    pub const L1_EDX_HTT: u32 = 1 << 28;
+    pub const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
     pub const L1_EDX_MCA: u32 = 1 << 14;
     pub const EXT1_ECX_SVM: u32 = 1 << 2;
     pub const L7_EBX_AVX2: u32 = 1 << 5;
     pub const L7_EBX_AVX512F: u32 = 1 << 16;
+}
+
+/// Where the executing vCPU sits in its VM: `cpus` single-threaded cores in one
+/// package, this one with APIC ID `apic_id` (its index in the VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub apic_id: u32,
+    pub cpus: u32,
+}
+
+impl Topology {
+    /// Bits of the APIC ID that number the cores of the package: ceil(log2(cpus)).
+    fn core_bits(&self) -> u32 {
+        self.cpus.max(1).next_power_of_two().trailing_zeros()
+    }
+
+    /// The extended topology leaves 0xB and 0x1F (SDM Vol. 2A CPUID): level 0 is SMT
+    /// with one thread per core, level 1 the cores; EDX is the x2APIC ID.
+    fn extended_leaf(&self, subleaf: u32) -> CpuidResult {
+        let (eax, ebx, kind) = match subleaf {
+            0 => (0, 1, 1),                               // SMT: shift 0, 1 thread
+            1 => (self.core_bits(), self.cpus.max(1), 2), // core level
+            _ => (0, 0, 0),                               // invalid level
+        };
+        CpuidResult {
+            eax,
+            ebx,
+            ecx: (kind << 8) | (subleaf & 0xFF),
+            edx: self.apic_id,
+        }
+    }
 }
 
 /// The guest's view of CPUID `leaf`/`subleaf`, derived from the host's answer.
@@ -38,8 +71,19 @@ mod bits {
 /// use XSETBV), the machine-check architecture (its MSR banks are not emulated; Linux
 /// panics when an advertised MCG MSR faults) and architectural performance monitoring
 /// (leaf 0xA: its counters are host state).
-pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) -> CpuidResult {
+///
+/// The topology leaves describe the VM, not the host: leaf 1 EBX (initial APIC ID,
+/// logical processor count with HTT), leaf 4's core counts, 0xB/0x1F, and on AMD
+/// 0x8000_0008 ECX (core count) and 0x8000_001E (APIC/core/node IDs), with CmpLegacy.
+pub fn cpuid(
+    leaf: u32,
+    subleaf: u32,
+    host: impl Fn(u32, u32) -> CpuidResult,
+    topo: &Topology,
+) -> CpuidResult {
     use bits::*;
+    let cpus = topo.cpus.max(1);
+    let max_basic = host(0, 0).eax;
     match leaf {
         0x4000_0000 => CpuidResult {
             eax: MAX_HYPERVISOR_LEAF,
@@ -61,12 +105,29 @@ pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) ->
                 | L1_ECX_OSXSAVE
                 | L1_ECX_AVX);
             r.ecx |= L1_ECX_HYPERVISOR;
-            r.edx &= !(L1_EDX_MCE | L1_EDX_MCA);
-            // One vCPU per VM: initial APIC ID 0, one logical processor.
+            r.edx &= !(L1_EDX_MCE | L1_EDX_MCA | L1_EDX_HTT);
+            // EBX[31:24] initial APIC ID, [23:16] logical processors in the package
+            // (valid with HTT, SDM Vol. 2A CPUID leaf 1).
             r.ebx &= 0x0000_FFFF;
-            r.ebx |= 1 << 16;
+            r.ebx |= (topo.apic_id & 0xFF) << 24 | (cpus.min(255) << 16);
+            if cpus > 1 {
+                r.edx |= L1_EDX_HTT;
+            }
             r
         }
+        // Deterministic cache parameters: EAX[31:26] cores per package - 1, [25:14]
+        // logical processors sharing the cache - 1 (the last level is shared by all).
+        4 if leaf <= max_basic => {
+            let mut r = host(4, subleaf);
+            let level = (r.eax >> 5) & 7;
+            let sharing = if level >= 3 { cpus - 1 } else { 0 };
+            r.eax = (r.eax & 0x3FFF) | ((cpus - 1).min(63) << 26) | (sharing.min(0xFFF) << 14);
+            if r.eax & 0x1F == 0 {
+                r.eax = 0; // no more caches: the whole leaf is zero
+            }
+            r
+        }
+        0xB | 0x1F if leaf <= max_basic => topo.extended_leaf(subleaf),
         7 => {
             let mut r = host(7, subleaf);
             if subleaf == 0 {
@@ -77,9 +138,26 @@ pub fn cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> CpuidResult) ->
         0xA | 0xD => CpuidResult::default(),
         0x8000_0001 => {
             let mut r = host(leaf, subleaf);
-            r.ecx &= !EXT1_ECX_SVM;
+            r.ecx &= !(EXT1_ECX_SVM | EXT1_ECX_CMP_LEGACY);
+            if cpus > 1 {
+                // With HTT: the logical processors are cores (AMD CPUID spec).
+                r.ecx |= EXT1_ECX_CMP_LEGACY;
+            }
             r
         }
+        // ECX[7:0] cores - 1, [15:12] APIC ID bits for the core number.
+        0x8000_0008 => {
+            let mut r = host(leaf, subleaf);
+            r.ecx = (r.ecx & !0xF0FF) | (topo.core_bits() << 12) | (cpus - 1).min(255);
+            r
+        }
+        // Extended APIC ID, compute unit (core) ID with one thread each, node 0.
+        0x8000_001E => CpuidResult {
+            eax: topo.apic_id,
+            ebx: topo.apic_id & 0xFF,
+            ecx: 0,
+            edx: 0,
+        },
         // The SVM feature leaf describes a feature the guest does not have.
         0x8000_000A => CpuidResult::default(),
         _ => host(leaf, subleaf),
@@ -216,6 +294,10 @@ mod tests {
                 ecx: 0,
                 edx: 0xff,
             },
+            0 => CpuidResult {
+                eax: 0x1F,
+                ..Default::default()
+            },
             _ => CpuidResult {
                 eax: leaf,
                 ebx: 1,
@@ -223,6 +305,45 @@ mod tests {
                 edx: 3,
             },
         }
+    }
+
+    const ONE: Topology = Topology {
+        apic_id: 0,
+        cpus: 1,
+    };
+
+    fn cpuid(leaf: u32, subleaf: u32, host: fn(u32, u32) -> CpuidResult) -> CpuidResult {
+        super::cpuid(leaf, subleaf, host, &ONE)
+    }
+
+    #[test]
+    fn topology_describes_the_vm() {
+        let t = Topology {
+            apic_id: 2,
+            cpus: 3,
+        };
+        let r = super::cpuid(1, 0, host, &t);
+        assert_eq!(r.ebx >> 24, 2, "initial APIC ID");
+        assert_eq!((r.ebx >> 16) & 0xFF, 3, "logical processors");
+        assert_ne!(r.edx & (1 << 28), 0, "HTT");
+        assert_eq!(r.ebx & 0xFFFF, 0x0800, "the rest of EBX is the host's");
+        // Leaf 0xB: SMT level then the core level with 2 bits of core ID.
+        let smt = super::cpuid(0xB, 0, host, &t);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
+        let core = super::cpuid(0xB, 1, host, &t);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
+        assert_eq!(super::cpuid(0xB, 2, host, &t).ebx, 0);
+        assert_eq!(super::cpuid(0x8000_0008, 0, host, &t).ecx & 0xF0FF, 0x2002);
+        assert_eq!(super::cpuid(0x8000_001E, 0, host, &t).eax, 2);
+        assert_ne!(
+            super::cpuid(0x8000_0001, 0, host, &t).ecx & 2,
+            0,
+            "CmpLegacy"
+        );
+        // One vCPU: no HTT, one logical processor.
+        let r = cpuid(1, 0, host);
+        assert_eq!((r.ebx >> 16) & 0xFF, 1);
+        assert_eq!(r.edx & (1 << 28), 0);
     }
 
     #[test]

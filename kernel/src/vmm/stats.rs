@@ -17,6 +17,13 @@ impl ExitStats {
         self.counts[kind as usize]
     }
 
+    /// Adds another vCPU's counts (a VM's statistics are its vCPUs' together).
+    pub fn add(&mut self, other: &ExitStats) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }

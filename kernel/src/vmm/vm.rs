@@ -1,78 +1,32 @@
-//! One virtual machine: its vCPU, the PC platform devices it sees, its MSR state,
-//! and the vendor-neutral handling of every exit, including interrupt delivery from
-//! the devices through the 8259A pair. Generic over `vcpu::Vcpu`, with no hardware
-//! access of its own, so the dispatch is host-tested with a scripted vCPU.
+//! One virtual machine, split the way the hardware is: what all its vCPUs share
+//! ([`VmShared`]: the platform's devices, every vCPU's local APIC, so that interrupts
+//! and IPIs can reach any of them, and each vCPU's run state for INIT/SIPI) and what
+//! belongs to one vCPU ([`VcpuCtx`]: the backend's vCPU, its MSR state, statistics and
+//! the exit handler). The run loop holds the VM's lock (`VmShared`) while a vCPU's
+//! exit is handled, so device models need no locking of their own.
+//!
+//! Generic over `vcpu::Vcpu`, with no hardware access of its own, so the dispatch is
+//! host-tested with a scripted vCPU.
 
 use alloc::format;
 use alloc::string::String;
-use devices::{
-    all_ones, Cmos, DebugExit, FwCfg, LineBuffer, PciConfig, Pic8259, Pit8254, PortDevice, PortMap,
-    SerialSink, SystemControlA, Uart16550, AUX_IRQ, CMOS_BASE, CMOS_PORT_COUNT, COM1_BASE,
-    COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE, FW_CFG_PORT_COUNT, I8042,
-    KBD_IRQ, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_IRQ, PIT_PORT_COUNT, PORT_61,
-    PORT_COUNT, SYSTEM_CONTROL_A_PORT,
-};
-use devices::{
-    isa_irq_pin, IoApic, LapicConfig, LocalApic, IOAPIC_BASE, IOAPIC_MMIO_SIZE, LAPIC_BASE,
-    LAPIC_MMIO_SIZE,
-};
+use alloc::vec::Vec;
+use devices::{all_ones, DeliveryMode, LapicConfig, LocalApic, LAPIC_BASE, LAPIC_MMIO_SIZE};
 use vcpu::{Exception, Exit, Vcpu};
 
+use super::console::{ConsoleOut, Relay};
 use super::guest_walk::GuestMemory;
 use super::mmio;
-
-use super::policy::{self, CpuidResult, MsrAccess, MsrState};
+use super::platform::{Outcome, Platform, PlatformSpec};
+use super::policy::{self, CpuidResult, MsrAccess, MsrState, Topology};
 use super::stats::ExitStats;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
-/// Where finished console lines of a VM go: `(vm name, line)`.
-pub type ConsoleOut = fn(&str, &str);
-
-/// The guest's COM1 output, assembled into lines and relayed as `name | text`.
-pub struct Relay {
-    name: String,
-    line: LineBuffer,
-    out: ConsoleOut,
-}
-
-impl SerialSink for Relay {
-    fn write_byte(&mut self, byte: u8) {
-        if let Some(line) = self.line.push(byte) {
-            (self.out)(&self.name, line.text);
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Device {
-    Com1,
-    Pic,
-    Pit,
-    Cmos,
-    PciConfig,
-    Kbc,
-    SystemControlA,
-    FwCfg,
-    DebugExit,
-}
-
-/// The port ranges of the PC platform every VM gets.
-const PORT_RANGES: [(u16, u16, Device); 13] = [
-    (COM1_BASE, PORT_COUNT, Device::Com1),
-    (0x20, 2, Device::Pic),
-    (0xA0, 2, Device::Pic),
-    (0x4D0, 2, Device::Pic),
-    (PIT_BASE, PIT_PORT_COUNT, Device::Pit),
-    (PORT_61, 1, Device::Pit),
-    (CMOS_BASE, CMOS_PORT_COUNT, Device::Cmos),
-    (PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, Device::PciConfig),
-    (0x60, 1, Device::Kbc),
-    (0x64, 1, Device::Kbc),
-    (SYSTEM_CONTROL_A_PORT, 1, Device::SystemControlA),
-    (FW_CFG_BASE, FW_CFG_PORT_COUNT, Device::FwCfg),
-    (DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, Device::DebugExit),
-];
+/// The most vCPUs a VM may have (the MP table's limit).
+pub const MAX_VCPUS: usize = devices::mptable::MAX_CPUS as usize;
+// xtask and the bundle check configurations against the same limit.
+const _: () = assert!(MAX_VCPUS == bundle::MAX_VCPUS as usize && MAX_VCPUS <= 64);
 
 /// The VM's RAM as the hypervisor reaches it, for reading guest instructions during
 /// MMIO emulation.
@@ -81,6 +35,11 @@ pub struct GuestRam {
     base: *const u8,
     len: u64,
 }
+
+// SAFETY: the pointer is to guest RAM that stays mapped for the VM's life; reads
+// through it are bounds-checked and guests may change it concurrently anyway (the
+// hypervisor treats everything it reads there as untrusted).
+unsafe impl Send for GuestRam {}
 
 impl GuestRam {
     /// # Safety
@@ -118,6 +77,8 @@ pub struct MachineInfo {
     pub epoch_unix_ns: u64,
     /// The TSC rate the guest sees (the host's), for the TSC-deadline timer.
     pub tsc_hz: u64,
+    /// How many vCPUs the VM has (1 to [`MAX_VCPUS`]).
+    pub cpus: usize,
 }
 
 fn in_page(gpa: u64, base: u64, size: u64) -> bool {
@@ -127,40 +88,198 @@ fn in_page(gpa: u64, base: u64, size: u64) -> bool {
 /// What the run loop should do after an exit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Keep running this VM.
+    /// Keep running this vCPU.
     Continue,
-    /// The time slice is over: run the next VM.
+    /// The time slice is over, or the vCPU waits: run something else.
     Yield,
-    /// The VM is finished; the text says why.
+    /// The VM is finished (all its vCPUs); the text says why.
     Stop(String),
     /// The guest asked for the benchmark's bare CPUID loop (the run loop carries it
     /// out: it needs nothing but the vCPU).
     BareCpuidLoop,
 }
 
-pub struct Vm<V: Vcpu> {
+/// Where a vCPU stands with respect to INIT and STARTUP (SDM Vol. 3A 9.4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Runs (or waits in HLT) normally.
+    Running,
+    /// After INIT (and at power-up for APs): waits for a STARTUP IPI.
+    WaitForSipi,
+    /// A STARTUP IPI arrived: the run loop resets the vCPU to real mode at
+    /// `vector << 12` before its next entry.
+    StartUp(u8),
+}
+
+/// What the vCPUs of one VM share. See the module documentation.
+pub struct VmShared {
     pub name: String,
+    pub platform: Platform,
+    /// The local APIC of vCPU `i` (APIC ID `i`).
+    pub lapics: Vec<LocalApic>,
+    pub run: Vec<RunState>,
+    /// vCPUs that received an interrupt, IPI or INIT/SIPI since the run loop last
+    /// looked (bit i = vCPU i): wake them if halted, kick them if in guest mode.
+    pub kicks: u64,
+    /// vCPUs halted with interrupts disabled: only INIT (or NMI) leaves that state.
+    pub parked: u64,
+}
+
+impl VmShared {
+    pub fn new(name: &str, machine: &MachineInfo, out: ConsoleOut) -> Result<Self, String> {
+        let cpus = machine.cpus.clamp(1, MAX_VCPUS);
+        let platform = Platform::pc(PlatformSpec {
+            ram_bytes: machine.ram.len,
+            cpus: cpus as u16,
+            epoch_unix_ns: machine.epoch_unix_ns,
+            console: Relay::new(name, out),
+        })
+        .map_err(|e| format!("the platform's devices do not fit its buses: {e}"))?;
+        let lapics = (0..cpus)
+            .map(|i| {
+                let mut lapic = LocalApic::new(LapicConfig {
+                    apic_id: i as u32,
+                    bsp: i == 0,
+                    ..LapicConfig::new(machine.tsc_hz)
+                });
+                if i == 0 {
+                    // Firmware leaves the BSP's APIC in virtual-wire mode (LINT0 =
+                    // ExtINT), so the PIC reaches the CPU until the guest reprograms
+                    // the APIC. APs keep their reset state.
+                    lapic.setup_virtual_wire();
+                }
+                lapic
+            })
+            .collect();
+        let mut run = alloc::vec![RunState::WaitForSipi; cpus];
+        run[0] = RunState::Running;
+        Ok(Self {
+            name: name.into(),
+            platform,
+            lapics,
+            run,
+            kicks: 0,
+            parked: 0,
+        })
+    }
+
+    pub fn cpus(&self) -> usize {
+        self.lapics.len()
+    }
+
+    /// Whether the guest's UART can take another byte typed on the host console.
+    pub fn console_ready(&mut self) -> bool {
+        self.platform.console().uart.rx_space() > 0
+    }
+
+    /// A byte typed on the host console for this VM. Returns false when the guest's
+    /// receive FIFO is full.
+    pub fn console_input(&mut self, byte: u8) -> bool {
+        self.console_ready() && self.platform.console().uart.enqueue_input(byte)
+    }
+
+    /// Relays what the guest printed without a final newline.
+    pub fn flush_console(&mut self) {
+        self.platform.console().uart.sink_mut().flush();
+    }
+
+    /// The earliest time at which a device or a local APIC timer of this VM wants to
+    /// interrupt.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.lapics
+            .iter()
+            .filter_map(|l| l.next_deadline_ns())
+            .chain(self.platform.next_deadline_ns())
+            .min()
+    }
+
+    /// An IOAPIC message to the local APICs: fixed to every APIC its destination
+    /// names, lowest priority to the one with the lowest task priority, NMI to each
+    /// (SDM Vol. 3A 11.6.2; IOAPIC destinations are xAPIC-format).
+    fn deliver(&mut self, d: devices::Delivery) {
+        let matches: Vec<usize> = (0..self.lapics.len())
+            .filter(|&i| self.lapics[i].matches_ioapic_destination(d.dest, d.logical))
+            .collect();
+        let targets: Vec<usize> = match d.mode {
+            DeliveryMode::Fixed | DeliveryMode::Nmi => matches,
+            DeliveryMode::LowestPriority => matches
+                .into_iter()
+                .filter(|&i| self.lapics[i].sw_enabled())
+                .min_by_key(|&i| (self.lapics[i].tpr(), i))
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for i in targets {
+            if d.mode == DeliveryMode::Nmi {
+                self.lapics[i].deliver_nmi();
+            } else {
+                self.lapics[i].deliver(d.vector, d.level_triggered);
+            }
+            self.kicks |= 1 << i;
+        }
+    }
+
+    /// Carries out what an access or poll caused; a reset request or a debug-exit
+    /// code ends the VM with the returned reason.
+    fn finish(&mut self, out: Outcome) -> Option<String> {
+        for d in out.deliveries {
+            self.deliver(d);
+        }
+        if let Some(code) = out.exit {
+            return Some(format!(
+                "guest wrote to the debug-exit port: exit code {code}"
+            ));
+        }
+        out.reset.then(|| String::from("guest requested a reset"))
+    }
+
+    /// A level-triggered EOI at a local APIC goes on to the IOAPIC.
+    fn eoi(&mut self, vector: Option<u8>) {
+        if let Some(v) = vector {
+            let mut out = Outcome::default();
+            self.platform.eoi(v, &mut out);
+            self.finish(out);
+        }
+    }
+
+    /// Routes the IPI vCPU `from` just wrote to its ICR, if any.
+    fn send_ipis(&mut self, from: usize) {
+        let Some(ipi) = self.lapics[from].take_outgoing_ipi() else {
+            return;
+        };
+        let mut apics: Vec<&mut LocalApic> = self.lapics.iter_mut().collect();
+        let routed = devices::ipi::route(&ipi, from, &mut apics);
+        self.kicks |= routed.interrupted | routed.init | routed.startup;
+        for (i, action) in routed.actions() {
+            match action {
+                devices::ipi::Action::Init => {
+                    self.run[i] = RunState::WaitForSipi;
+                    self.parked &= !(1 << i);
+                }
+                devices::ipi::Action::StartUp(vector) => {
+                    // A STARTUP IPI only acts on a processor waiting for one.
+                    if self.run[i] == RunState::WaitForSipi {
+                        self.run[i] = RunState::StartUp(vector);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One vCPU of a VM. See the module documentation.
+pub struct VcpuCtx<V: Vcpu> {
+    /// The vCPU's index in its VM (= its APIC ID).
+    pub index: usize,
     pub vcpu: V,
-    com1: Uart16550<Relay>,
-    pic: Pic8259,
-    pit: Pit8254,
-    cmos: Cmos,
-    pci: PciConfig,
-    kbc: I8042,
-    sysa: SystemControlA,
-    fw_cfg: FwCfg<'static, 1>,
-    debug_exit: DebugExit,
-    lapic: LocalApic,
-    ioapic: IoApic,
-    ram: GuestRam,
-    ports: PortMap<Device, 16>,
     msrs: MsrState,
-    epoch_unix_ns: u64,
     pub stats: ExitStats,
-    pub unknown_port_accesses: u64,
     /// Waiting in HLT with interrupts enabled for the next interrupt.
     pub halted: bool,
+    ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
+    topology: Topology,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -168,98 +287,45 @@ fn set_low32(reg: &mut u64, value: u32) {
     *reg = value as u64;
 }
 
-impl<V: Vcpu> Vm<V> {
+impl<V: Vcpu> VcpuCtx<V> {
     pub fn new(
-        name: &str,
+        index: usize,
         vcpu: V,
-        machine: MachineInfo,
-        out: ConsoleOut,
+        machine: &MachineInfo,
         host_cpuid: fn(u32, u32) -> CpuidResult,
     ) -> Self {
-        let mut ports = PortMap::new();
-        for (base, len, device) in PORT_RANGES {
-            ports
-                .register(base, len, device)
-                .expect("the platform's port ranges are disjoint and fit the map");
-        }
         Self {
-            name: name.into(),
+            index,
             vcpu,
-            com1: Uart16550::new(Relay {
-                name: name.into(),
-                line: LineBuffer::new(),
-                out,
-            }),
-            pic: Pic8259::new(),
-            pit: Pit8254::new(),
-            // The VM's RAM is one range from 0: all of it counts as below 4 GiB.
-            cmos: Cmos::new(machine.ram.len, 0),
-            pci: PciConfig::new(),
-            kbc: I8042::new(),
-            sysa: SystemControlA::new(),
-            fw_cfg: FwCfg::new(machine.ram.len, 1),
-            debug_exit: DebugExit::new(),
-            lapic: {
-                // Firmware leaves the BSP's APIC in virtual-wire mode (LINT0 = ExtINT),
-                // so the PIC reaches the CPU until the guest reprograms the APIC.
-                let mut lapic = LocalApic::new(LapicConfig::new(machine.tsc_hz));
-                lapic.setup_virtual_wire();
-                lapic
-            },
-            ioapic: IoApic::new(0),
-            ram: machine.ram,
-            ports,
             msrs: MsrState::default(),
-            epoch_unix_ns: machine.epoch_unix_ns,
             stats: ExitStats::default(),
-            unknown_port_accesses: 0,
             halted: false,
+            ram: machine.ram,
             host_cpuid,
+            topology: Topology {
+                apic_id: index as u32,
+                cpus: machine.cpus.clamp(1, MAX_VCPUS) as u32,
+            },
         }
-    }
-
-    /// Whether the guest's UART can take another byte typed on the host console.
-    pub fn console_ready(&self) -> bool {
-        self.com1.rx_space() > 0
-    }
-
-    /// A byte typed on the host console for this VM. Returns false when the guest's
-    /// receive FIFO is full.
-    pub fn console_input(&mut self, byte: u8) -> bool {
-        self.console_ready() && self.com1.enqueue_input(byte)
-    }
-
-    /// The earliest time at which a device of this VM wants to interrupt (the PIT).
-    pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.pit.next_irq0_deadline_ns()
     }
 
     /// Brings the interrupt lines up to date at `now_ns` and, before the next entry,
     /// delivers the highest-priority pending interrupt if the guest can take it, or
     /// asks for an interrupt-window exit if it cannot yet. Wakes a halted vCPU when
     /// an interrupt is pending.
-    pub fn prepare_entry(&mut self, now_ns: u64) {
-        if self.pit.irq0_pending(now_ns) > 0 {
-            // The PIC latches one edge: several elapsed periods are one interrupt, as
-            // when a real PC misses ticks. ISA IRQ 0 is IOAPIC pin 2 on PCs.
-            self.pic.pulse_irq(PIT_IRQ);
-            let d = self.ioapic.pulse_irq(isa_irq_pin(PIT_IRQ));
-            self.route(d);
-        }
-        for (irq, level) in [
-            (COM1_IRQ, self.com1.interrupt_pending()),
-            (KBD_IRQ, self.kbc.kbd_irq_level()),
-            (AUX_IRQ, self.kbc.aux_irq_level()),
-        ] {
-            self.pic.set_irq(irq, level);
-            let d = self.ioapic.set_irq(isa_irq_pin(irq), level);
-            self.route(d);
-        }
-        self.lapic.poll_timer(now_ns);
-        // The PIC's INTR reaches the CPU through LINT0 (ExtINT), which bypasses the
-        // APIC's priority logic (SDM Vol. 3A 11.5.1), so it goes first.
-        let from_pic = self.lapic.accepts_pic_interrupts() && self.pic.pending_vector().is_some();
-        if !from_pic && self.lapic.pending_vector().is_none() {
+    pub fn prepare_entry(&mut self, vm: &mut VmShared, now_ns: u64) {
+        let i = self.index;
+        let mut out = Outcome::default();
+        vm.platform.poll(now_ns, &mut out);
+        vm.finish(out);
+        vm.lapics[i].poll_timer(now_ns);
+        // The PIC's INTR reaches the BSP through LINT0 (ExtINT), which bypasses the
+        // APIC's priority logic (SDM Vol. 3A 11.5.1), so it goes first. Only the BSP
+        // is wired to it (MP spec 3.6.2.2, virtual wire mode).
+        let lapic = &vm.lapics[i];
+        let from_pic =
+            i == 0 && lapic.accepts_pic_interrupts() && vm.platform.pic.pending_vector().is_some();
+        if !from_pic && lapic.pending_vector().is_none() {
             self.vcpu.request_interrupt_window(false);
             return;
         }
@@ -268,9 +334,9 @@ impl<V: Vcpu> Vm<V> {
         }
         if self.vcpu.interrupt_ready() {
             let vector = if from_pic {
-                self.pic.acknowledge()
+                vm.platform.pic.acknowledge()
             } else {
-                self.lapic.acknowledge()
+                vm.lapics[i].acknowledge()
             };
             if let Some(vector) = vector {
                 self.vcpu.inject_interrupt(vector);
@@ -281,62 +347,36 @@ impl<V: Vcpu> Vm<V> {
         }
     }
 
-    /// An IOAPIC message to the (only) local APIC: fixed and lowest-priority
-    /// deliveries that address it.
-    fn route(&mut self, delivery: Option<devices::ioapic::Delivery>) {
-        if let Some(d) = delivery {
-            let fixed = matches!(
-                d.mode,
-                devices::DeliveryMode::Fixed | devices::DeliveryMode::LowestPriority
-            );
-            if fixed && self.lapic.matches_ioapic_destination(d.dest, d.logical) {
-                self.lapic.deliver(d.vector, d.level_triggered);
-            }
-        }
-    }
-
-    /// A level-triggered interrupt's EOI at the local APIC reaches the IOAPIC, which
-    /// delivers again if the line is still asserted (SDM Vol. 3A 11.8.5).
-    fn route_eoi(&mut self, eoi_vector: Option<u8>) {
-        if let Some(v) = eoi_vector {
-            for d in self.ioapic.eoi(v) {
-                self.route(Some(d));
-            }
-        }
-    }
-
-    /// Emulates the instruction that touched the local APIC or IOAPIC page.
-    fn emulate_mmio(&mut self, gpa: u64, write: bool, now_ns: u64) -> Next {
-        let (lapic, ioapic) = (&mut self.lapic, &mut self.ioapic);
+    /// Emulates the instruction that touched this vCPU's local APIC page or a device
+    /// on the VM's MMIO bus.
+    fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
+        let i = self.index;
         let mut eoi = None;
-        let mut delivery = None;
+        let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
             if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
                 let offset = addr - LAPIC_BASE;
                 match value {
                     Some(v) => {
-                        eoi = lapic.mmio_write(offset, size, v as u32, now_ns);
+                        eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
+                        vm.send_ipis(i);
                         0
                     }
-                    None => lapic.mmio_read(offset, size, now_ns) as u64,
+                    None => vm.lapics[i].mmio_read(offset, size, now_ns).into(),
                 }
             } else {
-                let offset = addr - IOAPIC_BASE;
-                match value {
-                    Some(v) => {
-                        delivery = ioapic.mmio_write(offset, size, v as u32);
-                        0
-                    }
-                    None => ioapic.mmio_read(offset, size) as u64,
-                }
+                vm.platform
+                    .mmio(addr, size, value, now_ns, &mut out)
+                    .unwrap_or(all_ones(size).into())
             }
         };
-        match mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device) {
-            Ok(()) => {
-                self.route_eoi(eoi);
-                self.route(delivery);
-                Next::Continue
-            }
+        let result = mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device);
+        vm.eoi(eoi);
+        if let Some(why) = vm.finish(out) {
+            return Next::Stop(why);
+        }
+        match result {
+            Ok(()) => Next::Continue,
             Err(e) => Next::Stop(format!(
                 "MMIO access to guest-physical {gpa:#x} at RIP {:#x} cannot be emulated: {e}",
                 self.vcpu.rip()
@@ -344,57 +384,39 @@ impl<V: Vcpu> Vm<V> {
         }
     }
 
-    fn port_access(
-        &mut self,
-        port: u16,
-        size: u8,
-        write: bool,
-        value: u32,
-        now_ns: u64,
-    ) -> Result<u32, String> {
-        let result = match self.ports.lookup(port) {
-            Some((Device::Com1, offset)) => self.com1.access(offset, size, write, value),
-            Some((Device::Pic, _)) => self.pic.port_io(port, size, write, value),
-            Some((Device::Pit, _)) => self.pit.port_io(port, size, write, value, now_ns),
-            Some((Device::Cmos, _)) => {
-                let unix_ns = self.epoch_unix_ns + now_ns;
-                self.cmos.port_io(port, size, write, value, unix_ns)
-            }
-            Some((Device::PciConfig, offset)) => self.pci.access(offset, size, write, value),
-            Some((Device::Kbc, _)) => self.kbc.port_io(port, size, write, value),
-            Some((Device::SystemControlA, offset)) => self.sysa.access(offset, size, write, value),
-            Some((Device::FwCfg, offset)) => self.fw_cfg.access(offset, size, write, value),
-            Some((Device::DebugExit, offset)) => self.debug_exit.access(offset, size, write, value),
-            None => {
-                // Nothing there: reads float high, writes vanish, as on a PC bus.
-                self.unknown_port_accesses += 1;
-                all_ones(size)
-            }
-        };
-        if let Some(code) = self.debug_exit.take_exit() {
-            return Err(format!(
-                "guest wrote to the debug-exit port: exit code {code}"
-            ));
+    fn read_msr(&mut self, vm: &mut VmShared, msr: u32, now_ns: u64) -> Option<u64> {
+        // The local APIC's MSRs belong to its model; the rest to the policy.
+        if LocalApic::handles_msr(msr) {
+            return vm.lapics[self.index].read_msr(msr, now_ns).ok();
         }
-        if self.kbc.take_reset_request()
-            || self.sysa.take_reset_request()
-            || self.pci.take_reset_request()
-        {
-            return Err(String::from("guest requested a reset"));
+        match self.msrs.read(msr) {
+            MsrAccess::Value(v) => Some(v),
+            MsrAccess::Backend => self.vcpu.read_backend_msr(msr),
+            MsrAccess::Fault => None,
         }
-        Ok(result)
     }
 
-    /// Relays what the guest printed without a final newline.
-    pub fn flush_console(&mut self) {
-        let relay = self.com1.sink_mut();
-        if let Some(line) = relay.line.flush_partial() {
-            (relay.out)(&relay.name, line.text);
+    fn write_msr(&mut self, vm: &mut VmShared, msr: u32, value: u64, now_ns: u64) -> bool {
+        if LocalApic::handles_msr(msr) {
+            let i = self.index;
+            return match vm.lapics[i].write_msr(msr, value, now_ns) {
+                Ok(eoi) => {
+                    vm.eoi(eoi);
+                    vm.send_ipis(i);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        match self.msrs.write(msr, value) {
+            MsrAccess::Value(_) => true,
+            MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
+            MsrAccess::Fault => false,
         }
     }
 
     /// Handles one exit at time `now_ns`; the vCPU is left ready for the next entry.
-    pub fn handle(&mut self, exit: Exit, now_ns: u64) -> Next {
+    pub fn handle(&mut self, vm: &mut VmShared, exit: Exit, now_ns: u64) -> Next {
         self.stats.record(exit.kind());
         match exit {
             Exit::PortIo(io) => {
@@ -407,10 +429,13 @@ impl<V: Vcpu> Vm<V> {
                 }
                 let mask = all_ones(io.size) as u64;
                 let value = (self.vcpu.regs().rax & mask) as u32;
-                let result = match self.port_access(io.port, io.size, io.write, value, now_ns) {
-                    Ok(r) => r,
-                    Err(why) => return Next::Stop(why),
-                };
+                let mut out = Outcome::default();
+                let result = vm
+                    .platform
+                    .port_io(io.port, io.size, io.write, value, now_ns, &mut out);
+                if let Some(why) = vm.finish(out) {
+                    return Next::Stop(why);
+                }
                 if !io.write {
                     let rax = &mut self.vcpu.regs().rax;
                     // IN AL/AX keeps the upper bits of RAX; IN EAX zero-extends.
@@ -424,7 +449,7 @@ impl<V: Vcpu> Vm<V> {
                 Next::Continue
             }
             Exit::Cpuid { leaf, subleaf } => {
-                let r = policy::cpuid(leaf, subleaf, self.host_cpuid);
+                let r = policy::cpuid(leaf, subleaf, self.host_cpuid, &self.topology);
                 let regs = self.vcpu.regs();
                 set_low32(&mut regs.rax, r.eax);
                 set_low32(&mut regs.rbx, r.ebx);
@@ -434,17 +459,7 @@ impl<V: Vcpu> Vm<V> {
                 Next::Continue
             }
             Exit::Rdmsr { msr } => {
-                // The local APIC's MSRs belong to its model; the rest to the policy.
-                let value = if LocalApic::handles_msr(msr) {
-                    self.lapic.read_msr(msr, now_ns).ok()
-                } else {
-                    match self.msrs.read(msr) {
-                        MsrAccess::Value(v) => Some(v),
-                        MsrAccess::Backend => self.vcpu.read_backend_msr(msr),
-                        MsrAccess::Fault => None,
-                    }
-                };
-                match value {
+                match self.read_msr(vm, msr, now_ns) {
                     Some(v) => {
                         let regs = self.vcpu.regs();
                         set_low32(&mut regs.rax, v as u32);
@@ -456,22 +471,7 @@ impl<V: Vcpu> Vm<V> {
                 Next::Continue
             }
             Exit::Wrmsr { msr, value } => {
-                let ok = if LocalApic::handles_msr(msr) {
-                    match self.lapic.write_msr(msr, value, now_ns) {
-                        Ok(eoi) => {
-                            self.route_eoi(eoi);
-                            true
-                        }
-                        Err(_) => false,
-                    }
-                } else {
-                    match self.msrs.write(msr, value) {
-                        MsrAccess::Value(_) => true,
-                        MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
-                        MsrAccess::Fault => false,
-                    }
-                };
-                if ok {
+                if self.write_msr(vm, msr, value, now_ns) {
                     self.vcpu.skip_instruction();
                 } else {
                     self.vcpu.inject_exception(Exception::GP0);
@@ -489,12 +489,23 @@ impl<V: Vcpu> Vm<V> {
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
-            // HLT with interrupts disabled can only be left by NMI or reset, which
-            // nothing here sends: the guest has stopped itself.
-            Exit::Halt if self.vcpu.rflags() & RFLAGS_IF == 0 => Next::Stop(format!(
-                "halted with interrupts disabled at RIP {:#x}",
-                self.vcpu.rip()
-            )),
+            // HLT with interrupts disabled can only be left by NMI, INIT or reset. With
+            // one vCPU nothing can send those: the guest has stopped itself. With
+            // several, the vCPU parks until INIT; the VM ends once all are parked.
+            Exit::Halt if self.vcpu.rflags() & RFLAGS_IF == 0 => {
+                let all = (1u64 << vm.cpus()) - 1;
+                vm.parked |= 1 << self.index;
+                if vm.parked & all == all {
+                    Next::Stop(format!(
+                        "halted with interrupts disabled at RIP {:#x}{}",
+                        self.vcpu.rip(),
+                        if vm.cpus() > 1 { " (every vCPU)" } else { "" }
+                    ))
+                } else {
+                    self.vcpu.skip_instruction();
+                    Next::Yield
+                }
+            }
             Exit::Halt => {
                 self.vcpu.skip_instruction();
                 self.halted = true;
@@ -504,10 +515,8 @@ impl<V: Vcpu> Vm<V> {
                 gpa,
                 write,
                 fetch: false,
-            } if in_page(gpa, LAPIC_BASE, LAPIC_MMIO_SIZE)
-                || in_page(gpa, IOAPIC_BASE, IOAPIC_MMIO_SIZE) =>
-            {
-                self.emulate_mmio(gpa, write, now_ns)
+            } if in_page(gpa, LAPIC_BASE, LAPIC_MMIO_SIZE) || vm.platform.decodes_mmio(gpa) => {
+                self.emulate_mmio(vm, gpa, write, now_ns)
             }
             Exit::NestedPageFault { gpa, write, fetch } => Next::Stop(format!(
                 "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
@@ -531,17 +540,29 @@ impl<V: Vcpu> Vm<V> {
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
             Exit::Shutdown => Next::Stop(format!(
-                "triple fault (shutdown) at RIP {:#x} in {:?} mode",
+                "triple fault (shutdown) at RIP {:#x} in {:?} mode{}",
                 self.vcpu.rip(),
-                self.vcpu.mode()
+                self.vcpu.mode(),
+                self.which()
             )),
-            Exit::EntryFailure { code, reason } => {
-                Next::Stop(format!("VM entry failed (code {code:#x}): {reason}"))
-            }
+            Exit::EntryFailure { code, reason } => Next::Stop(format!(
+                "VM entry failed (code {code:#x}){}: {reason}",
+                self.which()
+            )),
             Exit::Unknown { code } => Next::Stop(format!(
-                "unhandled exit (vendor code {code:#x}) at RIP {:#x}",
-                self.vcpu.rip()
+                "unhandled exit (vendor code {code:#x}) at RIP {:#x}{}",
+                self.vcpu.rip(),
+                self.which()
             )),
+        }
+    }
+
+    /// " on vCPU n" in multi-vCPU VMs, for reports.
+    fn which(&self) -> String {
+        if self.topology.cpus > 1 {
+            format!(" on vCPU {}", self.index)
+        } else {
+            String::new()
         }
     }
 }
@@ -564,6 +585,7 @@ mod tests {
         interrupts: Vec<u8>,
         window: bool,
         cr: vcpu::ControlRegs,
+        real_cs: Option<u16>,
     }
 
     impl Vcpu for FakeVcpu {
@@ -578,6 +600,9 @@ mod tests {
         }
         fn set_rip(&mut self, rip: u64) {
             self.rip = rip
+        }
+        fn set_real_mode_cs(&mut self, selector: u16) {
+            self.real_cs = Some(selector)
         }
         fn skip_instruction(&mut self) {
             self.skipped += 1;
@@ -635,17 +660,43 @@ mod tests {
         }
     }
 
-    fn vm() -> Vm<FakeVcpu> {
+    /// One vCPU and its VM, with the handler's calls in the shape the tests use.
+    struct TestVm {
+        shared: VmShared,
+        cpu: VcpuCtx<FakeVcpu>,
+    }
+
+    impl TestVm {
+        fn handle(&mut self, exit: Exit, now: u64) -> Next {
+            self.cpu.handle(&mut self.shared, exit, now)
+        }
+        fn prepare_entry(&mut self, now: u64) {
+            self.cpu.prepare_entry(&mut self.shared, now)
+        }
+        fn next_deadline_ns(&self) -> Option<u64> {
+            self.shared.next_deadline_ns()
+        }
+    }
+
+    fn machine(cpus: usize) -> MachineInfo {
         // The fake guest's RAM: leaked so it lives as long as the test's VM.
         let ram: &'static mut [u8] = alloc::vec![0u8; 4 << 20].leak();
         // SAFETY: the leaked buffer is never freed.
         let ram = unsafe { GuestRam::new(ram.as_ptr(), ram.len() as u64) };
-        let machine = MachineInfo {
+        MachineInfo {
             ram,
             epoch_unix_ns: 0,
             tsc_hz: 1_000_000_000,
-        };
-        Vm::new("t", FakeVcpu::default(), machine, capture, host)
+            cpus,
+        }
+    }
+
+    fn vm() -> TestVm {
+        let m = machine(1);
+        TestVm {
+            shared: VmShared::new("t", &m, capture).unwrap(),
+            cpu: VcpuCtx::new(0, FakeVcpu::default(), &m, host),
+        }
     }
 
     fn out(port: u16, size: u8) -> Exit {
@@ -671,34 +722,34 @@ mod tests {
     fn console_output_is_relayed_by_line() {
         let mut vm = vm();
         for b in b"hi\nthere" {
-            vm.vcpu.regs.rax = *b as u64;
+            vm.cpu.vcpu.regs.rax = *b as u64;
             assert_eq!(vm.handle(out(0x3F8, 1), 0), Next::Continue);
         }
-        vm.flush_console();
+        vm.shared.flush_console();
         let lines = LINES.with(|l| l.borrow().clone());
         assert_eq!(lines, ["t | hi", "t | there"]);
-        assert_eq!(vm.vcpu.skipped, 8);
+        assert_eq!(vm.cpu.vcpu.skipped, 8);
     }
 
     #[test]
     fn unknown_ports_read_all_ones_and_are_counted() {
         let mut vm = vm();
-        vm.vcpu.regs.rax = 0x1122_3344_5566_7788;
+        vm.cpu.vcpu.regs.rax = 0x1122_3344_5566_7788;
         vm.handle(inp(0x1234, 1), 0);
-        assert_eq!(vm.vcpu.regs.rax, 0x1122_3344_5566_77ff);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0x1122_3344_5566_77ff);
         vm.handle(inp(0x1234, 2), 0);
-        assert_eq!(vm.vcpu.regs.rax, 0x1122_3344_5566_ffff);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0x1122_3344_5566_ffff);
         vm.handle(inp(0x1234, 4), 0);
-        assert_eq!(vm.vcpu.regs.rax, 0xffff_ffff);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0xffff_ffff);
         vm.handle(out(0x1234, 4), 0);
-        assert_eq!(vm.unknown_port_accesses, 4);
-        assert_eq!(vm.stats.count(vcpu::ExitKind::PortIo), 4);
+        assert_eq!(vm.shared.platform.unknown_port_accesses, 4);
+        assert_eq!(vm.cpu.stats.count(vcpu::ExitKind::PortIo), 4);
     }
 
     #[test]
     fn cpuid_goes_through_the_policy() {
         let mut vm = vm();
-        vm.vcpu.regs.rbx = u64::MAX;
+        vm.cpu.vcpu.regs.rbx = u64::MAX;
         vm.handle(
             Exit::Cpuid {
                 leaf: 0x4000_0000,
@@ -706,8 +757,8 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.vcpu.regs.rax, 0x4000_0001);
-        assert_eq!(vm.vcpu.regs.rbx, u32::from_le_bytes(*b"hv-b") as u64);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0x4000_0001);
+        assert_eq!(vm.cpu.vcpu.regs.rbx, u32::from_le_bytes(*b"hv-b") as u64);
         vm.handle(
             Exit::Cpuid {
                 leaf: 1,
@@ -715,16 +766,16 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.vcpu.regs.rcx & (1 << 5), 0);
-        assert_eq!(vm.vcpu.skipped, 2);
+        assert_eq!(vm.cpu.vcpu.regs.rcx & (1 << 5), 0);
+        assert_eq!(vm.cpu.vcpu.skipped, 2);
     }
 
     #[test]
     fn msrs_allowed_forbidden_and_backend() {
         let mut vm = vm();
         vm.handle(Exit::Rdmsr { msr: 0x1B }, 0);
-        assert_eq!(vm.vcpu.regs.rax, 0xFEE0_0900);
-        assert_eq!(vm.vcpu.regs.rdx, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0xFEE0_0900);
+        assert_eq!(vm.cpu.vcpu.regs.rdx, 0);
         vm.handle(Exit::Rdmsr { msr: 0xC001_0117 }, 0);
         vm.handle(
             Exit::Wrmsr {
@@ -733,7 +784,7 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.vcpu.injected, [Exception::GP0, Exception::GP0]);
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::GP0, Exception::GP0]);
         vm.handle(
             Exit::Wrmsr {
                 msr: policy::IA32_EFER,
@@ -741,7 +792,7 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.vcpu.efer, 0xD00);
+        assert_eq!(vm.cpu.vcpu.efer, 0xD00);
         vm.handle(
             Exit::Wrmsr {
                 msr: policy::IA32_EFER,
@@ -749,15 +800,15 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.vcpu.efer, 0xD00, "SVME refused");
-        assert_eq!(vm.vcpu.injected.len(), 3);
-        assert_eq!(vm.vcpu.skipped, 2);
+        assert_eq!(vm.cpu.vcpu.efer, 0xD00, "SVME refused");
+        assert_eq!(vm.cpu.vcpu.injected.len(), 3);
+        assert_eq!(vm.cpu.vcpu.skipped, 2);
     }
 
     #[test]
     fn fatal_exits_stop_the_vm_with_a_reason() {
         let mut vm = vm();
-        vm.vcpu.rip = 0x10_0040;
+        vm.cpu.vcpu.rip = 0x10_0040;
         let Next::Stop(why) = vm.handle(
             Exit::NestedPageFault {
                 gpa: 0x3000_0000,
@@ -780,19 +831,19 @@ mod tests {
         );
         assert_eq!(vm.handle(Exit::ExternalInterrupt, 0), Next::Yield);
         assert_eq!(vm.handle(Exit::VirtInstruction, 0), Next::Continue);
-        assert_eq!(vm.vcpu.injected, [Exception::UD]);
-        vm.vcpu.regs.rax = 0;
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::UD]);
+        vm.cpu.vcpu.regs.rax = 0;
         vm.handle(Exit::Hypercall, 0);
-        assert_eq!(vm.vcpu.regs.rax, 1);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 1);
     }
 
-    fn outb(vm: &mut Vm<FakeVcpu>, port: u16, value: u8, now: u64) {
-        vm.vcpu.regs.rax = value as u64;
+    fn outb(vm: &mut TestVm, port: u16, value: u8, now: u64) {
+        vm.cpu.vcpu.regs.rax = value as u64;
         assert_eq!(vm.handle(out(port, 1), now), Next::Continue);
     }
 
     /// Linux's init_8259A (vectors 0x30/0x38) and a 100 Hz PIT on channel 0.
-    fn linux_like_platform(vm: &mut Vm<FakeVcpu>) {
+    fn linux_like_platform(vm: &mut TestVm) {
         for (port, v) in [
             (0x21, 0xff),
             (0xa1, 0xff),
@@ -824,39 +875,39 @@ mod tests {
         let mut vm = vm();
         linux_like_platform(&mut vm);
         let deadline = vm.next_deadline_ns().expect("channel 0 runs");
-        vm.vcpu.rflags = 2; // IF clear: wait for the window
+        vm.cpu.vcpu.rflags = 2; // IF clear: wait for the window
         vm.prepare_entry(deadline + 1);
-        assert!(vm.vcpu.interrupts.is_empty());
-        assert!(vm.vcpu.window, "interrupt window requested");
-        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        assert!(vm.cpu.vcpu.interrupts.is_empty());
+        assert!(vm.cpu.vcpu.window, "interrupt window requested");
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
         assert_eq!(
             vm.handle(Exit::InterruptWindow, deadline + 2),
             Next::Continue
         );
         vm.prepare_entry(deadline + 2);
-        assert_eq!(vm.vcpu.interrupts, [0x30]);
-        assert!(!vm.vcpu.window);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30]);
+        assert!(!vm.cpu.vcpu.window);
         // No EOI yet: IRQ 0 stays in service, nothing more is delivered.
         vm.prepare_entry(deadline + 30_000_000);
-        assert_eq!(vm.vcpu.interrupts, [0x30]);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30]);
         outb(&mut vm, 0x20, 0x20, deadline + 30_000_000);
         vm.prepare_entry(deadline + 30_000_001);
-        assert_eq!(vm.vcpu.interrupts, [0x30, 0x30]);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30, 0x30]);
     }
 
     #[test]
     fn hlt_with_interrupts_enabled_waits_for_the_next_interrupt() {
         let mut vm = vm();
         linux_like_platform(&mut vm);
-        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
         assert_eq!(vm.handle(Exit::Halt, 1), Next::Yield);
-        assert!(vm.halted);
+        assert!(vm.cpu.halted);
         vm.prepare_entry(2);
-        assert!(vm.halted, "nothing pending yet");
+        assert!(vm.cpu.halted, "nothing pending yet");
         let deadline = vm.next_deadline_ns().unwrap();
         vm.prepare_entry(deadline);
-        assert!(!vm.halted);
-        assert_eq!(vm.vcpu.interrupts, [0x30]);
+        assert!(!vm.cpu.halted);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30]);
     }
 
     #[test]
@@ -866,44 +917,44 @@ mod tests {
         outb(&mut vm, 0x21, 0xee, 0); // unmask IRQ 0 and 4
         outb(&mut vm, 0x3fc, 0x08, 0); // MCR.OUT2 gates the IRQ line
         outb(&mut vm, 0x3f9, 0x02, 0); // IER: THR empty
-        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
         vm.prepare_entry(1);
-        assert_eq!(vm.vcpu.interrupts, [0x34]);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x34]);
     }
 
     #[test]
     fn debug_exit_and_reset_stop_the_vm() {
         let mut vm = vm();
-        vm.vcpu.regs.rax = 0x10;
+        vm.cpu.vcpu.regs.rax = 0x10;
         let Next::Stop(why) = vm.handle(out(0xf4, 4), 0) else {
             panic!("must stop")
         };
         assert_eq!(why, "guest wrote to the debug-exit port: exit code 33");
-        let mut vm = super::tests::vm();
-        vm.vcpu.regs.rax = 0xfe;
+        let mut vm = self::vm();
+        vm.cpu.vcpu.regs.rax = 0xfe;
         assert!(matches!(vm.handle(out(0x64, 1), 0), Next::Stop(w) if w.contains("reset")));
     }
 
     #[test]
     fn console_input_reaches_the_guest() {
         let mut vm = vm();
-        assert!(vm.console_input(b'x'));
+        assert!(vm.shared.console_input(b'x'));
         vm.handle(inp(0x3f8, 1), 0);
-        assert_eq!(vm.vcpu.regs.rax & 0xff, u64::from(b'x'));
+        assert_eq!(vm.cpu.vcpu.regs.rax & 0xff, u64::from(b'x'));
     }
 
     /// Places `code` at RIP 0x1000 in the fake RAM of a 32-bit protected-mode guest.
-    fn at_rip(vm: &mut Vm<FakeVcpu>, code: &[u8]) {
+    fn at_rip(vm: &mut TestVm, code: &[u8]) {
         // SAFETY: the test RAM is the leaked, writable 4 MiB buffer of `vm()`.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 code.as_ptr(),
-                (vm.ram.base as *mut u8).add(0x1000),
+                (vm.cpu.ram.base as *mut u8).add(0x1000),
                 code.len(),
             )
         };
-        vm.vcpu.rip = 0x1000;
-        vm.vcpu.cr = vcpu::ControlRegs {
+        vm.cpu.vcpu.rip = 0x1000;
+        vm.cpu.vcpu.cr = vcpu::ControlRegs {
             cr0: 1,
             ..Default::default()
         };
@@ -920,8 +971,11 @@ mod tests {
             fetch: false,
         };
         assert_eq!(vm.handle(fault(0xFEE0_0030, false), 0), Next::Continue);
-        assert_eq!(vm.vcpu.regs.rax, u64::from(devices::lapic::LAPIC_VERSION));
-        assert_eq!(vm.vcpu.rip, 0x1006);
+        assert_eq!(
+            vm.cpu.vcpu.regs.rax,
+            u64::from(devices::lapic::LAPIC_VERSION)
+        );
+        assert_eq!(vm.cpu.vcpu.rip, 0x1006);
         // mov dword [0xFEC00000], 1 (IOREGSEL = version), then mov ebx, [0xFEC00010].
         at_rip(
             &mut vm,
@@ -930,7 +984,10 @@ mod tests {
         assert_eq!(vm.handle(fault(0xFEC0_0000, true), 0), Next::Continue);
         at_rip(&mut vm, &[0x8B, 0x1D, 0x10, 0x00, 0xC0, 0xFE]);
         assert_eq!(vm.handle(fault(0xFEC0_0010, false), 0), Next::Continue);
-        assert_eq!(vm.vcpu.regs.rbx, u64::from(devices::ioapic::IOAPIC_VERSION));
+        assert_eq!(
+            vm.cpu.vcpu.regs.rbx,
+            u64::from(devices::ioapic::IOAPIC_VERSION)
+        );
         // A read-modify-write instruction is refused with a report, not guessed at.
         at_rip(&mut vm, &[0x83, 0x05, 0x80, 0x00, 0xE0, 0xFE, 0x01]); // add dword [..], 1
         assert!(
@@ -941,15 +998,15 @@ mod tests {
     #[test]
     fn lapic_timer_interrupt_is_delivered() {
         let mut vm = vm();
-        vm.vcpu.rflags = 2 | RFLAGS_IF;
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
         // x2APIC is not offered, so program the timer through MMIO: one-shot,
         // vector 0x40, divide by 1, 1000 ticks of the 1 GHz APIC timer clock = 1 us.
         for (offset, value) in [(0x3E0u64, 0xBu32), (0x320, 0x40), (0x380, 1000)] {
-            vm.lapic.mmio_write(offset, 4, value, 0);
+            vm.shared.lapics[0].mmio_write(offset, 4, value, 0);
         }
         vm.prepare_entry(500);
-        assert!(vm.vcpu.interrupts.is_empty());
+        assert!(vm.cpu.vcpu.interrupts.is_empty());
         vm.prepare_entry(2_000);
-        assert_eq!(vm.vcpu.interrupts, [0x40]);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x40]);
     }
 }

@@ -1,0 +1,284 @@
+//! One VM's chipset: the devices every vCPU of the VM shares, on a port-I/O bus and an
+//! MMIO bus, and the two interrupt controllers their lines go to (the 8259A pair and
+//! the IOAPIC). Devices answer the one [`BusDevice`] interface and return
+//! [`Effects`]; the platform applies the line changes and hands the rest (IOAPIC
+//! messages for the local APICs, reset, debug exit) to the VM. The local APICs are
+//! per vCPU and live with the VM (`vm.rs`), not here.
+//!
+//! Adding a device is one registration ([`Platform::add_port_device`],
+//! [`Platform::add_mmio_device`]); a range that overlaps another is an error.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use devices::{
+    all_ones, isa_irq_pin, Access, Bus, BusDevice, Cmos, DebugExit, Delivery, Effects, FwCfg,
+    IoApic, IrqLine, MapError, PciConfig, Pic8259, Pit8254, RtcCmos, SerialPort, SystemControlA,
+    Uart16550, CMOS_BASE, CMOS_PORT_COUNT, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE,
+    DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE, FW_CFG_PORT_COUNT, I8042, IOAPIC_BASE, IOAPIC_MMIO_SIZE,
+    PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_PORT_COUNT, PORT_61, PORT_COUNT,
+    SYSTEM_CONTROL_A_PORT,
+};
+
+use super::console::Relay;
+
+/// What a bus address leads to: one of the interrupt controllers the platform owns,
+/// or a registered device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Pic,
+    IoApic,
+    Device(usize),
+}
+
+/// What the VM must do after an access or a poll, besides returning the data.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// IOAPIC messages for the local APICs.
+    pub deliveries: Vec<Delivery>,
+    pub reset: bool,
+    pub exit: Option<u32>,
+}
+
+/// How the VM's machine looks (fw_cfg and CMOS report it).
+pub struct PlatformSpec {
+    pub ram_bytes: u64,
+    pub cpus: u16,
+    /// Unix time (ns) at guest time 0, for the RTC.
+    pub epoch_unix_ns: u64,
+    pub console: Relay,
+}
+
+pub struct Platform {
+    devices: Vec<Box<dyn BusDevice>>,
+    ports: Bus<Target, 32>,
+    mmio: Bus<Target, 8>,
+    pub pic: Pic8259,
+    pub ioapic: IoApic,
+    /// The console UART's index in `devices`.
+    console: usize,
+    /// Accesses to ports that nothing decodes.
+    pub unknown_port_accesses: u64,
+}
+
+impl Platform {
+    /// The PC every VM gets: COM1, the 8259 pair, the 8254 (with port 0x61), CMOS/RTC,
+    /// PCI configuration space (no devices), the i8042 and port 0x92, fw_cfg, the
+    /// debug-exit port, and the IOAPIC.
+    pub fn pc(spec: PlatformSpec) -> Result<Self, MapError> {
+        let mut p = Platform {
+            devices: Vec::new(),
+            ports: Bus::new(0x1_0000),
+            mmio: Bus::new(0),
+            pic: Pic8259::new(),
+            ioapic: IoApic::new(0),
+            console: 0,
+            unknown_port_accesses: 0,
+        };
+        p.ports.register(0x20, 2, Target::Pic)?;
+        p.ports.register(0xA0, 2, Target::Pic)?;
+        p.ports.register(0x4D0, 2, Target::Pic)?;
+        p.mmio
+            .register(IOAPIC_BASE, IOAPIC_MMIO_SIZE, Target::IoApic)?;
+        p.console = p.add_port_device(
+            &[(COM1_BASE, PORT_COUNT)],
+            Box::new(SerialPort {
+                uart: Uart16550::new(spec.console),
+                irq: COM1_IRQ,
+            }),
+        )?;
+        p.add_port_device(
+            &[(PIT_BASE, PIT_PORT_COUNT), (PORT_61, 1)],
+            Box::new(Pit8254::new()),
+        )?;
+        // The VM's RAM is one range from 0: all of it counts as below 4 GiB.
+        p.add_port_device(
+            &[(CMOS_BASE, CMOS_PORT_COUNT)],
+            Box::new(RtcCmos {
+                cmos: Cmos::new(spec.ram_bytes, 0),
+                epoch_unix_ns: spec.epoch_unix_ns,
+            }),
+        )?;
+        p.add_port_device(
+            &[(PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT)],
+            Box::new(PciConfig::new()),
+        )?;
+        p.add_port_device(&[(0x60, 1), (0x64, 1)], Box::new(I8042::new()))?;
+        p.add_port_device(
+            &[(SYSTEM_CONTROL_A_PORT, 1)],
+            Box::new(SystemControlA::new()),
+        )?;
+        p.add_port_device(
+            &[(FW_CFG_BASE, FW_CFG_PORT_COUNT)],
+            Box::new(FwCfg::<'static, 1>::new(spec.ram_bytes, spec.cpus)),
+        )?;
+        p.add_port_device(
+            &[(DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT)],
+            Box::new(DebugExit::new()),
+        )?;
+        Ok(p)
+    }
+
+    /// Registers `device` on the port bus at each `(base, len)` range; returns its
+    /// index. Nothing is registered if any range is refused.
+    pub fn add_port_device(
+        &mut self,
+        ranges: &[(u16, u16)],
+        device: Box<dyn BusDevice>,
+    ) -> Result<usize, MapError> {
+        let index = self.devices.len();
+        let saved = self.ports.clone();
+        for &(base, len) in ranges {
+            if let Err(e) = self
+                .ports
+                .register(base.into(), len.into(), Target::Device(index))
+            {
+                self.ports = saved;
+                return Err(e);
+            }
+        }
+        self.devices.push(device);
+        Ok(index)
+    }
+
+    /// Registers `device` on the MMIO bus at `[base, base + len)`; returns its index.
+    pub fn add_mmio_device(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Box<dyn BusDevice>,
+    ) -> Result<usize, MapError> {
+        let index = self.devices.len();
+        self.mmio.register(base, len, Target::Device(index))?;
+        self.devices.push(device);
+        Ok(index)
+    }
+
+    /// The console UART.
+    pub fn console(&mut self) -> &mut SerialPort<Relay> {
+        self.devices[self.console]
+            .as_any_mut()
+            .downcast_mut()
+            .expect("the console device is the UART registered in `pc`")
+    }
+
+    /// Applies the line changes of `e` to the PIC and IOAPIC (ISA IRQ n is PIC IRQ n
+    /// and IOAPIC pin `isa_irq_pin(n)`) and collects the rest into `out`.
+    fn apply(&mut self, e: Effects, out: &mut Outcome) {
+        for line in e.lines() {
+            let delivery = match line {
+                IrqLine::Level(irq, high) => {
+                    self.pic.set_irq(irq, high);
+                    self.ioapic.set_irq(isa_irq_pin(irq), high)
+                }
+                IrqLine::Pulse(irq) => {
+                    self.pic.pulse_irq(irq);
+                    self.ioapic.pulse_irq(isa_irq_pin(irq))
+                }
+            };
+            out.deliveries.extend(delivery);
+        }
+        out.reset |= e.reset;
+        out.exit = out.exit.or(e.exit);
+    }
+
+    /// A port access; returns the value read (all ones for a port nothing decodes).
+    pub fn port_io(
+        &mut self,
+        port: u16,
+        size: u8,
+        write: bool,
+        value: u32,
+        now_ns: u64,
+        out: &mut Outcome,
+    ) -> u32 {
+        let Some((target, offset)) = self.ports.lookup(port.into()) else {
+            // Nothing there: reads float high, writes vanish, as on a PC bus.
+            self.unknown_port_accesses += 1;
+            return all_ones(size);
+        };
+        match target {
+            Target::Pic => self.pic.port_io(port, size, write, value),
+            Target::IoApic => all_ones(size),
+            Target::Device(i) => {
+                let access = Access {
+                    addr: port.into(),
+                    offset,
+                    size,
+                    now_ns,
+                };
+                let (v, e) = if write {
+                    (0, self.devices[i].write(&access, value.into()))
+                } else {
+                    let (v, e) = self.devices[i].read(&access);
+                    (v as u32 & all_ones(size), e)
+                };
+                self.apply(e, out);
+                v
+            }
+        }
+    }
+
+    /// An access to the MMIO bus; `None` when nothing is registered at `gpa`.
+    pub fn mmio(
+        &mut self,
+        gpa: u64,
+        size: u8,
+        value: Option<u64>,
+        now_ns: u64,
+        out: &mut Outcome,
+    ) -> Option<u64> {
+        let (target, offset) = self.mmio.lookup(gpa)?;
+        Some(match target {
+            Target::IoApic => match value {
+                Some(v) => {
+                    out.deliveries
+                        .extend(self.ioapic.mmio_write(offset, size, v as u32));
+                    0
+                }
+                None => self.ioapic.mmio_read(offset, size).into(),
+            },
+            Target::Pic => u64::MAX,
+            Target::Device(i) => {
+                let access = Access {
+                    addr: gpa,
+                    offset,
+                    size,
+                    now_ns,
+                };
+                let (v, e) = match value {
+                    Some(v) => (0, self.devices[i].write(&access, v)),
+                    None => self.devices[i].read(&access),
+                };
+                self.apply(e, out);
+                v
+            }
+        })
+    }
+
+    /// Whether `gpa` is on the MMIO bus.
+    pub fn decodes_mmio(&self, gpa: u64) -> bool {
+        self.mmio.lookup(gpa).is_some()
+    }
+
+    /// Brings every device's lines up to `now_ns` (timers, console input).
+    pub fn poll(&mut self, now_ns: u64, out: &mut Outcome) {
+        for i in 0..self.devices.len() {
+            let e = self.devices[i].poll(now_ns);
+            self.apply(e, out);
+        }
+    }
+
+    /// The earliest time a device wants to be polled.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.devices
+            .iter()
+            .filter_map(|d| d.next_deadline_ns())
+            .min()
+    }
+
+    /// A level-triggered vector's EOI at a local APIC reaches the IOAPIC, which
+    /// delivers again if the line is still asserted (SDM Vol. 3A 11.8.5).
+    pub fn eoi(&mut self, vector: u8, out: &mut Outcome) {
+        out.deliveries.extend(self.ioapic.eoi(vector));
+    }
+}
