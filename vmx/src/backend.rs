@@ -840,6 +840,13 @@ impl Vcpu for VmxVcpu {
                         read_pdptes: &mut read,
                     };
                     let outcome = ops::emulate_cr_access(&mut hw, info.qualification, &mut ctx);
+                    if outcome == CrOutcome::GeneralProtection {
+                        log::debug!(
+                            "vmx: control-register access (qualification {:#x}) at RIP {:#x} raises #GP",
+                            info.qualification,
+                            hw.read(guest_nat::RIP)
+                        );
+                    }
                     self.regs = regs;
                     self.cr8 = cr8;
                     if outcome == CrOutcome::Unhandled {

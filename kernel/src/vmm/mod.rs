@@ -11,6 +11,7 @@ pub mod mmio;
 pub mod multiboot;
 pub mod platform;
 pub mod policy;
+pub mod sched;
 pub mod stats;
 pub mod vm;
 

@@ -190,6 +190,8 @@ pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
 /// AMD K8's interrupt-pending-message register (C1E control): Linux reads it without
 /// a fault handler on those CPU models. 0 = no C1E, as KVM also answers.
 pub const MSR_K8_INT_PENDING_MSG: u32 = 0xC001_0055;
+/// The RDTSCP/RDPID auxiliary value (SDM Vol. 4 table 2-2; bits 63:32 reserved).
+pub const IA32_TSC_AUX: u32 = 0xC000_0103;
 
 /// EFER bits a guest may set: SCE, LME, LMA, NXE. SVME (bit 12) and the rest are
 /// refused with #GP, as on a processor without those features.
@@ -200,6 +202,9 @@ pub const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsrState {
     pub mtrr_def_type: u64,
+    /// `IA32_TSC_AUX`, per vCPU: Linux stores each CPU's number there (for RDTSCP and
+    /// RDPID in the vDSO), on its APs before their IDT can catch a #GP.
+    pub tsc_aux: u64,
 }
 
 /// The outcome of an intercepted RDMSR/WRMSR.
@@ -226,6 +231,7 @@ impl MsrState {
             MSR_K8_INT_PENDING_MSG => MsrAccess::Value(0),
             IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
             IA32_MISC_ENABLE => MsrAccess::Value(1), // fast strings
+            IA32_TSC_AUX => MsrAccess::Value(self.tsc_aux),
             IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
             _ => MsrAccess::Fault,
         }
@@ -234,6 +240,10 @@ impl MsrState {
     pub fn write(&mut self, msr: u32, value: u64) -> MsrAccess {
         match msr {
             IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => MsrAccess::Value(value),
+            IA32_TSC_AUX if value >> 32 == 0 => {
+                self.tsc_aux = value;
+                MsrAccess::Value(value)
+            }
             IA32_MTRR_DEF_TYPE if value & !0xCFF == 0 => {
                 self.mtrr_def_type = value;
                 MsrAccess::Value(value)
@@ -403,6 +413,13 @@ mod tests {
             "type 2 is reserved"
         );
         assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0xC06), MsrAccess::Value(0xC06));
+        assert_eq!(m.write(IA32_TSC_AUX, 1), MsrAccess::Value(1));
+        assert_eq!(m.read(IA32_TSC_AUX), MsrAccess::Value(1));
+        assert_eq!(
+            m.write(IA32_TSC_AUX, 1 << 32),
+            MsrAccess::Fault,
+            "reserved bits"
+        );
         assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0x1000), MsrAccess::Fault);
     }
 

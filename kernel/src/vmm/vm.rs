@@ -466,7 +466,10 @@ impl<V: Vcpu> VcpuCtx<V> {
                         set_low32(&mut regs.rdx, (v >> 32) as u32);
                         self.vcpu.skip_instruction();
                     }
-                    None => self.vcpu.inject_exception(Exception::GP0),
+                    None => {
+                        log::debug!("vm {}: RDMSR {msr:#x} raises #GP{}", vm.name, self.which());
+                        self.vcpu.inject_exception(Exception::GP0)
+                    }
                 }
                 Next::Continue
             }
@@ -474,6 +477,11 @@ impl<V: Vcpu> VcpuCtx<V> {
                 if self.write_msr(vm, msr, value, now_ns) {
                     self.vcpu.skip_instruction();
                 } else {
+                    log::debug!(
+                        "vm {}: WRMSR {msr:#x} <- {value:#x} raises #GP{}",
+                        vm.name,
+                        self.which()
+                    );
                     self.vcpu.inject_exception(Exception::GP0);
                 }
                 Next::Continue
@@ -1008,5 +1016,143 @@ mod tests {
         assert!(vm.cpu.vcpu.interrupts.is_empty());
         vm.prepare_entry(2_000);
         assert_eq!(vm.cpu.vcpu.interrupts, [0x40]);
+    }
+
+    /// A VM with `n` vCPUs, all with fake backends.
+    fn smp(n: usize) -> (VmShared, Vec<VcpuCtx<FakeVcpu>>) {
+        let m = machine(n);
+        let vm = VmShared::new("s", &m, capture).unwrap();
+        let cpus = (0..n)
+            .map(|i| VcpuCtx::new(i, FakeVcpu::default(), &m, host))
+            .collect();
+        (vm, cpus)
+    }
+
+    /// vCPU `from` writes its ICR (high half first) through the xAPIC page.
+    fn icr(vm: &mut VmShared, from: usize, high: u32, low: u32) {
+        vm.lapics[from].mmio_write(0x310, 4, high, 0);
+        vm.lapics[from].mmio_write(0x300, 4, low, 0);
+        vm.send_ipis(from);
+    }
+
+    #[test]
+    fn aps_wait_for_sipi_and_start_at_its_vector() {
+        let (mut vm, _) = smp(3);
+        assert_eq!(
+            vm.run,
+            [
+                RunState::Running,
+                RunState::WaitForSipi,
+                RunState::WaitForSipi
+            ]
+        );
+        // A STARTUP before INIT still finds the APs waiting (power-up state).
+        icr(&mut vm, 0, 0, (3 << 18) | 0x4500); // INIT to all excluding self
+        icr(&mut vm, 0, 0, (3 << 18) | 0x4600 | 0x9A); // STARTUP 0x9A
+        assert_eq!(
+            vm.run,
+            [
+                RunState::Running,
+                RunState::StartUp(0x9A),
+                RunState::StartUp(0x9A)
+            ]
+        );
+        assert_eq!(vm.kicks, 0b110);
+        // The second STARTUP of the protocol finds them no longer waiting: ignored.
+        vm.run[1] = RunState::Running;
+        icr(&mut vm, 0, 1 << 24, 0x4600 | 0x10);
+        assert_eq!(vm.run[1], RunState::Running);
+        // CPUID tells each vCPU its own APIC ID; the MP table count is the VM's.
+        let (_, mut cpus) = smp(2);
+        let mut shared = smp(2).0;
+        cpus[1].handle(
+            &mut shared,
+            Exit::Cpuid {
+                leaf: 1,
+                subleaf: 0,
+            },
+            0,
+        );
+        assert_eq!(cpus[1].vcpu.regs.rbx >> 24, 1);
+        assert_eq!((cpus[1].vcpu.regs.rbx >> 16) & 0xFF, 2);
+    }
+
+    #[test]
+    fn fixed_ipi_wakes_and_interrupts_the_target_vcpu() {
+        let (mut vm, mut cpus) = smp(2);
+        vm.run[1] = RunState::Running;
+        // vCPU 1: APIC software-enabled, halted with interrupts on.
+        vm.lapics[1].mmio_write(0xF0, 4, 0x1FF, 0);
+        cpus[1].vcpu.rflags = 2 | RFLAGS_IF;
+        assert_eq!(cpus[1].handle(&mut vm, Exit::Halt, 0), Next::Yield);
+        assert!(cpus[1].halted);
+        icr(&mut vm, 0, 1 << 24, 0xE0);
+        assert_eq!(vm.kicks, 0b10);
+        cpus[1].prepare_entry(&mut vm, 1);
+        assert!(!cpus[1].halted);
+        assert_eq!(cpus[1].vcpu.interrupts, [0xE0]);
+        assert!(cpus[0].vcpu.interrupts.is_empty());
+    }
+
+    #[test]
+    fn pic_interrupts_reach_only_the_bsp() {
+        let (mut vm, mut cpus) = smp(2);
+        vm.run[1] = RunState::Running;
+        // Virtual wire on vCPU 1 too: still only the BSP is wired to the PIC's INTR.
+        vm.lapics[1].setup_virtual_wire();
+        {
+            let mut t = TestVm {
+                shared: vm,
+                cpu: cpus.remove(0),
+            };
+            linux_like_platform(&mut t);
+            vm = t.shared;
+            cpus.insert(0, t.cpu);
+        }
+        let due = vm.next_deadline_ns().unwrap();
+        for c in cpus.iter_mut() {
+            c.vcpu.rflags = 2 | RFLAGS_IF;
+        }
+        cpus[1].prepare_entry(&mut vm, due);
+        assert!(cpus[1].vcpu.interrupts.is_empty());
+        cpus[0].prepare_entry(&mut vm, due);
+        assert_eq!(cpus[0].vcpu.interrupts, [0x30]);
+    }
+
+    #[test]
+    fn halting_with_interrupts_off_parks_one_vcpu_and_stops_the_vm_with_the_last() {
+        let (mut vm, mut cpus) = smp(2);
+        vm.run[1] = RunState::Running;
+        assert_eq!(cpus[1].handle(&mut vm, Exit::Halt, 0), Next::Yield);
+        assert_eq!(vm.parked, 0b10);
+        // INIT releases a parked vCPU (it then waits for STARTUP).
+        icr(&mut vm, 0, 1 << 24, 0x4500);
+        assert_eq!((vm.parked, vm.run[1]), (0, RunState::WaitForSipi));
+        vm.run[1] = RunState::Running;
+        cpus[1].handle(&mut vm, Exit::Halt, 0);
+        assert!(
+            matches!(cpus[0].handle(&mut vm, Exit::Halt, 0), Next::Stop(w) if w.ends_with("(every vCPU)"))
+        );
+    }
+
+    #[test]
+    fn ioapic_lowest_priority_goes_to_one_apic() {
+        let (mut vm, _) = smp(2);
+        for (i, l) in vm.lapics.iter_mut().enumerate() {
+            l.mmio_write(0xF0, 4, 0x1FF, 0);
+            l.mmio_write(0xD0, 4, 1 << (24 + i), 0); // flat logical
+        }
+        vm.lapics[0].set_tpr(0x40);
+        vm.deliver(devices::Delivery {
+            pin: 4,
+            vector: 0x44,
+            mode: DeliveryMode::LowestPriority,
+            logical: true,
+            level_triggered: false,
+            dest: 0b11,
+        });
+        assert_eq!(vm.lapics[0].pending_vector(), None);
+        assert_eq!(vm.lapics[1].pending_vector(), Some(0x44));
+        assert_eq!(vm.kicks, 0b10);
     }
 }
