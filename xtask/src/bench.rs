@@ -619,12 +619,13 @@ fn run_bochs_streaming(image: &Path, work: &Path, limit: Duration) -> Result<Str
     Ok(out)
 }
 
-/// The QEMU options of the hypervisor run.
+/// The QEMU options of the hypervisor run: as many processors as the Linux VM has
+/// vCPUs, as the direct boot gets.
 fn hv_qemu_options() -> QemuOptions {
     QemuOptions {
         firmware: Firmware::Bios,
         memory_mib: HV_MEMORY_MIB,
-        cpus: 1,
+        cpus: linux::LINUX_VCPUS,
         gdb: false,
         cpu: Some(QEMU_CPU.into()),
         force_tcg: true,
@@ -632,12 +633,14 @@ fn hv_qemu_options() -> QemuOptions {
 }
 
 /// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command
-/// line and memory, with the hypervisor run's machine type and CPU model.
+/// line, memory and vCPU count (`-smp`), with the hypervisor run's machine type and
+/// CPU model.
 fn direct_command(qemu: &Path, guest: &LinuxGuest) -> Command {
     let vm = linux::linux_vm(guest, true);
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", QEMU_CPU])
-        .args(["-m", &format!("{}K", vm.memory_kib), "-smp", "1"])
+        .args(["-m", &format!("{}K", vm.memory_kib)])
+        .args(["-smp", &vm.vcpus.to_string()])
         .args(["-serial", "stdio", "-display", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&guest.bzimage)
