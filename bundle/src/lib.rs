@@ -552,8 +552,13 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
                 .map_err(|_| BundleError::BadModuleCmdline { index, module })?;
             modules.push(Module { data, cmdline });
         }
-        let image_path = string(blob, table_end, field(E_IMAGE_PATH), field(E_IMAGE_PATH + 4))
-            .map_err(|_| BundleError::BadImagePath { index })?;
+        let image_path = string(
+            blob,
+            table_end,
+            field(E_IMAGE_PATH),
+            field(E_IMAGE_PATH + 4),
+        )
+        .map_err(|_| BundleError::BadImagePath { index })?;
         vms.push(VmSpec {
             name,
             memory_kib: field(E_MEMORY),

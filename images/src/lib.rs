@@ -191,7 +191,10 @@ pub const RAM_MAX: u64 = 64 << 30;
 pub fn min_ram(req: &BootRequest<'_, '_>) -> Result<u64, String> {
     const PAGE: u64 = 4096;
     let fits = |ram: u64| plan_request(&BootRequest { ram, ..*req }).is_ok();
-    plan_request(&BootRequest { ram: RAM_MAX, ..*req })?;
+    plan_request(&BootRequest {
+        ram: RAM_MAX,
+        ..*req
+    })?;
     // Invariant: `hi` plans, `lo` does not (0 bytes never does: nothing fits).
     let (mut lo, mut hi) = (0u64, RAM_MAX / PAGE);
     while hi - lo > 1 {

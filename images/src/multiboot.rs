@@ -37,8 +37,8 @@ use vcpu::{CpuMode, GuestRegisters, StartState};
 
 use crate::tiny::load_segments;
 use crate::{
-    align_up, boot_gdt, check_cmdline, check_fits, pc_memory_map, LoadPlan, Module,
-    Segment, EBDA_START,
+    align_up, boot_gdt, check_cmdline, check_fits, pc_memory_map, LoadPlan, Module, Segment,
+    EBDA_START,
 };
 
 /// The header's magic (spec 3.1.2).

@@ -158,4 +158,3 @@ pub fn load_segments<'a>(
     }
     Ok(out)
 }
-

@@ -305,10 +305,16 @@ pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    parse_text(&label, &text, &dir)
+}
+
+/// Validates config `text` as [`load`] does a file named `label` in `dir` (relative
+/// paths resolve against `dir`). The fuzz target feeds it arbitrary text.
+pub fn parse_text(label: &str, text: &str, dir: &Path) -> Result<Vec<VmDef>, ConfigError> {
     parse(&Source {
-        label,
-        text: &text,
-        dir,
+        label: label.to_string(),
+        text,
+        dir: dir.to_path_buf(),
     })
 }
 
@@ -633,7 +639,12 @@ fn least_memory(req: &guest_image::BootRequest<'_, '_>) -> Result<u64, Refusal> 
     if let Err(e) = min_ram(&bare) {
         return Err(Refusal::Image(e));
     }
-    if min_ram(&BootRequest { modules: &[], ..*req }).is_err() {
+    if min_ram(&BootRequest {
+        modules: &[],
+        ..*req
+    })
+    .is_err()
+    {
         return Err(Refusal::Cmdline(e));
     }
     Err(Refusal::Modules(e))
@@ -951,11 +962,9 @@ pub fn single_vm(
     };
     let kernel = kernel.to_path_buf();
     // The name depends on the format; peek at the image (errors come from resolve).
-    let detected = std::fs::read(&kernel)
-        .ok()
-        .map_or(ImageFormat::Auto, |b| {
-            guest_image::detect(&b, ImageFormat::Auto)
-        });
+    let detected = std::fs::read(&kernel).ok().map_or(ImageFormat::Auto, |b| {
+        guest_image::detect(&b, ImageFormat::Auto)
+    });
     let mut raw = RawVm {
         at: opt("--kernel"),
         name: Some((name_from(&kernel, detected), opt("--kernel"))),
@@ -1509,7 +1518,9 @@ cmdline = "x"
         );
         let e = s.err(&LINUX.replace("console=ttyS0", &"x".repeat(3000)));
         assert!(
-            e.contains("8:11: cmdline: the command line is 3000 bytes; this kernel accepts at most 2048"),
+            e.contains(
+                "8:11: cmdline: the command line is 3000 bytes; this kernel accepts at most 2048"
+            ),
             "{e}"
         );
         let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\ncmdline = \"x\"\n");
@@ -1538,7 +1549,9 @@ cmdline = "x"
         );
         let e = s.err(&vm("no64", "auto"));
         assert!(
-            e.contains("no64: this kernel has no 64-bit entry point (xloadflags XLF_KERNEL_64 clear)"),
+            e.contains(
+                "no64: this kernel has no 64-bit entry point (xloadflags XLF_KERNEL_64 clear)"
+            ),
             "{e}"
         );
         let e = s.err(&vm("boot.bin", "linux"));
@@ -1552,7 +1565,10 @@ cmdline = "x"
         bad[0x48] ^= 1;
         s.file("badsum", &bad);
         let e = s.err(&vm("badsum", "multiboot"));
-        assert!(e.contains("Multiboot header at file offset 0x40 has a bad checksum"), "{e}");
+        assert!(
+            e.contains("Multiboot header at file offset 0x40 has a bad checksum"),
+            "{e}"
+        );
         let e = s.err(&vm("bzImage", "tiny"));
         assert!(e.contains("bzImage: unrecognised guest image (68096 bytes): neither an ELF executable nor a 512-byte boot sector ending in 55 AA (format = tiny)"), "{e}");
         let e = s.err(&vm("junk", "auto"));
@@ -1589,7 +1605,9 @@ cmdline = "x"
         let syssize = (bz.len() as u32 - 5 * 512).div_ceil(16);
         bz[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
         s.file("rounded", &bz);
-        let vms = s.load(&LINUX.replace("\"bzImage\"", "\"rounded\"")).unwrap();
+        let vms = s
+            .load(&LINUX.replace("\"bzImage\"", "\"rounded\""))
+            .unwrap();
         let image = std::fs::read(&vms[0].image).unwrap();
         assert!(guest_image::plan_with(&image, vms[0].format, "", &[], 256 * MIB).is_ok());
         let vms = s
