@@ -2,10 +2,10 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout, version 2 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 3 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL2", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL3", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -16,11 +16,17 @@
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
 //!           60  modules      offset u32 of the module table, count u32
-//!           68  reserved     zero
+//!           68  image_path   offset u32, length u32 (UTF-8, at most IMAGE_PATH_MAX)
+//!           76  reserved     zero
 //! data     everything else: per VM its module table (count * 16 bytes: data offset,
-//!          data length, cmdline offset, cmdline length), its cmdline strings, then
-//!          the images and module data, each starting 16-byte aligned.
+//!          data length, cmdline offset, cmdline length), its cmdline strings and
+//!          image path, then the images and module data, each starting 16-byte
+//!          aligned.
 //! ```
+//!
+//! Version 3 added `image_path` (the image's name as the user gave it, which a
+//! Multiboot kernel gets at the start of its command line, as QEMU and GRUB pass it).
+//! The magic names the version: a bundle of another version is refused as a whole.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
 //! checks) against the data area `[end of entry table, total)` before use, counts are
@@ -34,7 +40,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL2";
+pub const MAGIC: [u8; 8] = *b"HVBUNDL3";
 const HEADER: usize = 16;
 const ENTRY: usize = 96;
 const MODULE_ENTRY: usize = 16;
@@ -43,6 +49,8 @@ pub const NAME_MAX: usize = 24;
 /// Longest command line (VM or module), in bytes. Linux's own limit on x86 is 2048
 /// by default; 4 KiB leaves room for kernels built with a larger one.
 pub const CMDLINE_MAX: usize = 4096;
+/// Longest image path, in bytes (Linux's PATH_MAX).
+pub const IMAGE_PATH_MAX: usize = 4096;
 /// Most modules one VM may carry. Bounds what a corrupt count could make the
 /// reader allocate, and what a guest's module list has to describe.
 pub const MODULES_MAX: usize = 64;
@@ -63,7 +71,8 @@ const E_VCPUS: usize = NAME_MAX + 24;
 pub const MAX_VCPUS: u32 = 16;
 const E_CMDLINE: usize = NAME_MAX + 28;
 const E_MODULES: usize = NAME_MAX + 36;
-const E_END: usize = NAME_MAX + 44;
+const E_IMAGE_PATH: usize = NAME_MAX + 44;
+const E_END: usize = NAME_MAX + 52;
 const _: () = assert!(E_END <= ENTRY);
 
 /// How the kernel should load a VM's image.
@@ -146,6 +155,9 @@ pub struct VmSpec<'a> {
     /// guest that never ends by itself does not keep the hypervisor running.
     pub background: bool,
     pub image: &'a [u8],
+    /// The image's path as the user named it (`kernel` key, `--kernel`); may be
+    /// empty. Multiboot kernels get it in front of their command line.
+    pub image_path: &'a str,
     pub format: ImageFormat,
     /// The kernel command line (Linux, Multiboot); empty when there is none.
     pub cmdline: &'a str,
@@ -190,6 +202,10 @@ pub enum BundleError {
     CmdlineTooLong {
         index: usize,
     },
+    /// The image path is out of bounds, too long, not UTF-8 or holds a NUL.
+    BadImagePath {
+        index: usize,
+    },
     TooManyModules {
         index: usize,
     },
@@ -209,7 +225,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL2)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL3)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -243,6 +259,11 @@ impl fmt::Display for BundleError {
                     "entry {index}: command line longer than {CMDLINE_MAX} bytes"
                 )
             }
+            BundleError::BadImagePath { index } => write!(
+                f,
+                "entry {index}: image path out of bounds, longer than {IMAGE_PATH_MAX} bytes, \
+                 not UTF-8 or holding NUL"
+            ),
             BundleError::TooManyModules { index } => {
                 write!(f, "entry {index}: more than {MODULES_MAX} modules")
             }
@@ -300,6 +321,9 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 BundleError::BadCmdline { index }
             }
         })?;
+        if vm.image_path.len() > IMAGE_PATH_MAX || vm.image_path.as_bytes().contains(&0) {
+            return Err(BundleError::BadImagePath { index });
+        }
         if vm.modules.len() > MODULES_MAX {
             return Err(BundleError::TooManyModules { index });
         }
@@ -317,6 +341,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         modules_at: usize,
         cmdline_at: usize,
         module_cmdlines_at: Vec<usize>,
+        image_path_at: usize,
     }
     let mut placed = Vec::with_capacity(vms.len());
     for vm in vms {
@@ -329,10 +354,13 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             module_cmdlines_at.push(cursor);
             cursor += m.cmdline.len();
         }
+        let image_path_at = cursor;
+        cursor += vm.image_path.len();
         placed.push(Placed {
             modules_at,
             cmdline_at,
             module_cmdlines_at,
+            image_path_at,
         });
     }
     let mut image_at = Vec::with_capacity(vms.len());
@@ -368,7 +396,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         let mut e = [0u8; ENTRY];
         e[..vm.name.len()].copy_from_slice(vm.name.as_bytes());
         let flags = if vm.background { FLAG_BACKGROUND } else { 0 };
-        let fields: [(usize, u32); 11] = [
+        let fields: [(usize, u32); 13] = [
             (E_MEMORY, vm.memory_kib),
             (E_RUN_LIMIT, vm.run_limit_ms),
             (E_IMAGE, image_at[i] as u32),
@@ -380,6 +408,8 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             (E_CMDLINE + 4, vm.cmdline.len() as u32),
             (E_MODULES, placed[i].modules_at as u32),
             (E_MODULES + 4, vm.modules.len() as u32),
+            (E_IMAGE_PATH, placed[i].image_path_at as u32),
+            (E_IMAGE_PATH + 4, vm.image_path.len() as u32),
         ];
         for (at, v) in fields {
             e[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -398,6 +428,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         for m in &vm.modules {
             out.extend_from_slice(m.cmdline.as_bytes());
         }
+        out.extend_from_slice(vm.image_path.as_bytes());
     }
     for (i, vm) in vms.iter().enumerate() {
         out.resize(image_at[i], 0);
@@ -429,8 +460,10 @@ enum StrError {
     Invalid,
 }
 
-/// A command line read from the data area: in bounds, not too long, UTF-8, no NUL.
+/// A string read from the data area (command line or image path): in bounds, not
+/// too long, UTF-8, no NUL.
 fn string(blob: &[u8], data_start: usize, offset: u32, len: u32) -> Result<&str, StrError> {
+    const _: () = assert!(IMAGE_PATH_MAX == CMDLINE_MAX);
     if len as usize > CMDLINE_MAX {
         return Err(StrError::TooLong);
     }
@@ -524,12 +557,20 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
                 .map_err(|_| BundleError::BadModuleCmdline { index, module })?;
             modules.push(Module { data, cmdline });
         }
+        let image_path = string(
+            blob,
+            table_end,
+            field(E_IMAGE_PATH),
+            field(E_IMAGE_PATH + 4),
+        )
+        .map_err(|_| BundleError::BadImagePath { index })?;
         vms.push(VmSpec {
             name,
             memory_kib: field(E_MEMORY),
             run_limit_ms: field(E_RUN_LIMIT),
             background: field(E_FLAGS) & FLAG_BACKGROUND != 0,
             image,
+            image_path,
             format,
             cmdline,
             vcpus,
@@ -552,6 +593,7 @@ mod tests {
             run_limit_ms: 0,
             background: false,
             image,
+            image_path: name,
             format: ImageFormat::Auto,
             cmdline: "",
             vcpus: 1,
@@ -574,6 +616,7 @@ mod tests {
                 run_limit_ms: 0,
                 background: false,
                 image: b"bzImage bytes",
+                image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,
                 cmdline: "console=ttyS0 quiet",
                 vcpus: 1,
@@ -712,6 +755,18 @@ mod tests {
         let at = u32_at(&b, linux + E_CMDLINE).unwrap() as usize;
         b[at] = 0xff;
         assert_eq!(read(&b), Err(BundleError::BadCmdline { index: 2 }));
+        // The image path: out of bounds, too long, not UTF-8.
+        let mut b = blob();
+        put(&mut b, linux + E_IMAGE_PATH, 0);
+        assert_eq!(read(&b), Err(BundleError::BadImagePath { index: 2 }));
+        let mut b = blob();
+        put(&mut b, linux + E_IMAGE_PATH + 4, IMAGE_PATH_MAX as u32 + 1);
+        assert_eq!(read(&b), Err(BundleError::BadImagePath { index: 2 }));
+        let mut b = blob();
+        let at = u32_at(&b, linux + E_IMAGE_PATH).unwrap() as usize;
+        assert_eq!(&b[at..at + 13], b"/boot/vmlinuz");
+        b[at] = 0xff;
+        assert_eq!(read(&b), Err(BundleError::BadImagePath { index: 2 }));
         // An entry count that the blob cannot hold.
         let mut b = blob();
         put(&mut b, 8, u32::MAX);
@@ -769,6 +824,17 @@ mod tests {
             write(&[spec]),
             Err(BundleError::TooManyModules { index: 0 })
         );
+        let long: String = "p".repeat(IMAGE_PATH_MAX + 1);
+        let spec = VmSpec {
+            image_path: &long,
+            ..tiny("p", b"")
+        };
+        assert_eq!(write(&[spec]), Err(BundleError::BadImagePath { index: 0 }));
+        let spec = VmSpec {
+            image_path: "a\0b",
+            ..tiny("p", b"")
+        };
+        assert_eq!(write(&[spec]), Err(BundleError::BadImagePath { index: 0 }));
         // Exactly at the limits is fine.
         let max: String = "c".repeat(CMDLINE_MAX);
         let name: String = "n".repeat(NAME_MAX);

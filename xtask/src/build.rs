@@ -176,12 +176,13 @@ impl GuestSet {
                 let dir = target_dir().join("hv").join("guests");
                 let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
                 let image = |name| crate::guests::find_image(&images, name).map(|g| g.path.clone());
-                // The command line and module string are the ones QEMU would pass for
-                // `-kernel mb32 -append hello=world -initrd testmod`, so mb32 prints
-                // the same lines under both (QEMU prefixes the kernel's file name).
+                // Named as QEMU's `-kernel mb32 -append hello=world -initrd testmod`
+                // names it: the loader puts the image path in front of the command
+                // line as QEMU does, so mb32 prints the same lines under both.
                 let mb32 = VmDef {
                     format: ImageFormat::Multiboot,
-                    cmdline: "mb32 hello=world".into(),
+                    image_path: "mb32".into(),
+                    cmdline: "hello=world".into(),
                     modules: vec![ModuleDef {
                         path: crate::guests::write_multiboot_test_module(&dir)?,
                         cmdline: "testmod".into(),

@@ -273,10 +273,6 @@ fn show_size(bytes: u64) -> String {
     }
 }
 
-fn mib_up(bytes: u64) -> u64 {
-    bytes.div_ceil(MIB)
-}
-
 /// A VM as written, before cross-checks: each value with where it came from.
 #[derive(Default)]
 struct RawVm {
@@ -286,6 +282,9 @@ struct RawVm {
     memory: Option<(u64, Loc)>,
     vcpus: Option<(i64, Loc)>,
     kernel: Option<(PathBuf, Loc)>,
+    /// The `kernel` path as written (before resolving it against the file's
+    /// directory): what a Multiboot kernel is told its path is, as QEMU tells it.
+    kernel_name: Option<String>,
     format: Option<(ImageFormat, Loc)>,
     cmdline: Option<(String, Loc)>,
     initrd: Option<(PathBuf, Loc)>,
@@ -307,10 +306,16 @@ pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    parse_text(&label, &text, &dir)
+}
+
+/// Validates config `text` as [`load`] does a file named `label` in `dir` (relative
+/// paths resolve against `dir`). The fuzz target feeds it arbitrary text.
+pub fn parse_text(label: &str, text: &str, dir: &Path) -> Result<Vec<VmDef>, ConfigError> {
     parse(&Source {
-        label,
-        text: &text,
-        dir,
+        label: label.to_string(),
+        text,
+        dir: dir.to_path_buf(),
     })
 }
 
@@ -460,8 +465,9 @@ fn parse_vm(
                 vm.vcpus = Some((n, loc));
             }
             "kernel" => {
-                let path = src.resolve(get_str(src, item, &loc)?);
-                vm.kernel = Some((path, loc));
+                let name = get_str(src, item, &loc)?;
+                vm.kernel_name = Some(name.to_string());
+                vm.kernel = Some((src.resolve(name), loc));
             }
             "initrd" => {
                 let path = src.resolve(get_str(src, item, &loc)?);
@@ -603,289 +609,47 @@ fn parse_modules(
     Ok(modules)
 }
 
-/// What inspecting an image found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ImageInfo {
-    format: ImageFormat,
-    /// Rough guest-physical memory the image itself needs (loaded end address, or
-    /// for Linux the setup header's `init_size` above its load address).
-    need: u64,
-    /// Longest command line the image accepts (Linux's `cmdline_size`).
-    cmdline_max: Option<usize>,
-}
-
-fn le16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn le32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn le64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Where Linux's protected-mode kernel goes when the loader has no better idea,
-/// and the room it needs beyond `init_size` and the initrd for boot data, page
-/// tables and early allocations. Rough on purpose: it catches "memory = 16" for a
-/// distribution kernel, not a kernel that would run out later.
-const LINUX_LOAD: u64 = 16 * MIB;
+/// Where Linux's protected-mode kernel needs room beyond what the loader places
+/// (its load address + `init_size`, the initrd, the boot data): early allocations,
+/// page tables, the decompressed initramfs. Added to the least memory that plans
+/// when the memory is defaulted (`--kernel` without `--memory`); a size written by
+/// the user is held to the loader's own verdict only.
 const LINUX_HEADROOM: u64 = 8 * MIB;
 
-/// Checks a bzImage's setup header: 64-bit entry needs boot protocol 2.12+ with
-/// `XLF_KERNEL_64`, and the kernel must be loaded high.
-fn inspect_linux(b: &[u8]) -> Result<ImageInfo, String> {
-    let bad = |what: String| format!("is not a 64-bit-bootable bzImage ({what})");
-    if b.get(0x202..0x206) != Some(b"HdrS") {
-        return Err(bad("no \"HdrS\" setup header at 0x202".into()));
-    }
-    let version = le16(b, 0x206).unwrap_or(0);
-    let protocol = format!("protocol {}.{}", version >> 8, version & 0xff);
-    if version < 0x020c {
-        return Err(bad(format!("{protocol}; 2.12 or later is needed")));
-    }
-    let xloadflags = le16(b, 0x236).unwrap_or(0);
-    if xloadflags & 1 == 0 {
-        return Err(bad(format!("{protocol}, without XLF_KERNEL_64")));
-    }
-    let loadflags = b.get(0x211).copied().unwrap_or(0);
-    if loadflags & 1 == 0 {
-        return Err(bad(format!("{protocol}, a zImage: not loaded high")));
-    }
-    let setup_sects = match b.get(0x1f1).copied().unwrap_or(0) {
-        0 => 4,
-        n => u64::from(n),
+/// Why the guest_image planner refuses a VM even with all the memory there is: the
+/// image itself, the command line, or the modules. Found by asking the planner again
+/// with less: the same code the kernel runs decides, xtask only points at the key.
+enum Refusal {
+    Image(String),
+    Cmdline(String),
+    Modules(String),
+}
+
+/// The least memory `req` boots in, or which part of it no memory can help.
+fn least_memory(req: &guest_image::BootRequest<'_, '_>) -> Result<u64, Refusal> {
+    use guest_image::{min_ram, BootRequest};
+    let e = match min_ram(req) {
+        Ok(ram) => return Ok(ram),
+        Err(e) => e,
     };
-    let setup_len = (setup_sects + 1) * 512;
-    if (b.len() as u64) <= setup_len {
-        return Err(bad(format!(
-            "{protocol}, truncated: {} bytes, the setup code alone is {setup_len}",
-            b.len()
-        )));
+    let bare = BootRequest {
+        cmdline: "",
+        modules: &[],
+        ..*req
+    };
+    if let Err(e) = min_ram(&bare) {
+        return Err(Refusal::Image(e));
     }
-    let payload = b.len() as u64 - setup_len;
-    let init_size = u64::from(le32(b, 0x260).unwrap_or(0)).max(payload);
-    let cmdline_size = le32(b, 0x238).unwrap_or(255) as usize;
-    let pref = le64(b, 0x258).filter(|&p| p != 0).unwrap_or(LINUX_LOAD);
-    Ok(ImageInfo {
-        format: ImageFormat::Linux,
-        need: pref.min(LINUX_LOAD) + init_size + LINUX_HEADROOM,
-        cmdline_max: Some(cmdline_size),
+    if min_ram(&BootRequest {
+        modules: &[],
+        ..*req
     })
+    .is_err()
+    {
+        return Err(Refusal::Cmdline(e));
+    }
+    Err(Refusal::Modules(e))
 }
-
-/// An x86 ELF executable's loaded end address, or why it is not one. `min_load`:
-/// the lowest physical address a segment may start at.
-fn inspect_elf(b: &[u8], min_load: u64) -> Result<u64, String> {
-    if !b.starts_with(b"\x7fELF") {
-        return Err("not an ELF file".into());
-    }
-    let class = b.get(4).copied();
-    let machine = le16(b, 18);
-    let (wide, name) = match (class, machine) {
-        (Some(1), Some(3)) => (false, "ELF32"),
-        (Some(2), Some(62)) => (true, "ELF64"),
-        _ => {
-            return Err(format!(
-                "an ELF file for another machine (class {:?}, machine {:?}): want ELF32 EM_386 or ELF64 EM_X86_64",
-                class.unwrap_or(0),
-                machine.unwrap_or(0)
-            ))
-        }
-    };
-    if b.get(5) != Some(&1) {
-        return Err(format!("{name}, but not little-endian"));
-    }
-    if le16(b, 16) != Some(2) {
-        return Err(format!(
-            "{name}, but not a fixed-address executable (ET_EXEC)"
-        ));
-    }
-    let truncated = || format!("{name} with truncated headers");
-    let (phoff, phentsize, phnum) = if wide {
-        (le64(b, 32), le16(b, 54), le16(b, 56))
-    } else {
-        (le32(b, 28).map(u64::from), le16(b, 42), le16(b, 44))
-    };
-    let (phoff, phentsize, phnum) = (
-        phoff.ok_or_else(truncated)? as usize,
-        phentsize.ok_or_else(truncated)? as usize,
-        phnum.ok_or_else(truncated)? as usize,
-    );
-    let mut end = 0u64;
-    for i in 0..phnum {
-        let at = phoff
-            .checked_add(i.checked_mul(phentsize).ok_or_else(truncated)?)
-            .ok_or_else(truncated)?;
-        let ph = b.get(at..).ok_or_else(truncated)?;
-        if le32(ph, 0).ok_or_else(truncated)? != 1 {
-            continue; // not PT_LOAD
-        }
-        let (offset, paddr, filesz, memsz) = if wide {
-            (le64(ph, 8), le64(ph, 24), le64(ph, 32), le64(ph, 40))
-        } else {
-            (
-                le32(ph, 4).map(u64::from),
-                le32(ph, 12).map(u64::from),
-                le32(ph, 16).map(u64::from),
-                le32(ph, 20).map(u64::from),
-            )
-        };
-        let (offset, paddr, filesz, memsz) = (
-            offset.ok_or_else(truncated)?,
-            paddr.ok_or_else(truncated)?,
-            filesz.ok_or_else(truncated)?,
-            memsz.ok_or_else(truncated)?,
-        );
-        if offset
-            .checked_add(filesz)
-            .is_none_or(|e| e > b.len() as u64)
-        {
-            return Err(format!(
-                "{name} whose segment at {paddr:#x} lies outside the file (truncated?)"
-            ));
-        }
-        if paddr < min_load {
-            return Err(format!(
-                "{name} with a segment at {paddr:#x}, below {min_load:#x} where the loader keeps its own structures"
-            ));
-        }
-        end = end.max(paddr.saturating_add(memsz));
-    }
-    if end == 0 {
-        return Err(format!("{name} without loadable segments"));
-    }
-    Ok(end)
-}
-
-/// Checks a tiny guest: a 512-byte boot sector or an ELF32/ELF64 executable loaded
-/// at or above 1 MiB (what the kernel's tiny loader accepts).
-fn inspect_tiny(b: &[u8]) -> Result<ImageInfo, String> {
-    let need = if b.len() == 512 && b[510..] == [0x55, 0xaa] {
-        0x7e00
-    } else if b.starts_with(b"\x7fELF") {
-        inspect_elf(b, crate::guests::MIN_ELF_LOAD_ADDR)
-            .map_err(|e| format!("is not a tiny guest: {e}"))?
-    } else {
-        return Err(
-            "is neither a 512-byte boot sector ending in 55 AA nor an ELF32/ELF64 executable"
-                .into(),
-        );
-    };
-    Ok(ImageInfo {
-        format: ImageFormat::Tiny,
-        need,
-        cmdline_max: Some(0),
-    })
-}
-
-const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
-/// Multiboot flag bits 0-15 are requirements; we can meet page-aligned modules (0),
-/// the memory map (1) and video information (2, answered with "none").
-const MULTIBOOT_KNOWN_REQUIRED: u32 = 0b111;
-const MULTIBOOT_AOUT_KLUDGE: u32 = 1 << 16;
-
-/// Finds and checks a Multiboot v1 header in the first 8 KiB (4-byte aligned,
-/// checksum), then the load addresses it or the ELF headers give.
-fn inspect_multiboot(b: &[u8]) -> Result<ImageInfo, String> {
-    let window = &b[..b.len().min(8192)];
-    let mut found = None;
-    let mut bad_checksum = false;
-    for at in (0..window.len().saturating_sub(11)).step_by(4) {
-        if le32(window, at) != Some(MULTIBOOT_MAGIC) {
-            continue;
-        }
-        let flags = le32(window, at + 4).unwrap_or(0);
-        let checksum = le32(window, at + 8).unwrap_or(0);
-        if MULTIBOOT_MAGIC.wrapping_add(flags).wrapping_add(checksum) == 0 {
-            found = Some((at, flags));
-            break;
-        }
-        bad_checksum = true;
-    }
-    let Some((at, flags)) = found else {
-        return Err(if bad_checksum {
-            "has a Multiboot magic in its first 8 KiB but no header with a valid checksum".into()
-        } else {
-            "has no Multiboot header (magic 0x1BADB002) in its first 8 KiB".into()
-        });
-    };
-    let unknown = flags & 0xffff & !MULTIBOOT_KNOWN_REQUIRED;
-    if unknown != 0 {
-        return Err(format!(
-            "is a Multiboot kernel that requires features this loader lacks (flags {flags:#x})"
-        ));
-    }
-    let end = if flags & MULTIBOOT_AOUT_KLUDGE != 0 {
-        let field = |i: usize| le32(b, at + 12 + 4 * i).map(u64::from);
-        let (Some(header_addr), Some(load_addr), Some(load_end), Some(bss_end), Some(entry)) =
-            (field(0), field(1), field(2), field(3), field(4))
-        else {
-            return Err("has a truncated Multiboot header (address fields missing)".into());
-        };
-        // The file offset the load starts at: the header sits at header_addr.
-        let Some(start) = (at as u64).checked_sub(header_addr.wrapping_sub(load_addr)) else {
-            return Err(format!(
-                "has inconsistent Multiboot addresses: header_addr {header_addr:#x} vs load_addr {load_addr:#x}"
-            ));
-        };
-        if header_addr < load_addr {
-            return Err(format!(
-                "has inconsistent Multiboot addresses: header_addr {header_addr:#x} below load_addr {load_addr:#x}"
-            ));
-        }
-        let load_end = if load_end == 0 {
-            load_addr + (b.len() as u64 - start)
-        } else {
-            load_end
-        };
-        if load_end < load_addr || load_end - load_addr > b.len() as u64 - start {
-            return Err(format!(
-                "has a Multiboot load range {load_addr:#x}..{load_end:#x} larger than the file"
-            ));
-        }
-        let end = load_end.max(bss_end);
-        if entry < load_addr || entry >= end {
-            return Err(format!(
-                "has a Multiboot entry {entry:#x} outside its load range {load_addr:#x}..{end:#x}"
-            ));
-        }
-        end
-    } else {
-        inspect_elf(b, 0).map_err(|e| {
-            format!("is a Multiboot kernel without load addresses (flag 16), so it must be an ELF executable, but it is {e}")
-        })?
-    };
-    Ok(ImageInfo {
-        format: ImageFormat::Multiboot,
-        need: end,
-        cmdline_max: None,
-    })
-}
-
-/// Checks `bytes` as `format`, or finds the format for `Auto`.
-fn inspect(bytes: &[u8], format: ImageFormat) -> Result<ImageInfo, String> {
-    match format {
-        ImageFormat::Linux => inspect_linux(bytes),
-        ImageFormat::Multiboot => inspect_multiboot(bytes),
-        ImageFormat::Tiny => inspect_tiny(bytes),
-        ImageFormat::Auto => {
-            // A bzImage also ends its first sector in 55 AA, and Multiboot kernels
-            // are often ELF files: test the most specific format first.
-            if bytes.get(0x202..0x206) == Some(b"HdrS") {
-                return inspect_linux(bytes);
-            }
-            if let Ok(info) = inspect_multiboot(bytes) {
-                return Ok(info);
-            }
-            inspect_tiny(bytes).map_err(|tiny| {
-                format!(
-                    "is not a recognised image: not a bzImage (no HdrS at 0x202), no Multiboot header in the first 8 KiB, and it {tiny}"
-                )
-            })
-        }
-    }
-}
-
 /// The size of a file the VM needs, or an error naming it as resolved.
 fn file_size(src: &Source, path: &Path, loc: &Loc) -> Result<u64, ConfigError> {
     std::fs::File::open(path)
@@ -970,14 +734,19 @@ fn resolve(
         )
     })?;
     let asked = raw.format.as_ref().map_or(ImageFormat::Auto, |(f, _)| *f);
-    let info = inspect(&bytes, asked).map_err(|e| {
+    // The kernel's own detection (bzImage, then Multiboot, then the tiny rules).
+    let format = guest_image::detect(&bytes, asked);
+    let image_error = |e: String| {
         let how = match asked {
             ImageFormat::Auto => String::new(),
             f => format!(" (format = {f})"),
         };
-        src.err(&kernel_loc, format!("{} {e}{how}", kernel.display()))
-    })?;
-    let format = info.format;
+        src.err(&kernel_loc, format!("{}: {e}{how}", kernel.display()))
+    };
+    let image_path = raw
+        .kernel_name
+        .clone()
+        .unwrap_or_else(|| kernel.display().to_string());
 
     // Modules: for Linux the initrd is module 0; Multiboot takes a list.
     let mut modules: Vec<(ModuleDef, Loc)> = Vec::new();
@@ -1031,25 +800,53 @@ fn resolve(
         }
         modules.extend(list.iter().cloned());
     }
-    let mut modules_size = 0u64;
+    // The modules' bytes: the planner places them as the kernel will.
+    let mut module_data = Vec::with_capacity(modules.len());
     for (m, loc) in &modules {
-        modules_size += file_size(src, &m.path, loc)?.div_ceil(4096) * 4096;
+        file_size(src, &m.path, loc)?;
+        let data = std::fs::read(&m.path)
+            .map_err(|e| src.err(loc, format!("cannot read {}: {e}", m.path.display())))?;
+        module_data.push(data);
     }
+    let boot_modules: Vec<bundle::Module> = modules
+        .iter()
+        .zip(&module_data)
+        .map(|((m, _), data)| bundle::Module {
+            data,
+            cmdline: &m.cmdline,
+        })
+        .collect();
 
     let cmdline = raw.cmdline.clone().map(|(c, _)| c).unwrap_or_default();
-    if let (Some((_, loc)), Some(max)) = (&raw.cmdline, info.cmdline_max) {
-        if cmdline.len() > max {
-            let why = if format == ImageFormat::Tiny {
-                "tiny guests take no command line".to_string()
-            } else {
-                format!(
-                    "this kernel accepts at most {max} bytes (cmdline_size in its setup header), it is {}",
-                    cmdline.len()
-                )
-            };
-            return Err(src.err(loc, why));
+    if let Some((_, loc)) = &raw.cmdline {
+        if format == ImageFormat::Tiny && !cmdline.is_empty() {
+            return Err(src.err(loc, "tiny guests take no command line"));
         }
     }
+
+    // The verdict: the kernel's own planner (guest_image), on the same bytes.
+    let mut req = guest_image::BootRequest {
+        image: &bytes,
+        image_path: &image_path,
+        format,
+        cmdline: &cmdline,
+        modules: &boot_modules,
+        ram: 0,
+    };
+    let least = least_memory(&req).map_err(|refusal| match refusal {
+        Refusal::Image(e) => image_error(e),
+        Refusal::Cmdline(e) => {
+            let loc = raw.cmdline.as_ref().map_or(&kernel_loc, |(_, l)| l);
+            src.err(loc, e)
+        }
+        Refusal::Modules(e) => {
+            let loc = match (&raw.initrd, &raw.modules) {
+                (Some((_, l)), _) | (None, Some((_, l))) => l,
+                _ => &kernel_loc,
+            };
+            src.err(loc, e)
+        }
+    })?;
 
     let (memory, memory_loc) = match &raw.memory {
         Some((bytes, loc)) => (*bytes, loc.clone()),
@@ -1058,43 +855,27 @@ fn resolve(
             (default, kernel_loc.clone())
         }
     };
-    let need = info.need.saturating_add(modules_size).saturating_add(
-        if format == ImageFormat::Multiboot {
-            64 * KIB // the information structure, command lines, memory map
+    // For a defaulted size, grow it to fit rather than fail (with headroom for Linux,
+    // which allocates beyond what the loader places).
+    let memory = if raw.memory.is_none() {
+        let headroom = if format == ImageFormat::Linux {
+            LINUX_HEADROOM
         } else {
             0
-        },
-    );
-    // For a defaulted size, grow it to fit rather than fail.
-    let memory = if raw.memory.is_none() && need > memory {
-        (need.div_ceil(MIB) * MIB).max(memory)
+        };
+        (least + headroom).next_multiple_of(MIB).max(memory)
     } else {
         memory
     };
-    if need > memory {
-        let detail = match format {
-            ImageFormat::Linux => {
-                let initrd = match modules_size {
-                    0 => String::new(),
-                    n => format!(", {} MiB for the initrd", mib_up(n)),
-                };
-                format!(
-                    "the kernel's load address and init_size{initrd}, and {} MiB of headroom",
-                    LINUX_HEADROOM / MIB
-                )
-            }
-            ImageFormat::Multiboot => {
-                "the image's load range, its modules and boot information".into()
-            }
-            _ => "the image's highest loaded address".into(),
-        };
+    req.ram = memory;
+    if let Err(e) = guest_image::plan_request(&req) {
         return Err(src.err(
             &memory_loc,
             format!(
-                "{} is too small for {}: it needs about {} MiB ({detail})",
+                "{} is too small for {}: it needs at least {} ({e})",
                 show_size(memory),
                 kernel.display(),
-                mib_up(need)
+                show_size(least.next_multiple_of(if least >= MIB { MIB } else { KIB }))
             ),
         ));
     }
@@ -1108,6 +889,7 @@ fn resolve(
     Ok(VmDef {
         name,
         image: kernel,
+        image_path,
         memory_kib: (memory / KIB) as u32,
         run_limit_ms: raw.run_limit_ms,
         background: raw.background,
@@ -1179,13 +961,14 @@ pub fn single_vm(
     };
     let kernel = kernel.to_path_buf();
     // The name depends on the format; peek at the image (errors come from resolve).
-    let detected = std::fs::read(&kernel)
-        .ok()
-        .and_then(|b| inspect(&b, ImageFormat::Auto).ok())
-        .map_or(ImageFormat::Auto, |i| i.format);
+    let detected = std::fs::read(&kernel).ok().map_or(ImageFormat::Auto, |b| {
+        guest_image::detect(&b, ImageFormat::Auto)
+    });
     let mut raw = RawVm {
         at: opt("--kernel"),
         name: Some((name_from(&kernel, detected), opt("--kernel"))),
+        // QEMU hands a Multiboot kernel its `-kernel` argument as given.
+        kernel_name: Some(kernel.display().to_string()),
         kernel: Some((kernel, opt("--kernel"))),
         cmdline: append.map(|a| (a.to_string(), opt("--append"))),
         ..RawVm::default()
@@ -1241,6 +1024,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         memory: Some((u64::from(vm.memory_kib) * KIB, at("memory"))),
         vcpus: Some((i64::from(vm.vcpus), at("vcpus"))),
         kernel: Some((vm.image.clone(), at("kernel"))),
+        kernel_name: Some(vm.image_path.clone()),
         format: Some((vm.format, at("format"))),
         cmdline: Some((vm.cmdline.clone(), at("cmdline"))),
         background: vm.background,
@@ -1259,8 +1043,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         || (vm.format == ImageFormat::Auto
             && std::fs::read(&vm.image)
                 .ok()
-                .and_then(|b| inspect(&b, ImageFormat::Auto).ok())
-                .is_some_and(|i| i.format == ImageFormat::Linux));
+                .is_some_and(|b| guest_image::detect(&b, ImageFormat::Auto) == ImageFormat::Linux));
     if linux && !modules.is_empty() {
         let (initrd, _) = modules.remove(0);
         raw.initrd = Some((initrd.path, at("initrd")));
@@ -1322,6 +1105,7 @@ mod tests {
         b[0x1f1] = 4;
         b[0x1fe] = 0x55;
         b[0x1ff] = 0xaa;
+        b[0x201] = 0x6a; // the header ends at 0x26c
         b[0x202..0x206].copy_from_slice(b"HdrS");
         b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
         b[0x211] = 1; // LOADED_HIGH
@@ -1331,6 +1115,9 @@ mod tests {
         b[0x260..0x264].copy_from_slice(&(8 * MIB as u32).to_le_bytes());
         b
     }
+
+    const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+    const MULTIBOOT_AOUT_KLUDGE: u32 = 1 << 16;
 
     /// A Multiboot kernel with the a.out kludge: loads at 1 MiB, 4 KiB file.
     fn multiboot() -> Vec<u8> {
@@ -1735,7 +1522,12 @@ cmdline = "x"
             "{e}"
         );
         let e = s.err(&LINUX.replace("console=ttyS0", &"x".repeat(3000)));
-        assert!(e.contains("this kernel accepts at most 2048 bytes"), "{e}");
+        assert!(
+            e.contains(
+                "8:11: cmdline: the command line is 3000 bytes; this kernel accepts at most 2048"
+            ),
+            "{e}"
+        );
         let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\ncmdline = \"x\"\n");
         assert!(
             e.contains("5:11: cmdline: tiny guests take no command line"),
@@ -1757,32 +1549,37 @@ cmdline = "x"
         let path = |f: &str| s.0.join(f).display().to_string();
         let e = s.err(&vm("old", "linux"));
         assert!(
-            e.contains(&format!("4:10: kernel: {} is not a 64-bit-bootable bzImage (protocol 2.11; 2.12 or later is needed)", path("old"))),
+            e.contains(&format!("4:10: kernel: {}: Linux boot protocol 2.11 is too old: the 64-bit entry needs 2.12 or later (format = linux)", path("old"))),
             "{e}"
         );
         let e = s.err(&vm("no64", "auto"));
         assert!(
-            e.contains("is not a 64-bit-bootable bzImage (protocol 2.15, without XLF_KERNEL_64)"),
+            e.contains(
+                "no64: this kernel has no 64-bit entry point (xloadflags XLF_KERNEL_64 clear)"
+            ),
             "{e}"
         );
         let e = s.err(&vm("boot.bin", "linux"));
-        assert!(e.contains("is not a 64-bit-bootable bzImage (no \"HdrS\" setup header at 0x202) (format = linux)"), "{e}");
+        assert!(e.contains("boot.bin: not a Linux bzImage: no \"HdrS\" setup header at 0x202 with boot flag 0xAA55 at 0x1FE (format = linux)"), "{e}");
         let e = s.err(&vm("boot.bin", "multiboot"));
         assert!(
-            e.contains("has no Multiboot header (magic 0x1BADB002) in its first 8 KiB"),
+            e.contains("boot.bin: no Multiboot header (magic 0x1BADB002, 4-byte aligned) in the first 8192 bytes"),
             "{e}"
         );
         let mut bad = multiboot();
         bad[0x48] ^= 1;
         s.file("badsum", &bad);
         let e = s.err(&vm("badsum", "multiboot"));
-        assert!(e.contains("no header with a valid checksum"), "{e}");
+        assert!(
+            e.contains("Multiboot header at file offset 0x40 has a bad checksum"),
+            "{e}"
+        );
         let e = s.err(&vm("bzImage", "tiny"));
-        assert!(e.contains("is neither a 512-byte boot sector ending in 55 AA nor an ELF32/ELF64 executable (format = tiny)"), "{e}");
+        assert!(e.contains("bzImage: unrecognised guest image (68096 bytes): neither an ELF executable nor a 512-byte boot sector ending in 55 AA (format = tiny)"), "{e}");
         let e = s.err(&vm("junk", "auto"));
         assert!(
             e.contains(&format!(
-                "kernel: {} is not a recognised image",
+                "kernel: {}: unrecognised guest image",
                 path("junk")
             )),
             "{e}"
@@ -1801,6 +1598,33 @@ cmdline = "x"
         }
     }
 
+    /// The host check and the kernel run the same planner: a bzImage whose syssize
+    /// is rounded up past the end of the file boots under QEMU and is accepted by
+    /// both; a Multiboot kernel keeps its path as written, for its command line.
+    #[test]
+    fn same_verdict_as_the_kernel() {
+        let s = Scratch::new("verdict");
+        s.images();
+        let mut bz = bzimage(0x020f, 1);
+        bz.truncate(bz.len() - 5);
+        let syssize = (bz.len() as u32 - 5 * 512).div_ceil(16);
+        bz[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+        s.file("rounded", &bz);
+        let vms = s
+            .load(&LINUX.replace("\"bzImage\"", "\"rounded\""))
+            .unwrap();
+        let image = std::fs::read(&vms[0].image).unwrap();
+        assert!(guest_image::plan_with(&image, vms[0].format, "", &[], 256 * MIB).is_ok());
+        let vms = s
+            .load("[[vm]]\nname = \"mb\"\nmemory = 16\nkernel = \"mb.bin\"\ncmdline = \"a=1\"\n")
+            .unwrap();
+        assert_eq!(
+            (vms[0].image_path.as_str(), vms[0].cmdline.as_str()),
+            ("mb.bin", "a=1")
+        );
+        assert_eq!(vms[0].image, s.0.join("mb.bin"));
+    }
+
     #[test]
     fn memory_must_hold_the_image() {
         let s = Scratch::new("fit");
@@ -1808,15 +1632,17 @@ cmdline = "x"
         s.file("big.elf", &elf64(0x20_0000, 8 * MIB));
         let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"big.elf\"\n");
         assert!(
-            e.contains("3:10: memory: 4 MiB is too small for") && e.contains("needs about 10 MiB"),
+            e.contains("3:10: memory: 4 MiB is too small for")
+                && e.contains("needs at least 10 MiB (image segment at 0x200000"),
             "{e}"
         );
-        // The fake bzImage: 16 MiB load + 8 MiB init_size + 8 MiB headroom + initrd.
-        let e = s.err(&LINUX.replace("256M", "32M"));
+        // The fake bzImage: 16 MiB load + 8 MiB init_size, then a page for the initrd.
+        let e = s.err(&LINUX.replace("256M", "24M"));
         assert!(
-            e.contains("4:10: memory: 32 MiB is too small") && e.contains("about 33 MiB"),
+            e.contains("4:10: memory: 24 MiB is too small") && e.contains("at least 25 MiB"),
             "{e}"
         );
+        assert!(s.load(&LINUX.replace("256M", "25M")).is_ok());
     }
 
     #[test]

@@ -34,6 +34,11 @@ commands:
       --runs <n>            repetitions, shown as median [min-max] (default 3)
       --emulator <qemu|bochs>  bochs: the hypervisor run under VT-x only
                         (also takes --debug and --log)
+  fuzz [target...]      build the libFuzzer targets in fuzz/ and run each for a
+                        bounded time: images, bundle, config, devices (default:
+                        all); reports executions and crashes
+      --seconds <n>         time per target (default 20)
+      --jobs <n>            parallel libFuzzer workers per target (default 1)
   flash <device>        write the disk image to a USB stick (removable whole disk)
       --uefi | --bios       which image (default: BIOS; UEFI for UEFI-only machines)
       --yes                 do not ask for confirmation
@@ -301,6 +306,13 @@ fn flash(mut args: Args) -> Result<(), String> {
     xtask::flash::flash(&image, &PathBuf::from(device), yes)
 }
 
+fn fuzz(mut args: Args) -> Result<(), String> {
+    let seconds = args.number("--seconds")?.unwrap_or(20);
+    let jobs = args.number("--jobs")?.unwrap_or(1).max(1);
+    let targets = args.finish()?;
+    xtask::fuzz::fuzz(&targets, u64::from(seconds), jobs).map(|_| ())
+}
+
 fn main() -> ExitCode {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() {
@@ -324,6 +336,7 @@ fn main() -> ExitCode {
         "test" => test(args),
         "bench" => bench(args),
         "flash" => flash(args),
+        "fuzz" => fuzz(args),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

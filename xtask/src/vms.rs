@@ -22,6 +22,10 @@ pub struct ModuleDef {
 pub struct VmDef {
     pub name: String,
     pub image: PathBuf,
+    /// The image's path as the user named it (the config's `kernel` string,
+    /// `--kernel`): a Multiboot kernel's command line starts with it, as under
+    /// QEMU. [`VmDef::new`] takes `image` as given.
+    pub image_path: String,
     pub memory_kib: u32,
     pub run_limit_ms: u32,
     pub background: bool,
@@ -38,9 +42,11 @@ impl VmDef {
     /// A VM with one vCPU, no command line and no modules, its format detected by the
     /// kernel.
     pub fn new(name: impl Into<String>, image: impl Into<PathBuf>, memory_kib: u32) -> Self {
+        let image = image.into();
         Self {
             name: name.into(),
-            image: image.into(),
+            image_path: image.display().to_string(),
+            image,
             memory_kib,
             run_limit_ms: 0,
             background: false,
@@ -103,6 +109,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             run_limit_ms: v.run_limit_ms,
             background: v.background,
             image,
+            image_path: &v.image_path,
             format: v.format,
             cmdline: &v.cmdline,
             vcpus: v.vcpus,
@@ -183,6 +190,7 @@ mod tests {
                 run_limit_ms: 5,
                 background: true,
                 image: b"kernel",
+                image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,
                 cmdline: "console=ttyS0",
                 vcpus: 1,

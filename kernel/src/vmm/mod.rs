@@ -1,14 +1,13 @@
-//! The vendor-neutral VMM core: guest loading, the CPUID/MSR/hypercall policy, exit
-//! dispatch to devices, per-VM statistics, and the run loop that time-slices VMs.
+//! The vendor-neutral VMM core: guest loading (planned by the `guest_image` crate),
+//! the CPUID/MSR/hypercall policy, exit dispatch to devices, per-VM statistics, and
+//! the run loop that time-slices VMs.
 //! It sees only `vcpu::Backend` and `vcpu::Vcpu`; which vendor runs underneath is
 //! decided once, in `boot`.
 
 pub mod console;
 pub mod guest_walk;
-pub mod linux;
 pub mod loader;
 pub mod mmio;
-pub mod multiboot;
 pub mod platform;
 pub mod policy;
 pub mod sched;

@@ -99,13 +99,7 @@ fn start<B: Backend>(
             spec.vcpus
         ));
     }
-    let plan = loader::plan_with(
-        spec.image,
-        spec.format,
-        spec.cmdline,
-        &spec.modules,
-        ram_size,
-    )?;
+    let plan = loader::plan_vm(spec, ram_size)?;
     let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
         format!(
             "cannot allocate {} KiB of guest RAM: {e:?}",

@@ -35,9 +35,10 @@ use elf::endian::AnyEndian;
 use elf::ElfBytes;
 use vcpu::{CpuMode, GuestRegisters, StartState};
 
-use super::loader::{
-    align_up, boot_gdt, check_cmdline, check_fits, load_segments, pc_memory_map, LoadPlan, Module,
-    Segment, EBDA_START,
+use crate::tiny::load_segments;
+use crate::{
+    align_up, boot_gdt, check_cmdline, check_fits, pc_memory_map, LoadPlan, Module, Segment,
+    EBDA_START,
 };
 
 /// The header's magic (spec 3.1.2).
@@ -84,6 +85,19 @@ const MMAP_ENTRY: usize = 24;
 /// A module entry: mod_start, mod_end (exclusive), string, reserved (spec 3.3).
 const MODULE_ENTRY: usize = 16;
 const LOADER_NAME: &[u8] = b"hv\0";
+
+/// The command line a Multiboot kernel is given: its image's path, a space, then the
+/// user's command line, as QEMU's `-kernel` builds it (`"%s %s"` of kernel_filename
+/// and the `-append` text) and as GRUB's `multiboot` command passes its whole line,
+/// file name first: kernels that parse their command line skip the first word. An
+/// empty `image_path` (a caller that knows none) leaves `cmdline` alone.
+pub fn command_line(image_path: &str, cmdline: &str) -> String {
+    if image_path.is_empty() {
+        String::from(cmdline)
+    } else {
+        format!("{image_path} {cmdline}")
+    }
+}
 
 /// The offset of the first Multiboot header with a valid checksum, if any.
 pub fn find_header(image: &[u8]) -> Option<usize> {
@@ -427,7 +441,7 @@ fn load_elf(image: &[u8], ram: u64) -> Result<Kernel<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::loader::{plan_with, ImageFormat};
+    use crate::{plan_with, ImageFormat};
 
     const MIB: u64 = 1 << 20;
 
@@ -668,6 +682,49 @@ mod tests {
         assert_eq!(limit, 31);
         assert_eq!(mem_u64(&p, gdt + 0x10), 0x00CF_9B00_0000_FFFF);
         assert_eq!(mem_u64(&p, gdt + 0x18), 0x00CF_9300_0000_FFFF);
+    }
+
+    /// QEMU passes `"kernel_filename cmdline"` and GRUB the whole `multiboot` line:
+    /// third-party kernels skip the first word of their command line.
+    #[test]
+    fn command_line_starts_with_the_image_path() {
+        let img = aout_kernel(0x10_0000, 0x100);
+        let req = |image_path, cmdline| crate::BootRequest {
+            image: &img,
+            image_path,
+            format: ImageFormat::Auto,
+            cmdline,
+            modules: &[],
+            ram: 16 * MIB,
+        };
+        let cmdline_of = |p: &LoadPlan<'_>| mem_str(p, mem_u32(p, p.start.regs.rbx + 16) as u64);
+        let p = crate::plan_request(&req("/boot/kernel.elf", "console=ttyS0 x")).unwrap();
+        assert_eq!(cmdline_of(&p), "/boot/kernel.elf console=ttyS0 x");
+        // As QEMU's "%s %s": the separating space stays when there is no command line.
+        let p = crate::plan_request(&req("kernel", "")).unwrap();
+        assert_eq!(cmdline_of(&p), "kernel ");
+        // A caller that knows no path passes the command line alone.
+        let p = crate::plan_request(&req("", "a b")).unwrap();
+        assert_eq!(cmdline_of(&p), "a b");
+        assert_eq!(command_line("k", "a"), "k a");
+        // A NUL in the path is refused like one in the command line.
+        let e = crate::plan_request(&req("a\0b", "")).unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        // A bundle VM passes its image path through.
+        let vm = bundle::VmSpec {
+            name: "mb",
+            memory_kib: 16 * 1024,
+            run_limit_ms: 0,
+            background: false,
+            image: &img,
+            image_path: "mb.bin",
+            format: ImageFormat::Multiboot,
+            cmdline: "hello=world",
+            vcpus: 1,
+            modules: Vec::new(),
+        };
+        let p = crate::plan_request(&crate::BootRequest::for_vm(&vm, 16 * MIB)).unwrap();
+        assert_eq!(cmdline_of(&p), "mb.bin hello=world");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use vcpu::{CpuMode, GuestRegisters, StartState};
 
-use super::loader::{
+use crate::{
     align_up, boot_gdt, check_cmdline, check_fits, identity_tables, pc_memory_map, LoadPlan,
     Module, Segment, PAGE_TABLES_GPA,
 };
@@ -179,19 +179,23 @@ pub fn plan<'a>(
     }
     check_cmdline(cmdline)?;
 
-    // The protected-mode kernel follows the setup sectors (boot.rst "Loading The Rest
-    // of The Kernel"); syssize (2.04+) gives its size in 16-byte paragraphs.
+    // The protected-mode kernel is the rest of the file after the setup sectors
+    // (boot.rst "Loading The Rest of The Kernel"), as QEMU's `-kernel` loads it.
+    // syssize (2.04+, in 16-byte paragraphs) is not a bound on the file: build tools
+    // round it up, so it may run up to 15 bytes past the end of a good image, and
+    // QEMU never reads it. The one hard need is the 64-bit entry point inside the
+    // file.
     let setup_sects = match image[SETUP_SECTS] {
         0 => 4,
         n => n as usize,
     };
     let kernel_off = (setup_sects + 1) * 512;
     let kernel = image.get(kernel_off..).unwrap_or(&[]);
-    let syssize = rd32(image, SYSSIZE) as u64 * 16;
-    if kernel.len() as u64 <= ENTRY_64_OFFSET || (kernel.len() as u64) < syssize {
+    if kernel.len() as u64 <= ENTRY_64_OFFSET {
         return Err(format!(
-            "truncated bzImage: {} bytes of protected-mode kernel after {setup_sects} setup sectors, the header says {syssize}",
-            kernel.len()
+            "truncated bzImage: {} bytes of protected-mode kernel after {setup_sects} setup sectors (the file has {}), too short to hold the 64-bit entry point at {ENTRY_64_OFFSET:#x}",
+            kernel.len(),
+            image.len()
         ));
     }
 
@@ -343,7 +347,7 @@ pub fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::loader::{plan_with, ImageFormat};
+    use crate::{plan_with, ImageFormat};
 
     const MIB: u64 = 1 << 20;
 
@@ -608,6 +612,25 @@ mod tests {
         assert_eq!(translate(&p, 0x1_0000_0000), None);
     }
 
+    /// syssize counts 16-byte paragraphs and build tools round it up, so it may
+    /// reach past the end of a good image. QEMU's `-kernel` loads the rest of the file
+    /// after the setup sectors and never reads syssize; so do we.
+    #[test]
+    fn syssize_rounded_up_past_the_end_of_the_file_is_accepted() {
+        let f = Fake {
+            kernel_len: 0x1000 - 5,
+            ..Default::default()
+        };
+        let mut img = f.build();
+        wr32(&mut img, SYSSIZE, f.kernel_len.div_ceil(16) as u32);
+        let p = linux(&img, "", None, 96 * MIB).unwrap();
+        assert_eq!(p.segments[0].data.len(), 0x1000 - 5);
+        assert_eq!(p.segments[0].mem_len, 0x1000 - 5);
+        // Even a syssize far beyond the file does not matter, as under QEMU.
+        wr32(&mut img, SYSSIZE, u32::MAX);
+        assert!(linux(&img, "", None, 96 * MIB).is_ok());
+    }
+
     #[test]
     fn non_relocatable_and_low_pref_address() {
         // A relocatable kernel with no usable pref_address loads at the first aligned
@@ -667,11 +690,13 @@ mod tests {
         let img = Fake::default().build();
         let e = linux(&img, "", None, 40 * MIB).unwrap_err();
         assert!(e.contains("does not fit in the VM's 40960 KiB"), "{e}");
-        // Truncated: below the header, or shorter than syssize says.
+        // Truncated: below the header, or the 64-bit entry beyond the file.
         let e = plan_with(&img[..0x240], ImageFormat::Linux, "", &[], ram).unwrap_err();
         assert!(e.contains("truncated bzImage"), "{e}");
-        let e = linux(&img[..img.len() - 16], "", None, ram).unwrap_err();
+        let e = linux(&img[..28 * 512 + 0x200], "", None, ram).unwrap_err();
         assert!(e.contains("truncated bzImage"), "{e}");
+        assert!(e.contains("64-bit entry point"), "{e}");
+        assert!(linux(&img[..28 * 512 + 0x201], "", None, ram).is_ok());
         let mut bad = img.clone();
         bad[JUMP_OFFSET] = 0x20;
         assert!(linux(&bad, "", None, ram)
