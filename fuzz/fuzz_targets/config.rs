@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     match xtask::config::parse_text("fuzz.toml", text, scratch()) {
         Ok(vms) => {
             for vm in vms {
-                assert!(!vm.name.is_empty() && vm.vcpus == 1);
+                assert!(!vm.name.is_empty() && (1..=bundle::MAX_VCPUS).contains(&vm.vcpus));
             }
         }
         Err(e) => {

@@ -112,6 +112,10 @@ pub struct SvmVcpu {
     host_state_pa: u64,
     last: ExitInfo,
     fx: FxArea,
+    /// An NMI was injected and its handler has not reached IRET yet: SVM does not
+    /// show NMI blocking in the VMCB without vNMI, so the IRET intercept tracks it
+    /// (APM Vol. 2 15.20, as KVM does).
+    nmi_masked: bool,
 }
 
 impl SvmVcpu {
@@ -167,6 +171,7 @@ impl Backend for SvmBackend {
             host_state_pa: self.host_state_pa,
             last: ExitInfo::default(),
             fx: FxArea::initial(),
+            nmi_masked: false,
         };
         let result = (|| {
             v.vmcb_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
@@ -344,6 +349,13 @@ impl Vcpu for SvmVcpu {
         };
         self.regs.rax = info.rax;
         self.last = info;
+        if info.exitcode == crate::vmcb::exit_code::IRET {
+            // The NMI handler returns: NMIs are unblocked once this IRET completes. The
+            // next NMI may be injected before it does (a nested NMI, which guests that
+            // send NMIs to themselves handle), rather than single-stepping the IRET.
+            self.nmi_masked = false;
+            self.vmcb_mut().control.intercept1 &= !Intercept1::IRET.bits();
+        }
         exit::decode(&info)
     }
 
@@ -425,6 +437,20 @@ impl Vcpu for SvmVcpu {
 
     fn inject_interrupt(&mut self, vector: u8) {
         self.vmcb_mut().control.eventinj = event::interrupt(vector);
+    }
+
+    fn nmi_ready(&self) -> bool {
+        let v = self.vmcb();
+        !self.nmi_masked
+            && v.control.interrupt_shadow & int_state::INTERRUPT_SHADOW == 0
+            && v.control.eventinj & event::VALID == 0
+    }
+
+    fn inject_nmi(&mut self) {
+        self.nmi_masked = true;
+        let c = &mut self.vmcb_mut().control;
+        c.eventinj = event::VALID | event::TYPE_NMI | 2;
+        c.intercept1 |= Intercept1::IRET.bits();
     }
 
     fn rsp(&self) -> u64 {

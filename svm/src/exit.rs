@@ -109,7 +109,9 @@ pub fn decode(info: &ExitInfo) -> Exit {
         exit_code::VMMCALL => Exit::Hypercall,
         exit_code::SHUTDOWN => Exit::Shutdown,
         exit_code::INTR | exit_code::NMI => Exit::ExternalInterrupt,
-        exit_code::VINTR => Exit::InterruptWindow,
+        // VINTR: the guest can take an interrupt. IRET (intercepted only while an
+        // injected NMI's handler runs): NMIs are about to be unblocked.
+        exit_code::VINTR | exit_code::IRET => Exit::InterruptWindow,
         exit_code::VMRUN
         | exit_code::VMLOAD
         | exit_code::VMSAVE

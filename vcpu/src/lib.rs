@@ -260,6 +260,14 @@ pub trait Vcpu {
     /// Queues external interrupt `vector` for delivery on the next entry. The caller
     /// checked [`Vcpu::interrupt_ready`].
     fn inject_interrupt(&mut self, vector: u8);
+    /// Whether an NMI injected now would be delivered on the next entry: no NMI
+    /// handler is running (NMIs stay blocked from the delivery of one until the next
+    /// IRET, SDM Vol. 3A 6.7.1 / APM Vol. 2 8.2.2), no MOV SS/STI shadow, and no event
+    /// already queued.
+    fn nmi_ready(&self) -> bool;
+    /// Queues an NMI for delivery on the next entry. The caller checked
+    /// [`Vcpu::nmi_ready`].
+    fn inject_nmi(&mut self);
     /// Asks for [`Exit::InterruptWindow`] as soon as the guest can take an interrupt
     /// (SVM: V_IRQ with VINTR intercept; VMX: interrupt-window exiting); `false` cancels.
     fn request_interrupt_window(&mut self, on: bool);

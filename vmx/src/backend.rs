@@ -929,6 +929,14 @@ impl Vcpu for VmxVcpu {
         ops::set_interrupt_window(&mut self.make_current(), on);
     }
 
+    fn nmi_ready(&self) -> bool {
+        ops::nmi_ready(&self.make_current())
+    }
+
+    fn inject_nmi(&mut self) {
+        ops::inject_nmi(&mut self.make_current());
+    }
+
     fn rsp(&self) -> u64 {
         self.make_current().read(guest_nat::RSP)
     }

@@ -279,6 +279,24 @@ pub fn interrupt_ready(vmcs: &impl VmcsAccess) -> bool {
         && vmcs.read(control32::VM_ENTRY_INTERRUPTION_INFO) as u32 & intr_info::VALID == 0
 }
 
+/// Whether an NMI injected now would be delivered: not blocked by NMI (the processor
+/// tracks it from an NMI's delivery until the guest's IRET, also without "virtual
+/// NMIs"), nor by MOV SS or STI (VM entry may refuse NMI injection under either, SDM
+/// Vol. 3C 27.3.1.5), and no other event queued.
+pub fn nmi_ready(vmcs: &impl VmcsAccess) -> bool {
+    let blocking = interruptibility::BLOCKING_BY_STI
+        | interruptibility::BLOCKING_BY_MOV_SS
+        | interruptibility::BLOCKING_BY_NMI;
+    vmcs.read(guest32::INTERRUPTIBILITY_STATE) as u32 & blocking == 0
+        && vmcs.read(control32::VM_ENTRY_INTERRUPTION_INFO) as u32 & intr_info::VALID == 0
+}
+
+/// Queue an NMI (interruption type 2, vector 2) for the next entry.
+pub fn inject_nmi(vmcs: &mut impl VmcsAccess) {
+    let info = intr_info::VALID | intr_info::TYPE_NMI | 2;
+    vmcs.write(control32::VM_ENTRY_INTERRUPTION_INFO, info as u64);
+}
+
 /// Queue external interrupt `vector` (interruption type 0) for the next entry.
 pub fn inject_interrupt(vmcs: &mut impl VmcsAccess, vector: u8) {
     let info = intr_info::VALID | intr_info::TYPE_EXTERNAL_INTERRUPT | vector as u32;

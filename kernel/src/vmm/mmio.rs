@@ -939,6 +939,12 @@ mod tests {
         fn set_real_mode_cs(&mut self, _: u16) {
             unimplemented!("MMIO emulation never changes CS")
         }
+        fn nmi_ready(&self) -> bool {
+            unimplemented!("MMIO emulation injects nothing")
+        }
+        fn inject_nmi(&mut self) {
+            unimplemented!("MMIO emulation injects nothing")
+        }
         fn regs(&mut self) -> &mut GuestRegisters {
             &mut self.regs
         }

@@ -213,6 +213,7 @@ impl VmShared {
         for i in targets {
             if d.mode == DeliveryMode::Nmi {
                 self.lapics[i].deliver_nmi();
+                self.parked &= !(1 << i);
             } else {
                 self.lapics[i].deliver(d.vector, d.level_triggered);
             }
@@ -251,6 +252,12 @@ impl VmShared {
         let mut apics: Vec<&mut LocalApic> = self.lapics.iter_mut().collect();
         let routed = devices::ipi::route(&ipi, from, &mut apics);
         self.kicks |= routed.interrupted | routed.init | routed.startup;
+        // An NMI ends a HLT with interrupts disabled.
+        for (i, apic) in self.lapics.iter().enumerate() {
+            if apic.nmi_pending() {
+                self.parked &= !(1 << i);
+            }
+        }
         for (i, action) in routed.actions() {
             match action {
                 devices::ipi::Action::Init => {
@@ -277,6 +284,8 @@ pub struct VcpuCtx<V: Vcpu> {
     pub stats: ExitStats,
     /// Waiting in HLT with interrupts enabled for the next interrupt.
     pub halted: bool,
+    /// NMIs delivered to this vCPU.
+    pub nmi_injected: u64,
     ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
     topology: Topology,
@@ -300,6 +309,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             msrs: MsrState::default(),
             stats: ExitStats::default(),
             halted: false,
+            nmi_injected: 0,
             ram: machine.ram,
             host_cpuid,
             topology: Topology {
@@ -319,6 +329,22 @@ impl<V: Vcpu> VcpuCtx<V> {
         vm.platform.poll(now_ns, &mut out);
         vm.finish(out);
         vm.lapics[i].poll_timer(now_ns);
+        // An NMI goes before any interrupt, whatever RFLAGS.IF says, and ends a HLT
+        // (SDM Vol. 3A 6.7.1).
+        if vm.lapics[i].nmi_pending() {
+            vm.parked &= !(1 << i);
+            self.halted = false;
+            if self.vcpu.nmi_ready() {
+                vm.lapics[i].take_nmi();
+                self.nmi_injected += 1;
+                self.vcpu.inject_nmi();
+            } else {
+                // Blocked (an NMI handler runs, or a shadow): the next exit, at the
+                // latest the end of the time slice, tries again.
+                self.vcpu.request_interrupt_window(true);
+                return;
+            }
+        }
         // The PIC's INTR reaches the BSP through LINT0 (ExtINT), which bypasses the
         // APIC's priority logic (SDM Vol. 3A 11.5.1), so it goes first. Only the BSP
         // is wired to it (MP spec 3.6.2.2, virtual wire mode).
@@ -594,6 +620,8 @@ mod tests {
         window: bool,
         cr: vcpu::ControlRegs,
         real_cs: Option<u16>,
+        nmis: u32,
+        nmi_blocked: bool,
     }
 
     impl Vcpu for FakeVcpu {
@@ -641,6 +669,13 @@ mod tests {
         }
         fn request_interrupt_window(&mut self, on: bool) {
             self.window = on
+        }
+        fn nmi_ready(&self) -> bool {
+            !self.nmi_blocked
+        }
+        fn inject_nmi(&mut self) {
+            self.nmis += 1;
+            self.nmi_blocked = true;
         }
         fn rsp(&self) -> u64 {
             0
@@ -1154,5 +1189,30 @@ mod tests {
         assert_eq!(vm.lapics[0].pending_vector(), None);
         assert_eq!(vm.lapics[1].pending_vector(), Some(0x44));
         assert_eq!(vm.kicks, 0b10);
+    }
+
+    #[test]
+    fn nmi_ipis_are_injected_one_at_a_time_and_end_a_parked_hlt() {
+        let (mut vm, mut cpus) = smp(2);
+        vm.run[1] = RunState::Running;
+        // vCPU 1 parks: HLT with interrupts disabled.
+        assert_eq!(cpus[1].handle(&mut vm, Exit::Halt, 0), Next::Yield);
+        assert_eq!(vm.parked, 0b10);
+        icr(&mut vm, 0, 1 << 24, 0x400); // NMI to APIC 1
+        assert_eq!(vm.parked, 0, "an NMI ends the HLT");
+        cpus[1].prepare_entry(&mut vm, 1);
+        assert_eq!(cpus[1].vcpu.nmis, 1);
+        // A second NMI waits while the first handler runs (until its IRET).
+        icr(&mut vm, 0, 1 << 24, 0x400);
+        cpus[1].prepare_entry(&mut vm, 2);
+        assert_eq!(cpus[1].vcpu.nmis, 1);
+        assert!(cpus[1].vcpu.window);
+        cpus[1].vcpu.nmi_blocked = false; // the IRET
+        cpus[1].prepare_entry(&mut vm, 3);
+        assert_eq!(cpus[1].vcpu.nmis, 2);
+        // A self-NMI (shorthand self) on vCPU 0.
+        vm.lapics[0].mmio_write(0x300, 4, (1 << 18) | 0x400, 0);
+        cpus[0].prepare_entry(&mut vm, 4);
+        assert_eq!(cpus[0].vcpu.nmis, 1);
     }
 }
