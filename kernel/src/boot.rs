@@ -16,10 +16,8 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     println!("hv: hypervisor {} starting", env!("CARGO_PKG_VERSION"));
     gdt::init();
     smp::init_bsp();
-    let mut irqs = Vec::new();
-    irqs.extend(timer::handlers());
-    irqs.extend(smp::handlers());
-    interrupts::init(&irqs);
+    // Before the heap exists: no allocation here.
+    interrupts::init(timer::handlers().into_iter().chain(smp::handlers()));
     log::info!("GDT, TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {

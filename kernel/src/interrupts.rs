@@ -172,7 +172,7 @@ static IDT: Once<InterruptDescriptorTable> = Once::new();
 /// Handlers for hardware interrupts the hypervisor itself uses (its timer).
 pub type IrqHandler = extern "x86-interrupt" fn(x86_64::structures::idt::InterruptStackFrame);
 
-pub fn init(irqs: &[(u8, IrqHandler)]) {
+pub fn init(irqs: impl IntoIterator<Item = (u8, IrqHandler)>) {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
         let a = |f: extern "C" fn()| VirtAddr::new(f as usize as u64);
@@ -206,7 +206,7 @@ pub fn init(irqs: &[(u8, IrqHandler)]) {
             idt.virtualization.set_handler_addr(a(ve));
             idt.cp_protection_exception.set_handler_addr(a(cp));
         }
-        for &(vector, handler) in irqs {
+        for (vector, handler) in irqs {
             idt[vector].set_handler_fn(handler);
         }
         idt

@@ -255,6 +255,10 @@ fn prepare_trampoline(regions: &MemoryRegions) -> Result<Trampoline, &'static st
     // CR0 as the boot processor's, without EM and TS (FXSAVE must not fault).
     t.put(tramp::D_CR0, Cr0::read_raw() & !((1 << 2) | (1 << 3)));
     t.put(tramp::D_ENTRY, ap_main as extern "C" fn(usize) -> ! as usize as u64);
+    log::info!(
+        "AP start-up code at {page:#x} (STARTUP vector {:#x}), its PML4 copy at {pml4:#x}",
+        page >> 12
+    );
     Ok(t)
 }
 
