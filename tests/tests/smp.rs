@@ -1,0 +1,49 @@
+//! The host's processors: every processor the ACPI MADT lists is started, enables the
+//! virtualization extension on itself, runs its own local APIC timer and parks; the
+//! VMs (still run by the boot processor) are unaffected. VT-x with two processors
+//! under Bochs is checked by hand (see README, Testing): a second Bochs processor
+//! doubles that test's time.
+
+use tests::*;
+use xtask::emulator::EXIT_SUCCESS;
+
+#[test]
+fn every_processor_comes_up_with_amd_v_from_bios() {
+    let opts = QemuOptions {
+        memory_mib: 256,
+        cpus: 4,
+        force_tcg: true,
+        ..Default::default()
+    };
+    let out = boot_qemu("smp_amd_v_bios", GuestSet::None, &opts, QEMU_LIMIT);
+    for (cpu, id) in [(1, 1), (2, 2), (3, 3)] {
+        out.expect_line(&format!(
+            "hv: cpu {cpu} online (APIC id {id}), AMD-V enabled, LAPIC timer ticking"
+        ));
+    }
+    out.expect_line("processors: 4 (local APIC IDs 0 1 2 3) from the ACPI MADT")
+        .expect_line("hv:   smp: 4 of 4 processors online; time slices from the LAPIC timer at 1000 Hz")
+        .expect_no("did not start")
+        .expect_no("left out")
+        .expect_no("EXCEPTION")
+        .expect_no("PANIC")
+        .expect_exit(EXIT_SUCCESS);
+}
+
+/// UEFI firmware leaves the processors in a different state (and the low memory map
+/// differs); the tiny guests then run on the boot processor next to the parked AP.
+#[test]
+fn tiny_guests_run_next_to_a_parked_processor_from_uefi() {
+    let opts = QemuOptions {
+        firmware: Firmware::Uefi,
+        memory_mib: 256,
+        cpus: 2,
+        force_tcg: true,
+        ..Default::default()
+    };
+    let out = boot_qemu("smp_amd_v_uefi_guests", GuestSet::Tiny, &opts, QEMU_LIMIT);
+    out.expect_line("hv: cpu 1 online (APIC id 1), AMD-V enabled, LAPIC timer ticking")
+        .expect_line("hv:   smp: 2 of 2 processors online; time slices from the LAPIC timer")
+        .expect_exit(EXIT_SUCCESS);
+    expect_tiny_guests(&out);
+}
