@@ -7,7 +7,9 @@ use bootloader_api::BootInfo;
 
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
-use crate::{acpi_info, apic, detect, gdt, interrupts, memory, println, serial, smp, time, timer, vmm};
+use crate::{
+    acpi_info, apic, detect, gdt, interrupts, memory, println, serial, smp, time, timer, vmm,
+};
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
     serial::init();

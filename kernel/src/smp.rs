@@ -247,14 +247,20 @@ fn prepare_trampoline(regions: &MemoryRegions) -> Result<Trampoline, &'static st
     // tables use bit 63); SVME is the per-CPU enable's business.
     let efer = Efer::read_raw() & ((1 << 0) | (1 << 8) | (1 << 11));
     t.put(tramp::D_EFER, efer | (1 << 8));
-    t.put(tramp::D_KERNEL_CR3, Cr3::read_raw().0.start_address().as_u64());
+    t.put(
+        tramp::D_KERNEL_CR3,
+        Cr3::read_raw().0.start_address().as_u64(),
+    );
     // CR4 as the boot processor's, without VMXE (set by the per-CPU enable), with
     // OSFXSR and OSXMMEXCPT: guests' x87/SSE state is switched with FXSAVE/FXRSTOR.
     let cr4 = (Cr4::read_raw() & !(1 << 13)) | (1 << 9) | (1 << 10);
     t.put(tramp::D_CR4, cr4);
     // CR0 as the boot processor's, without EM and TS (FXSAVE must not fault).
     t.put(tramp::D_CR0, Cr0::read_raw() & !((1 << 2) | (1 << 3)));
-    t.put(tramp::D_ENTRY, ap_main as extern "C" fn(usize) -> ! as usize as u64);
+    t.put(
+        tramp::D_ENTRY,
+        ap_main as extern "C" fn(usize) -> ! as usize as u64,
+    );
     log::info!(
         "AP start-up code at {page:#x} (STARTUP vector {:#x}), its PML4 copy at {pml4:#x}",
         page >> 12
@@ -275,12 +281,19 @@ pub fn boot_aps(
     CPUS[0].apic_id.store(bsp_id, Ordering::Relaxed);
     CPUS[0].state.store(ONLINE, Ordering::Release);
     EXTENSION_HOOK.call_once(|| hook);
-    let aps: alloc::vec::Vec<u32> = apic_ids.iter().copied().filter(|&id| id != bsp_id).collect();
+    let aps: alloc::vec::Vec<u32> = apic_ids
+        .iter()
+        .copied()
+        .filter(|&id| id != bsp_id)
+        .collect();
     if aps.is_empty() {
         return 1;
     }
     if apic::mode() == apic::Mode::None {
-        println!("hv: no usable local APIC: the {} other processor(s) stay off", aps.len());
+        println!(
+            "hv: no usable local APIC: the {} other processor(s) stay off",
+            aps.len()
+        );
         return 1;
     }
     if apic::mode() == apic::Mode::XApic && aps.iter().any(|&id| id > 0xFF) {
@@ -310,7 +323,10 @@ pub fn boot_aps(
         let cpu = &CPUS[next];
         cpu.apic_id.store(id, Ordering::Relaxed);
         cpu.state.store(OFF, Ordering::Release);
-        t.put(tramp::D_STACK, memory::phys_to_virt(stack) as u64 + AP_STACK_SIZE);
+        t.put(
+            tramp::D_STACK,
+            memory::phys_to_virt(stack) as u64 + AP_STACK_SIZE,
+        );
         t.put(tramp::D_CPU, next as u64);
         core::sync::atomic::fence(Ordering::SeqCst);
         x86_64::instructions::interrupts::without_interrupts(|| {
@@ -333,7 +349,9 @@ pub fn boot_aps(
                 continue;
             }
             OFF => println!("hv: cpu {next} (APIC id {id}) did not start"),
-            STARTED => println!("hv: cpu {next} (APIC id {id}) started but did not finish its set-up"),
+            STARTED => {
+                println!("hv: cpu {next} (APIC id {id}) started but did not finish its set-up")
+            }
             _ => {} // FAILED: the AP said why
         }
         // Back to wait-for-SIPI: it runs nothing more and its stack is free again.
@@ -359,7 +377,9 @@ extern "C" fn ap_main(cpu: usize) -> ! {
         crate::shutdown::halt_forever()
     };
     if let Err(e) = gdt::init_ap() {
-        fail(&alloc::format!("no memory for its GDT, TSS and IST stacks: {e:?}"));
+        fail(&alloc::format!(
+            "no memory for its GDT, TSS and IST stacks: {e:?}"
+        ));
     }
     interrupts::load();
     apic::enable_this_cpu(timer::SPURIOUS_VECTOR, false);
@@ -370,7 +390,9 @@ extern "C" fn ap_main(cpu: usize) -> ! {
         None => String::from("no virtualization extension"),
         Some(hook) => match hook() {
             Ok(name) => alloc::format!("{name} enabled"),
-            Err(why) => fail(&alloc::format!("enabling the virtualization extension failed: {why}")),
+            Err(why) => fail(&alloc::format!(
+                "enabling the virtualization extension failed: {why}"
+            )),
         },
     };
     if !timer::start_this_cpu() {

@@ -22,7 +22,9 @@ fn every_processor_comes_up_with_amd_v_from_bios() {
         ));
     }
     out.expect_line("processors: 4 (local APIC IDs 0 1 2 3) from the ACPI MADT")
-        .expect_line("hv:   smp: 4 of 4 processors online; time slices from the LAPIC timer at 1000 Hz")
+        .expect_line(
+            "hv:   smp: 4 of 4 processors online; time slices from the LAPIC timer at 1000 Hz",
+        )
         .expect_no("did not start")
         .expect_no("left out")
         .expect_no("EXCEPTION")

@@ -242,9 +242,9 @@ impl VmxBackend {
 /// CR0/CR4 fixed bits with CR4.VMXE and OSFXSR, a VMXON region, VMXON, and dropping
 /// translations cached before. Returns the VMXON region and the fixed-bit MSRs.
 fn enter_vmx_operation(
-caps: &VmxCaps,
-controls: &Controls,
-mem: &mut dyn HostMemory,
+    caps: &VmxCaps,
+    controls: &Controls,
+    mem: &mut dyn HostMemory,
 ) -> Result<(u64, CrFixed), BackendError> {
     check(
         caps.vmcs_size as u64 <= PAGE && caps.vmcs_size != 0,
@@ -338,15 +338,7 @@ fn current_host_state() -> HostState {
     let (gdtr_base, _) = arch::sgdt();
     let (idtr_base, _) = arch::sidt();
     let tr = arch::read_tr();
-    // SAFETY: TR indexes a 16-byte TSS descriptor in the GDT the processor is using
-    // (the host loaded it with LTR), so both quadwords are readable.
-    let tr_base = unsafe {
-        let descriptor = (gdtr_base + (tr as u64 & !7)) as *const u64;
-        ops::system_descriptor_base(
-            descriptor.read_unaligned(),
-            descriptor.add(1).read_unaligned(),
-        )
-    };
+    let tr_base = this_cpu();
     // SAFETY: control registers and architectural MSRs present on every processor
     // with VMX in IA-32e mode (SYSENTER, FS/GS base, EFER, PAT).
     unsafe {
