@@ -50,6 +50,7 @@ const SVR_ENABLE: u32 = 1 << 8;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 /// ICR delivery modes and flags (SDM 11.6.1).
 pub const ICR_FIXED: u32 = 0b000 << 8;
+pub const ICR_NMI: u32 = 0b100 << 8;
 pub const ICR_INIT: u32 = 0b101 << 8;
 pub const ICR_STARTUP: u32 = 0b110 << 8;
 pub const ICR_LEVEL_ASSERT: u32 = 1 << 14;

@@ -167,6 +167,11 @@ extern "x86-interrupt" fn nmi(_frame: InterruptStackFrame) {
     }
 }
 
+/// Host NMIs taken so far, on every processor.
+pub fn nmi_count() -> u64 {
+    NMI_COUNT.load(Ordering::Relaxed)
+}
+
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
 /// Handlers for hardware interrupts the hypervisor itself uses (its timer).

@@ -38,7 +38,7 @@
 use alloc::boxed::Box;
 use alloc::string::String;
 use bootloader_api::info::MemoryRegions;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use spin::Once;
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase};
@@ -65,6 +65,8 @@ pub struct PerCpu {
     index: usize,
     apic_id: AtomicU32,
     state: AtomicU8,
+    /// Kick IPIs taken.
+    kicks: AtomicU64,
 }
 
 const fn table() -> [PerCpu; MAX_CPUS] {
@@ -73,6 +75,7 @@ const fn table() -> [PerCpu; MAX_CPUS] {
             index: 0,
             apic_id: AtomicU32::new(0),
             state: AtomicU8::new(OFF),
+            kicks: AtomicU64::new(0),
         }
     }; MAX_CPUS];
     let mut i = 0;
@@ -140,7 +143,47 @@ pub fn kick(cpu: usize) {
 }
 
 extern "x86-interrupt" fn kick_handler(_frame: x86_64::structures::idt::InterruptStackFrame) {
+    CPUS[this_cpu()].kicks.fetch_add(1, Ordering::Relaxed);
     apic::eoi();
+}
+
+/// Waits up to `timeout_us` for `done`.
+fn wait_for(timeout_us: u64, done: impl Fn() -> bool) -> bool {
+    let start = time::rdtsc();
+    let cycles = time::micros_to_tsc(timeout_us);
+    while !done() {
+        if time::rdtsc().wrapping_sub(start) >= cycles {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// The bring-up's last check, on the paths the scheduler relies on: each parked AP
+/// takes an NMI (and carries on: host NMIs must not stop the hypervisor) and then a
+/// kick IPI. Returns how many answered both.
+fn check_ipis(online: usize) -> usize {
+    let mut answered = 0;
+    for (cpu, me) in CPUS.iter().enumerate().take(online).skip(1) {
+        let id = apic_id(cpu);
+        let nmis = interrupts::nmi_count();
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            apic::send_ipi(id, apic::ICR_NMI);
+        });
+        let nmi_ok = wait_for(100_000, || interrupts::nmi_count() > nmis);
+        let kicks = me.kicks.load(Ordering::Relaxed);
+        kick(cpu);
+        let kick_ok = wait_for(100_000, || me.kicks.load(Ordering::Relaxed) > kicks);
+        match (nmi_ok, kick_ok) {
+            (true, true) => answered += 1,
+            (false, _) => println!("hv: cpu {cpu} (APIC id {id}) did not take an NMI"),
+            (true, false) => {
+                println!("hv: cpu {cpu} (APIC id {id}) did not take a kick IPI after an NMI")
+            }
+        }
+    }
+    answered
 }
 
 pub fn handlers() -> [(u8, interrupts::IrqHandler); 1] {
@@ -361,6 +404,13 @@ pub fn boot_aps(
         memory::free(stack, AP_STACK_SIZE);
     }
     memory::unmap_identity(t.page);
+    if next > 1 {
+        let answered = check_ipis(next);
+        println!(
+            "hv: NMI and kick IPI answered by {answered} of {} APs",
+            next - 1
+        );
+    }
     next
 }
 

@@ -1,6 +1,7 @@
 //! The host's processors: every processor the ACPI MADT lists is started, enables the
-//! virtualization extension on itself, runs its own local APIC timer and parks; the
-//! VMs (still run by the boot processor) are unaffected. VT-x with two processors
+//! virtualization extension on itself, runs its own local APIC timer, survives an NMI,
+//! answers a kick IPI and parks; the VMs (still run by the boot processor) are
+//! unaffected. VT-x with two processors
 //! under Bochs is checked by hand (see README, Testing): a second Bochs processor
 //! doubles that test's time.
 
@@ -21,7 +22,12 @@ fn every_processor_comes_up_with_amd_v_from_bios() {
             "hv: cpu {cpu} online (APIC id {id}), AMD-V enabled, LAPIC timer ticking"
         ));
     }
-    out.expect_line("processors: 4 (local APIC IDs 0 1 2 3) from the ACPI MADT")
+    // Each AP takes an NMI, logs it and carries on, then answers a kick IPI.
+    for cpu in 1..=3 {
+        out.expect_line(&format!("hv: host NMI on cpu {cpu} ("));
+    }
+    out.expect_line("hv: NMI and kick IPI answered by 3 of 3 APs")
+        .expect_line("processors: 4 (local APIC IDs 0 1 2 3) from the ACPI MADT")
         .expect_line(
             "hv:   smp: 4 of 4 processors online; time slices from the LAPIC timer at 1000 Hz",
         )
@@ -45,6 +51,7 @@ fn tiny_guests_run_next_to_a_parked_processor_from_uefi() {
     };
     let out = boot_qemu("smp_amd_v_uefi_guests", GuestSet::Tiny, &opts, QEMU_LIMIT);
     out.expect_line("hv: cpu 1 online (APIC id 1), AMD-V enabled, LAPIC timer ticking")
+        .expect_line("hv: NMI and kick IPI answered by 1 of 1 APs")
         .expect_line("hv:   smp: 2 of 2 processors online; time slices from the LAPIC timer")
         .expect_exit(EXIT_SUCCESS);
     expect_tiny_guests(&out);
