@@ -8,7 +8,8 @@ use bootloader_api::BootInfo;
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
 use crate::{
-    acpi_info, apic, detect, gdt, interrupts, memory, println, serial, smp, time, timer, vmm,
+    acpi_info, apic, detect, gdt, interrupts, memory, migration_check, println, serial, smp, time,
+    timer, vmm,
 };
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
@@ -145,7 +146,10 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     let failed = match ext {
         detect::Extension::Svm(caps) => {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
-                Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+                Ok(mut backend) => {
+                    migration_check::run(&mut backend);
+                    vmm::run_all(&mut backend, &specs)
+                }
                 Err(e) => {
                     println!("hv: enabling AMD-V failed: {e}");
                     shutdown::exit(Status::Failure);
@@ -153,7 +157,10 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             }
         }
         detect::Extension::Vmx(caps) => match vmx::VmxBackend::enable(&caps, &mut KernelMemory) {
-            Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+            Ok(mut backend) => {
+                migration_check::run(&mut backend);
+                vmm::run_all(&mut backend, &specs)
+            }
             Err(e) => {
                 println!("hv: enabling VT-x failed: {e}");
                 shutdown::exit(Status::Failure);

@@ -453,12 +453,88 @@ extern "C" fn ap_main(cpu: usize) -> ! {
     park(cpu)
 }
 
-/// Parked: halt until [`start_aps`] provides the entry, then run it.
+/// A call posted by [`run_on`]: the target processor, the function (its lifetime
+/// erased; `run_on` keeps it alive until the call finished), and whether the target
+/// has taken it.
+struct Call {
+    cpu: usize,
+    f: *mut (dyn FnMut() + Send + 'static),
+    taken: bool,
+}
+
+// SAFETY: the function behind `f` is `Send`; only the target processor calls it, while
+// `run_on`'s caller waits.
+unsafe impl Send for Call {}
+
+static MAILBOX: spin::Mutex<Option<Call>> = spin::Mutex::new(None);
+static CALLS_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` on the parked AP `cpu` and waits until it returned. Only parked APs
+/// (before [`start_aps`]) take calls: false if `cpu` is not one, or did not take the
+/// call within `timeout_us` (it then never runs).
+pub fn run_on(cpu: usize, timeout_us: u64, f: &mut (dyn FnMut() + Send)) -> bool {
+    if cpu == 0 || cpu >= cpu_count() || ENTRY.get().is_some() {
+        return false;
+    }
+    // SAFETY: only the lifetime is erased; this function does not return while the
+    // target may still call `f` (it waits for completion once the call was taken, and
+    // withdraws it otherwise).
+    let f: *mut (dyn FnMut() + Send + 'static) = unsafe { core::mem::transmute(f) };
+    let done = CALLS_DONE.load(Ordering::Acquire);
+    {
+        let mut mailbox = MAILBOX.lock();
+        if mailbox.is_some() {
+            return false;
+        }
+        *mailbox = Some(Call {
+            cpu,
+            f,
+            taken: false,
+        });
+    }
+    kick(cpu);
+    let taken = wait_for(timeout_us, || {
+        MAILBOX.lock().as_ref().is_none_or(|c| c.taken)
+    });
+    if !taken {
+        let mut mailbox = MAILBOX.lock();
+        if mailbox.as_ref().is_some_and(|c| !c.taken) {
+            *mailbox = None;
+            return false;
+        }
+    }
+    while CALLS_DONE.load(Ordering::Acquire) == done {
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// A parked AP's side of [`run_on`].
+fn take_call(cpu: usize) {
+    let f = {
+        let mut mailbox = MAILBOX.lock();
+        match mailbox.as_mut() {
+            Some(call) if call.cpu == cpu && !call.taken => {
+                call.taken = true;
+                call.f
+            }
+            _ => return,
+        }
+    };
+    // SAFETY: `run_on` keeps the function alive and waits until CALLS_DONE moves.
+    unsafe { (*f)() };
+    *MAILBOX.lock() = None;
+    CALLS_DONE.fetch_add(1, Ordering::Release);
+}
+
+/// Parked: halt until [`start_aps`] provides the entry, then run it; meanwhile take
+/// calls from [`run_on`].
 fn park(cpu: usize) -> ! {
     loop {
         if let Some(entry) = ENTRY.get() {
             entry(cpu);
         }
+        take_call(cpu);
         // IF=0 while checking: a kick arriving after the check stays pending and ends
         // the HLT (STI's one-instruction shadow covers the gap).
         timer::idle();

@@ -8,6 +8,11 @@
 use tests::*;
 use xtask::emulator::EXIT_SUCCESS;
 
+/// A vCPU ran on the boot processor, on the AP and on the boot processor again, its
+/// state moving with it (`kernel/src/migration_check.rs`).
+const MIGRATED: &str =
+    "hv: vCPU migration check: a guest ran on cpu 0, 1, 0 in turn and kept its state";
+
 #[test]
 fn every_processor_comes_up_with_amd_v_from_bios() {
     let opts = QemuOptions {
@@ -53,6 +58,7 @@ fn tiny_guests_run_next_to_a_parked_processor_from_uefi() {
     out.expect_line("hv: cpu 1 online (APIC id 1), AMD-V enabled, LAPIC timer ticking")
         .expect_line("hv: NMI and kick IPI answered by 1 of 1 APs")
         .expect_line("hv:   smp: 2 of 2 processors online; time slices from the LAPIC timer")
+        .expect_line(MIGRATED)
         .expect_exit(EXIT_SUCCESS);
     expect_tiny_guests(&out);
 }
