@@ -206,16 +206,17 @@ pub fn unmap_identity(pa: u64) {
     }
 }
 
-/// Free 4 KiB pages below 1 MiB per the firmware map (the frame allocator never hands
-/// these out, see `memory_map::LOW_MEMORY_END`), lowest first, skipping page 0 (the
-/// real-mode IVT and BIOS data area).
+/// Free 4 KiB pages below 640 KiB per the firmware map (the frame allocator never
+/// hands these out, see `memory_map::LOW_MEMORY_END`); see
+/// [`memory_map::low_free_pages`].
 pub fn low_free_pages(regions: &MemoryRegions) -> impl Iterator<Item = u64> + '_ {
-    regions
-        .iter()
-        .filter(|r| r.kind == MemoryRegionKind::Usable)
-        .flat_map(|r| {
-            let start = r.start.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE);
-            let end = r.end.min(0xA_0000) & !(PAGE_SIZE - 1);
-            (start..end.max(start)).step_by(PAGE_SIZE as usize)
-        })
+    memory_map::low_free_pages(
+        regions
+            .iter()
+            .filter(|r| r.kind == MemoryRegionKind::Usable)
+            .map(|r| Range {
+                start: r.start,
+                end: r.end,
+            }),
+    )
 }
