@@ -7,7 +7,10 @@ use bootloader_api::BootInfo;
 
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
-use crate::{acpi_info, detect, gdt, interrupts, memory, println, serial, time, timer, vmm};
+use crate::{
+    acpi_info, apic, detect, gdt, interrupts, memory, migration_check, println, serial, smp, time,
+    timer, vmm,
+};
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
     serial::init();
@@ -15,7 +18,9 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     serial::init_logger();
     println!("hv: hypervisor {} starting", env!("CARGO_PKG_VERSION"));
     gdt::init();
-    interrupts::init(&timer::handlers());
+    smp::init_bsp();
+    // Before the heap exists: no allocation here.
+    interrupts::init(timer::handlers().into_iter().chain(smp::handlers()));
     log::info!("GDT, TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
@@ -39,6 +44,30 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     let platform = acpi_info::discover(boot_info.rsdp_addr.into_option());
     let cpu = detect::identify();
     let ext = detect::detect(&cpu);
+
+    // The local APIC and its timer on this processor, then the other processors, each
+    // enabling the virtualization extension on itself.
+    apic::init_bsp();
+    apic::enable_this_cpu(timer::SPURIOUS_VECTOR, true);
+    timer::init();
+    let hook: Option<&'static smp::ExtensionHook> = match &ext {
+        Ok(detect::Extension::Svm(_)) => Some(&|| {
+            svm::backend::SvmBackend::enable_this_cpu(&mut KernelMemory)
+                .map(|()| "AMD-V")
+                .map_err(|e| alloc::format!("{e}"))
+        }),
+        Ok(detect::Extension::Vmx(caps)) => {
+            let caps = *caps;
+            Some(smp::leak_hook(alloc::boxed::Box::new(move || {
+                vmx::VmxBackend::enable_this_cpu(&caps, &mut KernelMemory)
+                    .map(|()| "VT-x")
+                    .map_err(|e| alloc::format!("{e}"))
+            })))
+        }
+        Err(_) => None,
+    };
+    let listed: &[u32] = platform.as_ref().map_or(&[], |p| &p.apic_ids);
+    let online = smp::boot_aps(&boot_info.memory_regions, listed, hook);
 
     println!("hv: boot report");
     println!(
@@ -76,6 +105,13 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         Err(e) => println!("hv:   processors: unknown ({e}); running on the boot processor only"),
     }
     println!(
+        "hv:   smp: {online} of {} processors online; time slices from {} at {} Hz (local APIC: {})",
+        listed.len().max(1),
+        timer::source_name(),
+        timer::TICK_HZ,
+        apic::mode_name()
+    );
+    println!(
         "hv:   memory: {} MiB usable in {} map regions",
         mem.usable_bytes >> 20,
         mem.regions
@@ -107,11 +143,13 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         Some(Ok(specs)) => specs,
     };
     println!("hv: guest bundle holds {} VM(s)", specs.len());
-    timer::init();
     let failed = match ext {
         detect::Extension::Svm(caps) => {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
-                Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+                Ok(mut backend) => {
+                    migration_check::run(&mut backend);
+                    vmm::run_all(&mut backend, &specs)
+                }
                 Err(e) => {
                     println!("hv: enabling AMD-V failed: {e}");
                     shutdown::exit(Status::Failure);
@@ -119,7 +157,10 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             }
         }
         detect::Extension::Vmx(caps) => match vmx::VmxBackend::enable(&caps, &mut KernelMemory) {
-            Ok(mut backend) => vmm::run_all(&mut backend, &specs),
+            Ok(mut backend) => {
+                migration_check::run(&mut backend);
+                vmm::run_all(&mut backend, &specs)
+            }
             Err(e) => {
                 println!("hv: enabling VT-x failed: {e}");
                 shutdown::exit(Status::Failure);

@@ -1,5 +1,7 @@
-//! The hypervisor's GDT and TSS. Double fault, NMI and machine check run on stacks of
-//! their own (IST) so that a kernel stack overflow still produces a report.
+//! The hypervisor's GDTs and TSSs, one pair per processor (a TSS is busy once loaded,
+//! and each processor needs its own IST stacks). Double fault, NMI and machine check
+//! run on stacks of their own (IST) so that a kernel stack overflow still produces a
+//! report. Every processor's GDT has the same layout, so the selectors are the same.
 
 use spin::Once;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -46,13 +48,35 @@ pub fn init() {
         }
         tss
     });
-    let (gdt, sel) = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        (gdt, Selectors { code, data, tss })
-    });
+    let (gdt, sel) = GDT.call_once(|| build(tss));
+    load(gdt, sel);
+}
+
+fn build(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, Selectors) {
+    let mut gdt = GlobalDescriptorTable::new();
+    let code = gdt.append(Descriptor::kernel_code_segment());
+    let data = gdt.append(Descriptor::kernel_data_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    (gdt, Selectors { code, data, tss })
+}
+
+/// An application processor's own GDT, TSS and IST stacks (from the frame allocator,
+/// never freed: the processor uses them for the rest of the run), loaded.
+pub fn init_ap() -> Result<(), crate::memory_map::AllocError> {
+    let mut tss = TaskStateSegment::new();
+    for slot in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST] {
+        let pa = crate::memory::alloc_zeroed(IST_STACK_SIZE as u64, 4096)?;
+        let top = crate::memory::phys_to_virt(pa) as u64 + IST_STACK_SIZE as u64;
+        tss.interrupt_stack_table[slot as usize] = VirtAddr::new(top);
+    }
+    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+    let pair: &'static (GlobalDescriptorTable, Selectors) =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(build(tss)));
+    load(&pair.0, &pair.1);
+    Ok(())
+}
+
+fn load(gdt: &'static GlobalDescriptorTable, sel: &Selectors) {
     gdt.load();
     // SAFETY: the selectors index the GDT just loaded, with matching descriptor types.
     unsafe {
@@ -66,14 +90,4 @@ pub fn init() {
 
 pub fn selectors() -> &'static Selectors {
     &GDT.get().expect("GDT initialised").1
-}
-
-/// The TSS descriptor's base, for the VMCS host-state area.
-pub fn tss_base() -> u64 {
-    TSS.get().map(|t| t as *const _ as u64).unwrap_or(0)
-}
-
-/// The GDT's base, for the VMCS host-state area.
-pub fn gdt_base() -> u64 {
-    GDT.get().map(|g| &g.0 as *const _ as u64).unwrap_or(0)
 }

@@ -2,10 +2,15 @@
 //! general-purpose registers, so the report on the serial line shows the vector, the
 //! error code, RIP and the registers instead of a silent triple fault. Exceptions in
 //! the hypervisor are bugs: the report is followed by a stop with a failure status.
+//!
+//! A host NMI is not a bug (a watchdog, a platform error signal, another processor's
+//! NMI IPI): it is logged, rate-limited, and the interrupted code continues.
+//! Every processor loads the same IDT; the IST indices refer to each one's own TSS.
 
 use core::arch::{global_asm, naked_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
-use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
 use x86_64::VirtAddr;
 
 use crate::gdt;
@@ -70,7 +75,6 @@ macro_rules! stub {
 
 stub!(de, 0);
 stub!(db, 1);
-stub!(nmi, 2);
 stub!(bp, 3);
 stub!(of, 4);
 stub!(br, 5);
@@ -148,12 +152,32 @@ extern "C" fn exception_handler(f: &ExceptionFrame) -> ! {
     crate::shutdown::exit(crate::shutdown::Status::Failure)
 }
 
+static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Logs the first host NMIs, then every power of two, and returns. Runs on its IST
+/// stack; the serial lock may be held by the code it interrupted, hence the
+/// emergency writer.
+extern "x86-interrupt" fn nmi(_frame: InterruptStackFrame) {
+    let n = NMI_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 4 || n.is_power_of_two() {
+        crate::serial::emergency_write_fmt(format_args!(
+            "hv: host NMI on cpu {} ({n} so far), ignored\n",
+            crate::smp::this_cpu()
+        ));
+    }
+}
+
+/// Host NMIs taken so far, on every processor.
+pub fn nmi_count() -> u64 {
+    NMI_COUNT.load(Ordering::Relaxed)
+}
+
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
 /// Handlers for hardware interrupts the hypervisor itself uses (its timer).
 pub type IrqHandler = extern "x86-interrupt" fn(x86_64::structures::idt::InterruptStackFrame);
 
-pub fn init(irqs: &[(u8, IrqHandler)]) {
+pub fn init(irqs: impl IntoIterator<Item = (u8, IrqHandler)>) {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
         let a = |f: extern "C" fn()| VirtAddr::new(f as usize as u64);
@@ -163,7 +187,7 @@ pub fn init(irqs: &[(u8, IrqHandler)]) {
             idt.divide_error.set_handler_addr(a(de));
             idt.debug.set_handler_addr(a(db));
             idt.non_maskable_interrupt
-                .set_handler_addr(a(nmi))
+                .set_handler_fn(nmi)
                 .set_stack_index(gdt::NMI_IST);
             idt.breakpoint.set_handler_addr(a(bp));
             idt.overflow.set_handler_addr(a(of));
@@ -187,10 +211,15 @@ pub fn init(irqs: &[(u8, IrqHandler)]) {
             idt.virtualization.set_handler_addr(a(ve));
             idt.cp_protection_exception.set_handler_addr(a(cp));
         }
-        for &(vector, handler) in irqs {
+        for (vector, handler) in irqs {
             idt[vector].set_handler_fn(handler);
         }
         idt
     });
     idt.load();
+}
+
+/// Loads the IDT built by [`init`] on the calling processor (an AP at bring-up).
+pub fn load() {
+    IDT.get().expect("IDT built by the boot processor").load();
 }

@@ -12,6 +12,10 @@ pub mod vmm;
 #[cfg(target_os = "none")]
 pub mod acpi_info;
 #[cfg(target_os = "none")]
+pub mod ap_trampoline;
+#[cfg(target_os = "none")]
+pub mod apic;
+#[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod detect;
@@ -22,9 +26,13 @@ pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
+pub mod migration_check;
+#[cfg(target_os = "none")]
 pub mod serial;
 #[cfg(target_os = "none")]
 pub mod shutdown;
+#[cfg(target_os = "none")]
+pub mod smp;
 #[cfg(target_os = "none")]
 pub mod time;
 #[cfg(target_os = "none")]

@@ -5,6 +5,13 @@ use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::sync::atomic::{AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
 use spin::Mutex;
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::mapper::{MapToError, MappedFrame, TranslateResult};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size1GiB,
+    Size2MiB, Size4KiB, Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
 
 use crate::memory_map::{self, AllocError, Range, RangeAllocator, PAGE_SIZE};
 
@@ -98,4 +105,118 @@ pub fn free(pa: u64, size: u64) {
 
 pub fn free_bytes() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |f| f.free_bytes())
+}
+
+/// The active page table (the bootloader's, shared by every processor) through the
+/// physical-memory mapping.
+///
+/// # Safety
+/// The caller must be the only code changing the page tables while the result lives
+/// (boot-time, on the boot processor, before other processors use the mappings it
+/// changes).
+unsafe fn active_page_table() -> OffsetPageTable<'static> {
+    let (l4, _) = Cr3::read();
+    // SAFETY: CR3 names the live PML4, reached through the complete physical mapping;
+    // exclusivity is the caller's promise.
+    unsafe {
+        let table = &mut *(phys_to_virt(l4.start_address().as_u64()) as *mut PageTable);
+        OffsetPageTable::new(table, VirtAddr::new(PHYS_OFFSET.load(Ordering::Relaxed)))
+    }
+}
+
+/// Page-table frames for the x86_64 crate's mapper, from the frame allocator.
+struct TableFrames;
+
+// SAFETY: `alloc_zeroed` returns unused, zeroed, page-aligned frames.
+unsafe impl FrameAllocator<Size4KiB> for TableFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        alloc_zeroed(PAGE_SIZE, PAGE_SIZE)
+            .ok()
+            .map(|pa| PhysFrame::containing_address(PhysAddr::new(pa)))
+    }
+}
+
+/// Makes the physical-mapping page that covers MMIO address `pa` uncacheable (PCD and
+/// PWT: PAT entry 3, UC, with the default PAT) and returns where `pa` is mapped. The
+/// bootloader maps the first 4 GiB with write-back attributes (2 MiB pages); whatever
+/// else shares that page becomes uncached too, which suits the APIC's page
+/// (0xFEE00000 starts its own 2 MiB page).
+pub fn map_uncached(pa: u64) -> Result<*mut u8, &'static str> {
+    let va = VirtAddr::new(phys_to_virt(pa) as u64);
+    let uc = PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
+    // SAFETY: boot time on the boot processor; the entry keeps its frame, only the
+    // cache attributes change.
+    unsafe {
+        let mut table = active_page_table();
+        match table.translate(va) {
+            TranslateResult::Mapped { frame, flags, .. } => match frame {
+                MappedFrame::Size4KiB(_) => table
+                    .update_flags(Page::<Size4KiB>::containing_address(va), flags | uc)
+                    .map(|f| f.flush())
+                    .map_err(|_| "changing its 4 KiB mapping failed")?,
+                MappedFrame::Size2MiB(_) => table
+                    .update_flags(Page::<Size2MiB>::containing_address(va), flags | uc)
+                    .map(|f| f.flush())
+                    .map_err(|_| "changing its 2 MiB mapping failed")?,
+                MappedFrame::Size1GiB(_) => table
+                    .update_flags(Page::<Size1GiB>::containing_address(va), flags | uc)
+                    .map(|f| f.flush())
+                    .map_err(|_| "changing its 1 GiB mapping failed")?,
+            },
+            _ => return Err("the bootloader's physical mapping does not cover it"),
+        }
+    }
+    Ok(va.as_u64() as *mut u8)
+}
+
+/// Maps the 4 KiB page at physical (and virtual) address `pa` identically, writable and
+/// executable, in the active page table: the AP start-up code runs there while it
+/// turns paging on. Fails if that virtual address is already in use.
+pub fn map_identity(pa: u64) -> Result<(), &'static str> {
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
+    let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(pa));
+    // SAFETY: boot time on the boot processor; the page is free low memory reserved
+    // for the trampoline, and the virtual address is checked to be unused.
+    unsafe {
+        let mut table = active_page_table();
+        table
+            .map_to(
+                page,
+                frame,
+                PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+                &mut TableFrames,
+            )
+            .map(|f| f.flush())
+            .map_err(|e| match e {
+                MapToError::PageAlreadyMapped(_) => "its virtual address is already in use",
+                MapToError::ParentEntryHugePage => "a huge page covers its virtual address",
+                MapToError::FrameAllocationFailed => "out of memory for page tables",
+            })
+    }
+}
+
+/// Removes a mapping made by [`map_identity`] (its page-table frames stay).
+pub fn unmap_identity(pa: u64) {
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(pa));
+    // SAFETY: boot time on the boot processor, after every AP left the trampoline.
+    unsafe {
+        if let Ok((_, flush)) = active_page_table().unmap(page) {
+            flush.flush();
+        }
+    }
+}
+
+/// Free 4 KiB pages below 640 KiB per the firmware map (the frame allocator never
+/// hands these out, see `memory_map::LOW_MEMORY_END`); see
+/// [`memory_map::low_free_pages`].
+pub fn low_free_pages(regions: &MemoryRegions) -> impl Iterator<Item = u64> + '_ {
+    memory_map::low_free_pages(
+        regions
+            .iter()
+            .filter(|r| r.kind == MemoryRegionKind::Usable)
+            .map(|r| Range {
+                start: r.start,
+                end: r.end,
+            }),
+    )
 }

@@ -190,10 +190,37 @@ impl RangeAllocator {
     }
 }
 
+/// Where conventional memory ends: 0xA0000 up is video memory and ROMs.
+pub const CONVENTIONAL_END: u64 = 0xA_0000;
+
+/// Whole 4 KiB pages below [`CONVENTIONAL_END`] inside the usable ranges, lowest of
+/// each range first, never page 0 (the real-mode IVT and BIOS data area). A STARTUP
+/// IPI can only start a processor in such a page (its vector is the page number).
+pub fn low_free_pages(usable: impl IntoIterator<Item = Range>) -> impl Iterator<Item = u64> {
+    usable.into_iter().flat_map(|r| {
+        let start = align_up(r.start.max(PAGE_SIZE), PAGE_SIZE);
+        let end = align_down(r.end.min(CONVENTIONAL_END), PAGE_SIZE);
+        (start..end.max(start)).step_by(PAGE_SIZE as usize)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn low_free_pages_are_whole_pages_below_640k_never_page_0() {
+        let pages: Vec<u64> = low_free_pages([
+            r(0, 0x3000),
+            r(0x5800, 0x7100),
+            r(0x9E000, 0x10_0000),
+            r(0x10_0000, 0x20_0000),
+        ])
+        .collect();
+        assert_eq!(pages, vec![0x1000, 0x2000, 0x6000, 0x9E000, 0x9F000]);
+        assert_eq!(low_free_pages([r(0x500, 0xFFF)]).count(), 0);
+    }
 
     fn r(start: u64, end: u64) -> Range {
         Range { start, end }

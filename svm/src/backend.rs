@@ -2,6 +2,15 @@
 //! a vCPU (VMCB, permission maps, nested page tables, ASID) and entering the guest.
 //! The pure pieces live in `vmcb`, `npt`, `permission_maps` and `exit`; this module
 //! holds the small amount of unsafe code that touches the hardware.
+//!
+//! **Several processors.** SVM is enabled per processor ([`SvmBackend::enable`] on the
+//! first, [`SvmBackend::enable_this_cpu`] on each other one), each with its own two
+//! pages: the host-save area VM_HSAVE_PA names (APM 15.30.4) and, right after it, the
+//! host state VMSAVE/VMLOAD switch around VMRUN. A vCPU finds the pages of the
+//! processor it runs on by reading VM_HSAVE_PA, so it can run on any of them; when it
+//! runs on a different processor than last time, its ASID's translations there may be
+//! stale, so the entry flushes them (TLB_CONTROL, APM 15.16). Nothing else of a vCPU
+//! stays behind in a processor, so `Vcpu::unload` has nothing to do.
 
 use core::arch::naked_asm;
 use raw_cpuid::CpuId;
@@ -44,8 +53,6 @@ const MAX_ASIDS: usize = 256;
 
 pub struct SvmBackend {
     caps: SvmCaps,
-    /// The host state that VMSAVE/VMLOAD switch (FS, GS, TR, LDTR, syscall MSRs).
-    host_state_pa: u64,
     phys_width: u8,
     max_leaf: Level,
     asids_used: [u64; MAX_ASIDS / 64],
@@ -57,17 +64,42 @@ impl SvmBackend {
     pub fn enable(caps: SvmCaps, mem: &mut dyn HostMemory) -> Result<Self, BackendError> {
         let cpuid = CpuId::new();
         let ext = cpuid.get_extended_processor_and_feature_identifiers();
-        let nx = ext.as_ref().is_some_and(|e| e.has_execute_disable());
         let gib_pages = ext.as_ref().is_some_and(|e| e.has_1gib_pages());
         let phys_width = cpuid
             .get_processor_capacity_feature_info()
             .map_or(40, |c| c.physical_address_bits());
-        let host_save_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
-        let host_state_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+        Self::enable_this_cpu(mem)?;
+        Ok(Self {
+            caps,
+            phys_width,
+            max_leaf: if gib_pages { Level::Pdpt } else { Level::Pd },
+            asids_used: [1; MAX_ASIDS / 64], // ASID 0 belongs to the host
+        })
+    }
+
+    /// Turns SVM on for the calling processor (an AP at bring-up; [`SvmBackend::enable`]
+    /// does it for the first one): EFER.SVME (and NXE, so that bit 63 of nested page
+    /// entries means no-execute rather than a reserved bit, APM 15.25.4), and this
+    /// processor's host-save area and VMSAVE host-state page, two consecutive pages
+    /// owned for the rest of the run. The caller checked SVM once with
+    /// `caps::detect`; the processors of one machine are alike. Enabling twice on one
+    /// processor is refused (EFER.SVME with a host-save area already set).
+    pub fn enable_this_cpu(mem: &mut dyn HostMemory) -> Result<(), BackendError> {
+        // SAFETY: reading MSRs that exist on every SVM processor.
+        let (efer_now, hsave_now) =
+            unsafe { (Msr::new(MSR_EFER).read(), Msr::new(MSR_VM_HSAVE_PA).read()) };
+        if efer_now & efer::SVME != 0 && hsave_now != 0 {
+            return Err(BackendError::Check(
+                "SVM is already enabled on this processor (VM_HSAVE_PA is set)",
+            ));
+        }
+        let nx = CpuId::new()
+            .get_extended_processor_and_feature_identifiers()
+            .is_some_and(|e| e.has_execute_disable());
+        let pages = mem.alloc(2 * PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
         // SAFETY: SVM is present and not disabled (caps). Setting EFER.SVME enables the
-        // SVM instructions; NXE makes bit 63 of nested page entries mean no-execute
-        // rather than a reserved bit (APM 15.25.4). VM_HSAVE_PA gets a page the
-        // hypervisor owns for the rest of its life (APM 15.30.4).
+        // SVM instructions; VM_HSAVE_PA gets a page the hypervisor owns for the rest of
+        // its life (APM 15.30.4); the page after it is this processor's VMSAVE area.
         unsafe {
             let mut efer_msr = Msr::new(MSR_EFER);
             let mut v = efer_msr.read() | efer::SVME;
@@ -75,16 +107,10 @@ impl SvmBackend {
                 v |= efer::NXE;
             }
             efer_msr.write(v);
-            Msr::new(MSR_VM_HSAVE_PA).write(host_save_pa);
+            Msr::new(MSR_VM_HSAVE_PA).write(pages);
             fpu::enable_host_fxsr();
         }
-        Ok(Self {
-            caps,
-            host_state_pa,
-            phys_width,
-            max_leaf: if gib_pages { Level::Pdpt } else { Level::Pd },
-            asids_used: [1; MAX_ASIDS / 64], // ASID 0 belongs to the host
-        })
+        Ok(())
     }
 
     fn alloc_asid(&mut self) -> Option<u32> {
@@ -109,7 +135,11 @@ pub struct SvmVcpu {
     regs: GuestRegisters,
     asid: u32,
     nrip_save: bool,
-    host_state_pa: u64,
+    /// TLB_CONTROL value that flushes this guest's translations (by ASID where the
+    /// processor can).
+    flush: u8,
+    /// VM_HSAVE_PA of the processor this vCPU last ran on (0: never ran).
+    last_cpu: u64,
     last: ExitInfo,
     fx: FxArea,
     /// An NMI was injected and its handler has not reached IRET yet: SVM does not
@@ -117,6 +147,11 @@ pub struct SvmVcpu {
     /// (APM Vol. 2 15.20, as KVM does).
     nmi_masked: bool,
 }
+
+// SAFETY: the raw pointer is this vCPU's own VMCB, reachable from every processor
+// through the same mapping; nothing of the vCPU stays behind in a processor between
+// runs (see the module header), so it may move between processors.
+unsafe impl Send for SvmVcpu {}
 
 impl SvmVcpu {
     fn vmcb(&self) -> &Vmcb {
@@ -168,7 +203,12 @@ impl Backend for SvmBackend {
             regs: start.regs,
             asid,
             nrip_save: self.caps.nrip_save,
-            host_state_pa: self.host_state_pa,
+            flush: if self.caps.flush_by_asid {
+                tlb_control::FLUSH_ASID
+            } else {
+                tlb_control::FLUSH_ALL
+            },
+            last_cpu: 0,
             last: ExitInfo::default(),
             fx: FxArea::initial(),
             nmi_masked: false,
@@ -314,17 +354,38 @@ fn rdtsc() -> u64 {
 impl Vcpu for SvmVcpu {
     /// Time slices come from the hypervisor's periodic timer: its interrupt ends the
     /// run as [`Exit::ExternalInterrupt`], so `_slice_tsc` is not needed here.
+    ///
+    /// Runs on whichever processor calls it, with that processor's host pages.
     fn run(&mut self, _slice_tsc: u64) -> Exit {
+        // SAFETY: reading an MSR that exists on every SVM processor.
+        let hsave = unsafe { Msr::new(MSR_VM_HSAVE_PA).read() };
+        if hsave == 0 {
+            return Exit::EntryFailure {
+                code: 0,
+                reason: "SVM is not enabled on this processor (SvmBackend::enable_this_cpu was not called on it)",
+            };
+        }
+        if self.last_cpu != hsave {
+            if self.last_cpu != 0 {
+                // Translations this ASID left on this processor during an earlier run
+                // here may be stale now (APM 15.16.1).
+                let flush = self.flush;
+                self.vmcb_mut().control.tlb_control = flush;
+            }
+            self.last_cpu = hsave;
+        }
         let rax = self.regs.rax;
         self.vmcb_mut().save.rax = rax;
+        // The processor may cache VMCB state per processor: nothing is clean (APM
+        // 15.15.3), which also covers a move between processors.
         self.vmcb_mut().control.vmcb_clean = 0;
-        let (vmcb_pa, host_pa) = (self.vmcb_pa, self.host_state_pa);
+        let (vmcb_pa, host_pa) = (self.vmcb_pa, hsave + PAGE);
         // SAFETY: the VMCB passed the consistency checks at creation, its nested page
         // tables map only this guest's RAM, and every intercept that could reach host
         // state is set; the stub preserves the host's callee-saved registers and its
         // VMSAVE/VMLOAD state.
         unsafe {
-            // SAFETY (FPU): `enable` set CR4.OSFXSR and cleared CR0.EM/TS; the image
+            // SAFETY (FPU): `enable`/`enable_this_cpu` set CR4.OSFXSR and cleared CR0.EM/TS; the image
             // is this vCPU's own and starts as the FNINIT state.
             fpu::fxrstor(&self.fx);
             svm_enter(vmcb_pa, host_pa, &mut self.regs);
@@ -477,6 +538,10 @@ impl Vcpu for SvmVcpu {
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.
+    /// Nothing of the vCPU stays in the processor between runs (`run` finds the
+    /// host pages of the processor it is on and flushes the ASID after a move).
+    fn unload(&mut self) {}
+
     fn request_interrupt_window(&mut self, on: bool) {
         let c = &mut self.vmcb_mut().control;
         if on {

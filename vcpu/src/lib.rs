@@ -277,6 +277,13 @@ pub trait Vcpu {
     /// What a guest-virtual address walk needs (MMIO emulation reads the faulting
     /// instruction through the guest's page tables).
     fn control_regs(&self) -> ControlRegs;
+    /// Releases whatever of this vCPU the calling processor holds, so that another
+    /// processor may `run` it next: the scheduler calls it on the processor that ran
+    /// the vCPU last, before any other processor touches it (any method, not only
+    /// `run`). VMX: VMCLEAR (a VMCS may be active on one processor only; the next
+    /// `run` reloads it and rewrites that processor's host state). SVM: nothing.
+    /// A vCPU that stays on one processor never needs it.
+    fn unload(&mut self) {}
 }
 
 /// The guest's paging-relevant control state.

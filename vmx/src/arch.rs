@@ -174,6 +174,17 @@ pub unsafe fn vmptrld(pa: u64) -> Result<(), VmFail> {
     outcome(cf, zf)
 }
 
+/// The current-VMCS pointer of this processor (all ones when there is none).
+///
+/// # Safety
+/// In VMX root operation.
+pub unsafe fn vmptrst() -> u64 {
+    let mut pa: u64 = 0;
+    // SAFETY: upheld by the caller; VMPTRST stores 8 bytes into `pa`.
+    unsafe { asm!("vmptrst qword ptr [{}]", in(reg) &mut pa, options(nostack, preserves_flags)) };
+    pa
+}
+
 /// # Safety
 /// In VMX root operation with a current VMCS.
 pub unsafe fn vmread(field: u32) -> Result<u64, VmFail> {

@@ -5,10 +5,20 @@
 //! The pure pieces live in `controls`, `guest_state`, `checks`, `ops`, `ept`, `exit`,
 //! `bitmaps` and `vpid`; this module holds the unsafe code that touches the hardware.
 //!
-//! **One processor.** VMX state is per logical processor: the VMXON region, the
-//! current-VMCS pointer, the launch state of each VMCS. The backend runs on the boot
-//! processor only, so a single global remembers which VMCS is current and every vCPU
-//! operation loads its own first ([`VmxVcpu::make_current`]).
+//! **Several processors.** VMX state is per logical processor: the VMXON region (each
+//! processor enters VMX operation itself: [`VmxBackend::enable`] on the first,
+//! [`VmxBackend::enable_this_cpu`] on every other), the current-VMCS pointer, and the
+//! VMCS a processor has active (it may cache it; SDM Vol. 3C 25.11.1). A VMCS may be
+//! active on one processor only, so a vCPU moves through `Vcpu::unload` (VMCLEAR on
+//! the processor that ran it); the next `run` on another processor VMPTRLDs it there,
+//! rewrites the host-state fields for that processor (its TSS, GDT, IDT, GS base),
+//! uses VMLAUNCH (a cleared VMCS is not launched) and invalidates the guest's EPT and
+//! VPID translations that processor may hold from an earlier run. A processor is
+//! recognised by its TSS's address: each processor needs a TSS of its own (a loaded
+//! TSS is busy, SDM Vol. 3A 8.2.2). Every vCPU operation makes the VMCS current first
+//! ([`VmxVcpu::make_current`], which asks the processor with VMPTRST), and refuses
+//! (with a logged error, reads as 0) on a processor other than the one where the VMCS
+//! is active.
 //!
 //! **Interrupts.** The host runs with RFLAGS.IF=0. External interrupts arriving while
 //! a guest runs cause a VM exit ("external-interrupt exiting") and, without "acknowledge
@@ -18,7 +28,6 @@
 
 use core::arch::naked_asm;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use vcpu::paging::Level;
 use vcpu::{
@@ -48,19 +57,26 @@ const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
 /// RAM mappings remembered per vCPU for reading PAE PDPTEs from guest memory.
 const MAX_RAM_MAPPINGS: usize = 4;
 
-/// The VMCS that is current on this processor (0: none).
-static CURRENT_VMCS: AtomicU64 = AtomicU64::new(0);
-
 /// VMREAD/VMWRITE on the current VMCS. A failed VMWRITE is remembered (the first one)
-/// so that set-up can report it; a failed VMREAD reads as 0.
+/// so that set-up can report it; a failed VMREAD reads as 0. A `blocked` one (the
+/// vCPU's VMCS is active on another processor) touches nothing.
 struct Hw {
     failed: Cell<Option<(u32, u32)>>,
+    blocked: bool,
 }
 
 impl Hw {
     fn new() -> Self {
         Hw {
             failed: Cell::new(None),
+            blocked: false,
+        }
+    }
+
+    fn blocked() -> Self {
+        Hw {
+            failed: Cell::new(Some((0, 0))),
+            blocked: true,
         }
     }
 
@@ -93,6 +109,9 @@ impl Hw {
 
 impl VmcsAccess for Hw {
     fn read(&self, field: u32) -> u64 {
+        if self.blocked {
+            return 0;
+        }
         // SAFETY: only used between VMPTRLD of the vCPU's VMCS and the next VMPTRLD or
         // VMCLEAR (`make_current`); VMREAD reads the current VMCS and nothing else.
         match unsafe { arch::vmread(field) } {
@@ -105,6 +124,9 @@ impl VmcsAccess for Hw {
     }
 
     fn write(&mut self, field: u32, value: u64) {
+        if self.blocked {
+            return;
+        }
         // SAFETY: as for `read`; the values come from the pure set-up code, which
         // computes them from the capability MSRs and the architectural rules.
         if let Err(e) = unsafe { arch::vmwrite(field, value) } {
@@ -155,98 +177,13 @@ impl VmxBackend {
     /// switch the x87/SSE registers between guests (the host itself uses neither).
     pub fn enable(caps: &VmxCaps, mem: &mut dyn HostMemory) -> Result<VmxBackend, BackendError> {
         let controls = Controls::compute(caps).map_err(BackendError::Check)?;
-        check(
-            caps.vmcs_size as u64 <= PAGE && caps.vmcs_size != 0,
-            "IA32_VMX_BASIC reports a VMCS size of 0 or above 4 KiB",
-        )?;
-        // SAFETY: CPUID said VMX exists (caps), so these architectural MSRs exist
-        // (SDM Vol. 3D A.7, A.8; Vol. 4 Table 2-2 for IA32_FEATURE_CONTROL).
-        let (fc, fixed) = unsafe {
-            (
-                arch::rdmsr(msr::IA32_FEATURE_CONTROL),
-                CrFixed {
-                    cr0_fixed0: arch::rdmsr(msr::IA32_VMX_CR0_FIXED0),
-                    cr0_fixed1: arch::rdmsr(msr::IA32_VMX_CR0_FIXED1),
-                    cr4_fixed0: arch::rdmsr(msr::IA32_VMX_CR4_FIXED0),
-                    cr4_fixed1: arch::rdmsr(msr::IA32_VMX_CR4_FIXED1),
-                },
-            )
-        };
-        if fc & FEATURE_CONTROL_LOCK == 0 {
-            // SAFETY: the MSR is unlocked, so writing lock + VMXON-outside-SMX is
-            // allowed; it changes nothing else until reset.
-            unsafe {
-                arch::wrmsr(
-                    msr::IA32_FEATURE_CONTROL,
-                    fc | FEATURE_CONTROL_LOCK | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
-                )
-            };
-        } else {
-            check(
-                fc & FEATURE_CONTROL_VMXON_OUTSIDE_SMX != 0,
-                "IA32_FEATURE_CONTROL is locked with VMXON outside SMX disabled: enable VT-x in the firmware setup",
-            )?;
-        }
-        check(
-            fixed.cr4_fixed1 & cr4::VMXE != 0,
-            "IA32_VMX_CR4_FIXED1 does not allow CR4.VMXE",
-        )?;
-
-        // SAFETY: reading control registers has no side effects.
-        let (old_cr0, old_cr4) = unsafe { (arch::read_cr0(), arch::read_cr4()) };
-        let new_cr0 = ((old_cr0 | fixed.cr0_fixed0) & fixed.cr0_fixed1) & !(cr0::EM | cr0::TS);
-        let new_cr4 = (old_cr4 | fixed.cr4_fixed0 | cr4::VMXE | cr4::OSFXSR) & fixed.cr4_fixed1;
-        check(
-            new_cr0 & fixed.cr0_fixed0 == fixed.cr0_fixed0
-                && new_cr4 & fixed.cr4_fixed0 == fixed.cr4_fixed0,
-            "the host cannot satisfy IA32_VMX_CR0/CR4_FIXED0 and FIXED1 together",
-        )?;
-        check(
-            new_cr0 & (cr0::PE | cr0::PG) == cr0::PE | cr0::PG,
-            "IA32_VMX_CR0_FIXED1 does not allow the host's protected-mode paging",
-        )?;
-
-        let vmxon_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
-        // SAFETY: the page was just allocated for the VMXON region and is reached
-        // through the hypervisor's physical mapping; bits 30:0 of its first word hold
-        // the revision identifier, bit 31 clear (SDM Vol. 3C 25.11.5).
-        unsafe { (mem.virt(vmxon_pa) as *mut u32).write_volatile(caps.revision_id & 0x7FFF_FFFF) };
-
-        // SAFETY: the new values only add bits VMX operation requires (NE, VMXE, and
-        // whatever else FIXED0 demands) and OSFXSR, and drop EM/TS, none of which the
-        // host kernel depends on (it uses neither x87 nor SSE instructions).
-        unsafe {
-            arch::write_cr0(new_cr0);
-            arch::write_cr4(new_cr4);
-        }
-        // SAFETY: every precondition of VMXON was established above: feature control
-        // locked with VMX enabled, CR0/CR4 fixed bits, CR4.VMXE, a 4 KiB-aligned region
-        // with the revision identifier.
-        if let Err(e) = unsafe { arch::vmxon(vmxon_pa) } {
-            mem.free(vmxon_pa, PAGE);
-            return Err(BackendError::Check(match e {
-                VmFail::Invalid => "VMXON failed (VMfailInvalid): the VMXON region or its revision identifier was refused, or the processor is already in VMX operation",
-                VmFail::Valid => "VMXON failed (VMfailValid): VMXON executed in VMX root operation (VT-x is already on)",
-            }));
-        }
-        CURRENT_VMCS.store(0, Ordering::Relaxed);
-
+        let (vmxon_pa, fixed) = enter_vmx_operation(caps, &controls, mem)?;
         let invept = ept::invept_type(caps);
         let invvpid = if controls.vpid {
             vpid::invvpid_type(caps.ept_vpid_cap)
         } else {
             None
         };
-        // Translations cached before VMXON (by firmware, say) must not reach guests.
-        // SAFETY: in VMX root operation now; the types are ones the CPU reports.
-        unsafe {
-            if caps.ept_vpid_cap & ept::invept::CAP_ALL_CONTEXT != 0 && caps.invept {
-                let _ = arch::invept(ept::invept::ALL_CONTEXT, 0);
-            }
-            if controls.vpid && caps.ept_vpid_cap & vpid::invvpid::CAP_ALL_CONTEXT != 0 {
-                let _ = arch::invvpid(vpid::invvpid::ALL_CONTEXT, 0);
-            }
-        }
         log::info!(
             "VT-x on: VMXON region at {vmxon_pa:#x}, controls pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, VPIDs {}, preemption timer {}",
             controls.pin,
@@ -270,13 +207,20 @@ impl VmxBackend {
         })
     }
 
-    /// Leaves VMX operation (VMXOFF) and returns the VMXON region. Every vCPU must
-    /// have been destroyed first.
+    /// Enters VMX operation on the calling processor, as [`VmxBackend::enable`] does on
+    /// the first: an AP calls it at bring-up so that vCPUs can run on it. Its VMXON
+    /// region stays in use for the rest of the run.
+    pub fn enable_this_cpu(caps: &VmxCaps, mem: &mut dyn HostMemory) -> Result<(), BackendError> {
+        let controls = Controls::compute(caps).map_err(BackendError::Check)?;
+        enter_vmx_operation(caps, &controls, mem).map(|_| ())
+    }
+
+    /// Leaves VMX operation (VMXOFF) on this processor and returns the VMXON region.
+    /// Every vCPU must have been destroyed first.
     pub fn disable(self, mem: &mut dyn HostMemory) {
         // SAFETY: in VMX root operation (since `enable`), and no vCPU is left that
         // could be entered.
         let _ = unsafe { arch::vmxoff() };
-        CURRENT_VMCS.store(0, Ordering::Relaxed);
         // SAFETY: clearing CR4.VMXE is allowed (and required to be possible) outside
         // VMX operation.
         unsafe { arch::write_cr4(arch::read_cr4() & !cr4::VMXE) };
@@ -294,20 +238,107 @@ impl VmxBackend {
     }
 }
 
+/// This processor's part of enabling VT-x (SDM Vol. 3C 24.7): IA32_FEATURE_CONTROL,
+/// CR0/CR4 fixed bits with CR4.VMXE and OSFXSR, a VMXON region, VMXON, and dropping
+/// translations cached before. Returns the VMXON region and the fixed-bit MSRs.
+fn enter_vmx_operation(
+    caps: &VmxCaps,
+    controls: &Controls,
+    mem: &mut dyn HostMemory,
+) -> Result<(u64, CrFixed), BackendError> {
+    check(
+        caps.vmcs_size as u64 <= PAGE && caps.vmcs_size != 0,
+        "IA32_VMX_BASIC reports a VMCS size of 0 or above 4 KiB",
+    )?;
+    // SAFETY: CPUID said VMX exists (caps), so these architectural MSRs exist
+    // (SDM Vol. 3D A.7, A.8; Vol. 4 Table 2-2 for IA32_FEATURE_CONTROL).
+    let (fc, fixed) = unsafe {
+        (
+            arch::rdmsr(msr::IA32_FEATURE_CONTROL),
+            CrFixed {
+                cr0_fixed0: arch::rdmsr(msr::IA32_VMX_CR0_FIXED0),
+                cr0_fixed1: arch::rdmsr(msr::IA32_VMX_CR0_FIXED1),
+                cr4_fixed0: arch::rdmsr(msr::IA32_VMX_CR4_FIXED0),
+                cr4_fixed1: arch::rdmsr(msr::IA32_VMX_CR4_FIXED1),
+            },
+        )
+    };
+    if fc & FEATURE_CONTROL_LOCK == 0 {
+        // SAFETY: the MSR is unlocked, so writing lock + VMXON-outside-SMX is
+        // allowed; it changes nothing else until reset.
+        unsafe {
+            arch::wrmsr(
+                msr::IA32_FEATURE_CONTROL,
+                fc | FEATURE_CONTROL_LOCK | FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
+            )
+        };
+    } else {
+        check(
+            fc & FEATURE_CONTROL_VMXON_OUTSIDE_SMX != 0,
+            "IA32_FEATURE_CONTROL is locked with VMXON outside SMX disabled: enable VT-x in the firmware setup",
+        )?;
+    }
+    check(
+        fixed.cr4_fixed1 & cr4::VMXE != 0,
+        "IA32_VMX_CR4_FIXED1 does not allow CR4.VMXE",
+    )?;
+
+    // SAFETY: reading control registers has no side effects.
+    let (old_cr0, old_cr4) = unsafe { (arch::read_cr0(), arch::read_cr4()) };
+    let new_cr0 = ((old_cr0 | fixed.cr0_fixed0) & fixed.cr0_fixed1) & !(cr0::EM | cr0::TS);
+    let new_cr4 = (old_cr4 | fixed.cr4_fixed0 | cr4::VMXE | cr4::OSFXSR) & fixed.cr4_fixed1;
+    check(
+        new_cr0 & fixed.cr0_fixed0 == fixed.cr0_fixed0
+            && new_cr4 & fixed.cr4_fixed0 == fixed.cr4_fixed0,
+        "the host cannot satisfy IA32_VMX_CR0/CR4_FIXED0 and FIXED1 together",
+    )?;
+    check(
+        new_cr0 & (cr0::PE | cr0::PG) == cr0::PE | cr0::PG,
+        "IA32_VMX_CR0_FIXED1 does not allow the host's protected-mode paging",
+    )?;
+
+    let vmxon_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
+    // SAFETY: the page was just allocated for the VMXON region and is reached
+    // through the hypervisor's physical mapping; bits 30:0 of its first word hold
+    // the revision identifier, bit 31 clear (SDM Vol. 3C 25.11.5).
+    unsafe { (mem.virt(vmxon_pa) as *mut u32).write_volatile(caps.revision_id & 0x7FFF_FFFF) };
+
+    // SAFETY: the new values only add bits VMX operation requires (NE, VMXE, and
+    // whatever else FIXED0 demands) and OSFXSR, and drop EM/TS, none of which the
+    // host kernel depends on (it uses neither x87 nor SSE instructions).
+    unsafe {
+        arch::write_cr0(new_cr0);
+        arch::write_cr4(new_cr4);
+    }
+    // SAFETY: every precondition of VMXON was established above: feature control
+    // locked with VMX enabled, CR0/CR4 fixed bits, CR4.VMXE, a 4 KiB-aligned region
+    // with the revision identifier.
+    if let Err(e) = unsafe { arch::vmxon(vmxon_pa) } {
+        mem.free(vmxon_pa, PAGE);
+        return Err(BackendError::Check(match e {
+            VmFail::Invalid => "VMXON failed (VMfailInvalid): the VMXON region or its revision identifier was refused, or the processor is already in VMX operation",
+            VmFail::Valid => "VMXON failed (VMfailValid): VMXON executed in VMX root operation (VT-x is already on)",
+        }));
+    }
+    // Translations cached before VMXON (by firmware, say) must not reach guests.
+    // SAFETY: in VMX root operation now; the types are ones the CPU reports.
+    unsafe {
+        if caps.ept_vpid_cap & ept::invept::CAP_ALL_CONTEXT != 0 && caps.invept {
+            let _ = arch::invept(ept::invept::ALL_CONTEXT, 0);
+        }
+        if controls.vpid && caps.ept_vpid_cap & vpid::invvpid::CAP_ALL_CONTEXT != 0 {
+            let _ = arch::invvpid(vpid::invvpid::ALL_CONTEXT, 0);
+        }
+    }
+    Ok((vmxon_pa, fixed))
+}
+
 /// The host state of the running processor.
 fn current_host_state() -> HostState {
     let (gdtr_base, _) = arch::sgdt();
     let (idtr_base, _) = arch::sidt();
     let tr = arch::read_tr();
-    // SAFETY: TR indexes a 16-byte TSS descriptor in the GDT the processor is using
-    // (the host loaded it with LTR), so both quadwords are readable.
-    let tr_base = unsafe {
-        let descriptor = (gdtr_base + (tr as u64 & !7)) as *const u64;
-        ops::system_descriptor_base(
-            descriptor.read_unaligned(),
-            descriptor.add(1).read_unaligned(),
-        )
-    };
+    let tr_base = this_cpu();
     // SAFETY: control registers and architectural MSRs present on every processor
     // with VMX in IA-32e mode (SYSENTER, FS/GS base, EFER, PAT).
     unsafe {
@@ -367,18 +398,58 @@ pub struct VmxVcpu {
     invvpid: Option<u64>,
     /// The basic reason of the last VM exit (for `skip_instruction`).
     last_reason: u32,
+    /// The processor (its TSS address, see [`this_cpu`]) on which the VMCS is active,
+    /// 0 after VMCLEAR.
+    active_on: Cell<u64>,
+    /// The processor whose host state the VMCS holds and on which the guest last ran.
+    host_cpu: u64,
+}
+
+// SAFETY: the raw pointer (`msr_area`) and the RAM addresses point at memory this vCPU
+// owns for its whole life, reachable from every processor through the same mapping;
+// the processor-resident part (an active VMCS) is handed over with `Vcpu::unload`.
+unsafe impl Send for VmxVcpu {}
+
+/// The calling processor, named by its TSS's linear address: every processor has a
+/// TSS of its own (a TSS is busy while loaded, SDM Vol. 3A 8.2.2).
+fn this_cpu() -> u64 {
+    let (gdtr_base, _) = arch::sgdt();
+    let tr = arch::read_tr();
+    // SAFETY: TR indexes a 16-byte TSS descriptor in the GDT the processor is using.
+    unsafe {
+        let descriptor = (gdtr_base + (tr as u64 & !7)) as *const u64;
+        ops::system_descriptor_base(
+            descriptor.read_unaligned(),
+            descriptor.add(1).read_unaligned(),
+        )
+    }
 }
 
 impl VmxVcpu {
-    /// VMPTRLD this vCPU's VMCS unless it is already current.
+    /// VMPTRLD this vCPU's VMCS unless it is already current on this processor. On a
+    /// processor other than the one where the VMCS is active (no `unload` there), it
+    /// loads nothing: the result reads 0 and writes nothing.
     fn make_current(&self) -> Hw {
-        if CURRENT_VMCS.load(Ordering::Relaxed) != self.vmcs_pa {
+        let me = this_cpu();
+        let active = self.active_on.get();
+        if active != 0 && active != me {
+            log::error!(
+                "vmx: vCPU used on another processor while its VMCS {:#x} is active elsewhere (Vcpu::unload was not called)",
+                self.vmcs_pa
+            );
+            return Hw::blocked();
+        }
+        // SAFETY: in VMX root operation (every processor that runs vCPUs enabled VT-x).
+        if active == 0 || unsafe { arch::vmptrst() } != self.vmcs_pa {
             // SAFETY: the VMCS region belongs to this vCPU, carries the revision
-            // identifier and was VMCLEARed at creation; loading it only changes which
-            // VMCS VMREAD/VMWRITE/VMRESUME act on.
+            // identifier, and is not active on any other processor (checked above);
+            // loading it only changes which VMCS VMREAD/VMWRITE/VMRESUME act on.
             match unsafe { arch::vmptrld(self.vmcs_pa) } {
-                Ok(()) => CURRENT_VMCS.store(self.vmcs_pa, Ordering::Relaxed),
-                Err(e) => log::error!("vmx: VMPTRLD {:#x} failed: {e:?}", self.vmcs_pa),
+                Ok(()) => self.active_on.set(me),
+                Err(e) => {
+                    log::error!("vmx: VMPTRLD {:#x} failed: {e:?}", self.vmcs_pa);
+                    return Hw::blocked();
+                }
             }
         }
         Hw::new()
@@ -511,6 +582,8 @@ impl Backend for VmxBackend {
             invept: self.invept,
             invvpid: self.invvpid,
             last_reason: u32::MAX,
+            active_on: Cell::new(0),
+            host_cpu: 0,
         };
         let result = self.build_vcpu(mem, ram, start, &mut v);
         match result {
@@ -526,13 +599,13 @@ impl Backend for VmxBackend {
         if vcpu.vmcs_pa != 0 {
             // SAFETY: the VMCS is this vCPU's; VMCLEAR writes any processor-cached
             // state back and makes it not current, so its page can be reused.
-            let _ = unsafe { arch::vmclear(vcpu.vmcs_pa) };
-            let _ = CURRENT_VMCS.compare_exchange(
-                vcpu.vmcs_pa,
-                0,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            // A VMCS active on another processor must be cleared there (`unload`).
+            let active = vcpu.active_on.get();
+            if active == 0 || active == this_cpu() {
+                let _ = unsafe { arch::vmclear(vcpu.vmcs_pa) };
+            } else {
+                log::error!("vmx: destroying a vCPU whose VMCS is active on another processor");
+            }
         }
         // Drop every translation tagged with this guest's EPTP and VPID before the
         // tables and the VPID can be handed to another guest.
@@ -600,14 +673,12 @@ impl VmxBackend {
         // initialises its launch state to "clear" (SDM Vol. 3C 25.11.3).
         unsafe { arch::vmclear(v.vmcs_pa) }
             .map_err(|_| BackendError::Check("VMCLEAR of a new VMCS failed"))?;
-        if CURRENT_VMCS.load(Ordering::Relaxed) == v.vmcs_pa {
-            CURRENT_VMCS.store(0, Ordering::Relaxed);
-        }
         // SAFETY: as above; loading it makes the following VMWRITEs act on it.
         unsafe { arch::vmptrld(v.vmcs_pa) }.map_err(|_| {
             BackendError::Check("VMPTRLD of a new VMCS failed (revision identifier refused?)")
         })?;
-        CURRENT_VMCS.store(v.vmcs_pa, Ordering::Relaxed);
+        v.active_on.set(this_cpu());
+        v.host_cpu = this_cpu();
 
         let host = current_host_state();
         host.check(&self.fixed).map_err(BackendError::Check)?;
@@ -763,7 +834,31 @@ impl Vcpu for VmxVcpu {
         if let Some(exit) = self.failed {
             return exit;
         }
+        let active = self.active_on.get();
+        let me = this_cpu();
+        if active != 0 && active != me {
+            return Exit::EntryFailure {
+                code: 0,
+                reason: "the vCPU's VMCS is active on another processor: Vcpu::unload must run there first",
+            };
+        }
         let mut hw = self.make_current();
+        if self.host_cpu != me {
+            // Another processor ran the guest last: this one's host state (TSS, GDT,
+            // IDT, GS base) goes into the VMCS, and translations this processor may
+            // still cache for the guest from an earlier run here are dropped.
+            current_host_state().write(&mut hw);
+            // SAFETY: in VMX root operation; the types are ones the processor supports.
+            unsafe {
+                if let Some(kind) = self.invept {
+                    let _ = arch::invept(kind, self.eptp);
+                }
+                if let (Some(kind), true) = (self.invvpid, self.vpid != 0) {
+                    let _ = arch::invvpid(kind, self.vpid);
+                }
+            }
+            self.host_cpu = me;
+        }
         if !self.launched {
             let ia32e = hw.read(control32::VM_ENTRY_CONTROLS) as u32
                 & crate::vmcs::entry_ctl::IA32E_MODE_GUEST
@@ -947,6 +1042,28 @@ impl Vcpu for VmxVcpu {
 
     fn control_regs(&self) -> vcpu::ControlRegs {
         ops::control_regs(&self.make_current())
+    }
+
+    /// VMCLEAR on the processor where the VMCS is active: its cached state goes to
+    /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
+    /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).
+    fn unload(&mut self) {
+        let active = self.active_on.get();
+        if active == 0 {
+            return;
+        }
+        if active != this_cpu() {
+            log::error!("vmx: Vcpu::unload called on a processor the vCPU did not run on");
+            return;
+        }
+        // SAFETY: in VMX root operation; the VMCS is this vCPU's and active here.
+        match unsafe { arch::vmclear(self.vmcs_pa) } {
+            Ok(()) => {
+                self.active_on.set(0);
+                self.launched = false;
+            }
+            Err(e) => log::error!("vmx: VMCLEAR {:#x} failed: {e:?}", self.vmcs_pa),
+        }
     }
 
     /// EFER, the TSC (through the TSC offset) and PAT live in the VMCS; the syscall
