@@ -61,7 +61,7 @@ fn linux_reaches_userspace_under_vt_x() {
 fn linux_with_apic_and_ioapic_under_amd_v() {
     let opts = QemuOptions {
         memory_mib: 512,
-        cpus: 1,
+        cpus: 2,
         force_tcg: true,
         ..Default::default()
     };

@@ -1,8 +1,16 @@
-//! Starting the VMs of the bundle and running their vCPUs round-robin. The
-//! hypervisor's timer ends every slice, so a guest that spins forever with interrupts
-//! disabled still gives the others their turn. A VM that fails to start, faults or
-//! misbehaves is stopped alone, with all its vCPUs; its memory goes back to the pool.
+//! Starting the VMs of the bundle and running their vCPUs on every physical CPU.
 //!
+//! Every vCPU of every VM is a task in one run queue (`sched`); each physical CPU
+//! takes the next runnable task allowed on it, runs it for one time slice (its local
+//! APIC timer, or the VMX preemption timer, ends the slice), gives it back and takes
+//! the next. So a guest that spins with interrupts disabled holds one CPU for one
+//! slice at a time and never delays vCPUs on other CPUs. A VM's devices and local
+//! APICs (`VmShared`) are behind the VM's lock, taken only to handle an exit, never
+//! while a guest runs. An IPI or interrupt for a vCPU that runs on another CPU kicks
+//! that CPU out of guest mode so the vCPU sees it at once.
+//!
+//! A VM that fails to start, faults or misbehaves is stopped alone, with all its
+//! vCPUs (the CPUs running them are kicked), and its memory goes back to the pool.
 //! A VM's vCPU 0 starts as its image says; the others wait for INIT/STARTUP from the
 //! guest (SDM Vol. 3A 9.4.4) and are reset to real mode at the STARTUP vector here,
 //! where the backend is at hand.
@@ -11,20 +19,23 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bundle::VmSpec;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use spin::Mutex;
 use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
 
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::{self, CpuidResult};
+use super::sched::RunQueue;
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VCPUS};
-use crate::{memory, println, serial, time, timer};
+use crate::{memory, println, serial, smp, time, timer};
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// A slice is one timer period; the backend may also bound it itself.
 const SLICE_MICROS: u64 = 1_000_000 / timer::TICK_HZ as u64;
 
-/// One vCPU of a running VM, with its CPU-time account.
+/// One vCPU of a VM, with its CPU-time account; out of its mutex while a CPU runs it.
 struct VcpuSlot<V: Vcpu> {
     ctx: VcpuCtx<V>,
     /// Entered the guest at least once (a STARTUP then needs a fresh vCPU).
@@ -33,9 +44,8 @@ struct VcpuSlot<V: Vcpu> {
     cpu_tsc: u64,
 }
 
-struct Running<V: Vcpu> {
-    vm: VmShared,
-    vcpus: Vec<VcpuSlot<V>>,
+/// What a VM's lifetime needs besides its devices and vCPUs.
+struct Life {
     mapping: GuestMapping,
     machine: MachineInfo,
     ram_pa: u64,
@@ -43,6 +53,31 @@ struct Running<V: Vcpu> {
     started_tick: u64,
     limit_ticks: Option<u64>,
     background: bool,
+    /// Why the VM stops, once it must.
+    stop: Option<String>,
+    /// Its resources were returned.
+    finished: bool,
+}
+
+struct VmEntry<V: Vcpu> {
+    name: String,
+    shared: Mutex<VmShared>,
+    slots: Vec<Mutex<Option<VcpuSlot<V>>>>,
+    life: Mutex<Life>,
+}
+
+/// Everything the physical CPUs share while they run guests.
+struct Machine<'b, B: Backend> {
+    backend: Mutex<&'b mut B>,
+    vms: Vec<VmEntry<B::Vcpu>>,
+    queue: Mutex<RunQueue>,
+    slice: u64,
+    /// Physical CPUs inside `cpu_loop`.
+    inside: AtomicUsize,
+    /// Set once no VM is left: every CPU leaves `cpu_loop`.
+    done: AtomicBool,
+    /// Bit c: physical CPU c sleeps in `timer::idle` (a kick wakes it).
+    idle: AtomicU64,
 }
 
 fn relay(name: &str, text: &str) {
@@ -86,11 +121,12 @@ const AP_START: StartState = StartState {
     gdtr: None,
 };
 
+/// Loads a VM's image into fresh RAM and creates its platform and vCPUs.
 fn start<B: Backend>(
     backend: &mut B,
     spec: &VmSpec,
     epoch_unix_ns: u64,
-) -> Result<Running<B::Vcpu>, String> {
+) -> Result<VmEntry<B::Vcpu>, String> {
     let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
     let cpus = spec.vcpus as usize;
     if !(1..=MAX_VCPUS).contains(&cpus) {
@@ -132,7 +168,8 @@ fn start<B: Backend>(
         cpus: cpus as u32,
     };
     let leaf1 = policy::cpuid(1, 0, host_cpuid, &bsp);
-    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8) {
+    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8)
+    {
         // SAFETY: `platform_tables` only returns tables inside the RAM.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
     }
@@ -144,32 +181,34 @@ fn start<B: Backend>(
         executable: true,
     };
     let machine = MachineInfo {
-        // SAFETY: the VM's RAM stays allocated and mapped until `stop` frees it after
-        // the VM is dropped.
+        // SAFETY: the VM's RAM stays allocated and mapped until `finish` frees it
+        // after every vCPU is destroyed.
         ram: unsafe { GuestRam::new(memory::phys_to_virt(ram_pa), ram_size) },
         epoch_unix_ns,
         tsc_hz: time::tsc_hz(),
         cpus,
     };
-    let vm = match VmShared::new(spec.name, &machine, relay) {
+    let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
         Err(e) => {
             memory::free(ram_pa, ram_size);
             return Err(e);
         }
     };
-    let mut vcpus: Vec<VcpuSlot<B::Vcpu>> = Vec::with_capacity(cpus);
+    let mut slots: Vec<Mutex<Option<VcpuSlot<B::Vcpu>>>> = Vec::with_capacity(cpus);
     for i in 0..cpus {
         let state = if i == 0 { &plan.start } else { &AP_START };
         match backend.create_vcpu(&mut KernelMemory, &[mapping], state) {
-            Ok(v) => vcpus.push(VcpuSlot {
+            Ok(v) => slots.push(Mutex::new(Some(VcpuSlot {
                 ctx: VcpuCtx::new(i, v, &machine, host_cpuid),
                 ran: false,
                 cpu_tsc: 0,
-            }),
+            }))),
             Err(e) => {
-                for s in vcpus {
-                    backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+                for s in slots {
+                    if let Some(s) = s.into_inner() {
+                        backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+                    }
                 }
                 memory::free(ram_pa, ram_size);
                 return Err(format!("{} could not create vCPU {i}: {e}", backend.name()));
@@ -186,47 +225,23 @@ fn start<B: Backend>(
         plan.start.mode,
         plan.start.rip
     );
-    Ok(Running {
-        vm,
-        vcpus,
-        mapping,
-        machine,
-        ram_pa,
-        ram_size,
-        started_tick: timer::ticks(),
-        limit_ticks: (spec.run_limit_ms > 0)
-            .then(|| (spec.run_limit_ms as u64 * timer::TICK_HZ as u64).div_ceil(1000)),
-        background: spec.background,
+    Ok(VmEntry {
+        name: spec.name.into(),
+        shared: Mutex::new(shared),
+        slots,
+        life: Mutex::new(Life {
+            mapping,
+            machine,
+            ram_pa,
+            ram_size,
+            started_tick: timer::ticks(),
+            limit_ticks: (spec.run_limit_ms > 0)
+                .then(|| (spec.run_limit_ms as u64 * timer::TICK_HZ as u64).div_ceil(1000)),
+            background: spec.background,
+            stop: None,
+            finished: false,
+        }),
     })
-}
-
-/// A STARTUP IPI reached an AP waiting for it: the AP starts in real mode with
-/// CS = vector << 8 (base vector << 12) and IP = 0 (SDM Vol. 3A 9.4.4). An AP that has
-/// run before (INIT after use) gets a fresh vCPU, which is the INIT reset of all its
-/// state.
-fn start_ap<B: Backend>(
-    backend: &mut B,
-    r: &mut Running<B::Vcpu>,
-    i: usize,
-    vector: u8,
-) -> Result<(), String> {
-    let slot = &mut r.vcpus[i];
-    if slot.ran {
-        let fresh = backend
-            .create_vcpu(&mut KernelMemory, &[r.mapping], &AP_START)
-            .map_err(|e| format!("{} could not reset vCPU {i}: {e}", backend.name()))?;
-        let old = core::mem::replace(
-            &mut slot.ctx,
-            VcpuCtx::new(i, fresh, &r.machine, host_cpuid),
-        );
-        slot.ctx.stats = old.stats.clone();
-        backend.destroy_vcpu(&mut KernelMemory, old.vcpu);
-    }
-    slot.ctx.vcpu.set_real_mode_cs(u16::from(vector) << 8);
-    slot.ctx.vcpu.set_rip(0);
-    slot.ctx.halted = false;
-    r.vm.run[i] = RunState::Running;
-    Ok(())
 }
 
 /// The benchmark's reference path: enter, skip the CPUID, enter again. Host timer
@@ -248,156 +263,393 @@ fn bare_cpuid_loop<V: Vcpu>(vcpu: &mut V, slice: u64) -> Option<vcpu::Exit> {
     }
 }
 
-impl<V: Vcpu> Running<V> {
-    fn limit_reached(&self) -> Option<String> {
-        let ran = timer::ticks() - self.started_tick;
-        match self.limit_ticks {
-            Some(limit) if ran >= limit => Some(format!(
-                "run-time limit reached ({} ms)",
-                ran * 1000 / timer::TICK_HZ as u64
-            )),
-            _ => None,
+impl<B: Backend> Machine<'_, B> {
+    /// A STARTUP IPI reached an AP waiting for it: it starts in real mode with
+    /// CS = vector << 8 (base vector << 12) and IP = 0 (SDM Vol. 3A 9.4.4). An AP that
+    /// has run before (INIT after use) gets a fresh vCPU, which is the INIT reset of
+    /// all its state.
+    fn start_ap(&self, vm: &VmEntry<B::Vcpu>, slot: &mut VcpuSlot<B::Vcpu>, vector: u8) -> Result<(), String> {
+        let i = slot.ctx.index;
+        if slot.ran {
+            let (mapping, machine) = {
+                let life = vm.life.lock();
+                (life.mapping, life.machine)
+            };
+            let mut backend = self.backend.lock();
+            let fresh = backend
+                .create_vcpu(&mut KernelMemory, &[mapping], &AP_START)
+                .map_err(|e| format!("{} could not reset vCPU {i}: {e}", backend.name()))?;
+            let old = core::mem::replace(&mut slot.ctx, VcpuCtx::new(i, fresh, &machine, host_cpuid));
+            slot.ctx.stats = old.stats.clone();
+            backend.destroy_vcpu(&mut KernelMemory, old.vcpu);
+            slot.ran = false;
         }
+        slot.ctx.vcpu.set_real_mode_cs(u16::from(vector) << 8);
+        slot.ctx.vcpu.set_rip(0);
+        slot.ctx.halted = false;
+        Ok(())
     }
 
-    /// Runs vCPU `i` until its slice ends or it waits. Returns why the VM must stop,
-    /// if it must; `ran` says whether the guest was entered at all.
-    fn run_vcpu(&mut self, i: usize, slice: u64, ran: &mut bool) -> Option<String> {
-        if self.vm.parked & (1 << i) != 0 {
-            return None;
+    /// Runs one slice of vCPU `slot` of `vm`. Returns why the VM must stop, if it
+    /// must; `entered` says whether the guest ran at all (a halted vCPU may not).
+    fn run_slice(
+        &self,
+        vm_index: usize,
+        slot: &mut VcpuSlot<B::Vcpu>,
+        entered: &mut bool,
+    ) -> Option<String> {
+        let vm = &self.vms[vm_index];
+        let i = slot.ctx.index;
+        let start_vector = match vm.shared.lock().run[i] {
+            RunState::StartUp(v) => Some(v),
+            RunState::WaitForSipi => return None,
+            RunState::Running => None,
+        };
+        if let Some(vector) = start_vector {
+            if let Err(e) = self.start_ap(vm, slot, vector) {
+                return Some(e);
+            }
+            vm.shared.lock().run[i] = RunState::Running;
         }
         let begin = time::rdtsc();
-        let slot = &mut self.vcpus[i];
-        let vm = &mut self.vm;
         let why = loop {
-            slot.ctx.prepare_entry(vm, time::uptime_ns());
+            {
+                let mut shared = vm.shared.lock();
+                if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
+                    break None;
+                }
+                slot.ctx.prepare_entry(&mut shared, time::uptime_ns());
+            }
             if slot.ctx.halted {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
             }
-            *ran = true;
             slot.ran = true;
-            let exit = slot.ctx.vcpu.run(slice);
-            match slot.ctx.handle(vm, exit, time::uptime_ns()) {
-                Next::Continue => continue,
-                Next::BareCpuidLoop => match bare_cpuid_loop(&mut slot.ctx.vcpu, slice) {
-                    None => continue,
-                    Some(exit) => match slot.ctx.handle(vm, exit, time::uptime_ns()) {
-                        Next::Stop(why) => break Some(why),
-                        _ => continue,
-                    },
-                },
+            *entered = true;
+            let exit = slot.ctx.vcpu.run(self.slice);
+            let (next, kicks) = {
+                let mut shared = vm.shared.lock();
+                let mut next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
+                if next == Next::BareCpuidLoop {
+                    drop(shared);
+                    next = match bare_cpuid_loop(&mut slot.ctx.vcpu, self.slice) {
+                        None => Next::Continue,
+                        Some(exit) => {
+                            shared = vm.shared.lock();
+                            slot.ctx.handle(&mut shared, exit, time::uptime_ns())
+                        }
+                    };
+                    shared = vm.shared.lock();
+                }
+                (next, core::mem::take(&mut shared.kicks))
+            };
+            self.kick_vcpus(vm_index, kicks & !(1 << i));
+            match next {
+                Next::Continue | Next::BareCpuidLoop => continue,
                 Next::Yield => break None,
                 Next::Stop(why) => break Some(why),
             }
         };
         slot.cpu_tsc += time::rdtsc().wrapping_sub(begin);
-        // On one processor every vCPU notices its interrupts when its turn comes.
-        self.vm.kicks = 0;
+        // The next slice may run on another processor (VMX: VMCLEAR here).
+        slot.ctx.vcpu.unload();
         why
     }
-}
 
-fn stop<B: Backend>(backend: &mut B, mut r: Running<B::Vcpu>, why: &str) {
-    r.vm.flush_console();
-    println!("hv: vm {} stopped: {}", r.vm.name, why);
-    let mut stats = ExitStats::default();
-    for s in &r.vcpus {
-        stats.add(&s.ctx.stats);
+    /// vCPUs of VM `vm` that got an interrupt: the CPUs running them leave guest mode
+    /// to deliver it; a target that runs nowhere is picked up by an idle CPU, which
+    /// is woken.
+    fn kick_vcpus(&self, vm: usize, mask: u64) {
+        if mask == 0 {
+            return;
+        }
+        let queue = self.queue.lock();
+        let mut cpus = 0u64;
+        let mut waiting = false;
+        for v in (0..64).filter(|&v| mask & (1 << v) != 0) {
+            match queue.running_on(vm, v) {
+                Some(c) => cpus |= 1 << c,
+                None => waiting = true,
+            }
+        }
+        drop(queue);
+        if waiting {
+            cpus |= self.idle.load(Ordering::Acquire);
+        }
+        for cpu in 0..smp::cpu_count() {
+            if cpus & (1 << cpu) != 0 {
+                smp::kick(cpu);
+            }
+        }
     }
-    println!("hv: vm {} exits: {}", r.vm.name, stats);
-    let tsc_per_us = (time::tsc_hz() / 1_000_000).max(1);
-    let times: Vec<String> = r
-        .vcpus
-        .iter()
-        .map(|s| format!("{} ms", s.cpu_tsc / tsc_per_us / 1000))
-        .collect();
-    let total: u64 = r.vcpus.iter().map(|s| s.cpu_tsc).sum();
-    println!(
-        "hv: vm {} cpu time: {} ms (vCPUs: {})",
-        r.vm.name,
-        total / tsc_per_us / 1000,
-        times.join(", ")
-    );
-    if r.vm.platform.unknown_port_accesses > 0 {
+
+    /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states.
+    fn sync_runnable(&self, vm: usize) {
+        let (run, parked) = {
+            let shared = self.vms[vm].shared.lock();
+            (shared.run.clone(), shared.parked)
+        };
+        let mut queue = self.queue.lock();
+        for (v, state) in run.iter().enumerate() {
+            let runnable = *state != RunState::WaitForSipi && parked & (1 << v) == 0;
+            queue.set_runnable(vm, v, runnable);
+        }
+    }
+
+    /// VM `vm` must stop: no vCPU of it is picked again, the CPUs running its vCPUs
+    /// are kicked, and whoever gives back its last vCPU returns its resources.
+    fn stop(&self, vm: usize, why: String) {
+        {
+            let mut life = self.vms[vm].life.lock();
+            if life.stop.is_some() {
+                return;
+            }
+            life.stop = Some(why);
+        }
+        let running = {
+            let mut queue = self.queue.lock();
+            queue.remove_vm(vm);
+            queue.cpus_running(vm)
+        };
+        for cpu in 0..smp::cpu_count() {
+            if running & (1 << cpu) != 0 {
+                smp::kick(cpu);
+            }
+        }
+        self.finish(vm);
+    }
+
+    /// Returns a stopped VM's resources once none of its vCPUs runs any more.
+    fn finish(&self, vm_index: usize) {
+        let vm = &self.vms[vm_index];
+        let mut life = vm.life.lock();
+        let Some(why) = life.stop.clone() else {
+            return;
+        };
+        if life.finished || self.queue.lock().cpus_running(vm_index) != 0 {
+            return;
+        }
+        let mut slots = Vec::new();
+        for s in &vm.slots {
+            match s.lock().take() {
+                Some(slot) => slots.push(slot),
+                // A vCPU is still out (being given back): its CPU finishes the VM.
+                None => {
+                    for slot in slots {
+                        let index = slot.ctx.index;
+                        *vm.slots[index].lock() = Some(slot);
+                    }
+                    return;
+                }
+            }
+        }
+        life.finished = true;
+        let mut shared = vm.shared.lock();
+        shared.flush_console();
+        println!("hv: vm {} stopped: {}", vm.name, why);
+        let mut stats = ExitStats::default();
+        for s in &slots {
+            stats.add(&s.ctx.stats);
+        }
+        println!("hv: vm {} exits: {}", vm.name, stats);
+        let tsc_per_us = (time::tsc_hz() / 1_000_000).max(1);
+        let times: Vec<String> = slots
+            .iter()
+            .map(|s| format!("{} ms", s.cpu_tsc / tsc_per_us / 1000))
+            .collect();
+        let total: u64 = slots.iter().map(|s| s.cpu_tsc).sum();
         println!(
-            "hv: vm {} unknown port accesses: {}",
-            r.vm.name, r.vm.platform.unknown_port_accesses
+            "hv: vm {} cpu time: {} ms (vCPUs: {})",
+            vm.name,
+            total / tsc_per_us / 1000,
+            times.join(", ")
         );
+        if shared.platform.unknown_port_accesses > 0 {
+            println!(
+                "hv: vm {} unknown port accesses: {}",
+                vm.name, shared.platform.unknown_port_accesses
+            );
+        }
+        let mut backend = self.backend.lock();
+        for s in slots {
+            backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+        }
+        memory::free(life.ram_pa, life.ram_size);
     }
-    for s in r.vcpus {
-        backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+
+    /// The boot processor's chores between slices: console input for the first VM,
+    /// run-time limits, and stopping background VMs once the foreground ones are gone.
+    fn housekeeping(&self) {
+        let mut foreground = false;
+        let mut first = None;
+        for (v, vm) in self.vms.iter().enumerate() {
+            let life = vm.life.lock();
+            if life.stop.is_some() {
+                continue;
+            }
+            first.get_or_insert(v);
+            foreground |= !life.background;
+            let ran = timer::ticks() - life.started_tick;
+            let over = life.limit_ticks.is_some_and(|limit| ran >= limit);
+            drop(life);
+            if over {
+                self.stop(
+                    v,
+                    format!("run-time limit reached ({} ms)", ran * 1000 / timer::TICK_HZ as u64),
+                );
+            }
+        }
+        if !foreground {
+            for v in 0..self.vms.len() {
+                if self.vms[v].life.lock().stop.is_none() {
+                    self.stop(v, "background VM: every foreground VM has stopped".into());
+                }
+            }
+        }
+        // Host console input goes to the first VM (the Linux guest in the default set).
+        if let Some(v) = first {
+            let mut shared = self.vms[v].shared.lock();
+            if shared.console_ready() {
+                if let Some(byte) = serial::try_read_byte() {
+                    shared.console_input(byte);
+                    drop(shared);
+                    self.kick_vcpus(v, 1);
+                }
+            }
+        }
     }
-    memory::free(r.ram_pa, r.ram_size);
+
+    /// Sleeps until the next tick or a kick.
+    fn idle(&self, cpu: usize) {
+        self.idle.fetch_or(1 << cpu, Ordering::AcqRel);
+        timer::idle();
+        self.idle.fetch_and(!(1 << cpu), Ordering::AcqRel);
+    }
+
+    /// One physical CPU's share of the work, until no VM is left.
+    fn cpu_loop(&self, cpu: usize) {
+        self.inside.fetch_add(1, Ordering::AcqRel);
+        // Picks in a row that found only halted vCPUs: after a full round, sleep.
+        let mut idle_picks = 0;
+        while !self.done.load(Ordering::Acquire) {
+            if cpu == 0 {
+                self.housekeeping();
+            }
+            let (picked, tasks) = {
+                let mut q = self.queue.lock();
+                (q.pick(cpu), q.len())
+            };
+            let Some(task) = picked else {
+                if !self.queue.lock().any_left() {
+                    self.done.store(true, Ordering::Release);
+                    for other in 1..smp::cpu_count() {
+                        smp::kick(other);
+                    }
+                    break;
+                }
+                self.idle(cpu);
+                continue;
+            };
+            let (vm, index) = {
+                let q = self.queue.lock();
+                (q.task(task).vm, q.task(task).vcpu)
+            };
+            let stopping = self.vms[vm].life.lock().stop.is_some();
+            let taken = if stopping {
+                None
+            } else {
+                self.vms[vm].slots[index].lock().take()
+            };
+            let mut entered = false;
+            let why = match taken {
+                Some(mut slot) => {
+                    let why = self.run_slice(vm, &mut slot, &mut entered);
+                    *self.vms[vm].slots[index].lock() = Some(slot);
+                    why
+                }
+                None => None,
+            };
+            idle_picks = if entered { 0 } else { idle_picks + 1 };
+            self.sync_runnable(vm);
+            self.queue.lock().put_back(task);
+            if let Some(why) = why {
+                self.stop(vm, why);
+            }
+            if self.vms[vm].life.lock().stop.is_some() {
+                self.finish(vm);
+            }
+            if idle_picks >= tasks {
+                // Every vCPU this CPU may run waits for an interrupt.
+                idle_picks = 0;
+                self.idle(cpu);
+            }
+        }
+        self.inside.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
-/// Runs every VM of the bundle until all have stopped. Returns how many could not be
-/// started.
-pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize {
+/// The machine the APs join; set while `run_all` runs.
+static MACHINE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// An AP's entry into the run loop ([`smp::start_aps`]); after it, the AP halts.
+fn ap_entry<B: Backend + 'static>(cpu: usize) -> ! {
+    let m = MACHINE.load(Ordering::Acquire) as *const Machine<'static, B>;
+    if !m.is_null() {
+        // SAFETY: `run_all` published the machine before starting the APs and does not
+        // return (or drop it) before every CPU has left `cpu_loop` (`inside` == 0).
+        unsafe { (*m).cpu_loop(cpu) };
+    }
+    loop {
+        timer::idle();
+    }
+}
+
+/// Runs every VM of the bundle on every processor until all have stopped. Returns
+/// how many could not be started.
+pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize
+where
+    B: Send + 'static,
+    B::Vcpu: Send,
+{
     let free_before = memory::free_bytes();
     // The guests' RTCs count from the host's wall clock at boot.
     let epoch_unix_ns = time::read_rtc_unix_ns().saturating_sub(time::uptime_ns());
-    let mut vms: Vec<Option<Running<B::Vcpu>>> = Vec::new();
+    let pcpus = smp::cpu_count();
+    let mut queue = RunQueue::new(pcpus);
+    let mut vms = Vec::new();
     let mut failed = 0;
     for spec in specs {
         match start(backend, spec, epoch_unix_ns) {
-            Ok(r) => vms.push(Some(r)),
+            Ok(vm) => {
+                let index = vms.len();
+                for v in 0..vm.slots.len() {
+                    queue.add(index, v, u64::MAX, v == 0);
+                }
+                vms.push(vm);
+            }
             Err(e) => {
                 failed += 1;
                 println!("hv: vm {} not started: {e}", spec.name);
             }
         }
     }
-    let slice = time::micros_to_tsc(SLICE_MICROS);
-    while vms.iter().any(Option::is_some) {
-        if vms.iter().flatten().all(|r| r.background) {
-            for slot in vms.iter_mut() {
-                if let Some(r) = slot.take() {
-                    stop(backend, r, "background VM: every foreground VM has stopped");
-                }
-            }
-            break;
-        }
-        // Host console input goes to the first VM (the Linux guest in the default set).
-        if let Some(r) = vms.iter_mut().flatten().next() {
-            if r.vm.console_ready() {
-                if let Some(byte) = serial::try_read_byte() {
-                    r.vm.console_input(byte);
-                }
-            }
-        }
-        let mut ran_any = false;
-        for slot in vms.iter_mut() {
-            let Some(r) = slot else { continue };
-            let mut why = None;
-            for i in 0..r.vcpus.len() {
-                match r.vm.run[i] {
-                    RunState::WaitForSipi => continue,
-                    RunState::StartUp(vector) => {
-                        if let Err(e) = start_ap(backend, r, i, vector) {
-                            why = Some(e);
-                            break;
-                        }
-                    }
-                    RunState::Running => {}
-                }
-                why = r
-                    .run_vcpu(i, slice, &mut ran_any)
-                    .or_else(|| r.limit_reached());
-                if why.is_some() {
-                    break;
-                }
-            }
-            if let Some(why) = why {
-                let r = slot.take().expect("slot is running");
-                stop(backend, r, &why);
-            }
-        }
-        if !ran_any {
-            // Every vCPU waits for an interrupt: sleep until the next host tick.
-            timer::idle();
-        }
+    let machine = Machine {
+        backend: Mutex::new(backend),
+        vms,
+        queue: Mutex::new(queue),
+        slice: time::micros_to_tsc(SLICE_MICROS),
+        inside: AtomicUsize::new(0),
+        done: AtomicBool::new(false),
+        idle: AtomicU64::new(0),
+    };
+    MACHINE.store(&machine as *const Machine<B> as *mut (), Ordering::Release);
+    smp::start_aps(ap_entry::<B>);
+    machine.cpu_loop(0);
+    while machine.inside.load(Ordering::Acquire) != 0 {
+        core::hint::spin_loop();
     }
+    MACHINE.store(core::ptr::null_mut(), Ordering::Release);
+    drop(machine);
     let leaked = free_before.saturating_sub(memory::free_bytes());
     println!(
         "hv: all VMs stopped; host memory returned: {}",
