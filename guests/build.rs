@@ -25,6 +25,8 @@ const BINS: &[(&str, &str)] = &[
     ("triple64", "link64.ld"),
     ("mb32", "linkmb32.ld"),
     ("bench64", "link64.ld"),
+    ("smp64", "link64.ld"),
+    ("ipistorm64", "link64.ld"),
 ];
 
 fn main() {

@@ -11,9 +11,21 @@
 //! saved RIP past the instruction and returns. Every other vector (and an
 //! unexpected `#GP`) prints the vector, error code and RIP on COM1 and halts, so a
 //! broken hypervisor shows up as a readable line instead of a triple fault.
+//!
+//! The IDT has all 256 gates; vectors 32-255 start out not present (a stray
+//! interrupt there becomes a `#NP` whose error code names the vector, reported like
+//! any exception) until a guest installs its own entry stub with
+//! [`Handlers::set_interrupt_gate`] (interrupt handlers, and the NMI, vector 2).
+//!
+//! SMP: the tables are shared. The bootstrap CPU calls [`install`] and sets its
+//! gates before it starts other CPUs; each of those then loads the same tables
+//! with [`Handlers::load_on_this_cpu`]. The `#GP` recovery state is global, so only
+//! one CPU at a time may use the `try_*` wrappers.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use core::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Release, Ordering::SeqCst,
+};
 
 use crate::cpu::halt_forever;
 
@@ -83,13 +95,15 @@ impl Gate {
     }
 }
 
-/// Only the 32 exception vectors: the guests never enable interrupts.
+/// The 32 exception vectors, which get stubs here.
 const VECTORS: usize = 32;
+/// Gates in the IDT: every vector, so guests can add interrupt handlers.
+const GATES: usize = 256;
 
 #[repr(C, align(16))]
-struct Idt([Gate; VECTORS]);
+struct Idt([Gate; GATES]);
 
-static mut IDT: Idt = Idt([Gate::MISSING; VECTORS]);
+static mut IDT: Idt = Idt([Gate::MISSING; GATES]);
 
 // Exception entry stubs. Vectors without a CPU-pushed error code push a dummy 0 so
 // the common path sees the same frame: [rsp] vector, [rsp+8] error, [rsp+16] RIP.
@@ -158,13 +172,26 @@ unsafe extern "C" {
 }
 
 extern "C" fn unexpected_exception(vector: u64, error: u64, rip: u64) -> ! {
-    crate::println!("guest: unexpected exception vector={vector} error={error:#x} rip={rip:#x}");
+    // Bounded: the exception may have hit while this CPU held the console lock.
+    let _guard = crate::serial::lock_bounded(crate::serial::FATAL_LOCK_SPINS);
+    crate::serial::write_fmt(format_args!(
+        "guest: unexpected exception vector={vector} error={error:#x} rip={rip:#x}\n"
+    ));
     halt_forever()
 }
 
 /// Proof that [`install`] ran: the `try_*` wrappers need the `#GP` handler.
 #[derive(Clone, Copy)]
 pub struct Handlers(());
+
+/// Set by [`install`] once the tables are complete, for [`installed`].
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The tables, if [`install`] has run (on another CPU, typically): what an
+/// application processor needs for [`Handlers::load_on_this_cpu`].
+pub fn installed() -> Option<Handlers> {
+    INSTALLED.load(Acquire).then_some(Handlers(()))
+}
 
 /// A `#GP` taken by a `try_*` wrapper.
 #[derive(Clone, Copy, Debug)]
@@ -174,15 +201,71 @@ pub struct GpFault {
 }
 
 /// Loads the guest's GDT, reloads every segment register from it, and loads an
-/// IDT covering the 32 exception vectors.
+/// IDT with stubs for the 32 exception vectors (the others not present).
+///
+/// Call it once, on the bootstrap CPU, before any other CPU runs guest code.
 pub fn install() -> Handlers {
+    load_gdt();
+    let idt = &raw mut IDT;
+    // SAFETY: only the bootstrap CPU runs (see above) and interrupts are off, so
+    // nothing else reads or writes the IDT. `guests_exc_table` is initialised by
+    // the linker.
+    unsafe {
+        for (vector, gate) in (*idt).0.iter_mut().take(VECTORS).enumerate() {
+            *gate = Gate::interrupt(guests_exc_table[vector]);
+        }
+        (*idt).0[13] = Gate::interrupt(guests_gp_entry as *const () as u64);
+    }
+    load_idt();
+    INSTALLED.store(true, Release);
+    Handlers(())
+}
+
+/// Loads the IDT [`install`] filled.
+fn load_idt() {
+    let idtr = DescriptorPointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: &raw const IDT as u64,
+    };
+    // SAFETY: the IDT is static and valid for every vector (present gates with
+    // handlers, or not-present ones that raise #NP, which has a handler).
+    unsafe { asm!("lidt [{}]", in(reg) &idtr, options(readonly, nostack, preserves_flags)) };
+}
+
+impl Handlers {
+    /// Loads the same GDT and IDT on the calling CPU (an application processor
+    /// that [`install`] did not run on), reloading its segment registers.
+    pub fn load_on_this_cpu(self) {
+        load_gdt();
+        load_idt();
+    }
+
+    /// Points IDT vector `vector` at `entry`, a 64-bit interrupt gate (interrupts
+    /// off on entry). `entry` must be an assembly stub that preserves every
+    /// register and ends in IRETQ (and signals EOI itself when the vector comes
+    /// from the local APIC).
+    ///
+    /// # Safety
+    /// No CPU may take `vector` while its 16-byte gate is being written: call it
+    /// before the vector can arrive (before enabling interrupts or starting the
+    /// CPUs that would send it). Exception vectors keep their stubs unless the
+    /// caller means to replace one (the NMI, vector 2, is the usual case).
+    pub unsafe fn set_interrupt_gate(self, vector: u8, entry: unsafe extern "C" fn()) {
+        let idt = &raw mut IDT;
+        (*idt).0[usize::from(vector)] = Gate::interrupt(entry as *const () as u64);
+    }
+}
+
+/// Loads the guest's GDT and reloads every segment register from it.
+fn load_gdt() {
     let gdtr = DescriptorPointer {
         limit: (core::mem::size_of_val(&GDT) - 1) as u16,
         base: GDT.as_ptr() as u64,
     };
-    // SAFETY: the GDT is static and its descriptors match what the hypervisor set
-    // (flat 64-bit code, flat data), so reloading the selectors changes nothing but
-    // where the CPU will find them. The far return reloads CS.
+    // SAFETY: the GDT is static and its descriptors match what the CPU runs on
+    // (flat 64-bit code, flat data: the hypervisor's start state, or the SMP
+    // trampoline's), so reloading the selectors changes nothing but where the CPU
+    // will find them. The far return reloads CS.
     unsafe {
         asm!(
             "lgdt [{gdtr}]",
@@ -203,22 +286,6 @@ pub fn install() -> Handlers {
             code = const CODE_SELECTOR as u32,
         );
     }
-
-    let idt = &raw mut IDT;
-    // SAFETY: single vCPU, interrupts off, and the IDT is not loaded yet: nothing
-    // else reads or writes it. `guests_exc_table` is initialised by the linker.
-    unsafe {
-        for (vector, gate) in (*idt).0.iter_mut().enumerate() {
-            *gate = Gate::interrupt(guests_exc_table[vector]);
-        }
-        (*idt).0[13] = Gate::interrupt(guests_gp_entry as *const () as u64);
-        let idtr = DescriptorPointer {
-            limit: (core::mem::size_of::<Idt>() - 1) as u16,
-            base: idt as u64,
-        };
-        asm!("lidt [{}]", in(reg) &idtr, options(readonly, nostack, preserves_flags));
-    }
-    Handlers(())
 }
 
 /// Runs `f` with the `#GP` handler armed to skip `len` bytes: see

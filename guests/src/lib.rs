@@ -5,14 +5,21 @@
 //! 64-bit guests get their entry point ([`entry_point!`]), serial output
 //! ([`println!`]), port I/O, CPUID/MSR wrappers, the hypercall instruction
 //! ([`hypercall`]) and an optional GDT+IDT with a recoverable `#GP` handler ([`idt`]).
+//! SMP guests also get the local APIC ([`apic`]), a PIT-calibrated TSC ([`tsc`]) and
+//! AP start-up through a real-mode trampoline ([`smp`], with the MP table parser
+//! [`mptable`]); their CPUs share the console under a lock ([`serial::lock`]).
 //!
 //! On the host (anything but `target_os = "none"`) only the pure helpers in [`text`]
-//! are compiled, so `cargo clippy --workspace` and `cargo test -p guests` work there.
+//! and [`mptable`] are compiled, so `cargo clippy --workspace` and `cargo test -p
+//! guests` work there.
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod mptable;
 pub mod text;
 
+#[cfg(target_os = "none")]
+pub mod apic;
 #[cfg(target_os = "none")]
 pub mod cpu;
 #[cfg(target_os = "none")]
@@ -21,6 +28,10 @@ pub mod hypercall;
 pub mod idt;
 #[cfg(target_os = "none")]
 pub mod serial;
+#[cfg(target_os = "none")]
+pub mod smp;
+#[cfg(target_os = "none")]
+pub mod tsc;
 
 /// Defines `_start` for a 64-bit guest and makes it call `$main` (a `fn()`).
 ///
@@ -59,21 +70,21 @@ macro_rules! entry_point {
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {
-        $crate::serial::write_fmt(::core::format_args!($($arg)*))
+        $crate::serial::write_fmt_locked(::core::format_args!($($arg)*), "")
     };
 }
 
-/// `println!` to COM1; lines end with a bare `"\n"`.
+/// `println!` to COM1; lines end with a bare `"\n"`. The whole line is written
+/// under the console lock ([`serial::lock`]), so lines of several CPUs do not mix.
 #[cfg(target_os = "none")]
 #[macro_export]
 macro_rules! println {
     () => {
-        $crate::serial::write_str("\n")
+        $crate::serial::write_fmt_locked(::core::format_args!(""), "\n")
     };
-    ($($arg:tt)*) => {{
-        $crate::serial::write_fmt(::core::format_args!($($arg)*));
-        $crate::serial::write_str("\n");
-    }};
+    ($($arg:tt)*) => {
+        $crate::serial::write_fmt_locked(::core::format_args!($($arg)*), "\n")
+    };
 }
 
 /// A panic in a guest is a bug in the guest: say so on the serial port and stop
@@ -81,6 +92,8 @@ macro_rules! println {
 #[cfg(all(target_os = "none", not(test)))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    println!("guest: PANIC: {}", info);
+    // Bounded: the panic may have happened while this CPU held the console lock.
+    let _guard = serial::lock_bounded(serial::FATAL_LOCK_SPINS);
+    serial::write_fmt(format_args!("guest: PANIC: {}\n", info));
     cpu::halt_forever()
 }
