@@ -27,6 +27,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static LINUX_APIC: OnceLock<Images> = OnceLock::new();
     static MULTIBOOT: OnceLock<Images> = OnceLock::new();
     static BENCH: OnceLock<Images> = OnceLock::new();
+    static SMP: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -35,6 +36,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::LinuxApicTest => &LINUX_APIC,
         GuestSet::Multiboot => &MULTIBOOT,
         GuestSet::Bench => &BENCH,
+        GuestSet::Smp => &SMP,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {
@@ -152,6 +154,37 @@ pub fn position(out: &RunOutput, needle: &str) -> usize {
 
 /// What every vendor must show for `GuestSet::Tiny`: the same answers from the same
 /// core, whichever extension runs underneath.
+/// The guest-SMP set (`GuestSet::Smp`) on any vendor: `smp64`'s AP started and its
+/// IPIs round-tripped, `ipistorm64` stormed without reaching anyone else, `hello64`
+/// finished, and the VMs' memory came back.
+pub fn expect_smp_guests(out: &RunOutput) {
+    out.expect_line("hv: vm smp64 started: 4096 KiB RAM at host")
+        .expect_line(", 2 vCPUs, Long mode")
+        .expect_line("smp64 | smp64: mp table lists 2 cpus")
+        .expect_line("smp64 | smp64: cpus online 2")
+        .expect_line("smp64 | smp64: ap 1 apic id 1")
+        .expect_line("smp64 | smp64: ipi ping-pong 1000 round trips ok")
+        .expect_line("smp64 | smp64: ipi round trip median=")
+        .expect_line("smp64 | smp64: nmi ipi to ap 1 ok")
+        .expect_line("smp64 | smp64: broadcast ipi reached 1 aps")
+        .expect_line("smp64 | smp64: self ipi ok")
+        .expect_line("smp64 | smp64: done")
+        .expect_line("hv: vm smp64 stopped: halted with interrupts disabled")
+        .expect_line("hv: vm smp64 cpu time:")
+        .expect_line("ipistorm64 | ipistorm64: storming")
+        .expect_line("ipistorm64 | ipistorm64: bsp sweeps 8")
+        .expect_line("hello64 | hello64: alive 5")
+        .expect_line("hello64 | hello64: done")
+        .expect_line("hv: vm ipistorm64 stopped:")
+        .expect_line("hv: vm spin64 stopped:")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("smp64: FAIL")
+        .expect_no("ipistorm64: FAIL")
+        .expect_no("unexpected exception")
+        .expect_no("EXCEPTION")
+        .expect_no("PANIC");
+}
+
 pub fn expect_tiny_guests(out: &RunOutput) {
     out.expect_line("hv: guest bundle holds 9 VM(s)")
         // An image only the kernel sees is broken: refused alone, with the reason.

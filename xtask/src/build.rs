@@ -106,6 +106,10 @@ pub enum GuestSet {
     /// The CPUID exit benchmark `bench64` next to Linux in test mode (so the figures
     /// are taken with another VM busy, as in real use).
     Bench,
+    /// Guest SMP: `smp64` (2 vCPUs: AP start-up, IPI ping-pong) next to `hello64`,
+    /// with the hostile `ipistorm64` (2 vCPUs) and the spinner `spin64` in the
+    /// background.
+    Smp,
 }
 
 impl GuestSet {
@@ -118,6 +122,7 @@ impl GuestSet {
             GuestSet::LinuxApicTest => "linux-apic-test",
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
+            GuestSet::Smp => "smp",
         }
     }
 
@@ -208,6 +213,36 @@ impl GuestSet {
                     )
                 };
                 Ok(vec![linux(true)?, bench])
+            }
+            GuestSet::Smp => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let vm = |name: &str, vcpus: u32| -> Result<VmDef, String> {
+                    Ok(VmDef {
+                        format: ImageFormat::Tiny,
+                        vcpus,
+                        ..VmDef::new(
+                            name,
+                            crate::guests::find_image(&images, name)?.path.clone(),
+                            4096,
+                        )
+                    })
+                };
+                Ok(vec![
+                    vm("smp64", 2)?,
+                    vm("hello64", 1)?,
+                    VmDef {
+                        background: true,
+                        run_limit_ms: 60_000,
+                        ..vm("ipistorm64", 2)?
+                    },
+                    VmDef {
+                        background: true,
+                        run_limit_ms: 60_000,
+                        ..vm("spin64", 1)?
+                    },
+                ])
             }
         }
     }

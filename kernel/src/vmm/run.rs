@@ -168,8 +168,7 @@ fn start<B: Backend>(
         cpus: cpus as u32,
     };
     let leaf1 = policy::cpuid(1, 0, host_cpuid, &bsp);
-    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8)
-    {
+    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8) {
         // SAFETY: `platform_tables` only returns tables inside the RAM.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
     }
@@ -268,7 +267,12 @@ impl<B: Backend> Machine<'_, B> {
     /// CS = vector << 8 (base vector << 12) and IP = 0 (SDM Vol. 3A 9.4.4). An AP that
     /// has run before (INIT after use) gets a fresh vCPU, which is the INIT reset of
     /// all its state.
-    fn start_ap(&self, vm: &VmEntry<B::Vcpu>, slot: &mut VcpuSlot<B::Vcpu>, vector: u8) -> Result<(), String> {
+    fn start_ap(
+        &self,
+        vm: &VmEntry<B::Vcpu>,
+        slot: &mut VcpuSlot<B::Vcpu>,
+        vector: u8,
+    ) -> Result<(), String> {
         let i = slot.ctx.index;
         if slot.ran {
             let (mapping, machine) = {
@@ -279,7 +283,8 @@ impl<B: Backend> Machine<'_, B> {
             let fresh = backend
                 .create_vcpu(&mut KernelMemory, &[mapping], &AP_START)
                 .map_err(|e| format!("{} could not reset vCPU {i}: {e}", backend.name()))?;
-            let old = core::mem::replace(&mut slot.ctx, VcpuCtx::new(i, fresh, &machine, host_cpuid));
+            let old =
+                core::mem::replace(&mut slot.ctx, VcpuCtx::new(i, fresh, &machine, host_cpuid));
             slot.ctx.stats = old.stats.clone();
             backend.destroy_vcpu(&mut KernelMemory, old.vcpu);
             slot.ran = false;
@@ -495,7 +500,10 @@ impl<B: Backend> Machine<'_, B> {
             if over {
                 self.stop(
                     v,
-                    format!("run-time limit reached ({} ms)", ran * 1000 / timer::TICK_HZ as u64),
+                    format!(
+                        "run-time limit reached ({} ms)",
+                        ran * 1000 / timer::TICK_HZ as u64
+                    ),
                 );
             }
         }
