@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod build;
 pub mod config;
+pub mod console;
 pub mod emulator;
 pub mod flash;
 pub mod guests;
