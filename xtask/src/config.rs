@@ -910,16 +910,26 @@ fn default_memory(format: ImageFormat) -> u64 {
     }
 }
 
-/// A name for a VM from its image's file name: the allowed characters only, and
-/// short enough for the bundle.
-fn name_from(path: &Path, format: ImageFormat) -> String {
-    if format == ImageFormat::Linux {
-        return "linux".into();
-    }
-    let stem = path
-        .file_stem()
+/// A name for a VM from its image's file name (`bzImage`, `vmlinuz-6.1.0-28-amd64`,
+/// `hello64` for `hello64.elf`): the file stem, where a version number is not taken
+/// for an extension; other characters than the allowed ones become `_`, and it is
+/// cut to the bundle's limit.
+fn name_from(path: &Path) -> String {
+    let file = path
+        .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let stem = match file.rsplit_once('.') {
+        // `.elf`, `.bin`, `.img`: an extension; `-6.1.0-28-amd64`: part of the name.
+        Some((stem, ext))
+            if !stem.is_empty()
+                && ext.starts_with(|c: char| c.is_ascii_alphabetic())
+                && ext.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            stem
+        }
+        _ => &file,
+    };
     let name: String = stem
         .chars()
         .map(|c| {
@@ -960,13 +970,14 @@ pub fn single_vm(
         key: key.into(),
     };
     let kernel = kernel.to_path_buf();
-    // The name depends on the format; peek at the image (errors come from resolve).
+    // The module syntax depends on the format; peek at the image (errors come from
+    // resolve).
     let detected = std::fs::read(&kernel).ok().map_or(ImageFormat::Auto, |b| {
         guest_image::detect(&b, ImageFormat::Auto)
     });
     let mut raw = RawVm {
         at: opt("--kernel"),
-        name: Some((name_from(&kernel, detected), opt("--kernel"))),
+        name: Some((name_from(&kernel), opt("--kernel"))),
         // QEMU hands a Multiboot kernel its `-kernel` argument as given.
         kernel_name: Some(kernel.display().to_string()),
         kernel: Some((kernel, opt("--kernel"))),
@@ -1646,13 +1657,31 @@ cmdline = "x"
     }
 
     #[test]
+    fn names_from_image_files() {
+        let name = |p: &str| name_from(Path::new(p));
+        assert_eq!(
+            name("/boot/vmlinuz-6.1.0-28-amd64"),
+            "vmlinuz-6.1.0-28-amd64"
+        );
+        assert_eq!(name("target/hv/linux/current/bzImage"), "bzImage");
+        assert_eq!(name("hello64.elf"), "hello64");
+        assert_eq!(name("my kernel+v2.bin"), "my_kernel_v2");
+        assert_eq!(name(".bin"), ".bin");
+        assert_eq!(name("/"), "vm");
+        let long = name("a-rather-long-kernel-image-name-indeed.img");
+        assert_eq!(long, "a-rather-long-kernel-ima");
+        assert_eq!(long.len(), NAME_MAX);
+        assert_eq!(name("ünïcode.elf"), "_n_code");
+    }
+
+    #[test]
     fn single_vm_from_the_command_line() {
         let s = Scratch::new("single");
         s.images();
         let k = s.0.join("bzImage");
         let initrd = s.0.join("initrd");
         let vm = single_vm(&k, Some(&initrd), Some("console=ttyS0"), Some("128M")).unwrap();
-        assert_eq!(vm.name, "linux");
+        assert_eq!(vm.name, "bzImage");
         assert_eq!(vm.format, ImageFormat::Linux);
         assert_eq!(vm.memory_kib, 128 * 1024);
         assert_eq!(vm.modules[0].path, initrd);

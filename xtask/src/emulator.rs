@@ -2,13 +2,14 @@
 //! KVM) and Bochs (VT-x with EPT). Runs are either interactive (`cargo xtask run`) or
 //! captured with a time limit (tests).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::tools;
+use crate::{console, tools};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -64,8 +65,42 @@ impl QemuOptions {
     }
 }
 
-/// The QEMU command line for `image`. `work_dir` holds the writable OVMF variables.
+/// The QEMU command line for `image` with its serial port on stdout, for captured
+/// runs. `work_dir` holds the writable OVMF variables.
 pub fn qemu_command(image: &Path, opts: &QemuOptions, work_dir: &Path) -> Result<Command, String> {
+    qemu_command_with_serial(image, opts, work_dir, &["-serial", "stdio"])
+}
+
+/// The serial port of an interactive run: on the terminal, multiplexed with QEMU's
+/// monitor as `-serial mon:stdio` does (`Ctrl-A X` quits, `Ctrl-A C` switches to the
+/// monitor, `Ctrl-A H` lists the keys; plain `stdio` hands Ctrl-A to the guest and
+/// nothing quits), and with `signal=off` so Ctrl-C reaches the guest, as it does in
+/// the Bochs relay (see console.rs), instead of killing QEMU.
+pub const QEMU_INTERACTIVE_SERIAL: [&str; 6] = [
+    "-chardev",
+    "stdio,id=console,mux=on,signal=off",
+    "-serial",
+    "chardev:console",
+    "-mon",
+    "chardev=console",
+];
+
+/// The QEMU command line for an interactive run (serial port and monitor on the
+/// terminal: [`QEMU_INTERACTIVE_SERIAL`]).
+pub fn qemu_interactive_command(
+    image: &Path,
+    opts: &QemuOptions,
+    work_dir: &Path,
+) -> Result<Command, String> {
+    qemu_command_with_serial(image, opts, work_dir, &QEMU_INTERACTIVE_SERIAL)
+}
+
+fn qemu_command_with_serial(
+    image: &Path,
+    opts: &QemuOptions,
+    work_dir: &Path,
+    serial: &[&str],
+) -> Result<Command, String> {
     let mut needed = vec![tools::QEMU];
     if opts.firmware == Firmware::Uefi {
         needed.extend([tools::OVMF_CODE, tools::OVMF_VARS]);
@@ -80,7 +115,8 @@ pub fn qemu_command(image: &Path, opts: &QemuOptions, work_dir: &Path) -> Result
             "-smp",
             &opts.cpus.to_string(),
         ])
-        .args(["-serial", "stdio", "-display", "none", "-no-reboot"])
+        .args(serial)
+        .args(["-display", "none", "-no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match opts.firmware {
         Firmware::Bios => {
@@ -150,7 +186,41 @@ fn free_display() -> u32 {
         .unwrap_or(base)
 }
 
+/// Where Bochs connects the machine's first serial port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Com1 {
+    /// Output to the run's `serial.txt`, no input (captured runs).
+    LogFile,
+    /// Bochs listens on 127.0.0.1:port and waits, before the machine starts, for one
+    /// client that then carries the port both ways (interactive runs).
+    SocketServer(u16),
+}
+
+impl Com1 {
+    /// The bochsrc line, `serial_log` being the run's `serial.txt`.
+    pub fn bochsrc_line(&self, serial_log: &Path) -> String {
+        match self {
+            Com1::LogFile => format!("com1: enabled=1, mode=file, dev={}", serial_log.display()),
+            Com1::SocketServer(port) => {
+                format!("com1: enabled=1, mode=socket-server, dev=127.0.0.1:{port}")
+            }
+        }
+    }
+}
+
+/// Starts Bochs with its serial output in `work_dir/serial.txt`.
 pub fn start_bochs(image: &Path, opts: &BochsOptions, work_dir: &Path) -> Result<BochsRun, String> {
+    start_bochs_with(image, opts, work_dir, Com1::LogFile)
+}
+
+/// Starts Bochs with its first serial port on `com1`. `serial_log` of the result is
+/// `work_dir/serial.txt` either way (with a socket, the relay writes it).
+pub fn start_bochs_with(
+    image: &Path,
+    opts: &BochsOptions,
+    work_dir: &Path,
+    com1: Com1,
+) -> Result<BochsRun, String> {
     let paths = tools::require(
         &[
             tools::BOCHS,
@@ -178,7 +248,7 @@ pub fn start_bochs(image: &Path, opts: &BochsOptions, work_dir: &Path) -> Result
          cpu: model=corei7_skylake_x, count={cpus}, ips=100000000, reset_on_triple_fault=0\n\
          ata0-master: type=disk, path={disk}, mode=flat\n\
          boot: disk\n\
-         com1: enabled=1, mode=file, dev={serial}\n\
+         {com1}\n\
          clock: sync=none, time0=local\n\
          port_e9_hack: enabled=1\n\
          log: {log}\n\
@@ -189,7 +259,7 @@ pub fn start_bochs(image: &Path, opts: &BochsOptions, work_dir: &Path) -> Result
         vga = paths[2].display(),
         cpus = opts.cpus,
         disk = disk.display(),
-        serial = serial_log.display(),
+        com1 = com1.bochsrc_line(&serial_log),
         log = work_dir.join("bochs.log").display(),
     );
     let rc = work_dir.join("bochsrc");
@@ -439,31 +509,137 @@ pub fn run_bochs_captured(
     })
 }
 
-/// Streams a Bochs run's serial log to stdout until Bochs exits (interactive `run`).
+/// The line the hypervisor prints as it stops the machine.
+const STOP_MARKER: &str = "hv: stopping with status";
+
+/// What ends an interactive Bochs run.
+enum Event {
+    /// `Ctrl-A X` typed.
+    Quit,
+    /// The hypervisor said it is stopping.
+    Stopping,
+    /// Bochs closed the serial connection.
+    Closed,
+}
+
+/// A port on 127.0.0.1 that is free now (the system picks it).
+fn free_tcp_port() -> Result<u16, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free TCP port for the Bochs console: {e}"))
+}
+
+/// Connects to the serial port Bochs serves once it listens (before the machine
+/// starts), unless Bochs exits first.
+fn connect_console(run: &mut BochsRun, port: u16, work_dir: &Path) -> Result<TcpStream, String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            return Ok(stream);
+        }
+        if let Ok(Some(status)) = run.bochs.try_wait() {
+            return Err(format!(
+                "Bochs exited ({status}) before opening its serial port; see {}",
+                work_dir.join("bochs.log").display()
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "Bochs did not open its serial port on 127.0.0.1:{port} within 60 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An interactive Bochs run (`cargo xtask run --emulator bochs`): Bochs serves the
+/// machine's first serial port on a local TCP socket and xtask relays it to and from
+/// the terminal (raw mode; `Ctrl-A X` quits as in QEMU), keeping a copy of the output
+/// in `work_dir/serial.txt`. Ends when the hypervisor stops, Bochs exits, or the user
+/// quits.
 pub fn run_bochs_interactive(
     image: &Path,
     opts: &BochsOptions,
     work_dir: &Path,
 ) -> Result<(), String> {
-    let mut run = start_bochs(image, opts, work_dir)?;
-    let mut shown = 0usize;
+    let port = free_tcp_port()?;
+    let mut run = start_bochs_with(image, opts, work_dir, Com1::SocketServer(port))?;
+    let stream = connect_console(&mut run, port, work_dir)?;
+    // Keys go out as they are typed.
+    let _ = stream.set_nodelay(true);
+    let mut to_guest = stream
+        .try_clone()
+        .map_err(|e| format!("Bochs console socket: {e}"))?;
+    let mut from_guest = stream;
+    let mut log = std::fs::File::create(&run.serial_log)
+        .map_err(|e| format!("{}: {e}", run.serial_log.display()))?;
+    let _raw = console::RawTerminal::enter();
+    let (tx, rx) = mpsc::channel();
+    let out_tx = tx.clone();
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut buf = [0u8; 4096];
+        let mut tail = Vec::new();
+        loop {
+            match from_guest.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = out_tx.send(Event::Closed);
+                    break;
+                }
+                Ok(n) => {
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                    let _ = log.write_all(&buf[..n]);
+                    if console::seen_across_reads(&mut tail, &buf[..n], STOP_MARKER) {
+                        let _ = out_tx.send(Event::Stopping);
+                    }
+                }
+            }
+        }
+    });
+    // Not joined: it may sit in a read of the terminal when the run ends.
+    std::thread::spawn(move || {
+        let mut keys = console::Escapes::default();
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        // End of input (a pipe that ran dry) leaves the run going.
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            for &b in &buf[..n] {
+                match keys.feed(b) {
+                    console::Key::Send(bytes) => {
+                        if to_guest.write_all(&bytes).is_err() {
+                            return;
+                        }
+                    }
+                    console::Key::Quit => {
+                        let _ = tx.send(Event::Quit);
+                        return;
+                    }
+                }
+            }
+        }
+    });
     loop {
-        let serial = std::fs::read(&run.serial_log).unwrap_or_default();
-        if serial.len() > shown {
-            use std::io::Write;
-            let mut out = std::io::stdout();
-            let _ = out.write_all(&serial[shown..]);
-            let _ = out.flush();
-            shown = serial.len();
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Quit) => {
+                eprint!("\r\nxtask: quit (Ctrl-A X)\r\n");
+                break;
+            }
+            Ok(Event::Stopping) => {
+                // Let the last lines arrive before Bochs goes.
+                std::thread::sleep(Duration::from_millis(500));
+                break;
+            }
+            Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Ok(Some(_)) = run.bochs.try_wait() {
+                    break;
+                }
+            }
         }
-        if let Ok(Some(_)) = run.bochs.try_wait() {
-            break;
-        }
-        if String::from_utf8_lossy(&serial).contains("hv: stopping with status") {
-            std::thread::sleep(Duration::from_millis(500));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
+    // Dropping the run stops Bochs and Xvfb; the raw terminal is restored after.
+    drop(run);
     Ok(())
 }

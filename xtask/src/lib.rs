@@ -7,6 +7,8 @@ pub mod bench;
 pub mod build;
 pub mod config;
 #[cfg(feature = "disk-images")]
+pub mod console;
+#[cfg(feature = "disk-images")]
 pub mod emulator;
 #[cfg(feature = "disk-images")]
 pub mod flash;

@@ -13,10 +13,12 @@ commands:
   build                 build the kernel and the BIOS and UEFI disk images
   run                   build when needed and boot the hypervisor with its guests:
                         by default Debian's Linux (fetched with apt, cached) to a
-                        shell on the serial console, next to a tiny demo guest
+                        shell on the serial console, next to a tiny demo guest;
+                        Ctrl-A X quits (QEMU and Bochs), Ctrl-C goes to the guest
       --guests <demo|tiny>  a built-in set (tiny: the eight test guests)
       --config <file.toml>  the VMs described in a TOML file (see vms.example.toml)
-      --kernel <image>      one VM from a bzImage, Multiboot or tiny image, with
+      --kernel <image>      one VM (named after the file) from a bzImage,
+                            Multiboot or tiny image, with
       --initrd <file>       its initrd (Linux) or modules (Multiboot: f1 args,f2),
       --append <cmdline>    its command line, and
       --memory <size>       its memory (e.g. 256M), as QEMU's -kernel takes them
@@ -141,6 +143,11 @@ fn chosen_vms(args: &mut Args) -> Result<(String, Vec<xtask::vms::VmDef>, Option
     Ok((vms.0, vms.1, machine_memory))
 }
 
+/// The smallest default machine per emulator (`--memory` may go lower, down to what
+/// the VMs need).
+const QEMU_FLOOR_MIB: u32 = 512;
+const BOCHS_FLOOR_MIB: u32 = 128;
+
 fn run(mut args: Args) -> Result<(), String> {
     let bopts = build_options(&mut args)?;
     let fw = firmware(&mut args)?;
@@ -150,21 +157,20 @@ fn run(mut args: Args) -> Result<(), String> {
     let tcg = args.flag("--tcg");
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     args.finish()?;
-    // The machine needs the guests' RAM plus room for the hypervisor.
-    let guest_mib: u32 = vms.iter().map(|v| v.memory_kib.div_ceil(1024)).sum();
-    let needed = guest_mib + 96;
-    if let Some(m) = memory {
-        if m < needed {
-            return Err(format!("--memory {m}: the VMs need {guest_mib} MiB, so give the machine at least {needed} MiB"));
-        }
-    }
+    // The machine needs the guests' RAM plus room for the hypervisor, in either
+    // emulator; checked before anything is built.
+    let floor = match emulator.as_str() {
+        "bochs" => BOCHS_FLOOR_MIB,
+        _ => QEMU_FLOOR_MIB,
+    };
+    let machine_mib = xtask::vms::machine_memory_mib(&vms, memory, floor)?;
     let built = build::build_with_vms(&bopts, &dir, &vms)?;
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {
         "qemu" => {
             let opts = QemuOptions {
                 firmware: fw,
-                memory_mib: memory.unwrap_or(needed.max(512)),
+                memory_mib: machine_mib,
                 cpus: cpus.unwrap_or(2),
                 gdb,
                 cpu: None,
@@ -175,10 +181,10 @@ fn run(mut args: Args) -> Result<(), String> {
             } else {
                 &built.images.bios
             };
-            let mut cmd = emulator::qemu_command(image, &opts, &work)?;
+            let mut cmd = emulator::qemu_interactive_command(image, &opts, &work)?;
             let (cpu, accel) = opts.cpu_and_accel();
             eprintln!(
-                "xtask: booting {} in QEMU ({accel}, -cpu {cpu}); quit with Ctrl-A X",
+                "xtask: booting {} in QEMU ({accel}, -cpu {cpu}, {machine_mib} MiB); quit with Ctrl-A X",
                 image.display()
             );
             if gdb {
@@ -197,11 +203,11 @@ fn run(mut args: Args) -> Result<(), String> {
                 return Err("Bochs boots the BIOS image only".into());
             }
             let opts = BochsOptions {
-                memory_mib: memory.unwrap_or(128),
+                memory_mib: machine_mib,
                 cpus: cpus.unwrap_or(1),
             };
             eprintln!(
-                "xtask: booting {} in Bochs (VT-x with EPT; slow, be patient)",
+                "xtask: booting {} in Bochs ({machine_mib} MiB, VT-x with EPT; slow, be patient); quit with Ctrl-A X",
                 built.images.bios.display()
             );
             emulator::run_bochs_interactive(&built.images.bios, &opts, &work.join("bochs"))
@@ -246,6 +252,10 @@ fn test(mut args: Args) -> Result<(), String> {
     if host_only {
         return Ok(());
     }
+    // Every emulator package, installed once here: tests that each found a package
+    // missing would otherwise run apt-get at the same time (tools.rs also makes them
+    // take turns, for `cargo test -p tests` run directly).
+    xtask::tools::require(xtask::tools::ALL, "run the integration tests")?;
     for set in [
         build::GuestSet::None,
         build::GuestSet::Tiny,

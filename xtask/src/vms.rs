@@ -73,6 +73,30 @@ pub fn tiny_guests(images: &[GuestImage]) -> Vec<VmDef> {
         .collect()
 }
 
+/// Room the hypervisor itself needs next to its guests (its image, page tables,
+/// per-VM structures, firmware holes).
+pub const HYPERVISOR_MIB: u32 = 96;
+
+/// The machine memory for running `vms`, in MiB: `requested` when it is enough,
+/// otherwise the guests' memory plus [`HYPERVISOR_MIB`], at least `floor_mib` (the
+/// emulator's usual size). The same rule for QEMU and Bochs, so a configuration that
+/// starts in one starts in the other.
+pub fn machine_memory_mib(
+    vms: &[VmDef],
+    requested: Option<u32>,
+    floor_mib: u32,
+) -> Result<u32, String> {
+    let guest_mib: u32 = vms.iter().map(|v| v.memory_kib.div_ceil(1024)).sum();
+    let needed = guest_mib + HYPERVISOR_MIB;
+    match requested {
+        Some(m) if m < needed => Err(format!(
+            "--memory {m}: the VMs need {guest_mib} MiB, so give the machine at least {needed} MiB"
+        )),
+        Some(m) => Ok(m),
+        None => Ok(needed.max(floor_mib)),
+    }
+}
+
 /// Builds the test guests into `out_dir`.
 pub fn build_tiny_guests(workspace: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     eprintln!("xtask: building the tiny test guests");
@@ -158,6 +182,26 @@ pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_memory_follows_the_guests() {
+        let vm = |mib: u32| VmDef::new("v", "v.elf", mib * 1024);
+        // Seven VMs of 16-32 MiB: 160 MiB of guests, more than Bochs's 128 alone.
+        let seven: Vec<VmDef> = [16, 32, 16, 32, 16, 32, 16].map(vm).into();
+        assert_eq!(machine_memory_mib(&seven, None, 128), Ok(160 + 96));
+        assert_eq!(machine_memory_mib(&seven, None, 512), Ok(512));
+        // Small sets get the emulator's floor.
+        assert_eq!(machine_memory_mib(&[vm(4)], None, 128), Ok(128));
+        // A VM of 4100 KiB counts as 5 MiB.
+        let odd = VmDef::new("v", "v.elf", 4100);
+        assert_eq!(machine_memory_mib(&[odd], None, 0), Ok(5 + 96));
+        assert_eq!(machine_memory_mib(&seven, Some(300), 512), Ok(300));
+        let e = machine_memory_mib(&seven, Some(200), 128).unwrap_err();
+        assert!(
+            e.contains("need 160 MiB") && e.contains("at least 256 MiB"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn packs_every_field() {
