@@ -19,4 +19,5 @@ pub mod guests;
 pub mod linux;
 pub mod vms;
 
+#[cfg(feature = "disk-images")]
 pub mod tools;
