@@ -2,10 +2,10 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout, version 3 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 4 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL3", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL4", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -17,7 +17,8 @@
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
 //!           60  modules      offset u32 of the module table, count u32
 //!           68  image_path   offset u32, length u32 (UTF-8, at most IMAGE_PATH_MAX)
-//!           76  reserved     zero
+//!           76  affinity     u64: bit n set = may run on host processor n; 0 = any
+//!           84  reserved     zero
 //! data     everything else: per VM its module table (count * 16 bytes: data offset,
 //!          data length, cmdline offset, cmdline length), its cmdline strings and
 //!          image path, then the images and module data, each starting 16-byte
@@ -25,7 +26,8 @@
 //! ```
 //!
 //! Version 3 added `image_path` (the image's name as the user gave it, which a
-//! Multiboot kernel gets at the start of its command line, as QEMU and GRUB pass it).
+//! Multiboot kernel gets at the start of its command line, as QEMU and GRUB pass it);
+//! version 4 the processor `affinity` (Xen's `cpus=`).
 //! The magic names the version: a bundle of another version is refused as a whole.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
@@ -40,7 +42,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL3";
+pub const MAGIC: [u8; 8] = *b"HVBUNDL4";
 const HEADER: usize = 16;
 const ENTRY: usize = 96;
 const MODULE_ENTRY: usize = 16;
@@ -72,7 +74,8 @@ pub const MAX_VCPUS: u32 = 16;
 const E_CMDLINE: usize = NAME_MAX + 28;
 const E_MODULES: usize = NAME_MAX + 36;
 const E_IMAGE_PATH: usize = NAME_MAX + 44;
-const E_END: usize = NAME_MAX + 52;
+const E_AFFINITY: usize = NAME_MAX + 52;
+const E_END: usize = NAME_MAX + 60;
 const _: () = assert!(E_END <= ENTRY);
 
 /// How the kernel should load a VM's image.
@@ -163,6 +166,8 @@ pub struct VmSpec<'a> {
     pub cmdline: &'a str,
     /// Virtual processors: 1 to [`MAX_VCPUS`].
     pub vcpus: u32,
+    /// The host processors its vCPUs may run on (bit n: processor n); 0 = any.
+    pub affinity: u64,
     pub modules: Vec<Module<'a>>,
 }
 
@@ -414,6 +419,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         for (at, v) in fields {
             e[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
+        e[E_AFFINITY..E_AFFINITY + 8].copy_from_slice(&vm.affinity.to_le_bytes());
         out.extend_from_slice(&e);
     }
     for (i, vm) in vms.iter().enumerate() {
@@ -574,6 +580,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             format,
             cmdline,
             vcpus,
+            affinity: u64::from(field(E_AFFINITY)) | u64::from(field(E_AFFINITY + 4)) << 32,
             modules,
         });
     }
@@ -597,6 +604,7 @@ mod tests {
             format: ImageFormat::Auto,
             cmdline: "",
             vcpus: 1,
+            affinity: 0,
             modules: Vec::new(),
         }
     }
@@ -619,7 +627,8 @@ mod tests {
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,
                 cmdline: "console=ttyS0 quiet",
-                vcpus: 1,
+                vcpus: 2,
+                affinity: 0x8000_0000_0000_0006,
                 modules: vec![Module {
                     data: b"070701 initrd",
                     cmdline: "",

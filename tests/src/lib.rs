@@ -183,6 +183,11 @@ pub fn expect_smp_guests(out: &RunOutput) {
         .expect_no("unexpected exception")
         .expect_no("EXCEPTION")
         .expect_no("PANIC");
+    // Pinned: hello64 ran on processor 1 only, the spinner on processor 0 only.
+    for (vm, cpu) in [("hello64", 1), ("spin64", 0)] {
+        let line = out.line_with(&format!("hv: vm {vm} cpu time:"));
+        assert!(line.ends_with(&format!("ms on cpu {cpu})")), "{line}");
+    }
 }
 
 pub fn expect_tiny_guests(out: &RunOutput) {

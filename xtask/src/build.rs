@@ -106,9 +106,10 @@ pub enum GuestSet {
     /// The CPUID exit benchmark `bench64` next to Linux in test mode (so the figures
     /// are taken with another VM busy, as in real use).
     Bench,
-    /// Guest SMP: `smp64` (2 vCPUs: AP start-up, IPI ping-pong) next to `hello64`,
-    /// with the hostile `ipistorm64` (2 vCPUs) and the spinner `spin64` in the
-    /// background.
+    /// Guest SMP: `smp64` (2 vCPUs: AP start-up, IPI ping-pong) next to `hello64`
+    /// (pinned to processor 1), with the hostile `ipistorm64` (2 vCPUs) and the
+    /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
+    /// with two processors.
     Smp,
 }
 
@@ -229,9 +230,15 @@ impl GuestSet {
                         )
                     })
                 };
+                // hello64 pinned to processor 1 and the spinner to processor 0: a
+                // vCPU spinning with interrupts off on one processor does not delay
+                // the other's.
                 Ok(vec![
                     vm("smp64", 2)?,
-                    vm("hello64", 1)?,
+                    VmDef {
+                        cpus: vec![1],
+                        ..vm("hello64", 1)?
+                    },
                     VmDef {
                         background: true,
                         run_limit_ms: 60_000,
@@ -240,6 +247,7 @@ impl GuestSet {
                     VmDef {
                         background: true,
                         run_limit_ms: 60_000,
+                        cpus: vec![0],
                         ..vm("spin64", 1)?
                     },
                 ])

@@ -41,6 +41,7 @@ const VM_KEYS: &[&str] = &[
     "name",
     "memory",
     "vcpus",
+    "cpus",
     "kernel",
     "format",
     "cmdline",
@@ -62,7 +63,6 @@ const ALIASES: &[(&str, &str)] = &[
     ("ram", "memory"),
     ("memory_mib", "memory"),
     ("mem_size_mib", "memory"),
-    ("cpus", "vcpus"),
     ("vcpu_count", "vcpus"),
     ("smp", "vcpus"),
     ("module", "modules"),
@@ -116,6 +116,9 @@ struct Source<'a> {
     label: String,
     text: &'a str,
     dir: PathBuf,
+    /// Processors of the machine the VMs will run on, when known (`--cpus`): `cpus`
+    /// may name only those.
+    machine_cpus: Option<u32>,
 }
 
 impl Source<'_> {
@@ -281,6 +284,7 @@ struct RawVm {
     name: Option<(String, Loc)>,
     memory: Option<(u64, Loc)>,
     vcpus: Option<(i64, Loc)>,
+    cpus: Option<(Vec<u32>, Loc)>,
     kernel: Option<(PathBuf, Loc)>,
     /// The `kernel` path as written (before resolving it against the file's
     /// directory): what a Multiboot kernel is told its path is, as QEMU tells it.
@@ -295,6 +299,12 @@ struct RawVm {
 
 /// Reads and validates the VM descriptions in `path`.
 pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
+    load_for_machine(path, None)
+}
+
+/// [`load`], for a machine with `machine_cpus` processors: a `cpus` list naming a
+/// processor it does not have is an error at that element.
+pub fn load_for_machine(path: &Path, machine_cpus: Option<u32>) -> Result<Vec<VmDef>, ConfigError> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: label.clone(),
@@ -306,7 +316,12 @@ pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    parse_text(&label, &text, &dir)
+    parse(&Source {
+        label,
+        text: &text,
+        dir,
+        machine_cpus,
+    })
 }
 
 /// Validates config `text` as [`load`] does a file named `label` in `dir` (relative
@@ -316,6 +331,7 @@ pub fn parse_text(label: &str, text: &str, dir: &Path) -> Result<Vec<VmDef>, Con
         label: label.to_string(),
         text,
         dir: dir.to_path_buf(),
+        machine_cpus: None,
     })
 }
 
@@ -406,6 +422,54 @@ fn table_list<'a>(
     }
 }
 
+/// The host processors a VM may run on: a non-empty array of distinct processor
+/// numbers (0 to 63), each one the machine has when that is known.
+fn parse_cpus(src: &Source, item: &Item, loc: &Loc) -> Result<Vec<u32>, ConfigError> {
+    const WHAT: &str = "an array of host processor numbers, e.g. [0, 1]";
+    let Some(array) = item.as_array() else {
+        return Err(src.err(loc, type_error(WHAT, item)));
+    };
+    if array.is_empty() {
+        return Err(src.err(
+            loc,
+            "an empty list: name at least one processor (or leave `cpus` out: any processor)",
+        ));
+    }
+    let mut cpus = Vec::new();
+    for (i, v) in array.iter().enumerate() {
+        let at = src.loc(v.span(), &format!("cpus[{i}]"));
+        let n = v.as_integer().ok_or_else(|| {
+            src.err(
+                &at,
+                format!(
+                    "expected a processor number, found {}",
+                    article(v.type_name())
+                ),
+            )
+        })?;
+        if !(0..64).contains(&n) {
+            return Err(src.err(&at, format!("processor {n} is out of range: 0 to 63")));
+        }
+        let n = n as u32;
+        if let Some(m) = src.machine_cpus {
+            if n >= m {
+                return Err(src.err(
+                    &at,
+                    format!(
+                        "processor {n} does not exist: the machine has {m} (0 to {}; more with --cpus)",
+                        m - 1
+                    ),
+                ));
+            }
+        }
+        if cpus.contains(&n) {
+            return Err(src.err(&at, format!("processor {n} is listed twice")));
+        }
+        cpus.push(n);
+    }
+    Ok(cpus)
+}
+
 fn get_str<'a>(src: &Source, item: &'a Item, loc: &Loc) -> Result<&'a str, ConfigError> {
     item.as_str()
         .ok_or_else(|| src.err(loc, type_error("a string", item)))
@@ -464,6 +528,7 @@ fn parse_vm(
                     .ok_or_else(|| src.err(&loc, type_error("an integer", item)))?;
                 vm.vcpus = Some((n, loc));
             }
+            "cpus" => vm.cpus = Some((parse_cpus(src, item, &loc)?, loc)),
             "kernel" => {
                 let name = get_str(src, item, &loc)?;
                 vm.kernel_name = Some(name.to_string());
@@ -897,6 +962,7 @@ fn resolve(
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
         vcpus: raw.vcpus.map_or(1, |(n, _)| n as u32),
+        cpus: raw.cpus.map(|(c, _)| c).unwrap_or_default(),
         modules: modules.into_iter().map(|(m, _)| m).collect(),
     })
 }
@@ -964,6 +1030,7 @@ pub fn single_vm(
         label: "command line".into(),
         text: "",
         dir: PathBuf::from("."),
+        machine_cpus: None,
     };
     let opt = |key: &str| Loc {
         pos: None,
@@ -1024,6 +1091,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         label: format!("VM {}", vm.name),
         text: "",
         dir: PathBuf::from("."),
+        machine_cpus: None,
     };
     let at = |key: &str| Loc {
         pos: None,
@@ -1034,6 +1102,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         name: Some((vm.name.clone(), at("name"))),
         memory: Some((u64::from(vm.memory_kib) * KIB, at("memory"))),
         vcpus: Some((i64::from(vm.vcpus), at("vcpus"))),
+        cpus: (!vm.cpus.is_empty()).then(|| (vm.cpus.clone(), at("cpus"))),
         kernel: Some((vm.image.clone(), at("kernel"))),
         kernel_name: Some(vm.image_path.clone()),
         format: Some((vm.format, at("format"))),
@@ -1455,6 +1524,49 @@ cmdline = "x"
     }
 
     #[test]
+    fn cpus_lists_host_processors() {
+        let s = Scratch::new("cpus");
+        s.images();
+        let vm = |cpus: &str| {
+            format!("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = 4\ncpus = {cpus}\n")
+        };
+        let vms = s.load(&vm("[1, 0]")).unwrap();
+        assert_eq!(vms[0].cpus, [1, 0]);
+        assert_eq!(vms[0].affinity(), 0b11);
+        for (bad, at, message) in [
+            ("[]", "5:8: cpus", "an empty list"),
+            (
+                "3",
+                "5:8: cpus",
+                "expected an array of host processor numbers",
+            ),
+            (
+                "[0, 64]",
+                "5:12: cpus[1]",
+                "processor 64 is out of range: 0 to 63",
+            ),
+            ("[2, 2]", "5:12: cpus[1]", "processor 2 is listed twice"),
+            (
+                "[\"0\"]",
+                "5:9: cpus[0]",
+                "expected a processor number, found a string",
+            ),
+        ] {
+            let e = s.err(&vm(bad));
+            assert!(e.contains(&format!("{at}: {message}")), "{bad}: {e}");
+        }
+        // Against the machine it will run on.
+        let path = s.0.join("vms.toml");
+        std::fs::write(&path, vm("[0, 2]")).unwrap();
+        let e = load_for_machine(&path, Some(2)).unwrap_err().to_string();
+        assert!(
+            e.ends_with("vms.toml:5:12: cpus[1]: processor 2 does not exist: the machine has 2 (0 to 1; more with --cpus)"),
+            "{e}"
+        );
+        assert!(load_for_machine(&path, Some(3)).is_ok());
+    }
+
+    #[test]
     fn vcpus_between_one_and_the_maximum() {
         let s = Scratch::new("vcpus");
         s.images();
@@ -1775,7 +1887,7 @@ cmdline = "x"
         assert_eq!(levenshtein("memroy", "memory"), 2);
         assert!(unknown_key("kernal", VM_KEYS).contains("did you mean `kernel`"));
         assert!(unknown_key("image", VM_KEYS).contains("did you mean `kernel`"));
-        assert!(unknown_key("cpus", VM_KEYS).contains("did you mean `vcpus`"));
+        assert!(unknown_key("smp", VM_KEYS).contains("did you mean `vcpus`"));
         assert!(!unknown_key("zzzzzz", VM_KEYS).contains("did you mean"));
         assert_eq!(line_col("ab\ncé\nx", 6), (2, 3));
     }

@@ -164,6 +164,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 format,
                 cmdline: "a b",
                 vcpus: 1,
+                affinity: 0,
                 modules: vec![bundle::Module {
                     data: b"module",
                     cmdline: "m",

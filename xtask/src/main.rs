@@ -106,7 +106,12 @@ fn firmware(args: &mut Args) -> Result<Firmware, String> {
 }
 
 /// The VMs `run` boots: a TOML file, one QEMU-style `--kernel` VM, or a named set.
-fn chosen_vms(args: &mut Args) -> Result<(String, Vec<xtask::vms::VmDef>, Option<u32>), String> {
+/// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
+/// bounds the `cpus` lists of a config file.
+fn chosen_vms(
+    args: &mut Args,
+    machine_cpus: u32,
+) -> Result<(String, Vec<xtask::vms::VmDef>, Option<u32>), String> {
     let config = args.value("--config")?;
     let kernel = args.value("--kernel")?;
     let initrd = args.value("--initrd")?;
@@ -123,7 +128,10 @@ fn chosen_vms(args: &mut Args) -> Result<(String, Vec<xtask::vms::VmDef>, Option
     };
     let machine_memory = args.number("--memory")?;
     let vms = match (config, kernel, guests.as_deref()) {
-        (Some(path), None, None) => ("custom".into(), xtask::config::load(Path::new(&path))?),
+        (Some(path), None, None) => (
+            "custom".into(),
+            xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?,
+        ),
         (None, Some(k), None) => {
             let vm = xtask::config::single_vm(
                 Path::new(&k),
@@ -151,11 +159,12 @@ const BOCHS_FLOOR_MIB: u32 = 128;
 fn run(mut args: Args) -> Result<(), String> {
     let bopts = build_options(&mut args)?;
     let fw = firmware(&mut args)?;
-    let (dir, vms, memory) = chosen_vms(&mut args)?;
     let cpus = args.number("--cpus")?;
+    let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
+    let machine_cpus = cpus.unwrap_or(if emulator == "bochs" { 1 } else { 2 });
+    let (dir, vms, memory) = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
-    let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     args.finish()?;
     // The machine needs the guests' RAM plus room for the hypervisor, in either
     // emulator; checked before anything is built.
@@ -171,7 +180,7 @@ fn run(mut args: Args) -> Result<(), String> {
             let opts = QemuOptions {
                 firmware: fw,
                 memory_mib: machine_mib,
-                cpus: cpus.unwrap_or(2),
+                cpus: machine_cpus,
                 gdb,
                 cpu: None,
                 force_tcg: tcg,
@@ -204,7 +213,7 @@ fn run(mut args: Args) -> Result<(), String> {
             }
             let opts = BochsOptions {
                 memory_mib: machine_mib,
-                cpus: cpus.unwrap_or(1),
+                cpus: machine_cpus,
             };
             eprintln!(
                 "xtask: booting {} in Bochs ({machine_mib} MiB, VT-x with EPT; slow, be patient); quit with Ctrl-A X",

@@ -33,8 +33,10 @@ pub struct VmDef {
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
     pub cmdline: String,
-    /// Always 1 for now: the kernel runs one vCPU per VM.
+    /// Virtual processors, 1 to `bundle::MAX_VCPUS`.
     pub vcpus: u32,
+    /// The host processors its vCPUs may run on (the config's `cpus`); empty: any.
+    pub cpus: Vec<u32>,
     pub modules: Vec<ModuleDef>,
 }
 
@@ -53,8 +55,17 @@ impl VmDef {
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
+            cpus: Vec::new(),
             modules: Vec::new(),
         }
+    }
+
+    /// [`VmDef::cpus`] as the bundle's affinity mask (0: any processor).
+    pub fn affinity(&self) -> u64 {
+        self.cpus
+            .iter()
+            .filter(|&&c| c < 64)
+            .fold(0, |m, &c| m | 1 << c)
     }
 }
 
@@ -137,6 +148,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             format: v.format,
             cmdline: &v.cmdline,
             vcpus: v.vcpus,
+            affinity: v.affinity(),
             modules: v
                 .modules
                 .iter()
@@ -220,6 +232,8 @@ mod tests {
             }],
             run_limit_ms: 5,
             background: true,
+            vcpus: 2,
+            cpus: vec![0, 3],
             ..VmDef::new("linux", &image, 256 * 1024)
         };
         let out = dir.join("bundle.bin");
@@ -237,7 +251,8 @@ mod tests {
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,
                 cmdline: "console=ttyS0",
-                vcpus: 1,
+                vcpus: 2,
+                affinity: 0b1001,
                 modules: vec![bundle::Module {
                     data: b"070701",
                     cmdline: ""

@@ -42,6 +42,8 @@ struct VcpuSlot<V: Vcpu> {
     ran: bool,
     /// TSC cycles spent in this vCPU's slices (guest time and exit handling).
     cpu_tsc: u64,
+    /// The host processors it has run on (bit per processor).
+    ran_on: u64,
 }
 
 /// What a VM's lifetime needs besides its devices and vCPUs.
@@ -121,6 +123,37 @@ const AP_START: StartState = StartState {
     gdtr: None,
 };
 
+/// The host processors a VM's vCPUs may run on, given the `pcpus` online: all of
+/// them without an affinity; an affinity naming a processor this machine does not
+/// have keeps the VM from starting (its configuration was meant for another machine).
+fn affinity(spec: &VmSpec, pcpus: usize) -> Result<u64, String> {
+    let online = if pcpus >= 64 {
+        u64::MAX
+    } else {
+        (1 << pcpus) - 1
+    };
+    if spec.affinity == 0 {
+        return Ok(online);
+    }
+    let missing = spec.affinity & !online;
+    if missing != 0 {
+        let list = |mask: u64| {
+            (0..64)
+                .filter(|c| mask & (1 << c) != 0)
+                .map(|c| format!("{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "pinned to processor(s) {} but this machine has {pcpus} online (0 to {}): processor(s) {} missing",
+            list(spec.affinity),
+            pcpus - 1,
+            list(missing)
+        ));
+    }
+    Ok(spec.affinity)
+}
+
 /// Loads a VM's image into fresh RAM and creates its platform and vCPUs.
 fn start<B: Backend>(
     backend: &mut B,
@@ -135,6 +168,7 @@ fn start<B: Backend>(
             spec.vcpus
         ));
     }
+    affinity(spec, smp::cpu_count())?;
     let plan = loader::plan_vm(spec, ram_size)?;
     let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
         format!(
@@ -198,10 +232,16 @@ fn start<B: Backend>(
     for i in 0..cpus {
         let state = if i == 0 { &plan.start } else { &AP_START };
         match backend.create_vcpu(&mut KernelMemory, &[mapping], state) {
-            Ok(v) => slots.push(Mutex::new(Some(VcpuSlot {
-                ctx: VcpuCtx::new(i, v, &machine, host_cpuid),
+            Ok(mut v) => slots.push(Mutex::new(Some(VcpuSlot {
+                // Any processor may run it first (VMX: creating it left its VMCS
+                // active here).
+                ctx: {
+                    v.unload();
+                    VcpuCtx::new(i, v, &machine, host_cpuid)
+                },
                 ran: false,
                 cpu_tsc: 0,
+                ran_on: 0,
             }))),
             Err(e) => {
                 for s in slots {
@@ -356,6 +396,9 @@ impl<B: Backend> Machine<'_, B> {
             }
         };
         slot.cpu_tsc += time::rdtsc().wrapping_sub(begin);
+        if *entered {
+            slot.ran_on |= 1 << smp::this_cpu();
+        }
         // The next slice may run on another processor (VMX: VMCLEAR here).
         slot.ctx.vcpu.unload();
         why
@@ -460,7 +503,21 @@ impl<B: Backend> Machine<'_, B> {
         let tsc_per_us = (time::tsc_hz() / 1_000_000).max(1);
         let times: Vec<String> = slots
             .iter()
-            .map(|s| format!("{} ms", s.cpu_tsc / tsc_per_us / 1000))
+            .map(|s| {
+                let cpus: Vec<String> = (0..64)
+                    .filter(|c| s.ran_on & (1 << c) != 0)
+                    .map(|c| format!("{c}"))
+                    .collect();
+                format!(
+                    "{} ms on cpu {}",
+                    s.cpu_tsc / tsc_per_us / 1000,
+                    if cpus.is_empty() {
+                        String::from("none")
+                    } else {
+                        cpus.join("+")
+                    }
+                )
+            })
             .collect();
         let total: u64 = slots.iter().map(|s| s.cpu_tsc).sum();
         println!(
@@ -630,8 +687,9 @@ where
         match start(backend, spec, epoch_unix_ns) {
             Ok(vm) => {
                 let index = vms.len();
+                let allowed = affinity(spec, pcpus).unwrap_or(u64::MAX);
                 for v in 0..vm.slots.len() {
-                    queue.add(index, v, u64::MAX, v == 0);
+                    queue.add(index, v, allowed, v == 0);
                 }
                 vms.push(vm);
             }
