@@ -14,6 +14,7 @@ fn check(out: &RunOutput) {
         .expect_line("linux | hv-linux: kernel 6.1")
         .expect_line("linux | hv-linux: userspace ok")
         .expect_line("linux | hv-linux: cpus online 2 of 0-1")
+        .expect_line("linux | hv-linux: parallel workload done (2 workers)")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: all VMs stopped; host memory returned: all")
@@ -56,7 +57,8 @@ fn linux_reaches_userspace_under_vt_x() {
 /// finds the IOAPIC in the MP table, switches to symmetric I/O mode and checks that
 /// the timer arrives through IOAPIC pin 2 (it panics otherwise); the console's IRQ 4
 /// goes through the IOAPIC too. Their registers are MMIO, emulated by decoding the
-/// guest's instructions (the npf exits).
+/// guest's instructions (the npf exits). Over-committed: 4 vCPUs on a 2-processor
+/// machine, next to hello64; a worker per vCPU runs to completion.
 #[test]
 fn linux_with_apic_and_ioapic_under_amd_v() {
     let opts = QemuOptions {
@@ -76,11 +78,14 @@ fn linux_with_apic_and_ioapic_under_amd_v() {
         .expect_line("APIC: Switch to symmetric I/O mode setup")
         .expect_line("..TIMER: vector=0x30 apic1=0 pin1=2")
         .expect_line("serial8250: ttyS0 at I/O 0x3f8 (irq = 4")
-        // Both vCPUs: the AP started through INIT/SIPI from the MP table's list.
+        // Four vCPUs on two processors: the APs started through INIT/SIPI from the
+        // MP table's list, and a worker on each ran to completion.
         .expect_line("smp: Bringing up secondary CPUs")
-        .expect_line("smp: Brought up 1 node, 2 CPUs")
+        .expect_line("smp: Brought up 1 node, 4 CPUs")
         .expect_line("linux | hv-linux: userspace ok")
-        .expect_line("linux | hv-linux: cpus online 2 of 0-1")
+        .expect_line("linux | hv-linux: cpus online 4 of 0-3")
+        .expect_line("linux | hv-linux: parallel workload done (4 workers)")
+        .expect_line("hello64 | hello64: done")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_no("Kernel panic")
         .expect_no("MSR access error")

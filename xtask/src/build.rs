@@ -98,7 +98,7 @@ pub enum GuestSet {
     /// Linux in test mode (it prints, then powers off) next to `hello64`.
     LinuxTest,
     /// Linux in test mode with its local APIC and IOAPIC in use (found through the MP
-    /// table; symmetric I/O mode), alone.
+    /// table; symmetric I/O mode) and 4 vCPUs, next to `hello64`.
     LinuxApicTest,
     /// The Multiboot v1 test kernel `mb32` (16 MiB, a command line and one module)
     /// next to `hello64`.
@@ -175,7 +175,9 @@ impl GuestSet {
                 let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
                 let mut vm = crate::linux::linux_vm(&guest, true);
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);
-                Ok(vec![crate::config::check(&vm)?])
+                // Over-committed: more vCPUs than the test machine's two processors.
+                vm.vcpus = 4;
+                with_hello(crate::config::check(&vm)?)
             }
             GuestSet::Multiboot => {
                 use crate::vms::{ImageFormat, ModuleDef, VmDef};

@@ -518,6 +518,15 @@ echo "hv-linux: userspace ok"
 echo "hv-linux: cpus online $(nproc) of $(cat /sys/devices/system/cpu/possible)"
 case " $(cat /proc/cmdline) " in
 *" hv.test=1 "*)
+    # A parallel workload: one busy worker per online CPU, all to finish.
+    n=$(nproc)
+    i=0
+    while [ $i -lt $n ]; do
+        ( k=0; while [ $k -lt 2000 ]; do k=$((k+1)); done ) &
+        i=$((i+1))
+    done
+    wait
+    echo "hv-linux: parallel workload done ($n workers)"
     poweroff -f
     ;;
 esac
