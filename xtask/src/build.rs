@@ -252,6 +252,13 @@ impl GuestSet {
                         cpus: vec![0],
                         ..vm("spin64", 1)?
                     },
+                    // Pinned to a processor the 2-processor machine does not have:
+                    // the kernel must refuse it alone.
+                    VmDef {
+                        cpus: vec![5],
+                        ..vm("hello64", 1)?
+                    }
+                    .renamed("pinned5"),
                 ])
             }
         }

@@ -60,6 +60,14 @@ impl VmDef {
         }
     }
 
+    /// The same VM under another name.
+    pub fn renamed(self, name: &str) -> Self {
+        Self {
+            name: name.into(),
+            ..self
+        }
+    }
+
     /// [`VmDef::cpus`] as the bundle's affinity mask (0: any processor).
     pub fn affinity(&self) -> u64 {
         self.cpus
