@@ -152,7 +152,8 @@ pub struct VmSpec<'a> {
     /// Shown in front of the VM's console lines (`name | text`).
     pub name: &'a str,
     pub memory_kib: u32,
-    /// Stop the VM after this much wall-clock run time (0: no limit).
+    /// Stop the VM once its vCPUs together have used this much CPU time (0: no
+    /// limit).
     pub run_limit_ms: u32,
     /// A background VM is stopped once every other (foreground) VM has stopped, so a
     /// guest that never ends by itself does not keep the hypervisor running.

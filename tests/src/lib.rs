@@ -179,7 +179,7 @@ pub fn expect_smp_guests(out: &RunOutput) {
         .expect_line("hello64 | hello64: alive 5")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: vm ipistorm64 stopped:")
-        .expect_line("hv: vm spin64 stopped:")
+        .expect_line("hv: vm spin64 stopped: run-time limit reached (500 ms of CPU time)")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("smp64: FAIL")
         .expect_no("ipistorm64: FAIL")

@@ -246,9 +246,10 @@ impl GuestSet {
                         run_limit_ms: 60_000,
                         ..vm("ipistorm64", 2)?
                     },
+                    // Stopped by its CPU-time limit long before the others finish.
                     VmDef {
                         background: true,
-                        run_limit_ms: 60_000,
+                        run_limit_ms: 500,
                         cpus: vec![0],
                         ..vm("spin64", 1)?
                     },

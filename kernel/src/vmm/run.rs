@@ -52,8 +52,9 @@ struct Life {
     machine: MachineInfo,
     ram_pa: u64,
     ram_size: u64,
-    started_tick: u64,
-    limit_ticks: Option<u64>,
+    /// The CPU time (TSC cycles, all vCPUs together) after which the VM is stopped.
+    limit_tsc: Option<u64>,
+    limit_ms: u32,
     background: bool,
     /// Why the VM stops, once it must.
     stop: Option<String>,
@@ -63,6 +64,8 @@ struct Life {
 
 struct VmEntry<V: Vcpu> {
     name: String,
+    /// CPU time its vCPUs have used, in TSC cycles (what `run_limit_ms` bounds).
+    run_tsc: AtomicU64,
     shared: Mutex<VmShared>,
     slots: Vec<Mutex<Option<VcpuSlot<V>>>>,
     life: Mutex<Life>,
@@ -266,6 +269,7 @@ fn start<B: Backend>(
     );
     Ok(VmEntry {
         name: spec.name.into(),
+        run_tsc: AtomicU64::new(0),
         shared: Mutex::new(shared),
         slots,
         life: Mutex::new(Life {
@@ -273,9 +277,9 @@ fn start<B: Backend>(
             machine,
             ram_pa,
             ram_size,
-            started_tick: timer::ticks(),
-            limit_ticks: (spec.run_limit_ms > 0)
-                .then(|| (spec.run_limit_ms as u64 * timer::TICK_HZ as u64).div_ceil(1000)),
+            limit_tsc: (spec.run_limit_ms > 0)
+                .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
+            limit_ms: spec.run_limit_ms,
             background: spec.background,
             stop: None,
             finished: false,
@@ -395,7 +399,9 @@ impl<B: Backend> Machine<'_, B> {
                 Next::Stop(why) => break Some(why),
             }
         };
-        slot.cpu_tsc += time::rdtsc().wrapping_sub(begin);
+        let used = time::rdtsc().wrapping_sub(begin);
+        slot.cpu_tsc += used;
+        vm.run_tsc.fetch_add(used, Ordering::Relaxed);
         if *entered {
             slot.ran_on |= 1 << smp::this_cpu();
         }
@@ -551,16 +557,16 @@ impl<B: Backend> Machine<'_, B> {
             }
             first.get_or_insert(v);
             foreground |= !life.background;
-            let ran = timer::ticks() - life.started_tick;
-            let over = life.limit_ticks.is_some_and(|limit| ran >= limit);
+            // The limit counts the VM's own CPU time, not the wall clock: a VM that
+            // waits, or shares its processors, is not cut short by others' load.
+            let used = vm.run_tsc.load(Ordering::Relaxed);
+            let over = life.limit_tsc.is_some_and(|limit| used >= limit);
+            let limit_ms = life.limit_ms;
             drop(life);
             if over {
                 self.stop(
                     v,
-                    format!(
-                        "run-time limit reached ({} ms)",
-                        ran * 1000 / timer::TICK_HZ as u64
-                    ),
+                    format!("run-time limit reached ({limit_ms} ms of CPU time)"),
                 );
             }
         }
