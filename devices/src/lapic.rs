@@ -13,7 +13,8 @@
 //!   is the highest IRR vector whose priority class beats PPR, [`LocalApic::acknowledge`]
 //!   moves it to ISR, EOI retires the highest ISR vector and reports level-triggered
 //!   vectors for the EOI broadcast to the IOAPIC;
-//! * the timer in one-shot, periodic and TSC-deadline mode (SDM 11.5.4);
+//! * the timer in one-shot, periodic and TSC-deadline mode (SDM 11.5.4), a periodic
+//!   one firing at most every [`MIN_PERIODIC_NS`];
 //! * the `IA32_APIC_BASE` MSR with its enable, x2APIC-enable and BSP bits and the
 //!   mode transitions of SDM 11.12.5, and the x2APIC MSR interface (SDM 11.12.1) with
 //!   the 64-bit ICR and the SELF IPI register;
@@ -555,6 +556,11 @@ fn lvt_index(offset: u32) -> Option<usize> {
     }
 }
 
+/// The shortest time between two interrupts of a periodic timer (200 us, KVM's
+/// default `min_timer_period_us`): a guest that programs a period of a few timer
+/// ticks still runs between its interrupts instead of livelocking.
+pub const MIN_PERIODIC_NS: u64 = 200_000;
+
 /// One virtual CPU's local APIC. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct LocalApic {
@@ -1053,7 +1059,13 @@ impl LocalApic {
                     _ => return false,
                 }
                 self.countdown.next_fire_ns = if mode == TimerMode::Periodic {
-                    Some(self.next_periodic_expiry(now_ns))
+                    // A tiny period (count 1, divide by 1) would interrupt the guest
+                    // again before it can make progress: at most one expiry per
+                    // MIN_PERIODIC_NS, as KVM's min_timer_period_us does.
+                    Some(
+                        self.next_periodic_expiry(now_ns)
+                            .max(now_ns.saturating_add(MIN_PERIODIC_NS)),
+                    )
                 } else {
                     None
                 };
@@ -1755,35 +1767,35 @@ mod tests {
         let mut a = enabled();
         a.mmio_write(reg::TIMER_DIVIDE.into(), 4, 0b0001, 0); // /4
         a.mmio_write(reg::LVT_TIMER.into(), 4, lvt::TIMER_PERIODIC | 0xEC, 0);
-        a.mmio_write(reg::TIMER_INITIAL.into(), 4, 250, 0); // period 1 us
+        a.mmio_write(reg::TIMER_INITIAL.into(), 4, 250_000, 0); // period 1 ms
         let cur = |a: &mut LocalApic, t| a.mmio_read(reg::TIMER_CURRENT.into(), 4, t);
-        assert_eq!(cur(&mut a, 4), 249);
-        assert_eq!(cur(&mut a, 996), 1);
+        assert_eq!(cur(&mut a, 4_000), 249_000);
+        assert_eq!(cur(&mut a, 996_000), 1_000);
         assert_eq!(a.pending_vector(), None);
-        assert_eq!(cur(&mut a, 1000), 250); // reloaded; the interrupt is pending
+        assert_eq!(cur(&mut a, 1_000_000), 250_000); // reloaded; the interrupt is pending
         assert_eq!(a.pending_vector(), Some(0xEC));
-        assert_eq!(a.next_deadline_ns(), Some(2000));
-        assert_eq!(cur(&mut a, 1500), 125);
+        assert_eq!(a.next_deadline_ns(), Some(2_000_000));
+        assert_eq!(cur(&mut a, 1_500_000), 125_000);
         a.acknowledge();
         a.eoi();
-        assert!(a.poll_timer(2000));
-        assert_eq!(a.next_deadline_ns(), Some(3000));
+        assert!(a.poll_timer(2_000_000));
+        assert_eq!(a.next_deadline_ns(), Some(3_000_000));
         a.acknowledge();
         a.eoi();
         // Missed periods coalesce into one interrupt; the next expiry is in step.
-        assert!(a.poll_timer(7_300));
-        assert_eq!(a.next_deadline_ns(), Some(8000));
-        assert_eq!(cur(&mut a, 7_300), 175);
-        // Changing the divider keeps the count and changes the rate: 175 ticks at /8
-        // are 1400 ns.
-        a.mmio_write(reg::TIMER_DIVIDE.into(), 4, 0b0010, 7_300);
-        assert_eq!(cur(&mut a, 7_300), 175);
-        assert_eq!(a.next_deadline_ns(), Some(8_700));
-        // and the reload period is now 250 * 8 = 2 us.
+        assert!(a.poll_timer(7_300_000));
+        assert_eq!(a.next_deadline_ns(), Some(8_000_000));
+        assert_eq!(cur(&mut a, 7_300_000), 175_000);
+        // Changing the divider keeps the count and changes the rate: 175,000 ticks at
+        // /8 are 1.4 ms.
+        a.mmio_write(reg::TIMER_DIVIDE.into(), 4, 0b0010, 7_300_000);
+        assert_eq!(cur(&mut a, 7_300_000), 175_000);
+        assert_eq!(a.next_deadline_ns(), Some(8_700_000));
+        // and the reload period is now 250,000 * 8 = 2 ms.
         a.acknowledge();
         a.eoi();
-        assert!(a.poll_timer(8_700));
-        assert_eq!(a.next_deadline_ns(), Some(10_700));
+        assert!(a.poll_timer(8_700_000));
+        assert_eq!(a.next_deadline_ns(), Some(10_700_000));
     }
 
     #[test]
@@ -1796,15 +1808,23 @@ mod tests {
             lvt::MASKED | lvt::TIMER_PERIODIC | 0x30,
             0,
         );
-        a.mmio_write(reg::TIMER_INITIAL.into(), 4, 100, 0);
+        a.mmio_write(reg::TIMER_INITIAL.into(), 4, 1_000_000, 0); // 1 ms
         assert_eq!(a.next_deadline_ns(), None);
-        assert!(!a.poll_timer(150));
+        assert!(!a.poll_timer(1_500_000));
         assert_eq!(a.pending_vector(), None);
-        assert_eq!(a.mmio_read(reg::TIMER_CURRENT.into(), 4, 150), 50);
+        assert_eq!(
+            a.mmio_read(reg::TIMER_CURRENT.into(), 4, 1_500_000),
+            500_000
+        );
         // Unmasking resumes interrupts at the next expiry.
-        a.mmio_write(reg::LVT_TIMER.into(), 4, lvt::TIMER_PERIODIC | 0x30, 150);
-        assert_eq!(a.next_deadline_ns(), Some(200));
-        assert!(a.poll_timer(200));
+        a.mmio_write(
+            reg::LVT_TIMER.into(),
+            4,
+            lvt::TIMER_PERIODIC | 0x30,
+            1_500_000,
+        );
+        assert_eq!(a.next_deadline_ns(), Some(2_000_000));
+        assert!(a.poll_timer(2_000_000));
     }
 
     #[test]
@@ -1994,5 +2014,20 @@ mod tests {
         assert!(a.matches_destination(ipi.dest, ipi.logical));
         a.receive_ipi(&ipi);
         assert_eq!(a.pending_vector(), Some(0x80));
+    }
+
+    #[test]
+    fn a_tiny_periodic_period_is_clamped() {
+        let mut a = enabled();
+        write(&mut a, reg::TIMER_DIVIDE, 0b1011); // divide by 1
+        write(&mut a, reg::LVT_TIMER, (1 << 17) | 0x40); // periodic, vector 0x40
+        write(&mut a, reg::TIMER_INITIAL, 1); // 1 ns at the 1 GHz timer clock
+        assert!(a.poll_timer(10));
+        let next = a.next_deadline_ns().unwrap();
+        assert!(next >= 10 + MIN_PERIODIC_NS, "{next}");
+        a.acknowledge();
+        write(&mut a, reg::EOI, 0);
+        assert!(!a.poll_timer(next - 1));
+        assert!(a.poll_timer(next));
     }
 }
