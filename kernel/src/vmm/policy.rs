@@ -15,21 +15,100 @@ pub struct CpuidResult {
     pub edx: u32,
 }
 
+/// The CPUID allow-list: the feature bits a guest may see, per leaf and register.
+/// A bit is here only if the hypervisor virtualises what it stands for (hardware
+/// runs the instructions in guest mode and the state they touch is switched or
+/// owned by the guest), or it is purely informational. Everything else is hidden:
+/// VMX/SVM (no nesting), MONITOR/MWAIT, x2APIC (no virtual x2APIC), XSAVE and the
+/// AVX family (XCR0 is not switched between guests), MCE/MCA (no MSR banks),
+/// performance monitoring (host state), thermal and power management (ACPI, TM,
+/// EST, leaf 6 but ARAT), debug store, SGX, PT, TSX, MPX, PKU (PKRU not switched),
+/// INVPCID (VMX needs a control we do not set), RDPID (reads the host's TSC_AUX),
+/// LA57, TSC_ADJUST, the speculation-control bits of leaf 7 EDX and 0x8000_0008 EBX
+/// (their MSRs are not offered), OSVW, IBS, LWP, TOPOEXT, MONITORX.
+pub mod allow {
+    /// Leaf 1 EDX: FPU VME DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT PSE36
+    /// CLFSH MMX FXSR SSE SSE2 (HTT is set by the topology).
+    pub const L1_EDX: u32 = (1 << 0)
+        | (1 << 1)
+        | (1 << 2)
+        | (1 << 3)
+        | (1 << 4)
+        | (1 << 5)
+        | (1 << 6)
+        | (1 << 8)
+        | (1 << 9)
+        | (1 << 11)
+        | (1 << 12)
+        | (1 << 13)
+        | (1 << 15)
+        | (1 << 16)
+        | (1 << 17)
+        | (1 << 19)
+        | (1 << 23)
+        | (1 << 24)
+        | (1 << 25)
+        | (1 << 26);
+    /// Leaf 1 ECX: SSE3 PCLMULQDQ SSSE3 CX16 PCID SSE4.1 SSE4.2 MOVBE POPCNT
+    /// TSC-deadline (the local APIC model has it) AES RDRAND (hypervisor bit: set).
+    pub const L1_ECX: u32 = (1 << 0)
+        | (1 << 1)
+        | (1 << 9)
+        | (1 << 13)
+        | (1 << 17)
+        | (1 << 19)
+        | (1 << 20)
+        | (1 << 22)
+        | (1 << 23)
+        | (1 << 24)
+        | (1 << 25)
+        | (1 << 30);
+    /// Leaf 7.0 EBX: FSGSBASE BMI1 FDP_EXCPTN_ONLY SMEP BMI2 ERMS FCS/FDS deprecation
+    /// RDSEED ADX SMAP CLFLUSHOPT CLWB SHA.
+    pub const L7_EBX: u32 = (1 << 0)
+        | (1 << 3)
+        | (1 << 6)
+        | (1 << 7)
+        | (1 << 8)
+        | (1 << 9)
+        | (1 << 13)
+        | (1 << 18)
+        | (1 << 19)
+        | (1 << 20)
+        | (1 << 23)
+        | (1 << 24)
+        | (1 << 29);
+    /// Leaf 7.0 ECX: UMIP, GFNI.
+    pub const L7_ECX: u32 = (1 << 2) | (1 << 8);
+    /// Leaf 7.0 EDX: FSRM, MD_CLEAR (informational: VERW clears CPU buffers).
+    pub const L7_EDX: u32 = (1 << 4) | (1 << 10);
+    /// Leaf 6 EAX: ARAT (the APIC timer keeps running in deep C-states).
+    pub const L6_EAX: u32 = 1 << 2;
+    /// 0x8000_0001 EDX: the leaf-1 duplicates (AMD) and SYSCALL NX MMXEXT FFXSR
+    /// Page1GB RDTSCP LM 3DNow!Ext 3DNow!.
+    pub const EXT1_EDX: u32 = L1_EDX
+        | (1 << 11)
+        | (1 << 20)
+        | (1 << 22)
+        | (1 << 25)
+        | (1 << 26)
+        | (1 << 27)
+        | (1 << 29)
+        | (1 << 30)
+        | (1 << 31);
+    /// 0x8000_0001 ECX: LAHF/SAHF AltMovCr8 ABM SSE4A MisAlignSse 3DNowPrefetch
+    /// (CmpLegacy is set by the topology).
+    pub const EXT1_ECX: u32 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8);
+    /// 0x8000_0007 EDX: invariant TSC.
+    pub const EXT7_EDX: u32 = 1 << 8;
+    /// 0x8000_0008 EBX: CLZERO.
+    pub const EXT8_EBX: u32 = 1 << 0;
+}
+
 mod bits {
-    pub const L1_ECX_MONITOR: u32 = 1 << 3;
-    pub const L1_ECX_VMX: u32 = 1 << 5;
-    pub const L1_ECX_X2APIC: u32 = 1 << 21;
-    pub const L1_ECX_XSAVE: u32 = 1 << 26;
-    pub const L1_ECX_OSXSAVE: u32 = 1 << 27;
-    pub const L1_ECX_AVX: u32 = 1 << 28;
     pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
-    pub const L1_EDX_MCE: u32 = 1 << 7;
     pub const L1_EDX_HTT: u32 = 1 << 28;
     pub const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
-    pub const L1_EDX_MCA: u32 = 1 << 14;
-    pub const EXT1_ECX_SVM: u32 = 1 << 2;
-    pub const L7_EBX_AVX2: u32 = 1 << 5;
-    pub const L7_EBX_AVX512F: u32 = 1 << 16;
 }
 
 /// Where the executing vCPU sits in its VM: `cpus` single-threaded cores in one
@@ -63,14 +142,10 @@ impl Topology {
     }
 }
 
-/// The guest's view of CPUID `leaf`/`subleaf`, derived from the host's answer.
-///
-/// Hidden on purpose: VMX and SVM (no nested virtualization), MONITOR/MWAIT (not
-/// emulated), x2APIC (no virtual x2APIC yet), XSAVE with the AVX family (the
-/// hypervisor does not switch XCR0 between guests, so a guest must not be told it may
-/// use XSETBV), the machine-check architecture (its MSR banks are not emulated; Linux
-/// panics when an advertised MCG MSR faults) and architectural performance monitoring
-/// (leaf 0xA: its counters are host state).
+/// The guest's view of CPUID `leaf`/`subleaf`, derived from the host's answer: the
+/// feature leaves through the allow-list ([`allow`]: a feature is shown only if the
+/// hypervisor virtualises it), the performance-monitoring, XSAVE, QoS, SGX and PT
+/// leaves empty, this project's leaves at 0x4000_0000.
 ///
 /// The topology leaves describe the VM, not the host: leaf 1 EBX (initial APIC ID,
 /// logical processor count with HTT), leaf 4's core counts, 0xB/0x1F, and on AMD
@@ -98,14 +173,8 @@ pub fn cpuid(
         0x4000_0002..=0x4000_FFFF => CpuidResult::default(),
         1 => {
             let mut r = host(1, 0);
-            r.ecx &= !(L1_ECX_VMX
-                | L1_ECX_MONITOR
-                | L1_ECX_X2APIC
-                | L1_ECX_XSAVE
-                | L1_ECX_OSXSAVE
-                | L1_ECX_AVX);
-            r.ecx |= L1_ECX_HYPERVISOR;
-            r.edx &= !(L1_EDX_MCE | L1_EDX_MCA | L1_EDX_HTT);
+            r.ecx = (r.ecx & allow::L1_ECX) | L1_ECX_HYPERVISOR;
+            r.edx &= allow::L1_EDX;
             // EBX[31:24] initial APIC ID, [23:16] logical processors in the package
             // (valid with HTT, SDM Vol. 2A CPUID leaf 1).
             r.ebx &= 0x0000_FFFF;
@@ -128,17 +197,27 @@ pub fn cpuid(
             r
         }
         0xB | 0x1F if leaf <= max_basic => topo.extended_leaf(subleaf),
-        7 => {
-            let mut r = host(7, subleaf);
-            if subleaf == 0 {
-                r.ebx &= !(L7_EBX_AVX2 | L7_EBX_AVX512F);
+        // Only subleaf 0 (EAX = 0: no further subleaves).
+        7 if subleaf == 0 && leaf <= max_basic => {
+            let r = host(7, 0);
+            CpuidResult {
+                eax: 0,
+                ebx: r.ebx & allow::L7_EBX,
+                ecx: r.ecx & allow::L7_ECX,
+                edx: r.edx & allow::L7_EDX,
             }
-            r
         }
-        0xA | 0xD => CpuidResult::default(),
+        7 => CpuidResult::default(),
+        6 if leaf <= max_basic => CpuidResult {
+            eax: host(6, 0).eax & allow::L6_EAX,
+            ..Default::default()
+        },
+        // Perfmon, XSAVE, PQM/PQE, SGX, PT: none offered.
+        0xA | 0xD | 0xF | 0x10 | 0x12 | 0x14 => CpuidResult::default(),
         0x8000_0001 => {
             let mut r = host(leaf, subleaf);
-            r.ecx &= !(EXT1_ECX_SVM | EXT1_ECX_CMP_LEGACY);
+            r.ecx &= allow::EXT1_ECX;
+            r.edx &= allow::EXT1_EDX;
             if cpus > 1 {
                 // With HTT: the logical processors are cores (AMD CPUID spec).
                 r.ecx |= EXT1_ECX_CMP_LEGACY;
@@ -148,9 +227,14 @@ pub fn cpuid(
         // ECX[7:0] cores - 1, [15:12] APIC ID bits for the core number.
         0x8000_0008 => {
             let mut r = host(leaf, subleaf);
+            r.ebx &= allow::EXT8_EBX;
             r.ecx = (r.ecx & !0xF0FF) | (topo.core_bits() << 12) | (cpus - 1).min(255);
             r
         }
+        0x8000_0007 => CpuidResult {
+            edx: host(leaf, 0).edx & allow::EXT7_EDX,
+            ..Default::default()
+        },
         // Extended APIC ID, compute unit (core) ID with one thread each, node 0.
         0x8000_001E => CpuidResult {
             eax: topo.apic_id,
@@ -197,14 +281,60 @@ pub const IA32_TSC_AUX: u32 = 0xC000_0103;
 /// refused with #GP, as on a processor without those features.
 pub const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 
+/// The processor vendor the guest sees (the host's): some MSR families exist on one
+/// vendor's processors only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Vendor {
+    #[default]
+    Intel,
+    Amd,
+}
+
+impl Vendor {
+    /// From CPUID leaf 0's vendor string ("AuthenticAMD" and "HygonGenuine" are AMD).
+    pub fn from_leaf0(r: &CpuidResult) -> Self {
+        match &r.ebx.to_le_bytes() {
+            b"Auth" | b"Hygo" => Vendor::Amd,
+            _ => Vendor::Intel,
+        }
+    }
+}
+
 /// The emulated MSRs of one vCPU (the local APIC's, IA32_APIC_BASE among them, belong
 /// to the APIC model).
+///
+/// # The MSR families, decided one by one
+///
+/// An MSR a processor of the advertised vendor always has, and that guests touch
+/// without probing, behaves as on such a processor with the feature idle; an MSR the
+/// guest's CPUID says does not exist raises #GP, as it would there. Everything not
+/// listed raises #GP.
+///
+/// | MSRs | decision |
+/// | --- | --- |
+/// | EFER, TSC, PAT | the backend's (VMCB/VMCS state), validated here |
+/// | SYSENTER_*, STAR/LSTAR/CSTAR/SFMASK, FS/GS/KERNEL_GS base | switched by hardware, never exit |
+/// | APIC_BASE, TSC_DEADLINE, x2APIC range | the local APIC model |
+/// | FEATURE_CONTROL (0x3A) | reads locked with VMX off; writes #GP (locked) |
+/// | PLATFORM_ID (0x17), BIOS_SIGN_ID (0x8B), BIOS_UPDT_TRIG (0x79) | microcode: no update, reads 0, writes ignored (Intel's microcode loader reads them) |
+/// | MTRRCAP, MTRR_DEF_TYPE | no variable or fixed ranges (the nested page tables decide memory types); DEF_TYPE kept |
+/// | MISC_ENABLE (0x1A0) | kept as written (fast strings set at reset) |
+/// | P6 perfmon PERFCTR0/1 (0xC1, 0xC2), EVNTSEL0/1 (0x186, 0x187), Intel | always present on family 6: read 0, writes ignored, as KVM without a vPMU; the other architectural counters do not exist (leaf 0xA is 0) |
+/// | AMD legacy PERF_CTL0-3 / PERF_CTR0-3 (0xC001_0000-0xC001_0007) | every AMD processor has them: read 0, writes ignored (KVM does the same) |
+/// | AMD SYSCFG (0xC001_0010), HWCR (0xC001_0015), NB_CFG (0xC001_001F) | read 0 (no SME, defaults), writes ignored |
+/// | AMD DE_CFG (0xC001_1029) | reads LFENCE-serialising (bit 1) set, as KVM reports; writes ignored |
+/// | AMD INT_PENDING_MSG (0xC001_0055) | 0: no C1E (Linux reads it unguarded on K8) |
+/// | TSC_AUX (0xC000_0103) | per vCPU, bits 63:32 reserved |
+/// | DEBUGCTL (0x1D9) | reads 0; writes of 0 accepted (branch tracing is not offered) |
+/// | MCG_*, MC banks, SPEC_CTRL, PRED_CMD, ARCH_CAPABILITIES, TSC_ADJUST, thermal and power, perf fixed/global, VM_CR, VM_HSAVE_PA, OSVW | #GP: their CPUID bits are hidden, or they are the host's |
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsrState {
+    pub vendor: Vendor,
     pub mtrr_def_type: u64,
     /// `IA32_TSC_AUX`, per vCPU: Linux stores each CPU's number there (for RDTSCP and
     /// RDPID in the vDSO), on its APs before their IDT can catch a #GP.
     pub tsc_aux: u64,
+    pub misc_enable: u64,
 }
 
 /// The outcome of an intercepted RDMSR/WRMSR.
@@ -220,18 +350,63 @@ pub enum MsrAccess {
     Fault,
 }
 
+pub const IA32_PLATFORM_ID: u32 = 0x17;
+pub const IA32_BIOS_UPDT_TRIG: u32 = 0x79;
+pub const IA32_DEBUGCTL: u32 = 0x1D9;
+/// P6 family performance counters and event selects 0 and 1 (Intel).
+pub const P6_PERF_MSRS: [u32; 4] = [0xC1, 0xC2, 0x186, 0x187];
+/// AMD's legacy PERF_CTL0-3 and PERF_CTR0-3.
+pub const AMD_K7_PERF: core::ops::RangeInclusive<u32> = 0xC001_0000..=0xC001_0007;
+pub const AMD_SYSCFG: u32 = 0xC001_0010;
+pub const AMD_HWCR: u32 = 0xC001_0015;
+pub const AMD_NB_CFG: u32 = 0xC001_001F;
+pub const AMD_DE_CFG: u32 = 0xC001_1029;
+/// MISC_ENABLE at reset: fast-string operations enabled.
+const MISC_ENABLE_RESET: u64 = 1;
+
 impl MsrState {
+    /// A vCPU's MSRs at reset, for a processor of `vendor`.
+    pub fn new(vendor: Vendor) -> Self {
+        Self {
+            vendor,
+            misc_enable: MISC_ENABLE_RESET,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `msr` is one of the families this vendor has that read 0 and ignore
+    /// writes (see the table above).
+    fn idle(&self, msr: u32) -> bool {
+        match self.vendor {
+            Vendor::Intel => {
+                P6_PERF_MSRS.contains(&msr) || matches!(msr, IA32_PLATFORM_ID | IA32_BIOS_SIGN_ID)
+            }
+            Vendor::Amd => {
+                AMD_K7_PERF.contains(&msr)
+                    || matches!(
+                        msr,
+                        AMD_SYSCFG
+                            | AMD_HWCR
+                            | AMD_NB_CFG
+                            | MSR_K8_INT_PENDING_MSG
+                            | IA32_BIOS_SIGN_ID
+                    )
+            }
+        }
+    }
+
     pub fn read(&self, msr: u32) -> MsrAccess {
         match msr {
             // Locked with VMX disabled: a guest must not try VMXON.
             IA32_FEATURE_CONTROL => MsrAccess::Value(1),
-            IA32_BIOS_SIGN_ID => MsrAccess::Value(0),
+            _ if self.idle(msr) => MsrAccess::Value(0),
             // No variable or fixed MTRRs: the nested page tables decide memory types.
             IA32_MTRRCAP => MsrAccess::Value(0),
-            MSR_K8_INT_PENDING_MSG => MsrAccess::Value(0),
             IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
-            IA32_MISC_ENABLE => MsrAccess::Value(1), // fast strings
+            IA32_MISC_ENABLE => MsrAccess::Value(self.misc_enable),
             IA32_TSC_AUX => MsrAccess::Value(self.tsc_aux),
+            IA32_DEBUGCTL => MsrAccess::Value(0),
+            AMD_DE_CFG if self.vendor == Vendor::Amd => MsrAccess::Value(1 << 1),
             IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
             _ => MsrAccess::Fault,
         }
@@ -239,7 +414,16 @@ impl MsrState {
 
     pub fn write(&mut self, msr: u32, value: u64) -> MsrAccess {
         match msr {
-            IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => MsrAccess::Value(value),
+            // Read-only, or a counter that does not count: writes vanish.
+            MSR_K8_INT_PENDING_MSG => MsrAccess::Fault,
+            _ if self.idle(msr) => MsrAccess::Value(value),
+            IA32_BIOS_UPDT_TRIG if self.vendor == Vendor::Intel => MsrAccess::Value(value),
+            AMD_DE_CFG if self.vendor == Vendor::Amd => MsrAccess::Value(value),
+            IA32_MISC_ENABLE => {
+                self.misc_enable = value;
+                MsrAccess::Value(value)
+            }
+            IA32_DEBUGCTL if value == 0 => MsrAccess::Value(0),
             IA32_TSC_AUX if value >> 32 == 0 => {
                 self.tsc_aux = value;
                 MsrAccess::Value(value)
@@ -385,7 +569,7 @@ mod tests {
 
     #[test]
     fn msr_allow_list() {
-        let mut m = MsrState::default();
+        let mut m = MsrState::new(Vendor::Amd);
         assert_eq!(
             m.read(0xC001_0117),
             MsrAccess::Fault,
@@ -427,5 +611,75 @@ mod tests {
     fn hypercalls() {
         assert_eq!(hypercall::dispatch(hypercall::VERSION), 1);
         assert_eq!(hypercall::dispatch(0xdead), u64::MAX);
+    }
+
+    #[test]
+    fn msr_families_by_vendor() {
+        let mut amd = MsrState::new(Vendor::Amd);
+        for msr in 0xC001_0000..=0xC001_0007 {
+            assert_eq!(amd.read(msr), MsrAccess::Value(0), "{msr:#x}");
+            assert_eq!(amd.write(msr, 0x1234), MsrAccess::Value(0x1234));
+            assert_eq!(amd.read(msr), MsrAccess::Value(0), "writes are ignored");
+        }
+        assert_eq!(amd.read(AMD_DE_CFG), MsrAccess::Value(2));
+        assert_eq!(amd.read(0xC1), MsrAccess::Fault, "P6 counters are Intel's");
+        let mut intel = MsrState::new(Vendor::Intel);
+        for msr in P6_PERF_MSRS {
+            assert_eq!(intel.read(msr), MsrAccess::Value(0));
+            assert_eq!(intel.write(msr, 5), MsrAccess::Value(5));
+        }
+        assert_eq!(intel.read(0xC001_0004), MsrAccess::Fault, "AMD's counters");
+        assert_eq!(
+            intel.read(0xC3),
+            MsrAccess::Fault,
+            "leaf 0xA says no more counters"
+        );
+        assert_eq!(
+            intel.read(0x48),
+            MsrAccess::Fault,
+            "SPEC_CTRL is not offered"
+        );
+        // MISC_ENABLE keeps what the guest writes.
+        assert_eq!(intel.read(IA32_MISC_ENABLE), MsrAccess::Value(1));
+        intel.write(IA32_MISC_ENABLE, (1 << 22) | 1);
+        assert_eq!(
+            intel.read(IA32_MISC_ENABLE),
+            MsrAccess::Value((1 << 22) | 1)
+        );
+        assert_eq!(intel.write(IA32_DEBUGCTL, 0), MsrAccess::Value(0));
+        assert_eq!(intel.write(IA32_DEBUGCTL, 1), MsrAccess::Fault);
+        assert_eq!(
+            Vendor::from_leaf0(&CpuidResult {
+                ebx: u32::from_le_bytes(*b"Auth"),
+                ..Default::default()
+            }),
+            Vendor::Amd
+        );
+    }
+
+    #[test]
+    fn cpuid_is_an_allow_list() {
+        let all = |leaf: u32, _: u32| CpuidResult {
+            eax: if leaf == 0 { 0x1F } else { u32::MAX },
+            ebx: u32::MAX,
+            ecx: u32::MAX,
+            edx: u32::MAX,
+        };
+        let l1 = super::cpuid(1, 0, all, &ONE);
+        assert_eq!(l1.ecx, allow::L1_ECX | (1 << 31));
+        assert_eq!(l1.edx, allow::L1_EDX);
+        let l7 = super::cpuid(7, 0, all, &ONE);
+        assert_eq!(
+            (l7.eax, l7.ebx, l7.ecx, l7.edx),
+            (0, allow::L7_EBX, allow::L7_ECX, allow::L7_EDX)
+        );
+        assert_eq!(super::cpuid(7, 1, all, &ONE), CpuidResult::default());
+        assert_eq!(super::cpuid(6, 0, all, &ONE).eax, allow::L6_EAX);
+        let e1 = super::cpuid(0x8000_0001, 0, all, &ONE);
+        assert_eq!((e1.ecx, e1.edx), (allow::EXT1_ECX, allow::EXT1_EDX));
+        assert_eq!(super::cpuid(0x8000_0008, 0, all, &ONE).ebx, allow::EXT8_EBX);
+        for hidden in [0xA, 0xD, 0x12, 0x14] {
+            assert_eq!(super::cpuid(hidden, 0, all, &ONE), CpuidResult::default());
+        }
     }
 }

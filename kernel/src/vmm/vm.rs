@@ -306,7 +306,7 @@ impl<V: Vcpu> VcpuCtx<V> {
         Self {
             index,
             vcpu,
-            msrs: MsrState::default(),
+            msrs: MsrState::new(policy::Vendor::from_leaf0(&host_cpuid(0, 0))),
             stats: ExitStats::default(),
             halted: false,
             nmi_injected: 0,
