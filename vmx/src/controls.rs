@@ -159,10 +159,13 @@ impl Controls {
     /// - Entry: load IA32_EFER and IA32_PAT; "IA-32e mode guest" per guest.
     pub fn compute(caps: &VmxCaps) -> Result<Controls, &'static str> {
         let timer = caps.preemption_timer;
+        // Virtual NMIs: with "NMI exiting" on, IRET in the guest would not unblock
+        // NMIs (SDM Vol. 3C 25.3, IRET); with virtual NMIs it removes the virtual-NMI
+        // blocking an injected NMI sets, as a real CPU's IRET does.
         let pin_value = adjust(
             caps.pinbased,
             &PIN_REQUIRED,
-            if timer { pin::PREEMPTION_TIMER } else { 0 },
+            pin::VIRTUAL_NMIS | if timer { pin::PREEMPTION_TIMER } else { 0 },
         )?;
         // CR8 exiting: without a TPR shadow a guest's MOV to CR8 would reach the host's
         // local-APIC TPR; with it the backend keeps a virtual TPR per vCPU.
@@ -282,8 +285,8 @@ pub(crate) mod tests {
     #[test]
     fn skylake_controls() {
         let c = Controls::compute(&skylake()).unwrap();
-        // Must-be-one 0x16 plus external interrupts, NMIs and the timer.
-        assert_eq!(c.pin, 0x16 | 1 | 8 | 0x40);
+        // Must-be-one 0x16 plus external interrupts, NMIs, virtual NMIs and the timer.
+        assert_eq!(c.pin, 0x16 | 1 | 8 | 0x20 | 0x40);
         assert!(c.preemption_timer && c.vpid);
         let want = proc::HLT_EXITING
             | proc::USE_IO_BITMAPS
@@ -339,7 +342,7 @@ pub(crate) mod tests {
     #[test]
     fn optional_features_only_when_allowed() {
         let mut caps = skylake();
-        caps.pinbased = ctl(0x16, 0x3F); // no preemption timer
+        caps.pinbased = ctl(0x16, 0x1F); // no virtual NMIs, no preemption timer
         caps.preemption_timer = false;
         caps.procbased2 = ctl(0, proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST);
         caps.vpid = false;
