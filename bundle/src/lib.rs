@@ -11,7 +11,7 @@
 //!           24  memory_kib   u32
 //!           28  run_limit_ms u32
 //!           32  image        offset u32, length u32
-//!           40  flags        u32 (bit 0: background)
+//!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -57,6 +57,7 @@ pub const IMAGE_PATH_MAX: usize = 4096;
 /// reader allocate, and what a guest's module list has to describe.
 pub const MODULES_MAX: usize = 64;
 const FLAG_BACKGROUND: u32 = 1;
+const FLAG_BENCH_HYPERCALLS: u32 = 2;
 /// Images and module data start at multiples of this within the blob, so the
 /// kernel may read them with aligned loads if it wants to.
 const DATA_ALIGN: usize = 16;
@@ -158,6 +159,9 @@ pub struct VmSpec<'a> {
     /// A background VM is stopped once every other (foreground) VM has stopped, so a
     /// guest that never ends by itself does not keep the hypervisor running.
     pub background: bool,
+    /// The benchmark hypercalls (the bare CPUID loop) are allowed: an explicit
+    /// opt-in, since a VM in that loop sees nothing but its own exits.
+    pub bench_hypercalls: bool,
     pub image: &'a [u8],
     /// The image's path as the user named it (`kernel` key, `--kernel`); may be
     /// empty. Multiboot kernels get it in front of their command line.
@@ -401,7 +405,12 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
     for (i, vm) in vms.iter().enumerate() {
         let mut e = [0u8; ENTRY];
         e[..vm.name.len()].copy_from_slice(vm.name.as_bytes());
-        let flags = if vm.background { FLAG_BACKGROUND } else { 0 };
+        let flags = if vm.background { FLAG_BACKGROUND } else { 0 }
+            | if vm.bench_hypercalls {
+                FLAG_BENCH_HYPERCALLS
+            } else {
+                0
+            };
         let fields: [(usize, u32); 13] = [
             (E_MEMORY, vm.memory_kib),
             (E_RUN_LIMIT, vm.run_limit_ms),
@@ -576,6 +585,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             memory_kib: field(E_MEMORY),
             run_limit_ms: field(E_RUN_LIMIT),
             background: field(E_FLAGS) & FLAG_BACKGROUND != 0,
+            bench_hypercalls: field(E_FLAGS) & FLAG_BENCH_HYPERCALLS != 0,
             image,
             image_path,
             format,
@@ -600,6 +610,7 @@ mod tests {
             memory_kib: 4096,
             run_limit_ms: 0,
             background: false,
+            bench_hypercalls: false,
             image,
             image_path: name,
             format: ImageFormat::Auto,
@@ -617,6 +628,7 @@ mod tests {
                 memory_kib: 2048,
                 run_limit_ms: 1500,
                 background: true,
+                bench_hypercalls: true,
                 ..tiny("spin", b"xy")
             },
             VmSpec {
@@ -624,6 +636,7 @@ mod tests {
                 memory_kib: 256 * 1024,
                 run_limit_ms: 0,
                 background: false,
+                bench_hypercalls: false,
                 image: b"bzImage bytes",
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,

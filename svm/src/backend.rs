@@ -454,6 +454,10 @@ impl Vcpu for SvmVcpu {
         self.vmcb().guest_mode()
     }
 
+    fn cpl(&self) -> u8 {
+        self.vmcb().save.cpl & 3
+    }
+
     fn read_backend_msr(&mut self, msr: u32) -> Option<u64> {
         let v = self.vmcb();
         match msr {

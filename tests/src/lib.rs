@@ -178,6 +178,8 @@ pub fn expect_smp_guests(out: &RunOutput) {
         .expect_line("ipistorm64 | ipistorm64: bsp sweeps 8")
         .expect_line("hello64 | hello64: alive 5")
         .expect_line("hello64 | hello64: done")
+        .expect_line("bench64 | bench64: bare loop unsupported")
+        .expect_line("bench64 | bench64: done")
         .expect_line("hv: vm ipistorm64 stopped:")
         .expect_line("hv: vm spin64 stopped: run-time limit reached (500 ms of CPU time)")
         .expect_line("hv: all VMs stopped; host memory returned: all")

@@ -247,6 +247,9 @@ pub trait Vcpu {
     fn inject_exception(&mut self, exception: Exception);
     /// The guest's current processor mode (for reports).
     fn mode(&self) -> CpuMode;
+    /// The current privilege level (0-3): SS.DPL (SDM Vol. 3A 5.5; VMX keeps it in
+    /// the guest SS access rights, SVM in the VMCB's CPL field). Real mode is 0.
+    fn cpl(&self) -> u8;
     /// MSRs whose value lives in the VMCB/VMCS (EFER, the TSC): the core's MSR policy
     /// decides whether an access is allowed, the backend carries it out. `None` / `false`
     /// for an MSR the backend does not own (the core then injects #GP).

@@ -1008,6 +1008,14 @@ impl Vcpu for VmxVcpu {
         ops::guest_mode(&self.make_current())
     }
 
+    fn cpl(&self) -> u8 {
+        // SS.DPL, bits 6:5 of the access rights (SDM Vol. 3C 25.4.1: the CPL).
+        let ar = self
+            .make_current()
+            .read(crate::vmcs::guest32::SS_ACCESS_RIGHTS);
+        ((ar >> 5) & 3) as u8
+    }
+
     fn rflags(&self) -> u64 {
         ops::rflags(&self.make_current())
     }

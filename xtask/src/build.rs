@@ -209,6 +209,7 @@ impl GuestSet {
                 let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
                 let bench = VmDef {
                     format: ImageFormat::Tiny,
+                    bench_hypercalls: true,
                     ..VmDef::new(
                         "bench64",
                         crate::guests::find_image(&images, "bench64")?.path.clone(),
@@ -253,6 +254,9 @@ impl GuestSet {
                         cpus: vec![0],
                         ..vm("spin64", 1)?
                     },
+                    // Not opted in to the benchmark hypercalls: its bare CPUID loop
+                    // must be refused.
+                    vm("bench64", 1)?,
                     // Pinned to a processor the 2-processor machine does not have:
                     // the kernel must refuse it alone.
                     VmDef {

@@ -49,6 +49,7 @@ const VM_KEYS: &[&str] = &[
     "modules",
     "background",
     "run_limit_ms",
+    "bench_hypercalls",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
@@ -295,6 +296,7 @@ struct RawVm {
     modules: Option<(Vec<(ModuleDef, Loc)>, Loc)>,
     background: bool,
     run_limit_ms: u32,
+    bench_hypercalls: bool,
 }
 
 /// Reads and validates the VM descriptions in `path`.
@@ -551,6 +553,11 @@ fn parse_vm(
             "cmdline" => vm.cmdline = Some((get_str(src, item, &loc)?.to_string(), loc)),
             "background" => {
                 vm.background = item
+                    .as_bool()
+                    .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
+            }
+            "bench_hypercalls" => {
+                vm.bench_hypercalls = item
                     .as_bool()
                     .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
             }
@@ -958,6 +965,7 @@ fn resolve(
         memory_kib: (memory / KIB) as u32,
         run_limit_ms: raw.run_limit_ms,
         background: raw.background,
+        bench_hypercalls: raw.bench_hypercalls,
         format,
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
@@ -1109,6 +1117,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         cmdline: Some((vm.cmdline.clone(), at("cmdline"))),
         background: vm.background,
         run_limit_ms: vm.run_limit_ms,
+        bench_hypercalls: vm.bench_hypercalls,
         ..RawVm::default()
     };
     check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;

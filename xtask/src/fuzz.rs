@@ -159,6 +159,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 memory_kib: 4096,
                 run_limit_ms: 0,
                 background: false,
+                bench_hypercalls: false,
                 image,
                 image_path: name,
                 format,

@@ -29,6 +29,8 @@ pub struct VmDef {
     pub memory_kib: u32,
     pub run_limit_ms: u32,
     pub background: bool,
+    /// May use the benchmark hypercalls (the bare CPUID loop of `bench64`).
+    pub bench_hypercalls: bool,
     /// How the kernel loads `image`. Sets read from a config file carry the format
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
@@ -52,6 +54,7 @@ impl VmDef {
             memory_kib,
             run_limit_ms: 0,
             background: false,
+            bench_hypercalls: false,
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
@@ -151,6 +154,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             memory_kib: v.memory_kib,
             run_limit_ms: v.run_limit_ms,
             background: v.background,
+            bench_hypercalls: v.bench_hypercalls,
             image,
             image_path: &v.image_path,
             format: v.format,
@@ -255,6 +259,7 @@ mod tests {
                 memory_kib: 256 * 1024,
                 run_limit_ms: 5,
                 background: true,
+                bench_hypercalls: false,
                 image: b"kernel",
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,

@@ -942,6 +942,9 @@ mod tests {
         fn nmi_ready(&self) -> bool {
             unimplemented!("MMIO emulation injects nothing")
         }
+        fn cpl(&self) -> u8 {
+            0
+        }
         fn inject_nmi(&mut self) {
             unimplemented!("MMIO emulation injects nothing")
         }

@@ -450,10 +450,16 @@ pub mod hypercall {
     pub const VERSION: u64 = 0;
     /// Returned for an unknown number (as -ENOSYS would be, two's complement -1).
     pub const UNKNOWN: u64 = u64::MAX;
+    /// Returned for any hypercall made from CPL > 0 (-2): hypercalls are the guest
+    /// kernel's, as under KVM (which answers -EPERM).
+    pub const NOT_PERMITTED: u64 = (-2i64) as u64;
     /// Benchmark support: run this vCPU in the shortest possible exit loop (enter,
     /// skip the CPUID, re-enter: no dispatch, no devices) until [`BENCH_BARE_END`],
     /// so a guest can compare a CPUID round trip through the full exit path with the
-    /// bare cost of the VMRUN/VMRESUME round trip itself. Returns 0.
+    /// bare cost of the VMRUN/VMRESUME round trip itself. Returns 0. Only for a VM
+    /// configured with `bench_hypercalls = true` (else [`UNKNOWN`]); the loop still
+    /// ends at every host timer tick, so the vCPU's time slice and the VM's run
+    /// limit hold inside it.
     pub const BENCH_BARE_BEGIN: u64 = 0x100;
     /// Ends the bare loop; returns 0 (inside the loop only).
     pub const BENCH_BARE_END: u64 = 0x101;

@@ -223,6 +223,7 @@ fn start<B: Backend>(
         epoch_unix_ns,
         tsc_hz: time::tsc_hz(),
         cpus,
+        bench_hypercalls: spec.bench_hypercalls,
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
@@ -287,21 +288,31 @@ fn start<B: Backend>(
     })
 }
 
-/// The benchmark's reference path: enter, skip the CPUID, enter again. Host timer
-/// interrupts were already serviced inside `run` and need nothing here. Returns the
-/// first other exit for the normal path, or `None` when the guest ends the loop.
-fn bare_cpuid_loop<V: Vcpu>(vcpu: &mut V, slice: u64) -> Option<vcpu::Exit> {
+/// How the bare loop ended.
+enum Bare {
+    /// The guest left it (`BENCH_BARE_END`).
+    Ended,
+    /// The host timer (or a kick) ended the time slice: the loop goes on in the
+    /// vCPU's next slice, so it can neither hold the processor nor outrun the VM's
+    /// run limit.
+    SliceOver,
+    /// Another exit, for the normal path (the loop ends).
+    Exit(vcpu::Exit),
+}
+
+/// The benchmark's reference path: enter, skip the CPUID, enter again.
+fn bare_cpuid_loop<V: Vcpu>(vcpu: &mut V, slice: u64) -> Bare {
     use vcpu::Exit;
     loop {
         match vcpu.run(slice) {
             Exit::Cpuid { .. } => vcpu.skip_instruction(),
-            Exit::ExternalInterrupt | Exit::Preempted => {}
+            Exit::ExternalInterrupt | Exit::Preempted => return Bare::SliceOver,
             Exit::Hypercall if vcpu.regs().rax == policy::hypercall::BENCH_BARE_END => {
                 vcpu.regs().rax = 0;
                 vcpu.skip_instruction();
-                return None;
+                return Bare::Ended;
             }
-            other => return Some(other),
+            other => return Bare::Exit(other),
         }
     }
 }
@@ -375,20 +386,26 @@ impl<B: Backend> Machine<'_, B> {
             }
             slot.ran = true;
             *entered = true;
-            let exit = slot.ctx.vcpu.run(self.slice);
+            let exit = if slot.ctx.in_bare_loop {
+                match bare_cpuid_loop(&mut slot.ctx.vcpu, self.slice) {
+                    Bare::Ended => {
+                        slot.ctx.in_bare_loop = false;
+                        continue;
+                    }
+                    Bare::SliceOver => break None,
+                    Bare::Exit(exit) => {
+                        slot.ctx.in_bare_loop = false;
+                        exit
+                    }
+                }
+            } else {
+                slot.ctx.vcpu.run(self.slice)
+            };
             let (next, kicks) = {
                 let mut shared = vm.shared.lock();
-                let mut next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
+                let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
                 if next == Next::BareCpuidLoop {
-                    drop(shared);
-                    next = match bare_cpuid_loop(&mut slot.ctx.vcpu, self.slice) {
-                        None => Next::Continue,
-                        Some(exit) => {
-                            shared = vm.shared.lock();
-                            slot.ctx.handle(&mut shared, exit, time::uptime_ns())
-                        }
-                    };
-                    shared = vm.shared.lock();
+                    slot.ctx.in_bare_loop = true;
                 }
                 (next, core::mem::take(&mut shared.kicks))
             };

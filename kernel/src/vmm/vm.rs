@@ -79,6 +79,8 @@ pub struct MachineInfo {
     pub tsc_hz: u64,
     /// How many vCPUs the VM has (1 to [`MAX_VCPUS`]).
     pub cpus: usize,
+    /// The VM opted in to the benchmark hypercalls (`bench_hypercalls`).
+    pub bench_hypercalls: bool,
 }
 
 fn in_page(gpa: u64, base: u64, size: u64) -> bool {
@@ -286,6 +288,9 @@ pub struct VcpuCtx<V: Vcpu> {
     pub halted: bool,
     /// NMIs delivered to this vCPU.
     pub nmi_injected: u64,
+    /// In the benchmark's bare CPUID loop (the run loop carries it out).
+    pub in_bare_loop: bool,
+    bench_hypercalls: bool,
     ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
     topology: Topology,
@@ -310,6 +315,8 @@ impl<V: Vcpu> VcpuCtx<V> {
             stats: ExitStats::default(),
             halted: false,
             nmi_injected: 0,
+            in_bare_loop: false,
+            bench_hypercalls: machine.bench_hypercalls,
             ram: machine.ram,
             host_cpuid,
             topology: Topology {
@@ -512,7 +519,17 @@ impl<V: Vcpu> VcpuCtx<V> {
                 }
                 Next::Continue
             }
-            Exit::Hypercall if self.vcpu.regs().rax == policy::hypercall::BENCH_BARE_BEGIN => {
+            // Hypercalls are for the guest's kernel: from CPL > 0 the answer is an
+            // error, as KVM gives (-EPERM), whatever the number.
+            Exit::Hypercall if self.vcpu.cpl() != 0 => {
+                self.vcpu.regs().rax = policy::hypercall::NOT_PERMITTED;
+                self.vcpu.skip_instruction();
+                Next::Continue
+            }
+            Exit::Hypercall
+                if self.bench_hypercalls
+                    && self.vcpu.regs().rax == policy::hypercall::BENCH_BARE_BEGIN =>
+            {
                 self.vcpu.regs().rax = 0;
                 self.vcpu.skip_instruction();
                 Next::BareCpuidLoop
@@ -622,6 +639,7 @@ mod tests {
         real_cs: Option<u16>,
         nmis: u32,
         nmi_blocked: bool,
+        cpl: u8,
     }
 
     impl Vcpu for FakeVcpu {
@@ -672,6 +690,9 @@ mod tests {
         }
         fn nmi_ready(&self) -> bool {
             !self.nmi_blocked
+        }
+        fn cpl(&self) -> u8 {
+            self.cpl
         }
         fn inject_nmi(&mut self) {
             self.nmis += 1;
@@ -731,6 +752,7 @@ mod tests {
             epoch_unix_ns: 0,
             tsc_hz: 1_000_000_000,
             cpus,
+            bench_hypercalls: false,
         }
     }
 
@@ -1214,5 +1236,28 @@ mod tests {
         vm.lapics[0].mmio_write(0x300, 4, (1 << 18) | 0x400, 0);
         cpus[0].prepare_entry(&mut vm, 4);
         assert_eq!(cpus[0].vcpu.nmis, 1);
+    }
+
+    #[test]
+    fn hypercalls_need_cpl0_and_the_benchmark_needs_an_opt_in() {
+        let mut vm = vm();
+        vm.cpu.vcpu.regs.rax = policy::hypercall::BENCH_BARE_BEGIN;
+        assert_eq!(
+            vm.handle(Exit::Hypercall, 0),
+            Next::Continue,
+            "not opted in"
+        );
+        assert_eq!(vm.cpu.vcpu.regs.rax, policy::hypercall::UNKNOWN);
+        vm.cpu.bench_hypercalls = true;
+        vm.cpu.vcpu.cpl = 3;
+        vm.cpu.vcpu.regs.rax = policy::hypercall::BENCH_BARE_BEGIN;
+        assert_eq!(vm.handle(Exit::Hypercall, 0), Next::Continue, "ring 3");
+        assert_eq!(vm.cpu.vcpu.regs.rax, policy::hypercall::NOT_PERMITTED);
+        vm.cpu.vcpu.regs.rax = policy::hypercall::VERSION;
+        vm.handle(Exit::Hypercall, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, policy::hypercall::NOT_PERMITTED);
+        vm.cpu.vcpu.cpl = 0;
+        vm.cpu.vcpu.regs.rax = policy::hypercall::BENCH_BARE_BEGIN;
+        assert_eq!(vm.handle(Exit::Hypercall, 0), Next::BareCpuidLoop);
     }
 }
