@@ -11,7 +11,8 @@
 //!           24  memory_kib   u32
 //!           28  run_limit_ms u32
 //!           32  image        offset u32, length u32
-//!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls)
+//!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls,
+//!                             bit 2: stop on reset, bit 3: restart on crash)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -58,6 +59,8 @@ pub const IMAGE_PATH_MAX: usize = 4096;
 pub const MODULES_MAX: usize = 64;
 const FLAG_BACKGROUND: u32 = 1;
 const FLAG_BENCH_HYPERCALLS: u32 = 2;
+const FLAG_RESET_STOPS: u32 = 4;
+const FLAG_CRASH_RESTARTS: u32 = 8;
 /// Images and module data start at multiples of this within the blob, so the
 /// kernel may read them with aligned loads if it wants to.
 const DATA_ALIGN: usize = 16;
@@ -147,6 +150,15 @@ pub struct Module<'a> {
     pub cmdline: &'a str,
 }
 
+/// What happens to a VM that resets or crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Start it again from its image with fresh RAM.
+    Restart,
+    /// Stop it.
+    Stop,
+}
+
 /// One VM to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec<'a> {
@@ -162,6 +174,12 @@ pub struct VmSpec<'a> {
     /// The benchmark hypercalls (the bare CPUID loop) are allowed: an explicit
     /// opt-in, since a VM in that loop sees nothing but its own exits.
     pub bench_hypercalls: bool,
+    /// What a reset request (i8042, port 0x92, 0xCF9) does: restart the VM from its
+    /// image with fresh RAM, as a machine reboots (the default), or stop it.
+    pub on_reset: Policy,
+    /// What a crash (triple fault) does: stop the VM (the default, as libvirt's
+    /// `on_crash = destroy`), or restart it.
+    pub on_crash: Policy,
     pub image: &'a [u8],
     /// The image's path as the user named it (`kernel` key, `--kernel`); may be
     /// empty. Multiboot kernels get it in front of their command line.
@@ -410,6 +428,16 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 FLAG_BENCH_HYPERCALLS
             } else {
                 0
+            }
+            | if vm.on_reset == Policy::Stop {
+                FLAG_RESET_STOPS
+            } else {
+                0
+            }
+            | if vm.on_crash == Policy::Restart {
+                FLAG_CRASH_RESTARTS
+            } else {
+                0
             };
         let fields: [(usize, u32); 13] = [
             (E_MEMORY, vm.memory_kib),
@@ -586,6 +614,16 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             run_limit_ms: field(E_RUN_LIMIT),
             background: field(E_FLAGS) & FLAG_BACKGROUND != 0,
             bench_hypercalls: field(E_FLAGS) & FLAG_BENCH_HYPERCALLS != 0,
+            on_reset: if field(E_FLAGS) & FLAG_RESET_STOPS != 0 {
+                Policy::Stop
+            } else {
+                Policy::Restart
+            },
+            on_crash: if field(E_FLAGS) & FLAG_CRASH_RESTARTS != 0 {
+                Policy::Restart
+            } else {
+                Policy::Stop
+            },
             image,
             image_path,
             format,
@@ -611,6 +649,8 @@ mod tests {
             run_limit_ms: 0,
             background: false,
             bench_hypercalls: false,
+            on_reset: Policy::Restart,
+            on_crash: Policy::Stop,
             image,
             image_path: name,
             format: ImageFormat::Auto,
@@ -629,6 +669,8 @@ mod tests {
                 run_limit_ms: 1500,
                 background: true,
                 bench_hypercalls: true,
+                on_reset: Policy::Stop,
+                on_crash: Policy::Restart,
                 ..tiny("spin", b"xy")
             },
             VmSpec {
@@ -637,6 +679,8 @@ mod tests {
                 run_limit_ms: 0,
                 background: false,
                 bench_hypercalls: false,
+                on_reset: Policy::Restart,
+                on_crash: Policy::Stop,
                 image: b"bzImage bytes",
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,

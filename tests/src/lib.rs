@@ -180,14 +180,27 @@ pub fn expect_smp_guests(out: &RunOutput) {
         .expect_line("hello64 | hello64: done")
         .expect_line("bench64 | bench64: bare loop unsupported")
         .expect_line("bench64 | bench64: done")
+        .expect_line("hv: vm reset64 restarting: guest requested a reset (restart 1 within 10 s)")
+        .expect_line("hv: vm reset64 restarting: guest requested a reset (restart 3 within 10 s)")
+        .expect_line(
+            "hv: vm reset64 stopped: guest requested a reset; restarted 3 times within 10 s: stopping (restart loop)",
+        )
         .expect_line("hv: vm ipistorm64 stopped:")
         .expect_line("hv: vm spin64 stopped: run-time limit reached (500 ms of CPU time)")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("smp64: FAIL")
+        .expect_no("reset64: FAIL")
         .expect_no("ipistorm64: FAIL")
         .expect_no("unexpected exception")
         .expect_no("EXCEPTION")
         .expect_no("PANIC");
+    // Restarted from its image each time: the banner once per boot.
+    let boots = out
+        .serial
+        .lines()
+        .filter(|l| l.contains("reset64 | reset64: booted, resetting"))
+        .count();
+    assert_eq!(boots, 4, "reset64 boots (1 + 3 restarts)");
     // Pinned: hello64 ran on processor 1 only, the spinner on processor 0 only.
     for (vm, cpu) in [("hello64", 1), ("spin64", 0)] {
         let line = out.line_with(&format!("hv: vm {vm} cpu time:"));

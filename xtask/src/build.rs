@@ -257,6 +257,9 @@ impl GuestSet {
                     // Not opted in to the benchmark hypercalls: its bare CPUID loop
                     // must be refused.
                     vm("bench64", 1)?,
+                    // Resets at once: restarted (on_reset's default), until the
+                    // restart loop is cut off.
+                    vm("reset64", 1)?,
                     // Pinned to a processor the 2-processor machine does not have:
                     // the kernel must refuse it alone.
                     VmDef {

@@ -50,6 +50,8 @@ const VM_KEYS: &[&str] = &[
     "background",
     "run_limit_ms",
     "bench_hypercalls",
+    "on_reset",
+    "on_crash",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
@@ -297,6 +299,8 @@ struct RawVm {
     background: bool,
     run_limit_ms: u32,
     bench_hypercalls: bool,
+    on_reset: Option<bundle::Policy>,
+    on_crash: Option<bundle::Policy>,
 }
 
 /// Reads and validates the VM descriptions in `path`.
@@ -555,6 +559,23 @@ fn parse_vm(
                 vm.background = item
                     .as_bool()
                     .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
+            }
+            "on_reset" | "on_crash" => {
+                let policy = match get_str(src, item, &loc)? {
+                    "restart" => bundle::Policy::Restart,
+                    "stop" => bundle::Policy::Stop,
+                    other => {
+                        return Err(src.err(
+                            &loc,
+                            format!("{other:?} is not a policy: use \"restart\" or \"stop\""),
+                        ))
+                    }
+                };
+                if key == "on_reset" {
+                    vm.on_reset = Some(policy);
+                } else {
+                    vm.on_crash = Some(policy);
+                }
             }
             "bench_hypercalls" => {
                 vm.bench_hypercalls = item
@@ -966,6 +987,8 @@ fn resolve(
         run_limit_ms: raw.run_limit_ms,
         background: raw.background,
         bench_hypercalls: raw.bench_hypercalls,
+        on_reset: raw.on_reset.unwrap_or(bundle::Policy::Restart),
+        on_crash: raw.on_crash.unwrap_or(bundle::Policy::Stop),
         format,
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
@@ -1118,6 +1141,8 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         background: vm.background,
         run_limit_ms: vm.run_limit_ms,
         bench_hypercalls: vm.bench_hypercalls,
+        on_reset: Some(vm.on_reset),
+        on_crash: Some(vm.on_crash),
         ..RawVm::default()
     };
     check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;

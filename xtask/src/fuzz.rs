@@ -160,6 +160,8 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 run_limit_ms: 0,
                 background: false,
                 bench_hypercalls: false,
+                on_reset: bundle::Policy::Restart,
+                on_crash: bundle::Policy::Stop,
                 image,
                 image_path: name,
                 format,

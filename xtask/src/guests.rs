@@ -67,6 +67,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("bench64", Kind::Elf64),
     ("smp64", Kind::Elf64),
     ("ipistorm64", Kind::Elf64),
+    ("reset64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and

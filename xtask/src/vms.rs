@@ -31,6 +31,10 @@ pub struct VmDef {
     pub background: bool,
     /// May use the benchmark hypercalls (the bare CPUID loop of `bench64`).
     pub bench_hypercalls: bool,
+    /// A reset request restarts the VM (default) or stops it.
+    pub on_reset: bundle::Policy,
+    /// A crash (triple fault) stops the VM (default) or restarts it.
+    pub on_crash: bundle::Policy,
     /// How the kernel loads `image`. Sets read from a config file carry the format
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
@@ -55,6 +59,8 @@ impl VmDef {
             run_limit_ms: 0,
             background: false,
             bench_hypercalls: false,
+            on_reset: bundle::Policy::Restart,
+            on_crash: bundle::Policy::Stop,
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
@@ -155,6 +161,8 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             run_limit_ms: v.run_limit_ms,
             background: v.background,
             bench_hypercalls: v.bench_hypercalls,
+            on_reset: v.on_reset,
+            on_crash: v.on_crash,
             image,
             image_path: &v.image_path,
             format: v.format,
@@ -260,6 +268,8 @@ mod tests {
                 run_limit_ms: 5,
                 background: true,
                 bench_hypercalls: false,
+                on_reset: bundle::Policy::Restart,
+                on_crash: bundle::Policy::Stop,
                 image: b"kernel",
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,

@@ -32,6 +32,10 @@ use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VC
 use crate::{memory, println, serial, smp, time, timer};
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
+/// A VM that restarts this often within [`RESTART_WINDOW_MS`] is stopped instead: it
+/// resets as soon as it starts.
+const RESTARTS_MAX: usize = 3;
+const RESTART_WINDOW_MS: u64 = 10_000;
 /// A slice is one timer period; the backend may also bound it itself.
 const SLICE_MICROS: u64 = 1_000_000 / timer::TICK_HZ as u64;
 
@@ -48,6 +52,8 @@ struct VcpuSlot<V: Vcpu> {
 
 /// What a VM's lifetime needs besides its devices and vCPUs.
 struct Life {
+    /// What it was started from (a restart loads the image again).
+    spec: VmSpec<'static>,
     mapping: GuestMapping,
     machine: MachineInfo,
     ram_pa: u64,
@@ -58,6 +64,10 @@ struct Life {
     background: bool,
     /// Why the VM stops, once it must.
     stop: Option<String>,
+    /// Why the VM restarts, while a restart waits for its vCPUs to come back.
+    restart: Option<String>,
+    /// When it last restarted (TSC), for cutting off a restart loop.
+    restarts: Vec<u64>,
     /// Its resources were returned.
     finished: bool,
 }
@@ -157,32 +167,16 @@ fn affinity(spec: &VmSpec, pcpus: usize) -> Result<u64, String> {
     Ok(spec.affinity)
 }
 
-/// Loads a VM's image into fresh RAM and creates its platform and vCPUs.
-fn start<B: Backend>(
-    backend: &mut B,
-    spec: &VmSpec,
-    epoch_unix_ns: u64,
-) -> Result<VmEntry<B::Vcpu>, String> {
-    let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
+/// Writes the VM's image, its boot structures and the platform tables into its RAM
+/// (zeroed: `.bss` and everything else the image does not cover); returns where
+/// vCPU 0 starts.
+fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, String> {
     let cpus = spec.vcpus as usize;
-    if !(1..=MAX_VCPUS).contains(&cpus) {
-        return Err(format!(
-            "vcpus = {}: a VM has 1 to {MAX_VCPUS} vCPUs",
-            spec.vcpus
-        ));
-    }
-    affinity(spec, smp::cpu_count())?;
     let plan = loader::plan_vm(spec, ram_size)?;
-    let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
-        format!(
-            "cannot allocate {} KiB of guest RAM: {e:?}",
-            ram_size / 1024
-        )
-    })?;
     let ram = |gpa: u64| memory::phys_to_virt(ram_pa + gpa);
     for seg in &plan.segments {
-        // SAFETY: the loader checked gpa + mem_len <= ram_size, and the RAM was just
-        // allocated to this VM (and wiped, so .bss is already zero).
+        // SAFETY: the loader checked gpa + mem_len <= ram_size, and the RAM is this
+        // VM's alone (no vCPU of it runs while it is loaded).
         unsafe { core::ptr::copy_nonoverlapping(seg.data.as_ptr(), ram(seg.gpa), seg.data.len()) };
     }
     if let Some(tables) = &plan.page_tables {
@@ -209,6 +203,72 @@ fn start<B: Backend>(
         // SAFETY: `platform_tables` only returns tables inside the RAM.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
     }
+    Ok(plan.start)
+}
+
+/// Creates the VM's vCPUs: vCPU 0 at `start`, the others waiting for SIPI. Each is
+/// unloaded, so any processor may run it first (VMX: creating it left its VMCS active
+/// on this one).
+fn create_vcpus<B: Backend>(
+    backend: &mut B,
+    mapping: GuestMapping,
+    machine: &MachineInfo,
+    start: &StartState,
+) -> Result<Vec<VcpuSlot<B::Vcpu>>, String> {
+    let mut slots: Vec<VcpuSlot<B::Vcpu>> = Vec::with_capacity(machine.cpus);
+    for i in 0..machine.cpus {
+        let state = if i == 0 { start } else { &AP_START };
+        match backend.create_vcpu(&mut KernelMemory, &[mapping], state) {
+            Ok(mut v) => {
+                v.unload();
+                slots.push(VcpuSlot {
+                    ctx: VcpuCtx::new(i, v, machine, host_cpuid),
+                    ran: false,
+                    cpu_tsc: 0,
+                    ran_on: 0,
+                });
+            }
+            Err(e) => {
+                for s in slots {
+                    backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+                }
+                return Err(format!("{} could not create vCPU {i}: {e}", backend.name()));
+            }
+        }
+    }
+    Ok(slots)
+}
+
+/// Loads a VM's image into fresh RAM and creates its platform and vCPUs.
+fn start<B: Backend>(
+    backend: &mut B,
+    spec: &VmSpec<'static>,
+    epoch_unix_ns: u64,
+) -> Result<VmEntry<B::Vcpu>, String> {
+    let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
+    let cpus = spec.vcpus as usize;
+    if !(1..=MAX_VCPUS).contains(&cpus) {
+        return Err(format!(
+            "vcpus = {}: a VM has 1 to {MAX_VCPUS} vCPUs",
+            spec.vcpus
+        ));
+    }
+    affinity(spec, smp::cpu_count())?;
+    // Checked before the RAM is taken, so a refused image costs nothing.
+    loader::plan_vm(spec, ram_size)?;
+    let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
+        format!(
+            "cannot allocate {} KiB of guest RAM: {e:?}",
+            ram_size / 1024
+        )
+    })?;
+    let begin = match load_image(spec, ram_pa, ram_size) {
+        Ok(s) => s,
+        Err(e) => {
+            memory::free(ram_pa, ram_size);
+            return Err(e);
+        }
+    };
     let mapping = GuestMapping {
         gpa: 0,
         hpa: ram_pa,
@@ -232,32 +292,13 @@ fn start<B: Backend>(
             return Err(e);
         }
     };
-    let mut slots: Vec<Mutex<Option<VcpuSlot<B::Vcpu>>>> = Vec::with_capacity(cpus);
-    for i in 0..cpus {
-        let state = if i == 0 { &plan.start } else { &AP_START };
-        match backend.create_vcpu(&mut KernelMemory, &[mapping], state) {
-            Ok(mut v) => slots.push(Mutex::new(Some(VcpuSlot {
-                // Any processor may run it first (VMX: creating it left its VMCS
-                // active here).
-                ctx: {
-                    v.unload();
-                    VcpuCtx::new(i, v, &machine, host_cpuid)
-                },
-                ran: false,
-                cpu_tsc: 0,
-                ran_on: 0,
-            }))),
-            Err(e) => {
-                for s in slots {
-                    if let Some(s) = s.into_inner() {
-                        backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
-                    }
-                }
-                memory::free(ram_pa, ram_size);
-                return Err(format!("{} could not create vCPU {i}: {e}", backend.name()));
-            }
+    let slots = match create_vcpus(backend, mapping, &machine, &begin) {
+        Ok(slots) => slots,
+        Err(e) => {
+            memory::free(ram_pa, ram_size);
+            return Err(e);
         }
-    }
+    };
     println!(
         "hv: vm {} started: {} KiB RAM at host {:#x}, {} vCPU{}, {:?} mode, entry {:#x}",
         spec.name,
@@ -265,15 +306,16 @@ fn start<B: Backend>(
         ram_pa,
         cpus,
         if cpus == 1 { "" } else { "s" },
-        plan.start.mode,
-        plan.start.rip
+        begin.mode,
+        begin.rip
     );
     Ok(VmEntry {
         name: spec.name.into(),
         run_tsc: AtomicU64::new(0),
         shared: Mutex::new(shared),
-        slots,
+        slots: slots.into_iter().map(|s| Mutex::new(Some(s))).collect(),
         life: Mutex::new(Life {
+            spec: spec.clone(),
             mapping,
             machine,
             ram_pa,
@@ -283,6 +325,8 @@ fn start<B: Backend>(
             limit_ms: spec.run_limit_ms,
             background: spec.background,
             stop: None,
+            restart: None,
+            restarts: Vec::new(),
             finished: false,
         }),
     })
@@ -357,7 +401,7 @@ impl<B: Backend> Machine<'_, B> {
         vm_index: usize,
         slot: &mut VcpuSlot<B::Vcpu>,
         entered: &mut bool,
-    ) -> Option<String> {
+    ) -> Option<Next> {
         let vm = &self.vms[vm_index];
         let i = slot.ctx.index;
         let start_vector = match vm.shared.lock().run[i] {
@@ -367,7 +411,7 @@ impl<B: Backend> Machine<'_, B> {
         };
         if let Some(vector) = start_vector {
             if let Err(e) = self.start_ap(vm, slot, vector) {
-                return Some(e);
+                return Some(Next::Stop(e));
             }
             vm.shared.lock().run[i] = RunState::Running;
         }
@@ -413,7 +457,7 @@ impl<B: Backend> Machine<'_, B> {
             match next {
                 Next::Continue | Next::BareCpuidLoop => continue,
                 Next::Yield => break None,
-                Next::Stop(why) => break Some(why),
+                end @ (Next::Stop(_) | Next::Reset(_) | Next::Crash(_)) => break Some(end),
             }
         };
         let used = time::rdtsc().wrapping_sub(begin);
@@ -454,8 +498,12 @@ impl<B: Backend> Machine<'_, B> {
         }
     }
 
-    /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states.
+    /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states
+    /// (none while it restarts).
     fn sync_runnable(&self, vm: usize) {
+        if self.vms[vm].life.lock().restart.is_some() {
+            return;
+        }
         let (run, parked) = {
             let shared = self.vms[vm].shared.lock();
             (shared.run.clone(), shared.parked)
@@ -490,11 +538,120 @@ impl<B: Backend> Machine<'_, B> {
         self.finish(vm);
     }
 
-    /// Returns a stopped VM's resources once none of its vCPUs runs any more.
+    /// A reset request or a crash: the VM's `on_reset` / `on_crash` policy says
+    /// whether it restarts from its image (as a machine reboots) or stops. Restarts
+    /// in quick succession (a guest that resets at once every time) end in a stop.
+    fn reset_or_crash(&self, vm: usize, why: String, crash: bool) {
+        let restart = {
+            let mut life = self.vms[vm].life.lock();
+            let policy = if crash {
+                life.spec.on_crash
+            } else {
+                life.spec.on_reset
+            };
+            if life.stop.is_some() || life.restart.is_some() {
+                return;
+            }
+            let now = time::rdtsc();
+            let window = time::micros_to_tsc(RESTART_WINDOW_MS * 1000);
+            life.restarts.retain(|&t| now.wrapping_sub(t) < window);
+            match policy {
+                bundle::Policy::Stop => Err(why),
+                _ if life.restarts.len() >= RESTARTS_MAX => Err(format!(
+                    "{why}; restarted {RESTARTS_MAX} times within {} s: stopping (restart loop)",
+                    RESTART_WINDOW_MS / 1000
+                )),
+                bundle::Policy::Restart => {
+                    life.restarts.push(now);
+                    life.restart = Some(why);
+                    Ok(())
+                }
+            }
+        };
+        match restart {
+            Err(why) => self.stop(vm, why),
+            Ok(()) => {
+                // No vCPU of it is picked until it has restarted; the CPUs running
+                // its vCPUs give them back at once.
+                let running = {
+                    let mut queue = self.queue.lock();
+                    for v in 0..self.vms[vm].slots.len() {
+                        queue.set_runnable(vm, v, false);
+                    }
+                    queue.cpus_running(vm)
+                };
+                for cpu in 0..smp::cpu_count() {
+                    if running & (1 << cpu) != 0 {
+                        smp::kick(cpu);
+                    }
+                }
+                self.finish(vm);
+            }
+        }
+    }
+
+    /// Restarts VM `vm` from its image with fresh RAM and fresh vCPUs and devices, as a
+    /// machine reboots; `slots` are its vCPUs, all given back.
+    fn restart(&self, vm_index: usize, life: &mut Life, slots: Vec<VcpuSlot<B::Vcpu>>, why: &str) {
+        let vm = &self.vms[vm_index];
+        let mut backend = self.backend.lock();
+        let mut stats = ExitStats::default();
+        for s in slots {
+            stats.add(&s.ctx.stats);
+            backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
+        }
+        // SAFETY: the VM's own RAM, which no vCPU runs on any more (all destroyed).
+        unsafe {
+            core::ptr::write_bytes(memory::phys_to_virt(life.ram_pa), 0, life.ram_size as usize)
+        };
+        let fresh = load_image(&life.spec, life.ram_pa, life.ram_size).and_then(|begin| {
+            let shared = VmShared::new(&vm.name, &life.machine, relay)?;
+            let slots = create_vcpus(&mut **backend, life.mapping, &life.machine, &begin)?;
+            Ok((shared, slots))
+        });
+        drop(backend);
+        match fresh {
+            Ok((shared, slots)) => {
+                println!(
+                    "hv: vm {} restarting: {why} (restart {} within {} s)",
+                    vm.name,
+                    life.restarts.len(),
+                    RESTART_WINDOW_MS / 1000
+                );
+                vm.shared.lock().flush_console();
+                *vm.shared.lock() = shared;
+                for (i, s) in slots.into_iter().enumerate() {
+                    *vm.slots[i].lock() = Some(s);
+                }
+                life.restart = None;
+                let mut queue = self.queue.lock();
+                for v in 0..vm.slots.len() {
+                    queue.set_runnable(vm_index, v, v == 0);
+                }
+            }
+            Err(e) => {
+                // Nothing left to run: the VM ends here, its RAM returned.
+                life.restart = None;
+                life.stop = Some(format!("{why}; the restart failed: {e}"));
+                life.finished = true;
+                println!(
+                    "hv: vm {} stopped: {}",
+                    vm.name,
+                    life.stop.as_deref().unwrap_or("")
+                );
+                println!("hv: vm {} exits: {}", vm.name, stats);
+                memory::free(life.ram_pa, life.ram_size);
+                self.queue.lock().remove_vm(vm_index);
+            }
+        }
+    }
+
+    /// Returns a stopped VM's resources, or restarts a restarting one, once none of
+    /// its vCPUs runs any more.
     fn finish(&self, vm_index: usize) {
         let vm = &self.vms[vm_index];
         let mut life = vm.life.lock();
-        let Some(why) = life.stop.clone() else {
+        let Some(why) = life.stop.clone().or_else(|| life.restart.clone()) else {
             return;
         };
         if life.finished || self.queue.lock().cpus_running(vm_index) != 0 {
@@ -513,6 +670,10 @@ impl<B: Backend> Machine<'_, B> {
                     return;
                 }
             }
+        }
+        if life.stop.is_none() {
+            self.restart(vm_index, &mut life, slots, &why);
+            return;
         }
         life.finished = true;
         let mut shared = vm.shared.lock();
@@ -642,7 +803,10 @@ impl<B: Backend> Machine<'_, B> {
                 let q = self.queue.lock();
                 (q.task(task).vm, q.task(task).vcpu)
             };
-            let stopping = self.vms[vm].life.lock().stop.is_some();
+            let stopping = {
+                let life = self.vms[vm].life.lock();
+                life.stop.is_some() || life.restart.is_some()
+            };
             let taken = if stopping {
                 None
             } else {
@@ -660,10 +824,17 @@ impl<B: Backend> Machine<'_, B> {
             idle_picks = if entered { 0 } else { idle_picks + 1 };
             self.sync_runnable(vm);
             self.queue.lock().put_back(task);
-            if let Some(why) = why {
-                self.stop(vm, why);
+            match why {
+                Some(Next::Reset(why)) => self.reset_or_crash(vm, why, false),
+                Some(Next::Crash(why)) => self.reset_or_crash(vm, why, true),
+                Some(Next::Stop(why)) => self.stop(vm, why),
+                _ => {}
             }
-            if self.vms[vm].life.lock().stop.is_some() {
+            let settling = {
+                let life = self.vms[vm].life.lock();
+                life.stop.is_some() || life.restart.is_some()
+            };
+            if settling {
                 self.finish(vm);
             }
             if idle_picks >= tasks {
@@ -694,7 +865,7 @@ fn ap_entry<B: Backend + 'static>(cpu: usize) -> ! {
 
 /// Runs every VM of the bundle on every processor until all have stopped. Returns
 /// how many could not be started.
-pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec]) -> usize
+pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec<'static>]) -> usize
 where
     B: Send + 'static,
     B::Vcpu: Send,

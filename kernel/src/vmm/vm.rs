@@ -96,6 +96,12 @@ pub enum Next {
     Yield,
     /// The VM is finished (all its vCPUs); the text says why.
     Stop(String),
+    /// The guest asked for a machine reset (i8042, port 0x92, 0xCF9): a real machine
+    /// reboots; the VM's `on_reset` policy decides.
+    Reset(String),
+    /// The guest crashed the way a machine shuts down (triple fault); the VM's
+    /// `on_crash` policy decides.
+    Crash(String),
     /// The guest asked for the benchmark's bare CPUID loop (the run loop carries it
     /// out: it needs nothing but the vCPU).
     BareCpuidLoop,
@@ -223,18 +229,19 @@ impl VmShared {
         }
     }
 
-    /// Carries out what an access or poll caused; a reset request or a debug-exit
-    /// code ends the VM with the returned reason.
-    fn finish(&mut self, out: Outcome) -> Option<String> {
+    /// Carries out what an access or poll caused; a debug-exit code ends the VM and a
+    /// reset request resets it (the returned `Next`).
+    fn finish(&mut self, out: Outcome) -> Option<Next> {
         for d in out.deliveries {
             self.deliver(d);
         }
         if let Some(code) = out.exit {
-            return Some(format!(
+            return Some(Next::Stop(format!(
                 "guest wrote to the debug-exit port: exit code {code}"
-            ));
+            )));
         }
-        out.reset.then(|| String::from("guest requested a reset"))
+        out.reset
+            .then(|| Next::Reset(String::from("guest requested a reset")))
     }
 
     /// A level-triggered EOI at a local APIC goes on to the IOAPIC.
@@ -405,8 +412,8 @@ impl<V: Vcpu> VcpuCtx<V> {
         };
         let result = mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device);
         vm.eoi(eoi);
-        if let Some(why) = vm.finish(out) {
-            return Next::Stop(why);
+        if let Some(next) = vm.finish(out) {
+            return next;
         }
         match result {
             Ok(()) => Next::Continue,
@@ -466,8 +473,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                 let result = vm
                     .platform
                     .port_io(io.port, io.size, io.write, value, now_ns, &mut out);
-                if let Some(why) = vm.finish(out) {
-                    return Next::Stop(why);
+                if let Some(next) = vm.finish(out) {
+                    return next;
                 }
                 if !io.write {
                     let rax = &mut self.vcpu.regs().rax;
@@ -590,7 +597,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             }
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
-            Exit::Shutdown => Next::Stop(format!(
+            Exit::Shutdown => Next::Crash(format!(
                 "triple fault (shutdown) at RIP {:#x} in {:?} mode{}",
                 self.vcpu.rip(),
                 self.vcpu.mode(),
@@ -889,7 +896,7 @@ mod tests {
             "write outside its memory: guest-physical 0x30000000 at RIP 0x100040"
         );
         assert!(
-            matches!(vm.handle(Exit::Shutdown, 0), Next::Stop(w) if w.starts_with("triple fault"))
+            matches!(vm.handle(Exit::Shutdown, 0), Next::Crash(w) if w.starts_with("triple fault"))
         );
         assert!(
             matches!(vm.handle(Exit::Halt, 0), Next::Stop(w) if w.contains("interrupts disabled"))
@@ -997,7 +1004,7 @@ mod tests {
         assert_eq!(why, "guest wrote to the debug-exit port: exit code 33");
         let mut vm = self::vm();
         vm.cpu.vcpu.regs.rax = 0xfe;
-        assert!(matches!(vm.handle(out(0x64, 1), 0), Next::Stop(w) if w.contains("reset")));
+        assert!(matches!(vm.handle(out(0x64, 1), 0), Next::Reset(w) if w.contains("reset")));
     }
 
     #[test]
