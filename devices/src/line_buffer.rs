@@ -183,8 +183,42 @@ fn sanitize(bytes: &mut [u8]) -> &str {
         bytes[bad..bad + bad_len].fill(b'.');
         start = bad + bad_len;
     }
+    // C1 controls (U+0080-U+009F: some terminals act on them as on ESC sequences)
+    // and the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069,
+    // and the marks U+200E, U+200F, U+061C: they reorder what the operator reads,
+    // CVE-2021-42574) become dots too, one per byte.
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = match bytes[at] {
+            0x00..=0x7F => 1,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        }
+        .min(bytes.len() - at);
+        let c = core::str::from_utf8(&bytes[at..at + len])
+            .ok()
+            .and_then(|s| s.chars().next());
+        if c.is_some_and(hidden_from_terminal) {
+            bytes[at..at + len].fill(b'.');
+        }
+        at += len;
+    }
     // Valid by construction; the fallback only keeps this free of panics.
     core::str::from_utf8(bytes).unwrap_or("")
+}
+
+/// Characters a guest's console line must not carry to the operator's terminal.
+fn hidden_from_terminal(c: char) -> bool {
+    matches!(
+        c,
+        '\u{80}'..='\u{9F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}'
+    )
 }
 
 #[cfg(test)]
@@ -359,5 +393,13 @@ mod tests {
         assert_eq!(lines[0].0.len(), LINE_CAPACITY);
         assert_eq!(lines[1].0.len(), LINE_CAPACITY);
         assert_eq!(lines[2], ("yyyyy".to_string(), true, false));
+    }
+
+    #[test]
+    fn c1_controls_and_bidi_overrides_become_dots() {
+        let mut lb: LineBuffer = LineBuffer::new();
+        // U+009B (CSI, C1), U+202E (right-to-left override), U+2066 (LRI), é kept.
+        let lines = feed(&mut lb, "a\u{9B}31mb\u{202E}cé\u{2066}d\n".as_bytes());
+        assert_eq!(lines, [plain("a..31mb...cé...d")]);
     }
 }

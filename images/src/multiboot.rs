@@ -716,11 +716,15 @@ mod tests {
             memory_kib: 16 * 1024,
             run_limit_ms: 0,
             background: false,
+            bench_hypercalls: false,
+            on_reset: bundle::Policy::Restart,
+            on_crash: bundle::Policy::Stop,
             image: &img,
             image_path: "mb.bin",
             format: ImageFormat::Multiboot,
             cmdline: "hello=world",
             vcpus: 1,
+            affinity: 0,
             modules: Vec::new(),
         };
         let p = crate::plan_request(&crate::BootRequest::for_vm(&vm, 16 * MIB)).unwrap();

@@ -5,6 +5,7 @@
 //! decided once, in `boot`.
 
 pub mod console;
+pub mod console_queue;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;

@@ -26,6 +26,7 @@ use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::{self, CpuidResult};
+use super::console_queue::{ConsoleQueue, Out};
 use super::sched::RunQueue;
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VCPUS};
@@ -95,8 +96,47 @@ struct Machine<'b, B: Backend> {
     idle: AtomicU64,
 }
 
+/// Guest console lines waiting for the serial line (see `console_queue`).
+static CONSOLE: Mutex<ConsoleQueue> = Mutex::new(ConsoleQueue::new());
+/// How long the boot processor writes queued console lines between two slices.
+const CONSOLE_BUDGET_MICROS: u64 = 2_000;
+
+/// A guest's finished console line: queued, never written inside an exit handler.
 fn relay(name: &str, text: &str) {
-    println!("{name} | {text}");
+    CONSOLE.lock().push(name, text);
+}
+
+fn write_out(out: Out) {
+    match out {
+        Out::Line(vm, text) => println!("{vm} | {text}"),
+        Out::Dropped(vm, n) => {
+            println!("hv: vm {vm}: {n} console line(s) dropped (the guest wrote faster than the serial line drains)")
+        }
+    }
+}
+
+/// Writes queued console lines, the VMs in turn, for at most `budget_micros`
+/// (everything when `None`).
+fn drain_console(budget_micros: Option<u64>) {
+    let end = budget_micros.map(|us| time::rdtsc() + time::micros_to_tsc(us));
+    loop {
+        if end.is_some_and(|end| time::rdtsc() >= end) {
+            return;
+        }
+        // The queue's lock is not held while the line is written.
+        let Some(out) = CONSOLE.lock().pop() else {
+            return;
+        };
+        write_out(out);
+    }
+}
+
+/// Writes what VM `name` still has queued (before its stop is reported).
+fn drain_vm_console(name: &str) {
+    let lines = CONSOLE.lock().take_vm(name);
+    for out in lines {
+        write_out(out);
+    }
 }
 
 fn host_cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
@@ -612,13 +652,14 @@ impl<B: Backend> Machine<'_, B> {
         drop(backend);
         match fresh {
             Ok((shared, slots)) => {
+                vm.shared.lock().flush_console();
+                drain_vm_console(&vm.name);
                 println!(
                     "hv: vm {} restarting: {why} (restart {} within {} s)",
                     vm.name,
                     life.restarts.len(),
                     RESTART_WINDOW_MS / 1000
                 );
-                vm.shared.lock().flush_console();
                 *vm.shared.lock() = shared;
                 for (i, s) in slots.into_iter().enumerate() {
                     *vm.slots[i].lock() = Some(s);
@@ -678,6 +719,7 @@ impl<B: Backend> Machine<'_, B> {
         life.finished = true;
         let mut shared = vm.shared.lock();
         shared.flush_console();
+        drain_vm_console(&vm.name);
         println!("hv: vm {} stopped: {}", vm.name, why);
         let mut stats = ExitStats::default();
         for s in &slots {
@@ -726,6 +768,7 @@ impl<B: Backend> Machine<'_, B> {
     /// The boot processor's chores between slices: console input for the first VM,
     /// run-time limits, and stopping background VMs once the foreground ones are gone.
     fn housekeeping(&self) {
+        drain_console(Some(CONSOLE_BUDGET_MICROS));
         let mut foreground = false;
         let mut first = None;
         for (v, vm) in self.vms.iter().enumerate() {
@@ -910,6 +953,7 @@ where
     }
     MACHINE.store(core::ptr::null_mut(), Ordering::Release);
     drop(machine);
+    drain_console(None);
     let leaked = free_before.saturating_sub(memory::free_bytes());
     println!(
         "hv: all VMs stopped; host memory returned: {}",
