@@ -857,6 +857,13 @@ pub fn report(c: &Collected) -> String {
             "  123,000.",
             "cycles: the guest's TSC (under QEMU TCG it runs at the host's TSC rate; under",
             "  Bochs it counts emulated cycles).",
+            "IPI round trip: smp64's BSP sends a fixed IPI to its AP and waits in HLT for",
+            "  the answer; each round trip takes several exits (ICR and EOI writes to the",
+            "  xAPIC page, HLT, interrupt windows). same processor: both vCPUs pinned to",
+            "  processor 0; a vCPU that halts gives the processor back at once, so the",
+            "  other does not wait for the 1 ms time slice to end. two processors: either",
+            "  vCPU may run on processor 0 or 1 (they move as they halt); an IPI kicks the",
+            "  processor running its target, or wakes an idle one to run it.",
         ]
         .map(String::from),
     );
@@ -1666,6 +1673,7 @@ mod tests {
         .join("\n");
         assert!(t.starts_with(&expected), "{t}");
         assert!(t.contains("\nbare loop: the same CPUID"), "{t}");
+        assert!(t.contains("\nIPI round trip: smp64's BSP"), "{t}");
         assert!(!t.contains("failed"), "{t}");
 
         // One part failed: the others still show, and the failure says why.
