@@ -28,6 +28,8 @@ pub fn images(set: GuestSet) -> &'static Images {
     static MULTIBOOT: OnceLock<Images> = OnceLock::new();
     static BENCH: OnceLock<Images> = OnceLock::new();
     static SMP: OnceLock<Images> = OnceLock::new();
+    static BENCH_IPI_SHARED: OnceLock<Images> = OnceLock::new();
+    static BENCH_IPI_SPLIT: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -37,6 +39,8 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Multiboot => &MULTIBOOT,
         GuestSet::Bench => &BENCH,
         GuestSet::Smp => &SMP,
+        GuestSet::BenchIpiShared => &BENCH_IPI_SHARED,
+        GuestSet::BenchIpiSplit => &BENCH_IPI_SPLIT,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

@@ -19,6 +19,14 @@
 //!   through our full exit path, and through a bare VMRUN/VMRESUME loop that only
 //!   skips the instruction. The bare loop is the floor the (emulated) hardware sets;
 //!   the ratio shows what our exit path adds on top.
+//! - **The IPI round trip** between the two vCPUs of one VM, in guest TSC cycles,
+//!   as the `smp64` guest reports it (the median of 1,000 ping-pongs, each timed
+//!   from the BSP's fixed IPI to the AP's answer): `smp64` alone on a 2-processor
+//!   machine, once with both vCPUs pinned to host processor 0 (they take turns on
+//!   it) and once allowed on processors 0 and 1 (each has one of its own). The
+//!   ratio is what sharing a processor costs a VM's vCPUs that talk to each other.
+//!   Where the vCPUs actually ran comes from the kernel's `cpu time` line; a
+//!   pinned VM found elsewhere is reported as a failure, not measured.
 //!
 //! These are figures, not tests: emulators on shared machines are noisy, so nothing
 //! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
@@ -56,6 +64,14 @@ const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
 /// Bochs gives no exit status to watch (see `emulator.rs`): a serial log that stops
 /// growing this long means it is gone or stuck.
 const BOCHS_STALL: Duration = Duration::from_secs(300);
+
+/// The IPI benchmark's machine: two processors (one per vCPU of `smp64` when they
+/// may be split), and memory for the hypervisor and a 4 MiB guest.
+const IPI_PROCESSORS: u32 = 2;
+const IPI_MEMORY_MIB: u32 = 128;
+/// `smp64` alone boots and finishes in seconds under TCG, in minutes under Bochs.
+const QEMU_IPI_LIMIT: Duration = Duration::from_secs(120);
+const BOCHS_IPI_LIMIT: Duration = Duration::from_secs(900);
 
 /// The serial line that ends the Linux boot we time (the first line of /init).
 pub const INIT_LINE: &str = "hv-linux: init running";
@@ -282,6 +298,200 @@ pub fn hv_problems(run: &HvRun, timed_out: bool, limit: Duration) -> Vec<String>
     p
 }
 
+/// The IPI round trip `smp64` reports after its ping-pong, in its guest's TSC cycles:
+/// `smp64: ipi round trip median=<N> min=<N> max=<N> cycles`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpiFigure {
+    pub median: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// Parses an `smp64: ipi round trip` line, relayed (`smp64 | smp64: ...`) or not.
+pub fn parse_smp64_ipi(line: &str) -> Option<IpiFigure> {
+    const TAG: &str = "smp64: ipi round trip ";
+    let rest = line[line.rfind(TAG)? + TAG.len()..].trim();
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let [median, min, max, "cycles"] = words.as_slice() else {
+        return None;
+    };
+    let value = |word: &str, key: &str| -> Option<u64> { word.strip_prefix(key)?.parse().ok() };
+    let f = IpiFigure {
+        median: value(median, "median=")?,
+        min: value(min, "min=")?,
+        max: value(max, "max=")?,
+    };
+    (f.min <= f.median && f.median <= f.max).then_some(f)
+}
+
+/// The host processors each vCPU of VM `vm` ran on, from the kernel's
+/// `hv: vm <vm> cpu time: T ms (vCPUs: a ms on cpu 0+1, b ms on cpu none)` line
+/// (`none`: a vCPU that never entered the guest gives an empty list).
+pub fn parse_cpu_time(line: &str, vm: &str) -> Option<Vec<Vec<u32>>> {
+    let marker = format!("hv: vm {vm} cpu time: ");
+    let rest = &line[line.find(&marker)? + marker.len()..];
+    let list = rest
+        .split_once("(vCPUs: ")?
+        .1
+        .trim_end()
+        .strip_suffix(')')?;
+    list.split(", ")
+        .map(|vcpu| {
+            let (ms, cpus) = vcpu.split_once(" ms on cpu ")?;
+            ms.parse::<u64>().ok()?;
+            match cpus {
+                "none" => Some(Vec::new()),
+                _ => cpus.split('+').map(|c| c.parse().ok()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// `cpu 0 and cpu 0+1`: where each vCPU ran, for the report.
+pub fn fmt_placement(vcpus: &[Vec<u32>]) -> String {
+    vcpus
+        .iter()
+        .map(|cpus| {
+            if cpus.is_empty() {
+                "no cpu".to_string()
+            } else {
+                let list: Vec<String> = cpus.iter().map(u32::to_string).collect();
+                format!("cpu {}", list.join("+"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Where the IPI benchmark's two vCPUs may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Both pinned to host processor 0 ([`GuestSet::BenchIpiShared`]).
+    SameProcessor,
+    /// Allowed on processors 0 and 1 of a 2-processor machine
+    /// ([`GuestSet::BenchIpiSplit`]).
+    TwoProcessors,
+}
+
+impl Placement {
+    pub fn guest_set(self) -> GuestSet {
+        match self {
+            Placement::SameProcessor => GuestSet::BenchIpiShared,
+            Placement::TwoProcessors => GuestSet::BenchIpiSplit,
+        }
+    }
+
+    /// For progress lines, failures and log names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::SameProcessor => "ipi-same-cpu",
+            Placement::TwoProcessors => "ipi-two-cpus",
+        }
+    }
+}
+
+/// What one IPI benchmark run (`smp64` alone) showed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IpiRun {
+    pub ipi: Option<IpiFigure>,
+    /// The host processors each vCPU ran on.
+    pub ran_on: Option<Vec<Vec<u32>>>,
+    /// `smp64: done`.
+    pub done: bool,
+    /// The reason on an `smp64: FAIL <reason>` line.
+    pub fail: Option<String>,
+    pub stop_status: Option<String>,
+    pub alarms: Vec<String>,
+    pub last_line: Option<String>,
+}
+
+/// Reads an IPI benchmark run's serial lines.
+pub fn analyse_ipi(lines: &[TimedLine]) -> IpiRun {
+    let mut run = IpiRun::default();
+    for l in lines {
+        let t = l.text.as_str();
+        if t.starts_with("smp64 | ") {
+            if let Some(f) = parse_smp64_ipi(t) {
+                run.ipi = Some(f);
+            } else if let Some((_, why)) = t.split_once("smp64: FAIL ") {
+                run.fail.get_or_insert(why.trim().to_string());
+            } else if t.trim_end().ends_with("smp64: done") {
+                run.done = true;
+            }
+        } else if let Some(cpus) = parse_cpu_time(t, "smp64") {
+            run.ran_on = Some(cpus);
+        } else if let Some(s) = t.split_once("hv: stopping with status ") {
+            run.stop_status = Some(s.1.trim().to_string());
+        }
+        if ["EXCEPTION", "PANIC"].iter().any(|a| t.contains(a)) {
+            run.alarms.push(t.to_string());
+        }
+    }
+    run.last_line = lines
+        .iter()
+        .rev()
+        .find(|l| !l.text.trim().is_empty())
+        .map(|l| l.text.clone());
+    run
+}
+
+/// What went wrong in an IPI benchmark run. A figure from vCPUs that did not stay
+/// where `placement` put them is a problem too: it would measure something else.
+pub fn ipi_problems(
+    run: &IpiRun,
+    placement: Placement,
+    timed_out: bool,
+    limit: Duration,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    let last = || {
+        run.last_line
+            .as_deref()
+            .map_or("no serial output at all".to_string(), |l| {
+                format!("last serial line: {l:?}")
+            })
+    };
+    if timed_out {
+        p.push(format!(
+            "the run did not end within {} s ({})",
+            limit.as_secs(),
+            last()
+        ));
+    }
+    if let Some(why) = &run.fail {
+        p.push(format!("smp64 failed: {why}"));
+    }
+    if run.ipi.is_none() {
+        p.push(format!("no `smp64: ipi round trip` line ({})", last()));
+    }
+    match &run.ran_on {
+        None => p.push("no `hv: vm smp64 cpu time:` line (the VM never stopped)".into()),
+        Some(vcpus) if vcpus.len() != 2 => {
+            p.push(format!("smp64 had {} vCPUs, not 2", vcpus.len()))
+        }
+        Some(vcpus)
+            if placement == Placement::SameProcessor
+                && vcpus.iter().any(|cpus| cpus.as_slice() != [0]) =>
+        {
+            p.push(format!(
+                "smp64 was pinned to processor 0 but its vCPUs ran on {}",
+                fmt_placement(vcpus)
+            ))
+        }
+        Some(_) => {}
+    }
+    match run.stop_status.as_deref() {
+        Some(s) if !s.starts_with("16 ") && s != "16" => {
+            p.push(format!("the hypervisor stopped with status {s}"))
+        }
+        _ => {}
+    }
+    for a in &run.alarms {
+        p.push(format!("alarm on the serial line: {a:?}"));
+    }
+    p
+}
+
 /// Median and spread of a set of measurements.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
@@ -402,6 +612,13 @@ pub struct Collected {
     /// Why there is no direct figure, when there is none by design (Bochs).
     pub direct_absent: Option<String>,
     pub hv: Vec<HvRun>,
+    /// The Linux VM's vCPUs (the direct boot's `-smp`) and the processors of the
+    /// machine the hypervisor ran it on; 0: not known.
+    pub linux_vcpus: u32,
+    pub hv_cpus: u32,
+    /// The IPI benchmark runs, both vCPUs on one processor and on two.
+    pub ipi_same: Vec<IpiRun>,
+    pub ipi_two: Vec<IpiRun>,
     /// `part: reason` lines.
     pub failures: Vec<String>,
 }
@@ -413,6 +630,20 @@ impl Collected {
             || self.hv.iter().any(|r| {
                 r.init.is_some() || r.exits.is_some() || r.full.is_some() || r.bare.is_some()
             })
+            || self
+                .ipi_same
+                .iter()
+                .chain(&self.ipi_two)
+                .any(|r| r.ipi.is_some())
+    }
+}
+
+/// `s` for counts other than one.
+fn plural(n: u32) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -431,8 +662,8 @@ pub fn report(c: &Collected) -> String {
     };
     out.push(format!("hv bench ({}, {runs})", c.setup));
     let failed = || "failed (see below)".to_string();
-    // A figure with its ratio in a column of its own.
-    let with_ratio = |value: String, ratio: String| format!("{value:<32}ratio {ratio}");
+    // A figure with its ratio in a column of its own (two spaces after a longer one).
+    let with_ratio = |value: String, ratio: String| format!("{value:<30}  ratio {ratio}");
     let secs = |f: &dyn Fn(&HvRun) -> Option<f64>| -> Option<Summary> {
         summarize(&c.hv.iter().filter_map(f).collect::<Vec<_>>())
     };
@@ -450,8 +681,13 @@ pub fn report(c: &Collected) -> String {
             (None, None) => failed(),
         },
     ));
+    let vcpus_label = if c.linux_vcpus > 0 {
+        format!("  {} vCPU{}", c.linux_vcpus, plural(c.linux_vcpus))
+    } else {
+        String::new()
+    };
     out.push(row(
-        "",
+        &vcpus_label,
         "under hv",
         &match (&under, &direct) {
             (Some(u), Some(d)) => with_ratio(fmt_secs(u), ratio_of(u, d)),
@@ -539,7 +775,76 @@ pub fn report(c: &Collected) -> String {
             ),
         ));
     }
+    // IPI round trip.
+    let ipi = |runs: &[IpiRun]| {
+        summarize(
+            &runs
+                .iter()
+                .filter_map(|r| r.ipi.map(|f| f.median as f64))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (two, same) = (ipi(&c.ipi_two), ipi(&c.ipi_same));
+    out.push(row(
+        "IPI round trip",
+        "two processors",
+        &two.as_ref().map_or_else(failed, fmt_cycles),
+    ));
+    out.push(row(
+        "  smp64, 2 vCPUs",
+        "same processor",
+        &match (&same, &two) {
+            (Some(s), Some(t)) => format!(
+                "{}  (sharing one processor)",
+                with_ratio(fmt_cycles(s), ratio_of(s, t))
+            ),
+            (Some(s), None) => fmt_cycles(s),
+            (None, _) => failed(),
+        },
+    ));
+    // Where the vCPUs ran (each distinct placement once), from the kernel's line.
+    let placements = |runs: &[IpiRun]| {
+        let mut seen: Vec<String> = Vec::new();
+        for p in runs
+            .iter()
+            .filter_map(|r| r.ran_on.as_deref().map(fmt_placement))
+        {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+        seen.join(" / ")
+    };
+    if same.is_some() || two.is_some() {
+        out.push(row(
+            "",
+            "",
+            "(each run's figure: the median of 1,000 ping-pongs timed one by one in smp64)",
+        ));
+        for (what, runs) in [
+            ("two processors", &c.ipi_two),
+            ("same processor", &c.ipi_same),
+        ] {
+            let p = placements(runs);
+            if !p.is_empty() {
+                out.push(row("", "", &format!("({what}: the vCPUs ran on {p})")));
+            }
+        }
+    }
     // Notes, wrapped to the table's width.
+    if c.linux_vcpus > 0 {
+        out.push(format!(
+            "{n} vCPU{s}: the Linux VM's, under hv on a machine with {p} processor{ps};",
+            n = c.linux_vcpus,
+            s = plural(c.linux_vcpus),
+            p = c.hv_cpus,
+            ps = plural(c.hv_cpus),
+        ));
+        out.push(format!(
+            "  QEMU's direct boot gets as many (-smp {}).",
+            c.linux_vcpus
+        ));
+    }
     out.extend(
         [
             "from VM start: from `hv: vm linux started`, leaving out what the direct boot",
@@ -552,6 +857,13 @@ pub fn report(c: &Collected) -> String {
             "  123,000.",
             "cycles: the guest's TSC (under QEMU TCG it runs at the host's TSC rate; under",
             "  Bochs it counts emulated cycles).",
+            "IPI round trip: smp64's BSP sends a fixed IPI to its AP and waits in HLT for",
+            "  the answer; each round trip takes several exits (ICR and EOI writes to the",
+            "  xAPIC page, HLT, interrupt windows). same processor: both vCPUs pinned to",
+            "  processor 0; a vCPU that halts gives the processor back at once, so the",
+            "  other does not wait for the 1 ms time slice to end. two processors: either",
+            "  vCPU may run on processor 0 or 1 (they move as they halt); an IPI kicks the",
+            "  processor running its target, or wakes an idle one to run it.",
         ]
         .map(String::from),
     );
@@ -573,13 +885,14 @@ pub fn report(c: &Collected) -> String {
 /// Boots a Bochs image and timestamps serial lines as they appear in its log file
 /// (polled every 100 ms: Bochs writes COM1 to a file, not to a pipe). Ends at
 /// `hv: stopping with status`, at `limit`, or when the log stops growing.
-fn run_bochs_streaming(image: &Path, work: &Path, limit: Duration) -> Result<Streamed, String> {
-    let opts = BochsOptions {
-        memory_mib: HV_MEMORY_MIB,
-        cpus: 1,
-    };
+fn run_bochs_streaming(
+    image: &Path,
+    opts: &BochsOptions,
+    work: &Path,
+    limit: Duration,
+) -> Result<Streamed, String> {
     // `start_bochs` waits for Xvfb before it starts Bochs: time from its return.
-    let bochs = emulator::start_bochs(image, &opts, work)?;
+    let bochs = emulator::start_bochs(image, opts, work)?;
     let start = Instant::now();
     let mut out = Streamed::default();
     let mut seen = 0usize;
@@ -631,6 +944,31 @@ fn hv_qemu_options() -> QemuOptions {
         force_tcg: true,
     }
 }
+
+/// The QEMU options of an IPI benchmark run: two processors, so the split
+/// placement gives each vCPU one of its own.
+fn ipi_qemu_options() -> QemuOptions {
+    QemuOptions {
+        firmware: Firmware::Bios,
+        memory_mib: IPI_MEMORY_MIB,
+        cpus: IPI_PROCESSORS,
+        gdb: false,
+        cpu: Some(QEMU_CPU.into()),
+        force_tcg: true,
+    }
+}
+
+/// The Bochs machine of the hypervisor's Linux run (one processor: Bochs steps its
+/// processors in turn, so a second one mostly halves the speed of each).
+const BOCHS_HV: BochsOptions = BochsOptions {
+    memory_mib: HV_MEMORY_MIB,
+    cpus: 1,
+};
+/// The Bochs machine of an IPI benchmark run.
+const BOCHS_IPI: BochsOptions = BochsOptions {
+    memory_mib: IPI_MEMORY_MIB,
+    cpus: IPI_PROCESSORS,
+};
 
 /// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command
 /// line, memory and vCPU count (`-smp`), with the hypervisor run's machine type and
@@ -684,6 +1022,51 @@ fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String
 /// Builds the image with the Linux VM in test mode and `bench64`.
 fn bench_image(opts: &BuildOptions) -> Result<PathBuf, String> {
     Ok(build::build_all(opts, GuestSet::Bench)?.images.bios)
+}
+
+/// Builds the image with `smp64` alone, its vCPUs placed as `placement` says.
+fn ipi_image(opts: &BuildOptions, placement: Placement) -> Result<PathBuf, String> {
+    Ok(build::build_all(opts, placement.guest_set())?.images.bios)
+}
+
+/// Notes an IPI benchmark run's figure and problems.
+fn record_ipi(
+    c: &mut Collected,
+    i: u32,
+    placement: Placement,
+    out: Streamed,
+    limit: Duration,
+    log: &Path,
+) {
+    save_log(log, &out);
+    let run = analyse_ipi(&out.lines);
+    let mut problems = ipi_problems(&run, placement, out.timed_out, limit);
+    let stderr = out.stderr.trim();
+    if !stderr.is_empty() && run.ipi.is_none() {
+        problems.push(format!("{} said: {stderr}", c.emulator_name));
+    }
+    progress(&format!(
+        "run {i}/{}: {}, round trip median {}{}",
+        c.runs,
+        placement.name(),
+        run.ipi.map_or("(none)".into(), |f| format!(
+            "{} cycles",
+            thousands(f.median)
+        )),
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} problem(s))", problems.len())
+        }
+    ));
+    for p in problems {
+        c.failures
+            .push(format!("{} run {i}: {p}", placement.name()));
+    }
+    match placement {
+        Placement::SameProcessor => c.ipi_same.push(run),
+        Placement::TwoProcessors => c.ipi_two.push(run),
+    }
 }
 
 /// Keeps a run's serial output with each line's arrival time (`[  12.345] text`),
@@ -753,8 +1136,24 @@ pub fn bench(opts: &Options) -> Result<(), String> {
         c.failures
             .push(format!("hypervisor: building the bench image failed: {e}"));
     }
+    let placements = [Placement::TwoProcessors, Placement::SameProcessor];
+    let ipi_images: Vec<(Placement, PathBuf)> = placements
+        .into_iter()
+        .filter_map(|p| match ipi_image(&opts.build, p) {
+            Ok(image) => Some((p, image)),
+            Err(e) => {
+                c.failures.push(format!(
+                    "{}: building the IPI benchmark image failed: {e}",
+                    p.name()
+                ));
+                None
+            }
+        })
+        .collect();
+    c.linux_vcpus = linux::LINUX_VCPUS;
     match opts.emulator {
         Emulator::Qemu => {
+            c.hv_cpus = hv_qemu_options().cpus;
             let qemu = tools::require(&[tools::QEMU], "run the benchmark in QEMU")?.remove(0);
             let version = Command::new(&qemu)
                 .arg("--version")
@@ -792,21 +1191,44 @@ pub fn bench(opts: &Options) -> Result<(), String> {
                         Err(e) => c.failures.push(format!("direct run {i}: {e}")),
                     }
                 }
+                for (placement, image) in &ipi_images {
+                    let log = log(i, placement.name());
+                    let out = emulator::qemu_command(image, &ipi_qemu_options(), &work)
+                        .and_then(|cmd| run_streaming(cmd, QEMU_IPI_LIMIT, |_| false));
+                    match out {
+                        Ok(out) => record_ipi(&mut c, i, *placement, out, QEMU_IPI_LIMIT, &log),
+                        Err(e) => c
+                            .failures
+                            .push(format!("{} run {i}: {e}", placement.name())),
+                    }
+                }
             }
         }
         Emulator::Bochs => {
             c.setup = "Bochs, corei7_skylake_x with VT-x and EPT".into();
             c.emulator_name = "Bochs".into();
             c.direct_absent = Some("Bochs has no -kernel boot; compare the QEMU figures".into());
-            if let Ok(image) = &image {
-                for i in 1..=opts.runs {
+            c.hv_cpus = BOCHS_HV.cpus;
+            for i in 1..=opts.runs {
+                if let Ok(image) = &image {
                     progress(&format!(
                         "run {i}/{}: under hv in Bochs (slow: minutes per run)",
                         opts.runs
                     ));
-                    match run_bochs_streaming(image, &work.join("bochs"), BOCHS_LIMIT) {
+                    let bochs_work = work.join("bochs");
+                    match run_bochs_streaming(image, &BOCHS_HV, &bochs_work, BOCHS_LIMIT) {
                         Ok(out) => record_hv(&mut c, i, out, BOCHS_LIMIT, &log(i, "hv-bochs")),
                         Err(e) => c.failures.push(format!("hv run {i}: {e}")),
+                    }
+                }
+                for (placement, image) in &ipi_images {
+                    let log = log(i, &format!("{}-bochs", placement.name()));
+                    let bochs_work = work.join("bochs");
+                    match run_bochs_streaming(image, &BOCHS_IPI, &bochs_work, BOCHS_IPI_LIMIT) {
+                        Ok(out) => record_ipi(&mut c, i, *placement, out, BOCHS_IPI_LIMIT, &log),
+                        Err(e) => c
+                            .failures
+                            .push(format!("{} run {i}: {e}", placement.name())),
                     }
                 }
             }
@@ -980,6 +1402,145 @@ mod tests {
     }
 
     #[test]
+    fn smp64_lines() {
+        assert_eq!(
+            parse_smp64_ipi(
+                "smp64 | smp64: ipi round trip median=183000 min=150000 max=2400000 cycles"
+            ),
+            Some(IpiFigure {
+                median: 183000,
+                min: 150000,
+                max: 2400000
+            })
+        );
+        assert_eq!(
+            parse_smp64_ipi("smp64: ipi round trip median=5 min=5 max=5 cycles\r"),
+            Some(IpiFigure {
+                median: 5,
+                min: 5,
+                max: 5
+            })
+        );
+        for bad in [
+            // Out of order: min above the median.
+            "smp64 | smp64: ipi round trip median=5 min=6 max=9 cycles",
+            "smp64 | smp64: ipi round trip median=5 min=1 max=9",
+            "smp64 | smp64: ipi round trip median=x min=1 max=9 cycles",
+            "smp64 | smp64: ipi round trip min=1 median=5 max=9 cycles",
+            "smp64 | smp64: ipi ping-pong 1000 round trips ok",
+            "bench64 | bench64: cpuid full-path median=52300 cycles over 1000",
+        ] {
+            assert_eq!(parse_smp64_ipi(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_time_lines() {
+        assert_eq!(
+            parse_cpu_time(
+                "hv: vm smp64 cpu time: 812 ms (vCPUs: 500 ms on cpu 0, 312 ms on cpu 0+1)",
+                "smp64"
+            ),
+            Some(vec![vec![0], vec![0, 1]])
+        );
+        assert_eq!(
+            parse_cpu_time(
+                "hv: vm smp64 cpu time: 0 ms (vCPUs: 0 ms on cpu 1, 0 ms on cpu none)",
+                "smp64"
+            ),
+            Some(vec![vec![1], vec![]])
+        );
+        assert_eq!(
+            fmt_placement(&[vec![0], vec![0, 1], vec![]]),
+            "cpu 0 and cpu 0+1 and no cpu"
+        );
+        for bad in [
+            "hv: vm linux cpu time: 5 ms (vCPUs: 5 ms on cpu 0)",
+            "hv: vm smp64 cpu time: 5 ms (vCPUs: 5 ms on cpu 0",
+            "hv: vm smp64 cpu time: 5 ms (vCPUs: 5 ms on cpu x)",
+            "hv: vm smp64 cpu time: 5 ms (vCPUs: 5 ms)",
+            "hv: vm smp64 cpu time: 5 ms",
+        ] {
+            assert_eq!(parse_cpu_time(bad, "smp64"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_ipi_run() {
+        let lines = [
+            line(100, "hv: boot report"),
+            line(900, "smp64 | smp64: cpus online 2"),
+            line(1000, "smp64 | smp64: ipi ping-pong 1000 round trips ok"),
+            line(
+                1000,
+                "smp64 | smp64: ipi round trip median=2000000 min=900000 max=3100000 cycles",
+            ),
+            line(1100, "smp64 | smp64: done"),
+            line(
+                1100,
+                "hv: vm smp64 stopped: halted with interrupts disabled",
+            ),
+            line(1100, "hv: vm smp64 exits: total 9000: hlt=4000 apic=5000"),
+            line(
+                1100,
+                "hv: vm smp64 cpu time: 900 ms (vCPUs: 500 ms on cpu 0, 400 ms on cpu 0)",
+            ),
+            line(1200, "hv: stopping with status 16 (Success)"),
+        ];
+        let r = analyse_ipi(&lines);
+        assert_eq!(r.ipi.unwrap().median, 2000000);
+        assert_eq!(r.ran_on, Some(vec![vec![0], vec![0]]));
+        assert!(r.done && r.fail.is_none());
+        let limit = QEMU_IPI_LIMIT;
+        assert!(ipi_problems(&r, Placement::SameProcessor, false, limit).is_empty());
+        assert!(ipi_problems(&r, Placement::TwoProcessors, false, limit).is_empty());
+
+        // Pinned to processor 0 but a vCPU ran elsewhere: the figure is not what
+        // the row says.
+        let moved = IpiRun {
+            ran_on: Some(vec![vec![0], vec![0, 1]]),
+            ..r.clone()
+        };
+        let p = ipi_problems(&moved, Placement::SameProcessor, false, limit);
+        assert_eq!(
+            p,
+            ["smp64 was pinned to processor 0 but its vCPUs ran on cpu 0 and cpu 0+1"]
+        );
+        assert!(ipi_problems(&moved, Placement::TwoProcessors, false, limit).is_empty());
+
+        // A failed guest, a missing figure, a hypervisor that never finished.
+        let r = analyse_ipi(&[
+            line(900, "smp64 | smp64: cpus online 2"),
+            line(
+                950,
+                "smp64 | smp64: FAIL ping 3: no pong within 5000 ms (ap took 4 pings, bsp 3 pongs)",
+            ),
+        ]);
+        assert!(!r.done);
+        let p = ipi_problems(&r, Placement::TwoProcessors, true, limit);
+        assert!(
+            p[0].contains("120 s") && p[0].contains("FAIL ping 3"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("smp64 failed: ping 3: no pong")),
+            "{p:?}"
+        );
+        assert!(p
+            .iter()
+            .any(|m| m.contains("no `smp64: ipi round trip` line")));
+        assert!(p.iter().any(|m| m.contains("cpu time")));
+        let r = analyse_ipi(&[
+            line(1, "hv: vm smp64 cpu time: 1 ms (vCPUs: 1 ms on cpu 0)"),
+            line(2, "hv: stopping with status 17 (Failure)"),
+        ]);
+        let p = ipi_problems(&r, Placement::TwoProcessors, false, limit);
+        assert!(p.iter().any(|m| m.contains("1 vCPUs, not 2")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("status 17")), "{p:?}");
+    }
+
+    #[test]
     fn statistics() {
         assert_eq!(summarize(&[]), None);
         let s = summarize(&[8.4, 7.9, 8.1]).unwrap();
@@ -1042,6 +1603,19 @@ mod tests {
         }
     }
 
+    fn ipi_run(median: u64, cpus: &[u32]) -> IpiRun {
+        IpiRun {
+            ipi: Some(IpiFigure {
+                median,
+                min: median / 2,
+                max: median * 2,
+            }),
+            ran_on: Some(cpus.iter().map(|&c| vec![c]).collect()),
+            done: true,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn the_table() {
         let bare = |cycles| {
@@ -1060,6 +1634,18 @@ mod tests {
                 hv_run(7900, 52000.0, bare(48000.0)),
                 hv_run(8400, 53000.0, bare(49000.0)),
             ],
+            linux_vcpus: 2,
+            hv_cpus: 2,
+            ipi_two: vec![
+                ipi_run(180000, &[0, 1]),
+                ipi_run(175000, &[0, 1]),
+                ipi_run(190000, &[1, 0]),
+            ],
+            ipi_same: vec![
+                ipi_run(1800000, &[0, 0]),
+                ipi_run(1750000, &[0, 0]),
+                ipi_run(1900000, &[0, 0]),
+            ],
             ..Default::default()
         };
         assert!(c.anything());
@@ -1068,18 +1654,26 @@ mod tests {
         let expected = [
             "hv bench (QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt, 3 runs, median [min-max])",
             "Linux to /init   direct QEMU     6.4 s  [6.3-6.6]",
-            "                 under hv        8.1 s  [7.9-8.4]                ratio 1.27x",
+            "  2 vCPUs        under hv        8.1 s  [7.9-8.4]                ratio 1.27x",
             "                 from VM start   6.1 s  [5.9-6.4]                ratio 0.95x",
             "Linux exits      total 5: io=5",
             "                                 (median per reason over 3 runs)",
             "CPUID round trip full exit path  52,300 cycles  [52,000-53,000]",
             "                 bare loop       48,900 cycles  [48,000-49,000]  ratio 1.07x  (our exit path adds 3,400 cycles)",
             "                                 (each run's figure: the median of 1,000 CPUIDs timed one by one in bench64)",
+            "IPI round trip   two processors  180,000 cycles  [175,000-190,000]",
+            "  smp64, 2 vCPUs same processor  1,800,000 cycles  [1,750,000-1,900,000]  ratio 10.00x  (sharing one processor)",
+            "                                 (each run's figure: the median of 1,000 ping-pongs timed one by one in smp64)",
+            "                                 (two processors: the vCPUs ran on cpu 0 and cpu 1 / cpu 1 and cpu 0)",
+            "                                 (same processor: the vCPUs ran on cpu 0 and cpu 0)",
+            "2 vCPUs: the Linux VM's, under hv on a machine with 2 processors;",
+            "  QEMU's direct boot gets as many (-smp 2).",
             "from VM start: ",
         ]
         .join("\n");
         assert!(t.starts_with(&expected), "{t}");
         assert!(t.contains("\nbare loop: the same CPUID"), "{t}");
+        assert!(t.contains("\nIPI round trip: smp64's BSP"), "{t}");
         assert!(!t.contains("failed"), "{t}");
 
         // One part failed: the others still show, and the failure says why.
@@ -1095,6 +1689,10 @@ mod tests {
         assert!(t.contains(", 1 run)\n"), "{t}");
         assert!(t.contains("direct QEMU     failed (see below)"), "{t}");
         assert!(t.contains("under hv        8.1 s\n"), "{t}");
+        assert!(
+            t.contains("IPI round trip   two processors  180,000 cycles  [175,000-190,000]\n"),
+            "{t}"
+        );
         assert!(t.contains("full exit path  52,300 cycles\n"), "{t}");
         // No ratios without a direct figure.
         assert!(t.contains("from VM start   6.1 s\n"), "{t}");
@@ -1115,6 +1713,30 @@ mod tests {
             ..c
         };
         assert!(report(&c).contains("direct Bochs    not measured: no direct boot"));
+
+        // No IPI figure on one side: no ratio, and the missing side says so.
+        let c = Collected {
+            ipi_two: vec![IpiRun::default()],
+            hv_cpus: 1,
+            ..c
+        };
+        let t = report(&c);
+        assert!(
+            t.contains("IPI round trip   two processors  failed (see below)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "  smp64, 2 vCPUs same processor  1,800,000 cycles  [1,750,000-1,900,000]\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("under hv on a machine with 1 processor;"), "{t}");
+        let ipi_only = Collected {
+            ipi_same: vec![ipi_run(5, &[0, 0])],
+            ..Default::default()
+        };
+        assert!(ipi_only.anything());
 
         let nothing = Collected {
             hv: vec![HvRun::default()],

@@ -111,6 +111,13 @@ pub enum GuestSet {
     /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
     /// with two processors.
     Smp,
+    /// `cargo xtask bench`'s IPI round trip with both vCPUs on one host processor:
+    /// `smp64` (2 vCPUs) alone, pinned to processor 0, so its vCPUs take turns there.
+    BenchIpiShared,
+    /// `cargo xtask bench`'s IPI round trip across processors: `smp64` (2 vCPUs)
+    /// alone, allowed on processors 0 and 1 (on a 2-processor machine with nothing
+    /// else to run, each vCPU has a processor of its own).
+    BenchIpiSplit,
 }
 
 impl GuestSet {
@@ -124,6 +131,8 @@ impl GuestSet {
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
             GuestSet::Smp => "smp",
+            GuestSet::BenchIpiShared => "bench-ipi-shared",
+            GuestSet::BenchIpiSplit => "bench-ipi-split",
         }
     }
 
@@ -268,6 +277,26 @@ impl GuestSet {
                     }
                     .renamed("pinned5"),
                 ])
+            }
+            GuestSet::BenchIpiShared | GuestSet::BenchIpiSplit => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let smp64 = VmDef {
+                    format: ImageFormat::Tiny,
+                    vcpus: 2,
+                    cpus: if self == GuestSet::BenchIpiShared {
+                        vec![0]
+                    } else {
+                        vec![0, 1]
+                    },
+                    ..VmDef::new(
+                        "smp64",
+                        crate::guests::find_image(&images, "smp64")?.path.clone(),
+                        4096,
+                    )
+                };
+                Ok(vec![smp64])
             }
         }
     }

@@ -32,7 +32,9 @@ commands:
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
                         QEMU's direct boot (ratio), its exits per reason, and the
-                        CPUID exit round trip against a bare VMRUN/VMRESUME loop
+                        CPUID exit round trip against a bare VMRUN/VMRESUME loop,
+                        and the IPI round trip between two vCPUs on one host
+                        processor against two
       --runs <n>            repetitions, shown as median [min-max] (default 3)
       --emulator <qemu|bochs>  bochs: the hypervisor run under VT-x only
                         (also takes --debug and --log)
