@@ -58,6 +58,11 @@ pub struct Platform {
     console: usize,
     /// Accesses to ports that nothing decodes.
     pub unknown_port_accesses: u64,
+    /// The earliest device deadline (a timer's next expiry), recomputed after every
+    /// access and poll: polling before it finds nothing new.
+    deadline: Option<u64>,
+    /// Something changed a device from outside the guest (console input): poll.
+    poll_now: bool,
 }
 
 impl Platform {
@@ -73,6 +78,8 @@ impl Platform {
             ioapic: IoApic::new(0),
             console: 0,
             unknown_port_accesses: 0,
+            deadline: None,
+            poll_now: true,
         };
         p.ports.register(0x20, 2, Target::Pic)?;
         p.ports.register(0xA0, 2, Target::Pic)?;
@@ -153,8 +160,10 @@ impl Platform {
         Ok(index)
     }
 
-    /// The console UART.
+    /// The console UART. Its interrupt line is brought up to date at the next poll
+    /// (console input changes it from outside the guest).
     pub fn console(&mut self) -> &mut SerialPort<Relay> {
+        self.poll_now = true;
         self.devices[self.console]
             .as_any_mut()
             .downcast_mut()
@@ -213,6 +222,9 @@ impl Platform {
                     (v as u32 & all_ones(size), e)
                 };
                 self.apply(e, out);
+                // The access may have (re)programmed a timer: poll before the next
+                // entry, which also brings `deadline` up to date.
+                self.poll_now = true;
                 v
             }
         }
@@ -250,6 +262,7 @@ impl Platform {
                     None => self.devices[i].read(&access),
                 };
                 self.apply(e, out);
+                self.poll_now = true;
                 v
             }
         })
@@ -260,20 +273,35 @@ impl Platform {
         self.mmio.lookup(gpa).is_some()
     }
 
-    /// Brings every device's lines up to `now_ns` (timers, console input).
+    /// Brings every device's lines up to `now_ns` (timers, console input). Cheap
+    /// when nothing can have changed: before the earliest deadline, with no input.
     pub fn poll(&mut self, now_ns: u64, out: &mut Outcome) {
+        if !self.poll_now && self.deadline.is_none_or(|d| now_ns < d) {
+            return;
+        }
         for i in 0..self.devices.len() {
             let e = self.devices[i].poll(now_ns);
             self.apply(e, out);
         }
-    }
-
-    /// The earliest time a device wants to be polled.
-    pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.devices
+        self.poll_now = false;
+        self.deadline = self
+            .devices
             .iter()
             .filter_map(|d| d.next_deadline_ns())
-            .min()
+            .min();
+    }
+
+    /// The earliest time a device wants to be polled (as of the last poll; an
+    /// access since then forces the next poll anyway).
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self.poll_now {
+            self.devices
+                .iter()
+                .filter_map(|d| d.next_deadline_ns())
+                .min()
+        } else {
+            self.deadline
+        }
     }
 
     /// A level-triggered vector's EOI at a local APIC reaches the IOAPIC, which

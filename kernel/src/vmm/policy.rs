@@ -158,7 +158,8 @@ pub fn cpuid(
 ) -> CpuidResult {
     use bits::*;
     let cpus = topo.cpus.max(1);
-    let max_basic = host(0, 0).eax;
+    // Only the leaves that need it ask the host (a CPUID exit is a hot path).
+    let max_basic = || host(0, 0).eax;
     match leaf {
         0x4000_0000 => CpuidResult {
             eax: MAX_HYPERVISOR_LEAF,
@@ -186,7 +187,7 @@ pub fn cpuid(
         }
         // Deterministic cache parameters: EAX[31:26] cores per package - 1, [25:14]
         // logical processors sharing the cache - 1 (the last level is shared by all).
-        4 if leaf <= max_basic => {
+        4 if leaf <= max_basic() => {
             let mut r = host(4, subleaf);
             let level = (r.eax >> 5) & 7;
             let sharing = if level >= 3 { cpus - 1 } else { 0 };
@@ -196,9 +197,9 @@ pub fn cpuid(
             }
             r
         }
-        0xB | 0x1F if leaf <= max_basic => topo.extended_leaf(subleaf),
+        0xB | 0x1F if leaf <= max_basic() => topo.extended_leaf(subleaf),
         // Only subleaf 0 (EAX = 0: no further subleaves).
-        7 if subleaf == 0 && leaf <= max_basic => {
+        7 if subleaf == 0 && leaf <= max_basic() => {
             let r = host(7, 0);
             CpuidResult {
                 eax: 0,
@@ -208,7 +209,7 @@ pub fn cpuid(
             }
         }
         7 => CpuidResult::default(),
-        6 if leaf <= max_basic => CpuidResult {
+        6 if leaf <= max_basic() => CpuidResult {
             eax: host(6, 0).eax & allow::L6_EAX,
             ..Default::default()
         },

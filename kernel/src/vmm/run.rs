@@ -23,10 +23,10 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering
 use spin::Mutex;
 use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
 
+use super::console_queue::{ConsoleQueue, Out};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::{self, CpuidResult};
-use super::console_queue::{ConsoleQueue, Out};
 use super::sched::RunQueue;
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VCPUS};
@@ -456,27 +456,33 @@ impl<B: Backend> Machine<'_, B> {
             vm.shared.lock().run[i] = RunState::Running;
         }
         let begin = time::rdtsc();
+        // One lock of the VM per exit: the exit is handled and the next entry prepared
+        // (interrupts delivered) under the same hold.
+        let mut shared = vm.shared.lock();
         let why = loop {
-            {
-                let mut shared = vm.shared.lock();
-                if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
-                    break None;
-                }
-                slot.ctx.prepare_entry(&mut shared, time::uptime_ns());
+            if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
+                break None;
             }
+            slot.ctx.prepare_entry(&mut shared, time::uptime_ns());
             if slot.ctx.halted {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
             }
+            // Never held while the guest runs.
+            drop(shared);
             slot.ran = true;
             *entered = true;
             let exit = if slot.ctx.in_bare_loop {
                 match bare_cpuid_loop(&mut slot.ctx.vcpu, self.slice) {
                     Bare::Ended => {
                         slot.ctx.in_bare_loop = false;
+                        shared = vm.shared.lock();
                         continue;
                     }
-                    Bare::SliceOver => break None,
+                    Bare::SliceOver => {
+                        shared = vm.shared.lock();
+                        break None;
+                    }
                     Bare::Exit(exit) => {
                         slot.ctx.in_bare_loop = false;
                         exit
@@ -485,21 +491,24 @@ impl<B: Backend> Machine<'_, B> {
             } else {
                 slot.ctx.vcpu.run(self.slice)
             };
-            let (next, kicks) = {
-                let mut shared = vm.shared.lock();
-                let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
-                if next == Next::BareCpuidLoop {
-                    slot.ctx.in_bare_loop = true;
-                }
-                (next, core::mem::take(&mut shared.kicks))
-            };
-            self.kick_vcpus(vm_index, kicks & !(1 << i));
+            shared = vm.shared.lock();
+            let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
+            if next == Next::BareCpuidLoop {
+                slot.ctx.in_bare_loop = true;
+            }
+            let kicks = core::mem::take(&mut shared.kicks) & !(1 << i);
+            if kicks != 0 {
+                drop(shared);
+                self.kick_vcpus(vm_index, kicks);
+                shared = vm.shared.lock();
+            }
             match next {
                 Next::Continue | Next::BareCpuidLoop => continue,
                 Next::Yield => break None,
                 end @ (Next::Stop(_) | Next::Reset(_) | Next::Crash(_)) => break Some(end),
             }
         };
+        drop(shared);
         let used = time::rdtsc().wrapping_sub(begin);
         slot.cpu_tsc += used;
         vm.run_tsc.fetch_add(used, Ordering::Relaxed);
