@@ -28,6 +28,7 @@ mod bits {
     pub const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
     pub const L1_EDX_MCA: u32 = 1 << 14;
     pub const EXT1_ECX_SVM: u32 = 1 << 2;
+    pub const EXT8_EBX_RDPRU: u32 = 1 << 4;
     pub const L7_EBX_AVX2: u32 = 1 << 5;
     pub const L7_EBX_AVX512F: u32 = 1 << 16;
 }
@@ -149,6 +150,7 @@ pub fn cpuid(
         0x8000_0008 => {
             let mut r = host(leaf, subleaf);
             r.ecx = (r.ecx & !0xF0FF) | (topo.core_bits() << 12) | (cpus - 1).min(255);
+            r.ebx &= !EXT8_EBX_RDPRU; // intercepted: #UD
             r
         }
         // Extended APIC ID, compute unit (core) ID with one thread each, node 0.
@@ -202,9 +204,6 @@ pub const EFER_GUEST_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsrState {
     pub mtrr_def_type: u64,
-    /// `IA32_TSC_AUX`, per vCPU: Linux stores each CPU's number there (for RDTSCP and
-    /// RDPID in the vDSO), on its APs before their IDT can catch a #GP.
-    pub tsc_aux: u64,
 }
 
 /// The outcome of an intercepted RDMSR/WRMSR.
@@ -231,8 +230,10 @@ impl MsrState {
             MSR_K8_INT_PENDING_MSG => MsrAccess::Value(0),
             IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
             IA32_MISC_ENABLE => MsrAccess::Value(1), // fast strings
-            IA32_TSC_AUX => MsrAccess::Value(self.tsc_aux),
-            IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
+            // Per vCPU, in the backend: it puts the value in the processor while the
+            // vCPU runs, for RDTSCP and RDPID. Linux stores each CPU's number there,
+            // on its APs before their IDT can catch a #GP.
+            IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT | IA32_TSC_AUX => MsrAccess::Backend,
             _ => MsrAccess::Fault,
         }
     }
@@ -240,10 +241,7 @@ impl MsrState {
     pub fn write(&mut self, msr: u32, value: u64) -> MsrAccess {
         match msr {
             IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => MsrAccess::Value(value),
-            IA32_TSC_AUX if value >> 32 == 0 => {
-                self.tsc_aux = value;
-                MsrAccess::Value(value)
-            }
+            IA32_TSC_AUX if value >> 32 == 0 => MsrAccess::Backend,
             IA32_MTRR_DEF_TYPE if value & !0xCFF == 0 => {
                 self.mtrr_def_type = value;
                 MsrAccess::Value(value)
@@ -413,8 +411,9 @@ mod tests {
             "type 2 is reserved"
         );
         assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0xC06), MsrAccess::Value(0xC06));
-        assert_eq!(m.write(IA32_TSC_AUX, 1), MsrAccess::Value(1));
-        assert_eq!(m.read(IA32_TSC_AUX), MsrAccess::Value(1));
+        // The backend keeps it, to switch it with the vCPU (RDTSCP, RDPID).
+        assert_eq!(m.write(IA32_TSC_AUX, 1), MsrAccess::Backend);
+        assert_eq!(m.read(IA32_TSC_AUX), MsrAccess::Backend);
         assert_eq!(
             m.write(IA32_TSC_AUX, 1 << 32),
             MsrAccess::Fault,
