@@ -27,6 +27,9 @@ const BINS: &[(&str, &str)] = &[
     ("bench64", "link64.ld"),
     ("smp64", "link64.ld"),
     ("ipistorm64", "link64.ld"),
+    ("dbloop64", "link64.ld"),
+    ("dr64", "link64.ld"),
+    ("insn64", "link64.ld"),
 ];
 
 fn main() {

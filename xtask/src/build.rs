@@ -111,6 +111,10 @@ pub enum GuestSet {
     /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
     /// with two processors.
     Smp,
+    /// Hostile instructions next to `hello64`: `dbloop64` (a #DB delivery loop that
+    /// ends in a triple fault), two VMs of `dr64` (debug registers and TSC_AUX kept
+    /// per vCPU) and `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD).
+    Hostile,
 }
 
 impl GuestSet {
@@ -124,6 +128,7 @@ impl GuestSet {
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
             GuestSet::Smp => "smp",
+            GuestSet::Hostile => "hostile",
         }
     }
 
@@ -259,6 +264,28 @@ impl GuestSet {
                         ..vm("hello64", 1)?
                     }
                     .renamed("pinned5"),
+                ])
+            }
+            GuestSet::Hostile => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let vm = |name: &str| -> Result<VmDef, String> {
+                    Ok(VmDef {
+                        format: ImageFormat::Tiny,
+                        ..VmDef::new(
+                            name,
+                            crate::guests::find_image(&images, name)?.path.clone(),
+                            4096,
+                        )
+                    })
+                };
+                Ok(vec![
+                    vm("dbloop64")?,
+                    vm("dr64")?,
+                    vm("dr64")?.renamed("dr64b"),
+                    vm("insn64")?,
+                    vm("hello64")?,
                 ])
             }
         }
