@@ -28,6 +28,9 @@ const BINS: &[(&str, &str)] = &[
     ("smp64", "link64.ld"),
     ("ipistorm64", "link64.ld"),
     ("reset64", "link64.ld"),
+    ("dbloop64", "link64.ld"),
+    ("dr64", "link64.ld"),
+    ("insn64", "link64.ld"),
 ];
 
 fn main() {

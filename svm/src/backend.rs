@@ -9,13 +9,18 @@
 //! host state VMSAVE/VMLOAD switch around VMRUN. A vCPU finds the pages of the
 //! processor it runs on by reading VM_HSAVE_PA, so it can run on any of them; when it
 //! runs on a different processor than last time, its ASID's translations there may be
-//! stale, so the entry flushes them (TLB_CONTROL, APM 15.16). Nothing else of a vCPU
-//! stays behind in a processor, so `Vcpu::unload` has nothing to do.
+//! stale, so the entry flushes them (TLB_CONTROL, APM 15.16).
+//!
+//! **Per-slice state.** DR0-DR3 and IA32_TSC_AUX are not in the VMCB (DR6 and DR7
+//! are): the first `run` of a time slice loads the vCPU's own values and
+//! `Vcpu::unload` reads them back ([`vcpu::slice`]), so no guest sees another's
+//! breakpoints or RDTSCP/RDPID value.
 
 use core::arch::naked_asm;
 use raw_cpuid::CpuId;
 use vcpu::fpu::{self, FxArea};
 use vcpu::paging::Level;
+use vcpu::slice::{SliceState, MSR_TSC_AUX};
 use vcpu::{
     Backend, BackendError, ControlRegs, CpuMode, Exception, Exit, GuestMapping, GuestRegisters,
     HostMemory, StartState, Vcpu,
@@ -26,6 +31,7 @@ use crate::caps::SvmCaps;
 use crate::exit::{self, ExitInfo};
 use crate::npt::Npt;
 use crate::permission_maps::{IoPermissionMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
+use crate::reflect;
 use crate::vmcb::{efer, event, int_ctl, int_state, tlb_control, Intercept1, Vmcb};
 
 const MSR_EFER: u32 = 0xC000_0080;
@@ -146,6 +152,8 @@ pub struct SvmVcpu {
     /// show NMI blocking in the VMCB without vNMI, so the IRET intercept tracks it
     /// (APM Vol. 2 15.20, as KVM does).
     nmi_masked: bool,
+    /// DR0-DR3 and TSC_AUX, switched at slice boundaries.
+    slice: SliceState,
 }
 
 // SAFETY: the raw pointer is this vCPU's own VMCB, reachable from every processor
@@ -212,6 +220,7 @@ impl Backend for SvmBackend {
             last: ExitInfo::default(),
             fx: FxArea::initial(),
             nmi_masked: false,
+            slice: SliceState::new(SliceState::detect_tsc_aux(), false),
         };
         let result = (|| {
             v.vmcb_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
@@ -385,11 +394,21 @@ impl Vcpu for SvmVcpu {
         // state is set; the stub preserves the host's callee-saved registers and its
         // VMSAVE/VMLOAD state.
         unsafe {
+            // SAFETY (slice state): this processor runs this vCPU until `unload`.
+            self.slice.load();
             // SAFETY (FPU): `enable`/`enable_this_cpu` set CR4.OSFXSR and cleared CR0.EM/TS; the image
             // is this vCPU's own and starts as the FNINIT state.
             fpu::fxrstor(&self.fx);
             svm_enter(vmcb_pa, host_pa, &mut self.regs);
             fpu::fxsave(&mut self.fx);
+        }
+        if self.vmcb().save.dr7 & 0xFF != 0 {
+            // The guest armed breakpoints at its own addresses, which are in DR0-DR3
+            // now: disarm them for the host, whatever #VMEXIT left in DR7.
+            // SAFETY: ring 0; 400H is DR7's reset value (nothing enabled).
+            unsafe {
+                core::arch::asm!("mov dr7, {}", in(reg) 0x400u64, options(nostack, preserves_flags))
+            };
         }
         let (nrip_save, rcx, rdx) = (self.nrip_save, self.regs.rcx, self.regs.rdx);
         let vmcb = self.vmcb_mut();
@@ -398,6 +417,17 @@ impl Vcpu for SvmVcpu {
         // again on the next entry (APM 15.7.2).
         if vmcb.control.exitintinfo & (1 << 31) != 0 {
             vmcb.control.eventinj = vmcb.control.exitintinfo;
+        }
+        // #AC and #DB go straight back to the guest (see `reflect`).
+        let code = vmcb.control.exitcode;
+        if let Some(ev) =
+            reflect::reflected_event(code, vmcb.control.exitinfo1, vmcb.control.eventinj)
+        {
+            vmcb.control.eventinj = ev;
+            if ev & crate::vmcb::event::VECTOR_MASK == vcpu::Exception::DB_VECTOR as u64 {
+                // The processor updated DR6 in the save area before the intercept.
+                vmcb.save.dr7 = reflect::dr7_after_db(vmcb.save.dr7);
+            }
         }
         let info = ExitInfo {
             exitcode: vmcb.control.exitcode,
@@ -410,6 +440,14 @@ impl Vcpu for SvmVcpu {
         };
         self.regs.rax = info.rax;
         self.last = info;
+        if info.exitcode == crate::vmcb::exit_code::ICEBP {
+            // INT1 raises #DB as a trap after the instruction (APM Vol. 3 INT1).
+            self.skip_instruction();
+            self.vmcb_mut().inject_exception(Exception {
+                vector: Exception::DB_VECTOR,
+                error_code: None,
+            });
+        }
         if info.exitcode == crate::vmcb::exit_code::IRET {
             // The NMI handler returns: NMIs are unblocked once this IRET completes. The
             // next NMI may be injected before it does (a nested NMI, which guests that
@@ -465,6 +503,7 @@ impl Vcpu for SvmVcpu {
             MSR_EFER => Some(v.save.efer & !efer::SVME),
             0x10 => Some(rdtsc().wrapping_add(v.control.tsc_offset)),
             0x277 => Some(v.save.g_pat),
+            MSR_TSC_AUX => Some(self.slice.tsc_aux()),
             _ => None,
         }
     }
@@ -483,6 +522,11 @@ impl Vcpu for SvmVcpu {
             }
             0x277 => {
                 v.save.g_pat = value;
+                true
+            }
+            MSR_TSC_AUX => {
+                // SAFETY: the core handles exits on the processor running the vCPU.
+                unsafe { self.slice.set_tsc_aux(value) };
                 true
             }
             _ => false,
@@ -542,9 +586,12 @@ impl Vcpu for SvmVcpu {
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.
-    /// Nothing of the vCPU stays in the processor between runs (`run` finds the
-    /// host pages of the processor it is on and flushes the ASID after a move).
-    fn unload(&mut self) {}
+    /// The slice's DR0-DR3 and TSC_AUX go back into the vCPU (`run` finds the host
+    /// pages of the processor it is on and flushes the ASID after a move).
+    fn unload(&mut self) {
+        // SAFETY: the scheduler calls `unload` on the processor that ran the vCPU.
+        unsafe { self.slice.save() };
+    }
 
     fn request_interrupt_window(&mut self, on: bool) {
         let c = &mut self.vmcb_mut().control;

@@ -119,6 +119,22 @@ pub fn decode(info: &ExitInfo) -> Exit {
         | exit_code::CLGI
         | exit_code::SKINIT
         | exit_code::INVLPGA => Exit::VirtInstruction,
+        exit_code::INVD | exit_code::WBINVD => Exit::CacheFlush,
+        exit_code::RDPMC => Exit::Rdpmc,
+        exit_code::MONITOR | exit_code::MWAIT | exit_code::MWAIT_CONDITIONAL | exit_code::RDPRU => {
+            Exit::HiddenInstruction
+        }
+        // Queued for the guest again by the backend (`reflect`).
+        c if c == exit_code::EXCEPTION_BASE + vcpu::Exception::DB_VECTOR as u64
+            || c == exit_code::EXCEPTION_BASE + vcpu::Exception::AC_VECTOR as u64 =>
+        {
+            Exit::ExceptionReflected {
+                vector: (c - exit_code::EXCEPTION_BASE) as u8,
+            }
+        }
+        exit_code::ICEBP => Exit::ExceptionReflected {
+            vector: vcpu::Exception::DB_VECTOR,
+        },
         0xFFFF_FFFF => Exit::EntryFailure {
             code: info.exitcode,
             reason: ENTRY_FAILURE_REASON,
@@ -410,6 +426,43 @@ mod tests {
         assert_eq!(instruction_length(exit_code::NPF), None);
         assert_eq!(instruction_length(exit_code::INVLPG), None);
         assert_eq!(instruction_length(exit_code::INTR), None);
+    }
+
+    #[test]
+    fn hardening_intercepts_decode() {
+        assert_eq!(decode(&info(exit_code::INVD, 0, 0)), Exit::CacheFlush);
+        assert_eq!(decode(&info(exit_code::WBINVD, 0, 0)), Exit::CacheFlush);
+        assert_eq!(decode(&info(exit_code::RDPMC, 0, 0)), Exit::Rdpmc);
+        for code in [
+            exit_code::MONITOR,
+            exit_code::MWAIT,
+            exit_code::MWAIT_CONDITIONAL,
+            exit_code::RDPRU,
+        ] {
+            assert_eq!(decode(&info(code, 0, 0)), Exit::HiddenInstruction);
+        }
+        assert_eq!(
+            decode(&info(exit_code::EXCEPTION_BASE + 17, 0, 0)),
+            Exit::ExceptionReflected { vector: 17 }
+        );
+        assert_eq!(
+            decode(&info(exit_code::EXCEPTION_BASE + 1, 0, 0)),
+            Exit::ExceptionReflected { vector: 1 }
+        );
+        assert_eq!(
+            decode(&info(exit_code::ICEBP, 0, 0)),
+            Exit::ExceptionReflected { vector: 1 }
+        );
+        // Other exception vectors are not intercepted: unknown if they ever came.
+        assert_eq!(
+            decode(&info(exit_code::EXCEPTION_BASE + 14, 0, 0)),
+            Exit::Unknown {
+                code: exit_code::EXCEPTION_BASE + 14
+            }
+        );
+        // Skipping them needs their lengths where NRIP save is missing.
+        assert_eq!(instruction_length(exit_code::WBINVD), Some(2));
+        assert_eq!(instruction_length(exit_code::MONITOR), Some(3));
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod backend;
 pub mod exit;
 pub mod npt;
 pub mod permission_maps;
+pub mod reflect;
 pub mod vmcb;

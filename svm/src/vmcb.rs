@@ -767,6 +767,12 @@ impl Vmcb {
     /// (VMRUN, which is mandatory, VMMCALL as the hypercall, and VMLOAD, VMSAVE, STGI,
     /// CLGI, SKINIT, INVLPGA which would otherwise reach host state), and XSETBV
     /// (XCR0 is not switched by VMRUN, so a guest write would change the host's).
+    /// #AC and #DB, and ICEBP (which raises #DB), so that a guest whose exception
+    /// delivery raises them again cannot hold the processor in microcode forever
+    /// (CVE-2015-5307, CVE-2015-8104; the backend reflects them, see `reflect`).
+    /// INVD and WBINVD (machine-wide cache effects), RDPMC (host counters), and
+    /// MONITOR, MWAIT and RDPRU, which CPUID hides but the processor would execute
+    /// (APM Vol. 2 15.9, 15.10, Table B-1).
     /// V_INTR_MASKING keeps the guest's EFLAGS.IF from masking host interrupts.
     /// TLB_CONTROL is `tlb_flush` (see [`tlb_control`]); the first VMRUN of an ASID
     /// whose tables were just built needs a flush.
@@ -783,11 +789,14 @@ impl Vmcb {
         c.intercept_cr_write = 0;
         c.intercept_dr_read = 0;
         c.intercept_dr_write = 0;
-        c.intercept_exceptions = 0;
+        c.intercept_exceptions =
+            (1 << vcpu::Exception::DB_VECTOR) | (1 << vcpu::Exception::AC_VECTOR);
         c.intercept1 = (Intercept1::INTR
             | Intercept1::NMI
             | Intercept1::CPUID
             | Intercept1::HLT
+            | Intercept1::RDPMC
+            | Intercept1::INVD
             | Intercept1::INVLPGA
             | Intercept1::IOIO_PROT
             | Intercept1::MSR_PROT
@@ -800,7 +809,12 @@ impl Vmcb {
             | Intercept2::STGI
             | Intercept2::CLGI
             | Intercept2::SKINIT
-            | Intercept2::XSETBV)
+            | Intercept2::XSETBV
+            | Intercept2::ICEBP
+            | Intercept2::WBINVD
+            | Intercept2::MONITOR
+            | Intercept2::MWAIT
+            | Intercept2::RDPRU)
             .bits();
         c.intercept3 = 0;
         c.iopm_base_pa = iopm_pa;
@@ -1207,6 +1221,21 @@ mod tests {
         assert_eq!(c.nested_ctl, nested_ctl::NP_ENABLE);
         assert_ne!(c.intercept2 & Intercept2::VMRUN.bits(), 0);
         assert_ne!(c.int_ctl & int_ctl::V_INTR_MASKING, 0);
+        // #DB and #AC always exit (CVE-2015-8104, CVE-2015-5307), and the instructions
+        // with machine-wide effects or hidden by CPUID.
+        assert_eq!(c.intercept_exceptions, (1 << 1) | (1 << 17));
+        for i in [Intercept1::RDPMC, Intercept1::INVD] {
+            assert_ne!(c.intercept1 & i.bits(), 0, "{i:?}");
+        }
+        for i in [
+            Intercept2::WBINVD,
+            Intercept2::MONITOR,
+            Intercept2::MWAIT,
+            Intercept2::RDPRU,
+            Intercept2::ICEBP,
+        ] {
+            assert_ne!(c.intercept2 & i.bits(), 0, "{i:?}");
+        }
         // Physically, the fields land at the documented offsets.
         let bytes: &[u8; 4096] = unsafe { &*(&*v as *const Vmcb as *const [u8; 4096]) };
         assert_eq!(bytes[0x58], 1);

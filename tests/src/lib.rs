@@ -30,6 +30,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static SMP: OnceLock<Images> = OnceLock::new();
     static BENCH_IPI_SHARED: OnceLock<Images> = OnceLock::new();
     static BENCH_IPI_SPLIT: OnceLock<Images> = OnceLock::new();
+    static HOSTILE: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -41,6 +42,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Smp => &SMP,
         GuestSet::BenchIpiShared => &BENCH_IPI_SHARED,
         GuestSet::BenchIpiSplit => &BENCH_IPI_SPLIT,
+        GuestSet::Hostile => &HOSTILE,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

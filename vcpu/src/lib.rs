@@ -7,6 +7,7 @@
 
 pub mod fpu;
 pub mod paging;
+pub mod slice;
 
 /// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
 /// RSP, RIP and RFLAGS live in the VMCB/VMCS and are reached through [`Vcpu`].
@@ -108,6 +109,25 @@ pub enum Exit {
     Shutdown,
     /// The guest executed a virtualization instruction (VMRUN, VMXON, ...): it gets #UD.
     VirtInstruction,
+    /// INVD or WBINVD. INVD would discard dirty cache lines of the whole machine, and
+    /// WBINVD stalls every processor sharing the caches; guest memory is coherent
+    /// without either (nested paging maps it write-back), so the core completes both
+    /// as no-ops.
+    CacheFlush,
+    /// RDPMC (with the guest allowed to use it: CPL 0 or CR4.PCE): no performance
+    /// counters are offered (CPUID leaf 0xA is zero), so #GP(0).
+    Rdpmc,
+    /// An instruction CPUID hides and the processor would otherwise execute natively
+    /// (MONITOR, MWAIT; RDPRU on AMD): #UD, as on a processor without it.
+    HiddenInstruction,
+    /// The guest raised #AC or #DB. Both are always intercepted, because a guest can
+    /// make their delivery raise them again forever inside the processor (CVE-2015-5307,
+    /// CVE-2015-8104), which no interrupt would end; the backend has already queued the
+    /// exception for the guest (with its error code, and DR6 updated for #DB), so the
+    /// core only counts it and resumes.
+    ExceptionReflected {
+        vector: u8,
+    },
     /// VM entry was refused by the processor; the text explains which check failed.
     EntryFailure {
         code: u64,
@@ -134,12 +154,16 @@ pub enum ExitKind {
     Preempted,
     Shutdown,
     VirtInstruction,
+    CacheFlush,
+    Rdpmc,
+    HiddenInstruction,
+    ExceptionReflected,
     EntryFailure,
     Unknown,
 }
 
 impl ExitKind {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 18;
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::PortIo,
         ExitKind::Mmio,
@@ -153,6 +177,10 @@ impl ExitKind {
         ExitKind::Preempted,
         ExitKind::Shutdown,
         ExitKind::VirtInstruction,
+        ExitKind::CacheFlush,
+        ExitKind::Rdpmc,
+        ExitKind::HiddenInstruction,
+        ExitKind::ExceptionReflected,
         ExitKind::EntryFailure,
         ExitKind::Unknown,
     ];
@@ -171,6 +199,10 @@ impl ExitKind {
             ExitKind::Preempted => "preempt",
             ExitKind::Shutdown => "shutdown",
             ExitKind::VirtInstruction => "virt-insn",
+            ExitKind::CacheFlush => "wbinvd",
+            ExitKind::Rdpmc => "rdpmc",
+            ExitKind::HiddenInstruction => "hidden-insn",
+            ExitKind::ExceptionReflected => "exception",
             ExitKind::EntryFailure => "entry-fail",
             ExitKind::Unknown => "unknown",
         }
@@ -192,6 +224,10 @@ impl Exit {
             Exit::Preempted => ExitKind::Preempted,
             Exit::Shutdown => ExitKind::Shutdown,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
+            Exit::CacheFlush => ExitKind::CacheFlush,
+            Exit::Rdpmc => ExitKind::Rdpmc,
+            Exit::HiddenInstruction => ExitKind::HiddenInstruction,
+            Exit::ExceptionReflected { .. } => ExitKind::ExceptionReflected,
             Exit::EntryFailure { .. } => ExitKind::EntryFailure,
             Exit::Unknown { .. } => ExitKind::Unknown,
         }
@@ -214,6 +250,10 @@ impl Exception {
         vector: 13,
         error_code: Some(0),
     };
+    /// Debug exception (#DB).
+    pub const DB_VECTOR: u8 = 1;
+    /// Alignment check (#AC), which always pushes error code 0.
+    pub const AC_VECTOR: u8 = 17;
 }
 
 /// One guest-physical to host-physical mapping the backend installs in its nested

@@ -20,6 +20,12 @@
 //! (with a logged error, reads as 0) on a processor other than the one where the VMCS
 //! is active.
 //!
+//! **Per-slice state.** DR0-DR3, DR6 and IA32_TSC_AUX are not in the VMCS (DR7 and
+//! DEBUGCTL are, with the "load/save debug controls" entry and exit controls that
+//! the capability MSRs force on): the first `run` of a time slice loads the vCPU's
+//! own values and `Vcpu::unload` (which ends every slice) reads them back
+//! ([`vcpu::slice`]), so no guest sees another's breakpoints or RDTSCP/RDPID value.
+//!
 //! **Interrupts.** The host runs with RFLAGS.IF=0. External interrupts arriving while
 //! a guest runs cause a VM exit ("external-interrupt exiting") and, without "acknowledge
 //! interrupt on exit", stay pending at the interrupt controller; `run` then opens a
@@ -28,6 +34,7 @@
 
 use core::arch::naked_asm;
 use core::cell::Cell;
+use vcpu::slice::{self, SliceState, MSR_TSC_AUX};
 
 use vcpu::paging::Level;
 use vcpu::{
@@ -44,6 +51,7 @@ use crate::ept::{self, Ept};
 use crate::exit::{self, entry_failure, ExitInfo};
 use crate::guest_state::{CrFixed, GuestState};
 use crate::ops::{self, ControlSetup, CrContext, CrOutcome, HostState};
+use crate::reflect;
 use crate::vmcs::{
     control32, control64, cr0, cr4, guest32, guest_nat, host_nat, intr_info, msr, reason, ro32,
     ro64, ro_nat, VmcsAccess,
@@ -403,6 +411,8 @@ pub struct VmxVcpu {
     active_on: Cell<u64>,
     /// The processor whose host state the VMCS holds and on which the guest last ran.
     host_cpu: u64,
+    /// DR0-DR3, DR6 and TSC_AUX, switched at slice boundaries.
+    slice: SliceState,
 }
 
 // SAFETY: the raw pointer (`msr_area`) and the RAM addresses point at memory this vCPU
@@ -568,6 +578,7 @@ impl Backend for VmxBackend {
                 .then_some(self.caps.preemption_timer_shift),
             cr8: 0,
             fx: FxArea::initial(),
+            slice: SliceState::new(SliceState::detect_tsc_aux(), true),
             ram: [(
                 GuestMapping {
                     gpa: 0,
@@ -875,6 +886,8 @@ impl Vcpu for VmxVcpu {
             let ticks = (slice_tsc >> shift).clamp(1, u32::MAX as u64);
             hw.write(guest32::PREEMPTION_TIMER_VALUE, ticks);
         }
+        // SAFETY: this processor runs this vCPU until `unload`.
+        unsafe { self.slice.load() };
         loop {
             // SAFETY: the host set CR4.OSFXSR and cleared CR0.EM/TS in `enable`; the
             // area holds either the initial image or one FXSAVE wrote.
@@ -922,6 +935,18 @@ impl Vcpu for VmxVcpu {
             self.last_reason = info.basic();
             // An event whose delivery the exit interrupted is delivered again.
             ops::reinject_vectoring(&mut hw);
+            // #DB and #AC go straight back to the guest (see `reflect`); DR6 is the
+            // guest's while the slice state is loaded.
+            if info.basic() == reason::EXCEPTION_OR_NMI {
+                // SAFETY: ring 0; the slice state is loaded on this processor.
+                let dr6 = unsafe { slice::read_dr6() };
+                if let Some(new) = reflect::reflect_exception(&mut hw, &info, dr6) {
+                    if new != dr6 {
+                        // SAFETY: as above; `dr6_after_db` keeps bits 63:32 clear.
+                        unsafe { slice::write_dr6(new) };
+                    }
+                }
+            }
             match info.basic() {
                 reason::CR_ACCESS => {
                     let mut cr8 = self.cr8;
@@ -1056,6 +1081,8 @@ impl Vcpu for VmxVcpu {
     /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
     /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).
     fn unload(&mut self) {
+        // SAFETY: the scheduler calls `unload` on the processor that ran the vCPU.
+        unsafe { self.slice.save() };
         let active = self.active_on.get();
         if active == 0 {
             return;
@@ -1084,6 +1111,7 @@ impl Vcpu for VmxVcpu {
                 Some(rdtsc().wrapping_add(hw.read(control64::TSC_OFFSET)))
             }
             msr::IA32_PAT => Some(hw.read(crate::vmcs::guest64::IA32_PAT)),
+            MSR_TSC_AUX => Some(self.slice.tsc_aux()),
             _ => self.switched_msr(index),
         }
     }
@@ -1101,6 +1129,11 @@ impl Vcpu for VmxVcpu {
             }
             msr::IA32_PAT => {
                 hw.write(crate::vmcs::guest64::IA32_PAT, value);
+                true
+            }
+            MSR_TSC_AUX => {
+                // SAFETY: the core handles exits on the processor running the vCPU.
+                unsafe { self.slice.set_tsc_aux(value) };
                 true
             }
             _ => false,

@@ -47,11 +47,13 @@ const PIN_REQUIRED: Required = Required {
 
 const PROC_REQUIRED: Required = Required {
     bits: proc::HLT_EXITING
+        | proc::RDPMC_EXITING
         | proc::USE_IO_BITMAPS
         | proc::USE_MSR_BITMAPS
         | proc::ACTIVATE_SECONDARY_CONTROLS,
     names: &[
         (proc::HLT_EXITING, "the CPU does not allow the processor-based control 'HLT exiting', which the VT-x backend requires"),
+        (proc::RDPMC_EXITING, "the CPU does not allow the processor-based control 'RDPMC exiting', which the VT-x backend requires (a guest would read the host's performance counters)"),
         (proc::USE_IO_BITMAPS, "the CPU does not allow the processor-based control 'use I/O bitmaps', which the VT-x backend requires"),
         (proc::USE_MSR_BITMAPS, "the CPU does not allow the processor-based control 'use MSR bitmaps', which the VT-x backend requires"),
         (proc::ACTIVATE_SECONDARY_CONTROLS, "the CPU does not allow the processor-based control 'activate secondary controls', which the VT-x backend requires"),
@@ -146,12 +148,16 @@ impl Controls {
     ///
     /// - Pin-based: external-interrupt exiting and NMI exiting (the host keeps its
     ///   timer and NMIs), the VMX-preemption timer when the processor has it.
-    /// - Primary: HLT exiting, I/O bitmaps (with unconditional I/O exiting off the
+    /// - Primary: HLT and RDPMC exiting (no guest reads the host's counters), MONITOR
+    ///   and MWAIT exiting when allowed (CPUID hides both: #UD), I/O bitmaps (with unconditional I/O exiting off the
     ///   bitmaps alone decide, SDM Vol. 3C 26.1.3), MSR bitmaps, TSC offsetting (the
     ///   guest's IA32_TIME_STAMP_COUNTER writes become an offset), secondary controls.
     /// - Secondary: EPT and unrestricted guest (real-mode guests); VPID when the
     ///   processor has it and INVVPID; RDTSCP and INVPCID when allowed, since CPUID
-    ///   passes those feature bits through and the instructions would #UD otherwise.
+    ///   passes those feature bits through and the instructions would #UD otherwise
+    ///   (RDTSCP and RDPID read IA32_TSC_AUX, which the backend switches per vCPU);
+    ///   WBINVD exiting when allowed (SDM Vol. 3D A.3.3), so a guest's WBINVD does
+    ///   not stall the machine. INVD always exits (SDM Vol. 3C 26.1.2).
     /// - Exit: 64-bit host, save/load IA32_EFER and IA32_PAT (the guest's values never
     ///   reach the host), save the preemption-timer value when the timer is on. No
     ///   "acknowledge interrupt on exit": the interrupt stays pending for the host's
@@ -172,7 +178,11 @@ impl Controls {
         let proc_value = adjust(
             caps.procbased,
             &PROC_REQUIRED,
-            proc::USE_TSC_OFFSETTING | proc::CR8_LOAD_EXITING | proc::CR8_STORE_EXITING,
+            proc::USE_TSC_OFFSETTING
+                | proc::CR8_LOAD_EXITING
+                | proc::CR8_STORE_EXITING
+                | proc::MONITOR_EXITING
+                | proc::MWAIT_EXITING,
         )?;
         let vpid =
             caps.vpid && caps.invvpid && crate::vpid::invvpid_type(caps.ept_vpid_cap).is_some();
@@ -181,7 +191,8 @@ impl Controls {
             &PROC2_REQUIRED,
             (if vpid { proc2::ENABLE_VPID } else { 0 })
                 | proc2::ENABLE_RDTSCP
-                | proc2::ENABLE_INVPCID,
+                | proc2::ENABLE_INVPCID
+                | proc2::WBINVD_EXITING,
         )?;
         let timer = pin_value & pin::PREEMPTION_TIMER != 0;
         let exit_value = adjust(
@@ -294,7 +305,10 @@ pub(crate) mod tests {
             | proc::ACTIVATE_SECONDARY_CONTROLS
             | proc::USE_TSC_OFFSETTING
             | proc::CR8_LOAD_EXITING
-            | proc::CR8_STORE_EXITING;
+            | proc::CR8_STORE_EXITING
+            | proc::RDPMC_EXITING
+            | proc::MONITOR_EXITING
+            | proc::MWAIT_EXITING;
         assert_eq!(c.proc, 0x0400_6172 | want);
         // The TRUE capability lets CR3-load/store exiting be 0.
         assert!(!c.cr3_exiting());
@@ -304,7 +318,8 @@ pub(crate) mod tests {
             proc2::ENABLE_EPT
                 | proc2::UNRESTRICTED_GUEST
                 | proc2::ENABLE_VPID
-                | proc2::ENABLE_RDTSCP,
+                | proc2::ENABLE_RDTSCP
+                | proc2::WBINVD_EXITING,
             "INVPCID is not in this capability's allowed-1 bits, so it stays off"
         );
         assert_eq!(
@@ -401,6 +416,19 @@ pub(crate) mod tests {
         caps.entry = ctl(0x11FB, 0x0003_FFFF & !entry_ctl::IA32E_MODE_GUEST);
         let c = Controls::compute(&caps).unwrap();
         assert_eq!(c.entry_for(true), Err(IA32E_REFUSED));
+    }
+
+    #[test]
+    fn rdpmc_exiting_is_required_and_monitor_wbinvd_optional() {
+        let mut caps = skylake();
+        caps.procbased &= !(((proc::MONITOR_EXITING | proc::MWAIT_EXITING) as u64) << 32);
+        caps.procbased2 &= !((proc2::WBINVD_EXITING as u64) << 32);
+        let c = Controls::compute(&caps).unwrap();
+        assert_eq!(c.proc & (proc::MONITOR_EXITING | proc::MWAIT_EXITING), 0);
+        assert_eq!(c.proc2 & proc2::WBINVD_EXITING, 0);
+        caps.procbased &= !((proc::RDPMC_EXITING as u64) << 32);
+        let e = Controls::compute(&caps).unwrap_err();
+        assert!(e.contains("'RDPMC exiting'"), "{e}");
     }
 
     #[test]

@@ -143,6 +143,22 @@ pub fn decode(info: &ExitInfo) -> Exit {
         {
             Exit::ExternalInterrupt
         }
+        // #DB and #AC, already queued for the guest again by `reflect`.
+        reason::EXCEPTION_OR_NMI
+            if info.interruption_info & intr_info::VALID != 0
+                && matches!(
+                    (info.interruption_info & intr_info::VECTOR_MASK) as u8,
+                    vcpu::Exception::DB_VECTOR | vcpu::Exception::AC_VECTOR
+                ) =>
+        {
+            Exit::ExceptionReflected {
+                vector: (info.interruption_info & intr_info::VECTOR_MASK) as u8,
+            }
+        }
+        // INVD exits unconditionally (SDM Vol. 3C 26.1.2), WBINVD with "WBINVD exiting".
+        reason::INVD | reason::WBINVD => Exit::CacheFlush,
+        reason::RDPMC => Exit::Rdpmc,
+        reason::MONITOR | reason::MWAIT => Exit::HiddenInstruction,
         reason::INTERRUPT_WINDOW => Exit::InterruptWindow,
         reason::PREEMPTION_TIMER => Exit::Preempted,
         reason::VMCLEAR
@@ -358,6 +374,31 @@ mod tests {
         );
         // Size encoding 2 is undefined.
         assert_eq!(decode(&exit(30, 2)), Exit::Unknown { code: 30 });
+    }
+
+    #[test]
+    fn hardening_exits() {
+        assert_eq!(decode(&exit(reason::INVD, 0)), Exit::CacheFlush);
+        assert_eq!(decode(&exit(reason::WBINVD, 0)), Exit::CacheFlush);
+        assert_eq!(decode(&exit(reason::RDPMC, 0)), Exit::Rdpmc);
+        assert_eq!(decode(&exit(reason::MONITOR, 0)), Exit::HiddenInstruction);
+        assert_eq!(decode(&exit(reason::MWAIT, 0)), Exit::HiddenInstruction);
+        for r in [reason::INVD, reason::WBINVD, reason::RDPMC, reason::MONITOR] {
+            assert!(has_instruction_length(r), "{r}");
+        }
+        let exc = |vector: u32| ExitInfo {
+            reason: reason::EXCEPTION_OR_NMI,
+            interruption_info: intr_info::VALID | intr_info::TYPE_HARDWARE_EXCEPTION | vector,
+            ..Default::default()
+        };
+        assert_eq!(decode(&exc(17)), Exit::ExceptionReflected { vector: 17 });
+        assert_eq!(decode(&exc(1)), Exit::ExceptionReflected { vector: 1 });
+        assert_eq!(
+            decode(&exc(14)),
+            Exit::Unknown {
+                code: reason::EXCEPTION_OR_NMI as u64
+            }
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`ept`], [`vpid`], [`bitmaps`]: EPT format, VPID allocation, I/O and MSR bitmaps
 //!   and MSR switch areas.
 //! - [`exit`]: exit decoding and the VM-instruction error table.
+//! - [`reflect`]: #AC and #DB, always intercepted, given back to the guest.
 //! - [`backend`]: the runtime (VMXON, VMCS life cycle, VM entry).
 #![no_std]
 
@@ -30,6 +31,7 @@ pub mod ept;
 pub mod exit;
 pub mod guest_state;
 pub mod ops;
+pub mod reflect;
 pub mod vmcs;
 pub mod vpid;
 

@@ -38,6 +38,10 @@ pub struct ControlSetup {
     pub fixed: CrFixed,
 }
 
+/// The exceptions that exit: #DB (bit 1) and #AC (bit 17).
+pub const EXCEPTION_BITMAP: u64 =
+    (1 << vcpu::Exception::DB_VECTOR) | (1 << vcpu::Exception::AC_VECTOR);
+
 /// Writes every control field the backend uses (SDM Vol. 3C 25.6-25.8).
 pub fn write_controls(vmcs: &mut impl VmcsAccess, s: &ControlSetup) {
     let c = &s.controls;
@@ -46,8 +50,10 @@ pub fn write_controls(vmcs: &mut impl VmcsAccess, s: &ControlSetup) {
     vmcs.write(control32::SECONDARY_PROC_BASED, c.proc2 as u64);
     vmcs.write(control32::VM_EXIT_CONTROLS, c.exit as u64);
     vmcs.write(control32::VM_ENTRY_CONTROLS, s.entry as u64);
-    // No guest exception exits: the guest handles its own faults.
-    vmcs.write(control32::EXCEPTION_BITMAP, 0);
+    // The guest handles its own faults, but for #DB and #AC: their delivery can raise
+    // them again forever inside the processor (CVE-2015-8104, CVE-2015-5307), so they
+    // exit and `reflect` gives them back.
+    vmcs.write(control32::EXCEPTION_BITMAP, EXCEPTION_BITMAP);
     vmcs.write(control32::PAGE_FAULT_ERROR_CODE_MASK, 0);
     vmcs.write(control32::PAGE_FAULT_ERROR_CODE_MATCH, 0);
     vmcs.write(control32::CR3_TARGET_COUNT, 0);

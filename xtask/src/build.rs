@@ -118,6 +118,10 @@ pub enum GuestSet {
     /// alone, allowed on processors 0 and 1 (on a 2-processor machine with nothing
     /// else to run, each vCPU has a processor of its own).
     BenchIpiSplit,
+    /// Hostile instructions next to `hello64`: `dbloop64` (a #DB delivery loop that
+    /// ends in a triple fault), two VMs of `dr64` (debug registers and TSC_AUX kept
+    /// per vCPU) and `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD).
+    Hostile,
 }
 
 impl GuestSet {
@@ -133,6 +137,7 @@ impl GuestSet {
             GuestSet::Smp => "smp",
             GuestSet::BenchIpiShared => "bench-ipi-shared",
             GuestSet::BenchIpiSplit => "bench-ipi-split",
+            GuestSet::Hostile => "hostile",
         }
     }
 
@@ -297,6 +302,28 @@ impl GuestSet {
                     )
                 };
                 Ok(vec![smp64])
+            }
+            GuestSet::Hostile => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let vm = |name: &str| -> Result<VmDef, String> {
+                    Ok(VmDef {
+                        format: ImageFormat::Tiny,
+                        ..VmDef::new(
+                            name,
+                            crate::guests::find_image(&images, name)?.path.clone(),
+                            4096,
+                        )
+                    })
+                };
+                Ok(vec![
+                    vm("dbloop64")?,
+                    vm("dr64")?,
+                    vm("dr64")?.renamed("dr64b"),
+                    vm("insn64")?,
+                    vm("hello64")?,
+                ])
             }
         }
     }

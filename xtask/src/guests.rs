@@ -18,8 +18,9 @@
 //! or a loader's "no Multiboot header". Only `std` is used.
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
-//! `bench64` and the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`) are
-//! built with them ([`build_all_guests`]) but booted in their own sets.
+//! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`) and the
+//! hostile-instruction guests `dbloop64`, `dr64` and `insn64` are built with them
+//! ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -68,6 +69,9 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("smp64", Kind::Elf64),
     ("ipistorm64", Kind::Elf64),
     ("reset64", Kind::Elf64),
+    ("dbloop64", Kind::Elf64),
+    ("dr64", Kind::Elf64),
+    ("insn64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -797,7 +801,14 @@ mod tests {
         let mb32 = fs::read(&find_image(&all, "mb32").unwrap().path).unwrap();
         assert!(check_elf(&mb32, ElfClass::Elf32).is_ok());
         assert_eq!(check_multiboot(&mb32).unwrap().flags, MB32_HEADER_FLAGS);
-        for name in ["bench64", "smp64", "ipistorm64"] {
+        for name in [
+            "bench64",
+            "smp64",
+            "ipistorm64",
+            "dbloop64",
+            "dr64",
+            "insn64",
+        ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(
                 check_elf(&image, ElfClass::Elf64).unwrap().entry,

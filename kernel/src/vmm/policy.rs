@@ -109,6 +109,7 @@ mod bits {
     pub const L1_ECX_HYPERVISOR: u32 = 1 << 31;
     pub const L1_EDX_HTT: u32 = 1 << 28;
     pub const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
+    pub const EXT8_EBX_RDPRU: u32 = 1 << 4;
 }
 
 /// Where the executing vCPU sits in its VM: `cpus` single-threaded cores in one
@@ -230,6 +231,7 @@ pub fn cpuid(
             let mut r = host(leaf, subleaf);
             r.ebx &= allow::EXT8_EBX;
             r.ecx = (r.ecx & !0xF0FF) | (topo.core_bits() << 12) | (cpus - 1).min(255);
+            r.ebx &= !EXT8_EBX_RDPRU; // intercepted: #UD
             r
         }
         0x8000_0007 => CpuidResult {
@@ -325,16 +327,13 @@ impl Vendor {
 /// | AMD SYSCFG (0xC001_0010), HWCR (0xC001_0015), NB_CFG (0xC001_001F) | read 0 (no SME, defaults), writes ignored |
 /// | AMD DE_CFG (0xC001_1029) | reads LFENCE-serialising (bit 1) set, as KVM reports; writes ignored |
 /// | AMD INT_PENDING_MSG (0xC001_0055) | 0: no C1E (Linux reads it unguarded on K8) |
-/// | TSC_AUX (0xC000_0103) | per vCPU, bits 63:32 reserved |
+/// | TSC_AUX (0xC000_0103) | per vCPU, bits 63:32 reserved; the backend loads it into the processor while the vCPU runs (RDTSCP, RDPID) |
 /// | DEBUGCTL (0x1D9) | reads 0; writes of 0 accepted (branch tracing is not offered) |
 /// | MCG_*, MC banks, SPEC_CTRL, PRED_CMD, ARCH_CAPABILITIES, TSC_ADJUST, thermal and power, perf fixed/global, VM_CR, VM_HSAVE_PA, OSVW | #GP: their CPUID bits are hidden, or they are the host's |
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsrState {
     pub vendor: Vendor,
     pub mtrr_def_type: u64,
-    /// `IA32_TSC_AUX`, per vCPU: Linux stores each CPU's number there (for RDTSCP and
-    /// RDPID in the vDSO), on its APs before their IDT can catch a #GP.
-    pub tsc_aux: u64,
     pub misc_enable: u64,
 }
 
@@ -405,10 +404,12 @@ impl MsrState {
             IA32_MTRRCAP => MsrAccess::Value(0),
             IA32_MTRR_DEF_TYPE => MsrAccess::Value(self.mtrr_def_type),
             IA32_MISC_ENABLE => MsrAccess::Value(self.misc_enable),
-            IA32_TSC_AUX => MsrAccess::Value(self.tsc_aux),
             IA32_DEBUGCTL => MsrAccess::Value(0),
             AMD_DE_CFG if self.vendor == Vendor::Amd => MsrAccess::Value(1 << 1),
-            IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT => MsrAccess::Backend,
+            // Per vCPU, in the backend: it puts the value in the processor while the
+            // vCPU runs, for RDTSCP and RDPID. Linux stores each CPU's number there,
+            // on its APs before their IDT can catch a #GP.
+            IA32_EFER | IA32_TIME_STAMP_COUNTER | IA32_PAT | IA32_TSC_AUX => MsrAccess::Backend,
             _ => MsrAccess::Fault,
         }
     }
@@ -425,10 +426,7 @@ impl MsrState {
                 MsrAccess::Value(value)
             }
             IA32_DEBUGCTL if value == 0 => MsrAccess::Value(0),
-            IA32_TSC_AUX if value >> 32 == 0 => {
-                self.tsc_aux = value;
-                MsrAccess::Value(value)
-            }
+            IA32_TSC_AUX if value >> 32 == 0 => MsrAccess::Backend,
             IA32_MTRR_DEF_TYPE if value & !0xCFF == 0 => {
                 self.mtrr_def_type = value;
                 MsrAccess::Value(value)
@@ -604,8 +602,9 @@ mod tests {
             "type 2 is reserved"
         );
         assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0xC06), MsrAccess::Value(0xC06));
-        assert_eq!(m.write(IA32_TSC_AUX, 1), MsrAccess::Value(1));
-        assert_eq!(m.read(IA32_TSC_AUX), MsrAccess::Value(1));
+        // The backend keeps it, to switch it with the vCPU (RDTSCP, RDPID).
+        assert_eq!(m.write(IA32_TSC_AUX, 1), MsrAccess::Backend);
+        assert_eq!(m.read(IA32_TSC_AUX), MsrAccess::Backend);
         assert_eq!(
             m.write(IA32_TSC_AUX, 1 << 32),
             MsrAccess::Fault,

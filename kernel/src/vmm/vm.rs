@@ -595,6 +595,25 @@ impl<V: Vcpu> VcpuCtx<V> {
                 self.vcpu.inject_exception(Exception::UD);
                 Next::Continue
             }
+            // INVD is completed as WBINVD would be, and WBINVD as a no-op: guest RAM
+            // is coherent write-back memory, and neither may discard or stall the
+            // caches of the whole machine.
+            Exit::CacheFlush => {
+                self.vcpu.skip_instruction();
+                Next::Continue
+            }
+            // No performance counters are offered (CPUID leaf 0xA is zero).
+            Exit::Rdpmc => {
+                self.vcpu.inject_exception(Exception::GP0);
+                Next::Continue
+            }
+            // MONITOR/MWAIT (CPUID.1 ECX[3]) and RDPRU (8000_0008 EBX[4]) are hidden.
+            Exit::HiddenInstruction => {
+                self.vcpu.inject_exception(Exception::UD);
+                Next::Continue
+            }
+            // The backend queued #AC/#DB for the guest again; counted above.
+            Exit::ExceptionReflected { .. } => Next::Continue,
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
             Exit::Shutdown => Next::Crash(format!(
@@ -1266,5 +1285,33 @@ mod tests {
         vm.cpu.vcpu.cpl = 0;
         vm.cpu.vcpu.regs.rax = policy::hypercall::BENCH_BARE_BEGIN;
         assert_eq!(vm.handle(Exit::Hypercall, 0), Next::BareCpuidLoop);
+    }
+
+    #[test]
+    fn hardening_exits_complete_or_fault() {
+        let mut vm = vm();
+        // INVD and WBINVD complete as no-ops.
+        assert_eq!(vm.handle(Exit::CacheFlush, 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.skipped, 1);
+        assert!(vm.cpu.vcpu.injected.is_empty());
+        // RDPMC: #GP(0); MONITOR/MWAIT/RDPRU: #UD; nothing skipped.
+        assert_eq!(vm.handle(Exit::Rdpmc, 0), Next::Continue);
+        assert_eq!(vm.handle(Exit::HiddenInstruction, 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::GP0, Exception::UD]);
+        assert_eq!(vm.cpu.vcpu.skipped, 1);
+        // A reflected #AC/#DB was queued by the backend: counted, nothing else.
+        for vector in [17, 1, 1] {
+            assert_eq!(
+                vm.handle(Exit::ExceptionReflected { vector }, 0),
+                Next::Continue
+            );
+        }
+        assert_eq!(vm.cpu.vcpu.injected.len(), 2);
+        assert_eq!(vm.cpu.vcpu.skipped, 1);
+        let stats = &vm.cpu.stats;
+        assert_eq!(stats.count(vcpu::ExitKind::ExceptionReflected), 3);
+        assert_eq!(stats.count(vcpu::ExitKind::CacheFlush), 1);
+        assert_eq!(stats.count(vcpu::ExitKind::Rdpmc), 1);
+        assert_eq!(stats.count(vcpu::ExitKind::HiddenInstruction), 1);
     }
 }
