@@ -917,9 +917,9 @@ fn ap_entry<B: Backend + 'static>(cpu: usize) -> ! {
 
 /// Runs every VM of the bundle on every processor until all have stopped. Returns
 /// how many could not be started.
-pub fn run_all<B: Backend>(backend: &mut B, specs: &[VmSpec<'static>]) -> usize
+pub fn run_all<B>(backend: &mut B, specs: &[VmSpec<'static>]) -> usize
 where
-    B: Send + 'static,
+    B: Backend + Send + 'static,
     B::Vcpu: Send,
 {
     let free_before = memory::free_bytes();
