@@ -197,6 +197,23 @@ pub fn eoi() {
 /// Sends an IPI with ICR low bits `icr_low` (vector, delivery mode, level) to the
 /// processor with local APIC ID `apic_id` (physical destination mode). Returns false
 /// if the xAPIC still reports the IPI pending after a generous wait.
+/// Sends an IPI without waiting for the delivery status (for kicks: on every
+/// processor since the Pentium 4 the status clears at once, and waiting on an
+/// emulated APIC that keeps it set while the target is busy would stall the sender).
+pub fn send_ipi_nowait(apic_id: u32, icr_low: u32) {
+    match mode() {
+        Mode::None => {}
+        Mode::X2Apic => {
+            // SAFETY: as in `send_ipi`.
+            unsafe { Msr::new(0x830).write(((apic_id as u64) << 32) | icr_low as u64) };
+        }
+        Mode::XApic => {
+            write(reg::ICR_HIGH, apic_id << 24);
+            write(reg::ICR_LOW, icr_low);
+        }
+    }
+}
+
 pub fn send_ipi(apic_id: u32, icr_low: u32) -> bool {
     match mode() {
         Mode::None => false,

@@ -157,12 +157,13 @@ static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
 /// Logs the first host NMIs, then every power of two, and returns. Runs on its IST
 /// stack; the serial lock may be held by the code it interrupted, hence the
 /// emergency writer.
-extern "x86-interrupt" fn nmi(_frame: InterruptStackFrame) {
+extern "x86-interrupt" fn nmi(frame: InterruptStackFrame) {
     let n = NMI_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     if n <= 4 || n.is_power_of_two() {
         crate::serial::emergency_write_fmt(format_args!(
-            "hv: host NMI on cpu {} ({n} so far), ignored\n",
-            crate::smp::this_cpu()
+            "hv: host NMI on cpu {} ({n} so far) at RIP {:#x}, ignored\n",
+            crate::smp::this_cpu(),
+            frame.instruction_pointer.as_u64()
         ));
     }
 }

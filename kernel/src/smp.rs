@@ -67,6 +67,10 @@ pub struct PerCpu {
     state: AtomicU8,
     /// Kick IPIs taken.
     kicks: AtomicU64,
+    /// A kick IPI is on its way here and not handled yet: a second one would change
+    /// nothing, so it is not sent (an IPI storm in a guest becomes at most one host
+    /// IPI per processor at a time).
+    kick_pending: core::sync::atomic::AtomicBool,
 }
 
 const fn table() -> [PerCpu; MAX_CPUS] {
@@ -76,6 +80,7 @@ const fn table() -> [PerCpu; MAX_CPUS] {
             apic_id: AtomicU32::new(0),
             state: AtomicU8::new(OFF),
             kicks: AtomicU64::new(0),
+            kick_pending: core::sync::atomic::AtomicBool::new(false),
         }
     }; MAX_CPUS];
     let mut i = 0;
@@ -136,14 +141,20 @@ pub fn kick(cpu: usize) {
     if cpu >= cpu_count() || cpu == this_cpu() {
         return;
     }
+    if CPUS[cpu].kick_pending.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let id = apic_id(cpu);
     x86_64::instructions::interrupts::without_interrupts(|| {
-        apic::send_ipi(id, apic::ICR_FIXED | KICK_VECTOR as u32);
+        apic::send_ipi_nowait(id, apic::ICR_FIXED | KICK_VECTOR as u32);
     });
 }
 
 extern "x86-interrupt" fn kick_handler(_frame: x86_64::structures::idt::InterruptStackFrame) {
-    CPUS[this_cpu()].kicks.fetch_add(1, Ordering::Relaxed);
+    let me = &CPUS[this_cpu()];
+    me.kicks.fetch_add(1, Ordering::Relaxed);
+    // Cleared before the EOI: a kick sent from now on is delivered again.
+    me.kick_pending.store(false, Ordering::Release);
     apic::eoi();
 }
 

@@ -555,6 +555,11 @@ impl Vcpu for SvmVcpu {
             && v.control.eventinj & event::VALID == 0
     }
 
+    /// The IRET intercept, set while an injected NMI's handler runs, already exits
+    /// when NMIs unblock; other blocking (a shadow, a queued event) ends by itself at
+    /// the next exit.
+    fn request_nmi_window(&mut self, _on: bool) {}
+
     fn inject_nmi(&mut self) {
         self.nmi_masked = true;
         let c = &mut self.vmcb_mut().control;

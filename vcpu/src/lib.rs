@@ -311,6 +311,12 @@ pub trait Vcpu {
     /// Queues an NMI for delivery on the next entry. The caller checked
     /// [`Vcpu::nmi_ready`].
     fn inject_nmi(&mut self);
+    /// Asks for [`Exit::InterruptWindow`] once an NMI could be delivered (VMX:
+    /// NMI-window exiting, with virtual NMIs; SVM: the IRET intercept that tracks NMI
+    /// blocking already gives that exit); `false` cancels. Unlike the interrupt window,
+    /// it does not exit at once while the guest runs with RFLAGS.IF set, which would
+    /// keep a guest inside its NMI handler from ever reaching IRET.
+    fn request_nmi_window(&mut self, on: bool);
     /// Asks for [`Exit::InterruptWindow`] as soon as the guest can take an interrupt
     /// (SVM: V_IRQ with VINTR intercept; VMX: interrupt-window exiting); `false` cancels.
     fn request_interrupt_window(&mut self, on: bool);

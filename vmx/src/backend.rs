@@ -1065,6 +1065,10 @@ impl Vcpu for VmxVcpu {
         ops::inject_nmi(&mut self.make_current());
     }
 
+    fn request_nmi_window(&mut self, on: bool) {
+        ops::set_nmi_window(&mut self.make_current(), on);
+    }
+
     fn rsp(&self) -> u64 {
         self.make_current().read(guest_nat::RSP)
     }

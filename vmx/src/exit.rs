@@ -159,7 +159,7 @@ pub fn decode(info: &ExitInfo) -> Exit {
         reason::INVD | reason::WBINVD => Exit::CacheFlush,
         reason::RDPMC => Exit::Rdpmc,
         reason::MONITOR | reason::MWAIT => Exit::HiddenInstruction,
-        reason::INTERRUPT_WINDOW => Exit::InterruptWindow,
+        reason::INTERRUPT_WINDOW | reason::NMI_WINDOW => Exit::InterruptWindow,
         reason::PREEMPTION_TIMER => Exit::Preempted,
         reason::VMCLEAR
         | reason::VMLAUNCH

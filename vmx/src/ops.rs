@@ -322,6 +322,21 @@ pub fn set_interrupt_window(vmcs: &mut impl VmcsAccess, on: bool) {
     vmcs.write(control32::PRIMARY_PROC_BASED, value as u64);
 }
 
+/// Turn "NMI-window exiting" on or off (exit reason 8 once virtual-NMI blocking ends,
+/// SDM Vol. 3C 26.7.6); only allowed with "virtual NMIs", so it does nothing without.
+pub fn set_nmi_window(vmcs: &mut impl VmcsAccess, on: bool) {
+    if vmcs.read(control32::PIN_BASED) as u32 & crate::vmcs::pin::VIRTUAL_NMIS == 0 {
+        return;
+    }
+    let value = vmcs.read(control32::PRIMARY_PROC_BASED) as u32;
+    let value = if on {
+        value | crate::vmcs::proc::NMI_WINDOW_EXITING
+    } else {
+        value & !crate::vmcs::proc::NMI_WINDOW_EXITING
+    };
+    vmcs.write(control32::PRIMARY_PROC_BASED, value as u64);
+}
+
 /// CR0 or CR4 as the guest sees it: the host-owned bits (those set in the guest/host
 /// mask) come from the read shadow, the rest from the register (SDM Vol. 3C 25.6.6).
 pub fn guest_visible_cr(vmcs: &impl VmcsAccess, register: u32, mask: u32, shadow: u32) -> u64 {

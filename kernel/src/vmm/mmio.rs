@@ -948,6 +948,7 @@ mod tests {
         fn inject_nmi(&mut self) {
             unimplemented!("MMIO emulation injects nothing")
         }
+        fn request_nmi_window(&mut self, _: bool) {}
         fn regs(&mut self) -> &mut GuestRegisters {
             &mut self.regs
         }

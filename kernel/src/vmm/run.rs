@@ -96,6 +96,14 @@ struct Machine<'b, B: Backend> {
     idle: AtomicU64,
 }
 
+/// When the boot processor last did its chores between slices (TSC).
+static LAST_HOUSEKEEPING: AtomicU64 = AtomicU64::new(0);
+/// When the watchdog last sent the boot processor an NMI (TSC).
+static LAST_WATCHDOG: AtomicU64 = AtomicU64::new(0);
+/// The boot processor must come back from a slice within this; the other
+/// processors check, and an NMI makes it report where it is.
+const WATCHDOG_MS: u64 = 2_000;
+
 /// Guest console lines waiting for the serial line (see `console_queue`).
 static CONSOLE: Mutex<ConsoleQueue> = Mutex::new(ConsoleQueue::new());
 /// How long the boot processor writes queued console lines between two slices.
@@ -503,6 +511,14 @@ impl<B: Backend> Machine<'_, B> {
                 shared = vm.shared.lock();
             }
             match next {
+                // However a guest makes its vCPU exit (a storm of exits that each
+                // ask to continue), the slice ends on time: the processor is never
+                // held past it.
+                Next::Continue | Next::BareCpuidLoop
+                    if time::rdtsc().wrapping_sub(begin) >= self.slice =>
+                {
+                    break None
+                }
                 Next::Continue | Next::BareCpuidLoop => continue,
                 Next::Yield => break None,
                 end @ (Next::Stop(_) | Next::Reset(_) | Next::Crash(_)) => break Some(end),
@@ -777,6 +793,7 @@ impl<B: Backend> Machine<'_, B> {
     /// The boot processor's chores between slices: console input for the first VM,
     /// run-time limits, and stopping background VMs once the foreground ones are gone.
     fn housekeeping(&self) {
+        LAST_HOUSEKEEPING.store(time::rdtsc(), Ordering::Relaxed);
         drain_console(Some(CONSOLE_BUDGET_MICROS));
         let mut foreground = false;
         let mut first = None;
@@ -835,6 +852,8 @@ impl<B: Backend> Machine<'_, B> {
         while !self.done.load(Ordering::Acquire) {
             if cpu == 0 {
                 self.housekeeping();
+            } else {
+                watchdog();
             }
             let (picked, tasks) = {
                 let mut q = self.queue.lock();
@@ -896,6 +915,33 @@ impl<B: Backend> Machine<'_, B> {
             }
         }
         self.inside.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Run by the other processors between slices: if the boot processor has not come
+/// back from a time slice for [`WATCHDOG_MS`], it is stuck (a slice that does not
+/// end, a lock never released): an NMI makes it report where (its NMI handler logs
+/// the interrupted RIP), once per period.
+fn watchdog() {
+    let now = time::rdtsc();
+    let period = time::micros_to_tsc(WATCHDOG_MS * 1000);
+    let last = LAST_HOUSEKEEPING.load(Ordering::Relaxed);
+    if last == 0 || now.wrapping_sub(last) < period {
+        return;
+    }
+    let sent = LAST_WATCHDOG.load(Ordering::Relaxed);
+    if sent != 0 && now.wrapping_sub(sent) < period {
+        return;
+    }
+    if LAST_WATCHDOG
+        .compare_exchange(sent, now, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        crate::serial::emergency_write_fmt(format_args!(
+            "hv: watchdog: cpu 0 has not been between time slices for {} ms; NMI sent\n",
+            now.wrapping_sub(last) / (time::tsc_hz() / 1000).max(1)
+        ));
+        crate::apic::send_ipi_nowait(smp::apic_id(0), crate::apic::ICR_NMI);
     }
 }
 

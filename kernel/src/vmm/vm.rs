@@ -297,6 +297,8 @@ pub struct VcpuCtx<V: Vcpu> {
     pub nmi_injected: u64,
     /// In the benchmark's bare CPUID loop (the run loop carries it out).
     pub in_bare_loop: bool,
+    /// An NMI-window exit is requested.
+    nmi_window: bool,
     bench_hypercalls: bool,
     ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
@@ -323,6 +325,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             halted: false,
             nmi_injected: 0,
             in_bare_loop: false,
+            nmi_window: false,
             bench_hypercalls: machine.bench_hypercalls,
             ram: machine.ram,
             host_cpuid,
@@ -351,13 +354,18 @@ impl<V: Vcpu> VcpuCtx<V> {
             if self.vcpu.nmi_ready() {
                 vm.lapics[i].take_nmi();
                 self.nmi_injected += 1;
+                self.set_nmi_window(false);
                 self.vcpu.inject_nmi();
             } else {
-                // Blocked (an NMI handler runs, or a shadow): the next exit, at the
-                // latest the end of the time slice, tries again.
-                self.vcpu.request_interrupt_window(true);
-                return;
+                // Blocked (an NMI handler runs until its IRET, or a shadow): an exit
+                // when that ends, or the next exit anyway. Not the interrupt window:
+                // with IF set it would exit before every guest instruction and the
+                // handler would never reach its IRET.
+                self.set_nmi_window(true);
             }
+        } else {
+            // Left on with nothing to deliver, it would exit at every entry.
+            self.set_nmi_window(false);
         }
         // The PIC's INTR reaches the BSP through LINT0 (ExtINT), which bypasses the
         // APIC's priority logic (SDM Vol. 3A 11.5.1), so it goes first. Only the BSP
@@ -384,6 +392,13 @@ impl<V: Vcpu> VcpuCtx<V> {
             self.vcpu.request_interrupt_window(false);
         } else {
             self.vcpu.request_interrupt_window(true);
+        }
+    }
+
+    fn set_nmi_window(&mut self, on: bool) {
+        if self.nmi_window != on {
+            self.nmi_window = on;
+            self.vcpu.request_nmi_window(on);
         }
     }
 
@@ -665,6 +680,7 @@ mod tests {
         real_cs: Option<u16>,
         nmis: u32,
         nmi_blocked: bool,
+        nmi_window: bool,
         cpl: u8,
     }
 
@@ -723,6 +739,9 @@ mod tests {
         fn inject_nmi(&mut self) {
             self.nmis += 1;
             self.nmi_blocked = true;
+        }
+        fn request_nmi_window(&mut self, on: bool) {
+            self.nmi_window = on;
         }
         fn rsp(&self) -> u64 {
             0
@@ -1254,7 +1273,11 @@ mod tests {
         icr(&mut vm, 0, 1 << 24, 0x400);
         cpus[1].prepare_entry(&mut vm, 2);
         assert_eq!(cpus[1].vcpu.nmis, 1);
-        assert!(cpus[1].vcpu.window);
+        assert!(
+            cpus[1].vcpu.nmi_window,
+            "an NMI window, not an interrupt window"
+        );
+        assert!(!cpus[1].vcpu.window);
         cpus[1].vcpu.nmi_blocked = false; // the IRET
         cpus[1].prepare_entry(&mut vm, 3);
         assert_eq!(cpus[1].vcpu.nmis, 2);
