@@ -402,9 +402,16 @@ impl Vcpu for SvmVcpu {
             svm_enter(vmcb_pa, host_pa, &mut self.regs);
             fpu::fxsave(&mut self.fx);
         }
-        if self.vmcb().save.dr7 & 0xFF != 0 {
-            // The guest armed breakpoints at its own addresses, which are in DR0-DR3
-            // now: disarm them for the host, whatever #VMEXIT left in DR7.
+        // The guest may have armed breakpoints at its own addresses, which are in
+        // DR0-DR3 now: whatever #VMEXIT left in DR7 (the guest's value, or the host's
+        // from the save area; an emulator may not switch it at all), nothing stays
+        // enabled for the host or the next vCPU on this processor.
+        let host_dr7: u64;
+        // SAFETY: ring 0; reading DR7 has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, dr7", out(reg) host_dr7, options(nostack, preserves_flags))
+        };
+        if host_dr7 & 0xFF != 0 || self.vmcb().save.dr7 & 0xFF != 0 {
             // SAFETY: ring 0; 400H is DR7's reset value (nothing enabled).
             unsafe {
                 core::arch::asm!("mov dr7, {}", in(reg) 0x400u64, options(nostack, preserves_flags))
