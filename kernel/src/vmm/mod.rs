@@ -5,6 +5,7 @@
 //! decided once, in `boot`.
 
 pub mod console;
+pub mod cr_insn;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;

@@ -30,6 +30,13 @@ mod bits {
     pub const EXT1_ECX_SVM: u32 = 1 << 2;
     pub const L7_EBX_AVX2: u32 = 1 << 5;
     pub const L7_EBX_AVX512F: u32 = 1 << 16;
+    /// Leaf 7 features whose state the hypervisor does not switch between guests
+    /// (PKRU, the CET and PKS MSRs, UINTR and Key Locker state): hidden, so their CR4
+    /// bits stay reserved for guests (see `vcpu::cr_policy`).
+    pub const L7_ECX_UNSWITCHED: u32 = (1 << 3) | (1 << 4) | (1 << 7) | (1 << 23) | (1 << 31);
+    pub const L7_EDX_UNSWITCHED: u32 = (1 << 5) | (1 << 20);
+    /// Leaf 7 subleaf 1 EAX: FRED (17) and LAM (26).
+    pub const L7_1_EAX_UNSWITCHED: u32 = (1 << 17) | (1 << 26);
 }
 
 /// Where the executing vCPU sits in its VM: `cpus` single-threaded cores in one
@@ -130,8 +137,14 @@ pub fn cpuid(
         0xB | 0x1F if leaf <= max_basic => topo.extended_leaf(subleaf),
         7 => {
             let mut r = host(7, subleaf);
-            if subleaf == 0 {
-                r.ebx &= !(L7_EBX_AVX2 | L7_EBX_AVX512F);
+            match subleaf {
+                0 => {
+                    r.ebx &= !(L7_EBX_AVX2 | L7_EBX_AVX512F);
+                    r.ecx &= !L7_ECX_UNSWITCHED;
+                    r.edx &= !L7_EDX_UNSWITCHED;
+                }
+                1 => r.eax &= !L7_1_EAX_UNSWITCHED,
+                _ => {}
             }
             r
         }
@@ -368,6 +381,20 @@ mod tests {
         assert_eq!(cpuid(0x8000_0001, 0, host).ecx & (1 << 2), 0, "SVM hidden");
         assert_eq!(cpuid(0x8000_000A, 0, host), CpuidResult::default());
         assert_eq!(cpuid(5, 0, host), host(5, 0), "other leaves pass through");
+        let l7 = |_: u32, _: u32| CpuidResult {
+            eax: !0,
+            ebx: !0,
+            ecx: !0,
+            edx: !0,
+        };
+        let r = super::cpuid(7, 0, l7, &ONE);
+        assert_eq!(
+            r.ecx & ((1 << 3) | (1 << 7) | (1 << 31)),
+            0,
+            "PKU, CET_SS, PKS"
+        );
+        assert_eq!(r.edx & (1 << 20), 0, "CET_IBT");
+        assert_eq!(super::cpuid(7, 1, l7, &ONE).eax & (1 << 26), 0, "LAM");
     }
 
     #[test]
