@@ -27,6 +27,7 @@ const BINS: &[(&str, &str)] = &[
     ("bench64", "link64.ld"),
     ("smp64", "link64.ld"),
     ("ipistorm64", "link64.ld"),
+    ("crcheck64", "link64.ld"),
 ];
 
 fn main() {

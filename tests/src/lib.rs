@@ -28,6 +28,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static MULTIBOOT: OnceLock<Images> = OnceLock::new();
     static BENCH: OnceLock<Images> = OnceLock::new();
     static SMP: OnceLock<Images> = OnceLock::new();
+    static CRCHECK: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -37,6 +38,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Multiboot => &MULTIBOOT,
         GuestSet::Bench => &BENCH,
         GuestSet::Smp => &SMP,
+        GuestSet::CrCheck => &CRCHECK,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

@@ -111,6 +111,9 @@ pub enum GuestSet {
     /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
     /// with two processors.
     Smp,
+    /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
+    /// `hello64`.
+    CrCheck,
 }
 
 impl GuestSet {
@@ -124,6 +127,7 @@ impl GuestSet {
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
             GuestSet::Smp => "smp",
+            GuestSet::CrCheck => "crcheck",
         }
     }
 
@@ -216,6 +220,22 @@ impl GuestSet {
                     )
                 };
                 Ok(vec![linux(true)?, bench])
+            }
+            GuestSet::CrCheck => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let vm = |name: &str| -> Result<VmDef, String> {
+                    Ok(VmDef {
+                        format: ImageFormat::Tiny,
+                        ..VmDef::new(
+                            name,
+                            crate::guests::find_image(&images, name)?.path.clone(),
+                            4096,
+                        )
+                    })
+                };
+                Ok(vec![vm("crcheck64")?, vm("hello64")?])
             }
             GuestSet::Smp => {
                 use crate::vms::{ImageFormat, VmDef};

@@ -18,8 +18,8 @@
 //! or a loader's "no Multiboot header". Only `std` is used.
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
-//! `bench64` and the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`) are
-//! built with them ([`build_all_guests`]) but booted in their own sets.
+//! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`) and
+//! `crcheck64` are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -67,6 +67,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("bench64", Kind::Elf64),
     ("smp64", Kind::Elf64),
     ("ipistorm64", Kind::Elf64),
+    ("crcheck64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -104,7 +105,7 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// `CARGO_TARGET_DIR` when the caller's environment sets it), then post-processes
 /// each binary with the toolchain's `llvm-objcopy` (component
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
-/// [`build_guests`] lists it, then mb32, bench64, smp64 and ipistorm64.
+/// [`build_guests`] lists it, then mb32, bench64, smp64, ipistorm64 and crcheck64.
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     let linked = cargo_build(workspace_root)?;
     let objcopy = llvm_tool(workspace_root, "llvm-objcopy")?;
@@ -796,7 +797,7 @@ mod tests {
         let mb32 = fs::read(&find_image(&all, "mb32").unwrap().path).unwrap();
         assert!(check_elf(&mb32, ElfClass::Elf32).is_ok());
         assert_eq!(check_multiboot(&mb32).unwrap().flags, MB32_HEADER_FLAGS);
-        for name in ["bench64", "smp64", "ipistorm64"] {
+        for name in ["bench64", "smp64", "ipistorm64", "crcheck64"] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(
                 check_elf(&image, ElfClass::Elf64).unwrap().entry,
