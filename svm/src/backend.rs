@@ -141,6 +141,8 @@ pub struct SvmVcpu {
     regs: GuestRegisters,
     asid: u32,
     nrip_save: bool,
+    /// DecodeAssists: CR write exits name the source register.
+    decode_assists: bool,
     /// TLB_CONTROL value that flushes this guest's translations (by ASID where the
     /// processor can).
     flush: u8,
@@ -211,6 +213,7 @@ impl Backend for SvmBackend {
             regs: start.regs,
             asid,
             nrip_save: self.caps.nrip_save,
+            decode_assists: self.caps.decode_assists,
             flush: if self.caps.flush_by_asid {
                 tlb_control::FLUSH_ASID
             } else {
@@ -259,6 +262,11 @@ impl Backend for SvmBackend {
             // A fresh or reused ASID may have stale translations: flush on first entry.
             vmcb.init_control(asid, iopm_pa, msrpm_pa, root, tlb_control::FLUSH_ALL);
             vmcb.control.intercept1 |= Intercept1::INIT.bits();
+            // Every write to CR0 and CR4 exits (MOV, and for CR0 LMSW; CLTS only
+            // clears TS): the core validates it against the guest's CPUID, so a
+            // hidden feature's bit raises #GP instead of reaching the processor
+            // (APM Vol. 2 15.9). XSETBV is intercepted by `init_control`.
+            vmcb.control.intercept_cr_write |= (1 << 0) | (1 << 4);
             vmcb.set_start_state(start);
             vmcb.save.rax = start.regs.rax;
             vmcb.consistency_check(self.caps.asid_count, self.phys_width)
@@ -360,6 +368,31 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+impl SvmVcpu {
+    /// A general-purpose register by its encoding number (RSP is in the VMCB).
+    fn gpr(&self, n: u8) -> u64 {
+        let r = &self.regs;
+        match n & 15 {
+            0 => r.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => self.vmcb().save.rsp,
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            _ => r.r15,
+        }
+    }
+}
+
 impl Vcpu for SvmVcpu {
     /// Time slices come from the hypervisor's periodic timer: its interrupt ends the
     /// run as [`Exit::ExternalInterrupt`], so `_slice_tsc` is not needed here.
@@ -455,6 +488,26 @@ impl Vcpu for SvmVcpu {
                 error_code: None,
             });
         }
+        let exit = exit::decode(&info);
+        if let Exit::CrWrite { cr, value: None } = exit {
+            // With DecodeAssists and NRIP save the processor names the source
+            // register and the next RIP; otherwise the core decodes the MOV.
+            if let (true, true, Some(gpr)) = (
+                self.decode_assists,
+                self.nrip_save,
+                exit::cr_write_gpr(&info),
+            ) {
+                let mut value = self.gpr(gpr);
+                let s = &self.vmcb().save;
+                if s.efer & efer::LMA == 0 || s.cs.attrib & (1 << 9) == 0 {
+                    value &= 0xFFFF_FFFF; // outside 64-bit mode the operand is 32 bits
+                }
+                return Exit::CrWrite {
+                    cr,
+                    value: Some(value),
+                };
+            }
+        }
         if info.exitcode == crate::vmcb::exit_code::IRET {
             // The NMI handler returns: NMIs are unblocked once this IRET completes. The
             // next NMI may be injected before it does (a nested NMI, which guests that
@@ -462,7 +515,7 @@ impl Vcpu for SvmVcpu {
             self.nmi_masked = false;
             self.vmcb_mut().control.intercept1 &= !Intercept1::IRET.bits();
         }
-        exit::decode(&info)
+        exit
     }
 
     fn regs(&mut self) -> &mut GuestRegisters {
@@ -538,6 +591,33 @@ impl Vcpu for SvmVcpu {
             }
             _ => false,
         }
+    }
+
+    /// Loads CR0/CR4 as an intercepted MOV would have: EFER.LMA follows CR0.PG
+    /// while EFER.LME is set (APM Vol. 2 14.6.1), and this guest's TLB entries are
+    /// flushed on the next VMRUN (a MOV to CR0/CR4 that changes paging bits flushes
+    /// them on the processor; flushing on every emulated write is simplest). With
+    /// nested paging the processor reads PAE PDPTEs itself, nothing to load.
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
+        let flush = self.flush;
+        let v = self.vmcb_mut();
+        match cr {
+            0 => {
+                const PG: u64 = 1 << 31;
+                let (old, efer) = (v.save.cr0, v.save.efer);
+                if old & PG == 0 && value & PG != 0 && efer & efer::LME != 0 {
+                    v.save.efer |= efer::LMA;
+                }
+                if value & PG == 0 {
+                    v.save.efer &= !efer::LMA;
+                }
+                v.save.cr0 = value;
+            }
+            4 => v.save.cr4 = value,
+            _ => return false,
+        }
+        v.control.tlb_control = flush;
+        true
     }
 
     fn rflags(&self) -> u64 {

@@ -69,6 +69,15 @@ pub mod npf {
 pub const ENTRY_FAILURE_REASON: &str =
     "VMRUN failed its consistency checks (VMEXIT_INVALID); Vmcb::consistency_check names the rule";
 
+const CR4_WRITE: u64 = exit_code::CR0_WRITE + 4;
+
+/// With DecodeAssists, EXITINFO1 of a CR write exit holds bit 63 = "MOV to CR" and
+/// the source register's number in bits 3:0 (APM Vol. 2 15.33.1); LMSW and CLTS
+/// leave bit 63 clear. Returns the register number for a MOV.
+pub fn cr_write_gpr(info: &ExitInfo) -> Option<u8> {
+    (info.exitinfo1 & (1 << 63) != 0).then_some((info.exitinfo1 & 0xF) as u8)
+}
+
 /// Translate one #VMEXIT.
 ///
 /// The exit code is compared on its low 32 bits: hardware stores VMEXIT_INVALID as -1
@@ -107,6 +116,16 @@ pub fn decode(info: &ExitInfo) -> Exit {
         },
         exit_code::HLT => Exit::Halt,
         exit_code::VMMCALL => Exit::Hypercall,
+        // Only CR0 and CR4 writes are intercepted. The source register, when the CPU
+        // has DecodeAssists, is filled in by the backend ([`cr_write_gpr`]).
+        c @ (exit_code::CR0_WRITE | CR4_WRITE) => Exit::CrWrite {
+            cr: (c - exit_code::CR0_WRITE) as u8,
+            value: None,
+        },
+        exit_code::XSETBV => Exit::Xsetbv {
+            xcr: info.rcx as u32,
+            value: (info.rdx << 32) | (info.rax & 0xFFFF_FFFF),
+        },
         exit_code::SHUTDOWN => Exit::Shutdown,
         exit_code::INTR | exit_code::NMI => Exit::ExternalInterrupt,
         // VINTR: the guest can take an interrupt. IRET (intercepted only while an
@@ -224,6 +243,38 @@ pub fn next_rip(info: &ExitInfo, rip: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cr_writes_and_xsetbv() {
+        assert_eq!(
+            decode(&info(0x14, 1 << 63 | 9, 0)),
+            Exit::CrWrite { cr: 4, value: None }
+        );
+        assert_eq!(cr_write_gpr(&info(0x14, 1 << 63 | 9, 0)), Some(9));
+        assert_eq!(
+            cr_write_gpr(&info(0x10, 0, 0)),
+            None,
+            "LMSW/CLTS or no assists"
+        );
+        assert_eq!(
+            decode(&info(0x10, 0, 0)),
+            Exit::CrWrite { cr: 0, value: None }
+        );
+        let x = ExitInfo {
+            rax: 0xFFFF_FFFF_0000_0007,
+            rcx: 0,
+            rdx: 0x1,
+            ..info(exit_code::XSETBV, 0, 0)
+        };
+        assert_eq!(
+            decode(&x),
+            Exit::Xsetbv {
+                xcr: 0,
+                value: 0x1_0000_0007
+            }
+        );
+        assert_eq!(next_rip(&x, 0x100), Some(0x103));
+    }
 
     fn info(exitcode: u64, exitinfo1: u64, exitinfo2: u64) -> ExitInfo {
         ExitInfo {

@@ -31,6 +31,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_IPI_SHARED: OnceLock<Images> = OnceLock::new();
     static BENCH_IPI_SPLIT: OnceLock<Images> = OnceLock::new();
     static HOSTILE: OnceLock<Images> = OnceLock::new();
+    static CRCHECK: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -43,6 +44,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchIpiShared => &BENCH_IPI_SHARED,
         GuestSet::BenchIpiSplit => &BENCH_IPI_SPLIT,
         GuestSet::Hostile => &HOSTILE,
+        GuestSet::CrCheck => &CRCHECK,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

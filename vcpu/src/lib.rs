@@ -5,6 +5,7 @@
 //! which vendor it runs on.
 #![no_std]
 
+pub mod cr_policy;
 pub mod fpu;
 pub mod paging;
 pub mod slice;
@@ -93,6 +94,20 @@ pub enum Exit {
     },
     /// VMMCALL / VMCALL.
     Hypercall,
+    /// A write to CR0 or CR4: MOV to CR (and for CR0 also CLTS and LMSW, given as the
+    /// CR0 value they produce). `value` is `None` when the backend cannot decode the
+    /// instruction (SVM without DecodeAssists): the core decodes it at RIP and steps
+    /// over it itself. The core validates the value against the guest's CPUID
+    /// ([`cr_policy`]) and either injects the fault or calls [`Vcpu::write_cr`].
+    CrWrite {
+        cr: u8,
+        value: Option<u64>,
+    },
+    /// XSETBV: XCR number in ECX, value in EDX:EAX.
+    Xsetbv {
+        xcr: u32,
+        value: u64,
+    },
     Halt,
     /// A guest-physical access with no mapping, or against the mapping's permissions.
     NestedPageFault {
@@ -147,6 +162,7 @@ pub enum ExitKind {
     Msr,
     Cpuid,
     Hypercall,
+    ControlRegister,
     Halt,
     NestedPageFault,
     InterruptWindow,
@@ -163,13 +179,14 @@ pub enum ExitKind {
 }
 
 impl ExitKind {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::PortIo,
         ExitKind::Mmio,
         ExitKind::Msr,
         ExitKind::Cpuid,
         ExitKind::Hypercall,
+        ExitKind::ControlRegister,
         ExitKind::Halt,
         ExitKind::NestedPageFault,
         ExitKind::InterruptWindow,
@@ -192,6 +209,7 @@ impl ExitKind {
             ExitKind::Msr => "msr",
             ExitKind::Cpuid => "cpuid",
             ExitKind::Hypercall => "hypercall",
+            ExitKind::ControlRegister => "cr",
             ExitKind::Halt => "hlt",
             ExitKind::NestedPageFault => "npf",
             ExitKind::InterruptWindow => "intr-window",
@@ -217,6 +235,7 @@ impl Exit {
             Exit::Rdmsr { .. } | Exit::Wrmsr { .. } => ExitKind::Msr,
             Exit::Cpuid { .. } => ExitKind::Cpuid,
             Exit::Hypercall => ExitKind::Hypercall,
+            Exit::CrWrite { .. } | Exit::Xsetbv { .. } => ExitKind::ControlRegister,
             Exit::Halt => ExitKind::Halt,
             Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
             Exit::InterruptWindow => ExitKind::InterruptWindow,
@@ -295,6 +314,13 @@ pub trait Vcpu {
     /// for an MSR the backend does not own (the core then injects #GP).
     fn read_backend_msr(&mut self, msr: u32) -> Option<u64>;
     fn write_backend_msr(&mut self, msr: u32, value: u64) -> bool;
+    /// Loads CR0 or CR4 with `value`, which the core validated ([`cr_policy`]), with
+    /// the side effects the processor has for a MOV to CR: EFER.LMA follows CR0.PG
+    /// with EFER.LME, PAE paging outside IA-32e mode loads the PDPTEs, cached
+    /// translations are flushed where the change requires it. Does not step over the
+    /// instruction. `false` when the processor would still raise #GP for a reason only
+    /// the backend sees (PDPTEs with reserved bits); nothing changed then.
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool;
     /// The guest's RFLAGS (IF tells whether a HLT can be woken by an interrupt).
     fn rflags(&self) -> u64;
     /// Whether an external interrupt can be delivered on the next entry: RFLAGS.IF set,

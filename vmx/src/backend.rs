@@ -969,10 +969,16 @@ impl Vcpu for VmxVcpu {
                     }
                     self.regs = regs;
                     self.cr8 = cr8;
-                    if outcome == CrOutcome::Unhandled {
-                        return exit::decode(&info);
+                    match outcome {
+                        CrOutcome::Unhandled => return exit::decode(&info),
+                        CrOutcome::Forward { cr, value } => {
+                            return Exit::CrWrite {
+                                cr,
+                                value: Some(value),
+                            }
+                        }
+                        CrOutcome::Done | CrOutcome::GeneralProtection => continue,
                     }
-                    continue;
                 }
                 reason::EXTERNAL_INTERRUPT => {
                     // SAFETY: the interrupt that caused the exit is still pending (no
@@ -1039,6 +1045,38 @@ impl Vcpu for VmxVcpu {
             .make_current()
             .read(crate::vmcs::guest32::SS_ACCESS_RIGHTS);
         ((ar >> 5) & 3) as u8
+    }
+
+    /// CR0/CR4 as the core validated them (`ops::write_cr0`/`write_cr4`: shadows,
+    /// host-owned bits, LMA and the IA-32e entry control, PDPTEs). With VPIDs, VM
+    /// entry keeps the guest's cached translations, so they are dropped here as the
+    /// MOV to CR0/CR4 would have dropped them on the processor.
+    fn write_cr(&mut self, cr: u8, value: u64) -> bool {
+        let mut hw = self.make_current();
+        let mut cr8 = self.cr8;
+        let mut regs = self.regs;
+        let fixed = self.fixed;
+        let mut read = |cr3: u64| self.read_pdptes(cr3);
+        let mut ctx = CrContext {
+            regs: &mut regs,
+            fixed: &fixed,
+            cr8: &mut cr8,
+            read_pdptes: &mut read,
+        };
+        let outcome = match cr {
+            0 => ops::write_cr0(&mut hw, value, &mut ctx),
+            4 => ops::write_cr4(&mut hw, value, &mut ctx),
+            _ => return false,
+        };
+        if outcome != CrOutcome::Done {
+            return false;
+        }
+        if let (Some(kind), true) = (self.invvpid, self.vpid != 0) {
+            // SAFETY: in VMX root operation with this vCPU's VMCS current; the type
+            // is one the processor supports.
+            let _ = unsafe { arch::invvpid(kind, self.vpid) };
+        }
+        true
     }
 
     fn rflags(&self) -> u64 {

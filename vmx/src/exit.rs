@@ -173,8 +173,12 @@ pub fn decode(info: &ExitInfo) -> Exit {
         | reason::INVEPT
         | reason::INVVPID
         | reason::VMFUNC => Exit::VirtInstruction,
-        // XSETBV always exits (SDM Vol. 3C 26.1.2); XCR0 is not switched, so the core
-        // must not let it through: it sees an unknown exit and stops or injects.
+        // XSETBV always exits (SDM Vol. 3C 26.1.2); the core validates it against
+        // the guest's CPUID (XCR0 is not switched, XSAVE is hidden).
+        reason::XSETBV => Exit::Xsetbv {
+            xcr: info.rcx as u32,
+            value: (info.rdx << 32) | (info.rax & 0xFFFF_FFFF),
+        },
         _ => Exit::Unknown { code },
     }
 }
@@ -446,7 +450,7 @@ mod tests {
         for r in [19, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59] {
             assert_eq!(decode(&exit(r, 0)), Exit::VirtInstruction, "reason {r}");
         }
-        assert_eq!(decode(&exit(55, 0)), Exit::Unknown { code: 55 });
+        assert_eq!(decode(&exit(55, 0)), Exit::Xsetbv { xcr: 0, value: 0 });
         assert_eq!(decode(&exit(11, 0)), Exit::Unknown { code: 11 });
         assert_eq!(decode(&exit(28, 0)), Exit::Unknown { code: 28 });
     }

@@ -47,10 +47,12 @@ impl CrFixed {
         (self.cr0_must_be_one() | !self.cr0_fixed1) & 0xFFFF_FFFF
     }
 
-    /// The CR4 bits the host owns (VMXE, and bits the processor does not allow in VMX
-    /// operation).
+    /// The CR4 bits the host owns: all of them. Which CR4 bits a guest may set
+    /// depends on the CPUID it sees (`vcpu::cr_policy`), not only on VMXE and the
+    /// bits the processor refuses in VMX operation, so every MOV to CR4 exits and is
+    /// validated by the core; the guest reads its value from the read shadow.
     pub const fn cr4_mask(&self) -> u64 {
-        self.cr4_fixed0 | !self.cr4_fixed1
+        u64::MAX
     }
 
     /// The CR0 the processor runs the guest with when the guest believes it has `value`.
@@ -435,7 +437,7 @@ pub(crate) mod tests {
     fn fixed_bits_and_masks() {
         assert_eq!(FIXED.cr0_must_be_one(), cr0::NE);
         assert_eq!(FIXED.cr0_mask(), cr0::NE);
-        assert_eq!(FIXED.cr4_mask(), !0x0037_27FF | cr4::VMXE);
+        assert_eq!(FIXED.cr4_mask(), u64::MAX);
         assert_eq!(FIXED.cr0_actual(cr0::ET), cr0::ET | cr0::NE);
         assert_eq!(FIXED.cr4_actual(cr4::PAE), cr4::PAE | cr4::VMXE);
         // A bit FIXED1 does not allow is dropped.

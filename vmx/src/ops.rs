@@ -436,6 +436,10 @@ pub enum CrOutcome {
     GeneralProtection,
     /// Not an access this backend emulates (reported to the core as unknown).
     Unhandled,
+    /// A write to CR0 or CR4 (MOV, CLTS, LMSW) with the value it would load: the
+    /// core validates it against the guest's CPUID, then calls [`write_cr0`] or
+    /// [`write_cr4`] through `Vcpu::write_cr`. Nothing was changed or skipped.
+    Forward { cr: u8, value: u64 },
 }
 
 /// What a control-register emulation needs besides the VMCS.
@@ -453,16 +457,10 @@ pub struct CrContext<'a> {
 
 /// Handle a control-register access exit (reason 28) with qualification `qualification`.
 ///
-/// - MOV to CR0 (an owned bit changed, usually NE): the architectural checks a MOV to
-///   CR0 makes (#GP for bits 63:32, PG without PE, NW without CD, enabling paging with
-///   LME but not PAE), then CR0 = value with the owned bits forced, the read shadow =
-///   value. Enabling or disabling paging with EFER.LME sets or clears EFER.LMA and the
-///   "IA-32e mode guest" entry control, which the processor does itself only for a MOV
-///   that does not exit. Enabling PAE paging outside IA-32e mode loads the PDPTEs.
-/// - MOV to CR4 exits only when it changes a host-owned bit (VMXE, or a bit the
-///   processor does not allow in VMX operation): #GP(0), as on a processor without VMX.
+/// - MOV to CR0 (an owned bit changed, usually NE), CLTS, LMSW and every MOV to CR4
+///   (the host owns all of CR4): [`CrOutcome::Forward`] with the value the guest
+///   loads, for the core to validate; [`write_cr0`] / [`write_cr4`] then carry it out.
 /// - MOV to/from CR3 (only when the processor forces CR3 exiting) and CR8.
-/// - LMSW and CLTS, for completeness (the masks make them exit rarely if ever).
 pub fn emulate_cr_access(
     vmcs: &mut impl VmcsAccess,
     qualification: u64,
@@ -471,11 +469,13 @@ pub fn emulate_cr_access(
     let wide = in_64bit_code(vmcs);
     let operand = |v: u64| if wide { v } else { v & 0xFFFF_FFFF };
     let outcome = match CrAccess::decode(qualification) {
-        CrAccess::MovToCr { cr: 0, gpr: g } => {
-            let value = operand(gpr(ctx.regs, vmcs, g));
-            write_cr0(vmcs, value, ctx)
-        }
-        CrAccess::MovToCr { cr: 4, .. } => CrOutcome::GeneralProtection,
+        CrAccess::MovToCr {
+            cr: cr @ (0 | 4),
+            gpr: g,
+        } => CrOutcome::Forward {
+            cr,
+            value: operand(gpr(ctx.regs, vmcs, g)),
+        },
         CrAccess::MovToCr { cr: 3, gpr: g } => {
             let value = operand(gpr(ctx.regs, vmcs, g));
             vmcs.write(guest_nat::CR3, value);
@@ -504,27 +504,57 @@ pub fn emulate_cr_access(
             set_gpr(ctx.regs, vmcs, g, value);
             CrOutcome::Done
         }
-        CrAccess::Clts => {
-            let shadow = vmcs.read(control_nat::CR0_READ_SHADOW);
-            write_cr0(vmcs, shadow & !cr0::TS, ctx)
-        }
+        CrAccess::Clts => CrOutcome::Forward {
+            cr: 0,
+            value: control_regs(vmcs).cr0 & !cr0::TS,
+        },
         CrAccess::Lmsw { source } => {
             // LMSW loads CR0 bits 3:0 but cannot clear PE (SDM Vol. 2A LMSW).
-            let shadow = vmcs.read(control_nat::CR0_READ_SHADOW);
-            let low = (source as u64 & 0xF) | (shadow & cr0::PE);
-            write_cr0(vmcs, (shadow & !0xF) | low, ctx)
+            let cr0_value = control_regs(vmcs).cr0;
+            let low = (source as u64 & 0xF) | (cr0_value & cr0::PE);
+            CrOutcome::Forward {
+                cr: 0,
+                value: (cr0_value & !0xF) | low,
+            }
         }
         _ => CrOutcome::Unhandled,
     };
     match outcome {
         CrOutcome::Done => skip_instruction(vmcs),
         CrOutcome::GeneralProtection => inject_exception(vmcs, Exception::GP0),
-        CrOutcome::Unhandled => {}
+        CrOutcome::Unhandled | CrOutcome::Forward { .. } => {}
     }
     outcome
 }
 
-fn write_cr0(vmcs: &mut impl VmcsAccess, value: u64, ctx: &mut CrContext<'_>) -> CrOutcome {
+/// Loads CR4 with `value` (validated by the core): the processor runs with the
+/// VMX-required bits applied, the guest reads `value` from the shadow. A change to
+/// PAE, PGE, PSE or SMEP with PAE paging outside IA-32e mode reloads the PDPTEs (SDM
+/// Vol. 3A 4.4.1); if they have reserved bits set, nothing changes and the result
+/// is [`CrOutcome::GeneralProtection`].
+pub fn write_cr4(vmcs: &mut impl VmcsAccess, value: u64, ctx: &mut CrContext<'_>) -> CrOutcome {
+    let old_actual = vmcs.read(guest_nat::CR4);
+    let old_shadow = vmcs.read(control_nat::CR4_READ_SHADOW);
+    vmcs.write(guest_nat::CR4, ctx.fixed.cr4_actual(value));
+    vmcs.write(control_nat::CR4_READ_SHADOW, value);
+    // PSE, PAE, PGE, SMEP.
+    let reload = (1 << 4) | cr4::PAE | (1 << 7) | (1 << 20);
+    if (value ^ old_shadow) & reload != 0 && !load_pdptes_if_pae(vmcs, ctx) {
+        vmcs.write(guest_nat::CR4, old_actual);
+        vmcs.write(control_nat::CR4_READ_SHADOW, old_shadow);
+        return CrOutcome::GeneralProtection;
+    }
+    CrOutcome::Done
+}
+
+/// Loads CR0 with `value` (validated by the core), with the checks a MOV to CR0
+/// makes repeated as a last line (#GP for bits 63:32, PG without PE, NW without CD,
+/// enabling paging with LME but not PAE): CR0 = value with the owned bits forced,
+/// the read shadow = value. Enabling or disabling paging with EFER.LME sets or
+/// clears EFER.LMA and the "IA-32e mode guest" entry control, which the processor
+/// does itself only for a MOV that does not exit. Enabling PAE paging outside
+/// IA-32e mode loads the PDPTEs.
+pub fn write_cr0(vmcs: &mut impl VmcsAccess, value: u64, ctx: &mut CrContext<'_>) -> CrOutcome {
     let old_actual = vmcs.read(guest_nat::CR0);
     let guest_efer = vmcs.read(guest64::IA32_EFER);
     let cr4_value = vmcs.read(guest_nat::CR4);
@@ -821,6 +851,22 @@ mod tests {
         assert_eq!(c.cs_base, 0);
     }
 
+    /// What the backend and the core do together for a CR access exit (minus the
+    /// core's CPUID validation): forwarded writes are loaded by `write_cr0/4`, then
+    /// skipped or answered with #GP.
+    fn cr_write(v: &mut FakeVmcs, qualification: u64, ctx: &mut CrContext<'_>) -> CrOutcome {
+        let outcome = match emulate_cr_access(v, qualification, ctx) {
+            CrOutcome::Forward { cr: 0, value } => write_cr0(v, value, ctx),
+            CrOutcome::Forward { cr: 4, value } => write_cr4(v, value, ctx),
+            other => return other,
+        };
+        match outcome {
+            CrOutcome::Done => skip_instruction(v),
+            _ => inject_exception(v, Exception::GP0),
+        }
+        outcome
+    }
+
     fn no_pdptes(_: u64) -> Option<[u64; 4]> {
         None
     }
@@ -842,7 +888,7 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
-        assert_eq!(emulate_cr_access(&mut v, 0x0000, &mut ctx), CrOutcome::Done);
+        assert_eq!(cr_write(&mut v, 0x0000, &mut ctx), CrOutcome::Done);
         assert_eq!(
             v.get(control_nat::CR0_READ_SHADOW),
             cr0::PG | cr0::PE | cr0::NE | cr0::ET
@@ -872,7 +918,7 @@ mod tests {
             };
             // MOV CR0, EBX.
             assert_eq!(
-                emulate_cr_access(&mut v, 0x0300, &mut ctx),
+                cr_write(&mut v, 0x0300, &mut ctx),
                 CrOutcome::GeneralProtection
             );
             assert_eq!(v.get(guest_nat::RIP), 0x7C00, "not skipped");
@@ -888,10 +934,7 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
-        assert_eq!(
-            emulate_cr_access(&mut v, 0, &mut ctx),
-            CrOutcome::GeneralProtection
-        );
+        assert_eq!(cr_write(&mut v, 0, &mut ctx), CrOutcome::GeneralProtection);
         // Turning paging off in 64-bit code.
         let mut v = vmcs_for(CpuMode::Long);
         regs.rax = cr0::PE | cr0::NE;
@@ -901,10 +944,7 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
-        assert_eq!(
-            emulate_cr_access(&mut v, 0, &mut ctx),
-            CrOutcome::GeneralProtection
-        );
+        assert_eq!(cr_write(&mut v, 0, &mut ctx), CrOutcome::GeneralProtection);
     }
 
     #[test]
@@ -928,7 +968,7 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
-        assert_eq!(emulate_cr_access(&mut v, 0, &mut ctx), CrOutcome::Done);
+        assert_eq!(cr_write(&mut v, 0, &mut ctx), CrOutcome::Done);
         assert_eq!(seen, 0x9000);
         assert_eq!(v.get(guest64::PDPTE0), 0xA001);
         assert_eq!(v.get(guest64::PDPTE1), 0xB001);
@@ -944,10 +984,7 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
-        assert_eq!(
-            emulate_cr_access(&mut v, 0, &mut ctx),
-            CrOutcome::GeneralProtection
-        );
+        assert_eq!(cr_write(&mut v, 0, &mut ctx), CrOutcome::GeneralProtection);
     }
 
     #[test]
@@ -964,10 +1001,20 @@ mod tests {
             cr8: &mut cr8,
             read_pdptes: &mut read,
         };
+        // MOV CR4, RCX goes to the core (which refuses VMXE); a valid value is
+        // loaded with VMXE kept for the processor and hidden in the shadow.
         assert_eq!(
             emulate_cr_access(&mut v, 0x0104, &mut ctx),
-            CrOutcome::GeneralProtection
+            CrOutcome::Forward {
+                cr: 4,
+                value: cr4::VMXE | cr4::PAE
+            }
         );
+        ctx.regs.rcx = cr4::PAE | cr4::OSFXSR;
+        assert_eq!(cr_write(&mut v, 0x0104, &mut ctx), CrOutcome::Done);
+        assert_eq!(v.get(control_nat::CR4_READ_SHADOW), cr4::PAE | cr4::OSFXSR);
+        assert_eq!(v.get(guest_nat::CR4), cr4::PAE | cr4::OSFXSR | cr4::VMXE);
+        assert_eq!(control_regs(&v).cr4, cr4::PAE | cr4::OSFXSR);
         // MOV CR8, RDX then MOV RSI, CR8.
         ctx.regs.rdx = 9;
         assert_eq!(emulate_cr_access(&mut v, 0x0208, &mut ctx), CrOutcome::Done);
@@ -986,10 +1033,7 @@ mod tests {
         assert_eq!(ctx.regs.r12, 0x5000);
         // LMSW cannot clear PE.
         let mut v = vmcs_for(CpuMode::Protected);
-        assert_eq!(
-            emulate_cr_access(&mut v, 0x0008_0030, &mut ctx),
-            CrOutcome::Done
-        );
+        assert_eq!(cr_write(&mut v, 0x0008_0030, &mut ctx), CrOutcome::Done);
         assert_eq!(
             v.get(control_nat::CR0_READ_SHADOW),
             cr0::PE | cr0::ET | cr0::TS

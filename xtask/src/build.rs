@@ -122,6 +122,9 @@ pub enum GuestSet {
     /// ends in a triple fault), two VMs of `dr64` (debug registers and TSC_AUX kept
     /// per vCPU) and `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD).
     Hostile,
+    /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
+    /// `hello64`.
+    CrCheck,
 }
 
 impl GuestSet {
@@ -138,6 +141,7 @@ impl GuestSet {
             GuestSet::BenchIpiShared => "bench-ipi-shared",
             GuestSet::BenchIpiSplit => "bench-ipi-split",
             GuestSet::Hostile => "hostile",
+            GuestSet::CrCheck => "crcheck",
         }
     }
 
@@ -231,6 +235,22 @@ impl GuestSet {
                     )
                 };
                 Ok(vec![linux(true)?, bench])
+            }
+            GuestSet::CrCheck => {
+                use crate::vms::{ImageFormat, VmDef};
+                let dir = target_dir().join("hv").join("guests");
+                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let vm = |name: &str| -> Result<VmDef, String> {
+                    Ok(VmDef {
+                        format: ImageFormat::Tiny,
+                        ..VmDef::new(
+                            name,
+                            crate::guests::find_image(&images, name)?.path.clone(),
+                            4096,
+                        )
+                    })
+                };
+                Ok(vec![vm("crcheck64")?, vm("hello64")?])
             }
             GuestSet::Smp => {
                 use crate::vms::{ImageFormat, VmDef};

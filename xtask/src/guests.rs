@@ -18,9 +18,9 @@
 //! or a loader's "no Multiboot header". Only `std` is used.
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
-//! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`) and the
-//! hostile-instruction guests `dbloop64`, `dr64` and `insn64` are built with them
-//! ([`build_all_guests`]) but booted in their own sets.
+//! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
+//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64` and `crcheck64`
+//! are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -72,6 +72,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("dbloop64", Kind::Elf64),
     ("dr64", Kind::Elf64),
     ("insn64", Kind::Elf64),
+    ("crcheck64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -109,7 +110,7 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// `CARGO_TARGET_DIR` when the caller's environment sets it), then post-processes
 /// each binary with the toolchain's `llvm-objcopy` (component
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
-/// [`build_guests`] lists it, then mb32, bench64, smp64 and ipistorm64.
+/// [`build_guests`] lists it, then mb32, bench64, smp64, ipistorm64 and crcheck64.
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     let linked = cargo_build(workspace_root)?;
     let objcopy = llvm_tool(workspace_root, "llvm-objcopy")?;
@@ -808,6 +809,8 @@ mod tests {
             "dbloop64",
             "dr64",
             "insn64",
+            "reset64",
+            "crcheck64",
         ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(

@@ -973,6 +973,9 @@ mod tests {
         fn write_backend_msr(&mut self, _: u32, _: u64) -> bool {
             false
         }
+        fn write_cr(&mut self, _: u8, _: u64) -> bool {
+            false
+        }
         fn rflags(&self) -> u64 {
             2
         }

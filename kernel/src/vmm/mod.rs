@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod console_queue;
+pub mod cr_insn;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;

@@ -557,6 +557,20 @@ mod tests {
         assert_eq!(cpuid(0x8000_0001, 0, host).ecx & (1 << 2), 0, "SVM hidden");
         assert_eq!(cpuid(0x8000_000A, 0, host), CpuidResult::default());
         assert_eq!(cpuid(5, 0, host), host(5, 0), "other leaves pass through");
+        let l7 = |_: u32, _: u32| CpuidResult {
+            eax: !0,
+            ebx: !0,
+            ecx: !0,
+            edx: !0,
+        };
+        let r = super::cpuid(7, 0, l7, &ONE);
+        assert_eq!(
+            r.ecx & ((1 << 3) | (1 << 7) | (1 << 31)),
+            0,
+            "PKU, CET_SS, PKS"
+        );
+        assert_eq!(r.edx & (1 << 20), 0, "CET_IBT");
+        assert_eq!(super::cpuid(7, 1, l7, &ONE).eax & (1 << 26), 0, "LAM");
     }
 
     #[test]

@@ -12,9 +12,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use devices::{all_ones, DeliveryMode, LapicConfig, LocalApic, LAPIC_BASE, LAPIC_MMIO_SIZE};
+use vcpu::cr_policy::{self, GuestFeatures};
 use vcpu::{Exception, Exit, Vcpu};
 
 use super::console::{ConsoleOut, Relay};
+use super::cr_insn;
 use super::guest_walk::GuestMemory;
 use super::mmio;
 use super::platform::{Outcome, Platform, PlatformSpec};
@@ -303,6 +305,8 @@ pub struct VcpuCtx<V: Vcpu> {
     ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
     topology: Topology,
+    /// What the guest's CPUID view allows in CR4, EFER and XCR0.
+    features: GuestFeatures,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -317,6 +321,14 @@ impl<V: Vcpu> VcpuCtx<V> {
         machine: &MachineInfo,
         host_cpuid: fn(u32, u32) -> CpuidResult,
     ) -> Self {
+        let topology = Topology {
+            apic_id: index as u32,
+            cpus: machine.cpus.clamp(1, MAX_VCPUS) as u32,
+        };
+        let features = GuestFeatures::from_cpuid(|leaf, subleaf| {
+            let r = policy::cpuid(leaf, subleaf, host_cpuid, &topology);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        });
         Self {
             index,
             vcpu,
@@ -329,10 +341,8 @@ impl<V: Vcpu> VcpuCtx<V> {
             bench_hypercalls: machine.bench_hypercalls,
             ram: machine.ram,
             host_cpuid,
-            topology: Topology {
-                apic_id: index as u32,
-                cpus: machine.cpus.clamp(1, MAX_VCPUS) as u32,
-            },
+            topology,
+            features,
         }
     }
 
@@ -465,9 +475,82 @@ impl<V: Vcpu> VcpuCtx<V> {
         }
         match self.msrs.write(msr, value) {
             MsrAccess::Value(_) => true,
+            // EFER's rules depend on the guest's CPUID and CR0.PG (LME is frozen
+            // while paging is on); LMA stays the processor's.
+            MsrAccess::Backend if msr == policy::IA32_EFER => {
+                let cur = self.vcpu.control_regs();
+                match cr_policy::check_efer(&self.features, &cur, value) {
+                    Ok(v) => self.vcpu.write_backend_msr(msr, v),
+                    Err(_) => false,
+                }
+            }
             MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
             MsrAccess::Fault => false,
         }
+    }
+
+    /// A write to CR0 or CR4: decoded here when the backend could not, validated
+    /// against the guest's CPUID ([`cr_policy`]), then carried out by the backend or
+    /// answered with the fault the processor would raise.
+    fn write_cr(&mut self, cr: u8, value: Option<u64>) -> Next {
+        let cur = self.vcpu.control_regs();
+        let (value, len) = match value {
+            Some(v) => (v, None),
+            None => {
+                let (rip, rsp) = (self.vcpu.rip(), self.vcpu.rsp());
+                match cr_insn::fetch_and_decode(&self.ram, &cur, rip, self.vcpu.regs(), rsp) {
+                    Ok(w) if w.cr == cr => (w.value, Some(w.len)),
+                    Ok(w) => {
+                        return Next::Stop(format!(
+                            "CR{cr} write exit at RIP {rip:#x}, but the instruction there writes CR{}{}",
+                            w.cr,
+                            self.which()
+                        ))
+                    }
+                    Err(e) => {
+                        return Next::Stop(format!(
+                            "CR{cr} write at RIP {rip:#x} cannot be emulated: {e}{}",
+                            self.which()
+                        ))
+                    }
+                }
+            }
+        };
+        let checked = match cr {
+            0 => cr_policy::check_cr0(&cur, value),
+            4 => cr_policy::check_cr4(&self.features, &cur, value),
+            _ => {
+                return Next::Stop(format!(
+                    "unexpected CR{cr} write exit at RIP {:#x}",
+                    self.vcpu.rip()
+                ))
+            }
+        };
+        match checked {
+            Ok(v) if self.vcpu.write_cr(cr, v) => match len {
+                None => self.vcpu.skip_instruction(),
+                Some(len) => {
+                    // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
+                    let next = self.vcpu.rip().wrapping_add(len as u64);
+                    self.vcpu
+                        .set_rip(match crate::vmm::guest_walk::code_bitness(&cur) {
+                            16 => next & 0xFFFF,
+                            32 => next & 0xFFFF_FFFF,
+                            _ => next,
+                        });
+                }
+            },
+            Ok(_) => self.vcpu.inject_exception(Exception::GP0),
+            Err(e) => {
+                log::debug!(
+                    "vcpu {}: CR{cr} <- {value:#x} raises vector {}",
+                    self.index,
+                    e.vector
+                );
+                self.vcpu.inject_exception(e);
+            }
+        }
+        Next::Continue
     }
 
     /// Handles one exit at time `now_ns`; the vCPU is left ready for the next entry.
@@ -629,6 +712,22 @@ impl<V: Vcpu> VcpuCtx<V> {
             }
             // The backend queued #AC/#DB for the guest again; counted above.
             Exit::ExceptionReflected { .. } => Next::Continue,
+            Exit::CrWrite { cr, value } => self.write_cr(cr, value),
+            Exit::Xsetbv { xcr, value } => {
+                let cur = self.vcpu.control_regs();
+                match cr_policy::check_xsetbv(&self.features, &cur, xcr, value) {
+                    Err(e) => {
+                        self.vcpu.inject_exception(e);
+                        Next::Continue
+                    }
+                    // Unreachable while the CPUID policy hides XSAVE (CR4.OSXSAVE is
+                    // then refused, and XSETBV is #UD without it).
+                    Ok(_) => Next::Stop(format!(
+                        "XSETBV {xcr} <- {value:#x}: XCR0 is not switched per guest{}",
+                        self.which()
+                    )),
+                }
+            }
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
             Exit::Shutdown => Next::Crash(format!(
@@ -718,6 +817,13 @@ mod tests {
             }
             msr == policy::IA32_EFER
         }
+        fn write_cr(&mut self, cr: u8, value: u64) -> bool {
+            match cr {
+                0 => self.cr.cr0 = value,
+                _ => self.cr.cr4 = value,
+            }
+            true
+        }
         fn rflags(&self) -> u64 {
             self.rflags
         }
@@ -762,10 +868,19 @@ mod tests {
 
     fn host(leaf: u32, _: u32) -> CpuidResult {
         CpuidResult {
-            eax: leaf,
+            eax: match leaf {
+                0 => 0xD,
+                0x8000_0000 => 0x8000_0008,
+                l => l,
+            },
             ebx: 0,
             ecx: 0xffff_ffff,
-            edx: 0,
+            // Leaf 1 with every feature; 0x8000_0001 with SYSCALL, NX and LM.
+            edx: match leaf {
+                1 => 0xffff_ffff,
+                0x8000_0001 => (1 << 11) | (1 << 20) | (1 << 29),
+                _ => 0,
+            },
         }
     }
 
@@ -902,7 +1017,8 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.cpu.vcpu.efer, 0xD00);
+        // LMA is the processor's: the written bit is ignored (paging is off here).
+        assert_eq!(vm.cpu.vcpu.efer, 0x900);
         vm.handle(
             Exit::Wrmsr {
                 msr: policy::IA32_EFER,
@@ -910,9 +1026,57 @@ mod tests {
             },
             0,
         );
-        assert_eq!(vm.cpu.vcpu.efer, 0xD00, "SVME refused");
+        assert_eq!(vm.cpu.vcpu.efer, 0x900, "SVME refused");
         assert_eq!(vm.cpu.vcpu.injected.len(), 3);
         assert_eq!(vm.cpu.vcpu.skipped, 2);
+    }
+
+    #[test]
+    fn cr_writes_are_validated_against_the_guest_cpuid() {
+        use cr_policy::{cr0, cr4};
+        let mut vm = vm();
+        vm.cpu.vcpu.cr = vcpu::ControlRegs {
+            cr0: cr0::PE | cr0::ET,
+            ..Default::default()
+        };
+        let w = |cr, v| Exit::CrWrite { cr, value: Some(v) };
+        // Leaf 1 offers everything the policy does not hide: PSE is fine, VMXE never,
+        // OSXSAVE and MCE are hidden by the policy.
+        assert_eq!(vm.handle(w(4, cr4::PSE), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.cr.cr4, cr4::PSE);
+        assert_eq!(vm.cpu.vcpu.skipped, 1);
+        for bit in [cr4::VMXE, cr4::OSXSAVE, cr4::MCE, cr4::SMXE, 1 << 15] {
+            vm.handle(w(4, bit), 0);
+        }
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::GP0; 5]);
+        assert_eq!(vm.cpu.vcpu.cr.cr4, cr4::PSE, "unchanged");
+        vm.handle(w(0, cr0::PE | cr0::NW), 0);
+        vm.handle(w(0, cr0::PG), 0);
+        assert_eq!(vm.cpu.vcpu.injected.len(), 7);
+        assert_eq!(vm.cpu.vcpu.cr.cr0, cr0::PE | cr0::ET);
+        // XSETBV: #UD, XSAVE is hidden.
+        vm.handle(Exit::Xsetbv { xcr: 0, value: 1 }, 0);
+        assert_eq!(vm.cpu.vcpu.injected[7], Exception::UD);
+        // Undecoded (SVM without DecodeAssists): `mov cr4, eax` at RIP 0x1000, 32-bit.
+        at_rip(&mut vm, &[0x0F, 0x22, 0xE0]);
+        vm.cpu.vcpu.regs.rax = cr4::PSE | cr4::PGE;
+        assert_eq!(
+            vm.handle(Exit::CrWrite { cr: 4, value: None }, 0),
+            Next::Continue
+        );
+        assert_eq!(vm.cpu.vcpu.cr.cr4, cr4::PSE | cr4::PGE);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1003);
+        // EFER: LME cannot change while paging is on.
+        vm.cpu.vcpu.cr.cr0 |= cr0::PG;
+        vm.handle(
+            Exit::Wrmsr {
+                msr: policy::IA32_EFER,
+                value: 1 << 8,
+            },
+            0,
+        );
+        assert_eq!(vm.cpu.vcpu.injected.len(), 9);
+        assert_eq!(vm.cpu.vcpu.efer, 0);
     }
 
     #[test]
