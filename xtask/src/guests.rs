@@ -128,7 +128,7 @@ pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<Gue
             })?;
         let path = match kind {
             Kind::BootSector => {
-                let flat = out_dir.join(format!("{name}.flat.tmp"));
+                let flat = tmp_beside(&out_dir.join(format!("{name}.flat")));
                 run_objcopy(&objcopy, &["-O", "binary"], elf, &flat)?;
                 let code = fs::read(&flat)
                     .map_err(|e| format!("guests: cannot read {}: {e}", flat.display()))?;
@@ -269,16 +269,30 @@ fn llvm_tool(workspace_root: &Path, tool: &str) -> Result<PathBuf, String> {
 }
 
 /// `llvm-objcopy <args> <input> <output>`.
+/// A per-process temporary name beside `path`: a test binary and `cargo xtask
+/// run` may build into the same directory at once, and each renames its own
+/// finished file into place, so no reader ever sees a half-written image.
+fn tmp_beside(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn run_objcopy(objcopy: &Path, args: &[&str], input: &Path, output: &Path) -> Result<(), String> {
+    let tmp = tmp_beside(output);
     let out = Command::new(objcopy)
         .args(args)
         .arg(input)
-        .arg(output)
+        .arg(&tmp)
         .output()
         .map_err(|e| format!("guests: cannot run {}: {e}", objcopy.display()))?;
     if out.status.success() {
-        Ok(())
+        fs::rename(&tmp, output).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("guests: cannot move {} into place: {e}", output.display())
+        })
     } else {
+        let _ = fs::remove_file(&tmp);
         Err(format!(
             "guests: `llvm-objcopy {} {} {}` failed ({}):\n{}",
             args.join(" "),
@@ -291,7 +305,13 @@ fn run_objcopy(objcopy: &Path, args: &[&str], input: &Path, output: &Path) -> Re
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    fs::write(path, bytes).map_err(|e| format!("guests: cannot write {}: {e}", path.display()))
+    let tmp = tmp_beside(path);
+    fs::write(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            format!("guests: cannot write {}: {e}", path.display())
+        })
 }
 
 /// Reads a converted image back and checks it with [`check_elf`].

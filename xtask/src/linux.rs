@@ -476,7 +476,7 @@ fn finish(dir: &Path) -> Result<LinuxGuest, String> {
     let initrd = dir.join("initrd.cpio");
     // Rewritten only when the init script or busybox changed.
     if fs::read(&initrd).ok().as_deref() != Some(&cpio[..]) {
-        let tmp = dir.join("initrd.cpio.tmp");
+        let tmp = dir.join(format!("initrd.cpio.{}.tmp", std::process::id()));
         fs::File::create(&tmp)
             .and_then(|mut f| f.write_all(&cpio))
             .and_then(|_| fs::rename(&tmp, &initrd))
@@ -497,7 +497,7 @@ fn point_current(dir: &Path) {
     if fs::read_link(&link).is_ok_and(|t| t == Path::new(name)) {
         return;
     }
-    let tmp = cache.join(".current.tmp");
+    let tmp = cache.join(format!(".current.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     if std::os::unix::fs::symlink(name, &tmp).is_ok() {
         let _ = fs::rename(&tmp, &link);
