@@ -112,6 +112,10 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
 /// [`build_guests`] lists it, then mb32, bench64, smp64, ipistorm64 and crcheck64.
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
+    // Tests build several guest sets from parallel threads; one build at a time
+    // in this process (cargo already serialises across processes).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let linked = cargo_build(workspace_root)?;
     let objcopy = llvm_tool(workspace_root, "llvm-objcopy")?;
     fs::create_dir_all(out_dir)
@@ -272,9 +276,13 @@ fn llvm_tool(workspace_root: &Path, tool: &str) -> Result<PathBuf, String> {
 /// A per-process temporary name beside `path`: a test binary and `cargo xtask
 /// run` may build into the same directory at once, and each renames its own
 /// finished file into place, so no reader ever sees a half-written image.
+/// The counter keeps two threads of one process (tests building different guest
+/// sets at once) apart too.
 fn tmp_beside(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
     path.with_file_name(name)
 }
 

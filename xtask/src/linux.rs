@@ -264,6 +264,10 @@ fn newest_cached(cache_dir: &Path) -> Option<PathBuf> {
 /// Fetches (or finds in `cache_dir`) Debian's standard amd64 kernel and a busybox
 /// initramfs for it.
 pub fn debian_linux(cache_dir: &Path) -> Result<LinuxGuest, String> {
+    // Tests ask for the guest from parallel threads: one fetch at a time, so they
+    // neither download twice nor share the pid-named temporaries.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     fs::create_dir_all(cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
     if !have("apt-cache") || !have("apt-get") || !have("dpkg-deb") {
         if let Some(dir) = newest_cached(cache_dir) {
