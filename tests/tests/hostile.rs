@@ -75,7 +75,10 @@ fn hostile_instructions_under_amd_v() {
     let out = boot_qemu("hostile_amd_v", GuestSet::Hostile, &opts, QEMU_LIMIT);
     out.expect_line("extension: AMD-V");
     expect_hostile(&out);
-    expect_db_loop(&out, 10);
+    // How many rounds TCG runs before the loop ends varies from run to run (8 seen
+    // once, usually a few dozen); more than one proves the re-raised #DB came back
+    // through the intercept each time.
+    expect_db_loop(&out, 3);
     out.expect_line("dr64 | dr64: tsc_aux kept")
         .expect_line("dr64b | dr64: tsc_aux kept");
     out.expect_exit(EXIT_SUCCESS);
