@@ -164,11 +164,15 @@ impl GuestSet {
             )
             .map(|images| crate::vms::tiny_guests(&images))
         };
-        let linux = |test_mode| -> Result<crate::vms::VmDef, String> {
+        let guest_dir = target_dir().join("hv").join("guests");
+        let all_guests = || crate::guests::build_all_guests(&workspace_root(), &guest_dir);
+        // The Linux guest's VM before `config::check`, for sets that adjust it.
+        let linux_vm = |test_mode| -> Result<crate::vms::VmDef, String> {
             let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
-            Ok(crate::config::check(&crate::linux::linux_vm(
-                &guest, test_mode,
-            ))?)
+            Ok(crate::linux::linux_vm(&guest, test_mode))
+        };
+        let linux = |test_mode| -> Result<crate::vms::VmDef, String> {
+            Ok(crate::config::check(&linux_vm(test_mode)?)?)
         };
         let with_hello = |linux: crate::vms::VmDef| -> Result<Vec<crate::vms::VmDef>, String> {
             let hello = tiny()?
@@ -200,14 +204,12 @@ impl GuestSet {
             GuestSet::Demo => with_hello(linux(false)?),
             GuestSet::LinuxTest => with_hello(linux(true)?),
             GuestSet::LinuxVerboseTest => {
-                let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
-                let mut vm = crate::linux::linux_vm(&guest, true);
+                let mut vm = linux_vm(true)?;
                 vm.cmdline = vm.cmdline.replace(" quiet", "");
                 with_hello(crate::config::check(&vm)?)
             }
             GuestSet::LinuxApicTest => {
-                let guest = crate::linux::debian_linux(&crate::linux::default_cache_dir())?;
-                let mut vm = crate::linux::linux_vm(&guest, true);
+                let mut vm = linux_vm(true)?;
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);
                 // Over-committed: more vCPUs than the test machine's two processors.
                 vm.vcpus = 4;
@@ -215,8 +217,7 @@ impl GuestSet {
             }
             GuestSet::Multiboot => {
                 use crate::vms::{ImageFormat, ModuleDef, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                let images = all_guests()?;
                 let image = |name| crate::guests::find_image(&images, name).map(|g| g.path.clone());
                 // Named as QEMU's `-kernel mb32 -append hello=world -initrd testmod`
                 // names it: the loader puts the image path in front of the command
@@ -226,61 +227,35 @@ impl GuestSet {
                     image_path: "mb32".into(),
                     cmdline: "hello=world".into(),
                     modules: vec![ModuleDef {
-                        path: crate::guests::write_multiboot_test_module(&dir)?,
+                        path: crate::guests::write_multiboot_test_module(&guest_dir)?,
                         cmdline: "testmod".into(),
                     }],
                     ..VmDef::new("mb32", image("mb32")?, 16 * 1024)
                 };
-                let hello = VmDef {
-                    format: ImageFormat::Tiny,
-                    ..VmDef::new("hello64", image("hello64")?, 4096)
-                };
-                Ok(vec![crate::config::check(&mb32)?, hello])
+                Ok(vec![
+                    crate::config::check(&mb32)?,
+                    tiny_vm(&images, "hello64")?,
+                ])
             }
             GuestSet::Bench => {
-                use crate::vms::{ImageFormat, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
-                let bench = VmDef {
-                    format: ImageFormat::Tiny,
+                let bench = crate::vms::VmDef {
                     bench_hypercalls: true,
-                    ..VmDef::new(
-                        "bench64",
-                        crate::guests::find_image(&images, "bench64")?.path.clone(),
-                        4096,
-                    )
+                    ..tiny_vm(&all_guests()?, "bench64")?
                 };
                 Ok(vec![linux(true)?, bench])
             }
             GuestSet::CrCheck => {
-                use crate::vms::{ImageFormat, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
-                let vm = |name: &str| -> Result<VmDef, String> {
-                    Ok(VmDef {
-                        format: ImageFormat::Tiny,
-                        ..VmDef::new(
-                            name,
-                            crate::guests::find_image(&images, name)?.path.clone(),
-                            4096,
-                        )
-                    })
-                };
+                let images = all_guests()?;
+                let vm = |name: &str| tiny_vm(&images, name);
                 Ok(vec![vm("crcheck64")?, vm("hello64")?])
             }
             GuestSet::Smp | GuestSet::SmpWithoutStorm => {
-                use crate::vms::{ImageFormat, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
+                use crate::vms::VmDef;
+                let images = all_guests()?;
                 let vm = |name: &str, vcpus: u32| -> Result<VmDef, String> {
                     Ok(VmDef {
-                        format: ImageFormat::Tiny,
                         vcpus,
-                        ..VmDef::new(
-                            name,
-                            crate::guests::find_image(&images, name)?.path.clone(),
-                            4096,
-                        )
+                        ..tiny_vm(&images, name)?
                     })
                 };
                 // hello64 pinned to processor 1 and the spinner to processor 0: a
@@ -324,39 +299,20 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::BenchIpiShared | GuestSet::BenchIpiSplit => {
-                use crate::vms::{ImageFormat, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
-                let smp64 = VmDef {
-                    format: ImageFormat::Tiny,
+                let smp64 = crate::vms::VmDef {
                     vcpus: 2,
                     cpus: if self == GuestSet::BenchIpiShared {
                         vec![0]
                     } else {
                         vec![0, 1]
                     },
-                    ..VmDef::new(
-                        "smp64",
-                        crate::guests::find_image(&images, "smp64")?.path.clone(),
-                        4096,
-                    )
+                    ..tiny_vm(&all_guests()?, "smp64")?
                 };
                 Ok(vec![smp64])
             }
             GuestSet::Hostile => {
-                use crate::vms::{ImageFormat, VmDef};
-                let dir = target_dir().join("hv").join("guests");
-                let images = crate::guests::build_all_guests(&workspace_root(), &dir)?;
-                let vm = |name: &str| -> Result<VmDef, String> {
-                    Ok(VmDef {
-                        format: ImageFormat::Tiny,
-                        ..VmDef::new(
-                            name,
-                            crate::guests::find_image(&images, name)?.path.clone(),
-                            4096,
-                        )
-                    })
-                };
+                let images = all_guests()?;
+                let vm = |name: &str| tiny_vm(&images, name);
                 Ok(vec![
                     vm("dbloop64")?,
                     vm("dr64")?,
@@ -367,6 +323,18 @@ impl GuestSet {
             }
         }
     }
+}
+
+/// The built tiny guest `name` as a VM with 4 MiB of memory.
+fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vms::VmDef, String> {
+    Ok(crate::vms::VmDef {
+        format: crate::vms::ImageFormat::Tiny,
+        ..crate::vms::VmDef::new(
+            name,
+            crate::guests::find_image(images, name)?.path.clone(),
+            4096,
+        )
+    })
 }
 
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
