@@ -254,23 +254,29 @@ pub fn analyse_hv(lines: &[TimedLine]) -> HvRun {
     run
 }
 
+/// The run's last serial line, for a problem message.
+fn last_serial_line(line: Option<&str>) -> String {
+    line.map_or("no serial output at all".to_string(), |l| {
+        format!("last serial line: {l:?}")
+    })
+}
+
+/// The message for a run that did not end within `limit`, if it timed out.
+fn timeout_problem(timed_out: bool, limit: Duration, line: Option<&str>) -> Option<String> {
+    timed_out.then(|| {
+        format!(
+            "the run did not end within {} s ({})",
+            limit.as_secs(),
+            last_serial_line(line)
+        )
+    })
+}
+
 /// What went wrong in a hypervisor run, one message per missing figure.
 pub fn hv_problems(run: &HvRun, timed_out: bool, limit: Duration) -> Vec<String> {
     let mut p = Vec::new();
-    let last = || {
-        run.last_line
-            .as_deref()
-            .map_or("no serial output at all".to_string(), |l| {
-                format!("last serial line: {l:?}")
-            })
-    };
-    if timed_out {
-        p.push(format!(
-            "the run did not end within {} s ({})",
-            limit.as_secs(),
-            last()
-        ));
-    }
+    let last = || last_serial_line(run.last_line.as_deref());
+    p.extend(timeout_problem(timed_out, limit, run.last_line.as_deref()));
     if run.init.is_none() {
         p.push(format!(
             "no `linux | {INIT_LINE}` line: Linux did not reach /init ({})",
@@ -444,20 +450,8 @@ pub fn ipi_problems(
     limit: Duration,
 ) -> Vec<String> {
     let mut p = Vec::new();
-    let last = || {
-        run.last_line
-            .as_deref()
-            .map_or("no serial output at all".to_string(), |l| {
-                format!("last serial line: {l:?}")
-            })
-    };
-    if timed_out {
-        p.push(format!(
-            "the run did not end within {} s ({})",
-            limit.as_secs(),
-            last()
-        ));
-    }
+    let last = || last_serial_line(run.last_line.as_deref());
+    p.extend(timeout_problem(timed_out, limit, run.last_line.as_deref()));
     if let Some(why) = &run.fail {
         p.push(format!("smp64 failed: {why}"));
     }
