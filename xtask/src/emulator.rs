@@ -142,6 +142,10 @@ fn qemu_command_with_serial(
     if opts.gdb {
         cmd.args(["-s", "-S"]);
     }
+    // Extra arguments for debugging a run (`-d cpu_reset -D qemu.log`, ...).
+    if let Ok(extra) = std::env::var("HV_QEMU_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
     Ok(cmd)
 }
 

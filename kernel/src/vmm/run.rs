@@ -923,14 +923,18 @@ impl<B: Backend> Machine<'_, B> {
 /// end, a lock never released): an NMI makes it report where (its NMI handler logs
 /// the interrupted RIP), once per period.
 fn watchdog() {
+    // Both stamps are read before the clock, and a stamp later than `now` (another
+    // processor's TSC a little ahead of this one's, or a store that raced this read)
+    // counts as recent: only a positive age of a full period fires.
+    let last = LAST_HOUSEKEEPING.load(Ordering::Acquire);
+    let sent = LAST_WATCHDOG.load(Ordering::Acquire);
     let now = time::rdtsc();
     let period = time::micros_to_tsc(WATCHDOG_MS * 1000);
-    let last = LAST_HOUSEKEEPING.load(Ordering::Relaxed);
-    if last == 0 || now.wrapping_sub(last) < period {
+    let older_than_period = |stamp: u64| now.checked_sub(stamp).is_some_and(|age| age >= period);
+    if last == 0 || !older_than_period(last) {
         return;
     }
-    let sent = LAST_WATCHDOG.load(Ordering::Relaxed);
-    if sent != 0 && now.wrapping_sub(sent) < period {
+    if sent != 0 && !older_than_period(sent) {
         return;
     }
     if LAST_WATCHDOG
