@@ -104,7 +104,8 @@ pub fn boot_bochs(
     out
 }
 
-/// Checks on a run's output that print the whole serial log when they fail.
+/// Checks on a run's output that print the serial log (shortened: [`shortened`]) when
+/// they fail.
 pub trait Expect {
     fn expect_line(&self, needle: &str) -> &Self;
     fn expect_no(&self, needle: &str) -> &Self;
@@ -119,8 +120,46 @@ fn fail(out: &RunOutput, why: String) -> ! {
         out.timed_out,
         out.exit_code,
         out.elapsed.as_secs_f64(),
-        out.serial
+        shortened(&out.serial)
     )
+}
+
+/// Lines of a long serial log kept in a failure report: its beginning, the
+/// hypervisor's own lines from the middle, and its end (where a run stops, hangs or
+/// crashes). CI keeps only the head and tail of a long test output, so two failing
+/// tests that each printed a whole Linux boot would hide each other's ends.
+const HEAD_LINES: usize = 40;
+const TAIL_LINES: usize = 80;
+
+fn shortened(serial: &str) -> String {
+    let lines: Vec<&str> = serial.lines().collect();
+    if lines.len() <= HEAD_LINES + TAIL_LINES + 40 {
+        return serial.to_string();
+    }
+    let middle = &lines[HEAD_LINES..lines.len() - TAIL_LINES];
+    let own: Vec<&str> = middle
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("hv:"))
+        .collect();
+    let mut text = lines[..HEAD_LINES].join("\n");
+    text.push_str(&format!(
+        "\n[... {} lines left out; the hypervisor's own lines among them follow ...]\n",
+        middle.len()
+    ));
+    for l in own.iter().take(40) {
+        text.push_str(l);
+        text.push('\n');
+    }
+    if own.len() > 40 {
+        text.push_str(&format!(
+            "[... {} more hypervisor lines ...]\n",
+            own.len() - 40
+        ));
+    }
+    text.push_str("[... the end of the log ...]\n");
+    text.push_str(&lines[lines.len() - TAIL_LINES..].join("\n"));
+    text
 }
 
 impl Expect for RunOutput {

@@ -730,12 +730,23 @@ impl<V: Vcpu> VcpuCtx<V> {
             }
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
-            Exit::Shutdown => Next::Crash(format!(
-                "triple fault (shutdown) at RIP {:#x} in {:?} mode{}",
-                self.vcpu.rip(),
-                self.vcpu.mode(),
-                self.which()
-            )),
+            Exit::Shutdown => {
+                // What the guest's own debugger would want first: where it was, on
+                // which stack, and with which paging and mode.
+                let c = self.vcpu.control_regs();
+                Next::Crash(format!(
+                    "triple fault (shutdown) at RIP {:#x} in {:?} mode{} (RSP {:#x} CR0 {:#x} \
+                     CR3 {:#x} CR4 {:#x} EFER {:#x})",
+                    self.vcpu.rip(),
+                    self.vcpu.mode(),
+                    self.which(),
+                    self.vcpu.rsp(),
+                    c.cr0,
+                    c.cr3,
+                    c.cr4,
+                    c.efer
+                ))
+            }
             Exit::EntryFailure { code, reason } => Next::Stop(format!(
                 "VM entry failed (code {code:#x}){}: {reason}",
                 self.which()
