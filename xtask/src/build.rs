@@ -115,10 +115,6 @@ pub enum GuestSet {
     /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
     /// with two processors.
     Smp,
-    /// `Smp` without `ipistorm64`: the AMD-V (QEMU) run. With the storm, VMs beside
-    /// it crash there now and then with a host code address as their RIP (an open
-    /// problem, see the notes of the SMP issue); under Bochs the full set passes.
-    SmpWithoutStorm,
     /// `cargo xtask bench`'s IPI round trip with both vCPUs on one host processor:
     /// `smp64` (2 vCPUs) alone, pinned to processor 0, so its vCPUs take turns there.
     BenchIpiShared,
@@ -147,7 +143,6 @@ impl GuestSet {
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
             GuestSet::Smp => "smp",
-            GuestSet::SmpWithoutStorm => "smp-without-storm",
             GuestSet::BenchIpiShared => "bench-ipi-shared",
             GuestSet::BenchIpiSplit => "bench-ipi-split",
             GuestSet::Hostile => "hostile",
@@ -249,7 +244,7 @@ impl GuestSet {
                 let vm = |name: &str| tiny_vm(&images, name);
                 Ok(vec![vm("crcheck64")?, vm("hello64")?])
             }
-            GuestSet::Smp | GuestSet::SmpWithoutStorm => {
+            GuestSet::Smp => {
                 use crate::vms::VmDef;
                 let images = all_guests()?;
                 let vm = |name: &str, vcpus: u32| -> Result<VmDef, String> {
@@ -261,7 +256,7 @@ impl GuestSet {
                 // hello64 pinned to processor 1 and the spinner to processor 0: a
                 // vCPU spinning with interrupts off on one processor does not delay
                 // the other's.
-                let mut vms = vec![
+                let vms = vec![
                     vm("smp64", 2)?,
                     VmDef {
                         cpus: vec![1],
@@ -293,9 +288,6 @@ impl GuestSet {
                     }
                     .renamed("pinned5"),
                 ];
-                if self == GuestSet::SmpWithoutStorm {
-                    vms.retain(|v| v.name != "ipistorm64");
-                }
                 Ok(vms)
             }
             GuestSet::BenchIpiShared | GuestSet::BenchIpiSplit => {
