@@ -12,7 +12,8 @@
 //!           28  run_limit_ms u32
 //!           32  image        offset u32, length u32
 //!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls,
-//!                             bit 2: stop on reset, bit 3: restart on crash)
+//!                             bit 2: stop on reset, bit 3: restart on crash,
+//!                             bit 4: stop on an unbacked access)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -61,6 +62,7 @@ const FLAG_BACKGROUND: u32 = 1;
 const FLAG_BENCH_HYPERCALLS: u32 = 2;
 const FLAG_RESET_STOPS: u32 = 4;
 const FLAG_CRASH_RESTARTS: u32 = 8;
+const FLAG_UNMAPPED_STOPS: u32 = 16;
 /// Images and module data start at multiples of this within the blob, so the
 /// kernel may read them with aligned loads if it wants to.
 const DATA_ALIGN: usize = 16;
@@ -180,6 +182,10 @@ pub struct VmSpec<'a> {
     /// What a crash (triple fault) does: stop the VM (the default, as libvirt's
     /// `on_crash = destroy`), or restart it.
     pub on_crash: Policy,
+    /// A guest-physical access that reaches neither RAM nor a device: reads return
+    /// all ones and writes vanish, as on a PC bus (false, the default), or the VM
+    /// stops (true: `on_unmapped = "stop"`).
+    pub unmapped_stops: bool,
     pub image: &'a [u8],
     /// The image's path as the user named it (`kernel` key, `--kernel`); may be
     /// empty. Multiboot kernels get it in front of their command line.
@@ -438,6 +444,11 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 FLAG_CRASH_RESTARTS
             } else {
                 0
+            }
+            | if vm.unmapped_stops {
+                FLAG_UNMAPPED_STOPS
+            } else {
+                0
             };
         let fields: [(usize, u32); 13] = [
             (E_MEMORY, vm.memory_kib),
@@ -624,6 +635,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             } else {
                 Policy::Stop
             },
+            unmapped_stops: field(E_FLAGS) & FLAG_UNMAPPED_STOPS != 0,
             image,
             image_path,
             format,
@@ -651,6 +663,7 @@ mod tests {
             bench_hypercalls: false,
             on_reset: Policy::Restart,
             on_crash: Policy::Stop,
+            unmapped_stops: false,
             image,
             image_path: name,
             format: ImageFormat::Auto,
@@ -671,6 +684,7 @@ mod tests {
                 bench_hypercalls: true,
                 on_reset: Policy::Stop,
                 on_crash: Policy::Restart,
+                unmapped_stops: true,
                 ..tiny("spin", b"xy")
             },
             VmSpec {
@@ -681,6 +695,7 @@ mod tests {
                 bench_hypercalls: false,
                 on_reset: Policy::Restart,
                 on_crash: Policy::Stop,
+                unmapped_stops: false,
                 image: b"bzImage bytes",
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,

@@ -44,6 +44,14 @@ pub const fn all_ones(size: u8) -> u32 {
     }
 }
 
+/// [`all_ones`] for MMIO, where accesses may also be 8 bytes wide.
+pub const fn all_ones64(size: u8) -> u64 {
+    match size {
+        8 => u64::MAX,
+        _ => all_ones(size) as u64,
+    }
+}
+
 /// Performs a read of `size` bytes on a byte-wide device as the consecutive byte reads
 /// the ISA bus turns it into, lowest port first, assembled little-endian.
 ///
@@ -276,6 +284,8 @@ mod tests {
         assert_eq!(all_ones(1), 0xFF);
         assert_eq!(all_ones(2), 0xFFFF);
         assert_eq!(all_ones(4), 0xFFFF_FFFF);
+        assert_eq!(all_ones64(4), 0xFFFF_FFFF);
+        assert_eq!(all_ones64(8), u64::MAX);
     }
 
     #[test]

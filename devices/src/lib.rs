@@ -106,8 +106,8 @@ pub mod pit8254;
 pub mod uart16550;
 
 pub use bus::{
-    all_ones, read_bytewise, write_bytewise, Bus, BusRange, MapError, PortDevice, PortMap,
-    PortRange,
+    all_ones, all_ones64, read_bytewise, write_bytewise, Bus, BusRange, MapError, PortDevice,
+    PortMap, PortRange,
 };
 pub use bus_devices::{RtcCmos, SerialPort};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_COUNT, RTC_IRQ};

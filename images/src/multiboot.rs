@@ -719,6 +719,7 @@ mod tests {
             bench_hypercalls: false,
             on_reset: bundle::Policy::Restart,
             on_crash: bundle::Policy::Stop,
+            unmapped_stops: false,
             image: &img,
             image_path: "mb.bin",
             format: ImageFormat::Multiboot,

@@ -6,7 +6,10 @@
 //!   the processor shuts that VM down (triple fault), and only that VM;
 //! - two VMs of `dr64`: DR0-DR3 (and IA32_TSC_AUX where RDTSCP exists) written with
 //!   a marker of their own survive the other VM running on the same processor;
-//! - `insn64`: WBINVD and INVD complete, RDPMC raises #GP(0), MONITOR raises #UD.
+//! - `insn64`: WBINVD and INVD complete, RDPMC raises #GP(0), MONITOR raises #UD,
+//!   and guest-physical space without RAM or a device reads all ones and drops
+//!   writes (the default `on_unmapped = "ignore"`; `oob64` in the tiny set checks
+//!   `"stop"`).
 //!
 //! On AMD-V (QEMU, 2 processors) and on VT-x (Bochs, 1 processor: every VM shares it).
 
@@ -21,6 +24,12 @@ fn expect_hostile(out: &RunOutput) {
         .expect_line("insn64 | insn64: wbinvd ok")
         .expect_line("insn64 | insn64: invd ok")
         .expect_line("insn64 | insn64: rdpmc -> #GP(0x0)")
+        .expect_line(
+            "insn64 | insn64: unbacked read 0xffffffffffffffff, after a write 0xffffffffffffffff",
+        )
+        .expect_line("vm insn64: read of unbacked guest-physical 0x30000000 at RIP")
+        .expect_line("vm insn64: write to unbacked guest-physical 0x30000000 at RIP")
+        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 3 (the first at 0x30000000)")
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")

@@ -52,6 +52,7 @@ const VM_KEYS: &[&str] = &[
     "bench_hypercalls",
     "on_reset",
     "on_crash",
+    "on_unmapped",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
@@ -301,6 +302,7 @@ struct RawVm {
     bench_hypercalls: bool,
     on_reset: Option<bundle::Policy>,
     on_crash: Option<bundle::Policy>,
+    unmapped_stops: bool,
 }
 
 /// Reads and validates the VM descriptions in `path`.
@@ -576,6 +578,18 @@ fn parse_vm(
                 } else {
                     vm.on_crash = Some(policy);
                 }
+            }
+            "on_unmapped" => {
+                vm.unmapped_stops = match get_str(src, item, &loc)? {
+                    "ignore" => false,
+                    "stop" => true,
+                    other => {
+                        return Err(src.err(
+                            &loc,
+                            format!("{other:?} is not a policy: use \"ignore\" or \"stop\""),
+                        ))
+                    }
+                };
             }
             "bench_hypercalls" => {
                 vm.bench_hypercalls = item
@@ -989,6 +1003,7 @@ fn resolve(
         bench_hypercalls: raw.bench_hypercalls,
         on_reset: raw.on_reset.unwrap_or(bundle::Policy::Restart),
         on_crash: raw.on_crash.unwrap_or(bundle::Policy::Stop),
+        unmapped_stops: raw.unmapped_stops,
         format,
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
@@ -1143,6 +1158,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         bench_hypercalls: vm.bench_hypercalls,
         on_reset: Some(vm.on_reset),
         on_crash: Some(vm.on_crash),
+        unmapped_stops: vm.unmapped_stops,
         ..RawVm::default()
     };
     check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;

@@ -162,6 +162,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 bench_hypercalls: false,
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
+                unmapped_stops: false,
                 image,
                 image_path: name,
                 format,

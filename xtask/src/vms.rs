@@ -35,6 +35,9 @@ pub struct VmDef {
     pub on_reset: bundle::Policy,
     /// A crash (triple fault) stops the VM (default) or restarts it.
     pub on_crash: bundle::Policy,
+    /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
+    /// "stop"`); by default it reads all ones and writes vanish.
+    pub unmapped_stops: bool,
     /// How the kernel loads `image`. Sets read from a config file carry the format
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
@@ -61,6 +64,7 @@ impl VmDef {
             bench_hypercalls: false,
             on_reset: bundle::Policy::Restart,
             on_crash: bundle::Policy::Stop,
+            unmapped_stops: false,
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
@@ -95,6 +99,8 @@ pub fn tiny_guests(images: &[GuestImage]) -> Vec<VmDef> {
         .iter()
         .map(|g| VmDef {
             background: g.name == "spin64",
+            // oob64 checks the strict policy: its write beyond RAM stops it.
+            unmapped_stops: g.name == "oob64",
             format: ImageFormat::Tiny,
             ..VmDef::new(g.name.clone(), g.path.clone(), 4096)
         })
@@ -163,6 +169,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             bench_hypercalls: v.bench_hypercalls,
             on_reset: v.on_reset,
             on_crash: v.on_crash,
+            unmapped_stops: v.unmapped_stops,
             image,
             image_path: &v.image_path,
             format: v.format,
@@ -270,6 +277,7 @@ mod tests {
                 bench_hypercalls: false,
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
+                unmapped_stops: false,
                 image: b"kernel",
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,

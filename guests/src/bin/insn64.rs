@@ -4,13 +4,16 @@
 //! effects are not the guest's to have), RDPMC must raise #GP(0) (no performance
 //! counters are offered), and MONITOR, which CPUID hides, must raise #UD: the last
 //! one ends the guest through the guest library's report of an unexpected exception
-//! (`vector=6`).
+//! (`vector=6`). Before that, guest-physical space with neither RAM nor a device
+//! (0x3000_0000, inside the identity map the loader builds, far beyond RAM) must
+//! answer as a PC's bus does: reads all ones, writes dropped.
 //!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
 //! insn64: invd ok
 //! insn64: rdpmc -> #GP(0x0)
+//! insn64: unbacked read 0xffffffffffffffff, after a write 0xffffffffffffffff
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -46,6 +49,17 @@ mod guest {
             Ok(()) => println!("insn64: rdpmc -> no fault (ERROR)"),
             Err(f) => println!("insn64: rdpmc -> #GP({:#x})", f.error_code),
         }
+        const UNBACKED: usize = 0x3000_0000;
+        // SAFETY: guest-physical space without RAM behind it: the hypervisor
+        // completes both accesses (volatile, so both are really made); nothing of
+        // this guest lives there.
+        let (before, after) = unsafe {
+            let p = UNBACKED as *mut u64;
+            let before = core::ptr::read_volatile(p);
+            core::ptr::write_volatile(p, 0x1234_5678);
+            (before, core::ptr::read_volatile(p))
+        };
+        println!("insn64: unbacked read {before:#x}, after a write {after:#x}");
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.

@@ -58,6 +58,11 @@ pub struct Platform {
     console: usize,
     /// Accesses to ports that nothing decodes.
     pub unknown_port_accesses: u64,
+    /// Accesses to guest-physical space with neither RAM nor a device behind it
+    /// (answered as a PC's bus does: all ones, writes dropped), and the first such
+    /// address.
+    pub unbacked_accesses: u64,
+    pub first_unbacked: u64,
     /// The earliest device deadline (a timer's next expiry), recomputed after every
     /// access and poll: polling before it finds nothing new.
     deadline: Option<u64>,
@@ -78,6 +83,8 @@ impl Platform {
             ioapic: IoApic::new(0),
             console: 0,
             unknown_port_accesses: 0,
+            unbacked_accesses: 0,
+            first_unbacked: 0,
             deadline: None,
             poll_now: true,
         };

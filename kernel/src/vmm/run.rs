@@ -332,6 +332,7 @@ fn start<B: Backend>(
         tsc_hz: time::tsc_hz(),
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
+        unmapped_stops: spec.unmapped_stops,
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
@@ -777,6 +778,12 @@ impl<B: Backend> Machine<'_, B> {
             total / tsc_per_us / 1000,
             times.join(", ")
         );
+        if shared.platform.unbacked_accesses > 0 {
+            println!(
+                "hv: vm {} unbacked guest-physical accesses: {} (the first at {:#x})",
+                vm.name, shared.platform.unbacked_accesses, shared.platform.first_unbacked
+            );
+        }
         if shared.platform.unknown_port_accesses > 0 {
             println!(
                 "hv: vm {} unknown port accesses: {}",

@@ -11,7 +11,9 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use devices::{all_ones, DeliveryMode, LapicConfig, LocalApic, LAPIC_BASE, LAPIC_MMIO_SIZE};
+use devices::{
+    all_ones, all_ones64, DeliveryMode, LapicConfig, LocalApic, LAPIC_BASE, LAPIC_MMIO_SIZE,
+};
 use vcpu::cr_policy::{self, GuestFeatures};
 use vcpu::{Exception, Exit, Vcpu};
 
@@ -83,6 +85,9 @@ pub struct MachineInfo {
     pub cpus: usize,
     /// The VM opted in to the benchmark hypercalls (`bench_hypercalls`).
     pub bench_hypercalls: bool,
+    /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
+    /// "stop"`) instead of reading all ones.
+    pub unmapped_stops: bool,
 }
 
 fn in_page(gpa: u64, base: u64, size: u64) -> bool {
@@ -302,6 +307,7 @@ pub struct VcpuCtx<V: Vcpu> {
     /// An NMI-window exit is requested.
     nmi_window: bool,
     bench_hypercalls: bool,
+    unmapped_stops: bool,
     ram: GuestRam,
     host_cpuid: fn(u32, u32) -> CpuidResult,
     topology: Topology,
@@ -339,6 +345,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             in_bare_loop: false,
             nmi_window: false,
             bench_hypercalls: machine.bench_hypercalls,
+            unmapped_stops: machine.unmapped_stops,
             ram: machine.ram,
             host_cpuid,
             topology,
@@ -432,7 +439,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             } else {
                 vm.platform
                     .mmio(addr, size, value, now_ns, &mut out)
-                    .unwrap_or(all_ones(size).into())
+                    .unwrap_or(all_ones64(size))
             }
         };
         let result = mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device);
@@ -447,6 +454,54 @@ impl<V: Vcpu> VcpuCtx<V> {
                 self.vcpu.rip()
             )),
         }
+    }
+
+    /// An access to guest-physical space with neither RAM nor a device behind it,
+    /// answered as a PC's bus answers one: reads return all ones and writes vanish
+    /// (decoded and completed like any MMIO access); an instruction fetch reads
+    /// 0xFF bytes, which decode as the undefined `FF /7`, so the guest gets #UD.
+    /// Counted, and reported for the first few and then every power of two, since
+    /// it usually means a guest bug or a probe.
+    fn unbacked_access(
+        &mut self,
+        vm: &mut VmShared,
+        gpa: u64,
+        write: bool,
+        fetch: bool,
+        now_ns: u64,
+    ) -> Next {
+        let n = vm.platform.unbacked_accesses + 1;
+        vm.platform.unbacked_accesses = n;
+        if n == 1 {
+            vm.platform.first_unbacked = gpa;
+        }
+        if n <= 4 || n.is_power_of_two() {
+            log::warn!(
+                "vm {}: {} unbacked guest-physical {gpa:#x} at RIP {:#x}{}: {} ({n} so far)",
+                vm.name,
+                if fetch {
+                    "instruction fetch from"
+                } else if write {
+                    "write to"
+                } else {
+                    "read of"
+                },
+                self.vcpu.rip(),
+                self.which(),
+                if fetch {
+                    "#UD"
+                } else if write {
+                    "dropped"
+                } else {
+                    "all ones"
+                },
+            );
+        }
+        if fetch {
+            self.vcpu.inject_exception(Exception::UD);
+            return Next::Continue;
+        }
+        self.emulate_mmio(vm, gpa, write, now_ns)
     }
 
     fn read_msr(&mut self, vm: &mut VmShared, msr: u32, now_ns: u64) -> Option<u64> {
@@ -674,17 +729,22 @@ impl<V: Vcpu> VcpuCtx<V> {
             } if in_page(gpa, LAPIC_BASE, LAPIC_MMIO_SIZE) || vm.platform.decodes_mmio(gpa) => {
                 self.emulate_mmio(vm, gpa, write, now_ns)
             }
-            Exit::NestedPageFault { gpa, write, fetch } => Next::Stop(format!(
-                "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
-                if fetch {
-                    "instruction fetch"
-                } else if write {
-                    "write"
-                } else {
-                    "read"
-                },
-                self.vcpu.rip()
-            )),
+            Exit::NestedPageFault { gpa, write, fetch } if self.unmapped_stops => {
+                Next::Stop(format!(
+                    "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
+                    if fetch {
+                        "instruction fetch"
+                    } else if write {
+                        "write"
+                    } else {
+                        "read"
+                    },
+                    self.vcpu.rip()
+                ))
+            }
+            Exit::NestedPageFault { gpa, write, fetch } => {
+                self.unbacked_access(vm, gpa, write, fetch, now_ns)
+            }
             Exit::Mmio { gpa, write } => Next::Stop(format!(
                 "{} of unassigned MMIO at guest-physical {gpa:#x}",
                 if write { "write" } else { "read" }
@@ -924,6 +984,7 @@ mod tests {
             tsc_hz: 1_000_000_000,
             cpus,
             bench_hypercalls: false,
+            unmapped_stops: false,
         }
     }
 
@@ -1093,6 +1154,8 @@ mod tests {
     #[test]
     fn fatal_exits_stop_the_vm_with_a_reason() {
         let mut vm = vm();
+        // `on_unmapped = "stop"`: an access outside RAM and every device stops it.
+        vm.cpu.unmapped_stops = true;
         vm.cpu.vcpu.rip = 0x10_0040;
         let Next::Stop(why) = vm.handle(
             Exit::NestedPageFault {
@@ -1278,6 +1341,49 @@ mod tests {
         assert!(
             matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated"))
         );
+    }
+
+    #[test]
+    fn unbacked_space_reads_all_ones_and_drops_writes() {
+        let mut vm = vm();
+        let fault = |gpa, write, fetch| Exit::NestedPageFault { gpa, write, fetch };
+        // mov dword [0x30000000], 0x12345678 (32-bit code): dropped, and the
+        // instruction completes.
+        at_rip(
+            &mut vm,
+            &[0xC7, 0x05, 0x00, 0x00, 0x00, 0x30, 0x78, 0x56, 0x34, 0x12],
+        );
+        assert_eq!(
+            vm.handle(fault(0x3000_0000, true, false), 0),
+            Next::Continue
+        );
+        assert_eq!(vm.cpu.vcpu.rip, 0x1000 + 10);
+        // mov eax, [0x30000000]: all ones, as from an empty PC bus.
+        at_rip(&mut vm, &[0x8B, 0x05, 0x00, 0x00, 0x00, 0x30]);
+        vm.cpu.vcpu.regs.rax = 0;
+        assert_eq!(
+            vm.handle(fault(0x3000_0000, false, false), 0),
+            Next::Continue
+        );
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0xFFFF_FFFF);
+        // mov rax, [0x30000000] in 64-bit code: all 64 bits are ones.
+        at_rip(&mut vm, &[0x48, 0x8B, 0x04, 0x25, 0x00, 0x00, 0x00, 0x30]);
+        vm.cpu.vcpu.cr.cs_long = true;
+        vm.cpu.vcpu.cr.efer = (1 << 8) | (1 << 10);
+        vm.cpu.vcpu.regs.rax = 0;
+        assert_eq!(
+            vm.handle(fault(0x3000_0000, false, false), 0),
+            Next::Continue
+        );
+        assert_eq!(vm.cpu.vcpu.regs.rax, u64::MAX);
+        // A fetch reads 0xFF bytes: FF /7 is undefined, so #UD.
+        assert_eq!(
+            vm.handle(fault(0x3000_0000, false, true), 0),
+            Next::Continue
+        );
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::UD]);
+        assert_eq!(vm.shared.platform.unbacked_accesses, 4);
+        assert_eq!(vm.shared.platform.first_unbacked, 0x3000_0000);
     }
 
     #[test]
