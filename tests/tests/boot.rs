@@ -26,6 +26,10 @@ fn amd_v_bios_boot_report() {
         .expect_line(" NPT ")
         .expect_line("processors: 2 (local APIC IDs 0 1) from the ACPI MADT")
         .expect_line("ioapic: id 0 at 0xfec00000, GSI base 0")
+        // QEMU's qemu64 model enumerates no IBPB; AMD needs no entry flush.
+        .expect_line(
+            "hv:   mitigations: IBPB on VM switch (no: CPU lacks IBPB), RSB refill after exit (yes), L1D flush before entry (not needed: AMD is not affected by L1TF), VERW before entry (not needed: AMD is not affected by MDS)",
+        )
         .expect_line("hv: using AMD-V")
         .expect_no("EXCEPTION")
         .expect_no("PANIC")
