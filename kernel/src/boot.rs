@@ -8,8 +8,8 @@ use bootloader_api::BootInfo;
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
 use crate::{
-    acpi_info, apic, detect, gdt, interrupts, memory, migration_check, println, serial, smp, time,
-    timer, vmm,
+    acpi_info, apic, detect, gdt, interrupts, memory, migration_check, mitigation, println, serial,
+    smp, time, timer, vmm,
 };
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
@@ -116,6 +116,8 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         mem.usable_bytes >> 20,
         mem.regions
     );
+    let mitigations = mitigation::detect(&cpu.vendor);
+    println!("hv:   mitigations: {mitigations}");
 
     let ext = match ext {
         Ok(ext) => ext,
@@ -158,6 +160,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         }
         detect::Extension::Vmx(caps) => match vmx::VmxBackend::enable(&caps, &mut KernelMemory) {
             Ok(mut backend) => {
+                backend.set_entry_flush(mitigations.entry_flush());
                 migration_check::run(&mut backend);
                 vmm::run_all(&mut backend, &specs)
             }

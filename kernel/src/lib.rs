@@ -28,6 +28,8 @@ pub mod memory;
 #[cfg(target_os = "none")]
 pub mod migration_check;
 #[cfg(target_os = "none")]
+pub mod mitigation;
+#[cfg(target_os = "none")]
 pub mod serial;
 #[cfg(target_os = "none")]
 pub mod shutdown;

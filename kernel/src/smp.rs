@@ -71,7 +71,13 @@ pub struct PerCpu {
     /// nothing, so it is not sent (an IPI storm in a guest becomes at most one host
     /// IPI per processor at a time).
     kick_pending: core::sync::atomic::AtomicBool,
+    /// The VM whose vCPU this processor ran last ([`NO_VM`] before the first), for
+    /// the predictor barrier between VMs (`mitigation`).
+    last_vm: AtomicUsize,
 }
+
+/// [`PerCpu::last_vm`] before a processor has run any VM.
+pub const NO_VM: usize = usize::MAX;
 
 const fn table() -> [PerCpu; MAX_CPUS] {
     let mut t = [const {
@@ -81,6 +87,7 @@ const fn table() -> [PerCpu; MAX_CPUS] {
             state: AtomicU8::new(OFF),
             kicks: AtomicU64::new(0),
             kick_pending: core::sync::atomic::AtomicBool::new(false),
+            last_vm: AtomicUsize::new(NO_VM),
         }
     }; MAX_CPUS];
     let mut i = 0;
@@ -118,6 +125,13 @@ pub fn this_cpu() -> usize {
         core::arch::asm!("mov {}, gs:[0]", out(reg) index, options(nostack, readonly, preserves_flags))
     };
     index
+}
+
+/// Records that the calling processor is about to run a vCPU of VM `vm` and returns
+/// the VM it ran before ([`NO_VM`] the first time). Only the processor itself
+/// touches its entry.
+pub fn switch_vm(vm: usize) -> usize {
+    CPUS[this_cpu()].last_vm.swap(vm, Ordering::Relaxed)
 }
 
 /// The local APIC ID of processor `cpu` (`cpu < cpu_count()`).

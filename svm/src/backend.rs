@@ -296,6 +296,9 @@ impl Backend for SvmBackend {
 /// physical interrupt during the guest causes #VMEXIT(INTR) (V_INTR_MASKING, APM
 /// 15.21.1) and stays pending until STGI, when the host's own handler takes it.
 ///
+/// After #VMEXIT the return stack buffer is refilled ([`vcpu::rsb_fill_asm!`]) once
+/// the guest's registers are stored, before the stub's RET.
+///
 /// Arguments (System V): rdi = VMCB physical address, rsi = host state page physical
 /// address, rdx = `*mut GuestRegisters`.
 #[unsafe(naked)]
@@ -348,6 +351,9 @@ unsafe extern "C" fn svm_enter(_vmcb_pa: u64, _host_state_pa: u64, _regs: *mut G
         "mov [rax + 96], r13",
         "mov [rax + 104], r14",
         "mov [rax + 112], r15",
+        // The guest's return targets leave the RSB before the host's first RET
+        // (`vcpu::mitigation`); GIF=0 keeps interrupts out until STGI.
+        vcpu::rsb_fill_asm!(),
         "mov rax, [rsp + 16]",
         "vmload rax",
         "stgi",

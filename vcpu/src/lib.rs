@@ -7,6 +7,7 @@
 
 pub mod cr_policy;
 pub mod fpu;
+pub mod mitigation;
 pub mod paging;
 pub mod slice;
 

@@ -26,6 +26,10 @@
 //! own values and `Vcpu::unload` (which ends every slice) reads them back
 //! ([`vcpu::slice`]), so no guest sees another's breakpoints or RDTSCP/RDPID value.
 //!
+//! **Transient execution.** Just before entry the stub flushes L1D or runs VERW when
+//! the kernel set that with [`VmxBackend::set_entry_flush`], and right after every
+//! exit it refills the return stack buffer (`vcpu::mitigation`).
+//!
 //! **Interrupts.** The host runs with RFLAGS.IF=0. External interrupts arriving while
 //! a guest runs cause a VM exit ("external-interrupt exiting") and, without "acknowledge
 //! interrupt on exit", stay pending at the interrupt controller; `run` then opens a
@@ -34,6 +38,8 @@
 
 use core::arch::naked_asm;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU16, Ordering};
+use vcpu::mitigation::{EntryFlush, MSR_FLUSH_CMD};
 use vcpu::slice::{self, SliceState, MSR_TSC_AUX};
 
 use vcpu::paging::Level;
@@ -154,6 +160,23 @@ pub struct VmxBackend {
     invept: Option<u64>,
     invvpid: Option<u64>,
     vpids: VpidAllocator,
+    /// What runs just before every VM entry (`vcpu::mitigation`).
+    entry_flush: EntryFlush,
+}
+
+/// The selector VERW checks before VM entry: the host's data segment. Intel's MDS
+/// guidance asks for a writable data segment for the fastest VERW (the buffers are
+/// overwritten whatever the check finds).
+static VERW_SELECTOR: AtomicU16 = AtomicU16::new(0);
+
+/// `vmx_enter`'s flags.
+mod enter {
+    /// VMRESUME rather than VMLAUNCH.
+    pub const LAUNCHED: u64 = 1 << 0;
+    /// VERW just before entry (MDS/TAA buffers).
+    pub const VERW: u64 = 1 << 1;
+    /// Write IA32_FLUSH_CMD.L1D_FLUSH just before entry (L1TF).
+    pub const L1D_FLUSH: u64 = 1 << 2;
 }
 
 fn check(condition: bool, what: &'static str) -> Result<(), BackendError> {
@@ -212,7 +235,16 @@ impl VmxBackend {
             invept,
             invvpid,
             vpids: VpidAllocator::new(),
+            entry_flush: EntryFlush::None,
         })
+    }
+
+    /// Sets what every vCPU created afterwards does just before VM entry: the L1D
+    /// flush (IA32_FLUSH_CMD) or VERW, as `vcpu::mitigation` decided. The caller
+    /// checked that the processor has the MSR (L1D_FLUSH) or MD_CLEAR.
+    pub fn set_entry_flush(&mut self, flush: EntryFlush) {
+        VERW_SELECTOR.store(arch::read_ds(), Ordering::Relaxed);
+        self.entry_flush = flush;
     }
 
     /// Enters VMX operation on the calling processor, as [`VmxBackend::enable`] does on
@@ -413,6 +445,8 @@ pub struct VmxVcpu {
     host_cpu: u64,
     /// DR0-DR3, DR6 and TSC_AUX, switched at slice boundaries.
     slice: SliceState,
+    /// `enter::VERW` or `enter::L1D_FLUSH` (or 0), from the backend's `entry_flush`.
+    entry_flags: u64,
 }
 
 // SAFETY: the raw pointer (`msr_area`) and the RAM addresses point at memory this vCPU
@@ -579,6 +613,11 @@ impl Backend for VmxBackend {
             cr8: 0,
             fx: FxArea::initial(),
             slice: SliceState::new(SliceState::detect_tsc_aux(), true),
+            entry_flags: match self.entry_flush {
+                EntryFlush::None => 0,
+                EntryFlush::Verw => enter::VERW,
+                EntryFlush::L1d => enter::L1D_FLUSH,
+            },
             ram: [(
                 GuestMapping {
                     gpa: 0,
@@ -734,14 +773,19 @@ impl VmxBackend {
 ///
 /// Saves the host's callee-saved registers, sets HOST_RSP to the stack pointer at the
 /// point of entry (the VM exit resumes there with the `regs` pointer on top of the
-/// stack) and HOST_RIP to the exit path, loads the guest's general-purpose registers
-/// from `regs` (the `repr(C)` order of [`GuestRegisters`]: rax rbx rcx rdx rsi rdi rbp
-/// r8..r15, 8 bytes each), then VMLAUNCH (`launched == 0`) or VMRESUME. On a VM exit
-/// it stores the guest's registers back. RSP, RIP and RFLAGS are the VMCS's.
+/// stack) and HOST_RIP to the exit path, flushes L1D (`enter::L1D_FLUSH`) or runs VERW
+/// (`enter::VERW`) as `flags` say, loads the guest's general-purpose registers from
+/// `regs` (the `repr(C)` order of [`GuestRegisters`]: rax rbx rcx rdx rsi rdi rbp
+/// r8..r15, 8 bytes each), then VMLAUNCH or, with `enter::LAUNCHED`, VMRESUME. On a VM
+/// exit it stores the guest's registers back and refills the return stack buffer
+/// ([`vcpu::rsb_fill_asm!`]) before its RET. RSP, RIP and RFLAGS are the VMCS's.
+///
+/// The flush runs after the last host data the stub touches but the guest's own
+/// registers; VERW's memory operand is the host's data selector (`VERW_SELECTOR`).
 ///
 /// A VM exit loads RFLAGS with only bit 1 set (SDM Vol. 3C 28.5.3): IF and DF are 0.
 #[unsafe(naked)]
-unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u64 {
+unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _flags: u64) -> u64 {
     naked_asm!(
         "push rbp",
         "push rbx",
@@ -757,8 +801,19 @@ unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u6
         "lea rdx, [rip + 8f]",
         "vmwrite rax, rdx",
         "jbe 7f",
-        // Flags from this test survive the MOVs below (MOV does not change flags).
-        "test rsi, rsi",
+        "test esi, {l1d}",
+        "jz 3f",
+        "mov ecx, {flush_cmd}",
+        "mov eax, 1",
+        "xor edx, edx",
+        "wrmsr",
+        "3:",
+        "test esi, {verw}",
+        "jz 4f",
+        "verw word ptr [rip + {selector}]",
+        "4:",
+        // CF from this test survives the MOVs below (MOV does not change flags).
+        "bt esi, 0",
         "mov rax, [rdi]",
         "mov rbx, [rdi + 8]",
         "mov rcx, [rdi + 16]",
@@ -774,7 +829,7 @@ unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u6
         "mov r14, [rdi + 104]",
         "mov r15, [rdi + 112]",
         "mov rdi, [rdi + 40]",
-        "jnz 6f",
+        "jc 6f",
         "vmlaunch",
         "jmp 7f",
         "6:",
@@ -814,6 +869,7 @@ unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u6
         "mov [rdi + 112], r15",
         "pop rax",
         "mov [rdi + 40], rax",
+        vcpu::rsb_fill_asm!(),
         "add rsp, 8",
         "pop r15",
         "pop r14",
@@ -825,6 +881,10 @@ unsafe extern "C" fn vmx_enter(_regs: *mut GuestRegisters, _launched: u64) -> u6
         "ret",
         host_rsp = const host_nat::RSP,
         host_rip = const host_nat::RIP,
+        l1d = const enter::L1D_FLUSH,
+        verw = const enter::VERW,
+        flush_cmd = const MSR_FLUSH_CMD,
+        selector = sym VERW_SELECTOR,
     )
 }
 
@@ -892,12 +952,15 @@ impl Vcpu for VmxVcpu {
             // SAFETY: the host set CR4.OSFXSR and cleared CR0.EM/TS in `enable`; the
             // area holds either the initial image or one FXSAVE wrote.
             unsafe { arch::fxrstor(&self.fx) };
+            let launched = if self.launched { enter::LAUNCHED } else { 0 };
+            let flags = self.entry_flags | launched;
             // SAFETY: the VMCS is current and was fully set up by `create_vcpu` (its
             // guest state passed the software checks, its EPT maps only this guest's
             // RAM, every I/O port and all but the switched MSRs exit); the stub
             // preserves the host's callee-saved registers and returns on the host
-            // stack through HOST_RSP/HOST_RIP.
-            let status = unsafe { vmx_enter(&mut self.regs, self.launched as u64) };
+            // stack through HOST_RSP/HOST_RIP. `enter::L1D_FLUSH` is only set where
+            // CPUID enumerates IA32_FLUSH_CMD (`set_entry_flush`'s caller checked).
+            let status = unsafe { vmx_enter(&mut self.regs, flags) };
             // SAFETY: as for FXRSTOR above.
             unsafe { arch::fxsave(&mut self.fx) };
             match status {

@@ -479,6 +479,10 @@ impl<B: Backend> Machine<'_, B> {
             }
             // Never held while the guest runs.
             drop(shared);
+            if !*entered {
+                // The slice's first entry: a barrier if this processor ran another VM.
+                crate::mitigation::before_vm(vm_index);
+            }
             slot.ran = true;
             *entered = true;
             let exit = if slot.ctx.in_bare_loop {
