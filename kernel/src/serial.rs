@@ -55,6 +55,23 @@ pub fn drain() {
     }
 }
 
+/// For reports from a processor that is not itself in trouble about one that may be
+/// (the watchdog): waits for the lock about `tries` times, so the report does not cut
+/// into another processor's line, and takes the port over without it only if the
+/// lock stays held (its holder may be the stuck processor).
+pub fn write_fmt_or_take_over(args: fmt::Arguments, tries: u32) {
+    for _ in 0..tries {
+        if let Some(mut guard) = PORT.try_lock() {
+            if let Some(port) = guard.as_mut() {
+                let _ = port.write_fmt(args);
+            }
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    emergency_write_fmt(args);
+}
+
 /// For the exception and panic paths: the lock may be held by the code that faulted,
 /// so take the port over without it. Output may interleave; losing the report would
 /// be worse.

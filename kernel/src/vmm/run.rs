@@ -952,10 +952,14 @@ fn watchdog() {
         .compare_exchange(sent, now, Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
     {
-        crate::serial::emergency_write_fmt(format_args!(
-            "hv: watchdog: cpu 0 has not been between time slices for {} ms; NMI sent\n",
-            now.wrapping_sub(last) / (time::tsc_hz() / 1000).max(1)
-        ));
+        crate::serial::write_fmt_or_take_over(
+            format_args!(
+                "hv: watchdog: cpu 0 has not been between time slices for {} ms; NMI sent\n",
+                now.wrapping_sub(last) / (time::tsc_hz() / 1000).max(1)
+            ),
+            // A line at 115200 baud takes well under 10 ms; a spin is a few ns.
+            1_000_000,
+        );
         crate::apic::send_ipi_nowait(smp::apic_id(0), crate::apic::ICR_NMI);
     }
 }
