@@ -330,6 +330,7 @@ fn start<B: Backend>(
         ram: unsafe { GuestRam::new(memory::phys_to_virt(ram_pa), ram_size) },
         epoch_unix_ns,
         tsc_hz: time::tsc_hz(),
+        tsc_at_zero: time::tsc_at_boot(),
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
     };
@@ -435,6 +436,10 @@ impl<B: Backend> Machine<'_, B> {
             slot.ctx.stats = old.stats.clone();
             backend.destroy_vcpu(&mut KernelMemory, old.vcpu);
             slot.ran = false;
+            drop(backend);
+            // The fresh vCPU's TSC offset is 0 again, whatever the guest wrote to its
+            // TSC before: its TSC deadlines count from the machine's start value.
+            vm.shared.lock().lapics[i].set_tsc_at_zero(machine.tsc_at_zero);
         }
         slot.ctx.vcpu.set_real_mode_cs(u16::from(vector) << 8);
         slot.ctx.vcpu.set_rip(0);
