@@ -742,6 +742,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                     )),
                 }
             }
+            // The slice may end here; the run loop's slice clock decides (a host
+            // tick early in a slice does not end it).
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
             Exit::Shutdown => Next::Crash(format!(
