@@ -29,8 +29,11 @@
 //!
 //! The model has no clock of its own. Every call that can observe time takes `now_ns`,
 //! the guest's time in nanoseconds, which must never go backwards. The same timeline
-//! defines the guest's TSC: `TSC = now_ns * tsc_hz / 10^9` (so a VMM that offsets the
-//! guest TSC passes `guest_tsc * 10^9 / tsc_hz`). The timer counts at
+//! defines the guest's TSC, which `IA32_TSC_DEADLINE` is compared with (SDM 11.5.4.1):
+//! `TSC = tsc_at_zero + now_ns * tsc_hz / 10^9` ([`LapicConfig::tsc_at_zero`]; a VMM
+//! whose `now_ns` starts later than the guest's TSC, at its own boot say, or whose
+//! guest wrote its TSC, says so there or through [`LocalApic::set_guest_tsc`]:
+//! otherwise every deadline fires late, or early, by the difference). The timer counts at
 //! [`LapicConfig::timer_hz`] (the "bus clock" or "core crystal clock" of SDM 11.5.4)
 //! divided by the divide configuration; the default, [`DEFAULT_TIMER_HZ`], is 1 GHz so
 //! that one timer tick at divide-by-1 is one nanosecond. Guests calibrate the timer
@@ -471,6 +474,9 @@ pub struct LapicConfig {
     pub timer_hz: u64,
     /// The guest's TSC rate in Hz, for the TSC-deadline timer.
     pub tsc_hz: u64,
+    /// The guest's TSC (what its RDTSC returns) when `now_ns` is 0; the TSC-deadline
+    /// timer fires once `tsc_at_zero + now_ns * tsc_hz / 10^9` reaches the deadline.
+    pub tsc_at_zero: u64,
     /// Whether x2APIC mode may be entered; must equal CPUID.1:ECX bit 21 as the guest sees
     /// it (setting EXTD on a CPU without x2APIC is #GP).
     pub x2apic: bool,
@@ -484,6 +490,7 @@ impl LapicConfig {
             bsp: true,
             timer_hz: DEFAULT_TIMER_HZ,
             tsc_hz,
+            tsc_at_zero: 0,
             x2apic: false,
         }
     }
@@ -995,10 +1002,32 @@ impl LocalApic {
         u64::try_from(ns).unwrap_or(u64::MAX)
     }
 
+    /// When (in `now_ns`) the guest's TSC reaches the armed deadline: at once (0) for
+    /// a deadline the TSC had passed at `now_ns` = 0. The distance is taken modulo
+    /// 2^64 as a signed number, so a `tsc_at_zero` below 0 (a guest that set its TSC
+    /// to less than the time elapsed) works too.
     fn tsc_deadline_ns(&self) -> u64 {
-        let ns =
-            (u128::from(self.tsc_deadline) * NS_PER_SEC).div_ceil(u128::from(self.config.tsc_hz));
+        let distance = self.tsc_deadline.wrapping_sub(self.config.tsc_at_zero) as i64;
+        let Ok(cycles) = u64::try_from(distance) else {
+            return 0;
+        };
+        let ns = (u128::from(cycles) * NS_PER_SEC).div_ceil(u128::from(self.config.tsc_hz));
         u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    /// The guest's TSC was set to `tsc` at `now_ns` (a WRMSR of `IA32_TIME_STAMP_COUNTER`
+    /// that the VMM carried out by changing the vCPU's TSC offset): an armed
+    /// TSC deadline is compared with the new count from now on, as the processor
+    /// compares it with whatever the TSC holds (SDM 11.5.4.1).
+    pub fn set_guest_tsc(&mut self, tsc: u64, now_ns: u64) {
+        let elapsed = u128::from(now_ns) * u128::from(self.config.tsc_hz) / NS_PER_SEC;
+        self.config.tsc_at_zero = tsc.wrapping_sub(elapsed as u64);
+    }
+
+    /// The guest's TSC at `now_ns` = 0 again (a vCPU rebuilt with its TSC offset back
+    /// at the VMM's start value); see [`LapicConfig::tsc_at_zero`].
+    pub fn set_tsc_at_zero(&mut self, tsc_at_zero: u64) {
+        self.config.tsc_at_zero = tsc_at_zero;
     }
 
     /// The current-count register at `now_ns` (SDM 11.5.4): counts down from the
@@ -1864,6 +1893,54 @@ mod tests {
             20_000,
         );
         assert_eq!(a.read_msr(msr::IA32_TSC_DEADLINE, 20_000), Ok(0));
+    }
+
+    /// The deadline is a value of the guest's TSC, which need not be 0 where the
+    /// VMM's clock is: a hypervisor's `now_ns` counts from its own boot, seconds after
+    /// the TSC started at power-on. Found under Bochs: every Linux timer tick came
+    /// 5.3 s (the firmware's boot time) late, and a quiet boot stalled.
+    #[test]
+    fn tsc_deadline_is_measured_from_the_guest_tsc_at_time_zero() {
+        // At 2 GHz, the guest TSC reads 10_000_000_000 (5 s) when now_ns is 0.
+        let mut a = LocalApic::new(LapicConfig {
+            tsc_at_zero: 10_000_000_000,
+            ..LapicConfig::new(TSC_HZ)
+        });
+        write(&mut a, reg::SVR, 0x1FF);
+        a.mmio_write(reg::LVT_TIMER.into(), 4, lvt::TIMER_TSC_DEADLINE | 0xEF, 0);
+        // 1 ms into the hypervisor's time the guest arms a deadline 1 ms ahead.
+        let now = 1_000_000;
+        a.write_msr(msr::IA32_TSC_DEADLINE, 10_000_000_000 + 4_000_000, now)
+            .unwrap();
+        assert_eq!(a.next_deadline_ns(), Some(2_000_000));
+        assert!(!a.poll_timer(1_999_999));
+        assert!(a.poll_timer(2_000_000), "not 5 s late");
+        assert_eq!(a.acknowledge(), Some(0xEF));
+        a.eoi();
+        // A deadline below the TSC at time 0 is long past: it fires at once.
+        a.write_msr(msr::IA32_TSC_DEADLINE, 5, 2_000_000).unwrap();
+        assert_eq!(a.pending_vector(), Some(0xEF));
+        a.acknowledge();
+        a.eoi();
+        // The guest writes its TSC: 0 at 3 ms. A deadline of 2 ms in the new count
+        // is due at 5 ms.
+        a.set_guest_tsc(0, 3_000_000);
+        a.write_msr(msr::IA32_TSC_DEADLINE, 4_000_000, 3_000_000)
+            .unwrap();
+        assert_eq!(a.next_deadline_ns(), Some(5_000_000));
+        assert!(!a.poll_timer(4_999_999));
+        assert!(a.poll_timer(5_000_000));
+        a.acknowledge();
+        a.eoi();
+        // And back to the start value.
+        a.set_tsc_at_zero(10_000_000_000);
+        a.write_msr(
+            msr::IA32_TSC_DEADLINE,
+            10_000_000_000 + 12_000_000,
+            5_000_000,
+        )
+        .unwrap();
+        assert_eq!(a.next_deadline_ns(), Some(6_000_000));
     }
 
     #[test]

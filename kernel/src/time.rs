@@ -59,6 +59,12 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
+/// The TSC when [`uptime_ns`] was 0: what the processor had counted since power-on
+/// before the hypervisor calibrated it (seconds of firmware and boot loader).
+pub fn tsc_at_boot() -> u64 {
+    TSC_AT_BOOT.load(Ordering::Relaxed)
+}
+
 pub fn uptime_micros() -> u64 {
     uptime_ns() / 1000
 }

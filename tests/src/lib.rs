@@ -24,7 +24,6 @@ pub fn images(set: GuestSet) -> &'static Images {
     static TINY: OnceLock<Images> = OnceLock::new();
     static DEMO: OnceLock<Images> = OnceLock::new();
     static LINUX: OnceLock<Images> = OnceLock::new();
-    static LINUX_VERBOSE: OnceLock<Images> = OnceLock::new();
     static LINUX_APIC: OnceLock<Images> = OnceLock::new();
     static MULTIBOOT: OnceLock<Images> = OnceLock::new();
     static BENCH: OnceLock<Images> = OnceLock::new();
@@ -38,7 +37,6 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Tiny => &TINY,
         GuestSet::Demo => &DEMO,
         GuestSet::LinuxTest => &LINUX,
-        GuestSet::LinuxVerboseTest => &LINUX_VERBOSE,
         GuestSet::LinuxApicTest => &LINUX_APIC,
         GuestSet::Multiboot => &MULTIBOOT,
         GuestSet::Bench => &BENCH,

@@ -42,10 +42,9 @@ fn linux_reaches_userspace_under_vt_x() {
         memory_mib: 512,
         cpus: 1,
     };
-    // With its kernel log (see `GuestSet::LinuxVerboseTest`).
     let out = boot_bochs(
         "linux_vt_x",
-        GuestSet::LinuxVerboseTest,
+        GuestSet::LinuxTest,
         &opts,
         "hv: stopping with status",
         BOCHS_LIMIT,

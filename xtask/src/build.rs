@@ -97,10 +97,6 @@ pub enum GuestSet {
     Tiny,
     /// Linux in test mode (it prints, then powers off) next to `hello64`.
     LinuxTest,
-    /// The same without `quiet` (the kernel log on the console). The VT-x test
-    /// under Bochs uses it: with `quiet`, Linux with 2 vCPUs on one Bochs processor
-    /// stalls after its RETBleed warning (an open problem; with the log it boots).
-    LinuxVerboseTest,
     /// Linux in test mode with its local APIC and IOAPIC in use (found through the MP
     /// table; symmetric I/O mode) and 4 vCPUs, next to `hello64`.
     LinuxApicTest,
@@ -138,7 +134,6 @@ impl GuestSet {
             GuestSet::Demo => "demo",
             GuestSet::Tiny => "tiny",
             GuestSet::LinuxTest => "linux-test",
-            GuestSet::LinuxVerboseTest => "linux-verbose-test",
             GuestSet::LinuxApicTest => "linux-apic-test",
             GuestSet::Multiboot => "multiboot",
             GuestSet::Bench => "bench",
@@ -198,11 +193,6 @@ impl GuestSet {
             }
             GuestSet::Demo => with_hello(linux(false)?),
             GuestSet::LinuxTest => with_hello(linux(true)?),
-            GuestSet::LinuxVerboseTest => {
-                let mut vm = linux_vm(true)?;
-                vm.cmdline = vm.cmdline.replace(" quiet", "");
-                with_hello(crate::config::check(&vm)?)
-            }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);

@@ -271,7 +271,6 @@ fn test(mut args: Args) -> Result<(), String> {
         build::GuestSet::None,
         build::GuestSet::Tiny,
         build::GuestSet::LinuxTest,
-        build::GuestSet::LinuxVerboseTest,
         build::GuestSet::LinuxApicTest,
         build::GuestSet::Multiboot,
     ] {

@@ -1,9 +1,9 @@
 //! Starting the VMs of the bundle and running their vCPUs on every physical CPU.
 //!
 //! Every vCPU of every VM is a task in one run queue (`sched`); each physical CPU
-//! takes the next runnable task allowed on it, runs it for one time slice (its local
-//! APIC timer, or the VMX preemption timer, ends the slice), gives it back and takes
-//! the next. So a guest that spins with interrupts disabled holds one CPU for one
+//! takes the next runnable task allowed on it, runs it for one time slice (ended by
+//! the VMX preemption timer, or by the host's tick once half of it has passed:
+//! `sched::SliceClock`), gives it back and takes the next. So a guest that spins with interrupts disabled holds one CPU for one
 //! slice at a time and never delays vCPUs on other CPUs. A VM's devices and local
 //! APICs (`VmShared`) are behind the VM's lock, taken only to handle an exit, never
 //! while a guest runs. An IPI or interrupt for a vCPU that runs on another CPU kicks
@@ -27,7 +27,7 @@ use super::console_queue::{ConsoleQueue, Out};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::{self, CpuidResult};
-use super::sched::RunQueue;
+use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VCPUS};
 use crate::{memory, println, serial, smp, time, timer};
@@ -330,6 +330,7 @@ fn start<B: Backend>(
         ram: unsafe { GuestRam::new(memory::phys_to_virt(ram_pa), ram_size) },
         epoch_unix_ns,
         tsc_hz: time::tsc_hz(),
+        tsc_at_zero: time::tsc_at_boot(),
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
@@ -436,6 +437,10 @@ impl<B: Backend> Machine<'_, B> {
             slot.ctx.stats = old.stats.clone();
             backend.destroy_vcpu(&mut KernelMemory, old.vcpu);
             slot.ran = false;
+            drop(backend);
+            // The fresh vCPU's TSC offset is 0 again, whatever the guest wrote to its
+            // TSC before: its TSC deadlines count from the machine's start value.
+            vm.shared.lock().lapics[i].set_tsc_at_zero(machine.tsc_at_zero);
         }
         slot.ctx.vcpu.set_real_mode_cs(u16::from(vector) << 8);
         slot.ctx.vcpu.set_rip(0);
@@ -465,6 +470,7 @@ impl<B: Backend> Machine<'_, B> {
             vm.shared.lock().run[i] = RunState::Running;
         }
         let begin = time::rdtsc();
+        let clock = SliceClock::start(begin, self.slice);
         // One lock of the VM per exit: the exit is handled and the next entry prepared
         // (interrupts delivered) under the same hold.
         let mut shared = vm.shared.lock();
@@ -502,7 +508,18 @@ impl<B: Backend> Machine<'_, B> {
                     }
                 }
             } else {
-                slot.ctx.vcpu.run(self.slice)
+                slot.ctx.vcpu.run(clock.budget(time::rdtsc()))
+            };
+            let event = match exit {
+                vcpu::Exit::ExternalInterrupt => SliceEvent::HostInterrupt,
+                vcpu::Exit::Preempted => SliceEvent::BackendTimer,
+                _ => SliceEvent::Guest,
+            };
+            // A host interrupt early in the slice does not end it (see `SliceClock`),
+            // unless it is the kick of a VM that stops or restarts.
+            let settling = event == SliceEvent::HostInterrupt && {
+                let life = vm.life.lock();
+                life.stop.is_some() || life.restart.is_some()
             };
             shared = vm.shared.lock();
             let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
@@ -520,11 +537,18 @@ impl<B: Backend> Machine<'_, B> {
                 // ask to continue), the slice ends on time: the processor is never
                 // held past it.
                 Next::Continue | Next::BareCpuidLoop
-                    if time::rdtsc().wrapping_sub(begin) >= self.slice =>
+                    if clock.ends(time::rdtsc(), SliceEvent::Guest) =>
                 {
                     break None
                 }
                 Next::Continue | Next::BareCpuidLoop => continue,
+                Next::Yield
+                    if event == SliceEvent::HostInterrupt
+                        && !settling
+                        && !clock.ends(time::rdtsc(), event) =>
+                {
+                    continue
+                }
                 Next::Yield => break None,
                 end @ (Next::Stop(_) | Next::Reset(_) | Next::Crash(_)) => break Some(end),
             }

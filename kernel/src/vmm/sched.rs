@@ -127,9 +127,123 @@ impl RunQueue {
     }
 }
 
+/// What made a vCPU leave guest mode, as far as its time slice is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceEvent {
+    /// An exit the guest caused (an instruction, a fault, HLT ...).
+    Guest,
+    /// An interrupt of the host's: its periodic tick, or a kick from another
+    /// processor.
+    HostInterrupt,
+    /// The backend's own slice timer (the VMX-preemption timer) ran out.
+    BackendTimer,
+}
+
+/// One time slice of one vCPU, in TSC cycles: how long the backend's slice timer
+/// may run at each entry, and whether an exit ends the slice.
+///
+/// The host's tick is periodic and knows nothing of where a slice began, so it cannot
+/// end every slice by itself: a vCPU entered just before a tick would get only the
+/// rest of that tick period. Where the backend's slice timer ends slices a little
+/// before the tick (as the VMX-preemption timer does under Bochs), the round-robin
+/// locks onto that phase: one vCPU's slice always ends just before the tick, the
+/// other's always begins just before it and is cut off tens of microseconds later,
+/// slice after slice (found with Linux's AP spinning, interrupts off, for a BSP that
+/// got 3% of the processor). So a host interrupt ends a slice only once half of it
+/// has passed; before that the vCPU is entered again with the rest of its slice.
+#[derive(Clone, Copy, Debug)]
+pub struct SliceClock {
+    begin: u64,
+    length: u64,
+}
+
+impl SliceClock {
+    /// A slice of `length` cycles starting at `now`.
+    pub fn start(now: u64, length: u64) -> Self {
+        Self { begin: now, length }
+    }
+
+    fn elapsed(&self, now: u64) -> u64 {
+        now.wrapping_sub(self.begin)
+    }
+
+    /// What is left of the slice at `now`, for the backend's timer (at least 1).
+    pub fn budget(&self, now: u64) -> u64 {
+        self.length.saturating_sub(self.elapsed(now)).max(1)
+    }
+
+    /// Whether the slice is over after an exit at `now` (see the type's docs).
+    pub fn ends(&self, now: u64, event: SliceEvent) -> bool {
+        let elapsed = self.elapsed(now);
+        match event {
+            SliceEvent::BackendTimer => true,
+            SliceEvent::HostInterrupt => elapsed >= self.length / 2,
+            SliceEvent::Guest => elapsed >= self.length,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One processor, two vCPUs that spin and never exit by themselves, a host tick
+    /// every `PERIOD`, a backend slice timer that runs 3% fast, `SWITCH` cycles of
+    /// host work around each entry. `policy` gives the budget for an entry and
+    /// whether an exit ends the slice. Returns each vCPU's share of the time, in %.
+    fn shares(policy: impl Fn(&SliceClock, u64, SliceEvent) -> (u64, bool)) -> [u64; 2] {
+        const PERIOD: u64 = 1_000_000;
+        const SWITCH: u64 = 3_000;
+        let (mut now, mut next_tick) = (0u64, PERIOD);
+        let mut used = [0u64; 2];
+        for slice in 0..4_000 {
+            let clock = SliceClock::start(now, PERIOD);
+            let mut event = SliceEvent::Guest;
+            loop {
+                now += SWITCH;
+                let (budget, _) = policy(&clock, now, event);
+                let timer = now + budget * 97 / 100;
+                // A tick that came while the host had interrupts off exits at once.
+                event = if next_tick <= timer {
+                    now = now.max(next_tick);
+                    next_tick += PERIOD;
+                    SliceEvent::HostInterrupt
+                } else {
+                    now = timer;
+                    SliceEvent::BackendTimer
+                };
+                if policy(&clock, now, event).1 {
+                    break;
+                }
+            }
+            used[slice % 2] += now - clock.begin;
+        }
+        let total = used[0] + used[1];
+        [used[0] * 100 / total, used[1] * 100 / total]
+    }
+
+    #[test]
+    fn two_spinning_vcpus_on_one_processor_share_it_evenly() {
+        // Before: every host interrupt ended the slice and each entry got a full
+        // slice. The phase locks and one vCPU gets a few percent.
+        let before = shares(|c, _, event| (c.length, event != SliceEvent::Guest));
+        assert!(before.iter().any(|&s| s < 10), "{before:?}");
+        let after = shares(|c, now, event| (c.budget(now), c.ends(now, event)));
+        assert!(after.iter().all(|&s| s >= 40), "{after:?}");
+    }
+
+    #[test]
+    fn slice_clock_budget_and_end() {
+        let c = SliceClock::start(1_000, 100);
+        assert_eq!(c.budget(1_000), 100);
+        assert_eq!(c.budget(1_030), 70);
+        assert_eq!(c.budget(1_200), 1, "never 0");
+        assert!(!c.ends(1_049, SliceEvent::HostInterrupt));
+        assert!(c.ends(1_050, SliceEvent::HostInterrupt));
+        assert!(!c.ends(1_099, SliceEvent::Guest));
+        assert!(c.ends(1_100, SliceEvent::Guest));
+        assert!(c.ends(1_001, SliceEvent::BackendTimer));
+    }
 
     const ALL: u64 = u64::MAX;
 

@@ -81,6 +81,10 @@ pub struct MachineInfo {
     pub epoch_unix_ns: u64,
     /// The TSC rate the guest sees (the host's), for the TSC-deadline timer.
     pub tsc_hz: u64,
+    /// The guest's TSC when `now_ns` was 0. The backends start every vCPU with a TSC
+    /// offset of 0, so it is the host's TSC at the hypervisor's time origin, not 0:
+    /// the local APICs compare TSC deadlines with it added.
+    pub tsc_at_zero: u64,
     /// How many vCPUs the VM has (1 to [`MAX_VCPUS`]).
     pub cpus: usize,
     /// The VM opted in to the benchmark hypercalls (`bench_hypercalls`).
@@ -155,6 +159,7 @@ impl VmShared {
                 let mut lapic = LocalApic::new(LapicConfig {
                     apic_id: i as u32,
                     bsp: i == 0,
+                    tsc_at_zero: machine.tsc_at_zero,
                     ..LapicConfig::new(machine.tsc_hz)
                 });
                 if i == 0 {
@@ -539,6 +544,15 @@ impl<V: Vcpu> VcpuCtx<V> {
                     Err(_) => false,
                 }
             }
+            // The guest sets its TSC (the backend moves the vCPU's TSC offset): its
+            // local APIC's TSC deadlines count in the new TSC from now on.
+            MsrAccess::Backend if msr == policy::IA32_TIME_STAMP_COUNTER => {
+                let done = self.vcpu.write_backend_msr(msr, value);
+                if done {
+                    vm.lapics[self.index].set_guest_tsc(value, now_ns);
+                }
+                done
+            }
             MsrAccess::Backend => self.vcpu.write_backend_msr(msr, value),
             MsrAccess::Fault => false,
         }
@@ -788,6 +802,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                     )),
                 }
             }
+            // The slice may end here; the run loop's slice clock decides (a host
+            // tick early in a slice does not end it).
             Exit::ExternalInterrupt | Exit::Preempted => Next::Yield,
             Exit::InterruptWindow => Next::Continue,
             Exit::Shutdown => {
@@ -852,6 +868,7 @@ mod tests {
         nmi_blocked: bool,
         nmi_window: bool,
         cpl: u8,
+        tsc_written: Option<u64>,
     }
 
     impl Vcpu for FakeVcpu {
@@ -883,10 +900,12 @@ mod tests {
             (msr == policy::IA32_EFER).then_some(self.efer)
         }
         fn write_backend_msr(&mut self, msr: u32, value: u64) -> bool {
-            if msr == policy::IA32_EFER {
-                self.efer = value;
+            match msr {
+                policy::IA32_EFER => self.efer = value,
+                policy::IA32_TIME_STAMP_COUNTER => self.tsc_written = Some(value),
+                _ => return false,
             }
-            msr == policy::IA32_EFER
+            true
         }
         fn write_cr(&mut self, cr: u8, value: u64) -> bool {
             match cr {
@@ -982,6 +1001,7 @@ mod tests {
             ram,
             epoch_unix_ns: 0,
             tsc_hz: 1_000_000_000,
+            tsc_at_zero: 0,
             cpus,
             bench_hypercalls: false,
             unmapped_stops: false,
@@ -1399,6 +1419,44 @@ mod tests {
         assert!(vm.cpu.vcpu.interrupts.is_empty());
         vm.prepare_entry(2_000);
         assert_eq!(vm.cpu.vcpu.interrupts, [0x40]);
+    }
+
+    /// The guest's TSC deadlines are TSC values, and its TSC did not start at the
+    /// hypervisor's time origin: under Bochs the firmware had run for 5.3 s, and every
+    /// TSC-deadline tick of Linux came that much late (its boot stalled).
+    #[test]
+    fn tsc_deadline_counts_in_the_guest_tsc() {
+        let m = MachineInfo {
+            tsc_at_zero: 5_000_000_000, // 5 s at 1 GHz
+            ..machine(1)
+        };
+        let mut vm = TestVm {
+            shared: VmShared::new("t", &m, capture).unwrap(),
+            cpu: VcpuCtx::new(0, FakeVcpu::default(), &m, host),
+        };
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
+        // APIC software-enabled, LVT timer in TSC-deadline mode, vector 0xEF.
+        vm.shared.lapics[0].mmio_write(0xF0, 4, 0x1FF, 0);
+        vm.shared.lapics[0].mmio_write(0x320, 4, (2 << 17) | 0xEF, 0);
+        let wrmsr = |msr, value| Exit::Wrmsr { msr, value };
+        // At 1 ms (guest TSC 5_001_000_000) the deadline is 1 ms ahead.
+        let deadline = 5_000_000_000 + 2_000_000;
+        vm.handle(wrmsr(0x6E0, deadline), 1_000_000);
+        assert_eq!(vm.next_deadline_ns(), Some(2_000_000));
+        vm.prepare_entry(1_999_999);
+        assert!(vm.cpu.vcpu.interrupts.is_empty());
+        vm.prepare_entry(2_000_000);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0xEF], "on time, not 5 s late");
+        vm.shared.lapics[0].eoi();
+        // The guest sets its TSC to 0 at 3 ms: a deadline of 1_000_000 is at 4 ms.
+        vm.handle(wrmsr(policy::IA32_TIME_STAMP_COUNTER, 0), 3_000_000);
+        assert_eq!(vm.cpu.vcpu.tsc_written, Some(0));
+        vm.handle(wrmsr(0x6E0, 1_000_000), 3_000_000);
+        assert_eq!(vm.next_deadline_ns(), Some(4_000_000));
+        vm.prepare_entry(3_999_999);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0xEF]);
+        vm.prepare_entry(4_000_000);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0xEF, 0xEF]);
     }
 
     /// A VM with `n` vCPUs, all with fake backends.
