@@ -625,7 +625,7 @@ impl<B: Backend> Machine<'_, B> {
             queue.cpus_running(vm)
         };
         for cpu in 0..smp::cpu_count() {
-            if running & (1 << cpu) != 0 {
+            if running & (1 << cpu) != 0 && cpu != smp::this_cpu() {
                 smp::kick(cpu);
             }
         }
@@ -675,7 +675,7 @@ impl<B: Backend> Machine<'_, B> {
                     queue.cpus_running(vm)
                 };
                 for cpu in 0..smp::cpu_count() {
-                    if running & (1 << cpu) != 0 {
+                    if running & (1 << cpu) != 0 && cpu != smp::this_cpu() {
                         smp::kick(cpu);
                     }
                 }
@@ -929,13 +929,18 @@ impl<B: Backend> Machine<'_, B> {
             };
             idle_picks = if entered { 0 } else { idle_picks + 1 };
             self.sync_runnable(vm);
-            self.queue.lock().put_back(task);
+            // The stop, reset or crash is recorded while this CPU still holds the
+            // task: given back first, another CPU could pick the vCPU in between and
+            // enter it again (seen as a second shutdown exit of one triple fault; on
+            // AMD-V the VMCB is undefined after a SHUTDOWN intercept, which is why KVM
+            // reinitialises it there).
             match why {
                 Some(Next::Reset(why)) => self.reset_or_crash(vm, why, false),
                 Some(Next::Crash(why)) => self.reset_or_crash(vm, why, true),
                 Some(Next::Stop(why)) => self.stop(vm, why),
                 _ => {}
             }
+            self.queue.lock().put_back(task);
             let settling = {
                 let life = self.vms[vm].life.lock();
                 life.stop.is_some() || life.restart.is_some()
