@@ -1047,3 +1047,801 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blk::{self, request, BlockBackend, BlockConfig, RamDisk};
+    use crate::device::status as st;
+    use crate::memory::VecMemory;
+    use crate::queue::desc_flags::{INDIRECT, NEXT, WRITE};
+    use crate::queue::tests::{desc, Driver, AVAIL, DESC, USED};
+    use crate::Block;
+    use alloc::boxed::Box;
+    use devices::{BarAllocator, BusDevice, HostBridge, IrqLine, PciAddress, PciConfig};
+
+    type Dev = VirtioPci<Block<RamDisk>, VecMemory>;
+
+    const HDR: u64 = 0x8000;
+    const DATA: u64 = 0x9000;
+    const STATUS: u64 = 0xA000;
+    const SECTORS: usize = 64;
+
+    fn dev_with(config: BlockConfig) -> Dev {
+        let mut disk = RamDisk::zeroed(SECTORS);
+        disk.write(5, &[0x5A; 512]).unwrap();
+        VirtioPci::new(Block::new(disk, config), VecMemory::new(0x10000))
+    }
+
+    fn dev() -> Dev {
+        dev_with(BlockConfig::new("hv-serial-0123456789abc"))
+    }
+
+    fn rd(d: &mut Dev, offset: u64, size: u8) -> u64 {
+        d.bar_read(offset, size).0
+    }
+
+    fn wr(d: &mut Dev, offset: u64, size: u8, value: u64) -> PciEffects {
+        d.bar_write(offset, size, value)
+    }
+
+    fn set_status(d: &mut Dev, s: u8) -> u8 {
+        wr(d, common::DEVICE_STATUS, 1, s.into());
+        rd(d, common::DEVICE_STATUS, 1) as u8
+    }
+
+    fn write_features(d: &mut Dev, f: u64) {
+        wr(d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        wr(d, common::DRIVER_FEATURE, 4, f & 0xFFFF_FFFF);
+        wr(d, common::DRIVER_FEATURE_SELECT, 4, 1);
+        wr(d, common::DRIVER_FEATURE, 4, f >> 32);
+    }
+
+    fn offered(d: &mut Dev) -> u64 {
+        wr(d, common::DEVICE_FEATURE_SELECT, 4, 0);
+        let lo = rd(d, common::DEVICE_FEATURE, 4);
+        wr(d, common::DEVICE_FEATURE_SELECT, 4, 1);
+        lo | rd(d, common::DEVICE_FEATURE, 4) << 32
+    }
+
+    /// §3.1.1 steps 1-6 with the features `f`; returns the status read back.
+    fn negotiate(d: &mut Dev, f: u64) -> u8 {
+        set_status(d, st::ACKNOWLEDGE);
+        set_status(d, st::ACKNOWLEDGE | st::DRIVER);
+        write_features(d, f);
+        set_status(d, st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)
+    }
+
+    fn setup_queue(d: &mut Dev, size: u16) -> PciEffects {
+        wr(d, common::QUEUE_SELECT, 2, 0);
+        wr(d, common::QUEUE_SIZE, 2, size.into());
+        wr(d, common::QUEUE_DESC, 8, DESC);
+        wr(d, common::QUEUE_DRIVER, 4, AVAIL);
+        wr(d, common::QUEUE_DRIVER + 4, 4, 0);
+        wr(d, common::QUEUE_DEVICE, 8, USED);
+        wr(d, common::QUEUE_ENABLE, 2, 1)
+    }
+
+    /// The whole bring-up with INTx: memory and bus mastering on, features, queue,
+    /// DRIVER_OK.
+    fn ready(d: &mut Dev, f: u64) {
+        d.config_write(reg::COMMAND, 0x6, 0xFFFF);
+        assert_ne!(negotiate(d, f) & st::FEATURES_OK, 0);
+        setup_queue(d, 8);
+        set_status(
+            d,
+            st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK | st::DRIVER_OK,
+        );
+    }
+
+    fn base_features() -> u64 {
+        features::VERSION_1 | blk::features::FLUSH | blk::features::BLK_SIZE
+    }
+
+    /// Puts a request (header, `data_len` bytes at DATA, status) on descriptors 0-2
+    /// and makes it available.
+    fn request(d: &mut Dev, drv: &mut Driver, kind: u32, sector: u64, data_len: u32) {
+        let m = d.memory_mut();
+        m.write_u32(HDR, kind).unwrap();
+        m.write_u32(HDR + 4, 0).unwrap();
+        m.write_u64(HDR + 8, sector).unwrap();
+        m.write(STATUS, &[0xEE]).unwrap();
+        let data_flags = if kind == request::OUT {
+            NEXT
+        } else {
+            NEXT | WRITE
+        };
+        desc(m, DESC, 0, HDR, 16, NEXT, 1);
+        desc(m, DESC, 1, DATA, data_len, data_flags, 2);
+        desc(m, DESC, 2, STATUS, 1, WRITE, 0);
+        drv.publish(m, 0);
+    }
+
+    fn used(d: &Dev, n: u16) -> (u32, u32) {
+        let m = d.memory();
+        let at = USED + 4 + 8 * u64::from(n % 8);
+        (m.read_u32(at).unwrap(), m.read_u32(at + 4).unwrap())
+    }
+
+    fn status_byte(d: &Dev) -> u8 {
+        d.memory().as_slice()[STATUS as usize]
+    }
+
+    /// Walks the capability list; returns (offset, id, cfg_type) triples.
+    fn caps(d: &mut Dev) -> Vec<(u16, u8, u8)> {
+        let mut out = Vec::new();
+        let mut at = (d.config_read(reg::CAPABILITIES) & 0xFF) as u16;
+        while at != 0 && out.len() < 16 {
+            let dw = d.config_read(at);
+            out.push((at, dw as u8, (dw >> 24) as u8));
+            at = (dw >> 8 & 0xFF) as u16;
+        }
+        out
+    }
+
+    #[test]
+    fn configuration_space_identifies_a_modern_virtio_block_device() {
+        let mut d = dev();
+        assert_eq!(d.config_read(0x00), 0x1042_1AF4);
+        assert_eq!(
+            d.config_read(0x08),
+            0x0100_0001,
+            "class 01/00/00, revision 1"
+        );
+        assert_eq!(d.config_read(0x0C) >> 16 & 0xFF, 0, "header type 0");
+        assert_eq!(d.config_read(0x2C), 0x1100_1AF4);
+        assert_eq!(d.config_read(0x04) >> 16 & 0x10, 0x10, "capability list");
+        assert_eq!(d.config_read(0x3C) >> 8 & 0xFF, 1, "INTA#");
+        assert_eq!(d.config_read(0x30), 0, "no expansion ROM");
+        assert_eq!(
+            caps(&mut d),
+            vec![
+                (CAP_COMMON, 9, cfg_type::COMMON),
+                (CAP_NOTIFY, 9, cfg_type::NOTIFY),
+                (CAP_ISR, 9, cfg_type::ISR),
+                (CAP_DEVICE, 9, cfg_type::DEVICE),
+                (CAP_PCI_CFG, 9, cfg_type::PCI_CFG),
+                (CAP_MSIX, 0x11, 0), // the MSI-X capability ends the list
+            ]
+        );
+        // The notify capability: BAR 0, offset, length, multiplier.
+        assert_eq!(d.config_read(CAP_NOTIFY + 4) & 0xFF, 0);
+        assert_eq!(u64::from(d.config_read(CAP_NOTIFY + 8)), NOTIFY_CFG);
+        assert_eq!(d.config_read(CAP_NOTIFY + 16), NOTIFY_OFF_MULTIPLIER);
+        assert_eq!(u64::from(d.config_read(CAP_DEVICE + 8)), DEVICE_CFG);
+        // MSI-X: 2 vectors (queue + config), table and PBA in BAR 0.
+        assert_eq!(d.config_read(CAP_MSIX) >> 16, 1);
+        assert_eq!(u64::from(d.config_read(CAP_MSIX + 4)), MSIX_TABLE);
+        assert_eq!(u64::from(d.config_read(CAP_MSIX + 8)), MSIX_PBA);
+        // Read-only registers ignore writes.
+        d.config_write(0x00, 0, u32::MAX);
+        d.config_write(0x08, 0, u32::MAX);
+        assert_eq!(d.config_read(0x00), 0x1042_1AF4);
+        assert_eq!(d.config_read(0x08), 0x0100_0001);
+    }
+
+    #[test]
+    fn bar_sizing_and_memory_decoding() {
+        let mut d = dev();
+        d.config_write(reg::BAR0, u32::MAX, u32::MAX);
+        assert_eq!(d.config_read(reg::BAR0), !(BAR_SIZE as u32 - 1));
+        for b in 1..6u16 {
+            d.config_write(reg::BAR0 + 4 * b, u32::MAX, u32::MAX);
+            assert_eq!(d.config_read(reg::BAR0 + 4 * b), 0, "BAR {b} unimplemented");
+        }
+        d.config_write(reg::BAR0, 0xE000_1234, u32::MAX);
+        assert_eq!(d.config_read(reg::BAR0), 0xE000_0000);
+        assert_eq!(d.bar(), None, "memory decoding is off");
+        d.config_write(reg::COMMAND, 0xFFFF, 0xFFFF);
+        assert_eq!(
+            d.config_read(reg::COMMAND) & 0xFFFF,
+            0x0546,
+            "only the writable bits"
+        );
+        assert_eq!(
+            d.bar(),
+            Some(Bar {
+                address: 0xE000_0000,
+                size: BAR_SIZE
+            })
+        );
+        // A byte write to the interrupt line.
+        d.config_write(reg::INTERRUPT_LINE, 0x0B, 0xFF);
+        assert_eq!(d.config_read(reg::INTERRUPT_LINE) & 0xFFFF, 0x010B);
+    }
+
+    #[test]
+    fn feature_negotiation_follows_the_status_order() {
+        let mut d = dev();
+        let all = offered(&mut d);
+        assert_eq!(
+            all,
+            features::VERSION_1
+                | features::INDIRECT_DESC
+                | features::EVENT_IDX
+                | blk::features::SEG_MAX
+                | blk::features::BLK_SIZE
+                | blk::features::FLUSH
+        );
+        wr(&mut d, common::DEVICE_FEATURE_SELECT, 4, 2);
+        assert_eq!(rd(&mut d, common::DEVICE_FEATURE, 4), 0);
+        // DRIVER without ACKNOWLEDGE, FEATURES_OK without DRIVER: not taken.
+        assert_eq!(set_status(&mut d, st::DRIVER), 0);
+        assert_eq!(set_status(&mut d, st::ACKNOWLEDGE | st::FEATURES_OK), 1);
+        // DRIVER_OK before FEATURES_OK: not taken.
+        set_status(&mut d, st::ACKNOWLEDGE | st::DRIVER);
+        assert_eq!(set_status(&mut d, 0x7), 0x3);
+        // FEATURES_OK refused: a bit not offered (RO on a writable disk).
+        write_features(&mut d, base_features() | blk::features::RO);
+        assert_eq!(set_status(&mut d, 0xB), 0x3);
+        // ... or no VERSION_1 (a legacy driver).
+        write_features(&mut d, blk::features::FLUSH);
+        assert_eq!(set_status(&mut d, 0xB), 0x3);
+        assert_eq!(d.negotiated_features(), 0);
+        // Accepted: a subset of what was offered, with VERSION_1.
+        write_features(&mut d, base_features());
+        assert_eq!(set_status(&mut d, 0xB), 0xB);
+        assert_eq!(d.negotiated_features(), base_features());
+        // Features are frozen after FEATURES_OK.
+        write_features(&mut d, all);
+        assert_eq!(d.negotiated_features(), base_features());
+        wr(&mut d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        assert_eq!(
+            rd(&mut d, common::DRIVER_FEATURE, 4),
+            base_features() & 0xFFFF_FFFF
+        );
+        // Clearing a bit is ignored; FAILED may be added.
+        assert_eq!(set_status(&mut d, 0x3), 0xB);
+        assert_eq!(set_status(&mut d, 0x8B), 0x8B);
+        // Writing 0 resets: status 0, features forgotten.
+        assert_eq!(set_status(&mut d, 0), 0);
+        assert_eq!(d.negotiated_features(), 0);
+        wr(&mut d, common::DRIVER_FEATURE_SELECT, 4, 0);
+        assert_eq!(rd(&mut d, common::DRIVER_FEATURE, 4), 0);
+    }
+
+    #[test]
+    fn read_only_disks_offer_ro_and_accept_it() {
+        let mut d = dev_with(BlockConfig::new("ro").read_only());
+        assert_ne!(offered(&mut d) & blk::features::RO, 0);
+        assert_ne!(
+            negotiate(&mut d, base_features() | blk::features::RO) & st::FEATURES_OK,
+            0
+        );
+    }
+
+    #[test]
+    fn queue_registers_and_enable_rules() {
+        let mut d = dev();
+        assert_eq!(rd(&mut d, common::NUM_QUEUES, 2), 1);
+        assert_eq!(rd(&mut d, common::QUEUE_SIZE, 2), 256, "the maximum");
+        assert_eq!(rd(&mut d, common::QUEUE_NOTIFY_OFF, 2), 0);
+        assert_eq!(
+            rd(&mut d, common::QUEUE_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        // An absent queue reads size 0 and takes nothing.
+        wr(&mut d, common::QUEUE_SELECT, 2, 1);
+        assert_eq!(rd(&mut d, common::QUEUE_SIZE, 2), 0);
+        wr(&mut d, common::QUEUE_SIZE, 2, 8);
+        wr(&mut d, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 0);
+        // Enabling before FEATURES_OK is ignored.
+        setup_queue(&mut d, 8);
+        assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(rd(&mut d, common::QUEUE_DESC, 8), DESC);
+        assert_eq!(rd(&mut d, common::QUEUE_DRIVER + 4, 4), 0);
+        assert_eq!(rd(&mut d, common::QUEUE_DEVICE, 4), USED);
+        negotiate(&mut d, base_features());
+        setup_queue(&mut d, 8);
+        assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 1);
+        // Frozen once enabled; queue_enable = 0 is not a way to disable.
+        wr(&mut d, common::QUEUE_SIZE, 2, 16);
+        wr(&mut d, common::QUEUE_DESC, 8, 0x4000);
+        wr(&mut d, common::QUEUE_ENABLE, 2, 0);
+        assert_eq!(rd(&mut d, common::QUEUE_SIZE, 2), 8);
+        assert_eq!(rd(&mut d, common::QUEUE_DESC, 8), DESC);
+        assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 1);
+        // A reset disables it and brings the maximum back.
+        set_status(&mut d, 0);
+        assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 0);
+        assert_eq!(rd(&mut d, common::QUEUE_SIZE, 2), 256);
+    }
+
+    #[test]
+    fn queue_size_3_or_a_queue_outside_ram_needs_reset() {
+        for (size, desc_addr) in [(3u16, DESC), (8, 0xFFF0), (8, DESC + 4)] {
+            let mut d = dev();
+            negotiate(&mut d, base_features());
+            wr(&mut d, common::QUEUE_SIZE, 2, size.into());
+            wr(&mut d, common::QUEUE_DESC, 8, desc_addr);
+            wr(&mut d, common::QUEUE_DRIVER, 8, AVAIL);
+            wr(&mut d, common::QUEUE_DEVICE, 8, USED);
+            wr(&mut d, common::QUEUE_ENABLE, 2, 1);
+            assert_eq!(rd(&mut d, common::QUEUE_ENABLE, 2), 0);
+            assert_ne!(d.status() & st::DEVICE_NEEDS_RESET, 0);
+            // The driver cannot clear it; a reset does.
+            assert_eq!(set_status(&mut d, 0x4B) & st::DEVICE_NEEDS_RESET, 0x40);
+            assert_eq!(set_status(&mut d, 0), 0);
+        }
+    }
+
+    #[test]
+    fn read_write_flush_get_id_round_trip_with_intx() {
+        let mut d = dev();
+        ready(&mut d, base_features());
+        assert_eq!(d.status(), 0xF);
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        // Config space: capacity and blk_size.
+        assert_eq!(rd(&mut d, DEVICE_CFG, 8), SECTORS as u64);
+        assert_eq!(rd(&mut d, DEVICE_CFG + 20, 4), 512);
+
+        // Read sector 5.
+        request(&mut d, &mut drv, request::IN, 5, 512);
+        let e = wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(e.intx, Some(true));
+        assert_eq!(status_byte(&d), blk::status::OK);
+        assert_eq!(&d.memory().as_slice()[DATA as usize..][..512], &[0x5A; 512]);
+        assert_eq!(used(&d, 0), (0, 513));
+        assert_eq!(d.memory().read_u16(USED + 2).unwrap(), 1);
+        assert_eq!(
+            d.config_read(reg::COMMAND) >> 16 & 0x8,
+            0x8,
+            "interrupt status"
+        );
+        // Reading the ISR returns the queue bit, clears it and drops INTx.
+        let (isr, e) = d.bar_read(ISR_CFG, 1);
+        assert_eq!(isr, u64::from(isr::QUEUE));
+        assert_eq!(e.intx, Some(false));
+        assert_eq!(rd(&mut d, ISR_CFG, 1), 0);
+
+        // Write sector 9, then read it back.
+        d.memory_mut().write(DATA, &[0xC3; 512]).unwrap();
+        request(&mut d, &mut drv, request::OUT, 9, 512);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), blk::status::OK);
+        assert_eq!(used(&d, 1), (0, 1));
+        assert_eq!(
+            &d.device().backend().as_slice()[9 * 512..10 * 512],
+            &[0xC3; 512]
+        );
+
+        // Flush.
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), blk::status::OK);
+        assert_eq!(d.device().backend().flushes, 1);
+
+        // Get ID: 20 bytes of the serial.
+        request(&mut d, &mut drv, request::GET_ID, 0, 20);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), blk::status::OK);
+        assert_eq!(
+            &d.memory().as_slice()[DATA as usize..][..20],
+            b"hv-serial-0123456789"
+        );
+        assert_eq!(used(&d, 3), (0, 21));
+
+        // A request past the end of the disk fails with IOERR (§5.2.6).
+        request(&mut d, &mut drv, request::IN, SECTORS as u64 - 1, 1024);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), blk::status::IOERR);
+        assert_eq!(d.status(), 0xF, "a bad request is not a bad queue");
+
+        // INTX_DISABLE keeps the line low while the ISR is set.
+        d.config_write(reg::COMMAND, 0x406, 0xFFFF);
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0).intx, None);
+        let e = d.config_write(reg::COMMAND, 0x006, 0xFFFF);
+        assert_eq!(e.intx, Some(true));
+    }
+
+    #[test]
+    fn writes_to_a_read_only_disk_fail() {
+        let mut d = dev_with(BlockConfig::new("ro").read_only());
+        ready(&mut d, base_features() | blk::features::RO);
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        d.memory_mut().write(DATA, &[0xC3; 512]).unwrap();
+        request(&mut d, &mut drv, request::OUT, 0, 512);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), blk::status::IOERR);
+        assert_eq!(&d.device().backend().as_slice()[..512], &[0; 512]);
+    }
+
+    #[test]
+    fn no_interrupt_flag_and_event_idx() {
+        let mut d = dev();
+        ready(&mut d, base_features());
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        d.memory_mut()
+            .write_u16(AVAIL, crate::queue::VIRTQ_AVAIL_F_NO_INTERRUPT)
+            .unwrap();
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0), PciEffects::NONE);
+        assert_eq!(status_byte(&d), blk::status::OK, "processed all the same");
+
+        let mut d = dev();
+        ready(&mut d, base_features() | features::EVENT_IDX);
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        // used_event = 1: no interrupt for the first used buffer, one for the second.
+        d.memory_mut().write_u16(AVAIL + 4 + 16, 1).unwrap();
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0).intx, None);
+        // avail_event tells the driver which index to notify at.
+        assert_eq!(d.memory().read_u16(USED + 4 + 64).unwrap(), 1);
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0).intx, Some(true));
+    }
+
+    #[test]
+    fn hostile_queues_set_needs_reset_and_a_reset_recovers() {
+        type Setup = fn(&mut Dev, &mut Driver);
+        let cases: [(&str, Setup); 6] = [
+            ("descriptor loop", |d, drv| {
+                let m = d.memory_mut();
+                desc(m, DESC, 0, HDR, 16, NEXT, 1);
+                desc(m, DESC, 1, HDR, 16, NEXT, 0);
+                drv.publish(m, 0);
+            }),
+            ("address past RAM", |d, drv| {
+                let m = d.memory_mut();
+                desc(m, DESC, 0, 0x1_0000_0000, 16, 0, 0);
+                drv.publish(m, 0);
+            }),
+            ("length past u64", |d, drv| {
+                let m = d.memory_mut();
+                desc(m, DESC, 0, u64::MAX - 8, 16, 0, 0);
+                drv.publish(m, 0);
+            }),
+            ("nested indirect", |d, drv| {
+                let m = d.memory_mut();
+                desc(m, DESC, 0, 0x6000, 32, INDIRECT, 0);
+                desc(m, 0x6000, 0, 0x7000, 16, INDIRECT, 0);
+                drv.publish(m, 0);
+            }),
+            ("avail index jump", |d, _| {
+                d.memory_mut().write_u16(AVAIL + 2, 9).unwrap();
+            }),
+            ("head past the table", |d, drv| {
+                drv.publish(d.memory_mut(), 8);
+            }),
+        ];
+        for (name, setup) in cases {
+            let mut d = dev();
+            ready(&mut d, base_features() | features::INDIRECT_DESC);
+            let mut drv = Driver {
+                size: 8,
+                avail_idx: 0,
+            };
+            setup(&mut d, &mut drv);
+            let e = wr(&mut d, NOTIFY_CFG, 2, 0);
+            assert_ne!(d.status() & st::DEVICE_NEEDS_RESET, 0, "{name}");
+            // The configuration change interrupt (§2.1.2).
+            assert_eq!(e.intx, Some(true), "{name}");
+            assert_eq!(rd(&mut d, ISR_CFG, 1), u64::from(isr::CONFIG), "{name}");
+            // Further notifications do nothing.
+            assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0), PciEffects::NONE, "{name}");
+            // The driver resets and starts over; the device works again.
+            set_status(&mut d, 0);
+            d.memory_mut().write(0, &[0; 0x8000]).unwrap();
+            ready(&mut d, base_features());
+            let mut drv = Driver {
+                size: 8,
+                avail_idx: 0,
+            };
+            request(&mut d, &mut drv, request::IN, 5, 512);
+            wr(&mut d, NOTIFY_CFG, 2, 0);
+            assert_eq!(status_byte(&d), blk::status::OK, "{name}");
+            assert_eq!(d.status(), 0xF, "{name}");
+        }
+    }
+
+    #[test]
+    fn notifications_need_driver_ok_and_bus_mastering() {
+        let mut d = dev();
+        d.config_write(reg::COMMAND, 0x2, 0xFFFF);
+        negotiate(&mut d, base_features());
+        setup_queue(&mut d, 8);
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), 0xEE, "no DRIVER_OK yet");
+        set_status(&mut d, 0xF);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        assert_eq!(status_byte(&d), 0xEE, "no bus mastering");
+        d.config_write(reg::COMMAND, 0x6, 0xFFFF);
+        wr(&mut d, NOTIFY_CFG + 4, 2, 1); // another queue's address: nothing
+        assert_eq!(status_byte(&d), 0xEE);
+        wr(&mut d, NOTIFY_CFG, 4, 0);
+        assert_eq!(status_byte(&d), blk::status::OK);
+    }
+
+    fn msix_entry(d: &mut Dev, v: u64, address: u64, data: u32, masked: bool) {
+        let at = MSIX_TABLE + 16 * v;
+        wr(d, at, 8, address);
+        wr(d, at + 8, 4, data.into());
+        wr(d, at + 12, 4, masked.into());
+    }
+
+    #[test]
+    fn msix_table_vectors_masking_and_pending_bits() {
+        let mut d = dev();
+        // Entries start masked.
+        assert_eq!(rd(&mut d, MSIX_TABLE + 12, 4), 1);
+        msix_entry(&mut d, 0, 0xFEE0_1000, 0x41, false);
+        msix_entry(&mut d, 1, 0xFEE0_2000, 0x42, true);
+        assert_eq!(rd(&mut d, MSIX_TABLE, 4), 0xFEE0_1000);
+        assert_eq!(rd(&mut d, MSIX_TABLE + 4, 4), 0);
+        assert_eq!(rd(&mut d, MSIX_TABLE + 24, 4), 0x42);
+        assert_eq!(rd(&mut d, MSIX_TABLE + 16, 8), 0xFEE0_2000);
+        // Reserved vector control bits read 0; out-of-table writes vanish.
+        wr(&mut d, MSIX_TABLE + 12, 4, 0xFFFF_FFFE);
+        assert_eq!(rd(&mut d, MSIX_TABLE + 12, 4), 0);
+        wr(&mut d, MSIX_TABLE + 32, 4, 0x1234);
+        assert_eq!(rd(&mut d, MSIX_TABLE + 32, 4), 0);
+        // Enable MSI-X (message control, upper half of the capability's dword).
+        let e = d.config_write(CAP_MSIX, MSIX_ENABLE as u32 * 0x1_0000, 0xFFFF_0000);
+        assert_eq!(e, PciEffects::NONE);
+        assert_eq!(d.config_read(CAP_MSIX) >> 16, 0x8001);
+
+        ready(&mut d, base_features());
+        // Vector numbers past the table read back as NO_VECTOR.
+        wr(&mut d, common::CONFIG_MSIX_VECTOR, 2, 2);
+        assert_eq!(
+            rd(&mut d, common::CONFIG_MSIX_VECTOR, 2),
+            u64::from(NO_VECTOR)
+        );
+        wr(&mut d, common::CONFIG_MSIX_VECTOR, 2, 1);
+        wr(&mut d, common::QUEUE_MSIX_VECTOR, 2, 0);
+        assert_eq!(rd(&mut d, common::QUEUE_MSIX_VECTOR, 2), 0);
+
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        let e = wr(&mut d, NOTIFY_CFG, 2, 0);
+        let msg = MsiMessage {
+            address: 0xFEE0_1000,
+            data: 0x41,
+        };
+        assert_eq!(e.msi, [Some(msg), None]);
+        assert_eq!(e.intx, None, "no INTx with MSI-X");
+        assert_eq!(rd(&mut d, ISR_CFG, 1), 0);
+
+        // The function mask holds the message in the PBA until it is lifted.
+        d.config_write(CAP_MSIX, 0xC000_0000, 0xFFFF_0000);
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0), PciEffects::NONE);
+        assert_eq!(rd(&mut d, MSIX_PBA, 8), 1);
+        let e = d.config_write(CAP_MSIX, 0x8000_0000, 0xFFFF_0000);
+        assert_eq!(e.msi[0], Some(msg));
+        assert_eq!(rd(&mut d, MSIX_PBA, 4), 0);
+
+        // A masked entry (vector 1, the config vector) pends until unmasked.
+        d.memory_mut().write_u16(AVAIL + 2, 200).unwrap(); // hostile: needs reset
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0), PciEffects::NONE);
+        assert_eq!(rd(&mut d, MSIX_PBA, 4), 2);
+        let e = wr(&mut d, MSIX_TABLE + 16 + 12, 4, 0);
+        assert_eq!(
+            e.msi[0],
+            Some(MsiMessage {
+                address: 0xFEE0_2000,
+                data: 0x42
+            })
+        );
+        // Without bus mastering no message goes out either.
+        d.config_write(reg::COMMAND, 0x2, 0xFFFF);
+        set_status(&mut d, 0);
+        ready(&mut d, base_features());
+        d.config_write(reg::COMMAND, 0x2, 0xFFFF);
+        wr(&mut d, common::QUEUE_MSIX_VECTOR, 2, 0);
+        assert!(!PciFunction::has_work(&d));
+    }
+
+    #[test]
+    fn pci_cfg_access_capability_reaches_the_bar() {
+        let mut d = dev();
+        // cap.bar = 0, cap.offset = device_feature (select 1), length 4.
+        wr(&mut d, common::DEVICE_FEATURE_SELECT, 4, 1);
+        d.config_write(CAP_PCI_CFG + 4, 0, 0xFF);
+        d.config_write(CAP_PCI_CFG + 8, common::DEVICE_FEATURE as u32, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 12, 4, u32::MAX);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 16), 1, "VERSION_1 is bit 32");
+        // A write through the window: device_status = ACKNOWLEDGE.
+        d.config_write(CAP_PCI_CFG + 8, common::DEVICE_STATUS as u32, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 12, 1, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 16, 1, u32::MAX);
+        assert_eq!(d.status(), st::ACKNOWLEDGE);
+        // Misaligned, oversized or another BAR: ignored, reads 0.
+        d.config_write(CAP_PCI_CFG + 8, 1, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 12, 4, u32::MAX);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 16), 0);
+        d.config_write(CAP_PCI_CFG + 12, 3, u32::MAX);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 16), 0);
+        d.config_write(CAP_PCI_CFG + 8, 0, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 12, 4, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 4, 2, 0xFF);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 16), 0);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 4) & 0xFF, 2);
+    }
+
+    #[test]
+    fn an_isr_read_through_the_window_drops_intx_at_the_next_poll() {
+        let mut d = dev();
+        ready(&mut d, base_features());
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        assert_eq!(wr(&mut d, NOTIFY_CFG, 2, 0).intx, Some(true));
+        d.config_write(CAP_PCI_CFG + 8, ISR_CFG as u32, u32::MAX);
+        d.config_write(CAP_PCI_CFG + 12, 1, u32::MAX);
+        assert_eq!(d.config_read(CAP_PCI_CFG + 16), 1);
+        assert!(PciFunction::has_work(&d));
+        assert_eq!(PciFunction::poll(&mut d).intx, Some(false));
+        assert!(!PciFunction::has_work(&d));
+    }
+
+    #[test]
+    fn state_round_trip_and_refusals() {
+        let mut d = dev();
+        d.config_write(reg::BAR0, 0xE000_0000, u32::MAX);
+        d.config_write(CAP_MSIX, 0x8000_0000, 0xFFFF_0000);
+        msix_entry(&mut d, 0, 0xFEE0_0000, 0x30, false);
+        ready(&mut d, base_features());
+        wr(&mut d, common::QUEUE_MSIX_VECTOR, 2, 0);
+        let mut drv = Driver {
+            size: 8,
+            avail_idx: 0,
+        };
+        request(&mut d, &mut drv, request::FLUSH, 0, 0);
+        wr(&mut d, NOTIFY_CFG, 2, 0);
+        let snap = d.state();
+        assert_eq!(&snap[..8], b"hvvirtio");
+        assert_eq!(
+            u16::from_le_bytes([snap[8], snap[9]]),
+            crate::state::STATE_VERSION
+        );
+
+        // A fresh device with the same RAM continues where the first one stopped.
+        let mut e = VirtioPci::new(
+            Block::new(d.device().backend().clone(), BlockConfig::new("x")),
+            d.memory().clone(),
+        );
+        e.restore(&snap).unwrap();
+        assert_eq!(e.state(), snap);
+        assert_eq!(e.status(), 0xF);
+        assert_eq!(e.negotiated_features(), base_features());
+        assert_eq!(e.queue(0).unwrap().next_used, 1);
+        request(&mut e, &mut drv, request::IN, 5, 512);
+        let fx = wr(&mut e, NOTIFY_CFG, 2, 0);
+        assert_eq!(fx.msi[0].map(|m| m.data), Some(0x30));
+        assert_eq!(used(&e, 1), (0, 513));
+        assert_eq!(
+            e.device().backend().flushes,
+            1,
+            "FLUSH negotiated state came back"
+        );
+
+        // Refusals leave the device as it was.
+        let before = e.state();
+        let mut bad = snap.clone();
+        bad[8] = 2;
+        assert_eq!(e.restore(&bad), Err(StateError::Version(2)));
+        bad = snap.clone();
+        bad[0] = b'X';
+        assert_eq!(e.restore(&bad), Err(StateError::BadMagic));
+        for cut in [0, 5, 10, snap.len() / 2, snap.len() - 1] {
+            assert!(e.restore(&snap[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = snap.clone();
+        long.push(0);
+        assert_eq!(e.restore(&long), Err(StateError::TrailingBytes));
+        bad = snap.clone();
+        bad[10] = 3; // device type
+        assert_eq!(e.restore(&bad), Err(StateError::Mismatch));
+        assert_eq!(e.state(), before);
+    }
+
+    #[test]
+    fn through_the_pci_root_with_msix() {
+        let mut pci = PciConfig::new();
+        pci.add_function(PciAddress::new(0, 0, 0), Box::new(HostBridge::i440fx()))
+            .unwrap();
+        pci.add_function(PciAddress::new(0, 1, 0), Box::new(dev()))
+            .unwrap();
+        pci.assign_bars(&mut BarAllocator::new(0xE000_0000, 0xFEC0_0000))
+            .unwrap();
+        let cfg = |pci: &mut PciConfig, reg: u32| {
+            pci.port_access(0, 4, true, 0x8000_0800 | reg);
+            pci.port_access(4, 4, false, 0).0
+        };
+        assert_eq!(cfg(&mut pci, 0), 0x1042_1AF4);
+        assert_eq!(cfg(&mut pci, 0x10), 0xE000_0000);
+        assert_eq!(
+            cfg(&mut pci, 0x3C) & 0xFF,
+            11,
+            "device 1 INTA# -> PIRQB -> IRQ 11"
+        );
+        let bar = 0xE000_0000u64;
+        // Bus mastering, MSI-X on, vector 0 for the queue.
+        pci.port_access(0, 4, true, 0x8000_0804);
+        pci.port_access(4, 2, true, 0x6);
+        pci.port_access(0, 4, true, 0x8000_0800 | u32::from(CAP_MSIX));
+        pci.port_access(6, 2, true, 0x8000);
+        pci.mmio_write(bar + MSIX_TABLE, 8, 0xFEE0_0000).unwrap();
+        pci.mmio_write(bar + MSIX_TABLE + 8, 4, 0x51).unwrap();
+        pci.mmio_write(bar + MSIX_TABLE + 12, 4, 0).unwrap();
+        {
+            let d: &mut Dev = pci
+                .function_mut(PciAddress::new(0, 1, 0))
+                .unwrap()
+                .as_any_mut()
+                .downcast_mut()
+                .unwrap();
+            negotiate(d, base_features());
+            setup_queue(d, 8);
+            wr(d, common::QUEUE_MSIX_VECTOR, 2, 0);
+            set_status(d, 0xF);
+            let mut drv = Driver {
+                size: 8,
+                avail_idx: 0,
+            };
+            request(d, &mut drv, request::IN, 5, 512);
+        }
+        let e = pci.mmio_write(bar + NOTIFY_CFG, 2, 0).unwrap();
+        assert_eq!(
+            e.msi[0],
+            Some(MsiMessage {
+                address: 0xFEE0_0000,
+                data: 0x51
+            })
+        );
+        assert_eq!(e.lines[0], None);
+        // Reads through the platform interface: capacity.
+        let a = devices::Access {
+            addr: bar + DEVICE_CFG,
+            offset: 0,
+            size: 8,
+            now_ns: 0,
+        };
+        assert_eq!(BusDevice::read(&mut pci, &a).0, SECTORS as u64);
+        // With MSI-X off the same completion raises IRQ 11 instead.
+        pci.port_access(0, 4, true, 0x8000_0800 | u32::from(CAP_MSIX));
+        pci.port_access(6, 2, true, 0);
+        {
+            let d: &mut Dev = pci
+                .function_mut(PciAddress::new(0, 1, 0))
+                .unwrap()
+                .as_any_mut()
+                .downcast_mut()
+                .unwrap();
+            let mut drv = Driver {
+                size: 8,
+                avail_idx: 1,
+            };
+            request(d, &mut drv, request::FLUSH, 0, 0);
+        }
+        let e = pci.mmio_write(bar + NOTIFY_CFG, 2, 0).unwrap();
+        assert_eq!(e.lines[0], Some(IrqLine::Level(11, true)));
+        let (_, e) = pci.mmio_read(bar + ISR_CFG, 1).unwrap();
+        assert_eq!(e.lines[0], Some(IrqLine::Level(11, false)));
+    }
+}

@@ -387,9 +387,7 @@ pub(crate) mod tests {
     pub const AVAIL: u64 = 0x2000;
     pub const USED: u64 = 0x3000;
 
-    /// A driver's view of a queue in a VecMemory, for tests: writes descriptors and
-    /// ring entries as a driver would.
-    /// Writes descriptor `i` of the table at `table`.
+    /// Writes descriptor `i` of the table at `table`, as a driver would.
     pub fn desc(
         mem: &mut VecMemory,
         table: u64,
@@ -406,6 +404,7 @@ pub(crate) mod tests {
         mem.write_u16(at + 14, next).unwrap();
     }
 
+    /// A driver's view of a queue's available ring in a VecMemory, for tests.
     pub struct Driver {
         pub size: u16,
         pub avail_idx: u16,
