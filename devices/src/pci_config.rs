@@ -304,9 +304,15 @@ impl PciConfig {
     }
 
     /// Continues work the functions left for later (see [`PciFunction::has_work`]).
+    /// Effects have room for two messages and two lines, which one function's poll
+    /// can fill: once one produced something, the others wait for the next poll
+    /// (they still have work, so [`BusDevice::next_deadline_ns`] says it is due).
     pub fn poll_functions(&mut self) -> Effects {
         let mut out = Effects::NONE;
         for i in 0..self.slots.len() {
+            if out != Effects::NONE {
+                break;
+            }
             if self.slots[i].function.has_work() {
                 let e = self.slots[i].function.poll();
                 self.absorb(i, e, &mut out);
