@@ -120,7 +120,8 @@ pub use device::{Access, BusDevice, Effects, IrqLine, MsiMessage};
 pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_BASE, FW_CFG_PORT_COUNT};
 pub use i8042::{SystemControlA, AUX_IRQ, I8042, KBD_IRQ, SYSTEM_CONTROL_A_PORT};
 pub use ioapic::{
-    isa_irq_pin, Delivery, IoApic, Redeliveries, IOAPIC_BASE, IOAPIC_MMIO_SIZE, IOAPIC_PINS,
+    isa_irq_pin, msi_delivery, Delivery, IoApic, Redeliveries, IOAPIC_BASE, IOAPIC_MMIO_SIZE,
+    IOAPIC_PINS, MSI_PIN,
 };
 pub use irq::IrqEdge;
 pub use lapic::{
