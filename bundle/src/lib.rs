@@ -180,7 +180,7 @@ pub struct Disk<'a> {
 /// Whether `len` bytes make a disk: whole sectors, at least one, at most
 /// [`DISK_MAX`].
 pub fn disk_size_ok(len: usize) -> bool {
-    len > 0 && len % SECTOR_SIZE == 0 && len <= DISK_MAX
+    len > 0 && len.is_multiple_of(SECTOR_SIZE) && len <= DISK_MAX
 }
 
 /// What happens to a VM that resets or crashes.
