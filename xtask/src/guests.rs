@@ -19,8 +19,8 @@
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
-//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64` and `crcheck64`
-//! are built with them ([`build_all_guests`]) but booted in their own sets.
+//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64`, `crcheck64`
+//! and the virtio-blk guest `blk64` are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -73,6 +73,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("dr64", Kind::Elf64),
     ("insn64", Kind::Elf64),
     ("crcheck64", Kind::Elf64),
+    ("blk64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -110,7 +111,8 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// `CARGO_TARGET_DIR` when the caller's environment sets it), then post-processes
 /// each binary with the toolchain's `llvm-objcopy` (component
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
-/// [`build_guests`] lists it, then mb32, bench64, smp64, ipistorm64 and crcheck64.
+/// [`build_guests`] lists it, then the others in [`EXTRA_GUESTS`] order (mb32 ...
+/// crcheck64, blk64).
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     // Tests build several guest sets from parallel threads; one build at a time
     // in this process (cargo already serialises across processes).
@@ -839,6 +841,7 @@ mod tests {
             "insn64",
             "reset64",
             "crcheck64",
+            "blk64",
         ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(
