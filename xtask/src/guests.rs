@@ -587,6 +587,37 @@ pub fn write_multiboot_test_module(out_dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Sectors of the disk `blk64` is given.
+pub const BLK64_DISK_SECTORS: usize = 128;
+
+/// The contents of `blk64`'s disk: sector 0 starts with `hv-blk64 disk v1`, every
+/// other byte mixes its sector number and offset (the guest's `pattern` checks the
+/// same rule).
+pub fn blk64_disk() -> Vec<u8> {
+    const MAGIC: &[u8; 16] = b"hv-blk64 disk v1";
+    (0..BLK64_DISK_SECTORS * 512)
+        .map(|k| {
+            if k < MAGIC.len() {
+                MAGIC[k]
+            } else {
+                ((k / 512) as u8).wrapping_mul(31) ^ (k % 512) as u8
+            }
+        })
+        .collect()
+}
+
+/// Writes `blk64`'s disk file into `out_dir` (left alone when unchanged).
+pub fn write_blk64_disk(out_dir: &Path) -> Result<PathBuf, String> {
+    fs::create_dir_all(out_dir)
+        .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
+    let path = out_dir.join("blk64-disk.img");
+    let data = blk64_disk();
+    if fs::read(&path).ok().as_deref() != Some(&data[..]) {
+        write(&path, &data)?;
+    }
+    Ok(path)
+}
+
 /// The value of the string field `key` in one line of cargo's JSON output, or
 /// `None` when absent or not a string (e.g. `"executable":null`).
 ///
