@@ -32,6 +32,7 @@ const BINS: &[(&str, &str)] = &[
     ("dr64", "link64.ld"),
     ("insn64", "link64.ld"),
     ("crcheck64", "link64.ld"),
+    ("blk64", "link64.ld"),
 ];
 
 fn main() {

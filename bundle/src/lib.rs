@@ -2,10 +2,10 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout, version 4 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 5 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL4", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL5", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -13,24 +13,30 @@
 //!           32  image        offset u32, length u32
 //!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls,
 //!                             bit 2: stop on reset, bit 3: restart on crash,
-//!                             bit 4: stop on an unbacked access)
+//!                             bit 4: stop on an unbacked access, bit 5: has a
+//!                             disk, bit 6: the disk is read-only)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
 //!           60  modules      offset u32 of the module table, count u32
 //!           68  image_path   offset u32, length u32 (UTF-8, at most IMAGE_PATH_MAX)
 //!           76  affinity     u64: bit n set = may run on host processor n; 0 = any
-//!           84  reserved     zero
+//!           84  disk         offset u32, length u32 (with flag bit 5: a multiple of
+//!                            SECTOR_SIZE, 1 sector to DISK_MAX; without: zero)
+//!           92  reserved     zero
 //! data     everything else: per VM its module table (count * 16 bytes: data offset,
 //!          data length, cmdline offset, cmdline length), its cmdline strings and
-//!          image path, then the images and module data, each starting 16-byte
-//!          aligned.
+//!          image path, then the images, module data and disk contents, each
+//!          starting 16-byte aligned.
 //! ```
 //!
 //! Version 3 added `image_path` (the image's name as the user gave it, which a
 //! Multiboot kernel gets at the start of its command line, as QEMU and GRUB pass it);
-//! version 4 the processor `affinity` (Xen's `cpus=`).
-//! The magic names the version: a bundle of another version is refused as a whole.
+//! version 4 the processor `affinity` (Xen's `cpus=`); version 5 the `disk` (the
+//! initial contents of a RAM-backed virtio-blk disk) in bytes that version 4 kept
+//! reserved and zero. The magic names the version: the reader takes versions 4 and 5
+//! (a version 4 entry has no disk, and its disk flags must be clear); any other
+//! version is refused as a whole.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
 //! checks) against the data area `[end of entry table, total)` before use, counts are
@@ -44,7 +50,9 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL4";
+pub const MAGIC: [u8; 8] = *b"HVBUNDL5";
+/// The previous version, still read: its entries have no disk.
+pub const MAGIC_V4: [u8; 8] = *b"HVBUNDL4";
 const HEADER: usize = 16;
 const ENTRY: usize = 96;
 const MODULE_ENTRY: usize = 16;
@@ -63,6 +71,13 @@ const FLAG_BENCH_HYPERCALLS: u32 = 2;
 const FLAG_RESET_STOPS: u32 = 4;
 const FLAG_CRASH_RESTARTS: u32 = 8;
 const FLAG_UNMAPPED_STOPS: u32 = 16;
+const FLAG_DISK: u32 = 32;
+const FLAG_DISK_READ_ONLY: u32 = 64;
+/// A disk's size is a whole number of these.
+pub const SECTOR_SIZE: usize = 512;
+/// The largest disk: the hypervisor keeps a RAM-backed disk in its own heap (1/32 of
+/// the machine's memory, 4 to 64 MiB), so disks are for tests and tiny guests.
+pub const DISK_MAX: usize = 16 << 20;
 /// Images and module data start at multiples of this within the blob, so the
 /// kernel may read them with aligned loads if it wants to.
 const DATA_ALIGN: usize = 16;
@@ -81,7 +96,8 @@ const E_CMDLINE: usize = NAME_MAX + 28;
 const E_MODULES: usize = NAME_MAX + 36;
 const E_IMAGE_PATH: usize = NAME_MAX + 44;
 const E_AFFINITY: usize = NAME_MAX + 52;
-const E_END: usize = NAME_MAX + 60;
+const E_DISK: usize = NAME_MAX + 60;
+const E_END: usize = NAME_MAX + 68;
 const _: () = assert!(E_END <= ENTRY);
 
 /// How the kernel should load a VM's image.
@@ -152,6 +168,21 @@ pub struct Module<'a> {
     pub cmdline: &'a str,
 }
 
+/// The initial contents of a VM's RAM-backed virtio-blk disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Disk<'a> {
+    /// A whole number of [`SECTOR_SIZE`] sectors, 1 sector to [`DISK_MAX`] bytes.
+    pub data: &'a [u8],
+    /// Writes fail (the guest is told the disk is read-only).
+    pub read_only: bool,
+}
+
+/// Whether `len` bytes make a disk: whole sectors, at least one, at most
+/// [`DISK_MAX`].
+pub fn disk_size_ok(len: usize) -> bool {
+    len > 0 && len.is_multiple_of(SECTOR_SIZE) && len <= DISK_MAX
+}
+
 /// What happens to a VM that resets or crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -198,6 +229,8 @@ pub struct VmSpec<'a> {
     /// The host processors its vCPUs may run on (bit n: processor n); 0 = any.
     pub affinity: u64,
     pub modules: Vec<Module<'a>>,
+    /// A RAM-backed virtio-blk disk and its initial contents (version 5).
+    pub disk: Option<Disk<'a>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,6 +285,11 @@ pub enum BundleError {
         index: usize,
         module: usize,
     },
+    /// The disk lies outside the bundle, is empty, not whole sectors or larger than
+    /// [`DISK_MAX`] (or a version 4 entry claims one).
+    BadDisk {
+        index: usize,
+    },
 }
 
 impl fmt::Display for BundleError {
@@ -259,7 +297,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL3)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL5 or HVBUNDL4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -308,6 +346,12 @@ impl fmt::Display for BundleError {
                 f,
                 "entry {index}: module {module}: command line out of bounds, longer than \
                  {CMDLINE_MAX} bytes, or not UTF-8"
+            ),
+            BundleError::BadDisk { index } => write!(
+                f,
+                "entry {index}: disk out of bounds, empty, not whole {SECTOR_SIZE}-byte \
+                 sectors or larger than {} MiB",
+                DISK_MAX >> 20
             ),
         }
     }
@@ -366,6 +410,9 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 return Err(BundleError::BadModuleCmdline { index, module });
             }
         }
+        if vm.disk.is_some_and(|d| !disk_size_ok(d.data.len())) {
+            return Err(BundleError::BadDisk { index });
+        }
     }
 
     // Layout: entry table, then per VM: module table, strings; then all blobs.
@@ -399,6 +446,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
     }
     let mut image_at = Vec::with_capacity(vms.len());
     let mut module_data_at = Vec::with_capacity(vms.len());
+    let mut disk_at = Vec::with_capacity(vms.len());
     for vm in vms {
         cursor = align_up(cursor, DATA_ALIGN);
         image_at.push(cursor);
@@ -414,6 +462,15 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 .ok_or(BundleError::TooLarge)?;
         }
         module_data_at.push(at);
+        if vm.disk.is_some() {
+            cursor = align_up(cursor, DATA_ALIGN);
+        }
+        disk_at.push(cursor);
+        if let Some(d) = &vm.disk {
+            cursor = cursor
+                .checked_add(d.data.len())
+                .ok_or(BundleError::TooLarge)?;
+        }
     }
     let total = cursor;
     if total > u32::MAX as usize {
@@ -449,8 +506,17 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 FLAG_UNMAPPED_STOPS
             } else {
                 0
+            }
+            | match vm.disk {
+                Some(d) if d.read_only => FLAG_DISK | FLAG_DISK_READ_ONLY,
+                Some(_) => FLAG_DISK,
+                None => 0,
             };
-        let fields: [(usize, u32); 13] = [
+        let (disk_offset, disk_len) = match vm.disk {
+            Some(d) => (disk_at[i] as u32, d.data.len() as u32),
+            None => (0, 0),
+        };
+        let fields: [(usize, u32); 15] = [
             (E_MEMORY, vm.memory_kib),
             (E_RUN_LIMIT, vm.run_limit_ms),
             (E_IMAGE, image_at[i] as u32),
@@ -464,6 +530,8 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             (E_MODULES + 4, vm.modules.len() as u32),
             (E_IMAGE_PATH, placed[i].image_path_at as u32),
             (E_IMAGE_PATH + 4, vm.image_path.len() as u32),
+            (E_DISK, disk_offset),
+            (E_DISK + 4, disk_len),
         ];
         for (at, v) in fields {
             e[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -491,6 +559,10 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         for (j, m) in vm.modules.iter().enumerate() {
             out.resize(module_data_at[i][j], 0);
             out.extend_from_slice(m.data);
+        }
+        if let Some(d) = &vm.disk {
+            out.resize(disk_at[i], 0);
+            out.extend_from_slice(d.data);
         }
     }
     debug_assert_eq!(out.len(), total);
@@ -538,7 +610,8 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             have: blob.len(),
         });
     }
-    if blob[..8] != MAGIC {
+    let v4 = blob[..8] == MAGIC_V4;
+    if blob[..8] != MAGIC && !v4 {
         return Err(BundleError::BadMagic);
     }
     let count = u32_at(blob, 8).ok_or(BundleError::BadHeader)? as usize;
@@ -619,6 +692,22 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             field(E_IMAGE_PATH + 4),
         )
         .map_err(|_| BundleError::BadImagePath { index })?;
+        let flags = field(E_FLAGS);
+        let disk = if flags & FLAG_DISK == 0 {
+            // Without a disk its fields (reserved in version 4) and flags are zero.
+            if field(E_DISK) != 0 || field(E_DISK + 4) != 0 || flags & FLAG_DISK_READ_ONLY != 0 {
+                return Err(BundleError::BadDisk { index });
+            }
+            None
+        } else {
+            let data = region(blob, table_end, field(E_DISK), field(E_DISK + 4))
+                .filter(|d| !v4 && disk_size_ok(d.len()))
+                .ok_or(BundleError::BadDisk { index })?;
+            Some(Disk {
+                data,
+                read_only: flags & FLAG_DISK_READ_ONLY != 0,
+            })
+        };
         vms.push(VmSpec {
             name,
             memory_kib: field(E_MEMORY),
@@ -643,6 +732,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             vcpus,
             affinity: u64::from(field(E_AFFINITY)) | u64::from(field(E_AFFINITY + 4)) << 32,
             modules,
+            disk,
         });
     }
     Ok(vms)
@@ -671,8 +761,11 @@ mod tests {
             vcpus: 1,
             affinity: 0,
             modules: Vec::new(),
+            disk: None,
         }
     }
+
+    static DISK: [u8; 1024] = [0x5A; 1024];
 
     fn specs() -> Vec<VmSpec<'static>> {
         vec![
@@ -706,6 +799,10 @@ mod tests {
                     data: b"070701 initrd",
                     cmdline: "",
                 }],
+                disk: Some(Disk {
+                    data: &DISK,
+                    read_only: true,
+                }),
             },
             VmSpec {
                 format: ImageFormat::Multiboot,
@@ -720,6 +817,10 @@ mod tests {
                         cmdline: "",
                     },
                 ],
+                disk: Some(Disk {
+                    data: &DISK[..512],
+                    read_only: false,
+                }),
                 ..tiny("mb", b"multiboot")
             },
         ]
@@ -927,6 +1028,87 @@ mod tests {
         };
         let b = write(core::slice::from_ref(&spec)).unwrap();
         assert_eq!(read(&b).unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn disks_round_trip_aligned() {
+        let blob = blob();
+        let vms = read(&blob).unwrap();
+        let linux = vms[2].disk.unwrap();
+        assert!(linux.read_only);
+        assert_eq!(linux.data, &DISK[..]);
+        let mb = vms[3].disk.unwrap();
+        assert!(!mb.read_only);
+        assert_eq!(mb.data.len(), 512);
+        assert_eq!(vms[0].disk, None);
+        let at = linux.data.as_ptr() as usize - blob.as_ptr() as usize;
+        assert_eq!(at % DATA_ALIGN, 0);
+    }
+
+    #[test]
+    fn malformed_disks_are_refused() {
+        let linux = HEADER + 2 * ENTRY;
+        let hello = HEADER;
+        // Not whole sectors, empty, out of bounds, larger than DISK_MAX.
+        for (at, v) in [
+            (E_DISK + 4, 1000u32),
+            (E_DISK + 4, 0),
+            (E_DISK, 0),
+            (E_DISK, u32::MAX - 100),
+            (E_DISK + 4, (DISK_MAX + SECTOR_SIZE) as u32),
+        ] {
+            let mut b = blob();
+            put(&mut b, linux + at, v);
+            assert_eq!(read(&b), Err(BundleError::BadDisk { index: 2 }), "{at} {v}");
+        }
+        // Disk fields or the read-only flag without the disk flag.
+        let mut b = blob();
+        put(&mut b, hello + E_DISK + 4, 512);
+        assert_eq!(read(&b), Err(BundleError::BadDisk { index: 0 }));
+        let mut b = blob();
+        put(&mut b, hello + E_FLAGS, FLAG_DISK_READ_ONLY);
+        assert_eq!(read(&b), Err(BundleError::BadDisk { index: 0 }));
+        // The writer refuses what the reader would.
+        for len in [0, 100, DISK_MAX + SECTOR_SIZE] {
+            let data = vec![0u8; len];
+            let spec = VmSpec {
+                disk: Some(Disk {
+                    data: &data,
+                    read_only: false,
+                }),
+                ..tiny("d", b"x")
+            };
+            assert_eq!(
+                write(&[spec]),
+                Err(BundleError::BadDisk { index: 0 }),
+                "{len}"
+            );
+        }
+        let big = vec![7u8; DISK_MAX];
+        let spec = VmSpec {
+            disk: Some(Disk {
+                data: &big,
+                read_only: false,
+            }),
+            ..tiny("d", b"x")
+        };
+        let b = write(core::slice::from_ref(&spec)).unwrap();
+        assert_eq!(read(&b).unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn version_4_bundles_are_read_without_disks() {
+        let no_disks: Vec<VmSpec> = specs()
+            .into_iter()
+            .map(|s| VmSpec { disk: None, ..s })
+            .collect();
+        let mut b = write(&no_disks).unwrap();
+        b[..8].copy_from_slice(&MAGIC_V4);
+        assert_eq!(read(&b).unwrap(), no_disks);
+        // A version 4 entry cannot carry a disk.
+        let mut b = blob();
+        b[..8].copy_from_slice(&MAGIC_V4);
+        assert_eq!(read(&b), Err(BundleError::BadDisk { index: 2 }));
     }
 
     /// xorshift64*: deterministic pseudo-random bytes without a dependency.

@@ -8,8 +8,8 @@ use core::any::Any;
 use crate::bus::{all_ones, PortDevice};
 use crate::device::{Access, BusDevice, Effects, IrqLine};
 use crate::{
-    Cmos, DebugExit, FwCfg, PciConfig, Pit8254, SerialSink, SystemControlA, Uart16550, AUX_IRQ,
-    I8042, KBD_IRQ, PIT_IRQ,
+    Cmos, DebugExit, FwCfg, Pit8254, SerialSink, SystemControlA, Uart16550, AUX_IRQ, I8042,
+    KBD_IRQ, PIT_IRQ,
 };
 
 /// Ports are 16 bits; a port bus never hands out a larger address.
@@ -155,10 +155,6 @@ macro_rules! port_device {
 }
 
 port_device!(SystemControlA, "port92", |d| Effects {
-    reset: d.take_reset_request(),
-    ..Effects::NONE
-});
-port_device!(PciConfig, "pci-config", |d| Effects {
     reset: d.take_reset_request(),
     ..Effects::NONE
 });

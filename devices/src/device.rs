@@ -39,11 +39,26 @@ pub enum IrqLine {
     Pulse(u8),
 }
 
+/// A message-signalled interrupt (PCI MSI or MSI-X): the memory write a PCI function
+/// asks for, `data` (32 bits) to `address`. On x86 the address lies in the
+/// 0xFEEx_xxxx window and names the destination local APIC(s), the data holds the
+/// vector and delivery mode (SDM Vol. 3A 11.11); the platform hands it to the local
+/// APICs as the IOAPIC's messages go, and never writes it to guest RAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
 /// What an access (or a poll) caused besides the data it returned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     /// Up to two line changes (the i8042 drives two lines).
     pub lines: [Option<IrqLine>; 2],
+    /// Up to two message-signalled interrupts to deliver, in order (PCI functions
+    /// with MSI-X; one that finds no room stays pending in its function and comes
+    /// out of a later access or poll).
+    pub msi: [Option<MsiMessage>; 2],
     /// The guest asked for a machine reset (i8042 pulse, port 0x92, 0xCF9).
     pub reset: bool,
     /// The guest wrote an exit code to the debug-exit device.
@@ -53,6 +68,7 @@ pub struct Effects {
 impl Effects {
     pub const NONE: Effects = Effects {
         lines: [None, None],
+        msi: [None, None],
         reset: false,
         exit: None,
     };
@@ -73,10 +89,25 @@ impl Effects {
         self
     }
 
-    /// Both sets of effects (lines of `other` after ours, as room allows).
+    /// Adds a message-signalled interrupt; `false` (and nothing added) when both
+    /// slots are taken.
+    pub fn push_msi(&mut self, msg: MsiMessage) -> bool {
+        match self.msi.iter_mut().find(|m| m.is_none()) {
+            Some(slot) => {
+                *slot = Some(msg);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Both sets of effects (lines and messages of `other` after ours, as room allows).
     pub fn merge(mut self, other: Effects) -> Self {
         for line in other.lines.into_iter().flatten() {
             self = self.with_line(line);
+        }
+        for msg in other.msi.into_iter().flatten() {
+            self.push_msi(msg);
         }
         self.reset |= other.reset;
         self.exit = self.exit.or(other.exit);
@@ -86,6 +117,11 @@ impl Effects {
     /// The line changes.
     pub fn lines(&self) -> impl Iterator<Item = IrqLine> + '_ {
         self.lines.iter().flatten().copied()
+    }
+
+    /// The message-signalled interrupts, in delivery order.
+    pub fn msis(&self) -> impl Iterator<Item = MsiMessage> + '_ {
+        self.msi.iter().flatten().copied()
     }
 }
 

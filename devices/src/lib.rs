@@ -1,7 +1,8 @@
 //! Emulated platform devices for the hypervisor's guests.
 //!
 //! Every device is a plain state machine: it owns its register state, touches no
-//! hardware, uses no globals and allocates nothing, so each one is unit-tested on the
+//! hardware, uses no globals and allocates nothing (the PCI root alone keeps its
+//! functions in a `Vec` of boxes), so each one is unit-tested on the
 //! host and a VM simply embeds the devices it offers as fields. The pieces:
 //!
 //! * [`bus`]: the [`PortDevice`] trait and [`PortMap`], which routes a guest port
@@ -87,6 +88,8 @@
 //! ```
 #![no_std]
 
+extern crate alloc;
+
 pub mod bus;
 pub mod bus_devices;
 pub mod cmos;
@@ -100,6 +103,7 @@ pub mod irq;
 pub mod lapic;
 pub mod line_buffer;
 pub mod mptable;
+pub mod pci;
 pub mod pci_config;
 pub mod pic8259;
 pub mod pit8254;
@@ -112,11 +116,12 @@ pub use bus::{
 pub use bus_devices::{RtcCmos, SerialPort};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_COUNT, RTC_IRQ};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT};
-pub use device::{Access, BusDevice, Effects, IrqLine};
+pub use device::{Access, BusDevice, Effects, IrqLine, MsiMessage};
 pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_BASE, FW_CFG_PORT_COUNT};
 pub use i8042::{SystemControlA, AUX_IRQ, I8042, KBD_IRQ, SYSTEM_CONTROL_A_PORT};
 pub use ioapic::{
-    isa_irq_pin, Delivery, IoApic, Redeliveries, IOAPIC_BASE, IOAPIC_MMIO_SIZE, IOAPIC_PINS,
+    isa_irq_pin, msi_delivery, Delivery, IoApic, Redeliveries, IOAPIC_BASE, IOAPIC_MMIO_SIZE,
+    IOAPIC_PINS, MSI_PIN,
 };
 pub use irq::IrqEdge;
 pub use lapic::{
@@ -128,7 +133,10 @@ pub use mptable::{
     write_acpi_tables, write_mp_table, AcpiLayout, PlatformConfig, TableError, ACPI_TABLES_ADDRESS,
     ACPI_TABLES_SIZE, MP_TABLE_ADDRESS, MP_TABLE_SIZE,
 };
-pub use pci_config::{PciConfig, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT};
+pub use pci::{Bar, BarAllocator, HostBridge, PciAddress, PciEffects, PciFunction};
+pub use pci_config::{
+    BarError, PciConfig, PciError, DEFAULT_INTX_ROUTING, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT,
+};
 pub use pic8259::Pic8259;
 pub use pit8254::{Pit8254, PIT_BASE, PIT_HZ, PIT_IRQ, PIT_PORT_COUNT, PORT_61};
 pub use uart16550::{

@@ -1,12 +1,28 @@
-//! PCI configuration mechanism #1 (ports 0xCF8-0xCFF) on a machine with no PCI
-//! devices, plus the PIIX reset control register at 0xCF9.
+//! PCI configuration mechanism #1 (ports 0xCF8-0xCFF) and the PCI root behind it,
+//! plus the PIIX reset control register at 0xCF9.
 //!
 //! Guests probe for PCI even when there is nothing to find: Linux's
 //! `pci_check_type1` writes 0x8000_0000 to 0xCF8 and needs it back before it scans,
 //! firmware and hobby kernels walk bus 0 reading vendor IDs. With this device the
-//! probe sees a working host bridge interface, and every configuration read finds no
-//! device: all ones, the value a master abort returns (PCI Local Bus Specification
-//! 3.0, section 6.1: a read of a non-existent function returns 0xFFFF as vendor ID).
+//! probe sees a working host bridge interface. Functions registered with
+//! [`PciConfig::add_function`] (a [`crate::pci::HostBridge`] at 00:00.0, then devices)
+//! answer their configuration cycles; every other read finds no device: all ones,
+//! the value a master abort returns (PCI Local Bus Specification 3.0, section 6.1: a
+//! read of a non-existent function returns 0xFFFF as vendor ID). [`PciConfig::new`]
+//! has no functions at all, which is what a VM without PCI devices gets.
+//!
+//! The root also decodes the functions' memory BARs ([`PciConfig::mmio_read`],
+//! [`PciConfig::mmio_write`]): the platform registers the PCI hole on its MMIO bus
+//! for it, and the root finds the function whose BAR holds the address now, so a
+//! guest that moves a BAR needs nothing from the platform. [`PciConfig::assign_bars`]
+//! places the BARs in the hole as firmware would (sizing each through configuration
+//! space, largest first) and programs each function's interrupt line.
+//!
+//! INTx: a function's pin (INTA#-INTD#, from its interrupt pin register) is swizzled
+//! by its device number onto PIRQA-D as on a PC, and each PIRQ goes to an ISA IRQ
+//! ([`PciConfig::set_intx_routing`]); the root ORs the functions sharing a PIRQ and
+//! reports level changes as [`IrqLine::Level`]. MSI-X messages pass through as
+//! [`Effects::msi`].
 //!
 //! Decoding follows the Intel PIIX3 datasheet (order no. 290550), CONFADD/CONFDATA
 //! and RC: CONFADD at 0xCF8 answers 32-bit accesses only; byte and word accesses to
@@ -14,7 +30,13 @@
 //! register) listens. A write that sets RC.RST_CPU (bit 2) resets the machine, which
 //! is how Linux's `reboot=pci` restarts; [`PciConfig::take_reset_request`] reports it.
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::any::Any;
+
 use crate::bus::{all_ones, PortDevice};
+use crate::device::{Access, BusDevice, Effects, IrqLine};
+use crate::pci::{self, BarAllocator, PciAddress, PciEffects, PciFunction};
 
 /// The configuration address register; the device spans [`PCI_CONFIG_PORT_COUNT`]
 /// ports from here (address, then data at 0xCFC-0xCFF).
@@ -39,20 +61,74 @@ pub mod reset_control {
     pub const FULL_RST: u8 = 1 << 3;
 }
 
-/// The configuration address/data ports of a PCI host bridge with nothing behind it.
-#[derive(Clone, Debug, Default)]
+/// Why [`PciConfig::add_function`] refused a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciError {
+    /// Device above 31 or function above 7.
+    BadAddress(PciAddress),
+    /// A function is already registered there.
+    Occupied(PciAddress),
+}
+
+/// Why [`PciConfig::assign_bars`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarError {
+    /// The hole has no room for this BAR of this function.
+    NoRoom {
+        function: PciAddress,
+        bar: u8,
+        size: u64,
+    },
+}
+
+/// The default PIRQA-D routing: ISA IRQs 10, 11, 10, 11 (free on the VM's PC:
+/// 0-4, 8 and 12 are the platform's).
+pub const DEFAULT_INTX_ROUTING: [u8; 4] = [10, 11, 10, 11];
+
+struct Slot {
+    address: PciAddress,
+    function: Box<dyn PciFunction>,
+    /// The function's INTx pin level as it last reported it.
+    intx: bool,
+}
+
+/// The configuration address/data ports and the PCI root: the functions behind them.
 pub struct PciConfig {
     address: u32,
     reset_control: u8,
     reset_request: bool,
+    slots: Vec<Slot>,
+    routing: [u8; 4],
+    /// The level each PIRQ was last reported at.
+    pirq_level: [bool; 4],
+}
+
+impl core::fmt::Debug for PciConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PciConfig")
+            .field("address", &self.address)
+            .field("reset_control", &self.reset_control)
+            .field("functions", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Default for PciConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PciConfig {
+    /// Configuration mechanism #1 with no functions behind it.
     pub const fn new() -> Self {
         Self {
             address: 0,
             reset_control: 0,
             reset_request: false,
+            slots: Vec::new(),
+            routing: DEFAULT_INTX_ROUTING,
+            pirq_level: [false; 4],
         }
     }
 
@@ -66,24 +142,95 @@ impl PciConfig {
     pub fn take_reset_request(&mut self) -> bool {
         core::mem::take(&mut self.reset_request)
     }
-}
 
-impl PortDevice for PciConfig {
-    fn read(&mut self, offset: u16, size: u8) -> u32 {
-        match (offset, size) {
-            (0, 4) => self.address,
-            (RESET_CONTROL, 1) => u32::from(self.reset_control),
-            // The data window: every bus/device/function is absent, and with the
-            // enable bit clear the access is plain ISA I/O that nothing decodes.
-            // Either way the bus floats to all ones.
-            _ => all_ones(size),
+    /// Puts `function` at `address` (00:00.0 should be a host bridge).
+    pub fn add_function(
+        &mut self,
+        address: PciAddress,
+        function: Box<dyn PciFunction>,
+    ) -> Result<(), PciError> {
+        if !address.is_valid() {
+            return Err(PciError::BadAddress(address));
+        }
+        if self.slots.iter().any(|s| s.address == address) {
+            return Err(PciError::Occupied(address));
+        }
+        self.slots.push(Slot {
+            address,
+            function,
+            intx: false,
+        });
+        Ok(())
+    }
+
+    /// The function at `address`, for typed access (`as_any_mut().downcast_mut()`).
+    pub fn function_mut(&mut self, address: PciAddress) -> Option<&mut dyn PciFunction> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.address == address)
+            .map(|s| &mut *s.function as &mut dyn PciFunction)
+    }
+
+    /// Which ISA IRQ each of PIRQA-D drives.
+    pub fn set_intx_routing(&mut self, routing: [u8; 4]) {
+        self.routing = routing;
+    }
+
+    /// The PIRQ (0-3) a slot's INTx pin lands on, if it has a pin: the usual
+    /// swizzle, (pin - 1 + device) mod 4.
+    fn pirq(slot: &mut Slot) -> Option<usize> {
+        let pin = (slot.function.config_read(pci::reg::INTERRUPT_LINE) >> 8) as u8;
+        (1..=4)
+            .contains(&pin)
+            .then(|| (usize::from(pin - 1) + usize::from(slot.address.device)) % 4)
+    }
+
+    /// The ISA IRQ `address`'s INTx pin is routed to.
+    pub fn intx_irq(&mut self, address: PciAddress) -> Option<u8> {
+        let slot = self.slots.iter_mut().find(|s| s.address == address)?;
+        Self::pirq(slot).map(|p| self.routing[p])
+    }
+
+    /// Folds what slot `i` reported into the platform's effects: its INTx level into
+    /// its PIRQ's line (ORed with the other functions on it), its messages as they are.
+    fn absorb(&mut self, i: usize, e: PciEffects, out: &mut Effects) {
+        for msg in e.msis() {
+            out.push_msi(msg);
+        }
+        let Some(level) = e.intx else { return };
+        self.slots[i].intx = level;
+        let Some(pirq) = Self::pirq(&mut self.slots[i]) else {
+            return;
+        };
+        let mut any = false;
+        for s in 0..self.slots.len() {
+            if self.slots[s].intx && Self::pirq(&mut self.slots[s]) == Some(pirq) {
+                any = true;
+            }
+        }
+        if any != self.pirq_level[pirq] {
+            self.pirq_level[pirq] = any;
+            *out = out.with_line(IrqLine::Level(self.routing[pirq], any));
         }
     }
 
-    fn write(&mut self, offset: u16, size: u8, value: u32) {
-        match (offset, size) {
-            (0, 4) => self.address = value & ADDRESS_MASK,
-            (RESET_CONTROL, 1) => {
+    /// One access to 0xCF8-0xCFF (`offset` 0-7) with its effects.
+    pub fn port_access(
+        &mut self,
+        offset: u16,
+        size: u8,
+        write: bool,
+        value: u32,
+    ) -> (u32, Effects) {
+        let mut out = Effects::NONE;
+        let v = match (offset, size, write) {
+            (0, 4, false) => self.address,
+            (0, 4, true) => {
+                self.address = value & ADDRESS_MASK;
+                0
+            }
+            (RESET_CONTROL, 1, false) => u32::from(self.reset_control),
+            (RESET_CONTROL, 1, true) => {
                 let value = value as u8
                     & (reset_control::SYS_RST | reset_control::RST_CPU | reset_control::FULL_RST);
                 if value & reset_control::RST_CPU != 0
@@ -92,16 +239,227 @@ impl PortDevice for PciConfig {
                     self.reset_request = true;
                 }
                 self.reset_control = value;
+                0
             }
-            // Configuration writes to absent functions are dropped (master abort).
-            _ => {}
+            (4..=7, 1 | 2 | 4, _) if self.address & CONFIG_ENABLE != 0 => {
+                let byte = u32::from(offset - 4);
+                // An access that runs past 0xCFF is not a configuration cycle.
+                if byte + u32::from(size) > 4 {
+                    return (if write { 0 } else { all_ones(size) }, out);
+                }
+                let target = PciAddress::from_config_address(self.address);
+                let reg = (self.address & 0xFC) as u16;
+                let Some(i) = self.slots.iter().position(|s| s.address == target) else {
+                    // Master abort: reads float high, writes are dropped.
+                    return (if write { 0 } else { all_ones(size) }, out);
+                };
+                let shift = 8 * byte;
+                if write {
+                    let mask = all_ones(size) << shift;
+                    let e = self.slots[i]
+                        .function
+                        .config_write(reg, value << shift, mask);
+                    self.absorb(i, e, &mut out);
+                    0
+                } else {
+                    (self.slots[i].function.config_read(reg) >> shift) & all_ones(size)
+                }
+            }
+            // With the enable bit clear the data window is plain ISA I/O that nothing
+            // decodes; other widths at 0xCF8 are ISA too. The bus floats to all ones.
+            (_, _, false) => all_ones(size),
+            (_, _, true) => 0,
+        };
+        (v, out)
+    }
+
+    /// The slot and BAR decoding guest-physical `addr`, with the offset into the BAR.
+    fn decode(&self, addr: u64) -> Option<(usize, u8, u64)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            (0..6).find_map(|b| {
+                let bar = s.function.bar(b)?;
+                bar.offset_of(addr).map(|off| (i, b, off))
+            })
+        })
+    }
+
+    /// A memory read at guest-physical `addr` in the PCI hole: `None` when no BAR
+    /// decodes it (the platform then reads all ones, a master abort).
+    pub fn mmio_read(&mut self, addr: u64, size: u8) -> Option<(u64, Effects)> {
+        let (i, bar, offset) = self.decode(addr)?;
+        let (v, e) = self.slots[i].function.bar_read(bar, offset, size);
+        let mut out = Effects::NONE;
+        self.absorb(i, e, &mut out);
+        Some((v & pci::all_ones64(size), out))
+    }
+
+    /// A memory write at guest-physical `addr`; `None` when no BAR decodes it (the
+    /// write is dropped).
+    pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64) -> Option<Effects> {
+        let (i, bar, offset) = self.decode(addr)?;
+        let e = self.slots[i].function.bar_write(bar, offset, size, value);
+        let mut out = Effects::NONE;
+        self.absorb(i, e, &mut out);
+        Some(out)
+    }
+
+    /// Continues work the functions left for later (see [`PciFunction::has_work`]).
+    /// Effects have room for two messages and two lines, which one function's poll
+    /// can fill: once one produced something, the others wait for the next poll
+    /// (they still have work, so [`BusDevice::next_deadline_ns`] says it is due).
+    pub fn poll_functions(&mut self) -> Effects {
+        let mut out = Effects::NONE;
+        for i in 0..self.slots.len() {
+            if out != Effects::NONE {
+                break;
+            }
+            if self.slots[i].function.has_work() {
+                let e = self.slots[i].function.poll();
+                self.absorb(i, e, &mut out);
+            }
         }
+        out
+    }
+
+    /// Whether a function has work left for [`Self::poll_functions`].
+    pub fn has_work(&self) -> bool {
+        self.slots.iter().any(|s| s.function.has_work())
+    }
+
+    /// What firmware does before the OS runs: sizes every memory BAR of every
+    /// function through configuration space (write all ones, read the mask back,
+    /// PCI 3.0 section 6.2.5.1), places them in `hole` largest first, enables memory
+    /// decoding, and writes each function's routed IRQ to its interrupt line
+    /// register. I/O BARs are left unassigned.
+    pub fn assign_bars(&mut self, hole: &mut BarAllocator) -> Result<(), BarError> {
+        // (slot, BAR index, size, 64-bit)
+        let mut bars: Vec<(usize, u8, u64, bool)> = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let f = &mut slot.function;
+            let mut b = 0u8;
+            while b < 6 {
+                let reg = pci::reg::BAR0 + 4 * u16::from(b);
+                let saved = f.config_read(reg);
+                f.config_write(reg, u32::MAX, u32::MAX);
+                let low = f.config_read(reg);
+                f.config_write(reg, saved, u32::MAX);
+                let is_64 = low & 0x7 == 0x4;
+                if low == 0 || low & 1 == 1 {
+                    b += 1; // not implemented, or I/O space
+                    continue;
+                }
+                let mut mask = u64::from(low & !0xF) | 0xFFFF_FFFF_0000_0000;
+                if is_64 && b < 5 {
+                    let saved_hi = f.config_read(reg + 4);
+                    f.config_write(reg + 4, u32::MAX, u32::MAX);
+                    let high = f.config_read(reg + 4);
+                    f.config_write(reg + 4, saved_hi, u32::MAX);
+                    mask = u64::from(high) << 32 | u64::from(low & !0xF);
+                }
+                let size = (!mask).wrapping_add(1);
+                if size != 0 {
+                    bars.push((i, b, size, is_64));
+                }
+                b += if is_64 { 2 } else { 1 };
+            }
+        }
+        bars.sort_by_key(|b| core::cmp::Reverse(b.2));
+        for (i, b, size, is_64) in bars {
+            let function = self.slots[i].address;
+            let base = hole.allocate(size).ok_or(BarError::NoRoom {
+                function,
+                bar: b,
+                size,
+            })?;
+            let f = &mut self.slots[i].function;
+            let reg = pci::reg::BAR0 + 4 * u16::from(b);
+            f.config_write(reg, base as u32, u32::MAX);
+            if is_64 {
+                f.config_write(reg + 4, (base >> 32) as u32, u32::MAX);
+            }
+        }
+        for i in 0..self.slots.len() {
+            let irq = Self::pirq(&mut self.slots[i]).map(|p| self.routing[p]);
+            let f = &mut self.slots[i].function;
+            f.config_write(
+                pci::reg::COMMAND,
+                u32::from(pci::command::MEMORY),
+                u32::from(pci::command::MEMORY),
+            );
+            if let Some(irq) = irq {
+                f.config_write(pci::reg::INTERRUPT_LINE, irq.into(), 0xFF);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an access on the platform's buses is one to the configuration ports
+/// (rather than to the PCI hole the same device decodes).
+fn is_port_access(a: &Access) -> bool {
+    (u64::from(PCI_CONFIG_BASE)..u64::from(PCI_CONFIG_BASE + PCI_CONFIG_PORT_COUNT))
+        .contains(&a.addr)
+}
+
+/// The root on both of the platform's buses: registered on the port bus at
+/// [`PCI_CONFIG_BASE`] and, for BARs, on the MMIO bus over the PCI hole. An access
+/// whose address is one of the ports 0xCF8-0xCFF is a configuration-port access
+/// (the hole never covers that low range); anything else is an MMIO access at
+/// guest-physical `addr`, all ones (reads) or dropped (writes) where no BAR decodes.
+impl BusDevice for PciConfig {
+    fn name(&self) -> &'static str {
+        "pci"
+    }
+    fn read(&mut self, a: &Access) -> (u64, Effects) {
+        if is_port_access(a) {
+            let (v, e) = self.port_access(a.offset as u16, a.size, false, 0);
+            (v.into(), e)
+        } else {
+            self.mmio_read(a.addr, a.size)
+                .unwrap_or((pci::all_ones64(a.size), Effects::NONE))
+        }
+    }
+    fn write(&mut self, a: &Access, value: u64) -> Effects {
+        if is_port_access(a) {
+            let mut e = self
+                .port_access(a.offset as u16, a.size, true, value as u32)
+                .1;
+            e.reset = self.take_reset_request();
+            e
+        } else {
+            self.mmio_write(a.addr, a.size, value)
+                .unwrap_or(Effects::NONE)
+        }
+    }
+    fn poll(&mut self, _now_ns: u64) -> Effects {
+        self.poll_functions()
+    }
+    fn next_deadline_ns(&self) -> Option<u64> {
+        // Left-over work is due at once.
+        self.has_work().then_some(0)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The configuration ports alone, for callers that want no effects: MSI-X messages
+/// and INTx changes a configuration write causes are dropped (the reset request is
+/// kept for [`PciConfig::take_reset_request`]). The platform uses [`BusDevice`].
+impl PortDevice for PciConfig {
+    fn read(&mut self, offset: u16, size: u8) -> u32 {
+        self.port_access(offset, size, false, 0).0
+    }
+
+    fn write(&mut self, offset: u16, size: u8, value: u32) {
+        self.port_access(offset, size, true, value);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // The port interface alone: the existing tests use `read`/`write` unqualified.
+    use super::{PciConfig, PortDevice};
 
     #[test]
     fn linux_type1_probe_sees_the_address_register() {
@@ -168,5 +526,277 @@ mod tests {
         // A dword write to 0xCF8 is CONFADD, not the reset register.
         pci.write(0, 4, 0x0000_0400);
         assert!(!pci.take_reset_request());
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    extern crate std;
+    use super::*;
+    use crate::device::MsiMessage;
+    use crate::pci::{command, merge, Bar, HostBridge};
+
+    /// A function with a 4 KiB 32-bit memory BAR 0, a 64-bit 64 KiB BAR 2, pin INTA#,
+    /// and one register at BAR offset 0 whose write value is its INTx level (bit 0)
+    /// or, with bit 1, an MSI.
+    struct Mock {
+        command: u16,
+        bar0: u32,
+        bar2: u64,
+        line: u8,
+        reg: u64,
+    }
+
+    impl Mock {
+        fn new() -> Self {
+            Self {
+                command: 0,
+                bar0: 0,
+                bar2: 0,
+                line: 0,
+                reg: 0,
+            }
+        }
+    }
+
+    impl PciFunction for Mock {
+        fn name(&self) -> &'static str {
+            "mock"
+        }
+        fn config_read(&mut self, reg: u16) -> u32 {
+            match reg {
+                0x00 => 0x1234_1AF4,
+                0x04 => self.command.into(),
+                0x10 => self.bar0,
+                0x18 => self.bar2 as u32 | 0x4,
+                0x1C => (self.bar2 >> 32) as u32,
+                0x3C => 0x0100 | u32::from(self.line),
+                _ => 0,
+            }
+        }
+        fn config_write(&mut self, reg: u16, value: u32, mask: u32) -> PciEffects {
+            match reg {
+                0x04 => self.command = merge(self.command.into(), value, mask & 0x7) as u16,
+                0x10 => self.bar0 = merge(self.bar0, value, mask) & !0xFFF,
+                0x18 => {
+                    let low = merge(self.bar2 as u32, value, mask) & !0xFFFF;
+                    self.bar2 = self.bar2 & !0xFFFF_FFFF | u64::from(low);
+                }
+                0x1C => {
+                    let high = merge((self.bar2 >> 32) as u32, value, mask);
+                    self.bar2 = self.bar2 & 0xFFFF_FFFF | u64::from(high) << 32;
+                }
+                0x3C => self.line = merge(self.line.into(), value, mask & 0xFF) as u8,
+                _ => {}
+            }
+            PciEffects::NONE
+        }
+        fn bar(&self, index: u8) -> Option<Bar> {
+            if self.command & command::MEMORY == 0 {
+                return None;
+            }
+            match index {
+                0 => Some(Bar {
+                    address: self.bar0.into(),
+                    size: 0x1000,
+                }),
+                2 => Some(Bar {
+                    address: self.bar2,
+                    size: 0x10000,
+                }),
+                _ => None,
+            }
+        }
+        fn bar_read(&mut self, index: u8, offset: u64, _size: u8) -> (u64, PciEffects) {
+            (u64::from(index) << 32 | offset ^ self.reg, PciEffects::NONE)
+        }
+        fn bar_write(&mut self, _index: u8, _offset: u64, _size: u8, value: u64) -> PciEffects {
+            self.reg = value;
+            let mut e = PciEffects::NONE;
+            if value & 2 != 0 {
+                e.push_msi(MsiMessage {
+                    address: 0xFEE0_0000,
+                    data: 0x41,
+                });
+            } else {
+                e.intx = Some(value & 1 != 0);
+            }
+            e
+        }
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    fn cfg_read(pci: &mut PciConfig, dev: u8, reg: u8, size: u8) -> u32 {
+        let addr = CONFIG_ENABLE | u32::from(dev) << 11 | u32::from(reg & 0xFC);
+        pci.port_access(0, 4, true, addr);
+        pci.port_access(4 + u16::from(reg & 3), size, false, 0).0
+    }
+
+    fn cfg_write(pci: &mut PciConfig, dev: u8, reg: u8, size: u8, value: u32) -> Effects {
+        let addr = CONFIG_ENABLE | u32::from(dev) << 11 | u32::from(reg & 0xFC);
+        pci.port_access(0, 4, true, addr);
+        pci.port_access(4 + u16::from(reg & 3), size, true, value).1
+    }
+
+    fn root() -> PciConfig {
+        let mut pci = PciConfig::new();
+        pci.add_function(PciAddress::new(0, 0, 0), Box::new(HostBridge::i440fx()))
+            .unwrap();
+        pci.add_function(PciAddress::new(0, 3, 0), Box::new(Mock::new()))
+            .unwrap();
+        pci
+    }
+
+    #[test]
+    fn enumeration_finds_the_bridge_and_the_device_and_nothing_else() {
+        let mut pci = root();
+        assert_eq!(cfg_read(&mut pci, 0, 0, 4), 0x1237_8086);
+        assert_eq!(cfg_read(&mut pci, 0, 2, 2), 0x1237);
+        assert_eq!(cfg_read(&mut pci, 0, 0x0B, 1), 0x06, "class: bridge");
+        assert_eq!(cfg_read(&mut pci, 3, 0, 4), 0x1234_1AF4);
+        for dev in [1u8, 2, 4, 31] {
+            assert_eq!(cfg_read(&mut pci, dev, 0, 4), 0xFFFF_FFFF);
+            assert_eq!(cfg_read(&mut pci, dev, 0, 2), 0xFFFF);
+        }
+        // Another function number or bus is absent too.
+        pci.port_access(0, 4, true, CONFIG_ENABLE | 3 << 11 | 1 << 8);
+        assert_eq!(pci.port_access(4, 4, false, 0).0, 0xFFFF_FFFF);
+        pci.port_access(0, 4, true, CONFIG_ENABLE | 1 << 16 | 3 << 11);
+        assert_eq!(pci.port_access(4, 4, false, 0).0, 0xFFFF_FFFF);
+        // A word access that runs past 0xCFF is no configuration cycle.
+        pci.port_access(0, 4, true, CONFIG_ENABLE);
+        assert_eq!(pci.port_access(7, 2, false, 0).0, 0xFFFF);
+        // Without the enable bit nothing answers.
+        pci.port_access(0, 4, true, 0);
+        assert_eq!(pci.port_access(4, 4, false, 0).0, 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn functions_are_refused_twice_or_out_of_range() {
+        let mut pci = root();
+        assert_eq!(
+            pci.add_function(PciAddress::new(0, 3, 0), Box::new(Mock::new())),
+            Err(PciError::Occupied(PciAddress::new(0, 3, 0)))
+        );
+        assert_eq!(
+            pci.add_function(PciAddress::new(0, 32, 0), Box::new(Mock::new())),
+            Err(PciError::BadAddress(PciAddress::new(0, 32, 0)))
+        );
+        assert!(pci.function_mut(PciAddress::new(0, 3, 0)).is_some());
+        assert!(pci.function_mut(PciAddress::new(0, 4, 0)).is_none());
+    }
+
+    #[test]
+    fn byte_writes_reach_the_function_with_byte_enables() {
+        let mut pci = root();
+        cfg_write(&mut pci, 3, 0x3C, 1, 0xAB);
+        assert_eq!(cfg_read(&mut pci, 3, 0x3C, 4), 0x01AB);
+        assert_eq!(cfg_read(&mut pci, 3, 0x3D, 1), 0x01, "pin INTA#");
+        // A byte write to 0x3D leaves the line byte alone.
+        cfg_write(&mut pci, 3, 0x3D, 1, 0x55);
+        assert_eq!(cfg_read(&mut pci, 3, 0x3C, 1), 0xAB);
+    }
+
+    #[test]
+    fn firmware_style_bar_assignment_and_mmio_routing() {
+        let mut pci = root();
+        let mut hole = BarAllocator::new(0xE000_0000, 0xFEC0_0000);
+        pci.assign_bars(&mut hole).unwrap();
+        // Largest first: the 64 KiB BAR 2 at the start, then BAR 0.
+        assert_eq!(cfg_read(&mut pci, 3, 0x18, 4), 0xE000_0004);
+        assert_eq!(cfg_read(&mut pci, 3, 0x1C, 4), 0);
+        assert_eq!(cfg_read(&mut pci, 3, 0x10, 4), 0xE001_0000);
+        assert_eq!(cfg_read(&mut pci, 3, 0x04, 2) & 2, 2, "memory decoding on");
+        // The interrupt line: device 3, INTA# -> PIRQD -> IRQ 11.
+        assert_eq!(cfg_read(&mut pci, 3, 0x3C, 1), 11);
+        assert_eq!(pci.intx_irq(PciAddress::new(0, 3, 0)), Some(11));
+        assert_eq!(pci.intx_irq(PciAddress::new(0, 0, 0)), None);
+
+        assert_eq!(pci.mmio_read(0xE001_0010, 4).unwrap().0, 0x10);
+        assert_eq!(pci.mmio_read(0xE000_0020, 4).unwrap().0 >> 32, 0);
+        assert_eq!(pci.mmio_read(0xE000_0020, 8).unwrap().0 >> 32, 2);
+        assert!(pci.mmio_read(0xE001_1000, 4).is_none());
+        assert!(pci.mmio_write(0xDFFF_FFFF, 4, 0).is_none());
+        // Moving the BAR moves the decode; turning memory decoding off removes it.
+        cfg_write(&mut pci, 3, 0x10, 4, 0xF000_0000);
+        assert!(pci.mmio_read(0xE001_0010, 4).is_none());
+        assert_eq!(pci.mmio_read(0xF000_0010, 4).unwrap().0, 0x10);
+        cfg_write(&mut pci, 3, 0x04, 2, 0);
+        assert!(pci.mmio_read(0xF000_0010, 4).is_none());
+        // Through the platform interface, an unclaimed hole address floats high.
+        let a = Access {
+            addr: 0xF000_0010,
+            offset: 0x1000_0010,
+            size: 4,
+            now_ns: 0,
+        };
+        assert_eq!(BusDevice::read(&mut pci, &a).0, 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn a_full_hole_is_reported() {
+        let mut pci = root();
+        let mut hole = BarAllocator::new(0xE000_0000, 0xE000_8000);
+        assert_eq!(
+            pci.assign_bars(&mut hole),
+            Err(BarError::NoRoom {
+                function: PciAddress::new(0, 3, 0),
+                bar: 2,
+                size: 0x10000
+            })
+        );
+    }
+
+    #[test]
+    fn intx_levels_are_routed_and_shared_lines_are_ored() {
+        let mut pci = root();
+        pci.add_function(PciAddress::new(0, 7, 0), Box::new(Mock::new()))
+            .unwrap();
+        pci.assign_bars(&mut BarAllocator::new(0xE000_0000, 0xF000_0000))
+            .unwrap();
+        // Device 3 and device 7 both land on PIRQD (IRQ 11).
+        assert_eq!(pci.intx_irq(PciAddress::new(0, 7, 0)), Some(11));
+        let bar3 = u64::from(cfg_read(&mut pci, 3, 0x10, 4));
+        let bar7 = u64::from(cfg_read(&mut pci, 7, 0x10, 4));
+        let e = pci.mmio_write(bar3, 4, 1).unwrap();
+        assert_eq!(e.lines[0], Some(IrqLine::Level(11, true)));
+        assert_eq!(pci.mmio_write(bar7, 4, 1).unwrap(), Effects::NONE);
+        assert_eq!(pci.mmio_write(bar3, 4, 0).unwrap(), Effects::NONE);
+        let e = pci.mmio_write(bar7, 4, 0).unwrap();
+        assert_eq!(e.lines[0], Some(IrqLine::Level(11, false)));
+        // Another routing.
+        pci.set_intx_routing([5, 9, 10, 11]);
+        assert_eq!(pci.intx_irq(PciAddress::new(0, 3, 0)), Some(11));
+        pci.set_intx_routing([5, 9, 10, 7]);
+        let e = pci.mmio_write(bar3, 4, 1).unwrap();
+        assert_eq!(e.lines[0], Some(IrqLine::Level(7, true)));
+        // MSI messages pass through.
+        let e = pci.mmio_write(bar3, 4, 2).unwrap();
+        assert_eq!(
+            e.msi[0],
+            Some(MsiMessage {
+                address: 0xFEE0_0000,
+                data: 0x41
+            })
+        );
+    }
+
+    #[test]
+    fn bus_device_keeps_the_reset_register_and_config_ports() {
+        let mut pci = root();
+        let port = |addr: u16, size: u8| Access {
+            addr: addr.into(),
+            offset: u64::from(addr - PCI_CONFIG_BASE),
+            size,
+            now_ns: 0,
+        };
+        BusDevice::write(&mut pci, &port(0xCF8, 4), 0x8000_0000);
+        assert_eq!(BusDevice::read(&mut pci, &port(0xCFC, 4)).0, 0x1237_8086);
+        assert!(BusDevice::write(&mut pci, &port(0xCF9, 1), 0x06).reset);
+        assert!(!pci.take_reset_request(), "the effect took it");
+        assert_eq!(BusDevice::read(&mut pci, &port(0xCF9, 1)).0, 0x06);
+        assert_eq!(pci.next_deadline_ns(), None);
     }
 }

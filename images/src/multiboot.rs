@@ -727,6 +727,7 @@ mod tests {
             vcpus: 1,
             affinity: 0,
             modules: Vec::new(),
+            disk: None,
         };
         let p = crate::plan_request(&crate::BootRequest::for_vm(&vm, 16 * MIB)).unwrap();
         assert_eq!(cmdline_of(&p), "mb.bin hello=world");

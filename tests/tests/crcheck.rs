@@ -3,12 +3,34 @@
 //! without PE and NW without CD, clearing EFER.LME while paging, XSETBV without
 //! OSXSAVE and a non-canonical GS base, and must get #GP or #UD for each (never a
 //! VM-entry failure), while the allowed writes work; `hello64` runs beside it.
+//!
+//! `blk64` rides along (one boot per vendor serves both): its RAM-backed virtio-blk
+//! disk, found on PCI bus 0 and driven by the `virtio-drivers` crate in polling mode:
+//! the disk file's pattern reads back, a written sector reads back and leaves its
+//! neighbours alone, and requests past and across the end of the disk get IOERR.
+//!
 //! On AMD-V (QEMU) and VT-x (Bochs, one processor).
 
 use tests::*;
 use xtask::emulator::EXIT_SUCCESS;
 
+fn expect_blk64(out: &RunOutput) {
+    out.expect_line("blk64 | blk64: pci 00:00.0 8086:1237 class 06")
+        .expect_line("blk64 | blk64: pci 00:03.0 1af4:1042 class 01")
+        .expect_line("blk64 | blk64: virtio-blk at 00:03.0, BAR 0 0xe0000000 size 0x8000")
+        .expect_line("blk64 | blk64: capacity 128 sectors, read-only no")
+        .expect_line("blk64 | blk64: read sectors 0-3 ok: hv-blk64 disk v1")
+        .expect_line("blk64 | blk64: read sector 127 ok")
+        .expect_line("blk64 | blk64: wrote sector 5, read back ok")
+        .expect_line("blk64 | blk64: sectors 4 and 6 unchanged")
+        .expect_line("blk64 | blk64: read past the end -> IoError")
+        .expect_line("blk64 | blk64: read across the end -> IoError")
+        .expect_line("blk64 | blk64: done")
+        .expect_line("hv: vm blk64 stopped: halted with interrupts disabled");
+}
+
 fn expect_crcheck(out: &RunOutput) {
+    expect_blk64(out);
     for (bit, name) in [
         (13, "vmxe"),
         (14, "smxe"),

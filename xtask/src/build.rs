@@ -123,7 +123,8 @@ pub enum GuestSet {
     /// per vCPU) and `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD).
     Hostile,
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
-    /// `hello64`.
+    /// `hello64`, and `blk64` with its RAM-backed virtio-blk disk (reads, a write,
+    /// requests past the end).
     CrCheck,
 }
 
@@ -232,7 +233,21 @@ impl GuestSet {
             GuestSet::CrCheck => {
                 let images = all_guests()?;
                 let vm = |name: &str| tiny_vm(&images, name);
-                Ok(vec![vm("crcheck64")?, vm("hello64")?])
+                // blk64 rides along (one boot per vendor either way): not in the
+                // Hostile set, whose dbloop64 breakpoint at 0x100010 outlives its VM
+                // under QEMU's TCG and fires in the next guest that runs there.
+                let blk64 = crate::vms::VmDef {
+                    disk: Some(crate::vms::DiskDef {
+                        path: crate::guests::write_blk64_disk(&guest_dir)?,
+                        read_only: false,
+                    }),
+                    ..vm("blk64")?
+                };
+                Ok(vec![
+                    vm("crcheck64")?,
+                    vm("hello64")?,
+                    crate::config::check(&blk64)?,
+                ])
             }
             GuestSet::Smp => {
                 use crate::vms::VmDef;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use bundle::{ImageFormat, CMDLINE_MAX, MODULES_MAX, NAME_MAX};
 use toml_edit::{Item, TableLike, Value};
 
-use crate::vms::{ModuleDef, VmDef};
+use crate::vms::{DiskDef, ModuleDef, VmDef};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -53,8 +53,10 @@ const VM_KEYS: &[&str] = &[
     "on_reset",
     "on_crash",
     "on_unmapped",
+    "disk",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
+const DISK_KEYS: &[&str] = &["file", "read_only"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -70,6 +72,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("vcpu_count", "vcpus"),
     ("smp", "vcpus"),
     ("module", "modules"),
+    ("drive", "disk"),
+    ("blk", "disk"),
     ("vms", "vm"),
 ];
 
@@ -303,6 +307,8 @@ struct RawVm {
     on_reset: Option<bundle::Policy>,
     on_crash: Option<bundle::Policy>,
     unmapped_stops: bool,
+    /// The disk, and where its file was named.
+    disk: Option<(DiskDef, Loc)>,
 }
 
 /// Reads and validates the VM descriptions in `path`.
@@ -608,6 +614,7 @@ fn parse_vm(
                 })?;
             }
             "modules" => vm.modules = Some((parse_modules(src, item, &key_loc)?, loc)),
+            "disk" => vm.disk = Some(parse_disk(src, item, &loc)?),
             other => return Err(src.err(&key_loc, unknown_key(other, VM_KEYS))),
         }
     }
@@ -714,6 +721,87 @@ fn parse_modules(
         modules.push((ModuleDef { path, cmdline }, at));
     }
     Ok(modules)
+}
+
+/// `disk = "disk.img"` or `disk = { file = "disk.img", read_only = true }` (or a
+/// `[vm.disk]` table): the disk and where its file is named.
+fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<(DiskDef, Loc), ConfigError> {
+    const WHAT: &str = "a file name or { file = \"...\", read_only = false }";
+    if let Some(path) = item.as_str() {
+        let def = DiskDef {
+            path: src.resolve(path),
+            read_only: false,
+        };
+        return Ok((def, loc.clone()));
+    }
+    let Some(table) = item.as_table_like() else {
+        return Err(src.err(loc, type_error(WHAT, item)));
+    };
+    let mut file = None;
+    let mut read_only = false;
+    for (key, value) in table.iter() {
+        let key_loc = src.loc(
+            table.key(key).and_then(|k| k.span()),
+            &format!("disk.{key}"),
+        );
+        let value_loc = match value.span() {
+            Some(s) => src.loc(Some(s), &key_loc.key),
+            None => key_loc.clone(),
+        };
+        match key {
+            "file" => file = Some((src.resolve(get_str(src, value, &value_loc)?), value_loc)),
+            "read_only" => {
+                read_only = value
+                    .as_bool()
+                    .ok_or_else(|| src.err(&value_loc, type_error("true or false", value)))?;
+            }
+            other => return Err(src.err(&key_loc, unknown_key(other, DISK_KEYS))),
+        }
+    }
+    let (path, at) = file.ok_or_else(|| {
+        src.err(
+            &Loc {
+                pos: loc.pos,
+                key: "disk.file".into(),
+            },
+            "missing key `file` (the disk's initial contents)",
+        )
+    })?;
+    Ok((DiskDef { path, read_only }, at))
+}
+
+/// A disk file the kernel can serve: whole sectors, at least one, at most
+/// `bundle::DISK_MAX`, and no larger than the VM's memory (a RAM-backed disk costs
+/// host memory as the VM's RAM does).
+fn check_disk(src: &Source, disk: &DiskDef, loc: &Loc, memory: u64) -> Result<(), ConfigError> {
+    let size = file_size(src, &disk.path, loc)?;
+    let path = disk.path.display();
+    let sector = bundle::SECTOR_SIZE as u64;
+    let problem = if size == 0 {
+        format!("{path} is empty: a disk holds at least one {sector}-byte sector")
+    } else if size % sector != 0 {
+        format!(
+            "{path} is {size} bytes, not a whole number of {sector}-byte sectors \
+             ({} bytes left over)",
+            size % sector
+        )
+    } else if size > bundle::DISK_MAX as u64 {
+        format!(
+            "{path} is {}: a RAM-backed disk lives in the hypervisor's heap, at most {}",
+            show_size(size),
+            show_size(bundle::DISK_MAX as u64)
+        )
+    } else if size > memory {
+        format!(
+            "{path} is {}, larger than the VM's memory ({}): a RAM-backed disk costs host \
+             memory as RAM does",
+            show_size(size),
+            show_size(memory)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(src.err(loc, problem))
 }
 
 /// Where Linux's protected-mode kernel needs room beyond what the loader places
@@ -992,6 +1080,9 @@ fn resolve(
             format!("{} is too large: at most 64 GiB", show_size(memory)),
         ));
     }
+    if let Some((disk, loc)) = &raw.disk {
+        check_disk(src, disk, loc, memory)?;
+    }
 
     Ok(VmDef {
         name,
@@ -1010,6 +1101,7 @@ fn resolve(
         vcpus: raw.vcpus.map_or(1, |(n, _)| n as u32),
         cpus: raw.cpus.map(|(c, _)| c).unwrap_or_default(),
         modules: modules.into_iter().map(|(m, _)| m).collect(),
+        disk: raw.disk.map(|(d, _)| d),
     })
 }
 
@@ -1159,6 +1251,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         on_reset: Some(vm.on_reset),
         on_crash: Some(vm.on_crash),
         unmapped_stops: vm.unmapped_stops,
+        disk: vm.disk.clone().map(|d| (d, at("disk"))),
         ..RawVm::default()
     };
     check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;
@@ -1655,6 +1748,73 @@ cmdline = "x"
         assert!(e.contains("not a regular file"), "{e}");
         let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\nmodules = [\"m.bin\", { path = \"x\" }]\n");
         assert!(e.contains("5:30: modules[1].path: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn disks() {
+        let s = Scratch::new("disks");
+        s.images();
+        s.file("disk.img", &[0x42; 4096]);
+        let vm = |disk: &str| {
+            format!("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\ndisk = {disk}\n")
+        };
+        let vms = s.load(&vm("\"disk.img\"")).unwrap();
+        assert_eq!(
+            vms[0].disk,
+            Some(DiskDef {
+                path: s.0.join("disk.img"),
+                read_only: false
+            })
+        );
+        let vms = s
+            .load(&vm("{ file = \"disk.img\", read_only = true }"))
+            .unwrap();
+        assert!(vms[0].disk.as_ref().unwrap().read_only);
+        // It packs, and `check` keeps it.
+        crate::vms::bundle_bytes(&vms).unwrap();
+        assert_eq!(check(&vms[0]).unwrap().disk, vms[0].disk);
+        let vms = s
+            .load("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\n[vm.disk]\nfile = \"disk.img\"\n")
+            .unwrap();
+        assert!(vms[0].disk.is_some());
+
+        // Bad input names the file and the key, with the position.
+        let e = s.err(&vm("\"gone.img\""));
+        assert!(
+            e.contains("5:8: disk: cannot read") && e.contains("gone.img"),
+            "{e}"
+        );
+        s.file("empty.img", b"");
+        let e = s.err(&vm("\"empty.img\""));
+        assert!(
+            e.contains("5:8: disk: ") && e.contains("empty.img is empty"),
+            "{e}"
+        );
+        s.file("odd.img", &[0; 1000]);
+        let e = s.err(&vm("{ file = \"odd.img\" }"));
+        assert!(
+            e.contains("5:17: disk.file: ")
+                && e.contains("odd.img is 1000 bytes, not a whole number of 512-byte sectors"),
+            "{e}"
+        );
+        s.file("big.img", &vec![0; 5 << 20]);
+        let e = s.err(&vm("\"big.img\""));
+        assert!(
+            e.contains("5:8: disk: ")
+                && e.contains("big.img is 5 MiB, larger than the VM's memory (4 MiB)"),
+            "{e}"
+        );
+        let e = s.err(&vm("{ path = \"disk.img\" }"));
+        assert!(e.contains("5:10: disk.path: unknown key"), "{e}");
+        let e = s.err(&vm("{ read_only = true }"));
+        assert!(e.contains("disk.file: missing key `file`"), "{e}");
+        let e = s.err(&vm("{ file = \"disk.img\", read_only = 1 }"));
+        assert!(e.contains("disk.read_only: expected true or false"), "{e}");
+        let e = s.err(&vm("3"));
+        assert!(e.contains("5:8: disk: expected a file name"), "{e}");
+        let e = s
+            .err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\ndrive = \"disk.img\"\n");
+        assert!(e.contains("`disk`"), "{e}");
     }
 
     #[test]

@@ -173,6 +173,10 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     data: b"module",
                     cmdline: "m",
                 }],
+                disk: Some(bundle::Disk {
+                    data: &[0xA5; 1024],
+                    read_only: format == bundle::ImageFormat::Linux,
+                }),
             };
             let one = [vm("mb", b"image", bundle::ImageFormat::Multiboot)];
             let two = [

@@ -19,8 +19,8 @@
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
-//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64` and `crcheck64`
-//! are built with them ([`build_all_guests`]) but booted in their own sets.
+//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64`, `crcheck64`
+//! and the virtio-blk guest `blk64` are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -73,6 +73,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("dr64", Kind::Elf64),
     ("insn64", Kind::Elf64),
     ("crcheck64", Kind::Elf64),
+    ("blk64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -110,7 +111,8 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// `CARGO_TARGET_DIR` when the caller's environment sets it), then post-processes
 /// each binary with the toolchain's `llvm-objcopy` (component
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
-/// [`build_guests`] lists it, then mb32, bench64, smp64, ipistorm64 and crcheck64.
+/// [`build_guests`] lists it, then the others in [`EXTRA_GUESTS`] order (mb32 ...
+/// crcheck64, blk64).
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     // Tests build several guest sets from parallel threads; one build at a time
     // in this process (cargo already serialises across processes).
@@ -585,6 +587,37 @@ pub fn write_multiboot_test_module(out_dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Sectors of the disk `blk64` is given.
+pub const BLK64_DISK_SECTORS: usize = 128;
+
+/// The contents of `blk64`'s disk: sector 0 starts with `hv-blk64 disk v1`, every
+/// other byte mixes its sector number and offset (the guest's `pattern` checks the
+/// same rule).
+pub fn blk64_disk() -> Vec<u8> {
+    const MAGIC: &[u8; 16] = b"hv-blk64 disk v1";
+    (0..BLK64_DISK_SECTORS * 512)
+        .map(|k| {
+            if k < MAGIC.len() {
+                MAGIC[k]
+            } else {
+                ((k / 512) as u8).wrapping_mul(31) ^ (k % 512) as u8
+            }
+        })
+        .collect()
+}
+
+/// Writes `blk64`'s disk file into `out_dir` (left alone when unchanged).
+pub fn write_blk64_disk(out_dir: &Path) -> Result<PathBuf, String> {
+    fs::create_dir_all(out_dir)
+        .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
+    let path = out_dir.join("blk64-disk.img");
+    let data = blk64_disk();
+    if fs::read(&path).ok().as_deref() != Some(&data[..]) {
+        write(&path, &data)?;
+    }
+    Ok(path)
+}
+
 /// The value of the string field `key` in one line of cargo's JSON output, or
 /// `None` when absent or not a string (e.g. `"executable":null`).
 ///
@@ -839,6 +872,7 @@ mod tests {
             "insn64",
             "reset64",
             "crcheck64",
+            "blk64",
         ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(

@@ -17,6 +17,14 @@ pub struct ModuleDef {
     pub cmdline: String,
 }
 
+/// A VM's RAM-backed virtio-blk disk: its initial contents come from `path` (packed
+/// into the bundle), and what the guest writes is gone when the VM stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskDef {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 /// One VM of a set, before bundling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmDef {
@@ -47,6 +55,8 @@ pub struct VmDef {
     /// The host processors its vCPUs may run on (the config's `cpus`); empty: any.
     pub cpus: Vec<u32>,
     pub modules: Vec<ModuleDef>,
+    /// A RAM-backed virtio-blk disk (the config's `disk`).
+    pub disk: Option<DiskDef>,
 }
 
 impl VmDef {
@@ -70,6 +80,7 @@ impl VmDef {
             vcpus: 1,
             cpus: Vec::new(),
             modules: Vec::new(),
+            disk: None,
         }
     }
 
@@ -157,11 +168,21 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                 .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
+    let disks: Vec<Option<Vec<u8>>> = vms
+        .iter()
+        .map(|v| {
+            v.disk
+                .as_ref()
+                .map(|d| read(&format!("disk of VM {}", v.name), &d.path))
+                .transpose()
+        })
+        .collect::<Result<_, _>>()?;
     let specs: Vec<bundle::VmSpec> = vms
         .iter()
         .zip(&images)
         .zip(&modules)
-        .map(|((v, image), data)| bundle::VmSpec {
+        .zip(&disks)
+        .map(|(((v, image), data), disk)| bundle::VmSpec {
             name: &v.name,
             memory_kib: v.memory_kib,
             run_limit_ms: v.run_limit_ms,
@@ -185,6 +206,14 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                     cmdline: &m.cmdline,
                 })
                 .collect(),
+            disk: v
+                .disk
+                .as_ref()
+                .zip(disk.as_deref())
+                .map(|(d, data)| bundle::Disk {
+                    data,
+                    read_only: d.read_only,
+                }),
         })
         .collect();
     bundle::write(&specs).map_err(|e| {
@@ -196,6 +225,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             | bundle::BundleError::BadCmdline { index }
             | bundle::BundleError::CmdlineTooLong { index }
             | bundle::BundleError::TooManyModules { index }
+            | bundle::BundleError::BadDisk { index }
             | bundle::BundleError::BadModuleCmdline { index, .. } => {
                 format!(" (VM {:?})", vms[index].name)
             }
@@ -250,7 +280,13 @@ mod tests {
         let initrd = dir.join("initrd");
         std::fs::write(&image, b"kernel").unwrap();
         std::fs::write(&initrd, b"070701").unwrap();
+        let disk = dir.join("disk.img");
+        std::fs::write(&disk, [0x11u8; 1024]).unwrap();
         let vm = VmDef {
+            disk: Some(DiskDef {
+                path: disk,
+                read_only: true,
+            }),
             format: ImageFormat::Linux,
             cmdline: "console=ttyS0".into(),
             modules: vec![ModuleDef {
@@ -288,6 +324,10 @@ mod tests {
                     data: b"070701",
                     cmdline: ""
                 }],
+                disk: Some(bundle::Disk {
+                    data: &[0x11; 1024],
+                    read_only: true
+                }),
             }]
         );
         let missing = VmDef {

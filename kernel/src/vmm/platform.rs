@@ -7,16 +7,27 @@
 //!
 //! Adding a device is one registration ([`Platform::add_port_device`],
 //! [`Platform::add_mmio_device`]); a range that overlaps another is an error.
+//!
+//! PCI: the root (`devices::PciConfig`) answers configuration mechanism #1 on the
+//! port bus. A VM with PCI functions ([`PlatformSpec::pci`], e.g. its virtio-blk
+//! disk) also gets a 440FX host bridge at 00:00.0, its BARs placed in the PCI hole
+//! ([`pci_hole`]: above its RAM, below the IOAPIC) as firmware would, and the same
+//! root registered on the MMIO bus over the hole, so BAR accesses (nested page
+//! faults, decoded by `mmio::emulate`) reach it wherever the guest moves the BARs.
+//! INTx changes come back as level lines (PIC and IOAPIC), MSI-X messages are
+//! decoded (`devices::msi_delivery`) and delivered like IOAPIC messages.
 
 use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use devices::{
-    all_ones, isa_irq_pin, Access, Bus, BusDevice, Cmos, DebugExit, Delivery, Effects, FwCfg,
-    IoApic, IrqLine, MapError, PciConfig, Pic8259, Pit8254, RtcCmos, SerialPort, SystemControlA,
-    Uart16550, CMOS_BASE, CMOS_PORT_COUNT, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE,
-    DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE, FW_CFG_PORT_COUNT, I8042, IOAPIC_BASE, IOAPIC_MMIO_SIZE,
-    PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_PORT_COUNT, PORT_61, PORT_COUNT,
-    SYSTEM_CONTROL_A_PORT,
+    all_ones, isa_irq_pin, msi_delivery, Access, BarAllocator, Bus, BusDevice, Cmos, DebugExit,
+    Delivery, Effects, FwCfg, HostBridge, IoApic, IrqLine, MapError, PciAddress, PciConfig,
+    PciFunction, Pic8259, Pit8254, RtcCmos, SerialPort, SystemControlA, Uart16550, CMOS_BASE,
+    CMOS_PORT_COUNT, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE,
+    FW_CFG_PORT_COUNT, I8042, IOAPIC_BASE, IOAPIC_MMIO_SIZE, PCI_CONFIG_BASE,
+    PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_PORT_COUNT, PORT_61, PORT_COUNT, SYSTEM_CONTROL_A_PORT,
 };
 
 use super::console::Relay;
@@ -46,6 +57,19 @@ pub struct PlatformSpec {
     /// Unix time (ns) at guest time 0, for the RTC.
     pub epoch_unix_ns: u64,
     pub console: Relay,
+    /// PCI functions on bus 0 besides the host bridge (none: no PCI devices at all).
+    pub pci: Vec<(PciAddress, Box<dyn PciFunction>)>,
+}
+
+/// The lowest start of the PCI hole: 3.5 GiB, where PC chipsets put it.
+pub const PCI_HOLE_BASE: u64 = 0xE000_0000;
+
+/// Where BARs go for a VM with `ram_bytes` of RAM (one range from 0): from
+/// [`PCI_HOLE_BASE`], or from the first MiB above RAM that reaches past it, up to the
+/// IOAPIC (the local APICs lie above that). Empty when RAM leaves no room.
+pub fn pci_hole(ram_bytes: u64) -> core::ops::Range<u64> {
+    let start = PCI_HOLE_BASE.max(ram_bytes.next_multiple_of(1 << 20));
+    start..IOAPIC_BASE.max(start)
 }
 
 pub struct Platform {
@@ -72,9 +96,11 @@ pub struct Platform {
 
 impl Platform {
     /// The PC every VM gets: COM1, the 8259 pair, the 8254 (with port 0x61), CMOS/RTC,
-    /// PCI configuration space (no devices), the i8042 and port 0x92, fw_cfg, the
-    /// debug-exit port, and the IOAPIC.
-    pub fn pc(spec: PlatformSpec) -> Result<Self, MapError> {
+    /// the i8042 and port 0x92, fw_cfg, the debug-exit port, the IOAPIC, and PCI
+    /// configuration space: empty, or the host bridge and `spec.pci` with their BARs
+    /// in the PCI hole.
+    pub fn pc(spec: PlatformSpec) -> Result<Self, String> {
+        let fit = |e: MapError| format!("the platform's devices do not fit its buses: {e}");
         let mut p = Platform {
             devices: Vec::new(),
             ports: Bus::new(0x1_0000),
@@ -88,15 +114,78 @@ impl Platform {
             deadline: None,
             poll_now: true,
         };
-        p.ports.register(0x20, 2, Target::Pic)?;
-        p.ports.register(0xA0, 2, Target::Pic)?;
-        p.ports.register(0x4D0, 2, Target::Pic)?;
+        p.ports.register(0x20, 2, Target::Pic).map_err(fit)?;
+        p.ports.register(0xA0, 2, Target::Pic).map_err(fit)?;
+        p.ports.register(0x4D0, 2, Target::Pic).map_err(fit)?;
         p.mmio
-            .register(IOAPIC_BASE, IOAPIC_MMIO_SIZE, Target::IoApic)?;
+            .register(IOAPIC_BASE, IOAPIC_MMIO_SIZE, Target::IoApic)
+            .map_err(fit)?;
+        let PlatformSpec {
+            ram_bytes,
+            cpus,
+            epoch_unix_ns,
+            console,
+            pci,
+        } = spec;
+        p.add_isa_devices(ram_bytes, cpus, epoch_unix_ns, console)
+            .map_err(fit)?;
+        let has_pci = !pci.is_empty();
+        let hole = pci_hole(ram_bytes);
+        let pci = Self::pci_root(pci, hole.clone())?;
+        let root = p
+            .add_port_device(&[(PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT)], Box::new(pci))
+            .map_err(fit)?;
+        if has_pci {
+            // The same root, for BAR accesses anywhere in the hole.
+            p.mmio
+                .register(hole.start, hole.end - hole.start, Target::Device(root))
+                .map_err(fit)?;
+        }
+        Ok(p)
+    }
+
+    /// The PCI root: nothing for a VM without PCI functions; otherwise the host
+    /// bridge and `functions`, BARs placed in `hole` and interrupt lines written, as
+    /// firmware leaves them (the tiny guests and Linux boot without a BIOS).
+    fn pci_root(
+        functions: Vec<(PciAddress, Box<dyn PciFunction>)>,
+        hole: core::ops::Range<u64>,
+    ) -> Result<PciConfig, String> {
+        let mut pci = PciConfig::new();
+        if functions.is_empty() {
+            return Ok(pci);
+        }
+        let bridge = PciAddress::new(0, 0, 0);
+        pci.add_function(bridge, Box::new(HostBridge::i440fx()))
+            .map_err(|e| format!("PCI host bridge: {e:?}"))?;
+        for (address, function) in functions {
+            pci.add_function(address, function)
+                .map_err(|e| format!("PCI function {address:?}: {e:?}"))?;
+        }
+        pci.assign_bars(&mut BarAllocator::new(hole.start, hole.end))
+            .map_err(|e| {
+                format!(
+                    "no room for the PCI BARs in the hole {:#x}-{:#x} above the VM's RAM: {e:?}",
+                    hole.start, hole.end
+                )
+            })?;
+        Ok(pci)
+    }
+
+    /// The ISA side of the PC: COM1, the PIT, CMOS/RTC, the i8042, port 0x92, fw_cfg
+    /// and the debug-exit port.
+    fn add_isa_devices(
+        &mut self,
+        ram_bytes: u64,
+        cpus: u16,
+        epoch_unix_ns: u64,
+        console: Relay,
+    ) -> Result<(), MapError> {
+        let p = self;
         p.console = p.add_port_device(
             &[(COM1_BASE, PORT_COUNT)],
             Box::new(SerialPort {
-                uart: Uart16550::new(spec.console),
+                uart: Uart16550::new(console),
                 irq: COM1_IRQ,
             }),
         )?;
@@ -108,13 +197,9 @@ impl Platform {
         p.add_port_device(
             &[(CMOS_BASE, CMOS_PORT_COUNT)],
             Box::new(RtcCmos {
-                cmos: Cmos::new(spec.ram_bytes, 0),
-                epoch_unix_ns: spec.epoch_unix_ns,
+                cmos: Cmos::new(ram_bytes, 0),
+                epoch_unix_ns,
             }),
-        )?;
-        p.add_port_device(
-            &[(PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT)],
-            Box::new(PciConfig::new()),
         )?;
         p.add_port_device(&[(0x60, 1), (0x64, 1)], Box::new(I8042::new()))?;
         p.add_port_device(
@@ -123,13 +208,13 @@ impl Platform {
         )?;
         p.add_port_device(
             &[(FW_CFG_BASE, FW_CFG_PORT_COUNT)],
-            Box::new(FwCfg::<'static, 1>::new(spec.ram_bytes, spec.cpus)),
+            Box::new(FwCfg::<'static, 1>::new(ram_bytes, cpus)),
         )?;
         p.add_port_device(
             &[(DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT)],
             Box::new(DebugExit::new()),
         )?;
-        Ok(p)
+        Ok(())
     }
 
     /// Registers `device` on the port bus at each `(base, len)` range; returns its
@@ -192,6 +277,11 @@ impl Platform {
                 }
             };
             out.deliveries.extend(delivery);
+        }
+        // MSI-X: decoded as the local APICs receive it; a message outside the
+        // interrupt window would be a memory write, which is dropped.
+        for msg in e.msis() {
+            out.deliveries.extend(msi_delivery(msg.address, msg.data));
         }
         out.reset |= e.reset;
         out.exit = out.exit.or(e.exit);

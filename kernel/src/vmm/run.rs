@@ -334,6 +334,7 @@ fn start<B: Backend>(
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
+        disk: spec.disk,
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,

@@ -32,44 +32,106 @@ pub const MAX_VCPUS: usize = devices::mptable::MAX_CPUS as usize;
 // xtask and the bundle check configurations against the same limit.
 const _: () = assert!(MAX_VCPUS == bundle::MAX_VCPUS as usize && MAX_VCPUS <= 64);
 
-/// The VM's RAM as the hypervisor reaches it, for reading guest instructions during
-/// MMIO emulation.
+/// The VM's RAM as the hypervisor reaches it: for reading guest instructions during
+/// MMIO emulation, and for devices' DMA (virtio rings and buffers).
 #[derive(Clone, Copy, Debug)]
 pub struct GuestRam {
-    base: *const u8,
+    base: *mut u8,
     len: u64,
 }
 
-// SAFETY: the pointer is to guest RAM that stays mapped for the VM's life; reads
-// through it are bounds-checked and guests may change it concurrently anyway (the
-// hypervisor treats everything it reads there as untrusted).
+// SAFETY: the pointer is to guest RAM that stays mapped for the VM's life; accesses
+// through it are bounds-checked and volatile, and guests may change it concurrently
+// anyway (the hypervisor treats everything it reads there as untrusted).
 unsafe impl Send for GuestRam {}
 
 impl GuestRam {
     /// # Safety
-    /// `base..base + len` must stay readable for as long as the VM exists (the kernel
-    /// passes the VM's own RAM through the physical-memory mapping).
-    pub unsafe fn new(base: *const u8, len: u64) -> Self {
+    /// `base..base + len` must stay readable and writable for as long as the VM
+    /// exists and belong to this VM alone (the kernel passes the VM's own RAM
+    /// through the physical-memory mapping).
+    pub unsafe fn new(base: *mut u8, len: u64) -> Self {
         Self { base, len }
+    }
+
+    /// `[gpa, gpa + len)` when it lies in RAM, as a host pointer.
+    fn range(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        let end = gpa.checked_add(len as u64)?;
+        // In bounds of the RAM `new` was given, so the offset fits a usize.
+        (end <= self.len).then(|| self.base.wrapping_add(gpa as usize))
+    }
+}
+
+/// Copies `n` bytes between guest RAM and the hypervisor with volatile accesses
+/// (8 bytes at a time where the guest side is aligned), never through a reference to
+/// RAM the guest's vCPUs may be writing.
+///
+/// # Safety
+/// `guest` must be valid for `n` bytes (checked by [`GuestRam::range`]); `host` is a
+/// hypervisor buffer of `n` bytes that does not overlap guest RAM.
+unsafe fn copy_volatile(guest: *mut u8, host: *mut u8, n: usize, to_guest: bool) {
+    let mut i = 0;
+    while i < n {
+        let g = guest.wrapping_add(i);
+        let h = host.wrapping_add(i);
+        if (g as usize).is_multiple_of(8) && n - i >= 8 {
+            // SAFETY: 8 bytes in bounds on both sides; `g` is aligned, `h` is
+            // accessed unaligned.
+            unsafe {
+                if to_guest {
+                    (g as *mut u64).write_volatile((h as *const u64).read_unaligned());
+                } else {
+                    (h as *mut u64).write_unaligned((g as *const u64).read_volatile());
+                }
+            }
+            i += 8;
+        } else {
+            // SAFETY: one byte in bounds on both sides.
+            unsafe {
+                if to_guest {
+                    g.write_volatile(*h);
+                } else {
+                    *h = g.read_volatile();
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+/// What virtio devices see of the VM's RAM: every range checked, copies volatile.
+impl virtio::GuestMemory for GuestRam {
+    fn check(&self, addr: u64, len: u64) -> Result<(), virtio::MemError> {
+        match addr.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(virtio::MemError { addr, len }),
+        }
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), virtio::MemError> {
+        let err = virtio::MemError {
+            addr,
+            len: buf.len() as u64,
+        };
+        let p = self.range(addr, buf.len()).ok_or(err)?;
+        // SAFETY: `range` checked the guest side; `buf` is the hypervisor's.
+        unsafe { copy_volatile(p, buf.as_mut_ptr(), buf.len(), false) };
+        Ok(())
+    }
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), virtio::MemError> {
+        let err = virtio::MemError {
+            addr,
+            len: data.len() as u64,
+        };
+        let p = self.range(addr, data.len()).ok_or(err)?;
+        // SAFETY: as in `read`; `data` is only read.
+        unsafe { copy_volatile(p, data.as_ptr() as *mut u8, data.len(), true) };
+        Ok(())
     }
 }
 
 impl GuestMemory for GuestRam {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-        match gpa.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.len => {
-                // SAFETY: in bounds of the RAM `new` was given.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        self.base.add(gpa as usize),
-                        buf.as_mut_ptr(),
-                        buf.len(),
-                    )
-                };
-                Ok(())
-            }
-            _ => Err(()),
-        }
+        virtio::GuestMemory::read(self, gpa, buf).map_err(|_| ())
     }
 }
 
@@ -92,6 +154,33 @@ pub struct MachineInfo {
     /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
     /// "stop"`) instead of reading all ones.
     pub unmapped_stops: bool,
+    /// The initial contents of its RAM-backed virtio-blk disk (from the bundle).
+    pub disk: Option<bundle::Disk<'static>>,
+}
+
+/// Where a VM's virtio-blk disk sits on its PCI bus.
+pub const DISK_PCI_ADDRESS: devices::PciAddress = devices::PciAddress::new(0, 3, 0);
+
+/// The VM's virtio-blk disk as a PCI function: a RAM disk holding a copy of `disk`
+/// (what the guest writes is gone when the VM stops or restarts), reaching the VM's
+/// RAM through `ram`. Fails when the hypervisor's heap cannot hold the copy.
+fn disk_function(
+    name: &str,
+    disk: &bundle::Disk,
+    ram: GuestRam,
+) -> Result<alloc::boxed::Box<dyn devices::PciFunction>, String> {
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(disk.data.len()).map_err(|_| {
+        format!(
+            "cannot allocate its {} KiB disk in the hypervisor's heap",
+            disk.data.len() / 1024
+        )
+    })?;
+    bytes.extend_from_slice(disk.data);
+    let mut config = virtio::BlockConfig::new(name);
+    config.read_only = disk.read_only;
+    let block = virtio::Block::new(virtio::RamDisk::new(bytes), config);
+    Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)))
 }
 
 fn in_page(gpa: u64, base: u64, size: u64) -> bool {
@@ -147,13 +236,17 @@ pub struct VmShared {
 impl VmShared {
     pub fn new(name: &str, machine: &MachineInfo, out: ConsoleOut) -> Result<Self, String> {
         let cpus = machine.cpus.clamp(1, MAX_VCPUS);
+        let mut pci = Vec::new();
+        if let Some(disk) = &machine.disk {
+            pci.push((DISK_PCI_ADDRESS, disk_function(name, disk, machine.ram)?));
+        }
         let platform = Platform::pc(PlatformSpec {
             ram_bytes: machine.ram.len,
             cpus: cpus as u16,
             epoch_unix_ns: machine.epoch_unix_ns,
             console: Relay::new(name, out),
-        })
-        .map_err(|e| format!("the platform's devices do not fit its buses: {e}"))?;
+            pci,
+        })?;
         let lapics = (0..cpus)
             .map(|i| {
                 let mut lapic = LocalApic::new(LapicConfig {
@@ -848,6 +941,7 @@ impl<V: Vcpu> VcpuCtx<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::platform;
     use alloc::vec::Vec;
     use core::cell::RefCell;
     use vcpu::{CpuMode, GuestRegisters, PortIo};
@@ -996,7 +1090,7 @@ mod tests {
         // The fake guest's RAM: leaked so it lives as long as the test's VM.
         let ram: &'static mut [u8] = alloc::vec![0u8; 4 << 20].leak();
         // SAFETY: the leaked buffer is never freed.
-        let ram = unsafe { GuestRam::new(ram.as_ptr(), ram.len() as u64) };
+        let ram = unsafe { GuestRam::new(ram.as_mut_ptr(), ram.len() as u64) };
         MachineInfo {
             ram,
             epoch_unix_ns: 0,
@@ -1005,6 +1099,7 @@ mod tests {
             cpus,
             bench_hypercalls: false,
             unmapped_stops: false,
+            disk: None,
         }
     }
 
@@ -1315,11 +1410,7 @@ mod tests {
     fn at_rip(vm: &mut TestVm, code: &[u8]) {
         // SAFETY: the test RAM is the leaked, writable 4 MiB buffer of `vm()`.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                code.as_ptr(),
-                (vm.cpu.ram.base as *mut u8).add(0x1000),
-                code.len(),
-            )
+            core::ptr::copy_nonoverlapping(code.as_ptr(), vm.cpu.ram.base.add(0x1000), code.len())
         };
         vm.cpu.vcpu.rip = 0x1000;
         vm.cpu.vcpu.cr = vcpu::ControlRegs {
@@ -1361,6 +1452,86 @@ mod tests {
         assert!(
             matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated"))
         );
+    }
+
+    /// A configuration-space read of 00:dev.0 register `reg` through 0xCF8/0xCFC.
+    fn pci_read(vm: &mut TestVm, dev: u8, reg: u8) -> u32 {
+        let mut out = Outcome::default();
+        let p = &mut vm.shared.platform;
+        let address = 0x8000_0000 | u32::from(dev) << 11 | u32::from(reg);
+        p.port_io(0xCF8, 4, true, address, 0, &mut out);
+        p.port_io(0xCFC, 4, false, 0, 0, &mut out)
+    }
+
+    #[test]
+    fn a_disk_is_a_virtio_blk_function_with_its_bar_in_the_pci_hole() {
+        static DISK: [u8; 4096] = [0x5A; 4096];
+        let m = MachineInfo {
+            disk: Some(bundle::Disk {
+                data: &DISK,
+                read_only: false,
+            }),
+            ..machine(1)
+        };
+        let mut t = TestVm {
+            shared: VmShared::new("t", &m, capture).unwrap(),
+            cpu: VcpuCtx::new(0, FakeVcpu::default(), &m, host),
+        };
+        let vm = &mut t;
+        assert_eq!(pci_read(vm, 0, 0), 0x1237_8086, "the host bridge");
+        assert_eq!(pci_read(vm, 3, 0), 0x1042_1AF4, "virtio-blk, modern");
+        assert_eq!(pci_read(vm, 4, 0), 0xFFFF_FFFF);
+        let bar = u64::from(pci_read(vm, 3, 0x10) & !0xF);
+        assert_eq!(bar, platform::PCI_HOLE_BASE, "placed as firmware would");
+        assert_eq!(pci_read(vm, 3, 0x04) & 2, 2, "memory decoding on");
+        assert_eq!(pci_read(vm, 3, 0x3C) & 0xFF, 11, "INTA# -> PIRQD -> IRQ 11");
+        // mov eax, [BAR + 0x2000]: the device configuration's capacity, 8 sectors,
+        // through the nested page fault path.
+        let fault = |gpa| Exit::NestedPageFault {
+            gpa,
+            write: false,
+            fetch: false,
+        };
+        at_rip(vm, &[0x8B, 0x05, 0x00, 0x20, 0x00, 0xE0]);
+        assert_eq!(vm.handle(fault(0xE000_2000), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 8);
+        // The rest of the hole decodes nothing: all ones, but not unbacked space.
+        at_rip(vm, &[0x8B, 0x05, 0x00, 0x00, 0x00, 0xF0]);
+        assert_eq!(vm.handle(fault(0xF000_0000), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0xFFFF_FFFF);
+        assert_eq!(vm.shared.platform.unbacked_accesses, 0);
+
+        // Without a disk there is no PCI device and no hole.
+        let mut plain = self::vm();
+        assert_eq!(pci_read(&mut plain, 0, 0), 0xFFFF_FFFF);
+        assert!(!plain.shared.platform.decodes_mmio(platform::PCI_HOLE_BASE));
+    }
+
+    #[test]
+    fn the_pci_hole_lies_above_ram_and_below_the_ioapic() {
+        assert_eq!(platform::pci_hole(4 << 20), 0xE000_0000..0xFEC0_0000);
+        assert_eq!(platform::pci_hole(0xF000_0001), 0xF010_0000..0xFEC0_0000);
+        assert!(platform::pci_hole(8 << 30).is_empty());
+    }
+
+    #[test]
+    fn guest_ram_copies_are_checked() {
+        use virtio::GuestMemory;
+        let mut ram = machine(1).ram;
+        let data: [u8; 19] = core::array::from_fn(|i| i as u8 + 1);
+        ram.write(0x1003, &data).unwrap();
+        let mut back = [0u8; 19];
+        GuestMemory::read(&ram, 0x1003, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(
+            ram.read_u64(0x1008).unwrap(),
+            u64::from_le_bytes([6, 7, 8, 9, 10, 11, 12, 13])
+        );
+        let end = 4 << 20;
+        assert!(ram.write(end - 4, &[0; 4]).is_ok());
+        assert!(ram.write(end - 3, &[0; 4]).is_err());
+        assert!(GuestMemory::read(&ram, u64::MAX - 1, &mut back).is_err());
+        assert!(ram.check(end, 0).is_ok() && ram.check(end, 1).is_err());
     }
 
     #[test]

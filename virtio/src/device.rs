@@ -1,0 +1,64 @@
+//! What the transport needs from a device type ([`VirtioDevice`]), and the generic
+//! constants of virtio 1.2 chapters 2 and 6.
+
+use crate::memory::GuestMemory;
+use crate::queue::Chain;
+
+/// Device status bits (§2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u8 = 1;
+    pub const DRIVER: u8 = 2;
+    pub const DRIVER_OK: u8 = 4;
+    pub const FEATURES_OK: u8 = 8;
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    pub const FAILED: u8 = 0x80;
+}
+
+/// Reserved feature bits (§6) this implementation knows.
+pub mod features {
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    pub const EVENT_IDX: u64 = 1 << 29;
+    pub const VERSION_1: u64 = 1 << 32;
+    pub const ACCESS_PLATFORM: u64 = 1 << 33;
+    pub const RING_PACKED: u64 = 1 << 34;
+}
+
+/// Device IDs (§5).
+pub mod device_id {
+    pub const BLOCK: u16 = 2;
+}
+
+/// A virtio device type (block, ...) behind a transport. The transport owns feature
+/// negotiation, status, queues and interrupts; the device supplies its features,
+/// its configuration space and what one request does.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (§5).
+    fn device_type(&self) -> u16;
+    /// The device-specific feature bits offered (the transport adds VERSION_1,
+    /// INDIRECT_DESC and EVENT_IDX).
+    fn device_features(&self) -> u64;
+    /// How many virtqueues the device has.
+    fn num_queues(&self) -> u16;
+    /// The largest size of each queue.
+    fn queue_max_size(&self) -> u16;
+    /// The device configuration space, byte `offset` on; bytes past its end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A driver write to the device configuration space (ignored by default).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The features the driver accepted, once FEATURES_OK is set.
+    fn set_features(&mut self, _negotiated: u64) {}
+    /// A device reset (§2.4): forget negotiated state.
+    fn reset(&mut self) {}
+    /// Does what the chain taken from `queue` asks; returns the number of bytes
+    /// written into its device-writable part (the used element's `len`). Every
+    /// segment of `chain` lies in guest RAM.
+    fn process(&mut self, queue: u16, chain: &Chain, mem: &mut dyn GuestMemory) -> u32;
+    /// The device type's own state for a snapshot (empty by default).
+    fn state(&self) -> alloc::vec::Vec<u8> {
+        alloc::vec::Vec::new()
+    }
+    /// Takes back what [`Self::state`] returned; `false` when it is not acceptable.
+    fn restore(&mut self, data: &[u8]) -> bool {
+        data.is_empty()
+    }
+}
