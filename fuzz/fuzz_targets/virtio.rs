@@ -1,0 +1,79 @@
+//! The virtio-blk device behind its virtio-pci transport (`virtio`), driven as a
+//! hostile guest drives it: configuration-space and BAR accesses of every width at
+//! every offset, queue notifications, and guest RAM rewritten between them (so
+//! descriptor tables, rings and requests are whatever the input makes them, also
+//! while the device uses them), plus snapshots restored from arbitrary bytes. The
+//! device must answer everything with a value, an error status or DEVICE_NEEDS_RESET,
+//! never a panic: a panic here is a panic in the hypervisor.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use virtio::pci::BAR_SIZE;
+use virtio::{Block, BlockConfig, GuestMemory, RamDisk, VecMemory, VirtioPci};
+
+/// Guest RAM the rings and buffers may live in (addresses past it must fail cleanly).
+const RAM: usize = 64 * 1024;
+/// Access widths, including ones the transport must refuse.
+const SIZES: [u8; 8] = [1, 2, 4, 8, 1, 4, 0, 3];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, ops)) = data.split_first() else {
+        return;
+    };
+    let mut config = BlockConfig::new("fuzz-disk");
+    if flags & 1 != 0 {
+        config = config.read_only();
+    }
+    let disk = Block::new(RamDisk::zeroed(16), config);
+    let mut memory = VecMemory::new(RAM);
+    // The input seeds guest RAM, so the first notification already finds rings.
+    for (i, chunk) in ops.chunks(RAM).enumerate().take(1) {
+        let _ = memory.write((i * RAM) as u64, chunk);
+    }
+    let mut dev = VirtioPci::new(disk, memory);
+
+    // One operation per 8 bytes: kind, offset (2), size, value (4).
+    for op in ops.chunks_exact(8) {
+        let off = u16::from_le_bytes([op[1], op[2]]);
+        let size = SIZES[usize::from(op[3] & 7)];
+        let value = u32::from_le_bytes([op[4], op[5], op[6], op[7]]);
+        let wide = u64::from(value) | u64::from(value) << 32;
+        match op[0] % 8 {
+            0 => {
+                dev.bar_write(u64::from(off) % (BAR_SIZE + 16), size, wide);
+            }
+            1 => {
+                dev.bar_read(u64::from(off) % (BAR_SIZE + 16), size);
+            }
+            2 => {
+                let mask = match size {
+                    1 => 0xFF << (8 * (off & 3)),
+                    2 => 0xFFFF << (8 * (off & 2)),
+                    _ => u32::MAX,
+                };
+                dev.config_write(off & 0xFFC, value, mask);
+            }
+            3 => {
+                dev.config_read(off & 0xFFC);
+            }
+            4 => {
+                dev.notify(off);
+            }
+            5 => {
+                // The guest rewrites its RAM, also under the device's feet.
+                let at = u64::from(off) * 4;
+                let _ = dev.memory_mut().write(at, &value.to_le_bytes());
+            }
+            6 => {
+                // A snapshot of the current state must restore; arbitrary bytes
+                // must be refused or restored, never panic.
+                let state = dev.state();
+                assert!(dev.restore(&state).is_ok(), "own snapshot refused");
+                let _ = dev.restore(&op[1..]);
+            }
+            _ => {
+                dev.reset();
+            }
+        }
+    }
+});
