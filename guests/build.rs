@@ -31,6 +31,7 @@ const BINS: &[(&str, &str)] = &[
     ("dbloop64", "link64.ld"),
     ("dr64", "link64.ld"),
     ("insn64", "link64.ld"),
+    ("timer64", "link64.ld"),
     ("crcheck64", "link64.ld"),
     ("blk64", "link64.ld"),
 ];

@@ -74,10 +74,15 @@ pub fn boot_qemu(test: &str, set: GuestSet, opts: &QemuOptions, limit: Duration)
     let cmd = emulator::qemu_command(image, opts, &work_dir(test))
         .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
     let out = emulator::run_qemu_captured(cmd, limit).unwrap_or_else(|e| panic!("{e}"));
+    // The whole log, for when a failure report's shortened one is not enough.
+    let log = work_dir(test).join("serial.txt");
+    let _ =
+        std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
     eprintln!(
-        "[{test}] QEMU ran {:.1} s, exit code {:?}",
+        "[{test}] QEMU ran {:.1} s, exit code {:?} (serial log: {})",
         out.elapsed.as_secs_f64(),
-        out.exit_code
+        out.exit_code,
+        log.display()
     );
     out
 }

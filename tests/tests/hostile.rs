@@ -9,7 +9,10 @@
 //! - `insn64`: WBINVD and INVD complete, RDPMC raises #GP(0), MONITOR raises #UD,
 //!   and guest-physical space without RAM or a device reads all ones and drops
 //!   writes (the default `on_unmapped = "ignore"`; `oob64` in the tiny set checks
-//!   `"stop"`).
+//!   `"stop"`);
+//! - `timer64`: a periodic local APIC timer with count 1 at divide 1 does not
+//!   livelock its guest (its main loop finishes its rounds) and delivers at most one
+//!   tick per clamped period (200 us).
 //!
 //! On AMD-V (QEMU, 2 processors) and on VT-x (Bochs, 1 processor: every VM shares it).
 
@@ -33,6 +36,9 @@ fn expect_hostile(out: &RunOutput) {
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")
+        .expect_line("timer64 | timer64: round 4 of 4 done")
+        .expect_line(": rate ok (at most ")
+        .expect_no("timer64: FAIL")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("PANIC");

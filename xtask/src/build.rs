@@ -120,7 +120,8 @@ pub enum GuestSet {
     BenchIpiSplit,
     /// Hostile instructions next to `hello64`: `dbloop64` (a #DB delivery loop that
     /// ends in a triple fault), two VMs of `dr64` (debug registers and TSC_AUX kept
-    /// per vCPU) and `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD).
+    /// per vCPU), `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD, unbacked
+    /// space all ones) and `timer64` (a count-1 periodic local APIC timer).
     Hostile,
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
     /// `hello64`, and `blk64` with its RAM-backed virtio-blk disk (reads, a write,
@@ -315,6 +316,7 @@ impl GuestSet {
                     vm("dr64")?,
                     vm("dr64")?.renamed("dr64b"),
                     vm("insn64")?,
+                    vm("timer64")?,
                     vm("hello64")?,
                 ])
             }

@@ -19,7 +19,7 @@
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
-//! hostile-instruction guests `dbloop64`, `dr64` and `insn64`, `reset64`, `crcheck64`
+//! hostile guests `dbloop64`, `dr64`, `insn64` and `timer64`, `reset64`, `crcheck64`
 //! and the virtio-blk guest `blk64` are built with them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
@@ -72,6 +72,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("dbloop64", Kind::Elf64),
     ("dr64", Kind::Elf64),
     ("insn64", Kind::Elf64),
+    ("timer64", Kind::Elf64),
     ("crcheck64", Kind::Elf64),
     ("blk64", Kind::Elf64),
 ];
@@ -873,6 +874,7 @@ mod tests {
             "reset64",
             "crcheck64",
             "blk64",
+            "timer64",
         ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
             assert_eq!(
