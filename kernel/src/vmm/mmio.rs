@@ -979,6 +979,9 @@ mod tests {
         fn rflags(&self) -> u64 {
             2
         }
+        fn set_rflags(&mut self, _: u64) {
+            unimplemented!("MOV-class emulation sets no flags")
+        }
         fn interrupt_ready(&self) -> bool {
             false
         }

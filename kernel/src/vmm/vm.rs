@@ -1011,6 +1011,9 @@ mod tests {
         fn rflags(&self) -> u64 {
             self.rflags
         }
+        fn set_rflags(&mut self, rflags: u64) {
+            self.rflags = vcpu::architectural_rflags(rflags);
+        }
         fn interrupt_ready(&self) -> bool {
             self.rflags & RFLAGS_IF != 0
         }
