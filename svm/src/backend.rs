@@ -630,6 +630,10 @@ impl Vcpu for SvmVcpu {
         self.vmcb().save.rflags
     }
 
+    fn set_rflags(&mut self, rflags: u64) {
+        self.vmcb_mut().save.rflags = vcpu::architectural_rflags(rflags);
+    }
+
     fn interrupt_ready(&self) -> bool {
         let v = self.vmcb();
         v.save.rflags & (1 << 9) != 0

@@ -7,7 +7,8 @@
 //! `blk64` rides along (one boot per vendor serves both): its RAM-backed virtio-blk
 //! disk, found on PCI bus 0 and driven by the `virtio-drivers` crate in polling mode:
 //! the disk file's pattern reads back, a written sector reads back and leaves its
-//! neighbours alone, and requests past and across the end of the disk get IOERR.
+//! neighbours alone, requests past and across the end of the disk get IOERR, and
+//! dropping the driver resets the device (its status polled with an emulated `TEST`).
 //!
 //! On AMD-V (QEMU) and VT-x (Bochs, one processor).
 
@@ -26,6 +27,7 @@ fn expect_blk64(out: &RunOutput) {
         .expect_line("blk64 | blk64: read past the end -> IoError")
         .expect_line("blk64 | blk64: read across the end -> IoError")
         .expect_line("blk64 | blk64: done")
+        .expect_line("blk64 | blk64: driver dropped, device reset")
         .expect_line("hv: vm blk64 stopped: halted with interrupts disabled");
 }
 

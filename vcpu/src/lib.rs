@@ -324,6 +324,11 @@ pub trait Vcpu {
     fn write_cr(&mut self, cr: u8, value: u64) -> bool;
     /// The guest's RFLAGS (IF tells whether a HLT can be woken by an interrupt).
     fn rflags(&self) -> u64;
+    /// Loads the guest's RFLAGS (MMIO emulation updates the status flags of an
+    /// emulated `TEST`, `CMP`, `ADD`, ...). The backend stores
+    /// [`architectural_rflags`]`(rflags)`: bit 1 set and the reserved bits clear, as
+    /// VM entry requires (SDM Vol. 3C 27.3.1.4; APM Vol. 2 15.5.1).
+    fn set_rflags(&mut self, rflags: u64);
     /// Whether an external interrupt can be delivered on the next entry: RFLAGS.IF set,
     /// no STI/MOV-SS interrupt shadow, and no event already queued for injection.
     fn interrupt_ready(&self) -> bool;
@@ -360,6 +365,17 @@ pub trait Vcpu {
     /// `run` reloads it and rewrites that processor's host state). SVM: nothing.
     /// A vCPU that stays on one processor never needs it.
     fn unload(&mut self) {}
+}
+
+/// RFLAGS bit 1: reserved, always 1.
+pub const RFLAGS_FIXED_1: u64 = 1 << 1;
+/// RFLAGS bits reserved as 0: 63:22, 15, 5 and 3 (SDM Vol. 1 3.4.3, Vol. 3C 27.3.1.4).
+pub const RFLAGS_RESERVED_ZERO: u64 = !0u64 << 22 | 1 << 15 | 1 << 5 | 1 << 3;
+
+/// `rflags` with the architectural fixed bit set and the reserved bits cleared: what
+/// [`Vcpu::set_rflags`] stores.
+pub const fn architectural_rflags(rflags: u64) -> u64 {
+    rflags & !RFLAGS_RESERVED_ZERO | RFLAGS_FIXED_1
 }
 
 /// The guest's paging-relevant control state.
@@ -426,4 +442,19 @@ pub trait Backend {
     /// Returns every host resource the vCPU held (control structures, page tables, its
     /// ASID/VPID).
     fn destroy_vcpu(&mut self, mem: &mut dyn HostMemory, vcpu: Self::Vcpu);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectural_rflags_sets_bit_1_and_clears_reserved_bits() {
+        assert_eq!(architectural_rflags(0), 2);
+        // CF PF AF ZF SF TF IF DF OF IOPL NT RF VM AC VIF VIP ID survive.
+        let defined = 0x003f_7fd5;
+        assert_eq!(architectural_rflags(defined), defined | 2);
+        assert_eq!(architectural_rflags(u64::MAX), defined | 2);
+        assert_eq!(architectural_rflags(1 << 3 | 1 << 5 | 1 << 15 | 1 << 22), 2);
+    }
 }

@@ -1146,6 +1146,10 @@ impl Vcpu for VmxVcpu {
         ops::rflags(&self.make_current())
     }
 
+    fn set_rflags(&mut self, rflags: u64) {
+        ops::set_rflags(&mut self.make_current(), rflags);
+    }
+
     fn interrupt_ready(&self) -> bool {
         ops::interrupt_ready(&self.make_current())
     }

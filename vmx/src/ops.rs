@@ -275,6 +275,12 @@ pub fn rflags(vmcs: &impl VmcsAccess) -> u64 {
     vmcs.read(guest_nat::RFLAGS)
 }
 
+/// Loads the guest's RFLAGS, with bit 1 set and the reserved bits clear (VM entry
+/// fails otherwise, SDM Vol. 3C 27.3.1.4).
+pub fn set_rflags(vmcs: &mut impl VmcsAccess, rflags: u64) {
+    vmcs.write(guest_nat::RFLAGS, vcpu::architectural_rflags(rflags));
+}
+
 /// Whether an external interrupt injected now would be delivered on the next entry
 /// (SDM Vol. 3C 27.3.1.5: injecting one needs RFLAGS.IF=1 and no blocking by STI or
 /// MOV SS), and no other event is already queued.
@@ -683,6 +689,17 @@ mod tests {
             v.get(control_nat::CR4_GUEST_HOST_MASK) & cr4::VMXE,
             cr4::VMXE
         );
+    }
+
+    #[test]
+    fn set_rflags_keeps_the_fixed_and_reserved_bits() {
+        let mut v = vmcs_for(CpuMode::Long);
+        // ZF and CF with IF, bit 1 clear and reserved bits 3, 5, 15 and 22 set.
+        set_rflags(&mut v, 0x0040_8000 | 1 << 9 | 0x68 | 1);
+        assert_eq!(v.get(guest_nat::RFLAGS), 1 << 9 | 0x40 | 2 | 1);
+        assert_eq!(rflags(&v), 0x243);
+        set_rflags(&mut v, 0);
+        assert_eq!(rflags(&v), crate::vmcs::rflags::FIXED_1);
     }
 
     #[test]

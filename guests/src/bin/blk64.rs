@@ -248,11 +248,11 @@ mod guest {
             Ok(()) => return Err("a read across the end of the disk succeeded"),
         }
         println!("blk64: done");
-        // Not dropped: PciTransport's drop resets the device and waits for the
-        // status with `test byte [status], imm8`, a flag-setting MMIO read the
-        // hypervisor's MMIO emulation does not do yet (it cannot write RFLAGS
-        // through the Vcpu trait, see kernel/src/vmm/mmio.rs); the VM stops next.
-        core::mem::forget(blk);
+        // The driver's drop unsets the queue, and PciTransport's drop resets the
+        // device and polls its status with `test byte [status], imm8` until it
+        // reads 0: a flag-setting MMIO read the hypervisor emulates.
+        drop(blk);
+        println!("blk64: driver dropped, device reset");
         Ok(())
     }
 }

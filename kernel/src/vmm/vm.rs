@@ -1011,6 +1011,9 @@ mod tests {
         fn rflags(&self) -> u64 {
             self.rflags
         }
+        fn set_rflags(&mut self, rflags: u64) {
+            self.rflags = vcpu::architectural_rflags(rflags);
+        }
         fn interrupt_ready(&self) -> bool {
             self.rflags & RFLAGS_IF != 0
         }
@@ -1447,10 +1450,16 @@ mod tests {
             vm.cpu.vcpu.regs.rbx,
             u64::from(devices::ioapic::IOAPIC_VERSION)
         );
-        // A read-modify-write instruction is refused with a report, not guessed at.
-        at_rip(&mut vm, &[0x83, 0x05, 0x80, 0x00, 0xE0, 0xFE, 0x01]); // add dword [..], 1
+        // add dword [0xFEE00080], 0x10: a read-modify-write of the task priority.
+        at_rip(&mut vm, &[0x83, 0x05, 0x80, 0x00, 0xE0, 0xFE, 0x10]);
+        assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
+        assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x10);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1007);
+        // An instruction the emulator does not handle is refused with a report
+        // naming it, not guessed at: inc dword [0xFEE00080].
+        at_rip(&mut vm, &[0xFF, 0x05, 0x80, 0x00, 0xE0, 0xFE]);
         assert!(
-            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated"))
+            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `inc`"))
         );
     }
 
@@ -1575,6 +1584,41 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.injected, [Exception::UD]);
         assert_eq!(vm.shared.platform.unbacked_accesses, 4);
         assert_eq!(vm.shared.platform.first_unbacked, 0x3000_0000);
+    }
+
+    #[test]
+    fn flag_setting_reads_of_unbacked_space_complete() {
+        const ZF: u64 = 1 << 6;
+        const CF: u64 = 1 << 0;
+        let mut vm = vm();
+        let fault = |gpa, write| Exit::NestedPageFault {
+            gpa,
+            write,
+            fetch: false,
+        };
+        // test byte [0x30000000], 1 (F6 05, 32-bit code): the all-ones read ANDed
+        // with 1 is 1, so ZF is cleared (it was set), and the VM goes on.
+        at_rip(&mut vm, &[0xF6, 0x05, 0x00, 0x00, 0x00, 0x30, 0x01]);
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF | ZF | CF;
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1007);
+        assert_eq!(vm.cpu.vcpu.rflags & (ZF | CF), 0);
+        assert_eq!(vm.cpu.vcpu.rflags & RFLAGS_IF, RFLAGS_IF);
+        // test byte [0x30000000], 0 gives ZF; cmp byte [0x30000000], 0xFF too: the
+        // read is all ones.
+        at_rip(&mut vm, &[0xF6, 0x05, 0x00, 0x00, 0x00, 0x30, 0x00]);
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.rflags & ZF, ZF);
+        at_rip(&mut vm, &[0x80, 0x3D, 0x00, 0x00, 0x00, 0x30, 0xFF]);
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.rflags, 2 | RFLAGS_IF | ZF | 1 << 2);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1007);
+        // or dword [0x30000000], 1: read, then the write is dropped.
+        at_rip(&mut vm, &[0x83, 0x0D, 0x00, 0x00, 0x00, 0x30, 0x01]);
+        assert_eq!(vm.handle(fault(0x3000_0000, true), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1007);
+        assert_eq!(vm.shared.platform.unbacked_accesses, 4);
     }
 
     #[test]
