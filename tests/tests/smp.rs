@@ -84,6 +84,6 @@ fn vt_x_on_two_processors_under_bochs() {
         .expect_line("processors: 2 (local APIC IDs 0 1) from the ACPI MADT")
         .expect_line("hv:   smp: 2 of 2 processors online; time slices from the LAPIC timer")
         .expect_line(MIGRATED);
-    expect_smp_guests(&out);
+    expect_smp_guests(&out, true);
     out.expect_line("hv: stopping with status 16 (Success)");
 }
