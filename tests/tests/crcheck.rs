@@ -67,6 +67,10 @@ fn expect_crcheck(out: &RunOutput) {
 fn control_registers_under_amd_v() {
     let opts = QemuOptions {
         memory_mib: 256,
+        // One processor: this test is about CR/EFER/XCR0 checks and the virtio disk,
+        // and AMD-V under QEMU with two processors still has a rare open problem of
+        // its own (README, Known problems), which the SMP tests cover.
+        cpus: 1,
         force_tcg: true,
         ..Default::default()
     };
