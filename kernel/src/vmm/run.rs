@@ -586,11 +586,7 @@ impl<B: Backend> Machine<'_, B> {
         if waiting {
             cpus |= self.idle.load(Ordering::Acquire);
         }
-        for cpu in 0..smp::cpu_count() {
-            if cpus & (1 << cpu) != 0 {
-                smp::kick(cpu);
-            }
-        }
+        kick_cpus(cpus);
     }
 
     /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states
@@ -625,11 +621,7 @@ impl<B: Backend> Machine<'_, B> {
             queue.remove_vm(vm);
             queue.cpus_running(vm)
         };
-        for cpu in 0..smp::cpu_count() {
-            if running & (1 << cpu) != 0 && cpu != smp::this_cpu() {
-                smp::kick(cpu);
-            }
-        }
+        kick_cpus(running);
         self.finish(vm);
     }
 
@@ -675,11 +667,7 @@ impl<B: Backend> Machine<'_, B> {
                     }
                     queue.cpus_running(vm)
                 };
-                for cpu in 0..smp::cpu_count() {
-                    if running & (1 << cpu) != 0 && cpu != smp::this_cpu() {
-                        smp::kick(cpu);
-                    }
-                }
+                kick_cpus(running);
                 self.finish(vm);
             }
         }
@@ -956,6 +944,16 @@ impl<B: Backend> Machine<'_, B> {
             }
         }
         self.inside.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Kicks the processors in `mask` (bit per CPU) out of guest mode, but not the
+/// calling one, which is between slices already.
+fn kick_cpus(mask: u64) {
+    for cpu in (0..smp::cpu_count()).filter(|&c| mask & (1 << c) != 0) {
+        if cpu != smp::this_cpu() {
+            smp::kick(cpu);
+        }
     }
 }
 

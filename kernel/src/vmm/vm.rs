@@ -574,25 +574,18 @@ impl<V: Vcpu> VcpuCtx<V> {
             vm.platform.first_unbacked = gpa;
         }
         if n <= 4 || n.is_power_of_two() {
+            let (access, outcome) = if fetch {
+                ("instruction fetch from", "#UD")
+            } else if write {
+                ("write to", "dropped")
+            } else {
+                ("read of", "all ones")
+            };
             log::warn!(
-                "vm {}: {} unbacked guest-physical {gpa:#x} at RIP {:#x}{}: {} ({n} so far)",
+                "vm {}: {access} unbacked guest-physical {gpa:#x} at RIP {:#x}{}: {outcome} ({n} so far)",
                 vm.name,
-                if fetch {
-                    "instruction fetch from"
-                } else if write {
-                    "write to"
-                } else {
-                    "read of"
-                },
                 self.vcpu.rip(),
                 self.which(),
-                if fetch {
-                    "#UD"
-                } else if write {
-                    "dropped"
-                } else {
-                    "all ones"
-                },
             );
         }
         if fetch {
