@@ -130,12 +130,13 @@ pub use lapic::{
 };
 pub use line_buffer::{Line, LineBuffer, LINE_CAPACITY};
 pub use mptable::{
-    write_acpi_tables, write_mp_table, AcpiLayout, PlatformConfig, TableError, ACPI_TABLES_ADDRESS,
-    ACPI_TABLES_SIZE, MP_TABLE_ADDRESS, MP_TABLE_SIZE,
+    write_acpi_tables, write_mp_table, AcpiLayout, PciIntx, PlatformConfig, TableError,
+    ACPI_TABLES_ADDRESS, ACPI_TABLES_SIZE, MP_TABLE_ADDRESS, MP_TABLE_SIZE,
 };
 pub use pci::{Bar, BarAllocator, HostBridge, PciAddress, PciEffects, PciFunction};
 pub use pci_config::{
-    BarError, PciConfig, PciError, DEFAULT_INTX_ROUTING, PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT,
+    default_intx_irq, BarError, PciConfig, PciError, DEFAULT_INTX_ROUTING, PCI_CONFIG_BASE,
+    PCI_CONFIG_PORT_COUNT,
 };
 pub use pic8259::Pic8259;
 pub use pit8254::{Pit8254, PIT_BASE, PIT_HZ, PIT_IRQ, PIT_PORT_COUNT, PORT_61};

@@ -48,7 +48,8 @@ pub const MP_TABLE_SIZE: usize = mp_table_size(MAX_CPUS);
 /// Bytes [`write_acpi_tables`] uses at most (with [`MAX_CPUS`] processors).
 pub const ACPI_TABLES_SIZE: usize = acpi_tables_size(MAX_CPUS);
 
-/// Bytes [`write_mp_table`] uses for `cpus` processors.
+/// Bytes [`write_mp_table`] uses at most for `cpus` processors (it returns what it
+/// used: fewer without PCI interrupts).
 pub const fn mp_table_size(cpus: u8) -> usize {
     MP_FLOATING_SIZE + mp_config_size(cpus)
 }
@@ -56,6 +57,22 @@ pub const fn mp_table_size(cpus: u8) -> usize {
 /// Bytes [`write_acpi_tables`] uses for `cpus` processors.
 pub const fn acpi_tables_size(cpus: u8) -> usize {
     MADT_OFFSET + madt_size(cpus)
+}
+
+/// The most PCI INTx pins [`PlatformConfig::pci_intx`] describes.
+pub const MAX_PCI_INTX: usize = 4;
+
+/// One PCI function's INTx pin and the ISA IRQ (= IOAPIC pin) it is routed to, for
+/// the MP table's I/O interrupt entry (MP spec 4.3.4, appendix D.3: the source bus
+/// IRQ of a PCI entry is `device << 2 | pin`, INTA# being pin 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciIntx {
+    /// The device number on PCI bus 0.
+    pub device: u8,
+    /// The interrupt pin: 1 = INTA# ... 4 = INTD# (the configuration-space value).
+    pub pin: u8,
+    /// The ISA IRQ it reaches; its IOAPIC pin is [`isa_irq_pin`] of it.
+    pub irq: u8,
 }
 
 /// The machine the tables describe.
@@ -76,6 +93,9 @@ pub struct PlatformConfig {
     pub ioapic_version: u8,
     pub lapic_address: u32,
     pub ioapic_address: u32,
+    /// The PCI functions' INTx routing (the MP table describes it; Linux booted
+    /// with `acpi=off` finds a PCI device's IRQ there). Empty: no PCI bus entry.
+    pub pci_intx: [Option<PciIntx>; MAX_PCI_INTX],
 }
 
 impl PlatformConfig {
@@ -92,6 +112,7 @@ impl PlatformConfig {
             ioapic_version: crate::ioapic::IOAPIC_VERSION as u8,
             lapic_address: LAPIC_BASE as u32,
             ioapic_address: IOAPIC_BASE as u32,
+            pci_intx: [None; MAX_PCI_INTX],
         }
     }
 }
@@ -163,11 +184,22 @@ const MP_FLOATING_SIZE: usize = 16;
 const MP_HEADER_SIZE: usize = 44;
 const MP_PROCESSOR_SIZE: usize = 20;
 const MP_ENTRY_SIZE: usize = 8;
-/// Entries besides the processors: bus, IOAPIC, I/O interrupts, two local interrupts.
-const MP_OTHER_ENTRIES: usize = 1 + 1 + MP_ISA_IRQS.len() + 2;
+/// Entries besides the processors: the ISA and PCI buses, IOAPIC, ISA and PCI I/O
+/// interrupts, two local interrupts (at most: an ISA IRQ that a PCI INTx pin uses
+/// has no ISA entry).
+const MP_OTHER_ENTRIES: usize = 2 + 1 + MP_ISA_IRQS.len() + MAX_PCI_INTX + 2;
 const fn mp_config_size(cpus: u8) -> usize {
     MP_HEADER_SIZE + cpus as usize * MP_PROCESSOR_SIZE + MP_OTHER_ENTRIES * MP_ENTRY_SIZE
 }
+
+/// The MP bus ID of PCI bus 0: 0, because Linux takes an MP bus ID for the PCI bus
+/// number when it looks up a device's INTx entry (`IO_APIC_get_PCI_irq_vector`),
+/// as BIOSes number them. ISA is then bus 1; without PCI it is bus 0.
+const MP_PCI_BUS: u8 = 0;
+/// I/O interrupt entry flags for PCI INTx (MP spec table 4-10): polarity active
+/// low (bits 1:0 = 11b), trigger level (bits 3:2 = 11b), as PCI INTx# lines are.
+/// The IOAPIC model treats a pin as a virtual wire whatever its polarity bit says.
+const MP_PCI_INTX_FLAGS: u16 = 0b1111;
 
 /// MP configuration table entry types (MP spec table 4-3).
 pub mod mp_entry {
@@ -202,8 +234,15 @@ pub fn write_mp_table(
     cfg: &PlatformConfig,
 ) -> Result<usize, TableError> {
     let cpus = cfg.cpus.clamp(1, MAX_CPUS);
-    let config_size = mp_config_size(cpus);
-    let out = prepare(buf, guest_addr, mp_table_size(cpus))?;
+    let pci: alloc::vec::Vec<PciIntx> = cfg.pci_intx.iter().flatten().copied().collect();
+    let pci_irq = |irq: u8| pci.iter().any(|p| p.irq == irq);
+    let isa_irqs = MP_ISA_IRQS.iter().filter(|&&irq| !pci_irq(irq)).count();
+    // Processors, ISA bus, [PCI bus,] IOAPIC, ISA and PCI interrupts, 2 local.
+    let entries = 1 + usize::from(!pci.is_empty()) + 1 + isa_irqs + pci.len() + 2;
+    let config_size =
+        MP_HEADER_SIZE + usize::from(cpus) * MP_PROCESSOR_SIZE + entries * MP_ENTRY_SIZE;
+    let used = MP_FLOATING_SIZE + config_size;
+    let out = prepare(buf, guest_addr, used)?;
     let config_addr = guest_addr + MP_FLOATING_SIZE as u64;
 
     let (fp, t) = out.split_at_mut(MP_FLOATING_SIZE);
@@ -219,7 +258,7 @@ pub fn write_mp_table(
     t[8..16].copy_from_slice(b"HV      "); // OEM ID, space-padded
     t[16..28].copy_from_slice(b"HV-VM       "); // product ID
                                                 // 28: OEM table pointer, 32: OEM table size: none.
-    put16(t, 34, (usize::from(cpus) + MP_OTHER_ENTRIES) as u16);
+    put16(t, 34, (usize::from(cpus) + entries) as u16);
     put32(t, 36, cfg.lapic_address);
     // 40: extended table length, 42: its checksum: no extended entries.
 
@@ -235,11 +274,20 @@ pub fn write_mp_table(
         put32(t, at + 8, cfg.cpu_features);
         at += MP_PROCESSOR_SIZE;
     }
-    // Bus (table 4-5): id 0, type string "ISA" padded with blanks to 6 bytes.
-    t[at] = mp_entry::BUS;
-    t[at + 1] = 0;
-    t[at + 2..at + 8].copy_from_slice(b"ISA   ");
-    at += MP_ENTRY_SIZE;
+    // Buses (table 4-5): id, type string padded with blanks to 6 bytes.
+    let bus = |t: &mut [u8], at: &mut usize, id: u8, kind: &[u8; 6]| {
+        t[*at] = mp_entry::BUS;
+        t[*at + 1] = id;
+        t[*at + 2..*at + 8].copy_from_slice(kind);
+        *at += MP_ENTRY_SIZE;
+    };
+    let isa_bus = if pci.is_empty() {
+        0
+    } else {
+        bus(t, &mut at, MP_PCI_BUS, b"PCI   ");
+        MP_PCI_BUS + 1
+    };
+    bus(t, &mut at, isa_bus, b"ISA   ");
     // I/O APIC (table 4-6): flags EN.
     t[at] = mp_entry::IOAPIC;
     t[at + 1] = cfg.ioapic_id;
@@ -249,13 +297,26 @@ pub fn write_mp_table(
     at += MP_ENTRY_SIZE;
     // I/O interrupt assignments (table 4-7): type, interrupt type, flags (u16, 0 =
     // conforming), source bus id, source bus IRQ, destination IOAPIC id, INTIN#.
-    for irq in MP_ISA_IRQS {
+    // An ISA IRQ that carries PCI INTx gets only the PCI entry: one pin, one
+    // trigger mode.
+    for irq in MP_ISA_IRQS.into_iter().filter(|&irq| !pci_irq(irq)) {
         t[at] = mp_entry::IO_INTERRUPT;
         t[at + 1] = mp_entry::INT;
-        t[at + 4] = 0;
+        t[at + 4] = isa_bus;
         t[at + 5] = irq;
         t[at + 6] = cfg.ioapic_id;
         t[at + 7] = isa_irq_pin(irq);
+        at += MP_ENTRY_SIZE;
+    }
+    for p in &pci {
+        t[at] = mp_entry::IO_INTERRUPT;
+        t[at + 1] = mp_entry::INT;
+        put16(t, at + 2, MP_PCI_INTX_FLAGS);
+        t[at + 4] = MP_PCI_BUS;
+        // Appendix D.3: bits 6:2 the device number, bits 1:0 the pin (INTA# = 0).
+        t[at + 5] = (p.device & 0x1F) << 2 | (p.pin.wrapping_sub(1) & 3);
+        t[at + 6] = cfg.ioapic_id;
+        t[at + 7] = isa_irq_pin(p.irq);
         at += MP_ENTRY_SIZE;
     }
     // Local interrupt assignments (table 4-8): destination 0xFF = every local APIC.
@@ -270,7 +331,7 @@ pub fn write_mp_table(
     }
     debug_assert_eq!(at, config_size);
     t[7] = checksum(&t[..config_size]);
-    Ok(mp_table_size(cpus))
+    Ok(used)
 }
 
 // ---------------------------------------------------------------------------------
@@ -443,25 +504,28 @@ mod tests {
             .map(|off| base + off as u64)
     }
 
+    /// What the MP tables take without PCI interrupts: no PCI bus entry, no PCI
+    /// I/O interrupt entries.
+    fn isa_only(cpus: u8) -> usize {
+        mp_table_size(cpus) - (1 + MAX_PCI_INTX) * MP_ENTRY_SIZE
+    }
+
     #[test]
     fn mp_floating_pointer() {
         let mut buf = [0xAAu8; 512];
-        assert_eq!(
-            write_mp_table(&mut buf, 0xF_0000, &CFG),
-            Ok(mp_table_size(1))
-        );
+        assert_eq!(write_mp_table(&mut buf, 0xF_0000, &CFG), Ok(isa_only(1)));
         let fp = &buf[..16];
         assert_eq!(&fp[0..4], b"_MP_");
         assert_eq!(rd32(fp, 4), 0xF_0010);
         assert_eq!((fp[8], fp[9], fp[11], fp[12]), (1, 4, 0, 0));
         assert_eq!(sum(fp), 0);
         // Nothing past the tables was touched.
-        assert!(buf[mp_table_size(1)..].iter().all(|&b| b == 0xAA));
+        assert!(buf[isa_only(1)..].iter().all(|&b| b == 0xAA));
     }
 
     #[test]
     fn mp_configuration_table_parses_back() {
-        let mut buf = vec![0u8; mp_table_size(1)];
+        let mut buf = vec![0u8; isa_only(1)];
         write_mp_table(&mut buf, 0x9_FC00, &CFG).unwrap();
         let t = &buf[16..];
         assert_eq!(&t[0..4], b"PCMP");
@@ -517,6 +581,52 @@ mod tests {
         expected.extend((3..16).map(|irq| (irq, irq)));
         assert_eq!(io_ints, expected);
         assert_eq!(local_ints, [(3, 0), (1, 1)]); // ExtINT -> LINT0, NMI -> LINT1
+    }
+
+    #[test]
+    fn pci_intx_gets_a_pci_bus_and_level_low_entries_instead_of_isa_ones() {
+        let cfg = PlatformConfig {
+            pci_intx: [
+                Some(PciIntx {
+                    device: 3,
+                    pin: 1,
+                    irq: 11,
+                }),
+                Some(PciIntx {
+                    device: 4,
+                    pin: 2,
+                    irq: 11,
+                }),
+                None,
+                None,
+            ],
+            ..CFG
+        };
+        let mut buf = vec![0u8; mp_table_size(1)];
+        let used = write_mp_table(&mut buf, 0xF_0000, &cfg).unwrap();
+        // One PCI bus and two PCI entries more, the ISA entry of IRQ 11 less.
+        assert_eq!(used, isa_only(1) + 2 * MP_ENTRY_SIZE);
+        let t = &buf[16..used];
+        assert_eq!(usize::from(rd16(t, 4)), t.len());
+        assert_eq!(sum(t), 0);
+        assert_eq!(usize::from(rd16(t, 34)), 1 + 2 + 1 + 14 + 2 + 2);
+        let entries: Vec<&[u8]> = t[44 + 20..].chunks(8).collect();
+        // PCI bus 0 is MP bus 0 (Linux matches the two), ISA moves to 1.
+        assert_eq!(entries[0][..8], [1, 0, b'P', b'C', b'I', b' ', b' ', b' ']);
+        assert_eq!(entries[1][..8], [1, 1, b'I', b'S', b'A', b' ', b' ', b' ']);
+        let io: Vec<&&[u8]> = entries.iter().filter(|e| e[0] == 3).collect();
+        assert_eq!(io.len(), 14 + 2);
+        // No ISA entry for IRQ 11 any more; IRQ 0 still on INTIN2.
+        assert!(!io.iter().any(|e| e[4] == 1 && e[5] == 11));
+        assert!(io.iter().any(|e| e[4] == 1 && e[5] == 0 && e[7] == 2));
+        // Bus 0, device 3 INTA# (3 << 2 | 0) and device 4 INTB# (4 << 2 | 1) to
+        // INTIN11, active low, level.
+        let pci: Vec<(u16, u8, u8)> = io
+            .iter()
+            .filter(|e| e[4] == 0)
+            .map(|e| (rd16(e, 2), e[5], e[7]))
+            .collect();
+        assert_eq!(pci, [(0b1111, 12, 11), (0b1111, 17, 11)]);
     }
 
     #[test]
@@ -612,7 +722,7 @@ mod tests {
         // Two processors, the first the BSP, and the IOAPIC ID, in both.
         let t = &mem[mp + 16..];
         assert_eq!(rd16(t, 34), 2 + 19);
-        assert_eq!(usize::from(rd16(t, 4)), mp_table_size(2) - 16);
+        assert_eq!(usize::from(rd16(t, 4)), isa_only(2) - 16);
         assert_eq!(sum(&t[..usize::from(rd16(t, 4))]), 0);
         assert_eq!((t[44], t[44 + 1], t[44 + 3]), (0, 0, 0b11)); // BSP, APIC id 0
         assert_eq!((t[64], t[64 + 1], t[64 + 3]), (0, 1, 0b01)); // AP, APIC id 1
@@ -632,7 +742,7 @@ mod tests {
         assert_eq!(
             write_mp_table(&mut small, 0xF_0000, &CFG),
             Err(TableError::BufferTooSmall {
-                needed: mp_table_size(1)
+                needed: isa_only(1)
             })
         );
         assert_eq!(
@@ -657,7 +767,8 @@ mod tests {
         // Ending exactly at 4 GiB is fine.
         let top = (1 << 32) - acpi_tables_size(1) as u64;
         assert!(write_acpi_tables(&mut buf, top, &CFG).is_ok());
-        assert_eq!(mp_table_size(1), 232);
+        assert_eq!(isa_only(1), 232);
+        assert_eq!(mp_table_size(1), 232 + 5 * 8);
         assert_eq!(acpi_tables_size(1), 224);
         // With the most processors, the MP tables still end before the ACPI ones.
         assert!(MP_TABLE_ADDRESS + MP_TABLE_SIZE as u64 <= ACPI_TABLES_ADDRESS);

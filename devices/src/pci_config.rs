@@ -85,6 +85,14 @@ pub enum BarError {
 /// 0-4, 8 and 12 are the platform's).
 pub const DEFAULT_INTX_ROUTING: [u8; 4] = [10, 11, 10, 11];
 
+/// The ISA IRQ that INTx `pin` (1 = INTA# ... 4 = INTD#) of a device on bus 0
+/// reaches under [`DEFAULT_INTX_ROUTING`]: the PIIX-style swizzle the root applies,
+/// PIRQ (device + pin - 1) mod 4. For the firmware tables, which are written before
+/// the root exists.
+pub const fn default_intx_irq(device: u8, pin: u8) -> u8 {
+    DEFAULT_INTX_ROUTING[((pin.wrapping_sub(1) & 3) as usize + device as usize) % 4]
+}
+
 struct Slot {
     address: PciAddress,
     function: Box<dyn PciFunction>,
@@ -178,6 +186,7 @@ impl PciConfig {
 
     /// The PIRQ (0-3) a slot's INTx pin lands on, if it has a pin: the usual
     /// swizzle, (pin - 1 + device) mod 4.
+    // Keep in step with `default_intx_irq`.
     fn pirq(slot: &mut Slot) -> Option<usize> {
         let pin = (slot.function.config_read(pci::reg::INTERRUPT_LINE) >> 8) as u8;
         (1..=4)
@@ -712,6 +721,9 @@ mod root_tests {
         // The interrupt line: device 3, INTA# -> PIRQD -> IRQ 11.
         assert_eq!(cfg_read(&mut pci, 3, 0x3C, 1), 11);
         assert_eq!(pci.intx_irq(PciAddress::new(0, 3, 0)), Some(11));
+        assert_eq!(default_intx_irq(3, 1), 11);
+        assert_eq!(default_intx_irq(1, 1), 11);
+        assert_eq!(default_intx_irq(1, 2), 10);
         assert_eq!(pci.intx_irq(PciAddress::new(0, 0, 0)), None);
 
         assert_eq!(pci.mmio_read(0xE001_0010, 4).unwrap().0, 0x10);

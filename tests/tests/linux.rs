@@ -85,6 +85,13 @@ fn linux_with_apic_and_ioapic_under_amd_v() {
         .expect_line("linux | hv-linux: userspace ok")
         .expect_line("linux | hv-linux: cpus online 4 of 0-3")
         .expect_line("linux | hv-linux: parallel workload done (4 workers)")
+        // PCI: the virtio-blk disk found by scanning (configuration mechanism #1),
+        // its INTA# found in the MP table; the drivers loaded from the initramfs; a
+        // filesystem made on the disk, written and unmounted.
+        .expect_line("virtio-pci 0000:00:03.0: PCI->APIC IRQ transform: INT A -> IRQ 11")
+        .expect_line("virtio_blk virtio0: [vda] 8192 512-byte logical blocks")
+        .expect_line("linux | hv-linux: /data mounted, new filesystem")
+        .expect_line("linux | hv-linux: /data boots 1, unmounted")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_no("Kernel panic")

@@ -98,7 +98,8 @@ pub enum GuestSet {
     /// Linux in test mode (it prints, then powers off) next to `hello64`.
     LinuxTest,
     /// Linux in test mode with its local APIC and IOAPIC in use (found through the MP
-    /// table; symmetric I/O mode) and 4 vCPUs, next to `hello64`.
+    /// table; symmetric I/O mode), 4 vCPUs and a blank 4 MiB RAM-backed virtio-blk
+    /// disk (PCI), next to `hello64`.
     LinuxApicTest,
     /// The Multiboot v1 test kernel `mb32` (16 MiB, a command line and one module)
     /// next to `hello64`.
@@ -206,6 +207,12 @@ impl GuestSet {
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);
                 // Over-committed: more vCPUs than the test machine's two processors.
                 vm.vcpus = 4;
+                // A blank RAM-backed virtio-blk disk: PCI, MSI-X and the virtio
+                // drivers in the same boot; /init makes a filesystem on it.
+                vm.disk = Some(crate::vms::DiskDef {
+                    path: crate::guests::write_blank_disk(&guest_dir, "linux-scratch", 4 << 20)?,
+                    read_only: false,
+                });
                 with_hello(crate::config::check(&vm)?)
             }
             GuestSet::Multiboot => {

@@ -619,6 +619,18 @@ pub fn write_blk64_disk(out_dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Writes (or keeps) `<out_dir>/<name>.img`: `bytes` zero bytes, for a blank disk.
+pub fn write_blank_disk(out_dir: &Path, name: &str, bytes: usize) -> Result<PathBuf, String> {
+    fs::create_dir_all(out_dir)
+        .map_err(|e| format!("guests: cannot create {}: {e}", out_dir.display()))?;
+    let path = out_dir.join(format!("{name}.img"));
+    let data = vec![0u8; bytes];
+    if fs::read(&path).ok().as_deref() != Some(&data[..]) {
+        write(&path, &data)?;
+    }
+    Ok(path)
+}
+
 /// The value of the string field `key` in one line of cargo's JSON output, or
 /// `None` when absent or not a string (e.g. `"executable":null`).
 ///

@@ -32,6 +32,85 @@ use crate::vms::{ImageFormat, ModuleDef, VmDef};
 const KERNEL_META: &str = "linux-image-amd64";
 const BUSYBOX: &str = "busybox-static";
 
+/// The kernel modules the guest's initramfs carries (paths under
+/// `lib/modules/<release>/kernel/`): Debian builds virtio-pci, virtio-blk and ext4 as
+/// modules (shared/PLATFORM.md). `/init` loads them only when the VM has a virtio
+/// device. crc32c_generic is ext4's soft dependency (its metadata checksums ask the
+/// crypto API for "crc32c" by name, which `depends=` does not list).
+pub const MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+    "crypto/crc32c_generic.ko",
+    "lib/crc16.ko",
+    "fs/mbcache.ko",
+    "fs/jbd2/jbd2.ko",
+    "fs/ext4/ext4.ko",
+];
+
+/// The `depends=` field of a module's `.modinfo` section (NUL-separated
+/// `key=value` strings; Debian's .deb has no modules.dep, depmod writes it at
+/// install time): the names of the modules it needs loaded first.
+pub fn module_depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|&b| b == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|deps| {
+            String::from_utf8_lossy(deps)
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A module's name as `depends=` spells it: the file name without `.ko`, `-` as `_`.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.strip_suffix(".ko").unwrap_or(file).replace('-', "_")
+}
+
+/// `modules` (name, contents) in an order that loads every module after what it
+/// depends on; an error names a dependency that is not among them, or a cycle.
+pub fn load_order(modules: &[(String, Vec<u8>)]) -> Result<Vec<String>, String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut left: Vec<(&String, Vec<String>)> = modules
+        .iter()
+        .map(|(name, ko)| (name, module_depends(ko)))
+        .collect();
+    for (name, deps) in &left {
+        if let Some(d) = deps.iter().find(|d| !modules.iter().any(|(n, _)| n == *d)) {
+            return Err(format!(
+                "module {name} needs {d}, which the guest does not carry"
+            ));
+        }
+    }
+    while !left.is_empty() {
+        let before = left.len();
+        let mut i = 0;
+        while i < left.len() {
+            if left[i].1.iter().all(|d| order.contains(d)) {
+                order.push(left.remove(i).0.clone());
+            } else {
+                i += 1;
+            }
+        }
+        if left.len() == before {
+            return Err(format!(
+                "the dependencies of modules {} form a cycle",
+                left.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(order)
+}
+
 /// A fetched Linux guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinuxGuest {
@@ -41,18 +120,18 @@ pub struct LinuxGuest {
 
 /// The kernel command line for the hypervisor's platform: serial console, the
 /// processors and interrupt controllers from the MP table (`acpi=off`: there is no
-/// FADT/DSDT), local APICs and the IOAPIC, no PCI. `tsc=reliable` keeps Linux from
+/// FADT/DSDT), local APICs and the IOAPIC, PCI through configuration mechanism #1
+/// with INTx routing from the MP table (MSI-X where a device has it). `tsc=reliable` keeps Linux from
 /// distrusting a TSC that jumps while the VM is descheduled.
 pub const LINUX_CMDLINE: &str =
-    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off pci=off tsc=reliable quiet";
+    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off tsc=reliable quiet";
 
 /// vCPUs of the default Linux VM.
 pub const LINUX_VCPUS: u32 = 2;
 
 /// The same guest using its local APIC and IOAPIC (found through the MP table, as
 /// `acpi=off` asks), in symmetric I/O mode; verbose, so the APIC setup can be checked.
-pub const LINUX_APIC_CMDLINE: &str =
-    "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off pci=off tsc=reliable";
+pub const LINUX_APIC_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 acpi=off tsc=reliable";
 
 /// The Linux VM: 256 MiB, [`LINUX_VCPUS`] vCPUs, format linux, the initrd as module
 /// 0. In test mode the guest's /init prints its lines and powers off.
@@ -246,7 +325,7 @@ fn newest_cached(cache_dir: &Path) -> Option<PathBuf> {
         let ready = if manual {
             dir.join("bzImage").is_file() && dir.join("busybox").is_file()
         } else {
-            marker.is_file()
+            ready(&dir)
         };
         if !ready {
             continue;
@@ -307,7 +386,7 @@ pub fn debian_linux(cache_dir: &Path) -> Result<LinuxGuest, String> {
         }
     };
     let dir = cache_dir.join(cache_key(&kernel, &busybox));
-    if !dir.join("complete").is_file() {
+    if !ready(&dir) {
         match download(&dir, &kernel, &busybox) {
             Ok(()) => {}
             // A 404 from a mirror that moved on: refresh the lists once and retry
@@ -317,7 +396,7 @@ pub fn debian_linux(cache_dir: &Path) -> Result<LinuxGuest, String> {
                 apt_get_update()?;
                 let (kernel, busybox) = resolve_packages()?;
                 let dir = cache_dir.join(cache_key(&kernel, &busybox));
-                if !dir.join("complete").is_file() {
+                if !ready(&dir) {
                     download(&dir, &kernel, &busybox)?;
                 }
                 return finish(&dir);
@@ -378,6 +457,7 @@ fn download(dir: &Path, kernel: &Package, busybox: &Package) -> Result<(), Strin
     let root = partial.join("root");
     fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     extract_boot(&kernel_deb, &root)?;
+    extract_modules(&kernel_deb, &root, &partial.join("modules"))?;
     run(Command::new("dpkg-deb")
         .arg("-x")
         .arg(&busybox_deb)
@@ -432,8 +512,42 @@ fn download(dir: &Path, kernel: &Package, busybox: &Package) -> Result<(), Strin
     fs::rename(&partial, dir).map_err(|e| format!("renaming {}: {e}", partial.display()))
 }
 
-/// `dpkg-deb --fsys-tarfile DEB | tar -x -C ROOT ./boot`.
-fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
+/// Takes [`MODULES`] out of the kernel package into `to` (flat, by file name), and
+/// writes `to/order`, their load order.
+fn extract_modules(deb: &Path, root: &Path, to: &Path) -> Result<(), String> {
+    let patterns: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("./lib/modules/*/kernel/{m}"))
+        .collect();
+    pipe_tar(deb, root, &patterns)?;
+    fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let release_dir = fs::read_dir(root.join("lib/modules"))
+        .map_err(|e| format!("{} holds no lib/modules: {e}", deb.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .ok_or_else(|| format!("{} holds no lib/modules/<release>", deb.display()))?;
+    let mut modules = Vec::new();
+    for m in MODULES {
+        let from = release_dir.join("kernel").join(m);
+        let bytes = fs::read(&from).map_err(|e| {
+            format!(
+                "the kernel package {} has no {m} ({e}); the guest needs it for virtio disks",
+                deb.display()
+            )
+        })?;
+        let name = module_name(m);
+        fs::write(to.join(format!("{name}.ko")), &bytes)
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        modules.push((name, bytes));
+    }
+    let order = load_order(&modules)?;
+    fs::write(to.join("order"), order.join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", to.display()))
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C ROOT --wildcards PATTERNS`.
+fn pipe_tar(deb: &Path, root: &Path, patterns: &[String]) -> Result<(), String> {
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -445,7 +559,8 @@ fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
         .arg("-x")
         .arg("-C")
         .arg(root)
-        .args(["--wildcards", "./boot/vmlinuz-*"])
+        .arg("--wildcards")
+        .args(patterns)
         .stdin(dpkg.stdout.take().expect("piped"))
         .output()
         .map_err(|e| format!("running `tar`: {e}"))?;
@@ -462,7 +577,8 @@ fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
     }
     if !tar_out.status.success() {
         return Err(format!(
-            "`tar -x ./boot/vmlinuz-*` from {} failed ({}): {}",
+            "`tar -x {}` from {} failed ({}): {}",
+            patterns.join(" "),
             deb.display(),
             tar_out.status,
             String::from_utf8_lossy(&tar_out.stderr).trim()
@@ -471,12 +587,42 @@ fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C ROOT ./boot`.
+fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
+    pipe_tar(deb, root, &["./boot/vmlinuz-*".to_string()])
+}
+
+/// Whether a downloaded cache entry is complete: entries from before the guest
+/// carried kernel modules lack `modules/order` and are fetched again.
+fn ready(dir: &Path) -> bool {
+    dir.join("complete").is_file() && dir.join("modules").join("order").is_file()
+}
+
+/// The modules of a cache entry in load order (none in a `manual` entry without a
+/// `modules/order`).
+fn cached_modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let modules = dir.join("modules");
+    let Ok(order) = fs::read_to_string(modules.join("order")) else {
+        return Ok(Vec::new());
+    };
+    order
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|name| {
+            let path = modules.join(format!("{name}.ko"));
+            fs::read(&path)
+                .map(|bytes| (name.to_string(), bytes))
+                .map_err(|e| format!("reading {}: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// Builds (or keeps) the initramfs in a ready cache entry.
 fn finish(dir: &Path) -> Result<LinuxGuest, String> {
     let bzimage = dir.join("bzImage");
     let busybox = fs::read(dir.join("busybox"))
         .map_err(|e| format!("reading {}: {e}", dir.join("busybox").display()))?;
-    let cpio = initramfs(&busybox);
+    let cpio = initramfs(&busybox, &cached_modules(dir)?);
     let initrd = dir.join("initrd.cpio");
     // Rewritten only when the init script or busybox changed.
     if fs::read(&initrd).ok().as_deref() != Some(&cpio[..]) {
@@ -509,6 +655,14 @@ fn point_current(dir: &Path) {
 }
 
 /// The guest's `/init`. Lines starting `hv-linux:` are what the tests look for.
+///
+/// With a virtio-blk disk (PCI 1af4:1042) it loads the modules in `/lib/modules`
+/// (in the order of `/lib/modules/order`) and mounts the disk on `/data`, making an
+/// ext2 filesystem first when the disk has none (no ext2 superblock magic 0xEF53 at
+/// byte 1080); a read-only disk without one is left unmounted. In test mode it counts
+/// its boots in `/data/hv-boots`, appends a marker line to `/data/hv-marker.txt` (the
+/// encrypted-disk test looks for it in the disk image), and unmounts before powering
+/// off.
 pub const INIT_SCRIPT: &str = r#"#!/bin/sh
 # /init of the hv Linux guest (busybox initramfs, written by xtask/src/linux.rs).
 export PATH=/bin:/sbin
@@ -520,6 +674,42 @@ echo "hv-linux: init running"
 echo "hv-linux: kernel $(uname -r)"
 echo "hv-linux: userspace ok"
 echo "hv-linux: cpus online $(nproc) of $(cat /sys/devices/system/cpu/possible)"
+
+# A virtio-blk disk: drivers, then /data.
+virtio_blk() {
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat $d/vendor 2>/dev/null)" = 0x1af4 ] && [ "$(cat $d/device 2>/dev/null)" = 0x1042 ] && return 0
+    done
+    return 1
+}
+data=
+if virtio_blk; then
+    for m in $(cat /lib/modules/order); do
+        insmod /lib/modules/$m.ko || echo "hv-linux: insmod $m failed"
+    done
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+    if [ -b /dev/vda ]; then
+        mkdir -p /data
+        how="existing filesystem"
+        case "$(dd if=/dev/vda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1)" in
+        *"53 ef"*) ;;
+        *)
+            how="new filesystem"
+            mke2fs -q -F /dev/vda >/dev/null 2>&1 || how="no filesystem (mke2fs failed)"
+            ;;
+        esac
+        if mount -t ext2 /dev/vda /data; then
+            data=1
+            echo "hv-linux: /data mounted, $how, $(df -k /data | tail -1 | awk '{print $2}') KiB"
+        else
+            echo "hv-linux: /data not mounted ($how)"
+        fi
+    else
+        echo "hv-linux: virtio disk found but no /dev/vda"
+    fi
+fi
+
 case " $(cat /proc/cmdline) " in
 *" hv.test=1 "*)
     # A parallel workload: one busy worker per online CPU, all to finish.
@@ -531,6 +721,14 @@ case " $(cat /proc/cmdline) " in
     done
     wait
     echo "hv-linux: parallel workload done ($n workers)"
+    if [ -n "$data" ]; then
+        boots=$(cat /data/hv-boots 2>/dev/null || echo 0)
+        boots=$((boots+1))
+        echo $boots > /data/hv-boots
+        echo "hv-persist-marker boot $boots" >> /data/hv-marker.txt
+        sync
+        umount /data && echo "hv-linux: /data boots $boots, unmounted"
+    fi
     poweroff -f
     ;;
 esac
@@ -540,16 +738,66 @@ exec /bin/busybox setsid /bin/busybox cttyhack /bin/sh </dev/ttyS0 >/dev/ttyS0 2
 
 /// Busybox applets linked into /bin (the init script and a usable shell).
 const APPLETS: &[&str] = &[
-    "sh", "mount", "echo", "cat", "uname", "ls", "poweroff", "nproc",
+    "sh",
+    "mount",
+    "umount",
+    "echo",
+    "cat",
+    "uname",
+    "ls",
+    "poweroff",
+    "nproc",
+    "insmod",
+    "lsmod",
+    "mkdir",
+    "mke2fs",
+    "dd",
+    "od",
+    "df",
+    "awk",
+    "tail",
+    "head",
+    "grep",
+    "sync",
+    "usleep",
+    "sleep",
+    "rm",
+    "cp",
+    "mv",
+    "touch",
+    "dmesg",
+    "ps",
+    "free",
+    "vi",
+    "hexdump",
+    "sha256sum",
+    "[",
+    "test",
 ];
 
 /// The initramfs: a newc cpio with busybox, its applet links, the console device
 /// nodes, and `/init`.
-pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
+pub fn initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut c = Cpio::default();
-    for d in ["bin", "sbin", "proc", "sys", "dev", "etc"] {
+    for d in [
+        "bin",
+        "sbin",
+        "proc",
+        "sys",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+    ] {
         c.dir(d, 0o755);
     }
+    let mut order = String::new();
+    for (name, ko) in modules {
+        c.file(&format!("lib/modules/{name}.ko"), 0o644, ko);
+        order.push_str(name);
+        order.push('\n');
+    }
+    c.file("lib/modules/order", 0o644, order.as_bytes());
     // Linux opens /dev/console for init's stdio before /init runs, so it must be in
     // the archive (the kernel's built-in initramfs usually has it too).
     c.char_dev("dev/console", 0o600, 5, 1);
@@ -728,8 +976,49 @@ mod tests {
     }
 
     #[test]
+    fn modules_load_after_what_they_depend_on() {
+        let ko = |deps: &str| format!("license=GPL\0depends={deps}\0vermagic=6.1\0").into_bytes();
+        let mods = vec![
+            ("ext4".to_string(), ko("jbd2,mbcache,crc16")),
+            ("virtio_pci".to_string(), ko("virtio_ring,virtio")),
+            ("crc16".to_string(), ko("")),
+            ("virtio".to_string(), ko("virtio_ring")),
+            ("jbd2".to_string(), ko("")),
+            ("mbcache".to_string(), ko("")),
+            ("virtio_ring".to_string(), ko("")),
+        ];
+        assert_eq!(module_depends(&mods[0].1), ["jbd2", "mbcache", "crc16"]);
+        assert!(module_depends(b"depends=\0").is_empty());
+        let order = load_order(&mods).unwrap();
+        assert_eq!(order.len(), mods.len());
+        let at = |n: &str| order.iter().position(|o| o == n).unwrap();
+        assert!(at("jbd2") < at("ext4") && at("mbcache") < at("ext4") && at("crc16") < at("ext4"));
+        assert!(at("virtio_ring") < at("virtio") && at("virtio") < at("virtio_pci"));
+        // A dependency the guest does not carry, and a cycle, are errors.
+        let missing = vec![("ext4".to_string(), ko("jbd2"))];
+        assert!(load_order(&missing).unwrap_err().contains("needs jbd2"));
+        let cycle = vec![("a".to_string(), ko("b")), ("b".to_string(), ko("a"))];
+        assert!(load_order(&cycle).unwrap_err().contains("cycle"));
+        assert_eq!(module_name("drivers/virtio/virtio-x.ko"), "virtio_x");
+    }
+
+    #[test]
+    fn initramfs_carries_the_modules_and_their_order() {
+        let mods = vec![
+            ("a".to_string(), b"A".to_vec()),
+            ("b".to_string(), b"B".to_vec()),
+        ];
+        let e = parse(&initramfs(b"bb", &mods));
+        let file = |n: &str| e.iter().find(|x| x.name == n).map(|x| x.data.clone());
+        assert_eq!(file("lib/modules/a.ko").unwrap(), b"A");
+        assert_eq!(file("lib/modules/b.ko").unwrap(), b"B");
+        assert_eq!(file("lib/modules/order").unwrap(), b"a\nb\n");
+        assert!(INIT_SCRIPT.contains("insmod /lib/modules/$m.ko"));
+    }
+
+    #[test]
     fn initramfs_has_what_init_needs() {
-        let e = parse(&initramfs(b"\x7fELF busybox"));
+        let e = parse(&initramfs(b"\x7fELF busybox", &[]));
         let find = |n: &str| {
             e.iter()
                 .find(|e| e.name == n)
@@ -829,7 +1118,7 @@ mod tests {
         assert_eq!(newest_cached(&cache), Some(manual.clone()));
         let g = finish(&manual).unwrap();
         assert_eq!(g.initrd, manual.join("initrd.cpio"));
-        assert_eq!(fs::read(&g.initrd).unwrap(), initramfs(b"b"));
+        assert_eq!(fs::read(&g.initrd).unwrap(), initramfs(b"b", &[]));
         assert_eq!(
             fs::read_link(cache.join("current")).unwrap(),
             Path::new("manual")

@@ -24,13 +24,14 @@ pub fn plan_vm<'a>(
 /// RSDP/XSDT/MADT, where PC firmware leaves them: the reserved BIOS area at 0xF0000),
 /// unless the image itself occupies that area or the RAM does not reach it.
 /// `cpu_signature` and `cpu_features` are CPUID.1 EAX/EDX as the guest sees them;
-/// `cpus` processors are listed.
+/// `cpus` processors are listed, and the INTx routing of the VM's PCI functions.
 pub fn platform_tables(
     plan: &LoadPlan,
     ram: u64,
     cpu_signature: u32,
     cpu_features: u32,
     cpus: u8,
+    pci_intx: &[devices::PciIntx],
 ) -> Vec<(u64, Vec<u8>)> {
     use devices::mptable::{self, PlatformConfig};
     let area =
@@ -44,10 +45,13 @@ pub fn platform_tables(
     if taken || ram < area.end {
         return Vec::new();
     }
-    let cfg = PlatformConfig {
+    let mut cfg = PlatformConfig {
         cpus,
         ..PlatformConfig::new(cpu_signature, cpu_features)
     };
+    for (slot, intx) in cfg.pci_intx.iter_mut().zip(pci_intx) {
+        *slot = Some(*intx);
+    }
     let mut mp = alloc::vec![0u8; mptable::MP_TABLE_SIZE];
     let mut acpi = alloc::vec![0u8; mptable::ACPI_TABLES_SIZE];
     match (
@@ -73,16 +77,16 @@ mod platform_table_tests {
         sector[510] = 0x55;
         sector[511] = 0xAA;
         let plan = plan(&sector, 4 << 20).unwrap();
-        let t = platform_tables(&plan, 4 << 20, 0x806e9, 0x078b_fbff, 1);
+        let t = platform_tables(&plan, 4 << 20, 0x806e9, 0x078b_fbff, 1, &[]);
         assert_eq!(t.len(), 2);
         assert_eq!(&t[0].1[..4], b"_MP_");
         assert_eq!(t[1].0, devices::mptable::ACPI_TABLES_ADDRESS);
         assert!(
-            platform_tables(&plan, 512 << 10, 0, 0, 1).is_empty(),
+            platform_tables(&plan, 512 << 10, 0, 0, 1, &[]).is_empty(),
             "RAM ends below the area"
         );
         let mut taken = guest_image::plan(&sector, 4 << 20).unwrap();
         taken.extra.push((0xF_0100, alloc::vec![0; 16]));
-        assert!(platform_tables(&taken, 4 << 20, 0, 0, 1).is_empty());
+        assert!(platform_tables(&taken, 4 << 20, 0, 0, 1, &[]).is_empty());
     }
 }

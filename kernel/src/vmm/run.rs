@@ -247,7 +247,19 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
         cpus: cpus as u32,
     };
     let leaf1 = policy::cpuid(1, 0, host_cpuid, &bsp);
-    for (gpa, bytes) in loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8) {
+    // The disk's INTA#, routed as the VM's PCI root does (vm::VmShared::new).
+    let disk = super::vm::DISK_PCI_ADDRESS.device;
+    let pci_intx: &[devices::PciIntx] = match spec.disk {
+        Some(_) => &[devices::PciIntx {
+            device: disk,
+            pin: 1,
+            irq: devices::default_intx_irq(disk, 1),
+        }],
+        None => &[],
+    };
+    let tables =
+        loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8, pci_intx);
+    for (gpa, bytes) in tables {
         // SAFETY: `platform_tables` only returns tables inside the RAM.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
     }
