@@ -92,11 +92,23 @@ fn linux_with_apic_and_ioapic_under_amd_v() {
         .expect_line("virtio_blk virtio0: [vda] 8192 512-byte logical blocks")
         .expect_line("linux | hv-linux: /data mounted, new filesystem")
         .expect_line("linux | hv-linux: /data boots 1, unmounted")
+        .expect_line("linux | hv-linux: virtio interrupts: virtio0-config=")
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: vm linux stopped: halted with interrupts disabled")
         .expect_no("Kernel panic")
         .expect_no("MSR access error")
         .expect_exit(EXIT_SUCCESS);
+    // The disk's requests completed through MSI-X (vector name virtio0-req.0).
+    let irqs = out.line_with("hv-linux: virtio interrupts:");
+    let req: u64 = irqs
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("virtio0-req.0="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        req > 0,
+        "no MSI-X interrupt for the disk's requests: {irqs}"
+    );
     let exits = out.line_with("hv: vm linux exits:");
     let npf: u64 = exits
         .split_whitespace()

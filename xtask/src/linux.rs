@@ -722,6 +722,9 @@ case " $(cat /proc/cmdline) " in
     wait
     echo "hv-linux: parallel workload done ($n workers)"
     if [ -n "$data" ]; then
+        # Per virtio interrupt (MSI-X vectors are named virtio0-config and
+        # virtio0-req.0; an INTx line just virtio0): its name and count.
+        echo "hv-linux: virtio interrupts: $(awk '/virtio/ {n=0; for (i=2; i<=NF-3; i++) n+=$i; printf "%s=%d ", $NF, n}' /proc/interrupts)"
         boots=$(cat /data/hv-boots 2>/dev/null || echo 0)
         boots=$((boots+1))
         echo $boots > /data/hv-boots

@@ -9,9 +9,10 @@
 //! [`Platform::add_mmio_device`]); a range that overlaps another is an error.
 //!
 //! PCI: the root (`devices::PciConfig`) answers configuration mechanism #1 on the
-//! port bus. A VM with PCI functions ([`PlatformSpec::pci`], e.g. its virtio-blk
-//! disk) also gets a 440FX host bridge at 00:00.0, its BARs placed in the PCI hole
-//! ([`pci_hole`]: above its RAM, below the IOAPIC) as firmware would, and the same
+//! port bus, with a 440FX host bridge at 00:00.0 in every VM. A VM with PCI
+//! functions ([`PlatformSpec::pci`], e.g. its virtio-blk disk) gets their BARs
+//! placed in the PCI hole ([`pci_hole`]: above its RAM, below the IOAPIC) as
+//! firmware would, and the same
 //! root registered on the MMIO bus over the hole, so BAR accesses (nested page
 //! faults, decoded by `mmio::emulate`) reach it wherever the guest moves the BARs.
 //! INTx changes come back as level lines (PIC and IOAPIC), MSI-X messages are
@@ -97,8 +98,8 @@ pub struct Platform {
 impl Platform {
     /// The PC every VM gets: COM1, the 8259 pair, the 8254 (with port 0x61), CMOS/RTC,
     /// the i8042 and port 0x92, fw_cfg, the debug-exit port, the IOAPIC, and PCI
-    /// configuration space: empty, or the host bridge and `spec.pci` with their BARs
-    /// in the PCI hole.
+    /// configuration space: the host bridge, and `spec.pci` with their BARs in the
+    /// PCI hole.
     pub fn pc(spec: PlatformSpec) -> Result<Self, String> {
         let fit = |e: MapError| format!("the platform's devices do not fit its buses: {e}");
         let mut p = Platform {
@@ -144,20 +145,21 @@ impl Platform {
         Ok(p)
     }
 
-    /// The PCI root: nothing for a VM without PCI functions; otherwise the host
-    /// bridge and `functions`, BARs placed in `hole` and interrupt lines written, as
-    /// firmware leaves them (the tiny guests and Linux boot without a BIOS).
+    /// The PCI root: the host bridge, as on every PC (an OS that scans finds bus 0
+    /// and no "no PCI" alarm), and `functions`, BARs placed in `hole` and interrupt
+    /// lines written, as firmware leaves them (the tiny guests and Linux boot
+    /// without a BIOS).
     fn pci_root(
         functions: Vec<(PciAddress, Box<dyn PciFunction>)>,
         hole: core::ops::Range<u64>,
     ) -> Result<PciConfig, String> {
         let mut pci = PciConfig::new();
-        if functions.is_empty() {
-            return Ok(pci);
-        }
         let bridge = PciAddress::new(0, 0, 0);
         pci.add_function(bridge, Box::new(HostBridge::i440fx()))
             .map_err(|e| format!("PCI host bridge: {e:?}"))?;
+        if functions.is_empty() {
+            return Ok(pci);
+        }
         for (address, function) in functions {
             pci.add_function(address, function)
                 .map_err(|e| format!("PCI function {address:?}: {e:?}"))?;

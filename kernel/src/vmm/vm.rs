@@ -1503,9 +1503,10 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.regs.rax, 0xFFFF_FFFF);
         assert_eq!(vm.shared.platform.unbacked_accesses, 0);
 
-        // Without a disk there is no PCI device and no hole.
+        // Without a disk there is only the host bridge, and no hole.
         let mut plain = self::vm();
-        assert_eq!(pci_read(&mut plain, 0, 0), 0xFFFF_FFFF);
+        assert_eq!(pci_read(&mut plain, 0, 0), 0x1237_8086);
+        assert_eq!(pci_read(&mut plain, 3, 0), 0xFFFF_FFFF);
         assert!(!plain.shared.platform.decodes_mmio(platform::PCI_HOLE_BASE));
     }
 
