@@ -65,7 +65,7 @@
 //!     PIC and IOAPIC as every other line. The IOAPIC pin must be level-triggered,
 //!     active high for these IRQs, and the MP table needs an I/O interrupt entry
 //!     for bus PCI, device 1 INTA# (Linux booted with `acpi=off` reads it from
-//!     there; drop `pci=off` from the command line so it scans).
+//!     there, which `devices::mptable` writes from `PlatformConfig::pci_intx`).
 //!   - `Effects::msi`: `MsiMessage { address, data }` for MSI-X. Decode it as the
 //!     IOAPIC's redirection entries are decoded (address bits 19:12 destination
 //!     APIC ID, bit 2 logical mode; data bits 7:0 vector, 10:8 delivery mode, SDM

@@ -4,7 +4,7 @@
 //! Why Debian's packages: they are signed and mirrored, apt is already on the
 //! machines this project runs on, and the standard amd64 kernel boots under the
 //! hypervisor's minimal platform (see shared/PLATFORM.md: protocol 2.15 bzImage,
-//! `acpi=off noapic nolapic pci=off nosmp`). Building a kernel would take far longer
+//! `acpi=off`, PCI on). Building a kernel would take far longer
 //! than the rest of the project's build.
 //!
 //! The initramfs is a newc ("070701") cpio written here in plain Rust, uncompressed
