@@ -11,6 +11,8 @@
 //!   [`devices::PciFunction`] with the configuration space, the one memory BAR, the
 //!   feature/status rules, MSI-X and INTx.
 //! * [`blk`]: virtio-blk (§5.2): [`Block`] on a [`BlockBackend`] ([`RamDisk`]).
+//! * [`partition`]: [`Partition`], a disk that is a window of sectors onto a
+//!   device shared by several VMs (a GPT partition of the hypervisor's NVMe drive).
 //! * [`state`]: the versioned snapshot format of [`VirtioPci::state`] and
 //!   [`VirtioPci::restore`].
 //!
@@ -85,6 +87,7 @@ extern crate std;
 pub mod blk;
 pub mod device;
 pub mod memory;
+pub mod partition;
 pub mod pci;
 pub mod queue;
 pub mod state;
@@ -92,6 +95,7 @@ pub mod state;
 pub use blk::{Block, BlockBackend, BlockConfig, BlockError, RamDisk, SECTOR_SIZE};
 pub use device::VirtioDevice;
 pub use memory::{GuestMemory, MemError, VecMemory};
+pub use partition::Partition;
 pub use pci::{VirtioPci, NO_VECTOR};
 pub use queue::{Chain, QueueError, QueueFeatures, Segment, SplitQueue, MAX_QUEUE_SIZE};
 pub use state::{StateError, STATE_VERSION};
