@@ -7,6 +7,7 @@
 extern crate alloc;
 
 pub mod memory_map;
+pub mod secret_line;
 pub mod vmm;
 
 #[cfg(target_os = "none")]

@@ -40,6 +40,48 @@ pub fn try_read_byte() -> Option<u8> {
     })
 }
 
+/// Why no secret came from [`read_secret`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretError {
+    /// Nothing complete was typed within the time allowed.
+    Timeout,
+    /// The user pressed Ctrl-C or Ctrl-D.
+    Cancelled,
+    /// More than [`crate::secret_line::MAX_SECRET`] bytes.
+    TooLong,
+}
+
+/// Prints `prompt` and reads one line from the console without echoing it (see
+/// [`crate::secret_line`]), waiting at most `timeout_ms`. The caller wipes the
+/// returned bytes when done with them.
+pub fn read_secret(
+    prompt: fmt::Arguments,
+    timeout_ms: u64,
+) -> Result<alloc::vec::Vec<u8>, SecretError> {
+    use crate::secret_line::{SecretLine, Step};
+    write_fmt(prompt);
+    let deadline = crate::time::uptime_micros() + timeout_ms * 1000;
+    let mut line = SecretLine::new();
+    let result = loop {
+        if crate::time::uptime_micros() > deadline {
+            break Err(SecretError::Timeout);
+        }
+        let Some(byte) = try_read_byte() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        match line.push(byte) {
+            Step::More => {}
+            Step::Done => break Ok(line.take()),
+            Step::Cancelled => break Err(SecretError::Cancelled),
+            Step::TooLong => break Err(SecretError::TooLong),
+        }
+    };
+    // The Enter the user typed was not echoed either.
+    write_fmt(format_args!("\n"));
+    result
+}
+
 /// Waits until the UART has shifted out everything written (LSR.TEMT), so that a
 /// power-off right after the last line does not cut it short in emulators that model
 /// the baud rate.
