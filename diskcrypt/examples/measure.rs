@@ -44,7 +44,7 @@ fn kdf(mibs: &[u32]) {
             };
             let (bytes, _) = Header::format(b"passphrase", params, &random, 100).unwrap();
             let h = Header::parse(&bytes).unwrap();
-            let mut mem = vec![argon2::Block::default(); params.memory_blocks().unwrap()];
+            let mut mem = vec![diskcrypt::KdfBlock::default(); params.memory_blocks().unwrap()];
             let start = Instant::now();
             h.unlock(b"passphrase", &mut mem).unwrap();
             println!(

@@ -65,7 +65,7 @@ impl<B: BlockBackend> EncryptedBackend<B> {
     pub fn open(
         mut inner: B,
         passphrase: &[u8],
-        kdf_memory: &mut [argon2::Block],
+        kdf_memory: &mut [crate::KdfBlock],
     ) -> Result<Self, OpenError> {
         let header = read_header(&mut inner)?;
         let key = header
@@ -286,7 +286,7 @@ mod tests {
     fn wrong_passphrase_writes_nothing() {
         let disk = partition();
         let before = disk.clone();
-        let mut mem = vec![argon2::Block::default(); FAST.memory_blocks().unwrap()];
+        let mut mem = vec![crate::KdfBlock::default(); FAST.memory_blocks().unwrap()];
         let err = EncryptedBackend::open(disk.clone(), b"not pw", &mut mem)
             .err()
             .unwrap();

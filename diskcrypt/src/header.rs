@@ -399,7 +399,7 @@ impl Header {
     pub fn unlock(
         &self,
         passphrase: &[u8],
-        kdf_memory: &mut [argon2::Block],
+        kdf_memory: &mut [crate::KdfBlock],
     ) -> Result<MasterKey, UnlockError> {
         let kek = derive_kek(passphrase, &self.salt, &self.kdf, Some(kdf_memory))?;
         let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
@@ -417,7 +417,7 @@ impl Header {
     /// [`Header::unlock`] with working memory from the heap.
     pub fn unlock_alloc(&self, passphrase: &[u8]) -> Result<MasterKey, UnlockError> {
         let blocks = self.kdf.memory_blocks().map_err(UnlockError::Header)?;
-        let mut memory = vec![argon2::Block::default(); blocks];
+        let mut memory = vec![crate::KdfBlock::default(); blocks];
         self.unlock(passphrase, &mut memory)
     }
 }
@@ -433,7 +433,7 @@ fn derive_kek(
     passphrase: &[u8],
     salt: &[u8; SALT_LEN],
     kdf: &KdfParams,
-    memory: Option<&mut [argon2::Block]>,
+    memory: Option<&mut [crate::KdfBlock]>,
 ) -> Result<Zeroizing<[u8; 32]>, UnlockError> {
     let params = kdf.argon2().map_err(UnlockError::Header)?;
     let needed = params.block_count();
@@ -443,7 +443,7 @@ fn derive_kek(
     let memory = match memory {
         Some(m) => m,
         None => {
-            owned = vec![argon2::Block::default(); needed];
+            owned = vec![crate::KdfBlock::default(); needed];
             &mut owned[..]
         }
     };
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(h.salt[..], random()[..32]);
         assert_eq!(h.to_bytes(), bytes);
         h.check_fits(1000).unwrap();
-        let mut mem = vec![argon2::Block::default(); FAST.memory_blocks().unwrap()];
+        let mut mem = vec![crate::KdfBlock::default(); FAST.memory_blocks().unwrap()];
         let got = h.unlock(b"correct horse", &mut mem).unwrap();
         assert_eq!(got.as_bytes(), key.as_bytes());
         assert_eq!(key.as_bytes()[..], random()[32..]);
@@ -524,7 +524,7 @@ mod tests {
     fn small_kdf_memory_refused() {
         let (bytes, _) = formatted();
         let h = Header::parse(&bytes).unwrap();
-        let mut mem = vec![argon2::Block::default(); 63];
+        let mut mem = vec![crate::KdfBlock::default(); 63];
         assert_eq!(
             h.unlock(b"correct horse", &mut mem).unwrap_err(),
             UnlockError::KdfMemoryTooSmall {

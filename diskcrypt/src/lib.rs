@@ -60,6 +60,10 @@ pub mod header;
 pub mod key;
 pub mod sector;
 
+/// One 1 KiB block of Argon2 working memory (64-byte aligned): what
+/// [`Header::unlock`] and [`EncryptedBackend::open`] take a slice of, re-exported so
+/// that callers need no direct `argon2` dependency.
+pub use argon2::Block as KdfBlock;
 pub use backend::{encrypt_image, EncryptedBackend, OpenError};
 pub use header::{FormatError, Header, HeaderError, UnlockError, HEADER_LEN};
 pub use key::{KdfParams, MasterKey, MASTER_KEY_LEN, RANDOM_LEN, SALT_LEN};
