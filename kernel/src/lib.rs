@@ -22,6 +22,8 @@ pub mod detect;
 #[cfg(target_os = "none")]
 pub mod gdt;
 #[cfg(target_os = "none")]
+pub mod host_disk;
+#[cfg(target_os = "none")]
 pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod memory;
@@ -29,6 +31,8 @@ pub mod memory;
 pub mod migration_check;
 #[cfg(target_os = "none")]
 pub mod mitigation;
+#[cfg(target_os = "none")]
+pub mod pci;
 #[cfg(target_os = "none")]
 pub mod serial;
 #[cfg(target_os = "none")]
