@@ -24,6 +24,23 @@ pub fn with<R>(f: impl FnOnce(&mut Disk) -> R) -> Option<R> {
     DISK.lock().as_mut().map(f)
 }
 
+/// Tells the controller the hypervisor stops (a normal shutdown, NVMe 1.4 §7.6.2),
+/// so a real SSD commits its cache instead of counting an unsafe shutdown. Takes the
+/// lock only if it is free: this runs on the way out, possibly from a panic on a
+/// processor that holds it.
+pub fn shutdown() {
+    let Some(mut guard) = DISK.try_lock() else {
+        println!("hv: nvme: WARNING: the disk is busy; stopping without a shutdown notification");
+        return;
+    };
+    if let Some(disk) = guard.as_mut() {
+        match disk.shutdown() {
+            Ok(()) => println!("hv: nvme: controller shut down"),
+            Err(e) => println!("hv: nvme: WARNING: shutdown failed: {e}"),
+        }
+    }
+}
+
 /// Finds, enables and brings up the first NVMe controller, and reports it in one
 /// line (or a warning: the hypervisor carries on without a disk). Boot time, on the
 /// boot processor, before the other processors start (the BAR mapping changes page

@@ -3,7 +3,9 @@
 
 /// Admin opcodes (NVMe 1.4 Figure 139).
 pub mod admin {
+    pub const DELETE_IO_SQ: u8 = 0x00;
     pub const CREATE_IO_SQ: u8 = 0x01;
+    pub const DELETE_IO_CQ: u8 = 0x04;
     pub const CREATE_IO_CQ: u8 = 0x05;
     pub const IDENTIFY: u8 = 0x06;
 }

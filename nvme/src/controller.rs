@@ -235,6 +235,48 @@ impl<R: Registers, D: Dma, C: Clock> Controller<R, D, C> {
         Ok(())
     }
 
+    /// Normal shutdown (NVMe 1.4 §7.6.2): deletes the I/O queues, sets CC.SHN and
+    /// waits for CSTS.SHST to report completion, so the controller commits its
+    /// volatile state (a real SSD otherwise counts an unsafe shutdown). Nothing can
+    /// be sent afterwards: later calls fail with [`Error::Unusable`].
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        if self.io.is_some() {
+            let qid = 1;
+            self.admin_command(&Submission {
+                opcode: admin::DELETE_IO_SQ,
+                cdw: [qid, 0, 0, 0, 0, 0],
+                ..Default::default()
+            })?;
+            self.admin_command(&Submission {
+                opcode: admin::DELETE_IO_CQ,
+                cdw: [qid, 0, 0, 0, 0, 0],
+                ..Default::default()
+            })?;
+        }
+        // From here on the queues are gone: whatever happens, nothing more is sent.
+        self.broken = true;
+        let cc = self.regs.read32(regs::CC);
+        self.regs.write32(regs::CC, cc | regs::CC_SHN_NORMAL);
+        let start = self.clock.now_us();
+        loop {
+            let csts = self.regs.read32(regs::CSTS);
+            if csts & regs::CSTS_SHST_MASK == regs::CSTS_SHST_COMPLETE {
+                return Ok(());
+            }
+            if csts & regs::CSTS_CFS != 0 {
+                return Err(Error::ControllerFatal);
+            }
+            let waited = self.clock.now_us().saturating_sub(start);
+            if waited > COMMAND_TIMEOUT_MS * 1000 {
+                return Err(Error::Timeout {
+                    what: "CSTS.SHST to report shutdown complete",
+                    waited_ms: waited / 1000,
+                });
+            }
+            self.clock.relax();
+        }
+    }
+
     fn admin_command(&mut self, cmd: &Submission) -> Result<Completion, Error> {
         self.execute(true, cmd)
     }

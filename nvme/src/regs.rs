@@ -16,7 +16,12 @@ pub const CC_EN: u32 = 1;
 /// 4: 16-byte completion entries (NVMe 1.4 §3.1.5). CSS 000 (NVM command set), MPS 0
 /// (4 KiB pages), AMS 000 (round robin), SHN 00.
 pub const CC_CONFIG: u32 = (6 << 16) | (4 << 20);
+/// CC.SHN = 01b: normal shutdown notification (NVMe 1.4 §3.1.5).
+pub const CC_SHN_NORMAL: u32 = 0b01 << 14;
 pub const CSTS_RDY: u32 = 1;
+/// CSTS.SHST (bits 3:2) = 10b: shutdown processing complete (NVMe 1.4 §3.1.6).
+pub const CSTS_SHST_MASK: u32 = 0b11 << 2;
+pub const CSTS_SHST_COMPLETE: u32 = 0b10 << 2;
 pub const CSTS_CFS: u32 = 1 << 1;
 
 /// The fields of CAP (NVMe 1.4 §3.1.1) the driver checks.

@@ -374,3 +374,17 @@ fn dropping_the_driver_disables_the_controller_and_frees_memory() {
     assert_eq!(rig.model.borrow().disables, 1);
     assert_eq!(rig.live_allocations(), 0);
 }
+
+#[test]
+fn shutdown_deletes_the_queues_then_notifies() {
+    let rig = Rig::new(Config::default());
+    let mut d = rig.start().expect("bring-up");
+    d.write(0, &pattern(2, 512)).unwrap();
+    d.shutdown().unwrap();
+    assert_eq!(rig.model.borrow().shutdowns, 1);
+    let mut buf = vec![0; 512];
+    assert_eq!(d.read(0, &mut buf), Err(Error::Unusable));
+    assert_eq!(d.shutdown(), Err(Error::Unusable));
+    drop(d);
+    assert_eq!(rig.live_allocations(), 0);
+}

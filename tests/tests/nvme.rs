@@ -1,10 +1,11 @@
 //! The hypervisor's own NVMe driver on QEMU's `-device nvme` (AMD-V, software
 //! emulation): it finds the controller on the host's PCI bus, brings it up, reports
-//! what Identify returned (model, serial, size, all set by this test) and reads LBA 1
-//! to say whether the disk carries a GPT header. The two boots attach images that
-//! differ only where the answer must come from: with 512-byte LBAs the signature is
-//! at byte 512; with 4096-byte LBAs LBA 1 starts at byte 4096, so the same bytes at
-//! 512 must not count.
+//! what Identify returned (model, serial, size, all set by this test), reads LBA 1
+//! to say whether the disk carries a GPT header, and shuts the controller down
+//! (I/O queues deleted, CC.SHN) when the hypervisor stops. The two BIOS boots attach
+//! images that differ only where the answer must come from: with 512-byte LBAs the
+//! signature is at byte 512; with 4096-byte LBAs LBA 1 starts at byte 4096, so the
+//! same bytes at 512 must not count.
 
 use std::path::PathBuf;
 
@@ -62,6 +63,7 @@ fn nvme_disk_with_gpt_signature_512_byte_lbas() {
         DISK_BYTES / 512
     ))
     .expect_line("hv: nvme: LBA 1 holds a GPT header (\"EFI PART\")")
+    .expect_line("hv: nvme: controller shut down")
     .expect_no("hv: nvme: WARNING")
     .expect_no("PANIC")
     .expect_exit(EXIT_SUCCESS);
@@ -82,6 +84,7 @@ fn nvme_disk_without_gpt_4096_byte_lbas() {
         DISK_BYTES / 512
     ))
     .expect_line("hv: nvme: LBA 1 holds no GPT header")
+    .expect_line("hv: nvme: controller shut down")
     .expect_no("hv: nvme: WARNING")
     .expect_no("PANIC")
     .expect_exit(EXIT_SUCCESS);
@@ -99,6 +102,7 @@ fn nvme_disk_under_uefi() {
         DISK_BYTES / 512
     ))
     .expect_line("hv: nvme: LBA 1 holds a GPT header (\"EFI PART\")")
+    .expect_line("hv: nvme: controller shut down")
     .expect_no("hv: nvme: WARNING")
     .expect_exit(EXIT_SUCCESS);
 }

@@ -200,6 +200,8 @@ pub struct Model {
     pub flushes: usize,
     /// CC.EN 1 -> 0 transitions seen.
     pub disables: usize,
+    /// Normal shutdown notifications seen.
+    pub shutdowns: usize,
     /// Completion queue wraps (phase flips) per queue ID.
     pub cq_wraps: HashMap<u16, usize>,
     /// The I/O completion queue was created with interrupts enabled.
@@ -230,6 +232,7 @@ impl Model {
             io: Vec::new(),
             flushes: 0,
             disables: 0,
+            shutdowns: 0,
             cq_wraps: HashMap::new(),
             io_cq_interrupts: None,
             fail_next: None,
@@ -248,6 +251,14 @@ impl Model {
     }
 
     fn set_cc(&mut self, value: u32) {
+        if value & (0b11 << 14) != 0 && self.cc & (0b11 << 14) == 0 {
+            assert!(
+                self.sqs.keys().chain(self.cqs.keys()).all(|&q| q == 0),
+                "shutdown notification with I/O queues still present"
+            );
+            self.shutdowns += 1;
+            self.csts |= 0b10 << 2; // SHST: shutdown processing complete
+        }
         let was = self.cc & 1 != 0;
         let now = value & 1 != 0;
         if was && self.csts & 1 == 0 && !now && !self.cfg.never_ready && !self.cfg.fatal_on_enable {
@@ -461,6 +472,23 @@ impl Model {
                         cqid,
                     },
                 );
+                0
+            }
+            0x00 => {
+                let qid = cmd.cdw10 as u16;
+                if qid == 0 || self.sqs.remove(&qid).is_none() {
+                    return (1 << 8) | 0x01;
+                }
+                0
+            }
+            0x04 => {
+                let qid = cmd.cdw10 as u16;
+                if self.sqs.values().any(|sq| sq.cqid == qid) {
+                    return (1 << 8) | 0x0C; // Invalid Queue Deletion
+                }
+                if qid == 0 || self.cqs.remove(&qid).is_none() {
+                    return (1 << 8) | 0x01;
+                }
                 0
             }
             _ => 0x01, // Invalid Command Opcode
