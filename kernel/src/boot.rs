@@ -8,8 +8,8 @@ use bootloader_api::BootInfo;
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
 use crate::{
-    acpi_info, apic, detect, gdt, interrupts, memory, migration_check, mitigation, println, serial,
-    smp, time, timer, vmm,
+    acpi_info, apic, detect, gdt, host_disk, interrupts, memory, migration_check, mitigation,
+    println, serial, smp, time, timer, vmm,
 };
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
@@ -50,6 +50,9 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     apic::init_bsp();
     apic::enable_this_cpu(timer::SPURIOUS_VECTOR, true);
     timer::init();
+    // The host's disk, before the other processors start: mapping its registers
+    // changes page attributes every processor shares.
+    host_disk::init();
     let hook: Option<&'static smp::ExtensionHook> = match &ext {
         Ok(detect::Extension::Svm(_)) => Some(&|| {
             svm::backend::SvmBackend::enable_this_cpu(&mut KernelMemory)

@@ -23,6 +23,8 @@ pub mod detect;
 #[cfg(target_os = "none")]
 pub mod gdt;
 #[cfg(target_os = "none")]
+pub mod host_disk;
+#[cfg(target_os = "none")]
 pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod memory;
@@ -30,6 +32,8 @@ pub mod memory;
 pub mod migration_check;
 #[cfg(target_os = "none")]
 pub mod mitigation;
+#[cfg(target_os = "none")]
+pub mod pci;
 #[cfg(target_os = "none")]
 pub mod serial;
 #[cfg(target_os = "none")]

@@ -169,6 +169,53 @@ pub fn map_uncached(pa: u64) -> Result<*mut u8, &'static str> {
     Ok(va.as_u64() as *mut u8)
 }
 
+/// Makes `pa..pa + len` (a device's register BAR) reachable uncached at
+/// [`phys_to_virt`]`(pa)` and returns that address. Pages the physical mapping covers
+/// get [`map_uncached`]; pages beyond it (firmware may place a 64-bit BAR far above
+/// RAM and the 4 GiB the bootloader maps: OVMF put QEMU's NVMe BAR at 0xE0_0000_0000)
+/// get new 4 KiB mappings at the same offset, which fails cleanly, never overwrites,
+/// if something else already uses that virtual address.
+pub fn map_mmio(pa: u64, len: u64) -> Result<*mut u8, &'static str> {
+    let end = pa.checked_add(len).ok_or("the range wraps around")?;
+    let offset = PHYS_OFFSET.load(Ordering::Relaxed);
+    let mut page = pa & !(PAGE_SIZE - 1);
+    while page < end {
+        let va = offset
+            .checked_add(page)
+            .and_then(|v| VirtAddr::try_new(v).ok())
+            .ok_or("its address is beyond the virtual address space")?;
+        // SAFETY: boot time on the boot processor (see `map_uncached`); a new
+        // mapping only goes where nothing is mapped, and maps device memory.
+        let mapped = unsafe { active_page_table().translate_addr(va).is_some() };
+        if mapped {
+            map_uncached(page)?;
+        } else {
+            let flags = PageTableFlags::PRESENT
+                | PageTableFlags::WRITABLE
+                | PageTableFlags::NO_CACHE
+                | PageTableFlags::WRITE_THROUGH;
+            // SAFETY: as above; the frame is device memory, not RAM anything owns.
+            unsafe {
+                active_page_table()
+                    .map_to(
+                        Page::<Size4KiB>::containing_address(va),
+                        PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(page)),
+                        flags,
+                        &mut TableFrames,
+                    )
+                    .map(|f| f.flush())
+                    .map_err(|e| match e {
+                        MapToError::PageAlreadyMapped(_) => "its virtual address is already in use",
+                        MapToError::ParentEntryHugePage => "a huge page covers its virtual address",
+                        MapToError::FrameAllocationFailed => "out of memory for page tables",
+                    })?;
+            }
+        }
+        page += PAGE_SIZE;
+    }
+    Ok(phys_to_virt(pa))
+}
+
 /// Maps the 4 KiB page at physical (and virtual) address `pa` identically, writable and
 /// executable, in the active page table: the AP start-up code runs there while it
 /// turns paging on. Fails if that virtual address is already in use.

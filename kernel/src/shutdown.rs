@@ -15,6 +15,7 @@ pub enum Status {
 }
 
 pub fn exit(status: Status) -> ! {
+    crate::host_disk::shutdown();
     crate::println!("hv: stopping with status {} ({:?})", status as u32, status);
     crate::serial::drain();
     // SAFETY: writes to I/O ports that either stop the emulator or are ignored

@@ -34,6 +34,9 @@ pub struct QemuOptions {
     pub cpu: Option<String>,
     /// Force software emulation even when a nested-capable KVM is present.
     pub force_tcg: bool,
+    /// More arguments for the machine, after the others (host devices for the
+    /// hypervisor's own drivers: `-drive ... -device nvme,...`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for QemuOptions {
@@ -45,6 +48,7 @@ impl Default for QemuOptions {
             gdb: false,
             cpu: None,
             force_tcg: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -139,6 +143,7 @@ fn qemu_command_with_serial(
                 .arg(format!("format=raw,snapshot=on,file={}", image.display()));
         }
     }
+    cmd.args(&opts.extra_args);
     if opts.gdb {
         cmd.args(["-s", "-S"]);
     }

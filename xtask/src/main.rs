@@ -186,6 +186,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 gdb,
                 cpu: None,
                 force_tcg: tcg,
+                extra_args: Vec::new(),
             };
             let image = if fw == Firmware::Uefi {
                 &built.images.uefi
