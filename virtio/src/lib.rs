@@ -11,6 +11,9 @@
 //!   [`devices::PciFunction`] with the configuration space, the one memory BAR, the
 //!   feature/status rules, MSI-X and INTx.
 //! * [`blk`]: virtio-blk (§5.2): [`Block`] on a [`BlockBackend`] ([`RamDisk`]).
+//! * [`net`]: virtio-net (§5.1): [`Net`], one receive/transmit queue pair whose
+//!   frames the owner exchanges with a switch; receive is device-initiated
+//!   ([`VirtioPci::deliver`], [`VirtioPci::device_work`]).
 //! * [`state`]: the versioned snapshot format of [`VirtioPci::state`] and
 //!   [`VirtioPci::restore`].
 //!
@@ -85,6 +88,7 @@ extern crate std;
 pub mod blk;
 pub mod device;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod state;
@@ -92,6 +96,7 @@ pub mod state;
 pub use blk::{Block, BlockBackend, BlockConfig, BlockError, RamDisk, SECTOR_SIZE};
 pub use device::VirtioDevice;
 pub use memory::{GuestMemory, MemError, VecMemory};
+pub use net::{mac_from_name, Net, NetConfig, NetStats};
 pub use pci::{VirtioPci, NO_VECTOR};
 pub use queue::{Chain, QueueError, QueueFeatures, Segment, SplitQueue, MAX_QUEUE_SIZE};
 pub use state::{StateError, STATE_VERSION};
