@@ -126,14 +126,14 @@ impl BlockBackend for RamDisk {
 }
 
 /// A sequential position in the readable or the writable segments of a chain.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     segments: Vec<&'a Segment>,
     index: usize,
     offset: u32,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(chain: &'a Chain, write: bool) -> Self {
+    pub(crate) fn new(chain: &'a Chain, write: bool) -> Self {
         Self {
             segments: chain.segments.iter().filter(|s| s.write == write).collect(),
             index: 0,
@@ -167,13 +167,21 @@ impl<'a> Cursor<'a> {
         Ok(done)
     }
 
-    fn read(&mut self, mem: &dyn GuestMemory, buf: &mut [u8]) -> Result<usize, MemError> {
+    pub(crate) fn read(
+        &mut self,
+        mem: &dyn GuestMemory,
+        buf: &mut [u8],
+    ) -> Result<usize, MemError> {
         self.each(buf.len(), |addr, start, n| {
             mem.read(addr, &mut buf[start..start + n])
         })
     }
 
-    fn write(&mut self, mem: &mut dyn GuestMemory, data: &[u8]) -> Result<usize, MemError> {
+    pub(crate) fn write(
+        &mut self,
+        mem: &mut dyn GuestMemory,
+        data: &[u8],
+    ) -> Result<usize, MemError> {
         self.each(data.len(), |addr, start, n| {
             mem.write(addr, &data[start..start + n])
         })

@@ -25,6 +25,7 @@ pub mod features {
 
 /// Device IDs (§5).
 pub mod device_id {
+    pub const NET: u16 = 1;
     pub const BLOCK: u16 = 2;
 }
 
@@ -49,6 +50,16 @@ pub trait VirtioDevice: Send {
     fn set_features(&mut self, _negotiated: u64) {}
     /// A device reset (§2.4): forget negotiated state.
     fn reset(&mut self) {}
+    /// Whether the device can use a chain of `queue` now. A queue the driver fills
+    /// with requests (a disk's, a transmit queue) says yes by default; a queue the
+    /// device fills on its own (a network receive queue) says yes only while
+    /// something waits for a buffer, and a transmit queue whose output is full may
+    /// say no to hold the guest back. Chains stay available meanwhile: the
+    /// transport takes them at the next notification, at
+    /// [`crate::VirtioPci::device_work`], or at a poll once this turns true again.
+    fn can_take(&self, _queue: u16) -> bool {
+        true
+    }
     /// Does what the chain taken from `queue` asks; returns the number of bytes
     /// written into its device-writable part (the used element's `len`). Every
     /// segment of `chain` lies in guest RAM.

@@ -13,6 +13,9 @@
 //! * [`blk`]: virtio-blk (§5.2): [`Block`] on a [`BlockBackend`] ([`RamDisk`]).
 //! * [`partition`]: [`Partition`], a disk that is a window of sectors onto a
 //!   device shared by several VMs (a GPT partition of the hypervisor's NVMe drive).
+//! * [`net`]: virtio-net (§5.1): [`Net`], one receive/transmit queue pair whose
+//!   frames the owner exchanges with a switch; receive is device-initiated
+//!   ([`VirtioPci::deliver`], [`VirtioPci::device_work`]).
 //! * [`state`]: the versioned snapshot format of [`VirtioPci::state`] and
 //!   [`VirtioPci::restore`].
 //!
@@ -88,6 +91,7 @@ pub mod blk;
 pub mod device;
 pub mod memory;
 pub mod partition;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod state;
@@ -96,6 +100,7 @@ pub use blk::{Block, BlockBackend, BlockConfig, BlockError, RamDisk, SECTOR_SIZE
 pub use device::VirtioDevice;
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use partition::Partition;
+pub use net::{mac_from_name, Net, NetConfig, NetStats};
 pub use pci::{VirtioPci, NO_VECTOR};
 pub use queue::{Chain, QueueError, QueueFeatures, Segment, SplitQueue, MAX_QUEUE_SIZE};
 pub use state::{StateError, STATE_VERSION};

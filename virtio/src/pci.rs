@@ -166,6 +166,10 @@ pub struct VirtioPci<D: VirtioDevice, M: GuestMemory> {
     queue_vectors: Vec<u16>,
     /// Queues with chains left over from a notification (see [`Self::notify`]).
     queue_work: Vec<bool>,
+    /// Queues whose available chains the device could not take when it last
+    /// looked ([`VirtioDevice::can_take`]): looked at again once it can. Not in
+    /// snapshots: a restored device looks at every queue once.
+    blocked: Vec<bool>,
     isr: u8,
     /// The INTx level last reported.
     intx: bool,
@@ -181,8 +185,13 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         t[2..4].copy_from_slice(&id.to_le_bytes());
         t[6] = devices::pci::status::CAP_LIST as u8;
         t[8] = VIRTIO_PCI_REVISION;
-        // Class 01/00/00: mass storage, SCSI controller, as QEMU shows virtio-blk.
-        t[0x0B] = 0x01;
+        // The class code QEMU shows for each type: 02/00/00 network (Ethernet)
+        // controller, 01/00/00 mass storage (SCSI), else FF/00/00 (unassigned).
+        t[0x0B] = match device.device_type() {
+            crate::device::device_id::NET => 0x02,
+            crate::device::device_id::BLOCK => 0x01,
+            _ => 0xFF,
+        };
         t[0x2C..0x2E].copy_from_slice(&VIRTIO_PCI_VENDOR_ID.to_le_bytes());
         t[0x2E..0x30].copy_from_slice(&VIRTIO_PCI_SUBSYSTEM_ID.to_le_bytes());
         t[usize::from(reg::CAPABILITIES)] = CAP_COMMON as u8;
@@ -261,6 +270,7 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             queues: (0..n).map(|_| SplitQueue::new(max)).collect(),
             queue_vectors: vec![NO_VECTOR; usize::from(n)],
             queue_work: vec![false; usize::from(n)],
+            blocked: vec![false; usize::from(n)],
             isr: 0,
             intx: false,
         }
@@ -327,6 +337,7 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         }
         self.queue_vectors.fill(NO_VECTOR);
         self.queue_work.fill(false);
+        self.blocked.fill(false);
         self.isr = 0;
         self.device.reset();
     }
@@ -420,12 +431,28 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         self.finish(e)
     }
 
+    /// The device has something new for its queues (a received frame, room again
+    /// in a full transmit buffer): every queue it can take chains for now is
+    /// processed as at a notification, with the interrupt the driver asked for
+    /// (MSI-X or INTx, as for any used buffer). This is how device-initiated work
+    /// such as network receive gets into the guest without waiting for a kick.
+    pub fn device_work(&mut self) -> PciEffects {
+        let mut e = PciEffects::NONE;
+        for q in 0..self.queues.len() as u16 {
+            if self.device.can_take(q) {
+                self.run_queue(q, &mut e);
+            }
+        }
+        self.finish(e)
+    }
+
     fn run_queue(&mut self, queue: u16, e: &mut PciEffects) {
         let qi = usize::from(queue);
         if qi >= self.queues.len() {
             return;
         }
         self.queue_work[qi] = false;
+        self.blocked[qi] = false;
         if !self.queues[qi].ready
             || self.status & status::DRIVER_OK == 0
             || self.status & status::DEVICE_NEEDS_RESET != 0
@@ -455,6 +482,11 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             let q = &mut self.queues[qi];
             if budget == 0 {
                 return q.has_available(&self.memory);
+            }
+            if !self.device.can_take(queue) {
+                // Leave the chains available; remember to come back for them.
+                self.blocked[qi] = q.has_available(&self.memory)?;
+                return Ok(false);
             }
             let Some(chain) = q.pop(&self.memory, features)? else {
                 if features.event_idx {
@@ -994,6 +1026,7 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         self.queues = queues;
         self.queue_vectors = vectors;
         self.queue_work = work;
+        self.blocked = vec![true; self.queues.len()];
         Ok(())
     }
 }
@@ -1031,13 +1064,14 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
     }
     fn has_work(&self) -> bool {
         self.queue_work.iter().any(|&w| w)
+            || (0..self.queues.len()).any(|q| self.blocked[q] && self.device.can_take(q as u16))
             || (0..self.msix_pending.len()).any(|v| self.deliverable(v))
             || self.intx_level() != self.intx
     }
     fn poll(&mut self) -> PciEffects {
         let mut e = PciEffects::NONE;
         for q in 0..self.queues.len() {
-            if self.queue_work[q] {
+            if self.queue_work[q] || self.blocked[q] && self.device.can_take(q as u16) {
                 self.run_queue(q as u16, &mut e);
             }
         }

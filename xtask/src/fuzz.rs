@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::build::{target_dir, workspace_root};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
-pub const TARGETS: [&str; 5] = ["images", "bundle", "config", "devices", "virtio"];
+pub const TARGETS: [&str; 6] = ["images", "bundle", "config", "devices", "virtio", "net"];
 
 /// The flags cargo-fuzz passes for libFuzzer's coverage feedback (its `BuildOptions`
 /// defaults without a sanitizer).
