@@ -936,6 +936,7 @@ fn hv_qemu_options() -> QemuOptions {
         gdb: false,
         cpu: Some(QEMU_CPU.into()),
         force_tcg: true,
+        nvme_disk: None,
     }
 }
 
@@ -949,6 +950,7 @@ fn ipi_qemu_options() -> QemuOptions {
         gdb: false,
         cpu: Some(QEMU_CPU.into()),
         force_tcg: true,
+        nvme_disk: None,
     }
 }
 
