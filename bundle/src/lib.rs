@@ -2,10 +2,10 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout, version 5 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 6 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL5", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL6", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -14,7 +14,9 @@
 //!           40  flags        u32 (bit 0: background, bit 1: benchmark hypercalls,
 //!                             bit 2: stop on reset, bit 3: restart on crash,
 //!                             bit 4: stop on an unbacked access, bit 5: has a
-//!                             disk, bit 6: the disk is read-only)
+//!                             RAM-backed disk, bit 6: the disk (either kind) is
+//!                             read-only, bit 7: has a partition disk, bit 8: the
+//!                             partition is encrypted)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -23,10 +25,14 @@
 //!           76  affinity     u64: bit n set = may run on host processor n; 0 = any
 //!           84  disk         offset u32, length u32 (with flag bit 5: a multiple of
 //!                            SECTOR_SIZE, 1 sector to DISK_MAX; without: zero)
-//!           92  reserved     zero
+//!           92  partition    offset u32 of the partition record (with flag bit 7;
+//!                            without: zero)
 //! data     everything else: per VM its module table (count * 16 bytes: data offset,
 //!          data length, cmdline offset, cmdline length), its cmdline strings and
-//!          image path, then the images, module data and disk contents, each
+//!          image path, partition record (16 bytes: name offset, name length, key
+//!          offset, key length; the name UTF-8 without NUL, 1 to 36 UTF-16 units;
+//!          the key 0 to KEY_MAX bytes, only with flag bit 8), partition name and
+//!          key, then the images, module data and disk contents, each
 //!          starting 16-byte aligned.
 //! ```
 //!
@@ -34,9 +40,12 @@
 //! Multiboot kernel gets at the start of its command line, as QEMU and GRUB pass it);
 //! version 4 the processor `affinity` (Xen's `cpus=`); version 5 the `disk` (the
 //! initial contents of a RAM-backed virtio-blk disk) in bytes that version 4 kept
-//! reserved and zero. The magic names the version: the reader takes versions 4 and 5
-//! (a version 4 entry has no disk, and its disk flags must be clear); any other
-//! version is refused as a whole.
+//! reserved and zero; version 6 the `partition` (a GPT partition of the machine's
+//! persistent disk, named, with its passphrase when it is encrypted) through the
+//! last word version 5 kept reserved. The magic names the version: the reader takes versions 4, 5 and 6 (a
+//! version 4 entry has no disk, a version 4 or 5 entry no partition, and their flags
+//! must be clear); any other version is refused as a whole. A VM has at most one
+//! disk: a RAM-backed one or a partition.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
 //! checks) against the data area `[end of entry table, total)` before use, counts are
@@ -50,11 +59,14 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL5";
-/// The previous version, still read: its entries have no disk.
+pub const MAGIC: [u8; 8] = *b"HVBUNDL6";
+/// The previous versions, still read: their entries have no partition ...
+pub const MAGIC_V5: [u8; 8] = *b"HVBUNDL5";
+/// ... and, in version 4, no disk.
 pub const MAGIC_V4: [u8; 8] = *b"HVBUNDL4";
 const HEADER: usize = 16;
 const ENTRY: usize = 96;
+const PARTITION_RECORD: usize = 16;
 const MODULE_ENTRY: usize = 16;
 /// Longest VM name, in bytes.
 pub const NAME_MAX: usize = 24;
@@ -73,6 +85,12 @@ const FLAG_CRASH_RESTARTS: u32 = 8;
 const FLAG_UNMAPPED_STOPS: u32 = 16;
 const FLAG_DISK: u32 = 32;
 const FLAG_DISK_READ_ONLY: u32 = 64;
+const FLAG_PARTITION: u32 = 128;
+const FLAG_ENCRYPTED: u32 = 256;
+/// Longest partition name in UTF-16 code units (the GPT entry's 72-byte field).
+pub const PARTITION_NAME_UNITS: usize = 36;
+/// Longest passphrase carried for an encrypted partition, in bytes.
+pub const KEY_MAX: usize = 1024;
 /// A disk's size is a whole number of these.
 pub const SECTOR_SIZE: usize = 512;
 /// The largest disk: the hypervisor keeps a RAM-backed disk in its own heap (1/32 of
@@ -97,7 +115,8 @@ const E_MODULES: usize = NAME_MAX + 36;
 const E_IMAGE_PATH: usize = NAME_MAX + 44;
 const E_AFFINITY: usize = NAME_MAX + 52;
 const E_DISK: usize = NAME_MAX + 60;
-const E_END: usize = NAME_MAX + 68;
+const E_PARTITION: usize = NAME_MAX + 68;
+const E_END: usize = NAME_MAX + 72;
 const _: () = assert!(E_END <= ENTRY);
 
 /// How the kernel should load a VM's image.
@@ -177,6 +196,32 @@ pub struct Disk<'a> {
     pub read_only: bool,
 }
 
+/// A VM's disk that is a GPT partition of the machine's persistent disk (found by
+/// name when the VM starts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionDisk<'a> {
+    /// The partition's GPT name: 1 to [`PARTITION_NAME_UNITS`] UTF-16 units, no NUL.
+    pub name: &'a str,
+    /// Writes fail (the guest is told the disk is read-only).
+    pub read_only: bool,
+    /// The partition starts with a `diskcrypt` header; the guest sees the
+    /// decrypted sectors after it.
+    pub encrypted: bool,
+    /// The passphrase from the configuration's key file (encrypted only; empty: none
+    /// packed, to be supplied another way). At most [`KEY_MAX`] bytes.
+    pub key: &'a [u8],
+}
+
+/// Whether `p` can be packed: a GPT-sized name without NUL, and a key only for an
+/// encrypted partition, at most [`KEY_MAX`] bytes.
+pub fn partition_ok(p: &PartitionDisk) -> bool {
+    let units = p.name.encode_utf16().count();
+    (1..=PARTITION_NAME_UNITS).contains(&units)
+        && !p.name.contains('\0')
+        && p.key.len() <= KEY_MAX
+        && (p.encrypted || p.key.is_empty())
+}
+
 /// Whether `len` bytes make a disk: whole sectors, at least one, at most
 /// [`DISK_MAX`].
 pub fn disk_size_ok(len: usize) -> bool {
@@ -231,6 +276,9 @@ pub struct VmSpec<'a> {
     pub modules: Vec<Module<'a>>,
     /// A RAM-backed virtio-blk disk and its initial contents (version 5).
     pub disk: Option<Disk<'a>>,
+    /// A disk that is a partition of the persistent disk (version 6); never
+    /// together with `disk`.
+    pub partition: Option<PartitionDisk<'a>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +338,12 @@ pub enum BundleError {
     BadDisk {
         index: usize,
     },
+    /// The partition's name or key is out of bounds, not UTF-8, of a bad length, a
+    /// key without encryption, or a partition together with a RAM-backed disk (or
+    /// in a version 4 or 5 entry).
+    BadPartition {
+        index: usize,
+    },
 }
 
 impl fmt::Display for BundleError {
@@ -297,7 +351,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL5 or HVBUNDL4)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL6, 5 or 4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -352,6 +406,13 @@ impl fmt::Display for BundleError {
                 "entry {index}: disk out of bounds, empty, not whole {SECTOR_SIZE}-byte \
                  sectors or larger than {} MiB",
                 DISK_MAX >> 20
+            ),
+            BundleError::BadPartition { index } => write!(
+                f,
+                "entry {index}: partition name out of bounds, not UTF-8 or not 1 to \
+                 {PARTITION_NAME_UNITS} UTF-16 units; key out of bounds, longer than \
+                 {KEY_MAX} bytes or without encryption; or both a partition and a \
+                 RAM-backed disk"
             ),
         }
     }
@@ -413,6 +474,11 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         if vm.disk.is_some_and(|d| !disk_size_ok(d.data.len())) {
             return Err(BundleError::BadDisk { index });
         }
+        if let Some(p) = &vm.partition {
+            if !partition_ok(p) || vm.disk.is_some() {
+                return Err(BundleError::BadPartition { index });
+            }
+        }
     }
 
     // Layout: entry table, then per VM: module table, strings; then all blobs.
@@ -423,6 +489,8 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         cmdline_at: usize,
         module_cmdlines_at: Vec<usize>,
         image_path_at: usize,
+        partition_at: usize,
+        key_at: usize,
     }
     let mut placed = Vec::with_capacity(vms.len());
     for vm in vms {
@@ -437,11 +505,19 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         }
         let image_path_at = cursor;
         cursor += vm.image_path.len();
+        let partition_at = cursor;
+        if let Some(p) = &vm.partition {
+            cursor += PARTITION_RECORD + p.name.len();
+        }
+        let key_at = cursor;
+        cursor += vm.partition.map_or(0, |p| p.key.len());
         placed.push(Placed {
             modules_at,
             cmdline_at,
             module_cmdlines_at,
             image_path_at,
+            partition_at,
+            key_at,
         });
     }
     let mut image_at = Vec::with_capacity(vms.len());
@@ -511,12 +587,24 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 Some(d) if d.read_only => FLAG_DISK | FLAG_DISK_READ_ONLY,
                 Some(_) => FLAG_DISK,
                 None => 0,
+            }
+            | match vm.partition {
+                Some(p) => {
+                    FLAG_PARTITION
+                        | if p.read_only { FLAG_DISK_READ_ONLY } else { 0 }
+                        | if p.encrypted { FLAG_ENCRYPTED } else { 0 }
+                }
+                None => 0,
             };
         let (disk_offset, disk_len) = match vm.disk {
             Some(d) => (disk_at[i] as u32, d.data.len() as u32),
             None => (0, 0),
         };
-        let fields: [(usize, u32); 15] = [
+        let partition_record = match vm.partition {
+            Some(_) => placed[i].partition_at as u32,
+            None => 0,
+        };
+        let fields: [(usize, u32); 16] = [
             (E_MEMORY, vm.memory_kib),
             (E_RUN_LIMIT, vm.run_limit_ms),
             (E_IMAGE, image_at[i] as u32),
@@ -532,6 +620,7 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             (E_IMAGE_PATH + 4, vm.image_path.len() as u32),
             (E_DISK, disk_offset),
             (E_DISK + 4, disk_len),
+            (E_PARTITION, partition_record),
         ];
         for (at, v) in fields {
             e[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -552,6 +641,15 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             out.extend_from_slice(m.cmdline.as_bytes());
         }
         out.extend_from_slice(vm.image_path.as_bytes());
+        if let Some(p) = &vm.partition {
+            let name_at = placed[i].partition_at + PARTITION_RECORD;
+            out.extend_from_slice(&u(name_at));
+            out.extend_from_slice(&u(p.name.len()));
+            out.extend_from_slice(&u(placed[i].key_at));
+            out.extend_from_slice(&u(p.key.len()));
+            out.extend_from_slice(p.name.as_bytes());
+            out.extend_from_slice(p.key);
+        }
     }
     for (i, vm) in vms.iter().enumerate() {
         out.resize(image_at[i], 0);
@@ -611,9 +709,11 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
         });
     }
     let v4 = blob[..8] == MAGIC_V4;
-    if blob[..8] != MAGIC && !v4 {
+    let v5 = blob[..8] == MAGIC_V5;
+    if blob[..8] != MAGIC && !v4 && !v5 {
         return Err(BundleError::BadMagic);
     }
+
     let count = u32_at(blob, 8).ok_or(BundleError::BadHeader)? as usize;
     let total = u32_at(blob, 12).ok_or(BundleError::BadHeader)? as usize;
     let table_end = count
@@ -693,9 +793,12 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
         )
         .map_err(|_| BundleError::BadImagePath { index })?;
         let flags = field(E_FLAGS);
+        let has_partition = flags & FLAG_PARTITION != 0;
         let disk = if flags & FLAG_DISK == 0 {
-            // Without a disk its fields (reserved in version 4) and flags are zero.
-            if field(E_DISK) != 0 || field(E_DISK + 4) != 0 || flags & FLAG_DISK_READ_ONLY != 0 {
+            // Without a disk its fields (reserved in version 4) and flags are zero;
+            // the read-only flag only with a disk of either kind.
+            let read_only_alone = flags & FLAG_DISK_READ_ONLY != 0 && !has_partition;
+            if field(E_DISK) != 0 || field(E_DISK + 4) != 0 || read_only_alone {
                 return Err(BundleError::BadDisk { index });
             }
             None
@@ -707,6 +810,34 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
                 data,
                 read_only: flags & FLAG_DISK_READ_ONLY != 0,
             })
+        };
+        let bad_partition = BundleError::BadPartition { index };
+        let partition = if !has_partition {
+            // Without a partition its word (reserved before version 6) and flag are
+            // zero.
+            if field(E_PARTITION) != 0 || flags & FLAG_ENCRYPTED != 0 {
+                return Err(bad_partition);
+            }
+            None
+        } else {
+            if v4 || v5 || disk.is_some() {
+                return Err(bad_partition);
+            }
+            let record = region(blob, table_end, field(E_PARTITION), PARTITION_RECORD as u32)
+                .ok_or(bad_partition)?;
+            let rfield = |at: usize| u32_at(record, at).unwrap_or(0);
+            let name = string(blob, table_end, rfield(0), rfield(4)).map_err(|_| bad_partition)?;
+            let key = region(blob, table_end, rfield(8), rfield(12)).ok_or(bad_partition)?;
+            let p = PartitionDisk {
+                name,
+                read_only: flags & FLAG_DISK_READ_ONLY != 0,
+                encrypted: flags & FLAG_ENCRYPTED != 0,
+                key,
+            };
+            if !partition_ok(&p) {
+                return Err(bad_partition);
+            }
+            Some(p)
         };
         vms.push(VmSpec {
             name,
@@ -733,6 +864,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             affinity: u64::from(field(E_AFFINITY)) | u64::from(field(E_AFFINITY + 4)) << 32,
             modules,
             disk,
+            partition,
         });
     }
     Ok(vms)
@@ -762,6 +894,7 @@ mod tests {
             affinity: 0,
             modules: Vec::new(),
             disk: None,
+            partition: None,
         }
     }
 
@@ -803,6 +936,7 @@ mod tests {
                     data: &DISK,
                     read_only: true,
                 }),
+                partition: None,
             },
             VmSpec {
                 format: ImageFormat::Multiboot,
@@ -822,6 +956,24 @@ mod tests {
                     read_only: false,
                 }),
                 ..tiny("mb", b"multiboot")
+            },
+            VmSpec {
+                partition: Some(PartitionDisk {
+                    name: "linux-data",
+                    read_only: false,
+                    encrypted: true,
+                    key: b"correct horse",
+                }),
+                ..tiny("store", b"s")
+            },
+            VmSpec {
+                partition: Some(PartitionDisk {
+                    name: "données-ü",
+                    read_only: true,
+                    encrypted: false,
+                    key: b"",
+                }),
+                ..tiny("ro", b"r")
             },
         ]
     }
@@ -1097,16 +1249,172 @@ mod tests {
     }
 
     #[test]
+    fn partitions_round_trip() {
+        let blob = blob();
+        let vms = read(&blob).unwrap();
+        let p = vms[4].partition.unwrap();
+        assert_eq!(
+            (p.name, p.read_only, p.encrypted),
+            ("linux-data", false, true)
+        );
+        assert_eq!(p.key, b"correct horse");
+        let p = vms[5].partition.unwrap();
+        assert_eq!(
+            (p.name, p.read_only, p.encrypted, p.key),
+            ("données-ü", true, false, &b""[..])
+        );
+        assert_eq!(vms[4].disk, None);
+        assert!(vms[..4].iter().all(|v| v.partition.is_none()));
+        // 36 UTF-16 units (a character outside the BMP counts two) and the longest
+        // key are accepted.
+        let name: String = "\u{1F600}".repeat(18);
+        let key = vec![0xA5u8; KEY_MAX];
+        let spec = VmSpec {
+            partition: Some(PartitionDisk {
+                name: &name,
+                read_only: false,
+                encrypted: true,
+                key: &key,
+            }),
+            ..tiny("long", b"x")
+        };
+        let b = write(core::slice::from_ref(&spec)).unwrap();
+        assert_eq!(read(&b).unwrap(), vec![spec]);
+    }
+
+    #[test]
+    fn malformed_partitions_are_refused() {
+        let store = HEADER + 4 * ENTRY;
+        let hello = HEADER;
+        let good = blob();
+        let record = u32_at(&good, store + E_PARTITION).unwrap() as usize;
+        let bad = Err(BundleError::BadPartition { index: 4 });
+        // The record out of bounds, before the data area, past the end.
+        for v in [0u32, 16, good.len() as u32 - 8, u32::MAX] {
+            let mut b = good.clone();
+            put(&mut b, store + E_PARTITION, v);
+            assert_eq!(read(&b), bad, "record at {v}");
+        }
+        // Name: out of bounds, empty, 37 units, not UTF-8.
+        for (at, v) in [(0, u32::MAX - 3), (4, 0), (4, 5000)] {
+            let mut b = good.clone();
+            put(&mut b, record + at, v);
+            assert_eq!(read(&b), bad, "name field {at} = {v}");
+        }
+        let mut b = good.clone();
+        let name_at = u32_at(&b, record).unwrap() as usize;
+        b[name_at] = 0xFF;
+        assert_eq!(read(&b), bad);
+        let mut b = good.clone();
+        b[name_at] = 0;
+        assert_eq!(read(&b), bad);
+        // Key: out of bounds, longer than KEY_MAX (even where the blob holds it).
+        let mut b = good.clone();
+        put(&mut b, record + 8, u32::MAX);
+        assert_eq!(read(&b), bad);
+        let mut b = good.clone();
+        b.resize(b.len() + 2 * KEY_MAX, 0);
+        let total = b.len() as u32;
+        put(&mut b, 12, total);
+        put(&mut b, record + 12, KEY_MAX as u32 + 1);
+        assert_eq!(read(&b), bad);
+        // A key without encryption.
+        let mut b = good.clone();
+        let flags = u32_at(&b, store + E_FLAGS).unwrap();
+        put(&mut b, store + E_FLAGS, flags & !FLAG_ENCRYPTED);
+        assert_eq!(read(&b), bad);
+        // A partition beside a RAM-backed disk (entry 2 has one).
+        let mut b = good.clone();
+        let linux = HEADER + 2 * ENTRY;
+        let flags = u32_at(&b, linux + E_FLAGS).unwrap();
+        put(&mut b, linux + E_FLAGS, flags | FLAG_PARTITION);
+        put(&mut b, linux + E_PARTITION, record as u32);
+        assert_eq!(read(&b), Err(BundleError::BadPartition { index: 2 }));
+        // The word or the encrypted flag without the partition flag.
+        let mut b = good.clone();
+        put(&mut b, hello + E_PARTITION, record as u32);
+        assert_eq!(read(&b), Err(BundleError::BadPartition { index: 0 }));
+        let mut b = good.clone();
+        put(&mut b, hello + E_FLAGS, FLAG_ENCRYPTED);
+        assert_eq!(read(&b), Err(BundleError::BadPartition { index: 0 }));
+        // Version 5 knew no partitions.
+        let mut b = good.clone();
+        b[..8].copy_from_slice(&MAGIC_V5);
+        assert_eq!(read(&b), bad);
+
+        // The writer refuses what the reader would.
+        let long = "x".repeat(PARTITION_NAME_UNITS + 1);
+        let key = vec![0u8; KEY_MAX + 1];
+        let p = |name, encrypted, key| PartitionDisk {
+            name,
+            read_only: false,
+            encrypted,
+            key,
+        };
+        for part in [
+            p("", false, b""),
+            p(&long, false, b""),
+            p("a\0b", false, b""),
+            p("plain", false, b"key"),
+            p("enc", true, &key),
+        ] {
+            let spec = VmSpec {
+                partition: Some(part),
+                ..tiny("d", b"x")
+            };
+            assert_eq!(
+                write(&[spec]),
+                Err(BundleError::BadPartition { index: 0 }),
+                "{part:?}"
+            );
+        }
+        let both = VmSpec {
+            partition: Some(p("a", false, b"")),
+            disk: Some(Disk {
+                data: &DISK,
+                read_only: false,
+            }),
+            ..tiny("d", b"x")
+        };
+        assert_eq!(write(&[both]), Err(BundleError::BadPartition { index: 0 }));
+    }
+
+    #[test]
+    fn version_5_bundles_are_read_without_partitions() {
+        let no_partitions: Vec<VmSpec> = specs()
+            .into_iter()
+            .map(|s| VmSpec {
+                partition: None,
+                ..s
+            })
+            .collect();
+        let mut b = write(&no_partitions).unwrap();
+        b[..8].copy_from_slice(&MAGIC_V5);
+        assert_eq!(read(&b).unwrap(), no_partitions);
+    }
+
+    #[test]
     fn version_4_bundles_are_read_without_disks() {
         let no_disks: Vec<VmSpec> = specs()
             .into_iter()
-            .map(|s| VmSpec { disk: None, ..s })
+            .map(|s| VmSpec {
+                disk: None,
+                partition: None,
+                ..s
+            })
             .collect();
         let mut b = write(&no_disks).unwrap();
         b[..8].copy_from_slice(&MAGIC_V4);
         assert_eq!(read(&b).unwrap(), no_disks);
         // A version 4 entry cannot carry a disk.
-        let mut b = blob();
+        let with_disks: Vec<VmSpec> = specs()
+            .into_iter()
+            .map(|s| VmSpec {
+                partition: None,
+                ..s
+            })
+            .collect();
+        let mut b = write(&with_disks).unwrap();
         b[..8].copy_from_slice(&MAGIC_V4);
         assert_eq!(read(&b), Err(BundleError::BadDisk { index: 2 }));
     }

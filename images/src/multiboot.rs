@@ -728,6 +728,7 @@ mod tests {
             affinity: 0,
             modules: Vec::new(),
             disk: None,
+            partition: None,
         };
         let p = crate::plan_request(&crate::BootRequest::for_vm(&vm, 16 * MIB)).unwrap();
         assert_eq!(cmdline_of(&p), "mb.bin hello=world");

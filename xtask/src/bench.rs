@@ -937,6 +937,7 @@ fn hv_qemu_options() -> QemuOptions {
         cpu: Some(QEMU_CPU.into()),
         force_tcg: true,
         extra_args: Vec::new(),
+        nvme_disk: None,
     }
 }
 
@@ -951,6 +952,7 @@ fn ipi_qemu_options() -> QemuOptions {
         cpu: Some(QEMU_CPU.into()),
         force_tcg: true,
         extra_args: Vec::new(),
+        nvme_disk: None,
     }
 }
 

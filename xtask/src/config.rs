@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use bundle::{ImageFormat, CMDLINE_MAX, MODULES_MAX, NAME_MAX};
 use toml_edit::{Item, TableLike, Value};
 
-use crate::vms::{DiskDef, ModuleDef, VmDef};
+use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
+
+mod storage;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -56,7 +58,9 @@ const VM_KEYS: &[&str] = &[
     "disk",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
-const DISK_KEYS: &[&str] = &["file", "read_only"];
+const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
+/// Top-level keys.
+const TOP_KEYS: &[&str] = &["vm", "storage"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -227,6 +231,14 @@ fn article(type_name: &str) -> String {
 /// (`"256M"`, `"512K"`, `"2G"`; `KiB`/`MiB`/`GiB` and `KB`/`MB`/`GB` mean the same;
 /// no suffix means MiB). Returns bytes, range-checked.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    check_memory(bytes)?;
+    Ok(bytes)
+}
+
+/// [`parse_memory`]'s syntax without its range (what `[storage]` sizes use too):
+/// bytes, or why the text is no size.
+fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (number, suffix) = t.split_at(digits);
@@ -245,13 +257,11 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bytes = number
+    number
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("{text:?} is too large: at most 64 GiB"))?;
-    check_memory(bytes)?;
-    Ok(bytes)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn check_memory(bytes: u64) -> Result<(), String> {
@@ -309,16 +319,24 @@ struct RawVm {
     unmapped_stops: bool,
     /// The disk, and where its file was named.
     disk: Option<(DiskDef, Loc)>,
+    /// Or a partition of `[storage]`: its name, read-only, and where it was named.
+    partition: Option<(String, bool, Loc)>,
 }
 
-/// Reads and validates the VM descriptions in `path`.
+/// Reads and validates the VM descriptions in `path` (and its `[storage]`, which
+/// this leaves out: see [`load_config`]).
 pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
+    load_for_machine(path, None).map(|c| c.vms)
+}
+
+/// Reads and validates the VMs and the persistent disk in `path`.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     load_for_machine(path, None)
 }
 
-/// [`load`], for a machine with `machine_cpus` processors: a `cpus` list naming a
-/// processor it does not have is an error at that element.
-pub fn load_for_machine(path: &Path, machine_cpus: Option<u32>) -> Result<Vec<VmDef>, ConfigError> {
+/// [`load_config`], for a machine with `machine_cpus` processors: a `cpus` list
+/// naming a processor it does not have is an error at that element.
+pub fn load_for_machine(path: &Path, machine_cpus: Option<u32>) -> Result<Config, ConfigError> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: label.clone(),
@@ -347,21 +365,29 @@ pub fn parse_text(label: &str, text: &str, dir: &Path) -> Result<Vec<VmDef>, Con
         dir: dir.to_path_buf(),
         machine_cpus: None,
     })
+    .map(|c| c.vms)
 }
 
 /// Parses config text; `dir` resolves relative paths. (The tests use this directly.)
-fn parse(src: &Source) -> Result<Vec<VmDef>, ConfigError> {
+fn parse(src: &Source) -> Result<Config, ConfigError> {
     let doc = toml_edit::Document::parse(src.text).map_err(|e| {
         let loc = src.loc(e.span(), "syntax");
         src.err(&loc, format!("invalid TOML: {}", e.message().trim()))
     })?;
     let top = doc.as_table();
     for (key, _) in top.iter() {
-        if key != "vm" {
+        if !TOP_KEYS.contains(&key) {
             let loc = src.loc(top.key(key).and_then(|k| k.span()), key);
-            return Err(src.err(&loc, unknown_key(key, &["vm"])));
+            return Err(src.err(&loc, unknown_key(key, TOP_KEYS)));
         }
     }
+    let storage = match top.get("storage") {
+        Some(item) => {
+            let loc = src.loc(top.key("storage").and_then(|k| k.span()), "storage");
+            Some(storage::parse(src, item, &loc)?)
+        }
+        None => None,
+    };
     let Some(item) = top.get("vm") else {
         let loc = Loc {
             pos: Some((1, 1)),
@@ -379,8 +405,11 @@ fn parse(src: &Source) -> Result<Vec<VmDef>, ConfigError> {
     }
     let mut vms: Vec<VmDef> = Vec::new();
     let mut names: Vec<(String, Loc)> = Vec::new();
+    // Each VM's partition as written, for the cross-checks against [storage].
+    let mut uses: Vec<Option<(String, bool, Loc)>> = Vec::new();
     for (table, span) in tables {
         let raw = parse_vm(src, table, span)?;
+        uses.push(raw.partition.clone());
         if let Some((name, loc)) = &raw.name {
             if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
                 let at = first
@@ -393,7 +422,15 @@ fn parse(src: &Source) -> Result<Vec<VmDef>, ConfigError> {
         }
         vms.push(resolve(src, raw, None)?);
     }
-    Ok(vms)
+    if let Some(st) = &storage {
+        storage::check_uses(src, st, &mut vms, &uses)?;
+    } else if let Some((name, _, loc)) = uses.iter().flatten().next() {
+        return Err(src.err(
+            loc,
+            format!("partition {name:?}: there is no [storage] table to take it from"),
+        ));
+    }
+    Ok(Config { vms, storage })
 }
 
 /// A table with its span in the file.
@@ -614,7 +651,12 @@ fn parse_vm(
                 })?;
             }
             "modules" => vm.modules = Some((parse_modules(src, item, &key_loc)?, loc)),
-            "disk" => vm.disk = Some(parse_disk(src, item, &loc)?),
+            "disk" => match parse_disk(src, item, &loc)? {
+                DiskChoice::File(def, at) => vm.disk = Some((def, at)),
+                DiskChoice::Partition(name, read_only, at) => {
+                    vm.partition = Some((name, read_only, at))
+                }
+            },
             other => return Err(src.err(&key_loc, unknown_key(other, VM_KEYS))),
         }
     }
@@ -723,21 +765,30 @@ fn parse_modules(
     Ok(modules)
 }
 
-/// `disk = "disk.img"` or `disk = { file = "disk.img", read_only = true }` (or a
-/// `[vm.disk]` table): the disk and where its file is named.
-fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<(DiskDef, Loc), ConfigError> {
-    const WHAT: &str = "a file name or { file = \"...\", read_only = false }";
+/// A VM's disk as written: RAM-backed from a file, or a partition of `[storage]`
+/// (its name, read-only), each with where it was named.
+enum DiskChoice {
+    File(DiskDef, Loc),
+    Partition(String, bool, Loc),
+}
+
+/// `disk = "disk.img"`, `disk = { file = "disk.img", read_only = true }` or
+/// `disk = { partition = "data", read_only = true }` (or a `[vm.disk]` table).
+fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<DiskChoice, ConfigError> {
+    const WHAT: &str =
+        "a file name, { file = \"...\", read_only = false } or { partition = \"...\" }";
     if let Some(path) = item.as_str() {
         let def = DiskDef {
             path: src.resolve(path),
             read_only: false,
         };
-        return Ok((def, loc.clone()));
+        return Ok(DiskChoice::File(def, loc.clone()));
     }
     let Some(table) = item.as_table_like() else {
         return Err(src.err(loc, type_error(WHAT, item)));
     };
     let mut file = None;
+    let mut partition: Option<(String, Loc)> = None;
     let mut read_only = false;
     for (key, value) in table.iter() {
         let key_loc = src.loc(
@@ -750,6 +801,9 @@ fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<(DiskDef, Loc), Co
         };
         match key {
             "file" => file = Some((src.resolve(get_str(src, value, &value_loc)?), value_loc)),
+            "partition" => {
+                partition = Some((get_str(src, value, &value_loc)?.to_string(), value_loc));
+            }
             "read_only" => {
                 read_only = value
                     .as_bool()
@@ -758,16 +812,22 @@ fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<(DiskDef, Loc), Co
             other => return Err(src.err(&key_loc, unknown_key(other, DISK_KEYS))),
         }
     }
-    let (path, at) = file.ok_or_else(|| {
-        src.err(
+    match (file, partition) {
+        (Some(_), Some((_, at))) => Err(src.err(
+            &at,
+            "a disk is either a file (RAM-backed) or a partition of [storage], not both",
+        )),
+        (None, Some((name, at))) => Ok(DiskChoice::Partition(name, read_only, at)),
+        (Some((path, at)), None) => Ok(DiskChoice::File(DiskDef { path, read_only }, at)),
+        (None, None) => Err(src.err(
             &Loc {
                 pos: loc.pos,
                 key: "disk.file".into(),
             },
-            "missing key `file` (the disk's initial contents)",
-        )
-    })?;
-    Ok((DiskDef { path, read_only }, at))
+            "missing key `file` (the disk's initial contents) or `partition` (a partition \
+             of [storage])",
+        )),
+    }
 }
 
 /// A disk file the kernel can serve: whole sectors, at least one, at most
@@ -1102,6 +1162,13 @@ fn resolve(
         cpus: raw.cpus.map(|(c, _)| c).unwrap_or_default(),
         modules: modules.into_iter().map(|(m, _)| m).collect(),
         disk: raw.disk.map(|(d, _)| d),
+        // Completed from [storage] by the caller (storage::check_uses).
+        partition: raw.partition.map(|(name, read_only, _)| PartitionUse {
+            name,
+            read_only,
+            encrypted: false,
+            key_file: None,
+        }),
     })
 }
 
@@ -1254,6 +1321,9 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         disk: vm.disk.clone().map(|d| (d, at("disk"))),
         ..RawVm::default()
     };
+    // A partition is checked against [storage] when the configuration is read;
+    // a VM built in code keeps what it has.
+    let partition = vm.partition.clone();
     check_memory(u64::from(vm.memory_kib) * KIB).map_err(|e| src.err(&at("memory"), e))?;
     let mut modules: Vec<(ModuleDef, Loc)> = vm
         .modules
@@ -1274,7 +1344,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
     if !modules.is_empty() {
         raw.modules = Some((modules, at("modules")));
     }
-    resolve(&src, raw, None)
+    resolve(&src, raw, None).map(|v| VmDef { partition, ..v })
 }
 
 #[cfg(test)]
@@ -2100,5 +2170,315 @@ cmdline = "x"
         assert!(unknown_key("smp", VM_KEYS).contains("did you mean `vcpus`"));
         assert!(!unknown_key("zzzzzz", VM_KEYS).contains("did you mean"));
         assert_eq!(line_col("ab\ncé\nx", 6), (2, 3));
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+    use crate::vms::{PartitionUse, StoragePartition};
+
+    /// A scratch directory with a boot sector to boot, removed when dropped.
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("hv-storage-test-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut boot = vec![0u8; 512];
+            boot[510] = 0x55;
+            boot[511] = 0xAA;
+            std::fs::write(dir.join("boot.bin"), boot).unwrap();
+            Scratch(dir)
+        }
+        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        }
+        fn load(&self, toml: &str) -> Result<Config, ConfigError> {
+            load_config(&self.file("vms.toml", toml.as_bytes()))
+        }
+        fn err(&self, toml: &str) -> String {
+            self.load(toml)
+                .expect_err("config should be rejected")
+                .to_string()
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const STORAGE: &str = "[storage]\nsize = \"64M\"\n\
+        [[storage.partition]]\nname = \"linux-data\"\nsize = \"16M\"\n\
+        [[storage.partition]]\nname = \"shared\"\nsize = 8\n";
+
+    fn vm(name: &str, disk: &str) -> String {
+        format!("[[vm]]\nname = \"{name}\"\nmemory = 4\nkernel = \"boot.bin\"\ndisk = {disk}\n")
+    }
+
+    #[test]
+    fn storage_and_partition_disks() {
+        let s = Scratch::new("ok");
+        s.file("seed.img", b"seed");
+        s.file("key.txt", b"correct horse\n");
+        let toml = format!(
+            "{}{}{}[[storage.partition]]\nname = \"vault\"\nsize = \"1M\"\nencrypted = true\n\
+             key_file = \"key.txt\"\n{}",
+            STORAGE.replace("size = 8\n", "size = 8\ncontents = \"seed.img\"\n"),
+            vm("a", "{ partition = \"linux-data\" }"),
+            vm("b", "{ partition = \"shared\", read_only = true }"),
+            vm("c", "{ partition = \"vault\" }"),
+        );
+        // [storage] after the VMs that use it is fine too.
+        let c = s.load(&toml).unwrap();
+        let st = c.storage.as_ref().unwrap();
+        assert_eq!(st.bytes, 64 * MIB);
+        assert_eq!(st.config_stem, "vms");
+        assert_eq!(st.image, None);
+        assert_eq!(
+            st.image_path(Path::new("/t")),
+            Path::new("/t/hv/disks/vms.img")
+        );
+        assert_eq!(
+            st.partitions[1],
+            StoragePartition {
+                name: "shared".into(),
+                bytes: 8 * MIB,
+                contents: Some(s.0.join("seed.img")),
+                encrypted: false,
+                key_file: None,
+            }
+        );
+        assert_eq!(
+            c.vms[0].partition,
+            Some(PartitionUse {
+                name: "linux-data".into(),
+                read_only: false,
+                encrypted: false,
+                key_file: None,
+            })
+        );
+        assert!(c.vms[1].partition.as_ref().unwrap().read_only);
+        let vault = c.vms[2].partition.as_ref().unwrap();
+        assert!(vault.encrypted);
+        assert_eq!(
+            vault.key_file.as_deref(),
+            Some(s.0.join("key.txt").as_path())
+        );
+        // Packed: the passphrase without its newline.
+        let blob = crate::vms::bundle_bytes(&c.vms).unwrap();
+        let specs = bundle::read(&blob).unwrap();
+        let p = specs[2].partition.unwrap();
+        assert_eq!(
+            (p.name, p.encrypted, p.key),
+            ("vault", true, &b"correct horse"[..])
+        );
+        assert_eq!(specs[0].partition.unwrap().name, "linux-data");
+        assert_eq!(specs[0].disk, None);
+        // `image` after the partition tables belongs to the last partition table in
+        // TOML; written so, it is an unknown partition key.
+        let c = s
+            .load(&format!(
+                "{STORAGE}image = \"d/x.img\"\n{}",
+                vm("a", "{ partition = \"shared\", read_only = true }"),
+            ))
+            .map_err(|e| e.to_string());
+        assert!(c
+            .unwrap_err()
+            .contains("storage.partition[1].image: unknown key"));
+        // An image path of one's own, relative to the file; two readers may share.
+        let c = s
+            .load(&format!(
+                "{}{}{}",
+                STORAGE.replace("size = \"64M\"\n", "size = \"64M\"\nimage = \"d/x.img\"\n"),
+                vm("a", "{ partition = \"shared\", read_only = true }"),
+                vm("b", "{ partition = \"shared\", read_only = true }"),
+            ))
+            .unwrap();
+        assert_eq!(c.storage.unwrap().image, Some(s.0.join("d/x.img")));
+        // Without [storage], configurations read as before.
+        let c = s.load(&vm("a", "{ file = \"boot.bin\" }")).unwrap();
+        assert_eq!(c.storage, None);
+    }
+
+    #[test]
+    fn storage_errors_name_the_place() {
+        let s = Scratch::new("errors");
+        let e = |toml: &str| s.err(toml);
+        // Unknown partition name, with a suggestion, at the value.
+        let m = e(&format!(
+            "{STORAGE}{}",
+            vm("a", "{ partition = \"linux-dat\" }")
+        ));
+        assert!(
+            m.contains("vms.toml:13:22: disk.partition: no partition \"linux-dat\" (did you mean \"linux-data\"?); [storage] has linux-data, shared"),
+            "{m}"
+        );
+        // No [storage] at all.
+        let m = e(&vm("a", "{ partition = \"x\" }"));
+        assert!(
+            m.contains("5:22: disk.partition: partition \"x\": there is no [storage]"),
+            "{m}"
+        );
+        // Both a file and a partition.
+        let m = e(&format!(
+            "{STORAGE}{}",
+            vm("a", "{ file = \"boot.bin\", partition = \"shared\" }")
+        ));
+        assert!(
+            m.contains("13:41: disk.partition: a disk is either a file"),
+            "{m}"
+        );
+        let m = e(&format!("{STORAGE}{}", vm("a", "{ read_only = true }")));
+        assert!(
+            m.contains("disk.file: missing key `file`") && m.contains("or `partition`"),
+            "{m}"
+        );
+        // Two VMs given one writable partition; a reader beside a writer.
+        let m = e(&format!(
+            "{STORAGE}{}{}",
+            vm("a", "{ partition = \"shared\" }"),
+            vm("b", "{ partition = \"shared\" }")
+        ));
+        assert!(
+            m.contains("18:22: disk.partition: partition \"shared\" is already given to VM \"a\" on line 13: both would write it"),
+            "{m}"
+        );
+        let m = e(&format!(
+            "{STORAGE}{}{}",
+            vm("a", "{ partition = \"shared\", read_only = true }"),
+            vm("b", "{ partition = \"shared\" }")
+        ));
+        assert!(m.contains("one writes it while the other reads it"), "{m}");
+        // Partitions that do not fit: 64 MiB holds 62 MiB of partitions.
+        let m = e(&STORAGE.replace("size = 8\n", "size = 47\n"));
+        assert!(
+            m.contains("8:8: storage.partition[1].size: partition \"shared\" (47 MiB) does not fit: the disk is 64 MiB and 17 MiB of it"),
+            "{m}"
+        );
+        let fits = STORAGE.replace("size = 8\n", "size = 46\n");
+        assert!(s
+            .load(&format!("{fits}{}", vm("a", "\"boot.bin\"")))
+            .is_ok());
+        // Sizes not whole MiB, zero, nonsense; a disk too small for any GPT.
+        let m = e(&STORAGE.replace("\"16M\"", "\"1536K\""));
+        assert!(
+            m.contains("5:8: storage.partition[0].size: 1536 KiB is not a whole number of MiB"),
+            "{m}"
+        );
+        let m = e(&STORAGE.replace("\"64M\"", "\"64M1\""));
+        assert!(m.contains("2:8: storage.size: bad size suffix"), "{m}");
+        let m = e(&STORAGE.replace("size = 8", "size = 0"));
+        assert!(
+            m.contains("storage.partition[1].size: 0 MiB: must be positive"),
+            "{m}"
+        );
+        let m = e(&STORAGE.replace("size = 8", "size = true"));
+        assert!(
+            m.contains("storage.partition[1].size: expected an integer number of MiB"),
+            "{m}"
+        );
+        let m = e("[storage]\nsize = 2\n");
+        assert!(
+            m.contains("2:8: storage.size: a disk of 2097152 bytes"),
+            "{m}"
+        );
+        // Names: too long (37 UTF-16 units), twice, missing.
+        let m = e(&STORAGE.replace("\"shared\"", &format!("\"{}\"", "x".repeat(37))));
+        assert!(
+            m.contains("7:8: storage.partition[1].name: ") && m.contains("1 to 36 UTF-16 units"),
+            "{m}"
+        );
+        let m = e(&STORAGE.replace("\"shared\"", "\"linux-data\""));
+        assert!(m.contains("7:8: storage.partition[1].name: partition name \"linux-data\" is used twice (first on line 4)"), "{m}");
+        let m = e("[storage]\nsize = 64\n[[storage.partition]]\nsize = 1\n");
+        assert!(
+            m.contains("storage.partition[0].name: missing key `name`"),
+            "{m}"
+        );
+        let m = e("[storage]\n[[storage.partition]]\nname = \"a\"\nsize = 1\n");
+        assert!(m.contains("1:2: storage.size: missing key `size`"), "{m}");
+        // Unknown keys, with suggestions.
+        let m = e("[storage]\nsize = 64\nimg = \"x\"\n");
+        assert!(
+            m.contains("3:1: storage.img: unknown key `img` (did you mean `image`?)"),
+            "{m}"
+        );
+        let m = e(
+            "[storage]\nsize = 64\n[[storage.partition]]\nname = \"a\"\nsize = 1\nkey = \"k\"\n",
+        );
+        assert!(
+            m.contains("storage.partition[0].key: unknown key `key`"),
+            "{m}"
+        );
+        let m = e("[storag]\nsize = 64\n");
+        assert!(
+            m.contains("1:2: storag: unknown key `storag` (did you mean `storage`?)"),
+            "{m}"
+        );
+        let m = e("[storage]\nsize = 64\n[storage.partition]\nname = \"a\"\n");
+        assert!(
+            m.contains("write [[partition]]") || m.contains("double brackets"),
+            "{m}"
+        );
+        // Initial contents: missing, larger than the partition, with encryption.
+        let m = e(&STORAGE.replace("size = 8\n", "size = 8\ncontents = \"gone.img\"\n"));
+        assert!(
+            m.contains("storage.partition[1].size: cannot read") && m.contains("gone.img"),
+            "{m}"
+        );
+        s.file("big.img", &vec![1u8; 8 * MIB as usize + 1]);
+        let m = e(&STORAGE.replace("size = 8\n", "size = 8\ncontents = \"big.img\"\n"));
+        assert!(
+            m.contains("(8388609 bytes) does not fit partition \"shared\" (8 MiB)"),
+            "{m}"
+        );
+        s.file("seed.img", b"x");
+        let m = e(&STORAGE.replace(
+            "size = 8\n",
+            "size = 8\nencrypted = true\ncontents = \"seed.img\"\n",
+        ));
+        assert!(m.contains("10:12: storage.partition[1].contents: initial contents for an encrypted partition are not supported"), "{m}");
+        // Key files: without encryption, empty, too long, missing.
+        s.file("key.txt", b"k");
+        let m = e(&STORAGE.replace("size = 8\n", "size = 8\nkey_file = \"key.txt\"\n"));
+        assert!(
+            m.contains(
+                "9:12: storage.partition[1].key_file: a key file is for an encrypted partition"
+            ),
+            "{m}"
+        );
+        s.file("empty.txt", b"\n");
+        let m = e(&STORAGE.replace(
+            "size = 8\n",
+            "size = 8\nencrypted = true\nkey_file = \"empty.txt\"\n",
+        ));
+        assert!(m.contains("empty.txt holds no passphrase"), "{m}");
+        s.file("long.txt", &vec![b'k'; bundle::KEY_MAX + 1]);
+        let m = e(&STORAGE.replace(
+            "size = 8\n",
+            "size = 8\nencrypted = true\nkey_file = \"long.txt\"\n",
+        ));
+        assert!(
+            m.contains("long.txt is 1025 bytes: a passphrase is at most 1024 bytes"),
+            "{m}"
+        );
+        let m = e(&STORAGE.replace(
+            "size = 8\n",
+            "size = 8\nencrypted = true\nkey_file = \"nokey\"\n",
+        ));
+        assert!(
+            m.contains("key_file: cannot read") && m.contains("nokey"),
+            "{m}"
+        );
+        let m = e(&STORAGE.replace("size = 8\n", "size = 8\nencrypted = 1\n"));
+        assert!(
+            m.contains("storage.partition[1].encrypted: expected true or false"),
+            "{m}"
+        );
     }
 }

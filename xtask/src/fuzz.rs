@@ -177,13 +177,25 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     data: &[0xA5; 1024],
                     read_only: format == bundle::ImageFormat::Linux,
                 }),
+                partition: None,
             };
             let one = [vm("mb", b"image", bundle::ImageFormat::Multiboot)];
             let two = [
                 vm("a", b"x", bundle::ImageFormat::Auto),
                 vm("linux", b"bz", bundle::ImageFormat::Linux),
             ];
-            [&one[..], &two[..]]
+            // A partition disk instead of a RAM-backed one (version 6).
+            let stored = [bundle::VmSpec {
+                disk: None,
+                partition: Some(bundle::PartitionDisk {
+                    name: "data",
+                    read_only: false,
+                    encrypted: true,
+                    key: b"key",
+                }),
+                ..vm("st", b"y", bundle::ImageFormat::Auto)
+            }];
+            [&one[..], &two[..], &stored[..]]
                 .iter()
                 .filter_map(|vms| bundle::write(vms).ok())
                 .collect()

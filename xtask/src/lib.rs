@@ -17,6 +17,7 @@ pub mod fuzz;
 pub mod guests;
 #[cfg(feature = "disk-images")]
 pub mod linux;
+pub mod storage;
 pub mod vms;
 
 #[cfg(feature = "disk-images")]

@@ -109,11 +109,16 @@ fn firmware(args: &mut Args) -> Result<Firmware, String> {
 
 /// The VMs `run` boots: a TOML file, one QEMU-style `--kernel` VM, or a named set.
 /// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
-/// bounds the `cpus` lists of a config file.
-fn chosen_vms(
-    args: &mut Args,
-    machine_cpus: u32,
-) -> Result<(String, Vec<xtask::vms::VmDef>, Option<u32>), String> {
+/// bounds the `cpus` lists of a config file. Also the persistent disk of a config
+/// file with `[storage]`, and the machine memory asked for.
+type Chosen = (
+    String,
+    Vec<xtask::vms::VmDef>,
+    Option<xtask::vms::StorageDef>,
+    Option<u32>,
+);
+
+fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     let config = args.value("--config")?;
     let kernel = args.value("--kernel")?;
     let initrd = args.value("--initrd")?;
@@ -129,11 +134,13 @@ fn chosen_vms(
         None
     };
     let machine_memory = args.number("--memory")?;
+    let mut storage = None;
     let vms = match (config, kernel, guests.as_deref()) {
-        (Some(path), None, None) => (
-            "custom".into(),
-            xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?,
-        ),
+        (Some(path), None, None) => {
+            let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
+            storage = config.storage;
+            ("custom".into(), config.vms)
+        }
         (None, Some(k), None) => {
             let vm = xtask::config::single_vm(
                 Path::new(&k),
@@ -150,7 +157,7 @@ fn chosen_vms(
         }
         _ => return Err("choose one of --config, --kernel and --guests".into()),
     };
-    Ok((vms.0, vms.1, machine_memory))
+    Ok((vms.0, vms.1, storage, machine_memory))
 }
 
 /// The smallest default machine per emulator (`--memory` may go lower, down to what
@@ -164,7 +171,7 @@ fn run(mut args: Args) -> Result<(), String> {
     let cpus = args.number("--cpus")?;
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     let machine_cpus = cpus.unwrap_or(if emulator == "bochs" { 1 } else { 2 });
-    let (dir, vms, memory) = chosen_vms(&mut args, machine_cpus)?;
+    let (dir, vms, storage, memory) = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
     args.finish()?;
@@ -175,8 +182,19 @@ fn run(mut args: Args) -> Result<(), String> {
         _ => QEMU_FLOOR_MIB,
     };
     let machine_mib = xtask::vms::machine_memory_mib(&vms, memory, floor)?;
+    if storage.is_some() && emulator == "bochs" {
+        return Err(
+            "the configuration has [storage], a disk the hypervisor reaches over NVMe, and \
+             Bochs has no NVMe controller: run it under QEMU"
+                .into(),
+        );
+    }
     let built = build::build_with_vms(&bopts, &dir, &vms)?;
     let work = build::target_dir().join("hv").join("run");
+    let nvme_disk = storage
+        .as_ref()
+        .map(|s| xtask::storage::prepare(s, &build::target_dir()))
+        .transpose()?;
     match emulator.as_str() {
         "qemu" => {
             let opts = QemuOptions {
@@ -187,6 +205,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 cpu: None,
                 force_tcg: tcg,
                 extra_args: Vec::new(),
+                nvme_disk,
             };
             let image = if fw == Firmware::Uefi {
                 &built.images.uefi

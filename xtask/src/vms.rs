@@ -25,6 +25,76 @@ pub struct DiskDef {
     pub read_only: bool,
 }
 
+/// A VM's disk that is a partition of the persistent disk (`[storage]`): the
+/// kernel finds it by name on the NVMe disk xtask attaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionUse {
+    /// The partition's GPT name.
+    pub name: String,
+    pub read_only: bool,
+    /// The partition carries a `diskcrypt` header (from its `[[storage.partition]]`).
+    pub encrypted: bool,
+    /// The passphrase file, packed into the bundle (encrypted partitions only).
+    pub key_file: Option<PathBuf>,
+}
+
+/// One partition of the persistent disk, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoragePartition {
+    /// Its GPT name: 1 to 36 UTF-16 units.
+    pub name: String,
+    /// Its size in bytes: a whole number of MiB.
+    pub bytes: u64,
+    /// Written at its start when the partition is created, never later.
+    pub contents: Option<PathBuf>,
+    pub encrypted: bool,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The persistent disk (`[storage]`): a GPT disk image kept between runs and
+/// attached to QEMU as an NVMe disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageDef {
+    /// The image file; `None`: `target/hv/disks/<config file stem>.img`.
+    pub image: Option<PathBuf>,
+    /// The config file's stem, for the default image name.
+    pub config_stem: String,
+    /// The disk's size in bytes: a whole number of MiB.
+    pub bytes: u64,
+    pub partitions: Vec<StoragePartition>,
+}
+
+impl StorageDef {
+    /// The image file, given the target directory for the default.
+    pub fn image_path(&self, target_dir: &Path) -> PathBuf {
+        self.image.clone().unwrap_or_else(|| {
+            target_dir
+                .join("hv")
+                .join("disks")
+                .join(format!("{}.img", self.config_stem))
+        })
+    }
+
+    /// The partitions as the GPT writer takes them.
+    pub fn specs(&self) -> Vec<gptdisk::image::PartSpec> {
+        self.partitions
+            .iter()
+            .map(|p| gptdisk::image::PartSpec {
+                name: p.name.clone(),
+                bytes: p.bytes,
+                contents: p.contents.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A configuration file's contents: the VMs and the persistent disk, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub vms: Vec<VmDef>,
+    pub storage: Option<StorageDef>,
+}
+
 /// One VM of a set, before bundling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmDef {
@@ -57,6 +127,8 @@ pub struct VmDef {
     pub modules: Vec<ModuleDef>,
     /// A RAM-backed virtio-blk disk (the config's `disk`).
     pub disk: Option<DiskDef>,
+    /// Or a partition of the persistent disk (`disk = { partition = "..." }`).
+    pub partition: Option<PartitionUse>,
 }
 
 impl VmDef {
@@ -81,6 +153,7 @@ impl VmDef {
             cpus: Vec::new(),
             modules: Vec::new(),
             disk: None,
+            partition: None,
         }
     }
 
@@ -152,6 +225,18 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("reading {what} {}: {e}", path.display()))
 }
 
+/// A passphrase file's bytes as the passphrase: one trailing newline (`\n` or
+/// `\r\n`, as `echo` and editors leave) is not part of it.
+pub fn passphrase(mut file: Vec<u8>) -> Vec<u8> {
+    if file.ends_with(b"\n") {
+        file.pop();
+        if file.ends_with(b"\r") {
+            file.pop();
+        }
+    }
+    file
+}
+
 /// Packs `vms` into bundle bytes (images and modules read from disk).
 pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
     // Read everything first: the specs borrow from these buffers.
@@ -177,12 +262,22 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                 .transpose()
         })
         .collect::<Result<_, _>>()?;
+    let keys: Vec<Vec<u8>> = vms
+        .iter()
+        .map(
+            |v| match v.partition.as_ref().and_then(|p| p.key_file.as_ref()) {
+                Some(path) => read(&format!("key file of VM {}", v.name), path).map(passphrase),
+                None => Ok(Vec::new()),
+            },
+        )
+        .collect::<Result<_, _>>()?;
     let specs: Vec<bundle::VmSpec> = vms
         .iter()
         .zip(&images)
         .zip(&modules)
         .zip(&disks)
-        .map(|(((v, image), data), disk)| bundle::VmSpec {
+        .zip(&keys)
+        .map(|((((v, image), data), disk), key)| bundle::VmSpec {
             name: &v.name,
             memory_kib: v.memory_kib,
             run_limit_ms: v.run_limit_ms,
@@ -214,6 +309,12 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                     data,
                     read_only: d.read_only,
                 }),
+            partition: v.partition.as_ref().map(|p| bundle::PartitionDisk {
+                name: &p.name,
+                read_only: p.read_only,
+                encrypted: p.encrypted,
+                key,
+            }),
         })
         .collect();
     bundle::write(&specs).map_err(|e| {
@@ -226,6 +327,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             | bundle::BundleError::CmdlineTooLong { index }
             | bundle::BundleError::TooManyModules { index }
             | bundle::BundleError::BadDisk { index }
+            | bundle::BundleError::BadPartition { index }
             | bundle::BundleError::BadModuleCmdline { index, .. } => {
                 format!(" (VM {:?})", vms[index].name)
             }
@@ -328,6 +430,7 @@ mod tests {
                     data: &[0x11; 1024],
                     read_only: true
                 }),
+                partition: None,
             }]
         );
         let missing = VmDef {
