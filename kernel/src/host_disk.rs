@@ -247,3 +247,50 @@ impl nvme::Clock for TscClock {
         core::hint::spin_loop();
     }
 }
+
+/// The host disk as the device VM partitions are windows onto
+/// ([`virtio::Partition`]): every call takes the disk's lock for its own transfer.
+/// A driver error is an I/O error for the guest's request (logged, the first few).
+pub struct HostDisk {
+    sectors: u64,
+}
+
+impl HostDisk {
+    /// The disk, if the hypervisor has one.
+    pub fn get() -> Option<Self> {
+        with(|d| d.sectors()).map(|sectors| Self { sectors })
+    }
+}
+
+fn io_error(what: &str, sector: u64, e: nvme::Error) -> virtio::BlockError {
+    use core::sync::atomic::AtomicU32;
+    static REPORTED: AtomicU32 = AtomicU32::new(0);
+    if REPORTED.fetch_add(1, Ordering::Relaxed) < 8 {
+        println!("hv: nvme: WARNING: {what} at sector {sector} failed: {e}");
+    }
+    virtio::BlockError::Io
+}
+
+impl virtio::BlockBackend for HostDisk {
+    fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), virtio::BlockError> {
+        with(|d| d.read(sector, buf))
+            .ok_or(virtio::BlockError::Io)?
+            .map_err(|e| io_error("read", sector, e))
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), virtio::BlockError> {
+        with(|d| d.write(sector, data))
+            .ok_or(virtio::BlockError::Io)?
+            .map_err(|e| io_error("write", sector, e))
+    }
+
+    fn flush(&mut self) -> Result<(), virtio::BlockError> {
+        with(|d| d.flush())
+            .ok_or(virtio::BlockError::Io)?
+            .map_err(|e| io_error("flush", 0, e))
+    }
+}

@@ -133,9 +133,88 @@ pub enum GuestSet {
     /// `hello64`, and `blk64` with its RAM-backed virtio-blk disk (reads, a write,
     /// requests past the end).
     CrCheck,
+    /// Linux in test mode with a persistent, encrypted disk (partition "linux-data"
+    /// of the NVMe disk, its passphrase from a key file) mounted on /data, next to
+    /// `hello64`, which is given the encrypted partition "vault" with a wrong
+    /// passphrase (it must be refused, and the partition left as it was). The disk
+    /// image is [`GuestSet::storage`]'s.
+    LinuxDiskTest,
+}
+
+/// Where the default run and the disk test keep their disk images and key files.
+pub fn disks_dir() -> PathBuf {
+    target_dir().join("hv").join("disks")
+}
+
+/// A key file holding a random passphrase, made on first use and kept (the default
+/// run's disk must open again at the next run). Weaker than a typed passphrase: it
+/// lies next to the disk image and is packed into the bundle.
+fn random_key_file(path: &Path) -> Result<PathBuf, String> {
+    use std::io::Read;
+    if !path.is_file() {
+        let mut random = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(path, format!("{hex}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path.to_path_buf())
+}
+
+/// A key file with fixed contents (tests).
+fn fixed_key_file(path: &Path, passphrase: &str) -> Result<PathBuf, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, passphrase).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 impl GuestSet {
+    /// The persistent disk the set's VMs use, if any: the default run's Linux VM
+    /// has a 64 MiB encrypted partition "linux-data" (key file
+    /// `target/hv/disks/demo.key`, a random passphrase made on first use); the disk
+    /// test the same partition plus "vault".
+    pub fn storage(self) -> Result<Option<crate::vms::StorageDef>, String> {
+        use crate::vms::{StorageDef, StoragePartition};
+        let dir = disks_dir();
+        let part = |name: &str, key: PathBuf| StoragePartition {
+            name: name.into(),
+            bytes: 64 << 20,
+            contents: None,
+            encrypted: true,
+            key_file: Some(key),
+        };
+        match self {
+            GuestSet::Demo => Ok(Some(StorageDef {
+                image: None,
+                config_stem: "demo".into(),
+                bytes: 96 << 20,
+                partitions: vec![part("linux-data", random_key_file(&dir.join("demo.key"))?)],
+            })),
+            GuestSet::LinuxDiskTest => Ok(Some(StorageDef {
+                image: None,
+                config_stem: "linux-disk-test".into(),
+                bytes: 160 << 20,
+                partitions: vec![
+                    part(
+                        "linux-data",
+                        fixed_key_file(&dir.join("linux-disk-test.key"), "hv disk test\n")?,
+                    ),
+                    part(
+                        "vault",
+                        fixed_key_file(&dir.join("vault.key"), "the right one\n")?,
+                    ),
+                ],
+            })),
+            _ => Ok(None),
+        }
+    }
+
     fn dir_name(self) -> &'static str {
         match self {
             GuestSet::None => "plain",
@@ -151,6 +230,7 @@ impl GuestSet {
             GuestSet::BenchIpiSplit => "bench-ipi-split",
             GuestSet::Hostile => "hostile",
             GuestSet::CrCheck => "crcheck",
+            GuestSet::LinuxDiskTest => "linux-disk-test",
         }
     }
 
@@ -200,7 +280,36 @@ impl GuestSet {
                 vms.push(vm);
                 Ok(vms)
             }
-            GuestSet::Demo => with_hello(linux(false)?),
+            GuestSet::Demo => {
+                self.storage()?; // makes the key file on first use
+                let mut vm = linux_vm(false)?;
+                vm.partition = Some(crate::vms::PartitionUse {
+                    name: "linux-data".into(),
+                    read_only: false,
+                    encrypted: true,
+                    key_file: Some(disks_dir().join("demo.key")),
+                });
+                with_hello(crate::config::check(&vm)?)
+            }
+            GuestSet::LinuxDiskTest => {
+                self.storage()?; // writes the key files
+                let mut vm = linux_vm(true)?;
+                vm.partition = Some(crate::vms::PartitionUse {
+                    name: "linux-data".into(),
+                    read_only: false,
+                    encrypted: true,
+                    key_file: Some(disks_dir().join("linux-disk-test.key")),
+                });
+                let mut vms = with_hello(crate::config::check(&vm)?)?;
+                let wrong = fixed_key_file(&disks_dir().join("vault-wrong.key"), "a wrong one\n")?;
+                vms[1].partition = Some(crate::vms::PartitionUse {
+                    name: "vault".into(),
+                    read_only: false,
+                    encrypted: true,
+                    key_file: Some(wrong),
+                });
+                Ok(vms)
+            }
             GuestSet::LinuxTest => with_hello(linux(true)?),
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;

@@ -150,7 +150,11 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
             )?;
             ("custom".into(), vec![vm])
         }
-        (None, None, None | Some("demo")) => ("demo".into(), build::GuestSet::Demo.vms()?),
+        (None, None, None | Some("demo")) => {
+            // The disk first: it makes the key file the Linux VM's disk names.
+            storage = build::GuestSet::Demo.storage()?;
+            ("demo".into(), build::GuestSet::Demo.vms()?)
+        }
         (None, None, Some("tiny")) => ("tiny".into(), build::GuestSet::Tiny.vms()?),
         (None, None, Some(other)) => {
             return Err(format!("unknown guest set {other:?}: use demo or tiny"))

@@ -15,9 +15,12 @@ pub mod policy;
 pub mod sched;
 pub mod stats;
 pub mod vm;
+pub mod vm_disk;
 
 #[cfg(target_os = "none")]
 pub mod host_memory;
+#[cfg(target_os = "none")]
+mod persistent;
 #[cfg(target_os = "none")]
 mod run;
 #[cfg(target_os = "none")]

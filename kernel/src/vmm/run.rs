@@ -29,7 +29,7 @@ use super::loader::{self, PAGE_TABLES_GPA};
 use super::policy::{self, CpuidResult};
 use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
-use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmShared, MAX_VCPUS};
+use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared, MAX_VCPUS};
 use crate::{memory, println, serial, smp, time, timer};
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -215,6 +215,49 @@ fn affinity(spec: &VmSpec, pcpus: usize) -> Result<u64, String> {
     Ok(spec.affinity)
 }
 
+/// Opens the VM's disk: a RAM disk's contents come from the bundle at every start;
+/// a partition of the machine's disk is found, claimed and (when encrypted)
+/// unlocked here, once, and stays open across restarts.
+fn open_disk(spec: &VmSpec<'static>) -> Result<Option<VmDisk>, String> {
+    if let Some(d) = spec.disk {
+        return Ok(Some(VmDisk::Ram(d)));
+    }
+    let Some(p) = &spec.partition else {
+        return Ok(None);
+    };
+    let opened = super::persistent::open(spec.name, p)?;
+    println!(
+        "hv: vm {}: disk = partition \"{}\" of the machine's disk (sectors {}-{}), {} KiB{}{}",
+        spec.name,
+        p.name,
+        opened.sectors.start,
+        opened.sectors.end - 1,
+        opened.guest_sectors / 2,
+        if p.encrypted {
+            ", encrypted, unlocked"
+        } else {
+            ""
+        },
+        if p.read_only { ", read-only" } else { "" }
+    );
+    Ok(Some(VmDisk::Shared {
+        backend: opened.backend,
+        read_only: p.read_only,
+    }))
+}
+
+/// The VM is gone for good: its persistent disk is flushed and its partition free
+/// for another VM.
+fn release_disk(name: &str, disk: Option<&VmDisk>) {
+    if let Some(VmDisk::Shared { backend, .. }) = disk {
+        use virtio::BlockBackend;
+        if let Err(e) = backend.clone().flush() {
+            println!("hv: vm {name}: WARNING: flushing its disk failed: {e:?}");
+        }
+        super::persistent::release(name);
+    }
+}
+
 /// Writes the VM's image, its boot structures and the platform tables into its RAM
 /// (zeroed: `.bss` and everything else the image does not cover); returns where
 /// vCPU 0 starts.
@@ -249,13 +292,13 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
     let leaf1 = policy::cpuid(1, 0, host_cpuid, &bsp);
     // The disk's INTA#, routed as the VM's PCI root does (vm::VmShared::new).
     let disk = super::vm::DISK_PCI_ADDRESS.device;
-    let pci_intx: &[devices::PciIntx] = match spec.disk {
-        Some(_) => &[devices::PciIntx {
+    let pci_intx: &[devices::PciIntx] = match spec.disk.is_some() || spec.partition.is_some() {
+        true => &[devices::PciIntx {
             device: disk,
             pin: 1,
             irq: devices::default_intx_irq(disk, 1),
         }],
-        None => &[],
+        false => &[],
     };
     let tables =
         loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8, pci_intx);
@@ -316,7 +359,9 @@ fn start<B: Backend>(
     affinity(spec, smp::cpu_count())?;
     // Checked before the RAM is taken, so a refused image costs nothing.
     loader::plan_vm(spec, ram_size)?;
+    let disk = open_disk(spec)?;
     let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
+        release_disk(spec.name, disk.as_ref());
         format!(
             "cannot allocate {} KiB of guest RAM: {e:?}",
             ram_size / 1024
@@ -326,6 +371,7 @@ fn start<B: Backend>(
         Ok(s) => s,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            release_disk(spec.name, disk.as_ref());
             return Err(e);
         }
     };
@@ -346,12 +392,13 @@ fn start<B: Backend>(
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
-        disk: spec.disk,
+        disk,
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
     };
@@ -359,6 +406,7 @@ fn start<B: Backend>(
         Ok(slots) => slots,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
     };
@@ -439,7 +487,7 @@ impl<B: Backend> Machine<'_, B> {
         if slot.ran {
             let (mapping, machine) = {
                 let life = vm.life.lock();
-                (life.mapping, life.machine)
+                (life.mapping, life.machine.clone())
             };
             let mut backend = self.backend.lock();
             let fresh = backend
@@ -736,6 +784,7 @@ impl<B: Backend> Machine<'_, B> {
                     life.stop.as_deref().unwrap_or("")
                 );
                 println!("hv: vm {} exits: {}", vm.name, stats);
+                release_disk(&vm.name, life.machine.disk.as_ref());
                 memory::free(life.ram_pa, life.ram_size);
                 self.queue.lock().remove_vm(vm_index);
             }
@@ -819,10 +868,13 @@ impl<B: Backend> Machine<'_, B> {
                 vm.name, shared.platform.unknown_port_accesses
             );
         }
+        drop(shared);
         let mut backend = self.backend.lock();
         for s in slots {
             backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
         }
+        drop(backend);
+        release_disk(&vm.name, life.machine.disk.as_ref());
         memory::free(life.ram_pa, life.ram_size);
     }
 

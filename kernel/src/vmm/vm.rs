@@ -136,7 +136,7 @@ impl GuestMemory for GuestRam {
 }
 
 /// What a VM is told about the machine it runs on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MachineInfo {
     pub ram: GuestRam,
     /// Unix time (ns) at the moment `now_ns` was 0, for the RTC.
@@ -154,21 +154,53 @@ pub struct MachineInfo {
     /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
     /// "stop"`) instead of reading all ones.
     pub unmapped_stops: bool,
-    /// The initial contents of its RAM-backed virtio-blk disk (from the bundle).
-    pub disk: Option<bundle::Disk<'static>>,
+    /// Its virtio-blk disk, if it has one.
+    pub disk: Option<VmDisk>,
+}
+
+/// A VM's virtio-blk disk.
+#[derive(Clone)]
+pub enum VmDisk {
+    /// RAM-backed: a fresh copy of these contents (from the bundle) at every start.
+    Ram(bundle::Disk<'static>),
+    /// Persistent: a partition of the machine's disk, opened once when the VM was
+    /// first started (`vm_disk`) and the same at every restart.
+    Shared {
+        backend: super::vm_disk::SharedBackend,
+        read_only: bool,
+    },
+}
+
+impl core::fmt::Debug for VmDisk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmDisk::Ram(d) => write!(f, "Ram({} bytes, read_only {})", d.data.len(), d.read_only),
+            VmDisk::Shared { read_only, .. } => write!(f, "Shared(read_only {read_only})"),
+        }
+    }
 }
 
 /// Where a VM's virtio-blk disk sits on its PCI bus.
 pub const DISK_PCI_ADDRESS: devices::PciAddress = devices::PciAddress::new(0, 3, 0);
 
-/// The VM's virtio-blk disk as a PCI function: a RAM disk holding a copy of `disk`
-/// (what the guest writes is gone when the VM stops or restarts), reaching the VM's
-/// RAM through `ram`. Fails when the hypervisor's heap cannot hold the copy.
+/// The VM's virtio-blk disk as a PCI function reaching the VM's RAM through `ram`:
+/// the shared persistent backend, or a RAM disk holding a copy of the bundle's
+/// contents (what the guest writes is gone when the VM stops or restarts; fails when
+/// the hypervisor's heap cannot hold the copy).
 fn disk_function(
     name: &str,
-    disk: &bundle::Disk,
+    disk: &VmDisk,
     ram: GuestRam,
 ) -> Result<alloc::boxed::Box<dyn devices::PciFunction>, String> {
+    let disk = match disk {
+        VmDisk::Ram(contents) => contents,
+        VmDisk::Shared { backend, read_only } => {
+            let mut config = virtio::BlockConfig::new(name);
+            config.read_only = *read_only;
+            let block = virtio::Block::new(backend.clone(), config);
+            return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
+        }
+    };
     let mut bytes = Vec::new();
     bytes.try_reserve_exact(disk.data.len()).map_err(|_| {
         format!(
@@ -1469,10 +1501,10 @@ mod tests {
     fn a_disk_is_a_virtio_blk_function_with_its_bar_in_the_pci_hole() {
         static DISK: [u8; 4096] = [0x5A; 4096];
         let m = MachineInfo {
-            disk: Some(bundle::Disk {
+            disk: Some(VmDisk::Ram(bundle::Disk {
                 data: &DISK,
                 read_only: false,
-            }),
+            })),
             ..machine(1)
         };
         let mut t = TestVm {
