@@ -33,6 +33,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_IPI_SPLIT: OnceLock<Images> = OnceLock::new();
     static HOSTILE: OnceLock<Images> = OnceLock::new();
     static CRCHECK: OnceLock<Images> = OnceLock::new();
+    static STORAGE: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -47,6 +48,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchIpiSplit => &BENCH_IPI_SPLIT,
         GuestSet::Hostile => &HOSTILE,
         GuestSet::CrCheck => &CRCHECK,
+        GuestSet::Storage => &STORAGE,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

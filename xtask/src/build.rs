@@ -132,6 +132,27 @@ pub enum GuestSet {
     /// `hello64`, and `blk64` with its RAM-backed virtio-blk disk (reads, a write,
     /// requests past the end).
     CrCheck,
+    /// `hello64` with a partition of the persistent disk (`hello-data`, see
+    /// [`storage_test_disk`]) as its disk, for a boot with the disk image attached
+    /// over NVMe.
+    Storage,
+}
+
+/// The persistent disk of the `Storage` set's test: a 16 MiB image in `dir` with
+/// the partition `hello-data` (4 MiB, its initial contents `seed`).
+pub fn storage_test_disk(dir: &Path, seed: &Path) -> crate::vms::StorageDef {
+    crate::vms::StorageDef {
+        image: Some(dir.join("disk.img")),
+        config_stem: "storage".into(),
+        bytes: 16 << 20,
+        partitions: vec![crate::vms::StoragePartition {
+            name: "hello-data".into(),
+            bytes: 4 << 20,
+            contents: Some(seed.to_path_buf()),
+            encrypted: false,
+            key_file: None,
+        }],
+    }
 }
 
 impl GuestSet {
@@ -150,6 +171,7 @@ impl GuestSet {
             GuestSet::BenchIpiSplit => "bench-ipi-split",
             GuestSet::Hostile => "hostile",
             GuestSet::CrCheck => "crcheck",
+            GuestSet::Storage => "storage",
         }
     }
 
@@ -316,6 +338,18 @@ impl GuestSet {
                     ..tiny_vm(&all_guests()?, "smp64")?
                 };
                 Ok(vec![smp64])
+            }
+            GuestSet::Storage => {
+                let hello = crate::vms::VmDef {
+                    partition: Some(crate::vms::PartitionUse {
+                        name: "hello-data".into(),
+                        read_only: false,
+                        encrypted: false,
+                        key_file: None,
+                    }),
+                    ..tiny_vm(&all_guests()?, "hello64")?
+                };
+                Ok(vec![crate::config::check(&hello)?])
             }
             GuestSet::Hostile => {
                 let images = all_guests()?;
