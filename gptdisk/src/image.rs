@@ -28,7 +28,7 @@ use gpt_disk_types::{
     GptPartitionType, Guid, LbaLe, MasterBootRecord, U32Le, U64Le,
 };
 
-use crate::lookup::{self, Partition, Table};
+use crate::lookup::{self, Partition, Table, WhichHeader};
 use crate::{name_units, HV_PARTITION_TYPE, SECTOR_SIZE};
 
 const SECTOR: u64 = SECTOR_SIZE as u64;
@@ -601,7 +601,14 @@ pub fn reconcile(path: &Path, disk_bytes: u64, specs: &[PartSpec]) -> Result<Rep
             .expect("counted above");
         slots[free] = Some(new_slot(path, s, place.clone())?);
     }
-    let changed = grown || !new.is_empty() || table.primary_problem.is_some();
+    // Rewrite the tables when anything changed, and also when they are not laid
+    // out as this module writes them (another tool's geometry, or a backup left in
+    // the middle when the file was extended by other means).
+    let foreign = table.source != WhichHeader::Primary
+        || table.alternate_lba != sectors - 1
+        || (table.first_usable, table.last_usable) != (area.start, area.end - 1)
+        || (table.entry_count, table.entry_size) != (ENTRIES, ENTRY_SIZE);
+    let changed = grown || !new.is_empty() || foreign;
     if changed {
         write_gpt(&mut file, path, sectors, table.disk_guid, &slots)?;
         file.sync_all().map_err(|e| io(path, e))?;

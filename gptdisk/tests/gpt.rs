@@ -539,8 +539,21 @@ fn reconcile_keeps_data_and_grows() {
     let t2 = table(&std::fs::read(&img).unwrap()).unwrap();
     assert_eq!(
         (t2.source, t2.partitions),
-        (WhichHeader::Primary, t.partitions)
+        (WhichHeader::Primary, t.partitions.clone())
     );
+
+    // A file extended by other means: the backup is moved to the new end.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(40 * MIB).unwrap();
+    drop(f);
+    let r = image::reconcile(&img, 40 * MIB, &second).unwrap();
+    assert_eq!((r.grown_from, r.repaired), (None, None));
+    let d3 = std::fs::read(&img).unwrap();
+    let t3 = table(&d3).unwrap();
+    assert_eq!((t3.alternate_lba, t3.last_usable), (81919, 81919 - 33));
+    let mut no_primary = d3.clone();
+    no_primary[S..2 * S].fill(0);
+    assert_eq!(table(&no_primary).unwrap().partitions, t.partitions);
 
     // A file that is no GPT disk is not overwritten.
     std::fs::write(s.path("junk.img"), vec![0u8; 8 * MIB as usize]).unwrap();

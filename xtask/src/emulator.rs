@@ -674,3 +674,26 @@ pub fn run_bochs_interactive(
     drop(run);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvme_disk_arguments() {
+        assert_eq!(
+            nvme_args(Path::new("/t/hv/disks/vms.img")),
+            [
+                "-drive",
+                "file=/t/hv/disks/vms.img,if=none,id=hvdisk,format=raw",
+                "-device",
+                "nvme,serial=hv-disk,drive=hvdisk"
+            ]
+        );
+        // A comma in the path is doubled, or QEMU would take the rest as options.
+        assert_eq!(
+            nvme_args(Path::new("/a,b/x.img"))[1],
+            "file=/a,,b/x.img,if=none,id=hvdisk,format=raw"
+        );
+    }
+}

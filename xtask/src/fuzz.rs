@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::build::{target_dir, workspace_root};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
-pub const TARGETS: [&str; 6] = ["images", "bundle", "config", "devices", "virtio", "net"];
+pub const TARGETS: [&str; 7] = ["images", "bundle", "config", "devices", "virtio", "net", "gpt"];
 
 /// The flags cargo-fuzz passes for libFuzzer's coverage feedback (its `BuildOptions`
 /// defaults without a sanitizer).
@@ -237,6 +237,27 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             b"[[vm]]\nname = \"a\"\nmemory = \"4M\"\nkernel = \"boot.bin\"\n".to_vec(),
             b"[[vm]]\nname = \"mb\"\nmemory = 16\nkernel = \"mb.bin\"\nformat = \"multiboot\"\ncmdline = \"x\"\nmodules = [{ path = \"m.bin\", cmdline = \"m\" }]\nbackground = true\nrun_limit_ms = 5\nvcpus = 1\n".to_vec(),
         ],
+        "gpt" => {
+            // A real image from the writer: its sector count, then its first 34
+            // sectors (MBR, primary header and entries) and its last 33 (the
+            // backup's entries and header), which the target mirrors to the end.
+            let path = std::env::temp_dir().join(format!("hv-fuzz-gpt-{}.img", std::process::id()));
+            let spec = |name: &str, mib: u64| gptdisk::image::PartSpec {
+                name: name.into(),
+                bytes: mib << 20,
+                contents: None,
+            };
+            let made = gptdisk::image::create(&path, 4 << 20, &[spec("linux-data", 1), spec("b", 1)]);
+            let image = made.ok().and_then(|_| std::fs::read(&path).ok());
+            let _ = std::fs::remove_file(&path);
+            let Some(image) = image else {
+                return Vec::new();
+            };
+            let mut seed = ((image.len() / 512) as u32).to_le_bytes().to_vec();
+            seed.extend_from_slice(&image[..34 * 512]);
+            seed.extend_from_slice(&image[image.len() - 33 * 512..]);
+            vec![seed]
+        }
         _ => Vec::new(),
     }
 }
