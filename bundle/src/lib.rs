@@ -56,6 +56,9 @@
 
 extern crate alloc;
 
+pub mod reference;
+pub use reference::{read_ref, write_ref, BundleRef, RefError};
+
 use alloc::vec::Vec;
 use core::fmt;
 

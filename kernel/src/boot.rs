@@ -8,8 +8,8 @@ use bootloader_api::BootInfo;
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
 use crate::{
-    acpi_info, apic, detect, gdt, host_disk, interrupts, memory, migration_check, mitigation,
-    println, serial, smp, time, timer, vmm,
+    acpi_info, apic, bundle_source, detect, gdt, host_disk, interrupts, memory, migration_check,
+    mitigation, println, serial, smp, time, timer, vmm,
 };
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
@@ -136,6 +136,14 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         // length and keeps it mapped; nothing else writes to it.
         unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) }
     });
+    let ramdisk = match ramdisk.map(bundle_source::bundle_bytes) {
+        None => None,
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(e)) => {
+            println!("hv: cannot get the guest bundle: {e}");
+            shutdown::exit(Status::Failure);
+        }
+    };
     let specs = match ramdisk.map(bundle::read) {
         None => {
             println!("hv: no guest bundle: nothing to run");

@@ -19,6 +19,8 @@ pub mod apic;
 #[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
+pub mod bundle_source;
+#[cfg(target_os = "none")]
 pub mod detect;
 #[cfg(target_os = "none")]
 pub mod gdt;

@@ -177,8 +177,9 @@ fn fixed_key_file(path: &Path, passphrase: &str) -> Result<PathBuf, String> {
 impl GuestSet {
     /// The persistent disk the set's VMs use, if any: the default run's Linux VM
     /// has a 64 MiB encrypted partition "linux-data" (key file
-    /// `target/hv/disks/demo.key`, a random passphrase made on first use); the disk
-    /// test the same partition plus "vault".
+    /// `target/hv/disks/demo.key`, a random passphrase made on first use), and the
+    /// guest bundle has a partition of its own ([`BUNDLE_PARTITION`]); the disk
+    /// test has "linux-data" and "vault".
     pub fn storage(self) -> Result<Option<crate::vms::StorageDef>, String> {
         use crate::vms::{StorageDef, StoragePartition};
         let dir = disks_dir();
@@ -193,8 +194,19 @@ impl GuestSet {
             GuestSet::Demo => Ok(Some(StorageDef {
                 image: None,
                 config_stem: "demo".into(),
-                bytes: 96 << 20,
-                partitions: vec![part("linux-data", random_key_file(&dir.join("demo.key"))?)],
+                bytes: 160 << 20,
+                partitions: vec![
+                    part("linux-data", random_key_file(&dir.join("demo.key"))?),
+                    // The guest bundle (the Linux kernel and initramfs): the
+                    // hypervisor reads it over NVMe, faster than the firmware would.
+                    StoragePartition {
+                        name: BUNDLE_PARTITION.into(),
+                        bytes: 64 << 20,
+                        contents: None,
+                        encrypted: false,
+                        key_file: None,
+                    },
+                ],
             })),
             GuestSet::LinuxDiskTest => Ok(Some(StorageDef {
                 image: None,
@@ -465,6 +477,63 @@ fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vm
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
     build_with_vms(opts, set.dir_name(), &set.vms()?)
+}
+
+/// The partition of a `[storage]` disk that, when the configuration has one, holds
+/// the guest bundle (see [`build_with_bundle_on_disk`]).
+pub const BUNDLE_PARTITION: &str = "hv-bundle";
+
+/// Like [`build_with_vms`], but the bundle goes to the start of partition
+/// [`BUNDLE_PARTITION`] of the disk image `disk` (attached to the machine as its
+/// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
+/// firmware then loads a few bytes instead of the guests' images, and the
+/// hypervisor reads them with its own NVMe driver (much faster under emulators).
+pub fn build_with_bundle_on_disk(
+    opts: &BuildOptions,
+    dir: &str,
+    vms: &[crate::vms::VmDef],
+    disk: &Path,
+) -> Result<Built, String> {
+    use std::io::{Seek, SeekFrom, Write};
+    let kernel = build_kernel(opts)?;
+    let out = target_dir().join("hv").join(dir);
+    let blob = crate::vms::bundle_bytes(vms)?;
+    let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let part = table.find(BUNDLE_PARTITION).map_err(|_| {
+        format!("{} has no partition {BUNDLE_PARTITION:?}", disk.display())
+    })?;
+    let room = (part.lbas.end - part.lbas.start) * gptdisk::SECTOR_SIZE as u64;
+    if blob.len() as u64 > room {
+        return Err(format!(
+            "the guest bundle ({} KiB) does not fit partition {BUNDLE_PARTITION:?} ({} KiB) of {}",
+            blob.len() / 1024,
+            room / 1024,
+            disk.display()
+        ));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    file.seek(SeekFrom::Start(part.lbas.start * gptdisk::SECTOR_SIZE as u64))
+        .and_then(|_| file.write_all(&blob))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("{}: writing the bundle: {e}", disk.display()))?;
+    let reference = out.join("bundle-ref.bin");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let r = bundle::write_ref(BUNDLE_PARTITION, &blob);
+    if std::fs::read(&reference).ok().as_deref() != Some(&r[..]) {
+        std::fs::write(&reference, &r).map_err(|e| format!("{}: {e}", reference.display()))?;
+    }
+    eprintln!(
+        "xtask: the guest bundle ({} KiB) is on partition {BUNDLE_PARTITION:?} of {}; \
+         writing BIOS and UEFI disk images with a reference to it to {}",
+        blob.len() / 1024,
+        disk.display(),
+        out.display()
+    );
+    let images = boot::build_images(&kernel, Some(&reference), &out)?;
+    Ok(Built { kernel, images })
 }
 
 /// Builds the kernel and both disk images with `vms` in the ramdisk (none: no

@@ -193,12 +193,20 @@ fn run(mut args: Args) -> Result<(), String> {
                 .into(),
         );
     }
-    let built = build::build_with_vms(&bopts, &dir, &vms)?;
-    let work = build::target_dir().join("hv").join("run");
     let nvme_disk = storage
         .as_ref()
         .map(|s| xtask::storage::prepare(s, &build::target_dir()))
         .transpose()?;
+    // With a bundle partition on the NVMe disk, the bundle goes there and the boot
+    // image carries only a reference to it (a faster start).
+    let bundle_on_disk = storage
+        .as_ref()
+        .is_some_and(|s| s.partitions.iter().any(|p| p.name == build::BUNDLE_PARTITION));
+    let built = match &nvme_disk {
+        Some(disk) if bundle_on_disk => build::build_with_bundle_on_disk(&bopts, &dir, &vms, disk)?,
+        _ => build::build_with_vms(&bopts, &dir, &vms)?,
+    };
+    let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {
         "qemu" => {
             let opts = QemuOptions {
