@@ -45,30 +45,100 @@ impl<S: SerialSink + Send + 'static> BusDevice for SerialPort<S> {
     }
 }
 
-/// The 8254 on ports 0x40-0x43 and 0x61: IRQ 0 pulses once per elapsed period of
-/// channel 0 that has not been reported yet (the PIC latches one edge, so several
-/// missed periods are one interrupt, as on a real PC that misses ticks).
-impl BusDevice for Pit8254 {
+/// The 8254 on ports 0x40-0x43 and 0x61, with lost-tick catch-up: IRQ 0 pulses once
+/// per elapsed period of channel 0, and periods that elapsed while the previous tick
+/// still waited in the interrupt controllers (or while the VM did not run at all: a
+/// descheduled vCPU, an over-committed or busy host) are owed and pulsed one at a
+/// time as soon as the previous one has been taken, up to [`Self::MAX_OWED`].
+///
+/// Why: a real PC never misses a tick, and guests count them. Linux checks at boot
+/// that jiffies advance by more than 4 during a ~60 ms TSC delay
+/// (`timer_irq_works`) and panics ("IO-APIC + timer doesn't work!") otherwise; with
+/// ticks merged while its vCPU waits for a processor, that check fails under load.
+/// KVM's PIT re-injects lost ticks the same way by default.
+///
+/// The platform says whether the last tick is still waiting
+/// ([`SystemTimer::set_tick_waiting`], from the PIC's IRR and the local APICs' IRR
+/// for the IOAPIC pin's vector), before every poll.
+pub struct SystemTimer {
+    pub pit: Pit8254,
+    owed: u32,
+    waiting: bool,
+    last_poll_ns: u64,
+    last_pulse_ns: u64,
+}
+
+impl SystemTimer {
+    /// Ticks owed at most: a guest stopped for a long time gets at most this many
+    /// in a row (10 s of a 10 Hz timer, 100 ms at Linux's 1000 Hz), not a storm.
+    pub const MAX_OWED: u32 = 100;
+    /// A tick still waiting this long after its pulse is taken to be stuck (a path
+    /// the platform thinks live, but that nothing drains): pulse anyway, merging, as
+    /// without catch-up, rather than stop the timer.
+    pub const STUCK_NS: u64 = 50_000_000;
+
+    pub fn new() -> Self {
+        Self {
+            pit: Pit8254::new(),
+            owed: 0,
+            waiting: false,
+            last_poll_ns: 0,
+            last_pulse_ns: 0,
+        }
+    }
+
+    /// Whether IRQ 0's last tick is still pending in an interrupt controller that
+    /// would deliver it (a masked path does not count: its ticks are dropped).
+    pub fn set_tick_waiting(&mut self, waiting: bool) {
+        self.waiting = waiting;
+    }
+
+    /// Ticks owed now.
+    pub fn owed(&self) -> u32 {
+        self.owed
+    }
+}
+
+impl Default for SystemTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BusDevice for SystemTimer {
     fn name(&self) -> &'static str {
         "pit8254"
     }
     fn read(&mut self, a: &Access) -> (u64, Effects) {
-        let v = self.port_io(port(a), a.size, false, 0, a.now_ns);
+        let v = self.pit.port_io(port(a), a.size, false, 0, a.now_ns);
         (v.into(), Effects::NONE)
     }
     fn write(&mut self, a: &Access, value: u64) -> Effects {
-        self.port_io(port(a), a.size, true, value as u32, a.now_ns);
+        self.pit
+            .port_io(port(a), a.size, true, value as u32, a.now_ns);
         Effects::NONE
     }
     fn poll(&mut self, now_ns: u64) -> Effects {
-        if self.irq0_pending(now_ns) > 0 {
-            Effects::NONE.with_line(IrqLine::Pulse(PIT_IRQ))
-        } else {
-            Effects::NONE
+        self.last_poll_ns = now_ns;
+        let new = self.pit.irq0_pending(now_ns);
+        self.owed = self.owed.saturating_add(new).min(Self::MAX_OWED);
+        let stuck = now_ns.saturating_sub(self.last_pulse_ns) >= Self::STUCK_NS;
+        if self.owed == 0 || (self.waiting && !stuck) {
+            return Effects::NONE;
         }
+        self.owed -= 1;
+        self.last_pulse_ns = now_ns;
+        // Until the platform says otherwise at the next poll.
+        self.waiting = true;
+        Effects::NONE.with_line(IrqLine::Pulse(PIT_IRQ))
     }
     fn next_deadline_ns(&self) -> Option<u64> {
-        self.next_irq0_deadline_ns()
+        if self.owed > 0 {
+            // Due now: the next entry polls again and pulses once the last tick
+            // has been taken.
+            return Some(self.last_poll_ns);
+        }
+        self.pit.next_irq0_deadline_ns()
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -226,7 +296,7 @@ mod tests {
 
     #[test]
     fn pit_pulses_irq0_when_a_period_elapsed() {
-        let mut pit = Pit8254::new();
+        let mut pit = SystemTimer::new();
         // Channel 0, lo/hi, mode 2, divisor 1193 (~1 ms).
         pit.write(&at(0x43, 0x40, 1), 0x34);
         pit.write(&at(0x40, 0x40, 1), 1193 & 0xFF);
@@ -234,5 +304,50 @@ mod tests {
         let due = pit.next_deadline_ns().unwrap();
         assert_eq!(pit.poll(due.saturating_sub(1000)), Effects::NONE);
         assert_eq!(pit.poll(due).lines[0], Some(IrqLine::Pulse(PIT_IRQ)));
+    }
+
+    #[test]
+    fn pit_ticks_missed_while_one_waits_are_owed_and_caught_up() {
+        let mut pit = SystemTimer::new();
+        pit.write(&at(0x43, 0x40, 1), 0x34);
+        pit.write(&at(0x40, 0x40, 1), 1193 & 0xFF);
+        pit.write(&at(0x40, 0x40, 1), 1193 >> 8);
+        let due = pit.next_deadline_ns().unwrap();
+        let period = 1_000_000u64; // ~1 ms
+                                   // The VM did not run for ~10 periods: one pulse now, 9 owed.
+        let late = due + 9 * period + period / 2;
+        assert_eq!(pit.poll(late).lines[0], Some(IrqLine::Pulse(PIT_IRQ)));
+        assert_eq!(pit.owed(), 9);
+        // While that tick waits in the controllers, nothing more (no merging).
+        pit.set_tick_waiting(true);
+        assert_eq!(pit.next_deadline_ns(), Some(late), "owed ticks want a poll");
+        assert_eq!(pit.poll(late + 1000), Effects::NONE);
+        assert_eq!(pit.owed(), 9);
+        // Taken: one more per poll until the debt is paid.
+        for left in (0..9).rev() {
+            pit.set_tick_waiting(false);
+            assert_eq!(
+                pit.poll(late + 2000).lines[0],
+                Some(IrqLine::Pulse(PIT_IRQ))
+            );
+            assert_eq!(pit.owed(), left);
+        }
+        pit.set_tick_waiting(false);
+        assert_eq!(pit.poll(late + 3000), Effects::NONE);
+        // Back to the channel's own deadline.
+        assert!(pit.next_deadline_ns().unwrap() > late + 3000);
+        // A tick that stays "waiting" past STUCK_NS does not stop the timer.
+        let t = late + 3 * period;
+        pit.set_tick_waiting(false);
+        assert!(pit.poll(t).lines[0].is_some());
+        pit.set_tick_waiting(true);
+        assert_eq!(pit.poll(t + period + 1000), Effects::NONE);
+        let later = t + SystemTimer::STUCK_NS;
+        assert!(pit.poll(later).lines[0].is_some(), "pulsed although stuck");
+        // A long stop owes at most MAX_OWED (one of them pulsed at once: the
+        // previous tick has waited past STUCK_NS).
+        pit.set_tick_waiting(true);
+        pit.poll(later + 10_000 * period);
+        assert_eq!(pit.owed(), SystemTimer::MAX_OWED - 1);
     }
 }

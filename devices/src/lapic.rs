@@ -754,6 +754,11 @@ impl LocalApic {
     // ----------------------------------------------------------------------------
     // Interrupt acceptance, priority, EOI.
 
+    /// Whether `vector` is requested and not yet in service (its IRR bit).
+    pub fn irr_has(&self, vector: u8) -> bool {
+        test_bit(&self.irr, vector)
+    }
+
     /// Accepts an edge-triggered fixed interrupt (the IOAPIC's edge entries, an MSI,
     /// an IPI): sets its IRR bit. See [`Self::deliver`].
     pub fn set_irr(&mut self, vector: u8) {

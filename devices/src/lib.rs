@@ -113,7 +113,7 @@ pub use bus::{
     all_ones, all_ones64, read_bytewise, write_bytewise, Bus, BusRange, MapError, PortDevice,
     PortMap, PortRange,
 };
-pub use bus_devices::{RtcCmos, SerialPort};
+pub use bus_devices::{RtcCmos, SerialPort, SystemTimer};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_COUNT, RTC_IRQ};
 pub use debug_exit::{DebugExit, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT};
 pub use device::{Access, BusDevice, Effects, IrqLine, MsiMessage};

@@ -499,9 +499,9 @@ pub fn build_with_bundle_on_disk(
     let out = target_dir().join("hv").join(dir);
     let blob = crate::vms::bundle_bytes(vms)?;
     let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-    let part = table.find(BUNDLE_PARTITION).map_err(|_| {
-        format!("{} has no partition {BUNDLE_PARTITION:?}", disk.display())
-    })?;
+    let part = table
+        .find(BUNDLE_PARTITION)
+        .map_err(|_| format!("{} has no partition {BUNDLE_PARTITION:?}", disk.display()))?;
     let room = (part.lbas.end - part.lbas.start) * gptdisk::SECTOR_SIZE as u64;
     if blob.len() as u64 > room {
         return Err(format!(
@@ -515,10 +515,12 @@ pub fn build_with_bundle_on_disk(
         .write(true)
         .open(disk)
         .map_err(|e| format!("{}: {e}", disk.display()))?;
-    file.seek(SeekFrom::Start(part.lbas.start * gptdisk::SECTOR_SIZE as u64))
-        .and_then(|_| file.write_all(&blob))
-        .and_then(|_| file.sync_all())
-        .map_err(|e| format!("{}: writing the bundle: {e}", disk.display()))?;
+    file.seek(SeekFrom::Start(
+        part.lbas.start * gptdisk::SECTOR_SIZE as u64,
+    ))
+    .and_then(|_| file.write_all(&blob))
+    .and_then(|_| file.sync_all())
+    .map_err(|e| format!("{}: writing the bundle: {e}", disk.display()))?;
     let reference = out.join("bundle-ref.bin");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let r = bundle::write_ref(BUNDLE_PARTITION, &blob);

@@ -199,9 +199,11 @@ fn run(mut args: Args) -> Result<(), String> {
         .transpose()?;
     // With a bundle partition on the NVMe disk, the bundle goes there and the boot
     // image carries only a reference to it (a faster start).
-    let bundle_on_disk = storage
-        .as_ref()
-        .is_some_and(|s| s.partitions.iter().any(|p| p.name == build::BUNDLE_PARTITION));
+    let bundle_on_disk = storage.as_ref().is_some_and(|s| {
+        s.partitions
+            .iter()
+            .any(|p| p.name == build::BUNDLE_PARTITION)
+    });
     let built = match &nvme_disk {
         Some(disk) if bundle_on_disk => build::build_with_bundle_on_disk(&bopts, &dir, &vms, disk)?,
         _ => build::build_with_vms(&bopts, &dir, &vms)?,

@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 use devices::{
     all_ones, isa_irq_pin, msi_delivery, Access, BarAllocator, Bus, BusDevice, Cmos, DebugExit,
     Delivery, Effects, FwCfg, HostBridge, IoApic, IrqLine, MapError, PciAddress, PciConfig,
-    PciFunction, Pic8259, Pit8254, RtcCmos, SerialPort, SystemControlA, Uart16550, CMOS_BASE,
+    PciFunction, Pic8259, RtcCmos, SerialPort, SystemControlA, SystemTimer, Uart16550, CMOS_BASE,
     CMOS_PORT_COUNT, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_PORT_COUNT, FW_CFG_BASE,
     FW_CFG_PORT_COUNT, I8042, IOAPIC_BASE, IOAPIC_MMIO_SIZE, PCI_CONFIG_BASE,
     PCI_CONFIG_PORT_COUNT, PIT_BASE, PIT_PORT_COUNT, PORT_61, PORT_COUNT, SYSTEM_CONTROL_A_PORT,
@@ -81,6 +81,8 @@ pub struct Platform {
     pub ioapic: IoApic,
     /// The console UART's index in `devices`.
     console: usize,
+    /// The system timer's (8254) index in `devices`.
+    timer: usize,
     /// Accesses to ports that nothing decodes.
     pub unknown_port_accesses: u64,
     /// Accesses to guest-physical space with neither RAM nor a device behind it
@@ -109,6 +111,7 @@ impl Platform {
             pic: Pic8259::new(),
             ioapic: IoApic::new(0),
             console: 0,
+            timer: 0,
             unknown_port_accesses: 0,
             unbacked_accesses: 0,
             first_unbacked: 0,
@@ -191,9 +194,9 @@ impl Platform {
                 irq: COM1_IRQ,
             }),
         )?;
-        p.add_port_device(
+        p.timer = p.add_port_device(
             &[(PIT_BASE, PIT_PORT_COUNT), (PORT_61, 1)],
-            Box::new(Pit8254::new()),
+            Box::new(SystemTimer::new()),
         )?;
         // The VM's RAM is one range from 0: all of it counts as below 4 GiB.
         p.add_port_device(
@@ -400,6 +403,28 @@ impl Platform {
                 .min()
         } else {
             self.deadline
+        }
+    }
+
+    /// Tells the system timer whether IRQ 0's last tick still waits to be taken, on
+    /// a path that would deliver it: the PIC's IRR with IRQ 0 unmasked while the BSP
+    /// takes PIC interrupts (LINT0 ExtINT), or a local APIC's IRR holding the vector
+    /// of the IOAPIC pin IRQ 0 is wired to, unmasked. Called before every poll, so
+    /// owed ticks are pulsed one at a time as they are taken (see `SystemTimer`).
+    pub fn note_timer_tick(&mut self, lapics: &[devices::LocalApic]) {
+        let pic = self.pic.irr() & 1 != 0
+            && self.pic.imr() & 1 == 0
+            && lapics.first().is_some_and(|l| l.accepts_pic_interrupts());
+        let apic = self
+            .ioapic
+            .entry(isa_irq_pin(devices::PIT_IRQ))
+            .filter(|e| e & devices::ioapic::entry::MASKED == 0)
+            .is_some_and(|e| lapics.iter().any(|l| l.irr_has(e as u8)));
+        if let Some(timer) = self.devices[self.timer]
+            .as_any_mut()
+            .downcast_mut::<SystemTimer>()
+        {
+            timer.set_tick_waiting(pic || apic);
         }
     }
 

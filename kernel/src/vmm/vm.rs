@@ -490,6 +490,7 @@ impl<V: Vcpu> VcpuCtx<V> {
     pub fn prepare_entry(&mut self, vm: &mut VmShared, now_ns: u64) {
         let i = self.index;
         let mut out = Outcome::default();
+        vm.platform.note_timer_tick(&vm.lapics);
         vm.platform.poll(now_ns, &mut out);
         vm.finish(out);
         vm.lapics[i].poll_timer(now_ns);
