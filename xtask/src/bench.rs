@@ -9,10 +9,11 @@
 //!   `hv-linux: init running`, by the wall clock at which the line arrived (the
 //!   captured runner of `emulator.rs` only returns the whole log at the end, so this
 //!   file has a line-streaming one). The ratio is what running under us costs.
-//!   The hypervisor's total also holds the firmware reading its disk image (the
-//!   guests' images are in it, some 10 MB through BIOS calls) and its own boot,
+//!   The hypervisor's total also holds the firmware loading it and its own boot,
 //!   which `-kernel` does not pay, so a second row times from `hv: vm linux
-//!   started`.
+//!   started`. Under QEMU the guest bundle (some 13 MB) is on an NVMe disk's
+//!   `hv-bundle` partition, as `cargo xtask run` starts it, so the firmware does
+//!   not read it through BIOS calls; the hypervisor reads it with its NVMe driver.
 //! - **Exits per reason** of that Linux VM (its `hv: vm linux exits:` line, printed
 //!   when it powers off, so it covers boot, init and power-off).
 //! - **The CPUID round trip** in guest TSC cycles, measured by the `bench64` guest:
