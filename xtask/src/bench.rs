@@ -61,6 +61,9 @@ const HV_MEMORY_MIB: u32 = 512;
 /// leave room for a machine busy with other work.
 const QEMU_HV_LIMIT: Duration = Duration::from_secs(300);
 const QEMU_DIRECT_LIMIT: Duration = Duration::from_secs(180);
+/// A disk throughput run: boot, then 128 MiB of direct I/O (software AES under TCG
+/// moves a few MiB/s on the encrypted disk).
+const QEMU_DISK_LIMIT: Duration = Duration::from_secs(420);
 const BOCHS_LIMIT: Duration = Duration::from_secs(1200);
 /// Bochs gives no exit status to watch (see `emulator.rs`): a serial log that stops
 /// growing this long means it is gone or stuck.
@@ -614,6 +617,11 @@ pub struct Collected {
     /// The IPI benchmark runs, both vCPUs on one processor and on two.
     pub ipi_same: Vec<IpiRun>,
     pub ipi_two: Vec<IpiRun>,
+    /// Disk throughput: QEMU's own virtio-blk, ours on a plain and on an encrypted
+    /// partition of the NVMe disk.
+    pub disk_direct: Vec<DiskFigure>,
+    pub disk_plain: Vec<DiskFigure>,
+    pub disk_encrypted: Vec<DiskFigure>,
     /// `part: reason` lines.
     pub failures: Vec<String>,
 }
@@ -622,6 +630,8 @@ impl Collected {
     /// Whether any figure at all was measured.
     pub fn anything(&self) -> bool {
         !self.direct.is_empty()
+            || !self.disk_direct.is_empty()
+            || !self.disk_plain.is_empty()
             || self.hv.iter().any(|r| {
                 r.init.is_some() || r.exits.is_some() || r.full.is_some() || r.bare.is_some()
             })
@@ -702,6 +712,60 @@ pub fn report(c: &Collected) -> String {
                 None => fmt_secs(&s),
             },
         ));
+    }
+
+    // Disk throughput.
+    let mib = |v: &[DiskFigure], f: fn(&DiskFigure) -> f64| {
+        summarize(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    let fmt_mib = |s: &Summary| {
+        if s.min == s.max {
+            format!("{:.1} MiB/s", s.median)
+        } else {
+            format!("{:.1} MiB/s [{:.1}-{:.1}]", s.median, s.min, s.max)
+        }
+    };
+    let disk_rows = [
+        ("direct QEMU", &c.disk_direct),
+        ("under hv", &c.disk_plain),
+        ("hv, encrypted", &c.disk_encrypted),
+    ];
+    if disk_rows.iter().any(|(_, v)| !v.is_empty()) {
+        let base_w = mib(&c.disk_direct, |f| f.write_mib_s);
+        let base_r = mib(&c.disk_direct, |f| f.read_mib_s);
+        let plain_w = mib(&c.disk_plain, |f| f.write_mib_s);
+        let plain_r = mib(&c.disk_plain, |f| f.read_mib_s);
+        for (k, (label, v)) in disk_rows.iter().enumerate() {
+            let head = match k {
+                0 => "Disk 64 MiB",
+                1 => "  seq. direct I/O",
+                _ => "",
+            };
+            let (w, r) = (mib(v, |f| f.write_mib_s), mib(v, |f| f.read_mib_s));
+            let (Some(w), Some(r)) = (w, r) else {
+                out.push(row(head, label, &failed()));
+                continue;
+            };
+            let value = format!("write {}, read {}", fmt_mib(&w), fmt_mib(&r));
+            // Throughput: higher is better, so the ratio is ours over the reference.
+            let against = match k {
+                1 => base_w.as_ref().zip(base_r.as_ref()).map(|(bw, br)| {
+                    format!("{} / {} of QEMU's", ratio_of(&w, bw), ratio_of(&r, br))
+                }),
+                2 => plain_w.as_ref().zip(plain_r.as_ref()).map(|(pw, pr)| {
+                    format!("{} / {} of plain", ratio_of(&w, pw), ratio_of(&r, pr))
+                }),
+                _ => None,
+            };
+            out.push(row(
+                head,
+                label,
+                &match against {
+                    Some(a) => format!("{value:<44}  {a}"),
+                    None => value,
+                },
+            ));
+        }
     }
 
     // Exits.
@@ -972,7 +1036,7 @@ const BOCHS_IPI: BochsOptions = BochsOptions {
 /// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command
 /// line, memory and vCPU count (`-smp`), with the hypervisor run's machine type and
 /// CPU model.
-fn direct_command(qemu: &Path, guest: &LinuxGuest) -> Command {
+fn direct_command(qemu: &Path, guest: &LinuxGuest, extra_cmdline: &str) -> Command {
     let vm = linux::linux_vm(guest, true);
     let mut cmd = Command::new(qemu);
     cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", QEMU_CPU])
@@ -984,13 +1048,13 @@ fn direct_command(qemu: &Path, guest: &LinuxGuest) -> Command {
         .arg("-initrd")
         .arg(&guest.initrd)
         .arg("-append")
-        .arg(&vm.cmdline);
+        .arg(format!("{}{extra_cmdline}", vm.cmdline));
     cmd
 }
 
 /// One direct boot: seconds to /init, or why not.
 fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String> {
-    let out = run_streaming(direct_command(qemu, guest), QEMU_DIRECT_LIMIT, |l| {
+    let out = run_streaming(direct_command(qemu, guest, ""), QEMU_DIRECT_LIMIT, |l| {
         l.contains(INIT_LINE) || l.contains("reboot: System halted") || l.contains("Kernel panic")
     })?;
     save_log(log, &out);
@@ -1018,6 +1082,56 @@ fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String
     })
 }
 
+/// Sequential throughput of one disk run, from the guest's
+/// `hv-linux: disk bench: write 64 MiB X s, read 64 MiB Y s` line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DiskFigure {
+    pub write_mib_s: f64,
+    pub read_mib_s: f64,
+}
+
+/// Parses the guest's disk bench line (64 MiB each way).
+pub fn parse_disk_bench(line: &str) -> Option<DiskFigure> {
+    let rest = line.split("hv-linux: disk bench: write 64 MiB ").nth(1)?;
+    let (w, rest) = rest.split_once(" s, read 64 MiB ")?;
+    let r = rest.trim().strip_suffix(" s")?;
+    let (w, r): (f64, f64) = (w.trim().parse().ok()?, r.trim().parse().ok()?);
+    (w > 0.0 && r > 0.0).then(|| DiskFigure {
+        write_mib_s: 64.0 / w,
+        read_mib_s: 64.0 / r,
+    })
+}
+
+/// One disk throughput run: boots `cmd`, waits for the bench line.
+fn disk_run(cmd: Command, log: &Path) -> Result<DiskFigure, String> {
+    let out = run_streaming(cmd, QEMU_DISK_LIMIT, |l| {
+        l.contains("hv-linux: disk bench:") || l.contains("Kernel panic")
+    })?;
+    save_log(log, &out);
+    out.lines
+        .iter()
+        .find_map(|l| parse_disk_bench(&l.text))
+        .ok_or_else(
+            || match out.lines.iter().rev().find(|l| !l.text.trim().is_empty()) {
+                Some(l) => format!("no disk bench line; last line {:?}", l.text),
+                None => "no serial output".into(),
+            },
+        )
+}
+
+/// The direct QEMU boot of the same kernel and initrd with `hv.bench=disk` and a
+/// blank raw image as QEMU's own virtio-blk-pci device.
+fn direct_disk_command(qemu: &Path, guest: &LinuxGuest, image: &Path) -> Command {
+    let mut cmd = direct_command(qemu, guest, " hv.bench=disk");
+    cmd.arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=benchdisk,format=raw,cache=writeback",
+            image.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=benchdisk"]);
+    cmd
+}
+
 /// Builds the image with the Linux VM in test mode and `bench64`.
 fn bench_image(opts: &BuildOptions) -> Result<PathBuf, String> {
     Ok(build::build_all(opts, GuestSet::Bench)?.images.bios)
@@ -1027,18 +1141,7 @@ fn bench_image(opts: &BuildOptions) -> Result<PathBuf, String> {
 /// `hv-bundle` partition of an NVMe disk image (`target/hv/disks/bench.img`), the
 /// boot image holding only a reference to it. Returns the boot image and the disk.
 fn bench_image_bundle_on_disk(opts: &BuildOptions) -> Result<(PathBuf, PathBuf), String> {
-    let storage = crate::vms::StorageDef {
-        image: None,
-        config_stem: "bench".into(),
-        bytes: 96 << 20,
-        partitions: vec![crate::vms::StoragePartition {
-            name: build::BUNDLE_PARTITION.into(),
-            bytes: 64 << 20,
-            contents: None,
-            encrypted: false,
-            key_file: None,
-        }],
-    };
+    let storage = GuestSet::Bench.storage()?.ok_or("no bench disk")?;
     let disk = crate::storage::prepare(&storage, &build::target_dir())?;
     let vms = GuestSet::Bench.vms()?;
     let built = build::build_with_bundle_on_disk(opts, "bench-nvme", &vms, &disk)?;
@@ -1235,6 +1338,43 @@ pub fn bench(opts: &Options) -> Result<(), String> {
                             .push(format!("{} run {i}: {e}", placement.name())),
                     }
                 }
+                // Disk throughput: QEMU's virtio-blk on a blank raw file, ours on the
+                // plain and the encrypted partition of the bench disk.
+                if let Ok(guest) = &guest {
+                    let raw = build::disks_dir().join("bench-direct.img");
+                    let made = std::fs::File::create(&raw)
+                        .and_then(|f| f.set_len(72 << 20))
+                        .map_err(|e| format!("{}: {e}", raw.display()));
+                    match made.and_then(|_| {
+                        disk_run(
+                            direct_disk_command(&qemu, guest, &raw),
+                            &log(i, "disk-direct"),
+                        )
+                    }) {
+                        Ok(f) => c.disk_direct.push(f),
+                        Err(e) => c.failures.push(format!("disk direct run {i}: {e}")),
+                    }
+                }
+                for (set, name) in [
+                    (GuestSet::BenchDisk, "disk-plain"),
+                    (GuestSet::BenchDiskEncrypted, "disk-encrypted"),
+                ] {
+                    let figure = build::build_all(&opts.build, set).and_then(|built| {
+                        let hv_opts = QemuOptions {
+                            nvme_disk: disk.clone(),
+                            ..hv_qemu_options()
+                        };
+                        disk_run(
+                            emulator::qemu_command(&built.images.bios, &hv_opts, &work)?,
+                            &log(i, name),
+                        )
+                    });
+                    match (figure, set) {
+                        (Ok(f), GuestSet::BenchDisk) => c.disk_plain.push(f),
+                        (Ok(f), _) => c.disk_encrypted.push(f),
+                        (Err(e), _) => c.failures.push(format!("{name} run {i}: {e}")),
+                    }
+                }
             }
         }
         Emulator::Bochs => {
@@ -1276,6 +1416,27 @@ pub fn bench(opts: &Options) -> Result<(), String> {
         Ok(())
     } else {
         Err("nothing could be measured (see the failures above)".into())
+    }
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_disk_bench_line_gives_mib_per_second() {
+        let f =
+            parse_disk_bench("linux | hv-linux: disk bench: write 64 MiB 3.2 s, read 64 MiB 1.6 s")
+                .unwrap();
+        assert!((f.write_mib_s - 20.0).abs() < 1e-9);
+        assert!((f.read_mib_s - 40.0).abs() < 1e-9);
+        assert!(
+            parse_disk_bench("hv-linux: disk bench: write 64 MiB 0 s, read 64 MiB 1 s").is_none()
+        );
+        assert!(
+            parse_disk_bench("hv-linux: disk bench: write 64 MiB x s, read 64 MiB 1 s").is_none()
+        );
+        assert!(parse_disk_bench("hv-linux: userspace ok").is_none());
     }
 }
 

@@ -176,6 +176,12 @@ pub enum GuestSet {
     /// passphrase (it must be refused, and the partition left as it was). The disk
     /// image is [`GuestSet::storage`]'s.
     LinuxDiskTest,
+    /// `cargo xtask bench`'s disk throughput: Linux in test mode with
+    /// `hv.bench=disk` (64 MiB written and read back with direct I/O on its raw
+    /// disk) and the plain partition "bench-plain" of the bench disk image.
+    BenchDisk,
+    /// The same on the encrypted partition "bench-enc".
+    BenchDiskEncrypted,
 }
 
 /// Where the default run and the disk test keep their disk images and key files.
@@ -260,6 +266,35 @@ impl GuestSet {
                     ),
                 ],
             })),
+            GuestSet::Bench | GuestSet::BenchDisk | GuestSet::BenchDiskEncrypted => {
+                let bundle = StoragePartition {
+                    name: BUNDLE_PARTITION.into(),
+                    bytes: 64 << 20,
+                    contents: None,
+                    encrypted: false,
+                    key_file: None,
+                };
+                let plain = StoragePartition {
+                    name: "bench-plain".into(),
+                    bytes: 72 << 20,
+                    contents: None,
+                    encrypted: false,
+                    key_file: None,
+                };
+                Ok(Some(StorageDef {
+                    image: None,
+                    config_stem: "bench".into(),
+                    bytes: 256 << 20,
+                    partitions: vec![
+                        bundle,
+                        plain,
+                        part(
+                            "bench-enc",
+                            fixed_key_file(&dir.join("bench.key"), "hv bench\n")?,
+                        ),
+                    ],
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -280,6 +315,8 @@ impl GuestSet {
             GuestSet::Hostile => "hostile",
             GuestSet::CrCheck => "crcheck",
             GuestSet::LinuxDiskTest => "linux-disk-test",
+            GuestSet::BenchDisk => "bench-disk",
+            GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
         }
     }
 
@@ -339,6 +376,24 @@ impl GuestSet {
                     key_file: Some(disks_dir().join("demo.key")),
                 });
                 with_hello(crate::config::check(&vm)?)
+            }
+            GuestSet::BenchDisk | GuestSet::BenchDiskEncrypted => {
+                self.storage()?; // writes the key file
+                let mut vm = linux_vm(true)?;
+                vm.cmdline.push_str(" hv.bench=disk");
+                let encrypted = self == GuestSet::BenchDiskEncrypted;
+                vm.partition = Some(crate::vms::PartitionUse {
+                    name: if encrypted {
+                        "bench-enc"
+                    } else {
+                        "bench-plain"
+                    }
+                    .into(),
+                    read_only: false,
+                    encrypted,
+                    key_file: encrypted.then(|| disks_dir().join("bench.key")),
+                });
+                Ok(vec![crate::config::check(&vm)?])
             }
             GuestSet::LinuxDiskTest => {
                 self.storage()?; // writes the key files
