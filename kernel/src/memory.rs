@@ -204,16 +204,21 @@ pub fn map_mmio(pa: u64, len: u64) -> Result<*mut u8, &'static str> {
                         &mut TableFrames,
                     )
                     .map(|f| f.flush())
-                    .map_err(|e| match e {
-                        MapToError::PageAlreadyMapped(_) => "its virtual address is already in use",
-                        MapToError::ParentEntryHugePage => "a huge page covers its virtual address",
-                        MapToError::FrameAllocationFailed => "out of memory for page tables",
-                    })?;
+                    .map_err(map_error)?;
             }
         }
         page += PAGE_SIZE;
     }
     Ok(phys_to_virt(pa))
+}
+
+/// Why a page could not be mapped, in words.
+fn map_error(e: MapToError<Size4KiB>) -> &'static str {
+    match e {
+        MapToError::PageAlreadyMapped(_) => "its virtual address is already in use",
+        MapToError::ParentEntryHugePage => "a huge page covers its virtual address",
+        MapToError::FrameAllocationFailed => "out of memory for page tables",
+    }
 }
 
 /// Maps the 4 KiB page at physical (and virtual) address `pa` identically, writable and
@@ -234,11 +239,7 @@ pub fn map_identity(pa: u64) -> Result<(), &'static str> {
                 &mut TableFrames,
             )
             .map(|f| f.flush())
-            .map_err(|e| match e {
-                MapToError::PageAlreadyMapped(_) => "its virtual address is already in use",
-                MapToError::ParentEntryHugePage => "a huge page covers its virtual address",
-                MapToError::FrameAllocationFailed => "out of memory for page tables",
-            })
+            .map_err(map_error)
     }
 }
 

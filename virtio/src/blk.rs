@@ -341,14 +341,7 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| c.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn set_features(&mut self, negotiated: u64) {

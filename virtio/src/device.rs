@@ -29,6 +29,18 @@ pub mod device_id {
     pub const BLOCK: u16 = 2;
 }
 
+/// Reads a device configuration space held as `bytes`: byte `offset` on into
+/// `data`, zeros past its end (and for offsets that overflow).
+pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| bytes.get(usize::try_from(o).ok()?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device type (block, ...) behind a transport. The transport owns feature
 /// negotiation, status, queues and interrupts; the device supplies its features,
 /// its configuration space and what one request does.

@@ -141,6 +141,22 @@ impl Source<'_> {
         }
     }
 
+    /// Where a table entry named `name` is (its key) and where its value starts
+    /// (`value_span`; the key when there is none, e.g. for a table).
+    fn entry_locs(
+        &self,
+        key_span: Option<Range<usize>>,
+        value_span: Option<Range<usize>>,
+        name: &str,
+    ) -> (Loc, Loc) {
+        let key_loc = self.loc(key_span, name);
+        let value_loc = match value_span {
+            Some(s) => self.loc(Some(s), name),
+            None => key_loc.clone(),
+        };
+        (key_loc, value_loc)
+    }
+
     fn err(&self, loc: &Loc, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.label.clone(),
@@ -727,14 +743,11 @@ fn parse_modules(
         let mut path = None;
         let mut cmdline = String::new();
         for (key, value) in table.iter() {
-            let key_loc = src.loc(
+            let (key_loc, value_loc) = src.entry_locs(
                 table.key(key).and_then(|k| k.span()),
+                value.span(),
                 &format!("{prefix}.{key}"),
             );
-            let value_loc = match value.span() {
-                Some(s) => src.loc(Some(s), &key_loc.key),
-                None => key_loc.clone(),
-            };
             match key {
                 "path" => {
                     path = Some((src.resolve(get_str(src, value, &value_loc)?), value_loc));
@@ -791,14 +804,11 @@ fn parse_disk(src: &Source, item: &Item, loc: &Loc) -> Result<DiskChoice, Config
     let mut partition: Option<(String, Loc)> = None;
     let mut read_only = false;
     for (key, value) in table.iter() {
-        let key_loc = src.loc(
+        let (key_loc, value_loc) = src.entry_locs(
             table.key(key).and_then(|k| k.span()),
+            value.span(),
             &format!("disk.{key}"),
         );
-        let value_loc = match value.span() {
-            Some(s) => src.loc(Some(s), &key_loc.key),
-            None => key_loc.clone(),
-        };
         match key {
             "file" => file = Some((src.resolve(get_str(src, value, &value_loc)?), value_loc)),
             "partition" => {

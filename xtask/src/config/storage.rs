@@ -66,14 +66,11 @@ pub(super) fn parse(src: &Source, item: &Item, loc: &Loc) -> Result<StorageDef, 
     let mut partitions = Vec::new();
     let mut locs = Vec::new();
     for (key, value) in table.iter() {
-        let key_loc = src.loc(
+        let (key_loc, value_loc) = src.entry_locs(
             table.key(key).and_then(|k| k.span()),
+            value.span().filter(|_| value.is_value()),
             &format!("storage.{key}"),
         );
-        let value_loc = match value.span() {
-            Some(s) if value.is_value() => src.loc(Some(s), &key_loc.key),
-            _ => key_loc.clone(),
-        };
         match key {
             "image" => image = Some(src.resolve(get_str(src, value, &value_loc)?)),
             "size" => disk = Some((size(src, value, &value_loc)?, value_loc)),
@@ -195,14 +192,11 @@ fn parse_partition(
     let mut encrypted = false;
     let mut key_file: Option<(PathBuf, Loc)> = None;
     for (key, value) in table.iter() {
-        let key_loc = src.loc(
+        let (key_loc, value_loc) = src.entry_locs(
             table.key(key).and_then(|k| k.span()),
+            value.span(),
             &format!("{prefix}.{key}"),
         );
-        let value_loc = match value.span() {
-            Some(s) => src.loc(Some(s), &key_loc.key),
-            None => key_loc.clone(),
-        };
         match key {
             "name" => name = Some((get_str(src, value, &value_loc)?.to_string(), value_loc)),
             "size" => bytes = Some((size(src, value, &value_loc)?, value_loc)),
