@@ -738,7 +738,7 @@ pub fn report(c: &Collected) -> String {
         for (k, (label, v)) in disk_rows.iter().enumerate() {
             let head = match k {
                 0 => "Disk 64 MiB",
-                1 => "  seq. direct I/O",
+                1 => "  direct I/O",
                 _ => "",
             };
             let (w, r) = (mib(v, |f| f.write_mib_s), mib(v, |f| f.read_mib_s));
