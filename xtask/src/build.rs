@@ -167,8 +167,9 @@ pub enum GuestSet {
     /// space all ones) and `timer64` (a count-1 periodic local APIC timer).
     Hostile,
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
-    /// `hello64`, and `blk64` with its RAM-backed virtio-blk disk (reads, a write,
-    /// requests past the end).
+    /// `hello64`, `blk64` with its RAM-backed virtio-blk disk (reads, a write,
+    /// requests past the end), and `vq64`, hostile hand-built virtqueues on a copy
+    /// of that disk (the device must end in NEEDS_RESET, then work after a reset).
     CrCheck,
     /// Linux in test mode with a persistent, encrypted disk (partition "linux-data"
     /// of the NVMe disk, its passphrase from a key file) mounted on /data, next to
@@ -470,10 +471,19 @@ impl GuestSet {
                     }),
                     ..vm("blk64")?
                 };
+                // vq64 (hostile virtqueues) on the same disk file (each VM's
+                // RAM-backed disk is a copy of its own), with 20 MiB: its len-sum
+                // scenario needs buffers of 17 MiB inside its RAM.
+                let vq64 = crate::vms::VmDef {
+                    memory_kib: VQ64_MEMORY_KIB,
+                    disk: blk64.disk.clone(),
+                    ..vm("vq64")?
+                };
                 Ok(vec![
                     vm("crcheck64")?,
                     vm("hello64")?,
                     crate::config::check(&blk64)?,
+                    crate::config::check(&vq64)?,
                 ])
             }
             GuestSet::Smp | GuestSet::SmpWithoutStorm => {
@@ -552,6 +562,10 @@ impl GuestSet {
         }
     }
 }
+
+/// `vq64`'s memory: more than the 17 MiB buffers of its len-sum scenario, whose
+/// chain of 256 of them adds up past 4 GiB only with every buffer inside RAM.
+const VQ64_MEMORY_KIB: u32 = 20 * 1024;
 
 /// The built tiny guest `name` as a VM with 4 MiB of memory.
 fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vms::VmDef, String> {

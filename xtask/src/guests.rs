@@ -20,7 +20,8 @@
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
 //! hostile guests `dbloop64`, `dr64`, `insn64` and `timer64`, `reset64`, `crcheck64`
-//! and the virtio-blk guest `blk64` are built with them ([`build_all_guests`]) but booted in their own sets.
+//! the virtio-blk guest `blk64` and the hostile virtqueue guest `vq64` are built with
+//! them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
 use std::fs;
@@ -75,6 +76,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("timer64", Kind::Elf64),
     ("crcheck64", Kind::Elf64),
     ("blk64", Kind::Elf64),
+    ("vq64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
@@ -113,7 +115,7 @@ pub fn find_image<'a>(images: &'a [GuestImage], name: &str) -> Result<&'a GuestI
 /// each binary with the toolchain's `llvm-objcopy` (component
 /// `llvm-tools-preview`). Returns the images in a fixed order: the tiny set as
 /// [`build_guests`] lists it, then the others in [`EXTRA_GUESTS`] order (mb32 ...
-/// crcheck64, blk64).
+/// crcheck64, blk64, vq64).
 pub fn build_all_guests(workspace_root: &Path, out_dir: &Path) -> Result<Vec<GuestImage>, String> {
     // Tests build several guest sets from parallel threads; one build at a time
     // in this process (cargo already serialises across processes).
@@ -886,6 +888,7 @@ mod tests {
             "reset64",
             "crcheck64",
             "blk64",
+            "vq64",
             "timer64",
         ] {
             let image = fs::read(&find_image(&all, name).unwrap().path).unwrap();
