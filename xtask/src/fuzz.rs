@@ -20,7 +20,9 @@ use std::time::Instant;
 use crate::build::{target_dir, workspace_root};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
-pub const TARGETS: [&str; 7] = ["images", "bundle", "config", "devices", "virtio", "net", "gpt"];
+pub const TARGETS: [&str; 7] = [
+    "images", "bundle", "config", "devices", "virtio", "net", "gpt",
+];
 
 /// The flags cargo-fuzz passes for libFuzzer's coverage feedback (its `BuildOptions`
 /// defaults without a sanitizer).
@@ -178,6 +180,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     read_only: format == bundle::ImageFormat::Linux,
                 }),
                 partition: None,
+                nics: Vec::new(),
             };
             let one = [vm("mb", b"image", bundle::ImageFormat::Multiboot)];
             let two = [
