@@ -34,6 +34,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static HOSTILE: OnceLock<Images> = OnceLock::new();
     static CRCHECK: OnceLock<Images> = OnceLock::new();
     static LINUX_DISK: OnceLock<Images> = OnceLock::new();
+    static NETWORK: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -49,6 +50,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Hostile => &HOSTILE,
         GuestSet::CrCheck => &CRCHECK,
         GuestSet::LinuxDiskTest => &LINUX_DISK,
+        GuestSet::NetworkTest => &NETWORK,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

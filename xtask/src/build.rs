@@ -139,6 +139,11 @@ pub enum GuestSet {
     /// passphrase (it must be refused, and the partition left as it was). The disk
     /// image is [`GuestSet::storage`]'s.
     LinuxDiskTest,
+    /// The network: two Linux VMs in test mode (1 vCPU, 160 MiB each) on network
+    /// "lan", `lan-a` at 10.0.0.1 listening on TCP port 5000 and `lan-b` at
+    /// 10.0.0.2, which pings it and sends it 64 KiB; and `hello64` with a NIC on
+    /// network "other", which must see none of their frames.
+    NetworkTest,
 }
 
 /// Where the default run and the disk test keep their disk images and key files.
@@ -231,6 +236,7 @@ impl GuestSet {
             GuestSet::Hostile => "hostile",
             GuestSet::CrCheck => "crcheck",
             GuestSet::LinuxDiskTest => "linux-disk-test",
+            GuestSet::NetworkTest => "network-test",
         }
     }
 
@@ -311,6 +317,25 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::NetworkTest => {
+                use crate::vms::NicDef;
+                let lan = |name: &str, args: &str| -> Result<crate::vms::VmDef, String> {
+                    let mut vm = linux_vm(true)?.renamed(name);
+                    vm.vcpus = 1;
+                    vm.memory_kib = 160 * 1024;
+                    vm.cmdline = format!("{} {args}", vm.cmdline);
+                    vm.nics = vec![NicDef::on("lan", name, 0)];
+                    Ok(crate::config::check(&vm)?)
+                };
+                let mut vms = vec![
+                    lan("lan-a", "hv.ip=10.0.0.1/24 hv.listen=5000")?,
+                    lan("lan-b", "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000")?,
+                ];
+                let mut hello = tiny_vm(&all_guests()?, "hello64")?;
+                hello.nics = vec![NicDef::on("other", "hello64", 0)];
+                vms.push(hello);
+                Ok(vms)
+            }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);

@@ -312,7 +312,8 @@ mod tests {
     #[test]
     fn frames_wake_their_owner_only() {
         let mut hub = Hub::new();
-        let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let flags: Vec<Arc<AtomicBool>> =
+            (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
         let a = hub.attach("lan", A, 0, 0, flags[0].clone(), 0).unwrap();
         let b = hub.attach("lan", B, 0, 0, flags[1].clone(), 0).unwrap();
         let c = hub.attach("other", C, 0, 0, flags[2].clone(), 0).unwrap();

@@ -407,7 +407,11 @@ impl Platform {
     /// The earliest time a device wants to be polled (as of the last poll; an
     /// access since then forces the next poll anyway).
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        if self.wake.as_ref().is_some_and(|w| w.load(Ordering::Acquire)) {
+        if self
+            .wake
+            .as_ref()
+            .is_some_and(|w| w.load(Ordering::Acquire))
+        {
             return Some(0);
         }
         if self.poll_now {

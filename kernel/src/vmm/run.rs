@@ -753,7 +753,11 @@ impl<B: Backend> Machine<'_, B> {
             return;
         }
         for (v, vm) in self.vms.iter().enumerate() {
-            if vm.net_wake.as_ref().is_some_and(|w| w.load(Ordering::Acquire)) {
+            if vm
+                .net_wake
+                .as_ref()
+                .is_some_and(|w| w.load(Ordering::Acquire))
+            {
                 let all = u64::MAX >> (64 - vm.slots.len().clamp(1, 64));
                 self.kick_vcpus(v, all);
             }
