@@ -1886,11 +1886,9 @@ cmdline = "x"
         assert_eq!(vms[1].nics[0].mac, virtio::net::mac_from_name("b", 0));
         assert!(vms[2].nics.is_empty());
         // [[vm.nics]] tables work too; `check` keeps NICs; they pack and read back.
-        let tables = format!(
-            "[[network]]\nname = \"lan\"\n[[vm]]\nname = \"a\"\nmemory = 4\n\
-             kernel = \"boot.bin\"\n[[vm.nics]]\nnetwork = \"lan\"\n"
-        );
-        let one = s.load(&tables).unwrap();
+        let tables = "[[network]]\nname = \"lan\"\n[[vm]]\nname = \"a\"\nmemory = 4\n\
+             kernel = \"boot.bin\"\n[[vm.nics]]\nnetwork = \"lan\"\n";
+        let one = s.load(tables).unwrap();
         assert_eq!(one[0].nics, vec![NicDef::on("lan", "a", 0)]);
         assert_eq!(check(&vms[0]).unwrap().nics, vms[0].nics);
         let blob = crate::vms::bundle_bytes(&vms).unwrap();
