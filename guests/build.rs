@@ -34,6 +34,7 @@ const BINS: &[(&str, &str)] = &[
     ("timer64", "link64.ld"),
     ("crcheck64", "link64.ld"),
     ("blk64", "link64.ld"),
+    ("net64", "link64.ld"),
 ];
 
 fn main() {

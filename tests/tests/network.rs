@@ -1,8 +1,11 @@
 //! VMs on the hypervisor's virtual switch (AMD-V under QEMU, 2 processors, TCG):
 //! two Linux VMs on network "lan" (virtio-net, 10.0.0.1 and 10.0.0.2) reach each
 //! other (ping with no loss, 64 KiB over TCP with the same SHA-256 on both ends),
-//! and `hello64`, whose NIC is on network "other", gets none of their frames (its
-//! port's counters stay at zero). One boot checks everything.
+//! and `net64` (virtio-drivers), whose NIC is on network "other", sends a broadcast
+//! and a frame with a forged source MAC: the switch drops the forged one, the
+//! broadcast reaches no one (no other port on "other"), and none of the Linux VMs'
+//! frames reach it (its port's receive counter stays at zero). One boot checks
+//! everything.
 
 use tests::*;
 use xtask::emulator::EXIT_SUCCESS;
@@ -35,11 +38,14 @@ fn linux_vms_on_one_network_reach_each_other_under_amd_v() {
     );
     out.expect_line("hv: vm lan-a nic eth0: ")
         .expect_line("on network \"lan\" (PCI 00:04.0)")
-        .expect_line("hv: vm hello64 nic eth0: ")
+        .expect_line("hv: vm net64 nic eth0: ")
+        .expect_line("net64 | net64: virtio-net at 00:04.0, mac ")
+        .expect_line("net64 | net64: sent a broadcast")
+        .expect_line("net64 | net64: sent a frame with a forged source")
+        .expect_line("net64 | net64: done")
         .expect_line("lan-a | hv-linux: eth0 10.0.0.1/24 up")
         .expect_line("lan-b | hv-linux: eth0 10.0.0.2/24 up")
         .expect_line("lan-b | hv-linux: ping 10.0.0.1: 3 packets transmitted, 3 packets received, 0% packet loss")
-        .expect_line("hello64 | hello64: done")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("Kernel panic")
         .expect_no("EXCEPTION")
@@ -64,9 +70,11 @@ fn linux_vms_on_one_network_reach_each_other_under_amd_v() {
         assert!(number_after(&line, " rx ") >= 3, "{line}");
         assert_eq!(number_after(&line, "dropped "), 0, "{line}");
     }
-    let other = out.line_with("hv: vm hello64 net: eth0 (other) ");
+    // net64 sent two frames: one dropped (the forged source), the broadcast went
+    // to no one, and nothing came to it.
+    let other = out.line_with("hv: vm net64 net: eth0 (other) ");
     assert!(
-        other.contains("tx 0 frames 0 bytes, rx 0 frames 0 bytes, dropped 0 frames"),
+        other.contains("tx 2 frames 120 bytes, rx 0 frames 0 bytes, dropped 1 frames"),
         "{other}"
     );
 }

@@ -141,8 +141,9 @@ pub enum GuestSet {
     LinuxDiskTest,
     /// The network: two Linux VMs in test mode (1 vCPU, 160 MiB each) on network
     /// "lan", `lan-a` at 10.0.0.1 listening on TCP port 5000 and `lan-b` at
-    /// 10.0.0.2, which pings it and sends it 64 KiB; and `hello64` with a NIC on
-    /// network "other", which must see none of their frames.
+    /// 10.0.0.2, which pings it and sends it 64 KiB; and `net64` with a NIC on
+    /// network "other", which sends a broadcast and a frame with a forged source
+    /// there and must see none of their frames (nor they its).
     NetworkTest,
 }
 
@@ -331,9 +332,9 @@ impl GuestSet {
                     lan("lan-a", "hv.ip=10.0.0.1/24 hv.listen=5000")?,
                     lan("lan-b", "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000")?,
                 ];
-                let mut hello = tiny_vm(&all_guests()?, "hello64")?;
-                hello.nics = vec![NicDef::on("other", "hello64", 0)];
-                vms.push(hello);
+                let mut net64 = tiny_vm(&all_guests()?, "net64")?;
+                net64.nics = vec![NicDef::on("other", "net64", 0)];
+                vms.push(crate::config::check(&net64)?);
                 Ok(vms)
             }
             GuestSet::LinuxApicTest => {

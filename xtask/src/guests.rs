@@ -75,6 +75,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("timer64", Kind::Elf64),
     ("crcheck64", Kind::Elf64),
     ("blk64", Kind::Elf64),
+    ("net64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and
