@@ -35,6 +35,7 @@ const BINS: &[(&str, &str)] = &[
     ("crcheck64", "link64.ld"),
     ("blk64", "link64.ld"),
     ("vq64", "link64.ld"),
+    ("net64", "link64.ld"),
 ];
 
 fn main() {

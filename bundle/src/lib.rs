@@ -2,10 +2,10 @@
 //! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
 //! together so the format has one definition.
 //!
-//! Layout, version 6 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 7 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL6", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL7", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -27,13 +27,17 @@
 //!                            SECTOR_SIZE, 1 sector to DISK_MAX; without: zero)
 //!           92  partition    offset u32 of the partition record (with flag bit 7;
 //!                            without: zero)
+//! nic table  count * 8 bytes, one per VM (version 7): offset u32 of the VM's NIC
+//!          records, NIC count u32 (0 to NICS_MAX; offset 0 without NICs)
 //! data     everything else: per VM its module table (count * 16 bytes: data offset,
 //!          data length, cmdline offset, cmdline length), its cmdline strings and
 //!          image path, partition record (16 bytes: name offset, name length, key
 //!          offset, key length; the name UTF-8 without NUL, 1 to 36 UTF-16 units;
 //!          the key 0 to KEY_MAX bytes, only with flag bit 8), partition name and
-//!          key, then the images, module data and disk contents, each
-//!          starting 16-byte aligned.
+//!          key, its NIC records (24 bytes each: network name offset u32, length
+//!          u32; MAC [u8; 6]; 2 zero bytes; rate_mbit u32, 0 = no limit; burst_kib
+//!          u32, 0 = the default) and their network names, then the images, module
+//!          data and disk contents, each starting 16-byte aligned.
 //! ```
 //!
 //! Version 3 added `image_path` (the image's name as the user gave it, which a
@@ -42,9 +46,12 @@
 //! initial contents of a RAM-backed virtio-blk disk) in bytes that version 4 kept
 //! reserved and zero; version 6 the `partition` (a GPT partition of the machine's
 //! persistent disk, named, with its passphrase when it is encrypted) through the
-//! last word version 5 kept reserved. The magic names the version: the reader takes versions 4, 5 and 6 (a
-//! version 4 entry has no disk, a version 4 or 5 entry no partition, and their flags
-//! must be clear); any other version is refused as a whole. A VM has at most one
+//! last word version 5 kept reserved; version 7 the NICs (each on a named network
+//! of the machine's virtual switch), through a table of its own after the entries,
+//! since the entry had no word left. The magic names the version: the reader takes
+//! versions 4 to 7 (a version 4 entry has no disk, a version 4 or 5 entry no
+//! partition, and their flags must be clear; before version 7 no VM has a NIC); any
+//! other version is refused as a whole. A VM has at most one
 //! disk: a RAM-backed one or a partition.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
@@ -62,8 +69,10 @@ pub use reference::{read_ref, write_ref, BundleRef, RefError};
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL6";
-/// The previous versions, still read: their entries have no partition ...
+pub const MAGIC: [u8; 8] = *b"HVBUNDL7";
+/// The previous versions, still read: they have no NICs ...
+pub const MAGIC_V6: [u8; 8] = *b"HVBUNDL6";
+/// ... their entries have no partition ...
 pub const MAGIC_V5: [u8; 8] = *b"HVBUNDL5";
 /// ... and, in version 4, no disk.
 pub const MAGIC_V4: [u8; 8] = *b"HVBUNDL4";
@@ -71,6 +80,20 @@ const HEADER: usize = 16;
 const ENTRY: usize = 96;
 const PARTITION_RECORD: usize = 16;
 const MODULE_ENTRY: usize = 16;
+/// Per VM in the NIC table: offset and count of its NIC records.
+const NIC_TABLE_ENTRY: usize = 8;
+const NIC_RECORD: usize = 24;
+/// Most NICs one VM may have (its PCI devices 00:04.0 to 00:07.0).
+pub const NICS_MAX: usize = 4;
+/// Longest network name, in bytes.
+pub const NETWORK_NAME_MAX: usize = 32;
+/// Highest rate limit, in Mbit/s (100 Gbit/s).
+pub const RATE_MBIT_MAX: u32 = 100_000;
+/// Smallest burst of a rate limit, in KiB: one full-size tagged frame (1518 bytes)
+/// must fit.
+pub const BURST_KIB_MIN: u32 = 2;
+/// Largest burst, in KiB (1 GiB).
+pub const BURST_KIB_MAX: u32 = 1 << 20;
 /// Longest VM name, in bytes.
 pub const NAME_MAX: usize = 24;
 /// Longest command line (VM or module), in bytes. Linux's own limit on x86 is 2048
@@ -225,6 +248,62 @@ pub fn partition_ok(p: &PartitionDisk) -> bool {
         && (p.encrypted || p.key.is_empty())
 }
 
+/// A VM's virtio-net NIC: a port of the machine's virtual switch on the network
+/// named `network` (version 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nic<'a> {
+    /// 1 to [`NETWORK_NAME_MAX`] bytes of `A-Z a-z 0-9 _ . -`.
+    pub network: &'a str,
+    /// A unicast address, not all zeros; unique on its network.
+    pub mac: [u8; 6],
+    /// The port's rate limit in Mbit/s; 0: none.
+    pub rate_mbit: u32,
+    /// The rate limit's burst in KiB ([`BURST_KIB_MIN`] to [`BURST_KIB_MAX`]); 0:
+    /// the default. Only with a rate.
+    pub burst_kib: u32,
+}
+
+/// Whether `name` can name a network: 1 to [`NETWORK_NAME_MAX`] bytes of
+/// `A-Z a-z 0-9 _ . -` (what VM names allow: it is printed in reports).
+pub fn network_name_ok(name: &str) -> bool {
+    (1..=NETWORK_NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `mac` can be a NIC's address: unicast (IEEE 802-2014 §8.2: bit 0 of the
+/// first byte clear) and not all zeros.
+pub fn mac_ok(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0 && *mac != [0; 6]
+}
+
+/// Whether `nic` can be packed on its own (the network name, the MAC, the rate
+/// limit's range; a burst only with a rate).
+pub fn nic_ok(nic: &Nic) -> bool {
+    network_name_ok(nic.network)
+        && mac_ok(&nic.mac)
+        && nic.rate_mbit <= RATE_MBIT_MAX
+        && (nic.burst_kib == 0
+            || (nic.rate_mbit != 0 && (BURST_KIB_MIN..=BURST_KIB_MAX).contains(&nic.burst_kib)))
+}
+
+/// The first NIC (VM index, NIC index) whose MAC another NIC before it on the same
+/// network has: two ports with one address would take each other's frames.
+fn duplicate_mac(vms: &[VmSpec]) -> Option<(usize, usize)> {
+    let all: Vec<(usize, usize, &Nic)> = vms
+        .iter()
+        .enumerate()
+        .flat_map(|(i, vm)| vm.nics.iter().enumerate().map(move |(j, n)| (i, j, n)))
+        .collect();
+    all.iter().enumerate().find_map(|(k, (i, j, n))| {
+        all[..k]
+            .iter()
+            .any(|(_, _, o)| o.mac == n.mac && o.network == n.network)
+            .then_some((*i, *j))
+    })
+}
+
 /// Whether `len` bytes make a disk: whole sectors, at least one, at most
 /// [`DISK_MAX`].
 pub fn disk_size_ok(len: usize) -> bool {
@@ -282,6 +361,8 @@ pub struct VmSpec<'a> {
     /// A disk that is a partition of the persistent disk (version 6); never
     /// together with `disk`.
     pub partition: Option<PartitionDisk<'a>>,
+    /// Its NICs, at most [`NICS_MAX`] (version 7).
+    pub nics: Vec<Nic<'a>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,6 +428,17 @@ pub enum BundleError {
     BadPartition {
         index: usize,
     },
+    /// More than [`NICS_MAX`] NICs, or the NIC table lies outside the bundle (or a
+    /// bundle before version 7 claims NICs).
+    BadNicTable {
+        index: usize,
+    },
+    /// A NIC record out of bounds, or its network name, MAC or rate limit not what
+    /// [`nic_ok`] takes, or its MAC used by another NIC on the same network.
+    BadNic {
+        index: usize,
+        nic: usize,
+    },
 }
 
 impl fmt::Display for BundleError {
@@ -354,7 +446,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL6, 5 or 4)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL7, 6, 5 or 4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -416,6 +508,16 @@ impl fmt::Display for BundleError {
                  {PARTITION_NAME_UNITS} UTF-16 units; key out of bounds, longer than \
                  {KEY_MAX} bytes or without encryption; or both a partition and a \
                  RAM-backed disk"
+            ),
+            BundleError::BadNicTable { index } => write!(
+                f,
+                "entry {index}: NIC table out of bounds or more than {NICS_MAX} NICs"
+            ),
+            BundleError::BadNic { index, nic } => write!(
+                f,
+                "entry {index}: NIC {nic}: record out of bounds, network name not 1 to \
+                 {NETWORK_NAME_MAX} bytes of A-Z a-z 0-9 _ . -, MAC multicast, zero or \
+                 used twice on the network, or rate limit out of range"
             ),
         }
     }
@@ -482,11 +584,21 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
                 return Err(BundleError::BadPartition { index });
             }
         }
+        if vm.nics.len() > NICS_MAX {
+            return Err(BundleError::BadNicTable { index });
+        }
+        if let Some(nic) = vm.nics.iter().position(|n| !nic_ok(n)) {
+            return Err(BundleError::BadNic { index, nic });
+        }
+    }
+    if let Some((index, nic)) = duplicate_mac(vms) {
+        return Err(BundleError::BadNic { index, nic });
     }
 
     // Layout: entry table, then per VM: module table, strings; then all blobs.
     let table_end = HEADER + ENTRY * vms.len();
-    let mut cursor = table_end;
+    let nic_table = table_end;
+    let mut cursor = nic_table + NIC_TABLE_ENTRY * vms.len();
     struct Placed {
         modules_at: usize,
         cmdline_at: usize,
@@ -494,6 +606,8 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         image_path_at: usize,
         partition_at: usize,
         key_at: usize,
+        nics_at: usize,
+        network_names_at: Vec<usize>,
     }
     let mut placed = Vec::with_capacity(vms.len());
     for vm in vms {
@@ -514,6 +628,13 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         }
         let key_at = cursor;
         cursor += vm.partition.map_or(0, |p| p.key.len());
+        let nics_at = cursor;
+        cursor += NIC_RECORD * vm.nics.len();
+        let mut network_names_at = Vec::with_capacity(vm.nics.len());
+        for n in &vm.nics {
+            network_names_at.push(cursor);
+            cursor += n.network.len();
+        }
         placed.push(Placed {
             modules_at,
             cmdline_at,
@@ -521,6 +642,8 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             image_path_at,
             partition_at,
             key_at,
+            nics_at,
+            network_names_at,
         });
     }
     let mut image_at = Vec::with_capacity(vms.len());
@@ -632,6 +755,15 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         out.extend_from_slice(&e);
     }
     for (i, vm) in vms.iter().enumerate() {
+        let at = if vm.nics.is_empty() {
+            0
+        } else {
+            placed[i].nics_at
+        };
+        out.extend_from_slice(&u(at));
+        out.extend_from_slice(&u(vm.nics.len()));
+    }
+    for (i, vm) in vms.iter().enumerate() {
         debug_assert_eq!(out.len(), placed[i].modules_at);
         for (j, m) in vm.modules.iter().enumerate() {
             out.extend_from_slice(&u(module_data_at[i][j]));
@@ -652,6 +784,18 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
             out.extend_from_slice(&u(p.key.len()));
             out.extend_from_slice(p.name.as_bytes());
             out.extend_from_slice(p.key);
+        }
+        debug_assert_eq!(out.len(), placed[i].nics_at);
+        for (j, n) in vm.nics.iter().enumerate() {
+            out.extend_from_slice(&u(placed[i].network_names_at[j]));
+            out.extend_from_slice(&u(n.network.len()));
+            out.extend_from_slice(&n.mac);
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&n.rate_mbit.to_le_bytes());
+            out.extend_from_slice(&n.burst_kib.to_le_bytes());
+        }
+        for n in &vm.nics {
+            out.extend_from_slice(n.network.as_bytes());
         }
     }
     for (i, vm) in vms.iter().enumerate() {
@@ -713,14 +857,22 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
     }
     let v4 = blob[..8] == MAGIC_V4;
     let v5 = blob[..8] == MAGIC_V5;
-    if blob[..8] != MAGIC && !v4 && !v5 {
+    let v6 = blob[..8] == MAGIC_V6;
+    let v7 = blob[..8] == MAGIC;
+    if !(v4 || v5 || v6 || v7) {
         return Err(BundleError::BadMagic);
     }
 
     let count = u32_at(blob, 8).ok_or(BundleError::BadHeader)? as usize;
     let total = u32_at(blob, 12).ok_or(BundleError::BadHeader)? as usize;
-    let table_end = count
+    let per_vm = if v7 { ENTRY + NIC_TABLE_ENTRY } else { ENTRY };
+    let entries_end = count
         .checked_mul(ENTRY)
+        .and_then(|t| t.checked_add(HEADER))
+        .ok_or(BundleError::TooLarge)?;
+    // Where the data area starts: after the entries and (version 7) the NIC table.
+    let table_end = count
+        .checked_mul(per_vm)
         .and_then(|t| t.checked_add(HEADER))
         .ok_or(BundleError::TooLarge)?;
     if total < table_end {
@@ -842,6 +994,12 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             }
             Some(p)
         };
+        let nics = if v7 {
+            let t = entries_end + index * NIC_TABLE_ENTRY;
+            read_nics(blob, table_end, &blob[t..t + NIC_TABLE_ENTRY], index)?
+        } else {
+            Vec::new()
+        };
         vms.push(VmSpec {
             name,
             memory_kib: field(E_MEMORY),
@@ -868,9 +1026,56 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             modules,
             disk,
             partition,
+            nics,
         });
     }
+    if let Some((index, nic)) = duplicate_mac(&vms) {
+        return Err(BundleError::BadNic { index, nic });
+    }
     Ok(vms)
+}
+
+/// The NICs of VM `index` from its NIC table entry `entry` (offset, count).
+fn read_nics<'a>(
+    blob: &'a [u8],
+    data_start: usize,
+    entry: &[u8],
+    index: usize,
+) -> Result<Vec<Nic<'a>>, BundleError> {
+    let bad_table = BundleError::BadNicTable { index };
+    let offset = u32_at(entry, 0).ok_or(bad_table)?;
+    let count = u32_at(entry, 4).ok_or(bad_table)? as usize;
+    if count == 0 {
+        // Without NICs the offset is zero, as every unused field.
+        return if offset == 0 {
+            Ok(Vec::new())
+        } else {
+            Err(bad_table)
+        };
+    }
+    if count > NICS_MAX {
+        return Err(bad_table);
+    }
+    let records = region(blob, data_start, offset, (count * NIC_RECORD) as u32).ok_or(bad_table)?;
+    let mut nics = Vec::with_capacity(count);
+    for (nic, r) in records.as_chunks::<NIC_RECORD>().0.iter().enumerate() {
+        let bad = BundleError::BadNic { index, nic };
+        let field = |at: usize| u32_at(r, at).unwrap_or(0);
+        let network = string(blob, data_start, field(0), field(4)).map_err(|_| bad)?;
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&r[8..14]);
+        let n = Nic {
+            network,
+            mac,
+            rate_mbit: field(16),
+            burst_kib: field(20),
+        };
+        if r[14..16] != [0, 0] || !nic_ok(&n) {
+            return Err(bad);
+        }
+        nics.push(n);
+    }
+    Ok(nics)
 }
 
 #[cfg(test)]
@@ -898,6 +1103,7 @@ mod tests {
             modules: Vec::new(),
             disk: None,
             partition: None,
+            nics: Vec::new(),
         }
     }
 
@@ -940,6 +1146,20 @@ mod tests {
                     read_only: true,
                 }),
                 partition: None,
+                nics: vec![
+                    Nic {
+                        network: "lan",
+                        mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                        rate_mbit: 100,
+                        burst_kib: 64,
+                    },
+                    Nic {
+                        network: "mgmt.v-2",
+                        mac: [0x02, 0, 0, 0, 0, 1],
+                        rate_mbit: 0,
+                        burst_kib: 0,
+                    },
+                ],
             },
             VmSpec {
                 format: ImageFormat::Multiboot,
@@ -958,6 +1178,12 @@ mod tests {
                     data: &DISK[..512],
                     read_only: false,
                 }),
+                nics: vec![Nic {
+                    network: "lan",
+                    mac: [0x02, 0, 0, 0, 0, 2],
+                    rate_mbit: 1,
+                    burst_kib: 0,
+                }],
                 ..tiny("mb", b"multiboot")
             },
             VmSpec {
@@ -1388,6 +1614,7 @@ mod tests {
             .into_iter()
             .map(|s| VmSpec {
                 partition: None,
+                nics: Vec::new(),
                 ..s
             })
             .collect();
@@ -1403,6 +1630,7 @@ mod tests {
             .map(|s| VmSpec {
                 disk: None,
                 partition: None,
+                nics: Vec::new(),
                 ..s
             })
             .collect();
@@ -1414,12 +1642,184 @@ mod tests {
             .into_iter()
             .map(|s| VmSpec {
                 partition: None,
+                nics: Vec::new(),
                 ..s
             })
             .collect();
         let mut b = write(&with_disks).unwrap();
         b[..8].copy_from_slice(&MAGIC_V4);
         assert_eq!(read(&b), Err(BundleError::BadDisk { index: 2 }));
+    }
+
+    #[test]
+    fn version_6_bundles_are_read_without_nics() {
+        let no_nics: Vec<VmSpec> = specs()
+            .into_iter()
+            .map(|s| VmSpec {
+                nics: Vec::new(),
+                ..s
+            })
+            .collect();
+        let b7 = write(&no_nics).unwrap();
+        // A version 6 bundle is a version 7 one without the NIC table: drop it and
+        // move every offset back by its size.
+        let count = no_nics.len();
+        let shift = NIC_TABLE_ENTRY * count;
+        let entries_end = HEADER + ENTRY * count;
+        let mut b6 = b7[..entries_end].to_vec();
+        b6.extend_from_slice(&b7[entries_end + shift..]);
+        b6[..8].copy_from_slice(&MAGIC_V6);
+        put(&mut b6, 12, (b7.len() - shift) as u32);
+        // Every offset moves back by the table's size (a multiple of 16 here, so
+        // the data stays aligned).
+        let mut fixed = b6;
+        for (i, spec) in no_nics.iter().enumerate() {
+            let e = HEADER + i * ENTRY;
+            for at in [
+                E_IMAGE,
+                E_CMDLINE,
+                E_MODULES,
+                E_IMAGE_PATH,
+                E_DISK,
+                E_PARTITION,
+            ] {
+                let v = u32_at(&fixed, e + at).unwrap();
+                if v != 0 {
+                    put(&mut fixed, e + at, v - shift as u32);
+                }
+            }
+            let table = u32_at(&fixed, e + E_MODULES).unwrap() as usize;
+            for m in 0..spec.modules.len() {
+                for at in [0, 8] {
+                    let r = table + m * MODULE_ENTRY + at;
+                    let v = u32_at(&fixed, r).unwrap();
+                    put(&mut fixed, r, v - shift as u32);
+                }
+            }
+            if spec.partition.is_some() {
+                let r = u32_at(&fixed, e + E_PARTITION).unwrap() as usize;
+                for at in [0, 8] {
+                    let v = u32_at(&fixed, r + at).unwrap();
+                    put(&mut fixed, r + at, v - shift as u32);
+                }
+            }
+        }
+        assert_eq!(read(&fixed).unwrap(), no_nics);
+        // Stamped version 6, a version 7 bundle's NIC table is data: NICs are
+        // never read from it.
+        let mut b = write(&specs()).unwrap();
+        b[..8].copy_from_slice(&MAGIC_V6);
+        assert!(read(&b).unwrap().iter().all(|vm| vm.nics.is_empty()));
+    }
+
+    #[test]
+    fn malformed_nics_are_refused() {
+        let good = blob();
+        let count = specs().len();
+        let table = HEADER + ENTRY * count;
+        let linux = table + 2 * NIC_TABLE_ENTRY;
+        let records = u32_at(&good, linux).unwrap() as usize;
+        assert_eq!(u32_at(&good, linux + 4), Some(2));
+        let bad_table = Err(BundleError::BadNicTable { index: 2 });
+        // The records out of bounds, before the data area; too many NICs.
+        for (at, v) in [(0, 0u32), (0, 16), (0, u32::MAX - 8), (4, 5), (4, u32::MAX)] {
+            let mut b = good.clone();
+            put(&mut b, linux + at, v);
+            assert_eq!(read(&b), bad_table, "table field {at} = {v}");
+        }
+        // An offset without NICs.
+        let mut b = good.clone();
+        put(&mut b, table, records as u32);
+        assert_eq!(read(&b), Err(BundleError::BadNicTable { index: 0 }));
+        let bad = |nic| Err(BundleError::BadNic { index: 2, nic });
+        // Network name: out of bounds, empty, too long, a character outside the set.
+        for (at, v) in [(0, u32::MAX - 3), (4, 0), (4, 33)] {
+            let mut b = good.clone();
+            put(&mut b, records + at, v);
+            assert_eq!(read(&b), bad(0), "record field {at} = {v}");
+        }
+        let mut b = good.clone();
+        let name_at = u32_at(&b, records).unwrap() as usize;
+        b[name_at] = b' ';
+        assert_eq!(read(&b), bad(0));
+        // MAC: multicast, broadcast, zero.
+        for mac in [[1, 0, 0, 0, 0, 1], [0xFF; 6], [0; 6]] {
+            let mut b = good.clone();
+            b[records + 8..records + 14].copy_from_slice(&mac);
+            assert_eq!(read(&b), bad(0), "{mac:x?}");
+        }
+        // The reserved bytes, a rate too high, a burst too small or without a rate.
+        let mut b = good.clone();
+        b[records + 15] = 1;
+        assert_eq!(read(&b), bad(0));
+        for (at, v) in [(16, RATE_MBIT_MAX + 1), (20, 1), (20, BURST_KIB_MAX + 1)] {
+            let mut b = good.clone();
+            put(&mut b, records + at, v);
+            assert_eq!(read(&b), bad(0), "record field {at} = {v}");
+        }
+        let mut b = good.clone();
+        put(&mut b, records + NIC_RECORD + 20, 64);
+        assert_eq!(read(&b), bad(1));
+        // Two NICs with one MAC on one network: the later one is refused (entry
+        // 3's NIC is on "lan" as entry 2's first).
+        let mut b = good.clone();
+        let mb = u32_at(&b, table + 3 * NIC_TABLE_ENTRY).unwrap() as usize;
+        b.copy_within(records + 8..records + 14, mb + 8);
+        assert_eq!(read(&b), Err(BundleError::BadNic { index: 3, nic: 0 }));
+
+        // The writer refuses what the reader would.
+        let nic = |network, mac, rate_mbit, burst_kib| Nic {
+            network,
+            mac,
+            rate_mbit,
+            burst_kib,
+        };
+        let ok = [2, 0, 0, 0, 0, 9];
+        let long = "n".repeat(NETWORK_NAME_MAX + 1);
+        for n in [
+            nic("", ok, 0, 0),
+            nic(&long, ok, 0, 0),
+            nic("a b", ok, 0, 0),
+            nic("lan", [3, 0, 0, 0, 0, 9], 0, 0),
+            nic("lan", [0; 6], 0, 0),
+            nic("lan", ok, RATE_MBIT_MAX + 1, 0),
+            nic("lan", ok, 0, 64),
+            nic("lan", ok, 10, 1),
+        ] {
+            let spec = VmSpec {
+                nics: vec![n],
+                ..tiny("n", b"x")
+            };
+            assert_eq!(
+                write(&[spec]),
+                Err(BundleError::BadNic { index: 0, nic: 0 }),
+                "{n:?}"
+            );
+        }
+        let five = VmSpec {
+            nics: vec![nic("lan", ok, 0, 0); NICS_MAX + 1],
+            ..tiny("n", b"x")
+        };
+        assert_eq!(write(&[five]), Err(BundleError::BadNicTable { index: 0 }));
+        let twice = |net2| {
+            vec![
+                VmSpec {
+                    nics: vec![nic("lan", ok, 0, 0)],
+                    ..tiny("a", b"x")
+                },
+                VmSpec {
+                    nics: vec![nic(net2, ok, 0, 0)],
+                    ..tiny("b", b"x")
+                },
+            ]
+        };
+        assert_eq!(
+            write(&twice("lan")),
+            Err(BundleError::BadNic { index: 1, nic: 0 })
+        );
+        // The same MAC on two networks is fine: they never meet.
+        let other = twice("other");
+        assert_eq!(read(&write(&other).unwrap()).unwrap(), other);
     }
 
     /// xorshift64*: deterministic pseudo-random bytes without a dependency.

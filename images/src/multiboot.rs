@@ -729,6 +729,7 @@ mod tests {
             modules: Vec::new(),
             disk: None,
             partition: None,
+            nics: Vec::new(),
         };
         let p = crate::plan_request(&crate::BootRequest::for_vm(&vm, 16 * MIB)).unwrap();
         assert_eq!(cmdline_of(&p), "mb.bin hello=world");

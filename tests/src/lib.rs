@@ -36,6 +36,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static LINUX_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
+    static NETWORK: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -53,6 +54,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::LinuxDiskTest => &LINUX_DISK,
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
+        GuestSet::NetworkTest => &NETWORK,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

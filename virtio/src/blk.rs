@@ -622,7 +622,7 @@ mod tests {
     fn large_requests_stream_through_the_bounce_buffer() {
         // 300 sectors: two full bounce buffers (256 sectors) and a part.
         const N: usize = 300;
-        assert!(N * 512 > BOUNCE_SIZE);
+        const _: () = assert!(N * 512 > BOUNCE_SIZE);
         let mut b = disk(N);
         let mut m = VecMemory::new(0x60000);
         for (i, x) in (0x1000..0x1000 + N * 512).enumerate() {

@@ -1128,7 +1128,11 @@ fn direct_disk_command(qemu: &Path, guest: &LinuxGuest, image: &Path) -> Command
             "file={},if=none,id=benchdisk,format=raw,cache=writeback",
             image.display()
         ))
-        .args(["-device", "virtio-blk-pci,drive=benchdisk"]);
+        // Modern-only (1af4:1042), as ours: the guest's /init looks for that ID.
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=benchdisk,disable-legacy=on",
+        ]);
     cmd
 }
 

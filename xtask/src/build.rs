@@ -183,6 +183,12 @@ pub enum GuestSet {
     BenchDisk,
     /// The same on the encrypted partition "bench-enc".
     BenchDiskEncrypted,
+    /// The network: two Linux VMs in test mode (1 vCPU, 160 MiB each) on network
+    /// "lan", `lan-a` at 10.0.0.1 listening on TCP port 5000 and `lan-b` at
+    /// 10.0.0.2, which pings it and sends it 64 KiB; and `net64` with a NIC on
+    /// network "other", which sends a broadcast and a frame with a forged source
+    /// there and must see none of their frames (nor they its).
+    NetworkTest,
 }
 
 /// Where the default run and the disk test keep their disk images and key files.
@@ -318,6 +324,7 @@ impl GuestSet {
             GuestSet::LinuxDiskTest => "linux-disk-test",
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
+            GuestSet::NetworkTest => "network-test",
         }
     }
 
@@ -416,6 +423,25 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::NetworkTest => {
+                use crate::vms::NicDef;
+                let lan = |name: &str, args: &str| -> Result<crate::vms::VmDef, String> {
+                    let mut vm = linux_vm(true)?.renamed(name);
+                    vm.vcpus = 1;
+                    vm.memory_kib = 160 * 1024;
+                    vm.cmdline = format!("{} {args}", vm.cmdline);
+                    vm.nics = vec![NicDef::on("lan", name, 0)];
+                    Ok(crate::config::check(&vm)?)
+                };
+                let mut vms = vec![
+                    lan("lan-a", "hv.ip=10.0.0.1/24 hv.listen=5000")?,
+                    lan("lan-b", "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000")?,
+                ];
+                let mut net64 = tiny_vm(&all_guests()?, "net64")?;
+                net64.nics = vec![NicDef::on("other", "net64", 0)];
+                vms.push(crate::config::check(&net64)?);
+                Ok(vms)
+            }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
                 vm.cmdline = format!("{} hv.test=1", crate::linux::LINUX_APIC_CMDLINE);

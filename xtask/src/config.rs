@@ -26,6 +26,7 @@ use toml_edit::{Item, TableLike, Value};
 
 use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
 
+mod network;
 mod storage;
 
 const KIB: u64 = 1024;
@@ -56,11 +57,12 @@ const VM_KEYS: &[&str] = &[
     "on_crash",
     "on_unmapped",
     "disk",
+    "nics",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["vm", "storage"];
+const TOP_KEYS: &[&str] = &["vm", "storage", "network"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -79,6 +81,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("drive", "disk"),
     ("blk", "disk"),
     ("vms", "vm"),
+    ("nic", "nics"),
+    ("net", "nics"),
+    ("networks", "network"),
 ];
 
 /// A problem with a VM description, located as precisely as possible.
@@ -337,6 +342,8 @@ struct RawVm {
     disk: Option<(DiskDef, Loc)>,
     /// Or a partition of `[storage]`: its name, read-only, and where it was named.
     partition: Option<(String, bool, Loc)>,
+    /// Its NICs as written (checked against `[[network]]` by the caller).
+    nics: Vec<network::RawNic>,
 }
 
 /// Reads and validates the VM descriptions in `path` (and its `[storage]`, which
@@ -404,6 +411,13 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let networks = match top.get("network") {
+        Some(item) => {
+            let loc = src.loc(top.key("network").and_then(|k| k.span()), "network");
+            network::parse_networks(src, item, &loc)?
+        }
+        None => Vec::new(),
+    };
     let Some(item) = top.get("vm") else {
         let loc = Loc {
             pos: Some((1, 1)),
@@ -423,9 +437,11 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
     let mut names: Vec<(String, Loc)> = Vec::new();
     // Each VM's partition as written, for the cross-checks against [storage].
     let mut uses: Vec<Option<(String, bool, Loc)>> = Vec::new();
+    let mut nics: Vec<Vec<network::RawNic>> = Vec::new();
     for (table, span) in tables {
         let raw = parse_vm(src, table, span)?;
         uses.push(raw.partition.clone());
+        nics.push(raw.nics.clone());
         if let Some((name, loc)) = &raw.name {
             if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
                 let at = first
@@ -446,6 +462,7 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
             format!("partition {name:?}: there is no [storage] table to take it from"),
         ));
     }
+    network::check_nics(src, &networks, &mut vms, &nics)?;
     Ok(Config { vms, storage })
 }
 
@@ -673,6 +690,7 @@ fn parse_vm(
                     vm.partition = Some((name, read_only, at))
                 }
             },
+            "nics" => vm.nics = network::parse_nics(src, item, &loc)?,
             other => return Err(src.err(&key_loc, unknown_key(other, VM_KEYS))),
         }
     }
@@ -1179,6 +1197,8 @@ fn resolve(
             encrypted: false,
             key_file: None,
         }),
+        // Filled in from [[network]] by the caller (network::check_nics).
+        nics: Vec::new(),
     })
 }
 
@@ -1354,12 +1374,19 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
     if !modules.is_empty() {
         raw.modules = Some((modules, at("modules")));
     }
-    resolve(&src, raw, None).map(|v| VmDef { partition, ..v })
+    // So are NICs: a VM built in code keeps them (the bundle writer checks them).
+    let nics = vm.nics.clone();
+    resolve(&src, raw, None).map(|v| VmDef {
+        partition,
+        nics,
+        ..v
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vms::NicDef;
 
     /// A scratch directory per test, removed when dropped.
     struct Scratch(PathBuf);
@@ -1831,6 +1858,202 @@ cmdline = "x"
     }
 
     #[test]
+    fn networks_and_nics() {
+        let s = Scratch::new("networks");
+        s.images();
+        let vm = |name: &str, nics: &str| {
+            format!("[[vm]]\nname = \"{name}\"\nmemory = 4\nkernel = \"boot.bin\"\nnics = {nics}\n")
+        };
+        let lan = "[[network]]\nname = \"lan\"\nrate_mbit = 100\n\
+                   [[network]]\nname = \"other\"\nrate_mbit = 10\nburst_kib = 16\n";
+        let text = format!(
+            "{lan}{}{}{}",
+            vm(
+                "a",
+                "[{ network = \"lan\", mac = \"52:54:00:12:34:56\" }, { network = \"other\" }]"
+            ),
+            vm("b", "[{ network = \"lan\" }]"),
+            "[[vm]]\nname = \"c\"\nmemory = 4\nkernel = \"boot.bin\"\n"
+        );
+        let vms = s.load(&text).unwrap();
+        assert_eq!(
+            vms[0].nics,
+            vec![
+                NicDef {
+                    network: "lan".into(),
+                    mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                    rate_mbit: 100,
+                    burst_kib: network::DEFAULT_BURST_KIB,
+                },
+                NicDef {
+                    network: "other".into(),
+                    mac: virtio::net::mac_from_name("a", 1),
+                    rate_mbit: 10,
+                    burst_kib: 16,
+                }
+            ]
+        );
+        assert_eq!(vms[1].nics[0].mac, virtio::net::mac_from_name("b", 0));
+        assert!(vms[2].nics.is_empty());
+        // [[vm.nics]] tables work too; `check` keeps NICs; they pack and read back.
+        let tables = "[[network]]\nname = \"lan\"\n[[vm]]\nname = \"a\"\nmemory = 4\n\
+             kernel = \"boot.bin\"\n[[vm.nics]]\nnetwork = \"lan\"\n";
+        let one = s.load(tables).unwrap();
+        assert_eq!(one[0].nics, vec![NicDef::on("lan", "a", 0)]);
+        assert_eq!(check(&vms[0]).unwrap().nics, vms[0].nics);
+        let blob = crate::vms::bundle_bytes(&vms).unwrap();
+        let specs = bundle::read(&blob).unwrap();
+        assert_eq!(specs[0].nics[1].network, "other");
+        assert_eq!(specs[0].nics[0].rate_mbit, 100);
+        assert_eq!(specs[1].nics[0].mac, vms[1].nics[0].mac);
+    }
+
+    #[test]
+    fn network_errors_name_the_place() {
+        let s = Scratch::new("network-errors");
+        s.images();
+        let vm = |name: &str, nics: &str| {
+            format!("[[vm]]\nname = \"{name}\"\nmemory = 4\nkernel = \"boot.bin\"\nnics = {nics}\n")
+        };
+        let lan = "[[network]]\nname = \"lan\"\n";
+        // A NIC on an undeclared network: with a suggestion, or without networks.
+        let e = s.err(&format!("{lan}{}", vm("a", "[{ network = \"lna\" }]")));
+        assert!(
+            e.contains("vms.toml:7:21: nics[0].network: no network \"lna\" (did you mean \"lan\"?); the declared networks are lan"),
+            "{e}"
+        );
+        let e = s.err(&vm("a", "[{ network = \"lan\" }]"));
+        assert!(
+            e.contains("5:21: nics[0].network: no network \"lan\"; there is no [[network]]"),
+            "{e}"
+        );
+        // A declared network no NIC uses.
+        let e = s.err(&format!(
+            "{lan}[[network]]\nname = \"spare\"\n{}",
+            vm("a", "[{ network = \"lan\" }]")
+        ));
+        assert!(
+            e.contains("4:8: network[1].name: network \"spare\" has no NIC"),
+            "{e}"
+        );
+        // Declared twice.
+        let e = s.err(&format!("{lan}{lan}{}", vm("a", "[{ network = \"lan\" }]")));
+        assert!(
+            e.contains("4:8: network[1].name: network \"lan\" is declared twice (first on line 2)"),
+            "{e}"
+        );
+        // Malformed, multicast, zero MACs.
+        for (mac, what) in [
+            ("52:54:00:12:34", "is not a MAC address"),
+            ("52:54:00:12:34:5x", "is not a MAC address"),
+            (
+                "01:00:5e:00:00:01",
+                "01:00:5e:00:00:01 is a multicast address",
+            ),
+            ("ff:ff:ff:ff:ff:ff", "is a multicast address"),
+            ("00:00:00:00:00:00", "is no NIC's address"),
+        ] {
+            let e = s.err(&format!(
+                "{lan}{}",
+                vm("a", &format!("[{{ network = \"lan\", mac = \"{mac}\" }}]"))
+            ));
+            assert!(
+                e.contains("7:34: nics[0].mac: ") && e.contains(what),
+                "{mac}: {e}"
+            );
+        }
+        // The same MAC twice on one network (given, or given and derived).
+        let mac = "[{ network = \"lan\", mac = \"52:54:00:00:00:01\" }]";
+        let e = s.err(&format!("{lan}{}{}", vm("a", mac), vm("b", mac)));
+        assert!(
+            e.contains("12:34: nics[0].mac: MAC 52:54:00:00:00:01 is already used on network \"lan\" by VM \"a\" on line 7"),
+            "{e}"
+        );
+        let derived = virtio::net::mac_from_name("a", 0);
+        let given = format!(
+            "[{{ network = \"lan\", mac = \"{}\" }}]",
+            network::show_mac(&derived)
+        );
+        let e = s.err(&format!(
+            "{lan}{}{}",
+            vm("b", &given),
+            vm("a", "[{ network = \"lan\" }]")
+        ));
+        assert!(
+            e.contains("12:21: nics[0].network: MAC") && e.contains("derived from the VM's name"),
+            "{e}"
+        );
+        // Too many NICs.
+        let five = format!("[{}]", ["{ network = \"lan\" }"; 5].join(", "));
+        let e = s.err(&format!("{lan}{}", vm("a", &five)));
+        assert!(
+            e.contains("7:8: nics: 5 NICs: a VM has at most 4 (PCI devices 00:04.0 to 00:07.0)"),
+            "{e}"
+        );
+        // Keys and values of [[network]] and of a NIC.
+        let nic = vm("a", "[{ network = \"lan\" }]");
+        let e = s.err(&format!(
+            "[[network]]\nname = \"lan\"\nrate_mbits = 5\n{nic}"
+        ));
+        assert!(
+            e.contains(
+                "3:1: network[0].rate_mbits: unknown key `rate_mbits` (did you mean `rate_mbit`?)"
+            ),
+            "{e}"
+        );
+        let e = s.err(&format!(
+            "[[network]]\nname = \"lan\"\nburst_kib = 64\n{nic}"
+        ));
+        assert!(
+            e.contains("3:13: network[0].burst_kib: a burst belongs to a rate limit"),
+            "{e}"
+        );
+        let e = s.err(&format!(
+            "[[network]]\nname = \"lan\"\nrate_mbit = 0\n{nic}"
+        ));
+        assert!(
+            e.contains("3:13: network[0].rate_mbit: 0 Mbit/s is out of range: 1 to 100000"),
+            "{e}"
+        );
+        let e = s.err(&format!(
+            "[[network]]\nname = \"lan\"\nrate_mbit = 5\nburst_kib = 1\n{nic}"
+        ));
+        assert!(
+            e.contains("4:13: network[0].burst_kib: 1 KiB is out of range: 2 to"),
+            "{e}"
+        );
+        let e = s.err(&format!("[[network]]\nname = \"a b\"\n{nic}"));
+        assert!(
+            e.contains("2:8: network[0].name: \"a b\": a network name is 1 to 32"),
+            "{e}"
+        );
+        let e = s.err(&format!("[[network]]\nrate_mbit = 5\n{nic}"));
+        assert!(e.contains("network[0].name: missing key `name`"), "{e}");
+        let e = s.err(&format!("[network]\nname = \"lan\"\n{nic}"));
+        assert!(
+            e.contains("1:2: network: expected [[network]] tables: write [[network]]"),
+            "{e}"
+        );
+        let e = s.err(&format!("{lan}{}", vm("a", "[{ net = \"lan\" }]")));
+        assert!(
+            e.contains("7:11: nics[0].net: unknown key `net` (did you mean `network`?)"),
+            "{e}"
+        );
+        let e = s.err(&format!(
+            "{lan}{}",
+            vm("a", "[{ mac = \"52:54:00:00:00:01\" }]")
+        ));
+        assert!(
+            e.contains("7:9: nics[0].network: missing key `network`"),
+            "{e}"
+        );
+        let e = s.err(&format!("{lan}{}", vm("a", "\"lan\"")));
+        assert!(e.contains("7:8: nics: expected an array of NICs"), "{e}");
+        let e = s.err(&format!("{lan}{}", vm("a", "[\"lan\"]")));
+        assert!(e.contains("7:9: nics[0]: expected a NIC"), "{e}");
+    }
+
+    #[test]
     fn disks() {
         let s = Scratch::new("disks");
         s.images();
@@ -2170,6 +2393,15 @@ cmdline = "x"
         assert_eq!(vms[0].format, ImageFormat::Linux);
         assert_eq!(vms[0].cmdline, crate::linux::LINUX_CMDLINE);
         assert!(vms[3].background);
+        assert_eq!(vms[0].nics[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(
+            vms[1].nics,
+            vec![NicDef {
+                rate_mbit: 1000,
+                burst_kib: 64,
+                ..NicDef::on("lan", "hello64", 0)
+            }]
+        );
     }
 
     #[test]

@@ -180,6 +180,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     read_only: format == bundle::ImageFormat::Linux,
                 }),
                 partition: None,
+                nics: Vec::new(),
             };
             let one = [vm("mb", b"image", bundle::ImageFormat::Multiboot)];
             let two = [

@@ -49,6 +49,10 @@ pub const MODULES: &[&str] = &[
     "fs/mbcache.ko",
     "fs/jbd2/jbd2.ko",
     "fs/ext4/ext4.ko",
+    // virtio-net and what it depends on (its standby/failover support).
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
 ];
 
 /// The `depends=` field of a module's `.modinfo` section (NUL-separated
@@ -595,7 +599,12 @@ fn extract_boot(deb: &Path, root: &Path) -> Result<(), String> {
 /// Whether a downloaded cache entry is complete: entries from before the guest
 /// carried kernel modules lack `modules/order` and are fetched again.
 fn ready(dir: &Path) -> bool {
-    dir.join("complete").is_file() && dir.join("modules").join("order").is_file()
+    // An entry made before a module joined MODULES is made again.
+    let order = fs::read_to_string(dir.join("modules").join("order")).unwrap_or_default();
+    dir.join("complete").is_file()
+        && MODULES
+            .iter()
+            .all(|m| order.lines().any(|l| l == module_name(m)))
 }
 
 /// The modules of a cache entry in load order (none in a `manual` entry without a
@@ -675,24 +684,60 @@ echo "hv-linux: kernel $(uname -r)"
 echo "hv-linux: userspace ok"
 echo "hv-linux: cpus online $(nproc) of $(cat /sys/devices/system/cpu/possible)"
 
-# A virtio-blk disk: drivers, then /data.
-virtio_blk() {
+# A virtio device with PCI device ID $1 (1042 block, 1041 network) is present.
+virtio_dev() {
     for d in /sys/bus/pci/devices/*; do
-        # 1042: modern virtio-blk (ours); 1001: transitional (QEMU's default).
-        case "$(cat $d/vendor 2>/dev/null):$(cat $d/device 2>/dev/null)" in
-        0x1af4:0x1042 | 0x1af4:0x1001) return 0 ;;
-        esac
+        [ "$(cat $d/vendor 2>/dev/null)" = 0x1af4 ] && [ "$(cat $d/device 2>/dev/null)" = $1 ] && return 0
     done
     return 1
 }
-data=
+# The value of hv.$1=... on the kernel command line.
+arg() {
+    for w in $(cat /proc/cmdline); do
+        case "$w" in hv.$1=*) echo "${w#*=}"; return ;; esac
+    done
+}
 # hv.bench=disk: the disk is for `cargo xtask bench`'s throughput figures, not /data.
 diskbench=
 case " $(cat /proc/cmdline) " in *" hv.bench=disk "*) diskbench=1 ;; esac
-if virtio_blk; then
+# The drivers, once, for any virtio device (the disk's and the NIC's share the core).
+if virtio_dev 0x1042 || virtio_dev 0x1041; then
     for m in $(cat /lib/modules/order); do
         insmod /lib/modules/$m.ko || echo "hv-linux: insmod $m failed"
     done
+fi
+# A virtio-net NIC: eth0 up with the address from hv.ip= (e.g. hv.ip=10.0.0.1/24).
+net=
+if virtio_dev 0x1041; then
+    i=0
+    while [ ! -d /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+    if [ -d /sys/class/net/eth0 ]; then
+        ip link set lo up
+        ip link set eth0 up
+        addr=$(arg ip)
+        if [ -z "$addr" ]; then
+            echo "hv-linux: eth0 up without an address (no hv.ip=)"
+        elif ip addr add "$addr" dev eth0; then
+            net=1
+            echo "hv-linux: eth0 $addr up"
+        else
+            echo "hv-linux: eth0: cannot set address $addr"
+        fi
+    else
+        echo "hv-linux: virtio-net device found but no eth0"
+    fi
+fi
+mkdir -p /tmp
+# The TCP check's receiving side (hv.listen=PORT): listening from now on, so the
+# sender finds it once ping gets through.
+listener=
+if [ -n "$net" ] && [ -n "$(arg listen)" ] && grep -q " hv.test=1" /proc/cmdline; then
+    timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
+    listener=$!
+fi
+# A virtio-blk disk: /data.
+data=
+if virtio_dev 0x1042; then
     i=0
     while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
     if [ -b /dev/vda ] && [ -n "$diskbench" ]; then
@@ -737,6 +782,31 @@ case " $(cat /proc/cmdline) " in
     done
     wait
     echo "hv-linux: parallel workload done ($n workers)"
+    peer=$(arg ping)
+    if [ -n "$net" ] && [ -n "$peer" ]; then
+        # The peer may still be booting: wait (up to about 2 minutes) for a first
+        # answer, then the measured ping.
+        i=0
+        while ! ping -c 1 -W 2 "$peer" >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i+1)); done
+        ping -c 3 -W 2 "$peer" > /tmp/ping 2>&1
+        echo "hv-linux: ping $peer: $(grep 'packet loss' /tmp/ping)"
+        port=$(arg send)
+        if [ -n "$port" ]; then
+            dd if=/dev/urandom of=/tmp/tx bs=1024 count=64 2>/dev/null
+            timeout 30 nc "$peer" "$port" < /tmp/tx
+            # nc ends at the end of its input, with the last segments still in the
+            # kernel's send buffer: give them time to go out before powering off.
+            sleep 3
+            echo "hv-linux: tcp sent $(wc -c < /tmp/tx) bytes sha256 $(sha256sum /tmp/tx | cut -d' ' -f1)"
+        fi
+    fi
+    if [ -n "$listener" ]; then
+        wait $listener
+        echo "hv-linux: tcp received $(wc -c < /tmp/rx) bytes sha256 $(sha256sum /tmp/rx | cut -d' ' -f1)"
+    fi
+    if [ -n "$net" ]; then
+        echo "hv-linux: eth0 counters rx $(cat /sys/class/net/eth0/statistics/rx_packets) tx $(cat /sys/class/net/eth0/statistics/tx_packets)"
+    fi
     if [ -n "$data" ]; then
         # Per virtio interrupt (MSI-X vectors are named virtio0-config and
         # virtio0-req.0; an INTx line just virtio0): its name and count.
@@ -792,6 +862,12 @@ const APPLETS: &[&str] = &[
     "sha256sum",
     "[",
     "test",
+    "ip",
+    "ping",
+    "nc",
+    "timeout",
+    "cut",
+    "wc",
 ];
 
 /// The initramfs: a newc cpio with busybox, its applet links, the console device

@@ -38,6 +38,33 @@ pub struct PartitionUse {
     pub key_file: Option<PathBuf>,
 }
 
+/// A VM's virtio-net NIC: a port on the named network of the hypervisor's virtual
+/// switch (`nics = [ { network = "lan" } ]`). The NICs of a VM are its PCI devices
+/// 00:04.0 onwards, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NicDef {
+    pub network: String,
+    /// As configured, or derived from the VM's name ([`virtio::net::mac_from_name`]).
+    pub mac: [u8; 6],
+    /// The port's rate limit from its `[[network]]` (0: none) ...
+    pub rate_mbit: u32,
+    /// ... and burst (0 without a rate).
+    pub burst_kib: u32,
+}
+
+impl NicDef {
+    /// NIC `index` of VM `vm` on `network`: the MAC derived from the VM's name, no
+    /// rate limit.
+    pub fn on(network: &str, vm: &str, index: u16) -> Self {
+        Self {
+            network: network.into(),
+            mac: virtio::net::mac_from_name(vm, index),
+            rate_mbit: 0,
+            burst_kib: 0,
+        }
+    }
+}
+
 /// One partition of the persistent disk, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoragePartition {
@@ -129,6 +156,8 @@ pub struct VmDef {
     pub disk: Option<DiskDef>,
     /// Or a partition of the persistent disk (`disk = { partition = "..." }`).
     pub partition: Option<PartitionUse>,
+    /// Its NICs (`nics`), at most `bundle::NICS_MAX`.
+    pub nics: Vec<NicDef>,
 }
 
 impl VmDef {
@@ -154,6 +183,7 @@ impl VmDef {
             modules: Vec::new(),
             disk: None,
             partition: None,
+            nics: Vec::new(),
         }
     }
 
@@ -315,6 +345,16 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                 encrypted: p.encrypted,
                 key,
             }),
+            nics: v
+                .nics
+                .iter()
+                .map(|n| bundle::Nic {
+                    network: &n.network,
+                    mac: n.mac,
+                    rate_mbit: n.rate_mbit,
+                    burst_kib: n.burst_kib,
+                })
+                .collect(),
         })
         .collect();
     bundle::write(&specs).map_err(|e| {
@@ -328,6 +368,8 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
             | bundle::BundleError::TooManyModules { index }
             | bundle::BundleError::BadDisk { index }
             | bundle::BundleError::BadPartition { index }
+            | bundle::BundleError::BadNicTable { index }
+            | bundle::BundleError::BadNic { index, .. }
             | bundle::BundleError::BadModuleCmdline { index, .. } => {
                 format!(" (VM {:?})", vms[index].name)
             }
@@ -431,6 +473,7 @@ mod tests {
                     read_only: true
                 }),
                 partition: None,
+                nics: Vec::new(),
             }]
         );
         let missing = VmDef {

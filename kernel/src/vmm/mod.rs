@@ -10,6 +10,7 @@ pub mod cr_insn;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
+pub mod net;
 pub mod platform;
 pub mod policy;
 pub mod sched;

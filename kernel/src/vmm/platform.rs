@@ -21,7 +21,9 @@
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use devices::{
     all_ones, isa_irq_pin, msi_delivery, Access, BarAllocator, Bus, BusDevice, Cmos, DebugExit,
     Delivery, Effects, FwCfg, HostBridge, IoApic, IrqLine, MapError, PciAddress, PciConfig,
@@ -60,6 +62,9 @@ pub struct PlatformSpec {
     pub console: Relay,
     /// PCI functions on bus 0 besides the host bridge (none: no PCI devices at all).
     pub pci: Vec<(PciAddress, Box<dyn PciFunction>)>,
+    /// Set from outside when a device has news (a frame for the VM's NIC, see
+    /// `net`): the next poll then polls every device.
+    pub wake: Option<Arc<AtomicBool>>,
 }
 
 /// The lowest start of the PCI hole: 3.5 GiB, where PC chipsets put it.
@@ -95,6 +100,8 @@ pub struct Platform {
     deadline: Option<u64>,
     /// Something changed a device from outside the guest (console input): poll.
     poll_now: bool,
+    /// The same, set by other VMs' NICs without this VM's lock ([`PlatformSpec::wake`]).
+    wake: Option<Arc<AtomicBool>>,
 }
 
 impl Platform {
@@ -117,6 +124,7 @@ impl Platform {
             first_unbacked: 0,
             deadline: None,
             poll_now: true,
+            wake: None,
         };
         p.ports.register(0x20, 2, Target::Pic).map_err(fit)?;
         p.ports.register(0xA0, 2, Target::Pic).map_err(fit)?;
@@ -130,7 +138,9 @@ impl Platform {
             epoch_unix_ns,
             console,
             pci,
+            wake,
         } = spec;
+        p.wake = wake;
         p.add_isa_devices(ram_bytes, cpus, epoch_unix_ns, console)
             .map_err(fit)?;
         let has_pci = !pci.is_empty();
@@ -378,7 +388,11 @@ impl Platform {
     /// Brings every device's lines up to `now_ns` (timers, console input). Cheap
     /// when nothing can have changed: before the earliest deadline, with no input.
     pub fn poll(&mut self, now_ns: u64, out: &mut Outcome) {
-        if !self.poll_now && self.deadline.is_none_or(|d| now_ns < d) {
+        let woken = self
+            .wake
+            .as_ref()
+            .is_some_and(|w| w.swap(false, Ordering::AcqRel));
+        if !self.poll_now && !woken && self.deadline.is_none_or(|d| now_ns < d) {
             return;
         }
         for i in 0..self.devices.len() {
@@ -396,6 +410,13 @@ impl Platform {
     /// The earliest time a device wants to be polled (as of the last poll; an
     /// access since then forces the next poll anyway).
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self
+            .wake
+            .as_ref()
+            .is_some_and(|w| w.load(Ordering::Acquire))
+        {
+            return Some(0);
+        }
         if self.poll_now {
             self.devices
                 .iter()

@@ -26,6 +26,7 @@ use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
 use super::console_queue::{ConsoleQueue, Out};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
+use super::net::{self, NicPort, SharedHub};
 use super::policy::{self, CpuidResult};
 use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
@@ -75,6 +76,8 @@ struct Life {
 
 struct VmEntry<V: Vcpu> {
     name: String,
+    /// Set when a frame waits for one of its NICs: its vCPUs are kicked.
+    net_wake: Option<alloc::sync::Arc<AtomicBool>>,
     /// CPU time its vCPUs have used, in TSC cycles (what `run_limit_ms` bounds).
     run_tsc: AtomicU64,
     shared: Mutex<VmShared>,
@@ -258,6 +261,72 @@ fn release_disk(name: &str, disk: Option<&VmDisk>) {
     }
 }
 
+/// A MAC as `52:54:00:12:34:56`.
+fn mac_text(mac: &[u8; 6]) -> String {
+    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// Attaches the VM's NICs to the machine's switch: one port each, and the flag
+/// that wakes the VM when a frame waits for it (`None` without NICs).
+fn attach_nics(
+    spec: &VmSpec,
+    hub: &SharedHub,
+) -> Result<(Vec<NicPort>, Option<alloc::sync::Arc<AtomicBool>>), String> {
+    if spec.nics.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let wake = alloc::sync::Arc::new(AtomicBool::new(false));
+    let mut ports: Vec<NicPort> = Vec::new();
+    for (i, n) in spec.nics.iter().enumerate() {
+        let attached = hub.lock().attach(
+            n.network,
+            n.mac,
+            n.rate_mbit,
+            n.burst_kib,
+            wake.clone(),
+            time::uptime_ns(),
+        );
+        match attached {
+            Ok(port) => ports.push(NicPort {
+                hub: hub.clone(),
+                port,
+                mac: n.mac,
+                network: n.network.into(),
+                clock: time::uptime_ns,
+            }),
+            Err(e) => {
+                detach_nics(&ports);
+                return Err(format!("nic eth{i}: {e}"));
+            }
+        }
+    }
+    Ok((ports, Some(wake)))
+}
+
+/// Takes the VM's NICs off the switch.
+fn detach_nics(nics: &[NicPort]) {
+    for n in nics {
+        n.hub.lock().detach(n.port);
+    }
+}
+
+/// The stop report's line per NIC: what the switch counted at its port (tx: frames
+/// the guest sent; rx: frames queued for it; dropped: its frames the switch dropped
+/// and frames for it that found its queue full).
+fn report_nics(name: &str, nics: &[NicPort]) {
+    for (i, n) in nics.iter().enumerate() {
+        let Some(s) = n.hub.lock().port_stats(n.port) else {
+            continue;
+        };
+        let dropped = s.dropped_total();
+        println!(
+            "hv: vm {name} net: eth{i} ({}) tx {} frames {} bytes, rx {} frames {} bytes, dropped {} frames",
+            n.network, s.input.frames, s.input.bytes, s.output.frames, s.output.bytes, dropped.frames
+        );
+    }
+}
+
 /// Writes the VM's image, its boot structures and the platform tables into its RAM
 /// (zeroed: `.bss` and everything else the image does not cover); returns where
 /// vCPU 0 starts.
@@ -290,18 +359,22 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
         cpus: cpus as u32,
     };
     let leaf1 = policy::cpuid(1, 0, host_cpuid, &bsp);
-    // The disk's INTA#, routed as the VM's PCI root does (vm::VmShared::new).
-    let disk = super::vm::DISK_PCI_ADDRESS.device;
-    let pci_intx: &[devices::PciIntx] = match spec.disk.is_some() || spec.partition.is_some() {
-        true => &[devices::PciIntx {
-            device: disk,
+    // The INTA# of the disk and of each NIC, routed as the VM's PCI root does
+    // (vm::VmShared::new).
+    let disk = (spec.disk.is_some() || spec.partition.is_some())
+        .then_some(super::vm::DISK_PCI_ADDRESS.device);
+    let nics = (0..spec.nics.len() as u8).map(|i| net::FIRST_NIC_DEVICE + i);
+    let pci_intx: Vec<devices::PciIntx> = disk
+        .into_iter()
+        .chain(nics)
+        .map(|device| devices::PciIntx {
+            device,
             pin: 1,
-            irq: devices::default_intx_irq(disk, 1),
-        }],
-        false => &[],
-    };
+            irq: devices::default_intx_irq(device, 1),
+        })
+        .collect();
     let tables =
-        loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8, pci_intx);
+        loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8, &pci_intx);
     for (gpa, bytes) in tables {
         // SAFETY: `platform_tables` only returns tables inside the RAM.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
@@ -347,6 +420,7 @@ fn start<B: Backend>(
     backend: &mut B,
     spec: &VmSpec<'static>,
     epoch_unix_ns: u64,
+    hub: &SharedHub,
 ) -> Result<VmEntry<B::Vcpu>, String> {
     let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
     let cpus = spec.vcpus as usize;
@@ -359,8 +433,10 @@ fn start<B: Backend>(
     affinity(spec, smp::cpu_count())?;
     // Checked before the RAM is taken, so a refused image costs nothing.
     loader::plan_vm(spec, ram_size)?;
-    let disk = open_disk(spec)?;
+    let (nics, net_wake) = attach_nics(spec, hub)?;
+    let disk = open_disk(spec).inspect_err(|_| detach_nics(&nics))?;
     let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
+        detach_nics(&nics);
         release_disk(spec.name, disk.as_ref());
         format!(
             "cannot allocate {} KiB of guest RAM: {e:?}",
@@ -371,6 +447,7 @@ fn start<B: Backend>(
         Ok(s) => s,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            detach_nics(&nics);
             release_disk(spec.name, disk.as_ref());
             return Err(e);
         }
@@ -393,11 +470,14 @@ fn start<B: Backend>(
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
         disk,
+        nics,
+        net_wake: net_wake.clone(),
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            detach_nics(&machine.nics);
             release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
@@ -406,6 +486,7 @@ fn start<B: Backend>(
         Ok(slots) => slots,
         Err(e) => {
             memory::free(ram_pa, ram_size);
+            detach_nics(&machine.nics);
             release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
@@ -420,8 +501,18 @@ fn start<B: Backend>(
         begin.mode,
         begin.rip
     );
+    for (i, nic) in machine.nics.iter().enumerate() {
+        println!(
+            "hv: vm {} nic eth{i}: {} on network {:?} (PCI 00:{:02x}.0)",
+            spec.name,
+            mac_text(&nic.mac),
+            nic.network,
+            net::FIRST_NIC_DEVICE + i as u8
+        );
+    }
     Ok(VmEntry {
         name: spec.name.into(),
+        net_wake,
         run_tsc: AtomicU64::new(0),
         shared: Mutex::new(shared),
         slots: slots.into_iter().map(|s| Mutex::new(Some(s))).collect(),
@@ -593,6 +684,12 @@ impl<B: Backend> Machine<'_, B> {
                 self.kick_vcpus(vm_index, kicks);
                 shared = vm.shared.lock();
             }
+            if net::NET_KICK.load(Ordering::Acquire) {
+                // Not under this VM's lock: kicking takes the run queue's.
+                drop(shared);
+                self.net_kicks();
+                shared = vm.shared.lock();
+            }
             match next {
                 // However a guest makes its vCPU exit (a storm of exits that each
                 // ask to continue), the slice ends on time: the processor is never
@@ -647,6 +744,24 @@ impl<B: Backend> Machine<'_, B> {
             cpus |= self.idle.load(Ordering::Acquire);
         }
         kick_cpus(cpus);
+    }
+
+    /// A frame was queued for some VM's NIC: every VM whose wake flag is set gets
+    /// its vCPUs kicked, so a halted one polls its devices and takes the frame.
+    fn net_kicks(&self) {
+        if !net::NET_KICK.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for (v, vm) in self.vms.iter().enumerate() {
+            if vm
+                .net_wake
+                .as_ref()
+                .is_some_and(|w| w.load(Ordering::Acquire))
+            {
+                let all = u64::MAX >> (64 - vm.slots.len().clamp(1, 64));
+                self.kick_vcpus(v, all);
+            }
+        }
     }
 
     /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states
@@ -784,6 +899,8 @@ impl<B: Backend> Machine<'_, B> {
                     life.stop.as_deref().unwrap_or("")
                 );
                 println!("hv: vm {} exits: {}", vm.name, stats);
+                report_nics(&vm.name, &life.machine.nics);
+                detach_nics(&life.machine.nics);
                 release_disk(&vm.name, life.machine.disk.as_ref());
                 memory::free(life.ram_pa, life.ram_size);
                 self.queue.lock().remove_vm(vm_index);
@@ -869,6 +986,8 @@ impl<B: Backend> Machine<'_, B> {
             );
         }
         drop(shared);
+        report_nics(&vm.name, &life.machine.nics);
+        detach_nics(&life.machine.nics);
         let mut backend = self.backend.lock();
         for s in slots {
             backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
@@ -943,6 +1062,7 @@ impl<B: Backend> Machine<'_, B> {
             } else {
                 watchdog();
             }
+            self.net_kicks();
             let (picked, tasks) = {
                 let mut q = self.queue.lock();
                 (q.pick(cpu), q.len())
@@ -1086,8 +1206,10 @@ where
     let mut queue = RunQueue::new(pcpus);
     let mut vms = Vec::new();
     let mut failed = 0;
+    // The machine's one virtual switch: every VM's NICs are ports of it.
+    let hub: SharedHub = alloc::sync::Arc::new(Mutex::new(net::Hub::new()));
     for spec in specs {
-        match start(backend, spec, epoch_unix_ns) {
+        match start(backend, spec, epoch_unix_ns, &hub) {
             Ok(vm) => {
                 let index = vms.len();
                 let allowed = affinity(spec, pcpus).unwrap_or(u64::MAX);

@@ -156,6 +156,10 @@ pub struct MachineInfo {
     pub unmapped_stops: bool,
     /// Its virtio-blk disk, if it has one.
     pub disk: Option<VmDisk>,
+    /// Its NICs (PCI 00:04.0 onwards), each a port of the machine's switch.
+    pub nics: Vec<super::net::NicPort>,
+    /// Set when a frame waits for one of its NICs (see `net`).
+    pub net_wake: Option<alloc::sync::Arc<core::sync::atomic::AtomicBool>>,
 }
 
 /// A VM's virtio-blk disk.
@@ -272,12 +276,21 @@ impl VmShared {
         if let Some(disk) = &machine.disk {
             pci.push((DISK_PCI_ADDRESS, disk_function(name, disk, machine.ram)?));
         }
+        for (i, nic) in machine.nics.iter().enumerate() {
+            let device = super::net::FIRST_NIC_DEVICE + i as u8;
+            let function = super::net::NicFunction::new(nic.clone(), machine.ram);
+            pci.push((
+                devices::PciAddress::new(0, device, 0),
+                alloc::boxed::Box::new(function) as alloc::boxed::Box<dyn devices::PciFunction>,
+            ));
+        }
         let platform = Platform::pc(PlatformSpec {
             ram_bytes: machine.ram.len,
             cpus: cpus as u16,
             epoch_unix_ns: machine.epoch_unix_ns,
             console: Relay::new(name, out),
             pci,
+            wake: machine.net_wake.clone(),
         })?;
         let lapics = (0..cpus)
             .map(|i| {
@@ -1129,6 +1142,8 @@ mod tests {
             bench_hypercalls: false,
             unmapped_stops: false,
             disk: None,
+            nics: Vec::new(),
+            net_wake: None,
         }
     }
 

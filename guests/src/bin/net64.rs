@@ -1,0 +1,169 @@
+//! `net64`: the VM's virtio-net NIC, driven by the `virtio-drivers` crate's
+//! `VirtIONetRaw` in polling mode, as `blk64` drives its disk (PCI bus 0 through
+//! ports 0xCF8/0xCFC, the BAR where the hypervisor placed it, DMA from a static
+//! buffer; the guest is identity-mapped).
+//!
+//! It sends two frames and checks nothing comes back: a broadcast from its own MAC
+//! (the switch floods it to the other ports of its network, none of which may be
+//! on another network), then one with a forged source MAC (the switch must drop
+//! it: its port's counters in the stop report show it). The test reads the
+//! counters of every port to see that neither reached a VM on another network.
+//!
+//! Prints:
+//! ```text
+//! net64: virtio-net at 00:04.0, mac 62:b6:99:fc:e7:02
+//! net64: sent a broadcast
+//! net64: sent a frame with a forged source
+//! net64: done
+//! ```
+//! Any failure is one `net64: FAIL <reason>` line.
+
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::cell::UnsafeCell;
+    use core::ptr::NonNull;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use guests::cpu::{inl, outl};
+    use guests::println;
+    use virtio_drivers::device::net::VirtIONetRaw;
+    use virtio_drivers::transport::pci::bus::{
+        Command, ConfigurationAccess, DeviceFunction, PciRoot,
+    };
+    use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+    use virtio_drivers::transport::DeviceType;
+    use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+
+    guests::entry_point!(main);
+
+    /// Configuration mechanism #1: CONFADD at 0xCF8, CONFDATA at 0xCFC.
+    struct PortCam;
+
+    impl PortCam {
+        fn select(df: DeviceFunction, register: u8) {
+            let address = 0x8000_0000
+                | u32::from(df.bus) << 16
+                | u32::from(df.device) << 11
+                | u32::from(df.function) << 8
+                | u32::from(register & 0xFC);
+            // SAFETY: the PCI configuration address port; this guest is the only
+            // user of it (one vCPU).
+            unsafe { outl(0xCF8, address) };
+        }
+    }
+
+    impl ConfigurationAccess for PortCam {
+        fn read_word(&self, df: DeviceFunction, register: u8) -> u32 {
+            Self::select(df, register);
+            // SAFETY: the configuration data port, after the address above.
+            unsafe { inl(0xCFC) }
+        }
+        fn write_word(&mut self, df: DeviceFunction, register: u8, data: u32) {
+            Self::select(df, register);
+            // SAFETY: as above.
+            unsafe { outl(0xCFC, data) };
+        }
+        unsafe fn unsafe_clone(&self) -> Self {
+            PortCam
+        }
+    }
+
+    /// DMA memory: a bump allocator over a static buffer, never freed (the guest
+    /// sets up one device once). Physical = virtual: the guest is identity-mapped.
+    const DMA_PAGES: usize = 16;
+
+    #[repr(C, align(4096))]
+    struct DmaArea(UnsafeCell<[u8; DMA_PAGES * PAGE_SIZE]>);
+    // SAFETY: handed out in disjoint page ranges (the atomic bump below).
+    unsafe impl Sync for DmaArea {}
+
+    static DMA: DmaArea = DmaArea(UnsafeCell::new([0; DMA_PAGES * PAGE_SIZE]));
+    static DMA_NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    struct BumpHal;
+
+    // SAFETY: dma_alloc returns zeroed (.bss, never reused), page-aligned, disjoint
+    // pages whose physical address is their virtual address (identity map); MMIO
+    // and shared buffers are identity-mapped too.
+    unsafe impl Hal for BumpHal {
+        fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+            let len = pages * PAGE_SIZE;
+            let start = DMA_NEXT.fetch_add(len, Ordering::Relaxed);
+            if start + len > DMA_PAGES * PAGE_SIZE {
+                // Physical address 0 tells virtio-drivers the allocation failed.
+                return (0, NonNull::dangling());
+            }
+            let p = (DMA.0.get() as *mut u8).wrapping_add(start);
+            (p as PhysAddr, NonNull::new(p).expect("static buffer"))
+        }
+
+        unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
+            0
+        }
+
+        unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+            NonNull::new(paddr as *mut u8).expect("a BAR at physical 0")
+        }
+
+        unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+            buffer.as_ptr() as *mut u8 as PhysAddr
+        }
+
+        unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+    }
+
+    /// A minimum-size Ethernet frame from `source` to broadcast, of EtherType
+    /// 0x88B5 (IEEE 802 local experimental), its payload marked `hv-net64`.
+    fn frame(source: [u8; 6]) -> [u8; 60] {
+        let mut f = [0u8; 60];
+        f[..6].copy_from_slice(&[0xFF; 6]);
+        f[6..12].copy_from_slice(&source);
+        f[12..14].copy_from_slice(&[0x88, 0xB5]);
+        f[14..22].copy_from_slice(b"hv-net64");
+        f
+    }
+
+    fn main() {
+        // An unexpected exception is reported (vector, RIP) instead of a triple fault.
+        guests::idt::install();
+        if let Err(why) = run() {
+            println!("net64: FAIL {why}");
+        }
+    }
+
+    fn run() -> Result<(), &'static str> {
+        let mut root = PciRoot::new(PortCam);
+        let mut found = None;
+        for (df, info) in root.enumerate_bus(0) {
+            if virtio_device_type(&info) == Some(DeviceType::Network) && found.is_none() {
+                found = Some(df);
+            }
+        }
+        let df = found.ok_or("no virtio-net function on bus 0")?;
+        root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
+        let transport = PciTransport::new::<BumpHal, _>(&mut root, df)
+            .map_err(|_| "the PCI transport refused the function")?;
+        let mut net = VirtIONetRaw::<BumpHal, _, 16>::new(transport)
+            .map_err(|_| "the virtio-net driver did not initialise")?;
+        let mac: [u8; 6] = net.mac_address();
+        println!(
+            "net64: virtio-net at {:02x}:{:02x}.{}, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            df.bus, df.device, df.function, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        );
+        net.send(&frame(mac))
+            .map_err(|_| "sending the broadcast failed")?;
+        println!("net64: sent a broadcast");
+        // Someone else's address (locally administered, unicast).
+        let forged = [0x02, 0x66, 0x6F, 0x72, 0x67, 0x65];
+        net.send(&frame(forged))
+            .map_err(|_| "sending the forged frame failed")?;
+        println!("net64: sent a frame with a forged source");
+        println!("net64: done");
+        Ok(())
+    }
+}
