@@ -72,19 +72,77 @@ pub fn nvme_args(image: &Path) -> [String; 4] {
     ]
 }
 
+/// How QEMU's software emulator (TCG) runs the emulated processors: `Multi` is
+/// multi-threaded TCG (one host thread per processor, QEMU's default for x86 guests
+/// on x86 hosts), `Single` runs every processor in one host thread, round-robin
+/// (`-accel tcg,thread=single`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcgThread {
+    Single,
+    Multi,
+}
+
+impl TcgThread {
+    /// The environment variable that chooses the TCG threading for every QEMU run
+    /// that boots the hypervisor: `single` or `multi`.
+    pub const ENV: &'static str = "HV_TCG_THREAD";
+
+    /// `HV_TCG_THREAD` parsed; `None` when it is unset or empty.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(Self::ENV) {
+            Ok(v) => Self::parse(&v),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", Self::ENV)),
+        }
+    }
+
+    fn parse(value: &str) -> Result<Option<Self>, String> {
+        match value.trim() {
+            "" => Ok(None),
+            "single" => Ok(Some(Self::Single)),
+            "multi" => Ok(Some(Self::Multi)),
+            other => Err(format!(
+                "{}={other}: expected `single` or `multi`",
+                Self::ENV
+            )),
+        }
+    }
+
+    /// The value of QEMU's `-accel tcg,thread=` option.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Multi => "multi",
+        }
+    }
+}
+
 impl QemuOptions {
     /// KVM only where it can run a hypervisor (nested virtualization on); otherwise
-    /// TCG with an AMD model that has SVM and nested paging.
-    pub fn cpu_and_accel(&self) -> (String, &'static str) {
+    /// TCG with an AMD model that has SVM and nested paging, threaded as
+    /// [`QemuOptions::tcg_thread`] says. The accelerator is the `-accel` argument.
+    pub fn cpu_and_accel(&self) -> Result<(String, String), String> {
         if !self.force_tcg && self.cpu.is_none() && tools::nested_kvm_available() {
-            return ("host".into(), "kvm");
+            return Ok(("host".into(), "kvm".into()));
         }
-        (
-            self.cpu
-                .clone()
-                .unwrap_or_else(|| "qemu64,+svm,+npt".into()),
-            "tcg",
-        )
+        let cpu = self
+            .cpu
+            .clone()
+            .unwrap_or_else(|| "qemu64,+svm,+npt".into());
+        let accel = match self.tcg_thread()? {
+            Some(thread) => format!("tcg,thread={}", thread.name()),
+            None => "tcg".into(),
+        };
+        Ok((cpu, accel))
+    }
+
+    /// The TCG threading for this machine: `HV_TCG_THREAD` when set, otherwise
+    /// QEMU's own default (`None`: multi-threaded for x86 on an x86 host).
+    /// Single-threaded TCG did not make the two-processor AMD-V runs more reliable
+    /// and made them slower (see the README's known problems), so it is not the
+    /// default.
+    pub fn tcg_thread(&self) -> Result<Option<TcgThread>, String> {
+        TcgThread::from_env()
     }
 }
 
@@ -129,9 +187,9 @@ fn qemu_command_with_serial(
         needed.extend([tools::OVMF_CODE, tools::OVMF_VARS]);
     }
     let paths = tools::require(&needed, "boot the hypervisor in QEMU")?;
-    let (cpu, accel) = opts.cpu_and_accel();
+    let (cpu, accel) = opts.cpu_and_accel()?;
     let mut cmd = Command::new(&paths[0]);
-    cmd.args(["-machine", "q35", "-accel", accel, "-cpu", &cpu])
+    cmd.args(["-machine", "q35", "-accel", &accel, "-cpu", &cpu])
         .args([
             "-m",
             &opts.memory_mib.to_string(),
@@ -678,6 +736,17 @@ pub fn run_bochs_interactive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcg_thread_values() {
+        assert_eq!(TcgThread::parse("single"), Ok(Some(TcgThread::Single)));
+        assert_eq!(TcgThread::parse(" multi "), Ok(Some(TcgThread::Multi)));
+        assert_eq!(TcgThread::parse(""), Ok(None));
+        let err = TcgThread::parse("one").unwrap_err();
+        assert!(err.contains("HV_TCG_THREAD=one"), "{err}");
+        assert_eq!(TcgThread::Single.name(), "single");
+        assert_eq!(TcgThread::Multi.name(), "multi");
+    }
 
     #[test]
     fn nvme_disk_arguments() {

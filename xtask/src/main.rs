@@ -227,7 +227,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 &built.images.bios
             };
             let mut cmd = emulator::qemu_interactive_command(image, &opts, &work)?;
-            let (cpu, accel) = opts.cpu_and_accel();
+            let (cpu, accel) = opts.cpu_and_accel()?;
             eprintln!(
                 "xtask: booting {} in QEMU ({accel}, -cpu {cpu}, {machine_mib} MiB); quit with Ctrl-A X",
                 image.display()
