@@ -465,19 +465,29 @@ impl Vcpu for SvmVcpu {
         if self.virq_pending && self.vmcb().control.int_ctl & int_ctl::V_IRQ == 0 {
             self.virq_pending = false;
         }
-        let vmcb = self.vmcb_mut();
-        vmcb.control.tlb_control = tlb_control::DO_NOTHING;
         // An event that was being delivered when the exit happened must be delivered
         // again on the next entry (APM 15.7.2).
-        if vmcb.control.exitintinfo & (1 << 31) != 0 {
+        let info = self.vmcb().control.exitintinfo;
+        if info & event::VALID != 0 {
+            let vector = info & event::VECTOR_MASK;
             // A virtual interrupt cut short is an external interrupt; QEMU records
             // vectors 32-255 as exceptions, which EVENTINJ refuses (APM 15.20).
-            let info = vmcb.control.exitintinfo;
-            if info & event::VECTOR_MASK >= 32 && info & event::TYPE_MASK == event::TYPE_EXCEPTION {
-                vmcb.control.exitintinfo = (info & !event::TYPE_MASK) | event::TYPE_INTR;
+            let external = info & event::TYPE_MASK == event::TYPE_INTR
+                || (vector >= 32 && info & event::TYPE_MASK == event::TYPE_EXCEPTION);
+            if external {
+                // It goes back the way it came, through V_IRQ, never EVENTINJ (see
+                // `inject_interrupt` for QEMU's double delivery of EVENTINJ
+                // interrupts). A processor clears V_IRQ when it takes the interrupt,
+                // so it must be set again; QEMU's TCG clears it only once delivery
+                // completed, so it may still be set with this vector, and setting it
+                // again changes nothing: one delivery either way.
+                self.inject_interrupt(vector as u8);
+            } else {
+                self.vmcb_mut().control.eventinj = info;
             }
-            vmcb.control.eventinj = vmcb.control.exitintinfo;
         }
+        let vmcb = self.vmcb_mut();
+        vmcb.control.tlb_control = tlb_control::DO_NOTHING;
         // #AC and #DB go straight back to the guest (see `reflect`).
         let code = vmcb.control.exitcode;
         if let Some(ev) =
