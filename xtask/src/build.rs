@@ -85,50 +85,14 @@ pub fn build_kernel(opts: &BuildOptions) -> Result<PathBuf, String> {
         .join("kernel"))
 }
 
-/// The kernel file that goes into the boot images: `kernel` without its debug
-/// information (`llvm-objcopy --strip-debug`, from the pinned toolchain's
-/// `llvm-tools-preview`): about 1.3 MB instead of 7.5 MB, which the firmware reads
-/// through its (under emulators slow) disk services at every boot. The unstripped
-/// file stays where cargo put it, for debuggers (`--gdb`). Without llvm-objcopy the
-/// image gets the unstripped kernel.
-pub fn image_kernel(kernel: &Path) -> PathBuf {
-    let stripped = kernel.with_extension("stripped");
-    let fresh = |p: &Path| {
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        matches!((modified(p), modified(kernel)), (Some(a), Some(b)) if a >= b)
-    };
-    if fresh(&stripped) {
-        return stripped;
-    }
-    let objcopy = crate::guests::llvm_tool(&workspace_root(), "llvm-objcopy").ok();
-    let Some(objcopy) = objcopy else {
-        eprintln!("xtask: llvm-objcopy not found (rustup component llvm-tools-preview): the image gets the kernel with its debug information");
-        return kernel.to_path_buf();
-    };
-    let ok = Command::new(&objcopy)
-        .arg("--strip-debug")
-        .arg(kernel)
-        .arg(&stripped)
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        stripped
-    } else {
-        eprintln!(
-            "xtask: {} --strip-debug failed: the image gets the kernel with its debug information",
-            objcopy.display()
-        );
-        kernel.to_path_buf()
-    }
-}
-
 /// Which VMs an image carries in its ramdisk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestSet {
     /// No bundle: the hypervisor boots, reports and stops.
     None,
-    /// `cargo xtask run`: Debian's Linux to a shell on the serial console, next to
-    /// the tiny `hello64` guest.
+    /// `cargo xtask run`: Debian's Linux to a shell on the serial console (2 vCPUs,
+    /// an encrypted persistent disk on /data, 10.0.0.1 on network "lan"), a second
+    /// Linux `peer` (10.0.0.2 on "lan"), and `net64` alone on network "other".
     Demo,
     /// The eight tiny guests (three CPU modes, policy probes, hostile ones).
     Tiny,
@@ -383,7 +347,22 @@ impl GuestSet {
                     encrypted: true,
                     key_file: Some(disks_dir().join("demo.key")),
                 });
-                with_hello(crate::config::check(&vm)?)
+                // Networks: "linux" (10.0.0.1) and "peer" (10.0.0.2) share "lan";
+                // net64 sits alone on "other" and reaches neither.
+                use crate::vms::NicDef;
+                vm.cmdline.push_str(" hv.ip=10.0.0.1/24");
+                vm.nics = vec![NicDef::on("lan", "linux", 0)];
+                let mut peer = linux_vm(false)?.renamed("peer");
+                peer.memory_kib = 192 * 1024;
+                peer.cmdline.push_str(" hv.ip=10.0.0.2/24");
+                peer.nics = vec![NicDef::on("lan", "peer", 0)];
+                let mut net64 = tiny_vm(&all_guests()?, "net64")?;
+                net64.nics = vec![NicDef::on("other", "net64", 0)];
+                Ok(vec![
+                    crate::config::check(&vm)?,
+                    crate::config::check(&peer)?,
+                    crate::config::check(&net64)?,
+                ])
             }
             GuestSet::BenchDisk | GuestSet::BenchDiskEncrypted => {
                 self.storage()?; // writes the key file
@@ -666,7 +645,7 @@ pub fn build_with_bundle_on_disk(
         disk.display(),
         out.display()
     );
-    let images = boot::build_images(&image_kernel(&kernel), Some(&reference), &out)?;
+    let images = boot::build_images(&kernel, Some(&reference), &out)?;
     Ok(Built { kernel, images })
 }
 
@@ -689,6 +668,6 @@ pub fn build_with_vms(
         "xtask: writing BIOS and UEFI disk images to {}",
         out.display()
     );
-    let images = boot::build_images(&image_kernel(&kernel), ramdisk, &out)?;
+    let images = boot::build_images(&kernel, ramdisk, &out)?;
     Ok(Built { kernel, images })
 }

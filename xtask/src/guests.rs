@@ -236,7 +236,7 @@ fn cargo_build(workspace_root: &Path) -> Result<Vec<(String, PathBuf)>, String> 
 
 /// Finds an LLVM tool shipped with the toolchain that builds the workspace:
 /// `$(rustc --print sysroot)/lib/rustlib/<host>/bin/<tool>`.
-pub fn llvm_tool(workspace_root: &Path, tool: &str) -> Result<PathBuf, String> {
+fn llvm_tool(workspace_root: &Path, tool: &str) -> Result<PathBuf, String> {
     // Run in the workspace so rustup picks the pinned toolchain (rust-toolchain.toml).
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let query = |args: &[&str]| -> Result<String, String> {
