@@ -115,9 +115,17 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         apic::mode_name()
     );
     println!(
-        "hv:   memory: {} MiB usable in {} map regions",
+        "hv:   memory: {} MiB usable in {} map regions{}",
         mem.usable_bytes >> 20,
-        mem.regions
+        mem.regions,
+        if mem.tables_in_usable > 0 {
+            alloc::format!(
+                "; {} frames of the live page tables were listed as usable (reserved)",
+                mem.tables_in_usable
+            )
+        } else {
+            String::new()
+        }
     );
     let mitigations = mitigation::detect(&cpu.vendor);
     println!("hv:   mitigations: {mitigations}");

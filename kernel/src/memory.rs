@@ -1,6 +1,7 @@
 //! Physical memory for the hypervisor: the heap, the host frame allocator and access
 //! to physical memory through the bootloader's complete physical mapping.
 
+use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::sync::atomic::{AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
@@ -25,6 +26,9 @@ pub struct MemoryReport {
     pub usable_bytes: u64,
     pub heap: Range,
     pub regions: usize,
+    /// Page-table frames of the live tables that the memory map listed as usable
+    /// (reserved now).
+    pub tables_in_usable: u64,
 }
 
 /// Sets up the heap and the frame allocator from the firmware memory map.
@@ -66,13 +70,53 @@ pub fn init(regions: &MemoryRegions, phys_offset: u64) -> Result<MemoryReport, &
     };
     let mut frames = RangeAllocator::new(memory_map::normalize(usable()));
     frames.reserve(heap);
+    // The page tables the hypervisor runs on are the bootloader's: their frames must
+    // never be handed out, whatever the memory map says about them.
+    let total_before = frames.free_bytes();
+    for table in live_page_table_frames() {
+        frames.reserve(Range {
+            start: table,
+            end: table + PAGE_SIZE,
+        });
+    }
+    let tables_in_usable = (total_before - frames.free_bytes()) / PAGE_SIZE;
     let report = MemoryReport {
         usable_bytes: total,
         heap,
         regions: regions.len(),
+        tables_in_usable,
     };
     *FRAMES.lock() = Some(frames);
     Ok(report)
+}
+
+/// The physical frames of every page table reachable from CR3 (the PML4 and each
+/// table a present, non-huge entry points to), for reserving them.
+fn live_page_table_frames() -> Vec<u64> {
+    let (l4, _) = Cr3::read();
+    let mut out = alloc::vec![l4.start_address().as_u64()];
+    let mut level = alloc::vec![l4.start_address().as_u64()];
+    // PML4 -> PDPT -> PD -> PT: three levels of tables below the PML4.
+    for depth in 0..3 {
+        let mut next = Vec::new();
+        for &table in &level {
+            // SAFETY: `table` is a live page table (CR3's, or one a present entry of
+            // a live table names), read through the complete physical mapping.
+            let t = unsafe { &*(phys_to_virt(table) as *const PageTable) };
+            for e in t.iter() {
+                let f = e.flags();
+                if !f.contains(PageTableFlags::PRESENT)
+                    || (depth > 0 && f.contains(PageTableFlags::HUGE_PAGE))
+                {
+                    continue;
+                }
+                next.push(e.addr().as_u64());
+            }
+        }
+        out.extend_from_slice(&next);
+        level = next;
+    }
+    out
 }
 
 /// The virtual address at which host-physical `pa` is mapped.

@@ -1003,6 +1003,7 @@ fn hv_qemu_options() -> QemuOptions {
         force_tcg: true,
         extra_args: Vec::new(),
         nvme_disk: None,
+        tcg_thread: None,
     }
 }
 
@@ -1018,6 +1019,7 @@ fn ipi_qemu_options() -> QemuOptions {
         force_tcg: true,
         extra_args: Vec::new(),
         nvme_disk: None,
+        tcg_thread: None,
     }
 }
 

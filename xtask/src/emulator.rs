@@ -40,6 +40,9 @@ pub struct QemuOptions {
     /// The persistent disk image (`[storage]`), attached writable as an NVMe disk:
     /// see [`nvme_args`].
     pub nvme_disk: Option<PathBuf>,
+    /// The TCG threading this run needs (`HV_TCG_THREAD` overrides it); `None`:
+    /// QEMU's default (multi-threaded).
+    pub tcg_thread: Option<TcgThread>,
 }
 
 impl Default for QemuOptions {
@@ -53,6 +56,7 @@ impl Default for QemuOptions {
             force_tcg: false,
             extra_args: Vec::new(),
             nvme_disk: None,
+            tcg_thread: None,
         }
     }
 }
@@ -142,7 +146,7 @@ impl QemuOptions {
     /// and made them slower (see the README's known problems), so it is not the
     /// default.
     pub fn tcg_thread(&self) -> Result<Option<TcgThread>, String> {
-        TcgThread::from_env()
+        Ok(TcgThread::from_env()?.or(self.tcg_thread))
     }
 }
 

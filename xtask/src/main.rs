@@ -220,6 +220,16 @@ fn run(mut args: Args) -> Result<(), String> {
                 force_tcg: tcg,
                 extra_args: Vec::new(),
                 nvme_disk,
+                // Two or more Linux VMs on a multi-processor machine under
+                // multi-threaded TCG crash the hypervisor (the host runs with a bad
+                // CR3 after a #VMEXIT; see README, Known problems): one thread.
+                tcg_thread: (machine_cpus > 1
+                    && vms
+                        .iter()
+                        .filter(|v| v.format == xtask::vms::ImageFormat::Linux)
+                        .count()
+                        > 1)
+                .then_some(emulator::TcgThread::Single),
             };
             let image = if fw == Firmware::Uefi {
                 &built.images.uefi
