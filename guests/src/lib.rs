@@ -32,6 +32,8 @@ pub mod serial;
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod tsc;
+#[cfg(target_os = "none")]
+pub mod virtio_hal;
 
 /// Defines `_start` for a 64-bit guest and makes it call `$main` (a `fn()`).
 ///

@@ -49,99 +49,17 @@ const MAGIC: &[u8; 16] = b"hv-blk64 disk v1";
 
 #[cfg(target_os = "none")]
 mod guest {
-    use core::cell::UnsafeCell;
-    use core::ptr::NonNull;
-    use core::sync::atomic::{AtomicUsize, Ordering};
 
-    use guests::cpu::{inl, outl};
     use guests::println;
+    use guests::virtio_hal::{BumpHal, PortCam};
     use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
-    use virtio_drivers::transport::pci::bus::{
-        Command, ConfigurationAccess, DeviceFunction, PciRoot,
-    };
+    use virtio_drivers::transport::pci::bus::{Command, PciRoot};
     use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
     use virtio_drivers::transport::DeviceType;
-    use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
     use super::{pattern, MAGIC};
 
     guests::entry_point!(main);
-
-    /// Configuration mechanism #1: CONFADD at 0xCF8, CONFDATA at 0xCFC.
-    struct PortCam;
-
-    impl PortCam {
-        fn select(df: DeviceFunction, register: u8) {
-            let address = 0x8000_0000
-                | u32::from(df.bus) << 16
-                | u32::from(df.device) << 11
-                | u32::from(df.function) << 8
-                | u32::from(register & 0xFC);
-            // SAFETY: the PCI configuration address port; this guest is the only
-            // user of it (one vCPU).
-            unsafe { outl(0xCF8, address) };
-        }
-    }
-
-    impl ConfigurationAccess for PortCam {
-        fn read_word(&self, df: DeviceFunction, register: u8) -> u32 {
-            Self::select(df, register);
-            // SAFETY: the configuration data port, after the address above.
-            unsafe { inl(0xCFC) }
-        }
-        fn write_word(&mut self, df: DeviceFunction, register: u8, data: u32) {
-            Self::select(df, register);
-            // SAFETY: as above.
-            unsafe { outl(0xCFC, data) };
-        }
-        unsafe fn unsafe_clone(&self) -> Self {
-            PortCam
-        }
-    }
-
-    /// DMA memory: a bump allocator over a static buffer, never freed (the guest
-    /// sets up one device once). Physical = virtual: the guest is identity-mapped.
-    const DMA_PAGES: usize = 16;
-
-    #[repr(C, align(4096))]
-    struct DmaArea(UnsafeCell<[u8; DMA_PAGES * PAGE_SIZE]>);
-    // SAFETY: handed out in disjoint page ranges (the atomic bump below).
-    unsafe impl Sync for DmaArea {}
-
-    static DMA: DmaArea = DmaArea(UnsafeCell::new([0; DMA_PAGES * PAGE_SIZE]));
-    static DMA_NEXT: AtomicUsize = AtomicUsize::new(0);
-
-    struct BumpHal;
-
-    // SAFETY: dma_alloc returns zeroed (.bss, never reused), page-aligned, disjoint
-    // pages whose physical address is their virtual address (identity map); MMIO
-    // and shared buffers are identity-mapped too.
-    unsafe impl Hal for BumpHal {
-        fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-            let len = pages * PAGE_SIZE;
-            let start = DMA_NEXT.fetch_add(len, Ordering::Relaxed);
-            if start + len > DMA_PAGES * PAGE_SIZE {
-                // Physical address 0 tells virtio-drivers the allocation failed.
-                return (0, NonNull::dangling());
-            }
-            let p = (DMA.0.get() as *mut u8).wrapping_add(start);
-            (p as PhysAddr, NonNull::new(p).expect("static buffer"))
-        }
-
-        unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
-            0
-        }
-
-        unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-            NonNull::new(paddr as *mut u8).expect("a BAR at physical 0")
-        }
-
-        unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-            buffer.as_ptr() as *mut u8 as PhysAddr
-        }
-
-        unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
-    }
 
     const SECTOR: usize = SECTOR_SIZE;
 
