@@ -73,14 +73,11 @@ fn parse_network(
     let mut rate: Option<(u32, Loc)> = None;
     let mut burst: Option<(u32, Loc)> = None;
     for (key, value) in table.iter() {
-        let key_loc = src.loc(
+        let (key_loc, value_loc) = src.entry_locs(
             table.key(key).and_then(|k| k.span()),
+            value.span(),
             &format!("{prefix}.{key}"),
         );
-        let value_loc = match value.span() {
-            Some(s) => src.loc(Some(s), &key_loc.key),
-            None => key_loc.clone(),
-        };
         let int = |lo: u32, hi: u32, unit: &str| -> Result<u32, ConfigError> {
             let n = value
                 .as_integer()
@@ -206,14 +203,11 @@ pub(super) fn parse_nics(src: &Source, item: &Item, loc: &Loc) -> Result<Vec<Raw
         let mut network = None;
         let mut mac = None;
         for (key, value) in table.iter() {
-            let key_loc = src.loc(
+            let (key_loc, value_loc) = src.entry_locs(
                 table.key(key).and_then(|k| k.span()),
+                value.span(),
                 &format!("{prefix}.{key}"),
             );
-            let value_loc = match value.span() {
-                Some(s) => src.loc(Some(s), &key_loc.key),
-                None => key_loc.clone(),
-            };
             match key {
                 "network" => {
                     network = Some((get_str(src, value, &value_loc)?.to_string(), value_loc))
