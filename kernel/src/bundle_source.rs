@@ -17,20 +17,16 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
     };
     let r = reference.map_err(|e| format!("{e}"))?;
     let start = time::uptime_micros();
-    let sectors = host_disk::with(|d| d.sectors()).ok_or_else(|| {
+    let mut disk = host_disk::HostDisk::get().ok_or_else(|| {
         format!(
             "the ramdisk says the bundle is on partition \"{}\" of the machine's disk, but \
              there is no NVMe disk",
             r.partition
         )
     })?;
-    let part = host_disk::with(|d| {
-        let mut read = |lba: u64, buf: &mut [u8; 512]| d.read(lba, buf);
-        gptdisk::find_partition(&mut read, sectors, r.partition)
-    })
-    .ok_or("the NVMe disk went away")?
-    .map_err(|e| format!("partition \"{}\" for the bundle: {e:?}", r.partition))?;
-    let capacity = (part.lbas.end - part.lbas.start) * 512;
+    let lbas = crate::vmm::vm_disk::find_partition(&mut disk, r.partition)
+        .map_err(|e| format!("the bundle: {e}"))?;
+    let capacity = (lbas.end - lbas.start) * 512;
     if r.len == 0 || r.len > capacity {
         return Err(format!(
             "the bundle ({} bytes) does not fit partition \"{}\" ({capacity} bytes)",
@@ -47,7 +43,7 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
         unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), len as usize) };
     const CHUNK: usize = 1 << 20;
     for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
-        let lba = part.lbas.start + (i * CHUNK / 512) as u64;
+        let lba = lbas.start + (i * CHUNK / 512) as u64;
         host_disk::with(|d| d.read(lba, chunk))
             .ok_or("the NVMe disk went away")?
             .map_err(|e| format!("reading the bundle at LBA {lba}: {e}"))?;

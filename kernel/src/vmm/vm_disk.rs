@@ -128,19 +128,7 @@ pub fn open_partition<D: BlockBackend + 'static>(
     unlocker: &mut dyn Unlocker,
 ) -> Result<Opened, String> {
     let name = spec.name;
-    let device_sectors = device.lock().sectors();
-    let found = {
-        let mut dev = device.lock();
-        let mut read = |lba: u64, buf: &mut [u8; 512]| dev.read(lba, buf);
-        gptdisk::find_partition(&mut read, device_sectors, name)
-    }
-    .map_err(|e| match e {
-        gptdisk::Error::NotFound => {
-            format!("the machine's disk has no partition named \"{name}\"")
-        }
-        e => format!("partition \"{name}\": {}", lookup_error(&e)),
-    })?;
-    let range = found.lbas.clone();
+    let range = find_partition(&mut *device.lock(), name)?;
     let window = Partition::new(device.clone(), range.start, range.end - range.start)
         .ok_or_else(|| format!("partition \"{name}\" does not lie inside the disk"))?;
     if !spec.encrypted {
@@ -178,6 +166,24 @@ pub fn open_partition<D: BlockBackend + 'static>(
         claims.release(vm);
     }
     opened
+}
+
+/// The sectors of the GPT partition named `name` on `device`; every failure is a
+/// sentence (the VM's "not started" report, the boot's bundle error).
+pub fn find_partition<D: BlockBackend + ?Sized>(
+    device: &mut D,
+    name: &str,
+) -> Result<core::ops::Range<u64>, String> {
+    let sectors = device.sectors();
+    let mut read = |lba: u64, buf: &mut [u8; 512]| device.read(lba, buf);
+    gptdisk::find_partition(&mut read, sectors, name)
+        .map(|p| p.lbas)
+        .map_err(|e| match e {
+            gptdisk::Error::NotFound => {
+                format!("the machine's disk has no partition named \"{name}\"")
+            }
+            e => format!("partition \"{name}\": {}", lookup_error(&e)),
+        })
 }
 
 fn lookup_error<E: core::fmt::Debug>(e: &gptdisk::Error<E>) -> String {
