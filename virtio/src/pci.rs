@@ -1083,7 +1083,7 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::blk::{self, request, BlockBackend, BlockConfig, RamDisk};
     use crate::device::status as st;
@@ -1111,27 +1111,42 @@ mod tests {
         dev_with(BlockConfig::new("hv-serial-0123456789abc"))
     }
 
-    fn rd(d: &mut Dev, offset: u64, size: u8) -> u64 {
+    // The driver's side of the transport, for any device type (the device types'
+    // own tests use these too).
+
+    pub(crate) fn rd<D: VirtioDevice, M: GuestMemory>(
+        d: &mut VirtioPci<D, M>,
+        offset: u64,
+        size: u8,
+    ) -> u64 {
         d.bar_read(offset, size).0
     }
 
-    fn wr(d: &mut Dev, offset: u64, size: u8, value: u64) -> PciEffects {
+    pub(crate) fn wr<D: VirtioDevice, M: GuestMemory>(
+        d: &mut VirtioPci<D, M>,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> PciEffects {
         d.bar_write(offset, size, value)
     }
 
-    fn set_status(d: &mut Dev, s: u8) -> u8 {
+    pub(crate) fn set_status<D: VirtioDevice, M: GuestMemory>(
+        d: &mut VirtioPci<D, M>,
+        s: u8,
+    ) -> u8 {
         wr(d, common::DEVICE_STATUS, 1, s.into());
         rd(d, common::DEVICE_STATUS, 1) as u8
     }
 
-    fn write_features(d: &mut Dev, f: u64) {
+    fn write_features<D: VirtioDevice, M: GuestMemory>(d: &mut VirtioPci<D, M>, f: u64) {
         wr(d, common::DRIVER_FEATURE_SELECT, 4, 0);
         wr(d, common::DRIVER_FEATURE, 4, f & 0xFFFF_FFFF);
         wr(d, common::DRIVER_FEATURE_SELECT, 4, 1);
         wr(d, common::DRIVER_FEATURE, 4, f >> 32);
     }
 
-    fn offered(d: &mut Dev) -> u64 {
+    pub(crate) fn offered<D: VirtioDevice, M: GuestMemory>(d: &mut VirtioPci<D, M>) -> u64 {
         wr(d, common::DEVICE_FEATURE_SELECT, 4, 0);
         let lo = rd(d, common::DEVICE_FEATURE, 4);
         wr(d, common::DEVICE_FEATURE_SELECT, 4, 1);
@@ -1139,7 +1154,10 @@ mod tests {
     }
 
     /// §3.1.1 steps 1-6 with the features `f`; returns the status read back.
-    fn negotiate(d: &mut Dev, f: u64) -> u8 {
+    pub(crate) fn negotiate<D: VirtioDevice, M: GuestMemory>(
+        d: &mut VirtioPci<D, M>,
+        f: u64,
+    ) -> u8 {
         set_status(d, st::ACKNOWLEDGE);
         set_status(d, st::ACKNOWLEDGE | st::DRIVER);
         write_features(d, f);

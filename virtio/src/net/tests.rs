@@ -6,6 +6,7 @@ use super::*;
 use crate::device::features as vf;
 use crate::device::status as st;
 use crate::memory::VecMemory;
+use crate::pci::tests::{negotiate, offered, rd, set_status, wr};
 use crate::pci::{common, isr, CAP_MSIX, DEVICE_CFG, ISR_CFG, MSIX_TABLE, NOTIFY_CFG};
 use crate::queue::desc_flags::{NEXT, WRITE};
 use crate::queue::tests::desc;
@@ -50,36 +51,6 @@ fn used(d: &Dev, q: (u64, u64, u64), n: u16) -> (u32, u32) {
     let at = q.2 + 4 + 8 * u64::from(n % SIZE);
     let m = d.memory();
     (m.read_u32(at).unwrap(), m.read_u32(at + 4).unwrap())
-}
-
-fn rd(d: &mut Dev, offset: u64, size: u8) -> u64 {
-    d.bar_read(offset, size).0
-}
-
-fn wr(d: &mut Dev, offset: u64, size: u8, value: u64) -> PciEffects {
-    d.bar_write(offset, size, value)
-}
-
-fn set_status(d: &mut Dev, s: u8) -> u8 {
-    wr(d, common::DEVICE_STATUS, 1, s.into());
-    rd(d, common::DEVICE_STATUS, 1) as u8
-}
-
-fn offered(d: &mut Dev) -> u64 {
-    wr(d, common::DEVICE_FEATURE_SELECT, 4, 0);
-    let lo = rd(d, common::DEVICE_FEATURE, 4);
-    wr(d, common::DEVICE_FEATURE_SELECT, 4, 1);
-    lo | rd(d, common::DEVICE_FEATURE, 4) << 32
-}
-
-fn negotiate(d: &mut Dev, f: u64) -> u8 {
-    set_status(d, st::ACKNOWLEDGE);
-    set_status(d, st::ACKNOWLEDGE | st::DRIVER);
-    wr(d, common::DRIVER_FEATURE_SELECT, 4, 0);
-    wr(d, common::DRIVER_FEATURE, 4, f & 0xFFFF_FFFF);
-    wr(d, common::DRIVER_FEATURE_SELECT, 4, 1);
-    wr(d, common::DRIVER_FEATURE, 4, f >> 32);
-    set_status(d, st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)
 }
 
 fn setup_queue(d: &mut Dev, index: u16, q: (u64, u64, u64)) {
