@@ -97,6 +97,16 @@ impl<const N: usize> LineBuffer<N> {
         Some(self.take(self.len, false))
     }
 
+    /// The line in progress as far as it is text already: sanitised as a finished
+    /// line would be, without a trailing UTF-8 character whose bytes have not all
+    /// arrived. For showing a line before its newline (a shell's prompt); the line
+    /// stays buffered, and [`LineBuffer::push`] hands it out whole when it ends.
+    pub fn peek(&mut self) -> &str {
+        self.settle();
+        let end = utf8_split_point(&self.buf[..self.len]);
+        sanitize(&mut self.buf[..end])
+    }
+
     /// Bytes buffered for the line in progress.
     pub fn len(&self) -> usize {
         self.len - self.consumed + usize::from(self.overflow.is_some())
@@ -401,5 +411,28 @@ mod tests {
         // U+009B (CSI, C1), U+202E (right-to-left override), U+2066 (LRI), é kept.
         let lines = feed(&mut lb, "a\u{9B}31mb\u{202E}cé\u{2066}d\n".as_bytes());
         assert_eq!(lines, [plain("a..31mb...cé...d")]);
+    }
+
+    #[test]
+    fn peek_shows_the_line_so_far() {
+        let mut b: LineBuffer<16> = LineBuffer::new();
+        assert_eq!(b.peek(), "");
+        for &c in b"$ ls\x1b" {
+            assert!(b.push(c).is_none());
+        }
+        assert_eq!(b.peek(), "$ ls.");
+        // Half a character is not shown until it is whole.
+        b.push(0xC3);
+        assert_eq!(b.peek(), "$ ls.");
+        b.push(0xA9);
+        assert_eq!(b.peek(), "$ ls.\u{e9}");
+        // Peeking changes nothing: the whole line comes out at its end.
+        assert_eq!(b.push(b'\n').map(|l| l.text), Some("$ ls.\u{e9}"));
+        assert_eq!(b.peek(), "");
+        // After a wrap, the carried-over part.
+        for &c in b"0123456789abcdefXY" {
+            b.push(c);
+        }
+        assert_eq!(b.peek(), "XY");
     }
 }

@@ -164,12 +164,14 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         Some(Ok(specs)) => specs,
     };
     println!("hv: guest bundle holds {} VM(s)", specs.len());
+    // The administrator passphrase's hash, for the management console.
+    let admin: Option<operator::Credential> = None;
     let failed = match ext {
         detect::Extension::Svm(caps) => {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
                 Ok(mut backend) => {
                     migration_check::run(&mut backend);
-                    vmm::run_all(&mut backend, &specs)
+                    vmm::run_all(&mut backend, &specs, admin)
                 }
                 Err(e) => {
                     println!("hv: enabling AMD-V failed: {e}");
@@ -181,7 +183,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             Ok(mut backend) => {
                 backend.set_entry_flush(mitigations.entry_flush());
                 migration_check::run(&mut backend);
-                vmm::run_all(&mut backend, &specs)
+                vmm::run_all(&mut backend, &specs, admin)
             }
             Err(e) => {
                 println!("hv: enabling VT-x failed: {e}");

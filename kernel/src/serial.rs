@@ -2,12 +2,17 @@
 //! `log` records carry a timestamp in seconds since boot and the level.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use uart_16550::SerialPort;
 
 const COM1: u16 = 0x3F8;
 
 static PORT: Mutex<Option<SerialPort>> = Mutex::new(None);
+
+/// The last thing written was a guest's line without its newline (see
+/// [`write_piece`]): the next ordinary write starts a new line first.
+static LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     // SAFETY: COM1 is the standard PC serial port; nothing else in the hypervisor
@@ -17,11 +22,47 @@ pub fn init() {
     *PORT.lock() = Some(port);
 }
 
-/// Writes straight to the port. Used by the logger and the console relay.
+/// Writes straight to the port. Used by the logger and the console relay. A guest
+/// line left open by [`write_piece`] is ended first, so this starts at a line's
+/// beginning.
 pub fn write_fmt(args: fmt::Arguments) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(port) = PORT.lock().as_mut() {
+            if LINE_OPEN.swap(false, Ordering::Relaxed) {
+                let _ = port.write_str("\n");
+            }
             let _ = port.write_fmt(args);
+        }
+    });
+}
+
+/// Writes a piece of a guest's console line: `text` goes on the line left open if
+/// `continues` and nothing else was written since, else on a new line after
+/// `prefix`; `ends` finishes the line, otherwise it stays open.
+pub fn write_piece(prefix: &str, text: &str, continues: bool, ends: bool) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(port) = PORT.lock().as_mut() {
+            let open = LINE_OPEN.load(Ordering::Relaxed);
+            if !(continues && open) {
+                if open {
+                    let _ = port.write_str("\n");
+                }
+                let _ = port.write_str(prefix);
+            }
+            let _ = port.write_str(text);
+            if ends {
+                let _ = port.write_str("\n");
+            }
+            LINE_OPEN.store(!ends, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Writes the operator console's prompt and echo: on the current line, as typed.
+pub fn write_raw(text: &str) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(port) = PORT.lock().as_mut() {
+            let _ = port.write_str(text);
         }
     });
 }

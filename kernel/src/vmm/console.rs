@@ -1,16 +1,35 @@
 //! A VM's console: the guest's COM1 output assembled into lines and relayed to the
 //! host console as `name | text`.
+//!
+//! A line is normally relayed when it ends. The VM that has the keyboard may also
+//! have the line in progress shown before its newline (a shell's prompt must be
+//! visible while the user types): [`Relay::show_partial`] relays what is new of it,
+//! and when the line ends only the rest follows, marked so the writer continues the
+//! line on the terminal instead of starting another.
 
 use alloc::string::String;
 use devices::{LineBuffer, SerialSink};
 
-/// Where finished console lines of a VM go: `(vm name, line)`.
-pub type ConsoleOut = fn(&str, &str);
+/// One piece of a VM's console output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A whole line.
+    Line(&'a str),
+    /// The beginning (or a further part) of a line that has not ended yet.
+    Partial(&'a str),
+    /// The end of a line whose beginning went out as [`Piece::Partial`].
+    Rest(&'a str),
+}
+
+/// Where a VM's console pieces go: `(vm name, piece)`.
+pub type ConsoleOut = fn(&str, Piece);
 
 /// The guest's COM1 output, assembled into lines and relayed as `name | text`.
 pub struct Relay {
     name: String,
     line: LineBuffer,
+    /// Bytes of the line in progress already relayed as [`Piece::Partial`].
+    shown: usize,
     out: ConsoleOut,
 }
 
@@ -19,14 +38,42 @@ impl Relay {
         Self {
             name: name.into(),
             line: LineBuffer::new(),
+            shown: 0,
             out,
+        }
+    }
+
+    /// Relays a finished line (or chunk), only what was not shown of it before.
+    fn finished(name: &str, out: ConsoleOut, text: &str, shown: usize) {
+        if shown == 0 {
+            out(name, Piece::Line(text));
+        } else {
+            // `shown` counts bytes of `peek`, which ends on a character boundary of
+            // the same text.
+            out(
+                name,
+                Piece::Rest(text.get(shown.min(text.len())..).unwrap_or("")),
+            );
         }
     }
 
     /// Relays what the guest printed without a final newline.
     pub fn flush(&mut self) {
+        let shown = core::mem::take(&mut self.shown);
         if let Some(line) = self.line.flush_partial() {
-            (self.out)(&self.name, line.text);
+            Self::finished(&self.name, self.out, line.text, shown);
+        } else if shown > 0 {
+            (self.out)(&self.name, Piece::Rest(""));
+        }
+    }
+
+    /// Relays what is new of the line in progress, if anything.
+    pub fn show_partial(&mut self) {
+        let text = self.line.peek();
+        if text.len() > self.shown {
+            let new = text.get(self.shown..).unwrap_or("");
+            (self.out)(&self.name, Piece::Partial(new));
+            self.shown = text.len();
         }
     }
 }
@@ -34,7 +81,62 @@ impl Relay {
 impl SerialSink for Relay {
     fn write_byte(&mut self, byte: u8) {
         if let Some(line) = self.line.push(byte) {
-            (self.out)(&self.name, line.text);
+            let shown = core::mem::take(&mut self.shown);
+            Self::finished(&self.name, self.out, line.text, shown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+    use spin::Mutex;
+
+    static SEEN: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+    fn record(_: &str, piece: Piece) {
+        let (kind, text) = match piece {
+            Piece::Line(t) => ("line", t),
+            Piece::Partial(t) => ("partial", t),
+            Piece::Rest(t) => ("rest", t),
+        };
+        SEEN.lock().push((kind.to_string(), text.to_string()));
+    }
+
+    #[test]
+    fn partial_lines_then_the_rest() {
+        let mut r = Relay::new("vm", record);
+        for &b in b"one\n$ " {
+            r.write_byte(b);
+        }
+        r.show_partial();
+        r.show_partial(); // nothing new
+        for &b in b"ls" {
+            r.write_byte(b);
+        }
+        r.show_partial();
+        for &b in b" -l\nlast" {
+            r.write_byte(b);
+        }
+        r.show_partial();
+        r.flush();
+        r.write_byte(b'x');
+        r.flush();
+        let seen: Vec<(String, String)> = core::mem::take(&mut *SEEN.lock());
+        let pairs: Vec<(&str, &str)> = seen.iter().map(|(k, t)| (k.as_str(), t.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("line", "one"),
+                ("partial", "$ "),
+                ("partial", "ls"),
+                ("rest", " -l"),
+                ("partial", "last"),
+                ("rest", ""),
+                ("line", "x"),
+            ]
+        );
     }
 }

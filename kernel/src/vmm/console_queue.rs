@@ -13,9 +13,17 @@ use alloc::vec::Vec;
 /// Lines a VM may have waiting; more drop its oldest.
 pub const LINES_PER_VM: usize = 512;
 
+/// What kind of console output an entry is (see [`super::console::Piece`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Line,
+    Partial,
+    Rest,
+}
+
 struct VmLines {
     name: String,
-    lines: VecDeque<String>,
+    lines: VecDeque<(Kind, String)>,
     dropped: u64,
 }
 
@@ -32,8 +40,20 @@ pub struct ConsoleQueue {
 pub enum Out {
     /// `vm | text`.
     Line(String, String),
+    /// A line's beginning, without its newline.
+    Partial(String, String),
+    /// The end of a line that went out partially.
+    Rest(String, String),
     /// Lines of this VM were dropped because its queue was full.
     Dropped(String, u64),
+}
+
+fn out(kind: Kind, vm: String, text: String) -> Out {
+    match kind {
+        Kind::Line => Out::Line(vm, text),
+        Kind::Partial => Out::Partial(vm, text),
+        Kind::Rest => Out::Rest(vm, text),
+    }
 }
 
 impl ConsoleQueue {
@@ -60,12 +80,17 @@ impl ConsoleQueue {
 
     /// Queues one finished line of VM `name`.
     pub fn push(&mut self, name: &str, text: &str) {
+        self.push_piece(name, Kind::Line, text);
+    }
+
+    /// Queues one piece of VM `name`'s output.
+    pub fn push_piece(&mut self, name: &str, kind: Kind, text: &str) {
         let vm = self.vm(name);
         if vm.lines.len() >= LINES_PER_VM {
             vm.lines.pop_front();
             vm.dropped += 1;
         }
-        vm.lines.push_back(text.into());
+        vm.lines.push_back((kind, text.into()));
     }
 
     /// The next thing to write, taking the VMs in turn.
@@ -81,9 +106,9 @@ impl ConsoleQueue {
                     core::mem::take(&mut vm.dropped),
                 ));
             }
-            if let Some(line) = vm.lines.pop_front() {
+            if let Some((kind, text)) = vm.lines.pop_front() {
                 self.next = (i + 1) % n;
-                return Some(Out::Line(vm.name.clone(), line));
+                return Some(out(kind, vm.name.clone(), text));
             }
         }
         None
@@ -101,7 +126,12 @@ impl ConsoleQueue {
                 core::mem::take(&mut vm.dropped),
             ));
         }
-        out.extend(vm.lines.drain(..).map(|l| Out::Line(vm.name.clone(), l)));
+        let name = vm.name.clone();
+        out.extend(
+            vm.lines
+                .drain(..)
+                .map(|(k, t)| self::out(k, name.clone(), t)),
+        );
         out
     }
 
@@ -154,5 +184,21 @@ mod tests {
             ))
         );
         assert!(q.take_vm("nobody").is_empty());
+    }
+
+    #[test]
+    fn pieces_keep_their_kind_and_order() {
+        let mut q = ConsoleQueue::new();
+        q.push_piece("sh", Kind::Partial, "$ ");
+        q.push_piece("sh", Kind::Rest, "ls");
+        q.push("sh", "a");
+        assert_eq!(q.pop(), Some(Out::Partial("sh".into(), "$ ".into())));
+        assert_eq!(
+            q.take_vm("sh"),
+            [
+                Out::Rest("sh".into(), "ls".into()),
+                Out::Line("sh".into(), "a".into())
+            ]
+        );
     }
 }

@@ -23,7 +23,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering
 use spin::Mutex;
 use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
 
-use super::console_queue::{ConsoleQueue, Out};
+use super::console::Piece;
+use super::console_queue::{ConsoleQueue, Kind, Out};
 use super::host_memory::KernelMemory;
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::net::{self, NicPort, SharedHub};
@@ -32,6 +33,8 @@ use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared, MAX_VCPUS};
 use crate::{memory, println, serial, smp, time, timer};
+
+mod mgmt;
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// A VM that restarts this often within [`RESTART_WINDOW_MS`] is stopped instead: it
@@ -64,6 +67,10 @@ struct Life {
     limit_tsc: Option<u64>,
     limit_ms: u32,
     background: bool,
+    /// The operator paused it: no vCPU of it is picked until it is resumed.
+    paused: bool,
+    /// When it (re)started (TSC), for its uptime.
+    started_tsc: u64,
     /// Why the VM stops, once it must.
     stop: Option<String>,
     /// Why the VM restarts, while a restart waits for its vCPUs to come back.
@@ -77,17 +84,25 @@ struct Life {
 struct VmEntry<V: Vcpu> {
     name: String,
     /// Set when a frame waits for one of its NICs: its vCPUs are kicked.
-    net_wake: Option<alloc::sync::Arc<AtomicBool>>,
+    net_wake: Mutex<Option<alloc::sync::Arc<AtomicBool>>>,
     /// CPU time its vCPUs have used, in TSC cycles (what `run_limit_ms` bounds).
     run_tsc: AtomicU64,
     shared: Mutex<VmShared>,
     slots: Vec<Mutex<Option<VcpuSlot<V>>>>,
+    /// Each vCPU's exit counts as of its last slice (its slot is out of `slots`
+    /// while it runs), for the console's `stats`.
+    exits: Vec<Mutex<ExitStats>>,
     life: Mutex<Life>,
 }
 
 /// Everything the physical CPUs share while they run guests.
-struct Machine<'b, B: Backend> {
+pub(super) struct Machine<'b, B: Backend> {
     backend: Mutex<&'b mut B>,
+    /// What a VM started again by the operator needs, as at boot.
+    epoch_unix_ns: u64,
+    hub: SharedHub,
+    /// The operator's console on the serial line.
+    console: Mutex<mgmt::Console>,
     vms: Vec<VmEntry<B::Vcpu>>,
     queue: Mutex<RunQueue>,
     slice: u64,
@@ -113,13 +128,35 @@ static CONSOLE: Mutex<ConsoleQueue> = Mutex::new(ConsoleQueue::new());
 const CONSOLE_BUDGET_MICROS: u64 = 2_000;
 
 /// A guest's finished console line: queued, never written inside an exit handler.
-fn relay(name: &str, text: &str) {
-    CONSOLE.lock().push(name, text);
+fn relay(name: &str, piece: Piece) {
+    let (kind, text) = match piece {
+        Piece::Line(t) => (Kind::Line, t),
+        Piece::Partial(t) => (Kind::Partial, t),
+        Piece::Rest(t) => (Kind::Rest, t),
+    };
+    CONSOLE.lock().push_piece(name, kind, text);
 }
 
+/// The VM whose line is open on the terminal (its beginning written, no newline).
+static OPEN_LINE: Mutex<Option<String>> = Mutex::new(None);
+
 fn write_out(out: Out) {
+    let mut open = OPEN_LINE.lock();
     match out {
-        Out::Line(vm, text) => println!("{vm} | {text}"),
+        Out::Line(vm, text) => {
+            serial::write_piece(&format!("{vm} | "), &text, false, true);
+            *open = None;
+        }
+        Out::Partial(vm, text) => {
+            let continues = open.as_deref() == Some(vm.as_str());
+            serial::write_piece(&format!("{vm} | "), &text, continues, false);
+            *open = Some(vm);
+        }
+        Out::Rest(vm, text) => {
+            let continues = open.as_deref() == Some(vm.as_str());
+            serial::write_piece(&format!("{vm} | "), &text, continues, true);
+            *open = None;
+        }
         Out::Dropped(vm, n) => {
             println!("hv: vm {vm}: {n} console line(s) dropped (the guest wrote faster than the serial line drains)")
         }
@@ -416,12 +453,38 @@ fn create_vcpus<B: Backend>(
 }
 
 /// Loads a VM's image into fresh RAM and creates its platform and vCPUs.
+/// A VM's devices, vCPUs and lifetime record, built from `spec`.
+type Built<V> = (VmShared, Vec<VcpuSlot<V>>, Life);
+
 fn start<B: Backend>(
     backend: &mut B,
     spec: &VmSpec<'static>,
     epoch_unix_ns: u64,
     hub: &SharedHub,
 ) -> Result<VmEntry<B::Vcpu>, String> {
+    let (shared, slots, life) = build(backend, spec, epoch_unix_ns, hub)?;
+    Ok(VmEntry {
+        name: spec.name.into(),
+        net_wake: Mutex::new(life.machine.net_wake.clone()),
+        run_tsc: AtomicU64::new(0),
+        shared: Mutex::new(shared),
+        exits: slots
+            .iter()
+            .map(|_| Mutex::new(ExitStats::default()))
+            .collect(),
+        slots: slots.into_iter().map(|s| Mutex::new(Some(s))).collect(),
+        life: Mutex::new(life),
+    })
+}
+
+/// Takes what VM `spec` needs (RAM, its disk, its NICs), loads its image and
+/// creates its devices and vCPUs; on an error everything taken is given back.
+fn build<B: Backend>(
+    backend: &mut B,
+    spec: &VmSpec<'static>,
+    epoch_unix_ns: u64,
+    hub: &SharedHub,
+) -> Result<Built<B::Vcpu>, String> {
     let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
     let cpus = spec.vcpus as usize;
     if !(1..=MAX_VCPUS).contains(&cpus) {
@@ -471,7 +534,7 @@ fn start<B: Backend>(
         unmapped_stops: spec.unmapped_stops,
         disk,
         nics,
-        net_wake: net_wake.clone(),
+        net_wake,
     };
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
@@ -510,28 +573,24 @@ fn start<B: Backend>(
             net::FIRST_NIC_DEVICE + i as u8
         );
     }
-    Ok(VmEntry {
-        name: spec.name.into(),
-        net_wake,
-        run_tsc: AtomicU64::new(0),
-        shared: Mutex::new(shared),
-        slots: slots.into_iter().map(|s| Mutex::new(Some(s))).collect(),
-        life: Mutex::new(Life {
-            spec: spec.clone(),
-            mapping,
-            machine,
-            ram_pa,
-            ram_size,
-            limit_tsc: (spec.run_limit_ms > 0)
-                .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
-            limit_ms: spec.run_limit_ms,
-            background: spec.background,
-            stop: None,
-            restart: None,
-            restarts: Vec::new(),
-            finished: false,
-        }),
-    })
+    let life = Life {
+        spec: spec.clone(),
+        mapping,
+        machine,
+        ram_pa,
+        ram_size,
+        limit_tsc: (spec.run_limit_ms > 0)
+            .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
+        limit_ms: spec.run_limit_ms,
+        background: spec.background,
+        paused: false,
+        started_tsc: time::rdtsc(),
+        stop: None,
+        restart: None,
+        restarts: Vec::new(),
+        finished: false,
+    };
+    Ok((shared, slots, life))
 }
 
 /// How the bare loop ended.
@@ -671,7 +730,7 @@ impl<B: Backend> Machine<'_, B> {
             // unless it is the kick of a VM that stops or restarts.
             let settling = event == SliceEvent::HostInterrupt && {
                 let life = vm.life.lock();
-                life.stop.is_some() || life.restart.is_some()
+                life.stop.is_some() || life.restart.is_some() || life.paused
             };
             shared = vm.shared.lock();
             let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
@@ -753,11 +812,12 @@ impl<B: Backend> Machine<'_, B> {
             return;
         }
         for (v, vm) in self.vms.iter().enumerate() {
-            if vm
+            let woken = vm
                 .net_wake
+                .lock()
                 .as_ref()
-                .is_some_and(|w| w.load(Ordering::Acquire))
-            {
+                .is_some_and(|w| w.load(Ordering::Acquire));
+            if woken {
                 let all = u64::MAX >> (64 - vm.slots.len().clamp(1, 64));
                 self.kick_vcpus(v, all);
             }
@@ -767,8 +827,19 @@ impl<B: Backend> Machine<'_, B> {
     /// Makes the queue's runnable flags of VM `vm` match its vCPUs' run states
     /// (none while it restarts).
     fn sync_runnable(&self, vm: usize) {
-        if self.vms[vm].life.lock().restart.is_some() {
-            return;
+        {
+            let life = self.vms[vm].life.lock();
+            if life.restart.is_some() || life.stop.is_some() {
+                return;
+            }
+            if life.paused {
+                drop(life);
+                let mut queue = self.queue.lock();
+                for v in 0..self.vms[vm].slots.len() {
+                    queue.set_runnable(vm, v, false);
+                }
+                return;
+            }
         }
         let (run, parked) = {
             let shared = self.vms[vm].shared.lock();
@@ -832,20 +903,23 @@ impl<B: Backend> Machine<'_, B> {
         };
         match restart {
             Err(why) => self.stop(vm, why),
-            Ok(()) => {
-                // No vCPU of it is picked until it has restarted; the CPUs running
-                // its vCPUs give them back at once.
-                let running = {
-                    let mut queue = self.queue.lock();
-                    for v in 0..self.vms[vm].slots.len() {
-                        queue.set_runnable(vm, v, false);
-                    }
-                    queue.cpus_running(vm)
-                };
-                kick_cpus(running);
-                self.finish(vm);
-            }
+            Ok(()) => self.settle_restart(vm),
         }
+    }
+
+    /// VM `vm` has its restart recorded: no vCPU of it is picked until it has
+    /// restarted; the CPUs running its vCPUs give them back at once, and the last
+    /// one back restarts it.
+    fn settle_restart(&self, vm: usize) {
+        let running = {
+            let mut queue = self.queue.lock();
+            for v in 0..self.vms[vm].slots.len() {
+                queue.set_runnable(vm, v, false);
+            }
+            queue.cpus_running(vm)
+        };
+        kick_cpus(running);
+        self.finish(vm);
     }
 
     /// Restarts VM `vm` from its image with fresh RAM and fresh vCPUs and devices, as a
@@ -883,6 +957,12 @@ impl<B: Backend> Machine<'_, B> {
                     *vm.slots[i].lock() = Some(s);
                 }
                 life.restart = None;
+                life.paused = false;
+                life.started_tsc = time::rdtsc();
+                for e in &vm.exits {
+                    *e.lock() = ExitStats::default();
+                }
+                vm.run_tsc.store(0, Ordering::Relaxed);
                 let mut queue = self.queue.lock();
                 for v in 0..vm.slots.len() {
                     queue.set_runnable(vm_index, v, v == 0);
@@ -1001,7 +1081,10 @@ impl<B: Backend> Machine<'_, B> {
     /// run-time limits, and stopping background VMs once the foreground ones are gone.
     fn housekeeping(&self) {
         LAST_HOUSEKEEPING.store(time::rdtsc(), Ordering::Relaxed);
-        drain_console(Some(CONSOLE_BUDGET_MICROS));
+        // Guest lines wait while the operator types at the prompt.
+        if !self.console.lock().at_prompt() {
+            drain_console(Some(CONSOLE_BUDGET_MICROS));
+        }
         let mut foreground = false;
         let mut first = None;
         for (v, vm) in self.vms.iter().enumerate() {
@@ -1031,17 +1114,9 @@ impl<B: Backend> Machine<'_, B> {
                 }
             }
         }
-        // Host console input goes to the first VM (the Linux guest in the default set).
-        if let Some(v) = first {
-            let mut shared = self.vms[v].shared.lock();
-            if shared.console_ready() {
-                if let Some(byte) = serial::try_read_byte() {
-                    shared.console_input(byte);
-                    drop(shared);
-                    self.kick_vcpus(v, 1);
-                }
-            }
-        }
+        // Host console input: keys for the VM that has the keyboard, or the
+        // operator's prompt.
+        self.console_tick(first);
     }
 
     /// Sleeps until the next tick or a kick.
@@ -1084,7 +1159,7 @@ impl<B: Backend> Machine<'_, B> {
             };
             let stopping = {
                 let life = self.vms[vm].life.lock();
-                life.stop.is_some() || life.restart.is_some()
+                life.stop.is_some() || life.restart.is_some() || life.paused
             };
             let taken = if stopping {
                 None
@@ -1095,6 +1170,7 @@ impl<B: Backend> Machine<'_, B> {
             let why = match taken {
                 Some(mut slot) => {
                     let why = self.run_slice(vm, &mut slot, &mut entered);
+                    self.vms[vm].exits[index].lock().clone_from(&slot.ctx.stats);
                     *self.vms[vm].slots[index].lock() = Some(slot);
                     why
                 }
@@ -1194,7 +1270,11 @@ fn ap_entry<B: Backend + 'static>(cpu: usize) -> ! {
 
 /// Runs every VM of the bundle on every processor until all have stopped. Returns
 /// how many could not be started.
-pub fn run_all<B>(backend: &mut B, specs: &[VmSpec<'static>]) -> usize
+pub fn run_all<B>(
+    backend: &mut B,
+    specs: &[VmSpec<'static>],
+    admin: Option<::operator::Credential>,
+) -> usize
 where
     B: Backend + Send + 'static,
     B::Vcpu: Send,
@@ -1226,6 +1306,9 @@ where
     }
     let machine = Machine {
         backend: Mutex::new(backend),
+        epoch_unix_ns,
+        hub,
+        console: Mutex::new(mgmt::Console::new(admin, vms.len())),
         vms,
         queue: Mutex::new(queue),
         slice: time::micros_to_tsc(SLICE_MICROS),

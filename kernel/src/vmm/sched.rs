@@ -112,6 +112,15 @@ impl RunQueue {
         }
     }
 
+    /// VM `vm` was started again (by the operator): its tasks come back, vCPU 0
+    /// runnable, the others waiting for their STARTUP as at a first start.
+    pub fn revive_vm(&mut self, vm: usize) {
+        for t in self.tasks.iter_mut().filter(|t| t.vm == vm) {
+            t.gone = false;
+            t.runnable = t.vcpu == 0;
+        }
+    }
+
     /// How many tasks the queue holds (stopped VMs' too).
     pub fn len(&self) -> usize {
         self.tasks.len()
@@ -317,5 +326,19 @@ mod tests {
         assert!(!q.any_left());
         assert_eq!(q.pick(0), None);
         assert_eq!(RunQueue::new(1).pick(5), None, "unknown CPU");
+    }
+
+    #[test]
+    fn a_revived_vm_starts_with_vcpu_0_only() {
+        let mut q = RunQueue::new(1);
+        q.add(0, 0, ALL, true);
+        q.add(0, 1, ALL, true);
+        q.remove_vm(0);
+        assert!(!q.any_left());
+        q.revive_vm(0);
+        assert!(q.any_left());
+        assert_eq!(q.pick(0), Some(0));
+        q.put_back(0);
+        assert_eq!(q.pick(0), Some(0), "vCPU 1 waits for its STARTUP again");
     }
 }

@@ -336,6 +336,12 @@ impl VmShared {
         self.console_ready() && self.platform.console().uart.enqueue_input(byte)
     }
 
+    /// Shows the console line the guest is in the middle of (the VM has the
+    /// keyboard: its prompt must be visible).
+    pub fn show_console_partial(&mut self) {
+        self.platform.console().uart.sink_mut().show_partial();
+    }
+
     /// Relays what the guest printed without a final newline.
     pub fn flush_console(&mut self) {
         self.platform.console().uart.sink_mut().flush();
@@ -1088,7 +1094,9 @@ mod tests {
         static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     }
 
-    fn capture(name: &str, text: &str) {
+    fn capture(name: &str, piece: crate::vmm::console::Piece) {
+        use crate::vmm::console::Piece;
+        let (Piece::Line(text) | Piece::Partial(text) | Piece::Rest(text)) = piece;
         LINES.with(|l| l.borrow_mut().push(format!("{name} | {text}")));
     }
 
