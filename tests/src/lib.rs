@@ -37,6 +37,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
+    static CONSOLE: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -55,6 +56,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
+        GuestSet::ConsoleTest => &CONSOLE,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {
@@ -85,6 +87,31 @@ pub fn boot_qemu(test: &str, set: GuestSet, opts: &QemuOptions, limit: Duration)
         .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
     let out = emulator::run_qemu_captured(cmd, limit).unwrap_or_else(|e| panic!("{e}"));
     // The whole log, for when a failure report's shortened one is not enough.
+    let log = work_dir(test).join("serial.txt");
+    let _ =
+        std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
+    eprintln!(
+        "[{test}] QEMU ran {:.1} s, exit code {:?} (serial log: {})",
+        out.elapsed.as_secs_f64(),
+        out.exit_code,
+        log.display()
+    );
+    out
+}
+
+/// Boots `set` in QEMU and types into its serial port as `steps` say (see
+/// [`xtask::emulator::run_qemu_scripted`]); the output is saved as `boot_qemu` does.
+pub fn scripted_qemu(
+    test: &str,
+    set: GuestSet,
+    opts: &QemuOptions,
+    steps: &[xtask::emulator::ScriptStep],
+    limit: Duration,
+) -> RunOutput {
+    let image = &images(set).bios;
+    let cmd = emulator::qemu_command(image, opts, &work_dir(test))
+        .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
+    let out = emulator::run_qemu_scripted(cmd, limit, steps).unwrap_or_else(|e| panic!("{e}"));
     let log = work_dir(test).join("serial.txt");
     let _ =
         std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));

@@ -153,7 +153,14 @@ pub enum GuestSet {
     /// network "other", which sends a broadcast and a frame with a forged source
     /// there and must see none of their frames (nor they its).
     NetworkTest,
+    /// The management console: two `count64` VMs (`count64` and `other`), driven
+    /// through the console from a pipe, with the administrator passphrase of
+    /// [`CONSOLE_TEST_PASSPHRASE`].
+    ConsoleTest,
 }
+
+/// The console test's administrator passphrase.
+pub const CONSOLE_TEST_PASSPHRASE: &str = "hv console test";
 
 /// Where the default run and the disk test keep their disk images and key files.
 pub fn disks_dir() -> PathBuf {
@@ -289,6 +296,7 @@ impl GuestSet {
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
+            GuestSet::ConsoleTest => "console-test",
         }
     }
 
@@ -402,6 +410,13 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::ConsoleTest => {
+                let images = all_guests()?;
+                Ok(vec![
+                    tiny_vm(&images, "count64")?,
+                    tiny_vm(&images, "count64")?.renamed("other"),
+                ])
+            }
             GuestSet::NetworkTest => {
                 use crate::vms::NicDef;
                 let lan = |name: &str, args: &str| -> Result<crate::vms::VmDef, String> {

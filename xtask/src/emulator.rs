@@ -548,6 +548,158 @@ pub fn run_streaming(
     Ok(out)
 }
 
+/// One step of a scripted console session ([`run_qemu_scripted`]): wait until the
+/// serial output, after where the previous step's text was found, contains
+/// `wait_for`; then wait `pause` more and type `send`.
+#[derive(Clone, Debug)]
+pub struct ScriptStep {
+    pub wait_for: String,
+    pub pause: Duration,
+    pub send: Vec<u8>,
+}
+
+impl ScriptStep {
+    pub fn new(wait_for: &str, send: &[u8]) -> Self {
+        Self {
+            wait_for: wait_for.into(),
+            pause: Duration::ZERO,
+            send: send.to_vec(),
+        }
+    }
+
+    /// The same, typed `pause` after the text appeared.
+    pub fn after(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
+}
+
+/// Runs QEMU (serial port on stdio) and types into its serial port as `steps` say,
+/// as an operator at the console would, from a pipe. Matching is on the raw output
+/// stream, so a prompt without a newline can be waited for. When a step's text does
+/// not come within `limit`, the run ends and the output says which step waited.
+pub fn run_qemu_scripted(
+    mut cmd: Command,
+    limit: Duration,
+    steps: &[ScriptStep],
+) -> Result<RunOutput, String> {
+    use std::sync::{Arc, Mutex};
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen
+                        .lock()
+                        .expect("output buffer")
+                        .extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = err_tx.send(s);
+    });
+    let find =
+        |hay: &[u8], needle: &[u8]| hay.windows(needle.len().max(1)).position(|w| w == needle);
+    let mut from = 0;
+    let mut note = String::new();
+    let mut timed_out = false;
+    'steps: for (i, step) in steps.iter().enumerate() {
+        loop {
+            let at = {
+                let seen = seen.lock().expect("output buffer");
+                find(&seen[from.min(seen.len())..], step.wait_for.as_bytes())
+            };
+            if let Some(at) = at {
+                from += at + step.wait_for.len();
+                break;
+            }
+            let ended = done_rx.try_recv().is_ok();
+            if ended || start.elapsed() > limit {
+                timed_out = !ended;
+                note = format!(
+                    "\n[script] step {i}: {:?} did not appear ({})\n",
+                    step.wait_for,
+                    if ended {
+                        "the emulator exited"
+                    } else {
+                        "time limit"
+                    }
+                );
+                break 'steps;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(step.pause);
+        if stdin
+            .write_all(&step.send)
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            note = format!("\n[script] step {i}: the emulator no longer takes input\n");
+            break;
+        }
+    }
+    // The steps are done (or failed): wait for the machine to end on its own.
+    let mut exit_code = None;
+    if note.is_empty() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    exit_code = status.code();
+                    break;
+                }
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+    }
+    if exit_code.is_none() {
+        kill(&mut child);
+    }
+    drop(stdin);
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    let mut serial = String::from_utf8_lossy(&seen.lock().expect("output buffer")).into_owned();
+    serial.push_str(&note);
+    let stderr = err_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        serial.push_str("\n[qemu stderr]\n");
+        serial.push_str(&stderr);
+    }
+    Ok(RunOutput {
+        serial,
+        exit_code,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
 /// Runs Bochs until it exits, `limit` passes, or the serial log contains `done_marker`
 /// (Bochs has no exit status of its own to carry the hypervisor's).
 pub fn run_bochs_captured(

@@ -78,6 +78,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("blk64", Kind::Elf64),
     ("vq64", Kind::Elf64),
     ("net64", Kind::Elf64),
+    ("count64", Kind::Elf64),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and

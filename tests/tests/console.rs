@@ -1,0 +1,147 @@
+//! The management console (AMD-V under QEMU, 2 processors), driven from a pipe as
+//! an operator would type: two `count64` VMs (`count64`, `other`). One boot checks
+//! that keys reach the VM with the keyboard and its prompt shows before its newline;
+//! Ctrl-] opens the `hv>` prompt; `list`, `stats` and `console NAME` need no
+//! passphrase; `pause` asks for it, a wrong one is refused and logged and the next
+//! attempt must wait; with the right one the VM pauses (no CPU time while paused),
+//! resumes, restarts, stops and starts again; stopping both VMs ends the run.
+
+use std::time::Duration;
+use tests::*;
+use xtask::build::CONSOLE_TEST_PASSPHRASE;
+use xtask::emulator::{ScriptStep as Step, EXIT_SUCCESS};
+
+const ESC: &[u8] = b"\x1d";
+
+/// The text between the `n`-th `hv> ` prompt and the next one.
+fn answer(serial: &str, n: usize) -> &str {
+    let mut parts = serial.split("hv> ");
+    let part = parts
+        .nth(n)
+        .unwrap_or_else(|| panic!("no prompt {n}:\n{serial}"));
+    part
+}
+
+#[test]
+fn console_drives_vms_under_amd_v() {
+    let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
+    let steps = [
+        // Keys go to the first VM until Ctrl-].
+        Step::new("count64 | count64: 3", b"hello\r"),
+        Step::new("count64 | count64: got hello", b"quiet\r"),
+        // A prompt without a newline is shown at once.
+        Step::new("count64 | count64> ", b"loud\r"),
+        Step::new("count64 | count64: got loud", ESC),
+        Step::new("hv> ", b"list\r"),
+        Step::new("UPTIME", b""),
+        Step::new("hv> ", b"console other\r"),
+        Step::new("the keyboard is other's", b"hi\r"),
+        Step::new("other | count64: got hi", ESC),
+        Step::new("hv> ", b"stats count64\r"),
+        Step::new("exits:", b""),
+        Step::new("hv> ", b"pause count64\r"),
+        Step::new("administrator passphrase: ", b"not it\r"),
+        Step::new("wrong passphrase", b""),
+        // Too soon: refused without asking.
+        Step::new("hv> ", b"pause count64\r"),
+        Step::new("try again in", b""),
+        Step::new("hv> ", b"pause count64\r").after(Duration::from_millis(1500)),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("vm count64 paused", b""),
+        Step::new("hv> ", b"stats count64\r").after(Duration::from_millis(300)),
+        Step::new("exits:", b""),
+        Step::new("hv> ", b"stats count64\r").after(Duration::from_millis(1000)),
+        Step::new("exits:", b""),
+        Step::new("hv> ", b"resume count64\r"),
+        Step::new("vm count64 resumed", b""),
+        Step::new("hv> ", b"restart count64\r"),
+        Step::new("count64 restarting", b""),
+        Step::new("hv> ", b"stop other\r"),
+        Step::new("vm other stopped", b""),
+        Step::new("hv> ", b"start other\r"),
+        Step::new("vm other started", b""),
+        Step::new("hv> ", b"frobnicate\r"),
+        Step::new("unknown command", b""),
+        Step::new("hv> ", b"exit\r"),
+        // Back at the guests' console (held lines come out), then both stop.
+        Step::new("the keyboard is other's again", b""),
+        Step::new("other | count64: 2", ESC),
+        Step::new("hv> ", b"stop other\r"),
+        // `exit` ended the administrator session: the passphrase again.
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("vm other stopped", b"stop count64\r"),
+    ];
+    let opts = QemuOptions {
+        memory_mib: 256,
+        cpus: 2,
+        force_tcg: true,
+        // Under multi-threaded TCG, VMs now and then run with the host's state
+        // (README, Known problems): one TCG thread.
+        tcg_thread: Some(xtask::emulator::TcgThread::Single),
+        ..Default::default()
+    };
+    let out = scripted_qemu(
+        "console_amd_v",
+        GuestSet::ConsoleTest,
+        &opts,
+        &steps,
+        QEMU_LIMIT,
+    );
+    out.expect_line("count64 | count64: got hello")
+        .expect_line("other | count64: got hi")
+        .expect_line("hv: wrong passphrase: \"pause count64\" refused")
+        .expect_line(
+            "console: \"pause count64\": refused: wrong administrator passphrase (1 in a row)",
+        )
+        .expect_line("console: administrator passphrase accepted")
+        .expect_line("console: \"pause count64\": done")
+        .expect_line("hv: vm count64 restarting: restarted by the operator")
+        .expect_line("hv: vm other stopped: stopped by the operator")
+        .expect_line("hv: vm count64 stopped: stopped by the operator")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("[script]")
+        .expect_no("PANIC")
+        .expect_exit(EXIT_SUCCESS);
+    let s = &out.serial;
+    // The prompt line was shown without its newline, before anything else of it.
+    assert!(
+        s.contains("count64 | count64> \r\n") || s.contains("count64 | count64> \n"),
+        "{s}"
+    );
+    // list: both VMs, running.
+    let list = answer(s, 1);
+    assert!(list.contains("NAME"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("count64") && l.contains("running")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("other") && l.contains("running")),
+        "{list}"
+    );
+    // stats: CPU time and exit rates; while paused, no CPU time at all.
+    let stats = answer(s, 4);
+    assert!(
+        stats.contains("count64: running, 1 vCPU, memory"),
+        "{stats}"
+    );
+    assert!(stats.contains("exits: "), "{stats}");
+    let paused: Vec<&str> = s
+        .split("hv> ")
+        .filter(|p| p.contains("count64: paused, 1 vCPU"))
+        .collect();
+    assert_eq!(paused.len(), 2, "two stats while paused:\n{s}");
+    assert!(
+        paused[1].contains(" 0 ms in the last") && paused[1].contains("exits: 0/s"),
+        "no CPU time and no exits while paused:\n{}",
+        paused[1]
+    );
+    // Restarted and started again: each VM printed "started" twice.
+    assert_eq!(s.matches("count64 | count64: started").count(), 2, "{s}");
+    assert_eq!(s.matches("other | count64: started").count(), 2, "{s}");
+    // Counting went on after the resume.
+    let after = &s[s.find("vm count64 resumed").expect("resumed")..];
+    assert!(after.contains("count64 | count64: "), "{after}");
+}
