@@ -1,11 +1,12 @@
-//! The guest bundle: the VMs to start and their images, packed by xtask into one blob
-//! that the bootloader hands the kernel as its ramdisk. Writer and reader live here
-//! together so the format has one definition.
+//! The guest bundle: the VMs to start and their images, and the settings of the
+//! machine as a whole, packed by xtask into one blob that the bootloader hands the
+//! kernel as its ramdisk. Writer and reader live here together so the format has one
+//! definition.
 //!
-//! Layout, version 7 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 8 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL7", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL8", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -29,15 +30,20 @@
 //!                            without: zero)
 //! nic table  count * 8 bytes, one per VM (version 7): offset u32 of the VM's NIC
 //!          records, NIC count u32 (0 to NICS_MAX; offset 0 without NICs)
-//! data     everything else: per VM its module table (count * 16 bytes: data offset,
-//!          data length, cmdline offset, cmdline length), its cmdline strings and
-//!          image path, partition record (16 bytes: name offset, name length, key
-//!          offset, key length; the name UTF-8 without NUL, 1 to 36 UTF-16 units;
-//!          the key 0 to KEY_MAX bytes, only with flag bit 8), partition name and
-//!          key, its NIC records (24 bytes each: network name offset u32, length
-//!          u32; MAC [u8; 6]; 2 zero bytes; rate_mbit u32, 0 = no limit; burst_kib
-//!          u32, 0 = the default) and their network names, then the images, module
-//!          data and disk contents, each starting 16-byte aligned.
+//! machine  8 bytes (version 8): offset u32 and length u32 of the machine record
+//!          (always MACHINE_RECORD bytes, in the data area)
+//! data     everything else: the machine record (64 bytes: flags u32, bit 0: an
+//!          administrator credential follows, other bits zero; then the credential,
+//!          all zero without one: Argon2id memory_kib u32, iterations u32, lanes
+//!          u32, salt [u8; 16], hash [u8; 32]); per VM its module table (count * 16
+//!          bytes: data offset, data length, cmdline offset, cmdline length), its
+//!          cmdline strings and image path, partition record (16 bytes: name
+//!          offset, name length, key offset, key length; the name UTF-8 without NUL,
+//!          1 to 36 UTF-16 units; the key 0 to KEY_MAX bytes, only with flag bit 8),
+//!          partition name and key, its NIC records (24 bytes each: network name
+//!          offset u32, length u32; MAC [u8; 6]; 2 zero bytes; rate_mbit u32, 0 = no
+//!          limit; burst_kib u32, 0 = the default) and their network names, then the
+//!          images, module data and disk contents, each starting 16-byte aligned.
 //! ```
 //!
 //! Version 3 added `image_path` (the image's name as the user gave it, which a
@@ -48,17 +54,25 @@
 //! persistent disk, named, with its passphrase when it is encrypted) through the
 //! last word version 5 kept reserved; version 7 the NICs (each on a named network
 //! of the machine's virtual switch), through a table of its own after the entries,
-//! since the entry had no word left. The magic names the version: the reader takes
-//! versions 4 to 7 (a version 4 entry has no disk, a version 4 or 5 entry no
-//! partition, and their flags must be clear; before version 7 no VM has a NIC); any
-//! other version is refused as a whole. A VM has at most one
-//! disk: a RAM-backed one or a partition.
+//! since the entry had no word left; version 8 the machine record (what belongs to
+//! the machine rather than to one VM: for now the management console's
+//! administrator credential, an Argon2id hash of the passphrase, never the
+//! passphrase), through a pointer after the NIC table, so that the header and the
+//! tables before it stay where version 7 has them. The magic names the version: the
+//! reader takes versions 4 to 8 (a version 4 entry has no disk, a version 4 or 5
+//! entry no partition, and their flags must be clear; before version 7 no VM has a
+//! NIC; before version 8 the machine has the default settings, no credential); any
+//! other version is refused as a whole. A VM has at most one disk: a RAM-backed one
+//! or a partition.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
-//! checks) against the data area `[end of entry table, total)` before use, counts are
-//! bounded by the blob's size before anything is allocated, and strings must be
-//! UTF-8. A truncated or corrupt bundle is an error, never a panic or an
-//! out-of-bounds read (the tests feed it truncated and randomly corrupted blobs).
+//! checks) against the data area `[end of the tables, total)` before use, counts are
+//! bounded by the blob's size before anything is allocated, strings must be UTF-8,
+//! and the credential's Argon2id parameters must lie within [`admin_ok`]'s bounds
+//! (the kernel would allocate and compute what they ask for). A truncated or corrupt
+//! bundle is an error, never a panic or an out-of-bounds read (the tests feed it
+//! truncated and randomly corrupted blobs). The bundle crate does no cryptography:
+//! it carries the hash and checks its parameters' bounds.
 #![no_std]
 
 extern crate alloc;
@@ -69,8 +83,10 @@ pub use reference::{read_ref, write_ref, BundleRef, RefError};
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL7";
-/// The previous versions, still read: they have no NICs ...
+pub const MAGIC: [u8; 8] = *b"HVBUNDL8";
+/// The previous versions, still read: they have no machine record ...
+pub const MAGIC_V7: [u8; 8] = *b"HVBUNDL7";
+/// ... no NICs ...
 pub const MAGIC_V6: [u8; 8] = *b"HVBUNDL6";
 /// ... their entries have no partition ...
 pub const MAGIC_V5: [u8; 8] = *b"HVBUNDL5";
@@ -83,6 +99,33 @@ const MODULE_ENTRY: usize = 16;
 /// Per VM in the NIC table: offset and count of its NIC records.
 const NIC_TABLE_ENTRY: usize = 8;
 const NIC_RECORD: usize = 24;
+/// After the NIC table (version 8): offset and length of the machine record.
+const MACHINE_POINTER: usize = 8;
+/// The machine record's length in version 8.
+pub const MACHINE_RECORD: usize = 64;
+/// Machine record flag: an administrator credential follows.
+const MACHINE_ADMIN: u32 = 1;
+// Byte offsets inside the machine record.
+const M_FLAGS: usize = 0;
+const M_MEMORY: usize = 4;
+const M_ITERATIONS: usize = 8;
+const M_LANES: usize = 12;
+const M_SALT: usize = 16;
+const M_HASH: usize = M_SALT + ADMIN_SALT_LEN;
+const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD);
+/// Bytes of Argon2 salt in an [`AdminCredential`].
+pub const ADMIN_SALT_LEN: usize = 16;
+/// Bytes of Argon2 output (the hash) in an [`AdminCredential`].
+pub const ADMIN_HASH_LEN: usize = 32;
+/// The credential's Argon2id bounds, the ones `diskcrypt::KdfParams::check` puts on
+/// an encrypted disk's header (xtask's tests hold the two equal): the kernel
+/// allocates and computes what the parameters ask for, so a corrupt bundle must not
+/// ask for more. Memory: at least 8 KiB per lane (RFC 9106 §3.1), at most 1 GiB ...
+pub const ADMIN_MEMORY_KIB_MAX: u32 = 1 << 20;
+/// ... 1 to 64 passes ...
+pub const ADMIN_ITERATIONS_MAX: u32 = 64;
+/// ... and 1 to 16 lanes.
+pub const ADMIN_LANES_MAX: u32 = 16;
 /// Most NICs one VM may have (its PCI devices 00:04.0 to 00:07.0).
 pub const NICS_MAX: usize = 4;
 /// Longest network name, in bytes.
@@ -310,6 +353,53 @@ pub fn disk_size_ok(len: usize) -> bool {
     len > 0 && len.is_multiple_of(SECTOR_SIZE) && len <= DISK_MAX
 }
 
+/// The management console administrator's passphrase as an Argon2id hash (RFC
+/// 9106, version 0x13, no secret, no associated data), with its salt and cost: the
+/// console derives the same hash from what is typed and compares. The passphrase
+/// itself is never in the bundle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AdminCredential {
+    /// Argon2 memory in KiB: 8 per lane to [`ADMIN_MEMORY_KIB_MAX`].
+    pub memory_kib: u32,
+    /// Argon2 passes: 1 to [`ADMIN_ITERATIONS_MAX`].
+    pub iterations: u32,
+    /// Argon2 lanes: 1 to [`ADMIN_LANES_MAX`].
+    pub lanes: u32,
+    pub salt: [u8; ADMIN_SALT_LEN],
+    /// The Argon2id output for the passphrase, [`ADMIN_HASH_LEN`] bytes.
+    pub hash: [u8; ADMIN_HASH_LEN],
+}
+
+/// The parameters only: a hash and its salt in a log line would let anyone who
+/// reads the log guess passphrases offline.
+impl fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("AdminCredential")
+            .field("memory_kib", &self.memory_kib)
+            .field("iterations", &self.iterations)
+            .field("lanes", &self.lanes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `c`'s Argon2id parameters lie within the bounds the reader accepts
+/// (those of `diskcrypt::KdfParams::check`): 1 to [`ADMIN_LANES_MAX`] lanes, 8 KiB
+/// per lane (RFC 9106 §3.1: m >= 8p) to [`ADMIN_MEMORY_KIB_MAX`] of memory, 1 to
+/// [`ADMIN_ITERATIONS_MAX`] passes.
+pub fn admin_ok(c: &AdminCredential) -> bool {
+    (1..=ADMIN_LANES_MAX).contains(&c.lanes)
+        && (8 * c.lanes..=ADMIN_MEMORY_KIB_MAX).contains(&c.memory_kib)
+        && (1..=ADMIN_ITERATIONS_MAX).contains(&c.iterations)
+}
+
+/// What the bundle says about the machine as a whole rather than one VM (version 8;
+/// older bundles give the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineSettings {
+    /// The management console's administrator credential; `None`: none configured.
+    pub admin: Option<AdminCredential>,
+}
+
 /// What happens to a VM that resets or crashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -439,6 +529,12 @@ pub enum BundleError {
         index: usize,
         nic: usize,
     },
+    /// The machine record lies outside the data area, is not [`MACHINE_RECORD`]
+    /// bytes, has an unknown flag, or bytes where its flags say nothing is.
+    BadMachineRecord,
+    /// The administrator credential's Argon2id parameters are not what
+    /// [`admin_ok`] takes.
+    BadAdminCredential,
 }
 
 impl fmt::Display for BundleError {
@@ -446,7 +542,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL7, 6, 5 or 4)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL8, 7, 6, 5 or 4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -519,6 +615,18 @@ impl fmt::Display for BundleError {
                  {NETWORK_NAME_MAX} bytes of A-Z a-z 0-9 _ . -, MAC multicast, zero or \
                  used twice on the network, or rate limit out of range"
             ),
+            BundleError::BadMachineRecord => write!(
+                f,
+                "machine record out of bounds, not {MACHINE_RECORD} bytes, or with unknown \
+                 flags or stray bytes"
+            ),
+            BundleError::BadAdminCredential => write!(
+                f,
+                "administrator credential: Argon2id parameters out of bounds (1 to \
+                 {ADMIN_LANES_MAX} lanes, 8 KiB per lane to {} MiB, 1 to \
+                 {ADMIN_ITERATIONS_MAX} passes)",
+                ADMIN_MEMORY_KIB_MAX / 1024
+            ),
         }
     }
 }
@@ -545,9 +653,18 @@ fn cmdline_ok(s: &str) -> Result<(), bool> {
     }
 }
 
-/// Packs `vms` into a bundle.
+/// Packs `vms` into a bundle with the default machine settings (no administrator
+/// credential).
 pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
+    write_with(&MachineSettings::default(), vms)
+}
+
+/// Packs `settings` and `vms` into a bundle.
+pub fn write_with(settings: &MachineSettings, vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
     // Validate first, so the layout pass below cannot fail halfway.
+    if settings.admin.is_some_and(|a| !admin_ok(&a)) {
+        return Err(BundleError::BadAdminCredential);
+    }
     for (index, vm) in vms.iter().enumerate() {
         if vm.name.is_empty() || vm.name.as_bytes().contains(&0) {
             return Err(BundleError::BadName { index });
@@ -595,10 +712,13 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         return Err(BundleError::BadNic { index, nic });
     }
 
-    // Layout: entry table, then per VM: module table, strings; then all blobs.
+    // Layout: entry table, NIC table, machine pointer, machine record, then per VM:
+    // module table, strings; then all blobs.
     let table_end = HEADER + ENTRY * vms.len();
     let nic_table = table_end;
-    let mut cursor = nic_table + NIC_TABLE_ENTRY * vms.len();
+    let machine_pointer = nic_table + NIC_TABLE_ENTRY * vms.len();
+    let machine_at = machine_pointer + MACHINE_POINTER;
+    let mut cursor = machine_at + MACHINE_RECORD;
     struct Placed {
         modules_at: usize,
         cmdline_at: usize,
@@ -763,6 +883,10 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
         out.extend_from_slice(&u(at));
         out.extend_from_slice(&u(vm.nics.len()));
     }
+    debug_assert_eq!(out.len(), machine_pointer);
+    out.extend_from_slice(&u(machine_at));
+    out.extend_from_slice(&u(MACHINE_RECORD));
+    out.extend_from_slice(&machine_record(settings));
     for (i, vm) in vms.iter().enumerate() {
         debug_assert_eq!(out.len(), placed[i].modules_at);
         for (j, m) in vm.modules.iter().enumerate() {
@@ -814,6 +938,70 @@ pub fn write(vms: &[VmSpec]) -> Result<Vec<u8>, BundleError> {
     Ok(out)
 }
 
+/// `settings` as the machine record.
+fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
+    let mut r = [0u8; MACHINE_RECORD];
+    if let Some(a) = &settings.admin {
+        for (at, v) in [
+            (M_FLAGS, MACHINE_ADMIN),
+            (M_MEMORY, a.memory_kib),
+            (M_ITERATIONS, a.iterations),
+            (M_LANES, a.lanes),
+        ] {
+            r[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        r[M_SALT..M_HASH].copy_from_slice(&a.salt);
+        r[M_HASH..].copy_from_slice(&a.hash);
+    }
+    r
+}
+
+/// The machine settings from the machine pointer `pointer` (offset, length).
+fn read_machine(
+    blob: &[u8],
+    data_start: usize,
+    pointer: &[u8],
+) -> Result<MachineSettings, BundleError> {
+    let bad = BundleError::BadMachineRecord;
+    let offset = u32_at(pointer, 0).ok_or(bad)?;
+    let len = u32_at(pointer, 4).ok_or(bad)?;
+    if len as usize != MACHINE_RECORD {
+        return Err(bad);
+    }
+    let r = region(blob, data_start, offset, len).ok_or(bad)?;
+    let field = |at: usize| u32_at(r, at).unwrap_or(0);
+    let flags = field(M_FLAGS);
+    if flags & !MACHINE_ADMIN != 0 {
+        return Err(bad);
+    }
+    let rest = r.get(M_MEMORY..).ok_or(bad)?;
+    if flags & MACHINE_ADMIN == 0 {
+        // Without a credential its bytes are zero, as every unused field.
+        return if rest.iter().all(|&b| b == 0) {
+            Ok(MachineSettings::default())
+        } else {
+            Err(bad)
+        };
+    }
+    let admin = AdminCredential {
+        memory_kib: field(M_MEMORY),
+        iterations: field(M_ITERATIONS),
+        lanes: field(M_LANES),
+        salt: r
+            .get(M_SALT..M_HASH)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(bad)?,
+        hash: r
+            .get(M_HASH..MACHINE_RECORD)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(bad)?,
+    };
+    if !admin_ok(&admin) {
+        return Err(BundleError::BadAdminCredential);
+    }
+    Ok(MachineSettings { admin: Some(admin) })
+}
+
 /// The slice `[offset, offset + len)` of `blob` if it lies inside the data area
 /// `[data_start, blob.len())`.
 fn region(blob: &[u8], data_start: usize, offset: u32, len: u32) -> Option<&[u8]> {
@@ -847,34 +1035,69 @@ fn string(blob: &[u8], data_start: usize, offset: u32, len: u32) -> Result<&str,
     Ok(s)
 }
 
-/// Reads every VM description out of `blob`.
+/// Reads every VM description out of `blob` (the whole bundle is checked, the
+/// machine record too).
 pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
+    read_with(blob).map(|(_, vms)| vms)
+}
+
+/// Reads the machine settings out of `blob` (the default before version 8). The
+/// whole bundle is checked: this fails exactly when [`read`] does.
+pub fn read_settings(blob: &[u8]) -> Result<MachineSettings, BundleError> {
+    read_with(blob).map(|(settings, _)| settings)
+}
+
+/// The bundle's version from its magic (4 to 8).
+fn version(magic: &[u8]) -> Option<u8> {
+    [
+        (MAGIC_V4, 4),
+        (MAGIC_V5, 5),
+        (MAGIC_V6, 6),
+        (MAGIC_V7, 7),
+        (MAGIC, 8),
+    ]
+    .into_iter()
+    .find_map(|(m, v)| (magic == m).then_some(v))
+}
+
+/// Reads the machine settings and every VM description out of `blob`: what
+/// [`write_with`] packed.
+pub fn read_with(blob: &[u8]) -> Result<(MachineSettings, Vec<VmSpec<'_>>), BundleError> {
     if blob.len() < HEADER {
         return Err(BundleError::Truncated {
             needed: HEADER,
             have: blob.len(),
         });
     }
-    let v4 = blob[..8] == MAGIC_V4;
-    let v5 = blob[..8] == MAGIC_V5;
-    let v6 = blob[..8] == MAGIC_V6;
-    let v7 = blob[..8] == MAGIC;
-    if !(v4 || v5 || v6 || v7) {
-        return Err(BundleError::BadMagic);
-    }
+    let version = version(&blob[..8]).ok_or(BundleError::BadMagic)?;
+    let v4 = version == 4;
+    let v5 = version == 5;
 
     let count = u32_at(blob, 8).ok_or(BundleError::BadHeader)? as usize;
     let total = u32_at(blob, 12).ok_or(BundleError::BadHeader)? as usize;
-    let per_vm = if v7 { ENTRY + NIC_TABLE_ENTRY } else { ENTRY };
+    let per_vm = if version >= 7 {
+        ENTRY + NIC_TABLE_ENTRY
+    } else {
+        ENTRY
+    };
     let entries_end = count
         .checked_mul(ENTRY)
         .and_then(|t| t.checked_add(HEADER))
         .ok_or(BundleError::TooLarge)?;
-    // Where the data area starts: after the entries and (version 7) the NIC table.
-    let table_end = count
+    // After the entries and (version 7) the NIC table: (version 8) the machine
+    // pointer.
+    let machine_pointer = count
         .checked_mul(per_vm)
         .and_then(|t| t.checked_add(HEADER))
         .ok_or(BundleError::TooLarge)?;
+    // Where the data area starts.
+    let table_end = if version >= 8 {
+        machine_pointer
+            .checked_add(MACHINE_POINTER)
+            .ok_or(BundleError::TooLarge)?
+    } else {
+        machine_pointer
+    };
     if total < table_end {
         return Err(BundleError::BadHeader);
     }
@@ -886,6 +1109,11 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
     }
     // The bootloader may pad the ramdisk; only the first `total` bytes are ours.
     let blob = &blob[..total];
+    let settings = if version >= 8 {
+        read_machine(blob, table_end, &blob[machine_pointer..table_end])?
+    } else {
+        MachineSettings::default()
+    };
     // `count` is now bounded by the blob's size, so this allocation is too.
     let mut vms = Vec::with_capacity(count);
     for index in 0..count {
@@ -994,7 +1222,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
             }
             Some(p)
         };
-        let nics = if v7 {
+        let nics = if version >= 7 {
             let t = entries_end + index * NIC_TABLE_ENTRY;
             read_nics(blob, table_end, &blob[t..t + NIC_TABLE_ENTRY], index)?
         } else {
@@ -1032,7 +1260,7 @@ pub fn read(blob: &[u8]) -> Result<Vec<VmSpec<'_>>, BundleError> {
     if let Some((index, nic)) = duplicate_mac(&vms) {
         return Err(BundleError::BadNic { index, nic });
     }
-    Ok(vms)
+    Ok((settings, vms))
 }
 
 /// The NICs of VM `index` from its NIC table entry `entry` (offset, count).
@@ -1207,8 +1435,26 @@ mod tests {
         ]
     }
 
+    /// Machine settings with every field set to something of its own.
+    fn settings() -> MachineSettings {
+        MachineSettings {
+            admin: Some(AdminCredential {
+                memory_kib: 19 * 1024,
+                iterations: 2,
+                lanes: 1,
+                salt: core::array::from_fn(|i| i as u8 + 1),
+                hash: core::array::from_fn(|i| 0xA0 ^ i as u8),
+            }),
+        }
+    }
+
     fn blob() -> Vec<u8> {
-        write(&specs()).unwrap()
+        write_with(&settings(), &specs()).unwrap()
+    }
+
+    /// Where the machine pointer of a version 8 bundle of `count` VMs is.
+    fn machine_pointer(count: usize) -> usize {
+        HEADER + (ENTRY + NIC_TABLE_ENTRY) * count
     }
 
     #[test]
@@ -1651,6 +1897,94 @@ mod tests {
         assert_eq!(read(&b), Err(BundleError::BadDisk { index: 2 }));
     }
 
+    /// `blob` (of `specs`) with the `n` bytes at `at` cut out, where `at` is the end
+    /// of the tables an older version has, and every offset into the data area
+    /// moved back by `n`: the bundle as that version lays it out (with
+    /// `nic_table`, the version 7 NIC table is still there and fixed up too).
+    fn cut(blob: &[u8], specs: &[VmSpec], at: usize, n: usize, nic_table: bool) -> Vec<u8> {
+        let mut b = blob[..at].to_vec();
+        b.extend_from_slice(&blob[at + n..]);
+        put(&mut b, 12, (blob.len() - n) as u32);
+        let back = |b: &mut Vec<u8>, field: usize| {
+            let v = u32_at(b, field).unwrap();
+            if v != 0 {
+                assert!(
+                    v as usize >= at + n,
+                    "offset {v} at {field} not in the data"
+                );
+                put(b, field, v - n as u32);
+            }
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let e = HEADER + i * ENTRY;
+            for field in [
+                E_IMAGE,
+                E_CMDLINE,
+                E_MODULES,
+                E_IMAGE_PATH,
+                E_DISK,
+                E_PARTITION,
+            ] {
+                back(&mut b, e + field);
+            }
+            // The tables in the data area, where they are now.
+            let modules = u32_at(&b, e + E_MODULES).unwrap() as usize;
+            for m in 0..spec.modules.len() {
+                for field in [0, 8] {
+                    back(&mut b, modules + m * MODULE_ENTRY + field);
+                }
+            }
+            if spec.partition.is_some() {
+                let record = u32_at(&b, e + E_PARTITION).unwrap() as usize;
+                for field in [0, 8] {
+                    back(&mut b, record + field);
+                }
+            }
+            if nic_table {
+                let t = HEADER + specs.len() * ENTRY + i * NIC_TABLE_ENTRY;
+                back(&mut b, t);
+                let records = u32_at(&b, t).unwrap() as usize;
+                for j in 0..spec.nics.len() {
+                    back(&mut b, records + j * NIC_RECORD);
+                }
+            }
+        }
+        b
+    }
+
+    /// `specs` packed as version 7 packs them: a version 8 bundle without the
+    /// machine pointer and record (the record comes right after the pointer).
+    fn version_7(specs: &[VmSpec]) -> Vec<u8> {
+        let b8 = write_with(&settings(), specs).unwrap();
+        let at = machine_pointer(specs.len());
+        let mut b7 = cut(&b8, specs, at, MACHINE_POINTER + MACHINE_RECORD, true);
+        b7[..8].copy_from_slice(&MAGIC_V7);
+        b7
+    }
+
+    #[test]
+    fn version_7_bundles_are_read_without_settings() {
+        let b7 = version_7(&specs());
+        assert_eq!(
+            read_with(&b7).unwrap(),
+            (MachineSettings::default(), specs())
+        );
+        assert_eq!(read_settings(&b7), Ok(MachineSettings::default()));
+        // Stamped version 7, a version 8 bundle's machine pointer and record are
+        // data: the settings are never read from them.
+        let mut b = blob();
+        b[..8].copy_from_slice(&MAGIC_V7);
+        assert_eq!(
+            read_with(&b).unwrap(),
+            (MachineSettings::default(), specs())
+        );
+        // And a version 7 bundle stamped version 8 has no pointer where version 8
+        // looks for one: refused, not misread.
+        let mut b = b7.clone();
+        b[..8].copy_from_slice(&MAGIC);
+        assert!(read(&b).is_err());
+    }
+
     #[test]
     fn version_6_bundles_are_read_without_nics() {
         let no_nics: Vec<VmSpec> = specs()
@@ -1660,56 +1994,174 @@ mod tests {
                 ..s
             })
             .collect();
-        let b7 = write(&no_nics).unwrap();
-        // A version 6 bundle is a version 7 one without the NIC table: drop it and
-        // move every offset back by its size.
+        // A version 6 bundle is a version 7 one without the NIC table.
         let count = no_nics.len();
-        let shift = NIC_TABLE_ENTRY * count;
-        let entries_end = HEADER + ENTRY * count;
-        let mut b6 = b7[..entries_end].to_vec();
-        b6.extend_from_slice(&b7[entries_end + shift..]);
+        let b7 = version_7(&no_nics);
+        let mut b6 = cut(
+            &b7,
+            &no_nics,
+            HEADER + ENTRY * count,
+            NIC_TABLE_ENTRY * count,
+            false,
+        );
         b6[..8].copy_from_slice(&MAGIC_V6);
-        put(&mut b6, 12, (b7.len() - shift) as u32);
-        // Every offset moves back by the table's size (a multiple of 16 here, so
-        // the data stays aligned).
-        let mut fixed = b6;
-        for (i, spec) in no_nics.iter().enumerate() {
-            let e = HEADER + i * ENTRY;
-            for at in [
-                E_IMAGE,
-                E_CMDLINE,
-                E_MODULES,
-                E_IMAGE_PATH,
-                E_DISK,
-                E_PARTITION,
-            ] {
-                let v = u32_at(&fixed, e + at).unwrap();
-                if v != 0 {
-                    put(&mut fixed, e + at, v - shift as u32);
-                }
-            }
-            let table = u32_at(&fixed, e + E_MODULES).unwrap() as usize;
-            for m in 0..spec.modules.len() {
-                for at in [0, 8] {
-                    let r = table + m * MODULE_ENTRY + at;
-                    let v = u32_at(&fixed, r).unwrap();
-                    put(&mut fixed, r, v - shift as u32);
-                }
-            }
-            if spec.partition.is_some() {
-                let r = u32_at(&fixed, e + E_PARTITION).unwrap() as usize;
-                for at in [0, 8] {
-                    let v = u32_at(&fixed, r + at).unwrap();
-                    put(&mut fixed, r + at, v - shift as u32);
-                }
-            }
-        }
-        assert_eq!(read(&fixed).unwrap(), no_nics);
-        // Stamped version 6, a version 7 bundle's NIC table is data: NICs are
+        assert_eq!(read(&b6).unwrap(), no_nics);
+        assert_eq!(read_settings(&b6), Ok(MachineSettings::default()));
+        // Stamped version 6, a version 8 bundle's NIC table is data: NICs are
         // never read from it.
         let mut b = write(&specs()).unwrap();
         b[..8].copy_from_slice(&MAGIC_V6);
         assert!(read(&b).unwrap().iter().all(|vm| vm.nics.is_empty()));
+    }
+
+    #[test]
+    fn machine_settings_round_trip() {
+        let b = blob();
+        assert_eq!(read_with(&b).unwrap(), (settings(), specs()));
+        assert_eq!(read_settings(&b), Ok(settings()));
+        // `write` packs the default: a record of zeros.
+        let plain = write(&specs()).unwrap();
+        assert_eq!(read_settings(&plain), Ok(MachineSettings::default()));
+        let record = u32_at(&plain, machine_pointer(specs().len())).unwrap() as usize;
+        assert_eq!(plain[record..record + MACHINE_RECORD], [0; MACHINE_RECORD]);
+        // A machine with a credential and no VMs.
+        let empty = write_with(&settings(), &[]).unwrap();
+        assert_eq!(read_with(&empty).unwrap(), (settings(), Vec::new()));
+        // The bounds, exactly.
+        for (memory_kib, iterations, lanes) in [
+            (8, 1, 1),
+            (ADMIN_MEMORY_KIB_MAX, ADMIN_ITERATIONS_MAX, ADMIN_LANES_MAX),
+            (8 * ADMIN_LANES_MAX, 1, ADMIN_LANES_MAX),
+        ] {
+            let s = MachineSettings {
+                admin: Some(AdminCredential {
+                    memory_kib,
+                    iterations,
+                    lanes,
+                    ..settings().admin.unwrap()
+                }),
+            };
+            let b = write_with(&s, &specs()).unwrap();
+            assert_eq!(read_settings(&b), Ok(s));
+        }
+        // Older versions have the default.
+        for magic in [MAGIC_V4, MAGIC_V5] {
+            let mut b = write(&[tiny("a", b"x")]).unwrap();
+            b[..8].copy_from_slice(&magic);
+            assert_eq!(read_settings(&b), Ok(MachineSettings::default()));
+        }
+        // The hash and salt stay out of debug output.
+        let shown = alloc::format!("{:?}", settings());
+        assert!(
+            shown.contains("memory_kib: 19456")
+                && !shown.contains("hash")
+                && !shown.contains("salt"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn malformed_machine_records_are_refused() {
+        let good = blob();
+        let pointer = machine_pointer(specs().len());
+        let record = u32_at(&good, pointer).unwrap() as usize;
+        assert_eq!(record, pointer + MACHINE_POINTER);
+        let bad = Err(BundleError::BadMachineRecord);
+        // The record before the data area, past the end; a length other than 64.
+        for (at, v) in [
+            (0, 0u32),
+            (0, pointer as u32),
+            (0, good.len() as u32 - 32),
+            (0, u32::MAX),
+            (4, 0),
+            (4, MACHINE_RECORD as u32 - 1),
+            (4, MACHINE_RECORD as u32 + 1),
+            (4, u32::MAX),
+        ] {
+            let mut b = good.clone();
+            put(&mut b, pointer + at, v);
+            assert_eq!(read_settings(&b), bad, "pointer field {at} = {v}");
+            assert_eq!(
+                read(&b),
+                Err(BundleError::BadMachineRecord),
+                "pointer field {at} = {v}"
+            );
+        }
+        // An unknown flag; a credential's bytes without the flag.
+        let mut b = good.clone();
+        put(&mut b, record + M_FLAGS, MACHINE_ADMIN | 2);
+        assert_eq!(read_settings(&b), bad);
+        let mut b = good.clone();
+        put(&mut b, record + M_FLAGS, 0);
+        assert_eq!(read_settings(&b), bad);
+        let mut plain = write(&specs()).unwrap();
+        plain[record + MACHINE_RECORD - 1] = 1;
+        assert_eq!(read_settings(&plain), bad);
+        // Parameters out of bounds: memory below 8 KiB per lane or above 1 GiB,
+        // passes and lanes 0 or too many.
+        let bad = Err(BundleError::BadAdminCredential);
+        for (at, v) in [
+            (M_MEMORY, 7),
+            (M_MEMORY, ADMIN_MEMORY_KIB_MAX + 1),
+            (M_MEMORY, u32::MAX),
+            (M_ITERATIONS, 0),
+            (M_ITERATIONS, ADMIN_ITERATIONS_MAX + 1),
+            (M_LANES, 0),
+            (M_LANES, ADMIN_LANES_MAX + 1),
+            (M_LANES, u32::MAX),
+        ] {
+            let mut b = good.clone();
+            put(&mut b, record + at, v);
+            assert_eq!(read_settings(&b), bad, "field {at} = {v}");
+        }
+        let mut b = good.clone();
+        put(&mut b, record + M_LANES, 4);
+        put(&mut b, record + M_MEMORY, 31);
+        assert_eq!(read_settings(&b), bad);
+        put(&mut b, record + M_MEMORY, 32);
+        assert!(read_settings(&b).is_ok());
+        // A bad VM spoils the settings too: the bundle is read as a whole.
+        let mut b = good.clone();
+        put(&mut b, HEADER + E_VCPUS, 0);
+        assert_eq!(read_settings(&b), Err(BundleError::BadVcpus { index: 0 }));
+
+        // The writer refuses what the reader would.
+        let admin = settings().admin.unwrap();
+        for a in [
+            AdminCredential {
+                memory_kib: 7,
+                ..admin
+            },
+            AdminCredential {
+                memory_kib: ADMIN_MEMORY_KIB_MAX + 1,
+                ..admin
+            },
+            AdminCredential {
+                iterations: 0,
+                ..admin
+            },
+            AdminCredential {
+                iterations: ADMIN_ITERATIONS_MAX + 1,
+                ..admin
+            },
+            AdminCredential { lanes: 0, ..admin },
+            AdminCredential {
+                lanes: ADMIN_LANES_MAX + 1,
+                ..admin
+            },
+            AdminCredential {
+                lanes: 2,
+                memory_kib: 15,
+                ..admin
+            },
+        ] {
+            let s = MachineSettings { admin: Some(a) };
+            assert_eq!(
+                write_with(&s, &specs()),
+                Err(BundleError::BadAdminCredential),
+                "{a:?}"
+            );
+        }
     }
 
     #[test]
@@ -1844,6 +2296,7 @@ mod tests {
         let good = blob();
         for len in 0..good.len() {
             assert!(read(&good[..len]).is_err(), "truncated to {len} accepted");
+            assert!(read_settings(&good[..len]).is_err(), "truncated to {len}");
         }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut accepted = 0;
@@ -1879,7 +2332,10 @@ mod tests {
                 let keep = rng.below(b.len() + 1);
                 b.truncate(keep);
             }
-            if read(&b).is_ok() {
+            let vms = read(&b);
+            // One verdict for the bundle, whichever part is asked for.
+            assert_eq!(read_settings(&b).is_ok(), vms.is_ok());
+            if vms.is_ok() {
                 accepted += 1;
             }
         }
@@ -1895,6 +2351,7 @@ mod tests {
                 put(&mut b, 12, rng.below(len + 1) as u32);
             }
             let _ = read(&b);
+            let _ = read_settings(&b);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The guest bundle reader (`bundle::read`), which the kernel runs on the ramdisk:
-//! arbitrary bytes give VMs or an error, never a panic; what it accepts, the writer
-//! packs again into a bundle that reads back the same.
+//! The guest bundle reader (`bundle::read`, `bundle::read_settings`), which the
+//! kernel runs on the ramdisk: arbitrary bytes give VMs and machine settings or an
+//! error, never a panic; both readers give the same verdict; what they accept, the
+//! writer packs again into a bundle that reads back the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +16,17 @@ fuzz_target!(|data: &[u8]| {
     } else {
         data
     };
-    if let Ok(vms) = bundle::read(blob) {
-        let again = bundle::write(&vms).expect("what the reader accepts, the writer packs");
-        assert_eq!(bundle::read(&again).expect("a written bundle reads"), vms);
+    let settings = bundle::read_settings(blob);
+    match bundle::read(blob) {
+        Ok(vms) => {
+            let settings = settings.expect("read accepts the bundle, so read_settings does");
+            let again = bundle::write_with(&settings, &vms)
+                .expect("what the reader accepts, the writer packs");
+            assert_eq!(
+                bundle::read_with(&again).expect("a written bundle reads"),
+                (settings, vms)
+            );
+        }
+        Err(e) => assert_eq!(settings, Err(e), "the two readers disagree"),
     }
 });

@@ -277,6 +277,36 @@ impl GuestSet {
         }
     }
 
+    /// The management console administrator's passphrase file of the set, if it has
+    /// one: the default run's is `target/hv/console.pass`, a random passphrase made on
+    /// first use (readable by its owner only) and kept, so it stays the same from run
+    /// to run (put one of your own in it to choose it); the other sets have none.
+    /// Its Argon2id hash goes into the bundle ([`GuestSet::console`]), never the
+    /// passphrase.
+    pub fn admin_passphrase_file(self) -> Result<Option<PathBuf>, String> {
+        match self {
+            GuestSet::Demo => {
+                let path = target_dir().join("hv").join("console.pass");
+                if crate::admin::random_passphrase_file(&path)? {
+                    eprintln!(
+                        "xtask: made the console's administrator passphrase (random) in {}",
+                        path.display()
+                    );
+                }
+                Ok(Some(path))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The set's console settings: its [`GuestSet::admin_passphrase_file`], hashed at
+    /// the default Argon2id cost.
+    pub fn console(self) -> Result<Option<crate::vms::ConsoleDef>, String> {
+        Ok(self
+            .admin_passphrase_file()?
+            .map(crate::vms::ConsoleDef::new))
+    }
+
     fn dir_name(self) -> &'static str {
         match self {
             GuestSet::None => "plain",
@@ -602,7 +632,8 @@ fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vm
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
-    build_with_vms(opts, set.dir_name(), &set.vms()?)
+    let console = set.console()?;
+    build_with_vms(opts, set.dir_name(), &set.vms()?, console.as_ref())
 }
 
 /// The partition of a `[storage]` disk that, when the configuration has one, holds
@@ -614,16 +645,19 @@ pub const BUNDLE_PARTITION: &str = "hv-bundle";
 /// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
 /// firmware then loads a few bytes instead of the guests' images, and the
 /// hypervisor reads them with its own NVMe driver (much faster under emulators).
+/// The bundle is the same as [`build_with_vms`] packs, `console`'s credential
+/// included.
 pub fn build_with_bundle_on_disk(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
+    console: Option<&crate::vms::ConsoleDef>,
     disk: &Path,
 ) -> Result<Built, String> {
     use std::io::{Seek, SeekFrom, Write};
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let blob = crate::vms::bundle_bytes(vms)?;
+    let blob = crate::vms::bundle_bytes_with(vms, console)?;
     let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
     let part = table
         .find(BUNDLE_PARTITION)
@@ -664,19 +698,25 @@ pub fn build_with_bundle_on_disk(
     Ok(Built { kernel, images })
 }
 
-/// Builds the kernel and both disk images with `vms` in the ramdisk (none: no
-/// ramdisk), in `target/hv/<dir>/`.
+/// Builds the kernel and both disk images with `vms` and, when given, `console`'s
+/// administrator credential in the ramdisk (neither: no ramdisk), in
+/// `target/hv/<dir>/`.
 pub fn build_with_vms(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
+    console: Option<&crate::vms::ConsoleDef>,
 ) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let ramdisk = if vms.is_empty() {
+    let ramdisk = if vms.is_empty() && console.is_none() {
         None
     } else {
-        Some(crate::vms::write_bundle(vms, &out.join("bundle.bin"))?)
+        Some(crate::vms::write_bundle_with(
+            vms,
+            console,
+            &out.join("bundle.bin"),
+        )?)
     };
     let ramdisk = ramdisk.as_deref();
     eprintln!(

@@ -26,6 +26,7 @@ use toml_edit::{Item, TableLike, Value};
 
 use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
 
+mod console;
 mod network;
 mod storage;
 
@@ -62,7 +63,7 @@ const VM_KEYS: &[&str] = &[
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["vm", "storage", "network"];
+const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -352,7 +353,7 @@ pub fn load(path: &Path) -> Result<Vec<VmDef>, ConfigError> {
     load_for_machine(path, None).map(|c| c.vms)
 }
 
-/// Reads and validates the VMs and the persistent disk in `path`.
+/// Reads and validates the VMs, the persistent disk and the console in `path`.
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
     load_for_machine(path, None)
 }
@@ -411,6 +412,13 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let console = match top.get("console") {
+        Some(item) => {
+            let loc = src.loc(top.key("console").and_then(|k| k.span()), "console");
+            Some(console::parse(src, item, &loc)?)
+        }
+        None => None,
+    };
     let networks = match top.get("network") {
         Some(item) => {
             let loc = src.loc(top.key("network").and_then(|k| k.span()), "network");
@@ -463,7 +471,11 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         ));
     }
     network::check_nics(src, &networks, &mut vms, &nics)?;
-    Ok(Config { vms, storage })
+    Ok(Config {
+        vms,
+        storage,
+        console,
+    })
 }
 
 /// A table with its span in the file.

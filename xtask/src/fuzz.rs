@@ -198,10 +198,27 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 }),
                 ..vm("st", b"y", bundle::ImageFormat::Auto)
             }];
-            [&one[..], &two[..], &stored[..]]
-                .iter()
-                .filter_map(|vms| bundle::write(vms).ok())
-                .collect()
+            // The console administrator's credential in the machine record
+            // (version 8).
+            let admin = bundle::MachineSettings {
+                admin: Some(bundle::AdminCredential {
+                    memory_kib: 64,
+                    iterations: 1,
+                    lanes: 1,
+                    salt: [0x5A; bundle::ADMIN_SALT_LEN],
+                    hash: [0xC3; bundle::ADMIN_HASH_LEN],
+                }),
+            };
+            let plain = bundle::MachineSettings::default();
+            [
+                (&plain, &one[..]),
+                (&plain, &two[..]),
+                (&plain, &stored[..]),
+                (&admin, &two[..]),
+            ]
+            .iter()
+            .filter_map(|(settings, vms)| bundle::write_with(settings, vms).ok())
+            .collect()
         }
         "images" => {
             // The target's header: format 0 (auto), RAM 64 MiB, no command line or

@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds the kernel and its disk images, boots them in QEMU or Bochs,
 //! runs the tests and writes USB sticks. The integration tests use this library too.
 
+pub mod admin;
 #[cfg(feature = "disk-images")]
 pub mod bench;
 #[cfg(feature = "disk-images")]

@@ -107,17 +107,22 @@ fn firmware(args: &mut Args) -> Result<Firmware, String> {
     }
 }
 
-/// The VMs `run` boots: a TOML file, one QEMU-style `--kernel` VM, or a named set.
-/// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
-/// bounds the `cpus` lists of a config file. Also the persistent disk of a config
-/// file with `[storage]`, and the machine memory asked for.
-type Chosen = (
-    String,
-    Vec<xtask::vms::VmDef>,
-    Option<xtask::vms::StorageDef>,
-    Option<u32>,
-);
+/// What `run` boots, from a TOML file, one QEMU-style `--kernel` VM, or a named set.
+struct Chosen {
+    /// The directory under `target/hv/` the images go to.
+    dir: String,
+    vms: Vec<xtask::vms::VmDef>,
+    /// The persistent disk (a config file's `[storage]`, the default run's).
+    storage: Option<xtask::vms::StorageDef>,
+    /// The console's administrator passphrase (a config file's `[console]`, the
+    /// default run's).
+    console: Option<xtask::vms::ConsoleDef>,
+    /// The machine memory asked for (`--memory` without `--kernel`).
+    machine_memory: Option<u32>,
+}
 
+/// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
+/// bounds the `cpus` lists of a config file.
 fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     let config = args.value("--config")?;
     let kernel = args.value("--kernel")?;
@@ -135,10 +140,12 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     };
     let machine_memory = args.number("--memory")?;
     let mut storage = None;
+    let mut console = None;
     let vms = match (config, kernel, guests.as_deref()) {
         (Some(path), None, None) => {
             let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
             storage = config.storage;
+            console = config.console;
             ("custom".into(), config.vms)
         }
         (None, Some(k), None) => {
@@ -153,15 +160,25 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         (None, None, None | Some("demo")) => {
             // The disk first: it makes the key file the Linux VM's disk names.
             storage = build::GuestSet::Demo.storage()?;
+            console = build::GuestSet::Demo.console()?;
             ("demo".into(), build::GuestSet::Demo.vms()?)
         }
-        (None, None, Some("tiny")) => ("tiny".into(), build::GuestSet::Tiny.vms()?),
+        (None, None, Some("tiny")) => {
+            console = build::GuestSet::Tiny.console()?;
+            ("tiny".into(), build::GuestSet::Tiny.vms()?)
+        }
         (None, None, Some(other)) => {
             return Err(format!("unknown guest set {other:?}: use demo or tiny"))
         }
         _ => return Err("choose one of --config, --kernel and --guests".into()),
     };
-    Ok((vms.0, vms.1, storage, machine_memory))
+    Ok(Chosen {
+        dir: vms.0,
+        vms: vms.1,
+        storage,
+        console,
+        machine_memory,
+    })
 }
 
 /// The smallest default machine per emulator (`--memory` may go lower, down to what
@@ -175,7 +192,13 @@ fn run(mut args: Args) -> Result<(), String> {
     let cpus = args.number("--cpus")?;
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
     let machine_cpus = cpus.unwrap_or(if emulator == "bochs" { 1 } else { 2 });
-    let (dir, vms, storage, memory) = chosen_vms(&mut args, machine_cpus)?;
+    let Chosen {
+        dir,
+        vms,
+        storage,
+        console,
+        machine_memory: memory,
+    } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
     args.finish()?;
@@ -205,8 +228,10 @@ fn run(mut args: Args) -> Result<(), String> {
             .any(|p| p.name == build::BUNDLE_PARTITION)
     });
     let built = match &nvme_disk {
-        Some(disk) if bundle_on_disk => build::build_with_bundle_on_disk(&bopts, &dir, &vms, disk)?,
-        _ => build::build_with_vms(&bopts, &dir, &vms)?,
+        Some(disk) if bundle_on_disk => {
+            build::build_with_bundle_on_disk(&bopts, &dir, &vms, console.as_ref(), disk)?
+        }
+        _ => build::build_with_vms(&bopts, &dir, &vms, console.as_ref())?,
     };
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {

@@ -115,11 +115,36 @@ impl StorageDef {
     }
 }
 
-/// A configuration file's contents: the VMs and the persistent disk, if any.
+/// The management console (`[console]`): the administrator's passphrase file and
+/// the Argon2id cost of the hash of it that the bundle carries (see `admin.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleDef {
+    /// Its contents without one trailing newline are the passphrase.
+    pub admin_passphrase_file: PathBuf,
+    /// Argon2id memory, in KiB (`admin_kdf_memory`).
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes (`admin_kdf_passes`).
+    pub kdf_passes: u32,
+}
+
+impl ConsoleDef {
+    /// The passphrase in `file`, hashed at the default cost (19 MiB, 2 passes).
+    pub fn new(file: impl Into<PathBuf>) -> Self {
+        Self {
+            admin_passphrase_file: file.into(),
+            kdf_memory_kib: crate::admin::DEFAULT_MEMORY_KIB,
+            kdf_passes: crate::admin::DEFAULT_PASSES,
+        }
+    }
+}
+
+/// A configuration file's contents: the VMs, the persistent disk and the console,
+/// if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub vms: Vec<VmDef>,
     pub storage: Option<StorageDef>,
+    pub console: Option<ConsoleDef>,
 }
 
 /// One VM of a set, before bundling.
@@ -267,8 +292,24 @@ pub fn passphrase(mut file: Vec<u8>) -> Vec<u8> {
     file
 }
 
-/// Packs `vms` into bundle bytes (images and modules read from disk).
+/// Packs `vms` into bundle bytes (images and modules read from disk), without
+/// machine settings.
 pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
+    bundle_bytes_with(vms, None)
+}
+
+/// Packs `vms` into bundle bytes with, when `console` is given, the administrator
+/// credential: its passphrase file is read and hashed now (a fresh salt each time,
+/// so two packs of one configuration differ in those bytes).
+pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<Vec<u8>, String> {
+    let settings = bundle::MachineSettings {
+        admin: console
+            .map(|c| {
+                crate::admin::credential(c)
+                    .map_err(|e| format!("the console's administrator passphrase: {e}"))
+            })
+            .transpose()?,
+    };
     // Read everything first: the specs borrow from these buffers.
     let images: Vec<Vec<u8>> = vms
         .iter()
@@ -357,7 +398,7 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
                 .collect(),
         })
         .collect();
-    bundle::write(&specs).map_err(|e| {
+    bundle::write_with(&settings, &specs).map_err(|e| {
         // Name the VM: the bundle's errors only know entry indices.
         let vm = match e {
             bundle::BundleError::BadName { index }
@@ -382,7 +423,17 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
 /// Packs `vms` into a bundle file for the bootloader's ramdisk. The file is left
 /// alone when its contents would not change, so its timestamp means something.
 pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
-    let blob = bundle_bytes(vms)?;
+    write_bundle_with(vms, None, out)
+}
+
+/// [`write_bundle`] with the console's administrator credential (see
+/// [`bundle_bytes_with`]).
+pub fn write_bundle_with(
+    vms: &[VmDef],
+    console: Option<&ConsoleDef>,
+    out: &Path,
+) -> Result<PathBuf, String> {
+    let blob = bundle_bytes_with(vms, console)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
