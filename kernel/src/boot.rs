@@ -164,8 +164,23 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
         Some(Ok(specs)) => specs,
     };
     println!("hv: guest bundle holds {} VM(s)", specs.len());
-    // The administrator passphrase's hash, for the management console.
-    let admin: Option<operator::Credential> = None;
+    // The administrator passphrase's hash, for the management console (the bundle
+    // was checked whole by `read` already).
+    let admin = ramdisk
+        .and_then(|r| bundle::read_settings(r).ok())
+        .and_then(|s| s.admin)
+        .map(|c| operator::Credential {
+            memory_kib: c.memory_kib,
+            iterations: c.iterations,
+            lanes: c.lanes,
+            salt: c.salt,
+            hash: c.hash,
+        });
+    if admin.is_none() {
+        println!(
+            "hv: no administrator passphrase: the console's commands that change VMs are disabled"
+        );
+    }
     let failed = match ext {
         detect::Extension::Svm(caps) => {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {

@@ -58,6 +58,11 @@ pub fn write_piece(prefix: &str, text: &str, continues: bool, ends: bool) {
     });
 }
 
+/// Whether a guest's line is open on the terminal (see [`write_piece`]).
+pub fn line_open() -> bool {
+    LINE_OPEN.load(Ordering::Relaxed)
+}
+
 /// Writes the operator console's prompt and echo: on the current line, as typed.
 pub fn write_raw(text: &str) {
     x86_64::instructions::interrupts::without_interrupts(|| {

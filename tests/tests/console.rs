@@ -13,13 +13,13 @@ use xtask::emulator::{ScriptStep as Step, EXIT_SUCCESS};
 
 const ESC: &[u8] = b"\x1d";
 
-/// The text between the `n`-th `hv> ` prompt and the next one.
-fn answer(serial: &str, n: usize) -> &str {
-    let mut parts = serial.split("hv> ");
-    let part = parts
-        .nth(n)
-        .unwrap_or_else(|| panic!("no prompt {n}:\n{serial}"));
-    part
+/// The answers to the command lines that start with `command`, in order: the
+/// text after each `hv> ` that begins with it, up to the next prompt.
+fn answers<'a>(serial: &'a str, command: &str) -> Vec<&'a str> {
+    serial
+        .split("hv> ")
+        .filter(|part| part.starts_with(command))
+        .collect()
 }
 
 #[test]
@@ -47,19 +47,19 @@ fn console_drives_vms_under_amd_v() {
         Step::new("try again in", b""),
         Step::new("hv> ", b"pause count64\r").after(Duration::from_millis(1500)),
         Step::new("administrator passphrase: ", pass.as_bytes()),
-        Step::new("vm count64 paused", b""),
+        Step::new("\"pause count64\": done", b""),
         Step::new("hv> ", b"stats count64\r").after(Duration::from_millis(300)),
         Step::new("exits:", b""),
         Step::new("hv> ", b"stats count64\r").after(Duration::from_millis(1000)),
         Step::new("exits:", b""),
         Step::new("hv> ", b"resume count64\r"),
-        Step::new("vm count64 resumed", b""),
+        Step::new("\"resume count64\": done", b""),
         Step::new("hv> ", b"restart count64\r"),
-        Step::new("count64 restarting", b""),
+        Step::new("\"restart count64\": done", b""),
         Step::new("hv> ", b"stop other\r"),
-        Step::new("vm other stopped", b""),
+        Step::new("\"stop other\": done", b""),
         Step::new("hv> ", b"start other\r"),
-        Step::new("vm other started", b""),
+        Step::new("\"start other\": done", b""),
         Step::new("hv> ", b"frobnicate\r"),
         Step::new("unknown command", b""),
         Step::new("hv> ", b"exit\r"),
@@ -109,7 +109,7 @@ fn console_drives_vms_under_amd_v() {
         "{s}"
     );
     // list: both VMs, running.
-    let list = answer(s, 1);
+    let list = answers(s, "list")[0];
     assert!(list.contains("NAME"), "{list}");
     assert!(
         list.lines()
@@ -122,14 +122,14 @@ fn console_drives_vms_under_amd_v() {
         "{list}"
     );
     // stats: CPU time and exit rates; while paused, no CPU time at all.
-    let stats = answer(s, 4);
+    let stats = answers(s, "stats count64")[0];
     assert!(
         stats.contains("count64: running, 1 vCPU, memory"),
         "{stats}"
     );
     assert!(stats.contains("exits: "), "{stats}");
-    let paused: Vec<&str> = s
-        .split("hv> ")
+    let paused: Vec<&str> = answers(s, "stats count64")
+        .into_iter()
         .filter(|p| p.contains("count64: paused, 1 vCPU"))
         .collect();
     assert_eq!(paused.len(), 2, "two stats while paused:\n{s}");

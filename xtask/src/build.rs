@@ -295,6 +295,10 @@ impl GuestSet {
                 }
                 Ok(Some(path))
             }
+            GuestSet::ConsoleTest => Ok(Some(fixed_key_file(
+                &target_dir().join("hv").join("console-test.pass"),
+                &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
+            )?)),
             _ => Ok(None),
         }
     }

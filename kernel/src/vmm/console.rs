@@ -17,9 +17,15 @@ pub enum Piece<'a> {
     Line(&'a str),
     /// The beginning (or a further part) of a line that has not ended yet.
     Partial(&'a str),
-    /// The end of a line whose beginning went out as [`Piece::Partial`].
-    Rest(&'a str),
+    /// A line whose beginning, `line[..shown]`, went out as [`Piece::Partial`]: the
+    /// writer continues it with the rest, or writes it whole if other output came
+    /// in between.
+    Rest { line: &'a str, shown: usize },
 }
+
+/// How long the line in progress must stay unchanged before it is shown: a prompt
+/// waits for input, while a line still being written would only be cut up.
+pub const PARTIAL_IDLE_NS: u64 = 30_000_000;
 
 /// Where a VM's console pieces go: `(vm name, piece)`.
 pub type ConsoleOut = fn(&str, Piece);
@@ -30,6 +36,9 @@ pub struct Relay {
     line: LineBuffer,
     /// Bytes of the line in progress already relayed as [`Piece::Partial`].
     shown: usize,
+    /// The line in progress's length at the last look, and since when (ns).
+    seen_len: usize,
+    seen_at: u64,
     out: ConsoleOut,
 }
 
@@ -39,6 +48,8 @@ impl Relay {
             name: name.into(),
             line: LineBuffer::new(),
             shown: 0,
+            seen_len: 0,
+            seen_at: 0,
             out,
         }
     }
@@ -52,7 +63,10 @@ impl Relay {
             // the same text.
             out(
                 name,
-                Piece::Rest(text.get(shown.min(text.len())..).unwrap_or("")),
+                Piece::Rest {
+                    line: text,
+                    shown: shown.min(text.len()),
+                },
             );
         }
     }
@@ -63,12 +77,22 @@ impl Relay {
         if let Some(line) = self.line.flush_partial() {
             Self::finished(&self.name, self.out, line.text, shown);
         } else if shown > 0 {
-            (self.out)(&self.name, Piece::Rest(""));
+            (self.out)(&self.name, Piece::Rest { line: "", shown: 0 });
         }
     }
 
-    /// Relays what is new of the line in progress, if anything.
-    pub fn show_partial(&mut self) {
+    /// Relays what is new of the line in progress, once it has stayed unchanged for
+    /// [`PARTIAL_IDLE_NS`] (`now_ns`: the time of this look).
+    pub fn show_partial(&mut self, now_ns: u64) {
+        let len = self.line.len();
+        if len != self.seen_len {
+            self.seen_len = len;
+            self.seen_at = now_ns;
+            return;
+        }
+        if now_ns.saturating_sub(self.seen_at) < PARTIAL_IDLE_NS {
+            return;
+        }
         let text = self.line.peek();
         if text.len() > self.shown {
             let new = text.get(self.shown..).unwrap_or("");
@@ -100,7 +124,7 @@ mod tests {
         let (kind, text) = match piece {
             Piece::Line(t) => ("line", t),
             Piece::Partial(t) => ("partial", t),
-            Piece::Rest(t) => ("rest", t),
+            Piece::Rest { line, shown } => ("rest", &line[shown..]),
         };
         SEEN.lock().push((kind.to_string(), text.to_string()));
     }
@@ -111,16 +135,21 @@ mod tests {
         for &b in b"one\n$ " {
             r.write_byte(b);
         }
-        r.show_partial();
-        r.show_partial(); // nothing new
+        // Shown only once it stayed the same for a while.
+        r.show_partial(0);
+        r.show_partial(PARTIAL_IDLE_NS - 1);
+        r.show_partial(PARTIAL_IDLE_NS);
+        r.show_partial(2 * PARTIAL_IDLE_NS); // nothing new
         for &b in b"ls" {
             r.write_byte(b);
         }
-        r.show_partial();
+        r.show_partial(3 * PARTIAL_IDLE_NS);
+        r.show_partial(4 * PARTIAL_IDLE_NS);
         for &b in b" -l\nlast" {
             r.write_byte(b);
         }
-        r.show_partial();
+        r.show_partial(5 * PARTIAL_IDLE_NS);
+        r.show_partial(6 * PARTIAL_IDLE_NS);
         r.flush();
         r.write_byte(b'x');
         r.flush();

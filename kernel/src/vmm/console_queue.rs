@@ -18,7 +18,10 @@ pub const LINES_PER_VM: usize = 512;
 pub enum Kind {
     Line,
     Partial,
-    Rest,
+    /// The whole line; its first `shown` bytes went out as a `Partial`.
+    Rest {
+        shown: usize,
+    },
 }
 
 struct VmLines {
@@ -42,8 +45,8 @@ pub enum Out {
     Line(String, String),
     /// A line's beginning, without its newline.
     Partial(String, String),
-    /// The end of a line that went out partially.
-    Rest(String, String),
+    /// A line whose first `.2` bytes went out as a `Partial`.
+    Rest(String, String, usize),
     /// Lines of this VM were dropped because its queue was full.
     Dropped(String, u64),
 }
@@ -52,7 +55,7 @@ fn out(kind: Kind, vm: String, text: String) -> Out {
     match kind {
         Kind::Line => Out::Line(vm, text),
         Kind::Partial => Out::Partial(vm, text),
-        Kind::Rest => Out::Rest(vm, text),
+        Kind::Rest { shown } => Out::Rest(vm, text, shown),
     }
 }
 
@@ -190,13 +193,13 @@ mod tests {
     fn pieces_keep_their_kind_and_order() {
         let mut q = ConsoleQueue::new();
         q.push_piece("sh", Kind::Partial, "$ ");
-        q.push_piece("sh", Kind::Rest, "ls");
+        q.push_piece("sh", Kind::Rest { shown: 2 }, "$ ls");
         q.push("sh", "a");
         assert_eq!(q.pop(), Some(Out::Partial("sh".into(), "$ ".into())));
         assert_eq!(
             q.take_vm("sh"),
             [
-                Out::Rest("sh".into(), "ls".into()),
+                Out::Rest("sh".into(), "$ ls".into(), 2),
                 Out::Line("sh".into(), "a".into())
             ]
         );

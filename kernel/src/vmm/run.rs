@@ -132,7 +132,7 @@ fn relay(name: &str, piece: Piece) {
     let (kind, text) = match piece {
         Piece::Line(t) => (Kind::Line, t),
         Piece::Partial(t) => (Kind::Partial, t),
-        Piece::Rest(t) => (Kind::Rest, t),
+        Piece::Rest { line, shown } => (Kind::Rest { shown }, line),
     };
     CONSOLE.lock().push_piece(name, kind, text);
 }
@@ -152,9 +152,16 @@ fn write_out(out: Out) {
             serial::write_piece(&format!("{vm} | "), &text, continues, false);
             *open = Some(vm);
         }
-        Out::Rest(vm, text) => {
-            let continues = open.as_deref() == Some(vm.as_str());
-            serial::write_piece(&format!("{vm} | "), &text, continues, true);
+        Out::Rest(vm, text, shown) => {
+            // Continued on its open line, or written whole if something else came
+            // in between.
+            let continues = open.as_deref() == Some(vm.as_str()) && serial::line_open();
+            let piece = if continues {
+                text.get(shown..).unwrap_or("")
+            } else {
+                &text
+            };
+            serial::write_piece(&format!("{vm} | "), piece, continues, true);
             *open = None;
         }
         Out::Dropped(vm, n) => {
@@ -946,12 +953,17 @@ impl<B: Backend> Machine<'_, B> {
             Ok((shared, slots)) => {
                 vm.shared.lock().flush_console();
                 drain_vm_console(&vm.name);
-                println!(
-                    "hv: vm {} restarting: {why} (restart {} within {} s)",
-                    vm.name,
-                    life.restarts.len(),
-                    RESTART_WINDOW_MS / 1000
-                );
+                // An operator's restart is not counted (it is no restart loop).
+                if life.restarts.is_empty() {
+                    println!("hv: vm {} restarting: {why}", vm.name);
+                } else {
+                    println!(
+                        "hv: vm {} restarting: {why} (restart {} within {} s)",
+                        vm.name,
+                        life.restarts.len(),
+                        RESTART_WINDOW_MS / 1000
+                    );
+                }
                 *vm.shared.lock() = shared;
                 for (i, s) in slots.into_iter().enumerate() {
                     *vm.slots[i].lock() = Some(s);

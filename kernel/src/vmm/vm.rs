@@ -338,8 +338,8 @@ impl VmShared {
 
     /// Shows the console line the guest is in the middle of (the VM has the
     /// keyboard: its prompt must be visible).
-    pub fn show_console_partial(&mut self) {
-        self.platform.console().uart.sink_mut().show_partial();
+    pub fn show_console_partial(&mut self, now_ns: u64) {
+        self.platform.console().uart.sink_mut().show_partial(now_ns);
     }
 
     /// Relays what the guest printed without a final newline.
@@ -440,6 +440,9 @@ impl VmShared {
     }
 }
 
+/// The version of [`VcpuCtx::soft_state`]'s encoding.
+const SOFT_STATE_VERSION: u8 = 1;
+
 /// One vCPU of a VM. See the module documentation.
 pub struct VcpuCtx<V: Vcpu> {
     /// The vCPU's index in its VM (= its APIC ID).
@@ -500,6 +503,48 @@ impl<V: Vcpu> VcpuCtx<V> {
             topology,
             features,
         }
+    }
+
+    /// The software half of this vCPU's state for a snapshot (the architectural
+    /// half is the backend's `save_state`): the MSRs the core emulates, HLT and the
+    /// NMI-window request. Version 1: `[1, halted, nmi_window, in_bare_loop]`,
+    /// MTRR_DEF_TYPE u64, MISC_ENABLE u64, NMIs injected u64 (little endian).
+    pub fn soft_state(&self) -> Vec<u8> {
+        let mut out = alloc::vec![
+            SOFT_STATE_VERSION,
+            u8::from(self.halted),
+            u8::from(self.nmi_window),
+            u8::from(self.in_bare_loop),
+        ];
+        out.extend_from_slice(&self.msrs.mtrr_def_type.to_le_bytes());
+        out.extend_from_slice(&self.msrs.misc_enable.to_le_bytes());
+        out.extend_from_slice(&self.nmi_injected.to_le_bytes());
+        out
+    }
+
+    /// Restores [`VcpuCtx::soft_state`]; on an error nothing changed. The backend's
+    /// NMI-window request follows the restored flag.
+    pub fn restore_soft_state(&mut self, b: &[u8]) -> Result<(), String> {
+        if b.len() != 28 || b[0] != SOFT_STATE_VERSION || b[1..4].iter().any(|&f| f > 1) {
+            return Err(format!(
+                "vCPU {}: its software state is malformed or of another version",
+                self.index
+            ));
+        }
+        let u64_at = |at: usize| {
+            let mut v = [0; 8];
+            v.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(v)
+        };
+        self.halted = b[1] == 1;
+        self.in_bare_loop = b[3] == 1;
+        self.msrs.mtrr_def_type = u64_at(4);
+        self.msrs.misc_enable = u64_at(12);
+        self.nmi_injected = u64_at(20);
+        // Whatever the fresh vCPU had requested, the restored flag decides.
+        self.nmi_window = b[2] != 1;
+        self.set_nmi_window(b[2] == 1);
+        Ok(())
     }
 
     /// Brings the interrupt lines up to date at `now_ns` and, before the next entry,
@@ -1096,7 +1141,10 @@ mod tests {
 
     fn capture(name: &str, piece: crate::vmm::console::Piece) {
         use crate::vmm::console::Piece;
-        let (Piece::Line(text) | Piece::Partial(text) | Piece::Rest(text)) = piece;
+        let text = match piece {
+            Piece::Line(t) | Piece::Partial(t) => t,
+            Piece::Rest { line, .. } => line,
+        };
         LINES.with(|l| l.borrow_mut().push(format!("{name} | {text}")));
     }
 

@@ -208,7 +208,7 @@ impl<B: Backend> Machine<'_, B> {
         let mut shared = self.vms[v].shared.lock();
         // The VM with the keyboard has its line in progress shown (a prompt).
         if !con.input.at_prompt() {
-            shared.show_console_partial();
+            shared.show_console_partial(time::uptime_ns());
         }
         // Waiting keys go to it as fast as its UART takes them.
         let mut given = false;
