@@ -3,10 +3,12 @@
 //! The devices themselves stay plain state machines with their own narrower APIs;
 //! this file only adapts them.
 
+use alloc::vec::Vec;
 use core::any::Any;
 
 use crate::bus::{all_ones, PortDevice};
 use crate::device::{Access, BusDevice, Effects, IrqLine};
+use crate::state::{Reader, StateError, Tag, Writer};
 use crate::{
     Cmos, DebugExit, FwCfg, Pit8254, SerialSink, SystemControlA, Uart16550, AUX_IRQ, I8042,
     KBD_IRQ, PIT_IRQ,
@@ -39,6 +41,13 @@ impl<S: SerialSink + Send + 'static> BusDevice for SerialPort<S> {
     }
     fn poll(&mut self, _now_ns: u64) -> Effects {
         Effects::level(self.irq, self.uart.interrupt_pending())
+    }
+    /// The UART's state; the IRQ is the platform's wiring.
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.uart.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.uart.restore(data)
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -97,6 +106,42 @@ impl SystemTimer {
     pub fn owed(&self) -> u32 {
         self.owed
     }
+
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"systimer";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The PIT's state ([`Pit8254::state`]) and the catch-up bookkeeping: ticks
+    /// owed, whether the last one still waits, and the guest times of the last
+    /// poll and pulse (absolute `now_ns`, like the PIT's).
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.bytes(&self.pit.state());
+        w.u32(self.owed);
+        w.bool(self.waiting);
+        w.u64(self.last_poll_ns);
+        w.u64(self.last_pulse_ns);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned; nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let pit = r.bytes()?;
+        let owed = r.u32()?;
+        r.check(owed <= Self::MAX_OWED, "ticks owed (more than MAX_OWED)")?;
+        let waiting = r.bool()?;
+        let last_poll_ns = r.u64()?;
+        let last_pulse_ns = r.u64()?;
+        r.end()?;
+        self.pit.restore(pit)?;
+        self.owed = owed;
+        self.waiting = waiting;
+        self.last_poll_ns = last_poll_ns;
+        self.last_pulse_ns = last_pulse_ns;
+        Ok(())
+    }
 }
 
 impl Default for SystemTimer {
@@ -140,6 +185,12 @@ impl BusDevice for SystemTimer {
         }
         self.pit.next_irq0_deadline_ns()
     }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.restore(data)
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -168,6 +219,14 @@ impl BusDevice for RtcCmos {
         self.cmos.port_io(port(a), a.size, true, value as u32, t);
         Effects::NONE
     }
+    /// The CMOS's state. `epoch_unix_ns` is the restoring machine's: the guest's
+    /// clock keeps its offset from the wall clock (see [`Cmos::state`]).
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.cmos.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.cmos.restore(data)
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -193,6 +252,12 @@ impl BusDevice for I8042 {
         Effects::level(KBD_IRQ, self.kbd_irq_level())
             .with_line(IrqLine::Level(AUX_IRQ, self.aux_irq_level()))
     }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.restore(data)
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -217,6 +282,12 @@ macro_rules! port_device {
                 let $dev = self;
                 $after
             }
+            fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+                Ok(self.state())
+            }
+            fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+                self.restore(data)
+            }
             fn as_any_mut(&mut self) -> &mut dyn Any {
                 self
             }
@@ -237,6 +308,23 @@ port_device!(FwCfg<'static, 1>, "fw_cfg", |_d| Effects::NONE);
 /// A range nobody decodes, for completeness of the interface: reads float high.
 pub struct Empty;
 
+impl Empty {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"empty   ";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// No fields: the tag and version alone.
+    pub fn state(&self) -> Vec<u8> {
+        Writer::new(&Self::STATE_TAG, Self::STATE_VERSION).finish()
+    }
+
+    /// Takes back what [`Self::state`] returned.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?.end()
+    }
+}
+
 impl BusDevice for Empty {
     fn name(&self) -> &'static str {
         "empty"
@@ -246,6 +334,12 @@ impl BusDevice for Empty {
     }
     fn write(&mut self, _a: &Access, _value: u64) -> Effects {
         Effects::NONE
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.restore(data)
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -349,5 +443,183 @@ mod tests {
         pit.set_tick_waiting(true);
         pit.poll(later + 10_000 * period);
         assert_eq!(pit.owed(), SystemTimer::MAX_OWED - 1);
+    }
+
+    crate::state::testing::snap_impl!(SystemTimer);
+
+    fn programmed_timer() -> SystemTimer {
+        let mut pit = SystemTimer::new();
+        pit.write(&at(0x43, 0x40, 1), 0x34);
+        pit.write(&at(0x40, 0x40, 1), 1193 & 0xFF);
+        pit.write(&at(0x40, 0x40, 1), 1193 >> 8);
+        pit
+    }
+
+    #[test]
+    fn system_timer_snapshot_keeps_owed_ticks() {
+        let mut a = programmed_timer();
+        let due = a.next_deadline_ns().unwrap();
+        let late = due + 5 * 1_000_000 + 500_000;
+        assert!(a.poll(late).lines[0].is_some());
+        a.set_tick_waiting(true);
+        assert_eq!(a.owed(), 5);
+        let snap = a.snapshot().unwrap();
+        assert_eq!(&snap[..8], b"systimer");
+        let mut b = SystemTimer::new();
+        b.restore_snapshot(&snap).unwrap();
+        assert_eq!(b.owed(), 5);
+        assert_eq!(b.next_deadline_ns(), a.next_deadline_ns());
+        // Both pay the debt the same way and then tick on the same edges.
+        let mut t = late;
+        for i in 0..40u64 {
+            t += 250_000 + 10_000 * (i % 7);
+            let waiting = i % 3 == 0;
+            a.set_tick_waiting(waiting);
+            b.set_tick_waiting(waiting);
+            assert_eq!(a.poll(t), b.poll(t), "poll {i}");
+            assert_eq!(a.next_deadline_ns(), b.next_deadline_ns());
+        }
+        assert_eq!(a.state(), b.state());
+        let mut fresh = SystemTimer::new();
+        crate::state::testing::check_refusals(&mut fresh, &snap, |d| {
+            d.set_tick_waiting(false);
+            d.poll(late + 1_000_000);
+            d.poll(u64::MAX);
+            d.next_deadline_ns();
+        });
+    }
+
+    /// A device that cannot be snapshotted.
+    struct Opaque;
+
+    impl BusDevice for Opaque {
+        fn name(&self) -> &'static str {
+            "opaque"
+        }
+        fn read(&mut self, _a: &Access) -> (u64, Effects) {
+            (0, Effects::NONE)
+        }
+        fn write(&mut self, _a: &Access, _value: u64) -> Effects {
+            Effects::NONE
+        }
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    /// The devices of a VM's platform, as the kernel builds it.
+    fn platform_devices() -> alloc::vec::Vec<alloc::boxed::Box<dyn BusDevice>> {
+        use crate::{HostBridge, PciAddress, PciConfig};
+        let mut pci = PciConfig::new();
+        pci.add_function(
+            PciAddress::new(0, 0, 0),
+            alloc::boxed::Box::new(HostBridge::i440fx()),
+        )
+        .unwrap();
+        alloc::vec![
+            alloc::boxed::Box::new(SerialPort {
+                uart: Uart16550::new(NullSink),
+                irq: COM1_IRQ,
+            }),
+            alloc::boxed::Box::new(programmed_timer()),
+            alloc::boxed::Box::new(RtcCmos {
+                cmos: Cmos::new(64 << 20, 0),
+                epoch_unix_ns: 1_700_000_000_000_000_000,
+            }),
+            alloc::boxed::Box::new(I8042::new()),
+            alloc::boxed::Box::new(SystemControlA::new()),
+            alloc::boxed::Box::new(FwCfg::<'static, 1>::new(64 << 20, 2)),
+            alloc::boxed::Box::new(DebugExit::new()),
+            alloc::boxed::Box::new(pci),
+            alloc::boxed::Box::new(Empty),
+        ]
+    }
+
+    #[test]
+    fn a_whole_platform_through_platform_state() {
+        use crate::{IoApic, LapicConfig, LocalApic, Pic8259, PlatformState, StateError};
+        let mut devices = platform_devices();
+        // Give each something to remember.
+        let base = u64::from(COM1_BASE);
+        devices[0].write(&at(base + 7, base, 1), 0x42); // scratch register
+        devices[1].poll(50_000_000);
+        devices[2].write(&at(0x70, 0x70, 1), 0x0B);
+        devices[3].write(&at(0x64, 0x64, 1), 0xAA);
+        devices[4].write(&at(0x92, 0x92, 1), 0x00);
+        devices[5].write(&at(0x510, 0x510, 2), 0x0019);
+        devices[7].write(&at(0xCF8, 0xCF8, 4), 0x8000_0004);
+        let mut pic = Pic8259::new();
+        pic.pulse_irq(0);
+        let ioapic = IoApic::new(0);
+        let mut lapics: alloc::vec::Vec<LocalApic> = (0..2)
+            .map(|i| {
+                LocalApic::new(LapicConfig {
+                    apic_id: i,
+                    bsp: i == 0,
+                    ..LapicConfig::new(1_000_000_000)
+                })
+            })
+            .collect();
+        lapics[1].deliver_nmi();
+
+        let saved = PlatformState {
+            pic: pic.state(),
+            ioapic: ioapic.state(),
+            lapics: lapics.iter().map(LocalApic::state).collect(),
+            bus_devices: devices.iter().map(|d| d.snapshot().unwrap()).collect(),
+        };
+        let blob = saved.encode();
+
+        // A new VM of the same shape takes it back, part by part.
+        let parts = PlatformState::decode(&blob, 2, devices.len()).unwrap();
+        assert_eq!(parts, saved);
+        let mut fresh = platform_devices();
+        for (d, part) in fresh.iter_mut().zip(&parts.bus_devices) {
+            d.restore_snapshot(part).unwrap();
+        }
+        for (a, b) in devices.iter().zip(&fresh) {
+            assert_eq!(a.snapshot(), b.snapshot(), "{}", a.name());
+        }
+        let mut pic2 = Pic8259::new();
+        pic2.restore(&parts.pic).unwrap();
+        assert_eq!(pic2.irr(), 1);
+        let mut apic1 = LocalApic::new(LapicConfig {
+            apic_id: 1,
+            bsp: false,
+            ..LapicConfig::new(1_000_000_000)
+        });
+        apic1.restore(&parts.lapics[1]).unwrap();
+        assert!(apic1.take_nmi());
+        // The guest sees it: the scratch register, the self-test's answer.
+        let (v, _) = fresh[0].read(&at(base + 7, base, 1));
+        assert_eq!(v, 0x42);
+        assert_eq!(fresh[3].read(&at(0x60, 0x60, 1)).0, 0x55);
+
+        // Parts in the wrong place are refused by their tag, the device unchanged.
+        let before = fresh[3].snapshot().unwrap();
+        assert_eq!(
+            fresh[3].restore_snapshot(&parts.bus_devices[4]),
+            Err(StateError::WrongDevice {
+                expected: I8042::STATE_TAG
+            })
+        );
+        assert_eq!(fresh[3].snapshot().unwrap(), before);
+        // Another number of vCPUs is another VM.
+        assert!(matches!(
+            PlatformState::decode(&blob, 4, devices.len()),
+            Err(StateError::Mismatch {
+                what: "vCPU count",
+                ..
+            })
+        ));
+        // A device without snapshot support is named, not skipped.
+        assert_eq!(
+            Opaque.snapshot(),
+            Err(StateError::Unsupported { device: "opaque" })
+        );
+        assert_eq!(
+            Opaque.restore_snapshot(&blob),
+            Err(StateError::Unsupported { device: "opaque" })
+        );
     }
 }

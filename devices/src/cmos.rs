@@ -23,7 +23,10 @@
 //! * Daylight saving (status B DSE) and the divider's effect on the clock.
 //! * The second 128-byte bank at 0x72/0x73.
 
+use alloc::vec::Vec;
+
 use crate::bus::{read_bytewise, write_bytewise};
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// The index port; the data port is the next one.
 pub const CMOS_BASE: u16 = 0x70;
@@ -204,6 +207,10 @@ pub struct Cmos {
     frozen: Option<i64>,
     /// The guest second at the last status C read, for UF.
     c_read_at: Option<i64>,
+    /// The RAM sizes the memory bytes were filled from (the VM's shape, for
+    /// [`Self::restore`]'s check).
+    ram_below_4g: u64,
+    ram_above_4g: u64,
 }
 
 impl Cmos {
@@ -241,6 +248,8 @@ impl Cmos {
             offset_secs: 0,
             frozen: None,
             c_read_at: None,
+            ram_below_4g,
+            ram_above_4g,
         }
     }
 
@@ -463,6 +472,69 @@ impl Cmos {
     }
 }
 
+/// The largest guest time (or offset from the host's) in seconds, either way, a
+/// snapshot may hold: about 34,800 years. The registers reach years 0-9999 and the
+/// host clock (u64 ns) 584 years past 1970, so every real value is far inside, and
+/// the calendar arithmetic on anything inside stays far from overflowing.
+const MAX_SNAPSHOT_SECS: i64 = 1 << 40;
+
+impl Cmos {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"cmos-rtc";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The 128 bytes of CMOS RAM (status registers included), the index register
+    /// and NMI mask bit, the guest's clock as its offset from the host's wall clock
+    /// (seconds) or the time it froze at while status B's SET bit is on, and the
+    /// guest second of the last status C read, in the format of [`crate::state`].
+    /// The RAM sizes the device was made for are stored to be compared.
+    ///
+    /// The clock follows the wall clock it is given (see the module notes): a
+    /// restored guest reads the restoring host's time moved by its own offset, as a
+    /// PC's battery-backed clock keeps time across a suspend.
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u64(self.ram_below_4g);
+        w.u64(self.ram_above_4g);
+        w.raw(&self.ram);
+        w.u8(self.index);
+        w.bool(self.nmi_disabled);
+        w.i64(self.offset_secs);
+        w.opt_i64(self.frozen);
+        w.opt_i64(self.c_read_at);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned, for a CMOS made for the same RAM
+    /// sizes; nothing changes on an error. The memory-size bytes come from the
+    /// snapshot like the rest of the RAM (the guest can write them).
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        r.expect_u64("RAM below 4 GiB (bytes)", self.ram_below_4g)?;
+        r.expect_u64("RAM above 4 GiB (bytes)", self.ram_above_4g)?;
+        let ram = r.array::<CMOS_SIZE>()?;
+        let index = r.u8()?;
+        r.check(index <= 0x7F, "index register (bit 7 is the NMI mask)")?;
+        let nmi_disabled = r.bool()?;
+        let offset_secs = r.i64()?;
+        let frozen = r.opt_i64()?;
+        let c_read_at = r.opt_i64()?;
+        r.end()?;
+        let in_range = |v: i64| (-MAX_SNAPSHOT_SECS..=MAX_SNAPSHOT_SECS).contains(&v);
+        r.check(in_range(offset_secs), "clock offset")?;
+        r.check(frozen.is_none_or(in_range), "frozen time")?;
+        r.check(c_read_at.is_none_or(in_range), "status C read time")?;
+        self.ram = ram;
+        self.index = index;
+        self.nmi_disabled = nmi_disabled;
+        self.offset_secs = offset_secs;
+        self.frozen = frozen;
+        self.c_read_at = c_read_at;
+        Ok(())
+    }
+}
+
 fn host_secs(now_unix_ns: u64) -> i64 {
     (now_unix_ns / 1_000_000_000) as i64
 }
@@ -670,5 +742,143 @@ mod tests {
         // Wide accesses: outw 0x70 writes the index then the data.
         c.port_io(0x70, 2, true, 0x5A_40, 0);
         assert_eq!(c.byte(0x40), 0x5A);
+    }
+
+    crate::state::testing::snap_impl!(Cmos);
+
+    /// A random guest access at `*now` (the host's wall clock, moving on).
+    fn random_op(c: &mut Cmos, rng: &mut crate::state::testing::Rng, now: &mut u64) -> u32 {
+        *now += rng.below(700_000_000);
+        let index = if rng.chance(2) {
+            rng.below(14) as u8
+        } else {
+            rng.byte()
+        };
+        match rng.below(4) {
+            0 => {
+                c.write_port(0x70, index, *now);
+                0
+            }
+            1 => {
+                // BCD-looking values mostly, so that time writes take.
+                let v = if rng.chance(2) {
+                    rng.byte()
+                } else {
+                    (rng.below(6) as u8) << 4 | 5
+                };
+                c.write_port(0x71, v, *now);
+                0
+            }
+            _ => c.read_port(0x71, *now).into(),
+        }
+    }
+
+    /// The guest set its clock 3 days back and stopped it (SET) half-way through a
+    /// second change, switched to binary 12-hour mode, read status C, wrote a
+    /// configuration byte and left the index on the minutes with NMIs masked.
+    fn busy_cmos() -> (Cmos, u64) {
+        let mut c = Cmos::new(512 * MIB, 64 * MIB);
+        let now = LEAP_DAY * NS;
+        write(&mut c, reg::DAY_OF_MONTH, 0x26, now);
+        write(&mut c, reg::STATUS_B, status_b::DM_BINARY, now + NS);
+        read(&mut c, reg::STATUS_C, now + 2 * NS);
+        write(&mut c, 0x40, 0xAB, now + 2 * NS);
+        write(
+            &mut c,
+            reg::STATUS_B,
+            status_b::SET | status_b::DM_BINARY,
+            now + 5 * NS,
+        );
+        write(&mut c, reg::SECONDS, 30, now + 6 * NS);
+        c.write_port(0x70, 0x80 | reg::MINUTES, now + 7 * NS);
+        (c, now + 7 * NS)
+    }
+
+    #[test]
+    fn snapshot_restores_identical_behaviour() {
+        let (mut a, now) = busy_cmos();
+        let snap = a.state();
+        assert_eq!(&snap[..8], b"cmos-rtc");
+        let mut b = Cmos::new(512 * MIB, 64 * MIB);
+        b.restore(&snap).unwrap();
+        assert_eq!(b.state(), snap);
+        assert_eq!(
+            (b.index(), b.nmi_disabled(), b.byte(0x40)),
+            (reg::MINUTES, true, 0xAB)
+        );
+        // Frozen at 13:45:30 on the 26th, in binary 12-hour mode (1 PM is 0x81);
+        // released later, it runs from the frozen time. Both see the same.
+        for c in [&mut a, &mut b] {
+            assert_eq!(c.read_port(0x71, now + 100 * NS), 45);
+            assert_eq!(read(c, reg::SECONDS, now + 100 * NS), 30);
+            assert_eq!(read(c, reg::HOURS, now), 0x81);
+            assert_eq!(read(c, reg::DAY_OF_MONTH, now), 26);
+            write(c, reg::STATUS_B, status_b::DM_BINARY, now + 10 * NS);
+            assert_eq!(read(c, reg::SECONDS, now + 15 * NS), 35);
+        }
+        let mut rng = crate::state::testing::Rng::new(12);
+        let (mut ta, mut tb) = (now + 15 * NS, now + 15 * NS);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = crate::state::testing::Rng::new(seed);
+            let mut r2 = crate::state::testing::Rng::new(seed);
+            assert_eq!(
+                random_op(&mut a, &mut r1, &mut ta),
+                random_op(&mut b, &mut r2, &mut tb),
+                "step {step}"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
+    fn snapshot_keeps_the_offset_from_the_wall_clock() {
+        // A running clock set 3 days back: restored a day later (by the wall clock),
+        // it is still 3 days behind the wall clock.
+        let mut a = cmos();
+        let now = LEAP_DAY * NS;
+        write(&mut a, reg::DAY_OF_MONTH, 0x26, now);
+        let mut b = cmos();
+        b.restore(&a.state()).unwrap();
+        let later = now + 86_400 * NS;
+        assert_eq!(read(&mut b, reg::DAY_OF_MONTH, later), 0x27);
+        assert_eq!(read(&mut b, reg::MONTH, later), 0x02);
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        let (c, now) = busy_cmos();
+        let snap = c.state();
+        let mut fresh = Cmos::new(512 * MIB, 64 * MIB);
+        crate::state::testing::check_refusals(&mut fresh, &snap, |d| {
+            let mut rng = crate::state::testing::Rng::new(13);
+            let mut t = now;
+            for _ in 0..60 {
+                random_op(d, &mut rng, &mut t);
+            }
+            for i in 0..14 {
+                read(d, i, u64::MAX);
+            }
+            write(d, reg::YEAR, 0x99, u64::MAX);
+            write(d, reg::STATUS_B, 0x80, u64::MAX);
+            write(d, reg::STATUS_B, 0x00, u64::MAX);
+        });
+        // Another RAM size is another VM.
+        assert_eq!(
+            Cmos::new(256 * MIB, 64 * MIB).restore(&snap),
+            Err(StateError::Mismatch {
+                device: Cmos::STATE_TAG,
+                what: "RAM below 4 GiB (bytes)",
+                snapshot: 512 * MIB,
+                here: 256 * MIB
+            })
+        );
+        assert!(matches!(
+            Cmos::new(512 * MIB, 0).restore(&snap),
+            Err(StateError::Mismatch {
+                what: "RAM above 4 GiB (bytes)",
+                ..
+            })
+        ));
     }
 }

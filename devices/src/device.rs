@@ -14,7 +14,10 @@
 //! (console input) report their lines from [`BusDevice::poll`], which the platform
 //! calls before it delivers interrupts.
 
+use alloc::vec::Vec;
 use core::any::Any;
+
+use crate::state::StateError;
 
 /// One guest access to a device's range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +143,21 @@ pub trait BusDevice: Send {
     /// When the device next needs [`Self::poll`] (a timer's next expiry).
     fn next_deadline_ns(&self) -> Option<u64> {
         None
+    }
+    /// The device's snapshot (its `state()`, see [`crate::state`]), for a snapshot
+    /// of the platform. A device without snapshot support says so
+    /// ([`StateError::Unsupported`], the default), so that a platform snapshot
+    /// fails rather than leave it out.
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Err(StateError::Unsupported {
+            device: self.name(),
+        })
+    }
+    /// Takes back what [`Self::snapshot`] returned; nothing changes on an error.
+    fn restore_snapshot(&mut self, _data: &[u8]) -> Result<(), StateError> {
+        Err(StateError::Unsupported {
+            device: self.name(),
+        })
     }
     /// For the VMM's typed access to one device (console input to the UART).
     fn as_any_mut(&mut self) -> &mut dyn Any;

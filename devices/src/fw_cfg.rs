@@ -31,7 +31,10 @@
 //! x86-specific ones at 0x8000+). Contents are borrowed (`&'a [u8]`) and the table
 //! holds up to `N` added items: no allocation.
 
+use alloc::vec::Vec;
+
 use crate::bus::{all_ones, PortDevice};
+use crate::state::{Fingerprint, Reader, StateError, Tag, Writer};
 
 /// The selector port; the data port is the next one.
 pub const FW_CFG_BASE: u16 = 0x510;
@@ -285,6 +288,88 @@ impl<'a, const N: usize> FwCfg<'a, N> {
     }
 }
 
+impl<const N: usize> FwCfg<'_, N> {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"fw_cfg  ";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The selector and the data offset into the selected item, in the format of
+    /// [`crate::state`]. The items come from the VM's configuration, so they are
+    /// not in it: the RAM size, the CPU counts and a fingerprint of the added items
+    /// (keys, names and contents) are stored to be compared.
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u64(self.ram_size);
+        w.u16(self.nb_cpus);
+        w.u16(self.max_cpus);
+        w.u64(self.items_fingerprint());
+        w.u16(self.selector);
+        w.u32(self.offset);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned, for a device with the same RAM
+    /// size, CPU counts and items; nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        r.expect_u64("RAM size (bytes)", self.ram_size)?;
+        let cpus = r.u16()?;
+        r.expect("CPU count", cpus.into(), self.nb_cpus.into())?;
+        let max_cpus = r.u16()?;
+        r.expect("maximum CPU count", max_cpus.into(), self.max_cpus.into())?;
+        let fingerprint = r.u64()?;
+        r.expect(
+            "fingerprint of the fw_cfg files and items",
+            fingerprint,
+            self.items_fingerprint(),
+        )?;
+        let selector = r.u16()?;
+        let offset = r.u32()?;
+        r.end()?;
+        // Reads stop advancing at an item's end; nothing else moves the offset.
+        let len = self.item_len(selector & !key::WRITE_CHANNEL).unwrap_or(0);
+        r.check(
+            usize::try_from(offset).is_ok_and(|o| o <= len),
+            "data offset (past the selected item's end)",
+        )?;
+        self.selector = selector;
+        self.offset = offset;
+        Ok(())
+    }
+
+    /// The length of item `key`, `None` for a key with no item.
+    fn item_len(&self, key: u16) -> Option<usize> {
+        Some(match key {
+            key::SIGNATURE | key::ID => 4,
+            key::RAM_SIZE => 8,
+            key::NB_CPUS | key::MAX_CPUS => 2,
+            key::FILE_DIR => 4 + FILE_ENTRY_SIZE * usize::from(self.files),
+            _ => self
+                .items
+                .iter()
+                .flatten()
+                .find(|item| item.key == key)?
+                .data
+                .len(),
+        })
+    }
+
+    /// What a snapshot compares the added items by: each one's key, name and
+    /// contents, in table order.
+    fn items_fingerprint(&self) -> u64 {
+        let mut f = Fingerprint::new();
+        for item in self.items.iter().flatten() {
+            f.add(&item.key.to_le_bytes());
+            f.add(&[u8::from(item.name.is_some())]);
+            f.add(&item.name.unwrap_or([0; FW_CFG_MAX_FILE_PATH]));
+            f.add(&(item.data.len() as u64).to_le_bytes());
+            f.add(item.data);
+        }
+        f.finish()
+    }
+}
+
 impl<const N: usize> PortDevice for FwCfg<'_, N> {
     fn read(&mut self, offset: u16, size: u8) -> u32 {
         // QEMU accepts only byte reads of the pair, and both ports read data.
@@ -430,5 +515,98 @@ mod tests {
         assert_eq!(dev.add_file("etc/y", b""), Err(FwCfgError::Full));
         assert_eq!(dev.file_count(), 1);
         assert_eq!(read_item(&mut dev, 0x8003, 2), b"x\0");
+    }
+
+    impl crate::state::testing::Snap for FwCfg<'_, 4> {
+        fn snap(&self) -> Vec<u8> {
+            self.state()
+        }
+        fn load(&mut self, data: &[u8]) -> Result<(), crate::StateError> {
+            self.restore(data)
+        }
+    }
+
+    const CMDLINE: &[u8] = b"console=ttyS0 quiet\0";
+    const E820: [u8; 40] = [0x5A; 40];
+
+    fn configured() -> FwCfg<'static, 4> {
+        let mut dev: FwCfg<'static, 4> = FwCfg::new(256 << 20, 2);
+        dev.add_file("etc/e820", &E820).unwrap();
+        dev.add_item(key::CMDLINE_DATA, CMDLINE).unwrap();
+        dev
+    }
+
+    #[test]
+    fn snapshot_resumes_a_read_half_way() {
+        let mut a = configured();
+        a.write(0, 2, u32::from(key::CMDLINE_DATA));
+        assert_eq!(a.read(1, 1), u32::from(b'c'));
+        let snap = a.state();
+        assert_eq!(&snap[..8], b"fw_cfg  ");
+        let mut b = configured();
+        b.restore(&snap).unwrap();
+        assert_eq!(b.selector(), key::CMDLINE_DATA);
+        for _ in 0..CMDLINE.len() + 3 {
+            assert_eq!(b.read(1, 1), a.read(1, 1));
+        }
+        assert_eq!(a.state(), b.state());
+        // At the end of the directory too.
+        let dir = read_item(&mut a, key::FILE_DIR, 200);
+        assert_eq!(dir.len(), 200);
+        b.restore(&a.state()).unwrap();
+        assert_eq!(b.read(1, 1), 0);
+    }
+
+    #[test]
+    fn snapshot_of_another_configuration_is_refused() {
+        let mut a = configured();
+        a.write(0, 2, u32::from(key::FILE_FIRST));
+        a.read(1, 1);
+        let snap = a.state();
+        let what = |mut dev: FwCfg<'static, 4>| match dev.restore(&snap) {
+            Err(crate::StateError::Mismatch { what, .. }) => what,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(what(FwCfg::new(128 << 20, 2)), "RAM size (bytes)");
+        let mut more = configured();
+        more.set_max_cpus(4);
+        assert_eq!(what(more), "maximum CPU count");
+        assert_eq!(what(FwCfg::new(256 << 20, 1)), "CPU count");
+        // Same name, other contents: another VM's files.
+        let mut other: FwCfg<'static, 4> = FwCfg::new(256 << 20, 2);
+        other.add_file("etc/e820", &[0x5B; 40]).unwrap();
+        other.add_item(key::CMDLINE_DATA, CMDLINE).unwrap();
+        assert_eq!(what(other), "fingerprint of the fw_cfg files and items");
+        assert_eq!(
+            what(FwCfg::new(256 << 20, 2)),
+            "fingerprint of the fw_cfg files and items"
+        );
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        let mut a = configured();
+        a.write(0, 2, u32::from(key::FILE_FIRST));
+        for _ in 0..7 {
+            a.read(1, 1);
+        }
+        let snap = a.state();
+        crate::state::testing::check_refusals(&mut configured(), &snap, |d| {
+            for _ in 0..50 {
+                d.read(1, 1);
+            }
+            d.write(0, 2, 0x19);
+            d.read(1, 1);
+        });
+        // An offset past the item's end.
+        let mut bad = snap.clone();
+        let at = bad.len() - 4;
+        bad[at..].copy_from_slice(&41u32.to_le_bytes());
+        assert!(matches!(
+            configured().restore(&bad),
+            Err(crate::StateError::Invalid { what, .. }) if what.contains("offset")
+        ));
+        bad[at..].copy_from_slice(&40u32.to_le_bytes());
+        assert_eq!(configured().restore(&bad), Ok(()));
     }
 }

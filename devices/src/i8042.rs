@@ -32,7 +32,10 @@
 //! [`I8042::take_reset_request`] reports it. The A20 gate (output port bit 1, commands
 //! 0xDD/0xDF) is recorded but not applied: guest memory never wraps at 1 MiB.
 
+use alloc::vec::Vec;
+
 use crate::bus::{read_bytewise, write_bytewise, PortDevice};
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// The data port.
 pub const DATA_PORT: u16 = 0x60;
@@ -379,6 +382,107 @@ impl PortDevice for SystemControlA {
     }
 }
 
+impl I8042 {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"i8042kbc";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The internal RAM (the CTR first), the output buffer and the byte the data
+    /// port latches, the command waiting for its data byte, the last write's port,
+    /// the A20 gate and a reset request not yet taken, in the format of
+    /// [`crate::state`].
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.raw(&self.ram);
+        let (byte, aux) = self.output.unwrap_or((0, false));
+        w.bool(self.output.is_some());
+        w.u8(byte);
+        w.bool(aux);
+        w.u8(self.last_output);
+        w.bool(self.last_write_was_command);
+        let (kind, index) = match self.pending {
+            Pending::Keyboard => (0, 0),
+            Pending::WriteRam(i) => (1, i),
+            Pending::WriteOutputPort => (2, 0),
+            Pending::KbdLoop => (3, 0),
+            Pending::AuxLoop => (4, 0),
+            Pending::AuxSend => (5, 0),
+        };
+        w.u8(kind);
+        w.u8(index);
+        w.bool(self.a20);
+        w.bool(self.reset_request);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned; nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let ram = r.array::<32>()?;
+        let full = r.bool()?;
+        let (byte, aux) = (r.u8()?, r.bool()?);
+        r.check(
+            full || (byte, aux) == (0, false),
+            "absent output stored as non-zero",
+        )?;
+        let last_output = r.u8()?;
+        let last_write_was_command = r.bool()?;
+        let (kind, index) = (r.u8()?, r.u8()?);
+        r.check(kind == 1 || index == 0, "pending command's RAM index")?;
+        let pending = match kind {
+            0 => Pending::Keyboard,
+            1 if index < 32 => Pending::WriteRam(index),
+            2 => Pending::WriteOutputPort,
+            3 => Pending::KbdLoop,
+            4 => Pending::AuxLoop,
+            5 => Pending::AuxSend,
+            _ => return Err(r.invalid("pending command")),
+        };
+        let a20 = r.bool()?;
+        let reset_request = r.bool()?;
+        r.end()?;
+        *self = I8042 {
+            ram,
+            output: full.then_some((byte, aux)),
+            last_output,
+            last_write_was_command,
+            pending,
+            a20,
+            reset_request,
+        };
+        Ok(())
+    }
+}
+
+impl SystemControlA {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"port92  ";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The port's value and a reset request not yet taken.
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u8(self.value);
+        w.bool(self.reset_request);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned; nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let value = r.u8()?;
+        let reset_request = r.bool()?;
+        r.end()?;
+        *self = SystemControlA {
+            value,
+            reset_request,
+        };
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,5 +663,101 @@ mod tests {
         port.write(0, 1, 0x01);
         assert!(port.take_reset_request());
         assert_eq!(port.read(0, 2), 0xFF01);
+    }
+
+    crate::state::testing::snap_impl!(I8042, SystemControlA);
+
+    /// A random guest access; returns what the guest and the interrupt lines show.
+    fn random_op(kbc: &mut I8042, rng: &mut crate::state::testing::Rng) -> (u32, bool, bool, bool) {
+        let port = if rng.chance(2) { 0x60 } else { 0x64 };
+        let v = if rng.chance(2) {
+            kbc.port_io(port, 1, false, 0)
+        } else {
+            // Commands from the interesting range mostly; never the reset pulse,
+            // which is tested apart.
+            let mut b = rng.byte();
+            if port == 0x64 && b >= 0xF0 {
+                b = cmd::AUX_LOOP;
+            }
+            kbc.port_io(port, 1, true, b.into())
+        };
+        (
+            v,
+            kbc.kbd_irq_level(),
+            kbc.aux_irq_level(),
+            kbc.take_reset_request(),
+        )
+    }
+
+    /// Linux's probe half done: AUX enabled and its interrupt on, a loopback
+    /// answer (auxiliary data) unread, a CTR write waiting for its byte, A20 off.
+    fn busy_kbc() -> I8042 {
+        let mut kbc = I8042::new();
+        command(&mut kbc, cmd::WRITE_CTR, Some(0x47), false);
+        command(&mut kbc, cmd::AUX_ENABLE, None, false);
+        command(&mut kbc, cmd::A20_DISABLE, None, false);
+        command(&mut kbc, 0x65, Some(0x12), false); // RAM byte 5
+        kbc.write_port(0x64, cmd::AUX_LOOP);
+        kbc.write_port(0x60, 0x5A);
+        kbc.write_port(0x64, cmd::WRITE_CTR + 9);
+        kbc
+    }
+
+    #[test]
+    fn snapshot_restores_identical_behaviour() {
+        let mut a = busy_kbc();
+        let snap = a.state();
+        assert_eq!(&snap[..8], b"i8042kbc");
+        let mut b = I8042::new();
+        b.restore(&snap).unwrap();
+        assert_eq!(b.state(), snap);
+        assert!(b.aux_irq_level() && !b.a20_enabled());
+        assert_eq!(b.read_port(0x60), 0x5A);
+        assert_eq!(a.read_port(0x60), 0x5A);
+        // The pending RAM write takes the next data byte.
+        for k in [&mut a, &mut b] {
+            k.write_port(0x60, 0x77);
+            k.write_port(0x64, 0x29);
+            assert_eq!(k.read_port(0x60), 0x77);
+        }
+        let mut rng = crate::state::testing::Rng::new(14);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = crate::state::testing::Rng::new(seed);
+            let mut r2 = crate::state::testing::Rng::new(seed);
+            assert_eq!(
+                random_op(&mut a, &mut r1),
+                random_op(&mut b, &mut r2),
+                "step {step}"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+        // A reset request not yet taken by the VMM is part of the state.
+        a.write_port(0x64, cmd::RESET);
+        let mut c = I8042::new();
+        c.restore(&a.state()).unwrap();
+        assert!(c.take_reset_request());
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        let snap = busy_kbc().state();
+        crate::state::testing::check_refusals(&mut I8042::new(), &snap, |d| {
+            let mut rng = crate::state::testing::Rng::new(15);
+            for _ in 0..60 {
+                random_op(d, &mut rng);
+            }
+        });
+        let mut port = SystemControlA::new();
+        port.write(0, 1, 0x01);
+        let snap = port.state();
+        let mut fresh = SystemControlA::new();
+        fresh.restore(&snap).unwrap();
+        assert!(!fresh.a20_enabled());
+        assert!(fresh.take_reset_request());
+        crate::state::testing::check_refusals(&mut fresh, &snap, |d| {
+            d.write(0, 1, 0x03);
+            d.read(0, 1);
+        });
     }
 }

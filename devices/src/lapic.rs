@@ -164,9 +164,11 @@
 //! assert_eq!(p.next_interrupt(1_000_000), Some(0xEC));
 //! ```
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::bus::all_ones;
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// The architectural physical base of the xAPIC register page.
 pub const LAPIC_BASE: u64 = 0xFEE0_0000;
@@ -391,6 +393,20 @@ pub enum DeliveryMode {
 
 impl DeliveryMode {
     /// Decodes bits 2:0 of `bits` (the field already shifted down from bits 10:8).
+    /// The encoding [`Self::from_bits`] decodes (bits 2:0).
+    pub const fn bits(self) -> u32 {
+        match self {
+            DeliveryMode::Fixed => 0,
+            DeliveryMode::LowestPriority => 1,
+            DeliveryMode::Smi => 2,
+            DeliveryMode::Reserved => 3,
+            DeliveryMode::Nmi => 4,
+            DeliveryMode::Init => 5,
+            DeliveryMode::StartUp => 6,
+            DeliveryMode::ExtInt => 7,
+        }
+    }
+
     pub const fn from_bits(bits: u32) -> Self {
         match bits & 7 {
             0 => DeliveryMode::Fixed,
@@ -1029,6 +1045,13 @@ impl LocalApic {
         self.config.tsc_at_zero = tsc.wrapping_sub(elapsed as u64);
     }
 
+    /// The guest's TSC at `now_ns` = 0 as the TSC-deadline timer assumes it (see
+    /// [`LapicConfig::tsc_at_zero`]): after a restore, the VMM sets the vCPU's TSC
+    /// offset to match (or calls [`Self::set_guest_tsc`]).
+    pub fn tsc_at_zero(&self) -> u64 {
+        self.config.tsc_at_zero
+    }
+
     /// The guest's TSC at `now_ns` = 0 again (a vCPU rebuilt with its TSC offset back
     /// at the VMM's start value); see [`LapicConfig::tsc_at_zero`].
     pub fn set_tsc_at_zero(&mut self, tsc_at_zero: u64) {
@@ -1464,6 +1487,224 @@ impl LocalApic {
         }
         let bsp = self.apic_base & base::BSP;
         self.apic_base = (value & !base::BSP) | bsp;
+        Ok(())
+    }
+}
+
+impl LocalApic {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"lapic   ";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The APIC's registers and pending work, in the format of [`crate::state`]:
+    /// `IA32_APIC_BASE`, TPR, LDR, DFR, SVR, ISR/TMR/IRR, ESR (latched and pending),
+    /// the LVT, ICR, the divide configuration, the timer (initial count, the count
+    /// at its base time, the base and the next expiry, as absolute guest `now_ns`),
+    /// the TSC deadline, the guest TSC at time 0, a pending NMI and an IPI not yet
+    /// taken for routing.
+    ///
+    /// The APIC ID, the BSP flag, the clock rates and whether x2APIC is offered are
+    /// the VM's shape: stored to be compared, never restored. The count of IPIs
+    /// sent is a statistic and restarts.
+    pub fn state(&self) -> Vec<u8> {
+        let c = &self.config;
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u32(c.apic_id);
+        w.bool(c.bsp);
+        w.u64(c.timer_hz);
+        w.u64(c.tsc_hz);
+        w.bool(c.x2apic);
+        w.u64(c.tsc_at_zero);
+        w.u64(self.apic_base);
+        for v in [self.tpr, self.ldr, self.dfr, self.svr] {
+            w.u32(v);
+        }
+        for bits in [&self.isr, &self.tmr, &self.irr] {
+            for &v in bits {
+                w.u32(v);
+            }
+        }
+        w.u32(self.esr);
+        w.u32(self.esr_pending);
+        for &v in &self.lvt {
+            w.u32(v);
+        }
+        w.u64(self.icr);
+        w.u32(self.divide);
+        let t = &self.countdown;
+        w.u32(t.initial);
+        w.u32(t.count_at_base);
+        w.u64(t.base_ns);
+        w.opt_u64(t.next_fire_ns);
+        w.u64(self.tsc_deadline);
+        w.bool(self.nmi_pending);
+        w.bool(self.outgoing.is_some());
+        let ipi = self.outgoing.unwrap_or(Ipi::from_icr(0, false));
+        w.u8(ipi.vector);
+        w.u8(ipi.mode.bits() as u8);
+        w.bool(ipi.logical);
+        w.bool(ipi.assert);
+        w.bool(ipi.level_triggered);
+        w.u8(match ipi.shorthand {
+            Shorthand::None => 0,
+            Shorthand::SelfOnly => 1,
+            Shorthand::AllIncludingSelf => 2,
+            Shorthand::AllExcludingSelf => 3,
+        });
+        w.u32(ipi.dest);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned, for an APIC of the same shape
+    /// (ID, BSP flag, clock rates, x2APIC offered); nothing changes on an error.
+    /// No timer expiry is delivered here: the next access or
+    /// [`Self::poll_timer`] brings the timer up to date.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let c = self.config;
+        let id = r.u32()?;
+        r.expect("APIC ID", id.into(), c.apic_id.into())?;
+        let bsp = r.bool()?;
+        r.expect("bootstrap processor flag", bsp.into(), c.bsp.into())?;
+        r.expect_u64("APIC timer clock (Hz)", c.timer_hz)?;
+        r.expect_u64("TSC rate (Hz)", c.tsc_hz)?;
+        let x2apic = r.bool()?;
+        r.expect("x2APIC offered", x2apic.into(), c.x2apic.into())?;
+
+        let mut a = self.clone();
+        a.config.tsc_at_zero = r.u64()?;
+        a.apic_base = r.u64()?;
+        let mut allowed = base::ADDRESS_MASK | base::ENABLE | base::BSP;
+        if c.x2apic {
+            allowed |= base::X2APIC_ENABLE;
+        }
+        r.check(
+            a.apic_base & !allowed == 0,
+            "IA32_APIC_BASE (reserved bits set)",
+        )?;
+        r.check(
+            a.apic_base & base::ADDRESS_MASK == LAPIC_BASE,
+            "IA32_APIC_BASE (moved base)",
+        )?;
+        r.check(
+            (a.apic_base & base::BSP != 0) == c.bsp,
+            "IA32_APIC_BASE (BSP flag)",
+        )?;
+        r.check(
+            mode_of(a.apic_base).is_some(),
+            "IA32_APIC_BASE (x2APIC without enable)",
+        )?;
+        let x2 = a.x2apic_mode();
+        let [tpr, ldr, dfr, svr] = [r.u32()?, r.u32()?, r.u32()?, r.u32()?];
+        r.check(tpr <= 0xFF, "TPR")?;
+        let derived_ldr = ((c.apic_id >> 4) << 16) | (1 << (c.apic_id & 0xF));
+        r.check(
+            if x2 {
+                // Derived on entering x2APIC mode; INIT clears it.
+                ldr == derived_ldr || ldr == 0
+            } else {
+                ldr & 0x00FF_FFFF == 0
+            },
+            "LDR",
+        )?;
+        r.check(dfr | 0x0FFF_FFFF == dfr, "DFR (bits 27:0 clear)")?;
+        r.check(
+            svr & !(svr::VECTOR | svr::ENABLE | svr::FOCUS_DISABLE) == 0,
+            "SVR",
+        )?;
+        (a.tpr, a.ldr, a.dfr, a.svr) = (tpr, ldr, dfr, svr);
+        for bits in [&mut a.isr, &mut a.tmr, &mut a.irr] {
+            for v in bits.iter_mut() {
+                *v = r.u32()?;
+            }
+            // Vectors 0-15 are refused on arrival; none can be set.
+            r.check(
+                bits[0] & 0xFFFF == 0,
+                "ISR/TMR/IRR bit for a vector below 16",
+            )?;
+        }
+        a.esr = r.u32()?;
+        a.esr_pending = r.u32()?;
+        let esr_bits =
+            esr::SEND_ILLEGAL_VECTOR | esr::RECEIVE_ILLEGAL_VECTOR | esr::ILLEGAL_REGISTER;
+        r.check((a.esr | a.esr_pending) & !esr_bits == 0, "ESR")?;
+        for (i, v) in a.lvt.iter_mut().enumerate() {
+            *v = r.u32()?;
+            r.check(*v & !LVT_WRITABLE[i] == 0, "LVT entry (read-only bits set)")?;
+            // SDM 11.4.7.2: a software-disabled APIC has every entry masked.
+            r.check(
+                svr & svr::ENABLE != 0 || *v & lvt::MASKED != 0,
+                "LVT entry unmasked while software-disabled",
+            )?;
+        }
+        a.icr = r.u64()?;
+        r.check(
+            a.icr & !(0xFFFF_FFFF_0000_0000 | icr::LOW_WRITABLE) == 0,
+            "ICR (reserved bits set)",
+        )?;
+        r.check(
+            x2 || a.icr >> 32 & 0x00FF_FFFF == 0,
+            "ICR (x2APIC destination outside x2APIC mode)",
+        )?;
+        a.divide = r.u32()?;
+        r.check(a.divide & !0b1011 == 0, "divide configuration")?;
+        a.countdown = CountDown {
+            initial: r.u32()?,
+            count_at_base: r.u32()?,
+            base_ns: r.u64()?,
+            next_fire_ns: r.opt_u64()?,
+        };
+        r.check(
+            a.countdown.next_fire_ns.is_none() || a.countdown.count_at_base != 0,
+            "timer expiry without a count",
+        )?;
+        a.tsc_deadline = r.u64()?;
+        if a.timer_mode() == TimerMode::TscDeadline {
+            // Entering TSC-deadline mode stops the count-down, which then ignores
+            // the initial-count register (SDM 11.5.4.1).
+            r.check(
+                a.countdown.initial == 0
+                    && a.countdown.count_at_base == 0
+                    && a.countdown.next_fire_ns.is_none(),
+                "count-down in TSC-deadline mode",
+            )?;
+        } else {
+            r.check(
+                a.tsc_deadline == 0,
+                "TSC deadline outside TSC-deadline mode",
+            )?;
+        }
+        a.nmi_pending = r.bool()?;
+        let has_ipi = r.bool()?;
+        let vector = r.u8()?;
+        let mode = r.u8()?;
+        r.check(mode <= 7, "IPI delivery mode")?;
+        let (logical, assert, level_triggered) = (r.bool()?, r.bool()?, r.bool()?);
+        let shorthand = match r.u8()? {
+            0 => Shorthand::None,
+            // A self IPI is delivered at once, never left for routing.
+            2 => Shorthand::AllIncludingSelf,
+            3 => Shorthand::AllExcludingSelf,
+            _ => return Err(r.invalid("IPI shorthand")),
+        };
+        let dest = r.u32()?;
+        let ipi = Ipi {
+            vector,
+            mode: DeliveryMode::from_bits(mode.into()),
+            logical,
+            assert,
+            level_triggered,
+            shorthand,
+            dest,
+        };
+        r.check(
+            has_ipi || ipi == Ipi::from_icr(0, false),
+            "absent IPI stored as non-zero",
+        )?;
+        a.outgoing = has_ipi.then_some(ipi);
+        r.end()?;
+        *self = a;
         Ok(())
     }
 }
@@ -2111,5 +2352,294 @@ mod tests {
         write(&mut a, reg::EOI, 0);
         assert!(!a.poll_timer(next - 1));
         assert!(a.poll_timer(next));
+    }
+
+    crate::state::testing::snap_impl!(LocalApic);
+
+    /// What a random operation lets the guest or the VMM observe.
+    type Seen = (u64, Option<u8>, Option<u64>, bool, Option<Ipi>);
+
+    /// A random guest access (MMIO or MSR), interrupt arrival, acknowledgement, EOI,
+    /// timer poll or INIT at `*now`, mostly with values a guest would use.
+    fn random_op(a: &mut LocalApic, rng: &mut crate::state::testing::Rng, now: &mut u64) -> Seen {
+        const REGS: [u32; 20] = [
+            0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0, 0x100, 0x180, 0x200, 0x280,
+            0x300, 0x310, 0x320, 0x350, 0x370, 0x380, 0x390,
+        ];
+        *now += rng.below(300_000);
+        let t = *now;
+        let reg = REGS[rng.below(20) as usize];
+        let value = match reg {
+            reg::LVT_TIMER => {
+                [0, lvt::TIMER_PERIODIC, lvt::TIMER_TSC_DEADLINE][rng.below(3) as usize]
+                    | 0x40
+                    | if rng.chance(5) { lvt::MASKED } else { 0 }
+            }
+            reg::TIMER_INITIAL => rng.below(400_000) as u32,
+            reg::TIMER_DIVIDE => rng.below(16) as u32,
+            reg::SVR => 0xFF | if rng.chance(6) { 0 } else { svr::ENABLE },
+            reg::ICR_LOW => {
+                (rng.byte() as u32) | (rng.below(8) as u32) << 8 | (rng.below(4) as u32) << 18
+            }
+            _ => rng.next() as u32,
+        };
+        let v: u64 = match rng.below(14) {
+            0 | 1 => a.mmio_read(reg.into(), 4, t).into(),
+            2 | 3 => a
+                .mmio_write(reg.into(), 4, value, t)
+                .map_or(0x100, u64::from),
+            4 => {
+                let msr = 0x800 + (reg >> 4);
+                let r = if rng.chance(2) {
+                    a.read_msr(msr, t)
+                } else {
+                    let wide = if reg == reg::ICR_LOW {
+                        u64::from(rng.byte()) << 32
+                    } else {
+                        0
+                    };
+                    a.write_msr(msr, u64::from(value) | wide, t)
+                        .map(|e| e.map_or(0x100, u64::from))
+                };
+                r.unwrap_or_else(|e| 0x1000 + e as u64)
+            }
+            5 => {
+                let r = if rng.chance(2) {
+                    a.read_msr(msr::IA32_TSC_DEADLINE, t)
+                } else {
+                    let deadline = a.tsc_at_zero() + t * 2 + rng.below(1_000_000);
+                    a.write_msr(msr::IA32_TSC_DEADLINE, deadline, t).map(|_| 0)
+                };
+                r.unwrap_or(0x2000)
+            }
+            6 => {
+                let b = a.apic_base();
+                let new = match rng.below(4) {
+                    0 => b | base::X2APIC_ENABLE,
+                    1 => b & !(base::ENABLE | base::X2APIC_ENABLE),
+                    2 => b | base::ENABLE,
+                    _ => b,
+                };
+                a.write_msr(msr::IA32_APIC_BASE, new, t)
+                    .map_or(0x3000, |_| 0)
+            }
+            7 => a.deliver(rng.byte(), rng.chance(3)).into(),
+            8 => a.acknowledge().map_or(0x100, u64::from),
+            9 => a.eoi().map_or(0x100, u64::from),
+            10 => a.poll_timer(t).into(),
+            11 => a.take_nmi().into(),
+            12 => {
+                let ipi = Ipi::from_icr(rng.next() & 0xFF_FFFF, a.x2apic_mode());
+                a.receive_ipi(&ipi);
+                0
+            }
+            _ => {
+                if rng.chance(8) {
+                    a.init();
+                } else {
+                    a.set_tpr(rng.byte() & 0x70);
+                }
+                0
+            }
+        };
+        (
+            v,
+            a.pending_vector(),
+            a.next_deadline_ns(),
+            a.nmi_pending(),
+            a.take_outgoing_ipi(),
+        )
+    }
+
+    /// xAPIC mode: a periodic timer at divide 4 part-way through a period,
+    /// interrupts in IRR and in service (one level-triggered), the TPR raised, the
+    /// error LVT unmasked with errors latched and pending, cluster logical
+    /// addressing, an IPI waiting to be routed and an NMI pending.
+    fn busy_xapic() -> (LocalApic, u64) {
+        let mut a = LocalApic::new(LapicConfig {
+            apic_id: 3,
+            bsp: false,
+            x2apic: true,
+            tsc_at_zero: 77,
+            ..LapicConfig::new(TSC_HZ)
+        });
+        write(&mut a, reg::SVR, 0x1FF);
+        write(&mut a, reg::LVT_ERROR, 0xFE);
+        write(&mut a, reg::DFR, 0x0FFF_FFFF);
+        write(&mut a, reg::LDR, 0x2400_0000);
+        a.mmio_write(reg::TIMER_DIVIDE.into(), 4, 0b0001, 1000);
+        a.mmio_write(reg::LVT_TIMER.into(), 4, lvt::TIMER_PERIODIC | 0xEC, 1000);
+        a.mmio_write(reg::TIMER_INITIAL.into(), 4, 250_000, 1000);
+        assert!(a.deliver(0x61, true));
+        assert_eq!(a.acknowledge(), Some(0x61));
+        a.deliver(0x45, false);
+        a.deliver(0x3, false); // illegal: ESR bit and the error vector
+        write(&mut a, reg::ESR, 0);
+        a.mmio_read(0x3F0, 4, 1000); // missing register: pending error
+        write(&mut a, reg::TPR, 0x20);
+        write(&mut a, reg::ICR_HIGH, 0x0100_0000);
+        write(&mut a, reg::ICR_LOW, 0x4000 | 0x0400); // NMI to APIC 1
+        a.deliver_nmi();
+        let t = 1_500_000;
+        assert!(a.poll_timer(t)); // one period passed
+        (a, t)
+    }
+
+    /// x2APIC mode with the TSC-deadline timer armed and an interrupt in service.
+    fn busy_x2apic() -> (LocalApic, u64) {
+        let mut a = x2apic();
+        a.write_msr(0x832, lvt::TIMER_TSC_DEADLINE as u64 | 0xD0, 0)
+            .unwrap();
+        a.write_msr(msr::IA32_TSC_DEADLINE, 5_000_000, 100).unwrap();
+        a.write_msr(msr::X2APIC_SELF_IPI, 0x90, 100).unwrap();
+        assert_eq!(a.acknowledge(), Some(0x90));
+        a.write_msr(msr::X2APIC_ICR, (0x0002_0008 << 32) | (1 << 11) | 0x70, 100)
+            .unwrap();
+        (a, 200)
+    }
+
+    fn compare_after_restore(mut a: LocalApic, now: u64, fresh: LocalApic, seed: u64) {
+        let snap = a.state();
+        assert_eq!(&snap[..8], b"lapic   ");
+        let mut b = fresh;
+        b.restore(&snap).unwrap();
+        assert_eq!(b.state(), snap);
+        assert_eq!(b.next_deadline_ns(), a.next_deadline_ns());
+        assert_eq!(b.pending_vector(), a.pending_vector());
+        let mut rng = crate::state::testing::Rng::new(seed);
+        let (mut ta, mut tb) = (now, now);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = crate::state::testing::Rng::new(seed);
+            let mut r2 = crate::state::testing::Rng::new(seed);
+            assert_eq!(
+                random_op(&mut a, &mut r1, &mut ta),
+                random_op(&mut b, &mut r2, &mut tb),
+                "step {step}"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
+    fn snapshot_restores_identical_behaviour() {
+        let same_shape = || {
+            LocalApic::new(LapicConfig {
+                apic_id: 3,
+                bsp: false,
+                x2apic: true,
+                ..LapicConfig::new(TSC_HZ)
+            })
+        };
+        let (a, now) = busy_xapic();
+        let mut b = same_shape();
+        b.restore(&a.state()).unwrap();
+        // What the snapshot holds shows through the guest's interface.
+        assert_eq!(b.tsc_at_zero(), 77);
+        assert_eq!(
+            b.take_outgoing_ipi().map(|i| (i.dest, i.mode)),
+            Some((1, DeliveryMode::Nmi))
+        );
+        assert!(b.take_nmi());
+        assert_eq!(read(&mut b, reg::ESR), esr::RECEIVE_ILLEGAL_VECTOR);
+        assert_eq!(
+            b.eoi(),
+            Some(0x61),
+            "the level-triggered vector's EOI is reported"
+        );
+        assert_eq!(b.mmio_read(reg::TIMER_CURRENT.into(), 4, now), 125_250);
+        assert_eq!(b.next_deadline_ns(), Some(2_001_000));
+        compare_after_restore(a, now, same_shape(), 9);
+
+        let (a, now) = busy_x2apic();
+        let mut b = x2apic();
+        b.init();
+        b.restore(&a.state()).unwrap();
+        assert_eq!(b.read_msr(msr::IA32_TSC_DEADLINE, now), Ok(5_000_000));
+        assert_eq!(b.next_deadline_ns(), Some(2_500_000));
+        assert!(!b.poll_timer(2_499_999));
+        assert!(b.poll_timer(2_500_000));
+        compare_after_restore(a, now, x2apic(), 10);
+    }
+
+    #[test]
+    fn snapshot_of_another_shape_is_refused_by_name() {
+        let (a, _) = busy_xapic();
+        let snap = a.state();
+        let other = |config: LapicConfig| LocalApic::new(config).restore(&snap);
+        let base = LapicConfig {
+            apic_id: 3,
+            bsp: false,
+            x2apic: true,
+            ..LapicConfig::new(TSC_HZ)
+        };
+        let what = |r: Result<(), StateError>| match r {
+            Err(StateError::Mismatch {
+                what,
+                snapshot,
+                here,
+                ..
+            }) => (what, snapshot, here),
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(
+            what(other(LapicConfig { apic_id: 1, ..base })),
+            ("APIC ID", 3, 1)
+        );
+        assert_eq!(
+            what(other(LapicConfig { bsp: true, ..base })).0,
+            "bootstrap processor flag"
+        );
+        assert_eq!(what(other(LapicConfig::new(TSC_HZ / 2))).0, "APIC ID");
+        assert_eq!(
+            what(other(LapicConfig {
+                tsc_hz: TSC_HZ / 2,
+                ..base
+            })),
+            ("TSC rate (Hz)", TSC_HZ, TSC_HZ / 2)
+        );
+        assert_eq!(
+            what(other(LapicConfig {
+                timer_hz: 5,
+                ..base
+            }))
+            .0,
+            "APIC timer clock (Hz)"
+        );
+        assert_eq!(
+            what(other(LapicConfig {
+                x2apic: false,
+                ..base
+            }))
+            .0,
+            "x2APIC offered"
+        );
+        // The guest's TSC origin is state, not shape.
+        assert_eq!(
+            other(LapicConfig {
+                tsc_at_zero: 5,
+                ..base
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        for (a, now) in [busy_xapic(), busy_x2apic()] {
+            let snap = a.state();
+            let mut fresh = a.clone();
+            fresh.reset();
+            crate::state::testing::check_refusals(&mut fresh, &snap, |d| {
+                let mut rng = crate::state::testing::Rng::new(11);
+                let mut t = now;
+                for _ in 0..40 {
+                    random_op(d, &mut rng, &mut t);
+                }
+                let _ = d.poll_timer(u64::MAX);
+                let _ = d.next_deadline_ns();
+                let _ = d.mmio_read(reg::TIMER_CURRENT.into(), 4, u64::MAX);
+            });
+        }
     }
 }

@@ -12,6 +12,9 @@
 //!   sanitized lines for the console relay.
 //! * [`irq`]: [`IrqEdge`], turning a device's interrupt level into the edges an ISA
 //!   interrupt controller acts on.
+//! * [`state`]: snapshots. Every device model has a versioned `state()` (bytes) and
+//!   `restore()` (checked, all or nothing), and [`PlatformState`] lists what one
+//!   VM's platform snapshot holds.
 //!
 //! # Wiring a UART into a VM
 //!
@@ -107,6 +110,7 @@ pub mod pci;
 pub mod pci_config;
 pub mod pic8259;
 pub mod pit8254;
+pub mod state;
 pub mod uart16550;
 
 pub use bus::{
@@ -140,6 +144,7 @@ pub use pci_config::{
 };
 pub use pic8259::Pic8259;
 pub use pit8254::{Pit8254, PIT_BASE, PIT_HZ, PIT_IRQ, PIT_PORT_COUNT, PORT_61};
+pub use state::{PlatformState, StateError};
 pub use uart16550::{
     NullSink, SerialSink, Uart16550, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, PORT_COUNT,
 };

@@ -10,9 +10,11 @@
 //! References: PCI Local Bus Specification 3.0 (type 0 header, section 6.1; BAR
 //! sizing, section 6.2.5.1; capability list, section 6.7; MSI-X, section 6.8.2).
 
+use alloc::vec::Vec;
 use core::any::Any;
 
 use crate::device::MsiMessage;
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// Type 0 header registers (byte offsets).
 pub mod reg {
@@ -177,6 +179,20 @@ pub trait PciFunction: Send {
     fn poll(&mut self) -> PciEffects {
         PciEffects::NONE
     }
+    /// The function's snapshot (see [`crate::state`]), for the PCI root's
+    /// ([`crate::PciConfig::state`]). A function without snapshot support says so
+    /// ([`StateError::Unsupported`], the default).
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Err(StateError::Unsupported {
+            device: self.name(),
+        })
+    }
+    /// Takes back what [`Self::snapshot`] returned; nothing changes on an error.
+    fn restore_snapshot(&mut self, _data: &[u8]) -> Result<(), StateError> {
+        Err(StateError::Unsupported {
+            device: self.name(),
+        })
+    }
     /// For the VMM's typed access to one function.
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -225,6 +241,47 @@ impl HostBridge {
     }
 }
 
+impl HostBridge {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"pci-host";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The command register; the IDs are stored to be compared.
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u16(self.vendor);
+        w.u16(self.device);
+        w.u8(self.revision);
+        w.u16(self.command);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned, for a bridge with the same IDs;
+    /// nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let vendor = r.u16()?;
+        r.expect("host bridge vendor ID", vendor.into(), self.vendor.into())?;
+        let device = r.u16()?;
+        r.expect("host bridge device ID", device.into(), self.device.into())?;
+        let revision = r.u8()?;
+        r.expect(
+            "host bridge revision",
+            revision.into(),
+            self.revision.into(),
+        )?;
+        let command = r.u16()?;
+        r.check(
+            command & !(command::MEMORY | command::IO | command::BUS_MASTER) == 0,
+            "host bridge command register",
+        )?;
+        r.end()?;
+        self.command = command;
+        Ok(())
+    }
+}
+
 impl PciFunction for HostBridge {
     fn name(&self) -> &'static str {
         "host-bridge"
@@ -246,6 +303,12 @@ impl PciFunction for HostBridge {
             self.command = (merge(self.command.into(), value, mask & writable)) as u16;
         }
         PciEffects::NONE
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(self.state())
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.restore(data)
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -345,5 +408,28 @@ mod tests {
         assert_eq!(bar.offset_of(0x10FF), Some(0xFF));
         assert_eq!(bar.offset_of(0x1100), None);
         assert_eq!(bar.offset_of(0xFFF), None);
+    }
+
+    crate::state::testing::snap_impl!(HostBridge);
+
+    #[test]
+    fn host_bridge_snapshot() {
+        let mut hb = HostBridge::i440fx();
+        hb.config_write(reg::COMMAND, 0x7, 0xFFFF);
+        let snap = hb.state();
+        let mut fresh = HostBridge::i440fx();
+        fresh.restore_snapshot(&hb.snapshot().unwrap()).unwrap();
+        assert_eq!(fresh.config_read(reg::COMMAND) & 0xFFFF, 7);
+        crate::state::testing::check_refusals(&mut fresh, &snap, |d| {
+            d.config_write(reg::COMMAND, 0, 0xFF);
+            d.config_read(reg::COMMAND);
+        });
+        assert!(matches!(
+            HostBridge::q35().restore(&snap),
+            Err(StateError::Mismatch {
+                what: "host bridge device ID",
+                ..
+            })
+        ));
     }
 }

@@ -37,6 +37,7 @@ use core::any::Any;
 use crate::bus::{all_ones, PortDevice};
 use crate::device::{Access, BusDevice, Effects, IrqLine};
 use crate::pci::{self, BarAllocator, PciAddress, PciEffects, PciFunction};
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// The configuration address register; the device spans [`PCI_CONFIG_PORT_COUNT`]
 /// ports from here (address, then data at 0xCFC-0xCFF).
@@ -403,6 +404,106 @@ impl PciConfig {
     }
 }
 
+impl PciConfig {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"pci-root";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The configuration address, the reset control register and a reset request
+    /// not yet taken, the PIRQ levels last reported, and per function its INTx
+    /// level and its own snapshot ([`PciFunction::snapshot`]), in the format of
+    /// [`crate::state`]. The INTx routing and the functions' addresses are the
+    /// VM's shape: stored to be compared.
+    ///
+    /// Fails when a function has no snapshot support.
+    pub fn state(&self) -> Result<Vec<u8>, StateError> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        w.u32(self.address);
+        w.u8(self.reset_control);
+        w.bool(self.reset_request);
+        w.raw(&self.routing);
+        for &level in &self.pirq_level {
+            w.bool(level);
+        }
+        w.u32(self.slots.len() as u32);
+        for slot in &self.slots {
+            w.u32(Self::address_key(slot.address));
+            w.bool(slot.intx);
+            w.bytes(&slot.function.snapshot()?);
+        }
+        Ok(w.finish())
+    }
+
+    /// Takes back what [`Self::state`] returned, for a root with the same INTx
+    /// routing and the same functions at the same addresses, each restoring its
+    /// own part. Nothing changes on an error: functions restored before one that
+    /// refused its part get back the state they had (from their own snapshots,
+    /// taken first).
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let address = r.u32()?;
+        r.check(address & !ADDRESS_MASK == 0, "configuration address")?;
+        let reset_control = r.u8()?;
+        let rc_bits = reset_control::SYS_RST | reset_control::RST_CPU | reset_control::FULL_RST;
+        r.check(reset_control & !rc_bits == 0, "reset control register")?;
+        let reset_request = r.bool()?;
+        let routing = r.array::<4>()?;
+        r.expect(
+            "INTx routing (PIRQA-D IRQs, little-endian)",
+            u32::from_le_bytes(routing).into(),
+            u32::from_le_bytes(self.routing).into(),
+        )?;
+        let mut pirq_level = [false; 4];
+        for level in &mut pirq_level {
+            *level = r.bool()?;
+        }
+        let count = r.u32()?;
+        r.expect("PCI function count", count.into(), self.slots.len() as u64)?;
+        let mut parts = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let key = r.u32()?;
+            r.expect(
+                "PCI function address (bus << 16 | device << 8 | function)",
+                key.into(),
+                Self::address_key(slot.address).into(),
+            )?;
+            let intx = r.bool()?;
+            parts.push((intx, r.bytes()?));
+        }
+        r.end()?;
+        // Everything of the root is acceptable; now the functions, all or none.
+        let backups = self
+            .slots
+            .iter()
+            .map(|s| s.function.snapshot())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, (_, part)) in parts.iter().enumerate() {
+            if let Err(e) = self.slots[i].function.restore_snapshot(part) {
+                for (slot, backup) in self.slots[..i].iter_mut().zip(&backups) {
+                    // The function's own snapshot of a moment ago: accepted unless
+                    // the function contradicts itself, which leaves nothing better.
+                    let _ = slot.function.restore_snapshot(backup);
+                }
+                return Err(e);
+            }
+        }
+        for (slot, (intx, _)) in self.slots.iter_mut().zip(parts) {
+            slot.intx = intx;
+        }
+        self.address = address;
+        self.reset_control = reset_control;
+        self.reset_request = reset_request;
+        self.pirq_level = pirq_level;
+        Ok(())
+    }
+
+    /// A function's address as one number, for snapshots.
+    fn address_key(a: PciAddress) -> u32 {
+        u32::from(a.bus) << 16 | u32::from(a.device) << 8 | u32::from(a.function)
+    }
+}
+
 /// Whether an access on the platform's buses is one to the configuration ports
 /// (rather than to the PCI hole the same device decodes).
 fn is_port_access(a: &Access) -> bool {
@@ -446,6 +547,12 @@ impl BusDevice for PciConfig {
     fn next_deadline_ns(&self) -> Option<u64> {
         // Left-over work is due at once.
         self.has_work().then_some(0)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        self.state()
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        self.restore(data)
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -632,6 +739,35 @@ mod root_tests {
             }
             e
         }
+        fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+            let mut w = Writer::new(b"mock    ", 1);
+            w.u16(self.command);
+            w.u32(self.bar0);
+            w.u64(self.bar2);
+            w.u8(self.line);
+            w.u64(self.reg);
+            Ok(w.finish())
+        }
+        fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+            let mut r = Reader::new(data, b"mock    ", 1)?;
+            let command = r.u16()?;
+            r.check(command <= 7, "command")?;
+            let bar0 = r.u32()?;
+            r.check(bar0 & 0xFFF == 0, "BAR 0")?;
+            let bar2 = r.u64()?;
+            r.check(bar2 & 0xFFFF == 0, "BAR 2")?;
+            let line = r.u8()?;
+            let reg = r.u64()?;
+            r.end()?;
+            *self = Mock {
+                command,
+                bar0,
+                bar2,
+                line,
+                reg,
+            };
+            Ok(())
+        }
         fn as_any_mut(&mut self) -> &mut dyn Any {
             self
         }
@@ -810,5 +946,178 @@ mod root_tests {
         assert!(!pci.take_reset_request(), "the effect took it");
         assert_eq!(BusDevice::read(&mut pci, &port(0xCF9, 1)).0, 0x06);
         assert_eq!(pci.next_deadline_ns(), None);
+    }
+
+    impl crate::state::testing::Snap for PciConfig {
+        fn snap(&self) -> Vec<u8> {
+            self.state().unwrap()
+        }
+        fn load(&mut self, data: &[u8]) -> Result<(), StateError> {
+            self.restore(data)
+        }
+    }
+
+    /// A random configuration-port or BAR access; returns the value and effects.
+    fn random_op(pci: &mut PciConfig, rng: &mut crate::state::testing::Rng) -> (u64, Effects) {
+        let dev = [0u8, 3, 7][rng.below(3) as usize];
+        let reg = [0u8, 4, 0x10, 0x18, 0x1C, 0x3C][rng.below(6) as usize];
+        match rng.below(6) {
+            0 => (cfg_read(pci, dev, reg, 4).into(), Effects::NONE),
+            1 => {
+                // Keep BARs in the hole mostly, so that BAR accesses find them.
+                let v = if reg == 0x1C {
+                    0
+                } else {
+                    0xE000_0000 | rng.next() as u32 & 0x0FFF_FFFF
+                };
+                (0, cfg_write(pci, dev, reg, 4, v))
+            }
+            2 => {
+                let addr = 0xE000_0000 | rng.below(0x4_0000);
+                pci.mmio_read(addr, 4).unwrap_or((u64::MAX, Effects::NONE))
+            }
+            3 => {
+                let addr = 0xE000_0000 | rng.below(0x4_0000);
+                (
+                    0,
+                    pci.mmio_write(addr, 4, rng.below(4))
+                        .unwrap_or(Effects::NONE),
+                )
+            }
+            4 => {
+                let (v, e) = pci.port_access(1, 1, rng.chance(2), rng.below(16) as u32);
+                (u64::from(v) | u64::from(pci.take_reset_request()) << 32, e)
+            }
+            _ => (pci.port_access(0, 4, false, 0).0.into(), Effects::NONE),
+        }
+    }
+
+    /// The bridge and two mocks with BARs placed, both mocks' INTx asserted (sharing
+    /// PIRQD, which is high), the address register left on a function, CF9's hard-reset bit
+    /// set and a reset request not yet taken.
+    fn busy_root() -> PciConfig {
+        let mut pci = root();
+        pci.add_function(PciAddress::new(0, 7, 0), Box::new(Mock::new()))
+            .unwrap();
+        pci.assign_bars(&mut BarAllocator::new(0xE000_0000, 0xF000_0000))
+            .unwrap();
+        let bar3 = u64::from(cfg_read(&mut pci, 3, 0x10, 4));
+        let bar7 = u64::from(cfg_read(&mut pci, 7, 0x10, 4));
+        pci.mmio_write(bar3, 4, 1).unwrap();
+        pci.mmio_write(bar7, 4, 1).unwrap();
+        pci.port_access(1, 1, true, 0x06);
+        cfg_read(&mut pci, 7, 0x3C, 4);
+        pci
+    }
+
+    #[test]
+    fn snapshot_restores_identical_behaviour() {
+        let mut a = busy_root();
+        let snap = a.state().unwrap();
+        assert_eq!(&snap[..8], b"pci-root");
+        let mut b = root();
+        b.add_function(PciAddress::new(0, 7, 0), Box::new(Mock::new()))
+            .unwrap();
+        b.restore(&snap).unwrap();
+        assert_eq!(b.state().unwrap(), snap);
+        assert!(b.take_reset_request());
+        assert!(a.take_reset_request());
+        // The BARs came back with the functions, and the INTx bookkeeping: the
+        // line drops only when both functions drop theirs.
+        let bar3 = u64::from(cfg_read(&mut b, 3, 0x10, 4));
+        let bar7 = u64::from(cfg_read(&mut b, 7, 0x10, 4));
+        assert_eq!(cfg_read(&mut a, 3, 0x10, 4), bar3 as u32);
+        for pci in [&mut a, &mut b] {
+            assert_eq!(pci.mmio_write(bar3, 4, 0).unwrap(), Effects::NONE);
+            let e = pci.mmio_write(bar7, 4, 0).unwrap();
+            assert_eq!(e.lines[0], Some(IrqLine::Level(11, false)));
+        }
+        let mut rng = crate::state::testing::Rng::new(16);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = crate::state::testing::Rng::new(seed);
+            let mut r2 = crate::state::testing::Rng::new(seed);
+            assert_eq!(
+                random_op(&mut a, &mut r1),
+                random_op(&mut b, &mut r2),
+                "step {step}"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
+    fn snapshot_needs_the_same_functions_and_restores_all_or_none() {
+        let snap = busy_root().state().unwrap();
+        // Fewer functions, another address, another routing: another VM.
+        let what = |mut pci: PciConfig| match pci.restore(&snap) {
+            Err(StateError::Mismatch { what, .. }) => what,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(what(root()), "PCI function count");
+        let mut moved = root();
+        moved
+            .add_function(PciAddress::new(0, 6, 0), Box::new(Mock::new()))
+            .unwrap();
+        assert!(what(moved).starts_with("PCI function address"));
+        let mut rerouted = root();
+        rerouted.set_intx_routing([5, 9, 10, 11]);
+        assert!(what(rerouted).starts_with("INTx routing"));
+
+        // A function without snapshot support is named.
+        struct Opaque;
+        impl PciFunction for Opaque {
+            fn name(&self) -> &'static str {
+                "opaque"
+            }
+            fn config_read(&mut self, _reg: u16) -> u32 {
+                0
+            }
+            fn config_write(&mut self, _reg: u16, _value: u32, _mask: u32) -> PciEffects {
+                PciEffects::NONE
+            }
+            fn as_any_mut(&mut self) -> &mut dyn Any {
+                self
+            }
+        }
+        let mut opaque = root();
+        opaque
+            .add_function(PciAddress::new(0, 9, 0), Box::new(Opaque))
+            .unwrap();
+        let unsupported = Err(StateError::Unsupported { device: "opaque" });
+        assert_eq!(opaque.state(), unsupported);
+        assert_eq!(opaque.snapshot(), unsupported);
+
+        // The bridge's part is fine, the second mock's is not: the bridge (and the
+        // first mock) keep the state they had.
+        let mut pci = root();
+        pci.add_function(PciAddress::new(0, 7, 0), Box::new(Mock::new()))
+            .unwrap();
+        let before = pci.state().unwrap();
+        let mut bad = snap.clone();
+        let mock_tag = bad.windows(8).rposition(|w| w == b"mock    ").unwrap();
+        bad[mock_tag] = b'n';
+        assert_eq!(
+            pci.restore(&bad),
+            Err(StateError::WrongDevice {
+                expected: *b"mock    "
+            })
+        );
+        assert_eq!(pci.state().unwrap(), before);
+        assert_eq!(cfg_read(&mut pci, 3, 0x10, 4), 0, "first mock rolled back");
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        let snap = busy_root().state().unwrap();
+        let mut pci = root();
+        pci.add_function(PciAddress::new(0, 7, 0), Box::new(Mock::new()))
+            .unwrap();
+        crate::state::testing::check_refusals(&mut pci, &snap, |d| {
+            let mut rng = crate::state::testing::Rng::new(17);
+            for _ in 0..40 {
+                random_op(d, &mut rng);
+            }
+        });
     }
 }

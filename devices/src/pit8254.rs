@@ -34,7 +34,10 @@
 //! reported as a tick. The one-clock delay between writing a count and the counter
 //! loading it (the datasheet's "N + 1" for mode 0) is modelled.
 
+use alloc::vec::Vec;
+
 use crate::bus::{read_bytewise, write_bytewise};
+use crate::state::{Reader, StateError, Tag, Writer};
 
 /// The counters' input clock in Hz, as Linux's `PIT_TICK_RATE` (14.31818 MHz / 12).
 pub const PIT_HZ: u64 = 1_193_182;
@@ -255,10 +258,12 @@ impl Channel {
                 if let Some((next, at)) = self.pending {
                     let before = at.saturating_sub(start) / n;
                     if k > before {
-                        return Some(at + (k - before) * u64::from(next));
+                        // Saturating: only a restored, inconsistent state gets near
+                        // the limits, and it must not panic (see `Pit8254::restore`).
+                        return Some(at.saturating_add((k - before).saturating_mul(next.into())));
                     }
                 }
-                Some(start + k * n)
+                Some(start.saturating_add(k.saturating_mul(n)))
             }
             4 | 5 if k == 1 && !self.fired => Some(start + n + 1),
             _ => None,
@@ -283,7 +288,7 @@ impl Channel {
 
     /// Replaces the counting state at `tick`, keeping the IRQ 0 edge count.
     fn rebase(&mut self, tick: u64, run: Run) {
-        self.edges_before += self.edges_upto(tick);
+        self.edges_before = self.edges_before.saturating_add(self.edges_upto(tick));
         self.anchor = tick;
         self.run = run;
     }
@@ -299,7 +304,7 @@ impl Channel {
     }
 
     fn total_edges(&self, tick: u64) -> u64 {
-        self.edges_before + self.edges_upto(tick)
+        self.edges_before.saturating_add(self.edges_upto(tick))
     }
 
     /// The value a read sees: the counting element, in BCD if so programmed.
@@ -699,6 +704,200 @@ impl Pit8254 {
     }
 }
 
+/// The largest clock-edge number a snapshot may hold: past the last edge of the
+/// u64 nanosecond timeline by two full counts (a pending count's cycle end and the
+/// run it starts). Anything larger could not have come from `now_ns` values.
+fn max_snapshot_tick() -> u64 {
+    tick_at(u64::MAX) + 0x2_0000
+}
+
+impl Channel {
+    fn write_state(&self, w: &mut Writer) {
+        w.u8(self.mode);
+        w.u8(self.access as u8);
+        w.bool(self.bcd);
+        w.bool(self.gate);
+        w.u32(self.reload);
+        w.bool(self.awaiting_count);
+        w.bool(self.awaiting_trigger);
+        match self.run {
+            Run::Stopped { count, out } => {
+                w.u8(0);
+                w.u32(count);
+                w.bool(out);
+            }
+            Run::Running { start, n } => {
+                w.u8(1);
+                w.u64(start);
+                w.u32(n);
+            }
+        }
+        w.bool(self.fired);
+        w.bool(self.pending.is_some());
+        let (next, at) = self.pending.unwrap_or((0, 0));
+        w.u32(next);
+        w.u64(at);
+        w.bool(self.write_lsb.is_some());
+        w.u8(self.write_lsb.unwrap_or(0));
+        w.bool(self.read_msb_next);
+        w.bool(self.latch.is_some());
+        let latch = self.latch.unwrap_or(Latched {
+            value: 0,
+            msb_next: false,
+        });
+        w.u16(latch.value);
+        w.bool(latch.msb_next);
+        w.bool(self.status.is_some());
+        w.u8(self.status.unwrap_or(0));
+        w.u64(self.edges_before);
+        w.u64(self.anchor);
+    }
+
+    /// A channel from `r`; `gate_tied` for channels 0 and 1, whose GATE is wired high.
+    fn read_state(r: &mut Reader, gate_tied: bool) -> Result<Channel, StateError> {
+        let max_tick = max_snapshot_tick();
+        // Counts are steps of 1 ..= 65536 (BCD: 10000); a count read back under one
+        // modulus can be held while the other is programmed, so 65536 bounds both.
+        let count_ok = |n: u32| (1..=0x1_0000).contains(&n);
+        let mode = r.u8()?;
+        r.check(mode <= 5, "counter mode")?;
+        let access = match r.u8()? {
+            1 => Access::Lsb,
+            2 => Access::Msb,
+            3 => Access::Word,
+            _ => return Err(r.invalid("read/write access mode")),
+        };
+        let bcd = r.bool()?;
+        let gate = r.bool()?;
+        r.check(gate || !gate_tied, "GATE low on channel 0 or 1")?;
+        let reload = r.u32()?;
+        r.check(count_ok(reload), "count register")?;
+        let awaiting_count = r.bool()?;
+        let awaiting_trigger = r.bool()?;
+        let run = match r.u8()? {
+            0 => {
+                let count = r.u32()?;
+                r.check(count <= 0x1_0000, "stopped count")?;
+                Run::Stopped {
+                    count,
+                    out: r.bool()?,
+                }
+            }
+            1 => {
+                let start = r.u64()?;
+                let n = r.u32()?;
+                r.check(start <= max_tick, "start clock edge")?;
+                r.check(count_ok(n), "running count")?;
+                Run::Running { start, n }
+            }
+            _ => return Err(r.invalid("counting state")),
+        };
+        let fired = r.bool()?;
+        let has_pending = r.bool()?;
+        let (next, at) = (r.u32()?, r.u64()?);
+        let pending = if has_pending {
+            r.check(count_ok(next), "pending count")?;
+            r.check(at <= max_tick, "pending count's clock edge")?;
+            Some((next, at))
+        } else {
+            r.check(
+                (next, at) == (0, 0),
+                "absent pending count stored as non-zero",
+            )?;
+            None
+        };
+        let has_lsb = r.bool()?;
+        let lsb = r.u8()?;
+        r.check(has_lsb || lsb == 0, "absent LSB stored as non-zero")?;
+        let read_msb_next = r.bool()?;
+        let has_latch = r.bool()?;
+        let (value, msb_next) = (r.u16()?, r.bool()?);
+        r.check(
+            has_latch || (value, msb_next) == (0, false),
+            "absent latch stored as non-zero",
+        )?;
+        let has_status = r.bool()?;
+        let status = r.u8()?;
+        r.check(
+            has_status || status == 0,
+            "absent status stored as non-zero",
+        )?;
+        let edges_before = r.u64()?;
+        let anchor = r.u64()?;
+        r.check(edges_before <= max_tick, "edge count")?;
+        r.check(anchor <= max_tick, "anchor clock edge")?;
+        Ok(Channel {
+            mode,
+            access,
+            bcd,
+            gate,
+            reload,
+            awaiting_count,
+            awaiting_trigger,
+            run,
+            fired,
+            pending,
+            write_lsb: has_lsb.then_some(lsb),
+            read_msb_next,
+            latch: has_latch.then_some(Latched { value, msb_next }),
+            status: has_status.then_some(status),
+            edges_before,
+            anchor,
+        })
+    }
+}
+
+impl Pit8254 {
+    /// The tag of [`Self::state`] (see [`crate::state`]).
+    pub const STATE_TAG: Tag = *b"pit8254 ";
+    /// Bumped whenever the field list changes.
+    pub const STATE_VERSION: u16 = 1;
+
+    /// The three counters (mode, access, count register, the counting element as a
+    /// start edge and count, latches, the LSB/MSB flip-flops, pending counts, GATE,
+    /// OUT edge accounting), port 0x61 and the IRQ 0 edges already reported, in the
+    /// format of [`crate::state`].
+    ///
+    /// Times are input-clock edge numbers on the guest's `now_ns` timeline (edge `k`
+    /// at `k / PIT_HZ` s), absolute: after a restore the device continues exactly
+    /// when the VMM's guest clock continues from the snapshot's time.
+    pub fn state(&self) -> Vec<u8> {
+        let mut w = Writer::new(&Self::STATE_TAG, Self::STATE_VERSION);
+        for ch in &self.channels {
+            ch.write_state(&mut w);
+        }
+        w.u8(self.port61);
+        w.bool(self.refresh);
+        w.u64(self.irq0_reported);
+        w.finish()
+    }
+
+    /// Takes back what [`Self::state`] returned; nothing changes on an error.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(data, &Self::STATE_TAG, Self::STATE_VERSION)?;
+        let channels = [
+            Channel::read_state(&mut r, true)?,
+            Channel::read_state(&mut r, true)?,
+            Channel::read_state(&mut r, false)?,
+        ];
+        let port61 = r.u8()?;
+        r.check(port61 & !port61::WRITABLE == 0, "port 0x61 value")?;
+        let refresh = r.bool()?;
+        let irq0_reported = r.u64()?;
+        r.check(irq0_reported <= max_snapshot_tick(), "reported IRQ 0 edges")?;
+        r.end()?;
+        r.check(
+            channels[2].gate == (port61 & port61::GATE2 != 0),
+            "channel 2 GATE (differs from port 0x61 bit 0)",
+        )?;
+        self.channels = channels;
+        self.port61 = port61;
+        self.refresh = refresh;
+        self.irq0_reported = irq0_reported;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1088,5 +1287,135 @@ mod tests {
         assert_eq!(pit.mode(0), 0);
         pit.write_port(0x44, 0x12, 0);
         pit.write_port(0x60, 0x12, 0);
+    }
+
+    crate::state::testing::snap_impl!(Pit8254);
+
+    /// A random guest access, VMM poll or time step on `pit` at `*now`; returns what
+    /// either would observe.
+    fn random_op(
+        pit: &mut Pit8254,
+        rng: &mut crate::state::testing::Rng,
+        now: &mut u64,
+    ) -> (u32, Option<u64>, bool) {
+        *now += rng.below(3_000_000);
+        let v = match rng.below(8) {
+            0 | 1 => pit.port_io(0x40 + rng.below(3) as u16, 1, false, 0, *now),
+            2 => {
+                // Control words: counter latch, read-back, or reprogramming.
+                let cw = match rng.below(3) {
+                    0 => (rng.below(3) as u8) << 6,
+                    1 => 0xC0 | (rng.byte() & 0x3E),
+                    _ => rng.byte() & 0xBF | 0x30,
+                };
+                pit.port_io(0x43, 1, true, cw.into(), *now)
+            }
+            3 => pit.port_io(0x40 + rng.below(3) as u16, 1, true, rng.byte().into(), *now),
+            4 => pit.port_io(0x61, 1, false, 0, *now),
+            5 => pit.port_io(0x61, 1, true, rng.byte().into(), *now),
+            _ => pit.irq0_pending(*now),
+        };
+        (
+            v,
+            pit.next_irq0_deadline_ns(),
+            pit.out(rng.below(3) as usize, *now),
+        )
+    }
+
+    /// Channel 0 periodic (Linux's HZ=1000 divisor) with a new count waiting for
+    /// the end of its cycle and a count latched half read; channel 1 in mode 3 with
+    /// only the LSB of a count written; channel 2 in mode 0 behind its gate with a
+    /// status latched; some ticks already reported.
+    fn busy_pit() -> (Pit8254, u64) {
+        let mut pit = Pit8254::new();
+        pit.write_port(0x43, 0x34, at(100));
+        pit.write_port(0x40, (1193u16 & 0xFF) as u8, at(100));
+        pit.write_port(0x40, (1193 >> 8) as u8, at(100));
+        assert_eq!(pit.irq0_pending(at(5000)), 4);
+        pit.write_port(0x40, 0x00, at(5100));
+        pit.write_port(0x40, 0x02, at(5100)); // 512, from the end of this cycle
+        pit.write_port(0x43, 0x00, at(5200));
+        assert_eq!(
+            pit.read_port(0x40, at(5300)),
+            ((1193 - (5200 - 101) % 1193) & 0xFF) as u8
+        );
+        pit.write_port(0x43, 0x76, at(5300));
+        pit.write_port(0x41, 0x10, at(5300));
+        pit.write_port(0x61, port61::GATE2, at(5300));
+        pit.write_port(0x43, 0xB0, at(5300));
+        pit.write_port(0x42, 0x00, at(5300));
+        pit.write_port(0x42, 0x10, at(5300));
+        pit.write_port(0x61, 0, at(5400));
+        pit.write_port(0x43, 0xE8, at(5500));
+        (pit, at(5500))
+    }
+
+    #[test]
+    fn snapshot_restores_identical_behaviour() {
+        let (mut a, now) = busy_pit();
+        let snap = a.state();
+        assert_eq!(&snap[..8], b"pit8254 ");
+        let mut b = Pit8254::new();
+        b.restore(&snap).unwrap();
+        assert_eq!(b.state(), snap);
+        assert_eq!(b.next_irq0_deadline_ns(), a.next_irq0_deadline_ns());
+        assert_eq!((b.mode(1), b.reload(0), b.gate2()), (3, 512, false));
+        let mut rng = crate::state::testing::Rng::new(3);
+        let (mut ta, mut tb) = (now, now);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = crate::state::testing::Rng::new(seed);
+            let mut r2 = crate::state::testing::Rng::new(seed);
+            assert_eq!(
+                random_op(&mut a, &mut r1, &mut ta),
+                random_op(&mut b, &mut r2, &mut tb),
+                "step {step}"
+            );
+        }
+        assert_eq!(a.state(), b.state());
+    }
+
+    #[test]
+    fn snapshot_keeps_the_timeline() {
+        // A restored PIT ticks on the same edges: the snapshot holds absolute edge
+        // numbers and the guest clock continues from the snapshot's time.
+        let (a, now) = busy_pit();
+        let mut b = Pit8254::new();
+        b.restore(&a.state()).unwrap();
+        let mut a = a;
+        let mut ticks = 0;
+        for t in (1..200).map(|i| now + i * 333_333) {
+            let n = b.irq0_pending(t);
+            assert_eq!(a.irq0_pending(t), n, "at {t}");
+            ticks += n;
+        }
+        // The count written at edge 5100 (512) runs from its cycle's end: about
+        // 66.3 ms * PIT_HZ / 512 periods, where the old one (1193) would give 66.
+        assert!((153..=156).contains(&ticks), "{ticks}");
+    }
+
+    #[test]
+    fn snapshot_refusals_and_corruption() {
+        let (pit, now) = busy_pit();
+        let snap = pit.state();
+        let mut p = Pit8254::new();
+        crate::state::testing::check_refusals(&mut p, &snap, |p| {
+            let mut rng = crate::state::testing::Rng::new(4);
+            let mut t = now;
+            for _ in 0..40 {
+                random_op(p, &mut rng, &mut t);
+            }
+            // Far in the future too: nothing overflows.
+            let _ = p.irq0_pending(u64::MAX);
+            let _ = p.next_irq0_deadline_ns();
+            let _ = p.read_port(0x40, u64::MAX);
+        });
+        // Channel 0's GATE is wired high: a snapshot with it low is refused.
+        let mut bad = snap.clone();
+        bad[10 + 3] = 0;
+        assert!(matches!(
+            p.restore(&bad),
+            Err(StateError::Invalid { what, .. }) if what.contains("GATE")
+        ));
     }
 }

@@ -2,11 +2,16 @@
 //! MMIO accesses, MSR accesses, interrupt lines and time steps, as a guest can issue
 //! them. Every device must answer every access, never panic: a panic in a device is a
 //! panic in the hypervisor.
+//!
+//! Snapshots too: some operations restore a device from a corrupted copy of its own
+//! current snapshot, or from the rest of the input (a snapshot from an untrusted
+//! file). Restore must never panic, a refused snapshot must leave the device as it
+//! was, and an accepted one must be what `state()` gives back.
 #![no_main]
 
 use devices::{
-    Cmos, FwCfg, IoApic, LapicConfig, LocalApic, NullSink, PciConfig, Pic8259, Pit8254, PortDevice,
-    SystemControlA, Uart16550, I8042,
+    Cmos, DebugExit, FwCfg, IoApic, LapicConfig, LocalApic, NullSink, PciConfig, Pic8259, Pit8254,
+    PortDevice, StateError, SystemControlA, Uart16550, I8042,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -27,10 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = fw.add_file("etc/fuzz", &file);
     let mut ioapic = IoApic::new(0);
     let mut lapic = LocalApic::new(LapicConfig::new(1_000_000_000));
+    let mut exit = DebugExit::new();
     let mut now: u64 = 0;
 
     // One operation per 8 bytes: device/kind, offset (2), size, value (4).
-    for op in data.chunks_exact(8) {
+    for (index, op) in data.chunks_exact(8).enumerate() {
         let kind = op[0];
         let off = u16::from_le_bytes([op[1], op[2]]);
         let size = SIZES[(op[3] & 7) as usize];
@@ -127,7 +133,61 @@ fuzz_target!(|data: &[u8]| {
             16 => {
                 uart.enqueue_input(value as u8);
             }
+            17 | 18 => {
+                // 17: the device's own snapshot with two bytes changed; 18: the
+                // rest of the input as a snapshot.
+                let rest = &data[(index + 1) * 8..];
+                let blob = |state: Vec<u8>| {
+                    if kind & 0x7F == 18 {
+                        return rest.to_vec();
+                    }
+                    let mut s = state;
+                    let at = usize::from(off) % s.len();
+                    s[at] ^= op[4];
+                    let next = (at + usize::from(op[5])) % s.len();
+                    s[next] ^= op[6];
+                    s
+                };
+                // The blob is made before the device is borrowed for the check.
+                macro_rules! restore {
+                    ($dev:expr) => {{
+                        let b = blob($dev.state());
+                        check(&mut $dev, b, |d| d.state(), |d, b| d.restore(b))
+                    }};
+                }
+                match value % 11 {
+                    0 => restore!(uart),
+                    1 => restore!(pic),
+                    2 => restore!(pit),
+                    3 => restore!(cmos),
+                    4 => restore!(kbd),
+                    5 => restore!(sysa),
+                    6 => {
+                        let b = blob(pci.state().expect("no functions"));
+                        check(&mut pci, b, |d| d.state().unwrap(), |d, b| d.restore(b))
+                    }
+                    7 => restore!(fw),
+                    8 => restore!(ioapic),
+                    9 => restore!(lapic),
+                    _ => restore!(exit),
+                }
+            }
             _ => {}
         }
     }
 });
+
+/// Restores `dev` from `blob`: a refusal leaves it as it was, an acceptance is
+/// exactly what it reports back.
+fn check<D>(
+    dev: &mut D,
+    blob: Vec<u8>,
+    state: impl Fn(&D) -> Vec<u8>,
+    restore: impl Fn(&mut D, &[u8]) -> Result<(), StateError>,
+) {
+    let before = state(dev);
+    match restore(dev, &blob) {
+        Ok(()) => assert_eq!(state(dev), blob, "accepted but not canonical"),
+        Err(_) => assert_eq!(state(dev), before, "refused but changed"),
+    }
+}

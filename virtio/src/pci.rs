@@ -30,7 +30,7 @@ use devices::MsiMessage;
 use crate::device::{features, status, VirtioDevice};
 use crate::memory::GuestMemory;
 use crate::queue::{QueueError, QueueFeatures, SplitQueue};
-use crate::state::{Reader, StateError, Writer};
+use crate::state::{Reader, StateError, Writer, STATE_MAGIC, STATE_VERSION};
 
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1AF4;
 /// Modern (non-transitional) device IDs are 0x1040 + the virtio device ID (§4.1.2).
@@ -909,7 +909,7 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
     /// a versioned byte format (see [`crate::state`]). The guest RAM and the disk are
     /// not part of it.
     pub fn state(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        let mut w = Writer::new(&STATE_MAGIC, STATE_VERSION);
         w.u16(self.device.device_type());
         w.u16(self.queues.len() as u16);
         w.u16(self.msix_table.len() as u16);
@@ -955,13 +955,21 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
     /// Takes back what [`Self::state`] returned, for a device of the same type and
     /// shape. Nothing changes unless all of `data` is accepted.
     pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
-        let mut r = Reader::new(data)?;
-        if r.u16()? != self.device.device_type()
-            || usize::from(r.u16()?) != self.queues.len()
-            || usize::from(r.u16()?) != self.msix_table.len()
-        {
-            return Err(StateError::Mismatch);
-        }
+        let mut r = Reader::new(data, &STATE_MAGIC, STATE_VERSION)?;
+        let device_type = r.u16()?;
+        r.expect(
+            "virtio device type",
+            device_type.into(),
+            self.device.device_type().into(),
+        )?;
+        let queues = r.u16()?;
+        r.expect("virtqueue count", queues.into(), self.queues.len() as u64)?;
+        let vectors = r.u16()?;
+        r.expect(
+            "MSI-X table size",
+            vectors.into(),
+            self.msix_table.len() as u64,
+        )?;
         let command = r.u16()?;
         let bar0 = r.u32()?;
         let (cache_line, latency, interrupt_line, cfg_bar) = (r.u8()?, r.u8()?, r.u8()?, r.u8()?);
@@ -991,18 +999,21 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             n.next_used = r.u16()?;
             // An enabled queue was validated when it was enabled; a snapshot that
             // says otherwise is not one this device wrote.
-            if n.ready && n.validate(&self.memory).is_err() {
-                return Err(StateError::Invalid);
-            }
+            r.check(
+                !n.ready || n.validate(&self.memory).is_ok(),
+                "enabled virtqueue (its rings are not in guest RAM)",
+            )?;
             queues.push(n);
             vectors.push(r.u16()?);
             work.push(r.bool()?);
         }
         let device_state = r.bytes()?;
         r.end()?;
-        if !self.device.restore(device_state) {
-            return Err(StateError::Invalid);
-        }
+        // The device type's part last: it is the only one that changes anything.
+        r.check(
+            self.device.restore(device_state),
+            "device-type state (virtio-blk / virtio-net part)",
+        )?;
         self.command = command;
         self.bar0 = bar0 & !(BAR_SIZE as u32 - 1);
         self.cache_line = cache_line;
@@ -1076,6 +1087,12 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
             }
         }
         self.finish(e)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        Ok(VirtioPci::state(self))
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), StateError> {
+        VirtioPci::restore(self, data)
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
@@ -1796,19 +1813,44 @@ pub(crate) mod tests {
         let before = e.state();
         let mut bad = snap.clone();
         bad[8] = 2;
-        assert_eq!(e.restore(&bad), Err(StateError::Version(2)));
+        assert_eq!(
+            e.restore(&bad),
+            Err(StateError::Version {
+                device: *b"hvvirtio",
+                found: 2,
+                supported: 1
+            })
+        );
         bad = snap.clone();
         bad[0] = b'X';
-        assert_eq!(e.restore(&bad), Err(StateError::BadMagic));
+        assert_eq!(
+            e.restore(&bad),
+            Err(StateError::WrongDevice {
+                expected: *b"hvvirtio"
+            })
+        );
         for cut in [0, 5, 10, snap.len() / 2, snap.len() - 1] {
             assert!(e.restore(&snap[..cut]).is_err(), "cut at {cut}");
         }
         let mut long = snap.clone();
         long.push(0);
-        assert_eq!(e.restore(&long), Err(StateError::TrailingBytes));
+        assert_eq!(
+            e.restore(&long),
+            Err(StateError::TrailingBytes {
+                device: *b"hvvirtio"
+            })
+        );
         bad = snap.clone();
         bad[10] = 3; // device type
-        assert_eq!(e.restore(&bad), Err(StateError::Mismatch));
+        assert_eq!(
+            e.restore(&bad),
+            Err(StateError::Mismatch {
+                device: *b"hvvirtio",
+                what: "virtio device type",
+                snapshot: 3,
+                here: 2
+            })
+        );
         assert_eq!(e.state(), before);
     }
 
