@@ -10,6 +10,7 @@ pub mod fpu;
 pub mod mitigation;
 pub mod paging;
 pub mod slice;
+pub mod state;
 
 /// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
 /// RSP, RIP and RFLAGS live in the VMCB/VMCS and are reached through [`Vcpu`].
