@@ -25,6 +25,8 @@
 //! the capability MSRs force on): the first `run` of a time slice loads the vCPU's
 //! own values and `Vcpu::unload` (which ends every slice) reads them back
 //! ([`vcpu::slice`]), so no guest sees another's breakpoints or RDTSCP/RDPID value.
+//! CR2 is not in the VMCS either; `run` switches it around every entry (the guest's
+//! page-fault address must survive an exit that comes before its handler reads it).
 //!
 //! **Transient execution.** Just before entry the stub flushes L1D or runs VERW when
 //! the kernel set that with [`VmxBackend::set_entry_flush`], and right after every
@@ -429,6 +431,10 @@ pub struct VmxVcpu {
     timer_shift: Option<u8>,
     /// The guest's CR8 (CR8 accesses exit so they cannot reach the host's TPR).
     cr8: u64,
+    /// The guest's CR2. VM entry and exit do not switch CR2 (it is not in the VMCS):
+    /// a page fault in the guest leaves its address in the processor, where another
+    /// guest would read it. `run` loads this before entry and reads it back after.
+    cr2: u64,
     /// The guest's x87/SSE registers while the host or another guest runs.
     fx: FxArea,
     /// Guest RAM and where the hypervisor reaches it, for reading PAE PDPTEs.
@@ -611,6 +617,7 @@ impl Backend for VmxBackend {
                 .preemption_timer
                 .then_some(self.caps.preemption_timer_shift),
             cr8: 0,
+            cr2: 0,
             fx: FxArea::initial(),
             slice: SliceState::new(SliceState::detect_tsc_aux(), true),
             entry_flags: match self.entry_flush {
@@ -950,8 +957,15 @@ impl Vcpu for VmxVcpu {
         unsafe { self.slice.load() };
         loop {
             // SAFETY: the host set CR4.OSFXSR and cleared CR0.EM/TS in `enable`; the
-            // area holds either the initial image or one FXSAVE wrote.
-            unsafe { arch::fxrstor(&self.fx) };
+            // area holds either the initial image or one FXSAVE wrote. CR2 is only
+            // written when it differs (MOV to CR2 serializes), as it usually does not
+            // when the same vCPU runs on.
+            unsafe {
+                arch::fxrstor(&self.fx);
+                if arch::read_cr2() != self.cr2 {
+                    arch::write_cr2(self.cr2);
+                }
+            }
             let launched = if self.launched { enter::LAUNCHED } else { 0 };
             let flags = self.entry_flags | launched;
             // SAFETY: the VMCS is current and was fully set up by `create_vcpu` (its
@@ -961,8 +975,11 @@ impl Vcpu for VmxVcpu {
             // stack through HOST_RSP/HOST_RIP. `enter::L1D_FLUSH` is only set where
             // CPUID enumerates IA32_FLUSH_CMD (`set_entry_flush`'s caller checked).
             let status = unsafe { vmx_enter(&mut self.regs, flags) };
-            // SAFETY: as for FXRSTOR above.
-            unsafe { arch::fxsave(&mut self.fx) };
+            // SAFETY: as for FXRSTOR above; reading CR2 has no side effects.
+            unsafe {
+                arch::fxsave(&mut self.fx);
+                self.cr2 = arch::read_cr2();
+            }
             match status {
                 0 => {}
                 1 => return self.instruction_failure(&hw, VmFail::Invalid),
