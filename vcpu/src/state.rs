@@ -487,13 +487,16 @@ impl CpuState {
             (self.fs.base, "FS base is not canonical"),
             (self.gs.base, "GS base is not canonical"),
             (self.tr.base, "TR base is not canonical"),
-            (self.ldtr.base, "LDTR base is not canonical"),
             (self.gdtr.base, "GDTR base is not canonical"),
             (self.idtr.base, "IDTR base is not canonical"),
         ] {
             if !canonical(base) {
                 return bad(what);
             }
+        }
+        // An unusable LDTR's base is undefined (VT-x saves whatever it holds).
+        if self.ldtr.usable() && !canonical(self.ldtr.base) {
+            return bad("LDTR base is not canonical");
         }
         // Debug registers.
         if self.dr6 >> 32 != 0 {
@@ -1359,6 +1362,12 @@ pub(crate) mod tests {
         let mut s = sample();
         s.idtr.base = 0x00F0_0000_0000_0000;
         invalid(&s, "IDTR base");
+        // LDTR: only a usable one (the sample's is not).
+        let mut s = sample();
+        s.ldtr.base = 0x00F0_0000_0000_0000;
+        assert_eq!(s.check(), Ok(()));
+        s.ldtr.attrib = 0x82;
+        invalid(&s, "LDTR base");
         let mut s = sample();
         s.dr6 |= 1 << 32;
         invalid(&s, "DR6");
