@@ -21,6 +21,7 @@ use raw_cpuid::CpuId;
 use vcpu::fpu::{self, FxArea};
 use vcpu::paging::Level;
 use vcpu::slice::{SliceState, MSR_TSC_AUX};
+use vcpu::state::{CpuState, StateError};
 use vcpu::{
     Backend, BackendError, ControlRegs, CpuMode, Exception, Exit, GuestMapping, GuestRegisters,
     HostMemory, StartState, Vcpu,
@@ -32,7 +33,8 @@ use crate::exit::{self, ExitInfo};
 use crate::npt::Npt;
 use crate::permission_maps::{IoPermissionMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
 use crate::reflect;
-use crate::vmcb::{efer, event, int_ctl, int_state, tlb_control, Intercept1, Vmcb};
+use crate::state;
+use crate::vmcb::{cr4, efer, event, int_ctl, int_state, tlb_control, Intercept1, Vmcb};
 
 const MSR_EFER: u32 = 0xC000_0080;
 const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
@@ -126,6 +128,24 @@ impl SvmBackend {
         Some(asid as u32)
     }
 
+    /// This processor's limits for a loaded state: the CR4 and EFER bits of features
+    /// its CPUID reports (VMRUN refuses the others, which `consistency_check` cannot
+    /// know), the ASID count, the physical-address width and MXCSR_MASK.
+    fn state_limits(&self) -> state::Limits {
+        let host = vcpu::cr_policy::GuestFeatures::from_cpuid(|leaf, subleaf| {
+            let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        });
+        state::Limits {
+            asid_count: self.caps.asid_count,
+            phys_width: self.phys_width,
+            cr4_supported: host.cr4_allowed & cr4::DEFINED,
+            efer_supported: host.efer_allowed,
+            // SAFETY: `enable`/`enable_this_cpu` set CR4.OSFXSR and cleared CR0.EM/TS.
+            mxcsr_mask: unsafe { fpu::host_mxcsr_mask() },
+        }
+    }
+
     fn free_asid(&mut self, asid: u32) {
         let a = asid as usize;
         self.asids_used[a / 64] &= !(1 << (a % 64));
@@ -159,6 +179,8 @@ pub struct SvmVcpu {
     /// An external interrupt was given to V_IRQ/V_INTR_VECTOR and the guest has not
     /// taken it yet (the processor clears V_IRQ when it does, APM Vol. 2 15.21.4).
     virq_pending: bool,
+    /// What `load_state` checks a state against on this machine.
+    limits: state::Limits,
 }
 
 // SAFETY: the raw pointer is this vCPU's own VMCB, reachable from every processor
@@ -228,6 +250,7 @@ impl Backend for SvmBackend {
             nmi_masked: false,
             virq_pending: false,
             slice: SliceState::new(SliceState::detect_tsc_aux(), false),
+            limits: self.state_limits(),
         };
         let result = (|| {
             v.vmcb_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
@@ -371,6 +394,13 @@ unsafe extern "C" fn svm_enter(_vmcb_pa: u64, _host_state_pa: u64, _regs: *mut G
         "pop rbx",
         "ret",
     )
+}
+
+/// The calling processor, named by its VM_HSAVE_PA (0 where SVM is not enabled), as
+/// `run` records it in `last_cpu`.
+fn this_processor() -> u64 {
+    // SAFETY: reading an MSR that exists on every SVM processor.
+    unsafe { Msr::new(MSR_VM_HSAVE_PA).read() }
 }
 
 fn rdtsc() -> u64 {
@@ -735,6 +765,60 @@ impl Vcpu for SvmVcpu {
     fn unload(&mut self) {
         // SAFETY: the scheduler calls `unload` on the processor that ran the vCPU.
         unsafe { self.slice.save() };
+    }
+
+    /// The VMCB is plain memory, readable from any processor. DR0-DR3 and TSC_AUX are
+    /// read back from this processor first when it still holds them (no `unload` yet);
+    /// on another processor the copies saved at the last `unload` are all there is.
+    fn save_state(&mut self) -> CpuState {
+        if self.slice.loaded() && self.last_cpu == this_processor() {
+            // SAFETY: this processor ran the vCPU last and loaded the slice state.
+            unsafe { self.slice.save() };
+        }
+        let soft = state::Soft {
+            regs: self.regs,
+            dr: self.slice.dr,
+            tsc_aux: self.slice.tsc_aux(),
+            nmi_masked: self.nmi_masked,
+            virq_pending: self.virq_pending,
+            fx: self.fx.clone(),
+        };
+        state::save(self.vmcb(), &soft)
+    }
+
+    /// Checks `s` completely (`state::plan`: the neutral rules, this processor's CR4,
+    /// EFER and MXCSR support, the VMRUN consistency checks on the resulting VMCB)
+    /// before changing anything, then replaces the VMCB's state and the software-kept
+    /// parts, and flushes this guest's ASID at the next VMRUN (a move to another
+    /// processor flushes there as `run` always does).
+    fn load_state(&mut self, s: &CpuState) -> Result<(), StateError> {
+        if self.slice.loaded() && self.last_cpu != this_processor() {
+            return Err(StateError::Busy(
+                "its debug registers and TSC_AUX are still in the processor that ran it: Vcpu::unload must run there first",
+            ));
+        }
+        let plan = state::plan(self.vmcb(), s, &self.limits)?;
+        if self.slice.loaded() {
+            // SAFETY: this processor ran the vCPU last and loaded the slice state.
+            unsafe { self.slice.save() };
+        }
+        let flush = self.flush;
+        let v = self.vmcb_mut();
+        v.control = plan.control;
+        v.save = plan.save;
+        v.control.tlb_control = flush;
+        v.control.vmcb_clean = 0;
+        let soft = plan.soft;
+        self.regs = soft.regs;
+        self.fx = soft.fx;
+        self.slice.dr = soft.dr;
+        // SAFETY: the slice state is not loaded (saved above), so only the copy changes.
+        unsafe { self.slice.set_tsc_aux(soft.tsc_aux) };
+        self.nmi_masked = soft.nmi_masked;
+        self.virq_pending = soft.virq_pending;
+        // `skip_instruction` must not act on an exit from before the state.
+        self.last = ExitInfo::default();
+        Ok(())
     }
 
     fn request_interrupt_window(&mut self, on: bool) {

@@ -8,4 +8,5 @@ pub mod exit;
 pub mod npt;
 pub mod permission_maps;
 pub mod reflect;
+pub mod state;
 pub mod vmcb;

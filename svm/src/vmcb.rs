@@ -941,89 +941,98 @@ impl Vmcb {
         asid_count: u32,
         phys_addr_width: u8,
     ) -> Result<(), &'static str> {
-        let s = &self.save;
-        let c = &self.control;
-        let width = phys_addr_width.clamp(32, 52) as u32;
-        let long_paging = s.efer & efer::LME != 0 && s.cr0 & cr0::PG != 0;
-
-        if s.efer & efer::SVME == 0 {
-            return Err("EFER.SVME is clear (the guest's EFER must have SVME set)");
-        }
-        if s.cr0 & cr0::CD == 0 && s.cr0 & cr0::NW != 0 {
-            return Err("CR0.NW is set while CR0.CD is clear");
-        }
-        if s.cr0 >> 32 != 0 {
-            return Err("CR0[63:32] is not zero");
-        }
-        let cr3_mbz = if long_paging {
-            !0u64 << width
-        } else {
-            !0u64 << 32
-        };
-        if s.cr3 & cr3_mbz != 0 {
-            return Err("CR3 has MBZ bits set (beyond the physical-address width in long mode, above bit 31 otherwise)");
-        }
-        if s.cr4 & !cr4::DEFINED != 0 {
-            return Err("CR4 has MBZ (reserved) bits set");
-        }
-        if s.cr4 & cr4::CET != 0 && s.cr0 & cr0::WP == 0 {
-            return Err("CR4.CET is set while CR0.WP is clear");
-        }
-        if s.dr6 >> 32 != 0 {
-            return Err("DR6[63:32] is not zero");
-        }
-        if s.dr7 >> 32 != 0 {
-            return Err("DR7[63:32] is not zero");
-        }
-        if s.efer & !efer::DEFINED != 0 {
-            return Err("EFER has MBZ (reserved) bits set");
-        }
-        if long_paging && s.cr4 & cr4::PAE == 0 {
-            return Err("EFER.LME and CR0.PG are set but CR4.PAE is clear");
-        }
-        if long_paging && s.cr0 & cr0::PE == 0 {
-            return Err("EFER.LME and CR0.PG are set but CR0.PE is clear");
-        }
-        if long_paging
-            && s.cr4 & cr4::PAE != 0
-            && s.cs.attrib & attrib::L != 0
-            && s.cs.attrib & attrib::DB != 0
-        {
-            return Err("long mode with CS.L and CS.D both set");
-        }
-        if c.intercept2 & Intercept2::VMRUN.bits() == 0 {
-            return Err("the VMRUN intercept is clear");
-        }
-        let limit = 1u64 << width;
-        // The hardware ignores the low 12 bits of both bases; a map must end below the
-        // largest physical address (QEMU TCG applies the same bound).
-        let ends_in_range = |base: u64, size: u64| matches!((base & !0xFFF).checked_add(size), Some(end) if end < limit);
-        if !ends_in_range(c.msrpm_base_pa, MSRPM_SIZE) {
-            return Err("the MSR permission map extends beyond the physical-address width");
-        }
-        if !ends_in_range(c.iopm_base_pa, IOPM_SIZE) {
-            return Err("the I/O permission map extends beyond the physical-address width");
-        }
-        if let Some(reason) = eventinj_problem(c.eventinj) {
-            return Err(reason);
-        }
-        if c.guest_asid == 0 {
-            return Err("guest ASID is 0 (reserved for the host)");
-        }
-        if asid_count != 0 && c.guest_asid >= asid_count {
-            return Err("guest ASID is not below the CPU's ASID count (CPUID 8000_000A EBX)");
-        }
-        if !matches!(
-            c.tlb_control,
-            tlb_control::DO_NOTHING
-                | tlb_control::FLUSH_ALL
-                | tlb_control::FLUSH_ASID
-                | tlb_control::FLUSH_ASID_NON_GLOBAL
-        ) {
-            return Err("TLB_CONTROL holds a reserved value");
-        }
-        Ok(())
+        check_areas(&self.control, &self.save, asid_count, phys_addr_width)
     }
+}
+
+/// [`Vmcb::consistency_check`] on a control area and a save area that need not sit in a
+/// VMCB yet (a candidate state is checked before it replaces the vCPU's).
+pub fn check_areas(
+    c: &ControlArea,
+    s: &StateSaveArea,
+    asid_count: u32,
+    phys_addr_width: u8,
+) -> Result<(), &'static str> {
+    let width = phys_addr_width.clamp(32, 52) as u32;
+    let long_paging = s.efer & efer::LME != 0 && s.cr0 & cr0::PG != 0;
+
+    if s.efer & efer::SVME == 0 {
+        return Err("EFER.SVME is clear (the guest's EFER must have SVME set)");
+    }
+    if s.cr0 & cr0::CD == 0 && s.cr0 & cr0::NW != 0 {
+        return Err("CR0.NW is set while CR0.CD is clear");
+    }
+    if s.cr0 >> 32 != 0 {
+        return Err("CR0[63:32] is not zero");
+    }
+    let cr3_mbz = if long_paging {
+        !0u64 << width
+    } else {
+        !0u64 << 32
+    };
+    if s.cr3 & cr3_mbz != 0 {
+        return Err("CR3 has MBZ bits set (beyond the physical-address width in long mode, above bit 31 otherwise)");
+    }
+    if s.cr4 & !cr4::DEFINED != 0 {
+        return Err("CR4 has MBZ (reserved) bits set");
+    }
+    if s.cr4 & cr4::CET != 0 && s.cr0 & cr0::WP == 0 {
+        return Err("CR4.CET is set while CR0.WP is clear");
+    }
+    if s.dr6 >> 32 != 0 {
+        return Err("DR6[63:32] is not zero");
+    }
+    if s.dr7 >> 32 != 0 {
+        return Err("DR7[63:32] is not zero");
+    }
+    if s.efer & !efer::DEFINED != 0 {
+        return Err("EFER has MBZ (reserved) bits set");
+    }
+    if long_paging && s.cr4 & cr4::PAE == 0 {
+        return Err("EFER.LME and CR0.PG are set but CR4.PAE is clear");
+    }
+    if long_paging && s.cr0 & cr0::PE == 0 {
+        return Err("EFER.LME and CR0.PG are set but CR0.PE is clear");
+    }
+    if long_paging
+        && s.cr4 & cr4::PAE != 0
+        && s.cs.attrib & attrib::L != 0
+        && s.cs.attrib & attrib::DB != 0
+    {
+        return Err("long mode with CS.L and CS.D both set");
+    }
+    if c.intercept2 & Intercept2::VMRUN.bits() == 0 {
+        return Err("the VMRUN intercept is clear");
+    }
+    let limit = 1u64 << width;
+    // The hardware ignores the low 12 bits of both bases; a map must end below the
+    // largest physical address (QEMU TCG applies the same bound).
+    let ends_in_range = |base: u64, size: u64| matches!((base & !0xFFF).checked_add(size), Some(end) if end < limit);
+    if !ends_in_range(c.msrpm_base_pa, MSRPM_SIZE) {
+        return Err("the MSR permission map extends beyond the physical-address width");
+    }
+    if !ends_in_range(c.iopm_base_pa, IOPM_SIZE) {
+        return Err("the I/O permission map extends beyond the physical-address width");
+    }
+    if let Some(reason) = eventinj_problem(c.eventinj) {
+        return Err(reason);
+    }
+    if c.guest_asid == 0 {
+        return Err("guest ASID is 0 (reserved for the host)");
+    }
+    if asid_count != 0 && c.guest_asid >= asid_count {
+        return Err("guest ASID is not below the CPU's ASID count (CPUID 8000_000A EBX)");
+    }
+    if !matches!(
+        c.tlb_control,
+        tlb_control::DO_NOTHING
+            | tlb_control::FLUSH_ALL
+            | tlb_control::FLUSH_ASID
+            | tlb_control::FLUSH_ASID_NON_GLOBAL
+    ) {
+        return Err("TLB_CONTROL holds a reserved value");
+    }
+    Ok(())
 }
 
 impl StateSaveArea {

@@ -7,10 +7,27 @@ use core::arch::asm;
 
 /// The 512-byte FXSAVE image (SDM Vol. 1 10.5.1), 16-byte aligned as FXSAVE requires.
 #[repr(C, align(16))]
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FxArea(pub [u8; 512]);
 
+/// The MXCSR_MASK to assume when FXSAVE stores 0 there (SDM Vol. 1 11.6.6): every bit
+/// but DAZ (bit 6).
+pub const DEFAULT_MXCSR_MASK: u32 = 0xFFBF;
+
 impl FxArea {
+    /// MXCSR, bytes 24-27 of the image.
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes([self.0[24], self.0[25], self.0[26], self.0[27]])
+    }
+
+    /// Whether FXRSTOR of this image succeeds on a processor whose MXCSR_MASK is
+    /// `mask`: it raises #GP for an MXCSR bit the mask does not allow (SDM Vol. 1
+    /// 11.6.6), which in the hypervisor would be fatal. The other fields load as they
+    /// are.
+    pub fn restorable(&self, mask: u32) -> bool {
+        self.mxcsr() & !mask == 0
+    }
+
     /// The x87/SSE state after FNINIT with MXCSR at its reset value: FCW 0x037F,
     /// MXCSR 0x1F80 (masked exceptions), everything else 0.
     pub fn initial() -> Self {
@@ -35,6 +52,21 @@ pub unsafe fn fxrstor(area: &FxArea) {
     unsafe { asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
 }
 
+/// The calling processor's MXCSR_MASK (the MXCSR bits FXRSTOR accepts), from an
+/// FXSAVE image ([`DEFAULT_MXCSR_MASK`] when the processor stores 0).
+///
+/// # Safety
+/// As [`fxsave`].
+pub unsafe fn host_mxcsr_mask() -> u32 {
+    let mut area = FxArea([0; 512]);
+    // SAFETY: upheld by the caller; the area is this function's own.
+    unsafe { fxsave(&mut area) };
+    match u32::from_le_bytes([area.0[28], area.0[29], area.0[30], area.0[31]]) {
+        0 => DEFAULT_MXCSR_MASK,
+        mask => mask,
+    }
+}
+
 /// Sets CR4.OSFXSR and clears CR0.EM and CR0.TS so FXSAVE/FXRSTOR work in the host.
 ///
 /// # Safety
@@ -56,4 +88,21 @@ pub unsafe fn enable_host_fxsr() {
             options(nostack, preserves_flags)
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mxcsr_against_the_mask() {
+        let mut a = FxArea::initial();
+        assert_eq!(a.mxcsr(), 0x1F80);
+        assert!(a.restorable(DEFAULT_MXCSR_MASK));
+        a.0[24] |= 1 << 6; // DAZ
+        assert!(!a.restorable(DEFAULT_MXCSR_MASK));
+        assert!(a.restorable(0xFFFF));
+        a.0[26] = 1; // bit 16: reserved everywhere
+        assert!(!a.restorable(0xFFFF));
+    }
 }

@@ -10,6 +10,7 @@ pub mod fpu;
 pub mod mitigation;
 pub mod paging;
 pub mod slice;
+pub mod state;
 
 /// The general-purpose registers that VMRUN / VMRESUME do not switch by themselves.
 /// RSP, RIP and RFLAGS live in the VMCB/VMCS and are reached through [`Vcpu`].
@@ -365,6 +366,26 @@ pub trait Vcpu {
     /// `run` reloads it and rewrites that processor's host state). SVM: nothing.
     /// A vCPU that stays on one processor never needs it.
     fn unload(&mut self) {}
+    /// The vCPU's complete architectural state ([`state::CpuState`]). Called while the
+    /// vCPU is not running, like every method: after `unload`, from any processor, or
+    /// on the processor that ran it last (the per-slice state is then read back from
+    /// that processor first). Changes nothing the guest can see; a VT-x vCPU whose VMCS
+    /// was not active anywhere is left that way. On a processor other than the one
+    /// holding the vCPU (no `unload` there) the processor-held parts cannot be read:
+    /// VT-x logs an error and reads its VMCS fields as 0 (the result then fails
+    /// [`state::CpuState::check`]); AMD-V gives DR0-DR3 and TSC_AUX as of the last
+    /// `unload`. Call it after `unload` and neither happens.
+    fn save_state(&mut self) -> state::CpuState;
+    /// Replaces the vCPU's architectural state with `s`, so that the next `run`
+    /// continues from it (RIP, paging mode, pending event, ...). Under the same
+    /// conditions as [`Vcpu::save_state`]. `s` is checked first, against
+    /// [`state::CpuState::check`] and against what this backend's VM entry requires;
+    /// on any error nothing of the vCPU has changed ([`state::StateError::Busy`] when
+    /// another processor still holds it). On success the vCPU is left
+    /// unloaded (any processor may run it next) and the guest's cached translations
+    /// are flushed at the next entry. Nested paging, the ASID/VPID and the vCPU's
+    /// processor affinity are the backend's and are not part of the state.
+    fn load_state(&mut self, s: &state::CpuState) -> Result<(), state::StateError>;
 }
 
 /// RFLAGS bit 1: reserved, always 1.

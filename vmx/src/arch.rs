@@ -62,6 +62,7 @@ macro_rules! read_cr {
     };
 }
 read_cr!(read_cr0, "cr0");
+read_cr!(read_cr2, "cr2");
 read_cr!(read_cr3, "cr3");
 read_cr!(read_cr4, "cr4");
 
@@ -70,6 +71,14 @@ read_cr!(read_cr4, "cr4");
 pub unsafe fn write_cr0(value: u64) {
     // SAFETY: upheld by the caller.
     unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// # Safety
+/// Ring 0. CR2 only matters to a page-fault handler; the hypervisor takes no page
+/// faults it recovers from, so it is free to hold a guest's value.
+pub unsafe fn write_cr2(value: u64) {
+    // SAFETY: upheld by the caller.
+    unsafe { asm!("mov cr2, {}", in(reg) value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// # Safety

@@ -25,6 +25,8 @@
 //! the capability MSRs force on): the first `run` of a time slice loads the vCPU's
 //! own values and `Vcpu::unload` (which ends every slice) reads them back
 //! ([`vcpu::slice`]), so no guest sees another's breakpoints or RDTSCP/RDPID value.
+//! CR2 is not in the VMCS either; `run` switches it around every entry (the guest's
+//! page-fault address must survive an exit that comes before its handler reads it).
 //!
 //! **Transient execution.** Just before entry the stub flushes L1D or runs VERW when
 //! the kernel set that with [`VmxBackend::set_entry_flush`], and right after every
@@ -43,6 +45,7 @@ use vcpu::mitigation::{EntryFlush, MSR_FLUSH_CMD};
 use vcpu::slice::{self, SliceState, MSR_TSC_AUX};
 
 use vcpu::paging::Level;
+use vcpu::state::{CpuState, StateError};
 use vcpu::{
     Backend, BackendError, CpuMode, Exception, Exit, GuestMapping, GuestRegisters, HostMemory,
     StartState, Vcpu,
@@ -429,6 +432,10 @@ pub struct VmxVcpu {
     timer_shift: Option<u8>,
     /// The guest's CR8 (CR8 accesses exit so they cannot reach the host's TPR).
     cr8: u64,
+    /// The guest's CR2. VM entry and exit do not switch CR2 (it is not in the VMCS):
+    /// a page fault in the guest leaves its address in the processor, where another
+    /// guest would read it. `run` loads this before entry and reads it back after.
+    cr2: u64,
     /// The guest's x87/SSE registers while the host or another guest runs.
     fx: FxArea,
     /// Guest RAM and where the hypervisor reaches it, for reading PAE PDPTEs.
@@ -447,6 +454,11 @@ pub struct VmxVcpu {
     slice: SliceState,
     /// `enter::VERW` or `enter::L1D_FLUSH` (or 0), from the backend's `entry_flush`.
     entry_flags: u64,
+    /// The MXCSR bits FXRSTOR accepts on this machine (`load_state` checks images).
+    mxcsr_mask: u32,
+    /// `load_state` replaced the guest's paging state: the next entry drops the
+    /// translations any processor may cache for its EPTP and VPID.
+    flush_on_entry: bool,
 }
 
 // SAFETY: the raw pointer (`msr_area`) and the RAM addresses point at memory this vCPU
@@ -524,6 +536,34 @@ impl VmxVcpu {
         // SAFETY: `msr_area` points at this vCPU's MSR-area page (owned until destroy);
         // the processor writes it only during VM exits, never concurrently with this.
         unsafe { (*self.msr_area).guest_value(index) }
+    }
+
+    /// The parts of the state kept outside the VMCS.
+    fn soft_state(&self) -> crate::state::Soft {
+        crate::state::Soft {
+            regs: self.regs,
+            cr2: self.cr2,
+            cr8: self.cr8,
+            dr: self.slice.dr,
+            dr6: self.slice.dr6,
+            tsc_aux: self.slice.tsc_aux(),
+            // SAFETY: `msr_area` points at this vCPU's MSR-area page (owned until
+            // destroy); the processor writes it only during VM exits.
+            switched: unsafe { (*self.msr_area).guest_values() },
+            fx: self.fx.clone(),
+        }
+    }
+
+    /// VMCLEAR on this processor, where the VMCS is active: the vCPU is unloaded.
+    fn clear_here(&mut self) {
+        // SAFETY: in VMX root operation; the VMCS is this vCPU's and active here.
+        match unsafe { arch::vmclear(self.vmcs_pa) } {
+            Ok(()) => {
+                self.active_on.set(0);
+                self.launched = false;
+            }
+            Err(e) => log::error!("vmx: VMCLEAR {:#x} failed: {e:?}", self.vmcs_pa),
+        }
     }
 
     /// An exit the guest cannot continue from: remembered, so `run` keeps reporting it.
@@ -611,6 +651,7 @@ impl Backend for VmxBackend {
                 .preemption_timer
                 .then_some(self.caps.preemption_timer_shift),
             cr8: 0,
+            cr2: 0,
             fx: FxArea::initial(),
             slice: SliceState::new(SliceState::detect_tsc_aux(), true),
             entry_flags: match self.entry_flush {
@@ -634,6 +675,10 @@ impl Backend for VmxBackend {
             last_reason: u32::MAX,
             active_on: Cell::new(0),
             host_cpu: 0,
+            // SAFETY: `enable`/`enable_this_cpu` set CR4.OSFXSR and cleared CR0.EM/TS
+            // on every processor that creates vCPUs.
+            mxcsr_mask: unsafe { vcpu::fpu::host_mxcsr_mask() },
+            flush_on_entry: false,
         };
         let result = self.build_vcpu(mem, ram, start, &mut v);
         match result {
@@ -914,11 +959,14 @@ impl Vcpu for VmxVcpu {
             };
         }
         let mut hw = self.make_current();
-        if self.host_cpu != me {
-            // Another processor ran the guest last: this one's host state (TSS, GDT,
-            // IDT, GS base) goes into the VMCS, and translations this processor may
-            // still cache for the guest from an earlier run here are dropped.
-            current_host_state().write(&mut hw);
+        if self.host_cpu != me || self.flush_on_entry {
+            if self.host_cpu != me {
+                // Another processor ran the guest last: this one's host state (TSS,
+                // GDT, IDT, GS base) goes into the VMCS.
+                current_host_state().write(&mut hw);
+            }
+            // Translations this processor may still cache for the guest from an
+            // earlier run here, or from before `load_state`, are dropped.
             // SAFETY: in VMX root operation; the types are ones the processor supports.
             unsafe {
                 if let Some(kind) = self.invept {
@@ -929,6 +977,7 @@ impl Vcpu for VmxVcpu {
                 }
             }
             self.host_cpu = me;
+            self.flush_on_entry = false;
         }
         if !self.launched {
             let ia32e = hw.read(control32::VM_ENTRY_CONTROLS) as u32
@@ -950,8 +999,15 @@ impl Vcpu for VmxVcpu {
         unsafe { self.slice.load() };
         loop {
             // SAFETY: the host set CR4.OSFXSR and cleared CR0.EM/TS in `enable`; the
-            // area holds either the initial image or one FXSAVE wrote.
-            unsafe { arch::fxrstor(&self.fx) };
+            // area holds either the initial image or one FXSAVE wrote. CR2 is only
+            // written when it differs (MOV to CR2 serializes), as it usually does not
+            // when the same vCPU runs on.
+            unsafe {
+                arch::fxrstor(&self.fx);
+                if arch::read_cr2() != self.cr2 {
+                    arch::write_cr2(self.cr2);
+                }
+            }
             let launched = if self.launched { enter::LAUNCHED } else { 0 };
             let flags = self.entry_flags | launched;
             // SAFETY: the VMCS is current and was fully set up by `create_vcpu` (its
@@ -961,8 +1017,11 @@ impl Vcpu for VmxVcpu {
             // stack through HOST_RSP/HOST_RIP. `enter::L1D_FLUSH` is only set where
             // CPUID enumerates IA32_FLUSH_CMD (`set_entry_flush`'s caller checked).
             let status = unsafe { vmx_enter(&mut self.regs, flags) };
-            // SAFETY: as for FXRSTOR above.
-            unsafe { arch::fxsave(&mut self.fx) };
+            // SAFETY: as for FXRSTOR above; reading CR2 has no side effects.
+            unsafe {
+                arch::fxsave(&mut self.fx);
+                self.cr2 = arch::read_cr2();
+            }
             match status {
                 0 => {}
                 1 => return self.instruction_failure(&hw, VmFail::Invalid),
@@ -1200,14 +1259,93 @@ impl Vcpu for VmxVcpu {
             log::error!("vmx: Vcpu::unload called on a processor the vCPU did not run on");
             return;
         }
-        // SAFETY: in VMX root operation; the VMCS is this vCPU's and active here.
-        match unsafe { arch::vmclear(self.vmcs_pa) } {
-            Ok(()) => {
-                self.active_on.set(0);
-                self.launched = false;
-            }
-            Err(e) => log::error!("vmx: VMCLEAR {:#x} failed: {e:?}", self.vmcs_pa),
+        self.clear_here();
+    }
+
+    /// Reads the VMCS (loading it here when no processor has it active, and clearing
+    /// it again afterwards, so an unloaded vCPU stays unloaded) and the software-kept
+    /// parts (`state`). On the processor still holding the slice state it is read back
+    /// from the processor first, as `unload` would.
+    fn save_state(&mut self) -> CpuState {
+        let me = this_cpu();
+        let active = self.active_on.get();
+        if self.slice.loaded() && active == me {
+            // SAFETY: the slice state was loaded on this processor (it is loaded and
+            // saved together with the VMCS being active here, see `run`/`unload`).
+            unsafe { self.slice.save() };
         }
+        let hw = self.make_current();
+        let state = crate::state::save(&hw, &self.soft_state());
+        if active == 0 && self.active_on.get() == me {
+            self.clear_here();
+        }
+        state
+    }
+
+    /// Checks `s` completely (`state::plan`: the neutral rules, the CR fixed bits, the
+    /// guest-state and event-injection checks of VM entry, the PDPTEs, MXCSR) before
+    /// writing anything, then writes the VMCS and the software-kept parts and leaves
+    /// the vCPU unloaded (VMCLEAR), so the next `run` re-checks and VMLAUNCHes it on
+    /// whichever processor, with its EPT and VPID translations flushed.
+    fn load_state(&mut self, s: &CpuState) -> Result<(), StateError> {
+        let me = this_cpu();
+        let active = self.active_on.get();
+        if active != 0 && active != me {
+            return Err(StateError::Busy(
+                "its VMCS is active on another processor: Vcpu::unload must run there first",
+            ));
+        }
+        let limits = crate::state::Limits {
+            fixed: self.fixed,
+            phys_bits: self.phys_bits,
+            mxcsr_mask: self.mxcsr_mask,
+        };
+        let mut hw = self.make_current();
+        if self.active_on.get() != me {
+            return Err(StateError::Busy("VMPTRLD of its VMCS failed"));
+        }
+        let plan = match crate::state::plan(&hw, s, &limits) {
+            Ok(plan) => plan,
+            Err(e) => {
+                if active == 0 {
+                    self.clear_here();
+                }
+                return Err(e);
+            }
+        };
+        if self.slice.loaded() {
+            // SAFETY: loaded together with the VMCS, which is active here.
+            unsafe { self.slice.save() };
+        }
+        crate::state::apply(&mut hw, &plan);
+        if let Err(e) = hw.result() {
+            // Every field written here was written when the vCPU was created, so
+            // this does not happen; if it did, the VMCS is half-written.
+            log::error!("vmx: load_state: {e}");
+            self.failed = Some(Exit::EntryFailure {
+                code: 0,
+                reason: "a VMWRITE failed while loading a saved state",
+            });
+            return Err(StateError::Unsupported(
+                "a VMWRITE failed while loading the state; the vCPU cannot run",
+            ));
+        }
+        let soft = plan.soft;
+        self.regs = soft.regs;
+        self.cr2 = soft.cr2;
+        self.cr8 = soft.cr8;
+        self.fx = soft.fx;
+        self.slice.dr = soft.dr;
+        self.slice.dr6 = soft.dr6;
+        // SAFETY: the slice state is not loaded (saved above), so only the copy changes.
+        unsafe { self.slice.set_tsc_aux(soft.tsc_aux) };
+        // SAFETY: as in `soft_state`.
+        unsafe { (*self.msr_area).set_guest_values(soft.switched) };
+        self.last_reason = u32::MAX;
+        self.failed = None;
+        self.flush_on_entry = true;
+        self.clear_here();
+        Ok(())
     }
 
     /// EFER, the TSC (through the TSC offset) and PAT live in the VMCS; the syscall

@@ -161,6 +161,21 @@ impl MsrArea {
     pub fn guest_value(&self, msr: u32) -> Option<u64> {
         self.guest.iter().find(|e| e.index == msr).map(|e| e.value)
     }
+
+    /// The guest's values of [`SWITCHED_MSRS`], in that order.
+    pub fn guest_values(&self) -> [u64; SWITCHED_MSRS.len()] {
+        SWITCHED_MSRS.map(|m| self.guest_value(m).unwrap_or(0))
+    }
+
+    /// Sets the guest's values of [`SWITCHED_MSRS`], in that order (the next VM entry
+    /// loads them).
+    pub fn set_guest_values(&mut self, values: [u64; SWITCHED_MSRS.len()]) {
+        for (m, v) in SWITCHED_MSRS.into_iter().zip(values) {
+            if let Some(e) = self.guest.iter_mut().find(|e| e.index == m) {
+                e.value = v;
+            }
+        }
+    }
 }
 
 /// The maximum number of entries an MSR list may hold: 512 * (N + 1) with N in
@@ -248,6 +263,15 @@ mod tests {
         }
         assert_eq!(area.guest_value(msr::IA32_LSTAR), Some(0));
         assert_eq!(area.guest_value(msr::IA32_EFER), None);
+        area.set_guest_values([1, 2, 3, 4, 5]);
+        assert_eq!(area.guest_value(msr::IA32_STAR), Some(1));
+        assert_eq!(area.guest_value(msr::IA32_KERNEL_GS_BASE), Some(5));
+        assert_eq!(area.guest_values(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            area.host[1].value,
+            msr::IA32_LSTAR as u64 + 1,
+            "host list untouched"
+        );
         // The VMX-switched and area-switched MSRs together are the policy's list.
         for m in SWITCHED_MSRS {
             assert!(PASS_THROUGH_MSRS.contains(&m));

@@ -7,10 +7,16 @@
 //! first VMLAUNCH (the core may have changed RIP or registers since), and after an
 //! entry failure with reason 33 to explain it. The checks assume "unrestricted guest"
 //! (always on in this backend), "load IA32_EFER", "load IA32_PAT" and "load debug
-//! controls" handled as the backend sets them, and no virtual-8086 guests.
+//! controls" handled as the backend sets them.
+//!
+//! [`check_event_injection`] adds the checks on an event queued in the VM-entry
+//! interruption-information field (SDM Vol. 3C 27.2.1.3) and how it must fit the
+//! guest's interruptibility (27.3.1.5), for a state loaded from outside
+//! (`Vcpu::load_state`), where nothing guarantees that fit.
 
 use crate::guest_state::{CrFixed, GuestState, Seg, SegmentState};
-use crate::vmcs::{ar, cr0, cr4, efer, interruptibility, rflags};
+use crate::ops::has_error_code;
+use crate::vmcs::{ar, cr0, cr4, efer, interruptibility, intr_info, rflags};
 
 /// Whether `value` is canonical for 48-bit linear addresses.
 pub const fn is_canonical(value: u64) -> bool {
@@ -183,6 +189,10 @@ fn check_segments(g: &GuestState) -> Result<(), &'static str> {
         }
     }
 
+    if g.rflags & rflags::VM != 0 && !g.ia32e && g.cr0 & cr0::PE != 0 {
+        return check_virtual_8086_segments(g);
+    }
+
     // CS: always usable.
     if !cs.usable() {
         return Err("guest CS is unusable");
@@ -313,6 +323,62 @@ fn check_segments(g: &GuestState) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// 27.3.1.2 in virtual-8086 mode: CS, SS, DS, ES, FS and GS are what a real-mode
+/// style load gives (base = selector * 16, limit FFFFH, access rights F3H); they
+/// replace every other check on those registers.
+fn check_virtual_8086_segments(g: &GuestState) -> Result<(), &'static str> {
+    for (s, base_msg, limit_msg, ar_msg) in [
+        (
+            Seg::Cs,
+            "guest CS base is not selector * 16 in virtual-8086 mode",
+            "guest CS limit is not FFFFH in virtual-8086 mode",
+            "guest CS access rights are not F3H in virtual-8086 mode",
+        ),
+        (
+            Seg::Ss,
+            "guest SS base is not selector * 16 in virtual-8086 mode",
+            "guest SS limit is not FFFFH in virtual-8086 mode",
+            "guest SS access rights are not F3H in virtual-8086 mode",
+        ),
+        (
+            Seg::Ds,
+            "guest DS base is not selector * 16 in virtual-8086 mode",
+            "guest DS limit is not FFFFH in virtual-8086 mode",
+            "guest DS access rights are not F3H in virtual-8086 mode",
+        ),
+        (
+            Seg::Es,
+            "guest ES base is not selector * 16 in virtual-8086 mode",
+            "guest ES limit is not FFFFH in virtual-8086 mode",
+            "guest ES access rights are not F3H in virtual-8086 mode",
+        ),
+        (
+            Seg::Fs,
+            "guest FS base is not selector * 16 in virtual-8086 mode",
+            "guest FS limit is not FFFFH in virtual-8086 mode",
+            "guest FS access rights are not F3H in virtual-8086 mode",
+        ),
+        (
+            Seg::Gs,
+            "guest GS base is not selector * 16 in virtual-8086 mode",
+            "guest GS limit is not FFFFH in virtual-8086 mode",
+            "guest GS access rights are not F3H in virtual-8086 mode",
+        ),
+    ] {
+        let seg = g.seg(s);
+        if seg.base != (seg.selector as u64) << 4 {
+            return Err(base_msg);
+        }
+        if seg.limit != 0xFFFF {
+            return Err(limit_msg);
+        }
+        if seg.access_rights != 0xF3 {
+            return Err(ar_msg);
+        }
+    }
+    Ok(())
+}
+
 /// 27.3.1.3 descriptor-table registers, 27.3.1.4 RIP and RFLAGS.
 fn check_tables_and_rip(g: &GuestState) -> Result<(), &'static str> {
     if !is_canonical(g.gdtr.base) {
@@ -369,8 +435,101 @@ fn check_non_register_state(g: &GuestState) -> Result<(), &'static str> {
     if g.pending_debug & !0x0001_500F != 0 {
         return Err("guest pending debug exceptions has reserved bits set");
     }
+    // A single-step trap pending across the shadow: BS must say exactly whether the
+    // guest single-steps (RFLAGS.TF without DEBUGCTL.BTF).
+    if sti || mov_ss || g.activity == 1 {
+        const BS: u64 = 1 << 14;
+        const DEBUGCTL_BTF: u64 = 1 << 1;
+        let stepping = g.rflags & rflags::TF != 0 && g.debugctl & DEBUGCTL_BTF == 0;
+        if stepping && g.pending_debug & BS == 0 {
+            return Err("guest pending debug exceptions lack BS while the guest single-steps in an interrupt shadow or HLT");
+        }
+        if !stepping && g.pending_debug & BS != 0 {
+            return Err("guest pending debug exceptions have BS set in an interrupt shadow or HLT without single-stepping");
+        }
+    }
     if g.link_pointer != !0 {
         return Err("VMCS link pointer is not FFFFFFFF_FFFFFFFF (no shadow VMCS is used)");
+    }
+    Ok(())
+}
+
+/// Checks an event queued for VM entry: `info` is the VM-entry interruption-information
+/// field, `error_code` and `instruction_len` the fields that go with it, `g` the guest
+/// state it enters with, `virtual_nmis` the pin-based control (SDM Vol. 3C 27.2.1.3,
+/// "Event Injection", for a processor with unrestricted guest, and the event rules of
+/// 27.3.1.5). Types 1 (reserved) and 7 (other event, used only with the monitor trap
+/// flag, which this backend does not use) are refused.
+pub fn check_event_injection(
+    g: &GuestState,
+    info: u32,
+    error_code: u32,
+    instruction_len: u32,
+    virtual_nmis: bool,
+) -> Result<(), &'static str> {
+    if info & intr_info::VALID == 0 {
+        return Ok(());
+    }
+    if info & 0x7FFF_F000 != 0 {
+        return Err("VM-entry interruption information has reserved bits 30:12 set");
+    }
+    let vector = (info & intr_info::VECTOR_MASK) as u8;
+    let kind = info & intr_info::TYPE_MASK;
+    match kind {
+        intr_info::TYPE_EXTERNAL_INTERRUPT
+        | intr_info::TYPE_SOFTWARE_INTERRUPT
+        | intr_info::TYPE_PRIVILEGED_SOFTWARE_EXCEPTION
+        | intr_info::TYPE_SOFTWARE_EXCEPTION => {}
+        intr_info::TYPE_NMI if vector != 2 => {
+            return Err("an injected NMI must have vector 2");
+        }
+        intr_info::TYPE_NMI => {}
+        intr_info::TYPE_HARDWARE_EXCEPTION if vector > 31 => {
+            return Err("an injected hardware exception must have a vector of 31 or less");
+        }
+        intr_info::TYPE_HARDWARE_EXCEPTION => {}
+        _ => return Err("the injected event's type is reserved (1) or 'other event' (7)"),
+    }
+    let wants_code = kind == intr_info::TYPE_HARDWARE_EXCEPTION
+        && g.cr0 & cr0::PE != 0
+        && has_error_code(vector);
+    let delivers_code = info & intr_info::DELIVER_ERROR_CODE != 0;
+    if wants_code != delivers_code {
+        return Err("an injected event must deliver an error code exactly when it is a protected-mode exception that pushes one");
+    }
+    if delivers_code && error_code >> 16 != 0 {
+        return Err("the injected exception's error code has bits 31:16 set");
+    }
+    let software = matches!(
+        kind,
+        intr_info::TYPE_SOFTWARE_INTERRUPT
+            | intr_info::TYPE_PRIVILEGED_SOFTWARE_EXCEPTION
+            | intr_info::TYPE_SOFTWARE_EXCEPTION
+    );
+    if software && !(1..=15).contains(&instruction_len) {
+        return Err(
+            "an injected software interrupt or exception needs an instruction length of 1 to 15",
+        );
+    }
+    let sti = g.interruptibility & interruptibility::BLOCKING_BY_STI != 0;
+    let mov_ss = g.interruptibility & interruptibility::BLOCKING_BY_MOV_SS != 0;
+    if kind == intr_info::TYPE_EXTERNAL_INTERRUPT {
+        if g.rflags & rflags::IF == 0 {
+            return Err("an external interrupt is injected while guest RFLAGS.IF is clear");
+        }
+        if sti || mov_ss {
+            return Err("an external interrupt is injected in an STI or MOV SS interrupt shadow");
+        }
+    }
+    if kind == intr_info::TYPE_NMI {
+        // MOV SS blocking always fails the entry; STI blocking may, depending on the
+        // processor (SDM 27.3.1.5), so it is refused too.
+        if sti || mov_ss {
+            return Err("an NMI is injected in an STI or MOV SS interrupt shadow");
+        }
+        if virtual_nmis && g.interruptibility & interruptibility::BLOCKING_BY_NMI != 0 {
+            return Err("an NMI is injected while (virtual-)NMI blocking is in effect");
+        }
     }
     Ok(())
 }
@@ -522,6 +681,109 @@ mod tests {
         let mut g = state(CpuMode::Long);
         g.segments[Seg::Fs as usize].base = 0x0000_8000_0000_0000;
         assert!(check(&g).unwrap_err().contains("FS base"));
+    }
+
+    #[test]
+    fn virtual_8086_segments() {
+        let mut g = state(CpuMode::Protected);
+        g.rflags |= rflags::VM;
+        assert!(check(&g).unwrap_err().contains("virtual-8086"));
+        for s in [Seg::Cs, Seg::Ss, Seg::Ds, Seg::Es, Seg::Fs, Seg::Gs] {
+            g.segments[s as usize] = SegmentState {
+                selector: 0x1234,
+                base: 0x12340,
+                limit: 0xFFFF,
+                access_rights: 0xF3,
+            };
+        }
+        assert_eq!(check(&g), Ok(()));
+        g.segments[Seg::Fs as usize].base = 0;
+        assert_eq!(
+            check(&g),
+            Err("guest FS base is not selector * 16 in virtual-8086 mode")
+        );
+        g.segments[Seg::Fs as usize].base = 0x12340;
+        g.segments[Seg::Cs as usize].access_rights = 0xFB;
+        assert_eq!(
+            check(&g),
+            Err("guest CS access rights are not F3H in virtual-8086 mode")
+        );
+        // Still refused outside protected mode.
+        let mut g = state(CpuMode::Real);
+        g.rflags |= rflags::VM;
+        assert!(check(&g).unwrap_err().contains("RFLAGS.VM"));
+    }
+
+    #[test]
+    fn single_step_in_a_shadow_needs_bs() {
+        let mut g = state(CpuMode::Protected);
+        g.rflags |= rflags::IF | rflags::TF;
+        g.interruptibility = interruptibility::BLOCKING_BY_STI;
+        assert!(check(&g).unwrap_err().contains("lack BS"));
+        g.pending_debug = 1 << 14;
+        assert_eq!(check(&g), Ok(()));
+        // BTF: single-stepping on branches only, no BS.
+        g.debugctl = 1 << 1;
+        assert!(check(&g).unwrap_err().contains("BS set"));
+        g.pending_debug = 0;
+        assert_eq!(check(&g), Ok(()));
+        // Outside a shadow BS is free.
+        g.interruptibility = 0;
+        g.pending_debug = 1 << 14;
+        assert_eq!(check(&g), Ok(()));
+    }
+
+    #[test]
+    fn event_injection() {
+        let g = state(CpuMode::Protected);
+        let ev = |info: u32, code: u32, len: u32, g: &GuestState| {
+            check_event_injection(g, info | intr_info::VALID, code, len, true)
+        };
+        assert_eq!(check_event_injection(&g, 0x0000_0F0E, 0, 0, true), Ok(()));
+        // #GP with its error code; without, or with a wide one.
+        assert_eq!(ev(0xB0D, 0, 0, &g), Ok(()));
+        assert!(ev(0x30D, 0, 0, &g)
+            .unwrap_err()
+            .contains("error code exactly"));
+        assert!(ev(0xB0D, 1 << 16, 0, &g).unwrap_err().contains("31:16"));
+        assert!(ev(0xB06, 0, 0, &g)
+            .unwrap_err()
+            .contains("error code exactly"));
+        // Real mode: never an error code.
+        let real = state(CpuMode::Real);
+        assert_eq!(ev(0x30D, 0, 0, &real), Ok(()));
+        assert!(ev(0xB0D, 0, 0, &real).unwrap_err().contains("error code"));
+        // Vectors and types.
+        assert!(ev(0x203, 0, 0, &g).unwrap_err().contains("vector 2"));
+        assert!(ev(0x320, 0, 0, &g).unwrap_err().contains("31 or less"));
+        assert!(ev(0x120, 0, 0, &g).unwrap_err().contains("reserved"));
+        assert!(ev(0x700, 0, 0, &g).unwrap_err().contains("reserved"));
+        assert!(ev(0x1000 | 0x30D, 0, 0, &g).unwrap_err().contains("30:12"));
+        // Software events need the instruction length.
+        assert!(ev(0x480, 0, 0, &g)
+            .unwrap_err()
+            .contains("instruction length"));
+        assert_eq!(ev(0x480, 0, 2, &g), Ok(()));
+        assert_eq!(ev(0x603, 0, 1, &g), Ok(()));
+        assert!(ev(0x501, 0, 16, &g)
+            .unwrap_err()
+            .contains("instruction length"));
+        // External interrupts need IF and no shadow.
+        assert!(ev(0x030, 0, 0, &g).unwrap_err().contains("RFLAGS.IF"));
+        let mut open = g;
+        open.rflags |= rflags::IF;
+        assert_eq!(ev(0x030, 0, 0, &open), Ok(()));
+        open.interruptibility = interruptibility::BLOCKING_BY_STI;
+        assert!(ev(0x030, 0, 0, &open).unwrap_err().contains("shadow"));
+        assert!(ev(0x202, 0, 0, &open).unwrap_err().contains("shadow"));
+        // NMIs: not while blocked with virtual NMIs.
+        let mut blocked = g;
+        blocked.interruptibility = interruptibility::BLOCKING_BY_NMI;
+        assert!(ev(0x202, 0, 0, &blocked).unwrap_err().contains("blocking"));
+        assert_eq!(
+            check_event_injection(&blocked, 0x8000_0202, 0, 0, false),
+            Ok(())
+        );
     }
 
     #[test]

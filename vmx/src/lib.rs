@@ -16,6 +16,7 @@
 //!   and MSR switch areas.
 //! - [`exit`]: exit decoding and the VM-instruction error table.
 //! - [`reflect`]: #AC and #DB, always intercepted, given back to the guest.
+//! - [`state`]: the vCPU's state as a `vcpu::state::CpuState` and back.
 //! - [`backend`]: the runtime (VMXON, VMCS life cycle, VM entry).
 #![no_std]
 
@@ -32,6 +33,7 @@ pub mod exit;
 pub mod guest_state;
 pub mod ops;
 pub mod reflect;
+pub mod state;
 pub mod vmcs;
 pub mod vpid;
 

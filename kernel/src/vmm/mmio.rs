@@ -1738,6 +1738,12 @@ mod tests {
         fn control_regs(&self) -> ControlRegs {
             self.cr
         }
+        fn save_state(&mut self) -> vcpu::state::CpuState {
+            unimplemented!("MMIO emulation never saves vCPU state")
+        }
+        fn load_state(&mut self, _: &vcpu::state::CpuState) -> Result<(), vcpu::state::StateError> {
+            unimplemented!("MMIO emulation never loads vCPU state")
+        }
     }
 
     const LAPIC: u64 = 0xfee0_0000;

@@ -1133,6 +1133,12 @@ mod tests {
         fn control_regs(&self) -> vcpu::ControlRegs {
             self.cr
         }
+        fn save_state(&mut self) -> vcpu::state::CpuState {
+            unimplemented!("the exit-handling tests never save vCPU state")
+        }
+        fn load_state(&mut self, _: &vcpu::state::CpuState) -> Result<(), vcpu::state::StateError> {
+            unimplemented!("the exit-handling tests never load vCPU state")
+        }
     }
 
     std::thread_local! {
