@@ -139,6 +139,17 @@ pub fn alloc_zeroed(size: u64, align: u64) -> Result<u64, AllocError> {
     Ok(pa)
 }
 
+/// Host-physical memory for a copy that overwrites all of it at once (a snapshot
+/// of a VM's RAM): not wiped first, since no byte of its old contents survives the
+/// copy; never hand such memory to a guest before it is overwritten.
+pub fn alloc_for_copy(size: u64, align: u64) -> Result<u64, AllocError> {
+    FRAMES
+        .lock()
+        .as_mut()
+        .expect("frame allocator initialised")
+        .alloc(size, align)
+}
+
 pub fn free(pa: u64, size: u64) {
     FRAMES
         .lock()

@@ -64,7 +64,27 @@ pub enum Command<'a> {
     Log(Level),
     Logout,
     Exit,
+    /// `snapshot NAME TAG`
+    Snapshot(&'a str, &'a str),
+    /// `restore NAME TAG`
+    Restore(&'a str, &'a str),
+    /// `snapshots [NAME]`
+    Snapshots(Option<&'a str>),
+    /// `delete-snapshot NAME TAG`
+    DeleteSnapshot(&'a str, &'a str),
 }
+
+/// Whether `tag` can name a snapshot: 1 to [`TAG_MAX`] of `A-Z a-z 0-9 . _ -`.
+pub fn tag_ok(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= TAG_MAX
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The longest snapshot tag.
+pub const TAG_MAX: usize = 32;
 
 /// What the help says about a command.
 pub struct Info {
@@ -143,6 +163,30 @@ pub const COMMANDS: &[Info] = &[
         privileged: true,
     },
     Info {
+        name: "snapshots",
+        args: "[NAME]",
+        summary: "the snapshots held (of VM NAME): VM, tag, size, age",
+        privileged: false,
+    },
+    Info {
+        name: "snapshot",
+        args: "NAME TAG",
+        summary: "capture VM NAME (vCPUs, devices, memory) as snapshot TAG; it runs on",
+        privileged: true,
+    },
+    Info {
+        name: "restore",
+        args: "NAME TAG",
+        summary: "roll VM NAME (running, paused or stopped) back to its snapshot TAG",
+        privileged: true,
+    },
+    Info {
+        name: "delete-snapshot",
+        args: "NAME TAG",
+        summary: "forget VM NAME's snapshot TAG and free its memory",
+        privileged: true,
+    },
+    Info {
         name: "log",
         args: "LEVEL",
         summary: "set the hypervisor's log level: off, error, warn, info, debug or trace",
@@ -165,6 +209,10 @@ impl Command<'_> {
             Command::Log(_) => "log",
             Command::Logout => "logout",
             Command::Exit => "exit",
+            Command::Snapshot(..) => "snapshot",
+            Command::Restore(..) => "restore",
+            Command::Snapshots(_) => "snapshots",
+            Command::DeleteSnapshot(..) => "delete-snapshot",
         }
     }
 
@@ -176,7 +224,10 @@ impl Command<'_> {
     /// The VM the command names, if it names one.
     pub fn vm(&self) -> Option<&str> {
         match *self {
-            Command::Stats(vm) => vm,
+            Command::Stats(vm) | Command::Snapshots(vm) => vm,
+            Command::Snapshot(vm, _) | Command::Restore(vm, _) | Command::DeleteSnapshot(vm, _) => {
+                Some(vm)
+            }
             Command::Pause(vm)
             | Command::Resume(vm)
             | Command::Stop(vm)
@@ -201,6 +252,7 @@ pub enum ParseError {
         args: &'static str,
     },
     BadLevel(String),
+    BadTag(String),
 }
 
 impl fmt::Display for ParseError {
@@ -216,6 +268,10 @@ impl fmt::Display for ParseError {
             ParseError::TooMany { command, args } => {
                 write!(f, "too many arguments (usage: {command} {args})")
             }
+            ParseError::BadTag(t) => write!(
+                f,
+                "bad snapshot tag {t:?}: 1 to {TAG_MAX} of A-Z a-z 0-9 . _ -"
+            ),
             ParseError::BadLevel(l) => write!(
                 f,
                 "unknown log level {l:?}: off, error, warn, info, debug or trace"
@@ -243,25 +299,34 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError> {
     };
     let info = info(name).ok_or_else(|| ParseError::Unknown(first.into()))?;
     let args: Vec<&str> = words.collect();
-    let max = match info.args {
-        "" => 0,
-        _ => 1,
-    };
+    let max = info.args.split(' ').filter(|a| !a.is_empty()).count();
+    let needed = info
+        .args
+        .split(' ')
+        .filter(|a| !a.is_empty() && !a.starts_with('['))
+        .count();
     if args.len() > max {
         return Err(ParseError::TooMany {
             command: info.name,
             args: info.args,
         });
     }
-    let optional = info.args.starts_with('[');
-    let arg = args.first().copied();
-    if max == 1 && !optional && arg.is_none() {
+    if args.len() < needed {
         return Err(ParseError::Missing {
             command: info.name,
             args: info.args,
         });
     }
+    let arg = args.first().copied();
     let required = arg.unwrap_or("");
+    let second = args.get(1).copied().unwrap_or("");
+    let tag = || {
+        if tag_ok(second) {
+            Ok(second)
+        } else {
+            Err(ParseError::BadTag(second.into()))
+        }
+    };
     Ok(Some(match info.name {
         "help" => Command::Help(arg),
         "list" => Command::List,
@@ -274,6 +339,10 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError> {
         "stop" => Command::Stop(required),
         "start" => Command::Start(required),
         "restart" => Command::Restart(required),
+        "snapshot" => Command::Snapshot(required, tag()?),
+        "restore" => Command::Restore(required, tag()?),
+        "snapshots" => Command::Snapshots(arg),
+        "delete-snapshot" => Command::DeleteSnapshot(required, tag()?),
         "log" => Command::Log(
             Level::from_name(required).ok_or_else(|| ParseError::BadLevel(required.into()))?,
         ),
@@ -340,6 +409,20 @@ mod tests {
         assert_eq!(parse("logout"), Ok(Some(Command::Logout)));
         assert_eq!(parse("exit"), Ok(Some(Command::Exit)));
         assert_eq!(parse("quit"), Ok(Some(Command::Exit)));
+        assert_eq!(
+            parse("snapshot a t1"),
+            Ok(Some(Command::Snapshot("a", "t1")))
+        );
+        assert_eq!(parse("restore a t1"), Ok(Some(Command::Restore("a", "t1"))));
+        assert_eq!(parse("snapshots"), Ok(Some(Command::Snapshots(None))));
+        assert_eq!(
+            parse("snapshots a"),
+            Ok(Some(Command::Snapshots(Some("a"))))
+        );
+        assert_eq!(
+            parse("delete-snapshot a before-upgrade_2.1"),
+            Ok(Some(Command::DeleteSnapshot("a", "before-upgrade_2.1")))
+        );
     }
 
     #[test]
@@ -357,11 +440,29 @@ mod tests {
         let e = parse("log loud").unwrap_err();
         assert!(e.to_string().contains("\"loud\""));
         assert!(parse("log").is_err());
+        assert_eq!(
+            parse("snapshot a").unwrap_err().to_string(),
+            "snapshot needs NAME TAG (usage: snapshot NAME TAG)"
+        );
+        assert!(parse("snapshot a b c").is_err());
+        assert_eq!(
+            parse("snapshot a b/c"),
+            Err(ParseError::BadTag("b/c".into()))
+        );
+        assert!(parse(&alloc::format!("restore a {}", "t".repeat(TAG_MAX + 1))).is_err());
     }
 
     #[test]
     fn privilege_follows_the_table() {
-        let open = ["help", "list", "stats", "console a", "exit", "logout"];
+        let open = [
+            "help",
+            "list",
+            "stats",
+            "console a",
+            "exit",
+            "logout",
+            "snapshots",
+        ];
         let admin = [
             "pause a",
             "resume a",
@@ -369,6 +470,9 @@ mod tests {
             "start a",
             "restart a",
             "log info",
+            "snapshot a t",
+            "restore a t",
+            "delete-snapshot a t",
         ];
         for l in open {
             assert!(!parse(l).unwrap().unwrap().privileged(), "{l}");
@@ -400,6 +504,7 @@ mod tests {
             let line = match i.args {
                 "" | "[COMMAND]" | "[NAME]" => String::from(i.name),
                 "LEVEL" => format!("{} info", i.name),
+                "NAME TAG" => format!("{} x t", i.name),
                 _ => format!("{} x", i.name),
             };
             assert_eq!(parse(&line).unwrap().unwrap().name(), i.name);

@@ -12,6 +12,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::device::{device_id, VirtioDevice};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// A request header's type field.
+fn kind_of(header: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([header[0], header[1], header[2], header[3]])
+}
 use crate::memory::{GuestMemory, MemError};
 use crate::queue::{Chain, Segment};
 
@@ -218,12 +225,32 @@ impl BlockConfig {
     }
 }
 
+/// What a disk has done, counted as requests complete (for operators' reports):
+/// atomics, so whoever reports reads them without the device's lock.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub written_bytes: AtomicU64,
+    /// Requests answered with IOERR or UNSUPP.
+    pub errors: AtomicU64,
+}
+
+impl BlockStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A virtio block device on `backend`.
 pub struct Block<B: BlockBackend> {
     backend: B,
     config: BlockConfig,
     negotiated: u64,
     bounce: Vec<u8>,
+    stats: Arc<BlockStats>,
 }
 
 impl<B: BlockBackend> Block<B> {
@@ -233,7 +260,18 @@ impl<B: BlockBackend> Block<B> {
             config,
             negotiated: 0,
             bounce: vec![0; BOUNCE_SIZE],
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts into `stats` (shared with whoever reports them).
+    pub fn with_stats(mut self, stats: Arc<BlockStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    pub fn stats(&self) -> &Arc<BlockStats> {
+        &self.stats
     }
 
     pub fn backend(&self) -> &B {
@@ -418,6 +456,18 @@ impl<B: BlockBackend> VirtioDevice for Block<B> {
                 _ => (status::UNSUPP, 0),
             }
         };
+        let stats = &self.stats;
+        if st != status::OK {
+            BlockStats::add(&stats.errors, 1);
+        } else if kind_of(&header) == request::IN {
+            BlockStats::add(&stats.reads, 1);
+            BlockStats::add(&stats.read_bytes, written);
+        } else if kind_of(&header) == request::OUT {
+            BlockStats::add(&stats.writes, 1);
+            BlockStats::add(&stats.written_bytes, chain.readable_len() - 16);
+        } else if kind_of(&header) == request::FLUSH {
+            BlockStats::add(&stats.flushes, 1);
+        }
         // The segments were checked against RAM when the chain was taken.
         let _ = mem.write(status_at, &[st]);
         // Data plus the status byte; the chain's length fits in u32.
@@ -552,6 +602,17 @@ mod tests {
         assert_eq!(io(&mut b, &mut m, request::IN, 0, 100), status::IOERR);
         assert_eq!(io(&mut b, &mut m, request::OUT, 0, 512), status::OK);
         assert_eq!(io(&mut b, &mut m, 99, 0, 512), status::UNSUPP);
+        // Counted: the one good read and the one good write; the rest are errors.
+        let st = b.stats();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((get(&st.reads), get(&st.read_bytes)), (1, 512));
+        assert_eq!((get(&st.writes), get(&st.written_bytes)), (1, 512));
+        assert_eq!(
+            get(&st.errors),
+            7,
+            "six bad requests and the unsupported one"
+        );
+        assert_eq!(get(&st.flushes), 0);
         let before = b.backend().clone();
         let mut ro = Block::new(before.clone(), BlockConfig::new("ro").read_only());
         m.write(0x1000, &[0x55; 512]).unwrap();

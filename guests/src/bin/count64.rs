@@ -2,7 +2,8 @@
 //!
 //! For the management console's tests: it prints a line with a growing count about
 //! every 300 ms (so pausing, resuming and restarting it show in its output), and
-//! reads its serial port: each line typed to it is answered with `got <line>`. The
+//! reads its serial port: each line typed to it is answered with `got <line> at
+//! <count>` (so a snapshot's restore shows as the count going back). The
 //! line `quiet` stops the counting lines and leaves a prompt without a newline
 //! (as a shell's prompt is), which the hypervisor must show at once; `loud` brings
 //! the counting back.
@@ -12,7 +13,7 @@
 //! count64: started
 //! count64: 1
 //! count64: 2
-//! count64: got <line>           (for each line typed to it)
+//! count64: got <line> at <n>    (for each line typed to it)
 //! count64>                      (after `quiet`, no newline)
 //! ```
 
@@ -74,7 +75,7 @@ mod guest {
                     if quiet {
                         println!();
                     }
-                    println!("count64: got {text}");
+                    println!("count64: got {text} at {count}");
                     match text {
                         "quiet" => quiet = true,
                         "loud" => quiet = false,

@@ -290,6 +290,14 @@ impl PciFunction for NicFunction {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+    /// The device's state; frames waiting at the switch port are the network's,
+    /// not the VM's, and stay out of a snapshot.
+    fn snapshot(&self) -> Result<Vec<u8>, devices::StateError> {
+        PciFunction::snapshot(&self.pci)
+    }
+    fn restore_snapshot(&mut self, data: &[u8]) -> Result<(), devices::StateError> {
+        PciFunction::restore_snapshot(&mut self.pci, data)
+    }
 }
 
 #[cfg(test)]

@@ -267,6 +267,37 @@ impl Platform {
         Ok(index)
     }
 
+    /// The names of the bus devices, in registration order (a snapshot's shape).
+    pub fn device_names(&self) -> Vec<&'static str> {
+        self.devices.iter().map(|d| d.name()).collect()
+    }
+
+    /// Every bus device's state for a snapshot (see `devices::PlatformState`), in
+    /// registration order.
+    pub fn device_states(&self) -> Result<Vec<Vec<u8>>, devices::StateError> {
+        self.devices.iter().map(|d| d.snapshot()).collect()
+    }
+
+    /// Restores what [`Platform::device_states`] gave, device by device (each one
+    /// all or nothing; the caller restores into a fresh platform and discards it on
+    /// an error). Interrupt lines and deadlines are recomputed at the next poll.
+    pub fn restore_device_states(&mut self, states: &[Vec<u8>]) -> Result<(), devices::StateError> {
+        if states.len() != self.devices.len() {
+            return Err(devices::StateError::Mismatch {
+                device: devices::PlatformState::TAG,
+                what: "bus device count",
+                snapshot: states.len() as u64,
+                here: self.devices.len() as u64,
+            });
+        }
+        for (d, s) in self.devices.iter_mut().zip(states) {
+            d.restore_snapshot(s)?;
+        }
+        self.poll_now = true;
+        self.deadline = None;
+        Ok(())
+    }
+
     /// The console UART. Its interrupt line is brought up to date at the next poll
     /// (console input changes it from outside the guest).
     pub fn console(&mut self) -> &mut SerialPort<Relay> {

@@ -35,6 +35,7 @@ use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared
 use crate::{memory, println, serial, smp, time, timer};
 
 mod mgmt;
+mod snapshots;
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// A VM that restarts this often within [`RESTART_WINDOW_MS`] is stopped instead: it
@@ -103,6 +104,8 @@ pub(super) struct Machine<'b, B: Backend> {
     hub: SharedHub,
     /// The operator's console on the serial line.
     console: Mutex<mgmt::Console>,
+    /// Snapshots taken from the console.
+    snapshots: Mutex<Vec<snapshots::Stored>>,
     vms: Vec<VmEntry<B::Vcpu>>,
     queue: Mutex<RunQueue>,
     slice: u64,
@@ -540,6 +543,7 @@ fn build<B: Backend>(
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
         disk,
+        disk_stats: Default::default(),
         nics,
         net_wake,
     };
@@ -1321,6 +1325,7 @@ where
         epoch_unix_ns,
         hub,
         console: Mutex::new(mgmt::Console::new(admin, vms.len())),
+        snapshots: Mutex::new(Vec::new()),
         vms,
         queue: Mutex::new(queue),
         slice: time::micros_to_tsc(SLICE_MICROS),
@@ -1335,6 +1340,9 @@ where
         core::hint::spin_loop();
     }
     MACHINE.store(core::ptr::null_mut(), Ordering::Release);
+    for s in machine.snapshots.lock().drain(..) {
+        s.free();
+    }
     drop(machine);
     drain_console(None);
     let leaked = free_before.saturating_sub(memory::free_bytes());

@@ -156,6 +156,8 @@ pub struct MachineInfo {
     pub unmapped_stops: bool,
     /// Its virtio-blk disk, if it has one.
     pub disk: Option<VmDisk>,
+    /// What the disk has done (shared with the device, for `stats`).
+    pub disk_stats: alloc::sync::Arc<virtio::blk::BlockStats>,
     /// Its NICs (PCI 00:04.0 onwards), each a port of the machine's switch.
     pub nics: Vec<super::net::NicPort>,
     /// Set when a frame waits for one of its NICs (see `net`).
@@ -173,6 +175,16 @@ pub enum VmDisk {
         backend: super::vm_disk::SharedBackend,
         read_only: bool,
     },
+}
+
+impl VmDisk {
+    /// The guest cannot write to it.
+    pub fn read_only(&self) -> bool {
+        match self {
+            VmDisk::Ram(d) => d.read_only,
+            VmDisk::Shared { read_only, .. } => *read_only,
+        }
+    }
 }
 
 impl core::fmt::Debug for VmDisk {
@@ -195,13 +207,14 @@ fn disk_function(
     name: &str,
     disk: &VmDisk,
     ram: GuestRam,
+    stats: &alloc::sync::Arc<virtio::blk::BlockStats>,
 ) -> Result<alloc::boxed::Box<dyn devices::PciFunction>, String> {
     let disk = match disk {
         VmDisk::Ram(contents) => contents,
         VmDisk::Shared { backend, read_only } => {
             let mut config = virtio::BlockConfig::new(name);
             config.read_only = *read_only;
-            let block = virtio::Block::new(backend.clone(), config);
+            let block = virtio::Block::new(backend.clone(), config).with_stats(stats.clone());
             return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
         }
     };
@@ -215,7 +228,7 @@ fn disk_function(
     bytes.extend_from_slice(disk.data);
     let mut config = virtio::BlockConfig::new(name);
     config.read_only = disk.read_only;
-    let block = virtio::Block::new(virtio::RamDisk::new(bytes), config);
+    let block = virtio::Block::new(virtio::RamDisk::new(bytes), config).with_stats(stats.clone());
     Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)))
 }
 
@@ -274,7 +287,10 @@ impl VmShared {
         let cpus = machine.cpus.clamp(1, MAX_VCPUS);
         let mut pci = Vec::new();
         if let Some(disk) = &machine.disk {
-            pci.push((DISK_PCI_ADDRESS, disk_function(name, disk, machine.ram)?));
+            pci.push((
+                DISK_PCI_ADDRESS,
+                disk_function(name, disk, machine.ram, &machine.disk_stats)?,
+            ));
         }
         for (i, nic) in machine.nics.iter().enumerate() {
             let device = super::net::FIRST_NIC_DEVICE + i as u8;
@@ -323,6 +339,82 @@ impl VmShared {
 
     pub fn cpus(&self) -> usize {
         self.lapics.len()
+    }
+
+    /// Every device's state, the local APICs' included, for a snapshot.
+    pub fn save_devices(&self) -> Result<Vec<u8>, devices::StateError> {
+        Ok(devices::PlatformState {
+            pic: self.platform.pic.state(),
+            ioapic: self.platform.ioapic.state(),
+            lapics: self.lapics.iter().map(|l| l.state()).collect(),
+            bus_devices: self.platform.device_states()?,
+        }
+        .encode())
+    }
+
+    /// Restores [`VmShared::save_devices`]' state. Not all or nothing across devices:
+    /// restore into a freshly made `VmShared` and discard it on an error.
+    pub fn restore_devices(&mut self, data: &[u8]) -> Result<(), devices::StateError> {
+        let s = devices::PlatformState::decode(
+            data,
+            self.lapics.len(),
+            self.platform.device_names().len(),
+        )?;
+        self.platform.pic.restore(&s.pic)?;
+        self.platform.ioapic.restore(&s.ioapic)?;
+        for (lapic, state) in self.lapics.iter_mut().zip(&s.lapics) {
+            lapic.restore(state)?;
+        }
+        self.platform.restore_device_states(&s.bus_devices)
+    }
+
+    /// The vCPUs' run states and which are parked, for a snapshot. Version 1:
+    /// `[1]`, count u32, per vCPU `[kind, vector]` (0 running, 1 waiting for SIPI,
+    /// 2 STARTUP with that vector), parked u64.
+    pub fn run_state(&self) -> Vec<u8> {
+        let mut out = alloc::vec![1u8];
+        out.extend_from_slice(&(self.run.len() as u32).to_le_bytes());
+        for r in &self.run {
+            out.extend_from_slice(&match r {
+                RunState::Running => [0, 0],
+                RunState::WaitForSipi => [1, 0],
+                RunState::StartUp(v) => [2, *v],
+            });
+        }
+        out.extend_from_slice(&self.parked.to_le_bytes());
+        out
+    }
+
+    /// Restores [`VmShared::run_state`]; on an error nothing changed.
+    pub fn restore_run_state(&mut self, b: &[u8]) -> Result<(), String> {
+        let n = self.run.len();
+        let bad = || String::from("the vCPUs' run states are malformed or of another version");
+        if b.len() != 5 + 2 * n + 8 || b[0] != 1 {
+            return Err(bad());
+        }
+        if u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as usize != n {
+            return Err(format!(
+                "the snapshot's run states are for another vCPU count than {n}"
+            ));
+        }
+        let mut run = Vec::with_capacity(n);
+        for i in 0..n {
+            run.push(match (b[5 + 2 * i], b[6 + 2 * i]) {
+                (0, 0) => RunState::Running,
+                (1, 0) => RunState::WaitForSipi,
+                (2, v) => RunState::StartUp(v),
+                _ => return Err(bad()),
+            });
+        }
+        let mut p = [0; 8];
+        p.copy_from_slice(&b[5 + 2 * n..]);
+        let parked = u64::from_le_bytes(p);
+        if n < 64 && parked >> n != 0 {
+            return Err(bad());
+        }
+        self.run = run;
+        self.parked = parked;
+        Ok(())
     }
 
     /// Whether the guest's UART can take another byte typed on the host console.
@@ -1204,6 +1296,7 @@ mod tests {
             bench_hypercalls: false,
             unmapped_stops: false,
             disk: None,
+            disk_stats: Default::default(),
             nics: Vec::new(),
             net_wake: None,
         }

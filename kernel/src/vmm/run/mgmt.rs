@@ -16,7 +16,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use ::operator::report::{self, ExitCount, ListRow, NicCounters, VmState, VmStats};
+use ::operator::report::{self, DiskCounters, ExitCount, ListRow, NicCounters, VmState, VmStats};
 use ::operator::{command, Command, Credential, Gate, Input, Step};
 use vcpu::{Backend, ExitKind};
 
@@ -50,6 +50,10 @@ pub(in crate::vmm) struct Console {
     dropped_keys: u64,
     /// A privileged command waiting for the passphrase.
     pending: Option<String>,
+    /// Someone has typed on the console: from then on the VM with the keyboard has
+    /// its partial lines shown (without an operator, as in captured test runs, a
+    /// line cut by a time slice would only leave a fragment in the log).
+    typed: bool,
     samples: Vec<Sample>,
 }
 
@@ -63,6 +67,7 @@ impl Console {
             to_guest: VecDeque::new(),
             dropped_keys: 0,
             pending: None,
+            typed: false,
             samples: alloc::vec![Sample::default(); vms],
         }
     }
@@ -146,6 +151,7 @@ impl<B: Backend> Machine<'_, B> {
             let Some(byte) = serial::try_read_byte() else {
                 break;
             };
+            con.typed = true;
             echo.clear();
             let step = con.input.feed(byte, &mut echo);
             write_bytes(&echo);
@@ -207,7 +213,7 @@ impl<B: Backend> Machine<'_, B> {
         };
         let mut shared = self.vms[v].shared.lock();
         // The VM with the keyboard has its line in progress shown (a prompt).
-        if !con.input.at_prompt() {
+        if con.typed && !con.input.at_prompt() {
             shared.show_console_partial(time::uptime_ns());
         }
         // Waiting keys go to it as fast as its UART takes them.
@@ -377,6 +383,27 @@ impl<B: Backend> Machine<'_, B> {
                 Ok(())
             }
             Command::Start(name) => self.start_again(self.vm_index(name)?),
+            Command::Snapshot(name, tag) => {
+                println!("hv: {}", self.take_snapshot(self.vm_index(name)?, tag)?);
+                Ok(())
+            }
+            Command::Restore(name, tag) => {
+                println!("hv: {}", self.restore_snapshot(self.vm_index(name)?, tag)?);
+                Ok(())
+            }
+            Command::Snapshots(name) => {
+                if let Some(n) = name {
+                    self.vm_index(n)?;
+                }
+                for l in self.list_snapshots(name) {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            Command::DeleteSnapshot(name, tag) => {
+                println!("hv: {}", self.delete_snapshot(name, tag)?);
+                Ok(())
+            }
             Command::Restart(name) => self.operator_restart(self.vm_index(name)?),
         }
     }
@@ -423,7 +450,7 @@ impl<B: Backend> Machine<'_, B> {
             exits.add(&e.lock());
         }
         let run_tsc = vm.run_tsc.load(Ordering::Relaxed);
-        let (memory_kib, started, nics) = {
+        let (memory_kib, started, nics, disk) = {
             let life = vm.life.lock();
             let nics: Vec<NicCounters> = life
                 .machine
@@ -441,7 +468,19 @@ impl<B: Backend> Machine<'_, B> {
                     })
                 })
                 .collect();
-            (life.ram_size / 1024, life.started_tsc, nics)
+            let disk = life.machine.disk.as_ref().map(|_| {
+                let d = &life.machine.disk_stats;
+                let get = |c: &core::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                DiskCounters {
+                    reads: get(&d.reads),
+                    writes: get(&d.writes),
+                    flushes: get(&d.flushes),
+                    read_bytes: get(&d.read_bytes),
+                    written_bytes: get(&d.written_bytes),
+                    errors: get(&d.errors),
+                }
+            });
+            (life.ram_size / 1024, life.started_tsc, nics, disk)
         };
         // Rates since the previous look, or since the VM (re)started.
         let mut base = con.samples[v].clone();
@@ -469,7 +508,7 @@ impl<B: Backend> Machine<'_, B> {
             pcpus: smp::cpu_count(),
             memory_kib,
             exits: counts,
-            disk: None,
+            disk,
             nics,
         };
         for l in report::stats(&s) {
@@ -543,7 +582,7 @@ impl<B: Backend> Machine<'_, B> {
     }
 
     /// Starts a stopped VM again from its image, with fresh RAM, devices and vCPUs.
-    fn start_again(&self, v: usize) -> Result<(), String> {
+    pub(super) fn start_again(&self, v: usize) -> Result<(), String> {
         let vm = &self.vms[v];
         let mut life = vm.life.lock();
         if life.stop.is_none() {

@@ -1,0 +1,414 @@
+//! VM snapshots held in hypervisor memory: taking one of a running or paused VM,
+//! rolling a VM (running, paused or stopped) back to one, listing and deleting
+//! them. The `snapshot` crate packs the VM's shape, every vCPU's architectural
+//! state (the backend's `save_state`) and software state, and every device's
+//! state; guest RAM is copied to page frames beside it (it is far larger than the
+//! heap).
+//!
+//! Taking one pauses the VM until its vCPUs are all off the processors, so the
+//! state is of one instant, and lets it run on afterwards. Restoring checks the
+//! snapshot (format, checksum, shape) and builds fresh devices and vCPUs from it
+//! before anything of the VM changes: a snapshot that does not fit leaves the VM
+//! as it was. The guest's clock is not rolled back: timers that fell due in
+//! between fire at once (the 8254's lost ticks are bounded), as after a pause.
+//!
+//! Not yet: snapshots of VMs with a writable disk (its contents would need a
+//! copy-on-write view), and keeping snapshots on the disk across a restart.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use snapshot::{Builder, Shape};
+use vcpu::state::CpuState;
+use vcpu::{Backend, Vcpu};
+
+use super::{create_vcpus, kick_cpus, relay, Machine, VcpuSlot, AP_START, LAST_HOUSEKEEPING};
+use crate::vmm::host_memory::KernelMemory;
+use crate::vmm::vm::VmShared;
+use crate::{memory, time};
+
+/// How long a snapshot or restore waits for the VM's vCPUs to leave the processors.
+const QUIESCE_MS: u64 = 1_000;
+
+/// One snapshot: its packed state, and a copy of the VM's RAM in page frames.
+pub(in crate::vmm) struct Stored {
+    pub vm: String,
+    pub tag: String,
+    state: Vec<u8>,
+    ram_pa: u64,
+    ram_size: u64,
+    taken_us: u64,
+}
+
+impl Stored {
+    /// Returns the RAM copy to the frame allocator.
+    pub fn free(self) {
+        memory::free(self.ram_pa, self.ram_size);
+    }
+}
+
+/// Copies `len` bytes between two page-frame ranges, in pieces between which the
+/// boot processor tells the watchdog it is alive (a large VM's RAM takes seconds to
+/// copy under an emulator).
+fn copy_frames(from_pa: u64, to_pa: u64, len: u64) {
+    const PIECE: u64 = 16 << 20;
+    let mut done = 0;
+    while done < len {
+        let n = PIECE.min(len - done);
+        // SAFETY: both ranges are whole allocations of the frame allocator that the
+        // caller owns (a VM's RAM whose vCPUs are all off the processors, and a
+        // snapshot's copy), `len` bytes long, and distinct allocations never
+        // overlap; `done + n <= len`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                memory::phys_to_virt(from_pa + done) as *const u8,
+                memory::phys_to_virt(to_pa + done),
+                n as usize,
+            )
+        };
+        done += n;
+        LAST_HOUSEKEEPING.store(time::rdtsc(), core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn section_cpu(i: usize) -> String {
+    format!("cpu.{i}")
+}
+
+fn section_soft(i: usize) -> String {
+    format!("vcpu.{i}")
+}
+
+impl<B: Backend> Machine<'_, B> {
+    /// Takes VM `v`'s vCPUs off the processors (pausing it) and waits until every
+    /// one is back in its slot. Returns whether it was running (to be resumed).
+    fn quiesce(&self, v: usize) -> Result<bool, String> {
+        let vm = &self.vms[v];
+        let was_running = {
+            let mut life = vm.life.lock();
+            if life.stop.is_some() {
+                return Err(format!("VM {} is stopped", vm.name));
+            }
+            if life.restart.is_some() {
+                return Err(format!("VM {} is restarting; try again", vm.name));
+            }
+            !core::mem::replace(&mut life.paused, true)
+        };
+        let running = {
+            let mut queue = self.queue.lock();
+            for i in 0..vm.slots.len() {
+                queue.set_runnable(v, i, false);
+            }
+            queue.cpus_running(v)
+        };
+        kick_cpus(running);
+        let deadline = time::uptime_micros() + QUIESCE_MS * 1000;
+        loop {
+            let idle = self.queue.lock().cpus_running(v) == 0
+                && vm.slots.iter().all(|s| s.lock().is_some());
+            if idle {
+                return Ok(was_running);
+            }
+            if time::uptime_micros() > deadline {
+                self.unquiesce(v, was_running);
+                return Err(format!(
+                    "VM {}'s vCPUs did not leave the processors within {QUIESCE_MS} ms",
+                    vm.name
+                ));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Lets a VM that [`Machine::quiesce`] paused run again.
+    fn unquiesce(&self, v: usize, was_running: bool) {
+        if was_running {
+            self.vms[v].life.lock().paused = false;
+            self.sync_runnable(v);
+            kick_cpus(self.idle.load(core::sync::atomic::Ordering::Acquire));
+        }
+    }
+
+    /// `snapshot NAME TAG`.
+    pub(super) fn take_snapshot(&self, v: usize, tag: &str) -> Result<String, String> {
+        let vm = &self.vms[v];
+        if self
+            .snapshots
+            .lock()
+            .iter()
+            .any(|s| s.vm == vm.name && s.tag == tag)
+        {
+            return Err(format!(
+                "VM {} has a snapshot {tag:?} already (delete-snapshot it first)",
+                vm.name
+            ));
+        }
+        {
+            let life = vm.life.lock();
+            if life.machine.disk.as_ref().is_some_and(|d| !d.read_only()) {
+                return Err(format!(
+                    "VM {} has a writable disk, whose contents a snapshot cannot hold yet",
+                    vm.name
+                ));
+            }
+        }
+        let began = time::uptime_micros();
+        let was_running = self.quiesce(v)?;
+        let taken = self.capture(v, tag);
+        self.unquiesce(v, was_running);
+        let stored = taken?;
+        let size = stored.ram_size + stored.state.len() as u64;
+        let ms = (time::uptime_micros() - began) / 1000;
+        self.snapshots.lock().push(stored);
+        Ok(format!(
+            "snapshot {tag:?} of VM {} taken in {ms} ms ({} KiB)",
+            vm.name,
+            size / 1024
+        ))
+    }
+
+    /// Packs VM `v`'s state and copies its RAM; its vCPUs are all in their slots.
+    fn capture(&self, v: usize, tag: &str) -> Result<Stored, String> {
+        let vm = &self.vms[v];
+        let (ram_pa, ram_size) = {
+            let life = vm.life.lock();
+            (life.ram_pa, life.ram_size)
+        };
+        let mut b = Builder::new();
+        let add = |b: &mut Builder, name: &str, data: Vec<u8>| {
+            b.add(name, data).map_err(|e| format!("{e}"))
+        };
+        {
+            let shared = vm.shared.lock();
+            let shape = Shape {
+                vcpus: vm.slots.len() as u32,
+                memory_bytes: ram_size,
+                devices: shared
+                    .platform
+                    .device_names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            };
+            add(&mut b, Shape::SECTION, shape.to_bytes())?;
+            let devices = shared
+                .save_devices()
+                .map_err(|e| format!("its devices: {e}"))?;
+            add(&mut b, "devices", devices)?;
+            add(&mut b, "run", shared.run_state())?;
+        }
+        for (i, slot) in vm.slots.iter().enumerate() {
+            let mut slot = slot.lock();
+            let slot = slot.as_mut().ok_or("a vCPU is still running")?;
+            add(
+                &mut b,
+                &section_cpu(i),
+                slot.ctx.vcpu.save_state().to_bytes().to_vec(),
+            )?;
+            add(&mut b, &section_soft(i), slot.ctx.soft_state())?;
+        }
+        let state = b.finish();
+        let copy = memory::alloc_for_copy(ram_size, 4096).map_err(|e| {
+            format!(
+                "not enough free memory for a copy of its {} KiB of RAM: {e:?}",
+                ram_size / 1024
+            )
+        })?;
+        copy_frames(ram_pa, copy, ram_size);
+        Ok(Stored {
+            vm: vm.name.clone(),
+            tag: tag.into(),
+            state,
+            ram_pa: copy,
+            ram_size,
+            taken_us: time::uptime_micros(),
+        })
+    }
+
+    /// `restore NAME TAG`: the VM continues from the snapshot's instant (a paused
+    /// VM stays paused; a stopped one is started first).
+    pub(super) fn restore_snapshot(&self, v: usize, tag: &str) -> Result<String, String> {
+        let vm = &self.vms[v];
+        let snapshots = self.snapshots.lock();
+        let stored = snapshots
+            .iter()
+            .find(|s| s.vm == vm.name && s.tag == tag)
+            .ok_or_else(|| {
+                format!(
+                    "VM {} has no snapshot {tag:?} (snapshots lists them)",
+                    vm.name
+                )
+            })?;
+        let snap = snapshot::read(&stored.state).map_err(|e| format!("{e}"))?;
+        let shape = Shape::from_bytes(snap.get(Shape::SECTION).map_err(|e| format!("{e}"))?)
+            .map_err(|e| format!("{e}"))?;
+        let (stopped, ram_size) = {
+            let life = vm.life.lock();
+            (life.stop.is_some(), life.ram_size)
+        };
+        // What a stopped VM can be checked for before it is started again.
+        if shape.vcpus as usize != vm.slots.len() || shape.memory_bytes != ram_size {
+            return Err(format!(
+                "{}",
+                snapshot::Error::Shape(format!(
+                    "{} vCPUs and {} KiB in the snapshot, {} and {} KiB in VM {}",
+                    shape.vcpus,
+                    shape.memory_bytes / 1024,
+                    vm.slots.len(),
+                    ram_size / 1024,
+                    vm.name
+                ))
+            ));
+        }
+        let began = time::uptime_micros();
+        if stopped {
+            self.start_again(v)?;
+        }
+        let was_running = match self.quiesce(v) {
+            Ok(r) => r,
+            Err(e) => {
+                if stopped {
+                    self.stop(v, format!("its restore failed: {e}"));
+                }
+                return Err(e);
+            }
+        };
+        let result = self.apply(v, &snap, stored, &shape);
+        if result.is_err() && stopped {
+            self.stop(v, String::from("its restore failed"));
+            return result.map(|_| String::new());
+        }
+        // A stopped VM was started to be restored: it runs, as `start` would.
+        self.unquiesce(v, was_running || stopped);
+        result?;
+        let ms = (time::uptime_micros() - began) / 1000;
+        Ok(format!(
+            "VM {} restored to snapshot {tag:?} (taken {} s ago) in {ms} ms",
+            vm.name,
+            (began - stored.taken_us) / 1_000_000
+        ))
+    }
+
+    /// Builds fresh devices and vCPUs from `snap` and, only if all of it fits,
+    /// puts them and the RAM copy in place of VM `v`'s (whose vCPUs are all off the
+    /// processors).
+    fn apply(
+        &self,
+        v: usize,
+        snap: &snapshot::Snapshot,
+        stored: &Stored,
+        shape: &Shape,
+    ) -> Result<(), String> {
+        let vm = &self.vms[v];
+        let life = vm.life.lock();
+        let here = Shape {
+            vcpus: vm.slots.len() as u32,
+            memory_bytes: life.ram_size,
+            devices: vm
+                .shared
+                .lock()
+                .platform
+                .device_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        };
+        shape.check(&here).map_err(|e| format!("{e}"))?;
+        let get = |name: &str| snap.get(name).map_err(|e| format!("{e}"));
+        // Fresh devices with the snapshot's state.
+        let mut shared = VmShared::new(&vm.name, &life.machine, relay)?;
+        shared
+            .restore_devices(get("devices")?)
+            .map_err(|e| format!("its devices: {e}"))?;
+        shared.restore_run_state(get("run")?)?;
+        // Fresh vCPUs with the snapshot's state.
+        let states = (0..vm.slots.len())
+            .map(|i| {
+                CpuState::from_bytes(get(&section_cpu(i))?).map_err(|e| format!("vCPU {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut backend = self.backend.lock();
+        let mut fresh: Vec<VcpuSlot<B::Vcpu>> =
+            create_vcpus(&mut **backend, life.mapping, &life.machine, &AP_START)?;
+        let loaded =
+            fresh
+                .iter_mut()
+                .zip(&states)
+                .enumerate()
+                .try_for_each(|(i, (slot, state))| {
+                    // A fresh vCPU may still be current on this processor (VMX): as at
+                    // the end of a slice, so that any processor may load and run it.
+                    slot.ctx.vcpu.unload();
+                    slot.ctx
+                        .vcpu
+                        .load_state(state)
+                        .map_err(|e| format!("vCPU {i}: {e}"))?;
+                    slot.ctx.restore_soft_state(get(&section_soft(i))?)?;
+                    // An AP restored running has run: INIT gives it a fresh vCPU.
+                    slot.ran = true;
+                    Ok::<(), String>(())
+                });
+        if let Err(e) = loaded {
+            for slot in fresh {
+                backend.destroy_vcpu(&mut KernelMemory, slot.ctx.vcpu);
+            }
+            return Err(e);
+        }
+        // Everything fits: the VM becomes the snapshot.
+        copy_frames(stored.ram_pa, life.ram_pa, stored.ram_size);
+        {
+            let mut old = vm.shared.lock();
+            old.flush_console();
+            *old = shared;
+        }
+        for (i, mut slot) in fresh.into_iter().enumerate() {
+            let mut cell = vm.slots[i].lock();
+            if let Some(old) = cell.take() {
+                slot.ctx.stats = old.ctx.stats.clone();
+                slot.cpu_tsc = old.cpu_tsc;
+                slot.ran_on = old.ran_on;
+                backend.destroy_vcpu(&mut KernelMemory, old.ctx.vcpu);
+            }
+            *cell = Some(slot);
+        }
+        Ok(())
+    }
+
+    /// `snapshots [NAME]`.
+    pub(super) fn list_snapshots(&self, vm: Option<&str>) -> Vec<String> {
+        let now = time::uptime_micros();
+        let snapshots = self.snapshots.lock();
+        let mut out = alloc::vec![String::from(
+            "VM                        TAG                               SIZE  AGE"
+        )];
+        for s in snapshots.iter().filter(|s| vm.is_none_or(|n| n == s.vm)) {
+            out.push(format!(
+                "{:<25} {:<32} {:>6}  {}",
+                s.vm,
+                s.tag,
+                operator::report::size_kib((s.ram_size + s.state.len() as u64) / 1024),
+                operator::report::duration((now - s.taken_us) / 1000)
+            ));
+        }
+        if out.len() == 1 {
+            out.push(String::from("(none)"));
+        }
+        out
+    }
+
+    /// `delete-snapshot NAME TAG`.
+    pub(super) fn delete_snapshot(&self, vm: &str, tag: &str) -> Result<String, String> {
+        let mut snapshots = self.snapshots.lock();
+        let at = snapshots
+            .iter()
+            .position(|s| s.vm == vm && s.tag == tag)
+            .ok_or_else(|| format!("VM {vm} has no snapshot {tag:?}"))?;
+        let s = snapshots.remove(at);
+        let size = s.ram_size / 1024;
+        s.free();
+        Ok(format!(
+            "snapshot {tag:?} of VM {vm} deleted ({size} KiB freed)"
+        ))
+    }
+}
