@@ -38,6 +38,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
     static CONSOLE: OnceLock<Images> = OnceLock::new();
+    static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -57,6 +58,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
         GuestSet::ConsoleTest => &CONSOLE,
+        GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

@@ -216,3 +216,62 @@ fn console_drives_vms_under_amd_v() {
     let after = &s[s.find("vm count64 resumed").expect("resumed")..];
     assert!(after.contains("count64 | count64: "), "{after}");
 }
+
+/// A Linux VM (2 vCPUs) is snapshotted at its shell, writes a file, is restored,
+/// and the file is gone; the shell goes on working.
+#[test]
+fn linux_snapshot_and_restore_under_amd_v() {
+    let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
+    // Shell commands whose answer differs from their echo ($((...)) expands).
+    let steps = [
+        Step::new(" # ", b"echo ready-$((40+2))\r"),
+        Step::new("ready-42", b""),
+        Step::new(" # ", ESC),
+        Step::new("hv> ", b"snapshot linux s1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"snapshot linux s1\": done", b""),
+        Step::new("hv> ", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"echo written-$((40+2)) > /tmp/f1; cat /tmp/f1\r",
+        ),
+        Step::new("written-42", ESC),
+        Step::new("hv> ", b"restore linux s1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"restore linux s1\": done", b""),
+        Step::new("hv> ", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"cat /tmp/f1 || echo gone-$((40+2))\r",
+        ),
+        Step::new("gone-42", b"echo alive-$((40+2)) on $(nproc) cpus\r"),
+        Step::new("alive-42 on 2 cpus", ESC),
+        Step::new("hv> ", b"stop linux\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+    ];
+    let opts = QemuOptions {
+        // The VM's 192 MiB and as much again for its snapshot.
+        memory_mib: 512,
+        cpus: 2,
+        force_tcg: true,
+        tcg_thread: Some(xtask::emulator::TcgThread::Single),
+        ..Default::default()
+    };
+    let out = scripted_qemu(
+        "console_linux_amd_v",
+        GuestSet::ConsoleLinuxTest,
+        &opts,
+        &steps,
+        QEMU_LIMIT * 2,
+    );
+    out.expect_line("hv: snapshot \"s1\" of VM linux taken in ")
+        .expect_line("hv: VM linux restored to snapshot \"s1\"")
+        .expect_line("gone-42")
+        .expect_line("alive-42 on 2 cpus")
+        .expect_line("hv: vm linux stopped: stopped by the operator")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("[script]")
+        .expect_no("Kernel panic")
+        .expect_no("PANIC")
+        .expect_exit(EXIT_SUCCESS);
+}

@@ -157,6 +157,10 @@ pub enum GuestSet {
     /// through the console from a pipe, with the administrator passphrase of
     /// [`CONSOLE_TEST_PASSPHRASE`].
     ConsoleTest,
+    /// Linux (2 vCPUs, 192 MiB, its shell on the console, no disk) alone, for the
+    /// console's snapshot test: a file written after a snapshot is gone after the
+    /// restore.
+    ConsoleLinuxTest,
 }
 
 /// The console test's administrator passphrase.
@@ -295,7 +299,7 @@ impl GuestSet {
                 }
                 Ok(Some(path))
             }
-            GuestSet::ConsoleTest => Ok(Some(fixed_key_file(
+            GuestSet::ConsoleTest | GuestSet::ConsoleLinuxTest => Ok(Some(fixed_key_file(
                 &target_dir().join("hv").join("console-test.pass"),
                 &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
             )?)),
@@ -331,6 +335,7 @@ impl GuestSet {
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
             GuestSet::ConsoleTest => "console-test",
+            GuestSet::ConsoleLinuxTest => "console-linux-test",
         }
     }
 
@@ -444,6 +449,11 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::ConsoleLinuxTest => {
+                let mut vm = linux_vm(false)?;
+                vm.memory_kib = 192 * 1024;
+                Ok(vec![crate::config::check(&vm)?])
+            }
             GuestSet::ConsoleTest => {
                 let images = all_guests()?;
                 Ok(vec![

@@ -24,8 +24,10 @@ pub enum Piece<'a> {
 }
 
 /// How long the line in progress must stay unchanged before it is shown: a prompt
-/// waits for input, while a line still being written would only be cut up.
-pub const PARTIAL_IDLE_NS: u64 = 30_000_000;
+/// waits for input, while a line still being written would only be cut up (a line
+/// cut by a time slice all the same is written whole at its end; the fragment stays
+/// in the log).
+pub const PARTIAL_IDLE_NS: u64 = 200_000_000;
 
 /// Where a VM's console pieces go: `(vm name, piece)`.
 pub type ConsoleOut = fn(&str, Piece);

@@ -50,10 +50,6 @@ pub(in crate::vmm) struct Console {
     dropped_keys: u64,
     /// A privileged command waiting for the passphrase.
     pending: Option<String>,
-    /// Someone has typed on the console: from then on the VM with the keyboard has
-    /// its partial lines shown (without an operator, as in captured test runs, a
-    /// line cut by a time slice would only leave a fragment in the log).
-    typed: bool,
     samples: Vec<Sample>,
 }
 
@@ -67,7 +63,6 @@ impl Console {
             to_guest: VecDeque::new(),
             dropped_keys: 0,
             pending: None,
-            typed: false,
             samples: alloc::vec![Sample::default(); vms],
         }
     }
@@ -151,7 +146,6 @@ impl<B: Backend> Machine<'_, B> {
             let Some(byte) = serial::try_read_byte() else {
                 break;
             };
-            con.typed = true;
             echo.clear();
             let step = con.input.feed(byte, &mut echo);
             write_bytes(&echo);
@@ -213,7 +207,7 @@ impl<B: Backend> Machine<'_, B> {
         };
         let mut shared = self.vms[v].shared.lock();
         // The VM with the keyboard has its line in progress shown (a prompt).
-        if con.typed && !con.input.at_prompt() {
+        if !con.input.at_prompt() {
             shared.show_console_partial(time::uptime_ns());
         }
         // Waiting keys go to it as fast as its UART takes them.

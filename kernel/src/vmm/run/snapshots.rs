@@ -209,11 +209,14 @@ impl<B: Backend> Machine<'_, B> {
             add(&mut b, &section_soft(i), slot.ctx.soft_state())?;
         }
         let state = b.finish();
-        let copy = memory::alloc_for_copy(ram_size, 4096).map_err(|e| {
-            format!(
-                "not enough free memory for a copy of its {} KiB of RAM: {e:?}",
-                ram_size / 1024
-            )
+        let copy = memory::alloc_for_copy(ram_size, 4096).map_err(|e| match e {
+            crate::memory_map::AllocError::OutOfMemory { largest_free, .. } => format!(
+                "not enough free memory for a copy of its {} KiB of RAM (the largest free \
+                 block has {} KiB)",
+                ram_size / 1024,
+                largest_free / 1024
+            ),
+            e => format!("cannot take memory for a copy of its RAM: {e:?}"),
         })?;
         copy_frames(ram_pa, copy, ram_size);
         Ok(Stored {
