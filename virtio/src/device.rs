@@ -27,6 +27,7 @@ pub mod features {
 pub mod device_id {
     pub const NET: u16 = 1;
     pub const BLOCK: u16 = 2;
+    pub const BALLOON: u16 = 5;
 }
 
 /// Reads a device configuration space held as `bytes`: byte `offset` on into
@@ -58,6 +59,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// A driver write to the device configuration space (ignored by default).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Whether the device can work with the features the driver accepted (all of
+    /// them offered): `false` keeps FEATURES_OK clear, which is how a device
+    /// refuses a combination (§2.2.2, §3.1.1 step 6). Yes by default.
+    fn accepts_features(&self, _driver_features: u64) -> bool {
+        true
+    }
     /// The features the driver accepted, once FEATURES_OK is set.
     fn set_features(&mut self, _negotiated: u64) {}
     /// A device reset (§2.4): forget negotiated state.
@@ -76,6 +83,25 @@ pub trait VirtioDevice: Send {
     /// written into its device-writable part (the used element's `len`). Every
     /// segment of `chain` lies in guest RAM.
     fn process(&mut self, queue: u16, chain: &Chain, mem: &mut dyn GuestMemory) -> u32;
+    /// Whether the chains taken from `queue` stay with the device instead of being
+    /// returned when [`Self::process`] ends (whose result is then ignored): a queue
+    /// whose buffers the device uses to start an exchange later, as virtio-balloon's
+    /// statsq (§5.5.6.3). The device gives them back through
+    /// [`Self::take_returned`]. No by default.
+    fn holds_chains(&self, _queue: u16) -> bool {
+        false
+    }
+    /// Whether a chain of `queue` the device held is ready to go back to the driver.
+    fn has_returned(&self, _queue: u16) -> bool {
+        false
+    }
+    /// The next held chain of `queue` to return used: its head and the bytes
+    /// written into it. The transport asks only while it can use the queue (the
+    /// driver set it up, DRIVER_OK, bus mastering on), so nothing is lost while it
+    /// cannot.
+    fn take_returned(&mut self, _queue: u16) -> Option<(u16, u32)> {
+        None
+    }
     /// The device type's own state for a snapshot (empty by default).
     fn state(&self) -> alloc::vec::Vec<u8> {
         alloc::vec::Vec::new()

@@ -16,6 +16,10 @@
 //! * [`net`]: virtio-net (§5.1): [`Net`], one receive/transmit queue pair whose
 //!   frames the owner exchanges with a switch; receive is device-initiated
 //!   ([`VirtioPci::deliver`], [`VirtioPci::device_work`]).
+//! * [`balloon`]: virtio-balloon (§5.5): [`Balloon`] on a [`BalloonBackend`] that
+//!   takes and gives back guest pages, with a bitmap of ballooned pages, the
+//!   guest's memory statistics and a host-set target
+//!   ([`VirtioPci::set_target_pages`], a configuration change notification).
 //! * [`state`]: the versioned snapshot format of [`VirtioPci::state`] and
 //!   [`VirtioPci::restore`].
 //!
@@ -87,6 +91,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod balloon;
 pub mod blk;
 pub mod device;
 pub mod memory;
@@ -96,6 +101,10 @@ pub mod pci;
 pub mod queue;
 pub mod state;
 
+pub use balloon::{
+    BackendError, Balloon, BalloonBackend, BalloonConfig, BalloonCounters, CountingBackend,
+    GuestMemStats, TargetError,
+};
 pub use blk::{Block, BlockBackend, BlockConfig, BlockError, RamDisk, SECTOR_SIZE};
 pub use device::VirtioDevice;
 pub use memory::{GuestMemory, MemError, VecMemory};

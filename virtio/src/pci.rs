@@ -18,6 +18,12 @@
 //! queue's vector and a configuration change that of `config_msix_vector`; a masked
 //! vector's message waits in the pending bit array until it is unmasked. Without
 //! MSI-X the ISR status bits drive INTA#, and reading the ISR clears them.
+//!
+//! A configuration change comes from the device (DEVICE_NEEDS_RESET) or from its
+//! owner ([`VirtioPci::config_changed`], e.g. a new virtio-balloon target): the
+//! generation moves on (§4.1.4.3.1) and, once the driver is running, the
+//! configuration change notification goes out (§4.1.4.5: ISR bit 1 or the
+//! `config_msix_vector` message).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -446,6 +452,16 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         self.finish(e)
     }
 
+    /// Whether the device may take chains from queue `qi` and return them: the
+    /// driver enabled it and is running (DRIVER_OK, no reset pending), and bus
+    /// mastering is on (ring accesses are the function's DMA).
+    fn usable(&self, qi: usize) -> bool {
+        self.queues.get(qi).is_some_and(|q| q.ready)
+            && self.status & status::DRIVER_OK != 0
+            && self.status & status::DEVICE_NEEDS_RESET == 0
+            && self.command & command::BUS_MASTER != 0
+    }
+
     fn run_queue(&mut self, queue: u16, e: &mut PciEffects) {
         let qi = usize::from(queue);
         if qi >= self.queues.len() {
@@ -453,17 +469,17 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         }
         self.queue_work[qi] = false;
         self.blocked[qi] = false;
-        if !self.queues[qi].ready
-            || self.status & status::DRIVER_OK == 0
-            || self.status & status::DEVICE_NEEDS_RESET != 0
-            || self.command & command::BUS_MASTER == 0
-        {
+        if !self.usable(qi) {
             return;
         }
         let features = self.queue_features();
         let old_used = self.queues[qi].next_used;
         let result = self.drain(queue, features).and_then(|more| {
             self.queue_work[qi] = more;
+            // Chains the device gave back while it took new ones (virtio-balloon's
+            // statsq returns the buffer it held when the driver sends another)
+            // share the interrupt decision with them.
+            self.give_back(queue)?;
             self.queues[qi].needs_interrupt(&self.memory, features, old_used)
         });
         match result {
@@ -471,6 +487,63 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             Ok(false) => {}
             Err(_) => self.needs_reset(e),
         }
+    }
+
+    /// Puts the chains of `queue` the device held and now returns
+    /// ([`VirtioDevice::take_returned`]) in the used ring. The queue is usable.
+    fn give_back(&mut self, queue: u16) -> Result<(), QueueError> {
+        let qi = usize::from(queue);
+        while let Some((head, len)) = self.device.take_returned(queue) {
+            self.queues[qi].add_used(&mut self.memory, head, len)?;
+        }
+        Ok(())
+    }
+
+    /// Returns the held chains of `queue` that the device has let go of, with the
+    /// used buffer notification the driver asked for; nothing while the queue
+    /// cannot be used (they wait in the device).
+    fn return_queue(&mut self, queue: u16, e: &mut PciEffects) {
+        let qi = usize::from(queue);
+        if !self.usable(qi) || !self.device.has_returned(queue) {
+            return;
+        }
+        let features = self.queue_features();
+        let old_used = self.queues[qi].next_used;
+        let result = self
+            .give_back(queue)
+            .and_then(|()| self.queues[qi].needs_interrupt(&self.memory, features, old_used));
+        match result {
+            Ok(true) => self.interrupt(self.queue_vectors[qi], isr::QUEUE, e),
+            Ok(false) => {}
+            Err(_) => self.needs_reset(e),
+        }
+    }
+
+    /// The device let go of chains it held (a virtio-balloon statistics request,
+    /// §5.5.6.3): they go back to the driver now, with their interrupts. Chains
+    /// of a queue that cannot be used now wait for [`PciFunction::poll`].
+    pub fn return_held(&mut self) -> PciEffects {
+        let mut e = PciEffects::NONE;
+        for q in 0..self.queues.len() as u16 {
+            self.return_queue(q, &mut e);
+        }
+        self.finish(e)
+    }
+
+    /// The device configuration space changed on the owner's side (a new
+    /// virtio-balloon target): `config_generation` moves on, so a driver reading
+    /// a multi-field configuration sees the change (§4.1.4.3.1, §2.5.1), and a
+    /// running driver (DRIVER_OK) gets the configuration change notification,
+    /// the `config_msix_vector` message or ISR bit 1 with INTx (§4.1.4.5,
+    /// §4.1.5.1.2). A driver that is not running yet reads the new values when it
+    /// initialises.
+    pub fn config_changed(&mut self) -> PciEffects {
+        let mut e = PciEffects::NONE;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt(self.config_vector, isr::CONFIG, &mut e);
+        }
+        self.finish(e)
     }
 
     /// Processes chains of `queue` until it is empty or a queue's worth is done;
@@ -503,7 +576,9 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             };
             budget -= 1;
             let len = self.device.process(queue, &chain, &mut self.memory);
-            self.queues[qi].add_used(&mut self.memory, chain.head, len)?;
+            if !self.device.holds_chains(queue) {
+                self.queues[qi].add_used(&mut self.memory, chain.head, len)?;
+            }
         }
     }
 
@@ -663,7 +738,10 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
             // offered, and a modern device needs VERSION_1 (§6.1); otherwise
             // FEATURES_OK stays clear and the driver sees the features refused.
             let f = self.driver_features;
-            if f & !self.offered_features() != 0 || f & features::VERSION_1 == 0 {
+            if f & !self.offered_features() != 0
+                || f & features::VERSION_1 == 0
+                || !self.device.accepts_features(f)
+            {
                 new &= !status::FEATURES_OK;
             } else {
                 self.device.set_features(f);
@@ -1012,7 +1090,7 @@ impl<D: VirtioDevice, M: GuestMemory> VirtioPci<D, M> {
         // The device type's part last: it is the only one that changes anything.
         r.check(
             self.device.restore(device_state),
-            "device-type state (virtio-blk / virtio-net part)",
+            "device-type state (the virtio-blk, -net or -balloon part)",
         )?;
         self.command = command;
         self.bar0 = bar0 & !(BAR_SIZE as u32 - 1);
@@ -1076,6 +1154,7 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
     fn has_work(&self) -> bool {
         self.queue_work.iter().any(|&w| w)
             || (0..self.queues.len()).any(|q| self.blocked[q] && self.device.can_take(q as u16))
+            || (0..self.queues.len()).any(|q| self.usable(q) && self.device.has_returned(q as u16))
             || (0..self.msix_pending.len()).any(|v| self.deliverable(v))
             || self.intx_level() != self.intx
     }
@@ -1085,6 +1164,7 @@ impl<D: VirtioDevice + 'static, M: GuestMemory + Send + 'static> PciFunction for
             if self.queue_work[q] || self.blocked[q] && self.device.can_take(q as u16) {
                 self.run_queue(q as u16, &mut e);
             }
+            self.return_queue(q as u16, &mut e);
         }
         self.finish(e)
     }
@@ -1748,6 +1828,48 @@ pub(crate) mod tests {
         d.config_write(CAP_PCI_CFG + 4, 2, 0xFF);
         assert_eq!(d.config_read(CAP_PCI_CFG + 16), 0);
         assert_eq!(d.config_read(CAP_PCI_CFG + 4) & 0xFF, 2);
+    }
+
+    #[test]
+    fn owner_side_configuration_changes_notify_a_running_driver() {
+        let mut d = dev();
+        d.config_write(reg::COMMAND, 0x6, 0xFFFF);
+        // Before DRIVER_OK: the generation moves, nothing is signalled.
+        negotiate(&mut d, base_features());
+        assert_eq!(d.config_changed(), PciEffects::NONE);
+        assert_eq!(rd(&mut d, common::CONFIG_GENERATION, 1), 1);
+        assert_eq!(rd(&mut d, ISR_CFG, 1), 0);
+        set_status(&mut d, 0);
+        ready(&mut d, base_features());
+        // INTx: ISR bit 1 (§4.1.4.5), cleared by the driver's read.
+        let e = d.config_changed();
+        assert_eq!(e.intx, Some(true));
+        assert_eq!(rd(&mut d, common::CONFIG_GENERATION, 1), 2);
+        let (bits, e) = d.bar_read(ISR_CFG, 1);
+        assert_eq!(bits, u64::from(isr::CONFIG));
+        assert_eq!(e.intx, Some(false));
+        // MSI-X: the configuration vector's message, none without a vector.
+        d.config_write(CAP_MSIX, 0x8000_0000, 0xFFFF_0000);
+        msix_entry(&mut d, 1, 0xFEE0_3000, 0x43, false);
+        assert_eq!(d.config_changed(), PciEffects::NONE, "NO_VECTOR");
+        wr(&mut d, common::CONFIG_MSIX_VECTOR, 2, 1);
+        let e = d.config_changed();
+        assert_eq!(
+            e.msi,
+            [
+                Some(MsiMessage {
+                    address: 0xFEE0_3000,
+                    data: 0x43
+                }),
+                None
+            ]
+        );
+        assert_eq!(rd(&mut d, ISR_CFG, 1), 0, "no ISR bit with MSI-X");
+        // The generation (4 changes so far) wraps.
+        for _ in 0..252 {
+            d.config_changed();
+        }
+        assert_eq!(rd(&mut d, common::CONFIG_GENERATION, 1), 0);
     }
 
     #[test]
