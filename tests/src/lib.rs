@@ -126,6 +126,29 @@ pub fn scripted_qemu(
     out
 }
 
+/// Boots `set` under Bochs (VT-x) and types into its serial port as `steps` say
+/// (see [`xtask::emulator::run_bochs_scripted`]); the output is saved as
+/// `boot_qemu` does.
+pub fn scripted_bochs(
+    test: &str,
+    set: GuestSet,
+    opts: &BochsOptions,
+    steps: &[xtask::emulator::ScriptStep],
+    limit: Duration,
+) -> RunOutput {
+    let out = emulator::run_bochs_scripted(&images(set).bios, opts, &work_dir(test), steps, limit)
+        .unwrap_or_else(|e| panic!("cannot run Bochs: {e}"));
+    let log = work_dir(test).join("serial.txt");
+    let _ =
+        std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
+    eprintln!(
+        "[{test}] Bochs ran {:.1} s (serial log: {})",
+        out.elapsed.as_secs_f64(),
+        log.display()
+    );
+    out
+}
+
 pub fn boot_bochs(
     test: &str,
     set: GuestSet,

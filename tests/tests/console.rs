@@ -275,3 +275,61 @@ fn linux_snapshot_and_restore_under_amd_v() {
         .expect_no("PANIC")
         .expect_exit(EXIT_SUCCESS);
 }
+
+/// The console and snapshots on VT-x (Bochs, one processor): keys to a VM, the
+/// prompt, `list`, a snapshot of `count64` restored after it counted on, and a
+/// `pause`; stopping both VMs ends the run.
+#[test]
+fn console_snapshots_under_vt_x() {
+    let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
+    let steps = [
+        Step::new("count64 | count64: 2", b"a\r"),
+        Step::new("count64 | count64: got a at ", ESC),
+        Step::new("hv> ", b"list\r"),
+        Step::new("\"list\": done", b""),
+        Step::new("hv> ", b"snapshot count64 t1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"snapshot count64 t1\": done", b""),
+        Step::new("hv> ", b"console count64\r"),
+        Step::new("the keyboard is count64's", b"b\r").after(Duration::from_millis(2500)),
+        Step::new("count64 | count64: got b at ", ESC),
+        Step::new("hv> ", b"restore count64 t1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"restore count64 t1\": done", b""),
+        Step::new("hv> ", b"console count64\r"),
+        Step::new("the keyboard is count64's", b"c\r"),
+        Step::new("count64 | count64: got c at ", ESC),
+        Step::new("hv> ", b"pause other\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"pause other\": done", b"stop other\r"),
+        Step::new("\"stop other\": done", b"stop count64\r"),
+    ];
+    let out = scripted_bochs(
+        "console_vt_x",
+        GuestSet::ConsoleTest,
+        &BochsOptions::default(),
+        &steps,
+        QEMU_LIMIT * 2,
+    );
+    out.expect_line("hv: using VT-x")
+        .expect_line("hv: snapshot \"t1\" of VM count64 taken in ")
+        .expect_line("hv: VM count64 restored to snapshot \"t1\"")
+        .expect_line("hv: vm other paused")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("[script]")
+        .expect_no("PANIC");
+    let s = &out.serial;
+    let at = |word: &str| -> u64 {
+        let marker = format!("count64 | count64: got {word} at ");
+        let rest = &s[s
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {marker:?}:\n{s}"))
+            + marker.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count after {marker:?}"))
+    };
+    let (a, b, c) = (at("a"), at("b"), at("c"));
+    assert!(b > a && c >= a && c < b, "a {a}, b {b}, c {c}:\n{s}");
+}

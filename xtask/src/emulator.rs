@@ -574,56 +574,22 @@ impl ScriptStep {
     }
 }
 
-/// Runs QEMU (serial port on stdio) and types into its serial port as `steps` say,
-/// as an operator at the console would, from a pipe. Matching is on the raw output
-/// stream, so a prompt without a newline can be waited for. When a step's text does
-/// not come within `limit`, the run ends and the output says which step waited.
-pub fn run_qemu_scripted(
-    mut cmd: Command,
-    limit: Duration,
+/// Plays `steps` against a console: `seen` is what the machine wrote so far (a
+/// reader thread appends to it and signals `ended` when the output closes),
+/// `input` its keyboard. Returns a note naming the step that failed (empty when
+/// all ran) and whether the time limit ended it.
+fn drive_script(
+    seen: &std::sync::Mutex<Vec<u8>>,
+    ended: &mpsc::Receiver<()>,
+    input: &mut dyn Write,
     steps: &[ScriptStep],
-) -> Result<RunOutput, String> {
-    use std::sync::{Arc, Mutex};
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let seen = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen
-                        .lock()
-                        .expect("output buffer")
-                        .extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = done_tx.send(());
-        });
-    }
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        let _ = err_tx.send(s);
-    });
+    limit: Duration,
+    start: Instant,
+) -> (String, bool) {
     let find =
         |hay: &[u8], needle: &[u8]| hay.windows(needle.len().max(1)).position(|w| w == needle);
     let mut from = 0;
-    let mut note = String::new();
-    let mut timed_out = false;
-    'steps: for (i, step) in steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         loop {
             let at = {
                 let seen = seen.lock().expect("output buffer");
@@ -633,32 +599,141 @@ pub fn run_qemu_scripted(
                 from += at + step.wait_for.len();
                 break;
             }
-            let ended = done_rx.try_recv().is_ok();
-            if ended || start.elapsed() > limit {
-                timed_out = !ended;
-                note = format!(
+            let gone = ended.try_recv().is_ok();
+            if gone || start.elapsed() > limit {
+                let note = format!(
                     "\n[script] step {i}: {:?} did not appear ({})\n",
                     step.wait_for,
-                    if ended {
+                    if gone {
                         "the emulator exited"
                     } else {
                         "time limit"
                     }
                 );
-                break 'steps;
+                return (note, !gone);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(step.pause);
-        if stdin
+        if input
             .write_all(&step.send)
-            .and_then(|()| stdin.flush())
+            .and_then(|()| input.flush())
             .is_err()
         {
-            note = format!("\n[script] step {i}: the emulator no longer takes input\n");
-            break;
+            return (
+                format!("\n[script] step {i}: the emulator no longer takes input\n"),
+                false,
+            );
         }
     }
+    (String::new(), false)
+}
+
+/// Starts a thread that appends everything `from` yields to the returned buffer
+/// and sends on the returned channel when it ends.
+fn collect_output(
+    mut from: impl Read + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    mpsc::Receiver<()>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .expect("output buffer")
+                    .extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    (seen, done_rx)
+}
+
+/// Boots `image` in Bochs with its serial port on a local socket and types into it
+/// as `steps` say (see [`run_qemu_scripted`]); ends when the hypervisor stops Bochs,
+/// or at `limit`.
+pub fn run_bochs_scripted(
+    image: &Path,
+    opts: &BochsOptions,
+    work_dir: &Path,
+    steps: &[ScriptStep],
+    limit: Duration,
+) -> Result<RunOutput, String> {
+    let start = Instant::now();
+    let port = free_tcp_port()?;
+    let mut run = start_bochs_with(image, opts, work_dir, Com1::SocketServer(port))?;
+    let stream = connect_console(&mut run, port, work_dir)?;
+    let _ = stream.set_nodelay(true);
+    let mut to_guest = stream
+        .try_clone()
+        .map_err(|e| format!("Bochs console socket: {e}"))?;
+    let (seen, done_rx) = collect_output(stream);
+    let (note, mut timed_out) = drive_script(&seen, &done_rx, &mut to_guest, steps, limit, start);
+    let mut exit_code = None;
+    if note.is_empty() {
+        loop {
+            if let Ok(Some(status)) = run.bochs.try_wait() {
+                exit_code = status.code();
+                break;
+            }
+            if done_rx.try_recv().is_ok() {
+                break;
+            }
+            if start.elapsed() > limit {
+                timed_out = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(to_guest);
+    let mut serial = String::from_utf8_lossy(&seen.lock().expect("output buffer")).into_owned();
+    let _ = std::fs::write(&run.serial_log, &serial);
+    serial.push_str(&note);
+    drop(run);
+    Ok(RunOutput {
+        serial,
+        exit_code,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Runs QEMU (serial port on stdio) and types into its serial port as `steps` say,
+/// as an operator at the console would, from a pipe. Matching is on the raw output
+/// stream, so a prompt without a newline can be waited for. When a step's text does
+/// not come within `limit`, the run ends and the output says which step waited.
+pub fn run_qemu_scripted(
+    mut cmd: Command,
+    limit: Duration,
+    steps: &[ScriptStep],
+) -> Result<RunOutput, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", cmd.get_program().to_string_lossy()))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (seen, done_rx) = collect_output(stdout);
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = err_tx.send(s);
+    });
+    let (note, mut timed_out) = drive_script(&seen, &done_rx, &mut stdin, steps, limit, start);
     // The steps are done (or failed): wait for the machine to end on its own.
     let mut exit_code = None;
     if note.is_empty() {
