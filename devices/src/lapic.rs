@@ -1557,7 +1557,8 @@ impl LocalApic {
     }
 
     /// Takes back what [`Self::state`] returned, for an APIC of the same shape
-    /// (ID, BSP flag, clock rates, x2APIC offered); nothing changes on an error.
+    /// (ID, BSP flag, APIC timer clock, x2APIC offered; the TSC rate may differ);
+    /// nothing changes on an error.
     /// No timer expiry is delivered here: the next access or
     /// [`Self::poll_timer`] brings the timer up to date.
     pub fn restore(&mut self, data: &[u8]) -> Result<(), StateError> {
@@ -1568,7 +1569,10 @@ impl LocalApic {
         let bsp = r.bool()?;
         r.expect("bootstrap processor flag", bsp.into(), c.bsp.into())?;
         r.expect_u64("APIC timer clock (Hz)", c.timer_hz)?;
-        r.expect_u64("TSC rate (Hz)", c.tsc_hz)?;
+        // The TSC rate is the host's, which may be measured a little differently
+        // after a restart of the hypervisor: the guest's TSC runs at the host's rate
+        // (as after a migration without TSC scaling), so the current rate stands.
+        let _snapshot_tsc_hz = r.u64()?;
         let x2apic = r.bool()?;
         r.expect("x2APIC offered", x2apic.into(), c.x2apic.into())?;
 

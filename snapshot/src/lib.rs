@@ -20,6 +20,8 @@
 
 extern crate alloc;
 
+pub mod area;
+
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -39,6 +39,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static NETWORK: OnceLock<Images> = OnceLock::new();
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
+    static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -59,6 +60,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::NetworkTest => &NETWORK,
         GuestSet::ConsoleTest => &CONSOLE,
         GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
+        GuestSet::SnapshotDiskTest => &SNAPSHOT_DISK,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

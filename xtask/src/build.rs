@@ -161,6 +161,9 @@ pub enum GuestSet {
     /// console's snapshot test: a file written after a snapshot is gone after the
     /// restore.
     ConsoleLinuxTest,
+    /// `count64` alone, with the snapshot area (partition "hv-snapshots") on the
+    /// NVMe disk of [`GuestSet::storage`]: snapshots outlive a restart.
+    SnapshotDiskTest,
 }
 
 /// The console test's administrator passphrase.
@@ -277,6 +280,18 @@ impl GuestSet {
                     ],
                 }))
             }
+            GuestSet::SnapshotDiskTest => Ok(Some(StorageDef {
+                image: None,
+                config_stem: "snapshot-disk-test".into(),
+                bytes: 48 << 20,
+                partitions: vec![StoragePartition {
+                    name: "hv-snapshots".into(),
+                    bytes: 32 << 20,
+                    contents: None,
+                    encrypted: false,
+                    key_file: None,
+                }],
+            })),
             _ => Ok(None),
         }
     }
@@ -299,10 +314,12 @@ impl GuestSet {
                 }
                 Ok(Some(path))
             }
-            GuestSet::ConsoleTest | GuestSet::ConsoleLinuxTest => Ok(Some(fixed_key_file(
-                &target_dir().join("hv").join("console-test.pass"),
-                &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
-            )?)),
+            GuestSet::ConsoleTest | GuestSet::ConsoleLinuxTest | GuestSet::SnapshotDiskTest => {
+                Ok(Some(fixed_key_file(
+                    &target_dir().join("hv").join("console-test.pass"),
+                    &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
+                )?))
+            }
             _ => Ok(None),
         }
     }
@@ -336,6 +353,7 @@ impl GuestSet {
             GuestSet::NetworkTest => "network-test",
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
+            GuestSet::SnapshotDiskTest => "snapshot-disk-test",
         }
     }
 
@@ -449,6 +467,7 @@ impl GuestSet {
                 Ok(vms)
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
+            GuestSet::SnapshotDiskTest => Ok(vec![tiny_vm(&all_guests()?, "count64")?]),
             GuestSet::ConsoleLinuxTest => {
                 let mut vm = linux_vm(false)?;
                 vm.memory_kib = 192 * 1024;

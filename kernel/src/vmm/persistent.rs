@@ -22,6 +22,14 @@ const PASSPHRASE_TIMEOUT_MS: u64 = 120_000;
 static DEVICE: Once<Option<Arc<Mutex<HostDisk>>>> = Once::new();
 static CLAIMS: Mutex<Claims> = Mutex::new(Claims::new());
 
+/// The machine's NVMe disk, shared by every user of it (VM disks, the snapshot
+/// area), if it has one.
+pub fn host_disk() -> Option<Arc<Mutex<HostDisk>>> {
+    DEVICE
+        .call_once(|| HostDisk::get().map(|d| Arc::new(Mutex::new(d))))
+        .clone()
+}
+
 /// Opens `vm`'s partition disk `spec` (see [`open_partition`]).
 pub fn open(vm: &str, spec: &bundle::PartitionDisk) -> Result<Opened, String> {
     let device = DEVICE

@@ -35,6 +35,7 @@ use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared
 use crate::{memory, println, serial, smp, time, timer};
 
 mod mgmt;
+mod snapshot_disk;
 mod snapshots;
 
 const GUEST_RAM_ALIGN: u64 = 2 << 20;
@@ -82,12 +83,23 @@ struct Life {
     finished: bool,
 }
 
+impl<V: Vcpu> VmEntry<V> {
+    /// The VM's time, for its devices (see `clock_offset`).
+    fn now_ns(&self) -> u64 {
+        time::uptime_ns().wrapping_add(self.clock_offset.load(Ordering::Relaxed))
+    }
+}
+
 struct VmEntry<V: Vcpu> {
     name: String,
     /// Set when a frame waits for one of its NICs: its vCPUs are kicked.
     net_wake: Mutex<Option<alloc::sync::Arc<AtomicBool>>>,
     /// CPU time its vCPUs have used, in TSC cycles (what `run_limit_ms` bounds).
     run_tsc: AtomicU64,
+    /// The VM's clock: its devices' time (`now_ns`) is the hypervisor's uptime plus
+    /// this (wrapping). 0 until a snapshot's restore makes the VM's time go on from
+    /// the snapshot's instant.
+    clock_offset: AtomicU64,
     shared: Mutex<VmShared>,
     slots: Vec<Mutex<Option<VcpuSlot<V>>>>,
     /// Each vCPU's exit counts as of its last slice (its slot is out of `slots`
@@ -104,8 +116,10 @@ pub(super) struct Machine<'b, B: Backend> {
     hub: SharedHub,
     /// The operator's console on the serial line.
     console: Mutex<mgmt::Console>,
-    /// Snapshots taken from the console.
+    /// Snapshots taken from the console (and those the disk's area held at boot).
     snapshots: Mutex<Vec<snapshots::Stored>>,
+    /// The snapshot area on the machine's disk, if it has one.
+    area: Mutex<Option<snapshot_disk::Area>>,
     vms: Vec<VmEntry<B::Vcpu>>,
     queue: Mutex<RunQueue>,
     slice: u64,
@@ -477,6 +491,7 @@ fn start<B: Backend>(
         name: spec.name.into(),
         net_wake: Mutex::new(life.machine.net_wake.clone()),
         run_tsc: AtomicU64::new(0),
+        clock_offset: AtomicU64::new(0),
         shared: Mutex::new(shared),
         exits: slots
             .iter()
@@ -700,7 +715,7 @@ impl<B: Backend> Machine<'_, B> {
             if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
                 break None;
             }
-            slot.ctx.prepare_entry(&mut shared, time::uptime_ns());
+            slot.ctx.prepare_entry(&mut shared, vm.now_ns());
             if slot.ctx.halted {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
@@ -744,7 +759,7 @@ impl<B: Backend> Machine<'_, B> {
                 life.stop.is_some() || life.restart.is_some() || life.paused
             };
             shared = vm.shared.lock();
-            let next = slot.ctx.handle(&mut shared, exit, time::uptime_ns());
+            let next = slot.ctx.handle(&mut shared, exit, vm.now_ns());
             if next == Next::BareCpuidLoop {
                 slot.ctx.in_bare_loop = true;
             }
@@ -1320,12 +1335,16 @@ where
             }
         }
     }
+    // Snapshots kept on the disk by earlier runs.
+    let mut area = snapshot_disk::open();
+    let held = area.as_mut().map(snapshots::from_area).unwrap_or_default();
     let machine = Machine {
         backend: Mutex::new(backend),
         epoch_unix_ns,
         hub,
         console: Mutex::new(mgmt::Console::new(admin, vms.len())),
-        snapshots: Mutex::new(Vec::new()),
+        snapshots: Mutex::new(held),
+        area: Mutex::new(area),
         vms,
         queue: Mutex::new(queue),
         slice: time::micros_to_tsc(SLICE_MICROS),

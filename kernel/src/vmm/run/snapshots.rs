@@ -31,21 +31,54 @@ use crate::{memory, time};
 /// How long a snapshot or restore waits for the VM's vCPUs to leave the processors.
 const QUIESCE_MS: u64 = 1_000;
 
-/// One snapshot: its packed state, and a copy of the VM's RAM in page frames.
+/// One snapshot: its packed state, and a copy of the VM's RAM in page frames (or
+/// only in the disk's snapshot area, after a restart, until it is restored).
 pub(in crate::vmm) struct Stored {
     pub vm: String,
     pub tag: String,
     state: Vec<u8>,
-    ram_pa: u64,
+    ram_pa: Option<u64>,
     ram_size: u64,
-    taken_us: u64,
+    /// When it was taken (this run's uptime); `None`: in an earlier run.
+    taken_us: Option<u64>,
+    /// It is in the disk's snapshot area too.
+    on_disk: bool,
 }
 
 impl Stored {
     /// Returns the RAM copy to the frame allocator.
     pub fn free(self) {
-        memory::free(self.ram_pa, self.ram_size);
+        if let Some(pa) = self.ram_pa {
+            memory::free(pa, self.ram_size);
+        }
     }
+}
+
+/// The snapshots the disk's area holds, as [`Stored`] ones with their RAM still on
+/// the disk (read at the restore). One whose state cannot be read is reported and
+/// left out.
+pub(super) fn from_area(area: &mut super::snapshot_disk::Area) -> Vec<Stored> {
+    let entries = area.index.entries.clone();
+    let mut out = Vec::new();
+    for e in entries {
+        match area.read_state(&e) {
+            Ok(state) => out.push(Stored {
+                vm: e.vm.clone(),
+                tag: e.tag.clone(),
+                state,
+                ram_pa: None,
+                ram_size: e.ram_len,
+                taken_us: None,
+                on_disk: true,
+            }),
+            Err(err) => crate::println!(
+                "hv: snapshot area: snapshot {:?} of VM {}: {err}",
+                e.tag,
+                e.vm
+            ),
+        }
+    }
+    out
 }
 
 /// Copies `len` bytes between two page-frame ranges, in pieces between which the
@@ -157,12 +190,32 @@ impl<B: Backend> Machine<'_, B> {
         let was_running = self.quiesce(v)?;
         let taken = self.capture(v, tag);
         self.unquiesce(v, was_running);
-        let stored = taken?;
+        let mut stored = taken?;
         let size = stored.ram_size + stored.state.len() as u64;
         let ms = (time::uptime_micros() - began) / 1000;
+        // Also into the disk's snapshot area, if the machine has one.
+        let disk = match self.area.lock().as_mut() {
+            None => String::new(),
+            Some(area) => {
+                let saved = area.save(
+                    &vm.name,
+                    tag,
+                    &stored.state,
+                    stored.ram_pa.unwrap_or(0),
+                    stored.ram_size,
+                );
+                match saved {
+                    Ok(()) => {
+                        stored.on_disk = true;
+                        String::from("; saved in the disk's snapshot area")
+                    }
+                    Err(e) => format!("; not saved on the disk: {e}"),
+                }
+            }
+        };
         self.snapshots.lock().push(stored);
         Ok(format!(
-            "snapshot {tag:?} of VM {} taken in {ms} ms ({} KiB)",
+            "snapshot {tag:?} of VM {} taken in {ms} ms ({} KiB){disk}",
             vm.name,
             size / 1024
         ))
@@ -198,6 +251,12 @@ impl<B: Backend> Machine<'_, B> {
             add(&mut b, "devices", devices)?;
             add(&mut b, "run", shared.run_state())?;
         }
+        // The instant: the VM's time and the host's TSC, so that a restore can make
+        // both go on from here.
+        let mut clock = Vec::new();
+        clock.extend_from_slice(&vm.now_ns().to_le_bytes());
+        clock.extend_from_slice(&time::rdtsc().to_le_bytes());
+        add(&mut b, "clock", clock)?;
         for (i, slot) in vm.slots.iter().enumerate() {
             let mut slot = slot.lock();
             let slot = slot.as_mut().ok_or("a vCPU is still running")?;
@@ -223,9 +282,10 @@ impl<B: Backend> Machine<'_, B> {
             vm: vm.name.clone(),
             tag: tag.into(),
             state,
-            ram_pa: copy,
+            ram_pa: Some(copy),
             ram_size,
-            taken_us: time::uptime_micros(),
+            taken_us: Some(time::uptime_micros()),
+            on_disk: false,
         })
     }
 
@@ -233,16 +293,23 @@ impl<B: Backend> Machine<'_, B> {
     /// VM stays paused; a stopped one is started first).
     pub(super) fn restore_snapshot(&self, v: usize, tag: &str) -> Result<String, String> {
         let vm = &self.vms[v];
-        let snapshots = self.snapshots.lock();
-        let stored = snapshots
+        let mut snapshots = self.snapshots.lock();
+        let at = snapshots
             .iter()
-            .find(|s| s.vm == vm.name && s.tag == tag)
+            .position(|s| s.vm == vm.name && s.tag == tag)
             .ok_or_else(|| {
                 format!(
                     "VM {} has no snapshot {tag:?} (snapshots lists them)",
                     vm.name
                 )
             })?;
+        // Checked before its RAM is read (from the disk, for a snapshot of an
+        // earlier run: checked against the index's SHA-256 there).
+        snapshot::read(&snapshots[at].state).map_err(|e| format!("{e}"))?;
+        if snapshots[at].ram_pa.is_none() {
+            self.load_ram(&mut snapshots[at])?;
+        }
+        let stored = &snapshots[at];
         let snap = snapshot::read(&stored.state).map_err(|e| format!("{e}"))?;
         let shape = Shape::from_bytes(snap.get(Shape::SECTION).map_err(|e| format!("{e}"))?)
             .map_err(|e| format!("{e}"))?;
@@ -286,10 +353,13 @@ impl<B: Backend> Machine<'_, B> {
         self.unquiesce(v, was_running || stopped);
         result?;
         let ms = (time::uptime_micros() - began) / 1000;
+        let when = match stored.taken_us {
+            Some(t) => format!("taken {} s ago", (began - t) / 1_000_000),
+            None => String::from("from the disk's snapshot area"),
+        };
         Ok(format!(
-            "VM {} restored to snapshot {tag:?} (taken {} s ago) in {ms} ms",
-            vm.name,
-            (began - stored.taken_us) / 1_000_000
+            "VM {} restored to snapshot {tag:?} ({when}) in {ms} ms",
+            vm.name
         ))
     }
 
@@ -325,10 +395,29 @@ impl<B: Backend> Machine<'_, B> {
             .restore_devices(get("devices")?)
             .map_err(|e| format!("its devices: {e}"))?;
         shared.restore_run_state(get("run")?)?;
+        // The VM's time and its vCPUs' TSCs go on from the snapshot's instant (its
+        // devices' deadlines are in its time; the guest's TSC must not jump, nor go
+        // back after a restart of the hypervisor).
+        let clock = get("clock")?;
+        if clock.len() != 16 {
+            return Err(String::from("the snapshot's clock section is malformed"));
+        }
+        let word = |at: usize| {
+            let mut w = [0; 8];
+            w.copy_from_slice(&clock[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (guest_ns, host_tsc) = (word(0), word(8));
+        let tsc_now = time::rdtsc();
+        let offset = guest_ns.wrapping_sub(time::uptime_ns());
+        let tsc_delta = host_tsc.wrapping_sub(tsc_now);
         // Fresh vCPUs with the snapshot's state.
         let states = (0..vm.slots.len())
             .map(|i| {
-                CpuState::from_bytes(get(&section_cpu(i))?).map_err(|e| format!("vCPU {i}: {e}"))
+                let mut s = CpuState::from_bytes(get(&section_cpu(i))?)
+                    .map_err(|e| format!("vCPU {i}: {e}"))?;
+                s.msrs.tsc_offset = s.msrs.tsc_offset.wrapping_add(tsc_delta);
+                Ok(s)
             })
             .collect::<Result<Vec<_>, String>>()?;
         let mut backend = self.backend.lock();
@@ -359,7 +448,12 @@ impl<B: Backend> Machine<'_, B> {
             return Err(e);
         }
         // Everything fits: the VM becomes the snapshot.
-        copy_frames(stored.ram_pa, life.ram_pa, stored.ram_size);
+        vm.clock_offset
+            .store(offset, core::sync::atomic::Ordering::Relaxed);
+        let Some(ram_pa) = stored.ram_pa else {
+            return Err(String::from("the snapshot's RAM is not loaded"));
+        };
+        copy_frames(ram_pa, life.ram_pa, stored.ram_size);
         {
             let mut old = vm.shared.lock();
             old.flush_console();
@@ -382,16 +476,25 @@ impl<B: Backend> Machine<'_, B> {
     pub(super) fn list_snapshots(&self, vm: Option<&str>) -> Vec<String> {
         let now = time::uptime_micros();
         let snapshots = self.snapshots.lock();
-        let mut out = alloc::vec![String::from(
-            "VM                        TAG                               SIZE  AGE"
+        let mut out = alloc::vec![format!(
+            "{:<24} {:<32} {:>9}  {:<11}  AGE",
+            "VM", "TAG", "SIZE", "WHERE"
         )];
         for s in snapshots.iter().filter(|s| vm.is_none_or(|n| n == s.vm)) {
+            let place = match (s.ram_pa.is_some(), s.on_disk) {
+                (true, true) => "memory+disk",
+                (true, false) => "memory",
+                _ => "disk",
+            };
             out.push(format!(
-                "{:<25} {:<32} {:>6}  {}",
+                "{:<24} {:<32} {:>9}  {:<11}  {}",
                 s.vm,
                 s.tag,
                 operator::report::size_kib((s.ram_size + s.state.len() as u64) / 1024),
-                operator::report::duration((now - s.taken_us) / 1000)
+                place,
+                s.taken_us.map_or(String::from("earlier run"), |t| {
+                    operator::report::duration((now - t) / 1000)
+                })
             ));
         }
         if out.len() == 1 {
@@ -408,10 +511,47 @@ impl<B: Backend> Machine<'_, B> {
             .position(|s| s.vm == vm && s.tag == tag)
             .ok_or_else(|| format!("VM {vm} has no snapshot {tag:?}"))?;
         let s = snapshots.remove(at);
-        let size = s.ram_size / 1024;
+        let on_disk = s.on_disk;
+        let size = if s.ram_pa.is_some() {
+            s.ram_size / 1024
+        } else {
+            0
+        };
         s.free();
+        let disk = match self.area.lock().as_mut() {
+            Some(area) if on_disk => match area.delete(vm, tag) {
+                Ok(_) => String::from(", and from the disk's snapshot area"),
+                Err(e) => format!("; the disk's snapshot area still has it: {e}"),
+            },
+            _ => String::new(),
+        };
         Ok(format!(
-            "snapshot {tag:?} of VM {vm} deleted ({size} KiB freed)"
+            "snapshot {tag:?} of VM {vm} deleted ({size} KiB of memory freed){disk}"
         ))
+    }
+
+    /// Reads a snapshot's RAM from the disk's area into frames of its own.
+    fn load_ram(&self, s: &mut Stored) -> Result<(), String> {
+        let mut area = self.area.lock();
+        let area = area
+            .as_mut()
+            .ok_or("its RAM is on the disk, but the snapshot area is not open")?;
+        let entry = area
+            .index
+            .find(&s.vm, &s.tag)
+            .cloned()
+            .ok_or("the disk's snapshot area no longer has it")?;
+        let pa = memory::alloc_for_copy(entry.ram_len, 4096).map_err(|e| {
+            format!(
+                "not enough free memory to read its {} KiB of RAM: {e:?}",
+                entry.ram_len / 1024
+            )
+        })?;
+        if let Err(e) = area.read_ram(&entry, pa) {
+            memory::free(pa, entry.ram_len);
+            return Err(e);
+        }
+        s.ram_pa = Some(pa);
+        Ok(())
     }
 }
