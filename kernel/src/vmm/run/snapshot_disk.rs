@@ -56,7 +56,7 @@ pub(in crate::vmm) fn open() -> Option<Area> {
             area.index = index;
             println!(
                 "hv: snapshot area: partition \"{PARTITION}\", {} MiB, {} snapshot(s)",
-                sectors * SECTOR >> 20,
+                (sectors * SECTOR) >> 20,
                 area.index.entries.len()
             );
             Some(area)
@@ -111,7 +111,7 @@ impl Area {
         let start = self.index.place(need, self.sectors).ok_or_else(|| {
             format!(
                 "no room in the snapshot area ({} MiB needed, {} snapshot(s) there)",
-                need * SECTOR >> 20,
+                (need * SECTOR).div_ceil(1 << 20),
                 self.index.entries.len()
             )
         })?;

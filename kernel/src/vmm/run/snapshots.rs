@@ -9,11 +9,13 @@
 //! state is of one instant, and lets it run on afterwards. Restoring checks the
 //! snapshot (format, checksum, shape) and builds fresh devices and vCPUs from it
 //! before anything of the VM changes: a snapshot that does not fit leaves the VM
-//! as it was. The guest's clock is not rolled back: timers that fell due in
-//! between fire at once (the 8254's lost ticks are bounded), as after a pause.
+//! as it was. The VM's clock (`VmEntry::clock_offset`) and its vCPUs' TSC offsets
+//! are moved so that both go on from the snapshot's instant: its devices' deadlines
+//! and the guest's TSC stay consistent, also after a restart of the hypervisor
+//! (snapshots in the disk's area, `snapshot_disk`).
 //!
 //! Not yet: snapshots of VMs with a writable disk (its contents would need a
-//! copy-on-write view), and keeping snapshots on the disk across a restart.
+//! copy-on-write view).
 
 use alloc::format;
 use alloc::string::String;
