@@ -250,8 +250,8 @@ fn linux_snapshot_and_restore_under_amd_v() {
         Step::new("administrator passphrase: ", pass.as_bytes()),
     ];
     let opts = QemuOptions {
-        // The VM's 192 MiB and as much again for its snapshot.
-        memory_mib: 512,
+        // The VM's 256 MiB and as much again for its snapshot.
+        memory_mib: 640,
         cpus: 2,
         force_tcg: true,
         tcg_thread: Some(xtask::emulator::TcgThread::Single),

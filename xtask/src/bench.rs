@@ -622,6 +622,8 @@ pub struct Collected {
     pub disk_direct: Vec<DiskFigure>,
     pub disk_plain: Vec<DiskFigure>,
     pub disk_encrypted: Vec<DiskFigure>,
+    /// Snapshot and restore of the console test's Linux VM, from the console.
+    pub snapshots: Vec<SnapshotFigure>,
     /// `part: reason` lines.
     pub failures: Vec<String>,
 }
@@ -765,6 +767,47 @@ pub fn report(c: &Collected) -> String {
                     None => value,
                 },
             ));
+        }
+    }
+
+    // Snapshots.
+    if !c.snapshots.is_empty() {
+        let ms = |f: fn(&SnapshotFigure) -> u64| {
+            summarize(&c.snapshots.iter().map(|s| f(s) as f64).collect::<Vec<_>>())
+        };
+        let fmt_ms = |s: &Summary| {
+            if s.min == s.max {
+                format!("{:.0} ms", s.median)
+            } else {
+                format!("{:.0} ms [{:.0}-{:.0}]", s.median, s.min, s.max)
+            }
+        };
+        let figures = [
+            (
+                "Snapshot",
+                "take",
+                ms(|s| s.take_ms),
+                ms(|s| s.take_copy_ms),
+            ),
+            (
+                &*format!("  {} MiB Linux", SNAPSHOT_VM_MIB),
+                "restore",
+                ms(|s| s.restore_ms),
+                ms(|s| s.restore_copy_ms),
+            ),
+        ];
+        for (label, what, total, copy) in figures {
+            match (total, copy) {
+                (Some(t), Some(cp)) => out.push(row(
+                    label,
+                    what,
+                    &with_ratio(
+                        format!("{} (RAM copy {})", fmt_ms(&t), fmt_ms(&cp)),
+                        format!("{} of the copy", ratio_of(&t, &cp)),
+                    ),
+                )),
+                _ => out.push(row(label, what, &failed())),
+            }
         }
     }
 
@@ -1038,6 +1081,45 @@ const BOCHS_IPI: BochsOptions = BochsOptions {
 /// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command
 /// line, memory and vCPU count (`-smp`), with the hypervisor run's machine type and
 /// CPU model.
+/// The Linux VM the snapshot figures are of (`GuestSet::ConsoleLinuxTest`).
+pub const SNAPSHOT_VM_MIB: u64 = 256;
+
+/// Boots the console's Linux set and, at its shell, takes a snapshot and restores
+/// it through the console (typed from a pipe), as an operator would.
+fn snapshot_run(
+    build_opts: &BuildOptions,
+    work: &Path,
+    log: &Path,
+) -> Result<SnapshotFigure, String> {
+    use crate::emulator::ScriptStep;
+    let built = build::build_all(build_opts, GuestSet::ConsoleLinuxTest)?;
+    let pass = format!("{}\r", build::CONSOLE_TEST_PASSPHRASE);
+    let steps = [
+        ScriptStep::new(" # ", b"\x1d"),
+        ScriptStep::new("hv> ", b"snapshot linux bench\r"),
+        ScriptStep::new("administrator passphrase: ", pass.as_bytes()),
+        ScriptStep::new("\"snapshot linux bench\": done", b"restore linux bench\r"),
+        ScriptStep::new("\"restore linux bench\": done", b"stop linux\r"),
+    ];
+    let opts = QemuOptions {
+        memory_mib: 2 * SNAPSHOT_VM_MIB as u32 + 128,
+        tcg_thread: Some(crate::emulator::TcgThread::Single),
+        ..hv_qemu_options()
+    };
+    let cmd = emulator::qemu_command(&built.images.bios, &opts, work)?;
+    let out = emulator::run_qemu_scripted(cmd, Duration::from_secs(300), &steps)?;
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(log, &out.serial);
+    parse_snapshot(&out.serial).ok_or_else(|| {
+        format!(
+            "no snapshot and restore figures in the serial output (see {})",
+            log.display()
+        )
+    })
+}
+
 fn direct_command(qemu: &Path, guest: &LinuxGuest, extra_cmdline: &str) -> Command {
     let vm = linux::linux_vm(guest, true);
     let mut cmd = Command::new(qemu);
@@ -1090,6 +1172,41 @@ fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String
 pub struct DiskFigure {
     pub write_mib_s: f64,
     pub read_mib_s: f64,
+}
+
+/// One snapshot and restore of a VM from the console, in ms, each with the part
+/// its RAM copy took (the reference: a snapshot cannot take less than copying the
+/// VM's RAM once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotFigure {
+    pub take_ms: u64,
+    pub take_copy_ms: u64,
+    pub restore_ms: u64,
+    pub restore_copy_ms: u64,
+}
+
+/// The number after `before` in `text`, up to `after`.
+fn number_between(text: &str, before: &str, after: &str) -> Option<u64> {
+    let rest = text.split(before).nth(1)?;
+    rest.split(after).next()?.trim().parse().ok()
+}
+
+/// Parses the hypervisor's `snapshot "T" of VM V taken in N ms (RAM copy M ms; ...)`
+/// and `VM V restored to snapshot "T" (...) in N ms (RAM copy M ms)` lines.
+pub fn parse_snapshot(serial: &str) -> Option<SnapshotFigure> {
+    let taken = serial
+        .lines()
+        .find(|l| l.contains(" taken in ") && l.starts_with("hv: snapshot "))?;
+    let restored = serial
+        .lines()
+        .find(|l| l.starts_with("hv: VM ") && l.contains(" restored to snapshot "))?;
+    let restore_tail = restored.rsplit(") in ").next()?;
+    Some(SnapshotFigure {
+        take_ms: number_between(taken, " taken in ", " ms")?,
+        take_copy_ms: number_between(taken, "(RAM copy ", " ms")?,
+        restore_ms: restore_tail.split(" ms").next()?.trim().parse().ok()?,
+        restore_copy_ms: number_between(restore_tail, "(RAM copy ", " ms")?,
+    })
 }
 
 /// Parses the guest's disk bench line (64 MiB each way).
@@ -1363,6 +1480,17 @@ pub fn bench(opts: &Options) -> Result<(), String> {
                         Err(e) => c.failures.push(format!("disk direct run {i}: {e}")),
                     }
                 }
+                // Snapshot and restore of a Linux VM at its shell, from the console.
+                match snapshot_run(&opts.build, &work, &log(i, "snapshot")) {
+                    Ok(f) => {
+                        progress(&format!(
+                            "run {i}/{}: snapshot {} ms, restore {} ms",
+                            opts.runs, f.take_ms, f.restore_ms
+                        ));
+                        c.snapshots.push(f);
+                    }
+                    Err(e) => c.failures.push(format!("snapshot run {i}: {e}")),
+                }
                 for (set, name) in [
                     (GuestSet::BenchDisk, "disk-plain"),
                     (GuestSet::BenchDiskEncrypted, "disk-encrypted"),
@@ -1451,6 +1579,26 @@ mod disk_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_lines_parse() {
+        let serial = "hv> snapshot linux bench\n\
+            hv: snapshot \"bench\" of VM linux taken in 959 ms (RAM copy 700 ms; 262147 KiB)\n\
+            hv: VM linux restored to snapshot \"bench\" (taken 0 s ago) in 962 ms (RAM copy 650 ms)\n";
+        assert_eq!(
+            parse_snapshot(serial),
+            Some(SnapshotFigure {
+                take_ms: 959,
+                take_copy_ms: 700,
+                restore_ms: 962,
+                restore_copy_ms: 650,
+            })
+        );
+        assert_eq!(
+            parse_snapshot("hv: snapshot \"x\" of VM a taken in 5 ms"),
+            None
+        );
+    }
 
     fn line(ms: u64, text: &str) -> TimedLine {
         TimedLine {

@@ -157,9 +157,9 @@ pub enum GuestSet {
     /// through the console from a pipe, with the administrator passphrase of
     /// [`CONSOLE_TEST_PASSPHRASE`].
     ConsoleTest,
-    /// Linux (2 vCPUs, 192 MiB, its shell on the console, no disk) alone, for the
-    /// console's snapshot test: a file written after a snapshot is gone after the
-    /// restore.
+    /// Linux (2 vCPUs, 256 MiB, its shell on the console, no disk) alone, for the
+    /// console's snapshot test (a file written after a snapshot is gone after the
+    /// restore) and the bench's snapshot figures.
     ConsoleLinuxTest,
     /// `count64` alone, with the snapshot area (partition "hv-snapshots") on the
     /// NVMe disk of [`GuestSet::storage`]: snapshots outlive a restart.
@@ -470,7 +470,7 @@ impl GuestSet {
             GuestSet::SnapshotDiskTest => Ok(vec![tiny_vm(&all_guests()?, "count64")?]),
             GuestSet::ConsoleLinuxTest => {
                 let mut vm = linux_vm(false)?;
-                vm.memory_kib = 192 * 1024;
+                vm.memory_kib = crate::bench::SNAPSHOT_VM_MIB as u32 * 1024;
                 Ok(vec![crate::config::check(&vm)?])
             }
             GuestSet::ConsoleTest => {

@@ -191,6 +191,8 @@ impl<B: Backend> Machine<'_, B> {
         let began = time::uptime_micros();
         let was_running = self.quiesce(v)?;
         let taken = self.capture(v, tag);
+        let copy_ms = taken.as_ref().map_or(0, |(_, us)| us / 1000);
+        let taken = taken.map(|(s, _)| s);
         self.unquiesce(v, was_running);
         let mut stored = taken?;
         let size = stored.ram_size + stored.state.len() as u64;
@@ -217,14 +219,15 @@ impl<B: Backend> Machine<'_, B> {
         };
         self.snapshots.lock().push(stored);
         Ok(format!(
-            "snapshot {tag:?} of VM {} taken in {ms} ms ({} KiB){disk}",
+            "snapshot {tag:?} of VM {} taken in {ms} ms (RAM copy {copy_ms} ms; {} KiB){disk}",
             vm.name,
             size / 1024
         ))
     }
 
     /// Packs VM `v`'s state and copies its RAM; its vCPUs are all in their slots.
-    fn capture(&self, v: usize, tag: &str) -> Result<Stored, String> {
+    /// Also returns how long the RAM copy took (µs).
+    fn capture(&self, v: usize, tag: &str) -> Result<(Stored, u64), String> {
         let vm = &self.vms[v];
         let (ram_pa, ram_size) = {
             let life = vm.life.lock();
@@ -279,8 +282,10 @@ impl<B: Backend> Machine<'_, B> {
             ),
             e => format!("cannot take memory for a copy of its RAM: {e:?}"),
         })?;
+        let copy_began = time::uptime_micros();
         copy_frames(ram_pa, copy, ram_size);
-        Ok(Stored {
+        let copy_us = time::uptime_micros() - copy_began;
+        let stored = Stored {
             vm: vm.name.clone(),
             tag: tag.into(),
             state,
@@ -288,7 +293,8 @@ impl<B: Backend> Machine<'_, B> {
             ram_size,
             taken_us: Some(time::uptime_micros()),
             on_disk: false,
-        })
+        };
+        Ok((stored, copy_us))
     }
 
     /// `restore NAME TAG`: the VM continues from the snapshot's instant (a paused
@@ -351,6 +357,7 @@ impl<B: Backend> Machine<'_, B> {
             self.stop(v, String::from("its restore failed"));
             return result.map(|_| String::new());
         }
+        let copy_ms = result.as_ref().map_or(0, |us| us / 1000);
         // A stopped VM was started to be restored: it runs, as `start` would.
         self.unquiesce(v, was_running || stopped);
         result?;
@@ -360,21 +367,21 @@ impl<B: Backend> Machine<'_, B> {
             None => String::from("from the disk's snapshot area"),
         };
         Ok(format!(
-            "VM {} restored to snapshot {tag:?} ({when}) in {ms} ms",
+            "VM {} restored to snapshot {tag:?} ({when}) in {ms} ms (RAM copy {copy_ms} ms)",
             vm.name
         ))
     }
 
     /// Builds fresh devices and vCPUs from `snap` and, only if all of it fits,
     /// puts them and the RAM copy in place of VM `v`'s (whose vCPUs are all off the
-    /// processors).
+    /// processors). Returns how long the RAM copy took (µs).
     fn apply(
         &self,
         v: usize,
         snap: &snapshot::Snapshot,
         stored: &Stored,
         shape: &Shape,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         let vm = &self.vms[v];
         let life = vm.life.lock();
         let here = Shape {
@@ -455,7 +462,9 @@ impl<B: Backend> Machine<'_, B> {
         let Some(ram_pa) = stored.ram_pa else {
             return Err(String::from("the snapshot's RAM is not loaded"));
         };
+        let copy_began = time::uptime_micros();
         copy_frames(ram_pa, life.ram_pa, stored.ram_size);
+        let copy_us = time::uptime_micros() - copy_began;
         {
             let mut old = vm.shared.lock();
             old.flush_console();
@@ -471,7 +480,7 @@ impl<B: Backend> Machine<'_, B> {
             }
             *cell = Some(slot);
         }
-        Ok(())
+        Ok(copy_us)
     }
 
     /// `snapshots [NAME]`.
