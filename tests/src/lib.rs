@@ -392,3 +392,17 @@ pub fn expect_tiny_guests(out: &RunOutput) {
     assert_eq!(efer & 0x500, 0x500, "LME|LMA in {efer_line}");
     assert_eq!(efer & (1 << 12), 0, "SVME leaked: {efer_line}");
 }
+
+/// The count in `count64`'s answer `count64 | count64: got WORD at N` (the first
+/// one) in `serial`.
+pub fn count64_at(serial: &str, word: &str) -> u64 {
+    let marker = format!("count64 | count64: got {word} at ");
+    let at = serial
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {marker:?}:\n{serial}"));
+    serial[at + marker.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after {marker:?}"))
+}

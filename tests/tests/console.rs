@@ -22,10 +22,28 @@ fn answers<'a>(serial: &'a str, command: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// After a snapshot `t1` of `count64` (the prompt open): gives `count64` the
+/// keyboard, lets it count on for `wait_ms`, has it answer `b`, restores `t1`
+/// (the passphrase asked again), and has it answer `c`; ends with Ctrl-] typed
+/// (the prompt opening).
+fn count_on_and_restore(pass: &str, wait_ms: u64) -> Vec<Step> {
+    vec![
+        Step::new("hv> ", b"console count64\r"),
+        Step::new("the keyboard is count64's", b"b\r").after(Duration::from_millis(wait_ms)),
+        Step::new("count64 | count64: got b at ", ESC),
+        Step::new("hv> ", b"restore count64 t1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"restore count64 t1\": done", b""),
+        Step::new("hv> ", b"console count64\r"),
+        Step::new("the keyboard is count64's", b"c\r"),
+        Step::new("count64 | count64: got c at ", ESC),
+    ]
+}
+
 #[test]
 fn console_drives_vms_under_amd_v() {
     let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
-    let steps = [
+    let mut steps = vec![
         // Keys go to the first VM until Ctrl-].
         Step::new("count64 | count64: 3", b"hello\r"),
         Step::new("count64 | count64: got hello", b"quiet\r"),
@@ -72,20 +90,14 @@ fn console_drives_vms_under_amd_v() {
         Step::new("has a snapshot \"t1\" already", b""),
         Step::new("hv> ", b"snapshots\r"),
         Step::new("\"snapshots\": done", b""),
-        Step::new("hv> ", b"console count64\r"),
-        Step::new("the keyboard is count64's", b"b\r").after(Duration::from_millis(1500)),
-        Step::new("count64 | count64: got b at ", ESC),
-        Step::new("hv> ", b"restore count64 t1\r"),
-        Step::new("administrator passphrase: ", pass.as_bytes()),
-        Step::new("\"restore count64 t1\": done", b""),
-        Step::new("hv> ", b"restore count64 nope\r"),
-        Step::new("has no snapshot \"nope\"", b""),
-        Step::new("hv> ", b"console count64\r"),
-        Step::new("the keyboard is count64's", b"c\r"),
-        Step::new("count64 | count64: got c at ", ESC),
+    ];
+    steps.extend(count_on_and_restore(&pass, 1500));
+    steps.extend([
         Step::new("hv> ", b"stop count64\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
         Step::new("\"stop count64\": done", b""),
+        Step::new("hv> ", b"restore count64 nope\r"),
+        Step::new("has no snapshot \"nope\"", b""),
         Step::new("hv> ", b"restore count64 t1\r"),
         Step::new("\"restore count64 t1\": done", b""),
         Step::new("hv> ", b"console count64\r"),
@@ -106,7 +118,7 @@ fn console_drives_vms_under_amd_v() {
         // `exit` ended the administrator session: the passphrase again.
         Step::new("administrator passphrase: ", pass.as_bytes()),
         Step::new("vm other stopped", b"stop count64\r"),
-    ];
+    ]);
     let opts = QemuOptions {
         memory_mib: 256,
         cpus: 2,
@@ -182,17 +194,7 @@ fn console_drives_vms_under_amd_v() {
     // The snapshot's restores rolled count64's count back: "got b" came after
     // the snapshot, "got c" (restored while running) and "got d" (restored while
     // stopped) carry counts from just after "got a", below "got b"'s.
-    let at = |word: &str| -> u64 {
-        let marker = format!("count64 | count64: got {word} at ");
-        let rest = &s[s
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no {marker:?}:\n{s}"))
-            + marker.len()..];
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no count after {marker:?}"))
-    };
+    let at = |word: &str| count64_at(s, word);
     let (a, b, c, d) = (at("a"), at("b"), at("c"), at("d"));
     assert!(
         b >= a + 3,
@@ -282,7 +284,7 @@ fn linux_snapshot_and_restore_under_amd_v() {
 #[test]
 fn console_snapshots_under_vt_x() {
     let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
-    let steps = [
+    let mut steps = vec![
         Step::new("count64 | count64: 2", b"a\r"),
         Step::new("count64 | count64: got a at ", ESC),
         Step::new("hv> ", b"list\r"),
@@ -290,20 +292,14 @@ fn console_snapshots_under_vt_x() {
         Step::new("hv> ", b"snapshot count64 t1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
         Step::new("\"snapshot count64 t1\": done", b""),
-        Step::new("hv> ", b"console count64\r"),
-        Step::new("the keyboard is count64's", b"b\r").after(Duration::from_millis(2500)),
-        Step::new("count64 | count64: got b at ", ESC),
-        Step::new("hv> ", b"restore count64 t1\r"),
-        Step::new("administrator passphrase: ", pass.as_bytes()),
-        Step::new("\"restore count64 t1\": done", b""),
-        Step::new("hv> ", b"console count64\r"),
-        Step::new("the keyboard is count64's", b"c\r"),
-        Step::new("count64 | count64: got c at ", ESC),
+    ];
+    steps.extend(count_on_and_restore(&pass, 2500));
+    steps.extend([
         Step::new("hv> ", b"pause other\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
         Step::new("\"pause other\": done", b"stop other\r"),
         Step::new("\"stop other\": done", b"stop count64\r"),
-    ];
+    ]);
     let out = scripted_bochs(
         "console_vt_x",
         GuestSet::ConsoleTest,
@@ -319,17 +315,7 @@ fn console_snapshots_under_vt_x() {
         .expect_no("[script]")
         .expect_no("PANIC");
     let s = &out.serial;
-    let at = |word: &str| -> u64 {
-        let marker = format!("count64 | count64: got {word} at ");
-        let rest = &s[s
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no {marker:?}:\n{s}"))
-            + marker.len()..];
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no count after {marker:?}"))
-    };
+    let at = |word: &str| count64_at(s, word);
     let (a, b, c) = (at("a"), at("b"), at("c"));
     assert!(b > a && c >= a && c < b, "a {a}, b {b}, c {c}:\n{s}");
 }

@@ -12,19 +12,6 @@ use xtask::emulator::{ScriptStep as Step, EXIT_SUCCESS};
 
 const ESC: &[u8] = b"\x1d";
 
-/// The count in `count64 | count64: got WORD at N`.
-fn count_at(s: &str, word: &str) -> u64 {
-    let marker = format!("count64 | count64: got {word} at ");
-    let rest = &s[s
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker:?}:\n{s}"))
-        + marker.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count after {marker:?}"))
-}
-
 #[test]
 fn snapshots_survive_a_restart_under_amd_v() {
     let storage = GuestSet::SnapshotDiskTest.storage().unwrap().unwrap();
@@ -61,7 +48,7 @@ fn snapshots_survive_a_restart_under_amd_v() {
         .expect_line("hv: vm count64 stopped: stopped by the operator")
         .expect_no("[script]")
         .expect_exit(EXIT_SUCCESS);
-    let a = count_at(&first.serial, "a");
+    let a = count64_at(&first.serial, "a");
 
     let second = scripted_qemu(
         "snapshot_disk_second",
@@ -86,7 +73,7 @@ fn snapshots_survive_a_restart_under_amd_v() {
         .expect_line("hv: VM count64 restored to snapshot \"t1\" (from the disk's snapshot area)")
         .expect_no("[script]")
         .expect_exit(EXIT_SUCCESS);
-    let c = count_at(&second.serial, "c");
+    let c = count64_at(&second.serial, "c");
     assert!(
         c >= a && c <= a + 3,
         "restored from the disk, count64 counts on from the snapshot's {a}: got c at {c}"
