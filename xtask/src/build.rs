@@ -113,10 +113,9 @@ pub enum GuestSet {
     /// spinner `spin64` (pinned to processor 0) in the background. Needs a machine
     /// with two processors.
     Smp,
-    /// `Smp` without `ipistorm64`: the AMD-V (QEMU) run. With the storm, VMs beside
-    /// it now and then run with the host's state as theirs (RIP just after VMRUN in
-    /// `svm_enter`, the host's CR3): an open problem, see the README's known
-    /// problems; under Bochs the full set passes.
+    /// `Smp` without `ipistorm64` (no test uses it since the host-state failures
+    /// under multi-threaded TCG were explained, README Known problems; kept for
+    /// comparing runs with and without the storm).
     SmpWithoutStorm,
     /// `cargo xtask bench`'s IPI round trip with both vCPUs on one host processor:
     /// `smp64` (2 vCPUs) alone, pinned to processor 0, so its vCPUs take turns there.
