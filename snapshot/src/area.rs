@@ -35,6 +35,9 @@ const HEADER: usize = 16;
 const ENTRY: usize = 24 + 32 + 8 + 8 + 8 + 32;
 /// The most snapshots an area holds.
 pub const ENTRIES_MAX: usize = 64;
+/// The largest packed state an entry may have (a 16-vCPU VM's is well under
+/// 100 KiB): the reader allocates it, so a forged index must not ask for more.
+pub const STATE_MAX: u64 = 1 << 20;
 const VM_MAX: usize = 24;
 const TAG_MAX: usize = 32;
 
@@ -153,6 +156,7 @@ impl Index {
                 .and_then(|s| s.checked_add(entry.ram_len.div_ceil(SECTOR)));
             if entry.start < INDEX_SECTORS
                 || entry.state_len == 0
+                || entry.state_len > STATE_MAX
                 || !end.is_some_and(|end| end <= sectors)
                 || index.overlaps(entry.start, entry.sectors())
                 || index.find(&entry.vm, &entry.tag).is_some()
@@ -297,9 +301,14 @@ mod tests {
         assert_eq!(Index::parse(&b, sectors), Err(AreaError::Version(9)));
         assert!(Index::parse(&good[..100], sectors).is_err());
         // Entries beyond the area, over the index, over each other, or twice.
+        let huge_state = Entry {
+            state_len: STATE_MAX + 1,
+            ..entry("vm", "t", INDEX_SECTORS, 512)
+        };
         for bad in [
             entry("vm", "t", sectors - 1, 4096),
             entry("vm", "t", 3, 4096),
+            huge_state,
         ] {
             let i = Index {
                 entries: alloc::vec![bad],

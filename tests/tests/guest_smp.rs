@@ -17,12 +17,7 @@ fn smp_guests_under_amd_v_on_two_processors() {
         force_tcg: true,
         ..Default::default()
     };
-    let out = boot_qemu(
-        "guest_smp_amd_v",
-        GuestSet::Smp,
-        &opts,
-        QEMU_LIMIT,
-    );
+    let out = boot_qemu("guest_smp_amd_v", GuestSet::Smp, &opts, QEMU_LIMIT);
     expect_smp_guests(&out, true);
     out.expect_exit(EXIT_SUCCESS);
 }

@@ -1336,8 +1336,8 @@ where
         }
     }
     // Snapshots kept on the disk by earlier runs.
-    let mut area = snapshot_disk::open();
-    let held = area.as_mut().map(snapshots::from_area).unwrap_or_default();
+    let area = snapshot_disk::open();
+    let held = area.as_ref().map(snapshots::from_area).unwrap_or_default();
     let machine = Machine {
         backend: Mutex::new(backend),
         epoch_unix_ns,

@@ -144,7 +144,13 @@ impl Area {
 
     /// Reads a snapshot's packed state (checked by the caller, `snapshot::read`).
     pub fn read_state(&mut self, e: &Entry) -> Result<Vec<u8>, String> {
-        let mut buf = alloc::vec![0u8; (e.state_len.div_ceil(SECTOR) * SECTOR) as usize];
+        // At most `snapshot::area::STATE_MAX` (the index's check), and taken
+        // without panicking when the heap has less.
+        let len = (e.state_len.div_ceil(SECTOR) * SECTOR) as usize;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len)
+            .map_err(|_| format!("no heap for its {} KiB state", len / 1024))?;
+        buf.resize(len, 0);
         self.part
             .read(e.start, &mut buf)
             .map_err(|err| format!("reading the snapshot area failed: {err:?}"))?;

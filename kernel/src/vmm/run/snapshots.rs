@@ -56,31 +56,23 @@ impl Stored {
     }
 }
 
-/// The snapshots the disk's area holds, as [`Stored`] ones with their RAM still on
-/// the disk (read at the restore). One whose state cannot be read is reported and
-/// left out.
-pub(super) fn from_area(area: &mut super::snapshot_disk::Area) -> Vec<Stored> {
-    let entries = area.index.entries.clone();
-    let mut out = Vec::new();
-    for e in entries {
-        match area.read_state(&e) {
-            Ok(state) => out.push(Stored {
-                vm: e.vm.clone(),
-                tag: e.tag.clone(),
-                state,
-                ram_pa: None,
-                ram_size: e.ram_len,
-                taken_us: None,
-                on_disk: true,
-            }),
-            Err(err) => crate::println!(
-                "hv: snapshot area: snapshot {:?} of VM {}: {err}",
-                e.tag,
-                e.vm
-            ),
-        }
-    }
-    out
+/// The snapshots the disk's area holds, as [`Stored`] ones with their state and
+/// RAM still on the disk (read, and checked, at the restore: a forged index must
+/// not make the boot allocate much).
+pub(super) fn from_area(area: &super::snapshot_disk::Area) -> Vec<Stored> {
+    area.index
+        .entries
+        .iter()
+        .map(|e| Stored {
+            vm: e.vm.clone(),
+            tag: e.tag.clone(),
+            state: Vec::new(),
+            ram_pa: None,
+            ram_size: e.ram_len,
+            taken_us: None,
+            on_disk: true,
+        })
+        .collect()
 }
 
 /// Copies `len` bytes between two page-frame ranges, in pieces between which the
@@ -311,8 +303,11 @@ impl<B: Backend> Machine<'_, B> {
                     vm.name
                 )
             })?;
-        // Checked before its RAM is read (from the disk, for a snapshot of an
-        // earlier run: checked against the index's SHA-256 there).
+        // A snapshot of an earlier run: its state comes from the disk first, and is
+        // checked before its RAM is read (checked against the index's SHA-256).
+        if snapshots[at].state.is_empty() {
+            self.load_state(&mut snapshots[at])?;
+        }
         snapshot::read(&snapshots[at].state).map_err(|e| format!("{e}"))?;
         if snapshots[at].ram_pa.is_none() {
             self.load_ram(&mut snapshots[at])?;
@@ -456,12 +451,31 @@ impl<B: Backend> Machine<'_, B> {
             }
             return Err(e);
         }
+        // The RAM copy's length comes from the disk's index for a snapshot of an
+        // earlier run: it must be the VM's RAM size, whatever the packed state's
+        // shape said.
+        let ram = match stored.ram_pa {
+            Some(pa) if stored.ram_size == life.ram_size => Ok(pa),
+            Some(_) => Err(format!(
+                "the snapshot holds {} KiB of RAM, VM {} has {} KiB",
+                stored.ram_size / 1024,
+                vm.name,
+                life.ram_size / 1024
+            )),
+            None => Err(String::from("the snapshot's RAM is not loaded")),
+        };
+        let ram_pa = match ram {
+            Ok(pa) => pa,
+            Err(e) => {
+                for slot in fresh {
+                    backend.destroy_vcpu(&mut KernelMemory, slot.ctx.vcpu);
+                }
+                return Err(e);
+            }
+        };
         // Everything fits: the VM becomes the snapshot.
         vm.clock_offset
             .store(offset, core::sync::atomic::Ordering::Relaxed);
-        let Some(ram_pa) = stored.ram_pa else {
-            return Err(String::from("the snapshot's RAM is not loaded"));
-        };
         let copy_began = time::uptime_micros();
         copy_frames(ram_pa, life.ram_pa, stored.ram_size);
         let copy_us = time::uptime_micros() - copy_began;
@@ -539,6 +553,21 @@ impl<B: Backend> Machine<'_, B> {
         Ok(format!(
             "snapshot {tag:?} of VM {vm} deleted ({size} KiB of memory freed){disk}"
         ))
+    }
+
+    /// Reads a snapshot's packed state from the disk's area.
+    fn load_state(&self, s: &mut Stored) -> Result<(), String> {
+        let mut area = self.area.lock();
+        let area = area
+            .as_mut()
+            .ok_or("it is on the disk, but the snapshot area is not open")?;
+        let entry = area
+            .index
+            .find(&s.vm, &s.tag)
+            .cloned()
+            .ok_or("the disk's snapshot area no longer has it")?;
+        s.state = area.read_state(&entry)?;
+        Ok(())
     }
 
     /// Reads a snapshot's RAM from the disk's area into frames of its own.
