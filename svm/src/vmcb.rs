@@ -31,20 +31,12 @@ pub struct Segment {
 /// VMCB"): descriptor bits 47:40 (type, S, DPL, P) in attribute bits 7:0 and descriptor
 /// bits 55:52 (AVL, L, D/B, G) in attribute bits 11:8.
 pub mod attrib {
-    /// Segment type, bits 3:0 (with S=1: bit 3 code, bit 1 read/write, bit 0 accessed).
-    pub const TYPE_MASK: u16 = 0xF;
-    /// Descriptor type: 1 = code/data, 0 = system (TSS, LDT).
-    pub const S: u16 = 1 << 4;
-    pub const DPL_SHIFT: u16 = 5;
-    pub const DPL_MASK: u16 = 3 << DPL_SHIFT;
-    pub const P: u16 = 1 << 7;
-    pub const AVL: u16 = 1 << 8;
-    /// 64-bit code segment.
-    pub const L: u16 = 1 << 9;
-    /// Default operand size (D) / big (B): 32-bit segment.
-    pub const DB: u16 = 1 << 10;
-    /// Granularity: limit in 4 KiB units (the VMCB limit field is always in bytes).
-    pub const G: u16 = 1 << 11;
+    // The field bits are the vendor-neutral `vcpu::state` encoding's bits 11:0,
+    // which is this format: type (bits 3:0; with S=1 bit 3 code, bit 1 read/write,
+    // bit 0 accessed), S (1 = code/data, 0 = system), DPL, P, AVL, L (64-bit code),
+    // D/B (32-bit segment), G (limit in 4 KiB units; the VMCB limit field is always
+    // in bytes).
+    pub use vcpu::state::attrib::{AVL, DB, DPL_MASK, DPL_SHIFT, G, L, P, S, TYPE_MASK};
 
     /// Code: execute/read, accessed.
     pub const TYPE_CODE_RX_ACCESSED: u16 = 0xB;

@@ -28,6 +28,8 @@ use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
 
 mod console;
 mod network;
+#[cfg(test)]
+mod scratch;
 mod storage;
 
 const KIB: u64 = 1024;
@@ -1400,21 +1402,17 @@ mod tests {
     use super::*;
     use crate::vms::NicDef;
 
-    /// A scratch directory per test, removed when dropped.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("hv-config-test-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let p = self.0.join(name);
-            std::fs::write(&p, bytes).unwrap();
-            p
-        }
+    /// The tests' scratch directory with their loaders.
+    trait Loads {
+        fn load(&self, toml: &str) -> Result<Vec<VmDef>, ConfigError>;
+        fn err(&self, toml: &str) -> String;
+        fn images(&self);
+    }
+    use super::scratch::Scratch;
+    fn scratch(name: &str) -> Scratch {
+        Scratch::new("config", name)
+    }
+    impl Loads for Scratch {
         /// Writes `vms.toml` and loads it.
         fn load(&self, toml: &str) -> Result<Vec<VmDef>, ConfigError> {
             load(&self.file("vms.toml", toml.as_bytes()))
@@ -1432,11 +1430,6 @@ mod tests {
             self.file("m.bin", b"module");
             self.file("boot.bin", &boot_sector());
             self.file("hello.elf", &elf64(0x20_0000, 0x1000));
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -1524,7 +1517,7 @@ initrd = "initrd"
 
     #[test]
     fn loads_every_kind_of_vm() {
-        let s = Scratch::new("ok");
+        let s = scratch("ok");
         s.images();
         let vms = s
             .load(&format!(
@@ -1583,7 +1576,7 @@ format = "tiny"
 
     #[test]
     fn inline_array_of_vms_and_module_tables() {
-        let s = Scratch::new("inline");
+        let s = scratch("inline");
         s.images();
         let vms = s
             .load(
@@ -1611,7 +1604,7 @@ cmdline = "x"
 
     #[test]
     fn syntax_errors_have_positions() {
-        let s = Scratch::new("syntax");
+        let s = scratch("syntax");
         let e = s.err("[[vm]]\nname = \"a\nmemory = 4\n");
         assert!(
             e.contains("vms.toml:2:") && e.contains("syntax: invalid TOML"),
@@ -1626,7 +1619,7 @@ cmdline = "x"
 
     #[test]
     fn unknown_keys_are_named_with_a_suggestion() {
-        let s = Scratch::new("unknown");
+        let s = scratch("unknown");
         s.images();
         let e = s.err("[[vm]]\nname = \"a\"\nmemroy = 4\nkernel = \"boot.bin\"\n");
         assert!(
@@ -1659,7 +1652,7 @@ cmdline = "x"
 
     #[test]
     fn wrong_types() {
-        let s = Scratch::new("types");
+        let s = scratch("types");
         let e = s.err("[[vm]]\nname = 5\n");
         assert!(
             e.contains("vms.toml:2:8: name: expected a string, found an integer"),
@@ -1697,7 +1690,7 @@ cmdline = "x"
 
     #[test]
     fn missing_keys_and_empty_files() {
-        let s = Scratch::new("missing");
+        let s = scratch("missing");
         s.images();
         let e = s.err("# nothing\n");
         assert!(e.ends_with("vms.toml:1:1: vm: no [[vm]] table: describe at least one VM (see vms.example.toml)"), "{e}");
@@ -1738,7 +1731,7 @@ cmdline = "x"
             .unwrap_err()
             .contains("too large"));
 
-        let s = Scratch::new("memory");
+        let s = scratch("memory");
         s.images();
         let vm =
             |mem: &str| format!("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = {mem}\n");
@@ -1762,7 +1755,7 @@ cmdline = "x"
 
     #[test]
     fn names() {
-        let s = Scratch::new("names");
+        let s = scratch("names");
         s.images();
         let vm =
             |name: &str| format!("[[vm]]\nname = \"{name}\"\nkernel = \"boot.bin\"\nmemory = 4\n");
@@ -1787,7 +1780,7 @@ cmdline = "x"
 
     #[test]
     fn cpus_lists_host_processors() {
-        let s = Scratch::new("cpus");
+        let s = scratch("cpus");
         s.images();
         let vm = |cpus: &str| {
             format!("[[vm]]\nname = \"a\"\nkernel = \"boot.bin\"\nmemory = 4\ncpus = {cpus}\n")
@@ -1830,7 +1823,7 @@ cmdline = "x"
 
     #[test]
     fn vcpus_between_one_and_the_maximum() {
-        let s = Scratch::new("vcpus");
+        let s = scratch("vcpus");
         s.images();
         for bad in ["0", "17", "-1"] {
             let e = s.err(&format!(
@@ -1847,7 +1840,7 @@ cmdline = "x"
 
     #[test]
     fn files_must_exist() {
-        let s = Scratch::new("files");
+        let s = scratch("files");
         s.images();
         let e = s.err("[[vm]]\nname = \"a\"\nkernel = \"nope.bin\"\nmemory = 4\n");
         let resolved = s.0.join("nope.bin");
@@ -1871,7 +1864,7 @@ cmdline = "x"
 
     #[test]
     fn networks_and_nics() {
-        let s = Scratch::new("networks");
+        let s = scratch("networks");
         s.images();
         let vm = |name: &str, nics: &str| {
             format!("[[vm]]\nname = \"{name}\"\nmemory = 4\nkernel = \"boot.bin\"\nnics = {nics}\n")
@@ -1922,7 +1915,7 @@ cmdline = "x"
 
     #[test]
     fn network_errors_name_the_place() {
-        let s = Scratch::new("network-errors");
+        let s = scratch("network-errors");
         s.images();
         let vm = |name: &str, nics: &str| {
             format!("[[vm]]\nname = \"{name}\"\nmemory = 4\nkernel = \"boot.bin\"\nnics = {nics}\n")
@@ -2067,7 +2060,7 @@ cmdline = "x"
 
     #[test]
     fn disks() {
-        let s = Scratch::new("disks");
+        let s = scratch("disks");
         s.images();
         s.file("disk.img", &[0x42; 4096]);
         let vm = |disk: &str| {
@@ -2134,7 +2127,7 @@ cmdline = "x"
 
     #[test]
     fn initrd_and_modules_match_the_format() {
-        let s = Scratch::new("modules");
+        let s = scratch("modules");
         s.images();
         let e =
             s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"mb.bin\"\ninitrd = \"initrd\"\n");
@@ -2161,7 +2154,7 @@ cmdline = "x"
 
     #[test]
     fn cmdline_limits() {
-        let s = Scratch::new("cmdline");
+        let s = scratch("cmdline");
         s.images();
         let long = "x".repeat(CMDLINE_MAX + 1);
         let e = s.err(&LINUX.replace("console=ttyS0", &long));
@@ -2185,7 +2178,7 @@ cmdline = "x"
 
     #[test]
     fn images_are_checked() {
-        let s = Scratch::new("images");
+        let s = scratch("images");
         s.images();
         s.file("old", &bzimage(0x020b, 1));
         s.file("no64", &bzimage(0x020f, 0));
@@ -2251,7 +2244,7 @@ cmdline = "x"
     /// both; a Multiboot kernel keeps its path as written, for its command line.
     #[test]
     fn same_verdict_as_the_kernel() {
-        let s = Scratch::new("verdict");
+        let s = scratch("verdict");
         s.images();
         let mut bz = bzimage(0x020f, 1);
         bz.truncate(bz.len() - 5);
@@ -2275,7 +2268,7 @@ cmdline = "x"
 
     #[test]
     fn memory_must_hold_the_image() {
-        let s = Scratch::new("fit");
+        let s = scratch("fit");
         s.images();
         s.file("big.elf", &elf64(0x20_0000, 8 * MIB));
         let e = s.err("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"big.elf\"\n");
@@ -2313,7 +2306,7 @@ cmdline = "x"
 
     #[test]
     fn single_vm_from_the_command_line() {
-        let s = Scratch::new("single");
+        let s = scratch("single");
         s.images();
         let k = s.0.join("bzImage");
         let initrd = s.0.join("initrd");
@@ -2358,7 +2351,7 @@ cmdline = "x"
 
     #[test]
     fn check_validates_vms_built_in_code() {
-        let s = Scratch::new("check");
+        let s = scratch("check");
         s.images();
         let vm = VmDef {
             format: ImageFormat::Linux,
@@ -2390,7 +2383,7 @@ cmdline = "x"
     /// The example at the workspace root is valid, given images at its paths.
     #[test]
     fn the_example_config_loads() {
-        let s = Scratch::new("example");
+        let s = scratch("example");
         for dir in ["target/hv/guests", "target/hv/linux/current"] {
             std::fs::create_dir_all(s.0.join(dir)).unwrap();
         }
@@ -2433,24 +2426,15 @@ mod storage_tests {
     use crate::vms::{PartitionUse, StoragePartition};
 
     /// A scratch directory with a boot sector to boot, removed when dropped.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("hv-storage-test-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut boot = vec![0u8; 512];
-            boot[510] = 0x55;
-            boot[511] = 0xAA;
-            std::fs::write(dir.join("boot.bin"), boot).unwrap();
-            Scratch(dir)
-        }
-        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let p = self.0.join(name);
-            std::fs::write(&p, bytes).unwrap();
-            p
-        }
+    use super::scratch::Scratch;
+    fn scratch(name: &str) -> Scratch {
+        Scratch::with_boot_sector("storage", name)
+    }
+    trait Loads {
+        fn load(&self, toml: &str) -> Result<Config, ConfigError>;
+        fn err(&self, toml: &str) -> String;
+    }
+    impl Loads for Scratch {
         fn load(&self, toml: &str) -> Result<Config, ConfigError> {
             load_config(&self.file("vms.toml", toml.as_bytes()))
         }
@@ -2458,11 +2442,6 @@ mod storage_tests {
             self.load(toml)
                 .expect_err("config should be rejected")
                 .to_string()
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -2476,7 +2455,7 @@ mod storage_tests {
 
     #[test]
     fn storage_and_partition_disks() {
-        let s = Scratch::new("ok");
+        let s = scratch("ok");
         s.file("seed.img", b"seed");
         s.file("key.txt", b"correct horse\n");
         let toml = format!(
@@ -2561,7 +2540,7 @@ mod storage_tests {
 
     #[test]
     fn storage_errors_name_the_place() {
-        let s = Scratch::new("errors");
+        let s = scratch("errors");
         let e = |toml: &str| s.err(toml);
         // Unknown partition name, with a suggestion, at the value.
         let m = e(&format!(

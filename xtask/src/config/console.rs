@@ -116,30 +116,19 @@ fn kdf_memory(src: &Source, item: &Item, loc: &Loc) -> Result<u32, ConfigError> 
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use crate::config::load_config;
     use crate::vms::{Config, ConsoleDef};
 
-    /// A scratch directory with a boot sector to boot, removed when dropped.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("hv-console-test-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut boot = vec![0u8; 512];
-            boot[510] = 0x55;
-            boot[511] = 0xAA;
-            std::fs::write(dir.join("boot.bin"), boot).unwrap();
-            Scratch(dir)
-        }
-        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let p = self.0.join(name);
-            std::fs::write(&p, bytes).unwrap();
-            p
-        }
+    use crate::config::scratch::Scratch;
+    fn scratch(name: &str) -> Scratch {
+        Scratch::with_boot_sector("console", name)
+    }
+    trait Loads {
+        fn load(&self, console: &str) -> Result<Config, String>;
+        fn err(&self, console: &str) -> String;
+    }
+    impl Loads for Scratch {
         /// `console` (the table's lines) before one VM.
         fn load(&self, console: &str) -> Result<Config, String> {
             let toml = format!("{console}{VM}");
@@ -149,17 +138,12 @@ mod tests {
             self.load(console).expect_err("config should be rejected")
         }
     }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     const VM: &str = "[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\n";
 
     #[test]
     fn console_table() {
-        let s = Scratch::new("ok");
+        let s = scratch("ok");
         std::fs::create_dir_all(s.0.join("keys")).unwrap();
         s.file("keys/admin.pass", b"correct horse\n");
         // The defaults; the path relative to the file.
@@ -198,7 +182,7 @@ mod tests {
 
     #[test]
     fn console_errors_name_the_place() {
-        let s = Scratch::new("errors");
+        let s = scratch("errors");
         s.file("admin.pass", b"pass\n");
         let with =
             |extra: &str| format!("[console]\nadmin_passphrase_file = \"admin.pass\"\n{extra}");
@@ -291,7 +275,7 @@ mod tests {
     /// newline) at the configured cost, never the passphrase.
     #[test]
     fn the_bundle_carries_the_hash_only() {
-        let s = Scratch::new("pack");
+        let s = scratch("pack");
         s.file("admin.pass", b"swordfish-42\r\n");
         let c = s
             .load(
