@@ -23,7 +23,7 @@ commands:
       --append <cmdline>    its command line, and
       --memory <size>       its memory (e.g. 256M), as QEMU's -kernel takes them
       --uefi | --bios       firmware (default: BIOS)
-      --memory <MiB>        machine memory without --kernel (default: the guests' + 96, at least 512 in QEMU, 128 in Bochs)
+      --memory <MiB>        machine memory without --kernel (default: the guests' + 96 + the largest guest's, for a snapshot; at least 512 in QEMU, 128 in Bochs)
       --cpus <n>            processors (default: 2 in QEMU, 1 in Bochs)
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V

@@ -250,9 +250,9 @@ pub fn tiny_guests(images: &[GuestImage]) -> Vec<VmDef> {
 /// per-VM structures, firmware holes).
 pub const HYPERVISOR_MIB: u32 = 96;
 
-/// The machine memory for running `vms`, in MiB: `requested` when it is enough,
-/// otherwise the guests' memory plus [`HYPERVISOR_MIB`], at least `floor_mib` (the
-/// emulator's usual size). The same rule for QEMU and Bochs, so a configuration that
+/// The machine memory for running `vms`, in MiB: `requested` when it is enough
+/// (the guests' memory plus [`HYPERVISOR_MIB`]), otherwise that plus room for a
+/// snapshot of the largest VM, at least `floor_mib` (the emulator's usual size). The same rule for QEMU and Bochs, so a configuration that
 /// starts in one starts in the other.
 pub fn machine_memory_mib(
     vms: &[VmDef],
@@ -261,12 +261,19 @@ pub fn machine_memory_mib(
 ) -> Result<u32, String> {
     let guest_mib: u32 = vms.iter().map(|v| v.memory_kib.div_ceil(1024)).sum();
     let needed = guest_mib + HYPERVISOR_MIB;
+    // By default also room for one snapshot of the largest VM (the console's
+    // `snapshot` copies its RAM), so that snapshots can be tried at once.
+    let snapshot_mib = vms
+        .iter()
+        .map(|v| v.memory_kib.div_ceil(1024))
+        .max()
+        .unwrap_or(0);
     match requested {
         Some(m) if m < needed => Err(format!(
             "--memory {m}: the VMs need {guest_mib} MiB, so give the machine at least {needed} MiB"
         )),
         Some(m) => Ok(m),
-        None => Ok(needed.max(floor_mib)),
+        None => Ok((needed + snapshot_mib).max(floor_mib)),
     }
 }
 
@@ -450,15 +457,16 @@ mod tests {
     #[test]
     fn machine_memory_follows_the_guests() {
         let vm = |mib: u32| VmDef::new("v", "v.elf", mib * 1024);
-        // Seven VMs of 16-32 MiB: 160 MiB of guests, more than Bochs's 128 alone.
+        // Seven VMs of 16-32 MiB: 160 MiB of guests, more than Bochs's 128 alone,
+        // and room for a snapshot of a 32 MiB one.
         let seven: Vec<VmDef> = [16, 32, 16, 32, 16, 32, 16].map(vm).into();
-        assert_eq!(machine_memory_mib(&seven, None, 128), Ok(160 + 96));
+        assert_eq!(machine_memory_mib(&seven, None, 128), Ok(160 + 96 + 32));
         assert_eq!(machine_memory_mib(&seven, None, 512), Ok(512));
         // Small sets get the emulator's floor.
         assert_eq!(machine_memory_mib(&[vm(4)], None, 128), Ok(128));
         // A VM of 4100 KiB counts as 5 MiB.
         let odd = VmDef::new("v", "v.elf", 4100);
-        assert_eq!(machine_memory_mib(&[odd], None, 0), Ok(5 + 96));
+        assert_eq!(machine_memory_mib(&[odd], None, 0), Ok(5 + 96 + 5));
         assert_eq!(machine_memory_mib(&seven, Some(300), 512), Ok(300));
         let e = machine_memory_mib(&seven, Some(200), 128).unwrap_err();
         assert!(
