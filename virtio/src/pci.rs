@@ -1261,6 +1261,42 @@ pub(crate) mod tests {
         set_status(d, st::ACKNOWLEDGE | st::DRIVER | st::FEATURES_OK)
     }
 
+    /// Sets up queue `index` of `size` entries with its (descriptor table,
+    /// available ring, used ring) at `q`, and enables it.
+    pub(crate) fn setup_queue_at<D: VirtioDevice, M: GuestMemory>(
+        d: &mut VirtioPci<D, M>,
+        index: u16,
+        q: (u64, u64, u64),
+        size: u16,
+    ) {
+        wr(d, common::QUEUE_SELECT, 2, index.into());
+        wr(d, common::QUEUE_SIZE, 2, size.into());
+        wr(d, common::QUEUE_DESC, 8, q.0);
+        wr(d, common::QUEUE_DRIVER, 8, q.1);
+        wr(d, common::QUEUE_DEVICE, 8, q.2);
+        wr(d, common::QUEUE_ENABLE, 2, 1);
+    }
+
+    /// The used ring's index of a queue whose used ring is `q.2`.
+    pub(crate) fn used_idx_at<D: VirtioDevice>(
+        d: &VirtioPci<D, VecMemory>,
+        q: (u64, u64, u64),
+    ) -> u16 {
+        d.memory().read_u16(q.2 + 2).unwrap()
+    }
+
+    /// Used element `n` of a queue of `size` entries: (head, len).
+    pub(crate) fn used_at<D: VirtioDevice>(
+        d: &VirtioPci<D, VecMemory>,
+        q: (u64, u64, u64),
+        size: u16,
+        n: u16,
+    ) -> (u32, u32) {
+        let at = q.2 + 4 + 8 * u64::from(n % size);
+        let m = d.memory();
+        (m.read_u32(at).unwrap(), m.read_u32(at + 4).unwrap())
+    }
+
     fn setup_queue(d: &mut Dev, size: u16) -> PciEffects {
         wr(d, common::QUEUE_SELECT, 2, 0);
         wr(d, common::QUEUE_SIZE, 2, size.into());

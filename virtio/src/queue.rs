@@ -412,10 +412,15 @@ pub(crate) mod tests {
 
     impl Driver {
         pub fn publish(&mut self, mem: &mut VecMemory, head: u16) {
+            self.publish_at(mem, AVAIL, head);
+        }
+
+        /// Makes chain `head` available in the ring at `avail`.
+        pub fn publish_at(&mut self, mem: &mut VecMemory, avail: u64, head: u16) {
             let slot = u64::from(self.avail_idx % self.size);
-            mem.write_u16(AVAIL + 4 + 2 * slot, head).unwrap();
+            mem.write_u16(avail + 4 + 2 * slot, head).unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
-            mem.write_u16(AVAIL + 2, self.avail_idx).unwrap();
+            mem.write_u16(avail + 2, self.avail_idx).unwrap();
         }
     }
 

@@ -7,10 +7,12 @@ use super::*;
 use crate::device::features as vf;
 use crate::device::status as st;
 use crate::memory::VecMemory;
-use crate::pci::tests::{negotiate, offered, rd, set_status, wr};
+use crate::pci::tests::{
+    negotiate, offered, rd, set_status, setup_queue_at, used_at, used_idx_at, wr,
+};
 use crate::pci::{common, isr, CAP_MSIX, DEVICE_CFG, ISR_CFG, MSIX_TABLE, NOTIFY_CFG};
 use crate::queue::desc_flags::{INDIRECT, NEXT, WRITE};
-use crate::queue::tests::desc;
+use crate::queue::tests::{desc, Driver};
 use crate::queue::Segment;
 use devices::pci::{reg, PciFunction};
 use devices::MsiMessage;
@@ -36,15 +38,12 @@ const POOL: u64 = 1000;
 struct Ring {
     q: (u64, u64, u64),
     buf: u64,
-    idx: u16,
+    drv: Driver,
 }
 
 impl Ring {
     fn publish(&mut self, m: &mut VecMemory, head: u16) {
-        let slot = u64::from(self.idx % SIZE);
-        m.write_u16(self.q.1 + 4 + 2 * slot, head).unwrap();
-        self.idx = self.idx.wrapping_add(1);
-        m.write_u16(self.q.1 + 2, self.idx).unwrap();
+        self.drv.publish_at(m, self.q.1, head);
     }
 
     /// Puts `bytes` in buffer `i` (descriptor i, device-readable) and publishes it.
@@ -83,23 +82,16 @@ fn stat_entries(entries: &[(u16, u64)]) -> Vec<u8> {
 }
 
 fn used_idx(d: &Dev, q: (u64, u64, u64)) -> u16 {
-    d.memory().read_u16(q.2 + 2).unwrap()
+    used_idx_at(d, q)
 }
 
 /// The used element `n` of a queue: (head, len).
 fn used(d: &Dev, q: (u64, u64, u64), n: u16) -> (u32, u32) {
-    let at = q.2 + 4 + 8 * u64::from(n % SIZE);
-    let m = d.memory();
-    (m.read_u32(at).unwrap(), m.read_u32(at + 4).unwrap())
+    used_at(d, q, SIZE, n)
 }
 
 fn setup_queue(d: &mut Dev, index: u16, q: (u64, u64, u64)) {
-    wr(d, common::QUEUE_SELECT, 2, index.into());
-    wr(d, common::QUEUE_SIZE, 2, SIZE.into());
-    wr(d, common::QUEUE_DESC, 8, q.0);
-    wr(d, common::QUEUE_DRIVER, 8, q.1);
-    wr(d, common::QUEUE_DEVICE, 8, q.2);
-    wr(d, common::QUEUE_ENABLE, 2, 1);
+    setup_queue_at(d, index, q, SIZE);
 }
 
 fn new_dev(backend: CountingBackend) -> Dev {
@@ -127,17 +119,26 @@ fn guest_with(backend: CountingBackend, f: u64) -> Guest {
         inf: Ring {
             q: INFQ,
             buf: INFBUF,
-            idx: 0,
+            drv: Driver {
+                size: SIZE,
+                avail_idx: 0,
+            },
         },
         def: Ring {
             q: DEFQ,
             buf: DEFBUF,
-            idx: 0,
+            drv: Driver {
+                size: SIZE,
+                avail_idx: 0,
+            },
         },
         st: Ring {
             q: STQ,
             buf: STBUF,
-            idx: 0,
+            drv: Driver {
+                size: SIZE,
+                avail_idx: 0,
+            },
         },
     }
 }
@@ -767,7 +768,10 @@ fn snapshots_keep_the_balloon_and_the_held_buffer() {
     let mut def = Ring {
         q: DEFQ,
         buf: DEFBUF,
-        idx: 0,
+        drv: Driver {
+            size: SIZE,
+            avail_idx: 0,
+        },
     };
     d.device_mut().backend_mut().free_pages = 5;
     d.device_mut().backend_mut().held = vec![0x80, 0xC3, 0xFF];

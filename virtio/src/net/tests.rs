@@ -6,10 +6,12 @@ use super::*;
 use crate::device::features as vf;
 use crate::device::status as st;
 use crate::memory::VecMemory;
-use crate::pci::tests::{negotiate, offered, rd, set_status, wr};
+use crate::pci::tests::{
+    negotiate, offered, rd, set_status, setup_queue_at, used_at, used_idx_at, wr,
+};
 use crate::pci::{common, isr, CAP_MSIX, DEVICE_CFG, ISR_CFG, MSIX_TABLE, NOTIFY_CFG};
 use crate::queue::desc_flags::{NEXT, WRITE};
-use crate::queue::tests::desc;
+use crate::queue::tests::{desc, Driver};
 use devices::pci::{reg, PciFunction};
 use devices::MsiMessage;
 
@@ -30,36 +32,36 @@ const MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
 /// A driver's side of one queue's available ring.
 struct Ring {
     q: (u64, u64, u64),
-    idx: u16,
+    drv: Driver,
+}
+
+fn ring(q: (u64, u64, u64)) -> Ring {
+    Ring {
+        q,
+        drv: Driver {
+            size: SIZE,
+            avail_idx: 0,
+        },
+    }
 }
 
 impl Ring {
     fn publish(&mut self, m: &mut VecMemory, head: u16) {
-        let slot = u64::from(self.idx % SIZE);
-        m.write_u16(self.q.1 + 4 + 2 * slot, head).unwrap();
-        self.idx = self.idx.wrapping_add(1);
-        m.write_u16(self.q.1 + 2, self.idx).unwrap();
+        self.drv.publish_at(m, self.q.1, head);
     }
 }
 
 fn used_idx(d: &Dev, q: (u64, u64, u64)) -> u16 {
-    d.memory().read_u16(q.2 + 2).unwrap()
+    used_idx_at(d, q)
 }
 
 /// The used element `n` of a queue: (head, len).
 fn used(d: &Dev, q: (u64, u64, u64), n: u16) -> (u32, u32) {
-    let at = q.2 + 4 + 8 * u64::from(n % SIZE);
-    let m = d.memory();
-    (m.read_u32(at).unwrap(), m.read_u32(at + 4).unwrap())
+    used_at(d, q, SIZE, n)
 }
 
 fn setup_queue(d: &mut Dev, index: u16, q: (u64, u64, u64)) {
-    wr(d, common::QUEUE_SELECT, 2, index.into());
-    wr(d, common::QUEUE_SIZE, 2, SIZE.into());
-    wr(d, common::QUEUE_DESC, 8, q.0);
-    wr(d, common::QUEUE_DRIVER, 8, q.1);
-    wr(d, common::QUEUE_DEVICE, 8, q.2);
-    wr(d, common::QUEUE_ENABLE, 2, 1);
+    setup_queue_at(d, index, q, SIZE);
 }
 
 fn base() -> u64 {
@@ -73,7 +75,7 @@ fn dev_with(config: NetConfig, f: u64) -> (Dev, Ring, Ring) {
     setup_queue(&mut d, RX_QUEUE, RXQ);
     setup_queue(&mut d, TX_QUEUE, TXQ);
     set_status(&mut d, 0xF);
-    (d, Ring { q: RXQ, idx: 0 }, Ring { q: TXQ, idx: 0 })
+    (d, ring(RXQ), ring(TXQ))
 }
 
 fn dev() -> (Dev, Ring, Ring) {
