@@ -816,19 +816,9 @@ mod tests {
             write(c, reg::STATUS_B, status_b::DM_BINARY, now + 10 * NS);
             assert_eq!(read(c, reg::SECONDS, now + 15 * NS), 35);
         }
-        let mut rng = crate::state::testing::Rng::new(12);
-        let (mut ta, mut tb) = (now + 15 * NS, now + 15 * NS);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1, &mut ta),
-                random_op(&mut b, &mut r2, &mut tb),
-                "step {step}"
-            );
-        }
-        assert_eq!(a.state(), b.state());
+        let (mut a, mut b) = ((a, now + 15 * NS), (b, now + 15 * NS));
+        crate::state::testing::lockstep(&mut a, &mut b, 12, |(d, t), r| random_op(d, r, t));
+        assert_eq!(a.0.state(), b.0.state());
     }
 
     #[test]

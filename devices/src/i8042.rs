@@ -720,17 +720,7 @@ mod tests {
             k.write_port(0x64, 0x29);
             assert_eq!(k.read_port(0x60), 0x77);
         }
-        let mut rng = crate::state::testing::Rng::new(14);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1),
-                random_op(&mut b, &mut r2),
-                "step {step}"
-            );
-        }
+        crate::state::testing::lockstep(&mut a, &mut b, 14, random_op);
         assert_eq!(a.state(), b.state());
         // A reset request not yet taken by the VMM is part of the state.
         a.write_port(0x64, cmd::RESET);

@@ -734,17 +734,7 @@ mod tests {
         // The EOI for pin 10's vector sends it again: still asserted.
         assert_eq!(b.eoi(0x32).map(|d| d.pin).collect::<Vec<_>>(), [10]);
         assert_eq!(a.eoi(0x32).map(|d| d.pin).collect::<Vec<_>>(), [10]);
-        let mut rng = crate::state::testing::Rng::new(7);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1),
-                random_op(&mut b, &mut r2),
-                "step {step}"
-            );
-        }
+        crate::state::testing::lockstep(&mut a, &mut b, 7, random_op);
         assert_eq!(a.state(), b.state());
     }
 

@@ -2502,7 +2502,7 @@ mod tests {
         (a, 200)
     }
 
-    fn compare_after_restore(mut a: LocalApic, now: u64, fresh: LocalApic, seed: u64) {
+    fn compare_after_restore(a: LocalApic, now: u64, fresh: LocalApic, seed: u64) {
         let snap = a.state();
         assert_eq!(&snap[..8], b"lapic   ");
         let mut b = fresh;
@@ -2510,19 +2510,9 @@ mod tests {
         assert_eq!(b.state(), snap);
         assert_eq!(b.next_deadline_ns(), a.next_deadline_ns());
         assert_eq!(b.pending_vector(), a.pending_vector());
-        let mut rng = crate::state::testing::Rng::new(seed);
-        let (mut ta, mut tb) = (now, now);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1, &mut ta),
-                random_op(&mut b, &mut r2, &mut tb),
-                "step {step}"
-            );
-        }
-        assert_eq!(a.state(), b.state());
+        let (mut a, mut b) = ((a, now), (b, now));
+        crate::state::testing::lockstep(&mut a, &mut b, seed, |(d, t), r| random_op(d, r, t));
+        assert_eq!(a.0.state(), b.0.state());
     }
 
     #[test]

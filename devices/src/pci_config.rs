@@ -1032,17 +1032,7 @@ mod root_tests {
             let e = pci.mmio_write(bar7, 4, 0).unwrap();
             assert_eq!(e.lines[0], Some(IrqLine::Level(11, false)));
         }
-        let mut rng = crate::state::testing::Rng::new(16);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1),
-                random_op(&mut b, &mut r2),
-                "step {step}"
-            );
-        }
+        crate::state::testing::lockstep(&mut a, &mut b, 16, random_op);
         assert_eq!(a.state(), b.state());
     }
 

@@ -1107,17 +1107,7 @@ mod tests {
         assert_eq!(b.vector_bases(), (0x30, 0x38));
         // The poll armed on the slave came along: its next read acknowledges IR6.
         assert_eq!(b.read_port(0xA0), a.read_port(0xA0));
-        let mut rng = crate::state::testing::Rng::new(1);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1),
-                random_op(&mut b, &mut r2),
-                "step {step}"
-            );
-        }
+        crate::state::testing::lockstep(&mut a, &mut b, 1, random_op);
         assert_eq!(a.state(), b.state());
     }
 

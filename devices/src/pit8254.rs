@@ -1352,7 +1352,7 @@ mod tests {
 
     #[test]
     fn snapshot_restores_identical_behaviour() {
-        let (mut a, now) = busy_pit();
+        let (a, now) = busy_pit();
         let snap = a.state();
         assert_eq!(&snap[..8], b"pit8254 ");
         let mut b = Pit8254::new();
@@ -1360,19 +1360,9 @@ mod tests {
         assert_eq!(b.state(), snap);
         assert_eq!(b.next_irq0_deadline_ns(), a.next_irq0_deadline_ns());
         assert_eq!((b.mode(1), b.reload(0), b.gate2()), (3, 512, false));
-        let mut rng = crate::state::testing::Rng::new(3);
-        let (mut ta, mut tb) = (now, now);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1, &mut ta),
-                random_op(&mut b, &mut r2, &mut tb),
-                "step {step}"
-            );
-        }
-        assert_eq!(a.state(), b.state());
+        let (mut a, mut b) = ((a, now), (b, now));
+        crate::state::testing::lockstep(&mut a, &mut b, 3, |(d, t), r| random_op(d, r, t));
+        assert_eq!(a.0.state(), b.0.state());
     }
 
     #[test]

@@ -449,6 +449,24 @@ pub(crate) mod testing {
         }
     }
 
+    /// Runs 5,000 random operations from `seed` on `a` and on `b` (a device and its
+    /// restored copy, each with whatever the operations need beside it, such as a
+    /// clock) in lockstep and asserts that both answer alike at every step.
+    pub fn lockstep<S, R: PartialEq + core::fmt::Debug>(
+        a: &mut S,
+        b: &mut S,
+        seed: u64,
+        mut op: impl FnMut(&mut S, &mut Rng) -> R,
+    ) {
+        let mut rng = Rng::new(seed);
+        for step in 0..5000 {
+            let seed = rng.next();
+            let mut r1 = Rng::new(seed);
+            let mut r2 = Rng::new(seed);
+            assert_eq!(op(a, &mut r1), op(b, &mut r2), "step {step}");
+        }
+    }
+
     /// A device as the checks see it.
     pub trait Snap {
         fn snap(&self) -> Vec<u8>;

@@ -1314,17 +1314,7 @@ mod tests {
         // The line status interrupt (overrun) comes first, then the data.
         assert_eq!(inb(&mut b, reg::IIR_FCR), 0xC0 | iir::RLS);
         assert_eq!(inb(&mut a, reg::IIR_FCR), 0xC0 | iir::RLS);
-        let mut rng = crate::state::testing::Rng::new(5);
-        for step in 0..5000 {
-            let seed = rng.next();
-            let mut r1 = crate::state::testing::Rng::new(seed);
-            let mut r2 = crate::state::testing::Rng::new(seed);
-            assert_eq!(
-                random_op(&mut a, &mut r1),
-                random_op(&mut b, &mut r2),
-                "step {step}"
-            );
-        }
+        crate::state::testing::lockstep(&mut a, &mut b, 5, random_op);
         assert_eq!(a.state(), b.state());
         // What the restored one sent is what the original sent after the snapshot.
         assert_eq!(&a.sink().0[1..], &b.sink().0[..]);
