@@ -81,25 +81,34 @@ pub fn work_dir(test: &str) -> PathBuf {
     build::target_dir().join("hv").join("tests").join(test)
 }
 
-pub fn boot_qemu(test: &str, set: GuestSet, opts: &QemuOptions, limit: Duration) -> RunOutput {
+/// The image of `set` for the firmware `opts` asks for.
+fn image(set: GuestSet, opts: &QemuOptions) -> &'static std::path::Path {
     let imgs = images(set);
-    let image = match opts.firmware {
+    match opts.firmware {
         Firmware::Bios => &imgs.bios,
         Firmware::Uefi => &imgs.uefi,
-    };
-    let cmd = emulator::qemu_command(image, opts, &work_dir(test))
-        .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
-    let out = emulator::run_qemu_captured(cmd, limit).unwrap_or_else(|e| panic!("{e}"));
-    // The whole log, for when a failure report's shortened one is not enough.
+    }
+}
+
+/// Saves a run's whole serial output as `serial.txt` in the test's directory (for
+/// when a failure report's shortened log is not enough) and says where.
+fn save_log(test: &str, emulator: &str, out: &RunOutput) {
     let log = work_dir(test).join("serial.txt");
     let _ =
         std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
     eprintln!(
-        "[{test}] QEMU ran {:.1} s, exit code {:?} (serial log: {})",
+        "[{test}] {emulator} ran {:.1} s, exit code {:?} (serial log: {})",
         out.elapsed.as_secs_f64(),
         out.exit_code,
         log.display()
     );
+}
+
+pub fn boot_qemu(test: &str, set: GuestSet, opts: &QemuOptions, limit: Duration) -> RunOutput {
+    let cmd = emulator::qemu_command(image(set, opts), opts, &work_dir(test))
+        .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
+    let out = emulator::run_qemu_captured(cmd, limit).unwrap_or_else(|e| panic!("{e}"));
+    save_log(test, "QEMU", &out);
     out
 }
 
@@ -112,19 +121,10 @@ pub fn scripted_qemu(
     steps: &[xtask::emulator::ScriptStep],
     limit: Duration,
 ) -> RunOutput {
-    let image = &images(set).bios;
-    let cmd = emulator::qemu_command(image, opts, &work_dir(test))
+    let cmd = emulator::qemu_command(image(set, opts), opts, &work_dir(test))
         .unwrap_or_else(|e| panic!("cannot start QEMU: {e}"));
     let out = emulator::run_qemu_scripted(cmd, limit, steps).unwrap_or_else(|e| panic!("{e}"));
-    let log = work_dir(test).join("serial.txt");
-    let _ =
-        std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
-    eprintln!(
-        "[{test}] QEMU ran {:.1} s, exit code {:?} (serial log: {})",
-        out.elapsed.as_secs_f64(),
-        out.exit_code,
-        log.display()
-    );
+    save_log(test, "QEMU", &out);
     out
 }
 
@@ -140,14 +140,7 @@ pub fn scripted_bochs(
 ) -> RunOutput {
     let out = emulator::run_bochs_scripted(&images(set).bios, opts, &work_dir(test), steps, limit)
         .unwrap_or_else(|e| panic!("cannot run Bochs: {e}"));
-    let log = work_dir(test).join("serial.txt");
-    let _ =
-        std::fs::create_dir_all(work_dir(test)).and_then(|()| std::fs::write(&log, &out.serial));
-    eprintln!(
-        "[{test}] Bochs ran {:.1} s (serial log: {})",
-        out.elapsed.as_secs_f64(),
-        log.display()
-    );
+    save_log(test, "Bochs", &out);
     out
 }
 

@@ -488,13 +488,7 @@ pub fn run_streaming(
             }
         }
     });
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        let _ = err_tx.send(s);
-    });
+    let err_rx = collect_stderr(&mut child);
     let mut out = Streamed::default();
     loop {
         let left = limit.saturating_sub(start.elapsed());
@@ -572,6 +566,19 @@ impl ScriptStep {
         self.pause = pause;
         self
     }
+}
+
+/// A thread that reads all of `child`'s (piped) stderr and sends it when the pipe
+/// closes.
+fn collect_stderr(child: &mut Child) -> mpsc::Receiver<String> {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = err_tx.send(s);
+    });
+    err_rx
 }
 
 /// Plays `steps` against a console: `seen` is what the machine wrote so far (a
@@ -726,13 +733,7 @@ pub fn run_qemu_scripted(
     let mut stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
     let (seen, done_rx) = collect_output(stdout);
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        let _ = err_tx.send(s);
-    });
+    let err_rx = collect_stderr(&mut child);
     let (note, mut timed_out) = drive_script(&seen, &done_rx, &mut stdin, steps, limit, start);
     // The steps are done (or failed): wait for the machine to end on its own.
     let mut exit_code = None;

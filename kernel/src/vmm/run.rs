@@ -73,6 +73,9 @@ struct Life {
     paused: bool,
     /// When it (re)started (TSC), for its uptime.
     started_tsc: u64,
+    /// `VmEntry::run_tsc` when it (re)started: the console's `stats` counts from
+    /// there, while the run limit counts across restarts.
+    run_tsc_at_start: u64,
     /// Why the VM stops, once it must.
     stop: Option<String>,
     /// Why the VM restarts, while a restart waits for its vCPUs to come back.
@@ -84,6 +87,16 @@ struct Life {
 }
 
 impl<V: Vcpu> VmEntry<V> {
+    /// Puts freshly built devices and vCPUs in place (a restart, a start after a
+    /// stop); the exit counts start again.
+    fn install(&self, shared: VmShared, slots: Vec<VcpuSlot<V>>) {
+        *self.shared.lock() = shared;
+        for (i, s) in slots.into_iter().enumerate() {
+            *self.slots[i].lock() = Some(s);
+            *self.exits[i].lock() = ExitStats::default();
+        }
+    }
+
     /// The VM's time, for its devices (see `clock_offset`).
     fn now_ns(&self) -> u64 {
         time::uptime_ns().wrapping_add(self.clock_offset.load(Ordering::Relaxed))
@@ -611,6 +624,7 @@ fn build<B: Backend>(
         background: spec.background,
         paused: false,
         started_tsc: time::rdtsc(),
+        run_tsc_at_start: 0,
         stop: None,
         restart: None,
         restarts: Vec::new(),
@@ -983,17 +997,11 @@ impl<B: Backend> Machine<'_, B> {
                         RESTART_WINDOW_MS / 1000
                     );
                 }
-                *vm.shared.lock() = shared;
-                for (i, s) in slots.into_iter().enumerate() {
-                    *vm.slots[i].lock() = Some(s);
-                }
+                vm.install(shared, slots);
                 life.restart = None;
                 life.paused = false;
                 life.started_tsc = time::rdtsc();
-                for e in &vm.exits {
-                    *e.lock() = ExitStats::default();
-                }
-                vm.run_tsc.store(0, Ordering::Relaxed);
+                life.run_tsc_at_start = vm.run_tsc.load(Ordering::Relaxed);
                 let mut queue = self.queue.lock();
                 for v in 0..vm.slots.len() {
                     queue.set_runnable(vm_index, v, v == 0);

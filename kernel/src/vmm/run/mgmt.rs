@@ -443,9 +443,13 @@ impl<B: Backend> Machine<'_, B> {
         for e in &vm.exits {
             exits.add(&e.lock());
         }
-        let run_tsc = vm.run_tsc.load(Ordering::Relaxed);
-        let (memory_kib, started, nics, disk) = {
+        let (memory_kib, started, nics, disk, run_tsc) = {
             let life = vm.life.lock();
+            // Since it (re)started.
+            let run_tsc = vm
+                .run_tsc
+                .load(Ordering::Relaxed)
+                .saturating_sub(life.run_tsc_at_start);
             let nics: Vec<NicCounters> = life
                 .machine
                 .nics
@@ -474,7 +478,7 @@ impl<B: Backend> Machine<'_, B> {
                     errors: get(&d.errors),
                 }
             });
-            (life.ram_size / 1024, life.started_tsc, nics, disk)
+            (life.ram_size / 1024, life.started_tsc, nics, disk, run_tsc)
         };
         // Rates since the previous look, or since the VM (re)started.
         let mut base = con.samples[v].clone();
@@ -590,11 +594,7 @@ impl<B: Backend> Machine<'_, B> {
             let mut backend = self.backend.lock();
             build(&mut **backend, &spec, self.epoch_unix_ns, &self.hub)?
         };
-        *vm.shared.lock() = shared;
-        for (i, s) in slots.into_iter().enumerate() {
-            *vm.slots[i].lock() = Some(s);
-            *vm.exits[i].lock() = ExitStats::default();
-        }
+        vm.install(shared, slots);
         *vm.net_wake.lock() = fresh.machine.net_wake.clone();
         vm.run_tsc.store(0, Ordering::Relaxed);
         *life = fresh;
