@@ -219,10 +219,50 @@ fn console_drives_vms_under_amd_v() {
     assert!(after.contains("count64 | count64: "), "{after}");
 }
 
-/// A Linux VM (2 vCPUs) is snapshotted at its shell, writes a file, is restored,
-/// and the file is gone; the shell goes on working.
+/// The answers to `stats linux`: the lines after each echo of the command (a log
+/// line may stand between the prompt and the echo), up to its outcome.
+fn linux_stats(serial: &str) -> Vec<String> {
+    let lines: Vec<&str> = serial.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.ends_with("stats linux"))
+        .map(|(i, _)| {
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("\"stats linux\": done"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+/// "host free memory N MiB" of the `n`-th `stats linux` answer.
+fn host_free_mib(serial: &str, n: usize) -> u64 {
+    let stats = linux_stats(serial);
+    let answer = stats
+        .get(n)
+        .unwrap_or_else(|| panic!("no stats linux answer {n}:\n{serial}"));
+    let at = answer.find("host free memory ").expect("host free memory") + 17;
+    let rest = &answer[at..];
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let value: u64 = number.parse().expect("a number");
+    match &rest[number.len()..] {
+        r if r.starts_with(" MiB") => value,
+        r if r.starts_with(".") => value * 1024 + 1024, // "N.d GiB": enough here
+        r => panic!("unexpected unit in {r:?}"),
+    }
+}
+
+/// A Linux VM (2 vCPUs, 256 MiB, with a balloon) is snapshotted at its shell,
+/// writes a file, is restored, and the file is gone; the shell goes on working.
+/// Then memory ballooning: `spare` (a tiny guest too large to start beside it at
+/// boot) still does not start; `balloon linux 96M` takes 160 MiB back from the
+/// guest, the hypervisor's free memory grows by that much, and `spare` starts;
+/// every frame comes back when both stop.
 #[test]
-fn linux_snapshot_and_restore_under_amd_v() {
+fn linux_snapshot_restore_and_balloon_under_amd_v() {
     let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
     // Shell commands whose answer differs from their echo ($((...)) expands).
     let steps = [
@@ -248,8 +288,27 @@ fn linux_snapshot_and_restore_under_amd_v() {
         ),
         Step::new("gone-42", b"echo alive-$((40+2)) on $(nproc) cpus\r"),
         Step::new("alive-42 on 2 cpus", ESC),
-        Step::new("hv> ", b"stop linux\r"),
+        // Ballooning: the snapshot's copy goes first, `spare` still does not fit.
+        Step::new("hv> ", b"delete-snapshot linux s1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"delete-snapshot linux s1\": done", b"start spare\r"),
+        Step::new("\"start spare\": failed", b"stats linux\r"),
+        Step::new("\"stats linux\": done", b"balloon linux 96M\r"),
+        Step::new("\"balloon linux 96M\": done", b""),
+        Step::new("vm linux balloon at its target", b"stats linux\r"),
+        Step::new("\"stats linux\": done", b"start spare\r"),
+        // Its lines wait while the prompt is open: give it the keyboard.
+        Step::new("\"start spare\": done", b"console spare\r"),
+        Step::new("spare | count64: 3", ESC),
+        Step::new("hv> ", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"echo after-$((40+2)) $(free -m | grep Mem:)\r",
+        ),
+        Step::new("after-42", ESC),
+        Step::new("hv> ", b"stop spare\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"stop spare\": done", b"stop linux\r"),
     ];
     let opts = QemuOptions {
         // The VM's 256 MiB and as much again for its snapshot.
@@ -266,16 +325,33 @@ fn linux_snapshot_and_restore_under_amd_v() {
         &steps,
         QEMU_LIMIT * 2,
     );
-    out.expect_line("hv: snapshot \"s1\" of VM linux taken in ")
+    out.expect_line("hv: vm spare not started: cannot allocate")
+        .expect_line("hv: snapshot \"s1\" of VM linux taken in ")
         .expect_line("hv: VM linux restored to snapshot \"s1\"")
         .expect_line("gone-42")
         .expect_line("alive-42 on 2 cpus")
+        .expect_line("hv-linux: memory balloon driver loaded")
+        .expect_line("vm linux balloon at its target: 160 MiB taken back, the guest keeps 96 MiB")
+        .expect_line("after-42")
         .expect_line("hv: vm linux stopped: stopped by the operator")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("[script]")
         .expect_no("Kernel panic")
         .expect_no("PANIC")
         .expect_exit(EXIT_SUCCESS);
+    let s = &out.serial;
+    let stats = linux_stats(s);
+    assert!(
+        stats[0].contains("0 KiB ballooned") && stats[1].contains("160 MiB ballooned"),
+        "{stats:?}"
+    );
+    let (before, after) = (host_free_mib(s, 0), host_free_mib(s, 1));
+    // The balloon's 160 MiB, less the page tables its holes took (a few hundred
+    // KiB) and rounding.
+    assert!(
+        after >= before + 158 && after <= before + 160,
+        "free memory {before} MiB before the balloon, {after} MiB after"
+    );
 }
 
 /// The console and snapshots on VT-x (Bochs, one processor): keys to a VM, the

@@ -78,25 +78,9 @@ pub(super) fn from_area(area: &super::snapshot_disk::Area) -> Vec<Stored> {
 /// Copies `len` bytes between two page-frame ranges, in pieces between which the
 /// boot processor tells the watchdog it is alive (a large VM's RAM takes seconds to
 /// copy under an emulator).
-fn copy_frames(from_pa: u64, to_pa: u64, len: u64) {
-    const PIECE: u64 = 16 << 20;
-    let mut done = 0;
-    while done < len {
-        let n = PIECE.min(len - done);
-        // SAFETY: both ranges are whole allocations of the frame allocator that the
-        // caller owns (a VM's RAM whose vCPUs are all off the processors, and a
-        // snapshot's copy), `len` bytes long, and distinct allocations never
-        // overlap; `done + n <= len`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                memory::phys_to_virt(from_pa + done) as *const u8,
-                memory::phys_to_virt(to_pa + done),
-                n as usize,
-            )
-        };
-        done += n;
-        LAST_HOUSEKEEPING.store(time::rdtsc(), core::sync::atomic::Ordering::Relaxed);
-    }
+/// Between pieces of a long RAM copy: the housekeeping watchdog sees progress.
+fn still_alive() {
+    LAST_HOUSEKEEPING.store(time::rdtsc(), core::sync::atomic::Ordering::Relaxed);
 }
 
 fn section_cpu(i: usize) -> String {
@@ -221,9 +205,9 @@ impl<B: Backend> Machine<'_, B> {
     /// Also returns how long the RAM copy took (µs).
     fn capture(&self, v: usize, tag: &str) -> Result<(Stored, u64), String> {
         let vm = &self.vms[v];
-        let (ram_pa, ram_size) = {
+        let (ram, ram_size) = {
             let life = vm.life.lock();
-            (life.ram_pa, life.ram_size)
+            (life.machine.ram.clone(), life.ram_size)
         };
         let mut b = Builder::new();
         let add = |b: &mut Builder, name: &str, data: Vec<u8>| {
@@ -275,7 +259,9 @@ impl<B: Backend> Machine<'_, B> {
             e => format!("cannot take memory for a copy of its RAM: {e:?}"),
         })?;
         let copy_began = time::uptime_micros();
-        copy_frames(ram_pa, copy, ram_size);
+        // SAFETY: `copy` is `ram_size` bytes the frame allocator just gave us (not
+        // guest RAM); every vCPU of the VM is in its slot, none runs.
+        unsafe { ram.save_all(memory::phys_to_virt(copy), &mut still_alive) };
         let copy_us = time::uptime_micros() - copy_began;
         let stored = Stored {
             vm: vm.name.clone(),
@@ -424,9 +410,16 @@ impl<B: Backend> Machine<'_, B> {
                 Ok(s)
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // The snapshot's RAM is all of it: pages the balloon took are backed again
+        // (the restored balloon still counts them; the guest gives them back when
+        // asked again), before the fresh vCPUs map the RAM.
+        life.machine
+            .ram
+            .fill()
+            .map_err(|e| format!("its RAM cannot be backed whole: {e}"))?;
         let mut backend = self.backend.lock();
         let mut fresh: Vec<VcpuSlot<B::Vcpu>> =
-            create_vcpus(&mut **backend, life.mapping, &life.machine, &AP_START)?;
+            create_vcpus(&mut **backend, &life.machine, &AP_START)?;
         let loaded =
             fresh
                 .iter_mut()
@@ -477,7 +470,17 @@ impl<B: Backend> Machine<'_, B> {
         vm.clock_offset
             .store(offset, core::sync::atomic::Ordering::Relaxed);
         let copy_began = time::uptime_micros();
-        copy_frames(ram_pa, life.ram_pa, stored.ram_size);
+        // SAFETY: the snapshot's copy holds `ram_size` bytes (checked above), its
+        // own allocation; the VM's vCPUs are all in their slots.
+        let copied = unsafe {
+            life.machine
+                .ram
+                .load_all(memory::phys_to_virt(ram_pa), &mut still_alive)
+        };
+        if let Err(e) = copied {
+            // `fill` above backed everything; only a bug gets here.
+            log::error!("vm {}: restoring its RAM: {e}", vm.name);
+        }
         let copy_us = time::uptime_micros() - copy_began;
         {
             let mut old = vm.shared.lock();
