@@ -34,6 +34,10 @@ pub const HUGE: u64 = 2 << 20;
 const PAGES_PER_CHUNK: usize = (HUGE / PAGE) as usize;
 /// A 4 KiB page with no frame (ballooned, or past the end of the RAM).
 const ABSENT: u64 = u64::MAX;
+/// In a page entry: the frame is shared copy-on-write with other VMs (a clone's
+/// RAM over a snapshot's copy); it belongs to none of them and is never freed
+/// through the map. Frames are page aligned, so bit 0 is free.
+const SHARED: u64 = 1;
 
 /// Where host frames come from and go back to.
 pub trait Frames {
@@ -88,6 +92,8 @@ pub struct Run {
     pub gpa: u64,
     pub hpa: u64,
     pub len: u64,
+    /// Shared copy-on-write: mapped read-only.
+    pub shared: bool,
 }
 
 enum Chunk {
@@ -105,6 +111,8 @@ pub struct RamMap {
     chunks: Vec<Chunk>,
     /// Pages below `size` with no frame.
     absent: u64,
+    /// Pages whose frame is shared copy-on-write.
+    shared: u64,
 }
 
 impl fmt::Debug for RamMap {
@@ -193,6 +201,66 @@ impl RamMap {
             size,
             chunks: (0..chunks).map(|_| Chunk::Empty).collect(),
             absent: size / PAGE,
+            shared: 0,
+        }
+    }
+
+    /// RAM of `size` bytes whose every page is shared copy-on-write with the frames
+    /// of `size` bytes at `hpa` (a snapshot's copy, which the caller keeps alive
+    /// and unchanged while any map refers to it).
+    pub fn shared(hpa: u64, size: u64) -> Result<Self, RamError> {
+        if size == 0 || !size.is_multiple_of(PAGE) {
+            return Err(RamError::BadSize(size));
+        }
+        if !hpa.is_multiple_of(PAGE) {
+            return Err(RamError::Unaligned(hpa));
+        }
+        let mut map = Self::empty(size);
+        for gfn in 0..size / PAGE {
+            map.set_page(gfn, (hpa + gfn * PAGE) | SHARED);
+        }
+        map.absent = 0;
+        map.shared = size / PAGE;
+        Ok(map)
+    }
+
+    /// Pages still shared copy-on-write.
+    pub fn shared_pages(&self) -> u64 {
+        self.shared
+    }
+
+    /// Whether page `gfn` has a frame that is shared copy-on-write.
+    pub fn is_shared(&self, gfn: u64) -> bool {
+        self.raw(gfn).is_some_and(|e| e & SHARED != 0)
+    }
+
+    /// Gives the shared page `gfn` its own frame `hpa` (the caller copied the
+    /// shared one into it); returns the shared frame, which stays its owner's.
+    pub fn unshare(&mut self, gfn: u64, hpa: u64) -> Result<u64, RamError> {
+        if !hpa.is_multiple_of(PAGE) {
+            return Err(RamError::Unaligned(hpa));
+        }
+        match self.raw(gfn) {
+            None => Err(RamError::Absent(gfn)),
+            Some(e) if e & SHARED == 0 => Err(RamError::Backed(gfn)),
+            Some(e) => {
+                self.set_page(gfn, hpa);
+                self.shared -= 1;
+                Ok(e & !SHARED)
+            }
+        }
+    }
+
+    /// The page entry of `gfn` with its flags, if it has a frame.
+    fn raw(&self, gfn: u64) -> Option<u64> {
+        if gfn >= self.size / PAGE {
+            return None;
+        }
+        let (c, p) = split(gfn);
+        match &self.chunks[c] {
+            Chunk::Empty => None,
+            Chunk::Huge(hpa) => Some(hpa + p as u64 * PAGE),
+            Chunk::Pages(pages) => (pages[p] != ABSENT).then_some(pages[p]),
         }
     }
 
@@ -221,15 +289,7 @@ impl RamMap {
 
     /// The host frame of page `gfn`, if it has one.
     pub fn frame(&self, gfn: u64) -> Option<u64> {
-        if gfn >= self.size / PAGE {
-            return None;
-        }
-        let (c, p) = split(gfn);
-        match &self.chunks[c] {
-            Chunk::Empty => None,
-            Chunk::Huge(hpa) => Some(hpa + p as u64 * PAGE),
-            Chunk::Pages(pages) => (pages[p] != ABSENT).then_some(pages[p]),
-        }
+        self.raw(gfn).map(|e| e & !SHARED)
     }
 
     /// The host address of `gpa` and how many bytes from there, at most `len`, are
@@ -250,7 +310,8 @@ impl RamMap {
                 if first == ABSENT {
                     return None;
                 }
-                // Further pages count while their frames follow on.
+                // Further pages count while their frames follow on (with the same
+                // sharing: the flag is in the entries compared).
                 let mut got = (PAGE - gpa % PAGE).min(want);
                 let mut expect = first + PAGE;
                 while got < want {
@@ -261,7 +322,7 @@ impl RamMap {
                     got = (got + PAGE).min(want);
                     expect += PAGE;
                 }
-                Some((first + gpa % PAGE, got))
+                Some(((first & !SHARED) + gpa % PAGE, got))
             }
         }
     }
@@ -270,21 +331,35 @@ impl RamMap {
     /// what the nested page tables map (2 MiB leaves wherever a run allows them).
     pub fn runs(&self) -> Vec<Run> {
         let mut out: Vec<Run> = Vec::new();
-        let mut push = |gpa: u64, hpa: u64, len: u64| match out.last_mut() {
-            Some(last) if last.gpa + last.len == gpa && last.hpa + last.len == hpa => {
+        let mut push = |gpa: u64, hpa: u64, len: u64, shared: bool| match out.last_mut() {
+            Some(last)
+                if last.gpa + last.len == gpa
+                    && last.hpa + last.len == hpa
+                    && last.shared == shared =>
+            {
                 last.len += len
             }
-            _ => out.push(Run { gpa, hpa, len }),
+            _ => out.push(Run {
+                gpa,
+                hpa,
+                len,
+                shared,
+            }),
         };
         for (c, chunk) in self.chunks.iter().enumerate() {
             let base = c as u64 * HUGE;
             match chunk {
                 Chunk::Empty => {}
-                Chunk::Huge(hpa) => push(base, *hpa, HUGE),
+                Chunk::Huge(hpa) => push(base, *hpa, HUGE, false),
                 Chunk::Pages(pages) => {
                     for (p, &hpa) in pages.iter().enumerate() {
                         if hpa != ABSENT {
-                            push(base + p as u64 * PAGE, hpa, PAGE);
+                            push(
+                                base + p as u64 * PAGE,
+                                hpa & !SHARED,
+                                PAGE,
+                                hpa & SHARED != 0,
+                            );
                         }
                     }
                 }
@@ -298,10 +373,10 @@ impl RamMap {
         (0..self.size / PAGE).filter(|&gfn| self.frame(gfn).is_none())
     }
 
-    /// Takes page `gfn`'s frame out of the map and returns it (the caller unmaps
-    /// it from the guest and frees it when [`sync`] says it may). A 2 MiB chunk
-    /// becomes 512 pages first.
-    pub fn take_page(&mut self, gfn: u64) -> Result<u64, RamError> {
+    /// Takes page `gfn`'s frame out of the map and returns it and whether it was
+    /// shared (the caller unmaps it from the guest and, unless shared, frees it
+    /// when [`sync`] says it may). A 2 MiB chunk becomes 512 pages first.
+    pub fn take_page(&mut self, gfn: u64) -> Result<(u64, bool), RamError> {
         if gfn >= self.size / PAGE {
             return Err(RamError::OutOfRange(gfn));
         }
@@ -319,12 +394,16 @@ impl RamMap {
         let Chunk::Pages(pages) = &mut self.chunks[c] else {
             unreachable!("split just above");
         };
-        let hpa = core::mem::replace(&mut pages[p], ABSENT);
-        if hpa == ABSENT {
+        let entry = core::mem::replace(&mut pages[p], ABSENT);
+        if entry == ABSENT {
             return Err(RamError::Absent(gfn));
         }
         self.absent += 1;
-        Ok(hpa)
+        let shared = entry & SHARED != 0;
+        if shared {
+            self.shared -= 1;
+        }
+        Ok((entry & !SHARED, shared))
     }
 
     /// Backs the absent page `gfn` with the frame at `hpa`.
@@ -358,9 +437,9 @@ impl RamMap {
         Ok(missing.len() as u64)
     }
 
-    /// Gives every frame back.
+    /// Gives every frame back (shared ones stay their owner's).
     pub fn release(self, frames: &mut impl Frames) {
-        for run in self.runs() {
+        for run in self.runs().into_iter().filter(|r| !r.shared) {
             frames.free(run.hpa, run.len);
         }
     }

@@ -107,6 +107,35 @@ impl TlbSync {
             .unwrap_or(g)
     }
 
+    /// As [`TlbSync::safe_generation`] for every vCPU but `me` (a vCPU waiting,
+    /// outside the guest, for the others to drop a page it made private).
+    pub fn safe_generation_excluding(&self, me: usize) -> u64 {
+        let g = self.generation.load(SeqCst);
+        self.inside
+            .iter()
+            .zip(&self.applied)
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(_, (inside, applied))| {
+                if inside.load(SeqCst) {
+                    applied.load(SeqCst)
+                } else {
+                    g
+                }
+            })
+            .min()
+            .unwrap_or(g)
+    }
+
+    /// The vCPUs inside the guest (bit per vCPU).
+    pub fn inside_mask(&self) -> u64 {
+        self.inside
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.load(SeqCst))
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     /// The oldest generation some vCPU has not applied to its tables (inside the
     /// guest or not): log entries before it are no longer needed.
     pub fn oldest_unapplied(&self) -> u64 {
@@ -136,6 +165,15 @@ impl UnmapLog {
         self.next += 1;
         self.pages.push_back((self.next, gfn));
         self.retired.push_back((self.next, hpa));
+        self.next
+    }
+
+    /// Records that page `gfn` must leave every vCPU's tables while its frame stays
+    /// with its owner (a shared frame replaced by a private copy); returns the
+    /// generation, to publish.
+    pub fn record_unmap(&mut self, gfn: u64) -> u64 {
+        self.next += 1;
+        self.pages.push_back((self.next, gfn));
         self.next
     }
 

@@ -70,7 +70,8 @@ fn allocation_prefers_2mib_frames_and_falls_back_to_pages() {
         vec![Run {
             gpa: 0,
             hpa: 0,
-            len: (4 << 20) + 3 * PAGE
+            len: (4 << 20) + 3 * PAGE,
+            shared: false
         }]
     );
 
@@ -103,7 +104,8 @@ fn allocation_failure_gives_everything_back() {
 fn taking_a_page_splits_its_chunk_and_leaves_a_hole() {
     let mut host = Model::new(8 << 20);
     let mut map = RamMap::allocate(4 << 20, &mut host).unwrap();
-    let hpa = map.take_page(513).unwrap();
+    let (hpa, shared) = map.take_page(513).unwrap();
+    assert!(!shared);
     assert_eq!(hpa, (2 << 20) + PAGE);
     assert_eq!(map.huge_chunks(), 1);
     assert_eq!(map.frame(513), None);
@@ -118,12 +120,14 @@ fn taking_a_page_splits_its_chunk_and_leaves_a_hole() {
             Run {
                 gpa: 0,
                 hpa: 0,
-                len: (2 << 20) + PAGE
+                len: (2 << 20) + PAGE,
+                shared: false
             },
             Run {
                 gpa: (2 << 20) + 2 * PAGE,
                 hpa: (2 << 20) + 2 * PAGE,
-                len: (2 << 20) - 2 * PAGE
+                len: (2 << 20) - 2 * PAGE,
+                shared: false
             },
         ]
     );
@@ -145,7 +149,7 @@ fn put_and_fill_back_pages() {
     // from elsewhere.
     let taken: std::vec::Vec<u64> = [3, 4, 200]
         .iter()
-        .map(|&g| map.take_page(g).unwrap())
+        .map(|&g| map.take_page(g).unwrap().0)
         .collect();
     assert_eq!(map.put_page(3, 0x1234), Err(RamError::Unaligned(0x1234)));
     assert_eq!(map.put_page(5, 0x7000), Err(RamError::Backed(5)));
@@ -168,7 +172,7 @@ fn put_and_fill_back_pages() {
 fn fill_reports_what_it_could_not_back() {
     let mut host = Model::new(2 << 20);
     let mut map = RamMap::allocate(2 << 20, &mut host).unwrap();
-    let a = map.take_page(0).unwrap();
+    let (a, _) = map.take_page(0).unwrap();
     let _b = map.take_page(1).unwrap();
     host.free(a, PAGE);
     assert!(matches!(
@@ -265,4 +269,70 @@ fn take_all_leaves_an_empty_map_of_the_same_size() {
     // An empty chunk can be backed page by page again.
     assert_eq!(map.fill(&mut host).unwrap(), 513);
     assert_eq!(map.backed_bytes(), (2 << 20) + PAGE);
+}
+
+#[test]
+fn shared_pages_are_read_only_runs_until_unshared_and_never_freed() {
+    let mut host = Model::new(16 << 20);
+    let copy = host.alloc(4 << 20, HUGE).unwrap();
+    let mut map = RamMap::shared(copy, 4 << 20).unwrap();
+    assert_eq!(map.shared_pages(), 1024);
+    assert_eq!(map.backed_bytes(), 4 << 20);
+    assert_eq!(
+        map.runs(),
+        vec![Run {
+            gpa: 0,
+            hpa: copy,
+            len: 4 << 20,
+            shared: true
+        }]
+    );
+    assert!(map.is_shared(5));
+    assert_eq!(map.frame(5), Some(copy + 5 * PAGE));
+    assert_eq!(map.span(5 * PAGE + 8, 64), Some((copy + 5 * PAGE + 8, 64)));
+    // A write to page 5: it gets its own frame.
+    let own = host.alloc(PAGE, PAGE).unwrap();
+    assert_eq!(map.unshare(5, own), Ok(copy + 5 * PAGE));
+    assert!(!map.is_shared(5));
+    assert_eq!(map.frame(5), Some(own));
+    assert_eq!(map.unshare(5, own), Err(RamError::Backed(5)));
+    assert_eq!(map.shared_pages(), 1023);
+    let runs = map.runs();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(
+        runs[1],
+        Run {
+            gpa: 5 * PAGE,
+            hpa: own,
+            len: PAGE,
+            shared: false
+        }
+    );
+    assert!(runs[0].shared && runs[2].shared);
+    // The span stops where sharing changes.
+    assert_eq!(map.span(4 * PAGE, 2 * PAGE), Some((copy + 4 * PAGE, PAGE)));
+    // Ballooning a shared page: its frame is reported shared (not to be freed).
+    assert_eq!(map.take_page(6), Ok((copy + 6 * PAGE, true)));
+    assert_eq!(map.shared_pages(), 1022);
+    // Release frees the page of its own only; the copy stays its owner's.
+    map.release(&mut host);
+    assert_eq!(host.taken.len(), 1024);
+    host.free(copy, 4 << 20);
+    assert!(host.taken.is_empty());
+}
+
+#[test]
+fn a_writer_waits_only_for_the_other_vcpus_inside() {
+    let sync = TlbSync::new(3);
+    let mut log = UnmapLog::default();
+    assert_eq!(sync.enter(1), None);
+    let g = log.record_unmap(9);
+    sync.publish(g);
+    assert_eq!(log.retired_len(), 0);
+    // vCPU 0 (the writer, outside) waits for vCPU 1.
+    assert!(sync.safe_generation_excluding(0) < g);
+    assert_eq!(sync.inside_mask(), 0b010);
+    sync.left(1);
+    assert_eq!(sync.safe_generation_excluding(0), g);
+    assert_eq!(sync.inside_mask(), 0);
 }

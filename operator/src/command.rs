@@ -74,6 +74,20 @@ pub enum Command<'a> {
     DeleteSnapshot(&'a str, &'a str),
     /// `balloon NAME SIZE`: the bytes the VM should keep.
     Balloon(&'a str, u64),
+    /// `clone NAME NEW [TAG]`
+    Clone(&'a str, &'a str, Option<&'a str>),
+}
+
+/// The longest VM name (the bundle's name field).
+pub const VM_NAME_MAX: usize = 24;
+
+/// Whether `name` can name a new VM: 1 to [`VM_NAME_MAX`] of `A-Z a-z 0-9 . _ -`.
+pub fn vm_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= VM_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// A memory size as typed: a number with an optional unit, `K`, `M` (the
@@ -208,6 +222,12 @@ pub const COMMANDS: &[Info] = &[
         privileged: true,
     },
     Info {
+        name: "clone",
+        args: "NAME NEW [TAG]",
+        summary: "start VM NEW from VM NAME's snapshot TAG (or one taken now), its memory shared copy-on-write with the snapshot's other clones, its own MACs",
+        privileged: true,
+    },
+    Info {
         name: "balloon",
         args: "NAME SIZE",
         summary: "let VM NAME keep SIZE of its RAM (e.g. 128M, 1G): its balloon takes the rest back for other VMs, or gives it back",
@@ -241,6 +261,7 @@ impl Command<'_> {
             Command::Snapshots(_) => "snapshots",
             Command::DeleteSnapshot(..) => "delete-snapshot",
             Command::Balloon(..) => "balloon",
+            Command::Clone(..) => "clone",
         }
     }
 
@@ -256,7 +277,7 @@ impl Command<'_> {
             Command::Snapshot(vm, _) | Command::Restore(vm, _) | Command::DeleteSnapshot(vm, _) => {
                 Some(vm)
             }
-            Command::Balloon(vm, _) => Some(vm),
+            Command::Balloon(vm, _) | Command::Clone(vm, ..) => Some(vm),
             Command::Pause(vm)
             | Command::Resume(vm)
             | Command::Stop(vm)
@@ -283,6 +304,7 @@ pub enum ParseError {
     BadLevel(String),
     BadTag(String),
     BadSize(String),
+    BadName(String),
 }
 
 impl fmt::Display for ParseError {
@@ -301,6 +323,10 @@ impl fmt::Display for ParseError {
             ParseError::BadTag(t) => write!(
                 f,
                 "bad snapshot tag {t:?}: 1 to {TAG_MAX} of A-Z a-z 0-9 . _ -"
+            ),
+            ParseError::BadName(n) => write!(
+                f,
+                "bad VM name {n:?}: 1 to {VM_NAME_MAX} of A-Z a-z 0-9 . _ -"
             ),
             ParseError::BadSize(t) => write!(
                 f,
@@ -377,6 +403,15 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError> {
         "restore" => Command::Restore(required, tag()?),
         "snapshots" => Command::Snapshots(arg),
         "delete-snapshot" => Command::DeleteSnapshot(required, tag()?),
+        "clone" if !vm_name_ok(second) => return Err(ParseError::BadName(second.into())),
+        "clone" => Command::Clone(
+            required,
+            second,
+            match args.get(2).copied() {
+                Some(t) if !tag_ok(t) => return Err(ParseError::BadTag(t.into())),
+                t => t,
+            },
+        ),
         "balloon" => Command::Balloon(
             required,
             parse_size(second).ok_or_else(|| ParseError::BadSize(second.into()))?,
@@ -426,6 +461,31 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
 mod tests {
     use super::*;
     use alloc::string::ToString;
+
+    #[test]
+    fn clone_takes_a_vm_and_a_new_name() {
+        assert_eq!(
+            parse("clone web web-2"),
+            Ok(Some(Command::Clone("web", "web-2", None)))
+        );
+        assert_eq!(
+            parse("clone web web-3 base"),
+            Ok(Some(Command::Clone("web", "web-3", Some("base"))))
+        );
+        assert_eq!(
+            parse("clone web web-3 b@se"),
+            Err(ParseError::BadTag("b@se".into()))
+        );
+        for bad in ["a b c", "x/y", "a-name-longer-than-24-bytes"] {
+            let line = format!("clone web {bad}");
+            assert!(parse(&line).is_err(), "{line}");
+        }
+        assert_eq!(
+            parse("clone web sp@ce"),
+            Err(ParseError::BadName("sp@ce".into()))
+        );
+        assert!(Command::Clone("a", "b", None).privileged());
+    }
 
     #[test]
     fn balloon_takes_a_vm_and_a_size() {
@@ -577,6 +637,7 @@ mod tests {
                 "LEVEL" => format!("{} info", i.name),
                 "NAME TAG" => format!("{} x t", i.name),
                 "NAME SIZE" => format!("{} x 64M", i.name),
+                "NAME NEW [TAG]" => format!("{} x y", i.name),
                 _ => format!("{} x", i.name),
             };
             assert_eq!(parse(&line).unwrap().unwrap().name(), i.name);

@@ -139,6 +139,8 @@ pub struct VmStats<'a> {
     pub memory_kib: u64,
     /// Memory its balloon took back (no host memory behind it).
     pub ballooned_kib: u64,
+    /// Memory shared copy-on-write with other clones of the same snapshot.
+    pub shared_kib: u64,
     /// Its balloon's target, if it has a balloon.
     pub balloon_target_kib: Option<u64>,
     /// The hypervisor's free memory, for what a balloon gave back.
@@ -161,14 +163,19 @@ pub fn stats(s: &VmStats) -> Vec<String> {
     } else {
         (u128::from(s.recent_cpu_ms) * 1000 / u128::from(capacity)).min(1000) as u64
     };
-    // No clones share pages yet: all of it is the VM's own.
     out.push(format!(
-        "{}: {}, {} vCPU{}, memory {} private, 0 shared, {} ballooned",
+        "{}: {}, {} vCPU{}, memory {} private, {} shared ({} pages), {} ballooned",
         s.name,
         s.state.name(),
         s.vcpus,
         if s.vcpus == 1 { "" } else { "s" },
-        size_kib(s.memory_kib.saturating_sub(s.ballooned_kib)),
+        size_kib(
+            s.memory_kib
+                .saturating_sub(s.ballooned_kib)
+                .saturating_sub(s.shared_kib)
+        ),
+        size_kib(s.shared_kib),
+        s.shared_kib / 4,
         size_kib(s.ballooned_kib)
     ));
     out.push(match s.balloon_target_kib {
@@ -308,6 +315,7 @@ mod tests {
             pcpus: 2,
             memory_kib: 128 * 1024,
             ballooned_kib: 32 * 1024,
+            shared_kib: 8 * 1024,
             balloon_target_kib: Some(48 * 1024),
             host_free_kib: 512 * 1024,
             exits,
@@ -328,7 +336,7 @@ mod tests {
         let mut l = stats(&s);
         assert_eq!(
             l[0],
-            "web: running, 2 vCPUs, memory 96 MiB private, 0 shared, 32 MiB ballooned"
+            "web: running, 2 vCPUs, memory 88 MiB private, 8 MiB shared (2048 pages), 32 MiB ballooned"
         );
         assert_eq!(
             l.remove(1),

@@ -442,9 +442,11 @@ impl Vcpu for SvmVcpu {
         mem: &mut dyn HostMemory,
         gpa: u64,
         hpa: u64,
+        writable: bool,
     ) -> Result<(), BackendError> {
         let npt = self.npt.as_mut().ok_or(BackendError::Check(NO_NPT))?;
-        npt.map(mem, gpa, hpa, PAGE, Perms::RWX, Level::Pt)
+        let perms = if writable { Perms::RWX } else { Perms::RX };
+        npt.map(mem, gpa, hpa, PAGE, perms, Level::Pt)
             .map_err(BackendError::Map)
     }
 

@@ -103,9 +103,26 @@ fn console_drives_vms_under_amd_v() {
         Step::new("hv> ", b"console count64\r"),
         Step::new("the keyboard is count64's", b"d\r"),
         Step::new("count64 | count64: got d at ", ESC),
-        Step::new("hv> ", b"delete-snapshot count64 t1\r"),
+        // Two clones of snapshot t1, its RAM shared copy-on-write: each counts on
+        // from t1's count, and the pages each writes become its own.
+        Step::new("hv> ", b"clone count64 c1 t1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
-        Step::new("\"delete-snapshot count64 t1\": done", b""),
+        Step::new("\"clone count64 c1 t1\": done", b"clone count64 c2 t1\r"),
+        Step::new("\"clone count64 c2 t1\": done", b"clone count64 c2 t1\r"),
+        Step::new("a VM is named \"c2\" already", b"stats c1\r"),
+        Step::new("\"stats c1\": done", b"console c1\r"),
+        Step::new("the keyboard is c1's", b"e\r"),
+        Step::new("c1 | count64: got e at ", ESC),
+        Step::new("hv> ", b"console c2\r"),
+        Step::new("the keyboard is c2's", b"f\r"),
+        Step::new("c2 | count64: got f at ", ESC),
+        Step::new("hv> ", b"stats c2\r"),
+        Step::new("\"stats c2\": done", b"list\r"),
+        Step::new("\"list\": done", b"delete-snapshot count64 t1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"delete-snapshot count64 t1\": done", b"stop c1\r"),
+        Step::new("\"stop c1\": done", b"stop c2\r"),
+        Step::new("\"stop c2\": done", b""),
         Step::new("hv> ", b"console other\r"),
         Step::new("the keyboard is other's", ESC),
         Step::new("hv> ", b"frobnicate\r"),
@@ -208,6 +225,49 @@ fn console_drives_vms_under_amd_v() {
         d >= a && d < b,
         "restored while stopped: a {a}, b {b}, d {d}"
     );
+    // The clones: from t1's count (after "got a"), sharing their RAM with the
+    // snapshot until they write; each made a few pages its own.
+    let clone_at = |vm: &str, word: &str| {
+        let marker = format!("{vm} | count64: got {word} at ");
+        let at = s.find(&marker).unwrap_or_else(|| panic!("no {marker:?}"));
+        s[at + marker.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    let (e, f) = (clone_at("c1", "e"), clone_at("c2", "f"));
+    assert!(
+        e >= a && f >= a,
+        "clones count from t1: a {a}, e {e}, f {f}"
+    );
+    let shared_pages = |answer: &str| -> u64 {
+        let at = answer.find(" shared (").expect("shared pages") + 9;
+        answer[at..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a page count")
+    };
+    let c1 = answers(s, "stats c1")[0];
+    let c2 = answers(s, "stats c2")[0];
+    let (p1, p2) = (shared_pages(c1), shared_pages(c2));
+    // count64 has 4 MiB (1024 pages); it writes its stack and a few variables.
+    assert!(p1 > 900 && p1 < 1024, "c1 shares most of its pages:\n{c1}");
+    assert!(p2 > 900 && p2 < 1024, "c2 shares most of its pages:\n{c2}");
+    assert!(
+        s.contains("hv: VM c1 cloned from count64's snapshot \"t1\" in "),
+        "{s}"
+    );
+    let list = answers(s, "list").pop().expect("the second list");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("c1") && l.contains("running"))
+            && list
+                .lines()
+                .any(|l| l.starts_with("c2") && l.contains("running")),
+        "{list}"
+    );
     let list = answers(s, "snapshots")[0];
     assert!(
         list.lines()
@@ -288,9 +348,21 @@ fn linux_snapshot_restore_and_balloon_under_amd_v() {
         ),
         Step::new("gone-42", b"echo alive-$((40+2)) on $(nproc) cpus\r"),
         Step::new("alive-42 on 2 cpus", ESC),
-        // Ballooning: the snapshot's copy goes first, `spare` still does not fit.
-        Step::new("hv> ", b"delete-snapshot linux s1\r"),
+        // A clone of s1 (2 vCPUs, its RAM shared copy-on-write): a shell of its
+        // own, without the file written after the snapshot.
+        Step::new("hv> ", b"clone linux l2 s1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"clone linux l2 s1\": done", b"console l2\r"),
+        Step::new(
+            "the keyboard is l2's",
+            b"echo clone-$((40+2)) on $(nproc) cpus; cat /tmp/f1 || echo none-$((40+2))\r",
+        ),
+        Step::new("none-42", ESC),
+        Step::new("hv> ", b"stats l2\r"),
+        Step::new("\"stats l2\": done", b"stop l2\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        // Ballooning: the snapshot's copy goes first, `spare` still does not fit.
+        Step::new("\"stop l2\": done", b"delete-snapshot linux s1\r"),
         Step::new("\"delete-snapshot linux s1\": done", b"start spare\r"),
         Step::new("\"start spare\": failed", b"stats linux\r"),
         Step::new("\"stats linux\": done", b"balloon linux 96M\r"),
@@ -330,6 +402,9 @@ fn linux_snapshot_restore_and_balloon_under_amd_v() {
         .expect_line("hv: VM linux restored to snapshot \"s1\"")
         .expect_line("gone-42")
         .expect_line("alive-42 on 2 cpus")
+        .expect_line("hv: VM l2 cloned from linux's snapshot \"s1\" in ")
+        .expect_line("clone-42 on 2 cpus")
+        .expect_line("none-42")
         .expect_line("hv-linux: memory balloon driver loaded")
         .expect_line("vm linux balloon at its target: 160 MiB taken back, the guest keeps 96 MiB")
         .expect_line("after-42")
@@ -340,6 +415,11 @@ fn linux_snapshot_restore_and_balloon_under_amd_v() {
         .expect_no("PANIC")
         .expect_exit(EXIT_SUCCESS);
     let s = &out.serial;
+    // The clone shared most of its 256 MiB with the snapshot while its shell ran.
+    let l2 = answers(s, "stats l2")[0];
+    let at = l2.find(" shared (").expect("shared pages") + 9;
+    let pages: u64 = l2[at..].split(' ').next().unwrap().parse().unwrap();
+    assert!(pages > 50_000 && pages < 65_536, "{l2}");
     let stats = linux_stats(s);
     assert!(
         stats[0].contains("0 KiB ballooned") && stats[1].contains("160 MiB ballooned"),

@@ -386,15 +386,17 @@ pub trait Vcpu {
     /// are flushed at the next entry. Nested paging, the ASID/VPID and the vCPU's
     /// processor affinity are the backend's and are not part of the state.
     fn load_state(&mut self, s: &state::CpuState) -> Result<(), state::StateError>;
-    /// Maps the 4 KiB guest page `gpa` to the host frame `hpa` (read, write,
-    /// execute) in this vCPU's nested page tables, where nothing maps it now (a
-    /// page given back to a ballooned guest, mapped when the vCPU first touches
-    /// it). Nothing is cached for an unmapped page, so no flush is needed.
+    /// Maps the 4 KiB guest page `gpa` to the host frame `hpa` (read and execute,
+    /// and write if `writable`: a page shared copy-on-write is mapped read-only)
+    /// in this vCPU's nested page tables, where nothing maps it now (a page given
+    /// back to a ballooned guest, or first touched by a clone). Nothing is cached
+    /// for an unmapped page, so no flush is needed.
     fn map_page(
         &mut self,
         mem: &mut dyn HostMemory,
         gpa: u64,
         hpa: u64,
+        writable: bool,
     ) -> Result<(), BackendError>;
     /// Removes the 4 KiB guest page `gpa` from this vCPU's nested page tables
     /// (splitting a larger leaf around it) and flushes the guest's cached

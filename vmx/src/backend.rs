@@ -950,9 +950,11 @@ impl Vcpu for VmxVcpu {
         mem: &mut dyn HostMemory,
         gpa: u64,
         hpa: u64,
+        writable: bool,
     ) -> Result<(), BackendError> {
         let ept = self.ept.as_mut().ok_or(BackendError::Check(NO_EPT))?;
-        ept.map(mem, gpa, hpa, PAGE, Perms::RWX, Level::Pt)
+        let perms = if writable { Perms::RWX } else { Perms::RX };
+        ept.map(mem, gpa, hpa, PAGE, perms, Level::Pt)
             .map_err(BackendError::Map)
     }
 

@@ -11,7 +11,7 @@
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guestram::sync::{TlbSync, UnmapLog};
 use guestram::{Frames, RamError, RamMap, PAGE};
@@ -61,6 +61,47 @@ impl Frames for HostFrames<'_> {
 struct Inner {
     map: RamMap,
     log: UnmapLog,
+    /// What owns the frames shared copy-on-write (a snapshot's copy), kept while
+    /// the map refers to them.
+    keep: Option<Arc<dyn Send + Sync>>,
+}
+
+/// A page that became private under a vCPU's feet: a frame copied from the shared
+/// one. Returns the new frame. Callers hold the map's lock.
+fn unshare(
+    inner: &mut Inner,
+    sync: &TlbSync,
+    barrier: &AtomicU64,
+    host: &dyn RamHost,
+    gfn: u64,
+) -> Result<u64, RamError> {
+    let Some(shared) = inner.map.frame(gfn) else {
+        return Err(RamError::Absent(gfn));
+    };
+    let own = host.alloc_page().ok_or(RamError::OutOfMemory {
+        size: inner.map.size(),
+        backed: inner.map.backed_bytes(),
+    })?;
+    let base = host.virt_base();
+    // SAFETY: both are whole page frames mapped linearly at `base`: the shared one
+    // is kept alive by `keep` and never written, the new one was just allocated.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (base + shared as usize) as *const u8,
+            (base + own as usize) as *mut u8,
+            PAGE as usize,
+        )
+    };
+    if let Err(e) = inner.map.unshare(gfn, own) {
+        host.free(own, PAGE);
+        return Err(e);
+    }
+    // Every vCPU drops its read-only mapping of the shared frame; the writer
+    // waits before it runs on until the others have ([`GuestRam::wait_for_others`]).
+    let g = inner.log.record_unmap(gfn);
+    sync.publish(g);
+    barrier.fetch_max(g, Ordering::SeqCst);
+    Ok(own)
 }
 
 struct Shared {
@@ -68,6 +109,9 @@ struct Shared {
     sync: TlbSync,
     /// Frames wait in the log for vCPUs to leave the guest.
     retired: AtomicBool,
+    /// The latest generation that made a shared page private: no vCPU that wrote
+    /// it may run on before every other vCPU dropped the shared frame.
+    barrier: AtomicU64,
     size: u64,
     host: &'static dyn RamHost,
 }
@@ -107,6 +151,8 @@ pub struct RamUsage {
     pub backed: u64,
     /// Bytes taken by the balloon.
     pub ballooned: u64,
+    /// Bytes still shared copy-on-write (a clone's).
+    pub shared: u64,
     /// 2 MiB chunks still mapped whole.
     pub huge_chunks: usize,
 }
@@ -120,9 +166,11 @@ impl GuestRam {
             inner: Mutex::new(Inner {
                 map,
                 log: UnmapLog::default(),
+                keep: None,
             }),
             sync: TlbSync::new(vcpus),
             retired: AtomicBool::new(false),
+            barrier: AtomicU64::new(0),
             host,
         }))
     }
@@ -139,6 +187,12 @@ impl GuestRam {
             alloc::boxed::Box::leak(alloc::boxed::Box::new(NoHost(base as usize)));
         let map = RamMap::contiguous(0, len).expect("a test RAM of whole pages");
         Self::new(map, vcpus, host)
+    }
+
+    /// Keeps `owner` (of the frames the map shares) alive as long as the map may
+    /// refer to them.
+    pub fn keep_alive(&self, owner: Arc<dyn Send + Sync>) {
+        self.0.inner.lock().keep = Some(owner);
     }
 
     /// The RAM's size in bytes.
@@ -162,7 +216,8 @@ impl GuestRam {
                 gpa: r.gpa,
                 hpa: r.hpa,
                 len: r.len,
-                writable: true,
+                // A write to a shared page faults and makes it private.
+                writable: !r.shared,
                 executable: true,
             })
             .collect()
@@ -174,6 +229,7 @@ impl GuestRam {
             size: inner.map.size(),
             backed: inner.map.backed_bytes(),
             ballooned: inner.map.absent_pages() * PAGE,
+            shared: inner.map.shared_pages() * PAGE,
             huge_chunks: inner.map.huge_chunks(),
         }
     }
@@ -194,12 +250,15 @@ impl GuestRam {
         if end > self.0.size {
             return Err(err);
         }
-        let inner = self.0.inner.lock();
+        let mut inner = self.0.inner.lock();
         // Every page present first: a copy is all or nothing.
         let mut at = gpa;
         while at < end {
             let (_, n) = inner.map.span(at, end - at).ok_or(err)?;
             at += n;
+        }
+        if to_guest {
+            self.unshare_range(&mut inner, gpa, end).map_err(|_| err)?;
         }
         let base = self.0.host.virt_base();
         let mut done = 0usize;
@@ -224,6 +283,24 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Makes the shared pages of `[gpa, end)` private before the hypervisor writes
+    /// there (a device's DMA, an emulated instruction, an image load): the shared
+    /// frames belong to a snapshot and every clone of it. vCPUs inside the guest
+    /// are kicked by the run loop and drop the shared frame at their next entry.
+    fn unshare_range(&self, inner: &mut Inner, gpa: u64, end: u64) -> Result<(), RamError> {
+        if inner.map.shared_pages() == 0 {
+            return Ok(());
+        }
+        let mut gfn = gpa / PAGE;
+        while gfn * PAGE < end {
+            if inner.map.is_shared(gfn) {
+                unshare(inner, &self.0.sync, &self.0.barrier, self.0.host, gfn)?;
+            }
+            gfn += 1;
+        }
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `gpa`.
     pub fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Unbacked> {
         self.copy(gpa, buf.as_mut_ptr(), buf.len(), false)
@@ -242,7 +319,8 @@ impl GuestRam {
             len: data.len() as u64,
         };
         let end = gpa.checked_add(data.len() as u64).ok_or(err)?;
-        let inner = self.0.inner.lock();
+        let mut inner = self.0.inner.lock();
+        self.unshare_range(&mut inner, gpa, end).map_err(|_| err)?;
         let base = self.0.host.virt_base();
         let mut at = gpa;
         while at < end {
@@ -284,6 +362,7 @@ impl GuestRam {
             gpa: self.0.size,
             hpa: 0,
             len: 0,
+            shared: false,
         })) {
             // SAFETY (all three): inside `dst`'s `len()` bytes (runs lie in the
             // RAM); the run's frames belong to this VM and are mapped at `base`.
@@ -317,7 +396,14 @@ impl GuestRam {
         progress: &mut dyn FnMut(),
     ) -> Result<(), RamError> {
         self.fill()?;
-        let runs = self.0.inner.lock().map.runs();
+        let runs = {
+            let mut inner = self.0.inner.lock();
+            // A clone restored: its shared pages become its own before they are
+            // overwritten (the shared frames are a snapshot's).
+            let size = self.0.size;
+            self.unshare_range(&mut inner, 0, size)?;
+            inner.map.runs()
+        };
         let base = self.0.host.virt_base();
         for r in runs {
             let mut done = 0;
@@ -357,10 +443,15 @@ impl GuestRam {
     pub fn take_page(&self, gfn: u64) -> Result<(), RamError> {
         {
             let mut inner = self.0.inner.lock();
-            let hpa = inner.map.take_page(gfn)?;
-            let g = inner.log.record(gfn, hpa);
+            let (hpa, shared) = inner.map.take_page(gfn)?;
+            // A shared frame stays its owner's: only the mapping goes.
+            let g = if shared {
+                inner.log.record_unmap(gfn)
+            } else {
+                self.0.retired.store(true, Ordering::SeqCst);
+                inner.log.record(gfn, hpa)
+            };
             self.0.sync.publish(g);
-            self.0.retired.store(true, Ordering::SeqCst);
         }
         self.reclaim();
         Ok(())
@@ -464,18 +555,65 @@ impl GuestRam {
 
     /// Maps the page of `gpa` into `vcpu`'s tables if the RAM has a frame for it
     /// (a page given back after a balloon deflation); `false` if it has none.
-    pub fn map_on_fault<V: Vcpu>(&self, vcpu: &mut V, gpa: u64) -> Result<bool, String> {
-        let inner = self.0.inner.lock();
-        let Some(hpa) = inner.map.frame(gpa / PAGE) else {
+    ///
+    /// A write to a page shared copy-on-write (mapped read-only) gives the VM its
+    /// own copy of the page first: this vCPU maps the copy writable now, the
+    /// others drop the shared frame before they run again, and this vCPU waits for
+    /// that before its next entry (the run loop calls
+    /// [`GuestRam::wait_for_others`]), so no vCPU reads the old frame after the
+    /// write.
+    pub fn map_on_fault<V: Vcpu>(
+        &self,
+        vcpu: &mut V,
+        gpa: u64,
+        write: bool,
+    ) -> Result<bool, String> {
+        let gfn = gpa / PAGE;
+        let page = gfn * PAGE;
+        let mut inner = self.0.inner.lock();
+        if inner.map.frame(gfn).is_none() {
             return Ok(false);
+        }
+        let shared = inner.map.is_shared(gfn);
+        let hpa = if shared && write {
+            unshare(&mut inner, &self.0.sync, &self.0.barrier, self.0.host, gfn)
+                .map_err(|e| alloc::format!("cannot give guest page {gfn:#x} its own copy: {e}"))?
+        } else {
+            inner.map.frame(gfn).unwrap_or_default()
         };
+        let writable = !(shared && !write);
         let mut result = Ok(true);
         self.0.host.with_tables(&mut |mem| {
-            if let Err(e) = vcpu.map_page(mem, gpa & !(PAGE - 1), hpa) {
+            // A read-only mapping of the shared frame may be there (the write
+            // fault): replace it.
+            let mapped = vcpu.map_page(mem, page, hpa, writable).or_else(|_| {
+                vcpu.unmap_page(mem, page)?;
+                vcpu.map_page(mem, page, hpa, writable)
+            });
+            if let Err(e) = mapped {
                 result = Err(alloc::format!("cannot map guest page {gpa:#x}: {e}"));
             }
         });
         result
+    }
+
+    /// Before vCPU `i` enters again after it made a shared page private: waits,
+    /// outside the guest, until every other vCPU is outside or has dropped the
+    /// shared frame, kicking those inside (`kick` takes a vCPU mask).
+    pub fn wait_for_others(&self, i: usize, kick: &mut dyn FnMut(u64)) {
+        let barrier = self.0.barrier.load(Ordering::SeqCst);
+        if barrier == 0 || self.0.sync.safe_generation_excluding(i) >= barrier {
+            return;
+        }
+        let mut kicked = 0u64;
+        while self.0.sync.safe_generation_excluding(i) < barrier {
+            let inside = self.0.sync.inside_mask() & !(1 << i);
+            if inside & !kicked != 0 {
+                kick(inside & !kicked);
+                kicked |= inside;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     /// Gives every frame back (the VM is gone: none of its vCPUs exists any more).
@@ -487,6 +625,7 @@ impl GuestRam {
         }
         inner.log = UnmapLog::default();
         inner.map.take_all().release(&mut HostFrames(self.0.host));
+        inner.keep = None;
         self.0.retired.store(false, Ordering::SeqCst);
     }
 }

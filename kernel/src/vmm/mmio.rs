@@ -1683,6 +1683,7 @@ mod tests {
             _: &mut dyn vcpu::HostMemory,
             _: u64,
             _: u64,
+            _: bool,
         ) -> Result<(), vcpu::BackendError> {
             unimplemented!("MMIO emulation never maps pages")
         }

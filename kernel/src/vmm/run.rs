@@ -35,6 +35,7 @@ use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared
 use crate::{memory, println, serial, smp, time, timer};
 use guestram::RamMap;
 
+mod clones;
 mod mgmt;
 mod snapshot_disk;
 mod snapshots;
@@ -102,6 +103,65 @@ impl<V: Vcpu> VmEntry<V> {
     }
 }
 
+/// How many clones (`clone NAME NEW`) a machine can hold besides its VMs.
+const CLONE_SLOTS: usize = 8;
+
+/// The machine's VMs: the bundle's, then the clones the operator made. An entry,
+/// once made, stays (running or stopped) at its index, so processors reach it
+/// without a lock; new ones are appended (`VmTable::push`).
+struct VmTable<V: Vcpu> {
+    entries: Vec<spin::Once<VmEntry<V>>>,
+    count: AtomicUsize,
+    /// Serializes `push`.
+    adding: Mutex<()>,
+}
+
+impl<V: Vcpu> VmTable<V> {
+    /// `vms`, and room for `spare` more.
+    fn new(vms: Vec<VmEntry<V>>, spare: usize) -> Self {
+        let count = vms.len();
+        let mut entries: Vec<spin::Once<VmEntry<V>>> =
+            vms.into_iter().map(spin::Once::initialized).collect();
+        entries.extend((0..spare).map(|_| spin::Once::new()));
+        Self {
+            entries,
+            count: AtomicUsize::new(count),
+            adding: Mutex::new(()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Room for every VM there can be.
+    fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &VmEntry<V>> {
+        (0..self.len()).map(|i| &self[i])
+    }
+
+    /// Appends `vm`; its index, or `None` when the table is full.
+    fn push(&self, vm: VmEntry<V>) -> Option<usize> {
+        let _one = self.adding.lock();
+        let i = self.len();
+        self.entries.get(i)?.call_once(|| vm);
+        self.count.store(i + 1, Ordering::Release);
+        Some(i)
+    }
+}
+
+impl<V: Vcpu> core::ops::Index<usize> for VmTable<V> {
+    type Output = VmEntry<V>;
+    fn index(&self, i: usize) -> &VmEntry<V> {
+        self.entries[i]
+            .get()
+            .expect("VM indexes come from VmTable::len")
+    }
+}
+
 struct VmEntry<V: Vcpu> {
     name: String,
     /// Set when a frame waits for one of its NICs: its vCPUs are kicked.
@@ -132,7 +192,7 @@ pub(super) struct Machine<'b, B: Backend> {
     snapshots: Mutex<Vec<snapshots::Stored>>,
     /// The snapshot area on the machine's disk, if it has one.
     area: Mutex<Option<snapshot_disk::Area>>,
-    vms: Vec<VmEntry<B::Vcpu>>,
+    vms: VmTable<B::Vcpu>,
     queue: Mutex<RunQueue>,
     slice: u64,
     /// Physical CPUs inside `cpu_loop`.
@@ -792,8 +852,11 @@ impl<B: Backend> Machine<'_, B> {
             }
             slot.ran = true;
             *entered = true;
-            // Pages the balloon took since this vCPU last ran leave its tables.
+            // A page this vCPU made private (a clone's write) must be out of the
+            // other vCPUs' tables before it runs on; pages the balloon took or
+            // another vCPU made private leave its own tables.
             let ram = slot.ctx.ram().clone();
+            ram.wait_for_others(i, &mut |mask| self.kick_vcpus(vm_index, mask));
             if let Err(e) = ram.enter(i, &mut slot.ctx.vcpu) {
                 ram.left(i);
                 shared = vm.shared.lock();
@@ -1449,10 +1512,10 @@ where
         backend: Mutex::new(backend),
         epoch_unix_ns,
         hub,
-        console: Mutex::new(mgmt::Console::new(admin, vms.len())),
+        console: Mutex::new(mgmt::Console::new(admin, vms.len() + CLONE_SLOTS)),
         snapshots: Mutex::new(held),
         area: Mutex::new(area),
-        vms,
+        vms: VmTable::new(vms, CLONE_SLOTS),
         queue: Mutex::new(queue),
         slice: time::micros_to_tsc(SLICE_MICROS),
         inside: AtomicUsize::new(0),

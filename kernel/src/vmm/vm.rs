@@ -933,7 +933,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             // RAM this vCPU has not mapped: a page given back by the balloon is
             // mapped at its first touch; a page the balloon holds is no RAM.
             Exit::NestedPageFault { gpa, write, fetch } => {
-                match self.ram.map_on_fault(&mut self.vcpu, gpa) {
+                match self.ram.map_on_fault(&mut self.vcpu, gpa, write) {
                     Ok(true) => Next::Continue,
                     Err(e) => Next::Stop(e),
                     Ok(false) if self.unmapped_stops => Next::Stop(format!(
@@ -1075,6 +1075,7 @@ mod tests {
             _: &mut dyn vcpu::HostMemory,
             gpa: u64,
             hpa: u64,
+            _writable: bool,
         ) -> Result<(), vcpu::BackendError> {
             self.mapped.push((gpa, hpa));
             Ok(())

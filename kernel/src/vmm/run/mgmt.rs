@@ -399,6 +399,11 @@ impl<B: Backend> Machine<'_, B> {
                 Ok(())
             }
             Command::Restart(name) => self.operator_restart(self.vm_index(name)?),
+            Command::Clone(name, new, tag) => {
+                let v = self.vm_index(name)?;
+                println!("hv: {}", self.clone_vm(v, new, tag)?);
+                Ok(())
+            }
             Command::Balloon(name, keep) => {
                 let v = self.vm_index(name)?;
                 println!("hv: vm {name}: {}", self.balloon(v, keep)?);
@@ -539,6 +544,11 @@ impl<B: Backend> Machine<'_, B> {
                 0
             } else {
                 ram.ballooned / 1024
+            },
+            shared_kib: if state == VmState::Stopped {
+                0
+            } else {
+                ram.shared / 1024
             },
             balloon_target_kib: balloon.map(|b| b.target / 1024),
             host_free_kib: memory::free_bytes() / 1024,
