@@ -416,7 +416,9 @@ impl GuestSet {
                 use crate::vms::NicDef;
                 vm.cmdline.push_str(" hv.ip=10.0.0.1/24");
                 vm.nics = vec![NicDef::on("lan", "linux", 0)];
+                vm.balloon = true;
                 let mut peer = linux_vm(false)?.renamed("peer");
+                peer.balloon = true;
                 peer.memory_kib = 192 * 1024;
                 peer.cmdline.push_str(" hv.ip=10.0.0.2/24");
                 peer.nics = vec![NicDef::on("lan", "peer", 0)];
