@@ -163,6 +163,11 @@ pub enum GuestSet {
     /// `count64` alone, with the snapshot area (partition "hv-snapshots") on the
     /// NVMe disk of [`GuestSet::storage`]: snapshots outlive a restart.
     SnapshotDiskTest,
+    /// Linux (interactive, 2 vCPUs) on the disk of [`GuestSet::LinuxDiskTest`]
+    /// ("linux-data" mounted on /data), driven through the console: a snapshot of
+    /// a VM with a writable disk, restored (the disk rolled back) and cloned (the
+    /// clone sees the disk as it was at the snapshot).
+    LinuxDiskConsoleTest,
 }
 
 /// The console test's administrator passphrase.
@@ -235,7 +240,7 @@ impl GuestSet {
                     },
                 ],
             })),
-            GuestSet::LinuxDiskTest => Ok(Some(StorageDef {
+            GuestSet::LinuxDiskTest | GuestSet::LinuxDiskConsoleTest => Ok(Some(StorageDef {
                 image: None,
                 config_stem: "linux-disk-test".into(),
                 bytes: 160 << 20,
@@ -313,12 +318,13 @@ impl GuestSet {
                 }
                 Ok(Some(path))
             }
-            GuestSet::ConsoleTest | GuestSet::ConsoleLinuxTest | GuestSet::SnapshotDiskTest => {
-                Ok(Some(fixed_key_file(
-                    &target_dir().join("hv").join("console-test.pass"),
-                    &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
-                )?))
-            }
+            GuestSet::ConsoleTest
+            | GuestSet::ConsoleLinuxTest
+            | GuestSet::SnapshotDiskTest
+            | GuestSet::LinuxDiskConsoleTest => Ok(Some(fixed_key_file(
+                &target_dir().join("hv").join("console-test.pass"),
+                &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
+            )?)),
             _ => Ok(None),
         }
     }
@@ -353,6 +359,7 @@ impl GuestSet {
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
             GuestSet::SnapshotDiskTest => "snapshot-disk-test",
+            GuestSet::LinuxDiskConsoleTest => "linux-disk-console-test",
         }
     }
 
@@ -466,6 +473,17 @@ impl GuestSet {
                     key_file: Some(wrong),
                 });
                 Ok(vms)
+            }
+            GuestSet::LinuxDiskConsoleTest => {
+                self.storage()?; // writes the key files
+                let mut vm = linux_vm(false)?;
+                vm.partition = Some(crate::vms::PartitionUse {
+                    name: "linux-data".into(),
+                    read_only: false,
+                    encrypted: true,
+                    key_file: Some(disks_dir().join("linux-disk-test.key")),
+                });
+                Ok(vec![crate::config::check(&vm)?])
             }
             GuestSet::LinuxTest => with_hello(linux(true)?),
             GuestSet::SnapshotDiskTest => Ok(vec![tiny_vm(&all_guests()?, "count64")?]),

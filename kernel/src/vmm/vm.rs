@@ -75,6 +75,9 @@ pub enum VmDisk {
         backend: super::vm_disk::SharedBackend,
         read_only: bool,
     },
+    /// A clone's: its source's disk as of the snapshot it was made from, its own
+    /// writes in memory (gone when it stops).
+    View(super::vm_disk::SharedView),
 }
 
 impl VmDisk {
@@ -83,6 +86,7 @@ impl VmDisk {
         match self {
             VmDisk::Ram(d) => d.read_only,
             VmDisk::Shared { read_only, .. } => *read_only,
+            VmDisk::View(_) => false,
         }
     }
 }
@@ -92,6 +96,7 @@ impl core::fmt::Debug for VmDisk {
         match self {
             VmDisk::Ram(d) => write!(f, "Ram({} bytes, read_only {})", d.data.len(), d.read_only),
             VmDisk::Shared { read_only, .. } => write!(f, "Shared(read_only {read_only})"),
+            VmDisk::View(_) => write!(f, "View"),
         }
     }
 }
@@ -115,6 +120,11 @@ fn disk_function(
             let mut config = virtio::BlockConfig::new(name);
             config.read_only = *read_only;
             let block = virtio::Block::new(backend.clone(), config).with_stats(stats.clone());
+            return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
+        }
+        VmDisk::View(view) => {
+            let block = virtio::Block::new(view.clone(), virtio::BlockConfig::new(name))
+                .with_stats(stats.clone());
             return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
         }
     };

@@ -13,9 +13,14 @@
 //! the switch drops frames from the old MAC as forged until then: give clones
 //! their address and MAC through their own configuration if they must talk at once.
 //!
-//! Not yet: clones of VMs with a writable or persistent disk (that needs a
-//! copy-on-write view of the disk), and deleting a clone's slot (a stopped clone
-//! stays listed and can be started again from the source's image).
+//! A writable disk of the source is seen by the clone as it was at the snapshot
+//! (`virtio::cow::CloneDisk`: the snapshot's record of what the source overwrote
+//! since, the live disk for the rest), and the clone's own writes stay in memory,
+//! gone when it stops.
+//!
+//! Not yet: clones of VMs with a writable RAM-backed disk, and deleting a clone's
+//! slot (a stopped clone stays listed and `start` boots it from the source's image,
+//! without the source's disk).
 
 use alloc::format;
 use alloc::string::String;
@@ -28,7 +33,12 @@ use snapshot::Shape;
 use spin::Mutex;
 use vcpu::{Backend, Vcpu};
 
-use super::snapshots::RamCopy;
+use super::snapshots::{disk_budget, RamCopy};
+use super::VmDisk;
+
+/// The most a clone's own disk writes may take (in the hypervisor's heap; more
+/// is an I/O error for its guest).
+const CLONE_DISK_MAX: u64 = 16 << 20;
 use super::{
     affinity, attach_nics, detach_nics, kick_cpus, relay, ExitStats, GuestRam, Life, Machine,
     MachineInfo, VmEntry, VmShared, CLONE_SLOTS, KERNEL_RAM,
@@ -59,16 +69,15 @@ impl<B: Backend> Machine<'_, B> {
             if life.stop.is_some() {
                 return Err(format!("VM {} is stopped: start it first", source.name));
             }
-            if life.spec.partition.is_some()
-                || life.machine.disk.as_ref().is_some_and(|d| !d.read_only())
-            {
+            if matches!(&life.machine.disk, Some(VmDisk::Ram(d)) if !d.read_only) {
                 return Err(format!(
-                    "VM {} has a writable or persistent disk: a clone needs a copy-on-write \
-                     view of it, which does not exist yet",
+                    "VM {} has a writable RAM-backed disk, which a clone cannot share yet",
                     source.name
                 ));
             }
             let mut spec = life.spec.clone();
+            // Its disk is a view of the source's (below), not the partition.
+            spec.partition = None;
             // One leaked name per clone, at most CLONE_SLOTS per run: the
             // specification's strings live as long as the hypervisor.
             spec.name = alloc::boxed::Box::leak(String::from(new).into_boxed_str());
@@ -98,7 +107,25 @@ impl<B: Backend> Machine<'_, B> {
         let snap = snapshot::read(&stored.state).map_err(|e| format!("{e}"))?;
         let shape = Shape::from_bytes(snap.get(Shape::SECTION).map_err(|e| format!("{e}"))?)
             .map_err(|e| format!("{e}"))?;
-        let entry = clone_entry::<B::Vcpu>(&spec, self.epoch_unix_ns, &self.hub, &copy)?;
+        // Its disk: the source's as of the snapshot, its own writes in memory; or
+        // the source's read-only disk itself.
+        let source_disk = source.life.lock().machine.disk.clone();
+        let disk = match (&stored.disk, source_disk) {
+            (Some((backend, record)), _) => Some(VmDisk::View(backend.clone_view(
+                record.clone(),
+                CLONE_DISK_MAX,
+                disk_budget(),
+            ))),
+            (None, Some(d)) if d.read_only() => Some(d),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(String::from(
+                    "the snapshot holds no record of the VM's writable disk (taken in an \
+                     earlier run)",
+                ))
+            }
+        };
+        let entry = clone_entry::<B::Vcpu>(&spec, self.epoch_unix_ns, &self.hub, &copy, disk)?;
         let cpus = entry.slots.len();
         let n = match self.vms.push(entry) {
             Some(n) => n,
@@ -137,6 +164,7 @@ fn clone_entry<V: Vcpu>(
     epoch_unix_ns: u64,
     hub: &super::SharedHub,
     copy: &Arc<RamCopy>,
+    disk: Option<VmDisk>,
 ) -> Result<VmEntry<V>, String> {
     let cpus = spec.vcpus as usize;
     let map = RamMap::shared(copy.pa, copy.size).map_err(|e| format!("{e}"))?;
@@ -152,7 +180,7 @@ fn clone_entry<V: Vcpu>(
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
         balloon: spec.balloon,
-        disk: spec.disk.map(super::VmDisk::Ram),
+        disk,
         disk_stats: Default::default(),
         nics,
         net_wake: net_wake.clone(),

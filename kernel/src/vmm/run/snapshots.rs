@@ -14,8 +14,13 @@
 //! and the guest's TSC stay consistent, also after a restart of the hypervisor
 //! (snapshots in the disk's area, `snapshot_disk`).
 //!
-//! Not yet: snapshots of VMs with a writable disk (its contents would need a
-//! copy-on-write view).
+//! A VM's writable (persistent) disk goes on being written after a snapshot; the
+//! snapshot keeps the old contents of what the VM overwrites from then on
+//! (`virtio::cow`, at most [`DISK_RECORD_MAX`]), which a restore writes back and a
+//! clone reads instead of the live disk. Such a snapshot stays in memory only.
+//!
+//! Not yet: snapshots of VMs with a writable RAM-backed disk, or of a clone with a
+//! disk view.
 
 use alloc::format;
 use alloc::string::String;
@@ -28,11 +33,24 @@ use vcpu::{Backend, Vcpu};
 
 use super::{create_vcpus, kick_cpus, relay, Machine, VcpuSlot, AP_START, LAST_HOUSEKEEPING};
 use crate::vmm::host_memory::KernelMemory;
-use crate::vmm::vm::VmShared;
+use crate::vmm::vm::{VmDisk, VmShared};
+use crate::vmm::vm_disk::SharedBackend;
 use crate::{memory, time};
+use virtio::cow::{Budget, RollBackError, UndoRecord};
 
 /// How long a snapshot or restore waits for the VM's vCPUs to leave the processors.
 const QUIESCE_MS: u64 = 1_000;
+
+/// The most a snapshot keeps of what its VM overwrites on its disk afterwards;
+/// more, and the snapshot can no longer be restored (its disk part is gone).
+pub(super) const DISK_RECORD_MAX: u64 = 16 << 20;
+
+/// The memory every snapshot's disk record and every clone's disk writes take
+/// together: a quarter of the hypervisor's heap, where they live.
+pub(super) fn disk_budget() -> &'static Budget {
+    static BUDGET: spin::Once<Budget> = spin::Once::new();
+    BUDGET.call_once(|| Budget::new(memory::heap_size() as u64 / 4))
+}
 
 /// One snapshot: its packed state, and a copy of the VM's RAM in page frames (or
 /// only in the disk's snapshot area, after a restart, until it is restored).
@@ -42,6 +60,9 @@ pub(in crate::vmm) struct Stored {
     pub(super) state: Vec<u8>,
     /// The RAM copy, shared with the clones made from the snapshot.
     pub(super) ram: Option<Arc<RamCopy>>,
+    /// The VM's writable disk and the record of what was written to it since
+    /// (`virtio::cow`): restoring rolls the disk back, a clone reads it as it was.
+    pub(super) disk: Option<(SharedBackend, UndoRecord)>,
     pub(super) ram_size: u64,
     /// When it was taken (this run's uptime); `None`: in an earlier run.
     taken_us: Option<u64>,
@@ -74,6 +95,7 @@ impl Stored {
             tag: self.tag.clone(),
             state: self.state.clone(),
             ram: self.ram.clone(),
+            disk: self.disk.clone(),
             ram_size: self.ram_size,
             taken_us: self.taken_us,
             on_disk: self.on_disk,
@@ -98,6 +120,7 @@ pub(super) fn from_area(area: &super::snapshot_disk::Area) -> Vec<Stored> {
             tag: e.tag.clone(),
             state: Vec::new(),
             ram: None,
+            disk: None,
             ram_size: e.ram_len,
             taken_us: None,
             on_disk: true,
@@ -185,15 +208,6 @@ impl<B: Backend> Machine<'_, B> {
                 vm.name
             ));
         }
-        {
-            let life = vm.life.lock();
-            if life.machine.disk.as_ref().is_some_and(|d| !d.read_only()) {
-                return Err(format!(
-                    "VM {} has a writable disk, whose contents a snapshot cannot hold yet",
-                    vm.name
-                ));
-            }
-        }
         let began = time::uptime_micros();
         let was_running = self.quiesce(v)?;
         let taken = self.capture(v, tag);
@@ -206,6 +220,11 @@ impl<B: Backend> Machine<'_, B> {
         // Also into the disk's snapshot area, if the machine has one.
         let disk = match self.area.lock().as_mut() {
             None => String::new(),
+            // The record of its disk lives in memory only.
+            Some(_) if stored.disk.is_some() => String::from(
+                "; kept in memory only (the disk's snapshot area cannot hold a writable disk's \
+                 state yet)",
+            ),
             Some(area) => {
                 let saved = area.save(
                     &vm.name,
@@ -235,9 +254,35 @@ impl<B: Backend> Machine<'_, B> {
     /// Also returns how long the RAM copy took (µs).
     pub(super) fn capture(&self, v: usize, tag: &str) -> Result<(Stored, u64), String> {
         let vm = &self.vms[v];
-        let (ram, ram_size) = {
+        let (ram, ram_size, vm_disk) = {
             let life = vm.life.lock();
-            (life.machine.ram.clone(), life.ram_size)
+            (
+                life.machine.ram.clone(),
+                life.ram_size,
+                life.machine.disk.clone(),
+            )
+        };
+        // A writable disk: from this instant on, what the VM overwrites is kept.
+        let disk = match vm_disk {
+            None => None,
+            Some(d) if d.read_only() => None,
+            Some(VmDisk::Shared { backend, .. }) => {
+                let record = backend.track(DISK_RECORD_MAX, disk_budget());
+                Some((backend, record))
+            }
+            Some(VmDisk::Ram(_)) => {
+                return Err(format!(
+                    "VM {} has a writable RAM-backed disk, whose contents a snapshot cannot hold \
+                     yet",
+                    vm.name
+                ))
+            }
+            Some(VmDisk::View(_)) => {
+                return Err(format!(
+                    "VM {} is a clone with a disk view, which a snapshot cannot hold yet",
+                    vm.name
+                ))
+            }
         };
         let mut b = Builder::new();
         let add = |b: &mut Builder, name: &str, data: Vec<u8>| {
@@ -301,6 +346,7 @@ impl<B: Backend> Machine<'_, B> {
                 pa: copy,
                 size: ram_size,
             })),
+            disk,
             ram_size,
             taken_us: Some(time::uptime_micros()),
             on_disk: false,
@@ -537,6 +583,43 @@ impl<B: Backend> Machine<'_, B> {
                 return Err(e);
             }
         };
+        // Its disk goes back to the snapshot's instant (before anything else of
+        // the VM changes; a disk error leaves it partly rolled back, and says so).
+        if let (true, Some((disk, record))) = (copy_ram, &stored.disk) {
+            let same = matches!(&life.machine.disk,
+                Some(VmDisk::Shared { backend: b, .. }) if b.same(disk));
+            let rolled = if !same {
+                Err(String::from(
+                    "its disk was opened anew since the snapshot (another VM used its \
+                     partition): the snapshot's disk state no longer applies",
+                ))
+            } else {
+                disk.roll_back(record).map_err(|e| match e {
+                    RollBackError::Overflowed => format!(
+                        "more than {} MiB of its disk was overwritten after the snapshot, or the \
+                         hypervisor ran short of memory for the record: its disk cannot be \
+                         rolled back",
+                        DISK_RECORD_MAX >> 20
+                    ),
+                    RollBackError::Disk(e) => format!(
+                        "rolling its disk back failed ({e:?}): the disk may be partly rolled back"
+                    ),
+                })
+            };
+            match rolled {
+                Ok(blocks) => log::info!(
+                    "vm {}: disk rolled back to the snapshot ({} KiB rewritten)",
+                    vm.name,
+                    blocks * 4
+                ),
+                Err(e) => {
+                    for slot in fresh {
+                        backend.destroy_vcpu(&mut KernelMemory, slot.ctx.vcpu);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         // Everything fits: the VM becomes the snapshot.
         vm.clock_offset
             .store(offset, core::sync::atomic::Ordering::Relaxed);
