@@ -132,7 +132,9 @@ pub enum GuestSet {
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
     /// `hello64`, `blk64` with its RAM-backed virtio-blk disk (reads, a write,
     /// requests past the end), and `vq64`, hostile hand-built virtqueues on a copy
-    /// of that disk (the device must end in NEEDS_RESET, then work after a reset).
+    /// of that disk (the device must end in NEEDS_RESET, then work after a reset),
+    /// and `balloon64`, which inflates and deflates 1 MiB of its RAM through its
+    /// virtio-balloon (the pages unbacked while ballooned, fresh zeroed ones after).
     CrCheck,
     /// Linux in test mode with a persistent, encrypted disk (partition "linux-data"
     /// of the NVMe disk, its passphrase from a key file) mounted on /data, next to
@@ -587,11 +589,19 @@ impl GuestSet {
                     disk: blk64.disk.clone(),
                     ..vm("vq64")?
                 };
+                // balloon64 rides along too: its virtio-balloon (00:02.0) inflated
+                // and deflated under each vendor's nested paging, in the tiny
+                // default 4 MiB (its 1 MiB range crosses the 2 MiB boundary).
+                let balloon64 = crate::vms::VmDef {
+                    balloon: true,
+                    ..vm("balloon64")?
+                };
                 Ok(vec![
                     vm("crcheck64")?,
                     vm("hello64")?,
                     crate::config::check(&blk64)?,
                     crate::config::check(&vq64)?,
+                    crate::config::check(&balloon64)?,
                 ])
             }
             GuestSet::Smp | GuestSet::SmpWithoutStorm => {

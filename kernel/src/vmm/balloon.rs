@@ -170,6 +170,34 @@ pub fn status(shared: &mut VmShared) -> Option<Status> {
     })
 }
 
+/// The stop report's line on the VM's balloon, if it has one: the pages the
+/// device took and gave back, what it holds still (given back with the VM's RAM)
+/// and the page numbers and buffers it refused.
+pub fn report(shared: &mut VmShared) -> Option<String> {
+    with_balloon(shared, |b| {
+        let d = b.device();
+        let c = d.counters();
+        let refused = c.bad_length
+            + c.oversized
+            + c.unreadable
+            + c.duplicates
+            + c.out_of_ram
+            + c.already_ballooned
+            + c.not_ballooned;
+        (
+            format!(
+                "{} pages inflated, {} deflated, {} held at the stop; refused: {refused}, \
+                 failed: {}",
+                c.pages_inflated,
+                c.pages_deflated,
+                d.ballooned_pages(),
+                c.inflate_failed + c.deflate_failed
+            ),
+            PciEffects::NONE,
+        )
+    })
+}
+
 /// `balloon NAME SIZE`: the guest should keep `keep` bytes of its RAM (as QEMU's
 /// `balloon` and `xl mem-set` take it); the balloon's target is the rest. The
 /// guest's driver inflates or deflates when it sees the new target.

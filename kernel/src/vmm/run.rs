@@ -1246,6 +1246,9 @@ impl<B: Backend> Machine<'_, B> {
                 vm.name, shared.platform.unbacked_accesses, shared.platform.first_unbacked
             );
         }
+        if let Some(balloon) = super::balloon::report(&mut shared) {
+            println!("hv: vm {} balloon: {balloon}", vm.name);
+        }
         if shared.platform.unknown_port_accesses > 0 {
             println!(
                 "hv: vm {} unknown port accesses: {}",
