@@ -331,6 +331,21 @@ impl GuestSet {
             .map(crate::vms::ConsoleDef::new))
     }
 
+    /// The set's management network, if it has one (see [`GuestSet::vms`] for the
+    /// network the VMs share with the hypervisor).
+    pub fn management(self) -> Option<crate::vms::ManagementDef> {
+        None
+    }
+
+    /// The set's machine-wide settings: [`GuestSet::console`] and
+    /// [`GuestSet::management`].
+    pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
+        Ok(crate::vms::MachineDef {
+            console: self.console()?,
+            management: self.management(),
+        })
+    }
+
     fn dir_name(self) -> &'static str {
         match self {
             GuestSet::None => "plain",
@@ -664,8 +679,8 @@ fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vm
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
-    let console = set.console()?;
-    build_with_vms(opts, set.dir_name(), &set.vms()?, console.as_ref())
+    let machine = set.machine()?;
+    build_with_vms(opts, set.dir_name(), &set.vms()?, &machine)
 }
 
 /// The partition of a `[storage]` disk that, when the configuration has one, holds
@@ -677,19 +692,19 @@ pub const BUNDLE_PARTITION: &str = "hv-bundle";
 /// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
 /// firmware then loads a few bytes instead of the guests' images, and the
 /// hypervisor reads them with its own NVMe driver (much faster under emulators).
-/// The bundle is the same as [`build_with_vms`] packs, `console`'s credential
+/// The bundle is the same as [`build_with_vms`] packs, `machine`'s settings
 /// included.
 pub fn build_with_bundle_on_disk(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
     disk: &Path,
 ) -> Result<Built, String> {
     use std::io::{Seek, SeekFrom, Write};
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let blob = crate::vms::bundle_bytes_with(vms, console)?;
+    let blob = crate::vms::bundle_bytes_with(vms, machine)?;
     let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
     let part = table
         .find(BUNDLE_PARTITION)
@@ -730,23 +745,23 @@ pub fn build_with_bundle_on_disk(
     Ok(Built { kernel, images })
 }
 
-/// Builds the kernel and both disk images with `vms` and, when given, `console`'s
-/// administrator credential in the ramdisk (neither: no ramdisk), in
-/// `target/hv/<dir>/`.
+/// Builds the kernel and both disk images with `vms` and `machine`'s settings
+/// (the administrator credential, the management network) in the ramdisk (none of
+/// them: no ramdisk), in `target/hv/<dir>/`.
 pub fn build_with_vms(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
 ) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let ramdisk = if vms.is_empty() && console.is_none() {
+    let ramdisk = if vms.is_empty() && machine.is_empty() {
         None
     } else {
         Some(crate::vms::write_bundle_with(
             vms,
-            console,
+            machine,
             &out.join("bundle.bin"),
         )?)
     };
