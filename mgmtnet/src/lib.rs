@@ -10,7 +10,7 @@
 //!   per connection);
 //! - [`metrics`]: the [`Metrics`] builder the kernel fills, rendered in the
 //!   Prometheus text exposition format 0.0.4;
-//! - [`syslog`]: RFC 5424 messages and their bounded queue.
+//! - [`syslog`]: RFC 5424 messages and the bounded ring their records wait in.
 #![no_std]
 
 extern crate alloc;
@@ -24,8 +24,8 @@ pub mod station;
 pub mod syslog;
 
 pub use metrics::{DiskMetrics, Metrics, NicMetrics, VmMetrics};
-pub use station::{Station, StationConfig, StationError};
-pub use syslog::{Facility, Record, Severity, SyslogQueue};
+pub use station::{Answer, Station, StationConfig, StationError};
+pub use syslog::{Facility, Record, RecordRing, Severity};
 
 /// A stable, locally administered MAC for the hypervisor's station on
 /// `network`: `02:68:76` ("hv") and three bytes of an FNV-1a hash of the

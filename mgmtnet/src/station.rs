@@ -70,6 +70,19 @@ pub enum StationError {
     BadServer,
 }
 
+/// One answered request, for the owner's access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The client's IPv4 address and port.
+    pub peer: ([u8; 4], u16),
+    pub status: u16,
+    /// The response's length, header included.
+    pub bytes: usize,
+}
+
+/// Answers kept for [`Station::take_answers`]; more are counted only.
+const ANSWERS_KEPT: usize = 16;
+
 /// Frames queued in each direction.
 const FRAME_QUEUE: usize = 64;
 /// A response is written as the socket takes it, so the buffer need not hold it.
@@ -101,6 +114,8 @@ pub struct Station {
     collector: Option<IpEndpoint>,
     /// Responses by status code.
     answered: Vec<(u16, u64)>,
+    /// Recent answers for the access log.
+    answers: Vec<Answer>,
     timeouts: u64,
 }
 
@@ -187,6 +202,7 @@ impl Station {
             udp,
             collector,
             answered: Vec::new(),
+            answers: Vec::new(),
             timeouts: 0,
         };
         for i in 0..station.conns.len() {
@@ -235,6 +251,12 @@ impl Station {
     /// Responses sent, by status code.
     pub fn answered(&self) -> &[(u16, u64)] {
         &self.answered
+    }
+
+    /// The requests answered since the last call (at most 16 of them; the rest
+    /// are in [`Station::answered`]'s counts only).
+    pub fn take_answers(&mut self) -> Vec<Answer> {
+        core::mem::take(&mut self.answers)
     }
 
     /// Connections aborted because they took too long.
@@ -324,6 +346,24 @@ impl Station {
                         http::error_response(status)
                     }
                 };
+                if self.answers.len() < ANSWERS_KEPT {
+                    let peer = self
+                        .sockets
+                        .get::<tcp::Socket>(handle)
+                        .remote_endpoint()
+                        .map_or(([0; 4], 0), |e| match e.addr {
+                            IpAddress::Ipv4(a) => (a.octets(), e.port),
+                        });
+                    let status = match v {
+                        Verdict::Metrics { .. } => 200,
+                        Verdict::Error(s) => s,
+                    };
+                    self.answers.push(Answer {
+                        peer,
+                        status,
+                        bytes: response.len(),
+                    });
+                }
                 self.conns[i].response = Some((response, 0));
             }
         }

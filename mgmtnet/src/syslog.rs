@@ -12,7 +12,6 @@
 //! senders to keep to 480 bytes unless they know the path, and a receiver must
 //! accept 480; one Ethernet frame carries up to 1,472 bytes of UDP payload.
 
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -142,57 +141,154 @@ pub enum LogLevel {
     Trace,
 }
 
-/// Messages waiting to be sent; when full, new ones are dropped and counted
-/// (the oldest are kept: they say how the trouble began).
-pub struct SyslogQueue {
-    queue: VecDeque<Vec<u8>>,
-    capacity: usize,
+/// Bytes of a record's text kept (the rest is cut at a character boundary); with
+/// the header it stays within [`MAX_MESSAGE`].
+pub const RECORD_TEXT: usize = 900;
+/// Bytes of a record's MSGID kept (RFC 5424 §6.2.7).
+const MSGID_MAX: usize = 32;
+
+/// One record as the ring keeps it: fixed-size, so queueing allocates nothing.
+#[derive(Clone, Copy)]
+struct Slot {
+    severity: Severity,
+    unix_ns: u64,
+    msgid_len: u8,
+    msgid: [u8; MSGID_MAX],
+    text_len: u16,
+    text: [u8; RECORD_TEXT],
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        severity: Severity::Debug,
+        unix_ns: 0,
+        msgid_len: 0,
+        msgid: [0; MSGID_MAX],
+        text_len: 0,
+        text: [0; RECORD_TEXT],
+    };
+}
+
+/// Copies what fits of `s` into `buf[*len..]`, whole characters only.
+fn append(buf: &mut [u8], len: &mut usize, s: &str) -> bool {
+    let room = buf.len() - *len;
+    let mut n = s.len().min(room);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf[*len..*len + n].copy_from_slice(&s.as_bytes()[..n]);
+    *len += n;
+    n == s.len()
+}
+
+struct SlotWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for SlotWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        // Cut, not failed: the record keeps what fits.
+        append(self.buf, &mut self.len, s);
+        Ok(())
+    }
+}
+
+/// Log records waiting to be sent, `N` at most: [`RecordRing::push`] copies a
+/// record into a fixed slot (no allocation, so a logger may call it wherever it
+/// runs); when the ring is full new records are dropped and counted (the oldest
+/// are kept: they say how the trouble began). [`RecordRing::pop_message`] gives
+/// the oldest as an RFC 5424 message.
+pub struct RecordRing<const N: usize> {
+    slots: [Slot; N],
+    head: usize,
+    len: usize,
     dropped: u64,
     sent: u64,
 }
 
-impl SyslogQueue {
-    /// Messages held unless told otherwise.
-    pub const DEFAULT_CAPACITY: usize = 128;
+impl<const N: usize> Default for RecordRing<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
-    pub const fn new(capacity: usize) -> Self {
+impl<const N: usize> RecordRing<N> {
+    pub const fn new() -> Self {
         Self {
-            queue: VecDeque::new(),
-            capacity,
+            slots: [Slot::EMPTY; N],
+            head: 0,
+            len: 0,
             dropped: 0,
             sent: 0,
         }
     }
 
-    /// Queues a message; false (and counted) when the queue is full.
-    pub fn push(&mut self, message: Vec<u8>) -> bool {
-        if self.queue.len() >= self.capacity {
+    /// Queues a record: `text` formatted into its slot (cut at
+    /// [`RECORD_TEXT`] bytes); false (and counted) when the ring is full.
+    pub fn push(
+        &mut self,
+        severity: Severity,
+        unix_ns: u64,
+        msgid: &str,
+        text: core::fmt::Arguments,
+    ) -> bool {
+        if self.len >= N {
             self.dropped += 1;
             return false;
         }
-        self.queue.push_back(message);
+        let slot = &mut self.slots[(self.head + self.len) % N];
+        slot.severity = severity;
+        slot.unix_ns = unix_ns;
+        let mut n = 0;
+        append(&mut slot.msgid, &mut n, msgid);
+        slot.msgid_len = n as u8;
+        let mut w = SlotWriter {
+            buf: &mut slot.text,
+            len: 0,
+        };
+        let _ = w.write_fmt(text);
+        slot.text_len = w.len as u16;
+        self.len += 1;
         true
     }
 
-    /// The oldest message, counted as sent.
-    pub fn pop(&mut self) -> Option<Vec<u8>> {
-        let m = self.queue.pop_front()?;
+    /// The oldest record as a message from `app_name` with `facility`, counted
+    /// as sent.
+    pub fn pop_message(&mut self, facility: Facility, app_name: &str) -> Option<Vec<u8>> {
+        if self.len == 0 {
+            return None;
+        }
+        let slot = &self.slots[self.head];
+        self.head = (self.head + 1) % N;
+        self.len -= 1;
         self.sent += 1;
-        Some(m)
+        // Only whole characters were copied in.
+        let text = core::str::from_utf8(&slot.text[..usize::from(slot.text_len)]).unwrap_or("");
+        let msgid = core::str::from_utf8(&slot.msgid[..usize::from(slot.msgid_len)]).unwrap_or("");
+        Some(format(&Record {
+            facility,
+            severity: slot.severity,
+            unix_ns: slot.unix_ns,
+            app_name,
+            msgid,
+            msg: text,
+        }))
     }
 
-    /// Counts a message that could not be queued elsewhere (e.g. the queue's
-    /// lock was busy) as dropped.
-    pub fn count_dropped(&mut self, n: u64) {
-        self.dropped += n;
+    /// Counts `n` records lost elsewhere (a busy lock, a full socket) as dropped,
+    /// and a popped one that was not sent after all as not sent.
+    pub fn count_dropped(&mut self, n: u64, unsent: u64) {
+        self.dropped += n + unsent;
+        self.sent -= unsent.min(self.sent);
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len == 0
     }
 
     pub fn dropped(&self) -> u64 {
@@ -275,20 +371,31 @@ mod tests {
     }
 
     #[test]
-    fn queue_drops_new_messages_when_full() {
-        let mut q = SyslogQueue::new(2);
-        assert!(q.push(b"a".to_vec()));
-        assert!(q.push(b"b".to_vec()));
-        assert!(!q.push(b"c".to_vec()));
-        q.count_dropped(2);
+    fn ring_drops_new_records_when_full_and_cuts_long_ones() {
+        let mut q = RecordRing::<2>::new();
+        let at = 1_796_021_679_000_000_000;
+        assert!(q.push(Severity::Error, at, "a", format_args!("one {}", 1)));
+        assert!(q.push(Severity::Warning, at, "b", format_args!("two")));
+        assert!(!q.push(Severity::Warning, at, "c", format_args!("three")));
+        q.count_dropped(2, 0);
         assert_eq!(q.dropped(), 3);
-        assert_eq!(q.pop().unwrap(), b"a");
-        assert!(q.push(b"d".to_vec()));
-        assert_eq!(q.pop().unwrap(), b"b");
-        assert_eq!(q.pop().unwrap(), b"d");
-        assert!(q.pop().is_none());
-        assert_eq!(q.sent(), 3);
-        assert_eq!(q.len(), 0);
+        let m = q.pop_message(Facility::Local0, "hv").unwrap();
+        assert_eq!(m, b"<131>1 2026-11-30T06:54:39.000000Z hv hv - a - one 1");
+        let long = "\u{e9}".repeat(1000);
+        assert!(q.push(Severity::Debug, at, &"m".repeat(40), format_args!("{long}")));
+        assert_eq!(q.len(), 2);
+        assert!(q
+            .pop_message(Facility::Local0, "hv")
+            .unwrap()
+            .ends_with(b"- two"));
+        let m = String::from_utf8(q.pop_message(Facility::Local0, "hv").unwrap()).unwrap();
+        let fields: Vec<&str> = m.splitn(8, ' ').collect();
+        assert_eq!(fields[5], "m".repeat(32));
+        assert_eq!(fields[7].len(), RECORD_TEXT);
+        assert!(q.pop_message(Facility::Local0, "hv").is_none());
         assert!(q.is_empty());
+        // A popped message the socket did not take counts as dropped, not sent.
+        q.count_dropped(0, 1);
+        assert_eq!((q.sent(), q.dropped()), (2, 4));
     }
 }

@@ -317,6 +317,11 @@ fn serves_metrics_and_counts_requests() {
     assert_eq!(get(&m, "hv_http_requests_total", &[("code", "200")]), 1.0);
     assert!(get(&m, "hv_uptime_seconds", &[]) > 0.0);
     assert_eq!(net.fills, 1);
+    let answers = net.hv.take_answers();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].peer.0, CLIENT_IP);
+    assert_eq!((answers[0].status, answers[0].bytes), (200, answer.len()));
+    assert!(net.hv.take_answers().is_empty());
     // A second scrape counts the first.
     let answer = net.fetch(b"GET /metrics HTTP/1.0\r\n\r\n");
     let m = parse(answer.split_once("\r\n\r\n").unwrap().1);
@@ -406,24 +411,22 @@ fn sends_syslog_to_the_collector() {
     );
     collector.bind(514).unwrap();
     let h = net.client.sockets.add(collector);
-    let mut queue = SyslogQueue::new(4);
+    let mut queue = RecordRing::<4>::new();
     for i in 0..6 {
-        let text = std::format!("message {i}\nsecond line");
-        let m = syslog::format(&Record {
-            facility: Facility::Local0,
-            severity: Severity::Informational,
-            unix_ns: 1_796_021_679_000_000_000 + i * 1000,
-            app_name: "hv",
-            msgid: "test",
-            msg: &text,
-        });
-        queue.push(m);
+        queue.push(
+            Severity::Informational,
+            1_796_021_679_000_000_000 + i * 1000,
+            "test",
+            format_args!("message {i}\nsecond line"),
+        );
     }
     assert_eq!(queue.dropped(), 2);
     let mut got = Vec::new();
     for _ in 0..100 {
         while net.hv.syslog_ready() {
-            let Some(m) = queue.pop() else { break };
+            let Some(m) = queue.pop_message(Facility::Local0, "hv") else {
+                break;
+            };
             assert!(net.hv.send_syslog(&m));
         }
         net.step();
@@ -521,4 +524,70 @@ fn station_macs_are_local_unicast_and_stable() {
     assert_eq!(a[..3], [0x02, 0x68, 0x76]);
     let d = FrameQueue::new(1);
     assert_eq!(d.capabilities().max_transmission_unit, 1514);
+}
+
+#[test]
+fn answers_through_a_vswitch_port() {
+    use vswitch::{PortConfig, Switch, SwitchConfig};
+    // As the kernel wires it: the station and a client on ports of one network,
+    // the station created late in the machine's life.
+    let mut sw = Switch::new(SwitchConfig::default());
+    let net = sw.add_network("mgmt").unwrap();
+    let c = sw.add_port(net, PortConfig::vm(CLIENT_MAC), 0).unwrap();
+    let start = 7_000_000_000;
+    let hv = sw
+        .add_port(net, PortConfig::vm(station_mac("mgmt")), start)
+        .unwrap();
+    let mut station =
+        Station::new(StationConfig::new(station_mac("mgmt"), HV_IP, 24), start).unwrap();
+    let mut client = Net::new(false).client;
+    let h = {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 8192]),
+            tcp::SocketBuffer::new(vec![0; 8192]),
+        );
+        s.connect(
+            client.iface.context(),
+            (IpAddress::v4(10, 0, 9, 1), 80),
+            40000,
+        )
+        .unwrap();
+        client.sockets.add(s)
+    };
+    let mut got = Vec::new();
+    for step in 1..2000u64 {
+        let now = start + step * 1_000_000;
+        while let Some(f) = sw.receive(hv) {
+            station.receive_frame(&f);
+        }
+        station.poll(now, &mut |m| m.uptime(now));
+        while let Some(f) = station.take_frame() {
+            sw.transmit(hv, &f, now).unwrap();
+        }
+        while let Some(f) = sw.receive(c) {
+            client.device.push_rx(&f);
+        }
+        client.iface.poll(
+            Instant::from_micros((now / 1000) as i64),
+            &mut client.device,
+            &mut client.sockets,
+        );
+        while let Some(f) = client.device.pop_tx() {
+            sw.transmit(c, &f, now).unwrap();
+        }
+        let s = client.sockets.get_mut::<tcp::Socket>(h);
+        if s.can_send() && got.is_empty() {
+            s.send_slice(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+            got.push(0);
+        }
+        while s.can_recv() {
+            s.recv(|d| {
+                got.extend_from_slice(d);
+                (d.len(), ())
+            })
+            .unwrap();
+        }
+    }
+    assert!(got[1..].starts_with(b"HTTP/1.1 200 OK"), "{got:?}");
+    assert_eq!(sw.port_stats(hv).unwrap().dropped_total().frames, 0);
 }
