@@ -68,6 +68,10 @@ pub struct VmMetrics<'a> {
     pub cpu_ns: u64,
     /// Guest RAM.
     pub memory_bytes: u64,
+    /// Of it, given back through the balloon ...
+    pub ballooned_bytes: u64,
+    /// ... and still shared copy-on-write with a snapshot (a clone's).
+    pub shared_bytes: u64,
     /// Exits since it (re)started, by reason (`vcpu::ExitKind::name`).
     pub exits: Vec<(&'static str, u64)>,
     pub disk: Option<DiskMetrics>,
@@ -118,6 +122,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "CPU time of all the VM's vCPUs since it (re)started.",
     ),
     ("hv_vm_memory_bytes", Kind::Gauge, "Guest RAM of the VM."),
+    (
+        "hv_vm_memory_ballooned_bytes",
+        Kind::Gauge,
+        "Guest RAM the VM gave back through its balloon.",
+    ),
+    (
+        "hv_vm_memory_shared_bytes",
+        Kind::Gauge,
+        "Guest RAM still shared copy-on-write with the snapshot the VM was cloned from.",
+    ),
     (
         "hv_vm_exits_total",
         Kind::Counter,
@@ -235,6 +249,16 @@ impl Metrics {
             "hv_vm_memory_bytes",
             &[("vm", n)],
             Value::Int(vm.memory_bytes),
+        );
+        self.add(
+            "hv_vm_memory_ballooned_bytes",
+            &[("vm", n)],
+            Value::Int(vm.ballooned_bytes),
+        );
+        self.add(
+            "hv_vm_memory_shared_bytes",
+            &[("vm", n)],
+            Value::Int(vm.shared_bytes),
         );
         for &(reason, count) in &vm.exits {
             self.add(
@@ -449,8 +473,7 @@ mod tests {
             cpu_ns: 1_500_000_001,
             memory_bytes: 64 << 20,
             exits: vec![("io", 3), ("cpuid", 0)],
-            disk: None,
-            nics: vec![],
+            ..Default::default()
         });
         m.uptime(2_000_000_000);
         m.vm(&VmMetrics {

@@ -85,6 +85,8 @@ impl Net {
                 vcpus: 2,
                 cpu_ns: 1_250_000_000,
                 memory_bytes: 256 << 20,
+                ballooned_bytes: 16 << 20,
+                shared_bytes: 0,
                 exits: vec![("io", 10), ("hlt", 5)],
                 disk: None,
                 nics: vec![NicMetrics {
@@ -319,6 +321,10 @@ fn serves_metrics_and_counts_requests() {
         4.0
     );
     assert_eq!(get(&m, "hv_http_requests_total", &[("code", "200")]), 1.0);
+    assert_eq!(
+        get(&m, "hv_vm_memory_ballooned_bytes", &[("vm", "linux")]),
+        (16 << 20) as f64
+    );
     assert!(get(&m, "hv_uptime_seconds", &[]) > 0.0);
     assert_eq!(net.fills, 1);
     let answers = net.hv.take_answers();

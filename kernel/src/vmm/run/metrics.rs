@@ -2,7 +2,8 @@
 //! polls the hypervisor's station between time slices ([`Machine::management_tick`],
 //! see `vmm::mgmt_net`), and a request for `/metrics` is answered with what the
 //! console's `stats` reads (per VM: state, vCPUs, CPU time since it (re)started,
-//! RAM, exits by reason, disk and NIC counters) and the switch's own counters,
+//! RAM and what of it is ballooned or shared, exits by reason, disk and NIC
+//! counters) and the switch's own counters,
 //! filled into a `mgmtnet::Metrics`.
 //!
 //! Locks: called with the station's lock held and no other; takes each VM's
@@ -74,6 +75,8 @@ impl<B: Backend> Machine<'_, B> {
                     errors: get(&d.errors),
                 }
             });
+            // A stopped VM has no RAM at all, which is no balloon (as `stats`).
+            let ram = (state != "stopped").then(|| life.machine.ram.usage());
             let names: Vec<String> = (0..life.machine.nics.len())
                 .map(|i| format!("eth{i}"))
                 .collect();
@@ -103,6 +106,8 @@ impl<B: Backend> Machine<'_, B> {
                 vcpus: vm.slots.len() as u64,
                 cpu_ns,
                 memory_bytes: life.ram_size,
+                ballooned_bytes: ram.as_ref().map_or(0, |r| r.ballooned),
+                shared_bytes: ram.as_ref().map_or(0, |r| r.shared),
                 exits: ExitKind::ALL
                     .iter()
                     .map(|&k| (k.name(), exits.count(k)))
