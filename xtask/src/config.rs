@@ -27,6 +27,7 @@ use toml_edit::{Item, TableLike, Value};
 use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
 
 mod console;
+mod management;
 mod network;
 #[cfg(test)]
 mod scratch;
@@ -66,7 +67,7 @@ const VM_KEYS: &[&str] = &[
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console"];
+const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console", "management"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -430,6 +431,13 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         }
         None => Vec::new(),
     };
+    let management = match top.get("management") {
+        Some(item) => {
+            let loc = src.loc(top.key("management").and_then(|k| k.span()), "management");
+            Some(management::parse(src, item, &loc)?)
+        }
+        None => None,
+    };
     let Some(item) = top.get("vm") else {
         let loc = Loc {
             pos: Some((1, 1)),
@@ -475,10 +483,15 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         ));
     }
     network::check_nics(src, &networks, &mut vms, &nics)?;
+    let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+    let management = management
+        .map(|m| management::check(src, &m, &names, &vms))
+        .transpose()?;
     Ok(Config {
         vms,
         storage,
         console,
+        management,
     })
 }
 

@@ -23,6 +23,8 @@ pub mod vm_disk;
 #[cfg(target_os = "none")]
 pub mod host_memory;
 #[cfg(target_os = "none")]
+pub mod mgmt_net;
+#[cfg(target_os = "none")]
 mod persistent;
 #[cfg(target_os = "none")]
 mod run;

@@ -36,6 +36,7 @@ use crate::{memory, println, serial, smp, time, timer};
 use guestram::RamMap;
 
 mod clones;
+mod metrics;
 mod mgmt;
 mod snapshot_disk;
 mod snapshots;
@@ -188,6 +189,8 @@ pub(super) struct Machine<'b, B: Backend> {
     hub: SharedHub,
     /// The operator's console on the serial line.
     console: Mutex<mgmt::Console>,
+    /// The hypervisor's station on the management network, if it has one.
+    mgmt_net: Mutex<Option<super::mgmt_net::MgmtNet>>,
     /// Snapshots taken from the console (and those the disk's area held at boot).
     snapshots: Mutex<Vec<snapshots::Stored>>,
     /// The snapshot area on the machine's disk, if it has one.
@@ -1307,6 +1310,8 @@ impl<B: Backend> Machine<'_, B> {
         // Host console input: keys for the VM that has the keyboard, or the
         // operator's prompt.
         self.console_tick(first);
+        // The management network: frames, /metrics, syslog.
+        self.management_tick();
     }
 
     /// Sleeps until the next tick or a kick.
@@ -1442,6 +1447,41 @@ fn watchdog() {
     }
 }
 
+/// The hypervisor's station on the management network `m` (a message says where,
+/// or why not).
+fn start_management(
+    m: &bundle::Management,
+    hub: &SharedHub,
+    epoch_unix_ns: u64,
+) -> Option<super::mgmt_net::MgmtNet> {
+    let [a, b, c, d] = m.address;
+    match super::mgmt_net::MgmtNet::new(m, hub, epoch_unix_ns, time::uptime_ns()) {
+        Ok(station) => {
+            let mac: Vec<String> = mgmtnet::station_mac(m.network())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let syslog = m
+                .syslog
+                .map_or(String::from("no syslog collector"), |(c, p)| {
+                    format!("syslog to {}.{}.{}.{}:{p}", c[0], c[1], c[2], c[3])
+                });
+            println!(
+                "hv: management network {}: {a}.{b}.{c}.{d}/{} (MAC {}), GET /metrics on TCP \
+                 port 80, {syslog}",
+                m.network(),
+                m.prefix,
+                mac.join(":")
+            );
+            Some(station)
+        }
+        Err(e) => {
+            println!("hv: management network {} not started: {e}", m.network());
+            None
+        }
+    }
+}
+
 /// The machine the APs join; set while `run_all` runs.
 static MACHINE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
@@ -1464,6 +1504,7 @@ pub fn run_all<B>(
     backend: &mut B,
     specs: &[VmSpec<'static>],
     admin: Option<::operator::Credential>,
+    management: Option<bundle::Management>,
 ) -> usize
 where
     B: Backend + Send + 'static,
@@ -1508,6 +1549,7 @@ where
             }
         }
     }
+    let mgmt_net = management.and_then(|m| start_management(&m, &hub, epoch_unix_ns));
     // Snapshots kept on the disk by earlier runs.
     let area = snapshot_disk::open();
     let held = area.as_ref().map(snapshots::from_area).unwrap_or_default();
@@ -1516,6 +1558,7 @@ where
         epoch_unix_ns,
         hub,
         console: Mutex::new(mgmt::Console::new(admin, vms.len() + CLONE_SLOTS)),
+        mgmt_net: Mutex::new(mgmt_net),
         snapshots: Mutex::new(held),
         area: Mutex::new(area),
         vms: VmTable::new(vms, CLONE_SLOTS),
@@ -1532,6 +1575,9 @@ where
         core::hint::spin_loop();
     }
     MACHINE.store(core::ptr::null_mut(), Ordering::Release);
+    if let Some(m) = machine.mgmt_net.lock().as_ref() {
+        println!("hv: management network {}: {}", m.network(), m.report());
+    }
     for s in machine.snapshots.lock().drain(..) {
         s.free();
     }

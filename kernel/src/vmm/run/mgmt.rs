@@ -116,7 +116,7 @@ impl<B: Backend> Machine<'_, B> {
             .ok_or_else(|| format!("no VM is named {name:?} (list shows them)"))
     }
 
-    fn vm_state(&self, v: usize) -> VmState {
+    pub(super) fn vm_state(&self, v: usize) -> VmState {
         let life = self.vms[v].life.lock();
         if life.stop.is_some() {
             VmState::Stopped
