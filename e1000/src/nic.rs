@@ -100,7 +100,9 @@ const BUFFER_PAGES_RX: usize = RX_ENTRIES * BUFFER_BYTES / PAGE_SIZE;
 const BUFFER_PAGES_TX: usize = TX_ENTRIES * BUFFER_BYTES / PAGE_SIZE;
 const _: () = assert!(RX_ENTRIES * desc::SIZE <= TX_RING_OFFSET as usize);
 const _: () = assert!(TX_RING_OFFSET as usize + TX_ENTRIES * desc::SIZE <= PAGE_SIZE);
-const _: () = assert!((RX_ENTRIES * desc::SIZE) % 128 == 0 && (TX_ENTRIES * desc::SIZE) % 128 == 0);
+const _: () = assert!(
+    (RX_ENTRIES * desc::SIZE).is_multiple_of(128) && (TX_ENTRIES * desc::SIZE).is_multiple_of(128)
+);
 
 /// A running controller.
 pub struct Nic<R: Registers, D: Dma> {
@@ -256,7 +258,9 @@ impl<R: Registers, D: Dma> Nic<R, D> {
     /// §14.4: ring base and length, head 0, every descriptor but one given to the
     /// device (tail = N - 1: head == tail means "no descriptors", §3.2.6), then
     /// RCTL: enabled, broadcasts accepted, 2 KiB buffers, CRC stripped, no long
-    /// packets, no promiscuous modes.
+    /// packets, and promiscuous for unicast and multicast: as a switch's uplink the
+    /// NIC carries frames for the VMs' MACs, not its own (the filter of Receive
+    /// Address 0 would drop them, §13.5.2).
     fn setup_rx(&mut self, m: &Memory) {
         for i in 0..RX_ENTRIES {
             let d = desc::rx(m.rx_buffers + (i * BUFFER_BYTES) as u64);
@@ -270,7 +274,8 @@ impl<R: Registers, D: Dma> Nic<R, D> {
         self.regs.write32(RDH, 0);
         self.regs.write32(RDT, (RX_ENTRIES - 1) as u32);
         self.rx_next = 0;
-        self.regs.write32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC);
+        self.regs
+            .write32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_UPE | RCTL_MPE);
     }
 
     /// §14.5: ring base and length, head = tail = 0 (nothing to send), then TCTL

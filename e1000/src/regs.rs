@@ -73,6 +73,9 @@ pub const RAH_AV: u32 = 1 << 31;
 
 // RCTL bits (§13.4.22).
 pub const RCTL_EN: u32 = 1 << 1;
+/// Unicast and Multicast Promiscuous: every frame, whatever its destination.
+pub const RCTL_UPE: u32 = 1 << 3;
+pub const RCTL_MPE: u32 = 1 << 4;
 /// Broadcast Accept Mode.
 pub const RCTL_BAM: u32 = 1 << 15;
 /// Strip the Ethernet CRC from received frames.
