@@ -3,10 +3,10 @@
 //! kernel as its ramdisk. Writer and reader live here together so the format has one
 //! definition.
 //!
-//! Layout, version 8 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 9 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL8", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL9", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -32,10 +32,13 @@
 //!          records, NIC count u32 (0 to NICS_MAX; offset 0 without NICs)
 //! machine  8 bytes (version 8): offset u32 and length u32 of the machine record
 //!          (always MACHINE_RECORD bytes, in the data area)
-//! data     everything else: the machine record (64 bytes: flags u32, bit 0: an
-//!          administrator credential follows, other bits zero; then the credential,
-//!          all zero without one: Argon2id memory_kib u32, iterations u32, lanes
-//!          u32, salt [u8; 16], hash [u8; 32]); per VM its module table (count * 16
+//! data     everything else: the machine record (104 bytes: flags u32, bit 0: an
+//!          administrator credential follows, bit 1: an uplink network is named,
+//!          other bits zero; then the credential, all zero without one: Argon2id
+//!          memory_kib u32, iterations u32, lanes u32, salt [u8; 16], hash
+//!          [u8; 32]; at 64 the uplink's network name, all zero without one: its
+//!          length u32 (1 to NETWORK_NAME_MAX) and the name [u8; 32], zero-padded;
+//!          4 zero bytes); per VM its module table (count * 16
 //!          bytes: data offset, data length, cmdline offset, cmdline length), its
 //!          cmdline strings and image path, partition record (16 bytes: name
 //!          offset, name length, key offset, key length; the name UTF-8 without NUL,
@@ -58,10 +61,13 @@
 //! the machine rather than to one VM: for now the management console's
 //! administrator credential, an Argon2id hash of the passphrase, never the
 //! passphrase), through a pointer after the NIC table, so that the header and the
-//! tables before it stay where version 7 has them. The magic names the version: the
-//! reader takes versions 4 to 8 (a version 4 entry has no disk, a version 4 or 5
+//! tables before it stay where version 7 has them; version 9 the uplink (the
+//! network the machine's own NIC joins) in 40 bytes more of the machine record,
+//! which version 8 has 64 bytes long. The magic names the version: the
+//! reader takes versions 4 to 9 (a version 4 entry has no disk, a version 4 or 5
 //! entry no partition, and their flags must be clear; before version 7 no VM has a
-//! NIC; before version 8 the machine has the default settings, no credential); any
+//! NIC; before version 8 the machine has the default settings, no credential;
+//! before version 9 no uplink); any
 //! other version is refused as a whole. A VM has at most one disk: a RAM-backed one
 //! or a partition.
 //!
@@ -83,8 +89,11 @@ pub use reference::{read_ref, write_ref, BundleRef, RefError};
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL8";
-/// The previous versions, still read: they have no machine record ...
+pub const MAGIC: [u8; 8] = *b"HVBUNDL9";
+/// The previous versions, still read: a shorter machine record without an
+/// uplink ...
+pub const MAGIC_V8: [u8; 8] = *b"HVBUNDL8";
+/// ... no machine record ...
 pub const MAGIC_V7: [u8; 8] = *b"HVBUNDL7";
 /// ... no NICs ...
 pub const MAGIC_V6: [u8; 8] = *b"HVBUNDL6";
@@ -101,10 +110,14 @@ const NIC_TABLE_ENTRY: usize = 8;
 const NIC_RECORD: usize = 24;
 /// After the NIC table (version 8): offset and length of the machine record.
 const MACHINE_POINTER: usize = 8;
-/// The machine record's length in version 8.
-pub const MACHINE_RECORD: usize = 64;
+/// The machine record's length in version 9 ...
+pub const MACHINE_RECORD: usize = 104;
+/// ... and in version 8.
+pub const MACHINE_RECORD_V8: usize = 64;
 /// Machine record flag: an administrator credential follows.
 const MACHINE_ADMIN: u32 = 1;
+/// Machine record flag (version 9): an uplink network is named.
+const MACHINE_UPLINK: u32 = 2;
 // Byte offsets inside the machine record.
 const M_FLAGS: usize = 0;
 const M_MEMORY: usize = 4;
@@ -112,7 +125,10 @@ const M_ITERATIONS: usize = 8;
 const M_LANES: usize = 12;
 const M_SALT: usize = 16;
 const M_HASH: usize = M_SALT + ADMIN_SALT_LEN;
-const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD);
+const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD_V8);
+const M_UPLINK_LEN: usize = MACHINE_RECORD_V8;
+const M_UPLINK_NAME: usize = M_UPLINK_LEN + 4;
+const _: () = assert!(M_UPLINK_NAME + NETWORK_NAME_MAX + 4 == MACHINE_RECORD);
 /// Bytes of Argon2 salt in an [`AdminCredential`].
 pub const ADMIN_SALT_LEN: usize = 16;
 /// Bytes of Argon2 output (the hash) in an [`AdminCredential`].
@@ -398,6 +414,43 @@ pub fn admin_ok(c: &AdminCredential) -> bool {
 pub struct MachineSettings {
     /// The management console's administrator credential; `None`: none configured.
     pub admin: Option<AdminCredential>,
+    /// The network the machine's own NIC joins as the switch's uplink (version 9);
+    /// `None`: no uplink.
+    pub uplink: Option<NetworkName>,
+}
+
+/// A network's name held inline (so that [`MachineSettings`] stays `Copy`): what
+/// [`network_name_ok`] takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NetworkName {
+    len: u8,
+    bytes: [u8; NETWORK_NAME_MAX],
+}
+
+impl NetworkName {
+    /// `None` unless [`network_name_ok`] takes `name`.
+    pub fn new(name: &str) -> Option<Self> {
+        if !network_name_ok(name) {
+            return None;
+        }
+        let mut bytes = [0; NETWORK_NAME_MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(Self {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Checked by `new`: ASCII.
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// What happens to a VM that resets or crashes.
@@ -542,7 +595,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL8, 7, 6, 5 or 4)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL9, 8, 7, 6, 5 or 4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -941,9 +994,15 @@ pub fn write_with(settings: &MachineSettings, vms: &[VmSpec]) -> Result<Vec<u8>,
 /// `settings` as the machine record.
 fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
     let mut r = [0u8; MACHINE_RECORD];
+    if let Some(n) = &settings.uplink {
+        r[M_FLAGS..M_FLAGS + 4].copy_from_slice(&MACHINE_UPLINK.to_le_bytes());
+        r[M_UPLINK_LEN..M_UPLINK_NAME].copy_from_slice(&u32::from(n.len).to_le_bytes());
+        r[M_UPLINK_NAME..M_UPLINK_NAME + NETWORK_NAME_MAX].copy_from_slice(&n.bytes);
+    }
     if let Some(a) = &settings.admin {
+        let flags = MACHINE_ADMIN | u32_at(&r, M_FLAGS).unwrap_or(0);
         for (at, v) in [
-            (M_FLAGS, MACHINE_ADMIN),
+            (M_FLAGS, flags),
             (M_MEMORY, a.memory_kib),
             (M_ITERATIONS, a.iterations),
             (M_LANES, a.lanes),
@@ -951,34 +1010,64 @@ fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
             r[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
         r[M_SALT..M_HASH].copy_from_slice(&a.salt);
-        r[M_HASH..].copy_from_slice(&a.hash);
+        r[M_HASH..MACHINE_RECORD_V8].copy_from_slice(&a.hash);
     }
     r
 }
 
-/// The machine settings from the machine pointer `pointer` (offset, length).
+/// The machine settings from the machine pointer `pointer` (offset, length) of a
+/// bundle of `version` (8 or 9).
 fn read_machine(
     blob: &[u8],
     data_start: usize,
     pointer: &[u8],
+    version: u8,
 ) -> Result<MachineSettings, BundleError> {
     let bad = BundleError::BadMachineRecord;
     let offset = u32_at(pointer, 0).ok_or(bad)?;
     let len = u32_at(pointer, 4).ok_or(bad)?;
-    if len as usize != MACHINE_RECORD {
+    let (expected, known) = if version >= 9 {
+        (MACHINE_RECORD, MACHINE_ADMIN | MACHINE_UPLINK)
+    } else {
+        (MACHINE_RECORD_V8, MACHINE_ADMIN)
+    };
+    if len as usize != expected {
         return Err(bad);
     }
     let r = region(blob, data_start, offset, len).ok_or(bad)?;
     let field = |at: usize| u32_at(r, at).unwrap_or(0);
     let flags = field(M_FLAGS);
-    if flags & !MACHINE_ADMIN != 0 {
+    if flags & !known != 0 {
         return Err(bad);
     }
-    let rest = r.get(M_MEMORY..).ok_or(bad)?;
+    let uplink = if flags & MACHINE_UPLINK != 0 {
+        let n = field(M_UPLINK_LEN) as usize;
+        let name = r
+            .get(M_UPLINK_NAME..M_UPLINK_NAME + NETWORK_NAME_MAX)
+            .ok_or(bad)?;
+        // The name, zero padding after it, and the 4 reserved bytes zero.
+        let padded = name.get(n..).is_some_and(|p| p.iter().all(|&b| b == 0))
+            && r[M_UPLINK_NAME + NETWORK_NAME_MAX..]
+                .iter()
+                .all(|&b| b == 0);
+        let name = core::str::from_utf8(name.get(..n).ok_or(bad)?).map_err(|_| bad)?;
+        Some(NetworkName::new(name).filter(|_| padded).ok_or(bad)?)
+    } else {
+        if r.get(MACHINE_RECORD_V8..)
+            .is_some_and(|u| u.iter().any(|&b| b != 0))
+        {
+            return Err(bad);
+        }
+        None
+    };
+    let rest = r.get(M_MEMORY..MACHINE_RECORD_V8).ok_or(bad)?;
     if flags & MACHINE_ADMIN == 0 {
         // Without a credential its bytes are zero, as every unused field.
         return if rest.iter().all(|&b| b == 0) {
-            Ok(MachineSettings::default())
+            Ok(MachineSettings {
+                admin: None,
+                uplink,
+            })
         } else {
             Err(bad)
         };
@@ -992,14 +1081,17 @@ fn read_machine(
             .and_then(|s| s.try_into().ok())
             .ok_or(bad)?,
         hash: r
-            .get(M_HASH..MACHINE_RECORD)
+            .get(M_HASH..MACHINE_RECORD_V8)
             .and_then(|h| h.try_into().ok())
             .ok_or(bad)?,
     };
     if !admin_ok(&admin) {
         return Err(BundleError::BadAdminCredential);
     }
-    Ok(MachineSettings { admin: Some(admin) })
+    Ok(MachineSettings {
+        admin: Some(admin),
+        uplink,
+    })
 }
 
 /// The slice `[offset, offset + len)` of `blob` if it lies inside the data area
@@ -1047,14 +1139,15 @@ pub fn read_settings(blob: &[u8]) -> Result<MachineSettings, BundleError> {
     read_with(blob).map(|(settings, _)| settings)
 }
 
-/// The bundle's version from its magic (4 to 8).
+/// The bundle's version from its magic (4 to 9).
 fn version(magic: &[u8]) -> Option<u8> {
     [
         (MAGIC_V4, 4),
         (MAGIC_V5, 5),
         (MAGIC_V6, 6),
         (MAGIC_V7, 7),
-        (MAGIC, 8),
+        (MAGIC_V8, 8),
+        (MAGIC, 9),
     ]
     .into_iter()
     .find_map(|(m, v)| (magic == m).then_some(v))
@@ -1110,7 +1203,7 @@ pub fn read_with(blob: &[u8]) -> Result<(MachineSettings, Vec<VmSpec<'_>>), Bund
     // The bootloader may pad the ramdisk; only the first `total` bytes are ours.
     let blob = &blob[..total];
     let settings = if version >= 8 {
-        read_machine(blob, table_end, &blob[machine_pointer..table_end])?
+        read_machine(blob, table_end, &blob[machine_pointer..table_end], version)?
     } else {
         MachineSettings::default()
     };
@@ -1445,6 +1538,7 @@ mod tests {
                 salt: core::array::from_fn(|i| i as u8 + 1),
                 hash: core::array::from_fn(|i| 0xA0 ^ i as u8),
             }),
+            uplink: NetworkName::new("lan"),
         }
     }
 
@@ -1952,14 +2046,87 @@ mod tests {
         b
     }
 
+    /// `specs` packed as version 8 packs them with `settings`' credential: a
+    /// version 9 bundle whose machine record ends before the uplink.
+    fn version_8(specs: &[VmSpec], settings: &MachineSettings) -> Vec<u8> {
+        let plain = MachineSettings {
+            uplink: None,
+            ..*settings
+        };
+        let b9 = write_with(&plain, specs).unwrap();
+        let pointer = machine_pointer(specs.len());
+        let at = pointer + MACHINE_POINTER + MACHINE_RECORD_V8;
+        let mut b8 = cut(&b9, specs, at, MACHINE_RECORD - MACHINE_RECORD_V8, true);
+        put(&mut b8, pointer + 4, MACHINE_RECORD_V8 as u32);
+        b8[..8].copy_from_slice(&MAGIC_V8);
+        b8
+    }
+
     /// `specs` packed as version 7 packs them: a version 8 bundle without the
     /// machine pointer and record (the record comes right after the pointer).
     fn version_7(specs: &[VmSpec]) -> Vec<u8> {
-        let b8 = write_with(&settings(), specs).unwrap();
+        let b8 = version_8(specs, &settings());
         let at = machine_pointer(specs.len());
-        let mut b7 = cut(&b8, specs, at, MACHINE_POINTER + MACHINE_RECORD, true);
+        let mut b7 = cut(&b8, specs, at, MACHINE_POINTER + MACHINE_RECORD_V8, true);
         b7[..8].copy_from_slice(&MAGIC_V7);
         b7
+    }
+
+    #[test]
+    fn version_8_bundles_are_read_without_an_uplink() {
+        let b8 = version_8(&specs(), &settings());
+        let expected = MachineSettings {
+            uplink: None,
+            ..settings()
+        };
+        assert_eq!(read_with(&b8).unwrap(), (expected, specs()));
+        // A version 9 record stamped version 8 is 40 bytes too long: refused.
+        let mut b = blob();
+        b[..8].copy_from_slice(&MAGIC_V8);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        // And a version 8 record stamped version 9 is 40 bytes short.
+        let mut b = b8.clone();
+        b[..8].copy_from_slice(&MAGIC);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+    }
+
+    #[test]
+    fn the_uplink_round_trips_and_bad_names_are_refused() {
+        for name in ["lan", "x", "a-very-long-network-name-32-byte"] {
+            assert!(name.len() <= NETWORK_NAME_MAX);
+            let s = MachineSettings {
+                admin: None,
+                uplink: Some(NetworkName::new(name).unwrap()),
+            };
+            let b = write_with(&s, &specs()).unwrap();
+            assert_eq!(read_settings(&b), Ok(s));
+            assert_eq!(read_settings(&b).unwrap().uplink.unwrap().as_str(), name);
+        }
+        assert!(NetworkName::new("").is_none());
+        assert!(NetworkName::new("has space").is_none());
+        assert!(NetworkName::new(&"n".repeat(NETWORK_NAME_MAX + 1)).is_none());
+        let good = blob();
+        let record = u32_at(&good, machine_pointer(specs().len())).unwrap() as usize;
+        let bad = Err(BundleError::BadMachineRecord);
+        // Length 0, past the field, longer than the name (zeros inside it), a bad
+        // character, a stray byte after the name, reserved bytes set.
+        for (at, v) in [
+            (M_UPLINK_LEN, 0u32),
+            (M_UPLINK_LEN, NETWORK_NAME_MAX as u32 + 1),
+            (M_UPLINK_LEN, u32::MAX),
+            (M_UPLINK_LEN, 4),
+            (M_UPLINK_NAME, u32::from_le_bytes(*b"l n\0")),
+            (M_UPLINK_NAME + 4, 1),
+            (MACHINE_RECORD - 4, 1),
+        ] {
+            let mut b = good.clone();
+            put(&mut b, record + at, v);
+            assert_eq!(read_settings(&b), bad, "field {at} = {v:#x}");
+        }
+        // A name without the flag.
+        let mut b = good.clone();
+        put(&mut b, record + M_FLAGS, MACHINE_ADMIN);
+        assert_eq!(read_settings(&b), bad);
     }
 
     #[test]
@@ -2040,6 +2207,7 @@ mod tests {
                     lanes,
                     ..settings().admin.unwrap()
                 }),
+                uplink: None,
             };
             let b = write_with(&s, &specs()).unwrap();
             assert_eq!(read_settings(&b), Ok(s));
@@ -2089,10 +2257,10 @@ mod tests {
         }
         // An unknown flag; a credential's bytes without the flag.
         let mut b = good.clone();
-        put(&mut b, record + M_FLAGS, MACHINE_ADMIN | 2);
+        put(&mut b, record + M_FLAGS, MACHINE_ADMIN | MACHINE_UPLINK | 4);
         assert_eq!(read_settings(&b), bad);
         let mut b = good.clone();
-        put(&mut b, record + M_FLAGS, 0);
+        put(&mut b, record + M_FLAGS, MACHINE_UPLINK);
         assert_eq!(read_settings(&b), bad);
         let mut plain = write(&specs()).unwrap();
         plain[record + MACHINE_RECORD - 1] = 1;
@@ -2155,7 +2323,10 @@ mod tests {
                 ..admin
             },
         ] {
-            let s = MachineSettings { admin: Some(a) };
+            let s = MachineSettings {
+                admin: Some(a),
+                uplink: None,
+            };
             assert_eq!(
                 write_with(&s, &specs()),
                 Err(BundleError::BadAdminCredential),

@@ -37,6 +37,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
+    static UPLINK: OnceLock<Images> = OnceLock::new();
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
@@ -58,6 +59,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
+        GuestSet::UplinkTest => &UPLINK,
         GuestSet::ConsoleTest => &CONSOLE,
         GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
         GuestSet::SnapshotDiskTest => &SNAPSHOT_DISK,

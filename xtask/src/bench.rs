@@ -1267,9 +1267,8 @@ fn bench_image_bundle_on_disk(opts: &BuildOptions) -> Result<(PathBuf, PathBuf),
     let storage = GuestSet::Bench.storage()?.ok_or("no bench disk")?;
     let disk = crate::storage::prepare(&storage, &build::target_dir())?;
     let vms = GuestSet::Bench.vms()?;
-    let console = GuestSet::Bench.console()?;
-    let built =
-        build::build_with_bundle_on_disk(opts, "bench-nvme", &vms, console.as_ref(), &disk)?;
+    let machine = GuestSet::Bench.machine()?;
+    let built = build::build_with_bundle_on_disk(opts, "bench-nvme", &vms, &machine, &disk)?;
     Ok((built.images.bios, disk))
 }
 

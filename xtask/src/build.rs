@@ -152,6 +152,13 @@ pub enum GuestSet {
     /// network "other", which sends a broadcast and a frame with a forged source
     /// there and must see none of their frames (nor they its).
     NetworkTest,
+    /// The uplink: one Linux VM in test mode (`web`, 1 vCPU, 160 MiB) at 10.0.2.15
+    /// on network "lan", whose uplink is the machine's e1000 on QEMU's user network:
+    /// it sends a line to [`UPLINK_TEST_SERVER_PORT`] on the gateway 10.0.2.2 (the
+    /// test's server on the host's loopback) and prints the answer, and answers a
+    /// connection to its TCP port [`UPLINK_TEST_GUEST_PORT`] (which the test
+    /// forwards from the host).
+    UplinkTest,
     /// The management console: two `count64` VMs (`count64` and `other`), driven
     /// through the console from a pipe, with the administrator passphrase of
     /// [`CONSOLE_TEST_PASSPHRASE`].
@@ -167,6 +174,12 @@ pub enum GuestSet {
 
 /// The console test's administrator passphrase.
 pub const CONSOLE_TEST_PASSPHRASE: &str = "hv console test";
+
+/// [`GuestSet::UplinkTest`]: the port of the test's server on the host's loopback,
+/// which the guest reaches as 10.0.2.2 through QEMU's user network ...
+pub const UPLINK_TEST_SERVER_PORT: u16 = 47_611;
+/// ... and the guest's own listening port, which the test forwards from the host.
+pub const UPLINK_TEST_GUEST_PORT: u16 = 5000;
 
 /// Where the default run and the disk test keep their disk images and key files.
 pub fn disks_dir() -> PathBuf {
@@ -331,6 +344,17 @@ impl GuestSet {
             .map(crate::vms::ConsoleDef::new))
     }
 
+    /// The set's machine settings: its console ([`GuestSet::console`]) and uplink
+    /// ([`GuestSet::UplinkTest`]'s on network "lan").
+    pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
+        Ok(crate::vms::MachineDef {
+            console: self.console()?,
+            uplink: (self == GuestSet::UplinkTest).then(|| crate::vms::UplinkDef {
+                network: "lan".into(),
+            }),
+        })
+    }
+
     fn dir_name(self) -> &'static str {
         match self {
             GuestSet::None => "plain",
@@ -350,6 +374,7 @@ impl GuestSet {
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
+            GuestSet::UplinkTest => "uplink-test",
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
             GuestSet::SnapshotDiskTest => "snapshot-disk-test",
@@ -497,6 +522,19 @@ impl GuestSet {
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
                 vms.push(crate::config::check(&net64)?);
                 Ok(vms)
+            }
+            GuestSet::UplinkTest => {
+                let mut vm = linux_vm(true)?.renamed("web");
+                vm.vcpus = 1;
+                vm.memory_kib = 160 * 1024;
+                vm.cmdline = format!(
+                    "{} hv.ip=10.0.2.15/24 hv.fetch=10.0.2.2:{UPLINK_TEST_SERVER_PORT} hv.serve={UPLINK_TEST_GUEST_PORT}",
+                    vm.cmdline
+                );
+                let mut nic = crate::vms::NicDef::on("lan", "web", 0);
+                nic.ip = Some((std::net::Ipv4Addr::new(10, 0, 2, 15), 24));
+                vm.nics = vec![nic];
+                Ok(vec![crate::config::check(&vm)?])
             }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
@@ -664,8 +702,8 @@ fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vm
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
-    let console = set.console()?;
-    build_with_vms(opts, set.dir_name(), &set.vms()?, console.as_ref())
+    let machine = set.machine()?;
+    build_with_vms(opts, set.dir_name(), &set.vms()?, &machine)
 }
 
 /// The partition of a `[storage]` disk that, when the configuration has one, holds
@@ -677,19 +715,19 @@ pub const BUNDLE_PARTITION: &str = "hv-bundle";
 /// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
 /// firmware then loads a few bytes instead of the guests' images, and the
 /// hypervisor reads them with its own NVMe driver (much faster under emulators).
-/// The bundle is the same as [`build_with_vms`] packs, `console`'s credential
+/// The bundle is the same as [`build_with_vms`] packs, `machine`'s settings
 /// included.
 pub fn build_with_bundle_on_disk(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
     disk: &Path,
 ) -> Result<Built, String> {
     use std::io::{Seek, SeekFrom, Write};
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let blob = crate::vms::bundle_bytes_with(vms, console)?;
+    let blob = crate::vms::bundle_bytes_with(vms, machine)?;
     let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
     let part = table
         .find(BUNDLE_PARTITION)
@@ -730,23 +768,22 @@ pub fn build_with_bundle_on_disk(
     Ok(Built { kernel, images })
 }
 
-/// Builds the kernel and both disk images with `vms` and, when given, `console`'s
-/// administrator credential in the ramdisk (neither: no ramdisk), in
-/// `target/hv/<dir>/`.
+/// Builds the kernel and both disk images with `vms` and `machine`'s settings in
+/// the ramdisk (no VMs and no settings: no ramdisk), in `target/hv/<dir>/`.
 pub fn build_with_vms(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
 ) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let ramdisk = if vms.is_empty() && console.is_none() {
+    let ramdisk = if vms.is_empty() && *machine == crate::vms::MachineDef::default() {
         None
     } else {
         Some(crate::vms::write_bundle_with(
             vms,
-            console,
+            machine,
             &out.join("bundle.bin"),
         )?)
     };

@@ -208,6 +208,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     salt: [0x5A; bundle::ADMIN_SALT_LEN],
                     hash: [0xC3; bundle::ADMIN_HASH_LEN],
                 }),
+                uplink: bundle::NetworkName::new("lan"),
             };
             let plain = bundle::MachineSettings::default();
             [

@@ -735,6 +735,13 @@ if [ -n "$net" ] && [ -n "$(arg listen)" ] && grep -q " hv.test=1" /proc/cmdline
     timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
     listener=$!
 fi
+# The uplink test's answering side (hv.serve=PORT): a line for whoever connects
+# (the host, through a forwarded port), keeping what it sends.
+server=
+if [ -n "$net" ] && [ -n "$(arg serve)" ] && grep -q " hv.test=1" /proc/cmdline; then
+    echo "hv-linux-served" | timeout 90 nc -l -p "$(arg serve)" > /tmp/served &
+    server=$!
+fi
 # A virtio-blk disk: /data.
 data=
 if virtio_dev 0x1042; then
@@ -799,6 +806,17 @@ case " $(cat /proc/cmdline) " in
             sleep 3
             echo "hv-linux: tcp sent $(wc -c < /tmp/tx) bytes sha256 $(sha256sum /tmp/tx | cut -d' ' -f1)"
         fi
+    fi
+    fetch=$(arg fetch)
+    if [ -n "$net" ] && [ -n "$fetch" ]; then
+        # Through the uplink (hv.fetch=ADDR:PORT): a line to a server outside, and
+        # its answer.
+        echo "hv-linux-hello" | timeout 30 nc "${fetch%:*}" "${fetch##*:}" > /tmp/fetched 2>&1
+        echo "hv-linux: fetch $fetch: $(cat /tmp/fetched)"
+    fi
+    if [ -n "$server" ]; then
+        wait $server
+        echo "hv-linux: served: $(cat /tmp/served)"
     fi
     if [ -n "$listener" ]; then
         wait $listener

@@ -28,6 +28,11 @@ commands:
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
       --tcg                 QEMU: software emulation even if a nested KVM exists
+      --forward <HOSTPORT=VM:PORT>  (repeatable) with a configuration that has
+                            an [uplink]: TCP port HOSTPORT on the host's
+                            127.0.0.1 reaches PORT of VM at its NIC's `ip` on
+                            the uplink's network (QEMU user networking,
+                            10.0.2.0/24; the host is 10.0.2.2 from the VMs)
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -115,8 +120,8 @@ struct Chosen {
     /// The persistent disk (a config file's `[storage]`, the default run's).
     storage: Option<xtask::vms::StorageDef>,
     /// The console's administrator passphrase (a config file's `[console]`, the
-    /// default run's).
-    console: Option<xtask::vms::ConsoleDef>,
+    /// default run's) and the uplink (a config file's `[uplink]`).
+    machine: xtask::vms::MachineDef,
     /// The machine memory asked for (`--memory` without `--kernel`).
     machine_memory: Option<u32>,
 }
@@ -141,11 +146,13 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     let machine_memory = args.number("--memory")?;
     let mut storage = None;
     let mut console = None;
+    let mut uplink = None;
     let vms = match (config, kernel, guests.as_deref()) {
         (Some(path), None, None) => {
             let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
             storage = config.storage;
             console = config.console;
+            uplink = config.uplink;
             ("custom".into(), config.vms)
         }
         (None, Some(k), None) => {
@@ -176,7 +183,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         dir: vms.0,
         vms: vms.1,
         storage,
-        console,
+        machine: xtask::vms::MachineDef { console, uplink },
         machine_memory,
     })
 }
@@ -196,12 +203,23 @@ fn run(mut args: Args) -> Result<(), String> {
         dir,
         vms,
         storage,
-        console,
+        machine,
         machine_memory: memory,
     } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
+    let mut forwards = Vec::new();
+    while let Some(f) = args.value("--forward")? {
+        forwards.push(xtask::uplink::parse_forward(&f)?);
+    }
     args.finish()?;
+    let forwards = xtask::uplink::resolve(&forwards, &vms, machine.uplink.as_ref())?;
+    if machine.uplink.is_some() && emulator == "bochs" {
+        return Err(
+            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which              this Bochs run does not attach: run it under QEMU"
+                .into(),
+        );
+    }
     // The machine needs the guests' RAM plus room for the hypervisor, in either
     // emulator; checked before anything is built.
     let floor = match emulator.as_str() {
@@ -229,9 +247,9 @@ fn run(mut args: Args) -> Result<(), String> {
     });
     let built = match &nvme_disk {
         Some(disk) if bundle_on_disk => {
-            build::build_with_bundle_on_disk(&bopts, &dir, &vms, console.as_ref(), disk)?
+            build::build_with_bundle_on_disk(&bopts, &dir, &vms, &machine, disk)?
         }
-        _ => build::build_with_vms(&bopts, &dir, &vms, console.as_ref())?,
+        _ => build::build_with_vms(&bopts, &dir, &vms, &machine)?,
     };
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {
@@ -243,7 +261,12 @@ fn run(mut args: Args) -> Result<(), String> {
                 gdb,
                 cpu: None,
                 force_tcg: tcg,
-                extra_args: Vec::new(),
+                // The uplink: an e1000 on QEMU's user network, with the forwards.
+                extra_args: if machine.uplink.is_some() {
+                    xtask::uplink::qemu_args(&forwards)
+                } else {
+                    Vec::new()
+                },
                 nvme_disk,
                 // Two or more Linux VMs on a multi-processor machine under
                 // multi-threaded TCG crash the hypervisor (the host runs with a bad

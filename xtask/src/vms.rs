@@ -50,6 +50,10 @@ pub struct NicDef {
     pub rate_mbit: u32,
     /// ... and burst (0 without a rate).
     pub burst_kib: u32,
+    /// The VM's address on the network and its prefix length, when the
+    /// configuration gives one (`ip = "10.0.2.15/24"`): xtask hands it to the Linux
+    /// guest as `hv.ip=` (first NIC) and forwards `--forward` ports to it.
+    pub ip: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 impl NicDef {
@@ -61,6 +65,7 @@ impl NicDef {
             mac: virtio::net::mac_from_name(vm, index),
             rate_mbit: 0,
             burst_kib: 0,
+            ip: None,
         }
     }
 }
@@ -138,13 +143,39 @@ impl ConsoleDef {
     }
 }
 
-/// A configuration file's contents: the VMs, the persistent disk and the console,
-/// if any.
+/// The uplink (`[uplink]`): the network the machine's own NIC joins as the virtual
+/// switch's uplink port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkDef {
+    pub network: String,
+}
+
+/// What the bundle carries for the machine rather than for one VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineDef {
+    /// The console's administrator credential (hashed when packed).
+    pub console: Option<ConsoleDef>,
+    pub uplink: Option<UplinkDef>,
+}
+
+/// A configuration file's contents: the VMs, the persistent disk, the console and
+/// the uplink, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub vms: Vec<VmDef>,
     pub storage: Option<StorageDef>,
     pub console: Option<ConsoleDef>,
+    pub uplink: Option<UplinkDef>,
+}
+
+impl Config {
+    /// The machine-wide part, for the bundle.
+    pub fn machine(&self) -> MachineDef {
+        MachineDef {
+            console: self.console.clone(),
+            uplink: self.uplink.clone(),
+        }
+    }
 }
 
 /// One VM of a set, before bundling.
@@ -302,18 +333,29 @@ pub fn passphrase(mut file: Vec<u8>) -> Vec<u8> {
 /// Packs `vms` into bundle bytes (images and modules read from disk), without
 /// machine settings.
 pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
-    bundle_bytes_with(vms, None)
+    bundle_bytes_with(vms, &MachineDef::default())
 }
 
-/// Packs `vms` into bundle bytes with, when `console` is given, the administrator
-/// credential: its passphrase file is read and hashed now (a fresh salt each time,
-/// so two packs of one configuration differ in those bytes).
-pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<Vec<u8>, String> {
+/// Packs `vms` into bundle bytes with `machine`'s settings: when it has a console,
+/// the administrator credential (its passphrase file is read and hashed now, a
+/// fresh salt each time, so two packs of one configuration differ in those bytes),
+/// and the uplink's network.
+pub fn bundle_bytes_with(vms: &[VmDef], machine: &MachineDef) -> Result<Vec<u8>, String> {
     let settings = bundle::MachineSettings {
-        admin: console
+        admin: machine
+            .console
+            .as_ref()
             .map(|c| {
                 crate::admin::credential(c)
                     .map_err(|e| format!("the console's administrator passphrase: {e}"))
+            })
+            .transpose()?,
+        uplink: machine
+            .uplink
+            .as_ref()
+            .map(|u| {
+                bundle::NetworkName::new(&u.network)
+                    .ok_or_else(|| format!("uplink network {:?}: not a network name", u.network))
             })
             .transpose()?,
     };
@@ -430,17 +472,16 @@ pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<
 /// Packs `vms` into a bundle file for the bootloader's ramdisk. The file is left
 /// alone when its contents would not change, so its timestamp means something.
 pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
-    write_bundle_with(vms, None, out)
+    write_bundle_with(vms, &MachineDef::default(), out)
 }
 
-/// [`write_bundle`] with the console's administrator credential (see
-/// [`bundle_bytes_with`]).
+/// [`write_bundle`] with `machine`'s settings (see [`bundle_bytes_with`]).
 pub fn write_bundle_with(
     vms: &[VmDef],
-    console: Option<&ConsoleDef>,
+    machine: &MachineDef,
     out: &Path,
 ) -> Result<PathBuf, String> {
-    let blob = bundle_bytes_with(vms, console)?;
+    let blob = bundle_bytes_with(vms, machine)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

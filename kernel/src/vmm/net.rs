@@ -104,6 +104,22 @@ impl Hub {
         Ok(port)
     }
 
+    /// The port of the machine's own NIC on `network` (created on first use): an
+    /// uplink, which may send from any unicast source and has no wake flag (the run
+    /// loop polls it, see `uplink`).
+    pub fn attach_uplink(&mut self, network: &str, now_ns: u64) -> Result<PortId, String> {
+        let net = match self.switch.network(network) {
+            Some(n) => n,
+            None => self
+                .switch
+                .add_network(network)
+                .map_err(|e| format!("network {network:?}: {e:?}"))?,
+        };
+        self.switch
+            .add_port(net, PortConfig::uplink(), now_ns)
+            .map_err(|e| format!("network {network:?}: {e:?}"))
+    }
+
     /// Detaches a port (its VM is gone).
     pub fn detach(&mut self, port: PortId) {
         let _ = self.switch.remove_port(port);

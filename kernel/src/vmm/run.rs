@@ -1176,6 +1176,7 @@ impl<B: Backend> Machine<'_, B> {
             } else {
                 watchdog();
             }
+            super::uplink::pump(&self.hub);
             self.net_kicks();
             let (picked, tasks) = {
                 let mut q = self.queue.lock();
@@ -1343,6 +1344,7 @@ where
             }
         }
     }
+    super::uplink::attach_configured(&hub);
     // Snapshots kept on the disk by earlier runs.
     let area = snapshot_disk::open();
     let held = area.as_ref().map(snapshots::from_area).unwrap_or_default();
@@ -1367,6 +1369,7 @@ where
         core::hint::spin_loop();
     }
     MACHINE.store(core::ptr::null_mut(), Ordering::Release);
+    super::uplink::stop(&machine.hub);
     for s in machine.snapshots.lock().drain(..) {
         s.free();
     }
