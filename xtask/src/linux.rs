@@ -729,10 +729,14 @@ if virtio_dev 0x1041; then
 fi
 mkdir -p /tmp
 # The TCP check's receiving side (hv.listen=PORT): listening from now on, so the
-# sender finds it once ping gets through.
+# sender finds it once ping gets through. Its stdin is a pipe that stays open: a
+# background job's stdin is /dev/null, and at that end of file busybox nc shuts
+# its sending side down, whereupon the sender's nc, seeing the end of the
+# connection, exits with the rest of its input unsent (4 KiB chunks: the
+# transfers that "stalled" after 4 or 12 KiB).
 listener=
 if [ -n "$net" ] && [ -n "$(arg listen)" ] && grep -q " hv.test=1" /proc/cmdline; then
-    timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
+    sleep 100 | timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
     listener=$!
 fi
 # The uplink test's answering side (hv.serve=PORT): a line for whoever connects
