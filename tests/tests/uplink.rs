@@ -7,6 +7,9 @@
 //! - in: a `hostfwd` from a free host port to the guest's port (what `cargo xtask
 //!   run --forward` sets up) reaches a listener in the guest: the test sends a
 //!   line, the guest prints it, and the test reads the guest's greeting.
+//!
+//! Once with QEMU's `e1000` (82540EM) and once with its `e1000e` (82574L), one
+//! boot after the other (the server's port is fixed in the guest's command line).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use tests::*;
 use xtask::build::{UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT};
 use xtask::emulator::EXIT_SUCCESS;
-use xtask::uplink::{qemu_args, HostFwd};
+use xtask::uplink::{qemu_args_with, HostFwd};
 
 /// Serves one connection on `listener` until `deadline`: reads a line, answers
 /// one, and returns the line read.
@@ -74,6 +77,12 @@ fn reach_guest(port: u16, stop: &AtomicBool) -> Option<String> {
 fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
     // Built first: the guest has the server's port on its command line.
     images(GuestSet::UplinkTest);
+    both_ways("uplink_e1000_amd_v", "e1000", "Intel 8086:100e (I8254x)");
+    both_ways("uplink_e1000e_amd_v", "e1000e", "Intel 8086:10d3 (I82574)");
+}
+
+/// One boot with QEMU's NIC model `device`, which the hypervisor names `model`.
+fn both_ways(test: &str, device: &str, model: &str) {
     let limit = QEMU_LIMIT * 3;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, UPLINK_TEST_SERVER_PORT))
         .unwrap_or_else(|e| {
@@ -95,18 +104,21 @@ fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
         memory_mib: 512,
         cpus: 2,
         force_tcg: true,
-        extra_args: qemu_args(&[HostFwd {
-            host_port: forward,
-            guest: Ipv4Addr::new(10, 0, 2, 15),
-            guest_port: UPLINK_TEST_GUEST_PORT,
-        }]),
+        extra_args: qemu_args_with(
+            device,
+            &[HostFwd {
+                host_port: forward,
+                guest: Ipv4Addr::new(10, 0, 2, 15),
+                guest_port: UPLINK_TEST_GUEST_PORT,
+            }],
+        ),
         ..Default::default()
     };
-    let out = boot_qemu("uplink_amd_v", GuestSet::UplinkTest, &opts, limit);
+    let out = boot_qemu(test, GuestSet::UplinkTest, &opts, limit);
     stop.store(true, Ordering::Release);
     let fetch = format!("web | hv-linux: fetch 10.0.2.2:{UPLINK_TEST_SERVER_PORT}: hv-host-reply");
     out.expect_line("hv: uplink: ")
-        .expect_line("Intel 8086:100e (I8254x)")
+        .expect_line(model)
         .expect_line("link up, on network \"lan\"")
         .expect_line("web | hv-linux: eth0 10.0.2.15/24 up")
         .expect_line(&fetch)
@@ -119,16 +131,16 @@ fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
     assert_eq!(
         server.join().unwrap().as_deref(),
         Some("hv-linux-hello"),
-        "the test's server did not get the guest's line"
+        "{device}: the test's server did not get the guest's line"
     );
     assert_eq!(
         client.join().unwrap().as_deref(),
         Some("hv-linux-served"),
-        "the forwarded port did not reach the guest's listener"
+        "{device}: the forwarded port did not reach the guest's listener"
     );
     // Frames went both ways, none refused by the NIC.
     let line = out.line_with("hv: uplink (lan): ");
-    assert!(!line.contains("to the wire 0 frames"), "{line}");
-    assert!(!line.contains("from the wire 0 frames"), "{line}");
-    assert!(line.contains("ring full 0"), "{line}");
+    assert!(!line.contains("to the wire 0 frames"), "{device}: {line}");
+    assert!(!line.contains("from the wire 0 frames"), "{device}: {line}");
+    assert!(line.contains("ring full 0"), "{device}: {line}");
 }

@@ -121,6 +121,11 @@ pub fn resolve(
 /// QEMU's arguments for the uplink: an e1000 on a user network, each forward from
 /// the host's loopback only (nothing outside this machine reaches the VMs).
 pub fn qemu_args(forwards: &[HostFwd]) -> Vec<String> {
+    qemu_args_with("e1000", forwards)
+}
+
+/// [`qemu_args`] with QEMU's `device` model for the NIC (`e1000`, `e1000e`).
+pub fn qemu_args_with(device: &str, forwards: &[HostFwd]) -> Vec<String> {
     let mut netdev = String::from("user,id=uplink,net=10.0.2.0/24");
     for f in forwards {
         netdev.push_str(&format!(
@@ -132,7 +137,7 @@ pub fn qemu_args(forwards: &[HostFwd]) -> Vec<String> {
         "-netdev".into(),
         netdev,
         "-device".into(),
-        "e1000,netdev=uplink".into(),
+        format!("{device},netdev=uplink"),
     ]
 }
 
