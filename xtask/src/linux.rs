@@ -729,15 +729,18 @@ if virtio_dev 0x1041; then
 fi
 mkdir -p /tmp
 # The TCP check's receiving side (hv.listen=PORT): listening from now on, so the
-# sender finds it once ping gets through. Its stdin is a pipe that stays open: a
-# background job's stdin is /dev/null, and at that end of file busybox nc shuts
-# its sending side down, whereupon the sender's nc, seeing the end of the
-# connection, exits with the rest of its input unsent (4 KiB chunks: the
-# transfers that "stalled" after 4 or 12 KiB).
+# sender finds it once ping gets through. Its stdin is a FIFO that this shell
+# keeps open for writing (fd 3) and never writes: a background job's stdin is
+# /dev/null, and at that end of file busybox nc shuts its sending side down,
+# whereupon the sender's nc, seeing the end of the connection, exits with the
+# rest of its input unsent (4 KiB chunks: the transfers that "stalled" after 4
+# or 12 KiB). (Not a pipe from `sleep`: `wait` would wait for the sleep too.)
 listener=
 if [ -n "$net" ] && [ -n "$(arg listen)" ] && grep -q " hv.test=1" /proc/cmdline; then
-    sleep 100 | timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
+    mkfifo /tmp/rx-in
+    timeout 90 nc -l -p "$(arg listen)" < /tmp/rx-in > /tmp/rx &
     listener=$!
+    exec 3> /tmp/rx-in
 fi
 # The uplink test's answering side (hv.serve=PORT): a line for whoever connects
 # (the host, through a forwarded port), keeping what it sends.
@@ -888,6 +891,7 @@ const APPLETS: &[&str] = &[
     "ping",
     "nc",
     "timeout",
+    "mkfifo",
     "cut",
     "wc",
 ];
