@@ -17,7 +17,7 @@
 //!                             bit 4: stop on an unbacked access, bit 5: has a
 //!                             RAM-backed disk, bit 6: the disk (either kind) is
 //!                             read-only, bit 7: has a partition disk, bit 8: the
-//!                             partition is encrypted)
+//!                             partition is encrypted, bit 9: has a memory balloon)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -172,6 +172,7 @@ const FLAG_DISK: u32 = 32;
 const FLAG_DISK_READ_ONLY: u32 = 64;
 const FLAG_PARTITION: u32 = 128;
 const FLAG_ENCRYPTED: u32 = 256;
+const FLAG_BALLOON: u32 = 512;
 /// Longest partition name in UTF-16 code units (the GPT entry's 72-byte field).
 pub const PARTITION_NAME_UNITS: usize = 36;
 /// Longest passphrase carried for an encrypted partition, in bytes.
@@ -487,6 +488,9 @@ pub struct VmSpec<'a> {
     /// all ones and writes vanish, as on a PC bus (false, the default), or the VM
     /// stops (true: `on_unmapped = "stop"`).
     pub unmapped_stops: bool,
+    /// The VM has a virtio-balloon device (`balloon = true`), through which the
+    /// operator's `balloon` command takes memory from it and gives it back.
+    pub balloon: bool,
     pub image: &'a [u8],
     /// The image's path as the user named it (`kernel` key, `--kernel`); may be
     /// empty. Multiboot kernels get it in front of their command line.
@@ -882,6 +886,7 @@ pub fn write_with(settings: &MachineSettings, vms: &[VmSpec]) -> Result<Vec<u8>,
             } else {
                 0
             }
+            | if vm.balloon { FLAG_BALLOON } else { 0 }
             | match vm.disk {
                 Some(d) if d.read_only => FLAG_DISK | FLAG_DISK_READ_ONLY,
                 Some(_) => FLAG_DISK,
@@ -1338,6 +1343,7 @@ pub fn read_with(blob: &[u8]) -> Result<(MachineSettings, Vec<VmSpec<'_>>), Bund
                 Policy::Stop
             },
             unmapped_stops: field(E_FLAGS) & FLAG_UNMAPPED_STOPS != 0,
+            balloon: field(E_FLAGS) & FLAG_BALLOON != 0,
             image,
             image_path,
             format,
@@ -1415,6 +1421,7 @@ mod tests {
             on_reset: Policy::Restart,
             on_crash: Policy::Stop,
             unmapped_stops: false,
+            balloon: false,
             image,
             image_path: name,
             format: ImageFormat::Auto,
@@ -1441,6 +1448,7 @@ mod tests {
                 on_reset: Policy::Stop,
                 on_crash: Policy::Restart,
                 unmapped_stops: true,
+                balloon: true,
                 ..tiny("spin", b"xy")
             },
             VmSpec {
@@ -1452,6 +1460,7 @@ mod tests {
                 on_reset: Policy::Restart,
                 on_crash: Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image: b"bzImage bytes",
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,

@@ -441,7 +441,9 @@ impl GuestSet {
                 use crate::vms::NicDef;
                 vm.cmdline.push_str(" hv.ip=10.0.0.1/24");
                 vm.nics = vec![NicDef::on("lan", "linux", 0)];
+                vm.balloon = true;
                 let mut peer = linux_vm(false)?.renamed("peer");
+                peer.balloon = true;
                 peer.memory_kib = 192 * 1024;
                 peer.cmdline.push_str(" hv.ip=10.0.0.2/24");
                 peer.nics = vec![NicDef::on("lan", "peer", 0)];
@@ -495,7 +497,13 @@ impl GuestSet {
             GuestSet::ConsoleLinuxTest => {
                 let mut vm = linux_vm(false)?;
                 vm.memory_kib = crate::bench::SNAPSHOT_VM_MIB as u32 * 1024;
-                Ok(vec![crate::config::check(&vm)?])
+                vm.balloon = true;
+                // Too large to start beside `linux` in the test's machine until
+                // `linux`'s balloon gave memory back (tests/tests/console.rs).
+                let mut spare = tiny_vm(&all_guests()?, "count64")?.renamed("spare");
+                spare.memory_kib = CONSOLE_SPARE_MIB * 1024;
+                spare.background = true;
+                Ok(vec![crate::config::check(&vm)?, spare])
             }
             GuestSet::ConsoleTest => {
                 let images = all_guests()?;
@@ -688,6 +696,9 @@ impl GuestSet {
 const VQ64_MEMORY_KIB: u32 = 20 * 1024;
 
 /// The built tiny guest `name` as a VM with 4 MiB of memory.
+/// The memory of `GuestSet::ConsoleLinuxTest`'s `spare` VM (MiB).
+pub const CONSOLE_SPARE_MIB: u32 = 400;
+
 fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vms::VmDef, String> {
     Ok(crate::vms::VmDef {
         format: crate::vms::ImageFormat::Tiny,

@@ -60,6 +60,7 @@ const VM_KEYS: &[&str] = &[
     "on_reset",
     "on_crash",
     "on_unmapped",
+    "balloon",
     "disk",
     "nics",
 ];
@@ -342,6 +343,7 @@ struct RawVm {
     on_reset: Option<bundle::Policy>,
     on_crash: Option<bundle::Policy>,
     unmapped_stops: bool,
+    balloon: bool,
     /// The disk, and where its file was named.
     disk: Option<(DiskDef, Loc)>,
     /// Or a partition of `[storage]`: its name, read-only, and where it was named.
@@ -689,6 +691,11 @@ fn parse_vm(
                         ))
                     }
                 };
+            }
+            "balloon" => {
+                vm.balloon = item
+                    .as_bool()
+                    .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
             }
             "bench_hypercalls" => {
                 vm.bench_hypercalls = item
@@ -1206,6 +1213,7 @@ fn resolve(
         on_reset: raw.on_reset.unwrap_or(bundle::Policy::Restart),
         on_crash: raw.on_crash.unwrap_or(bundle::Policy::Stop),
         unmapped_stops: raw.unmapped_stops,
+        balloon: raw.balloon,
         format,
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
@@ -1371,6 +1379,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         on_reset: Some(vm.on_reset),
         on_crash: Some(vm.on_crash),
         unmapped_stops: vm.unmapped_stops,
+        balloon: vm.balloon,
         disk: vm.disk.clone().map(|d| (d, at("disk"))),
         ..RawVm::default()
     };

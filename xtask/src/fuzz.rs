@@ -165,6 +165,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image,
                 image_path: name,
                 format,

@@ -43,6 +43,8 @@ pub const MODULES: &[&str] = &[
     "drivers/virtio/virtio_pci_modern_dev.ko",
     "drivers/virtio/virtio_pci_legacy_dev.ko",
     "drivers/virtio/virtio_pci.ko",
+    // The memory balloon (`balloon = true`): the operator's `balloon` command.
+    "drivers/virtio/virtio_balloon.ko",
     "drivers/block/virtio_blk.ko",
     "crypto/crc32c_generic.ko",
     "lib/crc16.ko",
@@ -701,11 +703,12 @@ arg() {
 diskbench=
 case " $(cat /proc/cmdline) " in *" hv.bench=disk "*) diskbench=1 ;; esac
 # The drivers, once, for any virtio device (the disk's and the NIC's share the core).
-if virtio_dev 0x1042 || virtio_dev 0x1041; then
+if virtio_dev 0x1042 || virtio_dev 0x1041 || virtio_dev 0x1045; then
     for m in $(cat /lib/modules/order); do
         insmod /lib/modules/$m.ko || echo "hv-linux: insmod $m failed"
     done
 fi
+virtio_dev 0x1045 && echo "hv-linux: memory balloon driver loaded"
 # A virtio-net NIC: eth0 up with the address from hv.ip= (e.g. hv.ip=10.0.0.1/24).
 net=
 if virtio_dev 0x1041; then

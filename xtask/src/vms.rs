@@ -199,6 +199,8 @@ pub struct VmDef {
     /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
     /// "stop"`); by default it reads all ones and writes vanish.
     pub unmapped_stops: bool,
+    /// A virtio-balloon device (`balloon = true`).
+    pub balloon: bool,
     /// How the kernel loads `image`. Sets read from a config file carry the format
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
@@ -232,6 +234,7 @@ impl VmDef {
             on_reset: bundle::Policy::Restart,
             on_crash: bundle::Policy::Stop,
             unmapped_stops: false,
+            balloon: false,
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
@@ -406,6 +409,7 @@ pub fn bundle_bytes_with(vms: &[VmDef], machine: &MachineDef) -> Result<Vec<u8>,
             on_reset: v.on_reset,
             on_crash: v.on_crash,
             unmapped_stops: v.unmapped_stops,
+            balloon: v.balloon,
             image,
             image_path: &v.image_path,
             format: v.format,
@@ -558,6 +562,7 @@ mod tests {
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image: b"kernel",
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,
