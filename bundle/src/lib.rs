@@ -32,12 +32,15 @@
 //!          records, NIC count u32 (0 to NICS_MAX; offset 0 without NICs)
 //! machine  8 bytes (version 8): offset u32 and length u32 of the machine record
 //!          (always MACHINE_RECORD bytes, in the data area)
-//! data     everything else: the machine record (112 bytes: flags u32, bit 0: an
-//!          administrator credential follows, bit 2: the management network
-//!          follows, other bits zero; then the credential, all zero without one:
-//!          Argon2id memory_kib u32, iterations u32, lanes u32, salt [u8; 16], hash
-//!          [u8; 32]; at 64 the management block, all zero without one, 48 bytes:
-//!          see [`management`]); per VM its module table (count * 16
+//! data     everything else: the machine record (152 bytes: flags u32, bit 0: an
+//!          administrator credential follows, bit 1: an uplink network is named,
+//!          bit 2: the management network follows, other bits zero; then the
+//!          credential, all zero without one: Argon2id memory_kib u32, iterations
+//!          u32, lanes u32, salt [u8; 16], hash [u8; 32]; at 64 the uplink's network
+//!          name, all zero without one: its length u32 (1 to NETWORK_NAME_MAX) and
+//!          the name [u8; 32], zero-padded, 4 zero bytes; at 104 the management
+//!          block, all zero without one, 48 bytes: see [`management`]); per VM its
+//!          module table (count * 16
 //!          bytes: data offset, data length, cmdline offset, cmdline length), its
 //!          cmdline strings and image path, partition record (16 bytes: name
 //!          offset, name length, key offset, key length; the name UTF-8 without NUL,
@@ -60,14 +63,15 @@
 //! the machine rather than to one VM: for now the management console's
 //! administrator credential, an Argon2id hash of the passphrase, never the
 //! passphrase), through a pointer after the NIC table, so that the header and the
-//! tables before it stay where version 7 has them; version 9 the management network
-//! (the network the hypervisor's own station joins, its address, the syslog
-//! collector) in 48 bytes more of the machine record, which version 8 has 64 bytes
-//! long. The magic names the version: the reader takes versions 4 to 9 (a version 4
-//! entry has no disk, a version 4 or 5 entry no partition, and their flags must be
-//! clear; before version 7 no VM has a NIC; before version 8 the machine has the
-//! default settings, no credential; before version 9 no management network); any
-//! other version is refused as a whole, with a message that names the versions
+//! tables before it stay where version 7 has them; version 9 the uplink (the
+//! network the machine's own NIC joins) and the management network (the network
+//! the hypervisor's own station joins, its address, the syslog collector) in 88
+//! bytes more of the machine record, which version 8 has 64 bytes long. The magic
+//! names the version: the reader takes versions 4 to 9 (a version 4 entry has no
+//! disk, a version 4 or 5 entry no partition, and their flags must be clear;
+//! before version 7 no VM has a NIC; before version 8 the machine has the default
+//! settings, no credential; before version 9 no uplink and no management network);
+//! any other version is refused as a whole, with a message that names the versions
 //! read. A VM has at most one disk: a RAM-backed one
 //! or a partition.
 //!
@@ -92,8 +96,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub const MAGIC: [u8; 8] = *b"HVBUNDL9";
-/// The previous versions, still read: a shorter machine record without the
-/// management network ...
+/// The previous versions, still read: a shorter machine record without an
+/// uplink or the management network ...
 pub const MAGIC_V8: [u8; 8] = *b"HVBUNDL8";
 /// ... no machine record ...
 pub const MAGIC_V7: [u8; 8] = *b"HVBUNDL7";
@@ -113,15 +117,15 @@ const NIC_RECORD: usize = 24;
 /// After the NIC table (version 8): offset and length of the machine record.
 const MACHINE_POINTER: usize = 8;
 /// The machine record's length in version 9 ...
-pub const MACHINE_RECORD: usize = MACHINE_RECORD_V8 + management::MANAGEMENT_BLOCK;
+pub const MACHINE_RECORD: usize = M_MANAGEMENT + management::MANAGEMENT_BLOCK;
 /// ... and in version 8.
 pub const MACHINE_RECORD_V8: usize = 64;
 /// Machine record flag: an administrator credential follows.
 const MACHINE_ADMIN: u32 = 1;
 /// Machine record flag (version 9): the management block is in use.
 const MACHINE_MANAGEMENT: u32 = 4;
-/// Where the management block starts in the machine record.
-const M_MANAGEMENT: usize = MACHINE_RECORD_V8;
+/// Machine record flag (version 9): an uplink network is named.
+const MACHINE_UPLINK: u32 = 2;
 // Byte offsets inside the machine record.
 const M_FLAGS: usize = 0;
 const M_MEMORY: usize = 4;
@@ -130,6 +134,11 @@ const M_LANES: usize = 12;
 const M_SALT: usize = 16;
 const M_HASH: usize = M_SALT + ADMIN_SALT_LEN;
 const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD_V8);
+const M_UPLINK_LEN: usize = MACHINE_RECORD_V8;
+const M_UPLINK_NAME: usize = M_UPLINK_LEN + 4;
+/// Where the management block starts in the machine record: after the uplink's
+/// name and 4 reserved bytes.
+const M_MANAGEMENT: usize = M_UPLINK_NAME + NETWORK_NAME_MAX + 4;
 /// Bytes of Argon2 salt in an [`AdminCredential`].
 pub const ADMIN_SALT_LEN: usize = 16;
 /// Bytes of Argon2 output (the hash) in an [`AdminCredential`].
@@ -419,6 +428,43 @@ pub struct MachineSettings {
     /// The hypervisor's station on a management network (version 9); `None`:
     /// none.
     pub management: Option<Management>,
+    /// The network the machine's own NIC joins as the switch's uplink (version 9);
+    /// `None`: no uplink.
+    pub uplink: Option<NetworkName>,
+}
+
+/// A network's name held inline (so that [`MachineSettings`] stays `Copy`): what
+/// [`network_name_ok`] takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NetworkName {
+    len: u8,
+    bytes: [u8; NETWORK_NAME_MAX],
+}
+
+impl NetworkName {
+    /// `None` unless [`network_name_ok`] takes `name`.
+    pub fn new(name: &str) -> Option<Self> {
+        if !network_name_ok(name) {
+            return None;
+        }
+        let mut bytes = [0; NETWORK_NAME_MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(Self {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Checked by `new`: ASCII.
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// What happens to a VM that resets or crashes.
@@ -979,6 +1025,11 @@ fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
         flags |= MACHINE_MANAGEMENT;
         r[M_MANAGEMENT..].copy_from_slice(&m.encode());
     }
+    if let Some(n) = &settings.uplink {
+        flags |= MACHINE_UPLINK;
+        r[M_UPLINK_LEN..M_UPLINK_NAME].copy_from_slice(&u32::from(n.len).to_le_bytes());
+        r[M_UPLINK_NAME..M_UPLINK_NAME + NETWORK_NAME_MAX].copy_from_slice(&n.bytes);
+    }
     if let Some(a) = &settings.admin {
         flags |= MACHINE_ADMIN;
         for (at, v) in [
@@ -1007,7 +1058,10 @@ fn read_machine(
     let offset = u32_at(pointer, 0).ok_or(bad)?;
     let len = u32_at(pointer, 4).ok_or(bad)?;
     let (expected, known) = if version >= 9 {
-        (MACHINE_RECORD, MACHINE_ADMIN | MACHINE_MANAGEMENT)
+        (
+            MACHINE_RECORD,
+            MACHINE_ADMIN | MACHINE_UPLINK | MACHINE_MANAGEMENT,
+        )
     } else {
         (MACHINE_RECORD_V8, MACHINE_ADMIN)
     };
@@ -1028,6 +1082,27 @@ fn read_machine(
     } else {
         None
     };
+    // The uplink's name and the 4 reserved bytes after it (before the management
+    // block).
+    let uplink_area = r.get(M_UPLINK_LEN..M_MANAGEMENT).unwrap_or(&[]);
+    let uplink = if flags & MACHINE_UPLINK != 0 {
+        let n = field(M_UPLINK_LEN) as usize;
+        let name = r
+            .get(M_UPLINK_NAME..M_UPLINK_NAME + NETWORK_NAME_MAX)
+            .ok_or(bad)?;
+        // The name, zero padding after it, and the 4 reserved bytes zero.
+        let padded = name.get(n..).is_some_and(|p| p.iter().all(|&b| b == 0))
+            && r[M_UPLINK_NAME + NETWORK_NAME_MAX..M_MANAGEMENT]
+                .iter()
+                .all(|&b| b == 0);
+        let name = core::str::from_utf8(name.get(..n).ok_or(bad)?).map_err(|_| bad)?;
+        Some(NetworkName::new(name).filter(|_| padded).ok_or(bad)?)
+    } else {
+        if uplink_area.iter().any(|&b| b != 0) {
+            return Err(bad);
+        }
+        None
+    };
     let rest = r.get(M_MEMORY..MACHINE_RECORD_V8).ok_or(bad)?;
     if flags & MACHINE_ADMIN == 0 {
         // Without a credential its bytes are zero, as every unused field.
@@ -1035,6 +1110,7 @@ fn read_machine(
             Ok(MachineSettings {
                 admin: None,
                 management,
+                uplink,
             })
         } else {
             Err(bad)
@@ -1059,6 +1135,7 @@ fn read_machine(
     Ok(MachineSettings {
         admin: Some(admin),
         management,
+        uplink,
     })
 }
 
@@ -1511,6 +1588,7 @@ mod tests {
                 hash: core::array::from_fn(|i| 0xA0 ^ i as u8),
             }),
             management: Management::new("mgmt", [10, 0, 9, 1], 24, Some(([10, 0, 9, 2], 514))),
+            uplink: NetworkName::new("lan"),
         }
     }
 
@@ -2018,39 +2096,45 @@ mod tests {
         b
     }
 
-    /// `specs` packed as version 7 packs them: a version 8 bundle without the
-    /// machine pointer and record (the record comes right after the pointer).
-    fn version_7(specs: &[VmSpec]) -> Vec<u8> {
-        let b8 = write_with(&settings(), specs).unwrap();
-        let at = machine_pointer(specs.len());
-        let mut b7 = cut(&b8, specs, at, MACHINE_POINTER + MACHINE_RECORD, true);
-        b7[..8].copy_from_slice(&MAGIC_V7);
-        b7
-    }
-
-    /// `specs` packed as version 8 packs them with `settings()`'s credential: a
-    /// version 9 bundle whose machine record ends before the management block.
-    fn version_8(specs: &[VmSpec]) -> Vec<u8> {
-        let b9 = write_with(&no_management(), specs).unwrap();
+    /// `specs` packed as version 8 packs them with `settings`' credential: a
+    /// version 9 bundle whose machine record ends before the uplink and the
+    /// management block.
+    fn version_8(specs: &[VmSpec], settings: &MachineSettings) -> Vec<u8> {
+        let plain = MachineSettings {
+            uplink: None,
+            management: None,
+            ..*settings
+        };
+        let b9 = write_with(&plain, specs).unwrap();
         let pointer = machine_pointer(specs.len());
-        let record = pointer + MACHINE_POINTER;
-        let n = management::MANAGEMENT_BLOCK;
-        let mut b8 = cut(&b9, specs, record + MACHINE_RECORD_V8, n, true);
+        let at = pointer + MACHINE_POINTER + MACHINE_RECORD_V8;
+        let mut b8 = cut(&b9, specs, at, MACHINE_RECORD - MACHINE_RECORD_V8, true);
         put(&mut b8, pointer + 4, MACHINE_RECORD_V8 as u32);
         b8[..8].copy_from_slice(&MAGIC_V8);
         b8
     }
 
+    /// `specs` packed as version 7 packs them: a version 8 bundle without the
+    /// machine pointer and record (the record comes right after the pointer).
+    fn version_7(specs: &[VmSpec]) -> Vec<u8> {
+        let b8 = version_8(specs, &settings());
+        let at = machine_pointer(specs.len());
+        let mut b7 = cut(&b8, specs, at, MACHINE_POINTER + MACHINE_RECORD_V8, true);
+        b7[..8].copy_from_slice(&MAGIC_V7);
+        b7
+    }
+
     fn no_management() -> MachineSettings {
         MachineSettings {
             management: None,
+            uplink: None,
             ..settings()
         }
     }
 
     #[test]
     fn version_8_bundles_are_read_without_management() {
-        let b8 = version_8(&specs());
+        let b8 = version_8(&specs(), &settings());
         assert_eq!(read_with(&b8).unwrap(), (no_management(), specs()));
         // A version 9 bundle stamped version 8 has a record too long for it, and
         // a version 8 bundle stamped version 9 one too short: refused, not misread.
@@ -2082,7 +2166,11 @@ mod tests {
         assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
         // An unknown flag.
         let mut b = good.clone();
-        put(&mut b, record, MACHINE_ADMIN | MACHINE_MANAGEMENT | 2);
+        put(
+            &mut b,
+            record,
+            MACHINE_ADMIN | MACHINE_MANAGEMENT | MACHINE_UPLINK | 8,
+        );
         assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
         // Management without a credential.
         let s = MachineSettings {
@@ -2091,6 +2179,65 @@ mod tests {
         };
         let b = write_with(&s, &specs()).unwrap();
         assert_eq!(read_settings(&b), Ok(s));
+    }
+
+    #[test]
+    fn version_8_bundles_are_read_without_an_uplink() {
+        let b8 = version_8(&specs(), &settings());
+        let expected = MachineSettings {
+            uplink: None,
+            management: None,
+            ..settings()
+        };
+        assert_eq!(read_with(&b8).unwrap(), (expected, specs()));
+        // A version 9 record stamped version 8 is 40 bytes too long: refused.
+        let mut b = blob();
+        b[..8].copy_from_slice(&MAGIC_V8);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        // And a version 8 record stamped version 9 is 40 bytes short.
+        let mut b = b8.clone();
+        b[..8].copy_from_slice(&MAGIC);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+    }
+
+    #[test]
+    fn the_uplink_round_trips_and_bad_names_are_refused() {
+        for name in ["lan", "x", "a-very-long-network-name-32-byte"] {
+            assert!(name.len() <= NETWORK_NAME_MAX);
+            let s = MachineSettings {
+                admin: None,
+                management: None,
+                uplink: Some(NetworkName::new(name).unwrap()),
+            };
+            let b = write_with(&s, &specs()).unwrap();
+            assert_eq!(read_settings(&b), Ok(s));
+            assert_eq!(read_settings(&b).unwrap().uplink.unwrap().as_str(), name);
+        }
+        assert!(NetworkName::new("").is_none());
+        assert!(NetworkName::new("has space").is_none());
+        assert!(NetworkName::new(&"n".repeat(NETWORK_NAME_MAX + 1)).is_none());
+        let good = blob();
+        let record = u32_at(&good, machine_pointer(specs().len())).unwrap() as usize;
+        let bad = Err(BundleError::BadMachineRecord);
+        // Length 0, past the field, longer than the name (zeros inside it), a bad
+        // character, a stray byte after the name, reserved bytes set.
+        for (at, v) in [
+            (M_UPLINK_LEN, 0u32),
+            (M_UPLINK_LEN, NETWORK_NAME_MAX as u32 + 1),
+            (M_UPLINK_LEN, u32::MAX),
+            (M_UPLINK_LEN, 4),
+            (M_UPLINK_NAME, u32::from_le_bytes(*b"l n\0")),
+            (M_UPLINK_NAME + 4, 1),
+            (M_MANAGEMENT - 4, 1),
+        ] {
+            let mut b = good.clone();
+            put(&mut b, record + at, v);
+            assert_eq!(read_settings(&b), bad, "field {at} = {v:#x}");
+        }
+        // A name without the flag.
+        let mut b = good.clone();
+        put(&mut b, record + M_FLAGS, MACHINE_ADMIN);
+        assert_eq!(read_settings(&b), bad);
     }
 
     #[test]
@@ -2172,6 +2319,7 @@ mod tests {
                     ..settings().admin.unwrap()
                 }),
                 management: None,
+                uplink: None,
             };
             let b = write_with(&s, &specs()).unwrap();
             assert_eq!(read_settings(&b), Ok(s));
@@ -2221,10 +2369,18 @@ mod tests {
         }
         // An unknown flag; a credential's bytes without the flag.
         let mut b = good.clone();
-        put(&mut b, record + M_FLAGS, MACHINE_ADMIN | 2);
+        put(
+            &mut b,
+            record + M_FLAGS,
+            MACHINE_ADMIN | MACHINE_UPLINK | MACHINE_MANAGEMENT | 8,
+        );
         assert_eq!(read_settings(&b), bad);
         let mut b = good.clone();
-        put(&mut b, record + M_FLAGS, 0);
+        put(
+            &mut b,
+            record + M_FLAGS,
+            MACHINE_UPLINK | MACHINE_MANAGEMENT,
+        );
         assert_eq!(read_settings(&b), bad);
         let mut plain = write(&specs()).unwrap();
         plain[record + MACHINE_RECORD - 1] = 1;
@@ -2290,6 +2446,7 @@ mod tests {
             let s = MachineSettings {
                 admin: Some(a),
                 management: None,
+                uplink: None,
             };
             assert_eq!(
                 write_with(&s, &specs()),

@@ -8,8 +8,8 @@ use bootloader_api::BootInfo;
 use crate::shutdown::{self, Status};
 use crate::vmm::host_memory::KernelMemory;
 use crate::{
-    acpi_info, apic, bundle_source, detect, gdt, host_disk, interrupts, memory, migration_check,
-    mitigation, println, serial, smp, time, timer, vmm,
+    acpi_info, apic, bundle_source, detect, gdt, host_disk, host_nic, interrupts, memory,
+    migration_check, mitigation, println, serial, smp, time, timer, vmm,
 };
 
 pub fn start(boot_info: &'static mut BootInfo) -> ! {
@@ -53,6 +53,9 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     // The host's disk, before the other processors start: mapping its registers
     // changes page attributes every processor shares.
     host_disk::init();
+    // The NIC an uplink may use: found and mapped now for the same reason, brought
+    // up only if the configuration names an uplink.
+    host_nic::probe();
     let hook: Option<&'static smp::ExtensionHook> = match &ext {
         Ok(detect::Extension::Svm(_)) => Some(&|| {
             svm::backend::SvmBackend::enable_this_cpu(&mut KernelMemory)
@@ -180,6 +183,11 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
     let management = ramdisk
         .and_then(|r| bundle::read_settings(r).ok())
         .and_then(|s| s.management);
+    vmm::uplink::configure(
+        ramdisk
+            .and_then(|r| bundle::read_settings(r).ok())
+            .and_then(|s| s.uplink),
+    );
     if admin.is_none() {
         println!(
             "hv: no administrator passphrase: the console's commands that change VMs are disabled"

@@ -27,6 +27,8 @@ pub mod gdt;
 #[cfg(target_os = "none")]
 pub mod host_disk;
 #[cfg(target_os = "none")]
+pub mod host_nic;
+#[cfg(target_os = "none")]
 pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod memory;

@@ -37,6 +37,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
+    static UPLINK: OnceLock<Images> = OnceLock::new();
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
@@ -59,6 +60,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
+        GuestSet::UplinkTest => &UPLINK,
         GuestSet::ConsoleTest => &CONSOLE,
         GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
         GuestSet::SnapshotDiskTest => &SNAPSHOT_DISK,
@@ -270,7 +272,7 @@ pub fn expect_smp_guests(out: &RunOutput, storm: bool) {
     out.expect_line(
         "hv: vm pinned5 not started: pinned to processor(s) 5 but this machine has 2 online (0 to 1): processor(s) 5 missing",
     )
-    .expect_line("hv: vm smp64 started: 4096 KiB RAM at host")
+    .expect_line("hv: vm smp64 started: 4096 KiB RAM (4096 KiB in 2 MiB frames)")
         .expect_line(", 2 vCPUs, Long mode")
         .expect_line("smp64 | smp64: mp table lists 2 cpus")
         .expect_line("smp64 | smp64: cpus online 2")

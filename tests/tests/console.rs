@@ -451,8 +451,17 @@ fn console_snapshots_under_vt_x() {
     ];
     steps.extend(count_on_and_restore(&pass, 2500));
     steps.extend([
-        Step::new("hv> ", b"pause other\r"),
+        // A clone of t1 on VT-x: its pages shared until written (EPT write
+        // faults), counting from t1's count.
+        Step::new("hv> ", b"clone count64 c1 t1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"clone count64 c1 t1\": done", b"console c1\r"),
+        Step::new("the keyboard is c1's", b"e\r"),
+        Step::new("c1 | count64: got e at ", ESC),
+        Step::new("hv> ", b"stats c1\r"),
+        Step::new("\"stats c1\": done", b"stop c1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"stop c1\": done", b"pause other\r"),
         Step::new("\"pause other\": done", b"stop other\r"),
         Step::new("\"stop other\": done", b"stop count64\r"),
     ]);
@@ -474,4 +483,8 @@ fn console_snapshots_under_vt_x() {
     let at = |word: &str| count64_at(s, word);
     let (a, b, c) = (at("a"), at("b"), at("c"));
     assert!(b > a && c >= a && c < b, "a {a}, b {b}, c {c}:\n{s}");
+    let c1 = answers(s, "stats c1")[0];
+    let at = c1.find(" shared (").expect("shared pages") + 9;
+    let pages: u64 = c1[at..].split(' ').next().unwrap().parse().unwrap();
+    assert!(pages > 900 && pages < 1024, "{c1}");
 }

@@ -1803,7 +1803,7 @@ mod tests {
             line(100, "hv: boot report"),
             line(
                 2500,
-                "hv: vm linux started: 262144 KiB RAM at host 0x1000000, ...",
+                "hv: vm linux started: 262144 KiB RAM (262144 KiB in 2 MiB frames), ...",
             ),
             line(
                 2600,

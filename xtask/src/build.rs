@@ -159,6 +159,13 @@ pub enum GuestSet {
     /// (10.0.9.2): it scrapes `/metrics` and collects the syslog; `lan-a` tries
     /// the metrics from "lan" with an address of that subnet, and must fail.
     NetworkTest,
+    /// The uplink: one Linux VM in test mode (`web`, 1 vCPU, 160 MiB) at 10.0.2.15
+    /// on network "lan", whose uplink is the machine's e1000 on QEMU's user network:
+    /// it sends a line to [`UPLINK_TEST_SERVER_PORT`] on the gateway 10.0.2.2 (the
+    /// test's server on the host's loopback) and prints the answer, and answers a
+    /// connection to its TCP port [`UPLINK_TEST_GUEST_PORT`] (which the test
+    /// forwards from the host).
+    UplinkTest,
     /// The management console: two `count64` VMs (`count64` and `other`), driven
     /// through the console from a pipe, with the administrator passphrase of
     /// [`CONSOLE_TEST_PASSPHRASE`].
@@ -179,6 +186,12 @@ pub enum GuestSet {
 
 /// The console test's administrator passphrase.
 pub const CONSOLE_TEST_PASSPHRASE: &str = "hv console test";
+
+/// [`GuestSet::UplinkTest`]: the port of the test's server on the host's loopback,
+/// which the guest reaches as 10.0.2.2 through QEMU's user network ...
+pub const UPLINK_TEST_SERVER_PORT: u16 = 47_611;
+/// ... and the guest's own listening port, which the test forwards from the host.
+pub const UPLINK_TEST_GUEST_PORT: u16 = 5000;
 
 /// Where the default run and the disk test keep their disk images and key files.
 pub fn disks_dir() -> PathBuf {
@@ -365,12 +378,16 @@ impl GuestSet {
         }
     }
 
-    /// The set's machine-wide settings: [`GuestSet::console`] and
-    /// [`GuestSet::management`].
+    /// The set's machine-wide settings: [`GuestSet::console`],
+    /// [`GuestSet::management`] and the uplink ([`GuestSet::UplinkTest`]'s on
+    /// network "lan").
     pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
         Ok(crate::vms::MachineDef {
             console: self.console()?,
             management: self.management(),
+            uplink: (self == GuestSet::UplinkTest).then(|| crate::vms::UplinkDef {
+                network: "lan".into(),
+            }),
         })
     }
 
@@ -393,6 +410,7 @@ impl GuestSet {
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
+            GuestSet::UplinkTest => "uplink-test",
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
             GuestSet::SnapshotDiskTest => "snapshot-disk-test",
@@ -580,6 +598,19 @@ impl GuestSet {
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
                 vms.push(crate::config::check(&net64)?);
                 Ok(vms)
+            }
+            GuestSet::UplinkTest => {
+                let mut vm = linux_vm(true)?.renamed("web");
+                vm.vcpus = 1;
+                vm.memory_kib = 160 * 1024;
+                vm.cmdline = format!(
+                    "{} hv.ip=10.0.2.15/24 hv.fetch=10.0.2.2:{UPLINK_TEST_SERVER_PORT} hv.serve={UPLINK_TEST_GUEST_PORT}",
+                    vm.cmdline
+                );
+                let mut nic = crate::vms::NicDef::on("lan", "web", 0);
+                nic.ip = Some((std::net::Ipv4Addr::new(10, 0, 2, 15), 24));
+                vm.nics = vec![nic];
+                Ok(vec![crate::config::check(&vm)?])
             }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
@@ -828,8 +859,8 @@ pub fn build_with_bundle_on_disk(
 }
 
 /// Builds the kernel and both disk images with `vms` and `machine`'s settings
-/// (the administrator credential, the management network) in the ramdisk (none of
-/// them: no ramdisk), in `target/hv/<dir>/`.
+/// (the administrator credential, the management network, the uplink) in the
+/// ramdisk (none of them: no ramdisk), in `target/hv/<dir>/`.
 pub fn build_with_vms(
     opts: &BuildOptions,
     dir: &str,

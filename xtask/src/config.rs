@@ -32,6 +32,7 @@ mod network;
 #[cfg(test)]
 mod scratch;
 mod storage;
+mod uplink;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -67,7 +68,14 @@ const VM_KEYS: &[&str] = &[
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console", "management"];
+const TOP_KEYS: &[&str] = &[
+    "vm",
+    "storage",
+    "network",
+    "console",
+    "management",
+    "uplink",
+];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -438,6 +446,13 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let uplink = match top.get("uplink") {
+        Some(item) => {
+            let loc = src.loc(top.key("uplink").and_then(|k| k.span()), "uplink");
+            Some(uplink::parse(src, item, &loc, &networks)?)
+        }
+        None => None,
+    };
     let Some(item) = top.get("vm") else {
         let loc = Loc {
             pos: Some((1, 1)),
@@ -492,6 +507,7 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         storage,
         console,
         management,
+        uplink,
     })
 }
 
@@ -1911,12 +1927,14 @@ cmdline = "x"
                     mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
                     rate_mbit: 100,
                     burst_kib: network::DEFAULT_BURST_KIB,
+                    ip: None,
                 },
                 NicDef {
                     network: "other".into(),
                     mac: virtio::net::mac_from_name("a", 1),
                     rate_mbit: 10,
                     burst_kib: 16,
+                    ip: None,
                 }
             ]
         );
@@ -1933,6 +1951,102 @@ cmdline = "x"
         assert_eq!(specs[0].nics[1].network, "other");
         assert_eq!(specs[0].nics[0].rate_mbit, 100);
         assert_eq!(specs[1].nics[0].mac, vms[1].nics[0].mac);
+    }
+
+    #[test]
+    fn the_uplink_and_nic_addresses() {
+        let s = scratch("uplink");
+        s.images();
+        let text = format!(
+            "[[network]]\nname = \"lan\"\n[uplink]\nnetwork = \"lan\"\n{LINUX}\
+             nics = [{{ network = \"lan\", ip = \"10.0.2.15/24\" }}]\n\
+             [[vm]]\nname = \"tiny\"\nmemory = 4\nkernel = \"boot.bin\"\n\
+             nics = [{{ network = \"lan\", ip = \"10.0.2.16\" }}]\n"
+        );
+        let c = load_config(&s.file("vms.toml", text.as_bytes())).unwrap();
+        assert_eq!(
+            c.uplink,
+            Some(crate::vms::UplinkDef {
+                network: "lan".into()
+            })
+        );
+        let ip = |a, b, c, d| std::net::Ipv4Addr::new(a, b, c, d);
+        assert_eq!(c.vms[0].nics[0].ip, Some((ip(10, 0, 2, 15), 24)));
+        // Linux gets its address as /init's hv.ip=; the tiny guest's command line
+        // is left alone.
+        assert_eq!(c.vms[0].cmdline, "console=ttyS0 hv.ip=10.0.2.15/24");
+        assert_eq!(c.vms[1].nics[0].ip, Some((ip(10, 0, 2, 16), 24)));
+        assert_eq!(c.vms[1].cmdline, "");
+        // A command line with its own hv.ip= keeps it.
+        let own = text.replace("console=ttyS0", "console=ttyS0 hv.ip=10.9.9.9/8");
+        let c2 = load_config(&s.file("vms.toml", own.as_bytes())).unwrap();
+        assert_eq!(c2.vms[0].cmdline, "console=ttyS0 hv.ip=10.9.9.9/8");
+        // The bundle carries the uplink.
+        let blob = crate::vms::bundle_bytes_with(&c.vms, &c.machine()).unwrap();
+        let settings = bundle::read_settings(&blob).unwrap();
+        assert_eq!(settings.uplink.unwrap().as_str(), "lan");
+
+        let lan = "[[network]]\nname = \"lan\"\n";
+        let vm = |nics: &str| {
+            format!("[[vm]]\nname = \"a\"\nmemory = 4\nkernel = \"boot.bin\"\nnics = {nics}\n")
+        };
+        let nic = vm("[{ network = \"lan\" }]");
+        for (toml, expected) in [
+            (
+                format!("{lan}[uplink]\nnetwork = \"lna\"\n{nic}"),
+                "vms.toml:4:11: uplink.network: no network \"lna\" (did you mean \"lan\"?); the declared networks are lan",
+            ),
+            (
+                format!("[uplink]\nnetwork = \"lan\"\n{nic}"),
+                "2:11: uplink.network: no network \"lan\"; there is no [[network]]",
+            ),
+            (
+                format!("{lan}[uplink]\nnetwrok = \"lan\"\n{nic}"),
+                "4:1: uplink.netwrok: unknown key `netwrok` (did you mean `network`?)",
+            ),
+            (
+                format!("{lan}[uplink]\n{nic}"),
+                "uplink.network: missing key `network`",
+            ),
+            (
+                format!("uplink = 5\n{lan}{nic}"),
+                "1:1: uplink: expected an [uplink] table",
+            ),
+            (
+                format!("{lan}{}", vm("[{ network = \"lan\", ip = \"10.0.2\" }]")),
+                "nics[0].ip: \"10.0.2\" is not an IPv4 address",
+            ),
+            (
+                format!("{lan}{}", vm("[{ network = \"lan\", ip = \"10.0.2.15/33\" }]")),
+                "\"10.0.2.15/33\": the prefix length must be 1 to 32",
+            ),
+            (
+                format!("{lan}{}", vm("[{ network = \"lan\", ip = \"224.0.0.1\" }]")),
+                "224.0.0.1 is not a host address a NIC can have",
+            ),
+            (
+                format!("{lan}{}", vm("[{ network = \"lan\", ip = \"10.0.2.255/24\" }]")),
+                "10.0.2.255 is the network or broadcast address of 10.0.2.255/24",
+            ),
+            (
+                format!("{lan}{}", vm("[{ network = \"lan\", ip = 5 }]")),
+                "nics[0].ip: expected a string",
+            ),
+        ] {
+            let e = s.err(&toml);
+            assert!(e.contains(expected), "{toml}\n{e}");
+        }
+        // One address twice on a network.
+        let two = format!(
+            "{lan}{}[[vm]]\nname = \"b\"\nmemory = 4\nkernel = \"boot.bin\"\n\
+             nics = [{{ network = \"lan\", ip = \"10.0.2.15\" }}]\n",
+            vm("[{ network = \"lan\", ip = \"10.0.2.15/24\" }]")
+        );
+        let e = s.err(&two);
+        assert!(
+            e.contains("12:33: nics[0].ip: address 10.0.2.15 is already used on network \"lan\" by VM \"a\" on line 7"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2418,7 +2532,11 @@ cmdline = "x"
         let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["linux", "hello64", "real16", "spin64"]);
         assert_eq!(vms[0].format, ImageFormat::Linux);
-        assert_eq!(vms[0].cmdline, crate::linux::LINUX_CMDLINE);
+        // Its NIC's address goes to /init as hv.ip=.
+        assert_eq!(
+            vms[0].cmdline,
+            format!("{} hv.ip=10.0.2.15/24", crate::linux::LINUX_CMDLINE)
+        );
         assert!(vms[3].background);
         assert_eq!(vms[0].nics[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
         assert_eq!(
@@ -2426,6 +2544,7 @@ cmdline = "x"
             vec![NicDef {
                 rate_mbit: 1000,
                 burst_kib: 64,
+                ip: None,
                 ..NicDef::on("lan", "hello64", 0)
             }]
         );

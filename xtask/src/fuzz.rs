@@ -216,6 +216,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     24,
                     Some(([10, 0, 9, 2], 514)),
                 ),
+                uplink: bundle::NetworkName::new("lan"),
             };
             let plain = bundle::MachineSettings::default();
             [

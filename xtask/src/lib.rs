@@ -19,6 +19,7 @@ pub mod guests;
 #[cfg(feature = "disk-images")]
 pub mod linux;
 pub mod storage;
+pub mod uplink;
 pub mod vms;
 
 #[cfg(feature = "disk-images")]

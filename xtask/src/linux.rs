@@ -748,11 +748,25 @@ mkdir -p /tmp
 # the test sees the hypervisor's syslog arrive, since busybox has no UDP listener.
 udp_noports() { awk '/^Udp:/ { if (h) print $3; h = 1 }' /proc/net/snmp; }
 # The TCP check's receiving side (hv.listen=PORT): listening from now on, so the
-# sender finds it once ping gets through.
+# sender finds it once ping gets through. Its stdin is a FIFO that this shell
+# keeps open for writing (fd 3) and never writes: a background job's stdin is
+# /dev/null, and at that end of file busybox nc shuts its sending side down,
+# whereupon the sender's nc, seeing the end of the connection, exits with the
+# rest of its input unsent (4 KiB chunks: the transfers that "stalled" after 4
+# or 12 KiB). (Not a pipe from `sleep`: `wait` would wait for the sleep too.)
 listener=
 if [ -n "$net" ] && [ -n "$(arg listen)" ] && grep -q " hv.test=1" /proc/cmdline; then
-    timeout 90 nc -l -p "$(arg listen)" > /tmp/rx &
+    mkfifo /tmp/rx-in
+    timeout 90 nc -l -p "$(arg listen)" < /tmp/rx-in > /tmp/rx &
     listener=$!
+    exec 3> /tmp/rx-in
+fi
+# The uplink test's answering side (hv.serve=PORT): a line for whoever connects
+# (the host, through a forwarded port), keeping what it sends.
+server=
+if [ -n "$net" ] && [ -n "$(arg serve)" ] && grep -q " hv.test=1" /proc/cmdline; then
+    echo "hv-linux-served" | timeout 90 nc -l -p "$(arg serve)" > /tmp/served &
+    server=$!
 fi
 # A virtio-blk disk: /data.
 data=
@@ -856,6 +870,17 @@ case " $(cat /proc/cmdline) " in
             echo "hv-linux: tcp sent $(wc -c < /tmp/tx) bytes sha256 $(sha256sum /tmp/tx | cut -d' ' -f1)"
         fi
     fi
+    fetch=$(arg fetch)
+    if [ -n "$net" ] && [ -n "$fetch" ]; then
+        # Through the uplink (hv.fetch=ADDR:PORT): a line to a server outside, and
+        # its answer.
+        echo "hv-linux-hello" | timeout 30 nc "${fetch%:*}" "${fetch##*:}" > /tmp/fetched 2>&1
+        echo "hv-linux: fetch $fetch: $(cat /tmp/fetched)"
+    fi
+    if [ -n "$server" ]; then
+        wait $server
+        echo "hv-linux: served: $(cat /tmp/served)"
+    fi
     if [ -n "$listener" ]; then
         wait $listener
         echo "hv-linux: tcp received $(wc -c < /tmp/rx) bytes sha256 $(sha256sum /tmp/rx | cut -d' ' -f1)"
@@ -922,6 +947,7 @@ const APPLETS: &[&str] = &[
     "ping",
     "nc",
     "timeout",
+    "mkfifo",
     "cut",
     "wc",
     "wget",

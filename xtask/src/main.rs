@@ -28,6 +28,11 @@ commands:
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
       --tcg                 QEMU: software emulation even if a nested KVM exists
+      --forward <HOSTPORT=VM:PORT>  (repeatable) with a configuration that has
+                            an [uplink]: TCP port HOSTPORT on the host's
+                            127.0.0.1 reaches PORT of VM at its NIC's `ip` on
+                            the uplink's network (QEMU user networking,
+                            10.0.2.0/24; the host is 10.0.2.2 from the VMs)
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -114,8 +119,9 @@ struct Chosen {
     vms: Vec<xtask::vms::VmDef>,
     /// The persistent disk (a config file's `[storage]`, the default run's).
     storage: Option<xtask::vms::StorageDef>,
-    /// The console's administrator passphrase and the management network (a
-    /// config file's `[console]` and `[management]`, the default run's).
+    /// The console's administrator passphrase, the management network and the
+    /// uplink (a config file's `[console]`, `[management]` and `[uplink]`, the
+    /// default run's).
     machine: xtask::vms::MachineDef,
     /// The machine memory asked for (`--memory` without `--kernel`).
     machine_memory: Option<u32>,
@@ -201,7 +207,18 @@ fn run(mut args: Args) -> Result<(), String> {
     } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
+    let mut forwards = Vec::new();
+    while let Some(f) = args.value("--forward")? {
+        forwards.push(xtask::uplink::parse_forward(&f)?);
+    }
     args.finish()?;
+    let forwards = xtask::uplink::resolve(&forwards, &vms, machine.uplink.as_ref())?;
+    if machine.uplink.is_some() && emulator == "bochs" {
+        return Err(
+            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which              this Bochs run does not attach: run it under QEMU"
+                .into(),
+        );
+    }
     // The machine needs the guests' RAM plus room for the hypervisor, in either
     // emulator; checked before anything is built.
     let floor = match emulator.as_str() {
@@ -243,7 +260,12 @@ fn run(mut args: Args) -> Result<(), String> {
                 gdb,
                 cpu: None,
                 force_tcg: tcg,
-                extra_args: Vec::new(),
+                // The uplink: an e1000 on QEMU's user network, with the forwards.
+                extra_args: if machine.uplink.is_some() {
+                    xtask::uplink::qemu_args(&forwards)
+                } else {
+                    Vec::new()
+                },
                 nvme_disk,
                 // Two or more Linux VMs on a multi-processor machine under
                 // multi-threaded TCG crash the hypervisor (the host runs with a bad

@@ -50,6 +50,10 @@ pub struct NicDef {
     pub rate_mbit: u32,
     /// ... and burst (0 without a rate).
     pub burst_kib: u32,
+    /// The VM's address on the network and its prefix length, when the
+    /// configuration gives one (`ip = "10.0.2.15/24"`): xtask hands it to the Linux
+    /// guest as `hv.ip=` (first NIC) and forwards `--forward` ports to it.
+    pub ip: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 impl NicDef {
@@ -61,6 +65,7 @@ impl NicDef {
             mac: virtio::net::mac_from_name(vm, index),
             rate_mbit: 0,
             burst_kib: 0,
+            ip: None,
         }
     }
 }
@@ -148,29 +153,38 @@ pub struct ManagementDef {
     pub syslog: Option<([u8; 4], u16)>,
 }
 
+/// The uplink (`[uplink]`): the network the machine's own NIC joins as the virtual
+/// switch's uplink port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UplinkDef {
+    pub network: String,
+}
+
 /// What the bundle's machine record carries: the console's credential (hashed
-/// when packed) and the management network.
+/// when packed), the management network and the uplink.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MachineDef {
     pub console: Option<ConsoleDef>,
     pub management: Option<ManagementDef>,
+    pub uplink: Option<UplinkDef>,
 }
 
 impl MachineDef {
     /// Nothing to carry: no machine record settings.
     pub fn is_empty(&self) -> bool {
-        self.console.is_none() && self.management.is_none()
+        self.console.is_none() && self.management.is_none() && self.uplink.is_none()
     }
 }
 
-/// A configuration file's contents: the VMs, the persistent disk, the console and
-/// the management network, if any.
+/// A configuration file's contents: the VMs, the persistent disk, the console, the
+/// management network and the uplink, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub vms: Vec<VmDef>,
     pub storage: Option<StorageDef>,
     pub console: Option<ConsoleDef>,
     pub management: Option<ManagementDef>,
+    pub uplink: Option<UplinkDef>,
 }
 
 impl Config {
@@ -179,6 +193,7 @@ impl Config {
         MachineDef {
             console: self.console.clone(),
             management: self.management.clone(),
+            uplink: self.uplink.clone(),
         }
     }
 }
@@ -344,10 +359,10 @@ pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
     bundle_bytes_with(vms, &MachineDef::default())
 }
 
-/// Packs `vms` into bundle bytes with `machine`'s settings: the management
-/// network, and, when the console has one, the administrator credential: its
-/// passphrase file is read and hashed now (a fresh salt each time, so two packs of
-/// one configuration differ in those bytes).
+/// Packs `vms` into bundle bytes with `machine`'s settings: when it has a console,
+/// the administrator credential (its passphrase file is read and hashed now, a
+/// fresh salt each time, so two packs of one configuration differ in those bytes),
+/// the management network and the uplink's network.
 pub fn bundle_bytes_with(vms: &[VmDef], machine: &MachineDef) -> Result<Vec<u8>, String> {
     let settings = bundle::MachineSettings {
         admin: machine
@@ -371,6 +386,14 @@ pub fn bundle_bytes_with(vms: &[VmDef], machine: &MachineDef) -> Result<Vec<u8>,
                         )
                     },
                 )
+            })
+            .transpose()?,
+        uplink: machine
+            .uplink
+            .as_ref()
+            .map(|u| {
+                bundle::NetworkName::new(&u.network)
+                    .ok_or_else(|| format!("uplink network {:?}: not a network name", u.network))
             })
             .transpose()?,
     };

@@ -30,3 +30,5 @@ mod persistent;
 mod run;
 #[cfg(target_os = "none")]
 pub use run::run_all;
+#[cfg(target_os = "none")]
+pub mod uplink;

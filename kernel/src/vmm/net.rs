@@ -104,6 +104,22 @@ impl Hub {
         Ok(port)
     }
 
+    /// The port of the machine's own NIC on `network` (created on first use): an
+    /// uplink, which may send from any unicast source and has no wake flag (the run
+    /// loop polls it, see `uplink`).
+    pub fn attach_uplink(&mut self, network: &str, now_ns: u64) -> Result<PortId, String> {
+        let net = match self.switch.network(network) {
+            Some(n) => n,
+            None => self
+                .switch
+                .add_network(network)
+                .map_err(|e| format!("network {network:?}: {e:?}"))?,
+        };
+        self.switch
+            .add_port(net, PortConfig::uplink(), now_ns)
+            .map_err(|e| format!("network {network:?}: {e:?}"))
+    }
+
     /// Detaches a port (its VM is gone).
     pub fn detach(&mut self, port: PortId) {
         let _ = self.switch.remove_port(port);
@@ -344,6 +360,31 @@ mod tests {
         hub.detach(b);
         hub.transmit(a, &frame([0xFF; 6], A), 4);
         assert!(!flags[1].load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_uplink_carries_any_source_and_gets_what_is_not_learned_elsewhere() {
+        let mut hub = Hub::new();
+        let wa = Arc::new(AtomicBool::new(false));
+        let a = hub.attach("lan", A, 0, 0, wa.clone(), 0).unwrap();
+        let up = hub.attach_uplink("lan", 0).unwrap();
+        let _other = hub
+            .attach("other", C, 0, 0, Arc::new(AtomicBool::new(false)), 0)
+            .unwrap();
+        // A's broadcast (an ARP request) goes out of the uplink, not to "other".
+        hub.transmit(a, &frame([0xFF; 6], A), 1);
+        assert_eq!(hub.receive(up).unwrap(), frame([0xFF; 6], A));
+        // The answer from a host outside (any source MAC) reaches A and wakes it.
+        const OUTSIDE: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
+        hub.transmit(up, &frame(A, OUTSIDE), 2);
+        assert!(wa.swap(false, Ordering::AcqRel));
+        assert_eq!(hub.receive(a).unwrap(), frame(A, OUTSIDE));
+        // Learned: A's unicast to it goes to the uplink alone.
+        hub.transmit(a, &frame(OUTSIDE, A), 3);
+        assert_eq!(hub.queued(up), 1);
+        assert_eq!(hub.port_stats(up).unwrap().dropped_total().frames, 0);
+        // The uplink on a network no VM has yet creates it.
+        assert!(hub.attach_uplink("new", 4).is_ok());
     }
 
     #[test]

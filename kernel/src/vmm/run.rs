@@ -1332,6 +1332,7 @@ impl<B: Backend> Machine<'_, B> {
             } else {
                 watchdog();
             }
+            super::uplink::pump(&self.hub);
             self.net_kicks();
             let (picked, tasks) = {
                 let mut q = self.queue.lock();
@@ -1550,6 +1551,7 @@ where
         }
     }
     let mgmt_net = management.and_then(|m| start_management(&m, &hub, epoch_unix_ns));
+    super::uplink::attach_configured(&hub);
     // Snapshots kept on the disk by earlier runs.
     let area = snapshot_disk::open();
     let held = area.as_ref().map(snapshots::from_area).unwrap_or_default();
@@ -1578,6 +1580,7 @@ where
     if let Some(m) = machine.mgmt_net.lock().as_ref() {
         println!("hv: management network {}: {}", m.network(), m.report());
     }
+    super::uplink::stop(&machine.hub);
     for s in machine.snapshots.lock().drain(..) {
         s.free();
     }

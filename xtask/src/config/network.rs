@@ -6,6 +6,7 @@
 //! `bundle::NICS_MAX` NICs per VM. Errors point at the key, as everywhere in the
 //! configuration.
 
+use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use toml_edit::{Item, TableLike, Value};
@@ -14,7 +15,7 @@ use super::{get_str, levenshtein, table_list, type_error, unknown_key, ConfigErr
 use crate::vms::{NicDef, VmDef};
 
 const NETWORK_KEYS: &[&str] = &["name", "rate_mbit", "burst_kib"];
-const NIC_KEYS: &[&str] = &["network", "mac"];
+const NIC_KEYS: &[&str] = &["network", "mac", "ip"];
 /// The burst a rate limit gets when the network names none: 64 KiB, some 40
 /// full-size frames (a short TCP window's worth).
 pub const DEFAULT_BURST_KIB: u32 = 64;
@@ -32,6 +33,7 @@ pub(super) struct RawNetwork {
 pub(super) struct RawNic {
     pub network: (String, Loc),
     pub mac: Option<([u8; 6], Loc)>,
+    pub ip: Option<((Ipv4Addr, u8), Loc)>,
 }
 
 /// Parses `[[network]]` tables.
@@ -155,6 +157,36 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
+/// A NIC's `ip`: an IPv4 address with an optional prefix length (`10.0.2.15/24`;
+/// without one, /24), a host address (not unspecified, loopback, multicast,
+/// broadcast, nor its subnet's network or broadcast address).
+fn parse_ip(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (text, "24"),
+    };
+    let ip: Ipv4Addr = addr.parse().map_err(|_| {
+        format!("{text:?} is not an IPv4 address: write it as \"10.0.2.15/24\" (a prefix is optional, /24 if none)")
+    })?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| format!("{text:?}: the prefix length must be 1 to 32"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!("{ip} is not a host address a NIC can have"));
+    }
+    if prefix <= 30 {
+        let host_bits = u32::from(ip) & (u32::MAX >> prefix);
+        if host_bits == 0 || host_bits == u32::MAX >> prefix {
+            return Err(format!(
+                "{ip} is the network or broadcast address of {ip}/{prefix}: not a host's"
+            ));
+        }
+    }
+    Ok((ip, prefix))
+}
+
 /// A MAC as `52:54:00:12:34:56`.
 pub fn show_mac(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -202,6 +234,7 @@ pub(super) fn parse_nics(src: &Source, item: &Item, loc: &Loc) -> Result<Vec<Raw
         let prefix = format!("nics[{i}]");
         let mut network = None;
         let mut mac = None;
+        let mut ip = None;
         for (key, value) in table.iter() {
             let (key_loc, value_loc) = src.entry_locs(
                 table.key(key).and_then(|k| k.span()),
@@ -238,6 +271,11 @@ pub(super) fn parse_nics(src: &Source, item: &Item, loc: &Loc) -> Result<Vec<Raw
                     }
                     mac = Some((m, value_loc));
                 }
+                "ip" => {
+                    let text = get_str(src, value, &value_loc)?;
+                    let a = parse_ip(text).map_err(|m| src.err(&value_loc, m))?;
+                    ip = Some((a, value_loc));
+                }
                 other => return Err(src.err(&key_loc, unknown_key(other, NIC_KEYS))),
             }
         }
@@ -247,9 +285,29 @@ pub(super) fn parse_nics(src: &Source, item: &Item, loc: &Loc) -> Result<Vec<Raw
                 "missing key `network` (the [[network]] this NIC is attached to)",
             )
         })?;
-        nics.push(RawNic { network, mac });
+        nics.push(RawNic { network, mac, ip });
     }
     Ok(nics)
+}
+
+/// Why `name` names no declared network: with the closest name, and the list.
+pub(super) fn unknown_network(name: &str, networks: &[RawNetwork]) -> String {
+    let known: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+    let hint = known
+        .iter()
+        .min_by_key(|k| levenshtein(name, k))
+        .filter(|k| {
+            let d = levenshtein(name, k);
+            d <= (k.len() / 3).max(1) || (d <= 2 && name.len() > 2)
+        })
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default();
+    let list = if known.is_empty() {
+        "there is no [[network]] table: declare it with [[network]] name = ...".to_string()
+    } else {
+        format!("the declared networks are {}", known.join(", "))
+    };
+    format!("no network {name:?}{hint}; {list}")
 }
 
 /// Cross-checks the VMs' NICs against the declared networks and fills in
@@ -264,28 +322,17 @@ pub(super) fn check_nics(
 ) -> Result<(), ConfigError> {
     // Every MAC placed so far: network, MAC, VM, where (the NIC's mac or network).
     let mut placed: Vec<(&str, [u8; 6], &str, Loc)> = Vec::new();
+    // Every address given so far: network, address, VM, where.
+    let mut addresses: Vec<(&str, Ipv4Addr, &str, Loc)> = Vec::new();
+    let mut nic_defs: Vec<Vec<NicDef>> = Vec::new();
+    // VM index, `hv.ip=...` for its command line.
+    let mut linux_ip: Vec<(usize, String)> = Vec::new();
     for (i, list) in nics.iter().enumerate() {
         let mut out = Vec::new();
         for (j, nic) in list.iter().enumerate() {
             let (name, loc) = &nic.network;
             let Some(net) = networks.iter().find(|n| &n.name == name) else {
-                let known: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
-                let hint = known
-                    .iter()
-                    .min_by_key(|k| levenshtein(name, k))
-                    .filter(|k| {
-                        let d = levenshtein(name, k);
-                        d <= (k.len() / 3).max(1) || (d <= 2 && name.len() > 2)
-                    })
-                    .map(|k| format!(" (did you mean {k:?}?)"))
-                    .unwrap_or_default();
-                let list = if known.is_empty() {
-                    "there is no [[network]] table: declare it with [[network]] name = ..."
-                        .to_string()
-                } else {
-                    format!("the declared networks are {}", known.join(", "))
-                };
-                return Err(src.err(loc, format!("no network {name:?}{hint}; {list}")));
+                return Err(src.err(loc, unknown_network(name, networks)));
             };
             // Checked when parsed: at most NICS_MAX, so the index fits.
             let (mac, mac_loc) = match &nic.mac {
@@ -318,14 +365,51 @@ pub(super) fn check_nics(
                 ));
             }
             placed.push((name.as_str(), mac, vms[i].name.as_str(), mac_loc));
+            if let Some(((ip, _), ip_loc)) = &nic.ip {
+                if let Some((_, _, vm, at)) = addresses
+                    .iter()
+                    .find(|(n, a, _, _)| *n == name.as_str() && a == ip)
+                {
+                    let line = at
+                        .pos
+                        .map(|(l, _)| format!(" on line {l}"))
+                        .unwrap_or_default();
+                    return Err(src.err(
+                        ip_loc,
+                        format!(
+                            "address {ip} is already used on network {name:?} by VM {vm:?}{line}"
+                        ),
+                    ));
+                }
+                addresses.push((name.as_str(), *ip, vms[i].name.as_str(), ip_loc.clone()));
+            }
             out.push(NicDef {
                 network: name.clone(),
                 mac,
                 rate_mbit: net.rate_mbit,
                 burst_kib: net.burst_kib,
+                ip: nic.ip.as_ref().map(|(a, _)| *a),
             });
         }
-        vms[i].nics = out;
+        // The Linux guest's /init configures eth0 from `hv.ip=`: the first NIC's
+        // address goes there unless the command line sets one itself.
+        if let Some(NicDef {
+            ip: Some((ip, prefix)),
+            ..
+        }) = out.first()
+        {
+            if vms[i].format == bundle::ImageFormat::Linux && !vms[i].cmdline.contains("hv.ip=") {
+                linux_ip.push((i, format!("hv.ip={ip}/{prefix}")));
+            }
+        }
+        nic_defs.push(out);
+    }
+    for (vm, out) in vms.iter_mut().zip(nic_defs) {
+        vm.nics = out;
+    }
+    for (i, arg) in linux_ip {
+        let sep = if vms[i].cmdline.is_empty() { "" } else { " " };
+        vms[i].cmdline.push_str(&format!("{sep}{arg}"));
     }
     if let Some(unused) = networks
         .iter()
