@@ -447,11 +447,13 @@ impl MsrState {
 pub mod hypercall {
     /// Returns the interface version.
     pub const VERSION: u64 = 0;
-    /// Returned for an unknown number (as -ENOSYS would be, two's complement -1).
-    pub const UNKNOWN: u64 = u64::MAX;
-    /// Returned for any hypercall made from CPL > 0 (-2): hypercalls are the guest
-    /// kernel's, as under KVM (which answers -EPERM).
-    pub const NOT_PERMITTED: u64 = (-2i64) as u64;
+    /// Returned for an unknown number: -1000, KVM's -KVM_ENOSYS (Linux
+    /// `include/uapi/linux/kvm_para.h`), so a guest written for KVM reads it the same.
+    pub const UNKNOWN: u64 = (-1000i64) as u64;
+    /// Returned for any hypercall made from CPL > 0: -1, KVM's -KVM_EPERM (KVM_EPERM
+    /// is EPERM, 1). Hypercalls are the guest kernel's, as under KVM, which checks
+    /// the CPL before it looks at the number; none is documented as user-callable.
+    pub const NOT_PERMITTED: u64 = (-1i64) as u64;
     /// Benchmark support: run this vCPU in the shortest possible exit loop (enter,
     /// skip the CPUID, re-enter: no dispatch, no devices) until [`BENCH_BARE_END`],
     /// so a guest can compare a CPUID round trip through the full exit path with the
@@ -630,7 +632,7 @@ mod tests {
     #[test]
     fn hypercalls() {
         assert_eq!(hypercall::dispatch(hypercall::VERSION), 1);
-        assert_eq!(hypercall::dispatch(0xdead), u64::MAX);
+        assert_eq!(hypercall::dispatch(0xdead), (-1000i64) as u64);
     }
 
     #[test]

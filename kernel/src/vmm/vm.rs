@@ -557,6 +557,8 @@ pub struct VcpuCtx<V: Vcpu> {
     topology: Topology,
     /// What the guest's CPUID view allows in CR4, EFER and XCR0.
     features: GuestFeatures,
+    /// Consecutive rounds of an exception raised while delivering itself.
+    delivery_loop: vcpu::delivery_loop::DeliveryLoop,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -594,6 +596,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             host_cpuid,
             topology,
             features,
+            delivery_loop: Default::default(),
         }
     }
 
@@ -900,6 +903,20 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// Handles one exit at time `now_ns`; the vCPU is left ready for the next entry.
     pub fn handle(&mut self, vm: &mut VmShared, exit: Exit, now_ns: u64) -> Next {
         self.stats.record(exit.kind());
+        // A processor caught in such a loop never runs another instruction: as dead
+        // as after a triple fault, which is how it ends (see `delivery_loop`).
+        if let Some(l) = self.delivery_loop.observe(&exit, self.vcpu.rip()) {
+            return Next::Crash(format!(
+                "triple fault (shutdown): vector {} raised while delivering itself {} times \
+                 in a row at RIP {:#x}{}, an exception-delivery loop no instruction ends \
+                 (RSP {:#x})",
+                l.vector,
+                l.rounds,
+                l.rip,
+                self.which(),
+                self.vcpu.rsp()
+            ));
+        }
         match exit {
             Exit::PortIo(io) => {
                 if io.string {
@@ -968,8 +985,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                 }
                 Next::Continue
             }
-            // Hypercalls are for the guest's kernel: from CPL > 0 the answer is an
-            // error, as KVM gives (-EPERM), whatever the number.
+            // Hypercalls are for the guest's kernel: from CPL > 0 the answer is the
+            // error KVM gives (-KVM_EPERM), whatever the number.
             Exit::Hypercall if self.vcpu.cpl() != 0 => {
                 self.vcpu.regs().rax = policy::hypercall::NOT_PERMITTED;
                 self.vcpu.skip_instruction();
@@ -2074,9 +2091,15 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.injected, [Exception::GP0, Exception::UD]);
         assert_eq!(vm.cpu.vcpu.skipped, 1);
         // A reflected #AC/#DB was queued by the backend: counted, nothing else.
-        for vector in [17, 1, 1] {
+        for (vector, redelivered) in [(17, false), (1, false), (17, true)] {
             assert_eq!(
-                vm.handle(Exit::ExceptionReflected { vector }, 0),
+                vm.handle(
+                    Exit::ExceptionReflected {
+                        vector,
+                        redelivered
+                    },
+                    0
+                ),
                 Next::Continue
             );
         }
@@ -2087,5 +2110,27 @@ mod tests {
         assert_eq!(stats.count(vcpu::ExitKind::CacheFlush), 1);
         assert_eq!(stats.count(vcpu::ExitKind::Rdpmc), 1);
         assert_eq!(stats.count(vcpu::ExitKind::HiddenInstruction), 1);
+    }
+
+    #[test]
+    fn an_endless_exception_delivery_loop_is_a_triple_fault() {
+        let mut vm = vm();
+        let ac = Exit::ExceptionReflected {
+            vector: 17,
+            redelivered: true,
+        };
+        for _ in 1..vcpu::delivery_loop::LIMIT {
+            assert_eq!(vm.handle(ac, 0), Next::Continue);
+            assert_eq!(vm.handle(Exit::ExternalInterrupt, 0), Next::Yield);
+        }
+        assert!(
+            matches!(vm.handle(ac, 0), Next::Crash(w) if w.starts_with("triple fault")
+                && w.contains("vector 17 raised while delivering itself 1000 times")),
+        );
+        // A guest that makes progress in between is never stopped.
+        for _ in 0..2 * vcpu::delivery_loop::LIMIT {
+            assert_eq!(vm.handle(ac, 0), Next::Continue);
+            assert_eq!(vm.handle(Exit::CacheFlush, 0), Next::Continue);
+        }
     }
 }
