@@ -26,6 +26,17 @@ pub struct CpuidResult {
 /// INVPCID (VMX needs a control we do not set), RDPID (reads the host's TSC_AUX),
 /// LA57, TSC_ADJUST, the speculation-control bits of leaf 7 EDX and 0x8000_0008 EBX
 /// (their MSRs are not offered), OSVW, IBS, LWP, TOPOEXT, MONITORX.
+///
+/// XCR0, the XSAVE-managed state and PKRU: decided hidden, not switched. Neither
+/// VMRUN nor VM entry switches XCR0 or PKRU, so offering them would take an
+/// XSAVES/XRSTORS (or XSAVE/XRSTOR) of every enabled component around each entry
+/// plus XCR0 and PKRU loads, and a kernel that enables CR4.OSXSAVE for itself (it
+/// does not: the host runs without XSAVE state, see the README's note on AES-NI
+/// and the kernel). Hidden instead, and enforced, not just unadvertised:
+/// `vcpu::cr_policy` refuses CR4.OSXSAVE and CR4.PKE (#GP), so the processor itself
+/// raises #UD for XSETBV/XGETBV, every VEX/EVEX instruction (AVX registers) and
+/// RDPKRU/WRPKRU (`crcheck64` checks each on both vendors). x87/SSE state is per
+/// vCPU (`vcpu::fpu`, FXSAVE/FXRSTOR around each entry).
 pub mod allow {
     /// Leaf 1 EDX: FPU VME DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT PSE36
     /// CLFSH MMX FXSR SSE SSE2 (HTT is set by the topology).
