@@ -994,15 +994,15 @@ impl<V: Vcpu> VcpuCtx<V> {
             }
             Exit::Hypercall
                 if self.bench_hypercalls
-                    && self.vcpu.regs().rax == policy::hypercall::BENCH_BARE_BEGIN =>
+                    && self.hypercall_number() == policy::hypercall::BENCH_BARE_BEGIN =>
             {
                 self.vcpu.regs().rax = 0;
                 self.vcpu.skip_instruction();
                 Next::BareCpuidLoop
             }
             Exit::Hypercall => {
-                let regs = self.vcpu.regs();
-                regs.rax = policy::hypercall::dispatch(regs.rax);
+                let number = self.hypercall_number();
+                self.vcpu.regs().rax = policy::hypercall::dispatch(number);
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
@@ -1124,6 +1124,18 @@ impl<V: Vcpu> VcpuCtx<V> {
                 self.vcpu.rip(),
                 self.which()
             )),
+        }
+    }
+
+    /// The hypercall number in RAX: outside 64-bit mode only EAX, as KVM reads it
+    /// (bits 63:32 of RAX are whatever 64-bit code last left there).
+    fn hypercall_number(&mut self) -> u64 {
+        let bits = crate::vmm::guest_walk::code_bitness(&self.vcpu.control_regs());
+        let rax = self.vcpu.regs().rax;
+        if bits == 64 {
+            rax
+        } else {
+            rax & 0xFFFF_FFFF
         }
     }
 
@@ -2076,6 +2088,27 @@ mod tests {
         vm.cpu.vcpu.cpl = 0;
         vm.cpu.vcpu.regs.rax = policy::hypercall::BENCH_BARE_BEGIN;
         assert_eq!(vm.handle(Exit::Hypercall, 0), Next::BareCpuidLoop);
+    }
+
+    #[test]
+    fn hypercall_numbers_are_eax_outside_64_bit_mode() {
+        let mut vm = vm();
+        let stale = 0xDEAD_0000_0000_0000 | policy::hypercall::VERSION;
+        // 32-bit protected mode: bits 63:32 of RAX are not part of the number.
+        vm.cpu.vcpu.cr.cr0 = 1;
+        vm.cpu.vcpu.regs.rax = stale;
+        vm.handle(Exit::Hypercall, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, u64::from(policy::INTERFACE_VERSION));
+        // 64-bit mode (EFER.LMA, CS.L): all of RAX is.
+        vm.cpu.vcpu.cr = vcpu::ControlRegs {
+            cr0: 1 | 1 << 31,
+            efer: 1 << 10 | 1 << 8,
+            cs_long: true,
+            ..Default::default()
+        };
+        vm.cpu.vcpu.regs.rax = stale;
+        vm.handle(Exit::Hypercall, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, policy::hypercall::UNKNOWN);
     }
 
     #[test]
