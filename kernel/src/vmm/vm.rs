@@ -649,8 +649,7 @@ impl<V: Vcpu> VcpuCtx<V> {
     pub fn prepare_entry(&mut self, vm: &mut VmShared, now_ns: u64) {
         let i = self.index;
         let mut out = Outcome::default();
-        vm.platform.note_timer_tick(&vm.lapics);
-        vm.platform.poll(now_ns, &mut out);
+        vm.platform.poll(now_ns, &vm.lapics, &mut out);
         vm.finish(out);
         vm.lapics[i].poll_timer(now_ns);
         // An NMI goes before any interrupt, whatever RFLAGS.IF says, and ends a HLT
