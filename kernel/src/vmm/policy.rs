@@ -454,6 +454,46 @@ impl MsrState {
     }
 }
 
+/// One vCPU's answers of [`cpuid`], kept once computed: a CPUID exit is the most
+/// frequent exit some guests make (a CPUID loop, or `cargo xtask bench`), and the
+/// answer depends only on the host and the vCPU's topology, both fixed for the
+/// vCPU's life, so it need not ask the host's CPUID again. Direct-mapped, 16
+/// entries; a collision only costs a recomputation.
+///
+/// Host answers that differ between the host's processors (its APIC IDs, which the
+/// topology leaves replace anyway; a hybrid part's core type) are those of the
+/// processor the vCPU first asked on, so a guest sees the same answer wherever its
+/// vCPU runs. A leaf whose answer would mirror guest state (CR4.OSXSAVE in leaf 1
+/// ECX[27], CR4.PKE in leaf 7 ECX[4]; both features hidden today) must not be served
+/// from here, or must clear the view when that state changes.
+#[derive(Clone, Debug, Default)]
+pub struct CpuidCache {
+    entries: [Option<(u32, u32, CpuidResult)>; 16],
+}
+
+impl CpuidCache {
+    /// The answer for `leaf`/`subleaf`, from `compute` the first time.
+    pub fn get(
+        &mut self,
+        leaf: u32,
+        subleaf: u32,
+        compute: impl FnOnce() -> CpuidResult,
+    ) -> CpuidResult {
+        // Multiplicative hashing (Knuth), top four bits: leaves 0..N, 0x4000_00xx
+        // and 0x8000_00xx spread over the slots.
+        let hash = leaf.wrapping_mul(0x9E37_79B1) ^ subleaf.wrapping_mul(0x85EB_CA6B);
+        let slot = &mut self.entries[(hash >> 28) as usize];
+        match *slot {
+            Some((l, s, r)) if l == leaf && s == subleaf => r,
+            _ => {
+                let r = compute();
+                *slot = Some((leaf, subleaf, r));
+                r
+            }
+        }
+    }
+}
+
 /// The hypercall ABI (VMMCALL / VMCALL): number in RAX, result in RAX.
 pub mod hypercall {
     /// Returns the interface version.
@@ -638,6 +678,41 @@ mod tests {
             "reserved bits"
         );
         assert_eq!(m.write(IA32_MTRR_DEF_TYPE, 0x1000), MsrAccess::Fault);
+    }
+
+    #[test]
+    fn the_cpuid_cache_answers_as_cpuid_does() {
+        let topo = Topology {
+            apic_id: 1,
+            cpus: 2,
+        };
+        let mut cache = CpuidCache::default();
+        let asked = core::cell::Cell::new(0);
+        let counting = |leaf, sub| {
+            asked.set(asked.get() + 1);
+            host(leaf, sub)
+        };
+        let keys: Vec<(u32, u32)> = (0..0x20)
+            .flat_map(|l| [(l, 0), (l, 1)])
+            .chain((0x4000_0000..0x4000_0003).map(|l| (l, 0)))
+            .chain((0x8000_0000..0x8000_0020).map(|l| (l, 0)))
+            .collect();
+        for _ in 0..3 {
+            for &(leaf, sub) in &keys {
+                let want = super::cpuid(leaf, sub, host, &topo);
+                assert_eq!(
+                    cache.get(leaf, sub, || super::cpuid(leaf, sub, counting, &topo)),
+                    want,
+                    "{leaf:#x}/{sub}"
+                );
+            }
+        }
+        // Asked again only on collisions, never for a leaf just answered.
+        let before = asked.get();
+        for _ in 0..10 {
+            cache.get(1, 0, || super::cpuid(1, 0, counting, &topo));
+        }
+        assert!(asked.get() <= before + 1);
     }
 
     #[test]

@@ -559,6 +559,8 @@ pub struct VcpuCtx<V: Vcpu> {
     features: GuestFeatures,
     /// Consecutive rounds of an exception raised while delivering itself.
     delivery_loop: vcpu::delivery_loop::DeliveryLoop,
+    /// The guest's CPUID answers, once computed.
+    cpuid_cache: policy::CpuidCache,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -597,6 +599,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             topology,
             features,
             delivery_loop: Default::default(),
+            cpuid_cache: Default::default(),
         }
     }
 
@@ -947,7 +950,10 @@ impl<V: Vcpu> VcpuCtx<V> {
                 Next::Continue
             }
             Exit::Cpuid { leaf, subleaf } => {
-                let r = policy::cpuid(leaf, subleaf, self.host_cpuid, &self.topology);
+                let (host, topology) = (self.host_cpuid, &self.topology);
+                let r = self.cpuid_cache.get(leaf, subleaf, || {
+                    policy::cpuid(leaf, subleaf, host, topology)
+                });
                 let regs = self.vcpu.regs();
                 set_low32(&mut regs.rax, r.eax);
                 set_low32(&mut regs.rbx, r.ebx);
