@@ -37,6 +37,7 @@ const BINS: &[(&str, &str)] = &[
     ("vq64", "link64.ld"),
     ("net64", "link64.ld"),
     ("count64", "link64.ld"),
+    ("balloon64", "link64.ld"),
     ("acloop32", "link32.ld"),
     ("usercall32", "link32.ld"),
 ];

@@ -3,10 +3,10 @@
 //! kernel as its ramdisk. Writer and reader live here together so the format has one
 //! definition.
 //!
-//! Layout, version 8 (all integers little endian, all offsets from the blob's start):
+//! Layout, version 9 (all integers little endian, all offsets from the blob's start):
 //!
 //! ```text
-//! header   16 bytes   MAGIC "HVBUNDL8", entry count u32, total length u32
+//! header   16 bytes   MAGIC "HVBUNDL9", entry count u32, total length u32
 //! entries  count * 96 bytes, one per VM:
 //!            0  name         [u8; 24], UTF-8, zero-padded
 //!           24  memory_kib   u32
@@ -17,7 +17,7 @@
 //!                             bit 4: stop on an unbacked access, bit 5: has a
 //!                             RAM-backed disk, bit 6: the disk (either kind) is
 //!                             read-only, bit 7: has a partition disk, bit 8: the
-//!                             partition is encrypted)
+//!                             partition is encrypted, bit 9: has a memory balloon)
 //!           44  format       u32 (0 auto, 1 tiny, 2 multiboot, 3 linux)
 //!           48  vcpus        u32 (1 to MAX_VCPUS)
 //!           52  cmdline      offset u32, length u32 (UTF-8, at most CMDLINE_MAX)
@@ -32,10 +32,12 @@
 //!          records, NIC count u32 (0 to NICS_MAX; offset 0 without NICs)
 //! machine  8 bytes (version 8): offset u32 and length u32 of the machine record
 //!          (always MACHINE_RECORD bytes, in the data area)
-//! data     everything else: the machine record (64 bytes: flags u32, bit 0: an
-//!          administrator credential follows, other bits zero; then the credential,
-//!          all zero without one: Argon2id memory_kib u32, iterations u32, lanes
-//!          u32, salt [u8; 16], hash [u8; 32]); per VM its module table (count * 16
+//! data     everything else: the machine record (112 bytes: flags u32, bit 0: an
+//!          administrator credential follows, bit 2: the management network
+//!          follows, other bits zero; then the credential, all zero without one:
+//!          Argon2id memory_kib u32, iterations u32, lanes u32, salt [u8; 16], hash
+//!          [u8; 32]; at 64 the management block, all zero without one, 48 bytes:
+//!          see [`management`]); per VM its module table (count * 16
 //!          bytes: data offset, data length, cmdline offset, cmdline length), its
 //!          cmdline strings and image path, partition record (16 bytes: name
 //!          offset, name length, key offset, key length; the name UTF-8 without NUL,
@@ -58,11 +60,15 @@
 //! the machine rather than to one VM: for now the management console's
 //! administrator credential, an Argon2id hash of the passphrase, never the
 //! passphrase), through a pointer after the NIC table, so that the header and the
-//! tables before it stay where version 7 has them. The magic names the version: the
-//! reader takes versions 4 to 8 (a version 4 entry has no disk, a version 4 or 5
-//! entry no partition, and their flags must be clear; before version 7 no VM has a
-//! NIC; before version 8 the machine has the default settings, no credential); any
-//! other version is refused as a whole. A VM has at most one disk: a RAM-backed one
+//! tables before it stay where version 7 has them; version 9 the management network
+//! (the network the hypervisor's own station joins, its address, the syslog
+//! collector) in 48 bytes more of the machine record, which version 8 has 64 bytes
+//! long. The magic names the version: the reader takes versions 4 to 9 (a version 4
+//! entry has no disk, a version 4 or 5 entry no partition, and their flags must be
+//! clear; before version 7 no VM has a NIC; before version 8 the machine has the
+//! default settings, no credential; before version 9 no management network); any
+//! other version is refused as a whole, with a message that names the versions
+//! read. A VM has at most one disk: a RAM-backed one
 //! or a partition.
 //!
 //! The reader trusts nothing: every offset and length is checked (with overflow
@@ -77,14 +83,19 @@
 
 extern crate alloc;
 
+pub mod management;
 pub mod reference;
+pub use management::Management;
 pub use reference::{read_ref, write_ref, BundleRef, RefError};
 
 use alloc::vec::Vec;
 use core::fmt;
 
-pub const MAGIC: [u8; 8] = *b"HVBUNDL8";
-/// The previous versions, still read: they have no machine record ...
+pub const MAGIC: [u8; 8] = *b"HVBUNDL9";
+/// The previous versions, still read: a shorter machine record without the
+/// management network ...
+pub const MAGIC_V8: [u8; 8] = *b"HVBUNDL8";
+/// ... no machine record ...
 pub const MAGIC_V7: [u8; 8] = *b"HVBUNDL7";
 /// ... no NICs ...
 pub const MAGIC_V6: [u8; 8] = *b"HVBUNDL6";
@@ -101,10 +112,16 @@ const NIC_TABLE_ENTRY: usize = 8;
 const NIC_RECORD: usize = 24;
 /// After the NIC table (version 8): offset and length of the machine record.
 const MACHINE_POINTER: usize = 8;
-/// The machine record's length in version 8.
-pub const MACHINE_RECORD: usize = 64;
+/// The machine record's length in version 9 ...
+pub const MACHINE_RECORD: usize = MACHINE_RECORD_V8 + management::MANAGEMENT_BLOCK;
+/// ... and in version 8.
+pub const MACHINE_RECORD_V8: usize = 64;
 /// Machine record flag: an administrator credential follows.
 const MACHINE_ADMIN: u32 = 1;
+/// Machine record flag (version 9): the management block is in use.
+const MACHINE_MANAGEMENT: u32 = 4;
+/// Where the management block starts in the machine record.
+const M_MANAGEMENT: usize = MACHINE_RECORD_V8;
 // Byte offsets inside the machine record.
 const M_FLAGS: usize = 0;
 const M_MEMORY: usize = 4;
@@ -112,7 +129,7 @@ const M_ITERATIONS: usize = 8;
 const M_LANES: usize = 12;
 const M_SALT: usize = 16;
 const M_HASH: usize = M_SALT + ADMIN_SALT_LEN;
-const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD);
+const _: () = assert!(M_HASH + ADMIN_HASH_LEN == MACHINE_RECORD_V8);
 /// Bytes of Argon2 salt in an [`AdminCredential`].
 pub const ADMIN_SALT_LEN: usize = 16;
 /// Bytes of Argon2 output (the hash) in an [`AdminCredential`].
@@ -156,6 +173,7 @@ const FLAG_DISK: u32 = 32;
 const FLAG_DISK_READ_ONLY: u32 = 64;
 const FLAG_PARTITION: u32 = 128;
 const FLAG_ENCRYPTED: u32 = 256;
+const FLAG_BALLOON: u32 = 512;
 /// Longest partition name in UTF-16 code units (the GPT entry's 72-byte field).
 pub const PARTITION_NAME_UNITS: usize = 36;
 /// Longest passphrase carried for an encrypted partition, in bytes.
@@ -398,6 +416,9 @@ pub fn admin_ok(c: &AdminCredential) -> bool {
 pub struct MachineSettings {
     /// The management console's administrator credential; `None`: none configured.
     pub admin: Option<AdminCredential>,
+    /// The hypervisor's station on a management network (version 9); `None`:
+    /// none.
+    pub management: Option<Management>,
 }
 
 /// What happens to a VM that resets or crashes.
@@ -434,6 +455,9 @@ pub struct VmSpec<'a> {
     /// all ones and writes vanish, as on a PC bus (false, the default), or the VM
     /// stops (true: `on_unmapped = "stop"`).
     pub unmapped_stops: bool,
+    /// The VM has a virtio-balloon device (`balloon = true`), through which the
+    /// operator's `balloon` command takes memory from it and gives it back.
+    pub balloon: bool,
     pub image: &'a [u8],
     /// The image's path as the user named it (`kernel` key, `--kernel`); may be
     /// empty. Multiboot kernels get it in front of their command line.
@@ -532,6 +556,9 @@ pub enum BundleError {
     /// The machine record lies outside the data area, is not [`MACHINE_RECORD`]
     /// bytes, has an unknown flag, or bytes where its flags say nothing is.
     BadMachineRecord,
+    /// The machine record's management block names no valid network, address,
+    /// prefix or collector.
+    BadManagement,
     /// The administrator credential's Argon2id parameters are not what
     /// [`admin_ok`] takes.
     BadAdminCredential,
@@ -542,7 +569,7 @@ impl fmt::Display for BundleError {
         match self {
             BundleError::BadMagic => write!(
                 f,
-                "not a guest bundle of this version (bad magic; expected HVBUNDL8, 7, 6, 5 or 4)"
+                "not a guest bundle of this version (bad magic; expected HVBUNDL9, 8, 7, 6, 5 or 4)"
             ),
             BundleError::Truncated { needed, have } => {
                 write!(f, "bundle truncated: needs {needed} bytes, has {have}")
@@ -617,8 +644,13 @@ impl fmt::Display for BundleError {
             ),
             BundleError::BadMachineRecord => write!(
                 f,
-                "machine record out of bounds, not {MACHINE_RECORD} bytes, or with unknown \
-                 flags or stray bytes"
+                "machine record out of bounds, not {MACHINE_RECORD} bytes ({MACHINE_RECORD_V8} \
+                 before version 9), or with unknown flags or stray bytes"
+            ),
+            BundleError::BadManagement => write!(
+                f,
+                "management network: a bad network name, an address that is no host of its \
+                 /1 to /30 network, or a syslog collector that is not another host of it"
             ),
             BundleError::BadAdminCredential => write!(
                 f,
@@ -829,6 +861,7 @@ pub fn write_with(settings: &MachineSettings, vms: &[VmSpec]) -> Result<Vec<u8>,
             } else {
                 0
             }
+            | if vm.balloon { FLAG_BALLOON } else { 0 }
             | match vm.disk {
                 Some(d) if d.read_only => FLAG_DISK | FLAG_DISK_READ_ONLY,
                 Some(_) => FLAG_DISK,
@@ -941,9 +974,14 @@ pub fn write_with(settings: &MachineSettings, vms: &[VmSpec]) -> Result<Vec<u8>,
 /// `settings` as the machine record.
 fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
     let mut r = [0u8; MACHINE_RECORD];
+    let mut flags = 0;
+    if let Some(m) = &settings.management {
+        flags |= MACHINE_MANAGEMENT;
+        r[M_MANAGEMENT..].copy_from_slice(&m.encode());
+    }
     if let Some(a) = &settings.admin {
+        flags |= MACHINE_ADMIN;
         for (at, v) in [
-            (M_FLAGS, MACHINE_ADMIN),
             (M_MEMORY, a.memory_kib),
             (M_ITERATIONS, a.iterations),
             (M_LANES, a.lanes),
@@ -951,34 +989,53 @@ fn machine_record(settings: &MachineSettings) -> [u8; MACHINE_RECORD] {
             r[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
         r[M_SALT..M_HASH].copy_from_slice(&a.salt);
-        r[M_HASH..].copy_from_slice(&a.hash);
+        r[M_HASH..MACHINE_RECORD_V8].copy_from_slice(&a.hash);
     }
+    r[M_FLAGS..M_FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
     r
 }
 
-/// The machine settings from the machine pointer `pointer` (offset, length).
+/// The machine settings from the machine pointer `pointer` (offset, length) of a
+/// bundle of `version` (8 or 9).
 fn read_machine(
     blob: &[u8],
     data_start: usize,
     pointer: &[u8],
+    version: u8,
 ) -> Result<MachineSettings, BundleError> {
     let bad = BundleError::BadMachineRecord;
     let offset = u32_at(pointer, 0).ok_or(bad)?;
     let len = u32_at(pointer, 4).ok_or(bad)?;
-    if len as usize != MACHINE_RECORD {
+    let (expected, known) = if version >= 9 {
+        (MACHINE_RECORD, MACHINE_ADMIN | MACHINE_MANAGEMENT)
+    } else {
+        (MACHINE_RECORD_V8, MACHINE_ADMIN)
+    };
+    if len as usize != expected {
         return Err(bad);
     }
     let r = region(blob, data_start, offset, len).ok_or(bad)?;
     let field = |at: usize| u32_at(r, at).unwrap_or(0);
     let flags = field(M_FLAGS);
-    if flags & !MACHINE_ADMIN != 0 {
+    if flags & !known != 0 {
         return Err(bad);
     }
-    let rest = r.get(M_MEMORY..).ok_or(bad)?;
+    let block = r.get(M_MANAGEMENT..).unwrap_or(&[]);
+    let management = if flags & MACHINE_MANAGEMENT != 0 {
+        Some(Management::decode(block).ok_or(BundleError::BadManagement)?)
+    } else if block.iter().any(|&b| b != 0) {
+        return Err(bad);
+    } else {
+        None
+    };
+    let rest = r.get(M_MEMORY..MACHINE_RECORD_V8).ok_or(bad)?;
     if flags & MACHINE_ADMIN == 0 {
         // Without a credential its bytes are zero, as every unused field.
         return if rest.iter().all(|&b| b == 0) {
-            Ok(MachineSettings::default())
+            Ok(MachineSettings {
+                admin: None,
+                management,
+            })
         } else {
             Err(bad)
         };
@@ -992,14 +1049,17 @@ fn read_machine(
             .and_then(|s| s.try_into().ok())
             .ok_or(bad)?,
         hash: r
-            .get(M_HASH..MACHINE_RECORD)
+            .get(M_HASH..MACHINE_RECORD_V8)
             .and_then(|h| h.try_into().ok())
             .ok_or(bad)?,
     };
     if !admin_ok(&admin) {
         return Err(BundleError::BadAdminCredential);
     }
-    Ok(MachineSettings { admin: Some(admin) })
+    Ok(MachineSettings {
+        admin: Some(admin),
+        management,
+    })
 }
 
 /// The slice `[offset, offset + len)` of `blob` if it lies inside the data area
@@ -1047,14 +1107,15 @@ pub fn read_settings(blob: &[u8]) -> Result<MachineSettings, BundleError> {
     read_with(blob).map(|(settings, _)| settings)
 }
 
-/// The bundle's version from its magic (4 to 8).
+/// The bundle's version from its magic (4 to 9).
 fn version(magic: &[u8]) -> Option<u8> {
     [
         (MAGIC_V4, 4),
         (MAGIC_V5, 5),
         (MAGIC_V6, 6),
         (MAGIC_V7, 7),
-        (MAGIC, 8),
+        (MAGIC_V8, 8),
+        (MAGIC, 9),
     ]
     .into_iter()
     .find_map(|(m, v)| (magic == m).then_some(v))
@@ -1110,7 +1171,7 @@ pub fn read_with(blob: &[u8]) -> Result<(MachineSettings, Vec<VmSpec<'_>>), Bund
     // The bootloader may pad the ramdisk; only the first `total` bytes are ours.
     let blob = &blob[..total];
     let settings = if version >= 8 {
-        read_machine(blob, table_end, &blob[machine_pointer..table_end])?
+        read_machine(blob, table_end, &blob[machine_pointer..table_end], version)?
     } else {
         MachineSettings::default()
     };
@@ -1245,6 +1306,7 @@ pub fn read_with(blob: &[u8]) -> Result<(MachineSettings, Vec<VmSpec<'_>>), Bund
                 Policy::Stop
             },
             unmapped_stops: field(E_FLAGS) & FLAG_UNMAPPED_STOPS != 0,
+            balloon: field(E_FLAGS) & FLAG_BALLOON != 0,
             image,
             image_path,
             format,
@@ -1322,6 +1384,7 @@ mod tests {
             on_reset: Policy::Restart,
             on_crash: Policy::Stop,
             unmapped_stops: false,
+            balloon: false,
             image,
             image_path: name,
             format: ImageFormat::Auto,
@@ -1348,6 +1411,7 @@ mod tests {
                 on_reset: Policy::Stop,
                 on_crash: Policy::Restart,
                 unmapped_stops: true,
+                balloon: true,
                 ..tiny("spin", b"xy")
             },
             VmSpec {
@@ -1359,6 +1423,7 @@ mod tests {
                 on_reset: Policy::Restart,
                 on_crash: Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image: b"bzImage bytes",
                 image_path: "/boot/vmlinuz",
                 format: ImageFormat::Linux,
@@ -1445,6 +1510,7 @@ mod tests {
                 salt: core::array::from_fn(|i| i as u8 + 1),
                 hash: core::array::from_fn(|i| 0xA0 ^ i as u8),
             }),
+            management: Management::new("mgmt", [10, 0, 9, 1], 24, Some(([10, 0, 9, 2], 514))),
         }
     }
 
@@ -1962,6 +2028,71 @@ mod tests {
         b7
     }
 
+    /// `specs` packed as version 8 packs them with `settings()`'s credential: a
+    /// version 9 bundle whose machine record ends before the management block.
+    fn version_8(specs: &[VmSpec]) -> Vec<u8> {
+        let b9 = write_with(&no_management(), specs).unwrap();
+        let pointer = machine_pointer(specs.len());
+        let record = pointer + MACHINE_POINTER;
+        let n = management::MANAGEMENT_BLOCK;
+        let mut b8 = cut(&b9, specs, record + MACHINE_RECORD_V8, n, true);
+        put(&mut b8, pointer + 4, MACHINE_RECORD_V8 as u32);
+        b8[..8].copy_from_slice(&MAGIC_V8);
+        b8
+    }
+
+    fn no_management() -> MachineSettings {
+        MachineSettings {
+            management: None,
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn version_8_bundles_are_read_without_management() {
+        let b8 = version_8(&specs());
+        assert_eq!(read_with(&b8).unwrap(), (no_management(), specs()));
+        // A version 9 bundle stamped version 8 has a record too long for it, and
+        // a version 8 bundle stamped version 9 one too short: refused, not misread.
+        let mut b = blob();
+        b[..8].copy_from_slice(&MAGIC_V8);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        let mut b = b8.clone();
+        b[..8].copy_from_slice(&MAGIC);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        // Any other magic is refused with the versions read named.
+        let mut b = blob();
+        b[..8].copy_from_slice(b"HVBUNDLA");
+        assert_eq!(read(&b), Err(BundleError::BadMagic));
+        assert!(alloc::format!("{}", BundleError::BadMagic).contains("HVBUNDL9, 8, 7"));
+    }
+
+    #[test]
+    fn management_blocks_are_checked() {
+        let good = blob();
+        let record = u32_at(&good, machine_pointer(specs().len())).unwrap() as usize;
+        let block = record + M_MANAGEMENT;
+        // An address that is its network's broadcast address.
+        let mut b = good.clone();
+        b[block + 36..block + 40].copy_from_slice(&[10, 0, 9, 255]);
+        assert_eq!(read(&b), Err(BundleError::BadManagement));
+        // Without the flag, the block must be zero.
+        let mut b = good.clone();
+        put(&mut b, record, MACHINE_ADMIN);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        // An unknown flag.
+        let mut b = good.clone();
+        put(&mut b, record, MACHINE_ADMIN | MACHINE_MANAGEMENT | 2);
+        assert_eq!(read(&b), Err(BundleError::BadMachineRecord));
+        // Management without a credential.
+        let s = MachineSettings {
+            admin: None,
+            ..settings()
+        };
+        let b = write_with(&s, &specs()).unwrap();
+        assert_eq!(read_settings(&b), Ok(s));
+    }
+
     #[test]
     fn version_7_bundles_are_read_without_settings() {
         let b7 = version_7(&specs());
@@ -2040,6 +2171,7 @@ mod tests {
                     lanes,
                     ..settings().admin.unwrap()
                 }),
+                management: None,
             };
             let b = write_with(&s, &specs()).unwrap();
             assert_eq!(read_settings(&b), Ok(s));
@@ -2155,7 +2287,10 @@ mod tests {
                 ..admin
             },
         ] {
-            let s = MachineSettings { admin: Some(a) };
+            let s = MachineSettings {
+                admin: Some(a),
+                management: None,
+            };
             assert_eq!(
                 write_with(&s, &specs()),
                 Err(BundleError::BadAdminCredential),

@@ -110,6 +110,8 @@ pub struct PciConfig {
     routing: [u8; 4],
     /// The level each PIRQ was last reported at.
     pirq_level: [bool; 4],
+    /// Effects of [`PciConfig::with_function`] calls, for the next poll.
+    pending: Vec<(usize, PciEffects)>,
 }
 
 impl core::fmt::Debug for PciConfig {
@@ -138,6 +140,7 @@ impl PciConfig {
             slots: Vec::new(),
             routing: DEFAULT_INTX_ROUTING,
             pirq_level: [false; 4],
+            pending: Vec::new(),
         }
     }
 
@@ -170,6 +173,23 @@ impl PciConfig {
             intx: false,
         });
         Ok(())
+    }
+
+    /// Runs `f` on the function at `address` from outside the guest (an
+    /// operator's request to a device); the effects it returns (an interrupt) are
+    /// delivered at the next [`Self::poll_functions`]. `None` if no function is
+    /// there.
+    pub fn with_function<R>(
+        &mut self,
+        address: PciAddress,
+        f: impl FnOnce(&mut dyn PciFunction) -> (R, PciEffects),
+    ) -> Option<R> {
+        let i = self.slots.iter().position(|s| s.address == address)?;
+        let (r, e) = f(&mut *self.slots[i].function);
+        if e != PciEffects::NONE {
+            self.pending.push((i, e));
+        }
+        Some(r)
     }
 
     /// The function at `address`, for typed access (`as_any_mut().downcast_mut()`).
@@ -319,6 +339,11 @@ impl PciConfig {
     /// (they still have work, so [`BusDevice::next_deadline_ns`] says it is due).
     pub fn poll_functions(&mut self) -> Effects {
         let mut out = Effects::NONE;
+        if !self.pending.is_empty() {
+            let (i, e) = self.pending.remove(0);
+            self.absorb(i, e, &mut out);
+            return out;
+        }
         for i in 0..self.slots.len() {
             if out != Effects::NONE {
                 break;
@@ -333,7 +358,7 @@ impl PciConfig {
 
     /// Whether a function has work left for [`Self::poll_functions`].
     pub fn has_work(&self) -> bool {
-        self.slots.iter().any(|s| s.function.has_work())
+        !self.pending.is_empty() || self.slots.iter().any(|s| s.function.has_work())
     }
 
     /// What firmware does before the OS runs: sizes every memory BAR of every
@@ -792,6 +817,35 @@ mod root_tests {
         pci.add_function(PciAddress::new(0, 3, 0), Box::new(Mock::new()))
             .unwrap();
         pci
+    }
+
+    #[test]
+    fn an_outside_request_delivers_its_interrupt_at_the_next_poll() {
+        let mut pci = root();
+        let msg = MsiMessage {
+            address: 0xFEE0_0000,
+            data: 0x52,
+        };
+        // Nothing at 00:05.0.
+        assert_eq!(
+            pci.with_function(PciAddress::new(0, 5, 0), |_| ((), PciEffects::NONE)),
+            None
+        );
+        assert!(!pci.has_work());
+        let got = pci.with_function(PciAddress::new(0, 3, 0), |f| {
+            let mut e = PciEffects::NONE;
+            e.push_msi(msg);
+            (f.name(), e)
+        });
+        assert_eq!(got, Some("mock"));
+        assert!(pci.has_work());
+        let out = pci.poll_functions();
+        assert_eq!(out.msis().collect::<Vec<_>>(), [msg]);
+        assert!(!pci.has_work());
+        assert_eq!(pci.poll_functions(), Effects::NONE);
+        // No effects: nothing waits.
+        pci.with_function(PciAddress::new(0, 3, 0), |_| ((), PciEffects::NONE));
+        assert!(!pci.has_work());
     }
 
     #[test]

@@ -720,6 +720,7 @@ mod tests {
             on_reset: bundle::Policy::Restart,
             on_crash: bundle::Policy::Stop,
             unmapped_stops: false,
+            balloon: false,
             image: &img,
             image_path: "mb.bin",
             format: ImageFormat::Multiboot,

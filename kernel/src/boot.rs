@@ -176,6 +176,10 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             salt: c.salt,
             hash: c.hash,
         });
+    // The hypervisor's station on a management network, if configured.
+    let management = ramdisk
+        .and_then(|r| bundle::read_settings(r).ok())
+        .and_then(|s| s.management);
     if admin.is_none() {
         println!(
             "hv: no administrator passphrase: the console's commands that change VMs are disabled"
@@ -186,7 +190,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
                 Ok(mut backend) => {
                     migration_check::run(&mut backend);
-                    vmm::run_all(&mut backend, &specs, admin)
+                    vmm::run_all(&mut backend, &specs, admin, management)
                 }
                 Err(e) => {
                     println!("hv: enabling AMD-V failed: {e}");
@@ -198,7 +202,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             Ok(mut backend) => {
                 backend.set_entry_flush(mitigations.entry_flush());
                 migration_check::run(&mut backend);
-                vmm::run_all(&mut backend, &specs, admin)
+                vmm::run_all(&mut backend, &specs, admin, management)
             }
             Err(e) => {
                 println!("hv: enabling VT-x failed: {e}");

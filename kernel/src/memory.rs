@@ -158,6 +158,11 @@ pub fn free(pa: u64, size: u64) {
         .free(pa, size);
 }
 
+/// The hypervisor heap's size in bytes.
+pub fn heap_size() -> usize {
+    HEAP.lock().size()
+}
+
 pub fn free_bytes() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |f| f.free_bytes())
 }

@@ -199,6 +199,8 @@ impl log::Log for SerialLogger {
             record.level(),
             record.args()
         ));
+        // And to the management network's syslog collector, if there is one.
+        crate::vmm::mgmt_net::forward(record);
     }
 
     fn flush(&self) {}

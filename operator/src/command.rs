@@ -72,6 +72,41 @@ pub enum Command<'a> {
     Snapshots(Option<&'a str>),
     /// `delete-snapshot NAME TAG`
     DeleteSnapshot(&'a str, &'a str),
+    /// `balloon NAME SIZE`: the bytes the VM should keep.
+    Balloon(&'a str, u64),
+    /// `clone NAME NEW [TAG]`
+    Clone(&'a str, &'a str, Option<&'a str>),
+}
+
+/// The longest VM name (the bundle's name field).
+pub const VM_NAME_MAX: usize = 24;
+
+/// Whether `name` can name a new VM: 1 to [`VM_NAME_MAX`] of `A-Z a-z 0-9 . _ -`.
+pub fn vm_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= VM_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A memory size as typed: a number with an optional unit, `K`, `M` (the
+/// default, as QEMU's `balloon` takes it) or `G` (also `KiB`, `MiB`, `GiB`, any
+/// case); whole 4 KiB pages, below 1 TiB.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "k" | "kib" | "kb" => 10,
+        "" | "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        _ => return None,
+    };
+    let bytes = n.checked_mul(1 << shift)?;
+    (bytes < 1 << 40 && bytes.is_multiple_of(4096)).then_some(bytes)
 }
 
 /// Whether `tag` can name a snapshot: 1 to [`TAG_MAX`] of `A-Z a-z 0-9 . _ -`.
@@ -187,6 +222,18 @@ pub const COMMANDS: &[Info] = &[
         privileged: true,
     },
     Info {
+        name: "clone",
+        args: "NAME NEW [TAG]",
+        summary: "start VM NEW from VM NAME's snapshot TAG (or one taken now), its memory shared copy-on-write with the snapshot's other clones, its own MACs",
+        privileged: true,
+    },
+    Info {
+        name: "balloon",
+        args: "NAME SIZE",
+        summary: "let VM NAME keep SIZE of its RAM (e.g. 128M, 1G): its balloon takes the rest back for other VMs, or gives it back",
+        privileged: true,
+    },
+    Info {
         name: "log",
         args: "LEVEL",
         summary: "set the hypervisor's log level: off, error, warn, info, debug or trace",
@@ -213,6 +260,8 @@ impl Command<'_> {
             Command::Restore(..) => "restore",
             Command::Snapshots(_) => "snapshots",
             Command::DeleteSnapshot(..) => "delete-snapshot",
+            Command::Balloon(..) => "balloon",
+            Command::Clone(..) => "clone",
         }
     }
 
@@ -228,6 +277,7 @@ impl Command<'_> {
             Command::Snapshot(vm, _) | Command::Restore(vm, _) | Command::DeleteSnapshot(vm, _) => {
                 Some(vm)
             }
+            Command::Balloon(vm, _) | Command::Clone(vm, ..) => Some(vm),
             Command::Pause(vm)
             | Command::Resume(vm)
             | Command::Stop(vm)
@@ -253,6 +303,8 @@ pub enum ParseError {
     },
     BadLevel(String),
     BadTag(String),
+    BadSize(String),
+    BadName(String),
 }
 
 impl fmt::Display for ParseError {
@@ -271,6 +323,14 @@ impl fmt::Display for ParseError {
             ParseError::BadTag(t) => write!(
                 f,
                 "bad snapshot tag {t:?}: 1 to {TAG_MAX} of A-Z a-z 0-9 . _ -"
+            ),
+            ParseError::BadName(n) => write!(
+                f,
+                "bad VM name {n:?}: 1 to {VM_NAME_MAX} of A-Z a-z 0-9 . _ -"
+            ),
+            ParseError::BadSize(t) => write!(
+                f,
+                "bad size {t:?}: a number of whole 4 KiB pages with K, M (the default) or G"
             ),
             ParseError::BadLevel(l) => write!(
                 f,
@@ -343,6 +403,19 @@ pub fn parse(line: &str) -> Result<Option<Command<'_>>, ParseError> {
         "restore" => Command::Restore(required, tag()?),
         "snapshots" => Command::Snapshots(arg),
         "delete-snapshot" => Command::DeleteSnapshot(required, tag()?),
+        "clone" if !vm_name_ok(second) => return Err(ParseError::BadName(second.into())),
+        "clone" => Command::Clone(
+            required,
+            second,
+            match args.get(2).copied() {
+                Some(t) if !tag_ok(t) => return Err(ParseError::BadTag(t.into())),
+                t => t,
+            },
+        ),
+        "balloon" => Command::Balloon(
+            required,
+            parse_size(second).ok_or_else(|| ParseError::BadSize(second.into()))?,
+        ),
         "log" => Command::Log(
             Level::from_name(required).ok_or_else(|| ParseError::BadLevel(required.into()))?,
         ),
@@ -388,6 +461,64 @@ pub fn help(topic: Option<&str>) -> Result<Vec<String>, ParseError> {
 mod tests {
     use super::*;
     use alloc::string::ToString;
+
+    #[test]
+    fn clone_takes_a_vm_and_a_new_name() {
+        assert_eq!(
+            parse("clone web web-2"),
+            Ok(Some(Command::Clone("web", "web-2", None)))
+        );
+        assert_eq!(
+            parse("clone web web-3 base"),
+            Ok(Some(Command::Clone("web", "web-3", Some("base"))))
+        );
+        assert_eq!(
+            parse("clone web web-3 b@se"),
+            Err(ParseError::BadTag("b@se".into()))
+        );
+        for bad in ["a b c", "x/y", "a-name-longer-than-24-bytes"] {
+            let line = format!("clone web {bad}");
+            assert!(parse(&line).is_err(), "{line}");
+        }
+        assert_eq!(
+            parse("clone web sp@ce"),
+            Err(ParseError::BadName("sp@ce".into()))
+        );
+        assert!(Command::Clone("a", "b", None).privileged());
+    }
+
+    #[test]
+    fn balloon_takes_a_vm_and_a_size() {
+        assert_eq!(
+            parse("balloon a 128M"),
+            Ok(Some(Command::Balloon("a", 128 << 20)))
+        );
+        assert_eq!(
+            parse("balloon a 96"),
+            Ok(Some(Command::Balloon("a", 96 << 20)))
+        );
+        assert_eq!(
+            parse("balloon a 1g"),
+            Ok(Some(Command::Balloon("a", 1 << 30)))
+        );
+        assert_eq!(
+            parse("balloon a 8192KiB"),
+            Ok(Some(Command::Balloon("a", 8 << 20)))
+        );
+        for bad in ["12x", "M", "-1", "6K", "99999999999999999999", "2048G"] {
+            assert_eq!(
+                parse(&format!("balloon a {bad}")),
+                Err(ParseError::BadSize(bad.into())),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse("balloon a"),
+            Err(ParseError::Missing { .. })
+        ));
+        assert!(Command::Balloon("a", 0).privileged());
+        assert_eq!(Command::Balloon("a", 0).vm(), Some("a"));
+    }
 
     #[test]
     fn parses_every_command() {
@@ -505,6 +636,8 @@ mod tests {
                 "" | "[COMMAND]" | "[NAME]" => String::from(i.name),
                 "LEVEL" => format!("{} info", i.name),
                 "NAME TAG" => format!("{} x t", i.name),
+                "NAME SIZE" => format!("{} x 64M", i.name),
+                "NAME NEW [TAG]" => format!("{} x y", i.name),
                 _ => format!("{} x", i.name),
             };
             assert_eq!(parse(&line).unwrap().unwrap().name(), i.name);

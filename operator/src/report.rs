@@ -137,6 +137,14 @@ pub struct VmStats<'a> {
     pub interval_ms: u64,
     pub pcpus: usize,
     pub memory_kib: u64,
+    /// Memory its balloon took back (no host memory behind it).
+    pub ballooned_kib: u64,
+    /// Memory shared copy-on-write with other clones of the same snapshot.
+    pub shared_kib: u64,
+    /// Its balloon's target, if it has a balloon.
+    pub balloon_target_kib: Option<u64>,
+    /// The hypervisor's free memory, for what a balloon gave back.
+    pub host_free_kib: u64,
     pub exits: Vec<ExitCount>,
     pub disk: Option<DiskCounters>,
     pub nics: Vec<NicCounters>,
@@ -156,13 +164,33 @@ pub fn stats(s: &VmStats) -> Vec<String> {
         (u128::from(s.recent_cpu_ms) * 1000 / u128::from(capacity)).min(1000) as u64
     };
     out.push(format!(
-        "{}: {}, {} vCPU{}, memory {} private",
+        "{}: {}, {} vCPU{}, memory {} private, {} shared ({} pages), {} ballooned",
         s.name,
         s.state.name(),
         s.vcpus,
         if s.vcpus == 1 { "" } else { "s" },
-        size_kib(s.memory_kib)
+        size_kib(
+            s.memory_kib
+                .saturating_sub(s.ballooned_kib)
+                .saturating_sub(s.shared_kib)
+        ),
+        size_kib(s.shared_kib),
+        s.shared_kib / 4,
+        size_kib(s.ballooned_kib)
     ));
+    out.push(match s.balloon_target_kib {
+        Some(target) => format!(
+            "  balloon: target {}, the guest keeps {} of {}; host free memory {}",
+            size_kib(target),
+            size_kib(s.memory_kib.saturating_sub(target)),
+            size_kib(s.memory_kib),
+            size_kib(s.host_free_kib)
+        ),
+        None => format!(
+            "  balloon: none; host free memory {}",
+            size_kib(s.host_free_kib)
+        ),
+    });
     out.push(format!(
         "  cpu: {} ms in total, {} ms in the last {} = {}.{}% of {} processor{}",
         s.cpu_ms,
@@ -286,6 +314,10 @@ mod tests {
             interval_ms: 1_000,
             pcpus: 2,
             memory_kib: 128 * 1024,
+            ballooned_kib: 32 * 1024,
+            shared_kib: 8 * 1024,
+            balloon_target_kib: Some(48 * 1024),
+            host_free_kib: 512 * 1024,
             exits,
             disk: Some(DiskCounters {
                 reads: 3,
@@ -301,8 +333,15 @@ mod tests {
                 dropped: 0,
             }],
         };
-        let l = stats(&s);
-        assert_eq!(l[0], "web: running, 2 vCPUs, memory 128 MiB private");
+        let mut l = stats(&s);
+        assert_eq!(
+            l[0],
+            "web: running, 2 vCPUs, memory 88 MiB private, 8 MiB shared (2048 pages), 32 MiB ballooned"
+        );
+        assert_eq!(
+            l.remove(1),
+            "  balloon: target 48 MiB, the guest keeps 80 MiB of 128 MiB; host free memory 512 MiB"
+        );
         assert_eq!(
             l[1],
             "  cpu: 5000 ms in total, 500 ms in the last 1.0 s = 25.0% of 2 processors"

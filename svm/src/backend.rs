@@ -19,7 +19,7 @@
 use core::arch::naked_asm;
 use raw_cpuid::CpuId;
 use vcpu::fpu::{self, FxArea};
-use vcpu::paging::Level;
+use vcpu::paging::{Level, Perms};
 use vcpu::slice::{SliceState, MSR_TSC_AUX};
 use vcpu::state::{CpuState, StateError};
 use vcpu::{
@@ -433,7 +433,34 @@ impl SvmVcpu {
     }
 }
 
+/// A vCPU's nested page tables exist from `create_vcpu` until `destroy_vcpu`.
+const NO_NPT: &str = "the vCPU has no nested page tables";
+
 impl Vcpu for SvmVcpu {
+    fn map_page(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        gpa: u64,
+        hpa: u64,
+        writable: bool,
+    ) -> Result<(), BackendError> {
+        let npt = self.npt.as_mut().ok_or(BackendError::Check(NO_NPT))?;
+        let perms = if writable { Perms::RWX } else { Perms::RX };
+        npt.map(mem, gpa, hpa, PAGE, perms, Level::Pt)
+            .map_err(BackendError::Map)
+    }
+
+    fn unmap_page(&mut self, mem: &mut dyn HostMemory, gpa: u64) -> Result<(), BackendError> {
+        let npt = self.npt.as_mut().ok_or(BackendError::Check(NO_NPT))?;
+        if npt.unmap_page(mem, gpa).map_err(BackendError::Map)? {
+            // The old leaf may be in this ASID's TLB entries here (APM Vol. 2
+            // 15.16.1); another processor flushes on arrival anyway (`run`).
+            let flush = self.flush;
+            self.vmcb_mut().control.tlb_control = flush;
+        }
+        Ok(())
+    }
+
     /// Time slices come from the hypervisor's periodic timer: its interrupt ends the
     /// run as [`Exit::ExternalInterrupt`], so `_slice_tsc` is not needed here.
     ///

@@ -40,6 +40,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
+    static LINUX_DISK_CONSOLE: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
         GuestSet::Tiny => &TINY,
@@ -61,6 +62,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::ConsoleTest => &CONSOLE,
         GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
         GuestSet::SnapshotDiskTest => &SNAPSHOT_DISK,
+        GuestSet::LinuxDiskConsoleTest => &LINUX_DISK_CONSOLE,
     };
     cell.get_or_init(|| {
         let opts = build::BuildOptions {

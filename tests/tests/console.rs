@@ -103,9 +103,26 @@ fn console_drives_vms_under_amd_v() {
         Step::new("hv> ", b"console count64\r"),
         Step::new("the keyboard is count64's", b"d\r"),
         Step::new("count64 | count64: got d at ", ESC),
-        Step::new("hv> ", b"delete-snapshot count64 t1\r"),
+        // Two clones of snapshot t1, its RAM shared copy-on-write: each counts on
+        // from t1's count, and the pages each writes become its own.
+        Step::new("hv> ", b"clone count64 c1 t1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
-        Step::new("\"delete-snapshot count64 t1\": done", b""),
+        Step::new("\"clone count64 c1 t1\": done", b"clone count64 c2 t1\r"),
+        Step::new("\"clone count64 c2 t1\": done", b"clone count64 c2 t1\r"),
+        Step::new("a VM is named \"c2\" already", b"stats c1\r"),
+        Step::new("\"stats c1\": done", b"console c1\r"),
+        Step::new("the keyboard is c1's", b"e\r"),
+        Step::new("c1 | count64: got e at ", ESC),
+        Step::new("hv> ", b"console c2\r"),
+        Step::new("the keyboard is c2's", b"f\r"),
+        Step::new("c2 | count64: got f at ", ESC),
+        Step::new("hv> ", b"stats c2\r"),
+        Step::new("\"stats c2\": done", b"list\r"),
+        Step::new("\"list\": done", b"delete-snapshot count64 t1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"delete-snapshot count64 t1\": done", b"stop c1\r"),
+        Step::new("\"stop c1\": done", b"stop c2\r"),
+        Step::new("\"stop c2\": done", b""),
         Step::new("hv> ", b"console other\r"),
         Step::new("the keyboard is other's", ESC),
         Step::new("hv> ", b"frobnicate\r"),
@@ -208,6 +225,49 @@ fn console_drives_vms_under_amd_v() {
         d >= a && d < b,
         "restored while stopped: a {a}, b {b}, d {d}"
     );
+    // The clones: from t1's count (after "got a"), sharing their RAM with the
+    // snapshot until they write; each made a few pages its own.
+    let clone_at = |vm: &str, word: &str| {
+        let marker = format!("{vm} | count64: got {word} at ");
+        let at = s.find(&marker).unwrap_or_else(|| panic!("no {marker:?}"));
+        s[at + marker.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    let (e, f) = (clone_at("c1", "e"), clone_at("c2", "f"));
+    assert!(
+        e >= a && f >= a,
+        "clones count from t1: a {a}, e {e}, f {f}"
+    );
+    let shared_pages = |answer: &str| -> u64 {
+        let at = answer.find(" shared (").expect("shared pages") + 9;
+        answer[at..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a page count")
+    };
+    let c1 = answers(s, "stats c1")[0];
+    let c2 = answers(s, "stats c2")[0];
+    let (p1, p2) = (shared_pages(c1), shared_pages(c2));
+    // count64 has 4 MiB (1024 pages); it writes its stack and a few variables.
+    assert!(p1 > 900 && p1 < 1024, "c1 shares most of its pages:\n{c1}");
+    assert!(p2 > 900 && p2 < 1024, "c2 shares most of its pages:\n{c2}");
+    assert!(
+        s.contains("hv: VM c1 cloned from count64's snapshot \"t1\" in "),
+        "{s}"
+    );
+    let list = answers(s, "list").pop().expect("the second list");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("c1") && l.contains("running"))
+            && list
+                .lines()
+                .any(|l| l.starts_with("c2") && l.contains("running")),
+        "{list}"
+    );
     let list = answers(s, "snapshots")[0];
     assert!(
         list.lines()
@@ -219,10 +279,50 @@ fn console_drives_vms_under_amd_v() {
     assert!(after.contains("count64 | count64: "), "{after}");
 }
 
-/// A Linux VM (2 vCPUs) is snapshotted at its shell, writes a file, is restored,
-/// and the file is gone; the shell goes on working.
+/// The answers to `stats linux`: the lines after each echo of the command (a log
+/// line may stand between the prompt and the echo), up to its outcome.
+fn linux_stats(serial: &str) -> Vec<String> {
+    let lines: Vec<&str> = serial.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.ends_with("stats linux"))
+        .map(|(i, _)| {
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.contains("\"stats linux\": done"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect()
+}
+
+/// "host free memory N MiB" of the `n`-th `stats linux` answer.
+fn host_free_mib(serial: &str, n: usize) -> u64 {
+    let stats = linux_stats(serial);
+    let answer = stats
+        .get(n)
+        .unwrap_or_else(|| panic!("no stats linux answer {n}:\n{serial}"));
+    let at = answer.find("host free memory ").expect("host free memory") + 17;
+    let rest = &answer[at..];
+    let number: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let value: u64 = number.parse().expect("a number");
+    match &rest[number.len()..] {
+        r if r.starts_with(" MiB") => value,
+        r if r.starts_with(".") => value * 1024 + 1024, // "N.d GiB": enough here
+        r => panic!("unexpected unit in {r:?}"),
+    }
+}
+
+/// A Linux VM (2 vCPUs, 256 MiB, with a balloon) is snapshotted at its shell,
+/// writes a file, is restored, and the file is gone; the shell goes on working.
+/// Then memory ballooning: `spare` (a tiny guest too large to start beside it at
+/// boot) still does not start; `balloon linux 96M` takes 160 MiB back from the
+/// guest, the hypervisor's free memory grows by that much, and `spare` starts;
+/// every frame comes back when both stop.
 #[test]
-fn linux_snapshot_and_restore_under_amd_v() {
+fn linux_snapshot_restore_and_balloon_under_amd_v() {
     let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
     // Shell commands whose answer differs from their echo ($((...)) expands).
     let steps = [
@@ -248,8 +348,39 @@ fn linux_snapshot_and_restore_under_amd_v() {
         ),
         Step::new("gone-42", b"echo alive-$((40+2)) on $(nproc) cpus\r"),
         Step::new("alive-42 on 2 cpus", ESC),
-        Step::new("hv> ", b"stop linux\r"),
+        // A clone of s1 (2 vCPUs, its RAM shared copy-on-write): a shell of its
+        // own, without the file written after the snapshot.
+        Step::new("hv> ", b"clone linux l2 s1\r"),
         Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"clone linux l2 s1\": done", b"console l2\r"),
+        Step::new(
+            "the keyboard is l2's",
+            b"echo clone-$((40+2)) on $(nproc) cpus; cat /tmp/f1 || echo none-$((40+2))\r",
+        ),
+        Step::new("none-42", ESC),
+        Step::new("hv> ", b"stats l2\r"),
+        Step::new("\"stats l2\": done", b"stop l2\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        // Ballooning: the snapshot's copy goes first, `spare` still does not fit.
+        Step::new("\"stop l2\": done", b"delete-snapshot linux s1\r"),
+        Step::new("\"delete-snapshot linux s1\": done", b"start spare\r"),
+        Step::new("\"start spare\": failed", b"stats linux\r"),
+        Step::new("\"stats linux\": done", b"balloon linux 96M\r"),
+        Step::new("\"balloon linux 96M\": done", b""),
+        Step::new("vm linux balloon at its target", b"stats linux\r"),
+        Step::new("\"stats linux\": done", b"start spare\r"),
+        // Its lines wait while the prompt is open: give it the keyboard.
+        Step::new("\"start spare\": done", b"console spare\r"),
+        Step::new("spare | count64: 3", ESC),
+        Step::new("hv> ", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"echo after-$((40+2)) $(free -m | grep Mem:)\r",
+        ),
+        Step::new("after-42", ESC),
+        Step::new("hv> ", b"stop spare\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"stop spare\": done", b"stop linux\r"),
     ];
     let opts = QemuOptions {
         // The VM's 256 MiB and as much again for its snapshot.
@@ -266,16 +397,41 @@ fn linux_snapshot_and_restore_under_amd_v() {
         &steps,
         QEMU_LIMIT * 2,
     );
-    out.expect_line("hv: snapshot \"s1\" of VM linux taken in ")
+    out.expect_line("hv: vm spare not started: cannot allocate")
+        .expect_line("hv: snapshot \"s1\" of VM linux taken in ")
         .expect_line("hv: VM linux restored to snapshot \"s1\"")
         .expect_line("gone-42")
         .expect_line("alive-42 on 2 cpus")
+        .expect_line("hv: VM l2 cloned from linux's snapshot \"s1\" in ")
+        .expect_line("clone-42 on 2 cpus")
+        .expect_line("none-42")
+        .expect_line("hv-linux: memory balloon driver loaded")
+        .expect_line("vm linux balloon at its target: 160 MiB taken back, the guest keeps 96 MiB")
+        .expect_line("after-42")
         .expect_line("hv: vm linux stopped: stopped by the operator")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("[script]")
         .expect_no("Kernel panic")
         .expect_no("PANIC")
         .expect_exit(EXIT_SUCCESS);
+    let s = &out.serial;
+    // The clone shared most of its 256 MiB with the snapshot while its shell ran.
+    let l2 = answers(s, "stats l2")[0];
+    let at = l2.find(" shared (").expect("shared pages") + 9;
+    let pages: u64 = l2[at..].split(' ').next().unwrap().parse().unwrap();
+    assert!(pages > 50_000 && pages < 65_536, "{l2}");
+    let stats = linux_stats(s);
+    assert!(
+        stats[0].contains("0 KiB ballooned") && stats[1].contains("160 MiB ballooned"),
+        "{stats:?}"
+    );
+    let (before, after) = (host_free_mib(s, 0), host_free_mib(s, 1));
+    // The balloon's 160 MiB, less the page tables its holes took (a few hundred
+    // KiB) and rounding.
+    assert!(
+        after >= before + 158 && after <= before + 160,
+        "free memory {before} MiB before the balloon, {after} MiB after"
+    );
 }
 
 /// The console and snapshots on VT-x (Bochs, one processor): keys to a VM, the

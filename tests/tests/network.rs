@@ -4,8 +4,14 @@
 //! and `net64` (virtio-drivers), whose NIC is on network "other", sends a broadcast
 //! and a frame with a forged source MAC: the switch drops the forged one, the
 //! broadcast reaches no one (no other port on "other"), and none of the Linux VMs'
-//! frames reach it (its port's receive counter stays at zero). One boot checks
-//! everything.
+//! frames reach it (its port's receive counter stays at zero). The hypervisor's
+//! own station is on network "mgmt" (10.0.9.1): `lan-b`, with a second NIC there,
+//! scrapes `/metrics` with busybox `wget` (parsed here: the exposition format, and
+//! its own CPU time and NIC counters above zero) and, as the syslog collector,
+//! counts the datagrams the access log of that scrape sends it; `lan-a`, not on
+//! "mgmt", gets no answer even with an address of that subnet. One boot checks everything.
+
+use std::collections::BTreeMap;
 
 use tests::*;
 use xtask::emulator::EXIT_SUCCESS;
@@ -20,6 +26,76 @@ fn number_after(line: &str, word: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {word:?} in {line:?}"))
+}
+
+/// Samples by name and labels.
+type Scrape = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+/// The exposition a guest printed (its lines after `prefix`), checked as it is
+/// read: `# HELP` and `# TYPE` before each family's samples, families contiguous,
+/// label values quoted with valid escapes, values numbers.
+fn parse_metrics(serial: &str, prefix: &str) -> Scrape {
+    let mut out = Scrape::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut typed = String::new();
+    for line in serial
+        .lines()
+        .filter_map(|l| l.split_once(prefix).map(|(_, r)| r))
+    {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(!seen.contains(&name), "family {name} twice");
+            seen.push(name);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert_eq!(seen.last().map(String::as_str), Some(name), "{line}");
+            assert!(kind == "counter" || kind == "gauge", "{line}");
+            typed = name.to_string();
+        } else {
+            let end = line.find(['{', ' ']).expect(line);
+            let name = &line[..end];
+            assert_eq!(name, typed, "sample outside its family: {line}");
+            let mut labels = Vec::new();
+            let mut rest = &line[end..];
+            if let Some(r) = rest.strip_prefix('{') {
+                let close = r.rfind('}').expect(line);
+                let mut chars = r[..close].chars().peekable();
+                while chars.peek().is_some() {
+                    let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+                    assert_eq!(chars.next(), Some('"'), "{line}");
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().expect(line) {
+                            '\\' => match chars.next().expect(line) {
+                                'n' => value.push('\n'),
+                                c @ ('\\' | '"') => value.push(c),
+                                c => panic!("bad escape \\{c} in {line}"),
+                            },
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.push((key.trim_start_matches(',').to_string(), value));
+                }
+                rest = &r[close + 1..];
+            }
+            let value: f64 = rest.trim().parse().expect(line);
+            out.insert((name.to_string(), labels), value);
+        }
+    }
+    out
+}
+
+fn sample(m: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let key = (
+        name.to_string(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    *m.get(&key)
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in the scrape"))
 }
 
 #[test]
@@ -78,4 +154,81 @@ fn linux_vms_on_one_network_reach_each_other_under_amd_v() {
         other.contains("tx 2 frames 120 bytes, rx 0 frames 0 bytes, dropped 1 frames"),
         "{other}"
     );
+
+    // The management network: the station, the scrape, the syslog, the probe.
+    out.expect_line("hv: management network mgmt: 10.0.9.1/24 (MAC 02:68:76:")
+        .expect_line("lan-b | hv-linux: eth1 10.0.9.2/24 up")
+        .expect_line("lan-b | hv-linux: metrics end")
+        .expect_line("lan-a | hv-linux: probe 10.0.9.1: unreachable");
+    let m = parse_metrics(&out.serial, "lan-b | hv-metrics: ");
+    let lines = out.line_with("lan-b | hv-linux: metrics from 10.0.9.1: ");
+    assert!(number_after(&lines, "10.0.9.1: ") > 50, "{lines}");
+    let b = [("vm", "lan-b")];
+    assert!(sample(&m, "hv_vm_cpu_seconds_total", &b) > 0.0);
+    assert_eq!(sample(&m, "hv_vm_vcpus", &b), 1.0);
+    assert_eq!(sample(&m, "hv_vm_memory_bytes", &b), (160 << 20) as f64);
+    assert_eq!(
+        sample(&m, "hv_vm_up", &[("vm", "lan-b"), ("state", "running")]),
+        1.0
+    );
+    let exits: f64 = m
+        .iter()
+        .filter(|((name, labels), _)| {
+            name == "hv_vm_exits_total" && labels[0] == ("vm".into(), "lan-b".into())
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert!(exits > 100.0, "lan-b's exits: {exits}");
+    for dir in ["tx", "rx"] {
+        let nic = |nic, network| {
+            sample(
+                &m,
+                "hv_vm_nic_frames_total",
+                &[
+                    ("vm", "lan-b"),
+                    ("nic", nic),
+                    ("network", network),
+                    ("direction", dir),
+                ],
+            )
+        };
+        // The scrape itself went over eth1: ARP and the TCP handshake at least.
+        assert!(nic("eth1", "mgmt") >= 2.0, "eth1 {dir}");
+        assert!(nic("eth0", "lan") >= 0.0);
+    }
+    // The hypervisor's own port on "mgmt" dropped nothing for a forged source.
+    assert_eq!(
+        sample(
+            &m,
+            "hv_switch_dropped_frames_total",
+            &[
+                ("network", "mgmt"),
+                ("port", &port_of(&m, "hv")),
+                ("owner", "hv"),
+                ("kind", "vm"),
+                ("reason", "forged_source")
+            ]
+        ),
+        0.0
+    );
+    assert!(sample(&m, "hv_http_requests_total", &[("code", "200")]) >= 1.0);
+    assert!(sample(&m, "hv_uptime_seconds", &[]) > 1.0);
+    // The scrape was logged, and the log went to lan-b (10.0.9.2:514) as syslog
+    // datagrams: busybox has no UDP listener, so lan-b counts what came to its
+    // closed port (the messages' format is checked by mgmtnet's host tests).
+    out.expect_line("INFO  management: HTTP 200 (");
+    let udp = out.line_with("lan-b | hv-linux: udp datagrams to closed ports since the scrape: ");
+    assert!(number_after(&udp, "scrape: ") >= 1, "{udp}");
+}
+
+/// The `port` label of `owner`'s port in the switch's drop counters.
+fn port_of(m: &Scrape, owner: &str) -> String {
+    m.keys()
+        .find(|(name, labels)| {
+            name == "hv_switch_dropped_frames_total"
+                && labels.iter().any(|(k, v)| k == "owner" && v == owner)
+        })
+        .and_then(|(_, labels)| labels.iter().find(|(k, _)| k == "port"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no switch port of {owner} in the scrape"))
 }

@@ -5,9 +5,15 @@
 //! image finds what the first wrote. From the host: the marker the guest wrote is
 //! nowhere in the image (it is encrypted at rest), and `hello64`, given "vault"
 //! with a wrong passphrase, is refused and "vault" is left byte for byte as it was.
+//! A third boot, interactive and driven through the console, snapshots Linux with
+//! that disk, writes a file, clones the snapshot (the clone does not see the file;
+//! what it writes stays its own) and restores it: the file is gone from the disk.
 
 use tests::*;
-use xtask::emulator::EXIT_SUCCESS;
+use xtask::build::CONSOLE_TEST_PASSPHRASE;
+use xtask::emulator::{ScriptStep as Step, EXIT_SUCCESS};
+
+const ESC: &[u8] = b"\x1d";
 
 fn partition(image: &[u8], name: &str) -> std::ops::Range<usize> {
     let mut read = |lba: u64, buf: &mut [u8; 512]| -> Result<(), ()> {
@@ -67,6 +73,78 @@ fn linux_keeps_its_encrypted_disk_between_boots_under_amd_v() {
         QEMU_LIMIT * 3,
     );
     check(&second, 2, "existing filesystem");
+
+    // A third boot, interactive, driven through the console: a snapshot of Linux
+    // with its writable disk, a file written after it, a clone of the snapshot
+    // (which sees the disk as it was then, and whose own writes stay its own),
+    // and a restore that rolls the disk back.
+    let pass = format!("{CONSOLE_TEST_PASSPHRASE}\r");
+    let steps = [
+        Step::new("hv-linux: /data mounted", b""),
+        Step::new(" # ", b"echo ready-$((40+2))\r"),
+        Step::new("ready-42", ESC),
+        Step::new("hv> ", b"snapshot linux d1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"snapshot linux d1\": done", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"echo late > /data/late.txt; sync; cat /data/late.txt && echo wrote-$((40+2))\r",
+        ),
+        Step::new("wrote-42", ESC),
+        Step::new("hv> ", b"clone linux l2 d1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"clone linux l2 d1\": done", b"console l2\r"),
+        Step::new(
+            "the keyboard is l2's",
+            b"cat /data/late.txt || echo clone-clean-$((40+2))\r",
+        ),
+        Step::new(
+            "clone-clean-42",
+            b"echo mine > /data/mine.txt; sync; cat /data/mine.txt && echo clone-wrote-$((40+2))\r",
+        ),
+        Step::new("clone-wrote-42", ESC),
+        Step::new("hv> ", b"restore linux d1\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"restore linux d1\": done", b"console linux\r"),
+        Step::new(
+            "the keyboard is linux's",
+            b"cat /data/late.txt /data/mine.txt || echo rolled-back-$((40+2)); cat /data/hv-boots\r",
+        ),
+        Step::new("rolled-back-42", ESC),
+        Step::new("hv> ", b"stop l2\r"),
+        Step::new("administrator passphrase: ", pass.as_bytes()),
+        Step::new("\"stop l2\": done", b"stop linux\r"),
+    ];
+    let console_opts = QemuOptions {
+        // Linux's 256 MiB, its snapshot's copy, the clone's own pages.
+        memory_mib: 768,
+        cpus: 2,
+        tcg_thread: Some(xtask::emulator::TcgThread::Single),
+        ..opts.clone()
+    };
+    let third = scripted_qemu(
+        "linux_disk_console_amd_v",
+        GuestSet::LinuxDiskConsoleTest,
+        &console_opts,
+        &steps,
+        QEMU_LIMIT * 3,
+    );
+    third
+        .expect_line("hv: snapshot \"d1\" of VM linux taken in ")
+        .expect_line("hv: VM l2 cloned from linux's snapshot \"d1\"")
+        .expect_line("clone-clean-42")
+        .expect_line("clone-wrote-42")
+        .expect_line("vm linux: disk rolled back to the snapshot")
+        .expect_line("rolled-back-42")
+        .expect_line("hv: vm linux stopped: stopped by the operator")
+        .expect_line("hv: all VMs stopped; host memory returned: all")
+        .expect_no("[script]")
+        .expect_no("Kernel panic")
+        .expect_no("EXT2-fs error")
+        .expect_exit(EXIT_SUCCESS);
+    // The restored guest's disk is the one of the second boot: "2" boots.
+    let tail = &third.serial[third.serial.find("rolled-back-42").unwrap()..];
+    assert!(tail.contains("linux | 2"), "{tail}");
 
     let after = std::fs::read(&image).unwrap();
     let linux = partition(&after, "linux-data");

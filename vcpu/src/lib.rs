@@ -391,6 +391,23 @@ pub trait Vcpu {
     /// are flushed at the next entry. Nested paging, the ASID/VPID and the vCPU's
     /// processor affinity are the backend's and are not part of the state.
     fn load_state(&mut self, s: &state::CpuState) -> Result<(), state::StateError>;
+    /// Maps the 4 KiB guest page `gpa` to the host frame `hpa` (read and execute,
+    /// and write if `writable`: a page shared copy-on-write is mapped read-only)
+    /// in this vCPU's nested page tables, where nothing maps it now (a page given
+    /// back to a ballooned guest, or first touched by a clone). Nothing is cached
+    /// for an unmapped page, so no flush is needed.
+    fn map_page(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        gpa: u64,
+        hpa: u64,
+        writable: bool,
+    ) -> Result<(), BackendError>;
+    /// Removes the 4 KiB guest page `gpa` from this vCPU's nested page tables
+    /// (splitting a larger leaf around it) and flushes the guest's cached
+    /// translations at the next entry, on whichever processor that is. Called
+    /// while the vCPU is not running, like every method.
+    fn unmap_page(&mut self, mem: &mut dyn HostMemory, gpa: u64) -> Result<(), BackendError>;
 }
 
 /// RFLAGS bit 1: reserved, always 1.
@@ -423,7 +440,8 @@ pub trait HostMemory: paging::TableMemory {
     /// `size` bytes (a page multiple), zeroed, aligned to `align`; host-physical address.
     fn alloc(&mut self, size: u64, align: u64) -> Option<u64>;
     fn free(&mut self, pa: u64, size: u64);
-    /// Where host-physical `pa` can be accessed.
+    /// Where host-physical `pa` can be accessed: a linear mapping (`virt(pa) ==
+    /// virt(0) + pa`), which backends may rely on to reach their tables later.
     fn virt(&mut self, pa: u64) -> *mut u8;
 }
 

@@ -340,6 +340,59 @@ impl<F: EntryFormat> NestedPageTable<F> {
         None
     }
 
+    /// Removes the 4 KiB page at `gpa` (page aligned) from the guest's view: a larger
+    /// leaf that covers it is split first into leaves of the next size down, with
+    /// the same rights, until a 4 KiB leaf maps it, and that leaf is cleared. Each
+    /// new table is filled before the entry that points to it is written (one
+    /// 8-byte store), so a walk in progress sees the old leaf or the complete table.
+    /// Returns whether the page was mapped. The caller flushes cached translations
+    /// before the guest runs again (the old leaf may be in the TLB).
+    pub fn unmap_page<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        gpa: u64,
+    ) -> Result<bool, MapError> {
+        if !gpa.is_multiple_of(TABLE_SIZE) {
+            return Err(MapError::Unaligned);
+        }
+        if gpa >= GPA_LIMIT {
+            return Err(MapError::GpaTooLarge);
+        }
+        let mut table = self.root;
+        let mut level = Level::Pml4;
+        loop {
+            let index = level.index(gpa);
+            let entry = mem.table(table)[index];
+            if !F::is_present(entry) {
+                return Ok(false);
+            }
+            if F::is_leaf(entry, level) {
+                let Some(lower) = level.next_lower() else {
+                    mem.table(table)[index] = 0;
+                    return Ok(true);
+                };
+                // Split: the same memory, the same rights, in smaller leaves.
+                let size = level.page_size();
+                let base = F::address(entry) & !(size - 1);
+                let perms = F::perms(entry);
+                let next = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+                let step = lower.page_size();
+                for i in 0..ENTRIES {
+                    mem.table(next)[i] = F::leaf_entry(base + i as u64 * step, lower, perms);
+                }
+                mem.table(table)[index] = F::table_entry(next);
+                table = next;
+                level = lower;
+                continue;
+            }
+            table = F::address(entry) & !(TABLE_SIZE - 1);
+            level = match level.next_lower() {
+                Some(lower) => lower,
+                None => return Ok(false),
+            };
+        }
+    }
+
     /// Calls `free` with every table page of this structure (the root last), so the
     /// owner can return them to its allocator when the guest is torn down.
     pub fn destroy<M: TableMemory + ?Sized>(self, mem: &mut M, mut free: impl FnMut(&mut M, u64)) {
@@ -434,6 +487,56 @@ mod tests {
             assert_eq!(hpa % TABLE_SIZE, 0);
             &mut self.tables[(hpa / TABLE_SIZE) as usize - 1]
         }
+    }
+
+    #[test]
+    fn unmapping_a_page_inside_large_leaves_splits_them_and_keeps_the_rest() {
+        let mut mem = TestMemory::new();
+        let mut t = NestedPageTable::<TestFormat>::new(&mut mem).unwrap();
+        // 1 GiB at 0 (one 1 GiB leaf), read/write only.
+        t.map(&mut mem, 0, 0x4000_0000, 1 << 30, Perms::RW, Level::Pdpt)
+            .unwrap();
+        let gpa = 0x0060_3000;
+        assert_eq!(t.unmap_page(&mut mem, gpa), Ok(true));
+        assert_eq!(t.translate(&mut mem, gpa), None);
+        assert_eq!(t.translate(&mut mem, gpa + 0xfff), None);
+        // Its neighbours, in the same 2 MiB and elsewhere, keep address and rights.
+        for other in [gpa - 0x1000, gpa + 0x1000, 0, 0x3fff_f000, 0x0020_0000] {
+            assert_eq!(
+                t.translate(&mut mem, other),
+                Some((0x4000_0000 + other, Perms::RW)),
+                "{other:#x}"
+            );
+        }
+        // Twice: nothing left to unmap. Unaligned or too high: refused.
+        assert_eq!(t.unmap_page(&mut mem, gpa), Ok(false));
+        assert_eq!(t.unmap_page(&mut mem, 1 << 40), Ok(false));
+        assert_eq!(t.unmap_page(&mut mem, gpa + 8), Err(MapError::Unaligned));
+        assert_eq!(
+            t.unmap_page(&mut mem, GPA_LIMIT),
+            Err(MapError::GpaTooLarge)
+        );
+        // The page can be mapped again, with other memory.
+        t.map(&mut mem, gpa, 0x9000, 0x1000, Perms::RWX, Level::Pdpt)
+            .unwrap();
+        assert_eq!(t.translate(&mut mem, gpa), Some((0x9000, Perms::RWX)));
+        // Out of table memory: the split fails cleanly, the page stays mapped.
+        let mut small = TestMemory::with_limit(4);
+        let mut u = NestedPageTable::<TestFormat>::new(&mut small).unwrap();
+        u.map(&mut small, 0, 0x4000_0000, 2 << 20, Perms::RW, Level::Pd)
+            .unwrap();
+        assert_eq!(small.count(), 3);
+        assert_eq!(u.unmap_page(&mut small, 0x1000), Ok(true));
+        assert_eq!(u.unmap_page(&mut small, 0x20_0000), Ok(false));
+        let mut none = TestMemory::with_limit(3);
+        let mut w = NestedPageTable::<TestFormat>::new(&mut none).unwrap();
+        w.map(&mut none, 0, 0x4000_0000, 2 << 20, Perms::RW, Level::Pd)
+            .unwrap();
+        assert_eq!(w.unmap_page(&mut none, 0x1000), Err(MapError::OutOfMemory));
+        assert_eq!(
+            w.translate(&mut none, 0x1000),
+            Some((0x4000_1000, Perms::RW))
+        );
     }
 
     /// A minimal x86-style format: P=0, W=1, X=2 (inverted NX keeps tests simple), PS=7.

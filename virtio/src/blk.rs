@@ -115,6 +115,22 @@ impl RamDisk {
     }
 }
 
+/// A boxed backend is one (owners that choose the backend at run time).
+impl<T: BlockBackend + ?Sized> BlockBackend for alloc::boxed::Box<T> {
+    fn sectors(&self) -> u64 {
+        (**self).sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        (**self).read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        (**self).write(sector, data)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        (**self).flush()
+    }
+}
+
 impl BlockBackend for RamDisk {
     fn sectors(&self) -> u64 {
         self.bytes.len() as u64 / SECTOR_SIZE

@@ -93,6 +93,7 @@ extern crate std;
 
 pub mod balloon;
 pub mod blk;
+pub mod cow;
 pub mod device;
 pub mod memory;
 pub mod net;

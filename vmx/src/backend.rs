@@ -44,7 +44,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 use vcpu::mitigation::{EntryFlush, MSR_FLUSH_CMD};
 use vcpu::slice::{self, SliceState, MSR_TSC_AUX};
 
-use vcpu::paging::Level;
+use vcpu::paging::{Level, Perms};
 use vcpu::state::{CpuState, StateError};
 use vcpu::{
     Backend, BackendError, CpuMode, Exception, Exit, GuestMapping, GuestRegisters, HostMemory,
@@ -71,9 +71,6 @@ const PAGE: u64 = 4096;
 /// IA32_FEATURE_CONTROL bits (SDM Vol. 3C 24.7 / 23.7 in older editions).
 const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
 const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
-/// RAM mappings remembered per vCPU for reading PAE PDPTEs from guest memory.
-const MAX_RAM_MAPPINGS: usize = 4;
-
 /// VMREAD/VMWRITE on the current VMCS. A failed VMWRITE is remembered (the first one)
 /// so that set-up can report it; a failed VMREAD reads as 0. A `blocked` one (the
 /// vCPU's VMCS is active on another processor) touches nothing.
@@ -438,9 +435,9 @@ pub struct VmxVcpu {
     cr2: u64,
     /// The guest's x87/SSE registers while the host or another guest runs.
     fx: FxArea,
-    /// Guest RAM and where the hypervisor reaches it, for reading PAE PDPTEs.
-    ram: [(GuestMapping, usize); MAX_RAM_MAPPINGS],
-    ram_count: usize,
+    /// Where host-physical 0 is mapped in the hypervisor (`HostMemory::virt` is
+    /// linear): PAE PDPTEs are read through the EPT from there.
+    phys_offset: usize,
     invept: Option<u64>,
     invvpid: Option<u64>,
     /// The basic reason of the last VM exit (for `skip_instruction`).
@@ -512,16 +509,19 @@ impl VmxVcpu {
     }
 
     /// The guest-physical range `[gpa, gpa + len)` in hypervisor memory, if it lies in
-    /// one RAM mapping.
+    /// one page the EPT maps (so never a page taken from the guest).
     fn guest_ptr(&self, gpa: u64, len: u64) -> Option<*const u8> {
-        self.ram[..self.ram_count].iter().find_map(|(m, virt)| {
-            (gpa >= m.gpa && gpa + len <= m.gpa + m.len)
-                .then(|| (*virt + (gpa - m.gpa) as usize) as *const u8)
-        })
+        if gpa % PAGE + len > PAGE {
+            return None;
+        }
+        let mut tables = LinearTables(self.phys_offset);
+        let (hpa, _) = self.ept.as_ref()?.translate(&mut tables, gpa)?;
+        Some((self.phys_offset + hpa as usize) as *const u8)
     }
 
     fn read_pdptes(&self, cr3: u64) -> Option<[u64; 4]> {
-        let p = self.guest_ptr(cr3, 32)? as *const u64;
+        // PAE CR3 is 32-byte aligned: the four entries lie in one page.
+        let p = self.guest_ptr(cr3 & !31, 32)? as *const u64;
         let mut out = [0; 4];
         for (i, e) in out.iter_mut().enumerate() {
             // SAFETY: `guest_ptr` checked that the 32 bytes lie in this guest's RAM,
@@ -659,17 +659,7 @@ impl Backend for VmxBackend {
                 EntryFlush::Verw => enter::VERW,
                 EntryFlush::L1d => enter::L1D_FLUSH,
             },
-            ram: [(
-                GuestMapping {
-                    gpa: 0,
-                    hpa: 0,
-                    len: 0,
-                    writable: false,
-                    executable: false,
-                },
-                0,
-            ); MAX_RAM_MAPPINGS],
-            ram_count: 0,
+            phys_offset: mem.virt(0) as usize,
             invept: self.invept,
             invvpid: self.invvpid,
             last_reason: u32::MAX,
@@ -741,10 +731,6 @@ impl VmxBackend {
         v.eptp = ept::eptp(table.root());
         v.ept = Some(table);
         mapped.map_err(BackendError::Map)?;
-        for m in ram.iter().take(MAX_RAM_MAPPINGS) {
-            v.ram[v.ram_count] = (*m, mem.virt(m.hpa) as usize);
-            v.ram_count += 1;
-        }
 
         v.vmcs_pa = mem.alloc(PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
         v.io_bitmaps_pa = mem.alloc(2 * PAGE, PAGE).ok_or(BackendError::OutOfMemory)?;
@@ -938,7 +924,50 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// The vCPU's EPT tables read where `HostMemory::virt` put them (linear); for
+/// walking only, never for new tables.
+struct LinearTables(usize);
+
+impl vcpu::paging::TableMemory for LinearTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        None
+    }
+
+    fn table(&mut self, hpa: u64) -> &mut [u64; 512] {
+        // SAFETY: only called by `translate` on this vCPU's own EPT tables, which
+        // stay allocated until `destroy_vcpu` and are mapped linearly from offset .0
+        // (`HostMemory::virt`); nothing else writes them while the vCPU is held.
+        unsafe { &mut *((self.0 + hpa as usize) as *mut [u64; 512]) }
+    }
+}
+
+/// A vCPU's EPT exists from `create_vcpu` until `destroy_vcpu`.
+const NO_EPT: &str = "the vCPU has no EPT";
+
 impl Vcpu for VmxVcpu {
+    fn map_page(
+        &mut self,
+        mem: &mut dyn HostMemory,
+        gpa: u64,
+        hpa: u64,
+        writable: bool,
+    ) -> Result<(), BackendError> {
+        let ept = self.ept.as_mut().ok_or(BackendError::Check(NO_EPT))?;
+        let perms = if writable { Perms::RWX } else { Perms::RX };
+        ept.map(mem, gpa, hpa, PAGE, perms, Level::Pt)
+            .map_err(BackendError::Map)
+    }
+
+    fn unmap_page(&mut self, mem: &mut dyn HostMemory, gpa: u64) -> Result<(), BackendError> {
+        let ept = self.ept.as_mut().ok_or(BackendError::Check(NO_EPT))?;
+        if ept.unmap_page(mem, gpa).map_err(BackendError::Map)? {
+            // Combined and guest-physical mappings derived from the old leaf may be
+            // cached: INVEPT at the next entry (SDM Vol. 3C 29.4.3.1).
+            self.flush_on_entry = true;
+        }
+        Ok(())
+    }
+
     /// Runs the guest until an exit the core must see. Control-register accesses that
     /// exit only because the host owns CR0/CR4 bits (or intercepts CR8/CR3) are handled
     /// here and the guest is resumed.

@@ -809,6 +809,31 @@ pub fn report(c: &Collected) -> String {
                 _ => out.push(row(label, what, &failed())),
             }
         }
+        // Clones: start time against the RAM copy a snapshot's restore makes, and
+        // the memory four clones share.
+        let clones: Vec<CloneFigure> = c.snapshots.iter().filter_map(|s| s.clones).collect();
+        let start = summarize(&clones.iter().map(|f| f.start_ms as f64).collect::<Vec<_>>());
+        match (start, ms(|s| s.restore_copy_ms)) {
+            (Some(st), Some(cp)) => out.push(row(
+                "Clone",
+                "start",
+                &with_ratio(fmt_ms(&st), format!("{} of a RAM copy", ratio_of(&st, &cp))),
+            )),
+            _ => out.push(row("Clone", "start", &failed())),
+        }
+        match clones.last() {
+            Some(f) if f.total_kib > 0 => out.push(row(
+                "  4 clones",
+                "shared",
+                &format!(
+                    "{} MiB of {} MiB ({}%) after 2 s at their shells",
+                    f.shared_kib / 1024,
+                    f.total_kib / 1024,
+                    f.shared_kib * 100 / f.total_kib
+                ),
+            )),
+            _ => out.push(row("  4 clones", "shared", &failed())),
+        }
     }
 
     // Exits.
@@ -1099,7 +1124,22 @@ fn snapshot_run(
         ScriptStep::new("hv> ", b"snapshot linux bench\r"),
         ScriptStep::new("administrator passphrase: ", pass.as_bytes()),
         ScriptStep::new("\"snapshot linux bench\": done", b"restore linux bench\r"),
-        ScriptStep::new("\"restore linux bench\": done", b"stop linux\r"),
+        // Four clones of the snapshot; after a while at their shells, how much of
+        // their RAM they still share.
+        ScriptStep::new("\"restore linux bench\": done", b"clone linux k1 bench\r"),
+        ScriptStep::new("\"clone linux k1 bench\": done", b"clone linux k2 bench\r"),
+        ScriptStep::new("\"clone linux k2 bench\": done", b"clone linux k3 bench\r"),
+        ScriptStep::new("\"clone linux k3 bench\": done", b"clone linux k4 bench\r"),
+        ScriptStep::new("\"clone linux k4 bench\": done", b"stats k1\r")
+            .after(Duration::from_secs(2)),
+        ScriptStep::new("\"stats k1\": done", b"stats k2\r"),
+        ScriptStep::new("\"stats k2\": done", b"stats k3\r"),
+        ScriptStep::new("\"stats k3\": done", b"stats k4\r"),
+        ScriptStep::new("\"stats k4\": done", b"stop k1\r"),
+        ScriptStep::new("\"stop k1\": done", b"stop k2\r"),
+        ScriptStep::new("\"stop k2\": done", b"stop k3\r"),
+        ScriptStep::new("\"stop k3\": done", b"stop k4\r"),
+        ScriptStep::new("\"stop k4\": done", b"stop linux\r"),
     ];
     let opts = QemuOptions {
         memory_mib: 2 * SNAPSHOT_VM_MIB as u32 + 128,
@@ -1183,6 +1223,61 @@ pub struct SnapshotFigure {
     pub take_copy_ms: u64,
     pub restore_ms: u64,
     pub restore_copy_ms: u64,
+    /// Clones of the snapshot: the slowest one's start, and the memory (KiB)
+    /// the four still shared after two seconds at their shells; `None` if the
+    /// run made none.
+    pub clones: Option<CloneFigure>,
+}
+
+/// Four clones of one snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloneFigure {
+    pub start_ms: u64,
+    pub shared_kib: u64,
+    pub total_kib: u64,
+}
+
+/// Parses `hv: VM kN cloned from ... in N ms: M MiB shared copy-on-write` and the
+/// clones' `stats` lines (`kN: running, ..., X shared (P pages), ...`).
+pub fn parse_clones(serial: &str) -> Option<CloneFigure> {
+    let mut start_ms = 0;
+    let mut total_kib = 0;
+    let mut names = Vec::new();
+    for l in serial
+        .lines()
+        .filter(|l| l.starts_with("hv: VM ") && l.contains(" cloned from "))
+    {
+        let name = l.strip_prefix("hv: VM ")?.split(' ').next()?;
+        let rest = l.rsplit(" in ").next()?;
+        let ms: u64 = rest.split(" ms").next()?.trim().parse().ok()?;
+        let mib: u64 = rest
+            .split(": ")
+            .nth(1)?
+            .split(" MiB")
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        start_ms = start_ms.max(ms);
+        total_kib += mib * 1024;
+        names.push(name);
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut shared_kib = 0;
+    for name in names {
+        let line = serial
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")) && l.contains(" shared ("))?;
+        let pages: u64 = number_between(line, " shared (", " pages)")?;
+        shared_kib += pages * 4;
+    }
+    Some(CloneFigure {
+        start_ms,
+        shared_kib,
+        total_kib,
+    })
 }
 
 /// The number after `before` in `text`, up to `after`.
@@ -1206,6 +1301,7 @@ pub fn parse_snapshot(serial: &str) -> Option<SnapshotFigure> {
         take_copy_ms: number_between(taken, "(RAM copy ", " ms")?,
         restore_ms: restore_tail.split(" ms").next()?.trim().parse().ok()?,
         restore_copy_ms: number_between(restore_tail, "(RAM copy ", " ms")?,
+        clones: parse_clones(serial),
     })
 }
 
@@ -1267,9 +1363,8 @@ fn bench_image_bundle_on_disk(opts: &BuildOptions) -> Result<(PathBuf, PathBuf),
     let storage = GuestSet::Bench.storage()?.ok_or("no bench disk")?;
     let disk = crate::storage::prepare(&storage, &build::target_dir())?;
     let vms = GuestSet::Bench.vms()?;
-    let console = GuestSet::Bench.console()?;
-    let built =
-        build::build_with_bundle_on_disk(opts, "bench-nvme", &vms, console.as_ref(), &disk)?;
+    let machine = GuestSet::Bench.machine()?;
+    let built = build::build_with_bundle_on_disk(opts, "bench-nvme", &vms, &machine, &disk)?;
     Ok((built.images.bios, disk))
 }
 
@@ -1592,7 +1687,24 @@ mod tests {
                 take_copy_ms: 700,
                 restore_ms: 962,
                 restore_copy_ms: 650,
+                clones: None,
             })
+        );
+        let clones = "hv: VM k1 cloned from linux's snapshot \"bench\" in 12 ms: 256 MiB shared copy-on-write\n\
+            hv: VM k2 cloned from linux's snapshot \"bench\" in 15 ms: 256 MiB shared copy-on-write\n\
+            k1: running, 2 vCPUs, memory 6 MiB private, 250 MiB shared (64000 pages), 0 KiB ballooned\n\
+            k2: running, 2 vCPUs, memory 7 MiB private, 249 MiB shared (63744 pages), 0 KiB ballooned\n";
+        assert_eq!(
+            parse_clones(clones),
+            Some(CloneFigure {
+                start_ms: 15,
+                shared_kib: (64000 + 63744) * 4,
+                total_kib: 2 * 256 * 1024,
+            })
+        );
+        assert_eq!(
+            parse_clones("hv: VM k1 cloned from a in 3 ms: 4 MiB shared"),
+            None
         );
         assert_eq!(
             parse_snapshot("hv: snapshot \"x\" of VM a taken in 5 ms"),

@@ -91,8 +91,10 @@ pub enum GuestSet {
     /// No bundle: the hypervisor boots, reports and stops.
     None,
     /// `cargo xtask run`: Debian's Linux to a shell on the serial console (2 vCPUs,
-    /// an encrypted persistent disk on /data, 10.0.0.1 on network "lan"), a second
-    /// Linux `peer` (10.0.0.2 on "lan"), and `net64` alone on network "other".
+    /// an encrypted persistent disk on /data, 10.0.0.1 on network "lan" and
+    /// 10.0.9.2 on the management network "mgmt", where the hypervisor is
+    /// 10.0.9.1), a second Linux `peer` (10.0.0.2 on "lan"), and `net64` alone on
+    /// network "other".
     Demo,
     /// The eight tiny guests (three CPU modes, policy probes, hostile ones).
     Tiny,
@@ -134,7 +136,9 @@ pub enum GuestSet {
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
     /// `hello64`, `blk64` with its RAM-backed virtio-blk disk (reads, a write,
     /// requests past the end), and `vq64`, hostile hand-built virtqueues on a copy
-    /// of that disk (the device must end in NEEDS_RESET, then work after a reset).
+    /// of that disk (the device must end in NEEDS_RESET, then work after a reset),
+    /// and `balloon64`, which inflates and deflates 1 MiB of its RAM through its
+    /// virtio-balloon (the pages unbacked while ballooned, fresh zeroed ones after).
     CrCheck,
     /// Linux in test mode with a persistent, encrypted disk (partition "linux-data"
     /// of the NVMe disk, its passphrase from a key file) mounted on /data, next to
@@ -152,7 +156,10 @@ pub enum GuestSet {
     /// "lan", `lan-a` at 10.0.0.1 listening on TCP port 5000 and `lan-b` at
     /// 10.0.0.2, which pings it and sends it 64 KiB; and `net64` with a NIC on
     /// network "other", which sends a broadcast and a frame with a forged source
-    /// there and must see none of their frames (nor they its).
+    /// there and must see none of their frames (nor they its). The hypervisor's
+    /// station is on network "mgmt" (10.0.9.1), where `lan-b` has a second NIC
+    /// (10.0.9.2): it scrapes `/metrics` and collects the syslog; `lan-a` tries
+    /// the metrics from "lan" with an address of that subnet, and must fail.
     NetworkTest,
     /// The management console: two `count64` VMs (`count64` and `other`), driven
     /// through the console from a pipe, with the administrator passphrase of
@@ -165,6 +172,11 @@ pub enum GuestSet {
     /// `count64` alone, with the snapshot area (partition "hv-snapshots") on the
     /// NVMe disk of [`GuestSet::storage`]: snapshots outlive a restart.
     SnapshotDiskTest,
+    /// Linux (interactive, 2 vCPUs) on the disk of [`GuestSet::LinuxDiskTest`]
+    /// ("linux-data" mounted on /data), driven through the console: a snapshot of
+    /// a VM with a writable disk, restored (the disk rolled back) and cloned (the
+    /// clone sees the disk as it was at the snapshot).
+    LinuxDiskConsoleTest,
 }
 
 /// The console test's administrator passphrase.
@@ -237,7 +249,7 @@ impl GuestSet {
                     },
                 ],
             })),
-            GuestSet::LinuxDiskTest => Ok(Some(StorageDef {
+            GuestSet::LinuxDiskTest | GuestSet::LinuxDiskConsoleTest => Ok(Some(StorageDef {
                 image: None,
                 config_stem: "linux-disk-test".into(),
                 bytes: 160 << 20,
@@ -315,12 +327,13 @@ impl GuestSet {
                 }
                 Ok(Some(path))
             }
-            GuestSet::ConsoleTest | GuestSet::ConsoleLinuxTest | GuestSet::SnapshotDiskTest => {
-                Ok(Some(fixed_key_file(
-                    &target_dir().join("hv").join("console-test.pass"),
-                    &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
-                )?))
-            }
+            GuestSet::ConsoleTest
+            | GuestSet::ConsoleLinuxTest
+            | GuestSet::SnapshotDiskTest
+            | GuestSet::LinuxDiskConsoleTest => Ok(Some(fixed_key_file(
+                &target_dir().join("hv").join("console-test.pass"),
+                &format!("{CONSOLE_TEST_PASSPHRASE}\n"),
+            )?)),
             _ => Ok(None),
         }
     }
@@ -331,6 +344,36 @@ impl GuestSet {
         Ok(self
             .admin_passphrase_file()?
             .map(crate::vms::ConsoleDef::new))
+    }
+
+    /// The set's management network, if it has one (see [`GuestSet::vms`] for the
+    /// network the VMs share with the hypervisor).
+    pub fn management(self) -> Option<crate::vms::ManagementDef> {
+        // The hypervisor at 10.0.9.1 on "mgmt"; in the network test its log goes
+        // to lan-b's 10.0.9.2 (busybox has no UDP listener to show it in the
+        // default run).
+        let station = |syslog| {
+            Some(crate::vms::ManagementDef {
+                network: MANAGEMENT_NETWORK.into(),
+                address: [10, 0, 9, 1],
+                prefix: 24,
+                syslog,
+            })
+        };
+        match self {
+            GuestSet::Demo => station(None),
+            GuestSet::NetworkTest => station(Some(([10, 0, 9, 2], 514))),
+            _ => None,
+        }
+    }
+
+    /// The set's machine-wide settings: [`GuestSet::console`] and
+    /// [`GuestSet::management`].
+    pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
+        Ok(crate::vms::MachineDef {
+            console: self.console()?,
+            management: self.management(),
+        })
     }
 
     fn dir_name(self) -> &'static str {
@@ -355,6 +398,7 @@ impl GuestSet {
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
             GuestSet::SnapshotDiskTest => "snapshot-disk-test",
+            GuestSet::LinuxDiskConsoleTest => "linux-disk-console-test",
         }
     }
 
@@ -414,11 +458,17 @@ impl GuestSet {
                     key_file: Some(disks_dir().join("demo.key")),
                 });
                 // Networks: "linux" (10.0.0.1) and "peer" (10.0.0.2) share "lan";
-                // net64 sits alone on "other" and reaches neither.
+                // net64 sits alone on "other" and reaches neither. "linux" is on
+                // the management network too (10.0.9.2; the hypervisor is 10.0.9.1).
                 use crate::vms::NicDef;
-                vm.cmdline.push_str(" hv.ip=10.0.0.1/24");
-                vm.nics = vec![NicDef::on("lan", "linux", 0)];
+                vm.cmdline.push_str(" hv.ip=10.0.0.1/24 hv.ip1=10.0.9.2/24");
+                vm.nics = vec![
+                    NicDef::on("lan", "linux", 0),
+                    NicDef::on(MANAGEMENT_NETWORK, "linux", 1),
+                ];
+                vm.balloon = true;
                 let mut peer = linux_vm(false)?.renamed("peer");
+                peer.balloon = true;
                 peer.memory_kib = 192 * 1024;
                 peer.cmdline.push_str(" hv.ip=10.0.0.2/24");
                 peer.nics = vec![NicDef::on("lan", "peer", 0)];
@@ -467,12 +517,29 @@ impl GuestSet {
                 });
                 Ok(vms)
             }
+            GuestSet::LinuxDiskConsoleTest => {
+                self.storage()?; // writes the key files
+                let mut vm = linux_vm(false)?;
+                vm.partition = Some(crate::vms::PartitionUse {
+                    name: "linux-data".into(),
+                    read_only: false,
+                    encrypted: true,
+                    key_file: Some(disks_dir().join("linux-disk-test.key")),
+                });
+                Ok(vec![crate::config::check(&vm)?])
+            }
             GuestSet::LinuxTest => with_hello(linux(true)?),
             GuestSet::SnapshotDiskTest => Ok(vec![tiny_vm(&all_guests()?, "count64")?]),
             GuestSet::ConsoleLinuxTest => {
                 let mut vm = linux_vm(false)?;
                 vm.memory_kib = crate::bench::SNAPSHOT_VM_MIB as u32 * 1024;
-                Ok(vec![crate::config::check(&vm)?])
+                vm.balloon = true;
+                // Too large to start beside `linux` in the test's machine until
+                // `linux`'s balloon gave memory back (tests/tests/console.rs).
+                let mut spare = tiny_vm(&all_guests()?, "count64")?.renamed("spare");
+                spare.memory_kib = CONSOLE_SPARE_MIB * 1024;
+                spare.background = true;
+                Ok(vec![crate::config::check(&vm)?, spare])
             }
             GuestSet::ConsoleTest => {
                 let images = all_guests()?;
@@ -483,17 +550,33 @@ impl GuestSet {
             }
             GuestSet::NetworkTest => {
                 use crate::vms::NicDef;
-                let lan = |name: &str, args: &str| -> Result<crate::vms::VmDef, String> {
-                    let mut vm = linux_vm(true)?.renamed(name);
-                    vm.vcpus = 1;
-                    vm.memory_kib = 160 * 1024;
-                    vm.cmdline = format!("{} {args}", vm.cmdline);
-                    vm.nics = vec![NicDef::on("lan", name, 0)];
-                    Ok(crate::config::check(&vm)?)
-                };
+                let lan =
+                    |name: &str, args: &str, mgmt: bool| -> Result<crate::vms::VmDef, String> {
+                        let mut vm = linux_vm(true)?.renamed(name);
+                        vm.vcpus = 1;
+                        vm.memory_kib = 160 * 1024;
+                        vm.cmdline = format!("{} {args}", vm.cmdline);
+                        vm.nics = vec![NicDef::on("lan", name, 0)];
+                        if mgmt {
+                            vm.nics.push(NicDef::on(MANAGEMENT_NETWORK, name, 1));
+                        }
+                        Ok(crate::config::check(&vm)?)
+                    };
+                // lan-b is on the management network as well: it scrapes the
+                // hypervisor's metrics and collects its syslog; lan-a is not, and
+                // must not reach them even with an address of that subnet.
                 let mut vms = vec![
-                    lan("lan-a", "hv.ip=10.0.0.1/24 hv.listen=5000")?,
-                    lan("lan-b", "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000")?,
+                    lan(
+                        "lan-a",
+                        "hv.ip=10.0.0.1/24 hv.listen=5000 hv.probe=10.0.9.3/24@10.0.9.1",
+                        false,
+                    )?,
+                    lan(
+                        "lan-b",
+                        "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000 hv.ip1=10.0.9.2/24 \
+                         hv.metrics=10.0.9.1 hv.syslog=1",
+                        true,
+                    )?,
                 ];
                 let mut net64 = tiny_vm(&all_guests()?, "net64")?;
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
@@ -563,11 +646,19 @@ impl GuestSet {
                     disk: blk64.disk.clone(),
                     ..vm("vq64")?
                 };
+                // balloon64 rides along too: its virtio-balloon (00:02.0) inflated
+                // and deflated under each vendor's nested paging, in the tiny
+                // default 4 MiB (its 1 MiB range crosses the 2 MiB boundary).
+                let balloon64 = crate::vms::VmDef {
+                    balloon: true,
+                    ..vm("balloon64")?
+                };
                 Ok(vec![
                     vm("crcheck64")?,
                     vm("hello64")?,
                     crate::config::check(&blk64)?,
                     crate::config::check(&vq64)?,
+                    crate::config::check(&balloon64)?,
                 ])
             }
             GuestSet::Smp | GuestSet::SmpWithoutStorm => {
@@ -661,6 +752,9 @@ impl GuestSet {
 const VQ64_MEMORY_KIB: u32 = 20 * 1024;
 
 /// The built tiny guest `name` as a VM with 4 MiB of memory.
+/// The memory of `GuestSet::ConsoleLinuxTest`'s `spare` VM (MiB).
+pub const CONSOLE_SPARE_MIB: u32 = 400;
+
 fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vms::VmDef, String> {
     Ok(crate::vms::VmDef {
         format: crate::vms::ImageFormat::Tiny,
@@ -675,9 +769,12 @@ fn tiny_vm(images: &[crate::guests::GuestImage], name: &str) -> Result<crate::vm
 /// Builds the kernel, the guests of `set`, and both disk images for it, in
 /// `target/hv/<set>/`.
 pub fn build_all(opts: &BuildOptions, set: GuestSet) -> Result<Built, String> {
-    let console = set.console()?;
-    build_with_vms(opts, set.dir_name(), &set.vms()?, console.as_ref())
+    let machine = set.machine()?;
+    build_with_vms(opts, set.dir_name(), &set.vms()?, &machine)
 }
+
+/// The management network of the default run and the network test.
+pub const MANAGEMENT_NETWORK: &str = "mgmt";
 
 /// The partition of a `[storage]` disk that, when the configuration has one, holds
 /// the guest bundle (see [`build_with_bundle_on_disk`]).
@@ -688,19 +785,19 @@ pub const BUNDLE_PARTITION: &str = "hv-bundle";
 /// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
 /// firmware then loads a few bytes instead of the guests' images, and the
 /// hypervisor reads them with its own NVMe driver (much faster under emulators).
-/// The bundle is the same as [`build_with_vms`] packs, `console`'s credential
+/// The bundle is the same as [`build_with_vms`] packs, `machine`'s settings
 /// included.
 pub fn build_with_bundle_on_disk(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
     disk: &Path,
 ) -> Result<Built, String> {
     use std::io::{Seek, SeekFrom, Write};
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let blob = crate::vms::bundle_bytes_with(vms, console)?;
+    let blob = crate::vms::bundle_bytes_with(vms, machine)?;
     let table = gptdisk::image::read_image(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
     let part = table
         .find(BUNDLE_PARTITION)
@@ -741,23 +838,23 @@ pub fn build_with_bundle_on_disk(
     Ok(Built { kernel, images })
 }
 
-/// Builds the kernel and both disk images with `vms` and, when given, `console`'s
-/// administrator credential in the ramdisk (neither: no ramdisk), in
-/// `target/hv/<dir>/`.
+/// Builds the kernel and both disk images with `vms` and `machine`'s settings
+/// (the administrator credential, the management network) in the ramdisk (none of
+/// them: no ramdisk), in `target/hv/<dir>/`.
 pub fn build_with_vms(
     opts: &BuildOptions,
     dir: &str,
     vms: &[crate::vms::VmDef],
-    console: Option<&crate::vms::ConsoleDef>,
+    machine: &crate::vms::MachineDef,
 ) -> Result<Built, String> {
     let kernel = build_kernel(opts)?;
     let out = target_dir().join("hv").join(dir);
-    let ramdisk = if vms.is_empty() && console.is_none() {
+    let ramdisk = if vms.is_empty() && machine.is_empty() {
         None
     } else {
         Some(crate::vms::write_bundle_with(
             vms,
-            console,
+            machine,
             &out.join("bundle.bin"),
         )?)
     };

@@ -27,6 +27,7 @@ use toml_edit::{Item, TableLike, Value};
 use crate::vms::{Config, DiskDef, ModuleDef, PartitionUse, VmDef};
 
 mod console;
+mod management;
 mod network;
 #[cfg(test)]
 mod scratch;
@@ -59,13 +60,14 @@ const VM_KEYS: &[&str] = &[
     "on_reset",
     "on_crash",
     "on_unmapped",
+    "balloon",
     "disk",
     "nics",
 ];
 const MODULE_KEYS: &[&str] = &["path", "cmdline"];
 const DISK_KEYS: &[&str] = &["file", "partition", "read_only"];
 /// Top-level keys.
-const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console"];
+const TOP_KEYS: &[&str] = &["vm", "storage", "network", "console", "management"];
 /// Names people bring from other tools (QEMU, libvirt, Firecracker), mapped to ours.
 const ALIASES: &[(&str, &str)] = &[
     ("image", "kernel"),
@@ -341,6 +343,7 @@ struct RawVm {
     on_reset: Option<bundle::Policy>,
     on_crash: Option<bundle::Policy>,
     unmapped_stops: bool,
+    balloon: bool,
     /// The disk, and where its file was named.
     disk: Option<(DiskDef, Loc)>,
     /// Or a partition of `[storage]`: its name, read-only, and where it was named.
@@ -428,6 +431,13 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         }
         None => Vec::new(),
     };
+    let management = match top.get("management") {
+        Some(item) => {
+            let loc = src.loc(top.key("management").and_then(|k| k.span()), "management");
+            Some(management::parse(src, item, &loc)?)
+        }
+        None => None,
+    };
     let Some(item) = top.get("vm") else {
         let loc = Loc {
             pos: Some((1, 1)),
@@ -473,10 +483,15 @@ fn parse(src: &Source) -> Result<Config, ConfigError> {
         ));
     }
     network::check_nics(src, &networks, &mut vms, &nics)?;
+    let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+    let management = management
+        .map(|m| management::check(src, &m, &names, &vms))
+        .transpose()?;
     Ok(Config {
         vms,
         storage,
         console,
+        management,
     })
 }
 
@@ -680,6 +695,11 @@ fn parse_vm(
                         ))
                     }
                 };
+            }
+            "balloon" => {
+                vm.balloon = item
+                    .as_bool()
+                    .ok_or_else(|| src.err(&loc, type_error("true or false", item)))?;
             }
             "bench_hypercalls" => {
                 vm.bench_hypercalls = item
@@ -1197,6 +1217,7 @@ fn resolve(
         on_reset: raw.on_reset.unwrap_or(bundle::Policy::Restart),
         on_crash: raw.on_crash.unwrap_or(bundle::Policy::Stop),
         unmapped_stops: raw.unmapped_stops,
+        balloon: raw.balloon,
         format,
         cmdline,
         // Checked above to be 1..=MAX_VCPUS.
@@ -1362,6 +1383,7 @@ pub fn check(vm: &VmDef) -> Result<VmDef, ConfigError> {
         on_reset: Some(vm.on_reset),
         on_crash: Some(vm.on_crash),
         unmapped_stops: vm.unmapped_stops,
+        balloon: vm.balloon,
         disk: vm.disk.clone().map(|d| (d, at("disk"))),
         ..RawVm::default()
     };

@@ -165,6 +165,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image,
                 image_path: name,
                 format,
@@ -208,6 +209,13 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     salt: [0x5A; bundle::ADMIN_SALT_LEN],
                     hash: [0xC3; bundle::ADMIN_HASH_LEN],
                 }),
+                // And the management network (version 9).
+                management: bundle::Management::new(
+                    "mgmt",
+                    [10, 0, 9, 1],
+                    24,
+                    Some(([10, 0, 9, 2], 514)),
+                ),
             };
             let plain = bundle::MachineSettings::default();
             [

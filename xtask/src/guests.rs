@@ -21,7 +21,8 @@
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
 //! hostile guests `dbloop64`, `dr64`, `insn64`, `timer64`, `acloop32` and
 //! `usercall32`, `reset64`, `crcheck64`
-//! the virtio-blk guest `blk64` and the hostile virtqueue guest `vq64` are built with
+//! the virtio-blk guest `blk64`, the hostile virtqueue guest `vq64` and the
+//! virtio-balloon guest `balloon64` are built with
 //! them ([`build_all_guests`]) but booted in their own sets.
 
 use std::env;
@@ -80,6 +81,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("vq64", Kind::Elf64),
     ("net64", Kind::Elf64),
     ("count64", Kind::Elf64),
+    ("balloon64", Kind::Elf64),
     ("acloop32", Kind::Elf32),
     ("usercall32", Kind::Elf32),
 ];

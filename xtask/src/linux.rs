@@ -43,6 +43,8 @@ pub const MODULES: &[&str] = &[
     "drivers/virtio/virtio_pci_modern_dev.ko",
     "drivers/virtio/virtio_pci_legacy_dev.ko",
     "drivers/virtio/virtio_pci.ko",
+    // The memory balloon (`balloon = true`): the operator's `balloon` command.
+    "drivers/virtio/virtio_balloon.ko",
     "drivers/block/virtio_blk.ko",
     "crypto/crc32c_generic.ko",
     "lib/crc16.ko",
@@ -701,11 +703,12 @@ arg() {
 diskbench=
 case " $(cat /proc/cmdline) " in *" hv.bench=disk "*) diskbench=1 ;; esac
 # The drivers, once, for any virtio device (the disk's and the NIC's share the core).
-if virtio_dev 0x1042 || virtio_dev 0x1041; then
+if virtio_dev 0x1042 || virtio_dev 0x1041 || virtio_dev 0x1045; then
     for m in $(cat /lib/modules/order); do
         insmod /lib/modules/$m.ko || echo "hv-linux: insmod $m failed"
     done
 fi
+virtio_dev 0x1045 && echo "hv-linux: memory balloon driver loaded"
 # A virtio-net NIC: eth0 up with the address from hv.ip= (e.g. hv.ip=10.0.0.1/24).
 net=
 if virtio_dev 0x1041; then
@@ -727,7 +730,23 @@ if virtio_dev 0x1041; then
         echo "hv-linux: virtio-net device found but no eth0"
     fi
 fi
+# A second NIC (the management network in the default run): eth1 with hv.ip1=.
+mgmt=
+addr1=$(arg ip1)
+if [ -n "$addr1" ]; then
+    i=0
+    while [ ! -d /sys/class/net/eth1 ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+    if [ -d /sys/class/net/eth1 ] && ip link set eth1 up && ip addr add "$addr1" dev eth1; then
+        mgmt=1
+        echo "hv-linux: eth1 $addr1 up"
+    else
+        echo "hv-linux: eth1: cannot set address $addr1"
+    fi
+fi
 mkdir -p /tmp
+# Datagrams that came to a closed UDP port (Udp NoPorts in /proc/net/snmp): how
+# the test sees the hypervisor's syslog arrive, since busybox has no UDP listener.
+udp_noports() { awk '/^Udp:/ { if (h) print $3; h = 1 }' /proc/net/snmp; }
 # The TCP check's receiving side (hv.listen=PORT): listening from now on, so the
 # sender finds it once ping gets through.
 listener=
@@ -782,6 +801,43 @@ case " $(cat /proc/cmdline) " in
     done
     wait
     echo "hv-linux: parallel workload done ($n workers)"
+    # The hypervisor's metrics (hv.metrics=ADDR): fetched once it answers, and
+    # printed line by line for the test to parse.
+    hv=$(arg metrics)
+    if [ -n "$hv" ]; then
+        udp0=$(udp_noports)
+        i=0
+        # (busybox 1.35's wget has no -T: timeout bounds it.)
+        while ! timeout 5 wget -q -O /tmp/metrics "http://$hv/metrics" 2>/dev/null && [ $i -lt 30 ]; do
+            i=$((i+1)); sleep 1
+        done
+        if [ -s /tmp/metrics ]; then
+            echo "hv-linux: metrics from $hv: $(wc -l < /tmp/metrics) lines"
+            while read -r line; do echo "hv-metrics: $line"; done < /tmp/metrics
+            echo "hv-linux: metrics end"
+        else
+            echo "hv-linux: metrics from $hv: no answer"
+        fi
+        # The access log of that request comes as syslog to this VM's closed
+        # port 514 (hv.syslog=1 says this VM is the collector).
+        if [ -n "$(arg syslog)" ]; then
+            sleep 2
+            echo "hv-linux: udp datagrams to closed ports since the scrape: $(($(udp_noports) - udp0))"
+        fi
+    fi
+    # The hypervisor seen from a network that is not the management network
+    # (hv.probe=ADDR/PREFIX@HV): eth0 gets an address of the management subnet,
+    # and the metrics must stay out of reach.
+    probe=$(arg probe)
+    if [ -n "$net" ] && [ -n "$probe" ]; then
+        ip addr add "${probe%@*}" dev eth0
+        if timeout 5 wget -q -O /tmp/probe "http://${probe#*@}/metrics" 2>/dev/null; then
+            echo "hv-linux: probe ${probe#*@}: reached the metrics"
+        else
+            echo "hv-linux: probe ${probe#*@}: unreachable"
+        fi
+        ip addr del "${probe%@*}" dev eth0
+    fi
     peer=$(arg ping)
     if [ -n "$net" ] && [ -n "$peer" ]; then
         # The peer may still be booting: wait (up to about 2 minutes) for a first
@@ -868,6 +924,7 @@ const APPLETS: &[&str] = &[
     "timeout",
     "cut",
     "wc",
+    "wget",
 ];
 
 /// The initramfs: a newc cpio with busybox, its applet links, the console device

@@ -114,9 +114,9 @@ struct Chosen {
     vms: Vec<xtask::vms::VmDef>,
     /// The persistent disk (a config file's `[storage]`, the default run's).
     storage: Option<xtask::vms::StorageDef>,
-    /// The console's administrator passphrase (a config file's `[console]`, the
-    /// default run's).
-    console: Option<xtask::vms::ConsoleDef>,
+    /// The console's administrator passphrase and the management network (a
+    /// config file's `[console]` and `[management]`, the default run's).
+    machine: xtask::vms::MachineDef,
     /// The machine memory asked for (`--memory` without `--kernel`).
     machine_memory: Option<u32>,
 }
@@ -140,12 +140,12 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     };
     let machine_memory = args.number("--memory")?;
     let mut storage = None;
-    let mut console = None;
+    let mut machine = xtask::vms::MachineDef::default();
     let vms = match (config, kernel, guests.as_deref()) {
         (Some(path), None, None) => {
             let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
+            machine = config.machine();
             storage = config.storage;
-            console = config.console;
             ("custom".into(), config.vms)
         }
         (None, Some(k), None) => {
@@ -160,11 +160,11 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         (None, None, None | Some("demo")) => {
             // The disk first: it makes the key file the Linux VM's disk names.
             storage = build::GuestSet::Demo.storage()?;
-            console = build::GuestSet::Demo.console()?;
+            machine = build::GuestSet::Demo.machine()?;
             ("demo".into(), build::GuestSet::Demo.vms()?)
         }
         (None, None, Some("tiny")) => {
-            console = build::GuestSet::Tiny.console()?;
+            machine = build::GuestSet::Tiny.machine()?;
             ("tiny".into(), build::GuestSet::Tiny.vms()?)
         }
         (None, None, Some(other)) => {
@@ -176,7 +176,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         dir: vms.0,
         vms: vms.1,
         storage,
-        console,
+        machine,
         machine_memory,
     })
 }
@@ -196,7 +196,7 @@ fn run(mut args: Args) -> Result<(), String> {
         dir,
         vms,
         storage,
-        console,
+        machine,
         machine_memory: memory,
     } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
@@ -229,9 +229,9 @@ fn run(mut args: Args) -> Result<(), String> {
     });
     let built = match &nvme_disk {
         Some(disk) if bundle_on_disk => {
-            build::build_with_bundle_on_disk(&bopts, &dir, &vms, console.as_ref(), disk)?
+            build::build_with_bundle_on_disk(&bopts, &dir, &vms, &machine, disk)?
         }
-        _ => build::build_with_vms(&bopts, &dir, &vms, console.as_ref())?,
+        _ => build::build_with_vms(&bopts, &dir, &vms, &machine)?,
     };
     let work = build::target_dir().join("hv").join("run");
     match emulator.as_str() {

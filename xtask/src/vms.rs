@@ -138,13 +138,49 @@ impl ConsoleDef {
     }
 }
 
-/// A configuration file's contents: the VMs, the persistent disk and the console,
-/// if any.
+/// The management network (`[management]`): the hypervisor's station on a
+/// declared network, its address and prefix, the syslog collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagementDef {
+    pub network: String,
+    pub address: [u8; 4],
+    pub prefix: u8,
+    pub syslog: Option<([u8; 4], u16)>,
+}
+
+/// What the bundle's machine record carries: the console's credential (hashed
+/// when packed) and the management network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineDef {
+    pub console: Option<ConsoleDef>,
+    pub management: Option<ManagementDef>,
+}
+
+impl MachineDef {
+    /// Nothing to carry: no machine record settings.
+    pub fn is_empty(&self) -> bool {
+        self.console.is_none() && self.management.is_none()
+    }
+}
+
+/// A configuration file's contents: the VMs, the persistent disk, the console and
+/// the management network, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub vms: Vec<VmDef>,
     pub storage: Option<StorageDef>,
     pub console: Option<ConsoleDef>,
+    pub management: Option<ManagementDef>,
+}
+
+impl Config {
+    /// The machine-wide settings.
+    pub fn machine(&self) -> MachineDef {
+        MachineDef {
+            console: self.console.clone(),
+            management: self.management.clone(),
+        }
+    }
 }
 
 /// One VM of a set, before bundling.
@@ -168,6 +204,8 @@ pub struct VmDef {
     /// An access to unbacked guest-physical space stops the VM (`on_unmapped =
     /// "stop"`); by default it reads all ones and writes vanish.
     pub unmapped_stops: bool,
+    /// A virtio-balloon device (`balloon = true`).
+    pub balloon: bool,
     /// How the kernel loads `image`. Sets read from a config file carry the format
     /// detected on the host, never `Auto`.
     pub format: ImageFormat,
@@ -201,6 +239,7 @@ impl VmDef {
             on_reset: bundle::Policy::Restart,
             on_crash: bundle::Policy::Stop,
             unmapped_stops: false,
+            balloon: false,
             format: ImageFormat::Auto,
             cmdline: String::new(),
             vcpus: 1,
@@ -302,18 +341,36 @@ pub fn passphrase(mut file: Vec<u8>) -> Vec<u8> {
 /// Packs `vms` into bundle bytes (images and modules read from disk), without
 /// machine settings.
 pub fn bundle_bytes(vms: &[VmDef]) -> Result<Vec<u8>, String> {
-    bundle_bytes_with(vms, None)
+    bundle_bytes_with(vms, &MachineDef::default())
 }
 
-/// Packs `vms` into bundle bytes with, when `console` is given, the administrator
-/// credential: its passphrase file is read and hashed now (a fresh salt each time,
-/// so two packs of one configuration differ in those bytes).
-pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<Vec<u8>, String> {
+/// Packs `vms` into bundle bytes with `machine`'s settings: the management
+/// network, and, when the console has one, the administrator credential: its
+/// passphrase file is read and hashed now (a fresh salt each time, so two packs of
+/// one configuration differ in those bytes).
+pub fn bundle_bytes_with(vms: &[VmDef], machine: &MachineDef) -> Result<Vec<u8>, String> {
     let settings = bundle::MachineSettings {
-        admin: console
+        admin: machine
+            .console
+            .as_ref()
             .map(|c| {
                 crate::admin::credential(c)
                     .map_err(|e| format!("the console's administrator passphrase: {e}"))
+            })
+            .transpose()?,
+        management: machine
+            .management
+            .as_ref()
+            .map(|m| {
+                bundle::Management::new(&m.network, m.address, m.prefix, m.syslog).ok_or_else(
+                    || {
+                        format!(
+                            "the management network {:?}: {}",
+                            m.network,
+                            bundle::BundleError::BadManagement
+                        )
+                    },
+                )
             })
             .transpose()?,
     };
@@ -364,6 +421,7 @@ pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<
             on_reset: v.on_reset,
             on_crash: v.on_crash,
             unmapped_stops: v.unmapped_stops,
+            balloon: v.balloon,
             image,
             image_path: &v.image_path,
             format: v.format,
@@ -430,17 +488,16 @@ pub fn bundle_bytes_with(vms: &[VmDef], console: Option<&ConsoleDef>) -> Result<
 /// Packs `vms` into a bundle file for the bootloader's ramdisk. The file is left
 /// alone when its contents would not change, so its timestamp means something.
 pub fn write_bundle(vms: &[VmDef], out: &Path) -> Result<PathBuf, String> {
-    write_bundle_with(vms, None, out)
+    write_bundle_with(vms, &MachineDef::default(), out)
 }
 
-/// [`write_bundle`] with the console's administrator credential (see
-/// [`bundle_bytes_with`]).
+/// [`write_bundle`] with the machine's settings (see [`bundle_bytes_with`]).
 pub fn write_bundle_with(
     vms: &[VmDef],
-    console: Option<&ConsoleDef>,
+    machine: &MachineDef,
     out: &Path,
 ) -> Result<PathBuf, String> {
-    let blob = bundle_bytes_with(vms, console)?;
+    let blob = bundle_bytes_with(vms, machine)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -517,6 +574,7 @@ mod tests {
                 on_reset: bundle::Policy::Restart,
                 on_crash: bundle::Policy::Stop,
                 unmapped_stops: false,
+                balloon: false,
                 image: b"kernel",
                 image_path: &image.display().to_string(),
                 format: ImageFormat::Linux,

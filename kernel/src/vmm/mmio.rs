@@ -1678,6 +1678,22 @@ mod tests {
         fn run(&mut self, _: u64) -> Exit {
             unimplemented!("MMIO emulation never runs the guest")
         }
+        fn map_page(
+            &mut self,
+            _: &mut dyn vcpu::HostMemory,
+            _: u64,
+            _: u64,
+            _: bool,
+        ) -> Result<(), vcpu::BackendError> {
+            unimplemented!("MMIO emulation never maps pages")
+        }
+        fn unmap_page(
+            &mut self,
+            _: &mut dyn vcpu::HostMemory,
+            _: u64,
+        ) -> Result<(), vcpu::BackendError> {
+            unimplemented!("MMIO emulation never unmaps pages")
+        }
         fn set_real_mode_cs(&mut self, _: u16) {
             unimplemented!("MMIO emulation never changes CS")
         }

@@ -4,9 +4,11 @@
 //! It sees only `vcpu::Backend` and `vcpu::Vcpu`; which vendor runs underneath is
 //! decided once, in `boot`.
 
+pub mod balloon;
 pub mod console;
 pub mod console_queue;
 pub mod cr_insn;
+pub mod guest_ram;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
@@ -20,6 +22,8 @@ pub mod vm_disk;
 
 #[cfg(target_os = "none")]
 pub mod host_memory;
+#[cfg(target_os = "none")]
+pub mod mgmt_net;
 #[cfg(target_os = "none")]
 mod persistent;
 #[cfg(target_os = "none")]

@@ -30,8 +30,34 @@ pub fn host_disk() -> Option<Arc<Mutex<HostDisk>>> {
         .clone()
 }
 
-/// Opens `vm`'s partition disk `spec` (see [`open_partition`]).
+/// Partitions opened, by VM and partition name: a VM stopped and started again
+/// gets the same disk (its snapshots' records of what was written since go on
+/// applying, and an encrypted one is not unlocked again), unless another VM opened
+/// the partition in between.
+static OPENED: Mutex<Vec<(String, String, Opened)>> = Mutex::new(Vec::new());
+
+/// Opens `vm`'s partition disk `spec` (see [`open_partition`]), or gives it the
+/// disk it had before.
 pub fn open(vm: &str, spec: &bundle::PartitionDisk) -> Result<Opened, String> {
+    let earlier = OPENED
+        .lock()
+        .iter()
+        .find(|(v, p, _)| v == vm && p == spec.name)
+        .map(|(_, _, o)| o.clone());
+    if let Some(o) = earlier {
+        CLAIMS
+            .lock()
+            .claim(vm, o.sectors.clone(), !spec.read_only)?;
+        return Ok(o);
+    }
+    let opened = open_fresh(vm, spec)?;
+    let mut all = OPENED.lock();
+    all.retain(|(v, p, _)| !(p == spec.name && v != vm));
+    all.push((vm.into(), spec.name.into(), opened.clone()));
+    Ok(opened)
+}
+
+fn open_fresh(vm: &str, spec: &bundle::PartitionDisk) -> Result<Opened, String> {
     let device = DEVICE
         .call_once(|| HostDisk::get().map(|d| Arc::new(Mutex::new(d))))
         .as_ref()

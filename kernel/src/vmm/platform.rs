@@ -100,6 +100,8 @@ pub struct Platform {
     deadline: Option<u64>,
     /// Something changed a device from outside the guest (console input): poll.
     poll_now: bool,
+    /// The PCI root's index in `devices`.
+    pci_root: usize,
     /// The same, set by other VMs' NICs without this VM's lock ([`PlatformSpec::wake`]).
     wake: Option<Arc<AtomicBool>>,
 }
@@ -124,6 +126,7 @@ impl Platform {
             first_unbacked: 0,
             deadline: None,
             poll_now: true,
+            pci_root: 0,
             wake: None,
         };
         p.ports.register(0x20, 2, Target::Pic).map_err(fit)?;
@@ -149,6 +152,7 @@ impl Platform {
         let root = p
             .add_port_device(&[(PCI_CONFIG_BASE, PCI_CONFIG_PORT_COUNT)], Box::new(pci))
             .map_err(fit)?;
+        p.pci_root = root;
         if has_pci {
             // The same root, for BAR accesses anywhere in the hole.
             p.mmio
@@ -306,6 +310,22 @@ impl Platform {
             .as_any_mut()
             .downcast_mut()
             .expect("the console device is the UART registered in `pc`")
+    }
+
+    /// Runs `f` on the PCI function at `address` from outside the guest (the
+    /// operator's request to a device); its interrupt goes out at the VM's next
+    /// poll. `None` if the VM has no function there.
+    pub fn with_pci_function<R>(
+        &mut self,
+        address: PciAddress,
+        f: impl FnOnce(&mut dyn PciFunction) -> (R, devices::PciEffects),
+    ) -> Option<R> {
+        let root = self.devices[self.pci_root]
+            .as_any_mut()
+            .downcast_mut::<PciConfig>()?;
+        let r = root.with_function(address, f);
+        self.poll_now = true;
+        r
     }
 
     /// Applies the line changes of `e` to the PIC and IOAPIC (ISA IRQ n is PIC IRQ n

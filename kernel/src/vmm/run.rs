@@ -21,11 +21,11 @@ use alloc::vec::Vec;
 use bundle::VmSpec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
-use vcpu::{Backend, CpuMode, GuestMapping, StartState, Vcpu};
+use vcpu::{Backend, CpuMode, StartState, Vcpu};
 
 use super::console::Piece;
 use super::console_queue::{ConsoleQueue, Kind, Out};
-use super::host_memory::KernelMemory;
+use super::host_memory::{KernelMemory, RamFrames, KERNEL_RAM};
 use super::loader::{self, PAGE_TABLES_GPA};
 use super::net::{self, NicPort, SharedHub};
 use super::policy::{self, CpuidResult};
@@ -33,12 +33,14 @@ use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
 use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared, MAX_VCPUS};
 use crate::{memory, println, serial, smp, time, timer};
+use guestram::RamMap;
 
+mod clones;
+mod metrics;
 mod mgmt;
 mod snapshot_disk;
 mod snapshots;
 
-const GUEST_RAM_ALIGN: u64 = 2 << 20;
 /// A VM that restarts this often within [`RESTART_WINDOW_MS`] is stopped instead: it
 /// resets as soon as it starts.
 const RESTARTS_MAX: usize = 3;
@@ -61,9 +63,8 @@ struct VcpuSlot<V: Vcpu> {
 struct Life {
     /// What it was started from (a restart loads the image again).
     spec: VmSpec<'static>,
-    mapping: GuestMapping,
+    /// Its RAM is `machine.ram`.
     machine: MachineInfo,
-    ram_pa: u64,
     ram_size: u64,
     /// The CPU time (TSC cycles, all vCPUs together) after which the VM is stopped.
     limit_tsc: Option<u64>,
@@ -108,6 +109,65 @@ impl<V: Vcpu> VmEntry<V> {
     }
 }
 
+/// How many clones (`clone NAME NEW`) a machine can hold besides its VMs.
+const CLONE_SLOTS: usize = 8;
+
+/// The machine's VMs: the bundle's, then the clones the operator made. An entry,
+/// once made, stays (running or stopped) at its index, so processors reach it
+/// without a lock; new ones are appended (`VmTable::push`).
+struct VmTable<V: Vcpu> {
+    entries: Vec<spin::Once<VmEntry<V>>>,
+    count: AtomicUsize,
+    /// Serializes `push`.
+    adding: Mutex<()>,
+}
+
+impl<V: Vcpu> VmTable<V> {
+    /// `vms`, and room for `spare` more.
+    fn new(vms: Vec<VmEntry<V>>, spare: usize) -> Self {
+        let count = vms.len();
+        let mut entries: Vec<spin::Once<VmEntry<V>>> =
+            vms.into_iter().map(spin::Once::initialized).collect();
+        entries.extend((0..spare).map(|_| spin::Once::new()));
+        Self {
+            entries,
+            count: AtomicUsize::new(count),
+            adding: Mutex::new(()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Room for every VM there can be.
+    fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &VmEntry<V>> {
+        (0..self.len()).map(|i| &self[i])
+    }
+
+    /// Appends `vm`; its index, or `None` when the table is full.
+    fn push(&self, vm: VmEntry<V>) -> Option<usize> {
+        let _one = self.adding.lock();
+        let i = self.len();
+        self.entries.get(i)?.call_once(|| vm);
+        self.count.store(i + 1, Ordering::Release);
+        Some(i)
+    }
+}
+
+impl<V: Vcpu> core::ops::Index<usize> for VmTable<V> {
+    type Output = VmEntry<V>;
+    fn index(&self, i: usize) -> &VmEntry<V> {
+        self.entries[i]
+            .get()
+            .expect("VM indexes come from VmTable::len")
+    }
+}
+
 struct VmEntry<V: Vcpu> {
     name: String,
     /// Set when a frame waits for one of its NICs: its vCPUs are kicked.
@@ -134,11 +194,13 @@ pub(super) struct Machine<'b, B: Backend> {
     hub: SharedHub,
     /// The operator's console on the serial line.
     console: Mutex<mgmt::Console>,
+    /// The hypervisor's station on the management network, if it has one.
+    mgmt_net: Mutex<Option<super::mgmt_net::MgmtNet>>,
     /// Snapshots taken from the console (and those the disk's area held at boot).
     snapshots: Mutex<Vec<snapshots::Stored>>,
     /// The snapshot area on the machine's disk, if it has one.
     area: Mutex<Option<snapshot_disk::Area>>,
-    vms: Vec<VmEntry<B::Vcpu>>,
+    vms: VmTable<B::Vcpu>,
     queue: Mutex<RunQueue>,
     slice: u64,
     /// Physical CPUs inside `cpu_loop`.
@@ -409,29 +471,30 @@ fn report_nics(name: &str, nics: &[NicPort]) {
 /// Writes the VM's image, its boot structures and the platform tables into its RAM
 /// (zeroed: `.bss` and everything else the image does not cover); returns where
 /// vCPU 0 starts.
-fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, String> {
+fn load_image(spec: &VmSpec, ram: &GuestRam) -> Result<StartState, String> {
     let cpus = spec.vcpus as usize;
+    let ram_size = ram.len();
     let plan = loader::plan_vm(spec, ram_size)?;
-    let ram = |gpa: u64| memory::phys_to_virt(ram_pa + gpa);
+    // The loader checked that everything lies inside the RAM; a failure here means
+    // a page of it has no frame.
+    let put = |gpa: u64, bytes: &[u8]| {
+        ram.load(gpa, bytes)
+            .map_err(|e| format!("cannot load the image: {e}"))
+    };
     for seg in &plan.segments {
-        // SAFETY: the loader checked gpa + mem_len <= ram_size, and the RAM is this
-        // VM's alone (no vCPU of it runs while it is loaded).
-        unsafe { core::ptr::copy_nonoverlapping(seg.data.as_ptr(), ram(seg.gpa), seg.data.len()) };
+        put(seg.gpa, seg.data)?;
     }
     if let Some(tables) = &plan.page_tables {
-        // SAFETY: tables.len() pages at PAGE_TABLES_GPA, below LOWEST_ELF_LOAD; the
-        // loader checked they lie inside the RAM.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                tables.as_ptr() as *const u8,
-                ram(PAGE_TABLES_GPA),
-                tables.len() * 4096,
-            )
-        };
+        for (i, table) in tables.iter().enumerate() {
+            let mut bytes = [0u8; 4096];
+            for (chunk, entry) in bytes.as_chunks_mut::<8>().0.iter_mut().zip(table.iter()) {
+                chunk.copy_from_slice(&entry.to_le_bytes());
+            }
+            put(PAGE_TABLES_GPA + i as u64 * 4096, &bytes)?;
+        }
     }
     for (gpa, bytes) in &plan.extra {
-        // SAFETY: the loader checked gpa + len <= ram_size (boot structures).
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(*gpa), bytes.len()) };
+        put(*gpa, bytes)?;
     }
     let bsp = policy::Topology {
         apic_id: 0,
@@ -443,8 +506,12 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
     let disk = (spec.disk.is_some() || spec.partition.is_some())
         .then_some(super::vm::DISK_PCI_ADDRESS.device);
     let nics = (0..spec.nics.len() as u8).map(|i| net::FIRST_NIC_DEVICE + i);
-    let pci_intx: Vec<devices::PciIntx> = disk
+    let balloon = spec
+        .balloon
+        .then_some(super::balloon::BALLOON_PCI_ADDRESS.device);
+    let pci_intx: Vec<devices::PciIntx> = balloon
         .into_iter()
+        .chain(disk)
         .chain(nics)
         .map(|device| devices::PciIntx {
             device,
@@ -455,8 +522,7 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
     let tables =
         loader::platform_tables(&plan, ram_size, leaf1.eax, leaf1.edx, cpus as u8, &pci_intx);
     for (gpa, bytes) in tables {
-        // SAFETY: `platform_tables` only returns tables inside the RAM.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram(gpa), bytes.len()) };
+        put(gpa, &bytes)?;
     }
     Ok(plan.start)
 }
@@ -466,16 +532,17 @@ fn load_image(spec: &VmSpec, ram_pa: u64, ram_size: u64) -> Result<StartState, S
 /// on this one).
 fn create_vcpus<B: Backend>(
     backend: &mut B,
-    mapping: GuestMapping,
     machine: &MachineInfo,
     start: &StartState,
 ) -> Result<Vec<VcpuSlot<B::Vcpu>>, String> {
     let mut slots: Vec<VcpuSlot<B::Vcpu>> = Vec::with_capacity(machine.cpus);
+    let mappings = machine.ram.mappings();
     for i in 0..machine.cpus {
         let state = if i == 0 { start } else { &AP_START };
-        match backend.create_vcpu(&mut KernelMemory, &[mapping], state) {
+        match backend.create_vcpu(&mut KernelMemory, &mappings, state) {
             Ok(mut v) => {
                 v.unload();
+                machine.ram.fresh_vcpu(i);
                 slots.push(VcpuSlot {
                     ctx: VcpuCtx::new(i, v, machine, host_cpuid),
                     ran: false,
@@ -520,6 +587,59 @@ fn start<B: Backend>(
     })
 }
 
+/// A VM that did not start at boot, as a stopped one: no RAM, devices, NICs or
+/// vCPUs of its own, only its name and specification, for `list` and `start`.
+fn stopped_entry<V: Vcpu>(
+    spec: &VmSpec<'static>,
+    why: &str,
+    epoch_unix_ns: u64,
+) -> Result<VmEntry<V>, String> {
+    let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
+    let cpus = (spec.vcpus as usize).clamp(1, MAX_VCPUS);
+    let map = RamMap::unbacked(ram_size).map_err(|e| format!("{e}"))?;
+    let machine = MachineInfo {
+        ram: GuestRam::new(map, cpus, &KERNEL_RAM),
+        epoch_unix_ns,
+        tsc_hz: time::tsc_hz(),
+        tsc_at_zero: time::tsc_at_boot(),
+        cpus,
+        bench_hypercalls: false,
+        unmapped_stops: false,
+        balloon: false,
+        disk: None,
+        disk_stats: Default::default(),
+        nics: Vec::new(),
+        net_wake: None,
+    };
+    let shared = VmShared::new(spec.name, &machine, relay)?;
+    Ok(VmEntry {
+        name: spec.name.into(),
+        net_wake: Mutex::new(None),
+        run_tsc: AtomicU64::new(0),
+        clock_offset: AtomicU64::new(0),
+        shared: Mutex::new(shared),
+        exits: (0..cpus)
+            .map(|_| Mutex::new(ExitStats::default()))
+            .collect(),
+        slots: (0..cpus).map(|_| Mutex::new(None)).collect(),
+        life: Mutex::new(Life {
+            spec: spec.clone(),
+            machine,
+            ram_size,
+            limit_tsc: None,
+            limit_ms: spec.run_limit_ms,
+            background: spec.background,
+            paused: false,
+            started_tsc: time::rdtsc(),
+            run_tsc_at_start: 0,
+            stop: Some(format!("not started: {why}")),
+            restart: None,
+            restarts: Vec::new(),
+            finished: true,
+        }),
+    })
+}
+
 /// Takes what VM `spec` needs (RAM, its disk, its NICs), loads its image and
 /// creates its devices and vCPUs; on an error everything taken is given back.
 fn build<B: Backend>(
@@ -541,40 +661,34 @@ fn build<B: Backend>(
     loader::plan_vm(spec, ram_size)?;
     let (nics, net_wake) = attach_nics(spec, hub)?;
     let disk = open_disk(spec).inspect_err(|_| detach_nics(&nics))?;
-    let ram_pa = memory::alloc_zeroed(ram_size, GUEST_RAM_ALIGN).map_err(|e| {
+    let map = RamMap::allocate(ram_size, &mut RamFrames).map_err(|e| {
         detach_nics(&nics);
         release_disk(spec.name, disk.as_ref());
         format!(
-            "cannot allocate {} KiB of guest RAM: {e:?}",
-            ram_size / 1024
+            "cannot allocate {} KiB of guest RAM: {e} ({} KiB free)",
+            ram_size / 1024,
+            memory::free_bytes() / 1024
         )
     })?;
-    let begin = match load_image(spec, ram_pa, ram_size) {
+    let ram = GuestRam::new(map, cpus, &KERNEL_RAM);
+    let begin = match load_image(spec, &ram) {
         Ok(s) => s,
         Err(e) => {
-            memory::free(ram_pa, ram_size);
+            ram.release();
             detach_nics(&nics);
             release_disk(spec.name, disk.as_ref());
             return Err(e);
         }
     };
-    let mapping = GuestMapping {
-        gpa: 0,
-        hpa: ram_pa,
-        len: ram_size,
-        writable: true,
-        executable: true,
-    };
     let machine = MachineInfo {
-        // SAFETY: the VM's RAM stays allocated and mapped until `finish` frees it
-        // after every vCPU is destroyed.
-        ram: unsafe { GuestRam::new(memory::phys_to_virt(ram_pa), ram_size) },
+        ram,
         epoch_unix_ns,
         tsc_hz: time::tsc_hz(),
         tsc_at_zero: time::tsc_at_boot(),
         cpus,
         bench_hypercalls: spec.bench_hypercalls,
         unmapped_stops: spec.unmapped_stops,
+        balloon: spec.balloon,
         disk,
         disk_stats: Default::default(),
         nics,
@@ -583,26 +697,29 @@ fn build<B: Backend>(
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
         Err(e) => {
-            memory::free(ram_pa, ram_size);
+            machine.ram.release();
             detach_nics(&machine.nics);
             release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
     };
-    let slots = match create_vcpus(backend, mapping, &machine, &begin) {
+    let slots = match create_vcpus(backend, &machine, &begin) {
         Ok(slots) => slots,
         Err(e) => {
-            memory::free(ram_pa, ram_size);
+            machine.ram.release();
             detach_nics(&machine.nics);
             release_disk(spec.name, machine.disk.as_ref());
             return Err(e);
         }
     };
     println!(
-        "hv: vm {} started: {} KiB RAM at host {:#x}, {} vCPU{}, {:?} mode, entry {:#x}",
+        "hv: vm {} started: {} KiB RAM ({} in 2 MiB frames), {} vCPU{}, {:?} mode, entry {:#x}",
         spec.name,
         ram_size / 1024,
-        ram_pa,
+        {
+            let u = machine.ram.usage();
+            format!("{} KiB", u.huge_chunks as u64 * 2048)
+        },
         cpus,
         if cpus == 1 { "" } else { "s" },
         begin.mode,
@@ -619,9 +736,7 @@ fn build<B: Backend>(
     }
     let life = Life {
         spec: spec.clone(),
-        mapping,
         machine,
-        ram_pa,
         ram_size,
         limit_tsc: (spec.run_limit_ms > 0)
             .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
@@ -680,14 +795,12 @@ impl<B: Backend> Machine<'_, B> {
     ) -> Result<(), String> {
         let i = slot.ctx.index;
         if slot.ran {
-            let (mapping, machine) = {
-                let life = vm.life.lock();
-                (life.mapping, life.machine.clone())
-            };
+            let machine = vm.life.lock().machine.clone();
             let mut backend = self.backend.lock();
             let fresh = backend
-                .create_vcpu(&mut KernelMemory, &[mapping], &AP_START)
+                .create_vcpu(&mut KernelMemory, &machine.ram.mappings(), &AP_START)
                 .map_err(|e| format!("{} could not reset vCPU {i}: {e}", backend.name()))?;
+            machine.ram.fresh_vcpu(i);
             let old =
                 core::mem::replace(&mut slot.ctx, VcpuCtx::new(i, fresh, &machine, host_cpuid));
             slot.ctx.stats = old.stats.clone();
@@ -756,14 +869,26 @@ impl<B: Backend> Machine<'_, B> {
             }
             slot.ran = true;
             *entered = true;
+            // A page this vCPU made private (a clone's write) must be out of the
+            // other vCPUs' tables before it runs on; pages the balloon took or
+            // another vCPU made private leave its own tables.
+            let ram = slot.ctx.ram().clone();
+            ram.wait_for_others(i, &mut |mask| self.kick_vcpus(vm_index, mask));
+            if let Err(e) = ram.enter(i, &mut slot.ctx.vcpu) {
+                ram.left(i);
+                shared = vm.shared.lock();
+                break Some(Next::Stop(e));
+            }
             let exit = if slot.ctx.in_bare_loop {
                 match bare_cpuid_loop(&mut slot.ctx.vcpu, self.slice) {
                     Bare::Ended => {
+                        ram.left(i);
                         slot.ctx.in_bare_loop = false;
                         shared = vm.shared.lock();
                         continue;
                     }
                     Bare::SliceOver => {
+                        ram.left(i);
                         shared = vm.shared.lock();
                         break None;
                     }
@@ -775,6 +900,7 @@ impl<B: Backend> Machine<'_, B> {
             } else {
                 slot.ctx.vcpu.run(clock.budget(tsc))
             };
+            ram.left(i);
             let tsc = time::rdtsc();
             let event = match exit {
                 vcpu::Exit::ExternalInterrupt => SliceEvent::HostInterrupt,
@@ -791,6 +917,25 @@ impl<B: Backend> Machine<'_, B> {
             let next = slot.ctx.handle(&mut shared, exit, vm.now_ns_at(tsc));
             if next == Next::BareCpuidLoop {
                 slot.ctx.in_bare_loop = true;
+            }
+            if ram.unmaps_pending() {
+                // The balloon took pages: vCPUs off the processors drop them from
+                // their tables now, so the log need not keep them for a vCPU that
+                // does not run (one waiting for SIPI). A slot in its mutex is not
+                // running; one held elsewhere applies them before its next entry.
+                for (j, other) in vm.slots.iter().enumerate() {
+                    if j == i {
+                        continue;
+                    }
+                    if let Some(mut held) = other.try_lock() {
+                        if let Some(o) = held.as_mut() {
+                            if let Err(e) = ram.update_idle(j, &mut o.ctx.vcpu) {
+                                log::error!("vm {}: {e}", vm.name);
+                            }
+                        }
+                    }
+                }
+                ram.reclaim();
             }
             let kicks = core::mem::take(&mut shared.kicks) & !(1 << i);
             if kicks != 0 {
@@ -986,15 +1131,21 @@ impl<B: Backend> Machine<'_, B> {
             stats.add(&s.ctx.stats);
             backend.destroy_vcpu(&mut KernelMemory, s.ctx.vcpu);
         }
-        // SAFETY: the VM's own RAM, which no vCPU runs on any more (all destroyed).
-        unsafe {
-            core::ptr::write_bytes(memory::phys_to_virt(life.ram_pa), 0, life.ram_size as usize)
-        };
-        let fresh = load_image(&life.spec, life.ram_pa, life.ram_size).and_then(|begin| {
-            let shared = VmShared::new(&vm.name, &life.machine, relay)?;
-            let slots = create_vcpus(&mut **backend, life.mapping, &life.machine, &begin)?;
-            Ok((shared, slots))
-        });
+        // A rebooted guest owns all its RAM again, zeroed; no vCPU of it exists.
+        let ram = &life.machine.ram;
+        ram.reclaim();
+        let fresh = ram
+            .fill()
+            .map_err(|e| format!("its RAM cannot be backed again: {e}"))
+            .and_then(|_| {
+                ram.zero();
+                load_image(&life.spec, ram)
+            })
+            .and_then(|begin| {
+                let shared = VmShared::new(&vm.name, &life.machine, relay)?;
+                let slots = create_vcpus(&mut **backend, &life.machine, &begin)?;
+                Ok((shared, slots))
+            });
         drop(backend);
         match fresh {
             Ok((shared, slots)) => {
@@ -1035,7 +1186,7 @@ impl<B: Backend> Machine<'_, B> {
                 report_nics(&vm.name, &life.machine.nics);
                 detach_nics(&life.machine.nics);
                 release_disk(&vm.name, life.machine.disk.as_ref());
-                memory::free(life.ram_pa, life.ram_size);
+                life.machine.ram.release();
                 self.queue.lock().remove_vm(vm_index);
             }
         }
@@ -1112,6 +1263,9 @@ impl<B: Backend> Machine<'_, B> {
                 vm.name, shared.platform.unbacked_accesses, shared.platform.first_unbacked
             );
         }
+        if let Some(balloon) = super::balloon::report(&mut shared) {
+            println!("hv: vm {} balloon: {balloon}", vm.name);
+        }
         if shared.platform.unknown_port_accesses > 0 {
             println!(
                 "hv: vm {} unknown port accesses: {}",
@@ -1127,7 +1281,7 @@ impl<B: Backend> Machine<'_, B> {
         }
         drop(backend);
         release_disk(&vm.name, life.machine.disk.as_ref());
-        memory::free(life.ram_pa, life.ram_size);
+        life.machine.ram.release();
     }
 
     /// The boot processor's chores between slices: console input for the first VM,
@@ -1170,6 +1324,8 @@ impl<B: Backend> Machine<'_, B> {
         // Host console input: keys for the VM that has the keyboard, or the
         // operator's prompt.
         self.console_tick(first);
+        // The management network: frames, /metrics, syslog.
+        self.management_tick();
     }
 
     /// Sleeps until the next tick or a kick.
@@ -1305,6 +1461,41 @@ fn watchdog() {
     }
 }
 
+/// The hypervisor's station on the management network `m` (a message says where,
+/// or why not).
+fn start_management(
+    m: &bundle::Management,
+    hub: &SharedHub,
+    epoch_unix_ns: u64,
+) -> Option<super::mgmt_net::MgmtNet> {
+    let [a, b, c, d] = m.address;
+    match super::mgmt_net::MgmtNet::new(m, hub, epoch_unix_ns, time::uptime_ns()) {
+        Ok(station) => {
+            let mac: Vec<String> = mgmtnet::station_mac(m.network())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let syslog = m
+                .syslog
+                .map_or(String::from("no syslog collector"), |(c, p)| {
+                    format!("syslog to {}.{}.{}.{}:{p}", c[0], c[1], c[2], c[3])
+                });
+            println!(
+                "hv: management network {}: {a}.{b}.{c}.{d}/{} (MAC {}), GET /metrics on TCP \
+                 port 80, {syslog}",
+                m.network(),
+                m.prefix,
+                mac.join(":")
+            );
+            Some(station)
+        }
+        Err(e) => {
+            println!("hv: management network {} not started: {e}", m.network());
+            None
+        }
+    }
+}
+
 /// The machine the APs join; set while `run_all` runs.
 static MACHINE: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
@@ -1327,6 +1518,7 @@ pub fn run_all<B>(
     backend: &mut B,
     specs: &[VmSpec<'static>],
     admin: Option<::operator::Credential>,
+    management: Option<bundle::Management>,
 ) -> usize
 where
     B: Backend + Send + 'static,
@@ -1354,9 +1546,24 @@ where
             Err(e) => {
                 failed += 1;
                 println!("hv: vm {} not started: {e}", spec.name);
+                // Listed as stopped: the operator may start it once there is room
+                // (a balloon gave memory back, another VM stopped).
+                match stopped_entry(spec, &e, epoch_unix_ns) {
+                    Ok(vm) => {
+                        let index = vms.len();
+                        let allowed = affinity(spec, pcpus).unwrap_or(u64::MAX);
+                        for v in 0..vm.slots.len() {
+                            queue.add(index, v, allowed, false);
+                        }
+                        queue.remove_vm(index);
+                        vms.push(vm);
+                    }
+                    Err(e) => println!("hv: vm {} cannot even be listed: {e}", spec.name),
+                }
             }
         }
     }
+    let mgmt_net = management.and_then(|m| start_management(&m, &hub, epoch_unix_ns));
     // Snapshots kept on the disk by earlier runs.
     let area = snapshot_disk::open();
     let held = area.as_ref().map(snapshots::from_area).unwrap_or_default();
@@ -1364,10 +1571,11 @@ where
         backend: Mutex::new(backend),
         epoch_unix_ns,
         hub,
-        console: Mutex::new(mgmt::Console::new(admin, vms.len())),
+        console: Mutex::new(mgmt::Console::new(admin, vms.len() + CLONE_SLOTS)),
+        mgmt_net: Mutex::new(mgmt_net),
         snapshots: Mutex::new(held),
         area: Mutex::new(area),
-        vms,
+        vms: VmTable::new(vms, CLONE_SLOTS),
         queue: Mutex::new(queue),
         slice: time::micros_to_tsc(SLICE_MICROS),
         inside: AtomicUsize::new(0),
@@ -1381,6 +1589,9 @@ where
         core::hint::spin_loop();
     }
     MACHINE.store(core::ptr::null_mut(), Ordering::Release);
+    if let Some(m) = machine.mgmt_net.lock().as_ref() {
+        println!("hv: management network {}: {}", m.network(), m.report());
+    }
     for s in machine.snapshots.lock().drain(..) {
         s.free();
     }

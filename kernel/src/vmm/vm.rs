@@ -19,7 +19,6 @@ use vcpu::{Exception, Exit, Vcpu};
 
 use super::console::{ConsoleOut, Relay};
 use super::cr_insn;
-use super::guest_walk::GuestMemory;
 use super::mmio;
 use super::platform::{Outcome, Platform, PlatformSpec};
 use super::policy::{self, CpuidResult, MsrAccess, MsrState, Topology};
@@ -32,108 +31,7 @@ pub const MAX_VCPUS: usize = devices::mptable::MAX_CPUS as usize;
 // xtask and the bundle check configurations against the same limit.
 const _: () = assert!(MAX_VCPUS == bundle::MAX_VCPUS as usize && MAX_VCPUS <= 64);
 
-/// The VM's RAM as the hypervisor reaches it: for reading guest instructions during
-/// MMIO emulation, and for devices' DMA (virtio rings and buffers).
-#[derive(Clone, Copy, Debug)]
-pub struct GuestRam {
-    base: *mut u8,
-    len: u64,
-}
-
-// SAFETY: the pointer is to guest RAM that stays mapped for the VM's life; accesses
-// through it are bounds-checked and volatile, and guests may change it concurrently
-// anyway (the hypervisor treats everything it reads there as untrusted).
-unsafe impl Send for GuestRam {}
-
-impl GuestRam {
-    /// # Safety
-    /// `base..base + len` must stay readable and writable for as long as the VM
-    /// exists and belong to this VM alone (the kernel passes the VM's own RAM
-    /// through the physical-memory mapping).
-    pub unsafe fn new(base: *mut u8, len: u64) -> Self {
-        Self { base, len }
-    }
-
-    /// `[gpa, gpa + len)` when it lies in RAM, as a host pointer.
-    fn range(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        let end = gpa.checked_add(len as u64)?;
-        // In bounds of the RAM `new` was given, so the offset fits a usize.
-        (end <= self.len).then(|| self.base.wrapping_add(gpa as usize))
-    }
-}
-
-/// Copies `n` bytes between guest RAM and the hypervisor with volatile accesses
-/// (8 bytes at a time where the guest side is aligned), never through a reference to
-/// RAM the guest's vCPUs may be writing.
-///
-/// # Safety
-/// `guest` must be valid for `n` bytes (checked by [`GuestRam::range`]); `host` is a
-/// hypervisor buffer of `n` bytes that does not overlap guest RAM.
-unsafe fn copy_volatile(guest: *mut u8, host: *mut u8, n: usize, to_guest: bool) {
-    let mut i = 0;
-    while i < n {
-        let g = guest.wrapping_add(i);
-        let h = host.wrapping_add(i);
-        if (g as usize).is_multiple_of(8) && n - i >= 8 {
-            // SAFETY: 8 bytes in bounds on both sides; `g` is aligned, `h` is
-            // accessed unaligned.
-            unsafe {
-                if to_guest {
-                    (g as *mut u64).write_volatile((h as *const u64).read_unaligned());
-                } else {
-                    (h as *mut u64).write_unaligned((g as *const u64).read_volatile());
-                }
-            }
-            i += 8;
-        } else {
-            // SAFETY: one byte in bounds on both sides.
-            unsafe {
-                if to_guest {
-                    g.write_volatile(*h);
-                } else {
-                    *h = g.read_volatile();
-                }
-            }
-            i += 1;
-        }
-    }
-}
-
-/// What virtio devices see of the VM's RAM: every range checked, copies volatile.
-impl virtio::GuestMemory for GuestRam {
-    fn check(&self, addr: u64, len: u64) -> Result<(), virtio::MemError> {
-        match addr.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(virtio::MemError { addr, len }),
-        }
-    }
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), virtio::MemError> {
-        let err = virtio::MemError {
-            addr,
-            len: buf.len() as u64,
-        };
-        let p = self.range(addr, buf.len()).ok_or(err)?;
-        // SAFETY: `range` checked the guest side; `buf` is the hypervisor's.
-        unsafe { copy_volatile(p, buf.as_mut_ptr(), buf.len(), false) };
-        Ok(())
-    }
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), virtio::MemError> {
-        let err = virtio::MemError {
-            addr,
-            len: data.len() as u64,
-        };
-        let p = self.range(addr, data.len()).ok_or(err)?;
-        // SAFETY: as in `read`; `data` is only read.
-        unsafe { copy_volatile(p, data.as_ptr() as *mut u8, data.len(), true) };
-        Ok(())
-    }
-}
-
-impl GuestMemory for GuestRam {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-        virtio::GuestMemory::read(self, gpa, buf).map_err(|_| ())
-    }
-}
+pub use super::guest_ram::GuestRam;
 
 /// What a VM is told about the machine it runs on.
 #[derive(Clone, Debug)]
@@ -158,6 +56,8 @@ pub struct MachineInfo {
     pub disk: Option<VmDisk>,
     /// What the disk has done (shared with the device, for `stats`).
     pub disk_stats: alloc::sync::Arc<virtio::blk::BlockStats>,
+    /// A virtio-balloon at PCI 00:02.0 (`balloon = true`).
+    pub balloon: bool,
     /// Its NICs (PCI 00:04.0 onwards), each a port of the machine's switch.
     pub nics: Vec<super::net::NicPort>,
     /// Set when a frame waits for one of its NICs (see `net`).
@@ -175,6 +75,9 @@ pub enum VmDisk {
         backend: super::vm_disk::SharedBackend,
         read_only: bool,
     },
+    /// A clone's: its source's disk as of the snapshot it was made from, its own
+    /// writes in memory (gone when it stops).
+    View(super::vm_disk::SharedView),
 }
 
 impl VmDisk {
@@ -183,6 +86,7 @@ impl VmDisk {
         match self {
             VmDisk::Ram(d) => d.read_only,
             VmDisk::Shared { read_only, .. } => *read_only,
+            VmDisk::View(_) => false,
         }
     }
 }
@@ -192,6 +96,7 @@ impl core::fmt::Debug for VmDisk {
         match self {
             VmDisk::Ram(d) => write!(f, "Ram({} bytes, read_only {})", d.data.len(), d.read_only),
             VmDisk::Shared { read_only, .. } => write!(f, "Shared(read_only {read_only})"),
+            VmDisk::View(_) => write!(f, "View"),
         }
     }
 }
@@ -215,6 +120,11 @@ fn disk_function(
             let mut config = virtio::BlockConfig::new(name);
             config.read_only = *read_only;
             let block = virtio::Block::new(backend.clone(), config).with_stats(stats.clone());
+            return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
+        }
+        VmDisk::View(view) => {
+            let block = virtio::Block::new(view.clone(), virtio::BlockConfig::new(name))
+                .with_stats(stats.clone());
             return Ok(alloc::boxed::Box::new(virtio::VirtioPci::new(block, ram)));
         }
     };
@@ -289,19 +199,26 @@ impl VmShared {
         if let Some(disk) = &machine.disk {
             pci.push((
                 DISK_PCI_ADDRESS,
-                disk_function(name, disk, machine.ram, &machine.disk_stats)?,
+                disk_function(name, disk, machine.ram.clone(), &machine.disk_stats)?,
+            ));
+        }
+        if machine.balloon {
+            pci.push((
+                super::balloon::BALLOON_PCI_ADDRESS,
+                alloc::boxed::Box::new(super::balloon::function(name, &machine.ram))
+                    as alloc::boxed::Box<dyn devices::PciFunction>,
             ));
         }
         for (i, nic) in machine.nics.iter().enumerate() {
             let device = super::net::FIRST_NIC_DEVICE + i as u8;
-            let function = super::net::NicFunction::new(nic.clone(), machine.ram);
+            let function = super::net::NicFunction::new(nic.clone(), machine.ram.clone());
             pci.push((
                 devices::PciAddress::new(0, device, 0),
                 alloc::boxed::Box::new(function) as alloc::boxed::Box<dyn devices::PciFunction>,
             ));
         }
         let platform = Platform::pc(PlatformSpec {
-            ram_bytes: machine.ram.len,
+            ram_bytes: machine.ram.len(),
             cpus: cpus as u16,
             epoch_unix_ns: machine.epoch_unix_ns,
             console: Relay::new(name, out),
@@ -594,13 +511,18 @@ impl<V: Vcpu> VcpuCtx<V> {
             nmi_window: false,
             bench_hypercalls: machine.bench_hypercalls,
             unmapped_stops: machine.unmapped_stops,
-            ram: machine.ram,
+            ram: machine.ram.clone(),
             host_cpuid,
             topology,
             features,
             delivery_loop: Default::default(),
             cpuid_cache: Default::default(),
         }
+    }
+
+    /// The VM's RAM, as this vCPU reaches it.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
     }
 
     /// The software half of this vCPU's state for a snapshot (the architectural
@@ -1040,21 +962,25 @@ impl<V: Vcpu> VcpuCtx<V> {
             } if in_page(gpa, LAPIC_BASE, LAPIC_MMIO_SIZE) || vm.platform.decodes_mmio(gpa) => {
                 self.emulate_mmio(vm, gpa, write, now_ns)
             }
-            Exit::NestedPageFault { gpa, write, fetch } if self.unmapped_stops => {
-                Next::Stop(format!(
-                    "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
-                    if fetch {
-                        "instruction fetch"
-                    } else if write {
-                        "write"
-                    } else {
-                        "read"
-                    },
-                    self.vcpu.rip()
-                ))
-            }
+            // RAM this vCPU has not mapped: a page given back by the balloon is
+            // mapped at its first touch; a page the balloon holds is no RAM.
             Exit::NestedPageFault { gpa, write, fetch } => {
-                self.unbacked_access(vm, gpa, write, fetch, now_ns)
+                match self.ram.map_on_fault(&mut self.vcpu, gpa, write) {
+                    Ok(true) => Next::Continue,
+                    Err(e) => Next::Stop(e),
+                    Ok(false) if self.unmapped_stops => Next::Stop(format!(
+                        "{} outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
+                        if fetch {
+                            "instruction fetch"
+                        } else if write {
+                            "write"
+                        } else {
+                            "read"
+                        },
+                        self.vcpu.rip()
+                    )),
+                    Ok(false) => self.unbacked_access(vm, gpa, write, fetch, now_ns),
+                }
             }
             Exit::Mmio { gpa, write } => Next::Stop(format!(
                 "{} of unassigned MMIO at guest-physical {gpa:#x}",
@@ -1179,11 +1105,32 @@ mod tests {
         nmi_window: bool,
         cpl: u8,
         tsc_written: Option<u64>,
+        /// Pages mapped and unmapped in its (imaginary) nested page tables.
+        mapped: Vec<(u64, u64)>,
+        unmapped: Vec<u64>,
     }
 
     impl Vcpu for FakeVcpu {
         fn run(&mut self, _: u64) -> Exit {
             unreachable!()
+        }
+        fn map_page(
+            &mut self,
+            _: &mut dyn vcpu::HostMemory,
+            gpa: u64,
+            hpa: u64,
+            _writable: bool,
+        ) -> Result<(), vcpu::BackendError> {
+            self.mapped.push((gpa, hpa));
+            Ok(())
+        }
+        fn unmap_page(
+            &mut self,
+            _: &mut dyn vcpu::HostMemory,
+            gpa: u64,
+        ) -> Result<(), vcpu::BackendError> {
+            self.unmapped.push(gpa);
+            Ok(())
         }
         fn regs(&mut self) -> &mut GuestRegisters {
             &mut self.regs
@@ -1320,7 +1267,7 @@ mod tests {
         // The fake guest's RAM: leaked so it lives as long as the test's VM.
         let ram: &'static mut [u8] = alloc::vec![0u8; 4 << 20].leak();
         // SAFETY: the leaked buffer is never freed.
-        let ram = unsafe { GuestRam::new(ram.as_mut_ptr(), ram.len() as u64) };
+        let ram = unsafe { GuestRam::contiguous(ram.as_mut_ptr(), ram.len() as u64, cpus) };
         MachineInfo {
             ram,
             epoch_unix_ns: 0,
@@ -1329,6 +1276,7 @@ mod tests {
             cpus,
             bench_hypercalls: false,
             unmapped_stops: false,
+            balloon: false,
             disk: None,
             disk_stats: Default::default(),
             nics: Vec::new(),
@@ -1641,10 +1589,7 @@ mod tests {
 
     /// Places `code` at RIP 0x1000 in the fake RAM of a 32-bit protected-mode guest.
     fn at_rip(vm: &mut TestVm, code: &[u8]) {
-        // SAFETY: the test RAM is the leaked, writable 4 MiB buffer of `vm()`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(code.as_ptr(), vm.cpu.ram.base.add(0x1000), code.len())
-        };
+        vm.cpu.ram.write_bytes(0x1000, code).unwrap();
         vm.cpu.vcpu.rip = 0x1000;
         vm.cpu.vcpu.cr = vcpu::ControlRegs {
             cr0: 1,

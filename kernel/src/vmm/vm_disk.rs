@@ -26,15 +26,64 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use spin::Mutex;
+use virtio::cow::{Budget, CloneDisk, RollBackError, Tracked, UndoRecord};
 use virtio::{BlockBackend, BlockError, Partition};
 
-/// A disk backend several owners (a VM's successive platforms) share.
+/// A disk backend several owners (a VM's successive platforms) share, tracked for
+/// snapshots (`virtio::cow`: a snapshot keeps the old contents of the blocks
+/// written after it).
 #[derive(Clone)]
-pub struct SharedBackend(Arc<Mutex<Box<dyn BlockBackend>>>);
+pub struct SharedBackend(Arc<Mutex<Tracked<Box<dyn BlockBackend>>>>);
 
 impl SharedBackend {
     pub fn new(backend: Box<dyn BlockBackend>) -> Self {
-        Self(Arc::new(Mutex::new(backend)))
+        Self(Arc::new(Mutex::new(Tracked::new(backend))))
+    }
+
+    /// Whether both are the same disk (not only the same partition reopened).
+    pub fn same(&self, other: &SharedBackend) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Starts keeping, for a snapshot taken now, the old contents of what is
+    /// written from now on (at most `limit_bytes`).
+    pub fn track(&self, limit_bytes: u64, budget: &Budget) -> UndoRecord {
+        self.0.lock().track(limit_bytes, budget)
+    }
+
+    /// Puts the disk back as it was when `record` began.
+    pub fn roll_back(&self, record: &UndoRecord) -> Result<u64, RollBackError> {
+        self.0.lock().roll_back(record)
+    }
+
+    /// A clone's disk: this one as `record` keeps it, the clone's writes in at most
+    /// `limit_bytes` of memory.
+    pub fn clone_view(&self, record: UndoRecord, limit_bytes: u64, budget: &Budget) -> SharedView {
+        SharedView(Arc::new(Mutex::new(CloneDisk::new(
+            self.0.clone(),
+            record,
+            limit_bytes,
+            budget.clone(),
+        ))))
+    }
+}
+
+/// A clone's disk view, shared by its successive platforms.
+#[derive(Clone)]
+pub struct SharedView(Arc<Mutex<CloneDisk<Box<dyn BlockBackend>>>>);
+
+impl BlockBackend for SharedView {
+    fn sectors(&self) -> u64 {
+        self.0.lock().sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.0.lock().read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.0.lock().write(sector, data)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.0.lock().flush()
     }
 }
 
@@ -107,6 +156,7 @@ pub trait Unlocker {
 }
 
 /// The opened disk and where it lies on the device (for the boot log).
+#[derive(Clone)]
 pub struct Opened {
     pub backend: SharedBackend,
     /// The partition's sectors on the device.

@@ -283,7 +283,7 @@ mod tests {
                  admin_kdf_memory = \"256K\"\nadmin_kdf_passes = 3\n",
             )
             .unwrap();
-        let blob = crate::vms::bundle_bytes_with(&c.vms, c.console.as_ref()).unwrap();
+        let blob = crate::vms::bundle_bytes_with(&c.vms, &c.machine()).unwrap();
         let admin = bundle::read_settings(&blob).unwrap().admin.unwrap();
         assert_eq!(
             (admin.memory_kib, admin.iterations, admin.lanes),
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(bundle::read_settings(&blob).unwrap().admin, None);
         // A passphrase file spoiled after the check is caught when packing.
         s.file("admin.pass", b"");
-        let e = crate::vms::bundle_bytes_with(&c.vms, c.console.as_ref()).unwrap_err();
+        let e = crate::vms::bundle_bytes_with(&c.vms, &c.machine()).unwrap_err();
         assert!(
             e.starts_with("the console's administrator passphrase: ")
                 && e.contains("admin.pass holds no passphrase"),

@@ -116,7 +116,7 @@ impl<B: Backend> Machine<'_, B> {
             .ok_or_else(|| format!("no VM is named {name:?} (list shows them)"))
     }
 
-    fn vm_state(&self, v: usize) -> VmState {
+    pub(super) fn vm_state(&self, v: usize) -> VmState {
         let life = self.vms[v].life.lock();
         if life.stop.is_some() {
             VmState::Stopped
@@ -399,7 +399,33 @@ impl<B: Backend> Machine<'_, B> {
                 Ok(())
             }
             Command::Restart(name) => self.operator_restart(self.vm_index(name)?),
+            Command::Clone(name, new, tag) => {
+                let v = self.vm_index(name)?;
+                println!("hv: {}", self.clone_vm(v, new, tag)?);
+                Ok(())
+            }
+            Command::Balloon(name, keep) => {
+                let v = self.vm_index(name)?;
+                println!("hv: vm {name}: {}", self.balloon(v, keep)?);
+                Ok(())
+            }
         }
+    }
+
+    /// `balloon NAME SIZE`: sets the target; the guest's driver follows it (its
+    /// vCPU 0 is kicked so a halted guest sees the interrupt at once).
+    fn balloon(&self, v: usize, keep: u64) -> Result<String, String> {
+        let vm = &self.vms[v];
+        let ram_size = {
+            let life = vm.life.lock();
+            if life.stop.is_some() {
+                return Err(format!("VM {} is stopped", vm.name));
+            }
+            life.ram_size
+        };
+        let said = super::super::balloon::set_memory(&mut vm.shared.lock(), ram_size, keep)?;
+        self.kick_vcpus(v, 1);
+        Ok(said)
     }
 
     fn list(&self) {
@@ -443,7 +469,8 @@ impl<B: Backend> Machine<'_, B> {
         for e in &vm.exits {
             exits.add(&e.lock());
         }
-        let (memory_kib, started, nics, disk, run_tsc) = {
+        let balloon = super::super::balloon::status(&mut vm.shared.lock());
+        let (memory_kib, started, nics, disk, run_tsc, ram) = {
             let life = vm.life.lock();
             // Since it (re)started.
             let run_tsc = vm
@@ -478,7 +505,14 @@ impl<B: Backend> Machine<'_, B> {
                     errors: get(&d.errors),
                 }
             });
-            (life.ram_size / 1024, life.started_tsc, nics, disk, run_tsc)
+            (
+                life.ram_size / 1024,
+                life.started_tsc,
+                nics,
+                disk,
+                run_tsc,
+                life.machine.ram.usage(),
+            )
         };
         // Rates since the previous look, or since the VM (re)started.
         let mut base = con.samples[v].clone();
@@ -505,6 +539,19 @@ impl<B: Backend> Machine<'_, B> {
             interval_ms: now.saturating_sub(base.tsc) / tsc_per_ms,
             pcpus: smp::cpu_count(),
             memory_kib,
+            // A stopped VM has no RAM at all, which is no balloon.
+            ballooned_kib: if state == VmState::Stopped {
+                0
+            } else {
+                ram.ballooned / 1024
+            },
+            shared_kib: if state == VmState::Stopped {
+                0
+            } else {
+                ram.shared / 1024
+            },
+            balloon_target_kib: balloon.map(|b| b.target / 1024),
+            host_free_kib: memory::free_bytes() / 1024,
             exits: counts,
             disk,
             nics,

@@ -14,11 +14,17 @@
 //! and the guest's TSC stay consistent, also after a restart of the hypervisor
 //! (snapshots in the disk's area, `snapshot_disk`).
 //!
-//! Not yet: snapshots of VMs with a writable disk (its contents would need a
-//! copy-on-write view).
+//! A VM's writable (persistent) disk goes on being written after a snapshot; the
+//! snapshot keeps the old contents of what the VM overwrites from then on
+//! (`virtio::cow`, at most [`DISK_RECORD_MAX`]), which a restore writes back and a
+//! clone reads instead of the live disk. Such a snapshot stays in memory only.
+//!
+//! Not yet: snapshots of VMs with a writable RAM-backed disk, or of a clone with a
+//! disk view.
 
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use snapshot::{Builder, Shape};
@@ -27,32 +33,78 @@ use vcpu::{Backend, Vcpu};
 
 use super::{create_vcpus, kick_cpus, relay, Machine, VcpuSlot, AP_START, LAST_HOUSEKEEPING};
 use crate::vmm::host_memory::KernelMemory;
-use crate::vmm::vm::VmShared;
+use crate::vmm::vm::{VmDisk, VmShared};
+use crate::vmm::vm_disk::SharedBackend;
 use crate::{memory, time};
+use virtio::cow::{Budget, RollBackError, UndoRecord};
 
 /// How long a snapshot or restore waits for the VM's vCPUs to leave the processors.
 const QUIESCE_MS: u64 = 1_000;
+
+/// The most a snapshot keeps of what its VM overwrites on its disk afterwards;
+/// more, and the snapshot can no longer be restored (its disk part is gone).
+pub(super) const DISK_RECORD_MAX: u64 = 16 << 20;
+
+/// The memory every snapshot's disk record and every clone's disk writes take
+/// together: a quarter of the hypervisor's heap, where they live.
+pub(super) fn disk_budget() -> &'static Budget {
+    static BUDGET: spin::Once<Budget> = spin::Once::new();
+    BUDGET.call_once(|| Budget::new(memory::heap_size() as u64 / 4))
+}
 
 /// One snapshot: its packed state, and a copy of the VM's RAM in page frames (or
 /// only in the disk's snapshot area, after a restart, until it is restored).
 pub(in crate::vmm) struct Stored {
     pub vm: String,
     pub tag: String,
-    state: Vec<u8>,
-    ram_pa: Option<u64>,
-    ram_size: u64,
+    pub(super) state: Vec<u8>,
+    /// The RAM copy, shared with the clones made from the snapshot.
+    pub(super) ram: Option<Arc<RamCopy>>,
+    /// The VM's writable disk and the record of what was written to it since
+    /// (`virtio::cow`): restoring rolls the disk back, a clone reads it as it was.
+    pub(super) disk: Option<(SharedBackend, UndoRecord)>,
+    pub(super) ram_size: u64,
     /// When it was taken (this run's uptime); `None`: in an earlier run.
     taken_us: Option<u64>,
     /// It is in the disk's snapshot area too.
     on_disk: bool,
 }
 
+/// A snapshot's RAM copy in page frames: the snapshot's and, shared
+/// copy-on-write, its clones'. Given back to the frame allocator when the last of
+/// them is gone.
+pub(super) struct RamCopy {
+    pub pa: u64,
+    pub size: u64,
+}
+
+impl Drop for RamCopy {
+    fn drop(&mut self) {
+        memory::free(self.pa, self.size);
+    }
+}
+
 impl Stored {
-    /// Returns the RAM copy to the frame allocator.
-    pub fn free(self) {
-        if let Some(pa) = self.ram_pa {
-            memory::free(pa, self.ram_size);
+    /// Lets go of the RAM copy: freed unless clones still share it.
+    pub fn free(self) {}
+
+    /// Another handle on the same snapshot (its RAM copy shared, not copied).
+    pub(super) fn share(&self) -> Stored {
+        Stored {
+            vm: self.vm.clone(),
+            tag: self.tag.clone(),
+            state: self.state.clone(),
+            ram: self.ram.clone(),
+            disk: self.disk.clone(),
+            ram_size: self.ram_size,
+            taken_us: self.taken_us,
+            on_disk: self.on_disk,
         }
+    }
+
+    /// Where the RAM copy is, if it is in memory.
+    pub(super) fn ram_pa(&self) -> Option<u64> {
+        self.ram.as_ref().map(|r| r.pa)
     }
 }
 
@@ -67,7 +119,8 @@ pub(super) fn from_area(area: &super::snapshot_disk::Area) -> Vec<Stored> {
             vm: e.vm.clone(),
             tag: e.tag.clone(),
             state: Vec::new(),
-            ram_pa: None,
+            ram: None,
+            disk: None,
             ram_size: e.ram_len,
             taken_us: None,
             on_disk: true,
@@ -78,25 +131,9 @@ pub(super) fn from_area(area: &super::snapshot_disk::Area) -> Vec<Stored> {
 /// Copies `len` bytes between two page-frame ranges, in pieces between which the
 /// boot processor tells the watchdog it is alive (a large VM's RAM takes seconds to
 /// copy under an emulator).
-fn copy_frames(from_pa: u64, to_pa: u64, len: u64) {
-    const PIECE: u64 = 16 << 20;
-    let mut done = 0;
-    while done < len {
-        let n = PIECE.min(len - done);
-        // SAFETY: both ranges are whole allocations of the frame allocator that the
-        // caller owns (a VM's RAM whose vCPUs are all off the processors, and a
-        // snapshot's copy), `len` bytes long, and distinct allocations never
-        // overlap; `done + n <= len`.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                memory::phys_to_virt(from_pa + done) as *const u8,
-                memory::phys_to_virt(to_pa + done),
-                n as usize,
-            )
-        };
-        done += n;
-        LAST_HOUSEKEEPING.store(time::rdtsc(), core::sync::atomic::Ordering::Relaxed);
-    }
+/// Between pieces of a long RAM copy: the housekeeping watchdog sees progress.
+fn still_alive() {
+    LAST_HOUSEKEEPING.store(time::rdtsc(), core::sync::atomic::Ordering::Relaxed);
 }
 
 fn section_cpu(i: usize) -> String {
@@ -110,7 +147,7 @@ fn section_soft(i: usize) -> String {
 impl<B: Backend> Machine<'_, B> {
     /// Takes VM `v`'s vCPUs off the processors (pausing it) and waits until every
     /// one is back in its slot. Returns whether it was running (to be resumed).
-    fn quiesce(&self, v: usize) -> Result<bool, String> {
+    pub(super) fn quiesce(&self, v: usize) -> Result<bool, String> {
         let vm = &self.vms[v];
         let was_running = {
             let mut life = vm.life.lock();
@@ -149,7 +186,7 @@ impl<B: Backend> Machine<'_, B> {
     }
 
     /// Lets a VM that [`Machine::quiesce`] paused run again.
-    fn unquiesce(&self, v: usize, was_running: bool) {
+    pub(super) fn unquiesce(&self, v: usize, was_running: bool) {
         if was_running {
             self.vms[v].life.lock().paused = false;
             self.sync_runnable(v);
@@ -171,15 +208,6 @@ impl<B: Backend> Machine<'_, B> {
                 vm.name
             ));
         }
-        {
-            let life = vm.life.lock();
-            if life.machine.disk.as_ref().is_some_and(|d| !d.read_only()) {
-                return Err(format!(
-                    "VM {} has a writable disk, whose contents a snapshot cannot hold yet",
-                    vm.name
-                ));
-            }
-        }
         let began = time::uptime_micros();
         let was_running = self.quiesce(v)?;
         let taken = self.capture(v, tag);
@@ -192,12 +220,17 @@ impl<B: Backend> Machine<'_, B> {
         // Also into the disk's snapshot area, if the machine has one.
         let disk = match self.area.lock().as_mut() {
             None => String::new(),
+            // The record of its disk lives in memory only.
+            Some(_) if stored.disk.is_some() => String::from(
+                "; kept in memory only (the disk's snapshot area cannot hold a writable disk's \
+                 state yet)",
+            ),
             Some(area) => {
                 let saved = area.save(
                     &vm.name,
                     tag,
                     &stored.state,
-                    stored.ram_pa.unwrap_or(0),
+                    stored.ram_pa().unwrap_or(0),
                     stored.ram_size,
                 );
                 match saved {
@@ -219,11 +252,37 @@ impl<B: Backend> Machine<'_, B> {
 
     /// Packs VM `v`'s state and copies its RAM; its vCPUs are all in their slots.
     /// Also returns how long the RAM copy took (µs).
-    fn capture(&self, v: usize, tag: &str) -> Result<(Stored, u64), String> {
+    pub(super) fn capture(&self, v: usize, tag: &str) -> Result<(Stored, u64), String> {
         let vm = &self.vms[v];
-        let (ram_pa, ram_size) = {
+        let (ram, ram_size, vm_disk) = {
             let life = vm.life.lock();
-            (life.ram_pa, life.ram_size)
+            (
+                life.machine.ram.clone(),
+                life.ram_size,
+                life.machine.disk.clone(),
+            )
+        };
+        // A writable disk: from this instant on, what the VM overwrites is kept.
+        let disk = match vm_disk {
+            None => None,
+            Some(d) if d.read_only() => None,
+            Some(VmDisk::Shared { backend, .. }) => {
+                let record = backend.track(DISK_RECORD_MAX, disk_budget());
+                Some((backend, record))
+            }
+            Some(VmDisk::Ram(_)) => {
+                return Err(format!(
+                    "VM {} has a writable RAM-backed disk, whose contents a snapshot cannot hold \
+                     yet",
+                    vm.name
+                ))
+            }
+            Some(VmDisk::View(_)) => {
+                return Err(format!(
+                    "VM {} is a clone with a disk view, which a snapshot cannot hold yet",
+                    vm.name
+                ))
+            }
         };
         let mut b = Builder::new();
         let add = |b: &mut Builder, name: &str, data: Vec<u8>| {
@@ -275,13 +334,19 @@ impl<B: Backend> Machine<'_, B> {
             e => format!("cannot take memory for a copy of its RAM: {e:?}"),
         })?;
         let copy_began = time::uptime_micros();
-        copy_frames(ram_pa, copy, ram_size);
+        // SAFETY: `copy` is `ram_size` bytes the frame allocator just gave us (not
+        // guest RAM); every vCPU of the VM is in its slot, none runs.
+        unsafe { ram.save_all(memory::phys_to_virt(copy), &mut still_alive) };
         let copy_us = time::uptime_micros() - copy_began;
         let stored = Stored {
             vm: vm.name.clone(),
             tag: tag.into(),
             state,
-            ram_pa: Some(copy),
+            ram: Some(Arc::new(RamCopy {
+                pa: copy,
+                size: ram_size,
+            })),
+            disk,
             ram_size,
             taken_us: Some(time::uptime_micros()),
             on_disk: false,
@@ -291,6 +356,30 @@ impl<B: Backend> Machine<'_, B> {
 
     /// `restore NAME TAG`: the VM continues from the snapshot's instant (a paused
     /// VM stays paused; a stopped one is started first).
+    /// VM `v`'s snapshot `tag`, its state and RAM read from the disk's area if
+    /// they are only there.
+    pub(super) fn loaded_snapshot(&self, v: usize, tag: &str) -> Result<Stored, String> {
+        let vm = &self.vms[v];
+        let mut snapshots = self.snapshots.lock();
+        let at = snapshots
+            .iter()
+            .position(|s| s.vm == vm.name && s.tag == tag)
+            .ok_or_else(|| {
+                format!(
+                    "VM {} has no snapshot {tag:?} (snapshots lists them)",
+                    vm.name
+                )
+            })?;
+        if snapshots[at].state.is_empty() {
+            self.load_state(&mut snapshots[at])?;
+        }
+        snapshot::read(&snapshots[at].state).map_err(|e| format!("{e}"))?;
+        if snapshots[at].ram.is_none() {
+            self.load_ram(&mut snapshots[at])?;
+        }
+        Ok(snapshots[at].share())
+    }
+
     pub(super) fn restore_snapshot(&self, v: usize, tag: &str) -> Result<String, String> {
         let vm = &self.vms[v];
         let mut snapshots = self.snapshots.lock();
@@ -309,7 +398,7 @@ impl<B: Backend> Machine<'_, B> {
             self.load_state(&mut snapshots[at])?;
         }
         snapshot::read(&snapshots[at].state).map_err(|e| format!("{e}"))?;
-        if snapshots[at].ram_pa.is_none() {
+        if snapshots[at].ram.is_none() {
             self.load_ram(&mut snapshots[at])?;
         }
         let stored = &snapshots[at];
@@ -370,12 +459,25 @@ impl<B: Backend> Machine<'_, B> {
     /// Builds fresh devices and vCPUs from `snap` and, only if all of it fits,
     /// puts them and the RAM copy in place of VM `v`'s (whose vCPUs are all off the
     /// processors). Returns how long the RAM copy took (µs).
-    fn apply(
+    pub(super) fn apply(
         &self,
         v: usize,
         snap: &snapshot::Snapshot,
         stored: &Stored,
         shape: &Shape,
+    ) -> Result<u64, String> {
+        self.apply_with(v, snap, stored, shape, true)
+    }
+
+    /// [`Machine::apply`]; `copy_ram` false for a clone, whose RAM is the
+    /// snapshot's copy already (shared copy-on-write).
+    pub(super) fn apply_with(
+        &self,
+        v: usize,
+        snap: &snapshot::Snapshot,
+        stored: &Stored,
+        shape: &Shape,
+        copy_ram: bool,
     ) -> Result<u64, String> {
         let vm = &self.vms[v];
         let life = vm.life.lock();
@@ -424,9 +526,16 @@ impl<B: Backend> Machine<'_, B> {
                 Ok(s)
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // The snapshot's RAM is all of it: pages the balloon took are backed again
+        // (the restored balloon still counts them; the guest gives them back when
+        // asked again), before the fresh vCPUs map the RAM.
+        life.machine
+            .ram
+            .fill()
+            .map_err(|e| format!("its RAM cannot be backed whole: {e}"))?;
         let mut backend = self.backend.lock();
         let mut fresh: Vec<VcpuSlot<B::Vcpu>> =
-            create_vcpus(&mut **backend, life.mapping, &life.machine, &AP_START)?;
+            create_vcpus(&mut **backend, &life.machine, &AP_START)?;
         let loaded =
             fresh
                 .iter_mut()
@@ -454,7 +563,8 @@ impl<B: Backend> Machine<'_, B> {
         // The RAM copy's length comes from the disk's index for a snapshot of an
         // earlier run: it must be the VM's RAM size, whatever the packed state's
         // shape said.
-        let ram = match stored.ram_pa {
+        let ram = match stored.ram_pa() {
+            _ if !copy_ram => Ok(0),
             Some(pa) if stored.ram_size == life.ram_size => Ok(pa),
             Some(_) => Err(format!(
                 "the snapshot holds {} KiB of RAM, VM {} has {} KiB",
@@ -473,11 +583,62 @@ impl<B: Backend> Machine<'_, B> {
                 return Err(e);
             }
         };
+        // Its disk goes back to the snapshot's instant (before anything else of
+        // the VM changes; a disk error leaves it partly rolled back, and says so).
+        if let (true, Some((disk, record))) = (copy_ram, &stored.disk) {
+            let same = matches!(&life.machine.disk,
+                Some(VmDisk::Shared { backend: b, .. }) if b.same(disk));
+            let rolled = if !same {
+                Err(String::from(
+                    "its disk was opened anew since the snapshot (another VM used its \
+                     partition): the snapshot's disk state no longer applies",
+                ))
+            } else {
+                disk.roll_back(record).map_err(|e| match e {
+                    RollBackError::Overflowed => format!(
+                        "more than {} MiB of its disk was overwritten after the snapshot, or the \
+                         hypervisor ran short of memory for the record: its disk cannot be \
+                         rolled back",
+                        DISK_RECORD_MAX >> 20
+                    ),
+                    RollBackError::Disk(e) => format!(
+                        "rolling its disk back failed ({e:?}): the disk may be partly rolled back"
+                    ),
+                })
+            };
+            match rolled {
+                Ok(blocks) => log::info!(
+                    "vm {}: disk rolled back to the snapshot ({} KiB rewritten)",
+                    vm.name,
+                    blocks * 4
+                ),
+                Err(e) => {
+                    for slot in fresh {
+                        backend.destroy_vcpu(&mut KernelMemory, slot.ctx.vcpu);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         // Everything fits: the VM becomes the snapshot.
         vm.clock_offset
             .store(offset, core::sync::atomic::Ordering::Relaxed);
         let copy_began = time::uptime_micros();
-        copy_frames(ram_pa, life.ram_pa, stored.ram_size);
+        // SAFETY: the snapshot's copy holds `ram_size` bytes (checked above), its
+        // own allocation; the VM's vCPUs are all in their slots.
+        let copied = if copy_ram {
+            unsafe {
+                life.machine
+                    .ram
+                    .load_all(memory::phys_to_virt(ram_pa), &mut still_alive)
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = copied {
+            // `fill` above backed everything; only a bug gets here.
+            log::error!("vm {}: restoring its RAM: {e}", vm.name);
+        }
         let copy_us = time::uptime_micros() - copy_began;
         {
             let mut old = vm.shared.lock();
@@ -506,7 +667,7 @@ impl<B: Backend> Machine<'_, B> {
             "VM", "TAG", "SIZE", "WHERE"
         )];
         for s in snapshots.iter().filter(|s| vm.is_none_or(|n| n == s.vm)) {
-            let place = match (s.ram_pa.is_some(), s.on_disk) {
+            let place = match (s.ram.is_some(), s.on_disk) {
                 (true, true) => "memory+disk",
                 (true, false) => "memory",
                 _ => "disk",
@@ -537,7 +698,7 @@ impl<B: Backend> Machine<'_, B> {
             .ok_or_else(|| format!("VM {vm} has no snapshot {tag:?}"))?;
         let s = snapshots.remove(at);
         let on_disk = s.on_disk;
-        let size = if s.ram_pa.is_some() {
+        let size = if s.ram.is_some() {
             s.ram_size / 1024
         } else {
             0
@@ -591,7 +752,10 @@ impl<B: Backend> Machine<'_, B> {
             memory::free(pa, entry.ram_len);
             return Err(e);
         }
-        s.ram_pa = Some(pa);
+        s.ram = Some(Arc::new(RamCopy {
+            pa,
+            size: entry.ram_len,
+        }));
         Ok(())
     }
 }
