@@ -38,6 +38,8 @@ const BINS: &[(&str, &str)] = &[
     ("net64", "link64.ld"),
     ("count64", "link64.ld"),
     ("balloon64", "link64.ld"),
+    ("acloop32", "link32.ld"),
+    ("usercall32", "link32.ld"),
 ];
 
 fn main() {

@@ -75,7 +75,13 @@ pub fn micros_to_tsc(micros: u64) -> u64 {
 
 /// Nanoseconds since boot: one multiply (the VM run loop asks on every exit).
 pub fn uptime_ns() -> u64 {
-    let cycles = rdtsc().saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
+    uptime_ns_at(rdtsc())
+}
+
+/// Nanoseconds since boot when the TSC read `tsc` (for a caller that has just read
+/// it for something else: one RDTSC fewer on the exit path).
+pub fn uptime_ns_at(tsc: u64) -> u64 {
+    let cycles = tsc.saturating_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
     ((cycles as u128 * NS_PER_CYCLE_FP32.load(Ordering::Relaxed) as u128) >> 32) as u64
 }
 

@@ -564,6 +564,7 @@ impl Vcpu for SvmVcpu {
             rcx,
             rdx,
             nrip: nrip_save.then_some(vmcb.control.next_rip),
+            exitintinfo: vmcb.control.exitintinfo,
         };
         self.regs.rax = info.rax;
         self.last = info;

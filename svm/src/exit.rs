@@ -6,7 +6,7 @@
 
 use vcpu::{Exit, PortIo};
 
-use crate::vmcb::exit_code;
+use crate::vmcb::{event, exit_code};
 
 /// What the decoder needs from one #VMEXIT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub struct ExitInfo {
     pub rdx: u64,
     /// VMCB nRIP when the CPU has NRIP save (CPUID Fn8000_000A EDX[3]), else `None`.
     pub nrip: Option<u64>,
+    /// VMCB EXITINTINFO: the event whose delivery the intercept interrupted (APM
+    /// Vol. 2 15.7.2), in the EVENTINJ encoding.
+    pub exitintinfo: u64,
 }
 
 /// IOIO EXITINFO1 fields (APM Vol. 2 15.10.2, Figure 15-2).
@@ -147,12 +150,17 @@ pub fn decode(info: &ExitInfo) -> Exit {
         c if c == exit_code::EXCEPTION_BASE + vcpu::Exception::DB_VECTOR as u64
             || c == exit_code::EXCEPTION_BASE + vcpu::Exception::AC_VECTOR as u64 =>
         {
+            let vector = (c - exit_code::EXCEPTION_BASE) as u8;
             Exit::ExceptionReflected {
-                vector: (c - exit_code::EXCEPTION_BASE) as u8,
+                vector,
+                redelivered: info.exitintinfo
+                    & (event::VALID | event::TYPE_MASK | event::VECTOR_MASK)
+                    == event::VALID | event::TYPE_EXCEPTION | vector as u64,
             }
         }
         exit_code::ICEBP => Exit::ExceptionReflected {
             vector: vcpu::Exception::DB_VECTOR,
+            redelivered: false,
         },
         0xFFFF_FFFF => Exit::EntryFailure {
             code: info.exitcode,
@@ -494,16 +502,53 @@ mod tests {
         }
         assert_eq!(
             decode(&info(exit_code::EXCEPTION_BASE + 17, 0, 0)),
-            Exit::ExceptionReflected { vector: 17 }
+            Exit::ExceptionReflected {
+                vector: 17,
+                redelivered: false
+            }
         );
         assert_eq!(
             decode(&info(exit_code::EXCEPTION_BASE + 1, 0, 0)),
-            Exit::ExceptionReflected { vector: 1 }
+            Exit::ExceptionReflected {
+                vector: 1,
+                redelivered: false
+            }
         );
         assert_eq!(
             decode(&info(exit_code::ICEBP, 0, 0)),
-            Exit::ExceptionReflected { vector: 1 }
+            Exit::ExceptionReflected {
+                vector: 1,
+                redelivered: false
+            }
         );
+        // #AC raised while delivering #AC (EXITINTINFO: valid exception 17 with its
+        // error code): the CVE-2015-5307 loop. Another interrupted event is not.
+        let ac = |exitintinfo| ExitInfo {
+            exitintinfo,
+            ..info(exit_code::EXCEPTION_BASE + 17, 0, 0)
+        };
+        let during_ac = event::VALID | event::TYPE_EXCEPTION | event::ERROR_CODE_VALID | 17;
+        assert_eq!(
+            decode(&ac(during_ac)),
+            Exit::ExceptionReflected {
+                vector: 17,
+                redelivered: true
+            }
+        );
+        for other in [
+            event::VALID | event::TYPE_INTR | 17,
+            event::VALID | event::TYPE_EXCEPTION | 14,
+            event::TYPE_EXCEPTION | 17,
+        ] {
+            assert_eq!(
+                decode(&ac(other)),
+                Exit::ExceptionReflected {
+                    vector: 17,
+                    redelivered: false
+                },
+                "{other:#x}"
+            );
+        }
         // Other exception vectors are not intercepted: unknown if they ever came.
         assert_eq!(
             decode(&info(exit_code::EXCEPTION_BASE + 14, 0, 0)),

@@ -354,7 +354,7 @@ pub fn expect_tiny_guests(out: &RunOutput) {
         // Unknown ports float high and are counted; hypercalls answer.
         .expect_line("ports64 | ports64: in8=0xff in16=0xffff in32=0xffffffff")
         .expect_line("ports64 | ports64: hypercall version=0x1")
-        .expect_line("ports64 | ports64: hypercall unknown=0xffffffffffffffff")
+        .expect_line("ports64 | ports64: hypercall unknown=0xfffffffffffffc18")
         .expect_line("hv: vm ports64 unknown port accesses: 6")
         // Containment.
         .expect_line("hv: vm oob64 stopped: write outside its memory: guest-physical 0x30000000")

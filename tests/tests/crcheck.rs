@@ -2,7 +2,9 @@
 //! CPUID: `crcheck64` tries reserved and hidden CR4 bits, VMXE, OSXSAVE, PKE, CR0 PG
 //! without PE and NW without CD, clearing EFER.LME while paging, XSETBV without
 //! OSXSAVE and a non-canonical GS base, and must get #GP or #UD for each (never a
-//! VM-entry failure), while the allowed writes work; `hello64` runs beside it.
+//! VM-entry failure), while the allowed writes work; XGETBV, a VEX instruction
+//! (VZEROUPPER) and RDPKRU get #UD (XCR0, the AVX state and PKRU are not switched
+//! between VMs, so they stay hidden and out of reach); `hello64` runs beside it.
 //!
 //! `blk64` rides along (one boot per vendor serves both): its RAM-backed virtio-blk
 //! disk, found on PCI bus 0 and driven by the `virtio-drivers` crate in polling mode:
@@ -151,6 +153,9 @@ fn expect_crcheck(out: &RunOutput) {
         .expect_line("crcheck64 | crcheck64: efer same value -> ok")
         .expect_line("crcheck64 | crcheck64: gs_base non-canonical -> ")
         .expect_line("crcheck64 | crcheck64: xsetbv xcr0=1 -> #UD ok")
+        .expect_line("crcheck64 | crcheck64: xgetbv -> #UD ok")
+        .expect_line("crcheck64 | crcheck64: vzeroupper -> #UD ok")
+        .expect_line("crcheck64 | crcheck64: rdpkru -> #UD ok")
         .expect_line("crcheck64 | crcheck64: done")
         .expect_line("hello64 | hello64: done")
         // The balloon's frames went back to the pool and its deflated pages'

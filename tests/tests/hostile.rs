@@ -12,7 +12,15 @@
 //!   `"stop"`);
 //! - `timer64`: a periodic local APIC timer with count 1 at divide 1 does not
 //!   livelock its guest (its main loop finishes its rounds) and delivers at most one
-//!   tick per clamped period (200 us).
+//!   tick per clamped period (200 us);
+//! - `acloop32`: the #AC delivery loop of CVE-2015-5307 (ring 3, CR0.AM and
+//!   EFLAGS.AC, an #AC gate into a conforming segment, a misaligned stack): every
+//!   round is a VM exit, and after `vcpu::delivery_loop::LIMIT` rounds without an
+//!   instruction the hypervisor ends that VM as a triple fault (QEMU's TCG has no
+//!   alignment checks: there the guest reports that the push completed);
+//! - `usercall32`: the benchmark hypercall 0x100 and the version hypercall from ring
+//!   3 get KVM's -KVM_EPERM (-1) although its VM opted in to the benchmark, and its
+//!   spin in ring 3 (a background VM) holds no one up.
 //!
 //! On AMD-V (QEMU) and on VT-x (Bochs), each with 1 processor: every VM shares it
 //! (AMD-V under QEMU with two processors has a rare open problem of its own, see the
@@ -44,16 +52,48 @@ fn expect_hostile(out: &RunOutput) {
         .expect_line("hello64 | hello64: done")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("PANIC");
+    // Ring 3 gets KVM's -EPERM for every number (EAX of a 32-bit guest), ring 0 the
+    // version; the benchmark's bare loop was not entered.
+    out.expect_line("usercall32 | usercall32: ring 0 hypercall 0x0 -> 0x00000001")
+        .expect_line("usercall32 | usercall32: ring 3 hypercall 0x100 -> 0xffffffff")
+        .expect_line("usercall32 | usercall32: ring 3 hypercall 0x0 -> 0xffffffff")
+        .expect_line("usercall32 | usercall32: spinning in ring 3")
+        .expect_line("hv: vm usercall32 stopped: background VM: every foreground VM has stopped");
+    let user = out.line_with("hv: vm usercall32 exits:");
+    assert!(user.contains("hypercall=3"), "{user}");
+    out.expect_line("acloop32 | acloop32: entering the #AC loop")
+        .expect_no("acloop32: the #AC handler ran")
+        .expect_no("acloop32: unexpected exception");
     let insn = out.line_with("hv: vm insn64 exits:");
     // MONITOR exits only where the processor has it (QEMU's qemu64 raises #UD
     // itself): the #UD line above is the check that counts.
     for needle in ["wbinvd=2", "rdpmc=1"] {
         assert!(insn.contains(needle), "{needle} in {insn}");
     }
-    // hello64 keeps printing while the #DB loop runs and after it ends.
+    // hello64 keeps printing while the #DB loop runs and after it ends, and while
+    // usercall32 spins.
     assert!(
         position(out, "dbloop64 | dbloop64: entering the #DB loop")
             < position(out, "hello64 | hello64: alive 2")
+    );
+    assert!(
+        position(out, "usercall32 | usercall32: spinning in ring 3")
+            < position(out, "hello64 | hello64: alive 5")
+    );
+}
+
+/// The #AC loop went through the hypervisor `LIMIT` times and ended as a triple
+/// fault of that VM alone, after hello64 had printed on.
+fn expect_ac_loop(out: &RunOutput) {
+    out.expect_line(
+        "hv: vm acloop32 stopped: triple fault (shutdown): vector 17 raised while \
+         delivering itself 1000 times in a row at RIP 0x1000ec",
+    );
+    let n = reflected(out, "acloop32");
+    assert!(n >= 1000, "{n} #AC exits reflected for acloop32");
+    assert!(
+        position(out, "acloop32 | acloop32: entering the #AC loop")
+            < position(out, "hello64 | hello64: alive 5")
     );
 }
 
@@ -98,6 +138,16 @@ fn hostile_instructions_under_amd_v() {
     expect_db_loop(&out, 3);
     out.expect_line("dr64 | dr64: tsc_aux kept")
         .expect_line("dr64b | dr64: tsc_aux kept");
+    // QEMU's TCG implements no alignment checks (it never raises #AC): the push
+    // completes. A QEMU that had them must show the loop ended.
+    if out
+        .serial
+        .contains("acloop32 | acloop32: no #AC from the misaligned access")
+    {
+        assert_eq!(reflected(&out, "acloop32"), 0);
+    } else {
+        expect_ac_loop(&out);
+    }
     out.expect_exit(EXIT_SUCCESS);
 }
 
@@ -120,4 +170,6 @@ fn hostile_instructions_under_vt_x() {
         out.expect_line("dbloop64 | dbloop64: no #DB from the instruction breakpoint");
     }
     expect_db_loop(&out, 0);
+    // Bochs checks alignment on the frame's pushes, as processors do.
+    expect_ac_loop(&out);
 }

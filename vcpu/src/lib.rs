@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod cr_policy;
+pub mod delivery_loop;
 pub mod fpu;
 pub mod mitigation;
 pub mod paging;
@@ -141,9 +142,13 @@ pub enum Exit {
     /// make their delivery raise them again forever inside the processor (CVE-2015-5307,
     /// CVE-2015-8104), which no interrupt would end; the backend has already queued the
     /// exception for the guest (with its error code, and DR6 updated for #DB), so the
-    /// core only counts it and resumes.
+    /// core only counts it and resumes (and ends an endless loop of them, see
+    /// [`delivery_loop`]).
     ExceptionReflected {
         vector: u8,
+        /// The exception was raised while the processor delivered this same vector
+        /// (the exit's vectoring information): no guest instruction ran between.
+        redelivered: bool,
     },
     /// VM entry was refused by the processor; the text explains which check failed.
     EntryFailure {

@@ -1061,6 +1061,7 @@ impl Vcpu for VmxVcpu {
                 qualification: hw.read(ro_nat::EXIT_QUALIFICATION),
                 guest_physical: hw.read(ro64::GUEST_PHYSICAL_ADDRESS),
                 interruption_info: hw.read(ro32::VM_EXIT_INTERRUPTION_INFO) as u32,
+                idt_vectoring: hw.read(ro32::IDT_VECTORING_INFO) as u32,
                 rax: self.regs.rax,
                 rcx: self.regs.rcx,
                 rdx: self.regs.rdx,

@@ -22,6 +22,9 @@ pub struct ExitInfo {
     pub guest_physical: u64,
     /// VM-exit interruption information (0x4404), for exception/NMI exits.
     pub interruption_info: u32,
+    /// IDT-vectoring information (0x4408): the event whose delivery the exit
+    /// interrupted (SDM Vol. 3C 28.2.4).
+    pub idt_vectoring: u32,
     /// Guest RAX, RCX, RDX (from the entry stub's register save area).
     pub rax: u64,
     pub rcx: u64,
@@ -151,8 +154,12 @@ pub fn decode(info: &ExitInfo) -> Exit {
                     vcpu::Exception::DB_VECTOR | vcpu::Exception::AC_VECTOR
                 ) =>
         {
+            let vector = info.interruption_info & intr_info::VECTOR_MASK;
             Exit::ExceptionReflected {
-                vector: (info.interruption_info & intr_info::VECTOR_MASK) as u8,
+                vector: vector as u8,
+                redelivered: info.idt_vectoring
+                    & (intr_info::VALID | intr_info::TYPE_MASK | intr_info::VECTOR_MASK)
+                    == intr_info::VALID | intr_info::TYPE_HARDWARE_EXCEPTION | vector,
             }
         }
         // INVD exits unconditionally (SDM Vol. 3C 26.1.2), WBINVD with "WBINVD exiting".
@@ -395,8 +402,30 @@ mod tests {
             interruption_info: intr_info::VALID | intr_info::TYPE_HARDWARE_EXCEPTION | vector,
             ..Default::default()
         };
-        assert_eq!(decode(&exc(17)), Exit::ExceptionReflected { vector: 17 });
-        assert_eq!(decode(&exc(1)), Exit::ExceptionReflected { vector: 1 });
+        let reflected = |vector, redelivered| Exit::ExceptionReflected {
+            vector,
+            redelivered,
+        };
+        assert_eq!(decode(&exc(17)), reflected(17, false));
+        assert_eq!(decode(&exc(1)), reflected(1, false));
+        // #AC raised while delivering #AC (IDT-vectoring information: a hardware
+        // exception 17 with its error code): the CVE-2015-5307 loop.
+        let during = |idt_vectoring| ExitInfo {
+            idt_vectoring,
+            ..exc(17)
+        };
+        let hw_ac = intr_info::VALID
+            | intr_info::TYPE_HARDWARE_EXCEPTION
+            | intr_info::DELIVER_ERROR_CODE
+            | 17;
+        assert_eq!(decode(&during(hw_ac)), reflected(17, true));
+        for other in [
+            intr_info::VALID | intr_info::TYPE_EXTERNAL_INTERRUPT | 17,
+            intr_info::VALID | intr_info::TYPE_HARDWARE_EXCEPTION | 14,
+            intr_info::TYPE_HARDWARE_EXCEPTION | 17,
+        ] {
+            assert_eq!(decode(&during(other)), reflected(17, false), "{other:#x}");
+        }
         assert_eq!(
             decode(&exc(14)),
             Exit::Unknown {

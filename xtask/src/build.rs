@@ -129,7 +129,9 @@ pub enum GuestSet {
     /// Hostile instructions next to `hello64`: `dbloop64` (a #DB delivery loop that
     /// ends in a triple fault), two VMs of `dr64` (debug registers and TSC_AUX kept
     /// per vCPU), `insn64` (WBINVD/INVD complete, RDPMC #GP, MONITOR #UD, unbacked
-    /// space all ones) and `timer64` (a count-1 periodic local APIC timer).
+    /// space all ones), `timer64` (a count-1 periodic local APIC timer), `acloop32`
+    /// (the #AC delivery loop of CVE-2015-5307) and `usercall32` (hypercalls from
+    /// ring 3, then a spin there; in the background).
     Hostile,
     /// `crcheck64` (control-register, EFER and XCR0 writes that must fault) next to
     /// `hello64`, `blk64` with its RAM-backed virtio-blk disk (reads, a write,
@@ -760,6 +762,15 @@ impl GuestSet {
                     vm("dr64")?.renamed("dr64b"),
                     vm("insn64")?,
                     vm("timer64")?,
+                    vm("acloop32")?,
+                    // Opted in to the benchmark hypercalls, so that only its CPL keeps
+                    // its 0x100 from the bare loop; it spins in ring 3 afterwards,
+                    // until every other VM has finished.
+                    crate::vms::VmDef {
+                        bench_hypercalls: true,
+                        background: true,
+                        ..vm("usercall32")?
+                    },
                     vm("hello64")?,
                 ])
             }

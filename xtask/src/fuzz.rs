@@ -20,8 +20,8 @@ use std::time::Instant;
 use crate::build::{target_dir, workspace_root};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
-pub const TARGETS: [&str; 7] = [
-    "images", "bundle", "config", "devices", "virtio", "net", "gpt",
+pub const TARGETS: [&str; 8] = [
+    "images", "bundle", "config", "devices", "virtio", "net", "gpt", "mmio",
 ];
 
 /// The flags cargo-fuzz passes for libFuzzer's coverage feedback (its `BuildOptions`
@@ -286,6 +286,32 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             seed.extend_from_slice(&image[..34 * 512]);
             seed.extend_from_slice(&image[image.len() - 33 * 512..]);
             vec![seed]
+        }
+        "mmio" => {
+            // Protected mode without paging (mode byte 1), RIP and CS base 0, every
+            // register and device value zero but RAX = 0xfee000f0 and RFLAGS.CF, then
+            // the instruction as the guest's RAM: MMIO forms drivers use.
+            let insns: [&[u8]; 8] = [
+                &[0x8b, 0x03],             // mov eax, [ebx]
+                &[0x89, 0x37],             // mov [edi], esi
+                &[0xf6, 0x00, 0x01],       // test byte [eax], 1
+                &[0x01, 0x08],             // add [eax], ecx
+                &[0x87, 0x08],             // xchg [eax], ecx
+                &[0x0f, 0xb7, 0x00],       // movzx eax, word [eax]
+                &[0x83, 0x38, 0x05],       // cmp dword [eax], 5
+                &[0x66, 0x0f, 0xbe, 0x00], // movsx ax, byte [eax]
+            ];
+            insns
+                .iter()
+                .map(|insn| {
+                    let mut seed = vec![0u8; 1 + 3 * 8 + 17 * 8 + 4 * 8];
+                    seed[0] = 1;
+                    seed[25..33].copy_from_slice(&0xfee0_00f0u64.to_le_bytes());
+                    seed[25 + 16 * 8] = 1;
+                    seed.extend_from_slice(insn);
+                    seed
+                })
+                .collect()
         }
         _ => Vec::new(),
     }

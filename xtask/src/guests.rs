@@ -19,7 +19,8 @@
 //!
 //! The eight tiny guests ([`build_guests`]) form the tiny VM set; `mb32`,
 //! `bench64`, the SMP guests `smp64` and `ipistorm64` (which need `vcpus = 2`), the
-//! hostile guests `dbloop64`, `dr64`, `insn64` and `timer64`, `reset64`, `crcheck64`
+//! hostile guests `dbloop64`, `dr64`, `insn64`, `timer64`, `acloop32` and
+//! `usercall32`, `reset64`, `crcheck64`
 //! the virtio-blk guest `blk64`, the hostile virtqueue guest `vq64` and the
 //! virtio-balloon guest `balloon64` are built with
 //! them ([`build_all_guests`]) but booted in their own sets.
@@ -81,6 +82,8 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("net64", Kind::Elf64),
     ("count64", Kind::Elf64),
     ("balloon64", Kind::Elf64),
+    ("acloop32", Kind::Elf32),
+    ("usercall32", Kind::Elf32),
 ];
 
 /// The Multiboot header flags `mb32` must carry: bit 0 (modules page-aligned) and

@@ -18,7 +18,7 @@
 //! same loop there gives the floor, the hardware's (or emulator's) exit and entry
 //! alone; the difference to the first figure is what the hypervisor's exit path
 //! costs. Both hypercalls return 0 when supported; a hypervisor without them
-//! returns `u64::MAX` (unknown hypercall) and the second measurement is skipped.
+//! returns an error (-1000, unknown hypercall) and the second measurement is skipped.
 //! In the bare loop the skipped CPUID returns the registers unchanged, which is
 //! fine: only its time matters. Nothing is printed inside the bare loop, since a
 //! port exit would end it.

@@ -3,7 +3,8 @@
 //! accept. The hypervisor has to raise the same fault a processor with exactly the
 //! guest's features would, and never let such a write reach VM entry.
 //!
-//! Catches #GP through `guests::idt` and #UD (XSETBV) with its own vector-6 stub;
+//! Catches #GP through `guests::idt` and #UD (XSETBV, XGETBV, VZEROUPPER, RDPKRU)
+//! with its own vector-6 stub;
 //! each faulting instruction is skipped. The bits tried are refused on every host
 //! whatever it offers: reserved ones, VMXE/SMXE, the ones the hypervisor's CPUID
 //! hides (MCE, OSXSAVE, KL, PKE, CET, PKS, UINTR, LAM, FRED), LA57 (cannot change in
@@ -15,6 +16,9 @@
 //! crcheck64: cr4 bit 13 (vmxe) -> #GP ok
 //! crcheck64: cr0 pg without pe -> #GP ok
 //! crcheck64: xsetbv xcr0=1 -> #UD ok
+//! crcheck64: xgetbv -> #UD ok
+//! crcheck64: vzeroupper -> #UD ok
+//! crcheck64: rdpkru -> #UD ok
 //! crcheck64: done
 //! ```
 
@@ -229,6 +233,35 @@ mod guest {
             println!("crcheck64: xsetbv xcr0=1 -> #UD ok");
         } else {
             println!("crcheck64: xsetbv xcr0=1 -> FAIL (no #UD)");
+        }
+        // The state that is not switched between VMs stays out of reach: with
+        // CR4.OSXSAVE and CR4.PKE refused, XGETBV, every VEX-encoded instruction
+        // (the AVX registers) and RDPKRU raise #UD (SDM Vol. 2 XGETBV, 2.8 "VEX
+        // exception conditions", RDPKRU). Each is 3 bytes, as the stub skips.
+        let probes: [(&str, fn()); 3] = [
+            ("xgetbv", || {
+                // SAFETY: #UD is skipped by the stub; were it to run, XGETBV only
+                // reads XCR0 into EDX:EAX.
+                unsafe { asm!("xgetbv", in("ecx") 0, out("eax") _, out("edx") _, options(nostack)) }
+            }),
+            ("vzeroupper", || {
+                // SAFETY: as above; were it to run, it zeroes the upper YMM halves,
+                // which this guest does not use.
+                unsafe { asm!(".byte 0xc5, 0xf8, 0x77", options(nostack)) }
+            }),
+            ("rdpkru", || {
+                // SAFETY: as above; were it to run, RDPKRU reads PKRU into EAX.
+                unsafe { asm!("rdpkru", in("ecx") 0, out("eax") _, out("edx") _, options(nostack)) }
+            }),
+        ];
+        for (name, probe) in probes {
+            let before = CRCHECK_UD_COUNT.load(SeqCst);
+            probe();
+            if CRCHECK_UD_COUNT.load(SeqCst) != before {
+                println!("crcheck64: {name} -> #UD ok");
+            } else {
+                println!("crcheck64: {name} -> FAIL (no #UD)");
+            }
         }
         println!("crcheck64: done");
     }

@@ -436,9 +436,12 @@ impl Platform {
         self.mmio.lookup(gpa).is_some()
     }
 
-    /// Brings every device's lines up to `now_ns` (timers, console input). Cheap
-    /// when nothing can have changed: before the earliest deadline, with no input.
-    pub fn poll(&mut self, now_ns: u64, out: &mut Outcome) {
+    /// Brings every device's lines up to `now_ns` (timers, console input), with
+    /// `lapics` the VM's local APICs (for the system timer's catch-up, see
+    /// [`Self::note_timer_tick`]). Cheap when nothing can have changed: before the
+    /// earliest deadline, with no input; then the timer is not even asked, since
+    /// only its poll reads what the note says (this runs before every VM entry).
+    pub fn poll(&mut self, now_ns: u64, lapics: &[devices::LocalApic], out: &mut Outcome) {
         let woken = self
             .wake
             .as_ref()
@@ -446,6 +449,7 @@ impl Platform {
         if !self.poll_now && !woken && self.deadline.is_none_or(|d| now_ns < d) {
             return;
         }
+        self.note_timer_tick(lapics);
         for i in 0..self.devices.len() {
             let e = self.devices[i].poll(now_ns);
             self.apply(e, out);
@@ -481,9 +485,10 @@ impl Platform {
     /// Tells the system timer whether IRQ 0's last tick still waits to be taken, on
     /// a path that would deliver it: the PIC's IRR with IRQ 0 unmasked while the BSP
     /// takes PIC interrupts (LINT0 ExtINT), or a local APIC's IRR holding the vector
-    /// of the IOAPIC pin IRQ 0 is wired to, unmasked. Called before every poll, so
-    /// owed ticks are pulsed one at a time as they are taken (see `SystemTimer`).
-    pub fn note_timer_tick(&mut self, lapics: &[devices::LocalApic]) {
+    /// of the IOAPIC pin IRQ 0 is wired to, unmasked. Called before every poll of
+    /// the devices, so owed ticks are pulsed one at a time as they are taken (see
+    /// `SystemTimer`, which reads the note only in its poll).
+    fn note_timer_tick(&mut self, lapics: &[devices::LocalApic]) {
         let pic = self.pic.irr() & 1 != 0
             && self.pic.imr() & 1 == 0
             && lapics.first().is_some_and(|l| l.accepts_pic_interrupts());

@@ -26,6 +26,17 @@ pub struct CpuidResult {
 /// INVPCID (VMX needs a control we do not set), RDPID (reads the host's TSC_AUX),
 /// LA57, TSC_ADJUST, the speculation-control bits of leaf 7 EDX and 0x8000_0008 EBX
 /// (their MSRs are not offered), OSVW, IBS, LWP, TOPOEXT, MONITORX.
+///
+/// XCR0, the XSAVE-managed state and PKRU: decided hidden, not switched. Neither
+/// VMRUN nor VM entry switches XCR0 or PKRU, so offering them would take an
+/// XSAVES/XRSTORS (or XSAVE/XRSTOR) of every enabled component around each entry
+/// plus XCR0 and PKRU loads, and a kernel that enables CR4.OSXSAVE for itself (it
+/// does not: the host runs without XSAVE state, see the README's note on AES-NI
+/// and the kernel). Hidden instead, and enforced, not just unadvertised:
+/// `vcpu::cr_policy` refuses CR4.OSXSAVE and CR4.PKE (#GP), so the processor itself
+/// raises #UD for XSETBV/XGETBV, every VEX/EVEX instruction (AVX registers) and
+/// RDPKRU/WRPKRU (`crcheck64` checks each on both vendors). x87/SSE state is per
+/// vCPU (`vcpu::fpu`, FXSAVE/FXRSTOR around each entry).
 pub mod allow {
     /// Leaf 1 EDX: FPU VME DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT PSE36
     /// CLFSH MMX FXSR SSE SSE2 (HTT is set by the topology).
@@ -443,15 +454,57 @@ impl MsrState {
     }
 }
 
+/// One vCPU's answers of [`cpuid`], kept once computed: a CPUID exit is the most
+/// frequent exit some guests make (a CPUID loop, or `cargo xtask bench`), and the
+/// answer depends only on the host and the vCPU's topology, both fixed for the
+/// vCPU's life, so it need not ask the host's CPUID again. Direct-mapped, 16
+/// entries; a collision only costs a recomputation.
+///
+/// Host answers that differ between the host's processors (its APIC IDs, which the
+/// topology leaves replace anyway; a hybrid part's core type) are those of the
+/// processor the vCPU first asked on, so a guest sees the same answer wherever its
+/// vCPU runs. A leaf whose answer would mirror guest state (CR4.OSXSAVE in leaf 1
+/// ECX[27], CR4.PKE in leaf 7 ECX[4]; both features hidden today) must not be served
+/// from here, or must clear the view when that state changes.
+#[derive(Clone, Debug, Default)]
+pub struct CpuidCache {
+    entries: [Option<(u32, u32, CpuidResult)>; 16],
+}
+
+impl CpuidCache {
+    /// The answer for `leaf`/`subleaf`, from `compute` the first time.
+    pub fn get(
+        &mut self,
+        leaf: u32,
+        subleaf: u32,
+        compute: impl FnOnce() -> CpuidResult,
+    ) -> CpuidResult {
+        // Multiplicative hashing (Knuth), top four bits: leaves 0..N, 0x4000_00xx
+        // and 0x8000_00xx spread over the slots.
+        let hash = leaf.wrapping_mul(0x9E37_79B1) ^ subleaf.wrapping_mul(0x85EB_CA6B);
+        let slot = &mut self.entries[(hash >> 28) as usize];
+        match *slot {
+            Some((l, s, r)) if l == leaf && s == subleaf => r,
+            _ => {
+                let r = compute();
+                *slot = Some((leaf, subleaf, r));
+                r
+            }
+        }
+    }
+}
+
 /// The hypercall ABI (VMMCALL / VMCALL): number in RAX, result in RAX.
 pub mod hypercall {
     /// Returns the interface version.
     pub const VERSION: u64 = 0;
-    /// Returned for an unknown number (as -ENOSYS would be, two's complement -1).
-    pub const UNKNOWN: u64 = u64::MAX;
-    /// Returned for any hypercall made from CPL > 0 (-2): hypercalls are the guest
-    /// kernel's, as under KVM (which answers -EPERM).
-    pub const NOT_PERMITTED: u64 = (-2i64) as u64;
+    /// Returned for an unknown number: -1000, KVM's -KVM_ENOSYS (Linux
+    /// `include/uapi/linux/kvm_para.h`), so a guest written for KVM reads it the same.
+    pub const UNKNOWN: u64 = (-1000i64) as u64;
+    /// Returned for any hypercall made from CPL > 0: -1, KVM's -KVM_EPERM (KVM_EPERM
+    /// is EPERM, 1). Hypercalls are the guest kernel's, as under KVM, which checks
+    /// the CPL before it looks at the number; none is documented as user-callable.
+    pub const NOT_PERMITTED: u64 = (-1i64) as u64;
     /// Benchmark support: run this vCPU in the shortest possible exit loop (enter,
     /// skip the CPUID, re-enter: no dispatch, no devices) until [`BENCH_BARE_END`],
     /// so a guest can compare a CPUID round trip through the full exit path with the
@@ -628,9 +681,44 @@ mod tests {
     }
 
     #[test]
+    fn the_cpuid_cache_answers_as_cpuid_does() {
+        let topo = Topology {
+            apic_id: 1,
+            cpus: 2,
+        };
+        let mut cache = CpuidCache::default();
+        let asked = core::cell::Cell::new(0);
+        let counting = |leaf, sub| {
+            asked.set(asked.get() + 1);
+            host(leaf, sub)
+        };
+        let keys: Vec<(u32, u32)> = (0..0x20)
+            .flat_map(|l| [(l, 0), (l, 1)])
+            .chain((0x4000_0000..0x4000_0003).map(|l| (l, 0)))
+            .chain((0x8000_0000..0x8000_0020).map(|l| (l, 0)))
+            .collect();
+        for _ in 0..3 {
+            for &(leaf, sub) in &keys {
+                let want = super::cpuid(leaf, sub, host, &topo);
+                assert_eq!(
+                    cache.get(leaf, sub, || super::cpuid(leaf, sub, counting, &topo)),
+                    want,
+                    "{leaf:#x}/{sub}"
+                );
+            }
+        }
+        // Asked again only on collisions, never for a leaf just answered.
+        let before = asked.get();
+        for _ in 0..10 {
+            cache.get(1, 0, || super::cpuid(1, 0, counting, &topo));
+        }
+        assert!(asked.get() <= before + 1);
+    }
+
+    #[test]
     fn hypercalls() {
         assert_eq!(hypercall::dispatch(hypercall::VERSION), 1);
-        assert_eq!(hypercall::dispatch(0xdead), u64::MAX);
+        assert_eq!(hypercall::dispatch(0xdead), (-1000i64) as u64);
     }
 
     #[test]

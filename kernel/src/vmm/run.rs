@@ -100,7 +100,12 @@ impl<V: Vcpu> VmEntry<V> {
 
     /// The VM's time, for its devices (see `clock_offset`).
     fn now_ns(&self) -> u64 {
-        time::uptime_ns().wrapping_add(self.clock_offset.load(Ordering::Relaxed))
+        self.now_ns_at(time::rdtsc())
+    }
+
+    /// The VM's time when the TSC read `tsc`.
+    fn now_ns_at(&self, tsc: u64) -> u64 {
+        time::uptime_ns_at(tsc).wrapping_add(self.clock_offset.load(Ordering::Relaxed))
     }
 }
 
@@ -838,11 +843,20 @@ impl<B: Backend> Machine<'_, B> {
         // One lock of the VM per exit: the exit is handled and the next entry prepared
         // (interrupts delivered) under the same hold.
         let mut shared = vm.shared.lock();
+        // The last exit asked to go on: the slice may be over all the same.
+        let mut check_end = false;
         let why = loop {
             if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
                 break None;
             }
-            slot.ctx.prepare_entry(&mut shared, vm.now_ns());
+            // One TSC reading before each entry (the slice's end and budget, the
+            // devices' time) and one after each exit (the handler's time): an RDTSC
+            // is an exit-path cost too.
+            let tsc = time::rdtsc();
+            if core::mem::take(&mut check_end) && clock.ends(tsc, SliceEvent::Guest) {
+                break None;
+            }
+            slot.ctx.prepare_entry(&mut shared, vm.now_ns_at(tsc));
             if slot.ctx.halted {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
@@ -884,9 +898,10 @@ impl<B: Backend> Machine<'_, B> {
                     }
                 }
             } else {
-                slot.ctx.vcpu.run(clock.budget(time::rdtsc()))
+                slot.ctx.vcpu.run(clock.budget(tsc))
             };
             ram.left(i);
+            let tsc = time::rdtsc();
             let event = match exit {
                 vcpu::Exit::ExternalInterrupt => SliceEvent::HostInterrupt,
                 vcpu::Exit::Preempted => SliceEvent::BackendTimer,
@@ -899,7 +914,7 @@ impl<B: Backend> Machine<'_, B> {
                 life.stop.is_some() || life.restart.is_some() || life.paused
             };
             shared = vm.shared.lock();
-            let next = slot.ctx.handle(&mut shared, exit, vm.now_ns());
+            let next = slot.ctx.handle(&mut shared, exit, vm.now_ns_at(tsc));
             if next == Next::BareCpuidLoop {
                 slot.ctx.in_bare_loop = true;
             }
@@ -938,16 +953,15 @@ impl<B: Backend> Machine<'_, B> {
                 // However a guest makes its vCPU exit (a storm of exits that each
                 // ask to continue), the slice ends on time: the processor is never
                 // held past it.
-                Next::Continue | Next::BareCpuidLoop
-                    if clock.ends(time::rdtsc(), SliceEvent::Guest) =>
-                {
-                    break None
+                // (checked at the next entry, against its TSC reading).
+                Next::Continue | Next::BareCpuidLoop => {
+                    check_end = true;
+                    continue;
                 }
-                Next::Continue | Next::BareCpuidLoop => continue,
                 Next::Yield
                     if event == SliceEvent::HostInterrupt
                         && !settling
-                        && !clock.ends(time::rdtsc(), event) =>
+                        && !clock.ends(tsc, event) =>
                 {
                     continue
                 }

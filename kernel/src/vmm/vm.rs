@@ -474,6 +474,10 @@ pub struct VcpuCtx<V: Vcpu> {
     topology: Topology,
     /// What the guest's CPUID view allows in CR4, EFER and XCR0.
     features: GuestFeatures,
+    /// Consecutive rounds of an exception raised while delivering itself.
+    delivery_loop: vcpu::delivery_loop::DeliveryLoop,
+    /// The guest's CPUID answers, once computed.
+    cpuid_cache: policy::CpuidCache,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -511,6 +515,8 @@ impl<V: Vcpu> VcpuCtx<V> {
             host_cpuid,
             topology,
             features,
+            delivery_loop: Default::default(),
+            cpuid_cache: Default::default(),
         }
     }
 
@@ -568,8 +574,7 @@ impl<V: Vcpu> VcpuCtx<V> {
     pub fn prepare_entry(&mut self, vm: &mut VmShared, now_ns: u64) {
         let i = self.index;
         let mut out = Outcome::default();
-        vm.platform.note_timer_tick(&vm.lapics);
-        vm.platform.poll(now_ns, &mut out);
+        vm.platform.poll(now_ns, &vm.lapics, &mut out);
         vm.finish(out);
         vm.lapics[i].poll_timer(now_ns);
         // An NMI goes before any interrupt, whatever RFLAGS.IF says, and ends a HLT
@@ -822,6 +827,20 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// Handles one exit at time `now_ns`; the vCPU is left ready for the next entry.
     pub fn handle(&mut self, vm: &mut VmShared, exit: Exit, now_ns: u64) -> Next {
         self.stats.record(exit.kind());
+        // A processor caught in such a loop never runs another instruction: as dead
+        // as after a triple fault, which is how it ends (see `delivery_loop`).
+        if let Some(l) = self.delivery_loop.observe(&exit, self.vcpu.rip()) {
+            return Next::Crash(format!(
+                "triple fault (shutdown): vector {} raised while delivering itself {} times \
+                 in a row at RIP {:#x}{}, an exception-delivery loop no instruction ends \
+                 (RSP {:#x})",
+                l.vector,
+                l.rounds,
+                l.rip,
+                self.which(),
+                self.vcpu.rsp()
+            ));
+        }
         match exit {
             Exit::PortIo(io) => {
                 if io.string {
@@ -853,7 +872,10 @@ impl<V: Vcpu> VcpuCtx<V> {
                 Next::Continue
             }
             Exit::Cpuid { leaf, subleaf } => {
-                let r = policy::cpuid(leaf, subleaf, self.host_cpuid, &self.topology);
+                let (host, topology) = (self.host_cpuid, &self.topology);
+                let r = self.cpuid_cache.get(leaf, subleaf, || {
+                    policy::cpuid(leaf, subleaf, host, topology)
+                });
                 let regs = self.vcpu.regs();
                 set_low32(&mut regs.rax, r.eax);
                 set_low32(&mut regs.rbx, r.ebx);
@@ -890,8 +912,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                 }
                 Next::Continue
             }
-            // Hypercalls are for the guest's kernel: from CPL > 0 the answer is an
-            // error, as KVM gives (-EPERM), whatever the number.
+            // Hypercalls are for the guest's kernel: from CPL > 0 the answer is the
+            // error KVM gives (-KVM_EPERM), whatever the number.
             Exit::Hypercall if self.vcpu.cpl() != 0 => {
                 self.vcpu.regs().rax = policy::hypercall::NOT_PERMITTED;
                 self.vcpu.skip_instruction();
@@ -899,15 +921,15 @@ impl<V: Vcpu> VcpuCtx<V> {
             }
             Exit::Hypercall
                 if self.bench_hypercalls
-                    && self.vcpu.regs().rax == policy::hypercall::BENCH_BARE_BEGIN =>
+                    && self.hypercall_number() == policy::hypercall::BENCH_BARE_BEGIN =>
             {
                 self.vcpu.regs().rax = 0;
                 self.vcpu.skip_instruction();
                 Next::BareCpuidLoop
             }
             Exit::Hypercall => {
-                let regs = self.vcpu.regs();
-                regs.rax = policy::hypercall::dispatch(regs.rax);
+                let number = self.hypercall_number();
+                self.vcpu.regs().rax = policy::hypercall::dispatch(number);
                 self.vcpu.skip_instruction();
                 Next::Continue
             }
@@ -1033,6 +1055,18 @@ impl<V: Vcpu> VcpuCtx<V> {
                 self.vcpu.rip(),
                 self.which()
             )),
+        }
+    }
+
+    /// The hypercall number in RAX: outside 64-bit mode only EAX, as KVM reads it
+    /// (bits 63:32 of RAX are whatever 64-bit code last left there).
+    fn hypercall_number(&mut self) -> u64 {
+        let bits = crate::vmm::guest_walk::code_bitness(&self.vcpu.control_regs());
+        let rax = self.vcpu.regs().rax;
+        if bits == 64 {
+            rax
+        } else {
+            rax & 0xFFFF_FFFF
         }
     }
 
@@ -2007,6 +2041,27 @@ mod tests {
     }
 
     #[test]
+    fn hypercall_numbers_are_eax_outside_64_bit_mode() {
+        let mut vm = vm();
+        let stale = 0xDEAD_0000_0000_0000 | policy::hypercall::VERSION;
+        // 32-bit protected mode: bits 63:32 of RAX are not part of the number.
+        vm.cpu.vcpu.cr.cr0 = 1;
+        vm.cpu.vcpu.regs.rax = stale;
+        vm.handle(Exit::Hypercall, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, u64::from(policy::INTERFACE_VERSION));
+        // 64-bit mode (EFER.LMA, CS.L): all of RAX is.
+        vm.cpu.vcpu.cr = vcpu::ControlRegs {
+            cr0: 1 | 1 << 31,
+            efer: 1 << 10 | 1 << 8,
+            cs_long: true,
+            ..Default::default()
+        };
+        vm.cpu.vcpu.regs.rax = stale;
+        vm.handle(Exit::Hypercall, 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, policy::hypercall::UNKNOWN);
+    }
+
+    #[test]
     fn hardening_exits_complete_or_fault() {
         let mut vm = vm();
         // INVD and WBINVD complete as no-ops.
@@ -2019,9 +2074,15 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.injected, [Exception::GP0, Exception::UD]);
         assert_eq!(vm.cpu.vcpu.skipped, 1);
         // A reflected #AC/#DB was queued by the backend: counted, nothing else.
-        for vector in [17, 1, 1] {
+        for (vector, redelivered) in [(17, false), (1, false), (17, true)] {
             assert_eq!(
-                vm.handle(Exit::ExceptionReflected { vector }, 0),
+                vm.handle(
+                    Exit::ExceptionReflected {
+                        vector,
+                        redelivered
+                    },
+                    0
+                ),
                 Next::Continue
             );
         }
@@ -2032,5 +2093,27 @@ mod tests {
         assert_eq!(stats.count(vcpu::ExitKind::CacheFlush), 1);
         assert_eq!(stats.count(vcpu::ExitKind::Rdpmc), 1);
         assert_eq!(stats.count(vcpu::ExitKind::HiddenInstruction), 1);
+    }
+
+    #[test]
+    fn an_endless_exception_delivery_loop_is_a_triple_fault() {
+        let mut vm = vm();
+        let ac = Exit::ExceptionReflected {
+            vector: 17,
+            redelivered: true,
+        };
+        for _ in 1..vcpu::delivery_loop::LIMIT {
+            assert_eq!(vm.handle(ac, 0), Next::Continue);
+            assert_eq!(vm.handle(Exit::ExternalInterrupt, 0), Next::Yield);
+        }
+        assert!(
+            matches!(vm.handle(ac, 0), Next::Crash(w) if w.starts_with("triple fault")
+                && w.contains("vector 17 raised while delivering itself 1000 times")),
+        );
+        // A guest that makes progress in between is never stopped.
+        for _ in 0..2 * vcpu::delivery_loop::LIMIT {
+            assert_eq!(vm.handle(ac, 0), Next::Continue);
+            assert_eq!(vm.handle(Exit::CacheFlush, 0), Next::Continue);
+        }
     }
 }

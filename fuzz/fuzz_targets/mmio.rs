@@ -1,0 +1,433 @@
+//! The MMIO instruction emulation path (`kernel::vmm::mmio` with
+//! `kernel::vmm::guest_walk`): the instruction at CS:RIP fetched through arbitrary
+//! guest page tables in any mode, decoded, and carried out against a device on an
+//! arbitrary register state. Never a panic, and what is accepted must be right:
+//!
+//! - the fetch returns 1 to 15 bytes; the decoded length, access width and access
+//!   direction agree with iced-x86's own instruction information (the emulator
+//!   chooses which encodings it accepts; iced says what each one touches);
+//! - `execute` touches the device exactly as `reads()`/`writes()` say (a read,
+//!   then a write for read-modify-write forms), at the exit's address and the
+//!   access width, writes values that fit that width, changes only the register the
+//!   instruction names (writing it as x86 does: 8/16-bit destinations keep the
+//!   rest, 32-bit ones zero-extend), and only the status flags, only when it sets
+//!   flags;
+//! - the flags and results of `alu` equal what the host processor computes for the
+//!   same instruction (AF left out for AND/OR/XOR/TEST, where the SDM leaves it
+//!   undefined), for every operation and width.
+//!
+//! Input: a mode byte (bits 1:0 real/protected/long/compatibility mode, bit 2
+//! paging, bit 3 PAE, bit 4 LA57, bit 5 PSE), CR3, RIP and CS base (8 bytes each),
+//! RAX..R15, RSP and RFLAGS (8 bytes each), four device read values, then the guest
+//! RAM (from guest-physical 0; reads past it fail). Without paging, RIP and the CS
+//! base are taken modulo the RAM size so the instruction lands in it.
+#![no_main]
+
+use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
+use kernel::vmm::guest_walk::{self, GuestMemory};
+use kernel::vmm::mmio::{self, flags, Access, AluOp, Extend, MmioInstruction, Operand, Reg};
+use libfuzzer_sys::fuzz_target;
+use vcpu::{ControlRegs, GuestRegisters};
+
+struct Ram<'a>(&'a [u8]);
+
+impl GuestMemory for Ram<'_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        let start = usize::try_from(gpa).map_err(|_| ())?;
+        let end = start.checked_add(buf.len()).ok_or(())?;
+        buf.copy_from_slice(self.0.get(start..end).ok_or(())?);
+        Ok(())
+    }
+}
+
+const HEADER: usize = 1 + 3 * 8 + 17 * 8 + 4 * 8;
+
+fn u64_at(d: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(d[i..i + 8].try_into().unwrap())
+}
+
+fn mask(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * u32::from(size))) - 1
+    }
+}
+
+fn regs_from(d: &[u8]) -> GuestRegisters {
+    let r = |n: usize| u64_at(d, n * 8);
+    GuestRegisters {
+        rax: r(0),
+        rcx: r(1),
+        rdx: r(2),
+        rbx: r(3),
+        rbp: r(4),
+        rsi: r(5),
+        rdi: r(6),
+        r8: r(7),
+        r9: r(8),
+        r10: r(9),
+        r11: r(10),
+        r12: r(11),
+        r13: r(12),
+        r14: r(13),
+        r15: r(14),
+    }
+}
+
+/// The 64-bit register `reg` lives in (AH..BH in RAX..RBX), with RSP apart.
+fn full(regs: &GuestRegisters, rsp: u64, reg: Reg) -> u64 {
+    match reg {
+        Reg::Rax | Reg::Ah => regs.rax,
+        Reg::Rcx | Reg::Ch => regs.rcx,
+        Reg::Rdx | Reg::Dh => regs.rdx,
+        Reg::Rbx | Reg::Bh => regs.rbx,
+        Reg::Rsp => rsp,
+        Reg::Rbp => regs.rbp,
+        Reg::Rsi => regs.rsi,
+        Reg::Rdi => regs.rdi,
+        Reg::R8 => regs.r8,
+        Reg::R9 => regs.r9,
+        Reg::R10 => regs.r10,
+        Reg::R11 => regs.r11,
+        Reg::R12 => regs.r12,
+        Reg::R13 => regs.r13,
+        Reg::R14 => regs.r14,
+        Reg::R15 => regs.r15,
+    }
+}
+
+/// The `size`-byte value of `reg` (AH..BH: bits 15:8).
+fn value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
+    let shift = if matches!(reg, Reg::Ah | Reg::Ch | Reg::Dh | Reg::Bh) {
+        8
+    } else {
+        0
+    };
+    (full(regs, rsp, reg) >> shift) & mask(size)
+}
+
+fn all(regs: &GuestRegisters, rsp: u64) -> [u64; 16] {
+    [
+        regs.rax, regs.rcx, regs.rdx, regs.rbx, rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
+        regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+    ]
+}
+
+/// Index into [`all`] of the register `reg` is part of.
+fn slot(reg: Reg) -> usize {
+    match reg {
+        Reg::Ah => 0,
+        Reg::Ch => 1,
+        Reg::Dh => 2,
+        Reg::Bh => 3,
+        r => [
+            Reg::Rax,
+            Reg::Rcx,
+            Reg::Rdx,
+            Reg::Rbx,
+            Reg::Rsp,
+            Reg::Rbp,
+            Reg::Rsi,
+            Reg::Rdi,
+            Reg::R8,
+            Reg::R9,
+            Reg::R10,
+            Reg::R11,
+            Reg::R12,
+            Reg::R13,
+            Reg::R14,
+            Reg::R15,
+        ]
+        .iter()
+        .position(|&x| x == r)
+        .unwrap(),
+    }
+}
+
+/// `reg` was written with a `size`-byte value as x86 writes registers: the other
+/// bits of an 8/16-bit destination kept, a 32-bit one zero-extended.
+fn check_register_write(before: u64, after: u64, reg: Reg, size: u8) {
+    let high8 = matches!(reg, Reg::Ah | Reg::Ch | Reg::Dh | Reg::Bh);
+    match size {
+        1 | 2 => {
+            let kept = !(mask(size) << if high8 { 8 } else { 0 });
+            assert_eq!(before & kept, after & kept, "{reg:?} ({size} bytes)");
+        }
+        4 => assert_eq!(after >> 32, 0, "{reg:?}: a 32-bit write zero-extends"),
+        _ => {}
+    }
+}
+
+/// What the host processor computes for `op` at `size` on `left`, `right` with CF =
+/// `carry`: the result and RFLAGS.
+fn native(op: AluOp, size: u8, left: u64, right: u64, carry: bool) -> (u64, u64) {
+    let mut l = left;
+    let f: u64;
+    macro_rules! go {
+        ($m:literal, $w:literal) => {
+            // SAFETY: register-only arithmetic; the flags go through the stack
+            // (PUSHFQ/POP), which asm! may use without `nostack`.
+            unsafe {
+                core::arch::asm!(
+                    "bt {c}, 0",
+                    concat!($m, " {l:", $w, "}, {r:", $w, "}"),
+                    "pushfq",
+                    "pop {f}",
+                    c = in(reg) u64::from(carry),
+                    l = inout(reg) l,
+                    r = in(reg) right,
+                    f = out(reg) f,
+                )
+            }
+        };
+    }
+    macro_rules! sized {
+        ($m:literal) => {
+            match size {
+                1 => go!($m, "l"),
+                2 => go!($m, "x"),
+                4 => go!($m, "e"),
+                _ => go!($m, "r"),
+            }
+        };
+    }
+    match op {
+        AluOp::Add => sized!("add"),
+        AluOp::Adc => sized!("adc"),
+        AluOp::Sub => sized!("sub"),
+        AluOp::Sbb => sized!("sbb"),
+        AluOp::And => sized!("and"),
+        AluOp::Or => sized!("or"),
+        AluOp::Xor => sized!("xor"),
+        AluOp::Cmp => sized!("cmp"),
+        AluOp::Test => sized!("test"),
+    }
+    (l & mask(size), f & flags::STATUS)
+}
+
+const OPS: [AluOp; 9] = [
+    AluOp::Add,
+    AluOp::Adc,
+    AluOp::Sub,
+    AluOp::Sbb,
+    AluOp::And,
+    AluOp::Or,
+    AluOp::Xor,
+    AluOp::Cmp,
+    AluOp::Test,
+];
+
+fn check_alu(op: AluOp, size: u8, left: u64, right: u64, carry: bool) {
+    let (result, f) = mmio::alu(op, size, left, right, carry);
+    let (want, mut want_f) = native(op, size, left & mask(size), right & mask(size), carry);
+    let mut f = f;
+    if matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test) {
+        f &= !flags::AF;
+        want_f &= !flags::AF;
+    }
+    // CMP and TEST leave their destination alone on the processor.
+    if op.stores() {
+        assert_eq!(result, want, "{op:?} {size} {left:#x} {right:#x} {carry}");
+    }
+    assert_eq!(f, want_f, "{op:?} {size} {left:#x} {right:#x} cf={carry}");
+}
+
+/// The decoded instruction against iced's instruction information.
+fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
+    assert!((1..=bytes.len()).contains(&insn.len), "{insn:?}");
+    assert!(matches!(insn.size, 1 | 2 | 4 | 8), "{insn:?}");
+    let mut decoder = Decoder::new(bitness, bytes, DecoderOptions::NONE);
+    let instr = decoder.decode();
+    assert_eq!(instr.len(), insn.len, "{insn:?}");
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&instr);
+    let used = info.used_memory();
+    assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
+    assert_eq!(
+        used[0].memory_size().size(),
+        usize::from(insn.size),
+        "{insn:?}"
+    );
+    let (reads, writes) = match used[0].access() {
+        OpAccess::Read | OpAccess::CondRead => (true, false),
+        OpAccess::Write | OpAccess::CondWrite => (false, true),
+        OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
+        other => panic!("{insn:?}: memory access {other:?}"),
+    };
+    assert_eq!((insn.reads(), insn.writes()), (reads, writes), "{insn:?}");
+}
+
+/// Carries out `insn` and checks what it did to the device, registers and flags.
+fn check_execute(
+    insn: &MmioInstruction,
+    regs0: GuestRegisters,
+    rsp0: u64,
+    rflags0: u64,
+    reads: [u64; 4],
+) {
+    const GPA: u64 = 0xfee0_0030;
+    let (mut regs, mut rsp, mut rflags) = (regs0, rsp0, rflags0);
+    let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
+    let mut next = reads.iter().copied();
+    let mut device = |gpa: u64, size: u8, write: Option<u64>| {
+        log.push((gpa, size, write));
+        next.next().unwrap_or(0)
+    };
+    mmio::execute(&mut regs, &mut rsp, &mut rflags, insn, GPA, &mut device);
+    // The device: a read first when the instruction reads, a write when it writes.
+    let want: Vec<bool> = match (insn.reads(), insn.writes()) {
+        (true, true) => vec![false, true],
+        (true, false) => vec![false],
+        (false, true) => vec![true],
+        (false, false) => unreachable!("{insn:?} touches nothing"),
+    };
+    let got: Vec<bool> = log.iter().map(|a| a.2.is_some()).collect();
+    assert_eq!(got, want, "{insn:?}");
+    for &(gpa, size, write) in &log {
+        assert_eq!((gpa, size), (GPA, insn.size), "{insn:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{insn:?} wrote {v:#x}");
+        }
+    }
+    // Flags: only the status flags, only when the instruction sets them.
+    if insn.sets_flags() {
+        assert_eq!(
+            rflags & !flags::STATUS,
+            rflags0 & !flags::STATUS,
+            "{insn:?}"
+        );
+    } else {
+        assert_eq!(rflags, rflags0, "{insn:?}");
+    }
+    // Registers: only the one named, as x86 writes it.
+    let (before, after) = (all(&regs0, rsp0), all(&regs, rsp));
+    let dest = match insn.kind {
+        Access::Read {
+            dest,
+            dest_size,
+            extend,
+        } => {
+            let loaded = reads[0] & mask(insn.size);
+            let v = value(&regs, rsp, dest, dest_size);
+            let expect = match extend {
+                Extend::None | Extend::Zero => loaded,
+                Extend::Sign => {
+                    let shift = 64 - 8 * u32::from(insn.size);
+                    (((loaded << shift) as i64) >> shift) as u64 & mask(dest_size)
+                }
+            };
+            assert_eq!(v, expect, "{insn:?}");
+            Some((dest, dest_size))
+        }
+        Access::Write { src } => {
+            let stored = match src {
+                Operand::Imm(v) => v,
+                Operand::Reg(reg, size) => value(&regs0, rsp0, reg, size),
+            };
+            assert_eq!(log[0].2, Some(stored & mask(insn.size)), "{insn:?}");
+            None
+        }
+        Access::AluToMemory { op, src } => {
+            let right = match src {
+                Operand::Imm(v) => v,
+                Operand::Reg(reg, size) => value(&regs0, rsp0, reg, size),
+            };
+            let (result, f) = mmio::alu(op, insn.size, reads[0], right, rflags0 & flags::CF != 0);
+            if op.stores() {
+                assert_eq!(log[1].2, Some(result), "{insn:?}");
+            }
+            assert_eq!(rflags & flags::STATUS, f, "{insn:?}");
+            None
+        }
+        Access::AluToRegister { op, reg } => {
+            let left = value(&regs0, rsp0, reg, insn.size);
+            let (result, f) = mmio::alu(op, insn.size, left, reads[0], rflags0 & flags::CF != 0);
+            assert_eq!(rflags & flags::STATUS, f, "{insn:?}");
+            if op.stores() {
+                assert_eq!(value(&regs, rsp, reg, insn.size), result, "{insn:?}");
+                Some((reg, insn.size))
+            } else {
+                None
+            }
+        }
+        Access::Exchange { reg } => {
+            assert_eq!(
+                log[1].2,
+                Some(value(&regs0, rsp0, reg, insn.size)),
+                "{insn:?}"
+            );
+            assert_eq!(
+                value(&regs, rsp, reg, insn.size),
+                reads[0] & mask(insn.size),
+                "{insn:?}"
+            );
+            Some((reg, insn.size))
+        }
+    };
+    for i in 0..16 {
+        match dest {
+            Some((reg, size)) if slot(reg) == i => {
+                check_register_write(before[i], after[i], reg, size)
+            }
+            _ => assert_eq!(before[i], after[i], "{insn:?} changed register {i}"),
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < HEADER {
+        return;
+    }
+    let (head, ram) = data.split_at(HEADER);
+    let mode = head[0];
+    let (cr3, rip, cs_base) = (u64_at(head, 1), u64_at(head, 9), u64_at(head, 17));
+    let regs = regs_from(&head[25..]);
+    let (rsp, rflags) = (u64_at(head, 25 + 15 * 8), u64_at(head, 25 + 16 * 8) | 2);
+    let reads = core::array::from_fn(|i| u64_at(head, 25 + 17 * 8 + 8 * i));
+
+    // The arithmetic core against the processor, on this input's values.
+    let size = [1, 2, 4, 8][usize::from(mode >> 6)];
+    for op in OPS {
+        check_alu(op, size, regs.rax, regs.rbx, rflags & flags::CF != 0);
+    }
+
+    let paging = mode & 4 != 0;
+    let (cr0, efer, cs_long) = match mode & 3 {
+        0 => (0, 0, false),
+        1 => (1, 0, false),
+        // Long mode needs paging; LMA with CS.L (64-bit) or without (compatibility).
+        2 => (1 | 1 << 31, 1 << 10 | 1 << 8, true),
+        _ => (1 | 1 << 31, 1 << 10 | 1 << 8, false),
+    };
+    let cr0 = if paging { cr0 | 1 << 31 } else { cr0 };
+    let cr4 = (u64::from(mode & 8 != 0) << 5)
+        | (u64::from(mode & 16 != 0) << 12)
+        | (u64::from(mode & 32 != 0) << 4);
+    let (rip, cs_base) = if cr0 & 1 << 31 == 0 && !ram.is_empty() {
+        let n = ram.len() as u64;
+        (rip % n, cs_base % n)
+    } else {
+        (rip, cs_base)
+    };
+    let cr = ControlRegs {
+        cr0,
+        cr3,
+        cr4,
+        efer,
+        cs_base,
+        cs_long,
+    };
+    let mem = Ram(ram);
+    let mut bytes = [0u8; 15];
+    let Ok(n) = guest_walk::fetch_instruction(&mem, &cr, rip, &mut bytes) else {
+        return;
+    };
+    assert!((1..=15).contains(&n), "{n} bytes fetched");
+    let bitness = guest_walk::code_bitness(&cr);
+    let Ok(insn) = mmio::decode(&bytes[..n], bitness) else {
+        return;
+    };
+    check_decoded(&bytes[..n], bitness, &insn);
+    check_execute(&insn, regs, rsp, rflags, reads);
+});
