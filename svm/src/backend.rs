@@ -547,7 +547,14 @@ impl Vcpu for SvmVcpu {
         vmcb.control.tlb_control = tlb_control::DO_NOTHING;
         // #AC and #DB go straight back to the guest (see `reflect`).
         let code = vmcb.control.exitcode;
-        if let Some(ev) =
+        let db_exit = code == crate::vmcb::exit_code::EXCEPTION_BASE + Exception::DB_VECTOR as u64;
+        if db_exit && reflect::spurious_db(vmcb.save.dr6, vmcb.save.dr7) {
+            // Not the guest's (see `spurious_db`): the instruction runs (RF keeps
+            // an instruction breakpoint from firing on it again) and DR6 keeps no
+            // trace of the breakpoint the guest never set.
+            vmcb.save.rflags |= 1 << 16;
+            vmcb.save.dr6 &= !0xF;
+        } else if let Some(ev) =
             reflect::reflected_event(code, vmcb.control.exitinfo1, vmcb.control.eventinj)
         {
             vmcb.control.eventinj = ev;

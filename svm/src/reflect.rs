@@ -47,6 +47,24 @@ pub fn reflected_event(exitcode: u64, exitinfo1: u64, pending: u64) -> Option<u6
     })
 }
 
+/// Whether a #DB intercepted with this DR6 and the guest's DR7 is one the guest
+/// cannot have caused: no breakpoint enabled in DR7 (L0-L3, G0-G3), and DR6 names
+/// no single step (BS), task switch (BT), debug-register access (BD) or bus lock
+/// (BLD, bit 11, which reads 0 when set; SDM Vol. 3A 18.2.3). Real processors never
+/// raise one; QEMU's TCG does when an instruction breakpoint another guest set
+/// outlives that guest's DR7 (its breakpoint list is not rebuilt at VMRUN) and
+/// fires in whatever runs at that address next. Such a #DB is dropped, not
+/// delivered: the guest would take an exception no debug register of its own
+/// explains (and a loader-placed guest dies of it).
+pub fn spurious_db(dr6: u64, dr7: u64) -> bool {
+    const ENABLES: u64 = 0xFF;
+    const BD: u64 = 1 << 13;
+    const BS: u64 = 1 << 14;
+    const BT: u64 = 1 << 15;
+    const BLD_CLEAR: u64 = 1 << 11;
+    dr7 & ENABLES == 0 && dr6 & (BD | BS | BT) == 0 && dr6 & BLD_CLEAR != 0
+}
+
 /// DR7 with GD (bit 13) cleared: the processor clears it when it delivers #DB, so
 /// that the handler may use the debug registers (SDM Vol. 3A 18.2.4); an injected #DB
 /// must do the same.
@@ -60,6 +78,20 @@ mod tests {
 
     const AC: u64 = exit_code::EXCEPTION_BASE + 17;
     const DB: u64 = exit_code::EXCEPTION_BASE + 1;
+
+    #[test]
+    fn a_db_no_debug_register_explains_is_spurious() {
+        let dr6_idle = 0xFFFF_0FF0;
+        // An instruction breakpoint 0 reported while DR7 enables nothing.
+        assert!(spurious_db(dr6_idle | 1, 0x400));
+        // Enabled breakpoints, single step, task switch, DR access, bus lock: real.
+        assert!(!spurious_db(dr6_idle | 1, 0x401));
+        assert!(!spurious_db(dr6_idle | 1, 0x402 | 1 << 16));
+        assert!(!spurious_db(dr6_idle | 1 << 14, 0x400));
+        assert!(!spurious_db(dr6_idle | 1 << 15, 0x400));
+        assert!(!spurious_db(dr6_idle | 1 << 13, 0x400));
+        assert!(!spurious_db(dr6_idle & !(1 << 11), 0x400));
+    }
 
     #[test]
     fn ac_keeps_its_error_code() {
