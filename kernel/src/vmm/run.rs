@@ -572,19 +572,78 @@ fn start<B: Backend>(
     hub: &SharedHub,
 ) -> Result<VmEntry<B::Vcpu>, String> {
     let (shared, slots, life) = build(backend, spec, epoch_unix_ns, hub)?;
-    Ok(VmEntry {
-        name: spec.name.into(),
-        net_wake: Mutex::new(life.machine.net_wake.clone()),
-        run_tsc: AtomicU64::new(0),
-        clock_offset: AtomicU64::new(0),
-        shared: Mutex::new(shared),
-        exits: slots
-            .iter()
-            .map(|_| Mutex::new(ExitStats::default()))
-            .collect(),
-        slots: slots.into_iter().map(|s| Mutex::new(Some(s))).collect(),
-        life: Mutex::new(life),
-    })
+    let cpus = slots.len();
+    let vm = VmEntry::new(spec.name, shared, life, cpus);
+    for (cell, s) in vm.slots.iter().zip(slots) {
+        *cell.lock() = Some(s);
+    }
+    Ok(vm)
+}
+
+impl<V: Vcpu> VmEntry<V> {
+    /// A VM's entry with `cpus` vCPU slots, empty (its vCPUs come later, or it is
+    /// stopped).
+    fn new(name: &str, shared: VmShared, life: Life, cpus: usize) -> Self {
+        Self {
+            name: name.into(),
+            net_wake: Mutex::new(life.machine.net_wake.clone()),
+            run_tsc: AtomicU64::new(0),
+            clock_offset: AtomicU64::new(0),
+            shared: Mutex::new(shared),
+            exits: (0..cpus)
+                .map(|_| Mutex::new(ExitStats::default()))
+                .collect(),
+            slots: (0..cpus).map(|_| Mutex::new(None)).collect(),
+            life: Mutex::new(life),
+        }
+    }
+}
+
+impl Life {
+    /// A running VM's record: `spec`'s limits, started now.
+    fn new(spec: &VmSpec<'static>, machine: MachineInfo, ram_size: u64) -> Self {
+        Self {
+            spec: spec.clone(),
+            machine,
+            ram_size,
+            limit_tsc: (spec.run_limit_ms > 0)
+                .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
+            limit_ms: spec.run_limit_ms,
+            background: spec.background,
+            paused: false,
+            started_tsc: time::rdtsc(),
+            run_tsc_at_start: 0,
+            stop: None,
+            restart: None,
+            restarts: Vec::new(),
+            finished: false,
+        }
+    }
+}
+
+/// What VM `spec` is told about the machine, with its RAM, disk and NICs.
+fn machine_info(
+    spec: &VmSpec<'static>,
+    ram: GuestRam,
+    epoch_unix_ns: u64,
+    disk: Option<VmDisk>,
+    nics: Vec<NicPort>,
+    net_wake: Option<alloc::sync::Arc<AtomicBool>>,
+) -> MachineInfo {
+    MachineInfo {
+        ram,
+        epoch_unix_ns,
+        tsc_hz: time::tsc_hz(),
+        tsc_at_zero: time::tsc_at_boot(),
+        cpus: (spec.vcpus as usize).clamp(1, MAX_VCPUS),
+        bench_hypercalls: spec.bench_hypercalls,
+        unmapped_stops: spec.unmapped_stops,
+        balloon: spec.balloon,
+        disk,
+        disk_stats: Default::default(),
+        nics,
+        net_wake,
+    }
 }
 
 /// A VM that did not start at boot, as a stopped one: no RAM, devices, NICs or
@@ -597,47 +656,18 @@ fn stopped_entry<V: Vcpu>(
     let ram_size = (spec.memory_kib as u64 * 1024).next_multiple_of(4096);
     let cpus = (spec.vcpus as usize).clamp(1, MAX_VCPUS);
     let map = RamMap::unbacked(ram_size).map_err(|e| format!("{e}"))?;
-    let machine = MachineInfo {
-        ram: GuestRam::new(map, cpus, &KERNEL_RAM),
-        epoch_unix_ns,
-        tsc_hz: time::tsc_hz(),
-        tsc_at_zero: time::tsc_at_boot(),
-        cpus,
-        bench_hypercalls: false,
-        unmapped_stops: false,
+    let ram = GuestRam::new(map, cpus, &KERNEL_RAM);
+    // No balloon: the devices are placeholders until `start` builds real ones.
+    let spec_now = VmSpec {
         balloon: false,
-        disk: None,
-        disk_stats: Default::default(),
-        nics: Vec::new(),
-        net_wake: None,
+        ..spec.clone()
     };
+    let machine = machine_info(&spec_now, ram, epoch_unix_ns, None, Vec::new(), None);
     let shared = VmShared::new(spec.name, &machine, relay)?;
-    Ok(VmEntry {
-        name: spec.name.into(),
-        net_wake: Mutex::new(None),
-        run_tsc: AtomicU64::new(0),
-        clock_offset: AtomicU64::new(0),
-        shared: Mutex::new(shared),
-        exits: (0..cpus)
-            .map(|_| Mutex::new(ExitStats::default()))
-            .collect(),
-        slots: (0..cpus).map(|_| Mutex::new(None)).collect(),
-        life: Mutex::new(Life {
-            spec: spec.clone(),
-            machine,
-            ram_size,
-            limit_tsc: None,
-            limit_ms: spec.run_limit_ms,
-            background: spec.background,
-            paused: false,
-            started_tsc: time::rdtsc(),
-            run_tsc_at_start: 0,
-            stop: Some(format!("not started: {why}")),
-            restart: None,
-            restarts: Vec::new(),
-            finished: true,
-        }),
-    })
+    let mut life = Life::new(spec, machine, ram_size);
+    life.stop = Some(format!("not started: {why}"));
+    life.finished = true;
+    Ok(VmEntry::new(spec.name, shared, life, cpus))
 }
 
 /// Takes what VM `spec` needs (RAM, its disk, its NICs), loads its image and
@@ -680,20 +710,7 @@ fn build<B: Backend>(
             return Err(e);
         }
     };
-    let machine = MachineInfo {
-        ram,
-        epoch_unix_ns,
-        tsc_hz: time::tsc_hz(),
-        tsc_at_zero: time::tsc_at_boot(),
-        cpus,
-        bench_hypercalls: spec.bench_hypercalls,
-        unmapped_stops: spec.unmapped_stops,
-        balloon: spec.balloon,
-        disk,
-        disk_stats: Default::default(),
-        nics,
-        net_wake,
-    };
+    let machine = machine_info(spec, ram, epoch_unix_ns, disk, nics, net_wake);
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(vm) => vm,
         Err(e) => {
@@ -734,23 +751,7 @@ fn build<B: Backend>(
             net::FIRST_NIC_DEVICE + i as u8
         );
     }
-    let life = Life {
-        spec: spec.clone(),
-        machine,
-        ram_size,
-        limit_tsc: (spec.run_limit_ms > 0)
-            .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
-        limit_ms: spec.run_limit_ms,
-        background: spec.background,
-        paused: false,
-        started_tsc: time::rdtsc(),
-        run_tsc_at_start: 0,
-        stop: None,
-        restart: None,
-        restarts: Vec::new(),
-        finished: false,
-    };
-    Ok((shared, slots, life))
+    Ok((shared, slots, Life::new(spec, machine, ram_size)))
 }
 
 /// How the bare loop ended.

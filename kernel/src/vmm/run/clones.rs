@@ -25,12 +25,10 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use guestram::RamMap;
 use snapshot::Shape;
-use spin::Mutex;
 use vcpu::{Backend, Vcpu};
 
 use super::snapshots::{disk_budget, RamCopy};
@@ -40,8 +38,8 @@ use super::VmDisk;
 /// is an I/O error for its guest).
 const CLONE_DISK_MAX: u64 = 16 << 20;
 use super::{
-    affinity, attach_nics, detach_nics, kick_cpus, relay, ExitStats, GuestRam, Life, Machine,
-    MachineInfo, VmEntry, VmShared, CLONE_SLOTS, KERNEL_RAM,
+    affinity, attach_nics, detach_nics, kick_cpus, machine_info, relay, GuestRam, Life, Machine,
+    VmEntry, VmShared, CLONE_SLOTS, KERNEL_RAM,
 };
 use crate::{smp, time};
 
@@ -171,20 +169,7 @@ fn clone_entry<V: Vcpu>(
     let ram = GuestRam::new(map, cpus, &KERNEL_RAM);
     ram.keep_alive(copy.clone());
     let (nics, net_wake) = attach_nics(spec, hub)?;
-    let machine = MachineInfo {
-        ram,
-        epoch_unix_ns,
-        tsc_hz: time::tsc_hz(),
-        tsc_at_zero: time::tsc_at_boot(),
-        cpus,
-        bench_hypercalls: spec.bench_hypercalls,
-        unmapped_stops: spec.unmapped_stops,
-        balloon: spec.balloon,
-        disk,
-        disk_stats: Default::default(),
-        nics,
-        net_wake: net_wake.clone(),
-    };
+    let machine = machine_info(spec, ram, epoch_unix_ns, disk, nics, net_wake);
     let shared = match VmShared::new(spec.name, &machine, relay) {
         Ok(s) => s,
         Err(e) => {
@@ -193,31 +178,8 @@ fn clone_entry<V: Vcpu>(
             return Err(e);
         }
     };
-    Ok(VmEntry {
-        name: spec.name.into(),
-        net_wake: Mutex::new(net_wake),
-        run_tsc: AtomicU64::new(0),
-        clock_offset: AtomicU64::new(0),
-        shared: Mutex::new(shared),
-        exits: (0..cpus)
-            .map(|_| Mutex::new(ExitStats::default()))
-            .collect(),
-        slots: (0..cpus).map(|_| Mutex::new(None)).collect(),
-        life: Mutex::new(Life {
-            spec: spec.clone(),
-            ram_size: copy.size,
-            machine,
-            limit_tsc: (spec.run_limit_ms > 0)
-                .then(|| time::micros_to_tsc(u64::from(spec.run_limit_ms) * 1000)),
-            limit_ms: spec.run_limit_ms,
-            background: spec.background,
-            paused: true,
-            started_tsc: time::rdtsc(),
-            run_tsc_at_start: 0,
-            stop: None,
-            restart: None,
-            restarts: Vec::new(),
-            finished: false,
-        }),
-    })
+    // Paused until the snapshot's state is in place.
+    let mut life = Life::new(spec, machine, copy.size);
+    life.paused = true;
+    Ok(VmEntry::new(spec.name, shared, life, cpus))
 }

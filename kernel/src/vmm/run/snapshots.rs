@@ -354,10 +354,9 @@ impl<B: Backend> Machine<'_, B> {
         Ok((stored, copy_us))
     }
 
-    /// `restore NAME TAG`: the VM continues from the snapshot's instant (a paused
-    /// VM stays paused; a stopped one is started first).
     /// VM `v`'s snapshot `tag`, its state and RAM read from the disk's area if
-    /// they are only there.
+    /// they are only there (a snapshot of an earlier run: its state is read and
+    /// checked before its RAM, which is checked against the index's SHA-256).
     pub(super) fn loaded_snapshot(&self, v: usize, tag: &str) -> Result<Stored, String> {
         let vm = &self.vms[v];
         let mut snapshots = self.snapshots.lock();
@@ -380,28 +379,14 @@ impl<B: Backend> Machine<'_, B> {
         Ok(snapshots[at].share())
     }
 
+    /// `restore NAME TAG`: the VM continues from the snapshot's instant (a paused
+    /// VM stays paused; a stopped one is started first).
     pub(super) fn restore_snapshot(&self, v: usize, tag: &str) -> Result<String, String> {
         let vm = &self.vms[v];
-        let mut snapshots = self.snapshots.lock();
-        let at = snapshots
-            .iter()
-            .position(|s| s.vm == vm.name && s.tag == tag)
-            .ok_or_else(|| {
-                format!(
-                    "VM {} has no snapshot {tag:?} (snapshots lists them)",
-                    vm.name
-                )
-            })?;
-        // A snapshot of an earlier run: its state comes from the disk first, and is
-        // checked before its RAM is read (checked against the index's SHA-256).
-        if snapshots[at].state.is_empty() {
-            self.load_state(&mut snapshots[at])?;
-        }
-        snapshot::read(&snapshots[at].state).map_err(|e| format!("{e}"))?;
-        if snapshots[at].ram.is_none() {
-            self.load_ram(&mut snapshots[at])?;
-        }
-        let stored = &snapshots[at];
+        // Its own handle: the RAM copy stays while it is used, whatever happens to
+        // the list.
+        let stored = self.loaded_snapshot(v, tag)?;
+        let stored = &stored;
         let snap = snapshot::read(&stored.state).map_err(|e| format!("{e}"))?;
         let shape = Shape::from_bytes(snap.get(Shape::SECTION).map_err(|e| format!("{e}"))?)
             .map_err(|e| format!("{e}"))?;
