@@ -294,7 +294,7 @@ pub fn expect_smp_guests(out: &RunOutput, storm: bool) {
         .expect_line(
             "hv: vm reset64 stopped: guest requested a reset; restarted 3 times within 10 s: stopping (restart loop)",
         )
-        .expect_line("hv: vm spin64 stopped: run-time limit reached (500 ms of CPU time)")
+        .expect_line("hv: vm spin64 stopped: run-time limit reached (250 ms of CPU time)")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("smp64: FAIL")
         .expect_no("reset64: FAIL")

@@ -1675,6 +1675,24 @@ mod disk_tests {
 mod tests {
     use super::*;
 
+    /// The snapshot, restore and clone figures alone, for working on them
+    /// without the whole bench (about a minute of QEMU).
+    #[test]
+    #[ignore = "boots QEMU: cargo test -p xtask -- --ignored snapshot_figures_alone --nocapture"]
+    fn snapshot_figures_alone() {
+        let opts = BuildOptions {
+            release: true,
+            log_level: "info".into(),
+        };
+        let work = build::target_dir().join("hv").join("bench-snapshot");
+        let log = work.join("serial.txt");
+        let f = snapshot_run(&opts, &work, &log).unwrap();
+        std::println!("{f:?}");
+        let clones = f.clones.expect("clone figures");
+        assert!(clones.total_kib == 4 * SNAPSHOT_VM_MIB * 1024, "{clones:?}");
+        assert!(clones.shared_kib > clones.total_kib / 2, "{clones:?}");
+    }
+
     #[test]
     fn snapshot_lines_parse() {
         let serial = "hv> snapshot linux bench\n\
