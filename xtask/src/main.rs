@@ -32,7 +32,9 @@ commands:
                             an [uplink]: TCP port HOSTPORT on the host's
                             127.0.0.1 reaches PORT of VM at its NIC's `ip` on
                             the uplink's network (QEMU user networking,
-                            10.0.2.0/24; the host is 10.0.2.2 from the VMs)
+                            10.0.2.0/24; the host is 10.0.2.2 from the VMs);
+                            VM `hv` is the hypervisor's station ([management]
+                            on the uplink's network), PORT 80 its /metrics
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -212,12 +214,22 @@ fn run(mut args: Args) -> Result<(), String> {
         forwards.push(xtask::uplink::parse_forward(&f)?);
     }
     args.finish()?;
-    let forwards = xtask::uplink::resolve(&forwards, &vms, machine.uplink.as_ref())?;
+    let hostfwds = xtask::uplink::resolve(
+        &forwards,
+        &vms,
+        machine.uplink.as_ref(),
+        machine.management.as_ref(),
+    )?;
     if machine.uplink.is_some() && emulator == "bochs" {
         return Err(
-            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which              this Bochs run does not attach: run it under QEMU"
+            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which \
+             this Bochs run does not attach: run it under QEMU"
                 .into(),
         );
+    }
+    // Before anything is built: a busy host port would stop QEMU at its start.
+    if machine.uplink.is_some() {
+        xtask::uplink::check_host_ports(&forwards)?;
     }
     // The machine needs the guests' RAM plus room for the hypervisor, in either
     // emulator; checked before anything is built.
@@ -262,7 +274,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 force_tcg: tcg,
                 // The uplink: an e1000 on QEMU's user network, with the forwards.
                 extra_args: if machine.uplink.is_some() {
-                    xtask::uplink::qemu_args(&forwards)
+                    xtask::uplink::qemu_args(&hostfwds)
                 } else {
                     Vec::new()
                 },
@@ -289,6 +301,20 @@ fn run(mut args: Args) -> Result<(), String> {
                 "xtask: booting {} in QEMU ({accel}, -cpu {cpu}, {machine_mib} MiB); quit with Ctrl-A X",
                 image.display()
             );
+            for (f, h) in forwards.iter().zip(&hostfwds) {
+                let what = if f.vm == xtask::uplink::STATION {
+                    format!(
+                        "the hypervisor's metrics: curl http://127.0.0.1:{}/metrics",
+                        f.host_port
+                    )
+                } else {
+                    format!("VM {} port {}", f.vm, f.guest_port)
+                };
+                eprintln!(
+                    "xtask: 127.0.0.1:{} -> {}:{} ({what})",
+                    f.host_port, h.guest, h.guest_port
+                );
+            }
             if gdb {
                 eprintln!("xtask: QEMU waits for GDB on localhost:1234 (target remote :1234)");
             }
