@@ -195,6 +195,9 @@ pub const UPLINK_TEST_SERVER_PORT: u16 = 47_611;
 /// ... and the guest's own listening port, which the test forwards from the host.
 pub const UPLINK_TEST_GUEST_PORT: u16 = 5000;
 
+/// [`GuestSet::UplinkTest`]: the hypervisor's address on "lan", beside `web`.
+pub const UPLINK_TEST_STATION: [u8; 4] = [10, 0, 2, 10];
+
 /// Where the default run and the disk test keep their disk images and key files.
 pub fn disks_dir() -> PathBuf {
     target_dir().join("hv").join("disks")
@@ -362,34 +365,48 @@ impl GuestSet {
     /// The set's management network, if it has one (see [`GuestSet::vms`] for the
     /// network the VMs share with the hypervisor).
     pub fn management(self) -> Option<crate::vms::ManagementDef> {
-        // The hypervisor at 10.0.9.1 on "mgmt"; in the network test its log goes
-        // to lan-b's 10.0.9.2 (busybox has no UDP listener to show it in the
-        // default run).
-        let station = |syslog| {
+        let station = |network: &str, address, syslog| {
             Some(crate::vms::ManagementDef {
-                network: MANAGEMENT_NETWORK.into(),
-                address: [10, 0, 9, 1],
+                network: network.into(),
+                address,
                 prefix: 24,
                 syslog,
             })
         };
         match self {
-            GuestSet::Demo => station(None),
-            GuestSet::NetworkTest => station(Some(([10, 0, 9, 2], 514))),
+            // 10.0.9.1 on "mgmt" (busybox has no UDP listener to show a syslog in
+            // the default run).
+            GuestSet::Demo => station(MANAGEMENT_NETWORK, [10, 0, 9, 1], None),
+            // 10.0.9.1 on "mgmt"; its log goes to lan-b's 10.0.9.2.
+            GuestSet::NetworkTest => station(
+                MANAGEMENT_NETWORK,
+                [10, 0, 9, 1],
+                Some(([10, 0, 9, 2], 514)),
+            ),
+            // Beside `web` on the uplink's network: the test scrapes it from the host.
+            GuestSet::UplinkTest => station("lan", UPLINK_TEST_STATION, None),
             _ => None,
         }
     }
 
+    /// The set's uplink: [`GuestSet::UplinkTest`]'s on "lan".
+    pub fn uplink(self) -> Option<crate::vms::UplinkDef> {
+        let network = match self {
+            GuestSet::UplinkTest => "lan",
+            _ => return None,
+        };
+        Some(crate::vms::UplinkDef {
+            network: network.into(),
+        })
+    }
+
     /// The set's machine-wide settings: [`GuestSet::console`],
-    /// [`GuestSet::management`] and the uplink ([`GuestSet::UplinkTest`]'s on
-    /// network "lan").
+    /// [`GuestSet::management`] and [`GuestSet::uplink`].
     pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
         Ok(crate::vms::MachineDef {
             console: self.console()?,
             management: self.management(),
-            uplink: (self == GuestSet::UplinkTest).then(|| crate::vms::UplinkDef {
-                network: "lan".into(),
-            }),
+            uplink: self.uplink(),
         })
     }
 
