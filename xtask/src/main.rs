@@ -34,7 +34,9 @@ commands:
                             the uplink's network (QEMU user networking,
                             10.0.2.0/24; the host is 10.0.2.2 from the VMs);
                             VM `hv` is the hypervisor's station ([management]
-                            on the uplink's network), PORT 80 its /metrics
+                            on the uplink's network), PORT 80 its /metrics.
+                            The default run forwards 9100=hv:80 (a forward of
+                            your own to hv:80 or on host port 9100 replaces it)
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -127,6 +129,9 @@ struct Chosen {
     machine: xtask::vms::MachineDef,
     /// The machine memory asked for (`--memory` without `--kernel`).
     machine_memory: Option<u32>,
+    /// Forwards the set makes unless `--forward` overrides them (the default run's
+    /// metrics port).
+    default_forwards: Vec<xtask::uplink::Forward>,
 }
 
 /// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
@@ -149,6 +154,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     let machine_memory = args.number("--memory")?;
     let mut storage = None;
     let mut machine = xtask::vms::MachineDef::default();
+    let mut default_forwards = Vec::new();
     let vms = match (config, kernel, guests.as_deref()) {
         (Some(path), None, None) => {
             let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
@@ -169,6 +175,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
             // The disk first: it makes the key file the Linux VM's disk names.
             storage = build::GuestSet::Demo.storage()?;
             machine = build::GuestSet::Demo.machine()?;
+            default_forwards = build::GuestSet::Demo.forwards();
             ("demo".into(), build::GuestSet::Demo.vms()?)
         }
         (None, None, Some("tiny")) => {
@@ -186,6 +193,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         storage,
         machine,
         machine_memory,
+        default_forwards,
     })
 }
 
@@ -206,6 +214,7 @@ fn run(mut args: Args) -> Result<(), String> {
         storage,
         machine,
         machine_memory: memory,
+        default_forwards,
     } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
@@ -214,6 +223,11 @@ fn run(mut args: Args) -> Result<(), String> {
         forwards.push(xtask::uplink::parse_forward(&f)?);
     }
     args.finish()?;
+    // Under Bochs there is no uplink (refused below for a configuration that has
+    // one), so the default run's metrics forward is not made there.
+    if emulator != "bochs" {
+        forwards = xtask::uplink::with_defaults(forwards, &default_forwards);
+    }
     let hostfwds = xtask::uplink::resolve(
         &forwards,
         &vms,
