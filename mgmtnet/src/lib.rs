@@ -24,7 +24,7 @@ pub mod station;
 pub mod syslog;
 
 pub use metrics::{DiskMetrics, Metrics, NicMetrics, VmMetrics};
-pub use station::{Answer, Station, StationConfig, StationError};
+pub use station::{Answer, Station, StationConfig, StationError, HTTP_PORT};
 pub use syslog::{Facility, Record, RecordRing, Severity};
 
 /// A stable, locally administered MAC for the hypervisor's station on

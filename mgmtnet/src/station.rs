@@ -22,6 +22,10 @@ use crate::http::{self, Verdict};
 use crate::metrics::{self, Metrics};
 use crate::queue::{FrameQueue, QueueStats};
 
+/// The TCP port the station serves `/metrics` on (the kernel keeps the default;
+/// xtask's `--forward HOSTPORT=hv:PORT` checks PORT against it).
+pub const HTTP_PORT: u16 = 80;
+
 /// What the station is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StationConfig {
@@ -31,7 +35,7 @@ pub struct StationConfig {
     pub prefix: u8,
     /// The syslog collector, if any.
     pub syslog: Option<([u8; 4], u16)>,
-    /// The port of the metrics endpoint (80).
+    /// The port of the metrics endpoint ([`HTTP_PORT`] unless configured otherwise).
     pub http_port: u16,
     /// Connections served at once.
     pub connections: usize,
@@ -49,7 +53,7 @@ impl StationConfig {
             address,
             prefix,
             syslog: None,
-            http_port: 80,
+            http_port: HTTP_PORT,
             connections: Self::DEFAULT_CONNECTIONS,
             seed: 0,
         }

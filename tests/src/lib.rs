@@ -11,6 +11,8 @@ use xtask::{build, emulator};
 
 pub use xtask::build::GuestSet;
 
+pub mod prometheus;
+
 pub struct Images {
     pub bios: PathBuf,
     pub uefi: PathBuf,

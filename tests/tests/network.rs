@@ -11,8 +11,7 @@
 //! counts the datagrams the access log of that scrape sends it; `lan-a`, not on
 //! "mgmt", gets no answer even with an address of that subnet. One boot checks everything.
 
-use std::collections::BTreeMap;
-
+use tests::prometheus::{parse_printed, sample, Scrape};
 use tests::*;
 use xtask::emulator::EXIT_SUCCESS;
 
@@ -26,76 +25,6 @@ fn number_after(line: &str, word: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number after {word:?} in {line:?}"))
-}
-
-/// Samples by name and labels.
-type Scrape = BTreeMap<(String, Vec<(String, String)>), f64>;
-
-/// The exposition a guest printed (its lines after `prefix`), checked as it is
-/// read: `# HELP` and `# TYPE` before each family's samples, families contiguous,
-/// label values quoted with valid escapes, values numbers.
-fn parse_metrics(serial: &str, prefix: &str) -> Scrape {
-    let mut out = Scrape::new();
-    let mut seen: Vec<String> = Vec::new();
-    let mut typed = String::new();
-    for line in serial
-        .lines()
-        .filter_map(|l| l.split_once(prefix).map(|(_, r)| r))
-    {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let name = rest.split(' ').next().unwrap().to_string();
-            assert!(!seen.contains(&name), "family {name} twice");
-            seen.push(name);
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect(line);
-            assert_eq!(seen.last().map(String::as_str), Some(name), "{line}");
-            assert!(kind == "counter" || kind == "gauge", "{line}");
-            typed = name.to_string();
-        } else {
-            let end = line.find(['{', ' ']).expect(line);
-            let name = &line[..end];
-            assert_eq!(name, typed, "sample outside its family: {line}");
-            let mut labels = Vec::new();
-            let mut rest = &line[end..];
-            if let Some(r) = rest.strip_prefix('{') {
-                let close = r.rfind('}').expect(line);
-                let mut chars = r[..close].chars().peekable();
-                while chars.peek().is_some() {
-                    let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-                    assert_eq!(chars.next(), Some('"'), "{line}");
-                    let mut value = String::new();
-                    loop {
-                        match chars.next().expect(line) {
-                            '\\' => match chars.next().expect(line) {
-                                'n' => value.push('\n'),
-                                c @ ('\\' | '"') => value.push(c),
-                                c => panic!("bad escape \\{c} in {line}"),
-                            },
-                            '"' => break,
-                            c => value.push(c),
-                        }
-                    }
-                    labels.push((key.trim_start_matches(',').to_string(), value));
-                }
-                rest = &r[close + 1..];
-            }
-            let value: f64 = rest.trim().parse().expect(line);
-            out.insert((name.to_string(), labels), value);
-        }
-    }
-    out
-}
-
-fn sample(m: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let key = (
-        name.to_string(),
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    *m.get(&key)
-        .unwrap_or_else(|| panic!("no {name} {labels:?} in the scrape"))
 }
 
 #[test]
@@ -159,7 +88,7 @@ fn linux_vms_on_one_network_reach_each_other_under_amd_v() {
         .expect_line("lan-b | hv-linux: eth1 10.0.9.2/24 up")
         .expect_line("lan-b | hv-linux: metrics end")
         .expect_line("lan-a | hv-linux: probe 10.0.9.1: unreachable");
-    let m = parse_metrics(&out.serial, "lan-b | hv-metrics: ");
+    let m = parse_printed(&out.serial, "lan-b | hv-metrics: ");
     let lines = out.line_with("lan-b | hv-linux: metrics from 10.0.9.1: ");
     assert!(number_after(&lines, "10.0.9.1: ") > 50, "{lines}");
     let b = [("vm", "lan-b")];

@@ -1,12 +1,18 @@
 //! The virtual switch's uplink (AMD-V under QEMU, TCG): the machine's e1000 on
 //! QEMU's user network is the uplink of network "lan", where the Linux VM `web`
-//! has 10.0.2.15. Both directions in one boot:
+//! has 10.0.2.15 and the hypervisor's own station 10.0.2.10. Everything in one
+//! boot:
 //! - out: the test serves TCP on the host's loopback; the guest connects to the
 //!   gateway 10.0.2.2 at that port (busybox `nc`), sends a line, and prints the
 //!   answer; the test sees the guest's line and the guest the test's answer;
-//! - in: a `hostfwd` from a free host port to the guest's port (what `cargo xtask
-//!   run --forward` sets up) reaches a listener in the guest: the test sends a
-//!   line, the guest prints it, and the test reads the guest's greeting.
+//! - the hypervisor's metrics: a `hostfwd` from a free host port to the station's
+//!   port 80 (what `cargo xtask run --forward PORT=hv:80` sets up): the test sends
+//!   `GET /metrics` over plain TCP, checks the HTTP response and parses the
+//!   Prometheus exposition (`web`'s CPU time above zero, its vCPUs and memory);
+//! - in: a `hostfwd` from another free host port to the guest's port (`--forward
+//!   PORT=web:5000`) reaches a listener in the guest: the test sends a line, the
+//!   guest prints it, and the test reads the guest's greeting. The scrape comes
+//!   first: the guest powers off (and the machine with it) once that is done.
 //!
 //! Once with QEMU's `e1000` (82540EM) and once with its `e1000e` (82574L), one
 //! boot after the other (the server's port is fixed in the guest's command line).
@@ -18,8 +24,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tests::prometheus::{self, sample, Scrape};
 use tests::*;
-use xtask::build::{UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT};
+use xtask::build::{UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT, UPLINK_TEST_STATION};
 use xtask::emulator::EXIT_SUCCESS;
 use xtask::uplink::{qemu_args_with, HostFwd};
 
@@ -73,6 +80,77 @@ fn reach_guest(port: u16, stop: &AtomicBool) -> Option<String> {
     None
 }
 
+/// One `/metrics` response as the host got it.
+struct Response {
+    /// The status line and headers.
+    head: String,
+    body: String,
+}
+
+/// Sends `GET /metrics` to `port` on the loopback, plain HTTP/1.1 over one TCP
+/// connection, and reads the response to the connection's end (the station
+/// answers with `Connection: close`). `None` when nothing came back: before the
+/// station answers, QEMU accepts the connection and closes it with nothing said.
+fn get_metrics(port: u16) -> Option<Response> {
+    let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    (&s).write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut raw = Vec::new();
+    let _ = (&s).read_to_end(&mut raw);
+    if raw.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some(Response {
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// `web`'s CPU time in `m`, if the scrape has it.
+fn web_cpu(m: &Scrape) -> Option<f64> {
+    m.get(&(
+        "hv_vm_cpu_seconds_total".to_string(),
+        vec![("vm".to_string(), "web".to_string())],
+    ))
+    .copied()
+}
+
+/// Scrapes the station through `port` until a response comes whose exposition
+/// has `web` with CPU time (it may be 0 before `web` first ran), or `stop`.
+/// Returns the response and its parsed exposition, or why there is none.
+fn scrape(port: u16, stop: &AtomicBool) -> Result<(Response, Scrape), String> {
+    let mut last = String::from("no response");
+    while !stop.load(Ordering::Acquire) {
+        if let Some(r) = get_metrics(port) {
+            if !r.head.starts_with("HTTP/1.1 200 ") {
+                return Err(format!("not 200: {}", r.head));
+            }
+            // A malformed exposition panics in the parser: made a message here,
+            // since this runs on the client thread.
+            let body = r.body.clone();
+            let m = std::panic::catch_unwind(|| prometheus::parse(&body))
+                .map_err(|_| format!("a malformed exposition:\n{body}"))?;
+            if web_cpu(&m).is_some_and(|cpu| cpu > 0.0) {
+                return Ok((r, m));
+            }
+            last = format!("web's CPU time is not above 0 yet: {:?}", web_cpu(&m));
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    Err(last)
+}
+
+/// The port of a free listening socket on the loopback, for a forward.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
     // Built first: the guest has the server's port on its command line.
@@ -90,15 +168,18 @@ fn both_ways(test: &str, device: &str, model: &str) {
         });
     let deadline = Instant::now() + limit;
     let server = thread::spawn(move || serve_once(listener, deadline));
-    // A free port for the forward.
-    let forward = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    // Free ports for the forwards: to the guest and to the hypervisor's station.
+    let forward = free_port();
+    let metrics_port = free_port();
     let stop = Arc::new(AtomicBool::new(false));
+    // The scrape first, while `web` waits for the host's connection (it powers
+    // off after it, and the machine stops when it does).
     let client = {
         let stop = stop.clone();
-        thread::spawn(move || reach_guest(forward, &stop))
+        thread::spawn(move || {
+            let scraped = scrape(metrics_port, &stop);
+            (scraped, reach_guest(forward, &stop))
+        })
     };
     let opts = QemuOptions {
         memory_mib: 512,
@@ -106,20 +187,31 @@ fn both_ways(test: &str, device: &str, model: &str) {
         force_tcg: true,
         extra_args: qemu_args_with(
             device,
-            &[HostFwd {
-                host_port: forward,
-                guest: Ipv4Addr::new(10, 0, 2, 15),
-                guest_port: UPLINK_TEST_GUEST_PORT,
-            }],
+            &[
+                HostFwd {
+                    host_port: forward,
+                    guest: Ipv4Addr::new(10, 0, 2, 15),
+                    guest_port: UPLINK_TEST_GUEST_PORT,
+                },
+                HostFwd {
+                    host_port: metrics_port,
+                    guest: Ipv4Addr::from(UPLINK_TEST_STATION),
+                    guest_port: 80,
+                },
+            ],
         ),
         ..Default::default()
     };
     let out = boot_qemu(test, GuestSet::UplinkTest, &opts, limit);
     stop.store(true, Ordering::Release);
     let fetch = format!("web | hv-linux: fetch 10.0.2.2:{UPLINK_TEST_SERVER_PORT}: hv-host-reply");
+    let station = Ipv4Addr::from(UPLINK_TEST_STATION);
     out.expect_line("hv: uplink: ")
         .expect_line(model)
         .expect_line("link up, on network \"lan\"")
+        .expect_line(&format!(
+            "hv: management network lan: {station}/24 (MAC 02:68:76:"
+        ))
         .expect_line("web | hv-linux: eth0 10.0.2.15/24 up")
         .expect_line(&fetch)
         .expect_line("web | hv-linux: served: hv-host-payload")
@@ -133,11 +225,52 @@ fn both_ways(test: &str, device: &str, model: &str) {
         Some("hv-linux-hello"),
         "{device}: the test's server did not get the guest's line"
     );
+    let (scraped, served) = client.join().unwrap();
     assert_eq!(
-        client.join().unwrap().as_deref(),
+        served.as_deref(),
         Some("hv-linux-served"),
         "{device}: the forwarded port did not reach the guest's listener"
     );
+    // The hypervisor's metrics, scraped from the host: an HTTP/1.1 response
+    // with the exposition's content type and length, parsed (HELP and TYPE
+    // before each family), and web's own figures in it.
+    let (response, m) =
+        scraped.unwrap_or_else(|e| panic!("{device}: no scrape of the hypervisor's metrics: {e}"));
+    let head = response.head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{device}: {}",
+        response.head
+    );
+    assert!(
+        head.contains(&format!("content-length: {}", response.body.len())),
+        "{device}: {}",
+        response.head
+    );
+    for family in ["hv_vm_cpu_seconds_total counter", "hv_vm_vcpus gauge"] {
+        let name = family.split(' ').next().unwrap();
+        assert!(
+            response.body.contains(&format!("# HELP {name} ")),
+            "{device}: no HELP of {name}"
+        );
+        assert!(
+            response.body.contains(&format!("# TYPE {family}\n")),
+            "{device}: no TYPE {family}"
+        );
+    }
+    let web = [("vm", "web")];
+    assert!(sample(&m, "hv_vm_cpu_seconds_total", &web) > 0.0);
+    assert_eq!(sample(&m, "hv_vm_vcpus", &web), 1.0);
+    assert_eq!(sample(&m, "hv_vm_memory_bytes", &web), (160 << 20) as f64);
+    assert_eq!(
+        sample(&m, "hv_vm_up", &[("vm", "web"), ("state", "running")]),
+        1.0
+    );
+    assert!(sample(&m, "hv_uptime_seconds", &[]) > 0.0);
+    // The station logged the request, from the host as QEMU's user network shows
+    // it (the gateway).
+    let access = out.line_with("management: HTTP 200 (");
+    assert!(access.contains(" to 10.0.2.2:"), "{device}: {access}");
     // Frames went both ways, none refused by the NIC.
     let line = out.line_with("hv: uplink (lan): ");
     assert!(!line.contains("to the wire 0 frames"), "{device}: {line}");

@@ -92,9 +92,12 @@ pub enum GuestSet {
     None,
     /// `cargo xtask run`: Debian's Linux to a shell on the serial console (2 vCPUs,
     /// an encrypted persistent disk on /data, 10.0.0.1 on network "lan" and
-    /// 10.0.9.2 on the management network "mgmt", where the hypervisor is
-    /// 10.0.9.1), a second Linux `peer` (10.0.0.2 on "lan"), and `net64` alone on
-    /// network "other".
+    /// 10.0.2.15 on the management network "mgmt", where the hypervisor is
+    /// [`DEMO_STATION`]), a second Linux `peer` (10.0.0.2 on "lan"), and `net64`
+    /// alone on network "other". "mgmt" is also the uplink's network (the
+    /// machine's e1000 on QEMU's user network, 10.0.2.0/24), and the host's
+    /// 127.0.0.1:[`DEMO_METRICS_PORT`] is forwarded to the hypervisor's port 80
+    /// ([`GuestSet::forwards`]).
     Demo,
     /// The eight tiny guests (three CPU modes, policy probes, hostile ones).
     Tiny,
@@ -194,6 +197,14 @@ pub const CONSOLE_TEST_PASSPHRASE: &str = "hv console test";
 pub const UPLINK_TEST_SERVER_PORT: u16 = 47_611;
 /// ... and the guest's own listening port, which the test forwards from the host.
 pub const UPLINK_TEST_GUEST_PORT: u16 = 5000;
+
+/// [`GuestSet::Demo`]: the hypervisor's address on "mgmt", in QEMU's user network ...
+pub const DEMO_STATION: [u8; 4] = [10, 0, 2, 10];
+/// ... and the host port forwarded to its `/metrics` (9100: the port Prometheus'
+/// node exporter made customary for a machine's metrics).
+pub const DEMO_METRICS_PORT: u16 = 9100;
+/// [`GuestSet::UplinkTest`]: the hypervisor's address on "lan", beside `web`.
+pub const UPLINK_TEST_STATION: [u8; 4] = [10, 0, 2, 10];
 
 /// Where the default run and the disk test keep their disk images and key files.
 pub fn disks_dir() -> PathBuf {
@@ -362,34 +373,65 @@ impl GuestSet {
     /// The set's management network, if it has one (see [`GuestSet::vms`] for the
     /// network the VMs share with the hypervisor).
     pub fn management(self) -> Option<crate::vms::ManagementDef> {
-        // The hypervisor at 10.0.9.1 on "mgmt"; in the network test its log goes
-        // to lan-b's 10.0.9.2 (busybox has no UDP listener to show it in the
-        // default run).
-        let station = |syslog| {
+        let station = |network: &str, address, syslog| {
             Some(crate::vms::ManagementDef {
-                network: MANAGEMENT_NETWORK.into(),
-                address: [10, 0, 9, 1],
+                network: network.into(),
+                address,
                 prefix: 24,
                 syslog,
             })
         };
         match self {
-            GuestSet::Demo => station(None),
-            GuestSet::NetworkTest => station(Some(([10, 0, 9, 2], 514))),
+            // On "mgmt", which is also the uplink's network: the host reaches it
+            // through a forward (busybox has no UDP listener to show a syslog in
+            // the default run).
+            GuestSet::Demo => station(MANAGEMENT_NETWORK, DEMO_STATION, None),
+            // 10.0.9.1 on "mgmt"; its log goes to lan-b's 10.0.9.2.
+            GuestSet::NetworkTest => station(
+                MANAGEMENT_NETWORK,
+                [10, 0, 9, 1],
+                Some(([10, 0, 9, 2], 514)),
+            ),
+            // Beside `web` on the uplink's network: the test scrapes it from the host.
+            GuestSet::UplinkTest => station("lan", UPLINK_TEST_STATION, None),
             _ => None,
         }
     }
 
+    /// The set's uplink: the default run's on "mgmt" (the host reaches the
+    /// hypervisor's metrics, and `linux`'s eth1), [`GuestSet::UplinkTest`]'s on "lan".
+    pub fn uplink(self) -> Option<crate::vms::UplinkDef> {
+        let network = match self {
+            GuestSet::Demo => MANAGEMENT_NETWORK,
+            GuestSet::UplinkTest => "lan",
+            _ => return None,
+        };
+        Some(crate::vms::UplinkDef {
+            network: network.into(),
+        })
+    }
+
+    /// The host ports `cargo xtask run` forwards for the set unless told otherwise
+    /// (see [`crate::uplink::with_defaults`]): the default run's
+    /// [`DEMO_METRICS_PORT`] to the hypervisor's `/metrics`.
+    pub fn forwards(self) -> Vec<crate::uplink::Forward> {
+        match self {
+            GuestSet::Demo => vec![crate::uplink::Forward {
+                host_port: DEMO_METRICS_PORT,
+                vm: crate::uplink::STATION.into(),
+                guest_port: mgmtnet::HTTP_PORT,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
     /// The set's machine-wide settings: [`GuestSet::console`],
-    /// [`GuestSet::management`] and the uplink ([`GuestSet::UplinkTest`]'s on
-    /// network "lan").
+    /// [`GuestSet::management`] and [`GuestSet::uplink`].
     pub fn machine(self) -> Result<crate::vms::MachineDef, String> {
         Ok(crate::vms::MachineDef {
             console: self.console()?,
             management: self.management(),
-            uplink: (self == GuestSet::UplinkTest).then(|| crate::vms::UplinkDef {
-                network: "lan".into(),
-            }),
+            uplink: self.uplink(),
         })
     }
 
@@ -477,13 +519,15 @@ impl GuestSet {
                 });
                 // Networks: "linux" (10.0.0.1) and "peer" (10.0.0.2) share "lan";
                 // net64 sits alone on "other" and reaches neither. "linux" is on
-                // the management network too (10.0.9.2; the hypervisor is 10.0.9.1).
+                // the management network too (10.0.2.15; the hypervisor is
+                // 10.0.2.10), which is the uplink's: QEMU's user network, where
+                // the host is 10.0.2.2 (its `ip` lets `--forward` reach it).
                 use crate::vms::NicDef;
-                vm.cmdline.push_str(" hv.ip=10.0.0.1/24 hv.ip1=10.0.9.2/24");
-                vm.nics = vec![
-                    NicDef::on("lan", "linux", 0),
-                    NicDef::on(MANAGEMENT_NETWORK, "linux", 1),
-                ];
+                vm.cmdline
+                    .push_str(" hv.ip=10.0.0.1/24 hv.ip1=10.0.2.15/24");
+                let mut mgmt = NicDef::on(MANAGEMENT_NETWORK, "linux", 1);
+                mgmt.ip = Some((std::net::Ipv4Addr::new(10, 0, 2, 15), 24));
+                vm.nics = vec![NicDef::on("lan", "linux", 0), mgmt];
                 vm.balloon = true;
                 let mut peer = linux_vm(false)?.renamed("peer");
                 peer.balloon = true;
@@ -897,4 +941,36 @@ pub fn build_with_vms(
     );
     let images = boot::build_images(&kernel, ramdisk, &out)?;
     Ok(Built { kernel, images })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default run's metrics forward resolves against its own machine (an
+    /// uplink and the station on one network, in QEMU's user network), and so
+    /// does the uplink test's station; the other sets forward nothing.
+    #[test]
+    fn the_default_runs_station_is_reachable_from_the_host() {
+        for (set, station) in [
+            (GuestSet::Demo, DEMO_STATION),
+            (GuestSet::UplinkTest, UPLINK_TEST_STATION),
+        ] {
+            let uplink = set.uplink().unwrap();
+            let ip = crate::uplink::station_address(
+                mgmtnet::HTTP_PORT,
+                &uplink,
+                set.management().as_ref(),
+            );
+            assert_eq!(ip, Ok(std::net::Ipv4Addr::from(station)), "{set:?}");
+        }
+        let demo = GuestSet::Demo.forwards();
+        assert_eq!(demo.len(), 1);
+        assert_eq!(
+            (demo[0].host_port, demo[0].vm.as_str(), demo[0].guest_port),
+            (DEMO_METRICS_PORT, crate::uplink::STATION, 80)
+        );
+        assert!(GuestSet::NetworkTest.forwards().is_empty());
+        assert!(GuestSet::NetworkTest.uplink().is_none());
+    }
 }

@@ -32,7 +32,11 @@ commands:
                             an [uplink]: TCP port HOSTPORT on the host's
                             127.0.0.1 reaches PORT of VM at its NIC's `ip` on
                             the uplink's network (QEMU user networking,
-                            10.0.2.0/24; the host is 10.0.2.2 from the VMs)
+                            10.0.2.0/24; the host is 10.0.2.2 from the VMs);
+                            VM `hv` is the hypervisor's station ([management]
+                            on the uplink's network), PORT 80 its /metrics.
+                            The default run forwards 9100=hv:80 (a forward of
+                            your own to hv:80 or on host port 9100 replaces it)
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -125,6 +129,9 @@ struct Chosen {
     machine: xtask::vms::MachineDef,
     /// The machine memory asked for (`--memory` without `--kernel`).
     machine_memory: Option<u32>,
+    /// Forwards the set makes unless `--forward` overrides them (the default run's
+    /// metrics port).
+    default_forwards: Vec<xtask::uplink::Forward>,
 }
 
 /// The VMs to run; `machine_cpus` (the processors of the machine they will run on)
@@ -147,6 +154,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
     let machine_memory = args.number("--memory")?;
     let mut storage = None;
     let mut machine = xtask::vms::MachineDef::default();
+    let mut default_forwards = Vec::new();
     let vms = match (config, kernel, guests.as_deref()) {
         (Some(path), None, None) => {
             let config = xtask::config::load_for_machine(Path::new(&path), Some(machine_cpus))?;
@@ -167,6 +175,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
             // The disk first: it makes the key file the Linux VM's disk names.
             storage = build::GuestSet::Demo.storage()?;
             machine = build::GuestSet::Demo.machine()?;
+            default_forwards = build::GuestSet::Demo.forwards();
             ("demo".into(), build::GuestSet::Demo.vms()?)
         }
         (None, None, Some("tiny")) => {
@@ -184,6 +193,7 @@ fn chosen_vms(args: &mut Args, machine_cpus: u32) -> Result<Chosen, String> {
         storage,
         machine,
         machine_memory,
+        default_forwards,
     })
 }
 
@@ -204,6 +214,7 @@ fn run(mut args: Args) -> Result<(), String> {
         storage,
         machine,
         machine_memory: memory,
+        default_forwards,
     } = chosen_vms(&mut args, machine_cpus)?;
     let gdb = args.flag("--gdb");
     let tcg = args.flag("--tcg");
@@ -212,12 +223,27 @@ fn run(mut args: Args) -> Result<(), String> {
         forwards.push(xtask::uplink::parse_forward(&f)?);
     }
     args.finish()?;
-    let forwards = xtask::uplink::resolve(&forwards, &vms, machine.uplink.as_ref())?;
+    // Under Bochs there is no uplink (refused below for a configuration that has
+    // one), so the default run's metrics forward is not made there.
+    if emulator != "bochs" {
+        forwards = xtask::uplink::with_defaults(forwards, &default_forwards);
+    }
+    let hostfwds = xtask::uplink::resolve(
+        &forwards,
+        &vms,
+        machine.uplink.as_ref(),
+        machine.management.as_ref(),
+    )?;
     if machine.uplink.is_some() && emulator == "bochs" {
         return Err(
-            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which              this Bochs run does not attach: run it under QEMU"
+            "the configuration has an [uplink], an e1000 NIC on QEMU's user network, which \
+             this Bochs run does not attach: run it under QEMU"
                 .into(),
         );
+    }
+    // Before anything is built: a busy host port would stop QEMU at its start.
+    if machine.uplink.is_some() {
+        xtask::uplink::check_host_ports(&forwards)?;
     }
     // The machine needs the guests' RAM plus room for the hypervisor, in either
     // emulator; checked before anything is built.
@@ -262,7 +288,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 force_tcg: tcg,
                 // The uplink: an e1000 on QEMU's user network, with the forwards.
                 extra_args: if machine.uplink.is_some() {
-                    xtask::uplink::qemu_args(&forwards)
+                    xtask::uplink::qemu_args(&hostfwds)
                 } else {
                     Vec::new()
                 },
@@ -289,6 +315,20 @@ fn run(mut args: Args) -> Result<(), String> {
                 "xtask: booting {} in QEMU ({accel}, -cpu {cpu}, {machine_mib} MiB); quit with Ctrl-A X",
                 image.display()
             );
+            for (f, h) in forwards.iter().zip(&hostfwds) {
+                let what = if f.vm == xtask::uplink::STATION {
+                    format!(
+                        "the hypervisor's metrics: curl http://127.0.0.1:{}/metrics",
+                        f.host_port
+                    )
+                } else {
+                    format!("VM {} port {}", f.vm, f.guest_port)
+                };
+                eprintln!(
+                    "xtask: 127.0.0.1:{} -> {}:{} ({what})",
+                    f.host_port, h.guest, h.guest_port
+                );
+            }
             if gdb {
                 eprintln!("xtask: QEMU waits for GDB on localhost:1234 (target remote :1234)");
             }

@@ -1,17 +1,26 @@
 //! The uplink under QEMU: the machine's e1000 on QEMU's user network (slirp,
 //! 10.0.2.0/24, the host reachable as the gateway 10.0.2.2), and `cargo xtask run
 //! --forward HOSTPORT=VM:PORT`, which becomes QEMU's `hostfwd` from the host's
-//! loopback to that VM's address on the uplink network (its NIC's `ip`).
+//! loopback to that VM's address on the uplink network (its NIC's `ip`), or, with
+//! [`STATION`] for VM (`--forward 9100=hv:80`), to the hypervisor's own station
+//! when `[management]` puts it on the uplink's network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, TcpListener};
 
-use crate::vms::{UplinkDef, VmDef};
+use crate::vms::{ManagementDef, UplinkDef, VmDef};
 
 /// QEMU's user network (its default `net=10.0.2.0/24`).
 pub const USER_NET: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 0);
+/// The host as the user network shows it (slirp's gateway): forwarded connections
+/// come from this address.
+pub const USER_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// Addresses of that network slirp keeps for itself: the gateway (the host) and
 /// the DNS server; .0 and .255 are the network and broadcast addresses.
 const RESERVED: [u8; 4] = [0, 2, 3, 255];
+
+/// What `--forward HOSTPORT=hv:PORT` names instead of a VM: the hypervisor's own
+/// station (`[management]`), which serves `/metrics` on [`mgmtnet::HTTP_PORT`].
+pub const STATION: &str = "hv";
 
 /// One `--forward HOSTPORT=VM:PORT` as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +36,12 @@ pub struct HostFwd {
     pub host_port: u16,
     pub guest: Ipv4Addr,
     pub guest_port: u16,
+}
+
+/// Whether slirp delivers to `ip`: inside 10.0.2.0/24 and none of its own.
+fn user_net_reaches(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[..3] == USER_NET.octets()[..3] && !RESERVED.contains(&o[3])
 }
 
 fn port(text: &str, what: &str, whole: &str) -> Result<u16, String> {
@@ -55,11 +70,13 @@ pub fn parse_forward(text: &str) -> Result<Forward, String> {
 
 /// Checks `forwards` against the machine: an uplink is configured, each VM exists
 /// and has a NIC with an `ip` on the uplink's network, inside QEMU's user network
-/// and not one of slirp's own addresses; no host port twice.
+/// and not one of slirp's own addresses; [`STATION`] is the hypervisor's station
+/// (see [`station_address`]); no host port twice.
 pub fn resolve(
     forwards: &[Forward],
     vms: &[VmDef],
     uplink: Option<&UplinkDef>,
+    management: Option<&ManagementDef>,
 ) -> Result<Vec<HostFwd>, String> {
     if forwards.is_empty() {
         return Ok(Vec::new());
@@ -80,42 +97,148 @@ pub fn resolve(
                 f.host_port
             ));
         }
-        let Some(vm) = vms.iter().find(|v| v.name == f.vm) else {
-            let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
-            return Err(format!(
-                "--forward {whole}: no VM {:?}; the VMs are {}",
-                f.vm,
-                names.join(", ")
-            ));
+        let guest = if f.vm == STATION {
+            if vms.iter().any(|v| v.name == STATION) {
+                return Err(format!(
+                    "--forward {whole}: {STATION:?} names the hypervisor's station here, and a \
+                     VM has that name too: rename the VM"
+                ));
+            }
+            station_address(f.guest_port, uplink, management)
+                .map_err(|e| format!("--forward {whole}: {e}"))?
+        } else {
+            vm_address(f, vms, uplink).map_err(|e| format!("--forward {whole}: {e}"))?
         };
-        let Some(nic) = vm.nics.iter().find(|n| n.network == uplink.network) else {
-            return Err(format!(
-                "--forward {whole}: VM {:?} has no NIC on the uplink's network {:?}",
-                f.vm, uplink.network
-            ));
-        };
-        let Some((ip, _)) = nic.ip else {
-            return Err(format!(
-                "--forward {whole}: VM {:?}'s NIC on network {:?} has no `ip`: give it one in \
-                 QEMU's user network, e.g. ip = \"10.0.2.15/24\"",
-                f.vm, uplink.network
-            ));
-        };
-        let o = ip.octets();
-        if o[..3] != USER_NET.octets()[..3] || RESERVED.contains(&o[3]) {
-            return Err(format!(
-                "--forward {whole}: VM {:?}'s address {ip} is not one QEMU's user network \
-                 reaches: use 10.0.2.4 to 10.0.2.254 (10.0.2.2 is the host, 10.0.2.3 its DNS)",
-                f.vm
-            ));
-        }
         out.push(HostFwd {
             host_port: f.host_port,
-            guest: ip,
+            guest,
             guest_port: f.guest_port,
         });
     }
     Ok(out)
+}
+
+/// The address of `f`'s VM on the uplink's network.
+fn vm_address(f: &Forward, vms: &[VmDef], uplink: &UplinkDef) -> Result<Ipv4Addr, String> {
+    let Some(vm) = vms.iter().find(|v| v.name == f.vm) else {
+        let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+        return Err(format!(
+            "no VM {:?}; the VMs are {} (or {STATION:?}, the hypervisor's station)",
+            f.vm,
+            names.join(", ")
+        ));
+    };
+    let Some(nic) = vm.nics.iter().find(|n| n.network == uplink.network) else {
+        return Err(format!(
+            "VM {:?} has no NIC on the uplink's network {:?}",
+            f.vm, uplink.network
+        ));
+    };
+    let Some((ip, _)) = nic.ip else {
+        return Err(format!(
+            "VM {:?}'s NIC on network {:?} has no `ip`: give it one in QEMU's user network, \
+             e.g. ip = \"10.0.2.15/24\"",
+            f.vm, uplink.network
+        ));
+    };
+    if !user_net_reaches(ip) {
+        return Err(format!(
+            "VM {:?}'s address {ip} is not one QEMU's user network reaches: use 10.0.2.4 to \
+             10.0.2.254 (10.0.2.2 is the host, 10.0.2.3 its DNS)",
+            f.vm
+        ));
+    }
+    Ok(ip)
+}
+
+/// The hypervisor's station as a forward's target: `[management]` exists, is on
+/// the uplink's network (QEMU's user network reaches no other), has an address
+/// slirp delivers to, and its subnet holds the host 10.0.2.2, the source of every
+/// forwarded connection (the station has no gateway: it answers only hosts of its
+/// own subnet); `port` is the one it serves.
+pub fn station_address(
+    port: u16,
+    uplink: &UplinkDef,
+    management: Option<&ManagementDef>,
+) -> Result<Ipv4Addr, String> {
+    let Some(m) = management else {
+        return Err(format!(
+            "the hypervisor has no station: add a [management] table on the uplink's \
+             network, e.g. network = {:?}, address = \"10.0.2.10/24\" (see README, \
+             Management network)",
+            uplink.network
+        ));
+    };
+    if m.network != uplink.network {
+        return Err(format!(
+            "the hypervisor's station is on network {:?}, not on the uplink's network {:?}, \
+             the only one QEMU's user network reaches: set [management] network = {:?} \
+             (with an address in 10.0.2.0/24)",
+            m.network, uplink.network, uplink.network
+        ));
+    }
+    let ip = Ipv4Addr::from(m.address);
+    if !user_net_reaches(ip) {
+        return Err(format!(
+            "the hypervisor's address {ip} is not one QEMU's user network reaches: use \
+             10.0.2.4 to 10.0.2.254 (10.0.2.2 is the host, 10.0.2.3 its DNS)"
+        ));
+    }
+    let mask = u32::MAX << (32 - u32::from(m.prefix.clamp(1, 32)));
+    if u32::from(ip) & mask != u32::from(USER_NET_HOST) & mask {
+        return Err(format!(
+            "the hypervisor's network {ip}/{} does not hold the host {USER_NET_HOST}, from \
+             which forwarded connections come, and the station routes nowhere: use a prefix \
+             that does (/24 covers QEMU's whole user network)",
+            m.prefix
+        ));
+    }
+    if port != mgmtnet::HTTP_PORT {
+        return Err(format!(
+            "the hypervisor's station serves only TCP port {} (GET /metrics), not {port}",
+            mgmtnet::HTTP_PORT
+        ));
+    }
+    Ok(ip)
+}
+
+/// `user`'s forwards followed by each of `defaults` that none of them overrides:
+/// a user forward on the same host port, or to the same VM and port, replaces
+/// the default.
+pub fn with_defaults(user: Vec<Forward>, defaults: &[Forward]) -> Vec<Forward> {
+    let mut out = user;
+    for d in defaults {
+        let overridden = out
+            .iter()
+            .any(|f| f.host_port == d.host_port || (f.vm == d.vm && f.guest_port == d.guest_port));
+        if !overridden {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// Checks that every forward's host port is free on 127.0.0.1 now, so that a
+/// port in use (another run, another service) is a clear error before QEMU
+/// starts rather than QEMU's "Could not set up host forwarding rule". (Another
+/// program may still take it before QEMU does; QEMU then says so.)
+pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
+    for f in forwards {
+        if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, f.host_port)) {
+            return Err(format!(
+                "--forward {}={}:{}: host port {} on 127.0.0.1 is not free ({e}): choose \
+                 another, e.g. --forward {}={}:{}",
+                f.host_port,
+                f.vm,
+                f.guest_port,
+                f.host_port,
+                f.host_port.checked_add(1).unwrap_or(1024),
+                f.vm,
+                f.guest_port
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// QEMU's arguments for the uplink: an e1000 on a user network, each forward from
@@ -182,6 +305,7 @@ mod tests {
             &[f, parse_forward("2222=web:22").unwrap()],
             &vms(),
             Some(&lan()),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -246,15 +370,177 @@ mod tests {
                 "host port 80 is forwarded twice",
             ),
         ] {
-            let e = resolve(&forwards, &vms, uplink.as_ref()).unwrap_err();
+            let e = resolve(&forwards, &vms, uplink.as_ref(), None).unwrap_err();
             assert!(e.contains(expected), "{forwards:?}: {e}");
         }
         // The web VM's other NIC is not on the uplink's network: the lan one is used.
         let other = UplinkDef {
             network: "other".into(),
         };
-        let e = resolve(&f("80=web:80"), &vms, Some(&other)).unwrap_err();
+        let e = resolve(&f("80=web:80"), &vms, Some(&other), None).unwrap_err();
         assert!(e.contains("NIC on network \"other\" has no `ip`"), "{e}");
-        assert_eq!(resolve(&[], &vms, None), Ok(Vec::new()));
+        assert_eq!(resolve(&[], &vms, None, None), Ok(Vec::new()));
+    }
+
+    fn station(network: &str, address: [u8; 4], prefix: u8) -> ManagementDef {
+        ManagementDef {
+            network: network.into(),
+            address,
+            prefix,
+            syslog: None,
+        }
+    }
+
+    #[test]
+    fn the_hypervisors_station_is_forwarded_to_on_the_uplinks_network() {
+        let m = station("lan", [10, 0, 2, 10], 24);
+        let r = resolve(
+            &[
+                parse_forward("9100=hv:80").unwrap(),
+                parse_forward("8080=web:80").unwrap(),
+            ],
+            &vms(),
+            Some(&lan()),
+            Some(&m),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            [
+                HostFwd {
+                    host_port: 9100,
+                    guest: Ipv4Addr::new(10, 0, 2, 10),
+                    guest_port: 80
+                },
+                HostFwd {
+                    host_port: 8080,
+                    guest: Ipv4Addr::new(10, 0, 2, 15),
+                    guest_port: 80
+                }
+            ]
+        );
+        assert_eq!(
+            qemu_args(&r[..1])[1],
+            "user,id=uplink,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:9100-10.0.2.10:80"
+        );
+        // A narrower subnet that still holds the host 10.0.2.2.
+        let narrow = station("lan", [10, 0, 2, 5], 29);
+        assert!(resolve(
+            &[parse_forward("9100=hv:80").unwrap()],
+            &vms(),
+            Some(&lan()),
+            Some(&narrow)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_forwards_to_the_station_are_refused_with_the_reason() {
+        let hv = vec![parse_forward("9100=hv:80").unwrap()];
+        let vms = vms();
+        for (forwards, uplink, management, expected) in [
+            (hv.clone(), None, Some(station("lan", [10, 0, 2, 10], 24)), "--forward needs an uplink"),
+            (
+                hv.clone(),
+                Some(lan()),
+                None,
+                "--forward 9100=hv:80: the hypervisor has no station: add a [management] table on the uplink's network",
+            ),
+            (
+                hv.clone(),
+                Some(lan()),
+                Some(station("mgmt", [10, 0, 2, 10], 24)),
+                "the hypervisor's station is on network \"mgmt\", not on the uplink's network \"lan\"",
+            ),
+            (
+                hv.clone(),
+                Some(lan()),
+                Some(station("lan", [10, 0, 9, 1], 24)),
+                "the hypervisor's address 10.0.9.1 is not one QEMU's user network reaches",
+            ),
+            (
+                hv.clone(),
+                Some(lan()),
+                Some(station("lan", [10, 0, 2, 3], 24)),
+                "the hypervisor's address 10.0.2.3 is not one QEMU's user network reaches",
+            ),
+            (
+                hv.clone(),
+                Some(lan()),
+                Some(station("lan", [10, 0, 2, 100], 28)),
+                "the hypervisor's network 10.0.2.100/28 does not hold the host 10.0.2.2",
+            ),
+            (
+                vec![parse_forward("9100=hv:8080").unwrap()],
+                Some(lan()),
+                Some(station("lan", [10, 0, 2, 10], 24)),
+                "the hypervisor's station serves only TCP port 80 (GET /metrics), not 8080",
+            ),
+            (
+                vec![
+                    parse_forward("9100=web:80").unwrap(),
+                    parse_forward("9100=hv:80").unwrap(),
+                ],
+                Some(lan()),
+                Some(station("lan", [10, 0, 2, 10], 24)),
+                "host port 9100 is forwarded twice",
+            ),
+            (
+                vec![parse_forward("9100=nope:80").unwrap()],
+                Some(lan()),
+                None,
+                "no VM \"nope\"; the VMs are web, bare, alone, far (or \"hv\", the hypervisor's station)",
+            ),
+        ] {
+            let e = resolve(&forwards, &vms, uplink.as_ref(), management.as_ref()).unwrap_err();
+            assert!(e.contains(expected), "{forwards:?}: {e}");
+        }
+        // A VM named "hv" makes the name ambiguous.
+        let mut named = vms.clone();
+        named.push(VmDef::new("hv", "bzImage", 65536));
+        let e = resolve(
+            &hv,
+            &named,
+            Some(&lan()),
+            Some(&station("lan", [10, 0, 2, 10], 24)),
+        )
+        .unwrap_err();
+        assert!(e.contains("a VM has that name too"), "{e}");
+    }
+
+    #[test]
+    fn defaults_give_way_to_the_users_forwards() {
+        let d = [parse_forward("9100=hv:80").unwrap()];
+        let f = |t: &str| parse_forward(t).unwrap();
+        assert_eq!(with_defaults(Vec::new(), &d), d);
+        assert_eq!(
+            with_defaults(vec![f("8080=web:80")], &d),
+            [f("8080=web:80"), f("9100=hv:80")]
+        );
+        // The same host port, or the same target: the user's forward alone.
+        assert_eq!(
+            with_defaults(vec![f("9100=web:80")], &d),
+            [f("9100=web:80")]
+        );
+        assert_eq!(with_defaults(vec![f("9200=hv:80")], &d), [f("9200=hv:80")]);
+    }
+
+    #[test]
+    fn a_host_port_in_use_is_refused_before_qemu_starts() {
+        let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let f = Forward {
+            host_port: port,
+            vm: "hv".into(),
+            guest_port: 80,
+        };
+        let e = check_host_ports(std::slice::from_ref(&f)).unwrap_err();
+        assert!(
+            e.contains(&format!("host port {port} on 127.0.0.1 is not free")),
+            "{e}"
+        );
+        drop(busy);
+        // Free again (the listener is gone; SO_REUSEADDR covers TIME_WAIT).
+        assert_eq!(check_host_ports(&[f]), Ok(()));
     }
 }
