@@ -3065,3 +3065,38 @@ mod net_tests {
         assert!(out.timed_out && out.lines.is_empty());
     }
 }
+
+#[cfg(test)]
+mod net_machine_tests {
+    use super::*;
+
+    /// The VM-to-VM reference on this machine (two plain QEMUs, the Linux guest
+    /// cached or downloaded; about a minute):
+    /// `cargo test -p xtask -- --ignored direct_vm_to_vm`.
+    #[test]
+    #[ignore]
+    fn direct_vm_to_vm_transfer_completes() {
+        let qemu = tools::require(&[tools::QEMU], "boot Linux")
+            .unwrap()
+            .remove(0);
+        let out = net_direct_run(&qemu).unwrap();
+        let run = analyse_net(&out.lines);
+        let problems = net_problems(&run, out.timed_out, QEMU_NET_LIMIT);
+        let log: Vec<String> = out
+            .lines
+            .iter()
+            .map(|l| format!("[{:>8.3}] {}", l.at.as_secs_f64(), l.text))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{problems:?}\n{}\n{}",
+            log.join("\n"),
+            out.stderr
+        );
+        eprintln!(
+            "direct VM-to-VM: {:.1} MiB/s, ping {:.2} ms",
+            run.tcp_mib_s().unwrap(),
+            run.ping_avg_ms().unwrap()
+        );
+    }
+}
