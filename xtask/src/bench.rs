@@ -527,6 +527,9 @@ pub enum NetLine {
     TcpSent(i32),
     /// `FAIL <reason>`.
     Fail(String),
+    /// `clocksource NAME`: the source guest's clock, which ping reads (`tsc`;
+    /// `refined-jiffies` ticks in whole jiffies, 4 ms in Debian's kernel).
+    Clocksource(String),
 }
 
 /// Parses a `hv-linux: net bench:` line, relayed (`net-sink | ...`) or not.
@@ -549,6 +552,9 @@ pub fn parse_net_line(line: &str) -> Option<NetLine> {
     }
     if let Some(r) = rest.strip_prefix("tcp sent, nc exit status ") {
         return r.parse().ok().map(NetLine::TcpSent);
+    }
+    if let Some(r) = rest.strip_prefix("clocksource ") {
+        return (!r.is_empty() && !r.contains(' ')).then(|| NetLine::Clocksource(r.into()));
     }
     let r = rest.strip_prefix("ping ")?;
     let (_, summary) = r.split_once(": ")?;
@@ -595,6 +601,8 @@ pub struct NetRun {
     /// When the sink's `tcp received` line arrived, and the bytes it counted.
     pub received: Option<(Duration, u64)>,
     pub sent_status: Option<i32>,
+    /// The source guest's clocksource.
+    pub clocksource: Option<String>,
     /// `vm: reason` of each `FAIL` line.
     pub fails: Vec<String>,
     pub alarms: Vec<String>,
@@ -643,6 +651,7 @@ pub fn analyse_net(lines: &[TimedLine]) -> NetRun {
                 run.start.get_or_insert((l.at, n));
             }
             Some(NetLine::TcpSent(s)) if from_source => run.sent_status = Some(s),
+            Some(NetLine::Clocksource(name)) if from_source => run.clocksource = Some(name),
             Some(NetLine::TcpReceived(n)) if from_sink => {
                 run.received.get_or_insert((l.at, n));
             }
@@ -957,6 +966,30 @@ fn net_rows(c: &Collected) -> Vec<String> {
                 ),
                 _ => show(&under),
             },
+        ));
+    }
+    // The clock the ping figures were read from, on each side (each distinct
+    // name once).
+    let clocks = |runs: &[NetRun]| {
+        let mut seen: Vec<&str> = Vec::new();
+        for name in runs.iter().filter_map(|r| r.clocksource.as_deref()) {
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+        seen.join("/")
+    };
+    let (direct, under) = (clocks(&c.net_direct), clocks(&c.net_hv));
+    if !direct.is_empty() || !under.is_empty() {
+        let or_unknown = |s: String| if s.is_empty() { "unknown".into() } else { s };
+        out.push(row(
+            "",
+            "",
+            &format!(
+                "(ping's clock, the source guest's clocksource: {} direct, {} under hv)",
+                or_unknown(direct),
+                or_unknown(under)
+            ),
         ));
     }
     out
@@ -2789,6 +2822,11 @@ mod net_tests {
             Some(NetLine::TcpSent(1))
         );
         assert_eq!(
+            parse_net_line("net-source | hv-linux: net bench: clocksource refined-jiffies"),
+            Some(NetLine::Clocksource("refined-jiffies".into()))
+        );
+        assert_eq!(parse_net_line("hv-linux: net bench: clocksource "), None);
+        assert_eq!(
             parse_net_line("hv-linux: net bench: FAIL no network (no eth0 with an address)"),
             Some(NetLine::Fail("no network (no eth0 with an address)".into()))
         );
@@ -2840,6 +2878,7 @@ mod net_tests {
                 30_000,
                 "net-sink | hv-linux: net bench: listening on port 5001",
             ),
+            line(39_000, "net-source | hv-linux: net bench: clocksource tsc"),
             line(40_000, PING),
             line(
                 40_100,
@@ -2859,11 +2898,12 @@ mod net_tests {
         // 8 MiB in the 2.0 s between the two lines' arrivals.
         assert!((r.tcp_mib_s().unwrap() - 4.0).abs() < 1e-9);
         assert_eq!(r.sent_status, Some(0));
+        assert_eq!(r.clocksource.as_deref(), Some("tsc"));
         assert!(net_problems(&r, false, QEMU_NET_LIMIT).is_empty());
 
         // A short count gives no figure, and says so.
         let mut short = lines.clone();
-        short[3] = line(
+        short[4] = line(
             42_100,
             "net-sink | hv-linux: net bench: tcp received 4096 bytes",
         );
@@ -2947,7 +2987,10 @@ mod net_tests {
             setup: "QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt".into(),
             runs: 1,
             only_net: true,
-            net_direct: vec![net_run(20.0, 0.5)],
+            net_direct: vec![NetRun {
+                clocksource: Some("tsc".into()),
+                ..net_run(20.0, 0.5)
+            }],
             net_hv: vec![net_run(5.0, 1.5)],
             ..Default::default()
         };
@@ -2959,6 +3002,7 @@ mod net_tests {
             "  8 MiB, nc      under hv        5.0 MiB/s                       ratio 0.25x",
             "VM-to-VM ping    direct QEMU     0.50 ms",
             "  avg of 20      under hv        1.50 ms                         ratio 3.00x",
+            "                                 (ping's clock, the source guest's clocksource: tsc direct, unknown under hv)",
             "VM-to-VM: two Linux VMs",
         ]
         .join("\n");

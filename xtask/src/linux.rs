@@ -835,6 +835,8 @@ case " $(cat /proc/cmdline) " in
         # The sink may still be booting: wait (up to about 2 minutes) for it.
         i=0
         while ! ping -c 1 -W 2 "$peer" >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i+1)); done
+        # Ping's round trips are only as fine as the clock it reads.
+        echo "hv-linux: net bench: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
         ping -c 20 -i 0.2 -W 2 "$peer" > /tmp/ping 2>&1
         echo "hv-linux: net bench: ping $peer: $(grep 'packet loss' /tmp/ping); $(grep 'round-trip' /tmp/ping)"
         echo "hv-linux: net bench: tcp start $((mib * 1048576)) bytes to $peer:$port"
