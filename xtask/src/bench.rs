@@ -28,6 +28,12 @@
 //!   ratio is what sharing a processor costs a VM's vCPUs that talk to each other.
 //!   Where the vCPUs actually ran comes from the kernel's `cpu time` line; a
 //!   pinned VM found elsewhere is reported as a failure, not measured.
+//! - **VM to VM** through the switch: two Linux VMs with `hv.bench=net`
+//!   ([`GuestSet::BenchNet`]) send [`NET_BENCH_MIB`] MiB over TCP and ping 100
+//!   times back to back, against the same kernels, initramfs and command lines in
+//!   two plain QEMUs joined by `-netdev socket`. Both are timed by the host from
+//!   the arrival of the guests' serial lines (their clocks tick in jiffies); the
+//!   ratios are hv/direct. `--only net` measures just these.
 //!
 //! These are figures, not tests: emulators on shared machines are noisy, so nothing
 //! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
@@ -975,6 +981,15 @@ fn fmt_figure(s: &Summary, decimals: usize, unit: &str) -> String {
     }
 }
 
+/// One VM-to-VM figure's row: its labels, how a run gives it, decimals, unit.
+type NetRow = (
+    &'static str,
+    String,
+    fn(&NetRun) -> Option<f64>,
+    usize,
+    &'static str,
+);
+
 /// The VM-to-VM rows: TCP throughput and ping round trip, direct and under hv,
 /// with the ratio hv/direct. Nothing when no VM-to-VM run was made.
 fn net_rows(c: &Collected) -> Vec<String> {
@@ -985,7 +1000,7 @@ fn net_rows(c: &Collected) -> Vec<String> {
     let figures = |runs: &[NetRun], f: fn(&NetRun) -> Option<f64>| {
         summarize(&runs.iter().filter_map(f).collect::<Vec<_>>())
     };
-    let rows: [(&str, String, fn(&NetRun) -> Option<f64>, usize, &str); 2] = [
+    let rows: [NetRow; 2] = [
         (
             "VM-to-VM TCP",
             format!("  {NET_BENCH_MIB} MiB, nc"),
@@ -1877,10 +1892,12 @@ fn record_net(c: &mut Collected, i: u32, side: &str, out: Result<Streamed, Strin
         problems.push(format!("QEMU said: {stderr}"));
     }
     progress(&format!(
-        "run {i}/{}: VM-to-VM {side}: tcp {}, ping avg {}{}",
+        "run {i}/{}: VM-to-VM {side}: tcp {}, ping {} (busybox's average {}){}",
         c.runs,
         run.tcp_mib_s()
             .map_or("(none)".into(), |m| format!("{m:.1} MiB/s")),
+        run.burst_ms()
+            .map_or("(none)".into(), |m| format!("{m:.2} ms")),
         run.ping_avg_ms()
             .map_or("(none)".into(), |m| format!("{m:.2} ms")),
         if problems.is_empty() {
