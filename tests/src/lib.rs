@@ -40,6 +40,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
     static UPLINK: OnceLock<Images> = OnceLock::new();
+    static BENCH_NET: OnceLock<Images> = OnceLock::new();
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
@@ -63,6 +64,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
         GuestSet::UplinkTest => &UPLINK,
+        GuestSet::BenchNet => &BENCH_NET,
         GuestSet::ConsoleTest => &CONSOLE,
         GuestSet::ConsoleLinuxTest => &CONSOLE_LINUX,
         GuestSet::SnapshotDiskTest => &SNAPSHOT_DISK,

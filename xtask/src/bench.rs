@@ -28,6 +28,12 @@
 //!   ratio is what sharing a processor costs a VM's vCPUs that talk to each other.
 //!   Where the vCPUs actually ran comes from the kernel's `cpu time` line; a
 //!   pinned VM found elsewhere is reported as a failure, not measured.
+//! - **VM to VM** through the switch: two Linux VMs with `hv.bench=net`
+//!   ([`GuestSet::BenchNet`]) send [`NET_BENCH_MIB`] MiB over TCP and ping 100
+//!   times back to back, against the same kernels, initramfs and command lines in
+//!   two plain QEMUs joined by `-netdev socket`. Both are timed by the host from
+//!   the arrival of the guests' serial lines (their clocks tick in jiffies); the
+//!   ratios are hv/direct. `--only net` measures just these.
 //!
 //! These are figures, not tests: emulators on shared machines are noisy, so nothing
 //! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
@@ -103,6 +109,8 @@ pub struct Options {
     pub build: BuildOptions,
     pub runs: u32,
     pub emulator: Emulator,
+    /// `--only net`: only the VM-to-VM figures (QEMU only).
+    pub only_net: bool,
 }
 
 // ---------------------------------------------------------------------------------
@@ -490,6 +498,283 @@ pub fn ipi_problems(
     p
 }
 
+/// The VM-to-VM transfer of [`GuestSet::BenchNet`]: MiB of zeros from
+/// `net-source` to `net-sink`, through busybox nc to this TCP port.
+pub const NET_BENCH_MIB: u32 = 8;
+pub const NET_BENCH_PORT: u16 = 5001;
+/// The two VMs of [`GuestSet::BenchNet`], as the hypervisor names them in its
+/// relayed console lines (`net-sink | ...`); the direct runs label theirs alike.
+pub const NET_SINK: &str = "net-sink";
+pub const NET_SOURCE: &str = "net-source";
+/// Two Linux boots (one TCG thread under hv, some 30-60 s), 20 pings 0.2 s apart,
+/// and the transfer (a few MiB/s under TCG); room for a busy machine.
+const QEMU_NET_LIMIT: Duration = Duration::from_secs(360);
+
+/// The source's ping summary: `ping ADDR: N packets transmitted, M packets
+/// received, L% packet loss; round-trip min/avg/max = a/b/c ms` (busybox's two
+/// summary lines joined; the round trips only when an answer came).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PingFigure {
+    pub transmitted: u32,
+    pub received: u32,
+    /// min, avg, max in ms, by the source guest's clock.
+    pub rtt_ms: Option<(f64, f64, f64)>,
+}
+
+/// What a `hv-linux: net bench:` line says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetLine {
+    Ping(PingFigure),
+    /// `tcp start N bytes to ADDR:PORT` (the source, just before nc starts).
+    TcpStart(u64),
+    /// `tcp received N bytes` (the sink, when the connection closed).
+    TcpReceived(u64),
+    /// `tcp sent, nc exit status N` (the source, once its data was acknowledged).
+    TcpSent(i32),
+    /// `FAIL <reason>`.
+    Fail(String),
+    /// `ping burst start N to ADDR`: N echo requests back to back follow.
+    BurstStart(u32),
+    /// `ping burst done: N packets transmitted, M packets received, ...`.
+    BurstDone {
+        transmitted: u32,
+        received: u32,
+    },
+    /// `clocksource NAME`: the source guest's clock, which ping reads (`tsc`;
+    /// `refined-jiffies` ticks in whole jiffies, 4 ms in Debian's kernel).
+    Clocksource(String),
+}
+
+/// Parses a `hv-linux: net bench:` line, relayed (`net-sink | ...`) or not.
+pub fn parse_net_line(line: &str) -> Option<NetLine> {
+    const TAG: &str = "hv-linux: net bench: ";
+    let rest = line[line.find(TAG)? + TAG.len()..].trim();
+    if let Some(why) = rest.strip_prefix("FAIL ") {
+        return Some(NetLine::Fail(why.to_string()));
+    }
+    if let Some(r) = rest.strip_prefix("tcp start ") {
+        let (n, _) = r.split_once(" bytes to ")?;
+        return n.parse().ok().map(NetLine::TcpStart);
+    }
+    if let Some(r) = rest.strip_prefix("tcp received ") {
+        return r
+            .strip_suffix(" bytes")?
+            .parse()
+            .ok()
+            .map(NetLine::TcpReceived);
+    }
+    if let Some(r) = rest.strip_prefix("tcp sent, nc exit status ") {
+        return r.parse().ok().map(NetLine::TcpSent);
+    }
+    if let Some(r) = rest.strip_prefix("clocksource ") {
+        return (!r.is_empty() && !r.contains(' ')).then(|| NetLine::Clocksource(r.into()));
+    }
+    if let Some(r) = rest.strip_prefix("ping burst start ") {
+        let (n, _) = r.split_once(" to ")?;
+        return n.parse().ok().map(NetLine::BurstStart);
+    }
+    if let Some(r) = rest.strip_prefix("ping burst done: ") {
+        let (transmitted, received) = ping_counts(r)?;
+        return (received <= transmitted).then_some(NetLine::BurstDone {
+            transmitted,
+            received,
+        });
+    }
+    let r = rest.strip_prefix("ping ")?;
+    let (_, summary) = r.split_once(": ")?;
+    let (counts, rtt) = summary.split_once(';')?;
+    let (transmitted, received) = ping_counts(counts)?;
+    let rtt = rtt.trim();
+    let rtt_ms = if rtt.is_empty() {
+        None
+    } else {
+        let values = rtt
+            .strip_prefix("round-trip min/avg/max = ")?
+            .strip_suffix(" ms")?;
+        let v: Vec<f64> = values
+            .split('/')
+            .map(|x| x.parse().ok().filter(|x: &f64| x.is_finite() && *x >= 0.0))
+            .collect::<Option<_>>()?;
+        match v.as_slice() {
+            &[min, avg, max] if min <= avg && avg <= max => Some((min, avg, max)),
+            _ => return None,
+        }
+    };
+    // Busybox prints round trips exactly when some answer came.
+    if received > transmitted || (received > 0) != rtt_ms.is_some() {
+        return None;
+    }
+    Some(NetLine::Ping(PingFigure {
+        transmitted,
+        received,
+        rtt_ms,
+    }))
+}
+
+/// `N packets transmitted, M packets received, ...` (busybox ping's summary).
+fn ping_counts(text: &str) -> Option<(u32, u32)> {
+    let (transmitted, rest) = text.split_once(" packets transmitted, ")?;
+    let (received, _) = rest.split_once(" packets received")?;
+    Some((
+        transmitted.trim().parse().ok()?,
+        received.trim().parse().ok()?,
+    ))
+}
+
+/// What one VM-to-VM run (under hv or between two plain QEMUs) showed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetRun {
+    pub ping: Option<PingFigure>,
+    /// When the source's `tcp start` line arrived, and the bytes it sends.
+    pub start: Option<(Duration, u64)>,
+    /// When the sink's `tcp received` line arrived, and the bytes it counted.
+    pub received: Option<(Duration, u64)>,
+    pub sent_status: Option<i32>,
+    /// When the burst's start line arrived and its count of echo requests ...
+    pub burst_start: Option<(Duration, u32)>,
+    /// ... and when its end line did, with busybox's counts.
+    pub burst_done: Option<(Duration, u32, u32)>,
+    /// The source guest's clocksource.
+    pub clocksource: Option<String>,
+    /// `vm: reason` of each `FAIL` line.
+    pub fails: Vec<String>,
+    pub alarms: Vec<String>,
+    pub last_line: Option<String>,
+}
+
+impl NetRun {
+    /// MiB/s of the transfer, from the host's arrival times of the source's start
+    /// line and the sink's end line; only when the sink got every byte.
+    pub fn tcp_mib_s(&self) -> Option<f64> {
+        let ((t0, sent), (t1, got)) = (self.start?, self.received?);
+        let secs = t1.checked_sub(t0)?.as_secs_f64();
+        (sent > 0 && got == sent && secs > 0.0).then(|| got as f64 / (1 << 20) as f64 / secs)
+    }
+
+    /// busybox's average ping round trip in ms (the guest's clock), when there
+    /// was one.
+    pub fn ping_avg_ms(&self) -> Option<f64> {
+        self.ping?.rtt_ms.map(|(_, avg, _)| avg)
+    }
+
+    /// The round trip of the back-to-back burst in ms, by the host's clock: the
+    /// time between its two lines over the count; only when every request was
+    /// answered (a lost one would wait out its timeout).
+    pub fn burst_ms(&self) -> Option<f64> {
+        let ((t0, n), (t1, sent, got)) = (self.burst_start?, self.burst_done?);
+        let secs = t1.checked_sub(t0)?.as_secs_f64();
+        (n > 0 && sent == n && got == n && secs > 0.0).then(|| secs * 1000.0 / f64::from(n))
+    }
+}
+
+/// Whether a VM-to-VM run is over with `line`: the sink's count arrived, a guest
+/// failed or its kernel panicked, the source's nc failed (the sink would wait for
+/// its own time limit), or the hypervisor stopped.
+pub fn net_run_over(line: &str) -> bool {
+    match parse_net_line(line) {
+        Some(NetLine::TcpReceived(_)) => line.starts_with(&format!("{NET_SINK} | ")),
+        Some(NetLine::Fail(_)) => true,
+        Some(NetLine::TcpSent(status)) => status != 0,
+        _ => line.contains("Kernel panic") || line.contains("hv: stopping with status"),
+    }
+}
+
+/// Reads a VM-to-VM run's serial lines (`net-sink | ...`, `net-source | ...`).
+pub fn analyse_net(lines: &[TimedLine]) -> NetRun {
+    let mut run = NetRun::default();
+    let source = format!("{NET_SOURCE} | ");
+    let sink = format!("{NET_SINK} | ");
+    for l in lines {
+        let t = l.text.as_str();
+        let from_source = t.starts_with(&source);
+        let from_sink = t.starts_with(&sink);
+        match parse_net_line(t) {
+            Some(NetLine::Ping(p)) if from_source => run.ping = Some(p),
+            Some(NetLine::TcpStart(n)) if from_source => {
+                run.start.get_or_insert((l.at, n));
+            }
+            Some(NetLine::TcpSent(s)) if from_source => run.sent_status = Some(s),
+            Some(NetLine::BurstStart(n)) if from_source => {
+                run.burst_start.get_or_insert((l.at, n));
+            }
+            Some(NetLine::BurstDone {
+                transmitted,
+                received,
+            }) if from_source => {
+                run.burst_done.get_or_insert((l.at, transmitted, received));
+            }
+            Some(NetLine::Clocksource(name)) if from_source => run.clocksource = Some(name),
+            Some(NetLine::TcpReceived(n)) if from_sink => {
+                run.received.get_or_insert((l.at, n));
+            }
+            Some(NetLine::Fail(why)) => {
+                let vm = t.split(" | ").next().unwrap_or("?");
+                run.fails.push(format!("{vm}: {why}"));
+            }
+            _ => {}
+        }
+        if ["Kernel panic", "EXCEPTION", "PANIC"]
+            .iter()
+            .any(|a| t.contains(a))
+        {
+            run.alarms.push(t.to_string());
+        }
+    }
+    run.last_line = lines
+        .iter()
+        .rev()
+        .find(|l| !l.text.trim().is_empty())
+        .map(|l| l.text.clone());
+    run
+}
+
+/// What went wrong in a VM-to-VM run, one message per missing figure.
+pub fn net_problems(run: &NetRun, timed_out: bool, limit: Duration) -> Vec<String> {
+    let mut p = Vec::new();
+    p.extend(timeout_problem(timed_out, limit, run.last_line.as_deref()));
+    for f in &run.fails {
+        p.push(format!("guest failed: {f}"));
+    }
+    match run.ping {
+        None => p.push(format!(
+            "no `{NET_SOURCE} | hv-linux: net bench: ping` line ({})",
+            last_serial_line(run.last_line.as_deref())
+        )),
+        Some(f) if f.rtt_ms.is_none() => p.push(format!(
+            "no ping answered ({} sent, {} answered)",
+            f.transmitted, f.received
+        )),
+        Some(_) => {}
+    }
+    match (run.burst_start, run.burst_done) {
+        (Some((_, n)), Some((_, sent, got))) if sent != n || got != n => p.push(format!(
+            "ping burst: {got} of {sent} echo requests answered ({n} asked for)"
+        )),
+        (Some(_), Some(_)) => {}
+        _ => p.push(format!(
+            "no `{NET_SOURCE} | ... ping burst` start and done lines"
+        )),
+    }
+    match (run.start, run.received) {
+        (None, _) => p.push(format!("no `{NET_SOURCE} | ... tcp start` line")),
+        (Some(_), None) => p.push(format!(
+            "no `{NET_SINK} | ... tcp received` line: the transfer did not end ({})",
+            last_serial_line(run.last_line.as_deref())
+        )),
+        (Some((_, sent)), Some((_, got))) if got != sent => {
+            p.push(format!("the sink received {got} bytes of {sent}"))
+        }
+        _ => {}
+    }
+    if let Some(s) = run.sent_status.filter(|&s| s != 0) {
+        p.push(format!("the source's nc exited with status {s}"));
+    }
+    for a in &run.alarms {
+        p.push(format!("alarm on the serial line: {a:?}"));
+    }
+    p
+}
+
 /// Median and spread of a set of measurements.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
@@ -624,6 +909,13 @@ pub struct Collected {
     pub disk_encrypted: Vec<DiskFigure>,
     /// Snapshot and restore of the console test's Linux VM, from the console.
     pub snapshots: Vec<SnapshotFigure>,
+    /// VM-to-VM runs: two Linux VMs through the hypervisor's switch, and the same
+    /// two in plain QEMUs joined by a socket netdev.
+    pub net_hv: Vec<NetRun>,
+    pub net_direct: Vec<NetRun>,
+    /// Only the VM-to-VM figures were asked for (`--only net`): the other rows
+    /// are left out rather than shown as failed.
+    pub only_net: bool,
     /// `part: reason` lines.
     pub failures: Vec<String>,
 }
@@ -634,6 +926,11 @@ impl Collected {
         !self.direct.is_empty()
             || !self.disk_direct.is_empty()
             || !self.disk_plain.is_empty()
+            || self
+                .net_hv
+                .iter()
+                .chain(&self.net_direct)
+                .any(|r| r.tcp_mib_s().is_some() || r.burst_ms().is_some())
             || self.hv.iter().any(|r| {
                 r.init.is_some() || r.exits.is_some() || r.full.is_some() || r.bare.is_some()
             })
@@ -659,6 +956,141 @@ fn row(label: &str, sub: &str, value: &str) -> String {
     format!("{label:<17}{sub:<16}{value}")
 }
 
+/// The `failed:` list that ends the table.
+fn push_failures(out: &mut Vec<String>, failures: &[String]) {
+    if !failures.is_empty() {
+        out.push("failed:".into());
+        for f in failures {
+            out.push(format!("  {f}"));
+        }
+    }
+}
+
+/// `12.3 MiB/s  [11.0-13.1]` (the range only when the values differ).
+fn fmt_figure(s: &Summary, decimals: usize, unit: &str) -> String {
+    if s.n > 1 && s.min != s.max {
+        format!(
+            "{:.d$} {unit}  [{:.d$}-{:.d$}]",
+            s.median,
+            s.min,
+            s.max,
+            d = decimals
+        )
+    } else {
+        format!("{:.d$} {unit}", s.median, d = decimals)
+    }
+}
+
+/// One VM-to-VM figure's row: its labels, how a run gives it, decimals, unit.
+type NetRow = (
+    &'static str,
+    String,
+    fn(&NetRun) -> Option<f64>,
+    usize,
+    &'static str,
+);
+
+/// The VM-to-VM rows: TCP throughput and ping round trip, direct and under hv,
+/// with the ratio hv/direct. Nothing when no VM-to-VM run was made.
+fn net_rows(c: &Collected) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.net_hv.is_empty() && c.net_direct.is_empty() {
+        return out;
+    }
+    let figures = |runs: &[NetRun], f: fn(&NetRun) -> Option<f64>| {
+        summarize(&runs.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let rows: [NetRow; 2] = [
+        (
+            "VM-to-VM TCP",
+            format!("  {NET_BENCH_MIB} MiB, nc"),
+            NetRun::tcp_mib_s,
+            1,
+            "MiB/s",
+        ),
+        (
+            "VM-to-VM ping",
+            "  100 in a row".to_string(),
+            NetRun::burst_ms,
+            2,
+            "ms",
+        ),
+    ];
+    for (head, sub, f, decimals, unit) in rows {
+        let direct = figures(&c.net_direct, f);
+        let under = figures(&c.net_hv, f);
+        let show = |s: &Option<Summary>| {
+            s.as_ref().map_or("failed (see below)".to_string(), |s| {
+                fmt_figure(s, decimals, unit)
+            })
+        };
+        out.push(row(head, "direct QEMU", &show(&direct)));
+        out.push(row(
+            &sub,
+            "under hv",
+            &match (&under, &direct) {
+                (Some(u), Some(d)) => format!(
+                    "{:<30}  ratio {}",
+                    show(&under),
+                    ratio(u.median, d.median).unwrap_or("n/a".into())
+                ),
+                _ => show(&under),
+            },
+        ));
+    }
+    // busybox's own average of 20 pings by the guest's clock, and that clock
+    // (each distinct name once).
+    let avg = |runs: &[NetRun]| {
+        figures(runs, NetRun::ping_avg_ms).map_or("failed".into(), |s| fmt_figure(&s, 2, "ms"))
+    };
+    out.push(row(
+        "",
+        "",
+        &format!(
+            "(busybox's average of 20, 0.2 s apart: {} direct, {} under hv)",
+            avg(&c.net_direct),
+            avg(&c.net_hv)
+        ),
+    ));
+    let clocks = |runs: &[NetRun]| {
+        let mut seen: Vec<&str> = Vec::new();
+        for name in runs.iter().filter_map(|r| r.clocksource.as_deref()) {
+            if !seen.contains(&name) {
+                seen.push(name);
+            }
+        }
+        seen.join("/")
+    };
+    let (direct, under) = (clocks(&c.net_direct), clocks(&c.net_hv));
+    if !direct.is_empty() || !under.is_empty() {
+        let or_unknown = |s: String| if s.is_empty() { "unknown".into() } else { s };
+        out.push(row(
+            "",
+            "",
+            &format!(
+                "(its clock, the source guest's clocksource: {} direct, {} under hv)",
+                or_unknown(direct),
+                or_unknown(under)
+            ),
+        ));
+    }
+    out
+}
+
+/// What the VM-to-VM rows measure, under the table.
+const NET_NOTES: [&str; 10] = [
+    "VM-to-VM: two Linux VMs (1 vCPU, 160 MiB, virtio-net) on one network: under hv",
+    "  through its switch (one QEMU, 2 processors, one TCG thread for both VMs);",
+    "  direct: the same kernel, initramfs and command lines in two plain QEMUs",
+    "  (-kernel, one TCG thread each) joined by -netdev socket on 127.0.0.1.",
+    "  TCP: zeros through busybox nc, timed by the host from the arrival of the",
+    "  source's start line to that of the sink's line counting every byte; ratio",
+    "  hv/direct, below 1 is slower. ping: 100 echo requests back to back (ping",
+    "  -A), timed by the host between the lines before and after them, per round",
+    "  trip; ratio hv/direct, above 1 is slower. busybox's own average reads the",
+    "  guest's clock, which with refined-jiffies ticks in 4 ms steps.",
+];
+
 /// The printed table.
 pub fn report(c: &Collected) -> String {
     let mut out = Vec::new();
@@ -668,6 +1100,14 @@ pub fn report(c: &Collected) -> String {
         format!("{} runs, median [min-max]", c.runs)
     };
     out.push(format!("hv bench ({}, {runs})", c.setup));
+    if c.only_net {
+        out.extend(net_rows(c));
+        out.extend(NET_NOTES.map(String::from));
+        push_failures(&mut out, &c.failures);
+        let mut text = out.join("\n");
+        text.push('\n');
+        return text;
+    }
     let failed = || "failed (see below)".to_string();
     // A figure with its ratio in a column of its own (two spaces after a longer one).
     let with_ratio = |value: String, ratio: String| format!("{value:<30}  ratio {ratio}");
@@ -836,6 +1276,9 @@ pub fn report(c: &Collected) -> String {
         }
     }
 
+    // VM-to-VM network figures.
+    out.extend(net_rows(c));
+
     // Exits.
     let exits: Vec<Exits> = c.hv.iter().filter_map(|r| r.exits.clone()).collect();
     match median_exits(&exits) {
@@ -994,12 +1437,10 @@ pub fn report(c: &Collected) -> String {
         ]
         .map(String::from),
     );
-    if !c.failures.is_empty() {
-        out.push("failed:".into());
-        for f in &c.failures {
-            out.push(format!("  {f}"));
-        }
+    if !c.net_hv.is_empty() || !c.net_direct.is_empty() {
+        out.extend(NET_NOTES.map(String::from));
     }
+    push_failures(&mut out, &c.failures);
     let mut text = out.join("\n");
     text.push('\n');
     text
@@ -1351,6 +1792,130 @@ fn direct_disk_command(qemu: &Path, guest: &LinuxGuest, image: &Path) -> Command
     cmd
 }
 
+/// The VM-to-VM run under the hypervisor: [`GuestSet::BenchNet`] on the network
+/// test's machine (2 processors, one TCG thread: two Linux VMs under
+/// multi-threaded TCG crash it now and then, README's Known problems).
+fn net_hv_run(opts: &BuildOptions, work: &Path) -> Result<Streamed, String> {
+    let built = build::build_all(opts, GuestSet::BenchNet)?;
+    let qemu_opts = QemuOptions {
+        memory_mib: 512,
+        cpus: 2,
+        tcg_thread: Some(crate::emulator::TcgThread::Single),
+        ..hv_qemu_options()
+    };
+    let cmd = emulator::qemu_command(&built.images.bios, &qemu_opts, work)?;
+    run_streaming(cmd, QEMU_NET_LIMIT, net_run_over)
+}
+
+/// A VM of [`GuestSet::BenchNet`] booted by QEMU itself: its bzImage, initrd,
+/// command line, memory and vCPUs, with its NIC's MAC on a virtio-net-pci
+/// (modern only, 1af4:1041, as ours: the guest's /init looks for that ID) on
+/// `-netdev socket,<socket>`.
+fn direct_net_command(
+    qemu: &Path,
+    vm: &crate::vms::VmDef,
+    socket: &str,
+) -> Result<Command, String> {
+    let initrd = vm
+        .modules
+        .first()
+        .ok_or(format!("VM {} has no initrd", vm.name))?;
+    let nic = vm
+        .nics
+        .first()
+        .ok_or(format!("VM {} has no NIC", vm.name))?;
+    let mac: Vec<String> = nic.mac.iter().map(|b| format!("{b:02x}")).collect();
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", QEMU_CPU])
+        .args(["-m", &format!("{}K", vm.memory_kib)])
+        .args(["-smp", &vm.vcpus.to_string()])
+        .args(["-serial", "stdio", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&vm.image)
+        .arg("-initrd")
+        .arg(&initrd.path)
+        .arg("-append")
+        .arg(&vm.cmdline)
+        .args(["-netdev", &format!("socket,id=n0,{socket}")])
+        .args([
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=n0,disable-legacy=on,mac={}",
+                mac.join(":")
+            ),
+        ]);
+    Ok(cmd)
+}
+
+/// The VM-to-VM reference: the same two VMs in two plain QEMUs, the sink's
+/// listening on a free port of 127.0.0.1 and the source's connecting to it a
+/// second later (QEMU opens the socket before the guest starts).
+fn net_direct_run(qemu: &Path) -> Result<Streamed, String> {
+    let vms = GuestSet::BenchNet.vms()?;
+    let vm = |name: &str| {
+        vms.iter()
+            .find(|v| v.name == name)
+            .ok_or(format!("no VM {name} in the bench-net set"))
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port on 127.0.0.1: {e}"))?
+        .port();
+    let cmds = vec![
+        (
+            NET_SINK.to_string(),
+            direct_net_command(qemu, vm(NET_SINK)?, &format!("listen=127.0.0.1:{port}"))?,
+        ),
+        (
+            NET_SOURCE.to_string(),
+            direct_net_command(qemu, vm(NET_SOURCE)?, &format!("connect=127.0.0.1:{port}"))?,
+        ),
+    ];
+    emulator::run_streaming_labelled(cmds, Duration::from_secs(1), QEMU_NET_LIMIT, net_run_over)
+}
+
+/// Notes a VM-to-VM run's figures and problems (`side`: `hv` or `direct`).
+fn record_net(c: &mut Collected, i: u32, side: &str, out: Result<Streamed, String>, log: &Path) {
+    let name = format!("net {side} run {i}");
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            c.failures.push(format!("{name}: {e}"));
+            return;
+        }
+    };
+    save_log(log, &out);
+    let run = analyse_net(&out.lines);
+    let mut problems = net_problems(&run, out.timed_out, QEMU_NET_LIMIT);
+    let stderr = out.stderr.trim();
+    if !stderr.is_empty() && run.tcp_mib_s().is_none() {
+        problems.push(format!("QEMU said: {stderr}"));
+    }
+    progress(&format!(
+        "run {i}/{}: VM-to-VM {side}: tcp {}, ping {} (busybox's average {}){}",
+        c.runs,
+        run.tcp_mib_s()
+            .map_or("(none)".into(), |m| format!("{m:.1} MiB/s")),
+        run.burst_ms()
+            .map_or("(none)".into(), |m| format!("{m:.2} ms")),
+        run.ping_avg_ms()
+            .map_or("(none)".into(), |m| format!("{m:.2} ms")),
+        if problems.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} problem(s))", problems.len())
+        }
+    ));
+    for p in problems {
+        c.failures.push(format!("{name}: {p}"));
+    }
+    if side == "hv" {
+        c.net_hv.push(run);
+    } else {
+        c.net_direct.push(run);
+    }
+}
+
 /// Builds the image with the Linux VM in test mode and `bench64`.
 fn bench_image(opts: &BuildOptions) -> Result<PathBuf, String> {
     Ok(build::build_all(opts, GuestSet::Bench)?.images.bios)
@@ -1472,8 +2037,21 @@ pub fn bench(opts: &Options) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(work.join("logs"));
     let mut c = Collected {
         runs: opts.runs,
+        only_net: opts.only_net,
         ..Default::default()
     };
+    if opts.only_net {
+        if opts.emulator != Emulator::Qemu {
+            return Err("--only net needs QEMU: its reference is two plain QEMUs".into());
+        }
+        let qemu = tools::require(&[tools::QEMU], "benchmark")?.remove(0);
+        c.setup = qemu_setup(&qemu);
+        c.emulator_name = "QEMU".into();
+        for i in 1..=opts.runs {
+            net_runs(&mut c, i, &opts.build, &qemu, &work, &log);
+        }
+        return finish(&c, &work);
+    }
     // Build first: a failure is one part's failure, not the end of the command.
     // QEMU gets the bundle over NVMe, as `cargo xtask run` does; Bochs (no NVMe)
     // the bundle in the boot image.
@@ -1507,13 +2085,7 @@ pub fn bench(opts: &Options) -> Result<(), String> {
         Emulator::Qemu => {
             c.hv_cpus = hv_qemu_options().cpus;
             let qemu = tools::require(&[tools::QEMU], "run the benchmark in QEMU")?.remove(0);
-            let version = Command::new(&qemu)
-                .arg("--version")
-                .output()
-                .ok()
-                .and_then(|o| qemu_version(&String::from_utf8_lossy(&o.stdout)).map(str::to_string))
-                .unwrap_or_else(|| "(version unknown)".into());
-            c.setup = format!("QEMU {version} TCG, -cpu {QEMU_CPU}");
+            c.setup = qemu_setup(&qemu);
             c.emulator_name = "QEMU".into();
             let guest = linux::debian_linux(&linux::default_cache_dir());
             if let Err(e) = &guest {
@@ -1606,6 +2178,7 @@ pub fn bench(opts: &Options) -> Result<(), String> {
                         (Err(e), _) => c.failures.push(format!("{name} run {i}: {e}")),
                     }
                 }
+                net_runs(&mut c, i, &opts.build, &qemu, &work, &log);
             }
         }
         Emulator::Bochs => {
@@ -1638,11 +2211,40 @@ pub fn bench(opts: &Options) -> Result<(), String> {
             }
         }
     }
+    finish(&c, &work)
+}
+
+/// `QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt`.
+fn qemu_setup(qemu: &Path) -> String {
+    let version = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| qemu_version(&String::from_utf8_lossy(&o.stdout)).map(str::to_string))
+        .unwrap_or_else(|| "(version unknown)".into());
+    format!("QEMU {version} TCG, -cpu {QEMU_CPU}")
+}
+
+/// One VM-to-VM run under hv, then its reference (one emulator at a time).
+fn net_runs(
+    c: &mut Collected,
+    i: u32,
+    build: &BuildOptions,
+    qemu: &Path,
+    work: &Path,
+    log: &dyn Fn(u32, &str) -> PathBuf,
+) {
+    record_net(c, i, "hv", net_hv_run(build, work), &log(i, "net-hv"));
+    record_net(c, i, "direct", net_direct_run(qemu), &log(i, "net-direct"));
+}
+
+/// Prints the table; an error only when nothing at all was measured.
+fn finish(c: &Collected, work: &Path) -> Result<(), String> {
     progress(&format!(
         "serial logs with each line's arrival time: {}",
         work.join("logs").display()
     ));
-    print!("{}", report(&c));
+    print!("{}", report(c));
     if c.anything() {
         Ok(())
     } else {
@@ -2269,5 +2871,436 @@ mod tests {
         cmd.args(["-c", "exec sleep 30"]);
         let out = run_streaming(cmd, Duration::from_millis(200), |_| false).unwrap();
         assert!(out.timed_out && out.lines.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    fn line(ms: u64, text: &str) -> TimedLine {
+        TimedLine {
+            at: Duration::from_millis(ms),
+            text: text.into(),
+        }
+    }
+
+    const PING: &str = "net-source | hv-linux: net bench: ping 10.0.0.1: 20 packets transmitted, \
+        20 packets received, 0% packet loss; round-trip min/avg/max = 0.512/1.250/3.400 ms";
+
+    #[test]
+    fn net_bench_lines() {
+        assert_eq!(
+            parse_net_line(PING),
+            Some(NetLine::Ping(PingFigure {
+                transmitted: 20,
+                received: 20,
+                rtt_ms: Some((0.512, 1.25, 3.4)),
+            }))
+        );
+        // Every echo request lost: busybox prints no round trips.
+        assert_eq!(
+            parse_net_line(
+                "hv-linux: net bench: ping 10.0.0.1: 20 packets transmitted, 0 packets received, \
+                 100% packet loss; "
+            ),
+            Some(NetLine::Ping(PingFigure {
+                transmitted: 20,
+                received: 0,
+                rtt_ms: None,
+            }))
+        );
+        assert_eq!(
+            parse_net_line(
+                "net-source | hv-linux: net bench: tcp start 8388608 bytes to 10.0.0.1:5001"
+            ),
+            Some(NetLine::TcpStart(8388608))
+        );
+        assert_eq!(
+            parse_net_line("net-sink | hv-linux: net bench: tcp received 8388608 bytes\r"),
+            Some(NetLine::TcpReceived(8388608))
+        );
+        assert_eq!(
+            parse_net_line("hv-linux: net bench: ping burst start 100 to 10.0.0.1"),
+            Some(NetLine::BurstStart(100))
+        );
+        assert_eq!(
+            parse_net_line(
+                "hv-linux: net bench: ping burst done: 100 packets transmitted, 98 packets received, 2% packet loss"
+            ),
+            Some(NetLine::BurstDone {
+                transmitted: 100,
+                received: 98
+            })
+        );
+        assert_eq!(
+            parse_net_line("hv-linux: net bench: ping burst done: "),
+            None
+        );
+        assert_eq!(
+            parse_net_line(
+                "hv-linux: net bench: ping burst done: 1 packets transmitted, 2 packets received, 0% packet loss"
+            ),
+            None
+        );
+        assert_eq!(
+            parse_net_line("hv-linux: net bench: tcp sent, nc exit status 1"),
+            Some(NetLine::TcpSent(1))
+        );
+        assert_eq!(
+            parse_net_line("net-source | hv-linux: net bench: clocksource refined-jiffies"),
+            Some(NetLine::Clocksource("refined-jiffies".into()))
+        );
+        assert_eq!(parse_net_line("hv-linux: net bench: clocksource "), None);
+        assert_eq!(
+            parse_net_line("hv-linux: net bench: FAIL no network (no eth0 with an address)"),
+            Some(NetLine::Fail("no network (no eth0 with an address)".into()))
+        );
+        for bad in [
+            // Answers without round trips, round trips without answers.
+            "hv-linux: net bench: ping 10.0.0.1: 20 packets transmitted, 3 packets received, 85% packet loss; ",
+            "hv-linux: net bench: ping 10.0.0.1: 20 packets transmitted, 0 packets received, 100% packet loss; round-trip min/avg/max = 1/2/3 ms",
+            // More answers than requests; min/avg/max out of order; a bad number.
+            "hv-linux: net bench: ping a: 2 packets transmitted, 3 packets received, 0% packet loss; round-trip min/avg/max = 1/2/3 ms",
+            "hv-linux: net bench: ping a: 2 packets transmitted, 2 packets received, 0% packet loss; round-trip min/avg/max = 3/2/1 ms",
+            "hv-linux: net bench: ping a: 2 packets transmitted, 2 packets received, 0% packet loss; round-trip min/avg/max = 1/x/3 ms",
+            "hv-linux: net bench: ping a: 2 packets transmitted, 2 packets received, 0% packet loss; round-trip min/avg/max = 1/2 ms",
+            "hv-linux: net bench: tcp start many bytes to a:1",
+            "hv-linux: net bench: tcp received -1 bytes",
+            "hv-linux: net bench: listening on port 5001",
+            "hv-linux: disk bench: write 64 MiB 1 s, read 64 MiB 1 s",
+        ] {
+            assert_eq!(parse_net_line(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn when_a_net_run_is_over() {
+        assert!(net_run_over(
+            "net-sink | hv-linux: net bench: tcp received 5 bytes"
+        ));
+        // The source does not count what arrived.
+        assert!(!net_run_over(
+            "net-source | hv-linux: net bench: tcp received 5 bytes"
+        ));
+        assert!(!net_run_over(
+            "net-source | hv-linux: net bench: tcp sent, nc exit status 0"
+        ));
+        assert!(net_run_over(
+            "net-source | hv-linux: net bench: tcp sent, nc exit status 1"
+        ));
+        assert!(net_run_over(
+            "net-sink | hv-linux: net bench: FAIL no network"
+        ));
+        assert!(net_run_over("net-sink | [ 1.0] Kernel panic - not syncing"));
+        assert!(net_run_over("hv: stopping with status 17 (Failure)"));
+        assert!(!net_run_over(PING));
+    }
+
+    #[test]
+    fn a_net_run() {
+        let lines = [
+            line(
+                30_000,
+                "net-sink | hv-linux: net bench: listening on port 5001",
+            ),
+            line(39_000, "net-source | hv-linux: net bench: clocksource tsc"),
+            line(40_000, PING),
+            line(
+                40_010,
+                "net-source | hv-linux: net bench: ping burst start 100 to 10.0.0.1",
+            ),
+            line(
+                40_060,
+                "net-source | hv-linux: net bench: ping burst done: 100 packets transmitted, \
+                 100 packets received, 0% packet loss",
+            ),
+            line(
+                40_100,
+                "net-source | hv-linux: net bench: tcp start 8388608 bytes to 10.0.0.1:5001",
+            ),
+            line(
+                42_100,
+                "net-sink | hv-linux: net bench: tcp received 8388608 bytes",
+            ),
+            line(
+                42_300,
+                "net-source | hv-linux: net bench: tcp sent, nc exit status 0",
+            ),
+        ];
+        let r = analyse_net(&lines);
+        assert_eq!(r.ping_avg_ms(), Some(1.25));
+        // 8 MiB in the 2.0 s between the two lines' arrivals.
+        assert!((r.tcp_mib_s().unwrap() - 4.0).abs() < 1e-9);
+        assert_eq!(r.sent_status, Some(0));
+        assert_eq!(r.clocksource.as_deref(), Some("tsc"));
+        // 100 round trips in the 50 ms between the burst's lines.
+        assert!((r.burst_ms().unwrap() - 0.5).abs() < 1e-9);
+        assert!(net_problems(&r, false, QEMU_NET_LIMIT).is_empty());
+
+        // A short count gives no figure, and says so.
+        let mut short = lines.clone();
+        short[6] = line(
+            42_100,
+            "net-sink | hv-linux: net bench: tcp received 4096 bytes",
+        );
+        let r = analyse_net(&short);
+        assert_eq!(r.tcp_mib_s(), None);
+        assert_eq!(
+            net_problems(&r, false, QEMU_NET_LIMIT),
+            ["the sink received 4096 bytes of 8388608"]
+        );
+
+        // The lines only count from the VM whose part they are.
+        let swapped = [
+            line(1, &PING.replace("net-source", "net-sink")),
+            line(2, "net-source | hv-linux: net bench: tcp received 5 bytes"),
+        ];
+        let r = analyse_net(&swapped);
+        assert!(r.ping.is_none() && r.received.is_none());
+
+        // A run that timed out part-way, with a failed guest and a failed nc.
+        let r = analyse_net(&[
+            line(1, "net-sink | hv-linux: net bench: FAIL no network (no eth0 with an address)"),
+            line(2, "net-source | hv-linux: net bench: ping 10.0.0.1: 20 packets transmitted, 0 packets received, 100% packet loss; "),
+            line(3, "net-source | hv-linux: net bench: tcp start 8 bytes to 10.0.0.1:5001"),
+            line(4, "net-source | hv-linux: net bench: tcp sent, nc exit status 1"),
+        ]);
+        let p = net_problems(&r, true, Duration::from_secs(360));
+        assert!(
+            p[0].contains("360 s") && p[0].contains("nc exit status 1"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m == "guest failed: net-sink: no network (no eth0 with an address)"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m == "no ping answered (20 sent, 0 answered)"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("tcp received` line: the transfer did not end")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m == "the source's nc exited with status 1"),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("ping burst` start and done lines")),
+            "{p:?}"
+        );
+        // A burst with a lost answer gives no figure.
+        let r = analyse_net(&[
+            line(1, "net-source | hv-linux: net bench: ping burst start 100 to a"),
+            line(2, "net-source | hv-linux: net bench: ping burst done: 100 packets transmitted, 99 packets received, 1% packet loss"),
+        ]);
+        assert_eq!(r.burst_ms(), None);
+        let p = net_problems(&r, false, QEMU_NET_LIMIT);
+        assert!(
+            p.contains(&"ping burst: 99 of 100 echo requests answered (100 asked for)".to_string()),
+            "{p:?}"
+        );
+        let p = net_problems(&analyse_net(&[]), false, QEMU_NET_LIMIT);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("ping` line (no serial output at all)")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("tcp start` line")), "{p:?}");
+    }
+
+    fn net_run(mib_s: f64, ping_ms: f64) -> NetRun {
+        let bytes = u64::from(NET_BENCH_MIB) << 20;
+        let secs = f64::from(NET_BENCH_MIB) / mib_s;
+        NetRun {
+            ping: Some(PingFigure {
+                transmitted: 20,
+                received: 20,
+                rtt_ms: Some((ping_ms / 2.0, ping_ms, ping_ms * 2.0)),
+            }),
+            burst_start: Some((Duration::from_secs(5), 100)),
+            burst_done: Some((
+                Duration::from_secs(5) + Duration::from_secs_f64(ping_ms / 10.0),
+                100,
+                100,
+            )),
+            start: Some((Duration::from_secs(10), bytes)),
+            received: Some((
+                Duration::from_secs(10) + Duration::from_secs_f64(secs),
+                bytes,
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_net_rows() {
+        let c = Collected {
+            setup: "QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt".into(),
+            runs: 1,
+            only_net: true,
+            net_direct: vec![NetRun {
+                clocksource: Some("tsc".into()),
+                ..net_run(20.0, 0.5)
+            }],
+            net_hv: vec![net_run(5.0, 1.5)],
+            ..Default::default()
+        };
+        assert!(c.anything());
+        let t = report(&c);
+        let expected = [
+            "hv bench (QEMU 7.2.22 TCG, -cpu qemu64,+svm,+npt, 1 run)",
+            "VM-to-VM TCP     direct QEMU     20.0 MiB/s",
+            "  8 MiB, nc      under hv        5.0 MiB/s                       ratio 0.25x",
+            "VM-to-VM ping    direct QEMU     0.50 ms",
+            "  100 in a row   under hv        1.50 ms                         ratio 3.00x",
+            "                                 (busybox's average of 20, 0.2 s apart: 0.50 ms direct, 1.50 ms under hv)",
+            "                                 (its clock, the source guest's clocksource: tsc direct, unknown under hv)",
+            "VM-to-VM: two Linux VMs",
+        ]
+        .join("\n");
+        assert!(t.starts_with(&expected), "{t}");
+        // Only the network was asked for: no other row shows as failed.
+        assert!(
+            !t.contains("Linux to /init") && !t.contains("failed"),
+            "{t}"
+        );
+
+        // The reference failed: no ratio, and the failure is listed.
+        let c = Collected {
+            runs: 3,
+            net_direct: vec![NetRun::default()],
+            net_hv: vec![net_run(5.0, 1.5), net_run(4.0, 1.0), net_run(6.0, 2.0)],
+            failures: vec!["net direct run 1: no `net-source | ... tcp start` line".into()],
+            ..c
+        };
+        let t = report(&c);
+        assert!(
+            t.contains("VM-to-VM TCP     direct QEMU     failed (see below)\n"),
+            "{t}"
+        );
+        assert!(t.contains("under hv        5.0 MiB/s  [4.0-6.0]\n"), "{t}");
+        assert!(t.contains("under hv        1.50 ms  [1.00-2.00]\n"), "{t}");
+        assert!(
+            t.contains("failed:\n  net direct run 1: no `net-source"),
+            "{t}"
+        );
+
+        // In the full table the rows come with the others; without runs, not at all.
+        let full = Collected {
+            only_net: false,
+            ..c.clone()
+        };
+        let t = report(&full);
+        assert!(
+            t.contains("Linux to /init") && t.contains("\nVM-to-VM TCP "),
+            "{t}"
+        );
+        let none = Collected {
+            net_hv: vec![],
+            net_direct: vec![],
+            ..full
+        };
+        assert!(!report(&none).contains("VM-to-VM"));
+        let nothing = Collected {
+            net_hv: vec![NetRun::default()],
+            ..Default::default()
+        };
+        assert!(!nothing.anything());
+    }
+
+    #[test]
+    fn labelled_streaming_merges_emulators_on_one_clock() {
+        let sh = |script: &str| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]);
+            cmd
+        };
+        let out = emulator::run_streaming_labelled(
+            vec![
+                (
+                    "a".into(),
+                    sh("echo one; sleep 0.4; echo three; exec sleep 30"),
+                ),
+                ("b".into(), sh("echo two; echo oops >&2; exec sleep 30")),
+            ],
+            Duration::from_millis(100),
+            Duration::from_secs(20),
+            |l| l == "a | three",
+        )
+        .unwrap();
+        let texts: Vec<&str> = out.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["a | one", "b | two", "a | three"]);
+        assert!(out.stopped && !out.timed_out);
+        // b started 100 ms after a; a's third line 400 ms after its first.
+        assert!(out.lines[2].at - out.lines[0].at >= Duration::from_millis(350));
+        assert!(
+            out.lines[1].at >= Duration::from_millis(90),
+            "{:?}",
+            out.lines[1].at
+        );
+        assert_eq!(out.stderr, "b: oops\n");
+
+        // Both end by themselves: the run ends when both outputs close.
+        let out = emulator::run_streaming_labelled(
+            vec![("a".into(), sh("echo x")), ("b".into(), sh("echo y"))],
+            Duration::ZERO,
+            Duration::from_secs(20),
+            |_| false,
+        )
+        .unwrap();
+        assert_eq!(out.lines.len(), 2);
+        assert!(!out.stopped && !out.timed_out);
+
+        let out = emulator::run_streaming_labelled(
+            vec![("a".into(), sh("exec sleep 30"))],
+            Duration::ZERO,
+            Duration::from_millis(200),
+            |_| false,
+        )
+        .unwrap();
+        assert!(out.timed_out && out.lines.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod net_machine_tests {
+    use super::*;
+
+    /// The VM-to-VM reference on this machine (two plain QEMUs, the Linux guest
+    /// cached or downloaded; about a minute):
+    /// `cargo test -p xtask -- --ignored direct_vm_to_vm`.
+    #[test]
+    #[ignore]
+    fn direct_vm_to_vm_transfer_completes() {
+        let qemu = tools::require(&[tools::QEMU], "boot Linux")
+            .unwrap()
+            .remove(0);
+        let out = net_direct_run(&qemu).unwrap();
+        let run = analyse_net(&out.lines);
+        let problems = net_problems(&run, out.timed_out, QEMU_NET_LIMIT);
+        let log: Vec<String> = out
+            .lines
+            .iter()
+            .map(|l| format!("[{:>8.3}] {}", l.at.as_secs_f64(), l.text))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{problems:?}\n{}\n{}",
+            log.join("\n"),
+            out.stderr
+        );
+        eprintln!(
+            "direct VM-to-VM: {:.1} MiB/s, ping {:.2} ms",
+            run.tcp_mib_s().unwrap(),
+            run.ping_avg_ms().unwrap()
+        );
     }
 }

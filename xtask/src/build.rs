@@ -164,6 +164,13 @@ pub enum GuestSet {
     /// (10.0.9.2): it scrapes `/metrics` and collects the syslog; `lan-a` tries
     /// the metrics from "lan" with an address of that subnet, and must fail.
     NetworkTest,
+    /// `cargo xtask bench`'s VM-to-VM figures: two Linux VMs in test mode with
+    /// `hv.bench=net` (1 vCPU, 160 MiB each) on network "lan", `net-sink` at
+    /// 10.0.0.1 counting what a TCP connection to its port brings, and
+    /// `net-source` at 10.0.0.2, which pings it and sends it
+    /// [`crate::bench::NET_BENCH_MIB`] MiB. The bench boots the same kernel,
+    /// initramfs and command lines in two plain QEMUs as the reference.
+    BenchNet,
     /// The uplink: one Linux VM in test mode (`web`, 1 vCPU, 160 MiB) at 10.0.2.15
     /// on network "lan", whose uplink is the machine's e1000 on QEMU's user network:
     /// it sends a line to [`UPLINK_TEST_SERVER_PORT`] on the gateway 10.0.2.2 (the
@@ -454,6 +461,7 @@ impl GuestSet {
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
+            GuestSet::BenchNet => "bench-net",
             GuestSet::UplinkTest => "uplink-test",
             GuestSet::ConsoleTest => "console-test",
             GuestSet::ConsoleLinuxTest => "console-linux-test",
@@ -644,6 +652,30 @@ impl GuestSet {
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
                 vms.push(crate::config::check(&net64)?);
                 Ok(vms)
+            }
+            GuestSet::BenchNet => {
+                use crate::bench::{NET_BENCH_MIB, NET_BENCH_PORT};
+                let lan = |name: &str, args: String| -> Result<crate::vms::VmDef, String> {
+                    let mut vm = linux_vm(true)?.renamed(name);
+                    vm.vcpus = 1;
+                    vm.memory_kib = 160 * 1024;
+                    vm.cmdline = format!("{} hv.bench=net {args}", vm.cmdline);
+                    vm.nics = vec![crate::vms::NicDef::on("lan", name, 0)];
+                    Ok(crate::config::check(&vm)?)
+                };
+                Ok(vec![
+                    lan(
+                        "net-sink",
+                        format!("hv.ip=10.0.0.1/24 hv.netsink={NET_BENCH_PORT}"),
+                    )?,
+                    lan(
+                        "net-source",
+                        format!(
+                            "hv.ip=10.0.0.2/24 hv.netsource=10.0.0.1:{NET_BENCH_PORT} \
+                             hv.netmib={NET_BENCH_MIB}"
+                        ),
+                    )?,
+                ])
             }
             GuestSet::UplinkTest => {
                 let mut vm = linux_vm(true)?.renamed("web");

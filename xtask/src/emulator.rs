@@ -542,6 +542,104 @@ pub fn run_streaming(
     Ok(out)
 }
 
+/// Runs several emulators side by side (each with its serial port on stdout), one
+/// after the other `stagger` apart, and timestamps their lines on one clock, each
+/// as `label | text` (the form the hypervisor relays its VMs' consoles in, so the
+/// same parser reads both). Ends when all have closed their stdout, when `limit`
+/// passes, or when `stop` returns true for a (labelled) line; then every one still
+/// running is killed (they are our own children). `exit_code` stays `None`;
+/// `stderr` holds each one's error output after its label.
+pub fn run_streaming_labelled(
+    cmds: Vec<(String, Command)>,
+    stagger: Duration,
+    limit: Duration,
+    mut stop: impl FnMut(&str) -> bool,
+) -> Result<Streamed, String> {
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut children: Vec<(String, Child, mpsc::Receiver<String>)> = Vec::new();
+    for (k, (label, mut cmd)) in cmds.into_iter().enumerate() {
+        if k > 0 {
+            std::thread::sleep(stagger);
+        }
+        let spawned = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                for (_, c, _) in &mut children {
+                    kill(c);
+                }
+                return Err(format!(
+                    "starting {} ({label}): {e}",
+                    cmd.get_program().to_string_lossy()
+                ));
+            }
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let tx = tx.clone();
+        let prefix = format!("{label} | ");
+        // A thread per emulator reads, so the limit holds while all are silent.
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let at = start.elapsed();
+                        let text = String::from_utf8_lossy(&buf);
+                        let text = format!("{prefix}{}", text.trim_end_matches(['\r', '\n']));
+                        if tx.send(TimedLine { at, text }).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let err_rx = collect_stderr(&mut child);
+        children.push((label, child, err_rx));
+    }
+    // Only the readers hold senders now: the channel closes when all stdouts do.
+    drop(tx);
+    let mut out = Streamed::default();
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = stop(&line.text);
+                out.lines.push(line);
+                if hit {
+                    out.stopped = true;
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                out.timed_out = true;
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for (_, child, _) in &mut children {
+        kill(child);
+    }
+    out.lines.extend(rx.try_iter());
+    for (label, _, err_rx) in children {
+        let text = err_rx
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_default();
+        if !text.trim().is_empty() {
+            out.stderr.push_str(&format!("{label}: {}\n", text.trim()));
+        }
+    }
+    Ok(out)
+}
+
 /// One step of a scripted console session ([`run_qemu_scripted`]): wait until the
 /// serial output, after where the previous step's text was found, contains
 /// `wait_for`; then wait `pause` more and type `send`.

@@ -804,6 +804,66 @@ if virtio_dev 0x1042; then
     fi
 fi
 
+# hv.bench=net: `cargo xtask bench`'s VM-to-VM figures, between two VMs of this
+# kernel and initramfs on one network. The sink (hv.netsink=PORT) counts what one
+# TCP connection brings it; the source (hv.netsource=ADDR:PORT) pings ADDR 20
+# times 0.2 s apart (busybox prints min/avg/max by the guest's clock), then sends
+# hv.netmib MiB of zeros through busybox nc. The transfer is timed by the host,
+# from the arrival of the source's `tcp start` line to that of the sink's `tcp
+# received` line on the serial ports: the source's nc ends at the end of its
+# input with data still in flight, so only the receiving end sees the transfer end.
+case " $(cat /proc/cmdline) " in
+*" hv.bench=net "*)
+    sinkport=$(arg netsink)
+    source=$(arg netsource)
+    if [ -z "$net" ]; then
+        echo "hv-linux: net bench: FAIL no network (no eth0 with an address)"
+    elif [ -n "$sinkport" ]; then
+        # Its stdin a FIFO this shell holds open and never writes (see the TCP
+        # check's listener above: at end of input nc would close the connection).
+        mkfifo /tmp/sink-in
+        ( timeout 300 nc -l -p "$sinkport" < /tmp/sink-in | wc -c > /tmp/sunk ) &
+        sink=$!
+        exec 3> /tmp/sink-in
+        echo "hv-linux: net bench: listening on port $sinkport"
+        wait $sink
+        echo "hv-linux: net bench: tcp received $(cat /tmp/sunk) bytes"
+    elif [ -n "$source" ]; then
+        peer=${source%:*}
+        port=${source##*:}
+        mib=$(arg netmib)
+        # The sink may still be booting: wait (up to about 2 minutes) for it.
+        i=0
+        while ! ping -c 1 -W 2 "$peer" >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i+1)); done
+        # Ping's round trips are only as fine as the clock it reads.
+        echo "hv-linux: net bench: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+        ping -c 20 -i 0.2 -W 2 "$peer" > /tmp/ping 2>&1
+        echo "hv-linux: net bench: ping $peer: $(grep 'packet loss' /tmp/ping); $(grep 'round-trip' /tmp/ping)"
+        # 100 echo requests back to back (-A: the next one as soon as the answer
+        # came), timed by the host between these two lines: finer than a clock
+        # that ticks in jiffies.
+        echo "hv-linux: net bench: ping burst start 100 to $peer"
+        ping -A -c 100 -W 2 -q "$peer" > /tmp/burst 2>&1
+        echo "hv-linux: net bench: ping burst done: $(grep 'packet loss' /tmp/burst)"
+        echo "hv-linux: net bench: tcp start $((mib * 1048576)) bytes to $peer:$port"
+        dd if=/dev/zero bs=64k count=$((mib * 16)) 2>/dev/null | timeout 300 nc "$peer" "$port"
+        rc=$?
+        # Power off only once the data is out: while the connection is still
+        # ESTABLISHED (01), FIN_WAIT1 (04) or CLOSING (0B) in /proc/net/tcp, the
+        # sink has not acknowledged everything (at most 60 s).
+        hex=$(awk "BEGIN { printf \"%04X\", $port }")
+        i=0
+        while [ $i -lt 600 ] && awk -v p=":$hex" '$3 ~ p"$" && ($4 == "01" || $4 == "04" || $4 == "0B") { f = 1 } END { exit !f }' /proc/net/tcp; do
+            usleep 100000; i=$((i+1))
+        done
+        echo "hv-linux: net bench: tcp sent, nc exit status $rc"
+    else
+        echo "hv-linux: net bench: FAIL neither hv.netsink= nor hv.netsource="
+    fi
+    poweroff -f
+    ;;
+esac
+
 case " $(cat /proc/cmdline) " in
 *" hv.test=1 "*)
     # A parallel workload: one busy worker per online CPU, all to finish.

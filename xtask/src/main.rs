@@ -43,8 +43,11 @@ commands:
                         QEMU's direct boot (ratio), its exits per reason, and the
                         CPUID exit round trip against a bare VMRUN/VMRESUME loop,
                         and the IPI round trip between two vCPUs on one host
-                        processor against two
+                        processor against two, and VM-to-VM TCP throughput and
+                        ping through the switch against two plain QEMUs joined
+                        by a socket netdev
       --runs <n>            repetitions, shown as median [min-max] (default 3)
+      --only net            only the VM-to-VM figures
       --emulator <qemu|bochs>  bochs: the hypervisor run under VT-x only
                         (also takes --debug and --log)
   fuzz [target...]      build the libFuzzer targets in fuzz/ and run each for a
@@ -431,6 +434,11 @@ fn bench(mut args: Args) -> Result<(), String> {
         .value("--emulator")?
         .unwrap_or_else(|| "qemu".into())
         .parse()?;
+    let only_net = match args.value("--only")?.as_deref() {
+        None => false,
+        Some("net") => true,
+        Some(other) => return Err(format!("--only {other:?}: the one part is `net`")),
+    };
     if let Some(extra) = args.finish()?.first() {
         return Err(format!("bench takes no argument {extra:?}"));
     }
@@ -438,6 +446,7 @@ fn bench(mut args: Args) -> Result<(), String> {
         build,
         runs,
         emulator,
+        only_net,
     })
 }
 
