@@ -44,6 +44,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static CONSOLE: OnceLock<Images> = OnceLock::new();
     static CONSOLE_LINUX: OnceLock<Images> = OnceLock::new();
     static SNAPSHOT_DISK: OnceLock<Images> = OnceLock::new();
+    static NETWORK_VTX: OnceLock<Images> = OnceLock::new();
     static LINUX_DISK_CONSOLE: OnceLock<Images> = OnceLock::new();
     let cell = match set {
         GuestSet::None => &PLAIN,
@@ -63,6 +64,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
+        GuestSet::NetworkVtxTest => &NETWORK_VTX,
         GuestSet::UplinkTest => &UPLINK,
         GuestSet::BenchNet => &BENCH_NET,
         GuestSet::ConsoleTest => &CONSOLE,

@@ -164,6 +164,10 @@ pub enum GuestSet {
     /// (10.0.9.2): it scrapes `/metrics` and collects the syslog; `lan-a` tries
     /// the metrics from "lan" with an address of that subnet, and must fail.
     NetworkTest,
+    /// Two Linux VMs on network "lan" as in [`GuestSet::NetworkTest`] (ping and 64
+    /// KiB over TCP), without the management network and `net64`: the network
+    /// test's VT-x (Bochs) run.
+    NetworkVtxTest,
     /// `cargo xtask bench`'s VM-to-VM figures: two Linux VMs in test mode with
     /// `hv.bench=net` (1 vCPU, 160 MiB each) on network "lan", `net-sink` at
     /// 10.0.0.1 counting what a TCP connection to its port brings, and
@@ -461,6 +465,7 @@ impl GuestSet {
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
+            GuestSet::NetworkVtxTest => "network-vtx-test",
             GuestSet::BenchNet => "bench-net",
             GuestSet::UplinkTest => "uplink-test",
             GuestSet::ConsoleTest => "console-test",
@@ -616,6 +621,21 @@ impl GuestSet {
                 Ok(vec![
                     tiny_vm(&images, "count64")?,
                     tiny_vm(&images, "count64")?.renamed("other"),
+                ])
+            }
+            GuestSet::NetworkVtxTest => {
+                use crate::vms::NicDef;
+                let lan = |name: &str, args: &str| -> Result<crate::vms::VmDef, String> {
+                    let mut vm = linux_vm(true)?.renamed(name);
+                    vm.vcpus = 1;
+                    vm.memory_kib = 128 * 1024;
+                    vm.cmdline = format!("{} {args}", vm.cmdline);
+                    vm.nics = vec![NicDef::on("lan", name, 0)];
+                    Ok(crate::config::check(&vm)?)
+                };
+                Ok(vec![
+                    lan("lan-a", "hv.ip=10.0.0.1/24 hv.listen=5000")?,
+                    lan("lan-b", "hv.ip=10.0.0.2/24 hv.ping=10.0.0.1 hv.send=5000")?,
                 ])
             }
             GuestSet::NetworkTest => {
