@@ -251,19 +251,20 @@ pub fn analyse_hv(lines: &[TimedLine]) -> HvRun {
                 None => {}
             }
         }
-        if ["Kernel panic", "EXCEPTION", "PANIC"]
-            .iter()
-            .any(|a| t.contains(a))
-        {
+        if LINUX_ALARMS.iter().any(|a| t.contains(a)) {
             run.alarms.push(t.to_string());
         }
     }
-    run.last_line = lines
-        .iter()
-        .rev()
-        .find(|l| !l.text.trim().is_empty())
-        .map(|l| l.text.clone());
+    run.last_line = last_line(lines).map(|l| l.text.clone());
     run
+}
+
+/// Lines of a Linux run that mean it went wrong.
+const LINUX_ALARMS: [&str; 3] = ["Kernel panic", "EXCEPTION", "PANIC"];
+
+/// The last serial line with anything on it.
+fn last_line(lines: &[TimedLine]) -> Option<&TimedLine> {
+    lines.iter().rev().find(|l| !l.text.trim().is_empty())
 }
 
 /// The run's last serial line, for a problem message.
@@ -445,11 +446,7 @@ pub fn analyse_ipi(lines: &[TimedLine]) -> IpiRun {
             run.alarms.push(t.to_string());
         }
     }
-    run.last_line = lines
-        .iter()
-        .rev()
-        .find(|l| !l.text.trim().is_empty())
-        .map(|l| l.text.clone());
+    run.last_line = last_line(lines).map(|l| l.text.clone());
     run
 }
 
@@ -713,18 +710,11 @@ pub fn analyse_net(lines: &[TimedLine]) -> NetRun {
             }
             _ => {}
         }
-        if ["Kernel panic", "EXCEPTION", "PANIC"]
-            .iter()
-            .any(|a| t.contains(a))
-        {
+        if LINUX_ALARMS.iter().any(|a| t.contains(a)) {
             run.alarms.push(t.to_string());
         }
     }
-    run.last_line = lines
-        .iter()
-        .rev()
-        .find(|l| !l.text.trim().is_empty())
-        .map(|l| l.text.clone());
+    run.last_line = last_line(lines).map(|l| l.text.clone());
     run
 }
 
@@ -1626,14 +1616,9 @@ fn direct_run(qemu: &Path, guest: &LinuxGuest, log: &Path) -> Result<f64, String
     if let Some(l) = out.lines.iter().find(|l| l.text.contains(INIT_LINE)) {
         return Ok(l.at.as_secs_f64());
     }
-    let last = out
-        .lines
-        .iter()
-        .rev()
-        .find(|l| !l.text.trim().is_empty())
-        .map_or("no serial output".into(), |l| {
-            format!("last line {:?}", l.text)
-        });
+    let last = last_line(&out.lines).map_or("no serial output".into(), |l| {
+        format!("last line {:?}", l.text)
+    });
     let why = if out.timed_out {
         format!("no `{INIT_LINE}` within {} s", QEMU_DIRECT_LIMIT.as_secs())
     } else {
@@ -1767,12 +1752,10 @@ fn disk_run(cmd: Command, log: &Path) -> Result<DiskFigure, String> {
     out.lines
         .iter()
         .find_map(|l| parse_disk_bench(&l.text))
-        .ok_or_else(
-            || match out.lines.iter().rev().find(|l| !l.text.trim().is_empty()) {
-                Some(l) => format!("no disk bench line; last line {:?}", l.text),
-                None => "no serial output".into(),
-            },
-        )
+        .ok_or_else(|| match last_line(&out.lines) {
+            Some(l) => format!("no disk bench line; last line {:?}", l.text),
+            None => "no serial output".into(),
+        })
 }
 
 /// The direct QEMU boot of the same kernel and initrd with `hv.bench=disk` and a

@@ -469,46 +469,11 @@ pub fn run_streaming(
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     // A thread reads, so the time limit holds even while the emulator is silent.
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let at = start.elapsed();
-                    let text = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
-                    if tx.send(TimedLine { at, text }).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let reader = read_lines(stdout, start, String::new(), tx);
     let err_rx = collect_stderr(&mut child);
     let mut out = Streamed::default();
-    loop {
-        let left = limit.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = stop(&line.text);
-                out.lines.push(line);
-                if hit {
-                    out.stopped = true;
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                out.timed_out = true;
-                break;
-            }
-            // End of stdout: the emulator is exiting.
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    // End of stdout (the channel disconnected): the emulator is exiting.
+    collect_until(&rx, start, limit, &mut stop, &mut out);
     if out.stopped || out.timed_out {
         kill(&mut child);
     } else {
@@ -540,6 +505,63 @@ pub fn run_streaming(
         .recv_timeout(Duration::from_secs(2))
         .unwrap_or_default();
     Ok(out)
+}
+
+/// A thread that reads `stdout` line by line and sends each, timestamped from
+/// `start` and after `prefix`, until the pipe closes or nobody listens.
+fn read_lines(
+    stdout: impl std::io::Read + Send + 'static,
+    start: Instant,
+    prefix: String,
+    tx: mpsc::Sender<TimedLine>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let at = start.elapsed();
+                    let text = String::from_utf8_lossy(&buf);
+                    let text = format!("{prefix}{}", text.trim_end_matches(['\r', '\n']));
+                    if tx.send(TimedLine { at, text }).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Takes lines from `rx` into `out` until `stop` says so (`out.stopped`), `limit`
+/// after `start` passes (`out.timed_out`) or every sender is gone.
+fn collect_until(
+    rx: &mpsc::Receiver<TimedLine>,
+    start: Instant,
+    limit: Duration,
+    stop: &mut impl FnMut(&str) -> bool,
+    out: &mut Streamed,
+) {
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = stop(&line.text);
+                out.lines.push(line);
+                if hit {
+                    out.stopped = true;
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                out.timed_out = true;
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// Runs several emulators side by side (each with its serial port on stdout), one
@@ -583,48 +605,14 @@ pub fn run_streaming_labelled(
         let tx = tx.clone();
         let prefix = format!("{label} | ");
         // A thread per emulator reads, so the limit holds while all are silent.
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let at = start.elapsed();
-                        let text = String::from_utf8_lossy(&buf);
-                        let text = format!("{prefix}{}", text.trim_end_matches(['\r', '\n']));
-                        if tx.send(TimedLine { at, text }).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+        read_lines(stdout, start, prefix, tx);
         let err_rx = collect_stderr(&mut child);
         children.push((label, child, err_rx));
     }
     // Only the readers hold senders now: the channel closes when all stdouts do.
     drop(tx);
     let mut out = Streamed::default();
-    loop {
-        let left = limit.saturating_sub(start.elapsed());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = stop(&line.text);
-                out.lines.push(line);
-                if hit {
-                    out.stopped = true;
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                out.timed_out = true;
-                break;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    collect_until(&rx, start, limit, &mut stop, &mut out);
     for (_, child, _) in &mut children {
         kill(child);
     }
