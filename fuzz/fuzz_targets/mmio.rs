@@ -121,27 +121,7 @@ fn slot(reg: Reg) -> usize {
         Reg::Ch => 1,
         Reg::Dh => 2,
         Reg::Bh => 3,
-        r => [
-            Reg::Rax,
-            Reg::Rcx,
-            Reg::Rdx,
-            Reg::Rbx,
-            Reg::Rsp,
-            Reg::Rbp,
-            Reg::Rsi,
-            Reg::Rdi,
-            Reg::R8,
-            Reg::R9,
-            Reg::R10,
-            Reg::R11,
-            Reg::R12,
-            Reg::R13,
-            Reg::R14,
-            Reg::R15,
-        ]
-        .iter()
-        .position(|&x| x == r)
-        .unwrap(),
+        r => mmio::GPRS.iter().position(|&x| x == r).unwrap(),
     }
 }
 

@@ -327,6 +327,21 @@ impl RamMap {
         }
     }
 
+    /// Whether every page of `[gpa, gpa + len)` lies in the RAM and has a frame.
+    pub fn backed(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len).filter(|&e| e <= self.size) else {
+            return false;
+        };
+        let mut at = gpa;
+        while at < end {
+            match self.span(at, end - at) {
+                Some((_, n)) => at += n,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// The backed RAM as runs, adjacent pieces that continue in the host merged:
     /// what the nested page tables map (2 MiB leaves wherever a run allows them).
     pub fn runs(&self) -> Vec<Run> {

@@ -136,6 +136,12 @@ fn taking_a_page_splits_its_chunk_and_leaves_a_hole() {
     assert_eq!(map.span((2 << 20) + PAGE + 8, 8), None);
     assert_eq!(map.span((4 << 20) - 8, 64), Some(((4 << 20) - 8, 8)));
     assert_eq!(map.span(4 << 20, 1), None);
+    // Whole ranges: all backed, or not.
+    assert!(map.backed(0, (2 << 20) + PAGE));
+    assert!(!map.backed(0, (2 << 20) + PAGE + 1));
+    assert!(map.backed((2 << 20) + 2 * PAGE, (2 << 20) - 2 * PAGE));
+    assert!(!map.backed((4 << 20) - 8, 16));
+    assert!(!map.backed(u64::MAX, 2));
     host.free(hpa, PAGE);
     map.release(&mut host);
     assert!(host.taken.is_empty());

@@ -246,40 +246,27 @@ impl GuestRam {
             gpa,
             len: len as u64,
         };
-        let end = gpa.checked_add(len as u64).ok_or(err)?;
-        if end > self.0.size {
-            return Err(err);
-        }
         let mut inner = self.0.inner.lock();
         // Every page present first: a copy is all or nothing.
-        let mut at = gpa;
-        while at < end {
-            let (_, n) = inner.map.span(at, end - at).ok_or(err)?;
-            at += n;
+        if !inner.map.backed(gpa, len as u64) {
+            return Err(err);
         }
         if to_guest {
-            self.unshare_range(&mut inner, gpa, end).map_err(|_| err)?;
+            self.unshare_range(&mut inner, gpa, gpa + len as u64)
+                .map_err(|_| err)?;
         }
-        let base = self.0.host.virt_base();
-        let mut done = 0usize;
-        while done < len {
-            let (hpa, n) = inner
-                .map
-                .span(gpa + done as u64, (len - done) as u64)
-                .ok_or(err)?;
-            // SAFETY: `span` gave `n` bytes of host frames backing this VM's RAM
-            // (mapped linearly at `base`), kept while the map's lock is held; `host`
-            // is the caller's buffer of `len` bytes, not guest RAM.
-            unsafe {
-                copy_volatile(
-                    (base + hpa as usize) as *mut u8,
-                    host.add(done),
-                    n as usize,
-                    to_guest,
-                )
-            };
-            done += n as usize;
-        }
+        for_each_span(
+            &inner.map,
+            self.0.host.virt_base(),
+            gpa,
+            len,
+            |frames, done, n| {
+                // SAFETY: `n` bytes of host frames backing this VM's RAM, kept while the
+                // map's lock is held; `host` is the caller's buffer of `len` bytes, not
+                // guest RAM.
+                unsafe { copy_volatile(frames, host.add(done), n, to_guest) }
+            },
+        );
         Ok(())
     }
 
@@ -318,33 +305,18 @@ impl GuestRam {
             gpa,
             len: data.len() as u64,
         };
-        let end = gpa.checked_add(data.len() as u64).ok_or(err)?;
         let mut inner = self.0.inner.lock();
-        self.unshare_range(&mut inner, gpa, end).map_err(|_| err)?;
+        if !inner.map.backed(gpa, data.len() as u64) {
+            return Err(err);
+        }
+        self.unshare_range(&mut inner, gpa, gpa + data.len() as u64)
+            .map_err(|_| err)?;
         let base = self.0.host.virt_base();
-        let mut at = gpa;
-        while at < end {
-            let (_, n) = inner.map.span(at, end - at).ok_or(err)?;
-            at += n;
-        }
-        let mut done = 0usize;
-        while done < data.len() {
-            let (hpa, n) = inner
-                .map
-                .span(gpa + done as u64, (data.len() - done) as u64)
-                .ok_or(err)?;
-            // SAFETY: `span` gave `n` bytes of this VM's frames (mapped linearly at
-            // `base`); no vCPU runs, so nothing writes them concurrently; `data` is
-            // the hypervisor's.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    data.as_ptr().add(done),
-                    (base + hpa as usize) as *mut u8,
-                    n as usize,
-                )
-            };
-            done += n as usize;
-        }
+        for_each_span(&inner.map, base, gpa, data.len(), |frames, done, n| {
+            // SAFETY: `n` bytes of this VM's frames; no vCPU runs, so nothing writes
+            // them concurrently; `data` is the hypervisor's.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr().add(done), frames, n) }
+        });
         Ok(())
     }
 
@@ -630,6 +602,26 @@ impl GuestRam {
     }
 }
 
+/// Calls `f(host address, offset, bytes)` for each host-contiguous piece of the
+/// guest range `[gpa, gpa + len)`, which the caller checked is backed
+/// ([`RamMap::backed`]); `base` is where host-physical 0 is mapped.
+fn for_each_span(
+    map: &RamMap,
+    base: usize,
+    gpa: u64,
+    len: usize,
+    mut f: impl FnMut(*mut u8, usize, usize),
+) {
+    let mut done = 0usize;
+    while done < len {
+        let Some((hpa, n)) = map.span(gpa + done as u64, (len - done) as u64) else {
+            return;
+        };
+        f((base + hpa as usize) as *mut u8, done, n as usize);
+        done += n as usize;
+    }
+}
+
 /// Copies `n` bytes between guest RAM and the hypervisor with volatile accesses
 /// (8 bytes at a time where the guest side is aligned), never through a reference to
 /// RAM the guest's vCPUs may be writing.
@@ -670,18 +662,11 @@ unsafe fn copy_volatile(guest: *mut u8, host: *mut u8, n: usize, to_guest: bool)
 /// What virtio devices see of the VM's RAM: every range checked, copies volatile.
 impl virtio::GuestMemory for GuestRam {
     fn check(&self, addr: u64, len: u64) -> Result<(), virtio::MemError> {
-        let err = virtio::MemError { addr, len };
-        let end = addr.checked_add(len).ok_or(err)?;
-        if end > self.0.size {
-            return Err(err);
+        if self.0.inner.lock().map.backed(addr, len) {
+            Ok(())
+        } else {
+            Err(virtio::MemError { addr, len })
         }
-        let inner = self.0.inner.lock();
-        let mut at = addr;
-        while at < end {
-            let (_, n) = inner.map.span(at, end - at).ok_or(err)?;
-            at += n;
-        }
-        Ok(())
     }
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), virtio::MemError> {
         self.read_bytes(addr, buf).map_err(|_| virtio::MemError {

@@ -88,7 +88,7 @@ pub enum Reg {
 }
 
 /// In the ModRM `reg` encoding order, so iced's register numbering maps onto it.
-const GPRS: [Reg; 16] = [
+pub const GPRS: [Reg; 16] = [
     Reg::Rax,
     Reg::Rcx,
     Reg::Rdx,

@@ -841,6 +841,9 @@ impl<B: Backend> Machine<'_, B> {
         }
         let begin = time::rdtsc();
         let clock = SliceClock::start(begin, self.slice);
+        // The VM's RAM, for each entry's and exit's page bookkeeping (the same for
+        // the whole slice: taken once, not at every entry).
+        let ram = slot.ctx.ram().clone();
         // One lock of the VM per exit: the exit is handled and the next entry prepared
         // (interrupts delivered) under the same hold.
         let mut shared = vm.shared.lock();
@@ -873,7 +876,6 @@ impl<B: Backend> Machine<'_, B> {
             // A page this vCPU made private (a clone's write) must be out of the
             // other vCPUs' tables before it runs on; pages the balloon took or
             // another vCPU made private leave its own tables.
-            let ram = slot.ctx.ram().clone();
             ram.wait_for_others(i, &mut |mask| self.kick_vcpus(vm_index, mask));
             if let Err(e) = ram.enter(i, &mut slot.ctx.vcpu) {
                 ram.left(i);

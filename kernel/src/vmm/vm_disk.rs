@@ -29,11 +29,37 @@ use spin::Mutex;
 use virtio::cow::{Budget, CloneDisk, RollBackError, Tracked, UndoRecord};
 use virtio::{BlockBackend, BlockError, Partition};
 
-/// A disk backend several owners (a VM's successive platforms) share, tracked for
-/// snapshots (`virtio::cow`: a snapshot keeps the old contents of the blocks
-/// written after it).
-#[derive(Clone)]
-pub struct SharedBackend(Arc<Mutex<Tracked<Box<dyn BlockBackend>>>>);
+/// A disk several owners (a VM's successive platforms, a clone) share, each access
+/// under its lock.
+pub struct Shared<T>(Arc<Mutex<T>>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: BlockBackend> BlockBackend for Shared<T> {
+    fn sectors(&self) -> u64 {
+        self.0.lock().sectors()
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.0.lock().read(sector, buf)
+    }
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.0.lock().write(sector, data)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.0.lock().flush()
+    }
+}
+
+/// A VM's disk, tracked for snapshots (`virtio::cow`: a snapshot keeps the old
+/// contents of the blocks written after it).
+pub type SharedBackend = Shared<Tracked<Box<dyn BlockBackend>>>;
+
+/// A clone's disk view.
+pub type SharedView = Shared<CloneDisk<Box<dyn BlockBackend>>>;
 
 impl SharedBackend {
     pub fn new(backend: Box<dyn BlockBackend>) -> Self {
@@ -59,46 +85,12 @@ impl SharedBackend {
     /// A clone's disk: this one as `record` keeps it, the clone's writes in at most
     /// `limit_bytes` of memory.
     pub fn clone_view(&self, record: UndoRecord, limit_bytes: u64, budget: &Budget) -> SharedView {
-        SharedView(Arc::new(Mutex::new(CloneDisk::new(
+        Shared(Arc::new(Mutex::new(CloneDisk::new(
             self.0.clone(),
             record,
             limit_bytes,
             budget.clone(),
         ))))
-    }
-}
-
-/// A clone's disk view, shared by its successive platforms.
-#[derive(Clone)]
-pub struct SharedView(Arc<Mutex<CloneDisk<Box<dyn BlockBackend>>>>);
-
-impl BlockBackend for SharedView {
-    fn sectors(&self) -> u64 {
-        self.0.lock().sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.0.lock().read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
-        self.0.lock().write(sector, data)
-    }
-    fn flush(&mut self) -> Result<(), BlockError> {
-        self.0.lock().flush()
-    }
-}
-
-impl BlockBackend for SharedBackend {
-    fn sectors(&self) -> u64 {
-        self.0.lock().sectors()
-    }
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.0.lock().read(sector, buf)
-    }
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
-        self.0.lock().write(sector, data)
-    }
-    fn flush(&mut self) -> Result<(), BlockError> {
-        self.0.lock().flush()
     }
 }
 
