@@ -462,6 +462,18 @@ impl Platform {
             .min();
     }
 
+    /// Whether [`Self::poll`] at `now_ns` would poll the devices (and so might raise
+    /// an interrupt): an access since the last poll, a wake from another processor,
+    /// or a device deadline reached. Reads only: the wake flag stays for the poll.
+    pub fn poll_due(&self, now_ns: u64) -> bool {
+        self.poll_now
+            || self
+                .wake
+                .as_ref()
+                .is_some_and(|w| w.load(Ordering::Acquire))
+            || self.deadline.is_some_and(|d| now_ns >= d)
+    }
+
     /// The earliest time a device wants to be polled (as of the last poll; an
     /// access since then forces the next poll anyway).
     pub fn next_deadline_ns(&self) -> Option<u64> {

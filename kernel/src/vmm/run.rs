@@ -31,7 +31,9 @@ use super::net::{self, NicPort, SharedHub};
 use super::policy::{self, CpuidResult};
 use super::sched::{RunQueue, SliceClock, SliceEvent};
 use super::stats::ExitStats;
-use super::vm::{GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared, MAX_VCPUS};
+use super::vm::{
+    self, GuestRam, MachineInfo, Next, RunState, VcpuCtx, VmDisk, VmShared, MAX_VCPUS,
+};
 use crate::{memory, println, serial, smp, time, timer};
 use guestram::RamMap;
 
@@ -849,6 +851,8 @@ impl<B: Backend> Machine<'_, B> {
         let mut shared = vm.shared.lock();
         // The last exit asked to go on: the slice may be over all the same.
         let mut check_end = false;
+        // The last exit left every interrupt source alone (the entry fast path).
+        let mut quiet = false;
         let why = loop {
             if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
                 break None;
@@ -860,7 +864,12 @@ impl<B: Backend> Machine<'_, B> {
             if core::mem::take(&mut check_end) && clock.ends(tsc, SliceEvent::Guest) {
                 break None;
             }
-            slot.ctx.prepare_entry(&mut shared, vm.now_ns_at(tsc));
+            let now = vm.now_ns_at(tsc);
+            // The entry fast path: after a quiet exit, the preparation runs only if
+            // something may have become due (see `VcpuCtx::entry_unchanged`).
+            if !(core::mem::take(&mut quiet) && slot.ctx.entry_unchanged(&shared, now)) {
+                slot.ctx.prepare_entry(&mut shared, now);
+            }
             if slot.ctx.halted {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
@@ -917,6 +926,7 @@ impl<B: Backend> Machine<'_, B> {
                 life.stop.is_some() || life.restart.is_some() || life.paused
             };
             shared = vm.shared.lock();
+            let quiet_exit = vm::leaves_interrupts_alone(&exit);
             let next = slot.ctx.handle(&mut shared, exit, vm.now_ns_at(tsc));
             if next == Next::BareCpuidLoop {
                 slot.ctx.in_bare_loop = true;
@@ -940,7 +950,11 @@ impl<B: Backend> Machine<'_, B> {
                 }
                 ram.reclaim();
             }
-            let kicks = core::mem::take(&mut shared.kicks) & !(1 << i);
+            let kicks = core::mem::take(&mut shared.kicks);
+            // A kick for this vCPU itself (an interrupt delivered to it while it ran)
+            // is taken here, by the preparation of its next entry.
+            quiet = quiet_exit && next == Next::Continue && kicks & (1 << i) == 0;
+            let kicks = kicks & !(1 << i);
             if kicks != 0 {
                 drop(shared);
                 self.kick_vcpus(vm_index, kicks);

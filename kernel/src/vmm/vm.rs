@@ -449,6 +449,15 @@ impl VmShared {
     }
 }
 
+/// Exits whose handling touches no device, no local APIC and no interrupt or NMI
+/// state (CPUID is answered from the policy, WBINVD/INVD are skipped): after one,
+/// the next entry may take the fast path ([`VcpuCtx::entry_unchanged`]). CPUID is
+/// the exit guests make most outside device access (Linux asks hundreds of leaves
+/// at boot), and the one `cargo xtask bench` times.
+pub fn leaves_interrupts_alone(exit: &Exit) -> bool {
+    matches!(exit, Exit::Cpuid { .. } | Exit::CacheFlush)
+}
+
 /// The version of [`VcpuCtx::soft_state`]'s encoding.
 const SOFT_STATE_VERSION: u8 = 1;
 
@@ -478,6 +487,9 @@ pub struct VcpuCtx<V: Vcpu> {
     delivery_loop: vcpu::delivery_loop::DeliveryLoop,
     /// The guest's CPUID answers, once computed.
     cpuid_cache: policy::CpuidCache,
+    /// The last [`Self::prepare_entry`] found nothing to deliver and left no window
+    /// requested: the entry fast path's precondition ([`Self::entry_unchanged`]).
+    entry_idle: bool,
 }
 
 fn set_low32(reg: &mut u64, value: u32) {
@@ -517,6 +529,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             features,
             delivery_loop: Default::default(),
             cpuid_cache: Default::default(),
+            entry_idle: false,
         }
     }
 
@@ -573,13 +586,15 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// an interrupt is pending.
     pub fn prepare_entry(&mut self, vm: &mut VmShared, now_ns: u64) {
         let i = self.index;
+        self.entry_idle = false;
         let mut out = Outcome::default();
         vm.platform.poll(now_ns, &vm.lapics, &mut out);
         vm.finish(out);
         vm.lapics[i].poll_timer(now_ns);
         // An NMI goes before any interrupt, whatever RFLAGS.IF says, and ends a HLT
         // (SDM Vol. 3A 6.7.1).
-        if vm.lapics[i].nmi_pending() {
+        let nmi = vm.lapics[i].nmi_pending();
+        if nmi {
             vm.parked &= !(1 << i);
             self.halted = false;
             if self.vcpu.nmi_ready() {
@@ -606,6 +621,7 @@ impl<V: Vcpu> VcpuCtx<V> {
             i == 0 && lapic.accepts_pic_interrupts() && vm.platform.pic.pending_vector().is_some();
         if !from_pic && lapic.pending_vector().is_none() {
             self.vcpu.request_interrupt_window(false);
+            self.entry_idle = !nmi;
             return;
         }
         if self.vcpu.rflags() & RFLAGS_IF != 0 {
@@ -624,6 +640,23 @@ impl<V: Vcpu> VcpuCtx<V> {
         } else {
             self.vcpu.request_interrupt_window(true);
         }
+    }
+
+    /// Whether the next entry may skip [`Self::prepare_entry`] (the entry fast path)
+    /// after an exit that [`leaves_interrupts_alone`]: the last preparation found no
+    /// NMI and no interrupt to deliver and left both windows off, and since then
+    /// neither a device (`Platform::poll_due`: a deadline passed, an access, a wake
+    /// from another processor) nor this local APIC's timer has anything due. What
+    /// else can make an interrupt pending comes from another vCPU or the host, under
+    /// the VM's lock, and kicks this vCPU: that exit is not a quiet one (the run loop
+    /// also checks the kick bit this vCPU's exit found). Nothing is skipped that the
+    /// guest could tell: the preparation would have found the same nothing.
+    pub fn entry_unchanged(&self, vm: &VmShared, now_ns: u64) -> bool {
+        self.entry_idle
+            && !vm.platform.poll_due(now_ns)
+            && vm.lapics[self.index]
+                .next_deadline_ns()
+                .is_none_or(|d| now_ns < d)
     }
 
     fn set_nmi_window(&mut self, on: bool) {
@@ -1537,6 +1570,74 @@ mod tests {
         outb(&mut vm, 0x20, 0x20, deadline + 30_000_000);
         vm.prepare_entry(deadline + 30_000_001);
         assert_eq!(vm.cpu.vcpu.interrupts, [0x30, 0x30]);
+    }
+
+    #[test]
+    fn entry_fast_path_only_while_nothing_can_be_due() {
+        use alloc::sync::Arc;
+        use core::sync::atomic::{AtomicBool, Ordering};
+        let wake = Arc::new(AtomicBool::new(false));
+        let mut m = machine(1);
+        m.net_wake = Some(wake.clone());
+        let mut vm = TestVm {
+            shared: VmShared::new("t", &m, capture).unwrap(),
+            cpu: VcpuCtx::new(0, FakeVcpu::default(), &m, host),
+        };
+        linux_like_platform(&mut vm);
+        let pit = vm.next_deadline_ns().expect("channel 0 runs");
+        vm.cpu.vcpu.rflags = 2 | RFLAGS_IF;
+        // Never before a preparation has found the vCPU idle.
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, 1));
+        vm.prepare_entry(1);
+        assert!(vm.cpu.vcpu.interrupts.is_empty());
+        let cpuid = Exit::Cpuid {
+            leaf: 0,
+            subleaf: 0,
+        };
+        assert!(leaves_interrupts_alone(&cpuid));
+        assert!(!leaves_interrupts_alone(&out(0x20, 1)));
+        assert_eq!(vm.handle(cpuid, 2), Next::Continue);
+        assert!(vm.cpu.entry_unchanged(&vm.shared, 2));
+        // The PIT's deadline: the preparation runs and raises IRQ 0.
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, pit));
+        vm.prepare_entry(pit);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30]);
+        // Something was delivered: the next entry is prepared in full; IRQ 0 then
+        // waits in service and nothing else is pending.
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, pit + 1));
+        vm.prepare_entry(pit + 1);
+        assert!(vm.cpu.entry_unchanged(&vm.shared, pit + 1));
+        // A device access since (a PIT counter latch) may have reprogrammed a timer:
+        // the preparation's poll finds out. (An exit that is not quiet, like this
+        // one, is followed by a full preparation anyway; this is the second guard.)
+        outb(&mut vm, 0x43, 0x00, pit + 2);
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, pit + 2));
+        vm.prepare_entry(pit + 2);
+        assert!(vm.cpu.entry_unchanged(&vm.shared, pit + 2));
+        // A wake from another processor (a frame for a NIC) likewise.
+        wake.store(true, Ordering::Release);
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, pit + 2));
+        vm.prepare_entry(pit + 2);
+        assert!(!wake.load(Ordering::Acquire), "the poll took the wake");
+        assert!(vm.cpu.entry_unchanged(&vm.shared, pit + 2));
+        // The local APIC timer's expiry (one-shot, 1,000 ticks at divide 1).
+        let t = pit + 3;
+        let apic = &mut vm.shared.lapics[0];
+        for (offset, value) in [(0xf0, 0x1ff), (0x3e0, 0xb), (0x320, 0x40), (0x380, 1000)] {
+            apic.mmio_write(offset, 4, value, t);
+        }
+        let due = apic.next_deadline_ns().expect("the timer runs");
+        assert!(due > t);
+        assert!(vm.cpu.entry_unchanged(&vm.shared, due - 1));
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, due));
+        vm.prepare_entry(due);
+        assert_eq!(vm.cpu.vcpu.interrupts, [0x30, 0x40]);
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, due));
+        // An NMI (another vCPU's IPI, delivered under the VM's lock): its preparation
+        // injects it, and the entry after that is prepared in full again.
+        vm.shared.lapics[0].deliver_nmi();
+        vm.prepare_entry(due + 1);
+        assert!(!vm.cpu.entry_unchanged(&vm.shared, due + 1));
     }
 
     #[test]
