@@ -49,9 +49,19 @@ impl<B: BlockBackend> EncryptedBackend<B> {
     /// Wraps `inner` (the whole partition) with an already unlocked key. Checks that
     /// the header's data area lies inside `inner`.
     pub fn new(inner: B, header: &Header, key: &MasterKey) -> Result<Self, HeaderError> {
+        Self::with_cipher(inner, header, SectorCipher::new(key))
+    }
+
+    /// [`EncryptedBackend::new`] with the cipher already made from the header's key
+    /// (by an [`crate::XtsEngine`] of the caller's, for instance).
+    pub fn with_cipher(
+        inner: B,
+        header: &Header,
+        cipher: SectorCipher,
+    ) -> Result<Self, HeaderError> {
         header.check_fits(inner.sectors())?;
         Ok(Self {
-            cipher: SectorCipher::new(key),
+            cipher,
             data_start: header.data_start_sector(),
             data_sectors: header.data_sectors,
             inner,

@@ -67,4 +67,4 @@ pub use argon2::Block as KdfBlock;
 pub use backend::{encrypt_image, EncryptedBackend, OpenError};
 pub use header::{FormatError, Header, HeaderError, UnlockError, HEADER_LEN};
 pub use key::{KdfParams, MasterKey, MASTER_KEY_LEN, RANDOM_LEN, SALT_LEN};
-pub use sector::{LengthError, SectorCipher, SECTOR_SIZE};
+pub use sector::{LengthError, SectorCipher, XtsEngine, SECTOR_SIZE};

@@ -4,13 +4,16 @@
 //!
 //! The mode is the `xts-mode` crate's; the block cipher RustCrypto's `aes`, which uses
 //! AES-NI where CPUID reports it and its constant-time bitsliced ("fixslice") code
-//! otherwise.
+//! otherwise. Where this crate is built without AES-NI (the soft-float kernel target),
+//! the program may supply the same cipher built elsewhere as an [`XtsEngine`]
+//! ([`SectorCipher::with_engine`]; the kernel's is the `aesni` crate).
 
 use aes::cipher::KeyInit;
 use aes::Aes256;
 use xts_mode::{get_tweak_default, Xts128};
 
 use crate::key::MasterKey;
+use alloc::boxed::Box;
 
 /// The data unit: one 512-byte sector.
 pub const SECTOR_SIZE: usize = 512;
@@ -39,10 +42,25 @@ impl core::fmt::Display for LengthError {
     }
 }
 
+/// AES-256-XTS over whole sectors from outside this crate, with the same tweak
+/// (`plain64`, IEEE 1619 §5.1) and the same key split as [`SectorCipher::new`]. The
+/// caller of each method has checked that `data` is whole 512-byte sectors and that
+/// the last sector number fits 64 bits.
+pub trait XtsEngine: Send + Sync {
+    fn encrypt_area(&self, first: u64, data: &mut [u8]);
+    fn decrypt_area(&self, first: u64, data: &mut [u8]);
+}
+
 /// The per-sector cipher of one disk. Its AES key schedules are zeroized on drop
-/// (the `aes` crate's `zeroize` feature).
+/// (the `aes` crate's `zeroize` feature; an engine's own drop for an engine).
 pub struct SectorCipher {
-    xts: Xts128<Aes256>,
+    engine: Engine,
+}
+
+enum Engine {
+    /// Boxed: two AES-256 key schedules are some 2 KiB.
+    Own(Box<Xts128<Aes256>>),
+    Other(Box<dyn XtsEngine>),
 }
 
 impl SectorCipher {
@@ -53,36 +71,53 @@ impl SectorCipher {
         let data = Aes256::new(k[..32].into());
         let tweak = Aes256::new(k[32..].into());
         Self {
-            xts: Xts128::new(data, tweak),
+            engine: Engine::Own(Box::new(Xts128::new(data, tweak))),
+        }
+    }
+
+    /// A cipher whose work `engine` does.
+    pub fn with_engine(engine: Box<dyn XtsEngine>) -> Self {
+        Self {
+            engine: Engine::Other(engine),
         }
     }
 
     /// Encrypts one sector in place; `sector` is its number in the data area.
     pub fn encrypt_sector(&self, sector: u64, data: &mut [u8; SECTOR_SIZE]) {
-        self.xts
-            .encrypt_sector(data, get_tweak_default(u128::from(sector)));
+        self.crypt(sector, data, true);
     }
 
     /// Decrypts one sector in place.
     pub fn decrypt_sector(&self, sector: u64, data: &mut [u8; SECTOR_SIZE]) {
-        self.xts
-            .decrypt_sector(data, get_tweak_default(u128::from(sector)));
+        self.crypt(sector, data, false);
     }
 
     /// Encrypts consecutive sectors starting at `first`, in place.
     pub fn encrypt_sectors(&self, first: u64, data: &mut [u8]) -> Result<(), LengthError> {
         check(first, data.len())?;
-        self.xts
-            .encrypt_area(data, SECTOR_SIZE, u128::from(first), get_tweak_default);
+        self.crypt(first, data, true);
         Ok(())
     }
 
     /// Decrypts consecutive sectors starting at `first`, in place.
     pub fn decrypt_sectors(&self, first: u64, data: &mut [u8]) -> Result<(), LengthError> {
         check(first, data.len())?;
-        self.xts
-            .decrypt_area(data, SECTOR_SIZE, u128::from(first), get_tweak_default);
+        self.crypt(first, data, false);
         Ok(())
+    }
+
+    /// `data` is whole sectors from `first` on (checked by the callers).
+    fn crypt(&self, first: u64, data: &mut [u8], encrypt: bool) {
+        match (&self.engine, encrypt) {
+            (Engine::Own(x), true) => {
+                x.encrypt_area(data, SECTOR_SIZE, u128::from(first), get_tweak_default)
+            }
+            (Engine::Own(x), false) => {
+                x.decrypt_area(data, SECTOR_SIZE, u128::from(first), get_tweak_default)
+            }
+            (Engine::Other(e), true) => e.encrypt_area(first, data),
+            (Engine::Other(e), false) => e.decrypt_area(first, data),
+        }
     }
 }
 
@@ -162,5 +197,53 @@ mod tests {
         let mut one = [0u8; 512];
         assert_eq!(c.encrypt_sectors(u64::MAX, &mut one), Ok(()));
         assert_eq!(c.encrypt_sectors(0, &mut []), Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An engine that is this crate's own cipher, counting the sectors it is given:
+    /// what goes through `with_engine` must reach it, with the same tweaks.
+    struct Counting(SectorCipher, &'static AtomicUsize);
+
+    impl XtsEngine for Counting {
+        fn encrypt_area(&self, first: u64, data: &mut [u8]) {
+            self.1
+                .fetch_add(data.len() / SECTOR_SIZE, Ordering::Relaxed);
+            self.0.encrypt_sectors(first, data).unwrap();
+        }
+        fn decrypt_area(&self, first: u64, data: &mut [u8]) {
+            self.1
+                .fetch_add(data.len() / SECTOR_SIZE, Ordering::Relaxed);
+            self.0.decrypt_sectors(first, data).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_engine_does_the_work_with_the_same_checks() {
+        static SECTORS: AtomicUsize = AtomicUsize::new(0);
+        let key = MasterKey::from_bytes([7; crate::MASTER_KEY_LEN]);
+        let own = SectorCipher::new(&key);
+        let engine =
+            SectorCipher::with_engine(Box::new(Counting(SectorCipher::new(&key), &SECTORS)));
+        let plain = alloc::vec![0x3c_u8; 3 * SECTOR_SIZE];
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        own.encrypt_sectors(9, &mut a).unwrap();
+        engine.encrypt_sectors(9, &mut b).unwrap();
+        assert_eq!(a, b);
+        let mut one: [u8; SECTOR_SIZE] = b[..SECTOR_SIZE].try_into().unwrap();
+        engine.decrypt_sector(9, &mut one);
+        assert_eq!(&one[..], &plain[..SECTOR_SIZE]);
+        assert_eq!(SECTORS.load(Ordering::Relaxed), 4);
+        // The length and range checks stay this crate's: the engine never sees these.
+        assert_eq!(
+            engine.encrypt_sectors(0, &mut [0; 100]),
+            Err(LengthError::NotWholeSectors(100))
+        );
+        assert!(engine.encrypt_sectors(u64::MAX, &mut b).is_err());
+        assert_eq!(SECTORS.load(Ordering::Relaxed), 4);
     }
 }

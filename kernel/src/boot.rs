@@ -198,6 +198,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             match svm::backend::SvmBackend::enable(caps, &mut KernelMemory) {
                 Ok(mut backend) => {
                     migration_check::run(&mut backend);
+                    crate::aesni::init();
                     vmm::run_all(&mut backend, &specs, admin, management)
                 }
                 Err(e) => {
@@ -210,6 +211,7 @@ pub fn start(boot_info: &'static mut BootInfo) -> ! {
             Ok(mut backend) => {
                 backend.set_entry_flush(mitigations.entry_flush());
                 migration_check::run(&mut backend);
+                crate::aesni::init();
                 vmm::run_all(&mut backend, &specs, admin, management)
             }
             Err(e) => {

@@ -13,6 +13,8 @@ pub mod vmm;
 #[cfg(target_os = "none")]
 pub mod acpi_info;
 #[cfg(target_os = "none")]
+pub mod aesni;
+#[cfg(target_os = "none")]
 pub mod ap_trampoline;
 #[cfg(target_os = "none")]
 pub mod apic;

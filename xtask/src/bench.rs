@@ -59,7 +59,7 @@ use crate::tools;
 
 /// The CPU model of every QEMU run here: the software-emulated AMD-V the project's
 /// tests use, named explicitly so a nested-capable KVM never changes what is measured.
-pub const QEMU_CPU: &str = "qemu64,+svm,+npt";
+pub const QEMU_CPU: &str = "qemu64,+svm,+npt,+aes";
 /// The machine for the hypervisor run: as in the Linux integration test.
 const HV_MEMORY_MIB: u32 = 512;
 /// Per-run limits: Linux under the hypervisor in TCG takes about 17 s, the direct

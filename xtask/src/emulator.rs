@@ -132,7 +132,7 @@ impl QemuOptions {
         let cpu = self
             .cpu
             .clone()
-            .unwrap_or_else(|| "qemu64,+svm,+npt".into());
+            .unwrap_or_else(|| "qemu64,+svm,+npt,+aes".into());
         let accel = match self.tcg_thread()? {
             Some(thread) => format!("tcg,thread={}", thread.name()),
             None => "tcg".into(),

@@ -105,6 +105,10 @@ impl Unlocker for KernelUnlocker<'_> {
         Ok(typed)
     }
 
+    fn cipher(&self, key: &diskcrypt::MasterKey) -> diskcrypt::SectorCipher {
+        crate::aesni::sector_cipher(key)
+    }
+
     fn unlock(
         &mut self,
         header: &diskcrypt::Header,

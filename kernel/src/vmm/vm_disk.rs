@@ -145,6 +145,10 @@ pub trait Unlocker {
         header: &diskcrypt::Header,
         passphrase: &[u8],
     ) -> Result<diskcrypt::MasterKey, String>;
+    /// The cipher for a partition unlocked with `key` (the kernel's may use AES-NI).
+    fn cipher(&self, key: &diskcrypt::MasterKey) -> diskcrypt::SectorCipher {
+        diskcrypt::SectorCipher::new(key)
+    }
 }
 
 /// The opened disk and where it lies on the device (for the boot log).
@@ -196,8 +200,9 @@ pub fn open_partition<D: BlockBackend + 'static>(
         let key = unlocker.unlock(&header, &passphrase);
         crate::secret_line::wipe(&mut passphrase);
         let key = key.map_err(|e| format!("partition \"{name}\": {e}"))?;
-        let backend = diskcrypt::EncryptedBackend::new(window, &header, &key)
-            .map_err(|e| format!("partition \"{name}\": {e}"))?;
+        let backend =
+            diskcrypt::EncryptedBackend::with_cipher(window, &header, unlocker.cipher(&key))
+                .map_err(|e| format!("partition \"{name}\": {e}"))?;
         Ok(Opened {
             guest_sectors: backend.sectors(),
             backend: SharedBackend::new(Box::new(backend)),
