@@ -28,7 +28,7 @@ use tests::prometheus::{self, sample, Scrape};
 use tests::*;
 use xtask::build::{UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT, UPLINK_TEST_STATION};
 use xtask::emulator::EXIT_SUCCESS;
-use xtask::uplink::{qemu_args_with, HostFwd};
+use xtask::uplink::{qemu_args_with, HostFwd, Protocol};
 
 /// Serves one connection on `listener` until `deadline`: reads a line, answers
 /// one, and returns the line read.
@@ -189,11 +189,13 @@ fn both_ways(test: &str, device: &str, model: &str) {
             device,
             &[
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: forward,
                     guest: Ipv4Addr::new(10, 0, 2, 15),
                     guest_port: UPLINK_TEST_GUEST_PORT,
                 },
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: metrics_port,
                     guest: Ipv4Addr::from(UPLINK_TEST_STATION),
                     guest_port: 80,

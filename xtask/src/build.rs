@@ -427,11 +427,11 @@ impl GuestSet {
     /// [`DEMO_METRICS_PORT`] to the hypervisor's `/metrics`.
     pub fn forwards(self) -> Vec<crate::uplink::Forward> {
         match self {
-            GuestSet::Demo => vec![crate::uplink::Forward {
-                host_port: DEMO_METRICS_PORT,
-                vm: crate::uplink::STATION.into(),
-                guest_port: mgmtnet::HTTP_PORT,
-            }],
+            GuestSet::Demo => vec![crate::uplink::Forward::tcp(
+                DEMO_METRICS_PORT,
+                crate::uplink::STATION,
+                mgmtnet::HTTP_PORT,
+            )],
             _ => Vec::new(),
         }
     }
@@ -1010,6 +1010,7 @@ mod tests {
         ] {
             let uplink = set.uplink().unwrap();
             let ip = crate::uplink::station_address(
+                crate::uplink::Protocol::Tcp,
                 mgmtnet::HTTP_PORT,
                 &uplink,
                 set.management().as_ref(),
