@@ -12,7 +12,8 @@
 //!   the responder's MAC and address, carrying UDP (RFC 768; checksum checked
 //!   unless the sender sent none, which RFC 768 allows over IPv4) to its port, is
 //!   sent back to its source address and port with the same data, checksums
-//!   computed anew;
+//!   computed anew (not to port 0, nor to another echo port: two echo servers
+//!   would answer each other forever);
 //! - anything else is [`Ignored`] with the reason, never a panic: the frames
 //!   come from the network.
 //!
@@ -99,6 +100,9 @@ pub enum Ignored {
     OtherPort,
     /// From UDP port 0: the sender expects no reply (RFC 768).
     NoSourcePort,
+    /// From the echo port itself: another echo server, which would answer the
+    /// answer, and so on forever (the classic echo loop, CVE-1999-0103).
+    FromEchoPort,
     /// The reply does not fit the output buffer.
     TooLarge,
 }
@@ -203,6 +207,9 @@ impl Responder {
         }
         if udp_repr.src_port == 0 {
             return Err(Ignored::NoSourcePort);
+        }
+        if udp_repr.src_port == self.port {
+            return Err(Ignored::FromEchoPort);
         }
         let data = udp.payload();
         let reply_ip = Ipv4Repr {

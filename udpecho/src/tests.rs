@@ -288,6 +288,7 @@ fn everything_else_is_ignored_with_the_reason() {
     assert_eq!(answer(&with(&|g| g[udp_at + 8] ^= 1)), Ignored::BadUdp); // data changed
     assert_eq!(answer(&with(&|g| g[udp_at + 5] = 4)), Ignored::BadUdp); // length < 8
     assert_eq!(answer(&datagram(b"x", 0)), Ignored::NoSourcePort);
+    assert_eq!(answer(&datagram(b"x", ECHO_PORT)), Ignored::FromEchoPort);
     let other_port = {
         let u = udp(HOST, GUEST_ADDRESS, 40_000, 9, b"x", true);
         let mut f = ethernet(OURS, HOST_MAC, 0x0800);
