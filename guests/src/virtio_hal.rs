@@ -1,13 +1,16 @@
 //! What the guests that drive a virtio device with the `virtio-drivers` crate
-//! (`blk64`, `net64`) give it: PCI configuration access through mechanism #1
-//! ([`PortCam`]) and DMA memory ([`BumpHal`]: a bump allocator over a static
-//! buffer; the guests run identity-mapped, so physical = virtual).
+//! (`blk64`, `net64`, `udpecho64`) give it: PCI configuration access through
+//! mechanism #1 ([`PortCam`]), DMA memory ([`BumpHal`]: a bump allocator over a
+//! static buffer; the guests run identity-mapped, so physical = virtual), and
+//! the device's transport found on bus 0 ([`open`]).
 
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::DeviceType;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 use crate::cpu::{inl, outl};
@@ -86,4 +89,22 @@ unsafe impl Hal for BumpHal {
     }
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// The first virtio function of type `kind` on PCI bus 0, with memory space and
+/// bus mastering enabled, and its transport; `missing` when there is none.
+pub fn open(
+    kind: DeviceType,
+    missing: &'static str,
+) -> Result<(DeviceFunction, PciTransport), &'static str> {
+    let mut root = PciRoot::new(PortCam);
+    let df = root
+        .enumerate_bus(0)
+        .find(|(_, info)| virtio_device_type(info) == Some(kind))
+        .map(|(df, _)| df)
+        .ok_or(missing)?;
+    root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let transport = PciTransport::new::<BumpHal, _>(&mut root, df)
+        .map_err(|_| "the PCI transport refused the function")?;
+    Ok((df, transport))
 }

@@ -12,13 +12,18 @@
 //! - in: a `hostfwd` from another free host port to the guest's port (`--forward
 //!   PORT=web:5000`) reaches a listener in the guest: the test sends a line, the
 //!   guest prints it, and the test reads the guest's greeting. The scrape comes
-//!   first: the guest powers off (and the machine with it) once that is done.
+//!   first: the guest powers off (and the machine with it) once that is done;
+//! - UDP in: `udpecho64` (a tiny guest, UDP echo on port 7 at 10.0.2.16, beside
+//!   `web` on "lan": busybox has no UDP listener) through a UDP forward from a
+//!   free host port, resolved by xtask as `--forward udp:PORT=udpecho64:7` is:
+//!   the test sends a datagram with a fresh payload and gets the same bytes
+//!   back, and the guest's console shows it echoed them to the host (10.0.2.2).
 //!
 //! Once with QEMU's `e1000` (82540EM) and once with its `e1000e` (82574L), one
 //! boot after the other (the server's port is fixed in the guest's command line).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -26,9 +31,12 @@ use std::time::{Duration, Instant};
 
 use tests::prometheus::{self, sample, Scrape};
 use tests::*;
-use xtask::build::{UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT, UPLINK_TEST_STATION};
+use xtask::build::{
+    UPLINK_TEST_GUEST_PORT, UPLINK_TEST_SERVER_PORT, UPLINK_TEST_STATION, UPLINK_TEST_UDP_VM,
+};
 use xtask::emulator::EXIT_SUCCESS;
-use xtask::uplink::{qemu_args_with, HostFwd};
+use xtask::uplink::{parse_forward, qemu_args_with, resolve, HostFwd, Protocol};
+use xtask::vms::{MachineDef, VmDef};
 
 /// Serves one connection on `listener` until `deadline`: reads a line, answers
 /// one, and returns the line read.
@@ -151,16 +159,102 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free UDP port on the loopback, for a UDP forward.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Sends `payload` to UDP `port` on the loopback until a datagram comes back
+/// from that port, or `stop` (then whatever already came is still taken): until
+/// the guest has answered slirp's ARP request the datagrams wait in QEMU, and
+/// before the guest runs they are dropped, so it sends again every half second.
+/// Returns the first datagram received.
+fn udp_echo(port: u16, payload: &[u8], stop: &AtomicBool) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut sends = 0;
+    loop {
+        let stopped = stop.load(Ordering::Acquire);
+        if stopped {
+            s.set_nonblocking(true).unwrap();
+        } else {
+            let _ = s.send_to(payload, (Ipv4Addr::LOCALHOST, port));
+            sends += 1;
+        }
+        match s.recv_from(&mut buf) {
+            // Anything else on the loopback is not the forward's answer.
+            Ok((n, from)) if from.port() == port => {
+                eprintln!(
+                    "UDP echo after {sends} datagram(s), {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return Some(buf[..n].to_vec());
+            }
+            Ok(_) => {}
+            Err(_) if stopped => return None,
+            Err(_) => {}
+        }
+    }
+}
+
 #[test]
 fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
     // Built first: the guest has the server's port on its command line.
     images(GuestSet::UplinkTest);
-    both_ways("uplink_e1000_amd_v", "e1000", "Intel 8086:100e (I8254x)");
-    both_ways("uplink_e1000e_amd_v", "e1000e", "Intel 8086:10d3 (I82574)");
+    let set = (
+        GuestSet::UplinkTest.vms().unwrap(),
+        GuestSet::UplinkTest.machine().unwrap(),
+    );
+    both_ways(
+        "uplink_e1000_amd_v",
+        "e1000",
+        "Intel 8086:100e (I8254x)",
+        &set,
+    );
+    both_ways(
+        "uplink_e1000e_amd_v",
+        "e1000e",
+        "Intel 8086:10d3 (I82574)",
+        &set,
+    );
+}
+
+/// The UDP forward from host port `port` to the echo VM, as `cargo xtask run
+/// --forward udp:PORT=udpecho64:7` resolves it against the set's own VMs and
+/// uplink (the VM's NIC `ip` on "lan").
+fn udp_forward(port: u16, (vms, machine): &(Vec<VmDef>, MachineDef)) -> HostFwd {
+    let f = parse_forward(&format!(
+        "udp:{port}={UPLINK_TEST_UDP_VM}:{}",
+        udpecho::ECHO_PORT
+    ))
+    .unwrap();
+    let r = resolve(
+        &[f],
+        vms,
+        machine.uplink.as_ref(),
+        machine.management.as_ref(),
+    )
+    .unwrap_or_else(|e| panic!("the uplink test's UDP forward: {e}"));
+    assert_eq!(
+        r,
+        [HostFwd {
+            protocol: Protocol::Udp,
+            host_port: port,
+            guest: Ipv4Addr::from(udpecho::GUEST_ADDRESS),
+            guest_port: udpecho::ECHO_PORT,
+        }]
+    );
+    r[0]
 }
 
 /// One boot with QEMU's NIC model `device`, which the hypervisor names `model`.
-fn both_ways(test: &str, device: &str, model: &str) {
+fn both_ways(test: &str, device: &str, model: &str, set: &(Vec<VmDef>, MachineDef)) {
     let limit = QEMU_LIMIT * 3;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, UPLINK_TEST_SERVER_PORT))
         .unwrap_or_else(|e| {
@@ -171,7 +265,19 @@ fn both_ways(test: &str, device: &str, model: &str) {
     // Free ports for the forwards: to the guest and to the hypervisor's station.
     let forward = free_port();
     let metrics_port = free_port();
+    let udp_port = free_udp_port();
     let stop = Arc::new(AtomicBool::new(false));
+    // A payload this boot alone sends: an answer carrying it came from the guest
+    // now, not from an earlier run.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let probe = format!("hv-udp-probe {device} {nanos:09}");
+    let udp_client = {
+        let (stop, probe) = (stop.clone(), probe.clone());
+        thread::spawn(move || udp_echo(udp_port, probe.as_bytes(), &stop))
+    };
     // The scrape first, while `web` waits for the host's connection (it powers
     // off after it, and the machine stops when it does).
     let client = {
@@ -189,15 +295,18 @@ fn both_ways(test: &str, device: &str, model: &str) {
             device,
             &[
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: forward,
                     guest: Ipv4Addr::new(10, 0, 2, 15),
                     guest_port: UPLINK_TEST_GUEST_PORT,
                 },
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: metrics_port,
                     guest: Ipv4Addr::from(UPLINK_TEST_STATION),
                     guest_port: 80,
                 },
+                udp_forward(udp_port, set),
             ],
         ),
         ..Default::default()
@@ -215,6 +324,10 @@ fn both_ways(test: &str, device: &str, model: &str) {
         .expect_line("web | hv-linux: eth0 10.0.2.15/24 up")
         .expect_line(&fetch)
         .expect_line("web | hv-linux: served: hv-host-payload")
+        .expect_line("udpecho64 | udpecho64: virtio-net at 00:04.0, mac ")
+        .expect_line(", echo on 10.0.2.16 UDP port 7")
+        .expect_line("udpecho64 | udpecho64: ARP reply to 10.0.2.2")
+        .expect_line("udpecho64 | udpecho64: done: ")
         .expect_line("hv: uplink (lan): to the wire ")
         .expect_line("hv: all VMs stopped; host memory returned: all")
         .expect_no("Kernel panic")
@@ -225,6 +338,24 @@ fn both_ways(test: &str, device: &str, model: &str) {
         Some("hv-linux-hello"),
         "{device}: the test's server did not get the guest's line"
     );
+    // The datagram came back from the guest with the bytes sent.
+    let echoed = udp_client.join().unwrap();
+    assert_eq!(
+        echoed.as_deref().map(String::from_utf8_lossy).as_deref(),
+        Some(probe.as_str()),
+        "{device}: no echo through the UDP forward"
+    );
+    // The guest saw the probe itself, from the host as the user network shows it.
+    let line = out.line_with(&format!(
+        "udpecho64: echoed {} bytes to 10.0.2.2:",
+        probe.len()
+    ));
+    assert!(
+        line.trim_end().ends_with(&format!(": {probe}")),
+        "{device}: {line}"
+    );
+    let done = out.line_with("udpecho64: done: ");
+    assert!(!done.contains(" 0 datagram(s) echoed"), "{device}: {done}");
     let (scraped, served) = client.join().unwrap();
     assert_eq!(
         served.as_deref(),

@@ -180,7 +180,9 @@ pub enum GuestSet {
     /// it sends a line to [`UPLINK_TEST_SERVER_PORT`] on the gateway 10.0.2.2 (the
     /// test's server on the host's loopback) and prints the answer, and answers a
     /// connection to its TCP port [`UPLINK_TEST_GUEST_PORT`] (which the test
-    /// forwards from the host).
+    /// forwards from the host). Beside it [`UPLINK_TEST_UDP_VM`] (`udpecho64`) at
+    /// [`udpecho::GUEST_ADDRESS`] (10.0.2.16) echoes UDP port
+    /// [`udpecho::ECHO_PORT`], which the test forwards a host UDP port to.
     UplinkTest,
     /// The management console: two `count64` VMs (`count64` and `other`), driven
     /// through the console from a pipe, with the administrator passphrase of
@@ -208,6 +210,8 @@ pub const CONSOLE_TEST_PASSPHRASE: &str = "hv console test";
 pub const UPLINK_TEST_SERVER_PORT: u16 = 47_611;
 /// ... and the guest's own listening port, which the test forwards from the host.
 pub const UPLINK_TEST_GUEST_PORT: u16 = 5000;
+/// ... and the VM that echoes UDP on "lan" (the `udpecho64` guest).
+pub const UPLINK_TEST_UDP_VM: &str = "udpecho64";
 
 /// [`GuestSet::Demo`]: the hypervisor's address on "mgmt", in QEMU's user network ...
 pub const DEMO_STATION: [u8; 4] = [10, 0, 2, 10];
@@ -427,11 +431,11 @@ impl GuestSet {
     /// [`DEMO_METRICS_PORT`] to the hypervisor's `/metrics`.
     pub fn forwards(self) -> Vec<crate::uplink::Forward> {
         match self {
-            GuestSet::Demo => vec![crate::uplink::Forward {
-                host_port: DEMO_METRICS_PORT,
-                vm: crate::uplink::STATION.into(),
-                guest_port: mgmtnet::HTTP_PORT,
-            }],
+            GuestSet::Demo => vec![crate::uplink::Forward::tcp(
+                DEMO_METRICS_PORT,
+                crate::uplink::STATION,
+                mgmtnet::HTTP_PORT,
+            )],
             _ => Vec::new(),
         }
     }
@@ -708,7 +712,16 @@ impl GuestSet {
                 let mut nic = crate::vms::NicDef::on("lan", "web", 0);
                 nic.ip = Some((std::net::Ipv4Addr::new(10, 0, 2, 15), 24));
                 vm.nics = vec![nic];
-                Ok(vec![crate::config::check(&vm)?])
+                // The UDP echo server a UDP forward reaches (busybox has no UDP
+                // listener), at the one address it answers on.
+                let mut echo = tiny_vm(&all_guests()?, UPLINK_TEST_UDP_VM)?;
+                let mut nic = crate::vms::NicDef::on("lan", UPLINK_TEST_UDP_VM, 0);
+                nic.ip = Some((udpecho::GUEST_ADDRESS.into(), 24));
+                echo.nics = vec![nic];
+                Ok(vec![
+                    crate::config::check(&vm)?,
+                    crate::config::check(&echo)?,
+                ])
             }
             GuestSet::LinuxApicTest => {
                 let mut vm = linux_vm(true)?;
@@ -1010,6 +1023,7 @@ mod tests {
         ] {
             let uplink = set.uplink().unwrap();
             let ip = crate::uplink::station_address(
+                crate::uplink::Protocol::Tcp,
                 mgmtnet::HTTP_PORT,
                 &uplink,
                 set.management().as_ref(),

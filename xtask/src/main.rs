@@ -28,15 +28,18 @@ commands:
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
       --tcg                 QEMU: software emulation even if a nested KVM exists
-      --forward <HOSTPORT=VM:PORT>  (repeatable) with a configuration that has
-                            an [uplink]: TCP port HOSTPORT on the host's
-                            127.0.0.1 reaches PORT of VM at its NIC's `ip` on
-                            the uplink's network (QEMU user networking,
-                            10.0.2.0/24; the host is 10.0.2.2 from the VMs);
-                            VM `hv` is the hypervisor's station ([management]
-                            on the uplink's network), PORT 80 its /metrics.
-                            The default run forwards 9100=hv:80 (a forward of
-                            your own to hv:80 or on host port 9100 replaces it)
+      --forward <[tcp:|udp:]HOSTPORT=VM:PORT>  (repeatable) with a
+                            configuration that has an [uplink]: TCP (no
+                            prefix, or tcp:) or UDP (udp:) port HOSTPORT on
+                            the host's 127.0.0.1 reaches PORT of VM at its
+                            NIC's `ip` on the uplink's network (QEMU user
+                            networking, 10.0.2.0/24; the host is 10.0.2.2
+                            from the VMs), e.g. udp:5353=web:53; VM `hv` is
+                            the hypervisor's station ([management] on the
+                            uplink's network), TCP PORT 80 its /metrics (it
+                            serves nothing on UDP). The default run forwards
+                            9100=hv:80 (a TCP forward of your own to hv:80 or
+                            on host port 9100 replaces it)
   test                  host unit tests, then integration tests that boot images
       --host                only the host unit tests
   bench                 speed figures: Linux to /init under the hypervisor against
@@ -325,11 +328,14 @@ fn run(mut args: Args) -> Result<(), String> {
                         f.host_port
                     )
                 } else {
-                    format!("VM {} port {}", f.vm, f.guest_port)
+                    format!("VM {} {} port {}", f.vm, f.protocol.upper(), f.guest_port)
                 };
                 eprintln!(
-                    "xtask: 127.0.0.1:{} -> {}:{} ({what})",
-                    f.host_port, h.guest, h.guest_port
+                    "xtask: {} 127.0.0.1:{} -> {}:{} ({what})",
+                    f.protocol.name(),
+                    f.host_port,
+                    h.guest,
+                    h.guest_port
                 );
             }
             if gdb {

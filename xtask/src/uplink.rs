@@ -1,11 +1,13 @@
 //! The uplink under QEMU: the machine's e1000 on QEMU's user network (slirp,
 //! 10.0.2.0/24, the host reachable as the gateway 10.0.2.2), and `cargo xtask run
-//! --forward HOSTPORT=VM:PORT`, which becomes QEMU's `hostfwd` from the host's
-//! loopback to that VM's address on the uplink network (its NIC's `ip`), or, with
-//! [`STATION`] for VM (`--forward 9100=hv:80`), to the hypervisor's own station
-//! when `[management]` puts it on the uplink's network.
+//! --forward [tcp:|udp:]HOSTPORT=VM:PORT`, which becomes QEMU's `hostfwd` (TCP or
+//! UDP, as QEMU's own `hostfwd=udp::5353-:53` takes it) from the host's loopback to
+//! that VM's address on the uplink network (its NIC's `ip`), or, with [`STATION`]
+//! for VM (`--forward 9100=hv:80`), to the hypervisor's own station when
+//! `[management]` puts it on the uplink's network.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::fmt;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
 use crate::vms::{ManagementDef, UplinkDef, VmDef};
 
@@ -22,17 +24,73 @@ const RESERVED: [u8; 4] = [0, 2, 3, 255];
 /// station (`[management]`), which serves `/metrics` on [`mgmtnet::HTTP_PORT`].
 pub const STATION: &str = "hv";
 
-/// One `--forward HOSTPORT=VM:PORT` as written.
+/// What the station serves, per protocol and port: `/metrics` over HTTP on TCP,
+/// and nothing on UDP (its one UDP socket only sends syslog; a datagram to it is
+/// never read), so a UDP forward to the station is refused rather than made into
+/// a forward that silently goes nowhere.
+const STATION_SERVICES: &[(Protocol, u16, &str)] =
+    &[(Protocol::Tcp, mgmtnet::HTTP_PORT, "GET /metrics")];
+
+/// The transport a forward carries, as QEMU's `hostfwd` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The name in `--forward udp:...` and in QEMU's `hostfwd=udp:...`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The name in messages.
+    pub fn upper(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// One `--forward [tcp:|udp:]HOSTPORT=VM:PORT` as written (no prefix: TCP).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
+    pub protocol: Protocol,
     pub host_port: u16,
     pub vm: String,
     pub guest_port: u16,
 }
 
+impl Forward {
+    /// A TCP forward (what `HOSTPORT=VM:PORT` without a prefix is).
+    pub fn tcp(host_port: u16, vm: &str, guest_port: u16) -> Self {
+        Self {
+            protocol: Protocol::Tcp,
+            host_port,
+            vm: vm.into(),
+            guest_port,
+        }
+    }
+}
+
+/// As the user writes it: `udp:5353=web:53`, and TCP without its (optional) prefix.
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.protocol == Protocol::Udp {
+            write!(f, "udp:")?;
+        }
+        write!(f, "{}={}:{}", self.host_port, self.vm, self.guest_port)
+    }
+}
+
 /// A forward with the VM's address: what QEMU's `hostfwd` takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostFwd {
+    pub protocol: Protocol,
     pub host_port: u16,
     pub guest: Ipv4Addr,
     pub guest_port: u16,
@@ -44,34 +102,54 @@ fn user_net_reaches(ip: Ipv4Addr) -> bool {
     o[..3] == USER_NET.octets()[..3] && !RESERVED.contains(&o[3])
 }
 
-fn port(text: &str, what: &str, whole: &str) -> Result<u16, String> {
+fn port(text: &str, what: &str, protocol: Protocol, whole: &str) -> Result<u16, String> {
     match text.parse::<u16>() {
         Ok(0) | Err(_) => Err(format!(
-            "--forward {whole}: {what} {text:?} is not a TCP port (1 to 65535)"
+            "--forward {whole}: {what} {text:?} is not a {} port (1 to 65535)",
+            protocol.upper()
         )),
         Ok(p) => Ok(p),
     }
 }
 
-/// Parses `HOSTPORT=VM:PORT` (`8080=web:80`).
+/// Parses `[tcp:|udp:]HOSTPORT=VM:PORT` (`8080=web:80`, `udp:5353=web:53`); no
+/// prefix is TCP, as in QEMU's `hostfwd`.
 pub fn parse_forward(text: &str) -> Result<Forward, String> {
-    let usage = || format!("--forward {text}: expected HOSTPORT=VM:PORT, e.g. 8080=web:80");
+    let usage = || {
+        format!(
+            "--forward {text}: expected [tcp:|udp:]HOSTPORT=VM:PORT, e.g. 8080=web:80 or \
+             udp:5353=web:53"
+        )
+    };
     let (host, target) = text.split_once('=').ok_or_else(usage)?;
+    let (protocol, host) = match host.split_once(':') {
+        None => (Protocol::Tcp, host),
+        Some(("tcp", port)) => (Protocol::Tcp, port),
+        Some(("udp", port)) => (Protocol::Udp, port),
+        Some((other, _)) => {
+            return Err(format!(
+                "--forward {text}: protocol {other:?} is not tcp or udp (the prefix is \
+                 optional: no prefix is tcp)"
+            ))
+        }
+    };
     let (vm, guest) = target.rsplit_once(':').ok_or_else(usage)?;
     if vm.is_empty() {
         return Err(usage());
     }
     Ok(Forward {
-        host_port: port(host, "the host port", text)?,
+        protocol,
+        host_port: port(host, "the host port", protocol, text)?,
         vm: vm.to_string(),
-        guest_port: port(guest, "the VM's port", text)?,
+        guest_port: port(guest, "the VM's port", protocol, text)?,
     })
 }
 
 /// Checks `forwards` against the machine: an uplink is configured, each VM exists
 /// and has a NIC with an `ip` on the uplink's network, inside QEMU's user network
 /// and not one of slirp's own addresses; [`STATION`] is the hypervisor's station
-/// (see [`station_address`]); no host port twice.
+/// (see [`station_address`]); no host port twice for one protocol (TCP and UDP
+/// ports are separate: `8053=web:53` and `udp:8053=web:53` go together).
 pub fn resolve(
     forwards: &[Forward],
     vms: &[VmDef],
@@ -90,26 +168,30 @@ pub fn resolve(
     };
     let mut out: Vec<HostFwd> = Vec::new();
     for f in forwards {
-        let whole = format!("{}={}:{}", f.host_port, f.vm, f.guest_port);
-        if out.iter().any(|o| o.host_port == f.host_port) {
+        if out
+            .iter()
+            .any(|o| o.protocol == f.protocol && o.host_port == f.host_port)
+        {
             return Err(format!(
-                "--forward {whole}: host port {} is forwarded twice",
+                "--forward {f}: {} host port {} is forwarded twice",
+                f.protocol.upper(),
                 f.host_port
             ));
         }
         let guest = if f.vm == STATION {
             if vms.iter().any(|v| v.name == STATION) {
                 return Err(format!(
-                    "--forward {whole}: {STATION:?} names the hypervisor's station here, and a \
+                    "--forward {f}: {STATION:?} names the hypervisor's station here, and a \
                      VM has that name too: rename the VM"
                 ));
             }
-            station_address(f.guest_port, uplink, management)
-                .map_err(|e| format!("--forward {whole}: {e}"))?
+            station_address(f.protocol, f.guest_port, uplink, management)
+                .map_err(|e| format!("--forward {f}: {e}"))?
         } else {
-            vm_address(f, vms, uplink).map_err(|e| format!("--forward {whole}: {e}"))?
+            vm_address(f, vms, uplink).map_err(|e| format!("--forward {f}: {e}"))?
         };
         out.push(HostFwd {
+            protocol: f.protocol,
             host_port: f.host_port,
             guest,
             guest_port: f.guest_port,
@@ -117,7 +199,6 @@ pub fn resolve(
     }
     Ok(out)
 }
-
 /// The address of `f`'s VM on the uplink's network.
 fn vm_address(f: &Forward, vms: &[VmDef], uplink: &UplinkDef) -> Result<Ipv4Addr, String> {
     let Some(vm) = vms.iter().find(|v| v.name == f.vm) else {
@@ -151,16 +232,19 @@ fn vm_address(f: &Forward, vms: &[VmDef], uplink: &UplinkDef) -> Result<Ipv4Addr
     Ok(ip)
 }
 
-/// The hypervisor's station as a forward's target: `[management]` exists, is on
+/// The hypervisor's station as a forward's target: it serves `protocol` on
+/// `port` (see [`STATION_SERVICES`]: nothing on UDP), `[management]` exists, is on
 /// the uplink's network (QEMU's user network reaches no other), has an address
 /// slirp delivers to, and its subnet holds the host 10.0.2.2, the source of every
 /// forwarded connection (the station has no gateway: it answers only hosts of its
-/// own subnet); `port` is the one it serves.
+/// own subnet).
 pub fn station_address(
+    protocol: Protocol,
     port: u16,
     uplink: &UplinkDef,
     management: Option<&ManagementDef>,
 ) -> Result<Ipv4Addr, String> {
+    station_serves(protocol, port)?;
     let Some(m) = management else {
         return Err(format!(
             "the hypervisor has no station: add a [management] table on the uplink's \
@@ -193,24 +277,47 @@ pub fn station_address(
             m.prefix
         ));
     }
-    if port != mgmtnet::HTTP_PORT {
-        return Err(format!(
-            "the hypervisor's station serves only TCP port {} (GET /metrics), not {port}",
-            mgmtnet::HTTP_PORT
-        ));
-    }
     Ok(ip)
 }
 
+/// Whether the station serves `protocol` on `port`; if not, what it does serve.
+fn station_serves(protocol: Protocol, port: u16) -> Result<(), String> {
+    if STATION_SERVICES
+        .iter()
+        .any(|&(p, n, _)| p == protocol && n == port)
+    {
+        return Ok(());
+    }
+    let served: Vec<String> = STATION_SERVICES
+        .iter()
+        .map(|(p, n, what)| format!("{} port {n} ({what})", p.upper()))
+        .collect();
+    let served = served.join(", ");
+    if STATION_SERVICES.iter().any(|&(p, _, _)| p == protocol) {
+        Err(format!(
+            "the hypervisor's station serves only {served}, not {} port {port}",
+            protocol.upper()
+        ))
+    } else {
+        Err(format!(
+            "the hypervisor's station serves nothing on {} (it listens only on {served}): \
+             forward {} to a VM instead",
+            protocol.upper(),
+            protocol.upper()
+        ))
+    }
+}
+
 /// `user`'s forwards followed by each of `defaults` that none of them overrides:
-/// a user forward on the same host port, or to the same VM and port, replaces
-/// the default.
+/// a user forward of the same protocol on the same host port, or to the same VM
+/// and port, replaces the default (a UDP forward leaves a TCP default alone).
 pub fn with_defaults(user: Vec<Forward>, defaults: &[Forward]) -> Vec<Forward> {
     let mut out = user;
     for d in defaults {
-        let overridden = out
-            .iter()
-            .any(|f| f.host_port == d.host_port || (f.vm == d.vm && f.guest_port == d.guest_port));
+        let overridden = out.iter().any(|f| {
+            f.protocol == d.protocol
+                && (f.host_port == d.host_port || (f.vm == d.vm && f.guest_port == d.guest_port))
+        });
         if !overridden {
             out.push(d.clone());
         }
@@ -218,23 +325,28 @@ pub fn with_defaults(user: Vec<Forward>, defaults: &[Forward]) -> Vec<Forward> {
     out
 }
 
-/// Checks that every forward's host port is free on 127.0.0.1 now, so that a
-/// port in use (another run, another service) is a clear error before QEMU
-/// starts rather than QEMU's "Could not set up host forwarding rule". (Another
-/// program may still take it before QEMU does; QEMU then says so.)
+/// Checks that every forward's host port is free on 127.0.0.1 now, for its
+/// protocol (QEMU binds a TCP listener or a UDP socket there), so that a port in
+/// use (another run, another service) is a clear error before QEMU starts rather
+/// than QEMU's "Could not set up host forwarding rule". (Another program may
+/// still take it before QEMU does; QEMU then says so.)
 pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
     for f in forwards {
-        if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, f.host_port)) {
+        let addr = (Ipv4Addr::LOCALHOST, f.host_port);
+        let bound = match f.protocol {
+            Protocol::Tcp => TcpListener::bind(addr).map(drop),
+            Protocol::Udp => UdpSocket::bind(addr).map(drop),
+        };
+        if let Err(e) = bound {
+            let other = Forward {
+                host_port: f.host_port.checked_add(1).unwrap_or(1024),
+                ..f.clone()
+            };
             return Err(format!(
-                "--forward {}={}:{}: host port {} on 127.0.0.1 is not free ({e}): choose \
-                 another, e.g. --forward {}={}:{}",
+                "--forward {f}: {} host port {} on 127.0.0.1 is not free ({e}): choose \
+                 another, e.g. --forward {other}",
+                f.protocol.upper(),
                 f.host_port,
-                f.vm,
-                f.guest_port,
-                f.host_port,
-                f.host_port.checked_add(1).unwrap_or(1024),
-                f.vm,
-                f.guest_port
             ));
         }
     }
@@ -242,7 +354,8 @@ pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
 }
 
 /// QEMU's arguments for the uplink: an e1000 on a user network, each forward from
-/// the host's loopback only (nothing outside this machine reaches the VMs).
+/// the host's loopback only (nothing outside this machine reaches the VMs), as
+/// `hostfwd=tcp:...` or `hostfwd=udp:...` (QEMU's `-netdev user` documentation).
 pub fn qemu_args(forwards: &[HostFwd]) -> Vec<String> {
     qemu_args_with("e1000", forwards)
 }
@@ -252,8 +365,11 @@ pub fn qemu_args_with(device: &str, forwards: &[HostFwd]) -> Vec<String> {
     let mut netdev = String::from("user,id=uplink,net=10.0.2.0/24");
     for f in forwards {
         netdev.push_str(&format!(
-            ",hostfwd=tcp:127.0.0.1:{}-{}:{}",
-            f.host_port, f.guest, f.guest_port
+            ",hostfwd={}:127.0.0.1:{}-{}:{}",
+            f.protocol.name(),
+            f.host_port,
+            f.guest,
+            f.guest_port
         ));
     }
     vec![
@@ -293,14 +409,7 @@ mod tests {
     #[test]
     fn forwards_parse_and_become_hostfwd() {
         let f = parse_forward("8080=web:80").unwrap();
-        assert_eq!(
-            f,
-            Forward {
-                host_port: 8080,
-                vm: "web".into(),
-                guest_port: 80
-            }
-        );
+        assert_eq!(f, Forward::tcp(8080, "web", 80));
         let r = resolve(
             &[f, parse_forward("2222=web:22").unwrap()],
             &vms(),
@@ -323,9 +432,23 @@ mod tests {
     #[test]
     fn bad_forwards_are_refused_with_the_reason() {
         for (text, expected) in [
-            ("8080", "expected HOSTPORT=VM:PORT"),
-            ("8080=web", "expected HOSTPORT=VM:PORT"),
-            ("8080=:80", "expected HOSTPORT=VM:PORT"),
+            ("8080", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
+            ("8080=web", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
+            ("8080=:80", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
+            ("udp:8080=web", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
+            ("sctp:8080=web:80", "protocol \"sctp\" is not tcp or udp"),
+            ("UDP:8080=web:80", "protocol \"UDP\" is not tcp or udp"),
+            (":8080=web:80", "protocol \"\" is not tcp or udp"),
+            ("udp:0=web:53", "the host port \"0\" is not a UDP port"),
+            (
+                "udp:5353=web:70000",
+                "the VM's port \"70000\" is not a UDP port",
+            ),
+            ("tcp:x=web:80", "the host port \"x\" is not a TCP port"),
+            (
+                "udp:udp:53=web:53",
+                "the host port \"udp:53\" is not a UDP port",
+            ),
             ("0=web:80", "the host port \"0\" is not a TCP port"),
             ("x=web:80", "the host port \"x\" is not a TCP port"),
             (
@@ -408,11 +531,13 @@ mod tests {
             r,
             [
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: 9100,
                     guest: Ipv4Addr::new(10, 0, 2, 10),
                     guest_port: 80
                 },
                 HostFwd {
+                    protocol: Protocol::Tcp,
                     host_port: 8080,
                     guest: Ipv4Addr::new(10, 0, 2, 15),
                     guest_port: 80
@@ -474,7 +599,7 @@ mod tests {
                 vec![parse_forward("9100=hv:8080").unwrap()],
                 Some(lan()),
                 Some(station("lan", [10, 0, 2, 10], 24)),
-                "the hypervisor's station serves only TCP port 80 (GET /metrics), not 8080",
+                "the hypervisor's station serves only TCP port 80 (GET /metrics), not TCP port 8080",
             ),
             (
                 vec![
@@ -529,11 +654,7 @@ mod tests {
     fn a_host_port_in_use_is_refused_before_qemu_starts() {
         let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = busy.local_addr().unwrap().port();
-        let f = Forward {
-            host_port: port,
-            vm: "hv".into(),
-            guest_port: 80,
-        };
+        let f = Forward::tcp(port, "hv", 80);
         let e = check_host_ports(std::slice::from_ref(&f)).unwrap_err();
         assert!(
             e.contains(&format!("host port {port} on 127.0.0.1 is not free")),
@@ -542,5 +663,206 @@ mod tests {
         drop(busy);
         // Free again (the listener is gone; SO_REUSEADDR covers TIME_WAIT).
         assert_eq!(check_host_ports(&[f]), Ok(()));
+    }
+
+    #[test]
+    fn udp_forwards_parse_and_become_udp_hostfwd() {
+        let udp = parse_forward("udp:5353=web:53").unwrap();
+        assert_eq!(
+            udp,
+            Forward {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                vm: "web".into(),
+                guest_port: 53
+            }
+        );
+        assert_eq!(udp.to_string(), "udp:5353=web:53");
+        // An explicit tcp: is the same as none.
+        assert_eq!(
+            parse_forward("tcp:8080=web:80").unwrap(),
+            parse_forward("8080=web:80").unwrap()
+        );
+        assert_eq!(
+            parse_forward("tcp:8080=web:80").unwrap().to_string(),
+            "8080=web:80"
+        );
+        let r = resolve(
+            &[udp, parse_forward("8080=web:80").unwrap()],
+            &vms(),
+            Some(&lan()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r[0],
+            HostFwd {
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                guest: Ipv4Addr::new(10, 0, 2, 15),
+                guest_port: 53
+            }
+        );
+        assert_eq!(
+            qemu_args_with("e1000e", &r),
+            [
+                "-netdev",
+                "user,id=uplink,net=10.0.2.0/24,hostfwd=udp:127.0.0.1:5353-10.0.2.15:53,hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80",
+                "-device",
+                "e1000e,netdev=uplink"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_port_is_taken_once_per_protocol() {
+        let f = |t: &str| parse_forward(t).unwrap();
+        // The same host port for TCP and for UDP: two forwards.
+        let r = resolve(
+            &[f("8053=web:53"), f("udp:8053=web:53")],
+            &vms(),
+            Some(&lan()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.iter().map(|h| h.protocol).collect::<Vec<_>>(),
+            [Protocol::Tcp, Protocol::Udp]
+        );
+        // Twice for one protocol: refused, naming it.
+        let e = resolve(
+            &[f("udp:8053=web:53"), f("8053=web:53"), f("udp:8053=web:54")],
+            &vms(),
+            Some(&lan()),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--forward udp:8053=web:54: UDP host port 8053 is forwarded twice"),
+            "{e}"
+        );
+        let e = resolve(
+            &[f("80=web:80"), f("tcp:80=web:81")],
+            &vms(),
+            Some(&lan()),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("TCP host port 80 is forwarded twice"), "{e}");
+        // A UDP forward is checked against the VM as a TCP one is.
+        for (text, expected) in [
+            ("udp:53=nope:53", "--forward udp:53=nope:53: no VM \"nope\""),
+            (
+                "udp:53=alone:53",
+                "VM \"alone\" has no NIC on the uplink's network",
+            ),
+            (
+                "udp:53=bare:53",
+                "VM \"bare\"'s NIC on network \"lan\" has no `ip`",
+            ),
+            (
+                "udp:53=far:53",
+                "192.168.1.5 is not one QEMU's user network reaches",
+            ),
+        ] {
+            let e = resolve(&[f(text)], &vms(), Some(&lan()), None).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        let e = resolve(&[f("udp:53=web:53")], &vms(), None, None).unwrap_err();
+        assert!(e.contains("--forward needs an uplink"), "{e}");
+    }
+
+    #[test]
+    fn udp_to_the_station_is_refused_since_it_serves_nothing_there() {
+        let good = station("lan", [10, 0, 2, 10], 24);
+        for (text, management, expected) in [
+            (
+                "udp:9100=hv:80",
+                Some(good.clone()),
+                "--forward udp:9100=hv:80: the hypervisor's station serves nothing on UDP \
+                 (it listens only on TCP port 80 (GET /metrics)): forward UDP to a VM instead",
+            ),
+            // Its syslog source port is not a service either.
+            (
+                "udp:5514=hv:514",
+                Some(good.clone()),
+                "serves nothing on UDP",
+            ),
+            // Said before the station's own configuration is looked at.
+            ("udp:9100=hv:80", None, "serves nothing on UDP"),
+            (
+                "tcp:9100=hv:8080",
+                Some(good.clone()),
+                "serves only TCP port 80 (GET /metrics), not TCP port 8080",
+            ),
+        ] {
+            let e = resolve(
+                &[parse_forward(text).unwrap()],
+                &vms(),
+                Some(&lan()),
+                management.as_ref(),
+            )
+            .unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        // TCP port 80 is served, beside a UDP forward to a VM.
+        let r = resolve(
+            &[
+                parse_forward("tcp:9100=hv:80").unwrap(),
+                parse_forward("udp:9100=web:7").unwrap(),
+            ],
+            &vms(),
+            Some(&lan()),
+            Some(&good),
+        )
+        .unwrap();
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn udp_forwards_override_only_udp_defaults() {
+        let f = |t: &str| parse_forward(t).unwrap();
+        let d = [f("9100=hv:80")];
+        // A UDP forward on the default's host port, or to its target port, is
+        // another forward: the TCP default stays.
+        assert_eq!(
+            with_defaults(vec![f("udp:9100=web:7")], &d),
+            [f("udp:9100=web:7"), f("9100=hv:80")]
+        );
+        assert_eq!(
+            with_defaults(vec![f("udp:9200=hv:80")], &d),
+            [f("udp:9200=hv:80"), f("9100=hv:80")]
+        );
+        let ud = [f("udp:5353=web:53")];
+        assert_eq!(
+            with_defaults(vec![f("udp:5353=web:54")], &ud),
+            [f("udp:5353=web:54")]
+        );
+        assert_eq!(
+            with_defaults(vec![f("5353=web:53")], &ud),
+            [f("5353=web:53"), f("udp:5353=web:53")]
+        );
+    }
+
+    #[test]
+    fn a_udp_host_port_in_use_is_refused_before_qemu_starts() {
+        let busy = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let udp = parse_forward(&format!("udp:{port}=web:7")).unwrap();
+        let e = check_host_ports(std::slice::from_ref(&udp)).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "--forward udp:{port}=web:7: UDP host port {port} on 127.0.0.1 is not free"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("e.g. --forward udp:"), "{e}");
+        // The TCP port of the same number is another port (free unless some other
+        // program holds it: then this says so, which is what the check is for).
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            assert_eq!(check_host_ports(&[Forward::tcp(port, "web", 7)]), Ok(()));
+        }
+        drop(busy);
+        assert_eq!(check_host_ports(&[udp]), Ok(()));
     }
 }

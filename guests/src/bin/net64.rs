@@ -27,10 +27,8 @@ fn main() {}
 mod guest {
 
     use guests::println;
-    use guests::virtio_hal::{BumpHal, PortCam};
+    use guests::virtio_hal::{self, BumpHal};
     use virtio_drivers::device::net::VirtIONetRaw;
-    use virtio_drivers::transport::pci::bus::{Command, PciRoot};
-    use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
     use virtio_drivers::transport::DeviceType;
 
     guests::entry_point!(main);
@@ -55,17 +53,8 @@ mod guest {
     }
 
     fn run() -> Result<(), &'static str> {
-        let mut root = PciRoot::new(PortCam);
-        let mut found = None;
-        for (df, info) in root.enumerate_bus(0) {
-            if virtio_device_type(&info) == Some(DeviceType::Network) && found.is_none() {
-                found = Some(df);
-            }
-        }
-        let df = found.ok_or("no virtio-net function on bus 0")?;
-        root.set_command(df, Command::MEMORY_SPACE | Command::BUS_MASTER);
-        let transport = PciTransport::new::<BumpHal, _>(&mut root, df)
-            .map_err(|_| "the PCI transport refused the function")?;
+        let (df, transport) =
+            virtio_hal::open(DeviceType::Network, "no virtio-net function on bus 0")?;
         let mut net = VirtIONetRaw::<BumpHal, _, 16>::new(transport)
             .map_err(|_| "the virtio-net driver did not initialise")?;
         let mac: [u8; 6] = net.mac_address();
