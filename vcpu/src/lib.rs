@@ -268,6 +268,12 @@ pub struct Exception {
 }
 
 impl Exception {
+    /// Divide error (#DE, vector 0): `DIV`/`IDIV` by zero or with a quotient too
+    /// large for its register. No error code.
+    pub const DE: Exception = Exception {
+        vector: 0,
+        error_code: None,
+    };
     pub const UD: Exception = Exception {
         vector: 6,
         error_code: None,

@@ -33,23 +33,48 @@
 //!   of the result, RFLAGS) and with a memory source into a register (one read, the
 //!   register written as x86 writes it, RFLAGS);
 //! - `XCHG r/m, r` with memory: a read, then a write of the register; no flags.
+//! - `INC`/`DEC`/`NEG`/`NOT` (FE/FF /0 /1, F6/F7 /2 /3) and the shifts and rotates
+//!   `ROL`/`ROR`/`RCL`/`RCR`/`SHL`(`SAL`)/`SHR`/`SAR` by 1, CL or imm8 (C0/C1, D0-D3),
+//!   with a memory destination: one read, one write, flags ([`x86_arith`]);
+//! - `BT`/`BTS`/`BTR`/`BTC` with an imm8 (0F BA) or a register (0F A3/AB/B3/BB) bit
+//!   offset: one read (and for all but `BT` one write), CF. With a register offset
+//!   the processor moves the access to the operand holding the bit (SDM Vol. 2A `BT`:
+//!   effective address + (offset SAR 3), in operand-size steps); the exit's address
+//!   is the one it moved to, so the emulator touches exactly the bytes the processor
+//!   did, and takes only the bit number (the offset modulo the width) from the
+//!   register. The moved operand may lie in another page than the effective address:
+//!   that does not matter, as the exit names the page the processor reached;
+//! - `XADD` (0F C0/C1) and `CMPXCHG` (0F B0/B1): a read, then a write (for a failed
+//!   `CMPXCHG` the old value again: the SDM's unconditional write cycle), flags as
+//!   `ADD` / `CMP`;
+//! - `SETcc r/m8` (0F 90-9F): one write of 0 or 1; `CMOVcc r, r/m` (0F 40-4F): one
+//!   read whether or not the condition holds (as on the processor), a 32-bit
+//!   destination zero-extended even when it does not;
+//! - `MUL`/`IMUL`/`DIV`/`IDIV r/m` (F6/F7 /4-/7) on AL/AX/EAX/RAX and AH/DX/EDX/RDX,
+//!   and `IMUL r, r/m` (0F AF) and `IMUL r, r/m, imm` (69/6B): one read. A zero
+//!   divisor or a quotient that does not fit raises #DE: injected, with RIP left on
+//!   the instruction and no register changed (after the device read, as on the
+//!   processor).
 //!
-//! Flags are computed as the SDM (Vol. 2) defines them ([`alu`]): CF, PF, AF, ZF, SF
-//! and OF from the result for the arithmetic ones (`ADC`/`SBB` take CF in); CF = OF = 0
-//! for `AND`/`OR`/`XOR`/`TEST`, whose AF is undefined and is set to 0 here. Every
-//! other RFLAGS bit is kept, and [`Vcpu::set_rflags`] keeps bit 1 set. A
-//! read-modify-write instruction is accepted whether the exit reports the read or the
-//! write (processors and emulators report either).
+//! Flags are computed as the SDM (Vol. 2) defines them ([`alu`], [`x86_arith`]): CF,
+//! PF, AF, ZF, SF and OF from the result for the arithmetic ones (`ADC`/`SBB` take CF
+//! in); CF = OF = 0 for `AND`/`OR`/`XOR`/`TEST`, whose AF is undefined and is set to 0
+//! here. Where the SDM leaves a flag undefined for the other operations (AF after a
+//! shift, OF after a shift by more than 1, SF/ZF/AF/PF after `MUL`, every flag after
+//! `DIV`, ...), it keeps its value. Every other RFLAGS bit is kept, and
+//! [`Vcpu::set_rflags`] keeps bit 1 set. A read-modify-write instruction is accepted
+//! whether the exit reports the read or the write (processors and emulators report
+//! either).
 //!
 //! `LOCK` is honoured where the ISA allows it (the memory-destination forms; `XCHG` is
 //! locked anyway): both device accesses happen while the exit handler holds the VM's
 //! lock, so no other vCPU's emulated access to any device comes between them, and
 //! unbacked space has no state to race on. iced rejects `LOCK` elsewhere (#UD).
 //!
-//! Rejected with an error that names the mnemonic: `INC`/`DEC`/`NEG`/`NOT`, shifts and
-//! rotates, `BT`/`BTS`/`BTR`/`BTC`, `XADD`/`CMPXCHG`, `MUL`/`DIV`, `SETcc`, segment
-//! register moves, and string instructions (`MOVS`, `STOS`, `CMPS`, ..., which need
-//! several device accesses, RSI/RDI/RCX updates and a second address).
+//! Rejected with an error that names the mnemonic (the VM stops with it): segment
+//! register moves, `PUSH`/`POP` with a memory operand, string instructions (`MOVS`,
+//! `STOS`, `CMPS`, ..., which need several device accesses, RSI/RDI/RCX updates and a
+//! second address), `CMPXCHG8B`/`CMPXCHG16B`, and every SSE/AVX/x87 form.
 //!
 //! Limits: RFLAGS.TF single-stepping is not honoured after an emulated instruction
 //! (no #DB is queued); a 16-bit protected-mode code segment is decoded as 32-bit (see
@@ -57,8 +82,10 @@
 //! passed to the device as one access at the exit's address.
 
 use super::guest_walk::{self, GuestMemory, WalkError};
+use super::x86_arith::{self, DivideError, Wide};
+pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
-use vcpu::{GuestRegisters, Vcpu};
+use vcpu::{Exception, GuestRegisters, Vcpu};
 
 /// A general-purpose register as an MMIO instruction names it. `Ah`..`Bh` are bits
 /// 15:8 of RAX..RBX (only reachable without a REX prefix, SDM Vol. 1 3.4.1.1); every
@@ -236,6 +263,39 @@ pub enum Access {
     /// `XCHG mem, reg`: read the location, write `reg`'s value, load the old value
     /// into `reg`. No flags.
     Exchange { reg: Reg },
+    /// `INC`/`DEC`/`NEG`/`NOT mem`: read, write the result, set the flags
+    /// ([`x86_arith::unary`]).
+    Unary { op: UnaryOp },
+    /// A shift or rotate of the location by `count` (`Imm(1)`, `Imm(imm8)` or
+    /// `Reg(Rcx, 1)` for CL): read, write the result (also for a masked count of 0,
+    /// as the processor's read-modify-write cycle does), flags ([`x86_arith::shift`]).
+    Shift { op: ShiftOp, count: Operand },
+    /// `BT`/`BTS`/`BTR`/`BTC mem, offset`: read; CF is the bit `offset` modulo the
+    /// width; `BTS`/`BTR`/`BTC` write the changed value. With a register offset the
+    /// processor itself moved the access by `offset` arithmetically shifted right by
+    /// log2(width) operands (SDM Vol. 2A `BT`), and the exit's address *is* that
+    /// moved operand, so the device is accessed there and only the bit number is
+    /// left to take from the register.
+    BitTest { op: BitOp, offset: Operand },
+    /// `XADD mem, reg`: read, write the sum, load the old value into `reg`; flags
+    /// as `ADD`.
+    ExchangeAdd { reg: Reg },
+    /// `CMPXCHG mem, reg`: read, compare with the accumulator (flags as `CMP acc,
+    /// mem`); equal: write `reg`; not equal: write the old value back (the SDM's
+    /// unconditional write cycle) and load it into the accumulator.
+    CompareExchange { reg: Reg },
+    /// `SETcc mem8`: write 1 or 0 as condition `cc` holds. No read, no flags.
+    SetCondition { cc: u8 },
+    /// `CMOVcc reg, mem`: read (always, as the processor does); load into `reg` if
+    /// `cc` holds. A 32-bit `reg` is zero-extended even when it does not (SDM Vol. 2A
+    /// `CMOVcc`, 64-bit mode).
+    CondMove { cc: u8, reg: Reg },
+    /// `MUL`/`IMUL`/`DIV`/`IDIV mem` on AX, DX:AX, EDX:EAX or RDX:RAX
+    /// ([`x86_arith::mul_div`]); `DIV`/`IDIV` may raise #DE.
+    MulDiv { op: MulDivOp },
+    /// `IMUL reg, mem` and `IMUL reg, mem, imm` (`imm` sign-extended to the operand
+    /// size): `reg` = the truncated product of `reg` (or `mem`) and `mem` (or `imm`).
+    ImulToRegister { reg: Reg, imm: Option<u64> },
 }
 
 /// A decoded MMIO instruction.
@@ -251,24 +311,50 @@ pub struct MmioInstruction {
 impl MmioInstruction {
     /// Whether the device is read.
     pub fn reads(&self) -> bool {
-        !matches!(self.kind, Access::Write { .. })
+        !matches!(
+            self.kind,
+            Access::Write { .. } | Access::SetCondition { .. }
+        )
     }
 
     /// Whether the device is written.
     pub fn writes(&self) -> bool {
         match self.kind {
-            Access::Write { .. } | Access::Exchange { .. } => true,
+            Access::Write { .. }
+            | Access::Exchange { .. }
+            | Access::Unary { .. }
+            | Access::Shift { .. }
+            | Access::ExchangeAdd { .. }
+            | Access::CompareExchange { .. }
+            | Access::SetCondition { .. } => true,
             Access::AluToMemory { op, .. } => op.stores(),
-            Access::Read { .. } | Access::AluToRegister { .. } => false,
+            Access::BitTest { op, .. } => op != BitOp::Bt,
+            Access::Read { .. }
+            | Access::AluToRegister { .. }
+            | Access::CondMove { .. }
+            | Access::MulDiv { .. }
+            | Access::ImulToRegister { .. } => false,
         }
     }
 
-    /// Whether RFLAGS changes.
+    /// Whether RFLAGS may change.
     pub fn sets_flags(&self) -> bool {
-        matches!(
-            self.kind,
-            Access::AluToMemory { .. } | Access::AluToRegister { .. }
-        )
+        match self.kind {
+            Access::Unary { op } => op != UnaryOp::Not,
+            Access::AluToMemory { .. }
+            | Access::AluToRegister { .. }
+            | Access::Shift { .. }
+            | Access::BitTest { .. }
+            | Access::ExchangeAdd { .. }
+            | Access::CompareExchange { .. }
+            | Access::MulDiv { .. }
+            | Access::ImulToRegister { .. } => true,
+            Access::Read { .. }
+            | Access::Write { .. }
+            | Access::Exchange { .. }
+            | Access::SetCondition { .. }
+            | Access::CondMove { .. } => false,
+        }
     }
 }
 
@@ -390,6 +476,141 @@ enum Form {
     AluRegMem(AluOp),
     /// `XCHG mem, reg` (iced decodes `XCHG reg, mem` as this form too).
     Xchg,
+    /// `INC`/`DEC`/`NEG`/`NOT mem` with the width.
+    Unary(UnaryOp, u8),
+    /// A shift or rotate of memory: the width and where the count comes from.
+    Shift(ShiftOp, u8, CountFrom),
+    /// `BTx mem, imm8` with the width.
+    BitImm(BitOp, u8),
+    /// `BTx mem, reg`: operand 1 holds the bit offset.
+    BitReg(BitOp),
+    /// `XADD mem, reg`.
+    Xadd,
+    /// `CMPXCHG mem, reg`.
+    Cmpxchg,
+    /// `SETcc mem8` with the condition code.
+    Setcc(u8),
+    /// `CMOVcc reg, mem` with the condition code.
+    Cmov(u8),
+    /// `MUL`/`IMUL`/`DIV`/`IDIV mem` with the width.
+    MulDiv(MulDivOp, u8),
+    /// `IMUL reg, mem` (and `, imm` as operand 2).
+    Imul,
+}
+
+/// Where a shift's count comes from.
+#[derive(Clone, Copy)]
+enum CountFrom {
+    One,
+    Cl,
+    Imm,
+}
+
+/// The shift and rotate encodings. iced numbers them in blocks per count source:
+/// the eight 8-bit forms in ModRM `reg` order (ROL ROR RCL RCR SHL SHR SAL SAR),
+/// then the same eight operations with three codes each (16, 32, 64 bits); the
+/// tests pin the layout down.
+fn shift_form(code: Code) -> Option<Form> {
+    use ShiftOp::*;
+    const OPS: [ShiftOp; 8] = [Rol, Ror, Rcl, Rcr, Shl, Shr, Shl, Sar];
+    let n = code as u32;
+    for (byte, wide, count) in [
+        (Code::Rol_rm8_imm8, Code::Rol_rm16_imm8, CountFrom::Imm),
+        (Code::Rol_rm8_1, Code::Rol_rm16_1, CountFrom::One),
+        (Code::Rol_rm8_CL, Code::Rol_rm16_CL, CountFrom::Cl),
+    ] {
+        let (byte, wide) = (byte as u32, wide as u32);
+        if (byte..byte + 8).contains(&n) {
+            return Some(Form::Shift(OPS[(n - byte) as usize], 1, count));
+        }
+        if (wide..wide + 24).contains(&n) {
+            let i = (n - wide) as usize;
+            return Some(Form::Shift(OPS[i / 3], [2, 4, 8][i % 3], count));
+        }
+    }
+    None
+}
+
+/// The other read-modify-write, conditional and multiply/divide forms.
+fn more_form(code: Code) -> Option<Form> {
+    use BitOp::*;
+    use Code as C;
+    use MulDivOp::*;
+    use UnaryOp::*;
+    let n = code as u32;
+    let seto = C::Seto_rm8 as u32;
+    if (seto..seto + 16).contains(&n) {
+        return Some(Form::Setcc((n - seto) as u8));
+    }
+    // CMOVcc: three codes (16, 32, 64 bits) per condition, in condition order.
+    let cmovo = C::Cmovo_r16_rm16 as u32;
+    if (cmovo..cmovo + 48).contains(&n) {
+        return Some(Form::Cmov(((n - cmovo) / 3) as u8));
+    }
+    Some(match code {
+        C::Inc_rm8 => Form::Unary(Inc, 1),
+        C::Inc_rm16 => Form::Unary(Inc, 2),
+        C::Inc_rm32 => Form::Unary(Inc, 4),
+        C::Inc_rm64 => Form::Unary(Inc, 8),
+        C::Dec_rm8 => Form::Unary(Dec, 1),
+        C::Dec_rm16 => Form::Unary(Dec, 2),
+        C::Dec_rm32 => Form::Unary(Dec, 4),
+        C::Dec_rm64 => Form::Unary(Dec, 8),
+        C::Neg_rm8 => Form::Unary(Neg, 1),
+        C::Neg_rm16 => Form::Unary(Neg, 2),
+        C::Neg_rm32 => Form::Unary(Neg, 4),
+        C::Neg_rm64 => Form::Unary(Neg, 8),
+        C::Not_rm8 => Form::Unary(Not, 1),
+        C::Not_rm16 => Form::Unary(Not, 2),
+        C::Not_rm32 => Form::Unary(Not, 4),
+        C::Not_rm64 => Form::Unary(Not, 8),
+        C::Mul_rm8 => Form::MulDiv(Mul, 1),
+        C::Mul_rm16 => Form::MulDiv(Mul, 2),
+        C::Mul_rm32 => Form::MulDiv(Mul, 4),
+        C::Mul_rm64 => Form::MulDiv(Mul, 8),
+        C::Imul_rm8 => Form::MulDiv(Imul, 1),
+        C::Imul_rm16 => Form::MulDiv(Imul, 2),
+        C::Imul_rm32 => Form::MulDiv(Imul, 4),
+        C::Imul_rm64 => Form::MulDiv(Imul, 8),
+        C::Div_rm8 => Form::MulDiv(Div, 1),
+        C::Div_rm16 => Form::MulDiv(Div, 2),
+        C::Div_rm32 => Form::MulDiv(Div, 4),
+        C::Div_rm64 => Form::MulDiv(Div, 8),
+        C::Idiv_rm8 => Form::MulDiv(Idiv, 1),
+        C::Idiv_rm16 => Form::MulDiv(Idiv, 2),
+        C::Idiv_rm32 => Form::MulDiv(Idiv, 4),
+        C::Idiv_rm64 => Form::MulDiv(Idiv, 8),
+        C::Imul_r16_rm16
+        | C::Imul_r32_rm32
+        | C::Imul_r64_rm64
+        | C::Imul_r16_rm16_imm16
+        | C::Imul_r32_rm32_imm32
+        | C::Imul_r64_rm64_imm32
+        | C::Imul_r16_rm16_imm8
+        | C::Imul_r32_rm32_imm8
+        | C::Imul_r64_rm64_imm8 => Form::Imul,
+        C::Bt_rm16_imm8 => Form::BitImm(Bt, 2),
+        C::Bt_rm32_imm8 => Form::BitImm(Bt, 4),
+        C::Bt_rm64_imm8 => Form::BitImm(Bt, 8),
+        C::Bts_rm16_imm8 => Form::BitImm(Bts, 2),
+        C::Bts_rm32_imm8 => Form::BitImm(Bts, 4),
+        C::Bts_rm64_imm8 => Form::BitImm(Bts, 8),
+        C::Btr_rm16_imm8 => Form::BitImm(Btr, 2),
+        C::Btr_rm32_imm8 => Form::BitImm(Btr, 4),
+        C::Btr_rm64_imm8 => Form::BitImm(Btr, 8),
+        C::Btc_rm16_imm8 => Form::BitImm(Btc, 2),
+        C::Btc_rm32_imm8 => Form::BitImm(Btc, 4),
+        C::Btc_rm64_imm8 => Form::BitImm(Btc, 8),
+        C::Bt_rm16_r16 | C::Bt_rm32_r32 | C::Bt_rm64_r64 => Form::BitReg(Bt),
+        C::Bts_rm16_r16 | C::Bts_rm32_r32 | C::Bts_rm64_r64 => Form::BitReg(Bts),
+        C::Btr_rm16_r16 | C::Btr_rm32_r32 | C::Btr_rm64_r64 => Form::BitReg(Btr),
+        C::Btc_rm16_r16 | C::Btc_rm32_r32 | C::Btc_rm64_r64 => Form::BitReg(Btc),
+        C::Xadd_rm8_r8 | C::Xadd_rm16_r16 | C::Xadd_rm32_r32 | C::Xadd_rm64_r64 => Form::Xadd,
+        C::Cmpxchg_rm8_r8 | C::Cmpxchg_rm16_r16 | C::Cmpxchg_rm32_r32 | C::Cmpxchg_rm64_r64 => {
+            Form::Cmpxchg
+        }
+        _ => return shift_form(code),
+    })
 }
 
 fn form(code: Code) -> Option<Form> {
@@ -518,7 +739,7 @@ fn alu_form(code: Code) -> Option<Form> {
         C::Test_rm32_imm32 | C::Test_rm32_imm32_F7r1 => Form::AluMemImm(A::Test, 4),
         C::Test_rm64_imm32 | C::Test_rm64_imm32_F7r1 => Form::AluMemImm(A::Test, 8),
         C::Xchg_rm8_r8 | C::Xchg_rm16_r16 | C::Xchg_rm32_r32 | C::Xchg_rm64_r64 => Form::Xchg,
-        _ => return None,
+        _ => return more_form(code),
     })
 }
 
@@ -557,8 +778,9 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
     let form = form(insn.code()).ok_or(unsupported)?;
     let (mem_op, reg_op) = match form {
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
-        Form::Xchg => (0, 1),
-        Form::Load(..) | Form::AluRegMem(_) => (1, 0),
+        Form::Xchg | Form::Xadd | Form::Cmpxchg | Form::BitReg(_) | Form::BitImm(..) => (0, 1),
+        Form::Unary(..) | Form::Shift(..) | Form::Setcc(_) | Form::MulDiv(..) => (0, 1),
+        Form::Load(..) | Form::AluRegMem(_) | Form::Cmov(_) | Form::Imul => (1, 0),
     };
     if insn.op_kind(mem_op) != OpKind::Memory {
         return Err(no_memory);
@@ -604,7 +826,49 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                 src: Operand::Imm(insn.immediate(1) & mask(size)),
             },
         }),
-        Form::AluMemReg(_) | Form::AluRegMem(_) | Form::Xchg => {
+        Form::Unary(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::Unary { op },
+        }),
+        Form::Shift(op, size, from) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::Shift {
+                op,
+                count: match from {
+                    CountFrom::One => Operand::Imm(1),
+                    CountFrom::Imm => Operand::Imm(u64::from(insn.immediate8())),
+                    CountFrom::Cl => Operand::Reg(Reg::Rcx, 1),
+                },
+            },
+        }),
+        Form::BitImm(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::BitTest {
+                op,
+                offset: Operand::Imm(u64::from(insn.immediate8())),
+            },
+        }),
+        Form::Setcc(cc) => Ok(MmioInstruction {
+            len,
+            size: 1,
+            kind: Access::SetCondition { cc },
+        }),
+        Form::MulDiv(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::MulDiv { op },
+        }),
+        Form::AluMemReg(_)
+        | Form::AluRegMem(_)
+        | Form::Xchg
+        | Form::Xadd
+        | Form::Cmpxchg
+        | Form::BitReg(_)
+        | Form::Cmov(_)
+        | Form::Imul => {
             let (reg, size) = gpr(insn.op_register(reg_op)).ok_or(unsupported)?;
             let kind = match form {
                 Form::AluMemReg(op) => Access::AluToMemory {
@@ -612,6 +876,18 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                     src: Operand::Reg(reg, size),
                 },
                 Form::AluRegMem(op) => Access::AluToRegister { op, reg },
+                Form::Xadd => Access::ExchangeAdd { reg },
+                Form::Cmpxchg => Access::CompareExchange { reg },
+                Form::BitReg(op) => Access::BitTest {
+                    op,
+                    offset: Operand::Reg(reg, size),
+                },
+                Form::Cmov(cc) => Access::CondMove { cc, reg },
+                Form::Imul => Access::ImulToRegister {
+                    reg,
+                    // iced sign-extends imm8 (6B) and imm32 (REX.W 69) to 64 bits.
+                    imm: (insn.op_count() == 3).then(|| insn.immediate(2) & mask(size)),
+                },
                 _ => Access::Exchange { reg },
             };
             Ok(MmioInstruction { len, size, kind })
@@ -761,6 +1037,11 @@ pub fn write_value(regs: &GuestRegisters, insn: &MmioInstruction) -> Result<u64,
 /// [`MmioInstruction::sets_flags`]; every other bit is kept). A read-modify-write
 /// reads once and then writes once; `CMP`/`TEST` and the register-destination forms
 /// read once; `XCHG` reads, then writes the register's value.
+///
+/// `Err` when the instruction raises an exception instead of completing (#DE from
+/// `DIV`/`IDIV`): the device read has happened (as on the processor, the operand is
+/// fetched before the divide faults), no register or flag changed, and RIP must stay
+/// on the instruction.
 pub fn execute(
     regs: &mut GuestRegisters,
     rsp: &mut u64,
@@ -768,10 +1049,10 @@ pub fn execute(
     insn: &MmioInstruction,
     gpa: u64,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
-) {
+) -> Result<(), Fault> {
     let size = insn.size;
     let carry = *rflags & flags::CF != 0;
-    let mut set_flags = |f: u64| *rflags = (*rflags & !flags::STATUS) | f;
+    let set_flags = |rflags: &mut u64, f: u64| *rflags = (*rflags & !flags::STATUS) | f;
     match insn.kind {
         Access::Read { .. } => {
             let value = device(gpa, size, None);
@@ -795,7 +1076,7 @@ pub fn execute(
             if op.stores() {
                 device(gpa, size, Some(result));
             }
-            set_flags(f);
+            set_flags(rflags, f);
         }
         Access::AluToRegister { op, reg } => {
             let right = device(gpa, size, None) & mask(size);
@@ -804,14 +1085,124 @@ pub fn execute(
             if op.stores() {
                 set_reg(regs, rsp, reg, size, result);
             }
-            set_flags(f);
+            set_flags(rflags, f);
         }
         Access::Exchange { reg } => {
             let old = device(gpa, size, None) & mask(size);
             device(gpa, size, Some(reg_value(regs, *rsp, reg, size)));
             set_reg(regs, rsp, reg, size, old);
         }
+        Access::Unary { op } => {
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::unary(op, size, value, *rflags);
+            device(gpa, size, Some(result));
+            *rflags = f;
+        }
+        Access::Shift { op, count } => {
+            let count = operand(regs, *rsp, count) as u8;
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::shift(op, size, value, count, *rflags);
+            device(gpa, size, Some(result));
+            *rflags = f;
+        }
+        Access::BitTest { op, offset } => {
+            let bit = operand(regs, *rsp, offset);
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::bit_test(op, size, value, bit, *rflags);
+            if op != BitOp::Bt {
+                device(gpa, size, Some(result));
+            }
+            *rflags = f;
+        }
+        Access::ExchangeAdd { reg } => {
+            let old = device(gpa, size, None) & mask(size);
+            let (sum, f) = alu(
+                AluOp::Add,
+                size,
+                old,
+                reg_value(regs, *rsp, reg, size),
+                false,
+            );
+            device(gpa, size, Some(sum));
+            set_reg(regs, rsp, reg, size, old);
+            set_flags(rflags, f);
+        }
+        Access::CompareExchange { reg } => {
+            let old = device(gpa, size, None) & mask(size);
+            let acc = reg_value(regs, *rsp, Reg::Rax, size);
+            let (_, f) = alu(AluOp::Cmp, size, acc, old, false);
+            if acc == old {
+                device(gpa, size, Some(reg_value(regs, *rsp, reg, size)));
+            } else {
+                device(gpa, size, Some(old));
+                set_reg(regs, rsp, Reg::Rax, size, old);
+            }
+            set_flags(rflags, f);
+        }
+        Access::SetCondition { cc } => {
+            device(gpa, 1, Some(u64::from(x86_arith::condition(cc, *rflags))));
+        }
+        Access::CondMove { cc, reg } => {
+            let value = device(gpa, size, None) & mask(size);
+            if x86_arith::condition(cc, *rflags) {
+                set_reg(regs, rsp, reg, size, value);
+            } else if size == 4 {
+                // Rewriting the low half zero-extends, as the processor does.
+                let low = reg_value(regs, *rsp, reg, 4);
+                set_reg(regs, rsp, reg, 4, low);
+            }
+        }
+        Access::MulDiv { op } => {
+            let source = device(gpa, size, None);
+            // Bytes: AL and AH (AX as a whole); wider: rAX and rDX.
+            let acc = if size == 1 {
+                Wide {
+                    low: reg_value(regs, *rsp, Reg::Rax, 1),
+                    high: reg_value(regs, *rsp, Reg::Ah, 1),
+                }
+            } else {
+                Wide {
+                    low: reg_value(regs, *rsp, Reg::Rax, size),
+                    high: reg_value(regs, *rsp, Reg::Rdx, size),
+                }
+            };
+            let (out, f) = x86_arith::mul_div(op, size, acc, source, *rflags)
+                .map_err(|DivideError| Fault::DivideError)?;
+            if size == 1 {
+                set_reg(regs, rsp, Reg::Rax, 2, out.high << 8 | out.low);
+            } else {
+                set_reg(regs, rsp, Reg::Rax, size, out.low);
+                set_reg(regs, rsp, Reg::Rdx, size, out.high);
+            }
+            *rflags = f;
+        }
+        Access::ImulToRegister { reg, imm } => {
+            let value = device(gpa, size, None) & mask(size);
+            let (left, right) = match imm {
+                Some(imm) => (value, imm),
+                None => (reg_value(regs, *rsp, reg, size), value),
+            };
+            let (product, f) = x86_arith::imul_truncated(size, left, right, *rflags);
+            set_reg(regs, rsp, reg, size, product);
+            *rflags = f;
+        }
     }
+    Ok(())
+}
+
+/// The value of a source operand (an immediate, or the low bytes of a register).
+fn operand(regs: &GuestRegisters, rsp: u64, op: Operand) -> u64 {
+    match op {
+        Operand::Imm(v) => v,
+        Operand::Reg(reg, size) => reg_value(regs, rsp, reg, size),
+    }
+}
+
+/// An exception an emulated instruction raises instead of completing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// #DE: `DIV`/`IDIV` by zero or with a quotient that does not fit.
+    DivideError,
 }
 
 /// Emulates the instruction at the vCPU's RIP, which accessed MMIO at guest-physical
@@ -836,13 +1227,23 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
     }
-    let mut rsp = vcpu.rsp();
-    let mut rflags = vcpu.rflags();
-    execute(vcpu.regs(), &mut rsp, &mut rflags, &insn, gpa, device);
-    if uses_rsp(&insn) {
+    let rsp0 = vcpu.rsp();
+    let rflags0 = vcpu.rflags();
+    let (mut rsp, mut rflags) = (rsp0, rflags0);
+    let mut regs = *vcpu.regs();
+    if let Err(fault) = execute(&mut regs, &mut rsp, &mut rflags, &insn, gpa, device) {
+        // A fault: nothing changes and RIP stays on the instruction (SDM Vol. 3A
+        // 6.5: the saved RIP of a fault points at the faulting instruction).
+        vcpu.inject_exception(match fault {
+            Fault::DivideError => Exception::DE,
+        });
+        return Ok(());
+    }
+    *vcpu.regs() = regs;
+    if rsp != rsp0 {
         vcpu.set_rsp(rsp);
     }
-    if insn.sets_flags() {
+    if rflags != rflags0 {
         vcpu.set_rflags(rflags);
     }
     // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
@@ -1070,34 +1471,26 @@ mod tests {
 
     #[test]
     fn unsupported_instructions_are_named() {
-        // inc dword [rax]
-        let e = decode(&[0xff, 0x00], 64).unwrap_err();
+        // cmpxchg8b [rax]
+        let e = decode(&[0x0f, 0xc7, 0x08], 64).unwrap_err();
         assert_eq!(
             e,
             MmioError::Unsupported {
-                mnemonic: Mnemonic::Inc,
-                code: Code::Inc_rm32
+                mnemonic: Mnemonic::Cmpxchg8b,
+                code: Code::Cmpxchg8b_m64
             }
         );
         assert_eq!(
             format!("{e}"),
-            "unsupported MMIO instruction `inc` (Inc_rm32)"
+            "unsupported MMIO instruction `cmpxchg8b` (Cmpxchg8b_m64)"
         );
         for (bytes, m) in [
-            (&[0xa5][..], Mnemonic::Movsd),            // movsd
-            (&[0xf3, 0xab], Mnemonic::Stosd),          // rep stosd
-            (&[0xa7], Mnemonic::Cmpsd),                // cmpsd
-            (&[0x8c, 0x18], Mnemonic::Mov),            // mov [rax], ds
-            (&[0x0f, 0xba, 0x20, 0x03], Mnemonic::Bt), // bt dword [rax], 3
-            (&[0x0f, 0xab, 0x08], Mnemonic::Bts),      // bts [rax], ecx
-            (&[0xf7, 0x18], Mnemonic::Neg),            // neg dword [rax]
-            (&[0xf7, 0x10], Mnemonic::Not),            // not dword [rax]
-            (&[0xfe, 0x08], Mnemonic::Dec),            // dec byte [rax]
-            (&[0xd1, 0x20], Mnemonic::Shl),            // shl dword [rax], 1
-            (&[0x0f, 0xc1, 0x08], Mnemonic::Xadd),     // xadd [rax], ecx
-            (&[0x0f, 0xb1, 0x08], Mnemonic::Cmpxchg),  // cmpxchg [rax], ecx
-            (&[0xf7, 0x20], Mnemonic::Mul),            // mul dword [rax]
-            (&[0x0f, 0x94, 0x00], Mnemonic::Sete),     // sete byte [rax]
+            (&[0xa5][..], Mnemonic::Movsd),                    // movsd
+            (&[0xf3, 0xab], Mnemonic::Stosd),                  // rep stosd
+            (&[0xa7], Mnemonic::Cmpsd),                        // cmpsd
+            (&[0x8c, 0x18], Mnemonic::Mov),                    // mov [rax], ds
+            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps),           // movaps xmm0, [rax]
+            (&[0x48, 0x0f, 0xc7, 0x08], Mnemonic::Cmpxchg16b), // cmpxchg16b [rax]
         ] {
             match decode(bytes, 64) {
                 Err(MmioError::Unsupported { mnemonic, .. }) => assert_eq!(mnemonic, m),
@@ -1672,6 +2065,7 @@ mod tests {
         rsp: u64,
         rflags: u64,
         cr: ControlRegs,
+        injected: Option<Exception>,
     }
 
     impl Vcpu for TestVcpu {
@@ -1720,7 +2114,8 @@ mod tests {
             panic!("emulate must set RIP itself (no next-RIP on a nested page fault)");
         }
         fn inject_exception(&mut self, e: Exception) {
-            panic!("unexpected exception {e:?}");
+            assert_eq!(self.injected, None, "a second exception");
+            self.injected = Some(e);
         }
         fn mode(&self) -> CpuMode {
             CpuMode::Long
@@ -1890,13 +2285,13 @@ mod tests {
 
     #[test]
     fn unmapped_rip_and_unsupported_code_are_reported() {
-        // inc dword [rax]
-        let (mut vcpu, ram) = long_guest(0x8000, &[0xff, 0x00]);
+        // cmpxchg8b [rax]
+        let (mut vcpu, ram) = long_guest(0x8000, &[0x0f, 0xc7, 0x08]);
         let (r, calls) = run(&mut vcpu, &ram, LAPIC, true, 0);
         assert!(matches!(
             r,
             Err(MmioError::Unsupported {
-                mnemonic: Mnemonic::Inc,
+                mnemonic: Mnemonic::Cmpxchg8b,
                 ..
             })
         ));
@@ -2153,5 +2548,428 @@ mod tests {
         let (r, _) = run(&mut vcpu, &ram, LAPIC, false, 0);
         assert_eq!(r, Ok(()));
         assert_eq!(vcpu.rflags, 2 | ZF | PF);
+    }
+
+    // ---- INC/DEC/NEG/NOT, shifts, bit tests, XADD/CMPXCHG, SETcc/CMOVcc, MUL/DIV ----
+
+    fn insn(len: usize, size: u8, kind: Access) -> MmioInstruction {
+        MmioInstruction { len, size, kind }
+    }
+
+    #[test]
+    fn more_read_modify_write_forms_decode() {
+        use Access::*;
+        let imm = Operand::Imm;
+        let cl = Operand::Reg(Reg::Rcx, 1);
+        for (bytes, want) in [
+            (&[0xff, 0x00][..], insn(2, 4, Unary { op: UnaryOp::Inc })),
+            (&[0xf0, 0xff, 0x00], insn(3, 4, Unary { op: UnaryOp::Inc })),
+            (&[0xfe, 0x08], insn(2, 1, Unary { op: UnaryOp::Dec })),
+            (&[0x48, 0xf7, 0x18], insn(3, 8, Unary { op: UnaryOp::Neg })),
+            (&[0x66, 0xf7, 0x10], insn(3, 2, Unary { op: UnaryOp::Not })),
+            (
+                &[0xd1, 0x20],
+                insn(
+                    2,
+                    4,
+                    Shift {
+                        op: ShiftOp::Shl,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0xd2, 0x38],
+                insn(
+                    2,
+                    1,
+                    Shift {
+                        op: ShiftOp::Sar,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0xc1, 0x00, 0x05],
+                insn(
+                    4,
+                    8,
+                    Shift {
+                        op: ShiftOp::Rol,
+                        count: imm(5),
+                    },
+                ),
+            ),
+            // C1 /6 is SAL, the same operation as SHL.
+            (
+                &[0x66, 0xc1, 0x30, 0x03],
+                insn(
+                    4,
+                    2,
+                    Shift {
+                        op: ShiftOp::Shl,
+                        count: imm(3),
+                    },
+                ),
+            ),
+            (
+                &[0xd1, 0x18],
+                insn(
+                    2,
+                    4,
+                    Shift {
+                        op: ShiftOp::Rcr,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0xd0, 0x10],
+                insn(
+                    2,
+                    1,
+                    Shift {
+                        op: ShiftOp::Rcl,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0xd3, 0x08],
+                insn(
+                    3,
+                    2,
+                    Shift {
+                        op: ShiftOp::Ror,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0xd3, 0x28],
+                insn(
+                    3,
+                    8,
+                    Shift {
+                        op: ShiftOp::Shr,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xba, 0x20, 0x03],
+                insn(
+                    4,
+                    4,
+                    BitTest {
+                        op: BitOp::Bt,
+                        offset: imm(3),
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xab, 0x08],
+                insn(
+                    3,
+                    4,
+                    BitTest {
+                        op: BitOp::Bts,
+                        offset: Operand::Reg(Reg::Rcx, 4),
+                    },
+                ),
+            ),
+            (
+                &[0xf0, 0x48, 0x0f, 0xb3, 0x10],
+                insn(
+                    5,
+                    8,
+                    BitTest {
+                        op: BitOp::Btr,
+                        offset: Operand::Reg(Reg::Rdx, 8),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x0f, 0xba, 0x38, 0x0f],
+                insn(
+                    5,
+                    2,
+                    BitTest {
+                        op: BitOp::Btc,
+                        offset: imm(15),
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xc1, 0x08],
+                insn(3, 4, ExchangeAdd { reg: Reg::Rcx }),
+            ),
+            (
+                &[0xf0, 0x0f, 0xb0, 0x08],
+                insn(4, 1, CompareExchange { reg: Reg::Rcx }),
+            ),
+            (
+                &[0x48, 0x0f, 0xb1, 0x18],
+                insn(4, 8, CompareExchange { reg: Reg::Rbx }),
+            ),
+            (&[0x0f, 0x94, 0x00], insn(3, 1, SetCondition { cc: 4 })),
+            (&[0x0f, 0x9f, 0x00], insn(3, 1, SetCondition { cc: 15 })),
+            (
+                &[0x0f, 0x45, 0x08],
+                insn(
+                    3,
+                    4,
+                    CondMove {
+                        cc: 5,
+                        reg: Reg::Rcx,
+                    },
+                ),
+            ),
+            (
+                &[0x4c, 0x0f, 0x4f, 0x08],
+                insn(
+                    4,
+                    8,
+                    CondMove {
+                        cc: 15,
+                        reg: Reg::R9,
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x0f, 0x40, 0x08],
+                insn(
+                    4,
+                    2,
+                    CondMove {
+                        cc: 0,
+                        reg: Reg::Rcx,
+                    },
+                ),
+            ),
+            (&[0xf7, 0x20], insn(2, 4, MulDiv { op: MulDivOp::Mul })),
+            (&[0xf6, 0x28], insn(2, 1, MulDiv { op: MulDivOp::Imul })),
+            (
+                &[0x48, 0xf7, 0x30],
+                insn(3, 8, MulDiv { op: MulDivOp::Div }),
+            ),
+            (&[0xf6, 0x38], insn(2, 1, MulDiv { op: MulDivOp::Idiv })),
+            (
+                &[0x0f, 0xaf, 0x08],
+                insn(
+                    3,
+                    4,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: None,
+                    },
+                ),
+            ),
+            (
+                &[0x6b, 0x08, 0xfe],
+                insn(
+                    3,
+                    4,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0xffff_fffe),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x69, 0x08, 0x34, 0x12],
+                insn(
+                    5,
+                    2,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0x1234),
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0x69, 0x08, 0x00, 0x00, 0x00, 0x80],
+                insn(
+                    7,
+                    8,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0xffff_ffff_8000_0000),
+                    },
+                ),
+            ),
+        ] {
+            assert_eq!(decode(bytes, 64), Ok(want), "{bytes:x?}");
+        }
+        // 16- and 32-bit code: inc word [bx] ; sete [0x30000000]
+        assert_eq!(
+            decode(&[0xff, 0x07], 16),
+            Ok(insn(2, 2, Unary { op: UnaryOp::Inc }))
+        );
+        assert_eq!(
+            decode(&[0x0f, 0x94, 0x05, 0, 0, 0, 0x30], 32),
+            Ok(insn(7, 1, SetCondition { cc: 4 }))
+        );
+        // Register-only forms cannot have touched MMIO; LOCK BT is #UD.
+        assert_eq!(
+            decode(&[0xff, 0xc0], 64),
+            Err(MmioError::NoMemoryOperand {
+                mnemonic: Mnemonic::Inc
+            })
+        );
+        assert_eq!(
+            decode(&[0xf0, 0x0f, 0xa3, 0x08], 64),
+            Err(MmioError::Invalid)
+        );
+    }
+
+    /// Runs `code` at 0x8000 with RAX..RDX from `regs` (RCX as run_alu sets it
+    /// otherwise), every status flag and DF/IF/TF set unless `rflags` says otherwise.
+    fn run_with(
+        code: &[u8],
+        exit_write: bool,
+        reply: u64,
+        setup: impl FnOnce(&mut TestVcpu),
+    ) -> (TestVcpu, Result<(), MmioError>, Calls) {
+        let (mut vcpu, ram) = long_guest(0x8000, code);
+        vcpu.regs.rcx = 0x1111_2222_3333_4444;
+        vcpu.rflags = KEEP | flags::STATUS;
+        setup(&mut vcpu);
+        let (r, calls) = run(&mut vcpu, &ram, LAPIC + 0x40, exit_write, reply);
+        (vcpu, r, calls)
+    }
+
+    const G: u64 = LAPIC + 0x40;
+
+    #[test]
+    fn unary_and_shift_execute() {
+        // inc dword [rax] on 0xffffffff: CF kept (it was set), ZF PF AF.
+        let (v, r, calls) = run_with(&[0xff, 0x00], true, 0xffff_ffff, |_| {});
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0))]);
+        assert_eq!(v.rflags, KEEP | CF | ZF | PF | AF);
+        assert_eq!(v.rip, 0x8002);
+        // not byte [rax]: flags untouched.
+        let (v, _, calls) = run_with(&[0xf6, 0x10], false, 0x0f, |_| {});
+        assert_eq!(calls, [(G, 1, None), (G, 1, Some(0xf0))]);
+        assert_eq!(v.rflags, KEEP | flags::STATUS);
+        // shl dword [rax], cl: CL = 0x44, masked to 4.
+        let (v, _, calls) = run_with(&[0xd3, 0x20], true, 0x8000_0001, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x10))]);
+        // CF is bit 28 (0): clear; OF kept (count > 1); AF kept; SF ZF PF from 0x10.
+        assert_eq!(v.rflags, KEEP | OF | AF);
+        // ror word [rax], 1 on 1: 0x8000, CF and OF.
+        let (v, _, calls) = run_with(&[0x66, 0xd1, 0x08], true, 1, |v| v.rflags = KEEP);
+        assert_eq!(calls[1], (G, 2, Some(0x8000)));
+        assert_eq!(v.rflags, KEEP | CF | OF);
+    }
+
+    #[test]
+    fn bit_tests_execute() {
+        // bt dword [rax], 3: a read only.
+        let (v, _, calls) = run_with(&[0x0f, 0xba, 0x20, 0x03], false, 0x8, |v| v.rflags = KEEP);
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!(v.rflags, KEEP | CF);
+        // bts [rax], ecx: bit ECX mod 32 = 4 of the dword the exit reports.
+        let (v, _, calls) = run_with(&[0x0f, 0xab, 0x08], true, 0, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x10))]);
+        assert_eq!(v.rflags, KEEP | (flags::STATUS & !CF));
+        // lock btr qword [rax], 63
+        let (_, _, calls) = run_with(
+            &[0xf0, 0x48, 0x0f, 0xba, 0x30, 0x3f],
+            true,
+            u64::MAX,
+            |_| {},
+        );
+        assert_eq!(calls[1], (G, 8, Some(i64::MAX as u64)));
+    }
+
+    #[test]
+    fn xadd_and_cmpxchg_execute() {
+        // xadd [rax], ecx with 1 in memory: memory gets the sum, ECX the old 1.
+        let (v, _, calls) = run_with(&[0x0f, 0xc1, 0x08], true, 1, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x3333_4445))]);
+        assert_eq!(v.regs.rcx, 1);
+        assert_eq!(v.rflags, KEEP);
+        // lock cmpxchg [rax], ecx, EAX = 7: equal -> ECX stored, ZF.
+        let (v, _, calls) = run_with(&[0xf0, 0x0f, 0xb1, 0x08], true, 7, |v| {
+            v.regs.rax = 0xffff_ffff_0000_0007
+        });
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x3333_4444))]);
+        assert_eq!(v.regs.rax, 0xffff_ffff_0000_0007);
+        assert_eq!(v.rflags, KEEP | ZF | PF);
+        // Not equal (memory 5): 5 written back, loaded into EAX (zero-extended).
+        let (v, _, calls) = run_with(&[0x0f, 0xb1, 0x08], false, 5, |v| {
+            v.regs.rax = 0xffff_ffff_0000_0007
+        });
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(5))]);
+        assert_eq!(v.regs.rax, 5);
+        assert_eq!(v.rflags, KEEP);
+    }
+
+    #[test]
+    fn setcc_and_cmovcc_execute() {
+        // sete [rax]: a write only, of 1 with ZF and 0 without.
+        let (v, r, calls) = run_with(&[0x0f, 0x94, 0x00], true, 0, |_| {});
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 1, Some(1))]);
+        assert_eq!(v.rflags, KEEP | flags::STATUS);
+        let (_, _, calls) = run_with(&[0x0f, 0x94, 0x00], true, 0, |v| v.rflags = KEEP);
+        assert_eq!(calls, [(G, 1, Some(0))]);
+        let (_, r, _) = run_with(&[0x0f, 0x94, 0x00], false, 0, |_| {});
+        assert_eq!(r, Err(MmioError::DirectionMismatch { exit_write: false }));
+        // cmovne ecx, [rax] with ZF set: the read happens, ECX is only zero-extended.
+        let (v, _, calls) = run_with(&[0x0f, 0x45, 0x08], false, 0xabcd, |_| {});
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!(v.regs.rcx, 0x3333_4444);
+        // cmove rcx, [rax]: loaded.
+        let (v, _, _) = run_with(&[0x48, 0x0f, 0x44, 0x08], false, 0xabcd, |_| {});
+        assert_eq!(v.regs.rcx, 0xabcd);
+        // cmove cx, [rax] with ZF clear: nothing changes.
+        let (v, _, _) = run_with(&[0x66, 0x0f, 0x44, 0x08], false, 0xabcd, |v| {
+            v.rflags = KEEP
+        });
+        assert_eq!(v.regs.rcx, 0x1111_2222_3333_4444);
+    }
+
+    #[test]
+    fn multiply_and_divide_execute() {
+        // mul dword [rax]: EDX:EAX = EAX * m32, both halves zero-extended.
+        let (v, _, calls) = run_with(&[0xf7, 0x20], false, 0x10, |v| {
+            v.regs.rax = 0xdead_0000_8000_0001;
+            v.regs.rdx = u64::MAX;
+        });
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!((v.regs.rax, v.regs.rdx), (0x10, 0x8));
+        assert_eq!(v.rflags & (CF | OF), CF | OF);
+        // div byte [rax]: AX / m8 -> AL quotient, AH remainder, rest of RAX kept.
+        let (v, _, _) = run_with(&[0xf6, 0x30], false, 7, |v| v.regs.rax = 0x1234_0064);
+        assert_eq!(v.regs.rax, 0x1234_020e);
+        // imul ecx, [rax], -2 with 3 in memory.
+        let (v, _, _) = run_with(&[0x6b, 0x08, 0xfe], false, 3, |_| {});
+        assert_eq!(v.regs.rcx, 0xffff_fffa);
+        assert_eq!(v.rflags & (CF | OF), 0);
+        // imul rcx, [rax]
+        let (v, _, _) = run_with(&[0x48, 0x0f, 0xaf, 0x08], false, 2, |_| {});
+        assert_eq!(v.regs.rcx, 0x2222_4444_6666_8888);
+    }
+
+    #[test]
+    fn divide_errors_inject_de_and_leave_rip() {
+        for (code, reply) in [
+            (&[0xf7, 0x30][..], 0), // div dword [rax] by 0
+            (&[0xf6, 0x38], 0xff),  // idiv byte [rax]: AX = -128, / -1
+        ] {
+            let (v, r, calls) = run_with(code, false, reply, |v| {
+                v.regs.rax = 0xff80;
+                v.regs.rdx = 0;
+            });
+            assert_eq!(r, Ok(()), "{code:x?}");
+            assert_eq!(calls.len(), 1, "the operand is read before the fault");
+            assert_eq!(v.injected, Some(Exception::DE));
+            assert_eq!(v.rip, 0x8000);
+            assert_eq!((v.regs.rax, v.regs.rdx), (0xff80, 0));
+            assert_eq!(v.rflags, KEEP | flags::STATUS);
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod sched;
 pub mod stats;
 pub mod vm;
 pub mod vm_disk;
+pub mod x86_arith;
 
 #[cfg(target_os = "none")]
 pub mod host_memory;
