@@ -73,7 +73,7 @@ fn sign_bit(size: u8) -> u64 {
 }
 
 /// `value` (the low `size` bytes) sign-extended to 64 bits.
-pub(crate) fn sign_extend(value: u64, size: u8) -> i64 {
+pub fn sign_extend(value: u64, size: u8) -> i64 {
     let shift = 64 - bits(size);
     ((value << shift) as i64) >> shift
 }
