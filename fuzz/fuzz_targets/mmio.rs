@@ -19,7 +19,12 @@
 //!   IDIV (a #DE the model reports must be one by the SDM's rule; the processor is
 //!   asked only when there is none) and the 16 condition codes, where a flag is
 //!   compared only where the SDM defines it (or says it is unaffected);
-//! - `execute` returns #DE only for `DIV`/`IDIV`, and then changes no register.
+//! - `execute` returns #DE only for `DIV`/`IDIV`, and then changes no register;
+//! - `PUSH`/`POP m`, `MOV m, Sreg` and the string instructions (with a writable copy of
+//!   the RAM and segment registers from the input) either fail with nothing changed
+//!   and no device touched, or move RSP / RSI / RDI / RCX by exactly what the number of
+//!   elements done says (at most `MAX_BATCH`), within their address size, and change
+//!   no other register.
 //!
 //! Input: a mode byte (bits 1:0 real/protected/long/compatibility mode, bit 2
 //! paging, bit 3 PAE, bit 4 LA57, bit 5 PSE), CR3, RIP and CS base (8 bytes each),
@@ -29,11 +34,12 @@
 #![no_main]
 
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
-use kernel::vmm::guest_walk::{self, GuestMemory};
+use kernel::vmm::guest_walk::{self, GuestMemory, GuestMemoryMut};
 use kernel::vmm::mmio::{
-    self, flags, Access, AluOp, BitOp, Extend, MmioInstruction, MulDivOp, Operand, Reg, ShiftOp,
-    UnaryOp,
+    self, flags, Access, AluOp, BitOp, Extend, MmioInstruction, MulDivOp, Operand, Reg, Rep,
+    ShiftOp, Step, StringOp, UnaryOp,
 };
+use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
 use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
 use vcpu::{ControlRegs, GuestRegisters};
@@ -523,6 +529,30 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(&instr);
     let used = info.used_memory();
+    if matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::String { .. }
+    ) {
+        // A second memory operand (the stack, the string's other side): every one
+        // iced names with a size has the element size (it gives REP forms' ranges
+        // no size).
+        let repeated = matches!(
+            insn.kind,
+            Access::String { rep, .. } if rep != Rep::Once
+        );
+        assert!(
+            repeated
+                || used
+                    .iter()
+                    .any(|u| u.memory_size().size() == usize::from(insn.size)),
+            "{insn:?}: {used:?}"
+        );
+        for u in used {
+            let n = u.memory_size().size();
+            assert!(n == 0 || n == usize::from(insn.size), "{insn:?}: {used:?}");
+        }
+        return;
+    }
     assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
     assert_eq!(
         used[0].memory_size().size(),
@@ -538,6 +568,149 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     assert_eq!((insn.reads(), insn.writes()), (reads, writes), "{insn:?}");
 }
 
+/// Guest RAM the memory forms may write (a copy of the input's).
+struct RamCopy(Vec<u8>);
+
+impl GuestMemory for RamCopy {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        Ram(&self.0).read(gpa, buf)
+    }
+}
+
+impl GuestMemoryMut for RamCopy {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+        let start = usize::try_from(gpa).map_err(|_| ())?;
+        let end = start.checked_add(data.len()).ok_or(())?;
+        self.0.get_mut(start..end).ok_or(())?.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+type State = (GuestRegisters, u64, u64);
+
+/// PUSH/POP, MOV Sreg and the string instructions: an error changes no register and
+/// touches no device; otherwise only the registers the form moves change, by what the
+/// number of elements done says.
+fn check_memory_forms(
+    insn: &MmioInstruction,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    let step = match result {
+        Err(_) => {
+            assert!(log.is_empty(), "{insn:?}: {log:?}");
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+            return;
+        }
+        Ok(step) => step,
+    };
+    assert_ne!(step, Step::Fault(mmio::Fault::DivideError), "{insn:?}");
+    for &(_, size, write) in log {
+        assert_eq!(size, insn.size, "{insn:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{insn:?} wrote {v:#x}");
+        }
+    }
+    let stack = if guest_walk::code_bitness(&env.cr) == 64 {
+        8
+    } else if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+        4
+    } else {
+        2
+    };
+    let size = u64::from(insn.size);
+    let low = |v: u64, w: u8| v & mask(w);
+    match insn.kind {
+        Access::Push | Access::Pop => {
+            assert_eq!(step, Step::Done);
+            assert_eq!((regs, rflags), (regs0, rflags0), "{insn:?}");
+            let moved = if insn.kind == Access::Push {
+                rsp0.wrapping_sub(size)
+            } else {
+                rsp0.wrapping_add(size)
+            };
+            assert_eq!(low(rsp, stack), low(moved, stack), "{insn:?}");
+            assert_eq!(rsp & !mask(stack), rsp0 & !mask(stack), "{insn:?}");
+        }
+        Access::StoreSegment { seg } => {
+            assert_eq!(step, Step::Done);
+            let selector = env.segments[seg as usize].unwrap().selector;
+            assert_eq!(log, [(0xfee0_0030, 2, Some(u64::from(selector)))]);
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        }
+        Access::String {
+            op, addr_size, rep, ..
+        } => {
+            assert_eq!(rsp, rsp0, "{insn:?}");
+            let am = mask(addr_size);
+            let (si, di) = match op {
+                StringOp::Movs | StringOp::Cmps => (true, true),
+                StringOp::Lods => (true, false),
+                StringOp::Stos | StringOp::Scas => (false, true),
+            };
+            // Elements done: from the count, or 1 without REP.
+            let n = if rep == Rep::Once {
+                assert_eq!(step, Step::Done);
+                1
+            } else {
+                let left = regs.rcx & am;
+                let before = regs0.rcx & am;
+                assert!(left <= before, "{insn:?}");
+                before - left
+            };
+            assert!(n <= MAX_BATCH, "{insn:?}: {n}");
+            assert!(log.len() as u64 <= 2 * n, "{insn:?}: {n} elements, {log:?}");
+            if step == Step::Repeat {
+                assert!(n >= 1 && regs.rcx & am != 0, "{insn:?}");
+            }
+            let down = rflags0 & (1 << 10) != 0;
+            let moved = |v: u64| {
+                let d = n.wrapping_mul(size);
+                low(
+                    if down {
+                        v.wrapping_sub(d)
+                    } else {
+                        v.wrapping_add(d)
+                    },
+                    addr_size,
+                )
+            };
+            let check = |name: &str, used: bool, before: u64, after: u64| {
+                let want = if used { moved(before) } else { before & am };
+                assert_eq!(after & am, want, "{insn:?} {name}");
+                if addr_size == 2 || !used || n == 0 {
+                    assert_eq!(after & !am, before & !am, "{insn:?} {name}");
+                } else if addr_size == 4 {
+                    assert_eq!(after >> 32, 0, "{insn:?} {name}");
+                }
+            };
+            check("rsi", si, regs0.rsi, regs.rsi);
+            check("rdi", di, regs0.rdi, regs.rdi);
+            let others = |r: &GuestRegisters| {
+                [
+                    r.rbx, r.rdx, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+                ]
+            };
+            assert_eq!(others(&regs), others(&regs0), "{insn:?}");
+            if op != StringOp::Lods {
+                assert_eq!(regs.rax, regs0.rax, "{insn:?}");
+            }
+            if rep == Rep::Once {
+                assert_eq!(regs.rcx, regs0.rcx, "{insn:?}");
+            }
+            if !matches!(op, StringOp::Cmps | StringOp::Scas) {
+                assert_eq!(rflags, rflags0, "{insn:?}");
+            } else {
+                assert_eq!(rflags & !flags::STATUS, rflags0 & !flags::STATUS);
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
 /// Carries out `insn` and checks what it did to the device, registers and flags.
 fn check_execute(
     insn: &MmioInstruction,
@@ -545,16 +718,44 @@ fn check_execute(
     rsp0: u64,
     rflags0: u64,
     reads: [u64; 4],
+    env: &mut Env<'_, RamCopy>,
 ) {
     const GPA: u64 = 0xfee0_0030;
     let (mut regs, mut rsp, mut rflags) = (regs0, rsp0, rflags0);
     let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
-    let mut next = reads.iter().copied();
+    let mut next = reads.iter().copied().cycle();
     let mut device = |gpa: u64, size: u8, write: Option<u64>| {
         log.push((gpa, size, write));
         next.next().unwrap_or(0)
     };
-    let result = mmio::execute(&mut regs, &mut rsp, &mut rflags, insn, GPA, &mut device);
+    let result = mmio::execute(
+        &mut regs,
+        &mut rsp,
+        &mut rflags,
+        insn,
+        GPA,
+        &mut device,
+        env,
+    );
+    if matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+    ) {
+        check_memory_forms(
+            insn,
+            result,
+            &log,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    let result = match result {
+        Ok(Step::Done) => Ok(()),
+        Ok(Step::Fault(f)) => Err(f),
+        other => panic!("{insn:?}: {other:?}"),
+    };
     if let Err(fault) = result {
         // #DE only from DIV/IDIV, after the one read, with nothing changed.
         assert!(
@@ -780,6 +981,9 @@ fn check_execute(
             assert_eq!(rflags, f, "{insn:?}");
             vec![(reg, insn.size)]
         }
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {
+            unreachable!("checked by check_memory_forms")
+        }
     };
     for i in 0..16 {
         match dests.iter().find(|(reg, _)| slot(*reg) == i) {
@@ -844,5 +1048,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     check_decoded(&bytes[..n], bitness, &insn);
-    check_execute(&insn, regs, rsp, rflags, reads);
+    // Segment registers from the input: selectors from RBX, bases from RDX, SS.B from
+    // the mode byte's bit 1 (any of them may be nonsense, as a guest's may).
+    let segments = core::array::from_fn(|i| {
+        Some(vcpu::state::Segment {
+            selector: (regs.rbx >> (8 * i)) as u16,
+            attrib: if head[0] & 2 != 0 {
+                vcpu::state::attrib::DB
+            } else {
+                0
+            },
+            limit: u32::MAX,
+            base: regs.rdx.rotate_left(8 * i as u32),
+        })
+    });
+    let mut copy = RamCopy(ram.to_vec());
+    let mut env = Env {
+        mem: &mut copy,
+        cr,
+        segments,
+    };
+    check_execute(&insn, regs, rsp, rflags, reads, &mut env);
 });

@@ -71,21 +71,37 @@
 //! lock, so no other vCPU's emulated access to any device comes between them, and
 //! unbacked space has no state to race on. iced rejects `LOCK` elsewhere (#UD).
 //!
-//! Rejected with an error that names the mnemonic (the VM stops with it): segment
-//! register moves, `PUSH`/`POP` with a memory operand, string instructions (`MOVS`,
-//! `STOS`, `CMPS`, ..., which need several device accesses, RSI/RDI/RCX updates and a
-//! second address), `CMPXCHG8B`/`CMPXCHG16B`, and every SSE/AVX/x87 form.
+//! With a second memory operand ([`super::mmio_memory`], which locates it through the
+//! segment registers and the guest's page tables, and reaches RAM only through the
+//! checked accessors):
+//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack;
+//! - `MOV r/m16, Sreg` (8C) to memory: a 16-bit write of the selector;
+//! - `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS` at every element and address size, with
+//!   `REP`/`REPE`/`REPNE`: one device access per element, RSI/RDI/RCX and DF as the
+//!   processor uses them, at most [`MAX_BATCH`] elements per exit (then RIP stays on
+//!   the instruction and the guest runs it again, as a real `REP` is interruptible).
+//!
+//! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
+//! with it): `MOV Sreg, r/m16` and `POP Sreg` from MMIO (loading a segment register
+//! means a descriptor-table walk with its checks and faults, out of this module's
+//! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
+//! `OUTS` (an I/O port on the other side), the x87/SSE/AVX forms, and a `PUSH`/`POP`
+//! whose *stack* is the MMIO side (its other operand's address is not in the exit).
+//! None of these is a form the processor would reject, so injecting #UD would break a
+//! correct guest in a way the manual does not allow; stopping that VM with the
+//! instruction named is the honest outcome.
 //!
 //! Limits: RFLAGS.TF single-stepping is not honoured after an emulated instruction
 //! (no #DB is queued); a 16-bit protected-mode code segment is decoded as 32-bit (see
 //! [`guest_walk::code_bitness`]); accesses that straddle the end of the MMIO page are
 //! passed to the device as one access at the exit's address.
 
-use super::guest_walk::{self, GuestMemory, WalkError};
+use super::guest_walk::{self, GuestMemoryMut, WalkError};
+use super::mmio_memory::{Env, Place, MAX_BATCH};
 use super::x86_arith::{self, DivideError, Wide};
 pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
-use vcpu::{Exception, GuestRegisters, Vcpu};
+use vcpu::{Exception, GuestRegisters, SegReg, Vcpu};
 
 /// A general-purpose register as an MMIO instruction names it. `Ah`..`Bh` are bits
 /// 15:8 of RAX..RBX (only reachable without a REX prefix, SDM Vol. 1 3.4.1.1); every
@@ -296,6 +312,58 @@ pub enum Access {
     /// `IMUL reg, mem` and `IMUL reg, mem, imm` (`imm` sign-extended to the operand
     /// size): `reg` = the truncated product of `reg` (or `mem`) and `mem` (or `imm`).
     ImulToRegister { reg: Reg, imm: Option<u64> },
+    /// `PUSH mem`: read the device, store the value at SS:(RSP - size)
+    /// ([`super::mmio_memory`]).
+    Push,
+    /// `POP mem`: load SS:RSP, write the value to the device.
+    Pop,
+    /// `MOV mem16, Sreg`: write the selector (16 bits whatever the operand size, SDM
+    /// Vol. 2B `MOV`).
+    StoreSegment { seg: SegReg },
+    /// A string instruction: `size`-byte elements, RSI/RDI/RCX at `addr_size` bytes,
+    /// the source (RSI) in segment `seg` ([`super::mmio_memory`]).
+    String {
+        op: StringOp,
+        addr_size: u8,
+        seg: SegReg,
+        rep: Rep,
+    },
+}
+
+/// The string instructions (SDM Vol. 2: `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringOp {
+    Movs,
+    Stos,
+    Lods,
+    Cmps,
+    Scas,
+}
+
+/// A string instruction's repeat prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rep {
+    /// One element.
+    Once,
+    /// Until the count is 0 (F3, or F2 on `MOVS`/`STOS`/`LODS`, which processors
+    /// treat alike).
+    Count,
+    /// `REPE` (F3) of `CMPS`/`SCAS`: also ends when ZF is clear.
+    WhileEqual,
+    /// `REPNE` (F2) of `CMPS`/`SCAS`: also ends when ZF is set.
+    WhileNotEqual,
+}
+
+/// What became of an executed instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Complete: RIP moves past it.
+    Done,
+    /// A `REP` string instruction with elements left after this batch: RIP stays on
+    /// it, and the guest runs it again.
+    Repeat,
+    /// It raises an exception instead: RIP stays, nothing else changed.
+    Fault(Fault),
 }
 
 /// A decoded MMIO instruction.
@@ -311,10 +379,14 @@ pub struct MmioInstruction {
 impl MmioInstruction {
     /// Whether the device is read.
     pub fn reads(&self) -> bool {
-        !matches!(
-            self.kind,
-            Access::Write { .. } | Access::SetCondition { .. }
-        )
+        match self.kind {
+            Access::String { op, .. } => op != StringOp::Stos,
+            Access::Write { .. }
+            | Access::SetCondition { .. }
+            | Access::Pop
+            | Access::StoreSegment { .. } => false,
+            _ => true,
+        }
     }
 
     /// Whether the device is written.
@@ -326,14 +398,18 @@ impl MmioInstruction {
             | Access::Shift { .. }
             | Access::ExchangeAdd { .. }
             | Access::CompareExchange { .. }
-            | Access::SetCondition { .. } => true,
+            | Access::SetCondition { .. }
+            | Access::Pop
+            | Access::StoreSegment { .. } => true,
+            Access::String { op, .. } => matches!(op, StringOp::Movs | StringOp::Stos),
             Access::AluToMemory { op, .. } => op.stores(),
             Access::BitTest { op, .. } => op != BitOp::Bt,
             Access::Read { .. }
             | Access::AluToRegister { .. }
             | Access::CondMove { .. }
             | Access::MulDiv { .. }
-            | Access::ImulToRegister { .. } => false,
+            | Access::ImulToRegister { .. }
+            | Access::Push => false,
         }
     }
 
@@ -349,11 +425,15 @@ impl MmioInstruction {
             | Access::CompareExchange { .. }
             | Access::MulDiv { .. }
             | Access::ImulToRegister { .. } => true,
+            Access::String { op, .. } => matches!(op, StringOp::Cmps | StringOp::Scas),
             Access::Read { .. }
             | Access::Write { .. }
             | Access::Exchange { .. }
             | Access::SetCondition { .. }
-            | Access::CondMove { .. } => false,
+            | Access::CondMove { .. }
+            | Access::Push
+            | Access::Pop
+            | Access::StoreSegment { .. } => false,
         }
     }
 }
@@ -384,6 +464,12 @@ pub enum MmioError {
     StackPointer,
     /// [`complete_read`] on a write, or [`write_value`] on a read.
     WrongDirection,
+    /// The instruction needs this segment register, which the backend does not
+    /// report (AMD-V's FS/GS; test backends).
+    NoSegment(SegReg),
+    /// The instruction's other memory operand (the stack, a string instruction's
+    /// other side) at linear `linear` does not translate.
+    Operand { linear: u64, err: WalkError },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -425,6 +511,15 @@ impl core::fmt::Display for MmioError {
             ),
             MmioError::StackPointer => write!(f, "RSP operand needs the VMCB/VMCS value"),
             MmioError::WrongDirection => write!(f, "operation does not match the access"),
+            MmioError::NoSegment(seg) => {
+                write!(
+                    f,
+                    "needs the guest's {seg:?} register, which is not available"
+                )
+            }
+            MmioError::Operand { err, .. } => {
+                write!(f, "the instruction's other memory operand: {err}")
+            }
         }
     }
 }
@@ -496,6 +591,14 @@ enum Form {
     MulDiv(MulDivOp, u8),
     /// `IMUL reg, mem` (and `, imm` as operand 2).
     Imul,
+    /// `PUSH mem` with the operand size.
+    Push(u8),
+    /// `POP mem` with the operand size.
+    Pop(u8),
+    /// `MOV mem16, Sreg`: operand 1 the segment register.
+    StoreSreg,
+    /// A string instruction with the element size.
+    Str(StringOp, u8),
 }
 
 /// Where a shift's count comes from.
@@ -609,7 +712,57 @@ fn more_form(code: Code) -> Option<Form> {
         C::Cmpxchg_rm8_r8 | C::Cmpxchg_rm16_r16 | C::Cmpxchg_rm32_r32 | C::Cmpxchg_rm64_r64 => {
             Form::Cmpxchg
         }
+        C::Push_rm16 => Form::Push(2),
+        C::Push_rm32 => Form::Push(4),
+        C::Push_rm64 => Form::Push(8),
+        C::Pop_rm16 => Form::Pop(2),
+        C::Pop_rm32 => Form::Pop(4),
+        C::Pop_rm64 => Form::Pop(8),
+        C::Mov_rm16_Sreg | C::Mov_r32m16_Sreg | C::Mov_r64m16_Sreg => Form::StoreSreg,
+        C::Movsb_m8_m8 => Form::Str(StringOp::Movs, 1),
+        C::Movsw_m16_m16 => Form::Str(StringOp::Movs, 2),
+        C::Movsd_m32_m32 => Form::Str(StringOp::Movs, 4),
+        C::Movsq_m64_m64 => Form::Str(StringOp::Movs, 8),
+        C::Stosb_m8_AL => Form::Str(StringOp::Stos, 1),
+        C::Stosw_m16_AX => Form::Str(StringOp::Stos, 2),
+        C::Stosd_m32_EAX => Form::Str(StringOp::Stos, 4),
+        C::Stosq_m64_RAX => Form::Str(StringOp::Stos, 8),
+        C::Lodsb_AL_m8 => Form::Str(StringOp::Lods, 1),
+        C::Lodsw_AX_m16 => Form::Str(StringOp::Lods, 2),
+        C::Lodsd_EAX_m32 => Form::Str(StringOp::Lods, 4),
+        C::Lodsq_RAX_m64 => Form::Str(StringOp::Lods, 8),
+        C::Cmpsb_m8_m8 => Form::Str(StringOp::Cmps, 1),
+        C::Cmpsw_m16_m16 => Form::Str(StringOp::Cmps, 2),
+        C::Cmpsd_m32_m32 => Form::Str(StringOp::Cmps, 4),
+        C::Cmpsq_m64_m64 => Form::Str(StringOp::Cmps, 8),
+        C::Scasb_AL_m8 => Form::Str(StringOp::Scas, 1),
+        C::Scasw_AX_m16 => Form::Str(StringOp::Scas, 2),
+        C::Scasd_EAX_m32 => Form::Str(StringOp::Scas, 4),
+        C::Scasq_RAX_m64 => Form::Str(StringOp::Scas, 8),
         _ => return shift_form(code),
+    })
+}
+
+/// The segment register iced names, if it is one.
+fn seg_reg(r: Register) -> Option<SegReg> {
+    Some(match r {
+        Register::ES => SegReg::Es,
+        Register::CS => SegReg::Cs,
+        Register::SS => SegReg::Ss,
+        Register::DS => SegReg::Ds,
+        Register::FS => SegReg::Fs,
+        Register::GS => SegReg::Gs,
+        _ => return None,
+    })
+}
+
+/// A string instruction's address size, from its implicit memory operands.
+fn string_address_size(insn: &iced_x86::Instruction) -> Option<u8> {
+    (0..insn.op_count()).find_map(|i| match insn.op_kind(i) {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => Some(2),
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(4),
+        OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(8),
+        _ => None,
     })
 }
 
@@ -781,11 +934,64 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
         Form::Xchg | Form::Xadd | Form::Cmpxchg | Form::BitReg(_) | Form::BitImm(..) => (0, 1),
         Form::Unary(..) | Form::Shift(..) | Form::Setcc(_) | Form::MulDiv(..) => (0, 1),
         Form::Load(..) | Form::AluRegMem(_) | Form::Cmov(_) | Form::Imul => (1, 0),
+        Form::Push(_) | Form::Pop(_) | Form::StoreSreg => (0, 1),
+        Form::Str(..) => (0, 0),
     };
+    let len = insn.len();
+    if let Form::Str(op, size) = form {
+        let addr_size = string_address_size(&insn).ok_or(unsupported)?;
+        let repeat = insn.has_rep_prefix() || insn.has_repne_prefix();
+        let rep = match op {
+            _ if !repeat => Rep::Once,
+            StringOp::Cmps | StringOp::Scas if insn.has_repne_prefix() => Rep::WhileNotEqual,
+            StringOp::Cmps | StringOp::Scas => Rep::WhileEqual,
+            _ => Rep::Count,
+        };
+        // The source's segment (DS or an override); STOS/SCAS have no source and
+        // address ES alone, which no prefix overrides.
+        let seg = match op {
+            StringOp::Stos | StringOp::Scas => SegReg::Es,
+            _ => seg_reg(insn.memory_segment()).unwrap_or(SegReg::Ds),
+        };
+        return Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::String {
+                op,
+                addr_size,
+                seg,
+                rep,
+            },
+        });
+    }
     if insn.op_kind(mem_op) != OpKind::Memory {
         return Err(no_memory);
     }
-    let len = insn.len();
+    match form {
+        Form::Push(size) => {
+            return Ok(MmioInstruction {
+                len,
+                size,
+                kind: Access::Push,
+            })
+        }
+        Form::Pop(size) => {
+            return Ok(MmioInstruction {
+                len,
+                size,
+                kind: Access::Pop,
+            })
+        }
+        Form::StoreSreg => {
+            let seg = seg_reg(insn.op_register(reg_op)).ok_or(unsupported)?;
+            return Ok(MmioInstruction {
+                len,
+                size: 2,
+                kind: Access::StoreSegment { seg },
+            });
+        }
+        _ => {}
+    }
     match form {
         Form::StoreImm(size) => Ok(MmioInstruction {
             len,
@@ -892,6 +1098,7 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
             };
             Ok(MmioInstruction { len, size, kind })
         }
+        Form::Push(_) | Form::Pop(_) | Form::StoreSreg | Form::Str(..) => Err(unsupported),
     }
 }
 
@@ -1033,16 +1240,187 @@ pub fn write_value(regs: &GuestRegisters, insn: &MmioInstruction) -> Result<u64,
 
 /// Carries out a decoded instruction against the device at `gpa`: `device(gpa, size,
 /// None)` reads, `device(gpa, size, Some(value))` writes. Updates the registers, `rsp`
-/// (when the instruction names it) and the status flags in `rflags` (when
-/// [`MmioInstruction::sets_flags`]; every other bit is kept). A read-modify-write
-/// reads once and then writes once; `CMP`/`TEST` and the register-destination forms
-/// read once; `XCHG` reads, then writes the register's value.
+/// (when the instruction names or moves it) and RFLAGS (only its status flags, and
+/// only for instructions that set them). A read-modify-write reads once and then
+/// writes once; `CMP`/`TEST` and the register-destination forms read once; `XCHG`
+/// reads, then writes the register's value. `PUSH`/`POP` and the string instructions
+/// reach their other operand through `env` ([`super::mmio_memory`]).
 ///
-/// `Err` when the instruction raises an exception instead of completing (#DE from
-/// `DIV`/`IDIV`): the device read has happened (as on the processor, the operand is
-/// fetched before the divide faults), no register or flag changed, and RIP must stay
-/// on the instruction.
-pub fn execute(
+/// [`Step::Fault`] when the instruction raises an exception instead of completing
+/// (#DE from `DIV`/`IDIV`): the device read has happened (as on the processor, the
+/// operand is fetched before the divide faults), no register or flag changed, and RIP
+/// must stay on the instruction. `Err` when an operand other than the device cannot be
+/// reached (nothing changed in the registers; the device may have been accessed only
+/// if a `REP` batch had already begun, which then ends as [`Step::Repeat`] instead).
+#[allow(clippy::too_many_arguments)]
+pub fn execute<M: GuestMemoryMut>(
+    regs: &mut GuestRegisters,
+    rsp: &mut u64,
+    rflags: &mut u64,
+    insn: &MmioInstruction,
+    gpa: u64,
+    device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
+    env: &mut Env<'_, M>,
+) -> Result<Step, MmioError> {
+    let size = insn.size;
+    match insn.kind {
+        Access::Push => {
+            let ss = env.stack_size()?;
+            let top = rsp.wrapping_sub(u64::from(size)) & mask(ss);
+            // The stack slot is located before the device is touched.
+            let slot = env.place(SegReg::Ss, top, size)?;
+            let value = device(gpa, size, None) & mask(size);
+            env.store(slot, size, value, device);
+            set_width(rsp, ss, top);
+            Ok(Step::Done)
+        }
+        Access::Pop => {
+            let ss = env.stack_size()?;
+            let top = *rsp & mask(ss);
+            let slot = env.place(SegReg::Ss, top, size)?;
+            let value = env.load(slot, size, device) & mask(size);
+            device(gpa, size, Some(value));
+            set_width(rsp, ss, top.wrapping_add(u64::from(size)) & mask(ss));
+            Ok(Step::Done)
+        }
+        Access::StoreSegment { seg } => {
+            let selector = env.segment(seg)?.selector;
+            device(gpa, 2, Some(u64::from(selector)));
+            Ok(Step::Done)
+        }
+        Access::String {
+            op,
+            addr_size,
+            seg,
+            rep,
+        } => execute_string(regs, rflags, size, op, addr_size, seg, rep, device, env),
+        _ => Ok(match execute_one(regs, rsp, rflags, insn, gpa, device) {
+            Ok(()) => Step::Done,
+            Err(fault) => Step::Fault(fault),
+        }),
+    }
+}
+
+/// Writes `value` into the low `width` bytes of `r` as a register write of that width
+/// does (16 bits merge; 32 and 64 replace, 32 zero-extending).
+fn set_width(r: &mut u64, width: u8, value: u64) {
+    *r = match width {
+        2 => (*r & !0xffff) | (value & 0xffff),
+        _ => value & mask(width),
+    };
+}
+
+/// One batch of a string instruction (see [`super::mmio_memory`] for the rules).
+#[allow(clippy::too_many_arguments)]
+fn execute_string<M: GuestMemoryMut>(
+    regs: &mut GuestRegisters,
+    rflags: &mut u64,
+    size: u8,
+    op: StringOp,
+    addr_size: u8,
+    seg: SegReg,
+    rep: Rep,
+    device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
+    env: &mut Env<'_, M>,
+) -> Result<Step, MmioError> {
+    const DF: u64 = 1 << 10;
+    let am = mask(addr_size);
+    let mut count = if rep == Rep::Once { 1 } else { regs.rcx & am };
+    if count == 0 {
+        return Ok(Step::Done);
+    }
+    let down = *rflags & DF != 0;
+    let next = |v: u64| {
+        if down {
+            v.wrapping_sub(u64::from(size)) & am
+        } else {
+            v.wrapping_add(u64::from(size)) & am
+        }
+    };
+    let (uses_si, uses_di) = match op {
+        StringOp::Movs | StringOp::Cmps => (true, true),
+        StringOp::Lods => (true, false),
+        StringOp::Stos | StringOp::Scas => (false, true),
+    };
+    let mut done = 0u64;
+    loop {
+        let (si, di) = (regs.rsi & am, regs.rdi & am);
+        // Every operand of this element is located before any is accessed; after the
+        // first element, one that cannot be (or straddles a page) ends the batch.
+        let locate =
+            |env: &Env<'_, M>, seg: SegReg, offset: u64| -> Result<Option<Place>, MmioError> {
+                match env.place(seg, offset, size) {
+                    Ok(Place::Ram { split: Some(_), .. }) if done > 0 => Ok(None),
+                    Ok(p) => Ok(Some(p)),
+                    Err(_) if done > 0 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+        let src = if uses_si {
+            locate(env, seg, si)?
+        } else {
+            Some(Place::Device(0))
+        };
+        let dst = if uses_di {
+            locate(env, SegReg::Es, di)?
+        } else {
+            Some(Place::Device(0))
+        };
+        let (Some(src), Some(dst)) = (src, dst) else {
+            return Ok(Step::Repeat);
+        };
+        match op {
+            StringOp::Movs => {
+                let v = env.load(src, size, device);
+                env.store(dst, size, v & mask(size), device);
+            }
+            StringOp::Stos => {
+                let v = reg_value(regs, 0, Reg::Rax, size);
+                env.store(dst, size, v, device);
+            }
+            StringOp::Lods => {
+                let v = env.load(src, size, device);
+                set_reg(regs, &mut 0, Reg::Rax, size, v);
+            }
+            StringOp::Cmps | StringOp::Scas => {
+                // CMPS compares [RSI] with [RDI] (source first, as the processor
+                // reads them); SCAS compares the accumulator with [RDI].
+                let left = if op == StringOp::Cmps {
+                    env.load(src, size, device) & mask(size)
+                } else {
+                    reg_value(regs, 0, Reg::Rax, size)
+                };
+                let right = env.load(dst, size, device) & mask(size);
+                let (_, f) = alu(AluOp::Cmp, size, left, right, false);
+                *rflags = (*rflags & !flags::STATUS) | f;
+            }
+        }
+        if uses_si {
+            set_width(&mut regs.rsi, addr_size, next(si));
+        }
+        if uses_di {
+            set_width(&mut regs.rdi, addr_size, next(di));
+        }
+        done += 1;
+        if rep == Rep::Once {
+            return Ok(Step::Done);
+        }
+        count -= 1;
+        set_width(&mut regs.rcx, addr_size, count);
+        let zf = *rflags & flags::ZF != 0;
+        let ended =
+            count == 0 || (rep == Rep::WhileEqual && !zf) || (rep == Rep::WhileNotEqual && zf);
+        if ended {
+            return Ok(Step::Done);
+        }
+        if done >= MAX_BATCH {
+            return Ok(Step::Repeat);
+        }
+    }
+}
+
+/// [`execute`] for the instructions whose only memory operand is the device.
+fn execute_one(
     regs: &mut GuestRegisters,
     rsp: &mut u64,
     rflags: &mut u64,
@@ -1186,6 +1564,8 @@ pub fn execute(
             set_reg(regs, rsp, reg, size, product);
             *rflags = f;
         }
+        // With a second memory operand: carried out by `execute` itself.
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {}
     }
     Ok(())
 }
@@ -1211,9 +1591,9 @@ pub enum Fault {
 /// read-modify-write instruction matches either, since processors report its fault
 /// as the read or as the write), [`execute`] it against `device`, then advance RIP.
 /// On error nothing in the vCPU changed and the device was not called.
-pub fn emulate<V: Vcpu, M: GuestMemory>(
+pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
-    mem: &M,
+    mem: &mut M,
     gpa: u64,
     write: bool,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
@@ -1222,7 +1602,7 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
     let bitness = guest_walk::code_bitness(&cr);
     let rip = vcpu.rip();
     let mut bytes = [0u8; 15];
-    let n = guest_walk::fetch_instruction(mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
+    let n = guest_walk::fetch_instruction(&*mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
     let insn = decode(&bytes[..n], bitness)?;
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
@@ -1231,7 +1611,36 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
     let rflags0 = vcpu.rflags();
     let (mut rsp, mut rflags) = (rsp0, rflags0);
     let mut regs = *vcpu.regs();
-    if let Err(fault) = execute(&mut regs, &mut rsp, &mut rflags, &insn, gpa, device) {
+    // The segment registers only for the instructions that use them (a VMCS read
+    // each on VT-x).
+    let needs_segments = matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+    );
+    let segments = if needs_segments {
+        [
+            SegReg::Es,
+            SegReg::Cs,
+            SegReg::Ss,
+            SegReg::Ds,
+            SegReg::Fs,
+            SegReg::Gs,
+        ]
+        .map(|s| vcpu.segment(s))
+    } else {
+        [None; 6]
+    };
+    let mut env = Env { mem, cr, segments };
+    let step = execute(
+        &mut regs,
+        &mut rsp,
+        &mut rflags,
+        &insn,
+        gpa,
+        device,
+        &mut env,
+    )?;
+    if let Step::Fault(fault) = step {
         // A fault: nothing changes and RIP stays on the instruction (SDM Vol. 3A
         // 6.5: the saved RIP of a fault points at the faulting instruction).
         vcpu.inject_exception(match fault {
@@ -1246,6 +1655,11 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
     if rflags != rflags0 {
         vcpu.set_rflags(rflags);
     }
+    if step == Step::Repeat {
+        // Elements left: the guest runs the instruction again (and may take an
+        // interrupt first), as between the iterations of a real REP.
+        return Ok(());
+    }
     // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
     let next = rip.wrapping_add(insn.len as u64);
     vcpu.set_rip(match bitness {
@@ -1259,6 +1673,7 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::guest_walk::GuestMemory;
     use std::format;
     use std::vec;
     use std::vec::Vec;
@@ -1485,10 +1900,8 @@ mod tests {
             "unsupported MMIO instruction `cmpxchg8b` (Cmpxchg8b_m64)"
         );
         for (bytes, m) in [
-            (&[0xa5][..], Mnemonic::Movsd),                    // movsd
-            (&[0xf3, 0xab], Mnemonic::Stosd),                  // rep stosd
-            (&[0xa7], Mnemonic::Cmpsd),                        // cmpsd
-            (&[0x8c, 0x18], Mnemonic::Mov),                    // mov [rax], ds
+            (&[0x8e, 0x18][..], Mnemonic::Mov),                // mov ds, [rax]
+            (&[0xf3, 0x6d], Mnemonic::Insd),                   // rep insd
             (&[0x0f, 0x28, 0x00], Mnemonic::Movaps),           // movaps xmm0, [rax]
             (&[0x48, 0x0f, 0xc7, 0x08], Mnemonic::Cmpxchg16b), // cmpxchg16b [rax]
         ] {
@@ -2041,11 +2454,21 @@ mod tests {
 
     // ---- end to end ----
 
+    #[derive(Clone)]
     struct Ram(Vec<u8>);
 
     impl Ram {
         fn put(&mut self, gpa: u64, bytes: &[u8]) {
             self.0[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    impl GuestMemoryMut for Ram {
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+            let start = usize::try_from(gpa).map_err(|_| ())?;
+            let dst = self.0.get_mut(start..start + data.len()).ok_or(())?;
+            dst.copy_from_slice(data);
+            Ok(())
         }
     }
 
@@ -2066,6 +2489,7 @@ mod tests {
         rflags: u64,
         cr: ControlRegs,
         injected: Option<Exception>,
+        segments: [Option<vcpu::state::Segment>; 6],
     }
 
     impl Vcpu for TestVcpu {
@@ -2149,6 +2573,9 @@ mod tests {
         fn control_regs(&self) -> ControlRegs {
             self.cr
         }
+        fn segment(&self, seg: SegReg) -> Option<vcpu::state::Segment> {
+            self.segments[seg as usize]
+        }
         fn save_state(&mut self) -> vcpu::state::CpuState {
             unimplemented!("MMIO emulation never saves vCPU state")
         }
@@ -2197,6 +2624,17 @@ mod tests {
     fn run(
         vcpu: &mut TestVcpu,
         ram: &Ram,
+        gpa: u64,
+        write: bool,
+        reply: u64,
+    ) -> (Result<(), MmioError>, Calls) {
+        run_mut(vcpu, &mut ram.clone(), gpa, write, reply)
+    }
+
+    /// [`run`] where the test looks at guest RAM afterwards.
+    fn run_mut(
+        vcpu: &mut TestVcpu,
+        ram: &mut Ram,
         gpa: u64,
         write: bool,
         reply: u64,
@@ -2971,5 +3409,266 @@ mod tests {
             assert_eq!((v.regs.rax, v.regs.rdx), (0xff80, 0));
             assert_eq!(v.rflags, KEEP | flags::STATUS);
         }
+    }
+
+    // ---- PUSH/POP, MOV Sreg, string instructions ----
+
+    /// `long_guest` plus linear 0x20_0000..0x40_0000 mapped to the 2 MiB at the
+    /// local APIC (no RAM there: every access is a device access).
+    fn guest_with_device_window(code: &[u8]) -> (TestVcpu, Ram) {
+        let (mut vcpu, mut ram) = long_guest(0x8000, code);
+        ram.put(0x3008, &(LAPIC | 0x83).to_le_bytes());
+        vcpu.regs.rcx = 0;
+        vcpu.rflags = KEEP & !(1 << 10);
+        (vcpu, ram)
+    }
+
+    const WINDOW: u64 = 0x20_0000;
+
+    #[test]
+    fn push_and_pop_move_between_the_device_and_the_stack() {
+        // push qword [rax]
+        let (mut v, mut ram) = guest_with_device_window(&[0xff, 0x30]);
+        v.rsp = 0x9000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0x1122_3344_5566_7788);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, None)]);
+        assert_eq!(v.rsp, 0x8ff8);
+        assert_eq!(
+            ram.0[0x8ff8..0x9000],
+            0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+        assert_eq!(v.rip, 0x8002);
+        // pop qword [rax]: a write exit.
+        ram.put(0x8000, &[0x8f, 0x00]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, Some(0x1122_3344_5566_7788))]);
+        assert_eq!((v.rsp, v.rip), (0x9000, 0x8002));
+        // push word [rax]: two bytes.
+        ram.put(0x8000, &[0x66, 0xff, 0x30]);
+        v.rip = 0x8000;
+        let (_, calls) = run_mut(&mut v, &mut ram, G, false, 0xbeef);
+        assert_eq!(calls, [(G, 2, None)]);
+        assert_eq!((v.rsp, &ram.0[0x8ffe..0x9000]), (0x8ffe, &[0xef, 0xbe][..]));
+        // A stack that does not translate: an error, and the device untouched.
+        ram.put(0x8000, &[0xff, 0x30]);
+        v.rip = 0x8000;
+        v.rsp = 0x4000_0000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0);
+        assert!(matches!(r, Err(MmioError::Operand { .. })), "{r:?}");
+        assert!(calls.is_empty());
+        assert_eq!((v.rsp, v.rip), (0x4000_0000, 0x8000));
+    }
+
+    #[test]
+    fn mov_sreg_stores_the_selector() {
+        // mov [rax], ds
+        let (mut v, ram) = guest_with_device_window(&[0x8c, 0x18]);
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Err(MmioError::NoSegment(SegReg::Ds)));
+        assert!(calls.is_empty());
+        v.segments[SegReg::Ds as usize] = Some(vcpu::state::Segment {
+            selector: 0x18,
+            ..Default::default()
+        });
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 2, Some(0x18))]);
+        assert_eq!(v.rip, 0x8002);
+    }
+
+    #[test]
+    fn rep_stos_writes_one_element_per_device_access() {
+        // rep stosd: three dwords up from the window's offset 0x40.
+        let (mut v, ram) = guest_with_device_window(&[0xf3, 0xab]);
+        v.regs.rax = 0xffff_ffff_0000_0055;
+        v.regs.rdi = WINDOW + 0x40;
+        v.regs.rcx = 3;
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 4, Some(0x55)),
+                (G + 4, 4, Some(0x55)),
+                (G + 8, 4, Some(0x55))
+            ]
+        );
+        assert_eq!((v.regs.rdi, v.regs.rcx, v.rip), (WINDOW + 0x4c, 0, 0x8002));
+        // DF set: down.
+        v.rip = 0x8000;
+        v.regs.rcx = 2;
+        v.rflags |= 1 << 10;
+        let (_, calls) = run(&mut v, &ram, G + 0xc, true, 0);
+        assert_eq!(calls, [(G + 0xc, 4, Some(0x55)), (G + 8, 4, Some(0x55))]);
+        assert_eq!(v.regs.rdi, WINDOW + 0x44);
+        // A count of 0 does nothing.
+        v.rip = 0x8000;
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!((r, calls.len(), v.rip), (Ok(()), 0, 0x8002));
+    }
+
+    #[test]
+    fn rep_movs_from_the_device_into_ram() {
+        // rep movsb from the window into RAM at 0x5000
+        let (mut v, mut ram) = guest_with_device_window(&[0xf3, 0xa4]);
+        v.regs.rsi = WINDOW + 0x40;
+        v.regs.rdi = 0x5000;
+        v.regs.rcx = 4;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0xab);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 1, None),
+                (G + 1, 1, None),
+                (G + 2, 1, None),
+                (G + 3, 1, None)
+            ]
+        );
+        assert_eq!(ram.0[0x5000..0x5005], [0xab, 0xab, 0xab, 0xab, 0]);
+        assert_eq!(
+            (v.regs.rsi, v.regs.rdi, v.regs.rcx),
+            (WINDOW + 0x44, 0x5004, 0)
+        );
+        // movsq (no REP) from RAM into the device: a write exit.
+        ram.put(0x8000, &[0x48, 0xa5]);
+        ram.put(0x6000, &0x0102_0304_0506_0708u64.to_le_bytes());
+        v.rip = 0x8000;
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = WINDOW + 0x80;
+        v.regs.rcx = 77;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC + 0x80, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC + 0x80, 8, Some(0x0102_0304_0506_0708))]);
+        assert_eq!(
+            (v.regs.rsi, v.regs.rdi, v.regs.rcx),
+            (0x6008, WINDOW + 0x88, 77)
+        );
+        // The other side not mapped at element 0: an error, nothing accessed.
+        v.rip = 0x8000;
+        v.regs.rsi = 0x4000_0000;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC + 0x80, true, 0);
+        assert!(
+            matches!(
+                r,
+                Err(MmioError::Operand {
+                    linear: 0x4000_0000,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn rep_batches_are_bounded_and_stop_before_an_unmapped_page() {
+        // rep stosb with a count of 1000: MAX_BATCH elements, RIP stays.
+        let (mut v, ram) = guest_with_device_window(&[0xf3, 0xaa]);
+        v.regs.rdi = WINDOW;
+        v.regs.rcx = 1000;
+        let (r, calls) = run(&mut v, &ram, LAPIC, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len() as u64, MAX_BATCH);
+        assert_eq!((v.regs.rcx, v.rip), (1000 - MAX_BATCH, 0x8000));
+        assert_eq!(v.regs.rdi, WINDOW + MAX_BATCH);
+        // Two bytes before the end of the window (linear 0x40_0000 is not mapped):
+        // two elements, then RIP stays for the processor to fault on the third.
+        v.regs.rdi = 0x3f_fffe;
+        v.regs.rcx = 4;
+        let (r, calls) = run(&mut v, &ram, LAPIC + 0x1f_fffe, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len(), 2);
+        assert_eq!((v.regs.rcx, v.regs.rdi, v.rip), (2, 0x40_0000, 0x8000));
+    }
+
+    #[test]
+    fn repe_cmps_and_repne_scas_end_on_zf() {
+        // repe cmpsb: RAM 1, 1, 2 against a device answering 1: two elements.
+        let (mut v, mut ram) = guest_with_device_window(&[0xf3, 0xa6]);
+        ram.put(0x5000, &[1, 1, 2, 1]);
+        v.regs.rsi = 0x5000;
+        v.regs.rdi = WINDOW;
+        v.regs.rcx = 10;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, false, 1);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len(), 3);
+        assert_eq!((v.regs.rcx, v.regs.rsi, v.rip), (7, 0x5003, 0x8002));
+        // 2 - 1: no ZF, no CF.
+        assert_eq!(v.rflags & flags::STATUS, 0);
+        // repne scasw for AX = 0x1234 in a device answering 0x1234: one element.
+        ram.put(0x8000, &[0x66, 0xf2, 0xaf]);
+        v.rip = 0x8000;
+        v.regs.rax = 0x1234;
+        v.regs.rcx = 10;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, false, 0x1234);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC + 3, 2, None)]);
+        assert_eq!((v.regs.rcx, v.rip), (9, 0x8003));
+        assert_eq!(v.rflags & flags::STATUS, ZF | PF);
+    }
+
+    #[test]
+    fn string_forms_decode() {
+        let s = |op, addr_size, seg, rep| Access::String {
+            op,
+            addr_size,
+            seg,
+            rep,
+        };
+        use StringOp::*;
+        for (bytes, bits, size, kind) in [
+            (&[0xa4][..], 64, 1, s(Movs, 8, SegReg::Ds, Rep::Once)),
+            (
+                &[0xf3, 0x48, 0xa5],
+                64,
+                8,
+                s(Movs, 8, SegReg::Ds, Rep::Count),
+            ),
+            (
+                &[0x67, 0xf3, 0xab],
+                64,
+                4,
+                s(Stos, 4, SegReg::Es, Rep::Count),
+            ),
+            (&[0x64, 0xad], 64, 4, s(Lods, 8, SegReg::Fs, Rep::Once)),
+            (
+                &[0xf2, 0xa6],
+                64,
+                1,
+                s(Cmps, 8, SegReg::Ds, Rep::WhileNotEqual),
+            ),
+            (
+                &[0xf3, 0xae],
+                32,
+                1,
+                s(Scas, 4, SegReg::Es, Rep::WhileEqual),
+            ),
+            (&[0xf3, 0xa5], 16, 2, s(Movs, 2, SegReg::Ds, Rep::Count)),
+            (&[0x26, 0xac], 16, 1, s(Lods, 2, SegReg::Es, Rep::Once)),
+        ] {
+            let want = MmioInstruction {
+                len: bytes.len(),
+                size,
+                kind,
+            };
+            assert_eq!(decode(bytes, bits), Ok(want), "{bytes:x?}");
+        }
+        // push [rax] ; pop word [rax] ; mov [rax], gs ; push rax has no memory operand
+        assert_eq!(d64(&[0xff, 0x30]).kind, Access::Push);
+        assert_eq!(d64(&[0x66, 0x8f, 0x00]).size, 2);
+        assert_eq!(
+            d64(&[0x8c, 0x28]).kind,
+            Access::StoreSegment { seg: SegReg::Gs }
+        );
+        assert_eq!(
+            decode(&[0xff, 0xf0], 64),
+            Err(MmioError::NoMemoryOperand {
+                mnemonic: Mnemonic::Push
+            })
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod guest_ram;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
+pub mod mmio_memory;
 pub mod net;
 pub mod platform;
 pub mod policy;

@@ -656,7 +656,7 @@ impl<V: Vcpu> VcpuCtx<V> {
                     .unwrap_or(all_ones64(size))
             }
         };
-        let result = mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device);
+        let result = mmio::emulate(&mut self.vcpu, &mut self.ram, gpa, write, &mut device);
         vm.eoi(eoi);
         if let Some(next) = vm.finish(out) {
             return next;
