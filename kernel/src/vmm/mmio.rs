@@ -3671,4 +3671,25 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn an_element_straddling_ram_and_a_device_goes_to_the_device_part() {
+        // movsd from RAM into linear 0x1f_fffe: two bytes of RAM, then the window.
+        let (mut v, mut ram) = guest_with_device_window(&[0xa5]);
+        ram.put(0x6000, &0x1122_3344u32.to_le_bytes());
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = 0x1f_fffe;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC, 4, Some(0x1122_3344))]);
+        assert_eq!(ram.0[0x1f_fffe..0x20_0000], [0, 0]);
+        // Both parts RAM (identity-mapped): the bytes on either side of the page
+        // boundary.
+        v.rip = 0x8000;
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = 0xaffe;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, true, 0);
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!(ram.0[0xaffe..0xb002], 0x1122_3344u32.to_le_bytes());
+    }
 }

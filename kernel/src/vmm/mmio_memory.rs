@@ -31,7 +31,8 @@
 //! Limits: segment limits and access rights are not checked (the processor checked
 //! the operand that faulted; the other one is the guest's own memory); an element that
 //! straddles a page boundary at element 0 is done in RAM only if both pages are RAM,
-//! and otherwise goes to the device as one access at its first byte.
+//! and otherwise goes to the device as one access at the start of its part that is
+//! not RAM.
 
 use super::guest_walk::{self, GuestMemoryMut};
 use super::mmio::MmioError;
@@ -129,15 +130,17 @@ impl<M: GuestMemoryMut> Env<'_, M> {
             });
         }
         let second = walk(linear.wrapping_add(in_page as u64))?;
-        let ram = self.mem.read(gpa, &mut probe[..in_page]).is_ok()
-            && self.mem.read(second, &mut probe[..size - in_page]).is_ok();
-        Ok(if ram {
-            Place::Ram {
+        let first_ram = self.mem.read(gpa, &mut probe[..in_page]).is_ok();
+        let second_ram = self.mem.read(second, &mut probe[..size - in_page]).is_ok();
+        Ok(match (first_ram, second_ram) {
+            (true, true) => Place::Ram {
                 gpa,
                 split: Some((in_page, second)),
-            }
-        } else {
-            Place::Device(gpa)
+            },
+            // As for the single-operand forms: one device access, at the part that
+            // is not RAM (where the processor's exit would point).
+            (false, _) => Place::Device(gpa),
+            (true, false) => Place::Device(second),
         })
     }
 
