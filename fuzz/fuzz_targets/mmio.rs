@@ -14,7 +14,17 @@
 //!   flags;
 //! - the flags and results of `alu` equal what the host processor computes for the
 //!   same instruction (AF left out for AND/OR/XOR/TEST, where the SDM leaves it
-//!   undefined), for every operation and width.
+//!   undefined), for every operation and width; so do those of `x86_arith`'s
+//!   INC/DEC/NEG/NOT, shifts and rotates (count from CL), bit tests, MUL/IMUL/DIV/
+//!   IDIV (a #DE the model reports must be one by the SDM's rule; the processor is
+//!   asked only when there is none) and the 16 condition codes, where a flag is
+//!   compared only where the SDM defines it (or says it is unaffected);
+//! - `execute` returns #DE only for `DIV`/`IDIV`, and then changes no register;
+//! - `PUSH`/`POP m`, `MOV m, Sreg` and the string instructions (with a writable copy of
+//!   the RAM and segment registers from the input) either fail with nothing changed
+//!   and no device touched, or move RSP / RSI / RDI / RCX by exactly what the number of
+//!   elements done says (at most `MAX_BATCH`), within their address size, and change
+//!   no other register.
 //!
 //! Input: a mode byte (bits 1:0 real/protected/long/compatibility mode, bit 2
 //! paging, bit 3 PAE, bit 4 LA57, bit 5 PSE), CR3, RIP and CS base (8 bytes each),
@@ -24,8 +34,13 @@
 #![no_main]
 
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
-use kernel::vmm::guest_walk::{self, GuestMemory};
-use kernel::vmm::mmio::{self, flags, Access, AluOp, Extend, MmioInstruction, Operand, Reg};
+use kernel::vmm::guest_walk::{self, GuestMemory, GuestMemoryMut};
+use kernel::vmm::mmio::{
+    self, flags, Access, AluOp, BitOp, Extend, MmioInstruction, MulDivOp, Operand, Reg, Rep,
+    ShiftOp, Step, StringOp, UnaryOp,
+};
+use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
+use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
 use vcpu::{ControlRegs, GuestRegisters};
 
@@ -213,6 +228,297 @@ fn check_alu(op: AluOp, size: u8, left: u64, right: u64, carry: bool) {
     assert_eq!(f, want_f, "{op:?} {size} {left:#x} {right:#x} cf={carry}");
 }
 
+/// Runs `$body` (an instruction on `{x}`, and `{s}`/CL/RAX/RDX as it names them) with
+/// the status flags of `$fl` loaded, and returns RFLAGS after it.
+macro_rules! flagged {
+    ($fl:expr, $body:expr, $($operands:tt)*) => {{
+        let f: u64;
+        // SAFETY: register-only arithmetic; RFLAGS goes through the stack
+        // (PUSH/POPFQ, PUSHFQ/POP), which asm! may use without `nostack`. Only the
+        // status flags and the fixed bit 1 are loaded.
+        unsafe {
+            core::arch::asm!(
+                "push {fi}",
+                "popfq",
+                $body,
+                "pushfq",
+                "pop {f}",
+                fi = in(reg) ($fl & flags::STATUS) | 2,
+                f = out(reg) f,
+                $($operands)*
+            )
+        };
+        f
+    }};
+}
+
+/// The host's `op` of `v` (one of the FE/FF/F6/F7 unary forms).
+fn native_unary(op: UnaryOp, size: u8, v: u64, fl: u64) -> (u64, u64) {
+    let mut x = v;
+    macro_rules! go {
+        ($m:literal) => {
+            match size {
+                1 => flagged!(fl, concat!($m, " {x:l}"), x = inout(reg) x),
+                2 => flagged!(fl, concat!($m, " {x:x}"), x = inout(reg) x),
+                4 => flagged!(fl, concat!($m, " {x:e}"), x = inout(reg) x),
+                _ => flagged!(fl, concat!($m, " {x:r}"), x = inout(reg) x),
+            }
+        };
+    }
+    let f = match op {
+        UnaryOp::Inc => go!("inc"),
+        UnaryOp::Dec => go!("dec"),
+        UnaryOp::Neg => go!("neg"),
+        UnaryOp::Not => go!("not"),
+    };
+    (x & mask(size), f)
+}
+
+fn native_shift(op: ShiftOp, size: u8, v: u64, count: u8, fl: u64) -> (u64, u64) {
+    let mut x = v;
+    macro_rules! go {
+        ($m:literal) => {
+            match size {
+                1 => flagged!(fl, concat!($m, " {x:l}, cl"), x = inout(reg) x, in("cl") count),
+                2 => flagged!(fl, concat!($m, " {x:x}, cl"), x = inout(reg) x, in("cl") count),
+                4 => flagged!(fl, concat!($m, " {x:e}, cl"), x = inout(reg) x, in("cl") count),
+                _ => flagged!(fl, concat!($m, " {x:r}, cl"), x = inout(reg) x, in("cl") count),
+            }
+        };
+    }
+    let f = match op {
+        ShiftOp::Rol => go!("rol"),
+        ShiftOp::Ror => go!("ror"),
+        ShiftOp::Rcl => go!("rcl"),
+        ShiftOp::Rcr => go!("rcr"),
+        ShiftOp::Shl => go!("shl"),
+        ShiftOp::Shr => go!("shr"),
+        ShiftOp::Sar => go!("sar"),
+    };
+    (x & mask(size), f)
+}
+
+/// BTx on a register: the bit offset is taken modulo the width, as the emulator takes
+/// it once the processor has moved a memory operand (sizes 2, 4, 8).
+fn native_bit(op: BitOp, size: u8, v: u64, bit: u64, fl: u64) -> (u64, u64) {
+    let mut x = v;
+    macro_rules! go {
+        ($m:literal) => {
+            match size {
+                2 => flagged!(fl, concat!($m, " {x:x}, {b:x}"), x = inout(reg) x, b = in(reg) bit),
+                4 => flagged!(fl, concat!($m, " {x:e}, {b:e}"), x = inout(reg) x, b = in(reg) bit),
+                _ => flagged!(fl, concat!($m, " {x:r}, {b:r}"), x = inout(reg) x, b = in(reg) bit),
+            }
+        };
+    }
+    let f = match op {
+        BitOp::Bt => go!("bt"),
+        BitOp::Bts => go!("bts"),
+        BitOp::Btr => go!("btr"),
+        BitOp::Btc => go!("btc"),
+    };
+    (x & mask(size), f)
+}
+
+/// MUL/IMUL/DIV/IDIV of the accumulator pair by `s`; only called when no #DE is due.
+fn native_mul_div(op: MulDivOp, size: u8, acc: Wide, s: u64, fl: u64) -> (Wide, u64) {
+    let (mut a, mut d) = if size == 1 {
+        ((acc.high & 0xff) << 8 | (acc.low & 0xff), 0)
+    } else {
+        (acc.low, acc.high)
+    };
+    macro_rules! go {
+        ($m:literal) => {
+            match size {
+                1 => flagged!(fl, concat!($m, " {s:l}"), s = in(reg) s, inout("rax") a, inout("rdx") d),
+                2 => flagged!(fl, concat!($m, " {s:x}"), s = in(reg) s, inout("rax") a, inout("rdx") d),
+                4 => flagged!(fl, concat!($m, " {s:e}"), s = in(reg) s, inout("rax") a, inout("rdx") d),
+                _ => flagged!(fl, concat!($m, " {s:r}"), s = in(reg) s, inout("rax") a, inout("rdx") d),
+            }
+        };
+    }
+    let f = match op {
+        MulDivOp::Mul => go!("mul"),
+        MulDivOp::Imul => go!("imul"),
+        MulDivOp::Div => go!("div"),
+        MulDivOp::Idiv => go!("idiv"),
+    };
+    let out = if size == 1 {
+        Wide {
+            low: a & 0xff,
+            high: (a >> 8) & 0xff,
+        }
+    } else {
+        Wide {
+            low: a & mask(size),
+            high: d & mask(size),
+        }
+    };
+    (out, f)
+}
+
+fn native_imul2(size: u8, l: u64, r: u64, fl: u64) -> (u64, u64) {
+    let mut x = l;
+    let f = match size {
+        2 => flagged!(fl, "imul {x:x}, {s:x}", x = inout(reg) x, s = in(reg) r),
+        4 => flagged!(fl, "imul {x:e}, {s:e}", x = inout(reg) x, s = in(reg) r),
+        _ => flagged!(fl, "imul {x:r}, {s:r}", x = inout(reg) x, s = in(reg) r),
+    };
+    (x & mask(size), f)
+}
+
+/// The host's SETcc for condition `cc` on RFLAGS `fl`.
+fn native_condition(cc: u8, fl: u64) -> bool {
+    let mut x = 0u64;
+    macro_rules! go {
+        ($m:literal) => {
+            flagged!(fl, concat!($m, " {x:l}"), x = inout(reg) x)
+        };
+    }
+    let _ = match cc {
+        0 => go!("seto"),
+        1 => go!("setno"),
+        2 => go!("setb"),
+        3 => go!("setae"),
+        4 => go!("sete"),
+        5 => go!("setne"),
+        6 => go!("setbe"),
+        7 => go!("seta"),
+        8 => go!("sets"),
+        9 => go!("setns"),
+        10 => go!("setp"),
+        11 => go!("setnp"),
+        12 => go!("setl"),
+        13 => go!("setge"),
+        14 => go!("setle"),
+        _ => go!("setg"),
+    };
+    x & 1 != 0
+}
+
+const SHIFTS: [ShiftOp; 7] = [
+    ShiftOp::Rol,
+    ShiftOp::Ror,
+    ShiftOp::Rcl,
+    ShiftOp::Rcr,
+    ShiftOp::Shl,
+    ShiftOp::Shr,
+    ShiftOp::Sar,
+];
+
+/// `x86_arith` against the processor on these operands. `fl` is the incoming RFLAGS.
+fn check_arith(size: u8, a: u64, b: u64, c: u64, d: u64, fl: u64) {
+    use flags::{AF, CF, OF, PF, SF, ZF};
+    let fl = fl & flags::STATUS;
+    let same = |what: &str, (r, f): (u64, u64), (nr, nf): (u64, u64), defined: u64| {
+        assert_eq!(r, nr, "{what} {size} {a:#x} {b:#x} {c:#x} fl={fl:#x}");
+        assert_eq!(
+            f & defined,
+            nf & defined,
+            "{what} {size} {a:#x} {b:#x} {c:#x} fl={fl:#x}"
+        );
+    };
+    for op in [UnaryOp::Inc, UnaryOp::Dec, UnaryOp::Neg, UnaryOp::Not] {
+        let got = x86_arith::unary(op, size, a, fl);
+        same(
+            "unary",
+            got,
+            native_unary(op, size, a & mask(size), fl),
+            flags::STATUS,
+        );
+    }
+    let count = c as u8;
+    let w = 8 * u32::from(size);
+    let masked = u32::from(count) & if size == 8 { 0x3f } else { 0x1f };
+    for op in SHIFTS {
+        let got = x86_arith::shift(op, size, a, count, fl);
+        let native = native_shift(op, size, a & mask(size), count, fl);
+        let rotate = matches!(
+            op,
+            ShiftOp::Rol | ShiftOp::Ror | ShiftOp::Rcl | ShiftOp::Rcr
+        );
+        let defined = if masked == 0 {
+            flags::STATUS
+        } else {
+            let of = if masked == 1 { OF } else { 0 };
+            // SHL/SHR leave CF undefined once the count reaches the width.
+            let cf = if matches!(op, ShiftOp::Shl | ShiftOp::Shr) && masked >= w {
+                0
+            } else {
+                CF
+            };
+            if rotate {
+                // Rotates affect CF and OF only: the rest is defined as unchanged.
+                cf | of | SF | ZF | AF | PF
+            } else {
+                cf | of | SF | ZF | PF
+            }
+        };
+        same("shift", got, native, defined);
+    }
+    if size > 1 {
+        for op in [BitOp::Bt, BitOp::Bts, BitOp::Btr, BitOp::Btc] {
+            let got = x86_arith::bit_test(op, size, a, c, fl);
+            // CF only: Intel leaves ZF unaffected, AMD calls it undefined.
+            same("bit", got, native_bit(op, size, a & mask(size), c, fl), CF);
+        }
+        let got = x86_arith::imul_truncated(size, a, b, fl);
+        same(
+            "imul2",
+            got,
+            native_imul2(size, a & mask(size), b & mask(size), fl),
+            CF | OF,
+        );
+    }
+    let acc = Wide {
+        low: a & mask(size),
+        high: d & mask(size),
+    };
+    let s = b & mask(size);
+    for op in [MulDivOp::Mul, MulDivOp::Imul, MulDivOp::Div, MulDivOp::Idiv] {
+        match x86_arith::mul_div(op, size, acc, s, fl) {
+            Ok((out, f)) => {
+                let (nout, nf) = native_mul_div(op, size, acc, s, fl);
+                assert_eq!(out, nout, "{op:?} {size} {acc:x?} {s:#x}");
+                let defined = match op {
+                    MulDivOp::Mul | MulDivOp::Imul => CF | OF,
+                    _ => 0,
+                };
+                assert_eq!(f & defined, nf & defined, "{op:?} {size} {acc:x?} {s:#x}");
+            }
+            Err(DivideError) => {
+                // The SDM's rule, computed apart: a zero divisor or a quotient
+                // outside the low half's range.
+                let w = 8 * u32::from(size);
+                let fits = match op {
+                    MulDivOp::Div => {
+                        s != 0
+                            && ((u128::from(acc.high) << w) | u128::from(acc.low)) / u128::from(s)
+                                <= u128::from(mask(size))
+                    }
+                    MulDivOp::Idiv => {
+                        let raw = (u128::from(acc.high) << w) | u128::from(acc.low);
+                        let n = ((raw << (128 - 2 * w)) as i128) >> (128 - 2 * w);
+                        let dv = i128::from(x86_arith::sign_extend(s, size));
+                        dv != 0
+                            && n.checked_div(dv)
+                                .is_some_and(|q| q >= -(1i128 << (w - 1)) && q < (1i128 << (w - 1)))
+                    }
+                    _ => panic!("{op:?} reported #DE"),
+                };
+                assert!(!fits, "{op:?} {size} {acc:x?} {s:#x}: #DE without cause");
+            }
+        }
+    }
+    for cc in 0..16 {
+        assert_eq!(
+            x86_arith::condition(cc, fl),
+            native_condition(cc, fl),
+            "cc {cc} fl={fl:#x}"
+        );
+    }
+}
+
 /// The decoded instruction against iced's instruction information.
 fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     assert!((1..=bytes.len()).contains(&insn.len), "{insn:?}");
@@ -223,6 +529,30 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(&instr);
     let used = info.used_memory();
+    if matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::String { .. }
+    ) {
+        // A second memory operand (the stack, the string's other side): every one
+        // iced names with a size has the element size (it gives REP forms' ranges
+        // no size).
+        let repeated = matches!(
+            insn.kind,
+            Access::String { rep, .. } if rep != Rep::Once
+        );
+        assert!(
+            repeated
+                || used
+                    .iter()
+                    .any(|u| u.memory_size().size() == usize::from(insn.size)),
+            "{insn:?}: {used:?}"
+        );
+        for u in used {
+            let n = u.memory_size().size();
+            assert!(n == 0 || n == usize::from(insn.size), "{insn:?}: {used:?}");
+        }
+        return;
+    }
     assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
     assert_eq!(
         used[0].memory_size().size(),
@@ -238,6 +568,149 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     assert_eq!((insn.reads(), insn.writes()), (reads, writes), "{insn:?}");
 }
 
+/// Guest RAM the memory forms may write (a copy of the input's).
+struct RamCopy(Vec<u8>);
+
+impl GuestMemory for RamCopy {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        Ram(&self.0).read(gpa, buf)
+    }
+}
+
+impl GuestMemoryMut for RamCopy {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+        let start = usize::try_from(gpa).map_err(|_| ())?;
+        let end = start.checked_add(data.len()).ok_or(())?;
+        self.0.get_mut(start..end).ok_or(())?.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+type State = (GuestRegisters, u64, u64);
+
+/// PUSH/POP, MOV Sreg and the string instructions: an error changes no register and
+/// touches no device; otherwise only the registers the form moves change, by what the
+/// number of elements done says.
+fn check_memory_forms(
+    insn: &MmioInstruction,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    let step = match result {
+        Err(_) => {
+            assert!(log.is_empty(), "{insn:?}: {log:?}");
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+            return;
+        }
+        Ok(step) => step,
+    };
+    assert_ne!(step, Step::Fault(mmio::Fault::DivideError), "{insn:?}");
+    for &(_, size, write) in log {
+        assert_eq!(size, insn.size, "{insn:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{insn:?} wrote {v:#x}");
+        }
+    }
+    let stack = if guest_walk::code_bitness(&env.cr) == 64 {
+        8
+    } else if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+        4
+    } else {
+        2
+    };
+    let size = u64::from(insn.size);
+    let low = |v: u64, w: u8| v & mask(w);
+    match insn.kind {
+        Access::Push | Access::Pop => {
+            assert_eq!(step, Step::Done);
+            assert_eq!((regs, rflags), (regs0, rflags0), "{insn:?}");
+            let moved = if insn.kind == Access::Push {
+                rsp0.wrapping_sub(size)
+            } else {
+                rsp0.wrapping_add(size)
+            };
+            assert_eq!(low(rsp, stack), low(moved, stack), "{insn:?}");
+            assert_eq!(rsp & !mask(stack), rsp0 & !mask(stack), "{insn:?}");
+        }
+        Access::StoreSegment { seg } => {
+            assert_eq!(step, Step::Done);
+            let selector = env.segments[seg as usize].unwrap().selector;
+            assert_eq!(log, [(0xfee0_0030, 2, Some(u64::from(selector)))]);
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        }
+        Access::String {
+            op, addr_size, rep, ..
+        } => {
+            assert_eq!(rsp, rsp0, "{insn:?}");
+            let am = mask(addr_size);
+            let (si, di) = match op {
+                StringOp::Movs | StringOp::Cmps => (true, true),
+                StringOp::Lods => (true, false),
+                StringOp::Stos | StringOp::Scas => (false, true),
+            };
+            // Elements done: from the count, or 1 without REP.
+            let n = if rep == Rep::Once {
+                assert_eq!(step, Step::Done);
+                1
+            } else {
+                let left = regs.rcx & am;
+                let before = regs0.rcx & am;
+                assert!(left <= before, "{insn:?}");
+                before - left
+            };
+            assert!(n <= MAX_BATCH, "{insn:?}: {n}");
+            assert!(log.len() as u64 <= 2 * n, "{insn:?}: {n} elements, {log:?}");
+            if step == Step::Repeat {
+                assert!(n >= 1 && regs.rcx & am != 0, "{insn:?}");
+            }
+            let down = rflags0 & (1 << 10) != 0;
+            let moved = |v: u64| {
+                let d = n.wrapping_mul(size);
+                low(
+                    if down {
+                        v.wrapping_sub(d)
+                    } else {
+                        v.wrapping_add(d)
+                    },
+                    addr_size,
+                )
+            };
+            let check = |name: &str, used: bool, before: u64, after: u64| {
+                let want = if used { moved(before) } else { before & am };
+                assert_eq!(after & am, want, "{insn:?} {name}");
+                if addr_size == 2 || !used || n == 0 {
+                    assert_eq!(after & !am, before & !am, "{insn:?} {name}");
+                } else if addr_size == 4 {
+                    assert_eq!(after >> 32, 0, "{insn:?} {name}");
+                }
+            };
+            check("rsi", si, regs0.rsi, regs.rsi);
+            check("rdi", di, regs0.rdi, regs.rdi);
+            let others = |r: &GuestRegisters| {
+                [
+                    r.rbx, r.rdx, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+                ]
+            };
+            assert_eq!(others(&regs), others(&regs0), "{insn:?}");
+            if op != StringOp::Lods {
+                assert_eq!(regs.rax, regs0.rax, "{insn:?}");
+            }
+            if rep == Rep::Once {
+                assert_eq!(regs.rcx, regs0.rcx, "{insn:?}");
+            }
+            if !matches!(op, StringOp::Cmps | StringOp::Scas) {
+                assert_eq!(rflags, rflags0, "{insn:?}");
+            } else {
+                assert_eq!(rflags & !flags::STATUS, rflags0 & !flags::STATUS);
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
 /// Carries out `insn` and checks what it did to the device, registers and flags.
 fn check_execute(
     insn: &MmioInstruction,
@@ -245,16 +718,59 @@ fn check_execute(
     rsp0: u64,
     rflags0: u64,
     reads: [u64; 4],
+    env: &mut Env<'_, RamCopy>,
 ) {
     const GPA: u64 = 0xfee0_0030;
     let (mut regs, mut rsp, mut rflags) = (regs0, rsp0, rflags0);
     let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
-    let mut next = reads.iter().copied();
+    let mut next = reads.iter().copied().cycle();
     let mut device = |gpa: u64, size: u8, write: Option<u64>| {
         log.push((gpa, size, write));
         next.next().unwrap_or(0)
     };
-    mmio::execute(&mut regs, &mut rsp, &mut rflags, insn, GPA, &mut device);
+    let result = mmio::execute(
+        &mut regs,
+        &mut rsp,
+        &mut rflags,
+        insn,
+        GPA,
+        &mut device,
+        env,
+    );
+    if matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+    ) {
+        check_memory_forms(
+            insn,
+            result,
+            &log,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    let result = match result {
+        Ok(Step::Done) => Ok(()),
+        Ok(Step::Fault(f)) => Err(f),
+        other => panic!("{insn:?}: {other:?}"),
+    };
+    if let Err(fault) = result {
+        // #DE only from DIV/IDIV, after the one read, with nothing changed.
+        assert!(
+            matches!(
+                insn.kind,
+                Access::MulDiv {
+                    op: MulDivOp::Div | MulDivOp::Idiv
+                }
+            ),
+            "{insn:?}: {fault:?}"
+        );
+        assert_eq!(log.len(), 1, "{insn:?}");
+        assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        return;
+    }
     // The device: a read first when the instruction reads, a write when it writes.
     let want: Vec<bool> = match (insn.reads(), insn.writes()) {
         (true, true) => vec![false, true],
@@ -280,9 +796,10 @@ fn check_execute(
     } else {
         assert_eq!(rflags, rflags0, "{insn:?}");
     }
-    // Registers: only the one named, as x86 writes it.
+    // Registers: only the ones named, as x86 writes them.
     let (before, after) = (all(&regs0, rsp0), all(&regs, rsp));
-    let dest = match insn.kind {
+    let status = |f: u64| assert_eq!(rflags & flags::STATUS, f & flags::STATUS, "{insn:?}");
+    let dests: Vec<(Reg, u8)> = match insn.kind {
         Access::Read {
             dest,
             dest_size,
@@ -298,7 +815,7 @@ fn check_execute(
                 }
             };
             assert_eq!(v, expect, "{insn:?}");
-            Some((dest, dest_size))
+            vec![(dest, dest_size)]
         }
         Access::Write { src } => {
             let stored = match src {
@@ -306,7 +823,7 @@ fn check_execute(
                 Operand::Reg(reg, size) => value(&regs0, rsp0, reg, size),
             };
             assert_eq!(log[0].2, Some(stored & mask(insn.size)), "{insn:?}");
-            None
+            vec![]
         }
         Access::AluToMemory { op, src } => {
             let right = match src {
@@ -318,7 +835,7 @@ fn check_execute(
                 assert_eq!(log[1].2, Some(result), "{insn:?}");
             }
             assert_eq!(rflags & flags::STATUS, f, "{insn:?}");
-            None
+            vec![]
         }
         Access::AluToRegister { op, reg } => {
             let left = value(&regs0, rsp0, reg, insn.size);
@@ -326,9 +843,9 @@ fn check_execute(
             assert_eq!(rflags & flags::STATUS, f, "{insn:?}");
             if op.stores() {
                 assert_eq!(value(&regs, rsp, reg, insn.size), result, "{insn:?}");
-                Some((reg, insn.size))
+                vec![(reg, insn.size)]
             } else {
-                None
+                vec![]
             }
         }
         Access::Exchange { reg } => {
@@ -342,15 +859,136 @@ fn check_execute(
                 reads[0] & mask(insn.size),
                 "{insn:?}"
             );
-            Some((reg, insn.size))
+            vec![(reg, insn.size)]
+        }
+        Access::Unary { op } => {
+            let (r, f) = x86_arith::unary(op, insn.size, reads[0], rflags0);
+            assert_eq!(log[1].2, Some(r), "{insn:?}");
+            assert_eq!(rflags, f, "{insn:?}");
+            vec![]
+        }
+        Access::Shift { op, count } => {
+            let n = match count {
+                Operand::Imm(v) => v,
+                Operand::Reg(reg, size) => value(&regs0, rsp0, reg, size),
+            };
+            let (r, f) = x86_arith::shift(op, insn.size, reads[0], n as u8, rflags0);
+            assert_eq!(log[1].2, Some(r), "{insn:?}");
+            assert_eq!(rflags, f, "{insn:?}");
+            vec![]
+        }
+        Access::BitTest { op, offset } => {
+            let bit = match offset {
+                Operand::Imm(v) => v,
+                Operand::Reg(reg, size) => value(&regs0, rsp0, reg, size),
+            };
+            let (r, f) = x86_arith::bit_test(op, insn.size, reads[0], bit, rflags0);
+            if op != BitOp::Bt {
+                assert_eq!(log[1].2, Some(r), "{insn:?}");
+            }
+            assert_eq!(rflags, f, "{insn:?}");
+            vec![]
+        }
+        Access::ExchangeAdd { reg } => {
+            let old = reads[0] & mask(insn.size);
+            let (sum, f) = mmio::alu(
+                AluOp::Add,
+                insn.size,
+                old,
+                value(&regs0, rsp0, reg, insn.size),
+                false,
+            );
+            assert_eq!(log[1].2, Some(sum), "{insn:?}");
+            assert_eq!(value(&regs, rsp, reg, insn.size), old, "{insn:?}");
+            status(f);
+            vec![(reg, insn.size)]
+        }
+        Access::CompareExchange { reg } => {
+            let old = reads[0] & mask(insn.size);
+            let acc = value(&regs0, rsp0, Reg::Rax, insn.size);
+            let (_, f) = mmio::alu(AluOp::Cmp, insn.size, acc, old, false);
+            status(f);
+            if acc == old {
+                assert_eq!(
+                    log[1].2,
+                    Some(value(&regs0, rsp0, reg, insn.size)),
+                    "{insn:?}"
+                );
+                vec![]
+            } else {
+                assert_eq!(log[1].2, Some(old), "{insn:?}");
+                assert_eq!(value(&regs, rsp, Reg::Rax, insn.size), old, "{insn:?}");
+                vec![(Reg::Rax, insn.size)]
+            }
+        }
+        Access::SetCondition { cc } => {
+            let want = u64::from(x86_arith::condition(cc, rflags0));
+            assert_eq!(log[0].2, Some(want), "{insn:?}");
+            vec![]
+        }
+        Access::CondMove { cc, reg } => {
+            if x86_arith::condition(cc, rflags0) {
+                assert_eq!(
+                    value(&regs, rsp, reg, insn.size),
+                    reads[0] & mask(insn.size),
+                    "{insn:?}"
+                );
+            } else {
+                assert_eq!(
+                    value(&regs, rsp, reg, insn.size),
+                    value(&regs0, rsp0, reg, insn.size),
+                    "{insn:?}"
+                );
+            }
+            vec![(reg, insn.size)]
+        }
+        Access::MulDiv { op } => {
+            let acc = if insn.size == 1 {
+                Wide {
+                    low: regs0.rax & 0xff,
+                    high: (regs0.rax >> 8) & 0xff,
+                }
+            } else {
+                Wide {
+                    low: regs0.rax & mask(insn.size),
+                    high: regs0.rdx & mask(insn.size),
+                }
+            };
+            let (out, f) = x86_arith::mul_div(op, insn.size, acc, reads[0], rflags0)
+                .expect("no #DE: checked above");
+            assert_eq!(rflags, f, "{insn:?}");
+            if insn.size == 1 {
+                assert_eq!(
+                    value(&regs, rsp, Reg::Rax, 2),
+                    out.high << 8 | out.low,
+                    "{insn:?}"
+                );
+                vec![(Reg::Rax, 2)]
+            } else {
+                assert_eq!(value(&regs, rsp, Reg::Rax, insn.size), out.low, "{insn:?}");
+                assert_eq!(value(&regs, rsp, Reg::Rdx, insn.size), out.high, "{insn:?}");
+                vec![(Reg::Rax, insn.size), (Reg::Rdx, insn.size)]
+            }
+        }
+        Access::ImulToRegister { reg, imm } => {
+            let m = reads[0] & mask(insn.size);
+            let (l, r) = match imm {
+                Some(i) => (m, i),
+                None => (value(&regs0, rsp0, reg, insn.size), m),
+            };
+            let (p, f) = x86_arith::imul_truncated(insn.size, l, r, rflags0);
+            assert_eq!(value(&regs, rsp, reg, insn.size), p, "{insn:?}");
+            assert_eq!(rflags, f, "{insn:?}");
+            vec![(reg, insn.size)]
+        }
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {
+            unreachable!("checked by check_memory_forms")
         }
     };
     for i in 0..16 {
-        match dest {
-            Some((reg, size)) if slot(reg) == i => {
-                check_register_write(before[i], after[i], reg, size)
-            }
-            _ => assert_eq!(before[i], after[i], "{insn:?} changed register {i}"),
+        match dests.iter().find(|(reg, _)| slot(*reg) == i) {
+            Some(&(reg, size)) => check_register_write(before[i], after[i], reg, size),
+            None => assert_eq!(before[i], after[i], "{insn:?} changed register {i}"),
         }
     }
 }
@@ -371,6 +1009,7 @@ fuzz_target!(|data: &[u8]| {
     for op in OPS {
         check_alu(op, size, regs.rax, regs.rbx, rflags & flags::CF != 0);
     }
+    check_arith(size, regs.rax, regs.rbx, regs.rcx, regs.rdx, rflags);
 
     let paging = mode & 4 != 0;
     let (cr0, efer, cs_long) = match mode & 3 {
@@ -409,5 +1048,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     check_decoded(&bytes[..n], bitness, &insn);
-    check_execute(&insn, regs, rsp, rflags, reads);
+    // Segment registers from the input: selectors from RBX, bases from RDX, SS.B from
+    // the mode byte's bit 1 (any of them may be nonsense, as a guest's may).
+    let segments = core::array::from_fn(|i| {
+        Some(vcpu::state::Segment {
+            selector: (regs.rbx >> (8 * i)) as u16,
+            attrib: if head[0] & 2 != 0 {
+                vcpu::state::attrib::DB
+            } else {
+                0
+            },
+            limit: u32::MAX,
+            base: regs.rdx.rotate_left(8 * i as u32),
+        })
+    });
+    let mut copy = RamCopy(ram.to_vec());
+    let mut env = Env {
+        mem: &mut copy,
+        cr,
+        segments,
+    };
+    check_execute(&insn, regs, rsp, rflags, reads, &mut env);
 });

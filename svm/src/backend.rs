@@ -792,6 +792,20 @@ impl Vcpu for SvmVcpu {
         }
     }
 
+    /// ES, CS, SS and DS from the VMCB, which VMRUN and #VMEXIT keep current. FS and
+    /// GS are `None`: their bases move with VMLOAD/VMSAVE, not with every exit.
+    fn segment(&self, seg: vcpu::SegReg) -> Option<vcpu::state::Segment> {
+        let s = &self.vmcb().save;
+        let raw = match seg {
+            vcpu::SegReg::Es => s.es,
+            vcpu::SegReg::Cs => s.cs,
+            vcpu::SegReg::Ss => s.ss,
+            vcpu::SegReg::Ds => s.ds,
+            vcpu::SegReg::Fs | vcpu::SegReg::Gs => return None,
+        };
+        Some(crate::state::segment_from(&raw))
+    }
+
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.

@@ -97,7 +97,7 @@ pub const fn attrib_to_vmcb(a: u16) -> u16 {
     }
 }
 
-fn segment_from(s: &Segment) -> NeutralSegment {
+pub(crate) fn segment_from(s: &Segment) -> NeutralSegment {
     NeutralSegment {
         selector: s.selector,
         attrib: attrib_from_vmcb(s.attrib),

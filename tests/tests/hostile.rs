@@ -9,7 +9,7 @@
 //! - `insn64`: WBINVD and INVD complete, RDPMC raises #GP(0), MONITOR raises #UD,
 //!   and guest-physical space without RAM or a device reads all ones and drops
 //!   writes (the default `on_unmapped = "ignore"`; `oob64` in the tiny set checks
-//!   `"stop"`);
+//!   `"stop"`), also through `INC`, `BTS`, `XADD` and `REP MOVSB`/`STOSD`/`STOSB`;
 //! - `timer64`: a periodic local APIC timer with count 1 at divide 1 does not
 //!   livelock its guest (its main loop finishes its rounds) and delivers at most one
 //!   tick per clamped period (200 us);
@@ -42,7 +42,13 @@ fn expect_hostile(out: &RunOutput) {
         )
         .expect_line("vm insn64: read of unbacked guest-physical 0x30000000 at RIP")
         .expect_line("vm insn64: write to unbacked guest-physical 0x30000000 at RIP")
-        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 3 (the first at 0x30000000)")
+        // Forms beyond MOV, emulated (issue 8): INC, BTS, XADD, REP MOVSB out of
+        // unbacked space into RAM, REP STOSD into it, and a REP STOSB of 300 bytes,
+        // which takes three exits (128 elements per exit at most).
+        .expect_line("insn64 | insn64: inc -> zf=1 cf=1, bts -> cf=1, xadd -> 0xffffffffffffffff")
+        .expect_line("insn64 | insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0")
+        .expect_line("insn64 | insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0")
+        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 11 (the first at 0x30000000)")
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")

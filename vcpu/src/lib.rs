@@ -260,6 +260,17 @@ impl Exit {
     }
 }
 
+/// A segment register an instruction names (in the ModRM `reg` order of `MOV Sreg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegReg {
+    Es,
+    Cs,
+    Ss,
+    Ds,
+    Fs,
+    Gs,
+}
+
 /// An exception the core asks the backend to inject on the next entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exception {
@@ -268,6 +279,12 @@ pub struct Exception {
 }
 
 impl Exception {
+    /// Divide error (#DE, vector 0): `DIV`/`IDIV` by zero or with a quotient too
+    /// large for its register. No error code.
+    pub const DE: Exception = Exception {
+        vector: 0,
+        error_code: None,
+    };
     pub const UD: Exception = Exception {
         vector: 6,
         error_code: None,
@@ -364,6 +381,14 @@ pub trait Vcpu {
     /// What a guest-virtual address walk needs (MMIO emulation reads the faulting
     /// instruction through the guest's page tables).
     fn control_regs(&self) -> ControlRegs;
+    /// The guest's segment register `seg` as loaded (selector, attributes, limit,
+    /// base), for instructions the core emulates that address memory through it
+    /// (string and stack operands, `MOV r/m16, Sreg`). `None` where the backend cannot
+    /// tell; FS and GS may be `None` where their live base is not in the control
+    /// block (AMD-V keeps them for VMLOAD/VMSAVE).
+    fn segment(&self, _seg: SegReg) -> Option<state::Segment> {
+        None
+    }
     /// Releases whatever of this vCPU the calling processor holds, so that another
     /// processor may `run` it next: the scheduler calls it on the processor that ran
     /// the vCPU last, before any other processor touches it (any method, not only

@@ -1275,6 +1275,20 @@ impl Vcpu for VmxVcpu {
         ops::control_regs(&self.make_current())
     }
 
+    /// Every segment register is in the VMCS, FS and GS bases included.
+    fn segment(&self, seg: vcpu::SegReg) -> Option<vcpu::state::Segment> {
+        use crate::guest_state::Seg;
+        let s = match seg {
+            vcpu::SegReg::Es => Seg::Es,
+            vcpu::SegReg::Cs => Seg::Cs,
+            vcpu::SegReg::Ss => Seg::Ss,
+            vcpu::SegReg::Ds => Seg::Ds,
+            vcpu::SegReg::Fs => Seg::Fs,
+            vcpu::SegReg::Gs => Seg::Gs,
+        };
+        Some(crate::state::segment(&self.make_current(), s))
+    }
+
     /// VMCLEAR on the processor where the VMCS is active: its cached state goes to
     /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
     /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).

@@ -128,16 +128,16 @@ impl Seg {
         }
     }
 
-    const fn selector_field(self) -> u32 {
+    pub(crate) const fn selector_field(self) -> u32 {
         guest16::ES_SELECTOR + 2 * self as u32
     }
-    const fn base_field(self) -> u32 {
+    pub(crate) const fn base_field(self) -> u32 {
         guest_nat::ES_BASE + 2 * self as u32
     }
-    const fn limit_field(self) -> u32 {
+    pub(crate) const fn limit_field(self) -> u32 {
         guest32::ES_LIMIT + 2 * self as u32
     }
-    const fn ar_field(self) -> u32 {
+    pub(crate) const fn ar_field(self) -> u32 {
         guest32::ES_ACCESS_RIGHTS + 2 * self as u32
     }
 }

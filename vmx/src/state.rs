@@ -95,6 +95,16 @@ const PDPTE_FIELDS: [u32; 4] = [
 /// RTM bit of the pending-debug-exceptions field.
 const PENDING_DEBUG_RTM: u64 = 1 << 16;
 
+/// Guest segment register `seg` as the VMCS holds it now, in the neutral format.
+pub fn segment(vmcs: &impl VmcsAccess, seg: Seg) -> Segment {
+    segment_from(&SegmentState {
+        selector: vmcs.read(seg.selector_field()) as u16,
+        base: vmcs.read(seg.base_field()),
+        limit: vmcs.read(seg.limit_field()) as u32,
+        access_rights: vmcs.read(seg.ar_field()) as u32,
+    })
+}
+
 fn segment_from(s: &SegmentState) -> Segment {
     Segment {
         selector: s.selector,

@@ -8,12 +8,22 @@
 //! (0x3000_0000, inside the identity map the loader builds, far beyond RAM) must
 //! answer as a PC's bus does: reads all ones, writes dropped.
 //!
+//! The same space through instruction forms beyond `MOV` (each emulated by the
+//! hypervisor, issue 8): `INC` (all ones + 1 = 0: ZF, and CF as it was), `BTS` (bit
+//! 5 of all ones: CF), `XADD` (the old all ones into the register), `REP MOVSB` of
+//! 16 bytes from unbacked space into RAM (16 bytes of 0xFF, RCX 0), `REP STOSD` of
+//! 4 dwords into it, and `REP STOSB` of 300 bytes (more than the hypervisor does per
+//! exit, so the instruction is re-executed until RCX is 0).
+//!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
 //! insn64: invd ok
 //! insn64: rdpmc -> #GP(0x0)
 //! insn64: unbacked read 0xffffffffffffffff, after a write 0xffffffffffffffff
+//! insn64: inc -> zf=1 cf=1, bts -> cf=1, xadd -> 0xffffffffffffffff
+//! insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0
+//! insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -60,10 +70,75 @@ mod guest {
             (before, core::ptr::read_volatile(p))
         };
         println!("insn64: unbacked read {before:#x}, after a write {after:#x}");
+        unbacked_forms(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
         unsafe { asm!("monitor", in("rax") &line, in("ecx") 0u32, in("edx") 0u32) };
         println!("insn64: monitor -> no fault (ERROR)");
+    }
+
+    /// Instruction forms beyond MOV on unbacked space at `at`.
+    fn unbacked_forms(at: usize) {
+        let (zf, cf, bts_cf): (u8, u8, u8);
+        let mut xadd = 5u64;
+        // SAFETY: `at` is guest-physical space without RAM (identity-mapped): the
+        // hypervisor emulates each access; STC first so INC's kept CF shows.
+        unsafe {
+            asm!(
+                "stc",
+                "inc qword ptr [{p}]",
+                "setz {zf}",
+                "setc {cf}",
+                "clc",
+                "bts qword ptr [{p}], 5",
+                "setc {bcf}",
+                "xadd qword ptr [{p}], {x}",
+                p = in(reg) at,
+                zf = out(reg_byte) zf,
+                cf = out(reg_byte) cf,
+                bcf = out(reg_byte) bts_cf,
+                x = inout(reg) xadd,
+            )
+        };
+        println!("insn64: inc -> zf={zf} cf={cf}, bts -> cf={bts_cf}, xadd -> {xadd:#x}");
+        let mut buf = [0u8; 17];
+        let left: usize;
+        // SAFETY: 16 bytes from unbacked space into `buf` (17 bytes: the last one
+        // must stay 0); DF is clear (the ABI's state).
+        unsafe {
+            asm!(
+                "rep movsb",
+                inout("rsi") at => _,
+                inout("rdi") buf.as_mut_ptr() => _,
+                inout("rcx") 16usize => left,
+            )
+        };
+        let all = buf[..16].iter().all(|&b| b == 0xff) && buf[16] == 0;
+        println!(
+            "insn64: rep movsb from unbacked: 16 bytes of {}, rcx {left}",
+            if all {
+                "0xff"
+            } else {
+                "something else (ERROR)"
+            }
+        );
+        let (left_d, left_b): (usize, usize);
+        // SAFETY: stores into unbacked space only; the hypervisor drops them.
+        unsafe {
+            asm!(
+                "rep stosd",
+                inout("rdi") at => _,
+                inout("rcx") 4usize => left_d,
+                in("eax") 0x1234_5678u32,
+            );
+            asm!(
+                "rep stosb",
+                inout("rdi") at + 0x100 => _,
+                inout("rcx") 300usize => left_b,
+                in("al") 0x5au8,
+            );
+        }
+        println!("insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx {left_d} and {left_b}");
     }
 }

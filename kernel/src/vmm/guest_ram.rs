@@ -687,3 +687,9 @@ impl GuestMemory for GuestRam {
         self.read_bytes(gpa, buf).map_err(|_| ())
     }
 }
+
+impl super::guest_walk::GuestMemoryMut for GuestRam {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+        self.write_bytes(gpa, data).map_err(|_| ())
+    }
+}

@@ -41,6 +41,15 @@ pub trait GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()>;
 }
 
+/// Write access to the guest's RAM as well, for instructions whose second operand is
+/// in RAM (the stack of `PUSH`/`POP`, the other side of a string instruction).
+pub trait GuestMemoryMut: GuestMemory {
+    /// Writes `data` at guest-physical `gpa`. `Err(())` (and nothing written) if any
+    /// byte is outside RAM.
+    #[allow(clippy::result_unit_err)]
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()>;
+}
+
 /// Why a guest-virtual address could not be translated or read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkError {

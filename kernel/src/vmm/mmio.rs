@@ -33,32 +33,75 @@
 //!   of the result, RFLAGS) and with a memory source into a register (one read, the
 //!   register written as x86 writes it, RFLAGS);
 //! - `XCHG r/m, r` with memory: a read, then a write of the register; no flags.
+//! - `INC`/`DEC`/`NEG`/`NOT` (FE/FF /0 /1, F6/F7 /2 /3) and the shifts and rotates
+//!   `ROL`/`ROR`/`RCL`/`RCR`/`SHL`(`SAL`)/`SHR`/`SAR` by 1, CL or imm8 (C0/C1, D0-D3),
+//!   with a memory destination: one read, one write, flags ([`x86_arith`]);
+//! - `BT`/`BTS`/`BTR`/`BTC` with an imm8 (0F BA) or a register (0F A3/AB/B3/BB) bit
+//!   offset: one read (and for all but `BT` one write), CF. With a register offset
+//!   the processor moves the access to the operand holding the bit (SDM Vol. 2A `BT`:
+//!   effective address + (offset SAR 3), in operand-size steps); the exit's address
+//!   is the one it moved to, so the emulator touches exactly the bytes the processor
+//!   did, and takes only the bit number (the offset modulo the width) from the
+//!   register. The moved operand may lie in another page than the effective address:
+//!   that does not matter, as the exit names the page the processor reached;
+//! - `XADD` (0F C0/C1) and `CMPXCHG` (0F B0/B1): a read, then a write (for a failed
+//!   `CMPXCHG` the old value again: the SDM's unconditional write cycle), flags as
+//!   `ADD` / `CMP`;
+//! - `SETcc r/m8` (0F 90-9F): one write of 0 or 1; `CMOVcc r, r/m` (0F 40-4F): one
+//!   read whether or not the condition holds (as on the processor), a 32-bit
+//!   destination zero-extended even when it does not;
+//! - `MUL`/`IMUL`/`DIV`/`IDIV r/m` (F6/F7 /4-/7) on AL/AX/EAX/RAX and AH/DX/EDX/RDX,
+//!   and `IMUL r, r/m` (0F AF) and `IMUL r, r/m, imm` (69/6B): one read. A zero
+//!   divisor or a quotient that does not fit raises #DE: injected, with RIP left on
+//!   the instruction and no register changed (after the device read, as on the
+//!   processor).
 //!
-//! Flags are computed as the SDM (Vol. 2) defines them ([`alu`]): CF, PF, AF, ZF, SF
-//! and OF from the result for the arithmetic ones (`ADC`/`SBB` take CF in); CF = OF = 0
-//! for `AND`/`OR`/`XOR`/`TEST`, whose AF is undefined and is set to 0 here. Every
-//! other RFLAGS bit is kept, and [`Vcpu::set_rflags`] keeps bit 1 set. A
-//! read-modify-write instruction is accepted whether the exit reports the read or the
-//! write (processors and emulators report either).
+//! Flags are computed as the SDM (Vol. 2) defines them ([`alu`], [`x86_arith`]): CF,
+//! PF, AF, ZF, SF and OF from the result for the arithmetic ones (`ADC`/`SBB` take CF
+//! in); CF = OF = 0 for `AND`/`OR`/`XOR`/`TEST`, whose AF is undefined and is set to 0
+//! here. Where the SDM leaves a flag undefined for the other operations (AF after a
+//! shift, OF after a shift by more than 1, SF/ZF/AF/PF after `MUL`, every flag after
+//! `DIV`, ...), it keeps its value. Every other RFLAGS bit is kept, and
+//! [`Vcpu::set_rflags`] keeps bit 1 set. A read-modify-write instruction is accepted
+//! whether the exit reports the read or the write (processors and emulators report
+//! either).
 //!
 //! `LOCK` is honoured where the ISA allows it (the memory-destination forms; `XCHG` is
 //! locked anyway): both device accesses happen while the exit handler holds the VM's
 //! lock, so no other vCPU's emulated access to any device comes between them, and
 //! unbacked space has no state to race on. iced rejects `LOCK` elsewhere (#UD).
 //!
-//! Rejected with an error that names the mnemonic: `INC`/`DEC`/`NEG`/`NOT`, shifts and
-//! rotates, `BT`/`BTS`/`BTR`/`BTC`, `XADD`/`CMPXCHG`, `MUL`/`DIV`, `SETcc`, segment
-//! register moves, and string instructions (`MOVS`, `STOS`, `CMPS`, ..., which need
-//! several device accesses, RSI/RDI/RCX updates and a second address).
+//! With a second memory operand ([`super::mmio_memory`], which locates it through the
+//! segment registers and the guest's page tables, and reaches RAM only through the
+//! checked accessors):
+//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack;
+//! - `MOV r/m16, Sreg` (8C) to memory: a 16-bit write of the selector;
+//! - `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS` at every element and address size, with
+//!   `REP`/`REPE`/`REPNE`: one device access per element, RSI/RDI/RCX and DF as the
+//!   processor uses them, at most [`MAX_BATCH`] elements per exit (then RIP stays on
+//!   the instruction and the guest runs it again, as a real `REP` is interruptible).
+//!
+//! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
+//! with it): `MOV Sreg, r/m16` and `POP Sreg` from MMIO (loading a segment register
+//! means a descriptor-table walk with its checks and faults, out of this module's
+//! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
+//! `OUTS` (an I/O port on the other side), the x87/SSE/AVX forms, and a `PUSH`/`POP`
+//! whose *stack* is the MMIO side (its other operand's address is not in the exit).
+//! None of these is a form the processor would reject, so injecting #UD would break a
+//! correct guest in a way the manual does not allow; stopping that VM with the
+//! instruction named is the honest outcome.
 //!
 //! Limits: RFLAGS.TF single-stepping is not honoured after an emulated instruction
 //! (no #DB is queued); a 16-bit protected-mode code segment is decoded as 32-bit (see
 //! [`guest_walk::code_bitness`]); accesses that straddle the end of the MMIO page are
 //! passed to the device as one access at the exit's address.
 
-use super::guest_walk::{self, GuestMemory, WalkError};
+use super::guest_walk::{self, GuestMemoryMut, WalkError};
+use super::mmio_memory::{Env, Place, MAX_BATCH};
+use super::x86_arith::{self, DivideError, Wide};
+pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
-use vcpu::{GuestRegisters, Vcpu};
+use vcpu::{Exception, GuestRegisters, SegReg, Vcpu};
 
 /// A general-purpose register as an MMIO instruction names it. `Ah`..`Bh` are bits
 /// 15:8 of RAX..RBX (only reachable without a REX prefix, SDM Vol. 1 3.4.1.1); every
@@ -236,6 +279,91 @@ pub enum Access {
     /// `XCHG mem, reg`: read the location, write `reg`'s value, load the old value
     /// into `reg`. No flags.
     Exchange { reg: Reg },
+    /// `INC`/`DEC`/`NEG`/`NOT mem`: read, write the result, set the flags
+    /// ([`x86_arith::unary`]).
+    Unary { op: UnaryOp },
+    /// A shift or rotate of the location by `count` (`Imm(1)`, `Imm(imm8)` or
+    /// `Reg(Rcx, 1)` for CL): read, write the result (also for a masked count of 0,
+    /// as the processor's read-modify-write cycle does), flags ([`x86_arith::shift`]).
+    Shift { op: ShiftOp, count: Operand },
+    /// `BT`/`BTS`/`BTR`/`BTC mem, offset`: read; CF is the bit `offset` modulo the
+    /// width; `BTS`/`BTR`/`BTC` write the changed value. With a register offset the
+    /// processor itself moved the access by `offset` arithmetically shifted right by
+    /// log2(width) operands (SDM Vol. 2A `BT`), and the exit's address *is* that
+    /// moved operand, so the device is accessed there and only the bit number is
+    /// left to take from the register.
+    BitTest { op: BitOp, offset: Operand },
+    /// `XADD mem, reg`: read, write the sum, load the old value into `reg`; flags
+    /// as `ADD`.
+    ExchangeAdd { reg: Reg },
+    /// `CMPXCHG mem, reg`: read, compare with the accumulator (flags as `CMP acc,
+    /// mem`); equal: write `reg`; not equal: write the old value back (the SDM's
+    /// unconditional write cycle) and load it into the accumulator.
+    CompareExchange { reg: Reg },
+    /// `SETcc mem8`: write 1 or 0 as condition `cc` holds. No read, no flags.
+    SetCondition { cc: u8 },
+    /// `CMOVcc reg, mem`: read (always, as the processor does); load into `reg` if
+    /// `cc` holds. A 32-bit `reg` is zero-extended even when it does not (SDM Vol. 2A
+    /// `CMOVcc`, 64-bit mode).
+    CondMove { cc: u8, reg: Reg },
+    /// `MUL`/`IMUL`/`DIV`/`IDIV mem` on AX, DX:AX, EDX:EAX or RDX:RAX
+    /// ([`x86_arith::mul_div`]); `DIV`/`IDIV` may raise #DE.
+    MulDiv { op: MulDivOp },
+    /// `IMUL reg, mem` and `IMUL reg, mem, imm` (`imm` sign-extended to the operand
+    /// size): `reg` = the truncated product of `reg` (or `mem`) and `mem` (or `imm`).
+    ImulToRegister { reg: Reg, imm: Option<u64> },
+    /// `PUSH mem`: read the device, store the value at SS:(RSP - size)
+    /// ([`super::mmio_memory`]).
+    Push,
+    /// `POP mem`: load SS:RSP, write the value to the device.
+    Pop,
+    /// `MOV mem16, Sreg`: write the selector (16 bits whatever the operand size, SDM
+    /// Vol. 2B `MOV`).
+    StoreSegment { seg: SegReg },
+    /// A string instruction: `size`-byte elements, RSI/RDI/RCX at `addr_size` bytes,
+    /// the source (RSI) in segment `seg` ([`super::mmio_memory`]).
+    String {
+        op: StringOp,
+        addr_size: u8,
+        seg: SegReg,
+        rep: Rep,
+    },
+}
+
+/// The string instructions (SDM Vol. 2: `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringOp {
+    Movs,
+    Stos,
+    Lods,
+    Cmps,
+    Scas,
+}
+
+/// A string instruction's repeat prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rep {
+    /// One element.
+    Once,
+    /// Until the count is 0 (F3, or F2 on `MOVS`/`STOS`/`LODS`, which processors
+    /// treat alike).
+    Count,
+    /// `REPE` (F3) of `CMPS`/`SCAS`: also ends when ZF is clear.
+    WhileEqual,
+    /// `REPNE` (F2) of `CMPS`/`SCAS`: also ends when ZF is set.
+    WhileNotEqual,
+}
+
+/// What became of an executed instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Complete: RIP moves past it.
+    Done,
+    /// A `REP` string instruction with elements left after this batch: RIP stays on
+    /// it, and the guest runs it again.
+    Repeat,
+    /// It raises an exception instead: RIP stays, nothing else changed.
+    Fault(Fault),
 }
 
 /// A decoded MMIO instruction.
@@ -251,24 +379,62 @@ pub struct MmioInstruction {
 impl MmioInstruction {
     /// Whether the device is read.
     pub fn reads(&self) -> bool {
-        !matches!(self.kind, Access::Write { .. })
+        match self.kind {
+            Access::String { op, .. } => op != StringOp::Stos,
+            Access::Write { .. }
+            | Access::SetCondition { .. }
+            | Access::Pop
+            | Access::StoreSegment { .. } => false,
+            _ => true,
+        }
     }
 
     /// Whether the device is written.
     pub fn writes(&self) -> bool {
         match self.kind {
-            Access::Write { .. } | Access::Exchange { .. } => true,
+            Access::Write { .. }
+            | Access::Exchange { .. }
+            | Access::Unary { .. }
+            | Access::Shift { .. }
+            | Access::ExchangeAdd { .. }
+            | Access::CompareExchange { .. }
+            | Access::SetCondition { .. }
+            | Access::Pop
+            | Access::StoreSegment { .. } => true,
+            Access::String { op, .. } => matches!(op, StringOp::Movs | StringOp::Stos),
             Access::AluToMemory { op, .. } => op.stores(),
-            Access::Read { .. } | Access::AluToRegister { .. } => false,
+            Access::BitTest { op, .. } => op != BitOp::Bt,
+            Access::Read { .. }
+            | Access::AluToRegister { .. }
+            | Access::CondMove { .. }
+            | Access::MulDiv { .. }
+            | Access::ImulToRegister { .. }
+            | Access::Push => false,
         }
     }
 
-    /// Whether RFLAGS changes.
+    /// Whether RFLAGS may change.
     pub fn sets_flags(&self) -> bool {
-        matches!(
-            self.kind,
-            Access::AluToMemory { .. } | Access::AluToRegister { .. }
-        )
+        match self.kind {
+            Access::Unary { op } => op != UnaryOp::Not,
+            Access::AluToMemory { .. }
+            | Access::AluToRegister { .. }
+            | Access::Shift { .. }
+            | Access::BitTest { .. }
+            | Access::ExchangeAdd { .. }
+            | Access::CompareExchange { .. }
+            | Access::MulDiv { .. }
+            | Access::ImulToRegister { .. } => true,
+            Access::String { op, .. } => matches!(op, StringOp::Cmps | StringOp::Scas),
+            Access::Read { .. }
+            | Access::Write { .. }
+            | Access::Exchange { .. }
+            | Access::SetCondition { .. }
+            | Access::CondMove { .. }
+            | Access::Push
+            | Access::Pop
+            | Access::StoreSegment { .. } => false,
+        }
     }
 }
 
@@ -298,6 +464,12 @@ pub enum MmioError {
     StackPointer,
     /// [`complete_read`] on a write, or [`write_value`] on a read.
     WrongDirection,
+    /// The instruction needs this segment register, which the backend does not
+    /// report (AMD-V's FS/GS; test backends).
+    NoSegment(SegReg),
+    /// The instruction's other memory operand (the stack, a string instruction's
+    /// other side) at linear `linear` does not translate.
+    Operand { linear: u64, err: WalkError },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -339,6 +511,15 @@ impl core::fmt::Display for MmioError {
             ),
             MmioError::StackPointer => write!(f, "RSP operand needs the VMCB/VMCS value"),
             MmioError::WrongDirection => write!(f, "operation does not match the access"),
+            MmioError::NoSegment(seg) => {
+                write!(
+                    f,
+                    "needs the guest's {seg:?} register, which is not available"
+                )
+            }
+            MmioError::Operand { err, .. } => {
+                write!(f, "the instruction's other memory operand: {err}")
+            }
         }
     }
 }
@@ -390,6 +571,199 @@ enum Form {
     AluRegMem(AluOp),
     /// `XCHG mem, reg` (iced decodes `XCHG reg, mem` as this form too).
     Xchg,
+    /// `INC`/`DEC`/`NEG`/`NOT mem` with the width.
+    Unary(UnaryOp, u8),
+    /// A shift or rotate of memory: the width and where the count comes from.
+    Shift(ShiftOp, u8, CountFrom),
+    /// `BTx mem, imm8` with the width.
+    BitImm(BitOp, u8),
+    /// `BTx mem, reg`: operand 1 holds the bit offset.
+    BitReg(BitOp),
+    /// `XADD mem, reg`.
+    Xadd,
+    /// `CMPXCHG mem, reg`.
+    Cmpxchg,
+    /// `SETcc mem8` with the condition code.
+    Setcc(u8),
+    /// `CMOVcc reg, mem` with the condition code.
+    Cmov(u8),
+    /// `MUL`/`IMUL`/`DIV`/`IDIV mem` with the width.
+    MulDiv(MulDivOp, u8),
+    /// `IMUL reg, mem` (and `, imm` as operand 2).
+    Imul,
+    /// `PUSH mem` with the operand size.
+    Push(u8),
+    /// `POP mem` with the operand size.
+    Pop(u8),
+    /// `MOV mem16, Sreg`: operand 1 the segment register.
+    StoreSreg,
+    /// A string instruction with the element size.
+    Str(StringOp, u8),
+}
+
+/// Where a shift's count comes from.
+#[derive(Clone, Copy)]
+enum CountFrom {
+    One,
+    Cl,
+    Imm,
+}
+
+/// The shift and rotate encodings. iced numbers them in blocks per count source:
+/// the eight 8-bit forms in ModRM `reg` order (ROL ROR RCL RCR SHL SHR SAL SAR),
+/// then the same eight operations with three codes each (16, 32, 64 bits); the
+/// tests pin the layout down.
+fn shift_form(code: Code) -> Option<Form> {
+    use ShiftOp::*;
+    const OPS: [ShiftOp; 8] = [Rol, Ror, Rcl, Rcr, Shl, Shr, Shl, Sar];
+    let n = code as u32;
+    for (byte, wide, count) in [
+        (Code::Rol_rm8_imm8, Code::Rol_rm16_imm8, CountFrom::Imm),
+        (Code::Rol_rm8_1, Code::Rol_rm16_1, CountFrom::One),
+        (Code::Rol_rm8_CL, Code::Rol_rm16_CL, CountFrom::Cl),
+    ] {
+        let (byte, wide) = (byte as u32, wide as u32);
+        if (byte..byte + 8).contains(&n) {
+            return Some(Form::Shift(OPS[(n - byte) as usize], 1, count));
+        }
+        if (wide..wide + 24).contains(&n) {
+            let i = (n - wide) as usize;
+            return Some(Form::Shift(OPS[i / 3], [2, 4, 8][i % 3], count));
+        }
+    }
+    None
+}
+
+/// The other read-modify-write, conditional and multiply/divide forms.
+fn more_form(code: Code) -> Option<Form> {
+    use BitOp::*;
+    use Code as C;
+    use MulDivOp::*;
+    use UnaryOp::*;
+    let n = code as u32;
+    let seto = C::Seto_rm8 as u32;
+    if (seto..seto + 16).contains(&n) {
+        return Some(Form::Setcc((n - seto) as u8));
+    }
+    // CMOVcc: three codes (16, 32, 64 bits) per condition, in condition order.
+    let cmovo = C::Cmovo_r16_rm16 as u32;
+    if (cmovo..cmovo + 48).contains(&n) {
+        return Some(Form::Cmov(((n - cmovo) / 3) as u8));
+    }
+    Some(match code {
+        C::Inc_rm8 => Form::Unary(Inc, 1),
+        C::Inc_rm16 => Form::Unary(Inc, 2),
+        C::Inc_rm32 => Form::Unary(Inc, 4),
+        C::Inc_rm64 => Form::Unary(Inc, 8),
+        C::Dec_rm8 => Form::Unary(Dec, 1),
+        C::Dec_rm16 => Form::Unary(Dec, 2),
+        C::Dec_rm32 => Form::Unary(Dec, 4),
+        C::Dec_rm64 => Form::Unary(Dec, 8),
+        C::Neg_rm8 => Form::Unary(Neg, 1),
+        C::Neg_rm16 => Form::Unary(Neg, 2),
+        C::Neg_rm32 => Form::Unary(Neg, 4),
+        C::Neg_rm64 => Form::Unary(Neg, 8),
+        C::Not_rm8 => Form::Unary(Not, 1),
+        C::Not_rm16 => Form::Unary(Not, 2),
+        C::Not_rm32 => Form::Unary(Not, 4),
+        C::Not_rm64 => Form::Unary(Not, 8),
+        C::Mul_rm8 => Form::MulDiv(Mul, 1),
+        C::Mul_rm16 => Form::MulDiv(Mul, 2),
+        C::Mul_rm32 => Form::MulDiv(Mul, 4),
+        C::Mul_rm64 => Form::MulDiv(Mul, 8),
+        C::Imul_rm8 => Form::MulDiv(Imul, 1),
+        C::Imul_rm16 => Form::MulDiv(Imul, 2),
+        C::Imul_rm32 => Form::MulDiv(Imul, 4),
+        C::Imul_rm64 => Form::MulDiv(Imul, 8),
+        C::Div_rm8 => Form::MulDiv(Div, 1),
+        C::Div_rm16 => Form::MulDiv(Div, 2),
+        C::Div_rm32 => Form::MulDiv(Div, 4),
+        C::Div_rm64 => Form::MulDiv(Div, 8),
+        C::Idiv_rm8 => Form::MulDiv(Idiv, 1),
+        C::Idiv_rm16 => Form::MulDiv(Idiv, 2),
+        C::Idiv_rm32 => Form::MulDiv(Idiv, 4),
+        C::Idiv_rm64 => Form::MulDiv(Idiv, 8),
+        C::Imul_r16_rm16
+        | C::Imul_r32_rm32
+        | C::Imul_r64_rm64
+        | C::Imul_r16_rm16_imm16
+        | C::Imul_r32_rm32_imm32
+        | C::Imul_r64_rm64_imm32
+        | C::Imul_r16_rm16_imm8
+        | C::Imul_r32_rm32_imm8
+        | C::Imul_r64_rm64_imm8 => Form::Imul,
+        C::Bt_rm16_imm8 => Form::BitImm(Bt, 2),
+        C::Bt_rm32_imm8 => Form::BitImm(Bt, 4),
+        C::Bt_rm64_imm8 => Form::BitImm(Bt, 8),
+        C::Bts_rm16_imm8 => Form::BitImm(Bts, 2),
+        C::Bts_rm32_imm8 => Form::BitImm(Bts, 4),
+        C::Bts_rm64_imm8 => Form::BitImm(Bts, 8),
+        C::Btr_rm16_imm8 => Form::BitImm(Btr, 2),
+        C::Btr_rm32_imm8 => Form::BitImm(Btr, 4),
+        C::Btr_rm64_imm8 => Form::BitImm(Btr, 8),
+        C::Btc_rm16_imm8 => Form::BitImm(Btc, 2),
+        C::Btc_rm32_imm8 => Form::BitImm(Btc, 4),
+        C::Btc_rm64_imm8 => Form::BitImm(Btc, 8),
+        C::Bt_rm16_r16 | C::Bt_rm32_r32 | C::Bt_rm64_r64 => Form::BitReg(Bt),
+        C::Bts_rm16_r16 | C::Bts_rm32_r32 | C::Bts_rm64_r64 => Form::BitReg(Bts),
+        C::Btr_rm16_r16 | C::Btr_rm32_r32 | C::Btr_rm64_r64 => Form::BitReg(Btr),
+        C::Btc_rm16_r16 | C::Btc_rm32_r32 | C::Btc_rm64_r64 => Form::BitReg(Btc),
+        C::Xadd_rm8_r8 | C::Xadd_rm16_r16 | C::Xadd_rm32_r32 | C::Xadd_rm64_r64 => Form::Xadd,
+        C::Cmpxchg_rm8_r8 | C::Cmpxchg_rm16_r16 | C::Cmpxchg_rm32_r32 | C::Cmpxchg_rm64_r64 => {
+            Form::Cmpxchg
+        }
+        C::Push_rm16 => Form::Push(2),
+        C::Push_rm32 => Form::Push(4),
+        C::Push_rm64 => Form::Push(8),
+        C::Pop_rm16 => Form::Pop(2),
+        C::Pop_rm32 => Form::Pop(4),
+        C::Pop_rm64 => Form::Pop(8),
+        C::Mov_rm16_Sreg | C::Mov_r32m16_Sreg | C::Mov_r64m16_Sreg => Form::StoreSreg,
+        C::Movsb_m8_m8 => Form::Str(StringOp::Movs, 1),
+        C::Movsw_m16_m16 => Form::Str(StringOp::Movs, 2),
+        C::Movsd_m32_m32 => Form::Str(StringOp::Movs, 4),
+        C::Movsq_m64_m64 => Form::Str(StringOp::Movs, 8),
+        C::Stosb_m8_AL => Form::Str(StringOp::Stos, 1),
+        C::Stosw_m16_AX => Form::Str(StringOp::Stos, 2),
+        C::Stosd_m32_EAX => Form::Str(StringOp::Stos, 4),
+        C::Stosq_m64_RAX => Form::Str(StringOp::Stos, 8),
+        C::Lodsb_AL_m8 => Form::Str(StringOp::Lods, 1),
+        C::Lodsw_AX_m16 => Form::Str(StringOp::Lods, 2),
+        C::Lodsd_EAX_m32 => Form::Str(StringOp::Lods, 4),
+        C::Lodsq_RAX_m64 => Form::Str(StringOp::Lods, 8),
+        C::Cmpsb_m8_m8 => Form::Str(StringOp::Cmps, 1),
+        C::Cmpsw_m16_m16 => Form::Str(StringOp::Cmps, 2),
+        C::Cmpsd_m32_m32 => Form::Str(StringOp::Cmps, 4),
+        C::Cmpsq_m64_m64 => Form::Str(StringOp::Cmps, 8),
+        C::Scasb_AL_m8 => Form::Str(StringOp::Scas, 1),
+        C::Scasw_AX_m16 => Form::Str(StringOp::Scas, 2),
+        C::Scasd_EAX_m32 => Form::Str(StringOp::Scas, 4),
+        C::Scasq_RAX_m64 => Form::Str(StringOp::Scas, 8),
+        _ => return shift_form(code),
+    })
+}
+
+/// The segment register iced names, if it is one.
+fn seg_reg(r: Register) -> Option<SegReg> {
+    Some(match r {
+        Register::ES => SegReg::Es,
+        Register::CS => SegReg::Cs,
+        Register::SS => SegReg::Ss,
+        Register::DS => SegReg::Ds,
+        Register::FS => SegReg::Fs,
+        Register::GS => SegReg::Gs,
+        _ => return None,
+    })
+}
+
+/// A string instruction's address size, from its implicit memory operands.
+fn string_address_size(insn: &iced_x86::Instruction) -> Option<u8> {
+    (0..insn.op_count()).find_map(|i| match insn.op_kind(i) {
+        OpKind::MemorySegSI | OpKind::MemoryESDI => Some(2),
+        OpKind::MemorySegESI | OpKind::MemoryESEDI => Some(4),
+        OpKind::MemorySegRSI | OpKind::MemoryESRDI => Some(8),
+        _ => None,
+    })
 }
 
 fn form(code: Code) -> Option<Form> {
@@ -518,7 +892,7 @@ fn alu_form(code: Code) -> Option<Form> {
         C::Test_rm32_imm32 | C::Test_rm32_imm32_F7r1 => Form::AluMemImm(A::Test, 4),
         C::Test_rm64_imm32 | C::Test_rm64_imm32_F7r1 => Form::AluMemImm(A::Test, 8),
         C::Xchg_rm8_r8 | C::Xchg_rm16_r16 | C::Xchg_rm32_r32 | C::Xchg_rm64_r64 => Form::Xchg,
-        _ => return None,
+        _ => return more_form(code),
     })
 }
 
@@ -557,13 +931,67 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
     let form = form(insn.code()).ok_or(unsupported)?;
     let (mem_op, reg_op) = match form {
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
-        Form::Xchg => (0, 1),
-        Form::Load(..) | Form::AluRegMem(_) => (1, 0),
+        Form::Xchg | Form::Xadd | Form::Cmpxchg | Form::BitReg(_) | Form::BitImm(..) => (0, 1),
+        Form::Unary(..) | Form::Shift(..) | Form::Setcc(_) | Form::MulDiv(..) => (0, 1),
+        Form::Load(..) | Form::AluRegMem(_) | Form::Cmov(_) | Form::Imul => (1, 0),
+        Form::Push(_) | Form::Pop(_) | Form::StoreSreg => (0, 1),
+        Form::Str(..) => (0, 0),
     };
+    let len = insn.len();
+    if let Form::Str(op, size) = form {
+        let addr_size = string_address_size(&insn).ok_or(unsupported)?;
+        let repeat = insn.has_rep_prefix() || insn.has_repne_prefix();
+        let rep = match op {
+            _ if !repeat => Rep::Once,
+            StringOp::Cmps | StringOp::Scas if insn.has_repne_prefix() => Rep::WhileNotEqual,
+            StringOp::Cmps | StringOp::Scas => Rep::WhileEqual,
+            _ => Rep::Count,
+        };
+        // The source's segment (DS or an override); STOS/SCAS have no source and
+        // address ES alone, which no prefix overrides.
+        let seg = match op {
+            StringOp::Stos | StringOp::Scas => SegReg::Es,
+            _ => seg_reg(insn.memory_segment()).unwrap_or(SegReg::Ds),
+        };
+        return Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::String {
+                op,
+                addr_size,
+                seg,
+                rep,
+            },
+        });
+    }
     if insn.op_kind(mem_op) != OpKind::Memory {
         return Err(no_memory);
     }
-    let len = insn.len();
+    match form {
+        Form::Push(size) => {
+            return Ok(MmioInstruction {
+                len,
+                size,
+                kind: Access::Push,
+            })
+        }
+        Form::Pop(size) => {
+            return Ok(MmioInstruction {
+                len,
+                size,
+                kind: Access::Pop,
+            })
+        }
+        Form::StoreSreg => {
+            let seg = seg_reg(insn.op_register(reg_op)).ok_or(unsupported)?;
+            return Ok(MmioInstruction {
+                len,
+                size: 2,
+                kind: Access::StoreSegment { seg },
+            });
+        }
+        _ => {}
+    }
     match form {
         Form::StoreImm(size) => Ok(MmioInstruction {
             len,
@@ -604,7 +1032,49 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                 src: Operand::Imm(insn.immediate(1) & mask(size)),
             },
         }),
-        Form::AluMemReg(_) | Form::AluRegMem(_) | Form::Xchg => {
+        Form::Unary(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::Unary { op },
+        }),
+        Form::Shift(op, size, from) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::Shift {
+                op,
+                count: match from {
+                    CountFrom::One => Operand::Imm(1),
+                    CountFrom::Imm => Operand::Imm(u64::from(insn.immediate8())),
+                    CountFrom::Cl => Operand::Reg(Reg::Rcx, 1),
+                },
+            },
+        }),
+        Form::BitImm(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::BitTest {
+                op,
+                offset: Operand::Imm(u64::from(insn.immediate8())),
+            },
+        }),
+        Form::Setcc(cc) => Ok(MmioInstruction {
+            len,
+            size: 1,
+            kind: Access::SetCondition { cc },
+        }),
+        Form::MulDiv(op, size) => Ok(MmioInstruction {
+            len,
+            size,
+            kind: Access::MulDiv { op },
+        }),
+        Form::AluMemReg(_)
+        | Form::AluRegMem(_)
+        | Form::Xchg
+        | Form::Xadd
+        | Form::Cmpxchg
+        | Form::BitReg(_)
+        | Form::Cmov(_)
+        | Form::Imul => {
             let (reg, size) = gpr(insn.op_register(reg_op)).ok_or(unsupported)?;
             let kind = match form {
                 Form::AluMemReg(op) => Access::AluToMemory {
@@ -612,10 +1082,23 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                     src: Operand::Reg(reg, size),
                 },
                 Form::AluRegMem(op) => Access::AluToRegister { op, reg },
+                Form::Xadd => Access::ExchangeAdd { reg },
+                Form::Cmpxchg => Access::CompareExchange { reg },
+                Form::BitReg(op) => Access::BitTest {
+                    op,
+                    offset: Operand::Reg(reg, size),
+                },
+                Form::Cmov(cc) => Access::CondMove { cc, reg },
+                Form::Imul => Access::ImulToRegister {
+                    reg,
+                    // iced sign-extends imm8 (6B) and imm32 (REX.W 69) to 64 bits.
+                    imm: (insn.op_count() == 3).then(|| insn.immediate(2) & mask(size)),
+                },
                 _ => Access::Exchange { reg },
             };
             Ok(MmioInstruction { len, size, kind })
         }
+        Form::Push(_) | Form::Pop(_) | Form::StoreSreg | Form::Str(..) => Err(unsupported),
     }
 }
 
@@ -757,21 +1240,197 @@ pub fn write_value(regs: &GuestRegisters, insn: &MmioInstruction) -> Result<u64,
 
 /// Carries out a decoded instruction against the device at `gpa`: `device(gpa, size,
 /// None)` reads, `device(gpa, size, Some(value))` writes. Updates the registers, `rsp`
-/// (when the instruction names it) and the status flags in `rflags` (when
-/// [`MmioInstruction::sets_flags`]; every other bit is kept). A read-modify-write
-/// reads once and then writes once; `CMP`/`TEST` and the register-destination forms
-/// read once; `XCHG` reads, then writes the register's value.
-pub fn execute(
+/// (when the instruction names or moves it) and RFLAGS (only its status flags, and
+/// only for instructions that set them). A read-modify-write reads once and then
+/// writes once; `CMP`/`TEST` and the register-destination forms read once; `XCHG`
+/// reads, then writes the register's value. `PUSH`/`POP` and the string instructions
+/// reach their other operand through `env` ([`super::mmio_memory`]).
+///
+/// [`Step::Fault`] when the instruction raises an exception instead of completing
+/// (#DE from `DIV`/`IDIV`): the device read has happened (as on the processor, the
+/// operand is fetched before the divide faults), no register or flag changed, and RIP
+/// must stay on the instruction. `Err` when an operand other than the device cannot be
+/// reached (nothing changed in the registers; the device may have been accessed only
+/// if a `REP` batch had already begun, which then ends as [`Step::Repeat`] instead).
+#[allow(clippy::too_many_arguments)]
+pub fn execute<M: GuestMemoryMut>(
     regs: &mut GuestRegisters,
     rsp: &mut u64,
     rflags: &mut u64,
     insn: &MmioInstruction,
     gpa: u64,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
-) {
+    env: &mut Env<'_, M>,
+) -> Result<Step, MmioError> {
+    let size = insn.size;
+    match insn.kind {
+        Access::Push => {
+            let ss = env.stack_size()?;
+            let top = rsp.wrapping_sub(u64::from(size)) & mask(ss);
+            // The stack slot is located before the device is touched.
+            let slot = env.place(SegReg::Ss, top, size)?;
+            let value = device(gpa, size, None) & mask(size);
+            env.store(slot, size, value, device);
+            set_width(rsp, ss, top);
+            Ok(Step::Done)
+        }
+        Access::Pop => {
+            let ss = env.stack_size()?;
+            let top = *rsp & mask(ss);
+            let slot = env.place(SegReg::Ss, top, size)?;
+            let value = env.load(slot, size, device) & mask(size);
+            device(gpa, size, Some(value));
+            set_width(rsp, ss, top.wrapping_add(u64::from(size)) & mask(ss));
+            Ok(Step::Done)
+        }
+        Access::StoreSegment { seg } => {
+            let selector = env.segment(seg)?.selector;
+            device(gpa, 2, Some(u64::from(selector)));
+            Ok(Step::Done)
+        }
+        Access::String {
+            op,
+            addr_size,
+            seg,
+            rep,
+        } => execute_string(regs, rflags, size, op, addr_size, seg, rep, device, env),
+        _ => Ok(match execute_one(regs, rsp, rflags, insn, gpa, device) {
+            Ok(()) => Step::Done,
+            Err(fault) => Step::Fault(fault),
+        }),
+    }
+}
+
+/// Writes `value` into the low `width` bytes of `r` as a register write of that width
+/// does (16 bits merge; 32 and 64 replace, 32 zero-extending).
+fn set_width(r: &mut u64, width: u8, value: u64) {
+    *r = match width {
+        2 => (*r & !0xffff) | (value & 0xffff),
+        _ => value & mask(width),
+    };
+}
+
+/// One batch of a string instruction (see [`super::mmio_memory`] for the rules).
+#[allow(clippy::too_many_arguments)]
+fn execute_string<M: GuestMemoryMut>(
+    regs: &mut GuestRegisters,
+    rflags: &mut u64,
+    size: u8,
+    op: StringOp,
+    addr_size: u8,
+    seg: SegReg,
+    rep: Rep,
+    device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
+    env: &mut Env<'_, M>,
+) -> Result<Step, MmioError> {
+    const DF: u64 = 1 << 10;
+    let am = mask(addr_size);
+    let mut count = if rep == Rep::Once { 1 } else { regs.rcx & am };
+    if count == 0 {
+        return Ok(Step::Done);
+    }
+    let down = *rflags & DF != 0;
+    let next = |v: u64| {
+        if down {
+            v.wrapping_sub(u64::from(size)) & am
+        } else {
+            v.wrapping_add(u64::from(size)) & am
+        }
+    };
+    let (uses_si, uses_di) = match op {
+        StringOp::Movs | StringOp::Cmps => (true, true),
+        StringOp::Lods => (true, false),
+        StringOp::Stos | StringOp::Scas => (false, true),
+    };
+    let mut done = 0u64;
+    loop {
+        let (si, di) = (regs.rsi & am, regs.rdi & am);
+        // Every operand of this element is located before any is accessed; after the
+        // first element, one that cannot be (or straddles a page) ends the batch.
+        let locate =
+            |env: &Env<'_, M>, seg: SegReg, offset: u64| -> Result<Option<Place>, MmioError> {
+                match env.place(seg, offset, size) {
+                    Ok(Place::Ram { split: Some(_), .. }) if done > 0 => Ok(None),
+                    Ok(p) => Ok(Some(p)),
+                    Err(_) if done > 0 => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+        let src = if uses_si {
+            locate(env, seg, si)?
+        } else {
+            Some(Place::Device(0))
+        };
+        let dst = if uses_di {
+            locate(env, SegReg::Es, di)?
+        } else {
+            Some(Place::Device(0))
+        };
+        let (Some(src), Some(dst)) = (src, dst) else {
+            return Ok(Step::Repeat);
+        };
+        match op {
+            StringOp::Movs => {
+                let v = env.load(src, size, device);
+                env.store(dst, size, v & mask(size), device);
+            }
+            StringOp::Stos => {
+                let v = reg_value(regs, 0, Reg::Rax, size);
+                env.store(dst, size, v, device);
+            }
+            StringOp::Lods => {
+                let v = env.load(src, size, device);
+                set_reg(regs, &mut 0, Reg::Rax, size, v);
+            }
+            StringOp::Cmps | StringOp::Scas => {
+                // CMPS compares [RSI] with [RDI] (source first, as the processor
+                // reads them); SCAS compares the accumulator with [RDI].
+                let left = if op == StringOp::Cmps {
+                    env.load(src, size, device) & mask(size)
+                } else {
+                    reg_value(regs, 0, Reg::Rax, size)
+                };
+                let right = env.load(dst, size, device) & mask(size);
+                let (_, f) = alu(AluOp::Cmp, size, left, right, false);
+                *rflags = (*rflags & !flags::STATUS) | f;
+            }
+        }
+        if uses_si {
+            set_width(&mut regs.rsi, addr_size, next(si));
+        }
+        if uses_di {
+            set_width(&mut regs.rdi, addr_size, next(di));
+        }
+        done += 1;
+        if rep == Rep::Once {
+            return Ok(Step::Done);
+        }
+        count -= 1;
+        set_width(&mut regs.rcx, addr_size, count);
+        let zf = *rflags & flags::ZF != 0;
+        let ended =
+            count == 0 || (rep == Rep::WhileEqual && !zf) || (rep == Rep::WhileNotEqual && zf);
+        if ended {
+            return Ok(Step::Done);
+        }
+        if done >= MAX_BATCH {
+            return Ok(Step::Repeat);
+        }
+    }
+}
+
+/// [`execute`] for the instructions whose only memory operand is the device.
+fn execute_one(
+    regs: &mut GuestRegisters,
+    rsp: &mut u64,
+    rflags: &mut u64,
+    insn: &MmioInstruction,
+    gpa: u64,
+    device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
+) -> Result<(), Fault> {
     let size = insn.size;
     let carry = *rflags & flags::CF != 0;
-    let mut set_flags = |f: u64| *rflags = (*rflags & !flags::STATUS) | f;
+    let set_flags = |rflags: &mut u64, f: u64| *rflags = (*rflags & !flags::STATUS) | f;
     match insn.kind {
         Access::Read { .. } => {
             let value = device(gpa, size, None);
@@ -795,7 +1454,7 @@ pub fn execute(
             if op.stores() {
                 device(gpa, size, Some(result));
             }
-            set_flags(f);
+            set_flags(rflags, f);
         }
         Access::AluToRegister { op, reg } => {
             let right = device(gpa, size, None) & mask(size);
@@ -804,14 +1463,126 @@ pub fn execute(
             if op.stores() {
                 set_reg(regs, rsp, reg, size, result);
             }
-            set_flags(f);
+            set_flags(rflags, f);
         }
         Access::Exchange { reg } => {
             let old = device(gpa, size, None) & mask(size);
             device(gpa, size, Some(reg_value(regs, *rsp, reg, size)));
             set_reg(regs, rsp, reg, size, old);
         }
+        Access::Unary { op } => {
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::unary(op, size, value, *rflags);
+            device(gpa, size, Some(result));
+            *rflags = f;
+        }
+        Access::Shift { op, count } => {
+            let count = operand(regs, *rsp, count) as u8;
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::shift(op, size, value, count, *rflags);
+            device(gpa, size, Some(result));
+            *rflags = f;
+        }
+        Access::BitTest { op, offset } => {
+            let bit = operand(regs, *rsp, offset);
+            let value = device(gpa, size, None);
+            let (result, f) = x86_arith::bit_test(op, size, value, bit, *rflags);
+            if op != BitOp::Bt {
+                device(gpa, size, Some(result));
+            }
+            *rflags = f;
+        }
+        Access::ExchangeAdd { reg } => {
+            let old = device(gpa, size, None) & mask(size);
+            let (sum, f) = alu(
+                AluOp::Add,
+                size,
+                old,
+                reg_value(regs, *rsp, reg, size),
+                false,
+            );
+            device(gpa, size, Some(sum));
+            set_reg(regs, rsp, reg, size, old);
+            set_flags(rflags, f);
+        }
+        Access::CompareExchange { reg } => {
+            let old = device(gpa, size, None) & mask(size);
+            let acc = reg_value(regs, *rsp, Reg::Rax, size);
+            let (_, f) = alu(AluOp::Cmp, size, acc, old, false);
+            if acc == old {
+                device(gpa, size, Some(reg_value(regs, *rsp, reg, size)));
+            } else {
+                device(gpa, size, Some(old));
+                set_reg(regs, rsp, Reg::Rax, size, old);
+            }
+            set_flags(rflags, f);
+        }
+        Access::SetCondition { cc } => {
+            device(gpa, 1, Some(u64::from(x86_arith::condition(cc, *rflags))));
+        }
+        Access::CondMove { cc, reg } => {
+            let value = device(gpa, size, None) & mask(size);
+            if x86_arith::condition(cc, *rflags) {
+                set_reg(regs, rsp, reg, size, value);
+            } else if size == 4 {
+                // Rewriting the low half zero-extends, as the processor does.
+                let low = reg_value(regs, *rsp, reg, 4);
+                set_reg(regs, rsp, reg, 4, low);
+            }
+        }
+        Access::MulDiv { op } => {
+            let source = device(gpa, size, None);
+            // Bytes: AL and AH (AX as a whole); wider: rAX and rDX.
+            let acc = if size == 1 {
+                Wide {
+                    low: reg_value(regs, *rsp, Reg::Rax, 1),
+                    high: reg_value(regs, *rsp, Reg::Ah, 1),
+                }
+            } else {
+                Wide {
+                    low: reg_value(regs, *rsp, Reg::Rax, size),
+                    high: reg_value(regs, *rsp, Reg::Rdx, size),
+                }
+            };
+            let (out, f) = x86_arith::mul_div(op, size, acc, source, *rflags)
+                .map_err(|DivideError| Fault::DivideError)?;
+            if size == 1 {
+                set_reg(regs, rsp, Reg::Rax, 2, out.high << 8 | out.low);
+            } else {
+                set_reg(regs, rsp, Reg::Rax, size, out.low);
+                set_reg(regs, rsp, Reg::Rdx, size, out.high);
+            }
+            *rflags = f;
+        }
+        Access::ImulToRegister { reg, imm } => {
+            let value = device(gpa, size, None) & mask(size);
+            let (left, right) = match imm {
+                Some(imm) => (value, imm),
+                None => (reg_value(regs, *rsp, reg, size), value),
+            };
+            let (product, f) = x86_arith::imul_truncated(size, left, right, *rflags);
+            set_reg(regs, rsp, reg, size, product);
+            *rflags = f;
+        }
+        // With a second memory operand: carried out by `execute` itself.
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {}
     }
+    Ok(())
+}
+
+/// The value of a source operand (an immediate, or the low bytes of a register).
+fn operand(regs: &GuestRegisters, rsp: u64, op: Operand) -> u64 {
+    match op {
+        Operand::Imm(v) => v,
+        Operand::Reg(reg, size) => reg_value(regs, rsp, reg, size),
+    }
+}
+
+/// An exception an emulated instruction raises instead of completing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// #DE: `DIV`/`IDIV` by zero or with a quotient that does not fit.
+    DivideError,
 }
 
 /// Emulates the instruction at the vCPU's RIP, which accessed MMIO at guest-physical
@@ -820,9 +1591,9 @@ pub fn execute(
 /// read-modify-write instruction matches either, since processors report its fault
 /// as the read or as the write), [`execute`] it against `device`, then advance RIP.
 /// On error nothing in the vCPU changed and the device was not called.
-pub fn emulate<V: Vcpu, M: GuestMemory>(
+pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
-    mem: &M,
+    mem: &mut M,
     gpa: u64,
     write: bool,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
@@ -831,19 +1602,63 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
     let bitness = guest_walk::code_bitness(&cr);
     let rip = vcpu.rip();
     let mut bytes = [0u8; 15];
-    let n = guest_walk::fetch_instruction(mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
+    let n = guest_walk::fetch_instruction(&*mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
     let insn = decode(&bytes[..n], bitness)?;
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
     }
-    let mut rsp = vcpu.rsp();
-    let mut rflags = vcpu.rflags();
-    execute(vcpu.regs(), &mut rsp, &mut rflags, &insn, gpa, device);
-    if uses_rsp(&insn) {
+    let rsp0 = vcpu.rsp();
+    let rflags0 = vcpu.rflags();
+    let (mut rsp, mut rflags) = (rsp0, rflags0);
+    let mut regs = *vcpu.regs();
+    // The segment registers only for the instructions that use them (a VMCS read
+    // each on VT-x).
+    let needs_segments = matches!(
+        insn.kind,
+        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+    );
+    let segments = if needs_segments {
+        [
+            SegReg::Es,
+            SegReg::Cs,
+            SegReg::Ss,
+            SegReg::Ds,
+            SegReg::Fs,
+            SegReg::Gs,
+        ]
+        .map(|s| vcpu.segment(s))
+    } else {
+        [None; 6]
+    };
+    let mut env = Env { mem, cr, segments };
+    let step = execute(
+        &mut regs,
+        &mut rsp,
+        &mut rflags,
+        &insn,
+        gpa,
+        device,
+        &mut env,
+    )?;
+    if let Step::Fault(fault) = step {
+        // A fault: nothing changes and RIP stays on the instruction (SDM Vol. 3A
+        // 6.5: the saved RIP of a fault points at the faulting instruction).
+        vcpu.inject_exception(match fault {
+            Fault::DivideError => Exception::DE,
+        });
+        return Ok(());
+    }
+    *vcpu.regs() = regs;
+    if rsp != rsp0 {
         vcpu.set_rsp(rsp);
     }
-    if insn.sets_flags() {
+    if rflags != rflags0 {
         vcpu.set_rflags(rflags);
+    }
+    if step == Step::Repeat {
+        // Elements left: the guest runs the instruction again (and may take an
+        // interrupt first), as between the iterations of a real REP.
+        return Ok(());
     }
     // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
     let next = rip.wrapping_add(insn.len as u64);
@@ -858,6 +1673,7 @@ pub fn emulate<V: Vcpu, M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::guest_walk::GuestMemory;
     use std::format;
     use std::vec;
     use std::vec::Vec;
@@ -1070,34 +1886,24 @@ mod tests {
 
     #[test]
     fn unsupported_instructions_are_named() {
-        // inc dword [rax]
-        let e = decode(&[0xff, 0x00], 64).unwrap_err();
+        // cmpxchg8b [rax]
+        let e = decode(&[0x0f, 0xc7, 0x08], 64).unwrap_err();
         assert_eq!(
             e,
             MmioError::Unsupported {
-                mnemonic: Mnemonic::Inc,
-                code: Code::Inc_rm32
+                mnemonic: Mnemonic::Cmpxchg8b,
+                code: Code::Cmpxchg8b_m64
             }
         );
         assert_eq!(
             format!("{e}"),
-            "unsupported MMIO instruction `inc` (Inc_rm32)"
+            "unsupported MMIO instruction `cmpxchg8b` (Cmpxchg8b_m64)"
         );
         for (bytes, m) in [
-            (&[0xa5][..], Mnemonic::Movsd),            // movsd
-            (&[0xf3, 0xab], Mnemonic::Stosd),          // rep stosd
-            (&[0xa7], Mnemonic::Cmpsd),                // cmpsd
-            (&[0x8c, 0x18], Mnemonic::Mov),            // mov [rax], ds
-            (&[0x0f, 0xba, 0x20, 0x03], Mnemonic::Bt), // bt dword [rax], 3
-            (&[0x0f, 0xab, 0x08], Mnemonic::Bts),      // bts [rax], ecx
-            (&[0xf7, 0x18], Mnemonic::Neg),            // neg dword [rax]
-            (&[0xf7, 0x10], Mnemonic::Not),            // not dword [rax]
-            (&[0xfe, 0x08], Mnemonic::Dec),            // dec byte [rax]
-            (&[0xd1, 0x20], Mnemonic::Shl),            // shl dword [rax], 1
-            (&[0x0f, 0xc1, 0x08], Mnemonic::Xadd),     // xadd [rax], ecx
-            (&[0x0f, 0xb1, 0x08], Mnemonic::Cmpxchg),  // cmpxchg [rax], ecx
-            (&[0xf7, 0x20], Mnemonic::Mul),            // mul dword [rax]
-            (&[0x0f, 0x94, 0x00], Mnemonic::Sete),     // sete byte [rax]
+            (&[0x8e, 0x18][..], Mnemonic::Mov),                // mov ds, [rax]
+            (&[0xf3, 0x6d], Mnemonic::Insd),                   // rep insd
+            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps),           // movaps xmm0, [rax]
+            (&[0x48, 0x0f, 0xc7, 0x08], Mnemonic::Cmpxchg16b), // cmpxchg16b [rax]
         ] {
             match decode(bytes, 64) {
                 Err(MmioError::Unsupported { mnemonic, .. }) => assert_eq!(mnemonic, m),
@@ -1648,11 +2454,21 @@ mod tests {
 
     // ---- end to end ----
 
+    #[derive(Clone)]
     struct Ram(Vec<u8>);
 
     impl Ram {
         fn put(&mut self, gpa: u64, bytes: &[u8]) {
             self.0[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    impl GuestMemoryMut for Ram {
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
+            let start = usize::try_from(gpa).map_err(|_| ())?;
+            let dst = self.0.get_mut(start..start + data.len()).ok_or(())?;
+            dst.copy_from_slice(data);
+            Ok(())
         }
     }
 
@@ -1672,6 +2488,8 @@ mod tests {
         rsp: u64,
         rflags: u64,
         cr: ControlRegs,
+        injected: Option<Exception>,
+        segments: [Option<vcpu::state::Segment>; 6],
     }
 
     impl Vcpu for TestVcpu {
@@ -1720,7 +2538,8 @@ mod tests {
             panic!("emulate must set RIP itself (no next-RIP on a nested page fault)");
         }
         fn inject_exception(&mut self, e: Exception) {
-            panic!("unexpected exception {e:?}");
+            assert_eq!(self.injected, None, "a second exception");
+            self.injected = Some(e);
         }
         fn mode(&self) -> CpuMode {
             CpuMode::Long
@@ -1753,6 +2572,9 @@ mod tests {
         }
         fn control_regs(&self) -> ControlRegs {
             self.cr
+        }
+        fn segment(&self, seg: SegReg) -> Option<vcpu::state::Segment> {
+            self.segments[seg as usize]
         }
         fn save_state(&mut self) -> vcpu::state::CpuState {
             unimplemented!("MMIO emulation never saves vCPU state")
@@ -1802,6 +2624,17 @@ mod tests {
     fn run(
         vcpu: &mut TestVcpu,
         ram: &Ram,
+        gpa: u64,
+        write: bool,
+        reply: u64,
+    ) -> (Result<(), MmioError>, Calls) {
+        run_mut(vcpu, &mut ram.clone(), gpa, write, reply)
+    }
+
+    /// [`run`] where the test looks at guest RAM afterwards.
+    fn run_mut(
+        vcpu: &mut TestVcpu,
+        ram: &mut Ram,
         gpa: u64,
         write: bool,
         reply: u64,
@@ -1890,13 +2723,13 @@ mod tests {
 
     #[test]
     fn unmapped_rip_and_unsupported_code_are_reported() {
-        // inc dword [rax]
-        let (mut vcpu, ram) = long_guest(0x8000, &[0xff, 0x00]);
+        // cmpxchg8b [rax]
+        let (mut vcpu, ram) = long_guest(0x8000, &[0x0f, 0xc7, 0x08]);
         let (r, calls) = run(&mut vcpu, &ram, LAPIC, true, 0);
         assert!(matches!(
             r,
             Err(MmioError::Unsupported {
-                mnemonic: Mnemonic::Inc,
+                mnemonic: Mnemonic::Cmpxchg8b,
                 ..
             })
         ));
@@ -2153,5 +2986,710 @@ mod tests {
         let (r, _) = run(&mut vcpu, &ram, LAPIC, false, 0);
         assert_eq!(r, Ok(()));
         assert_eq!(vcpu.rflags, 2 | ZF | PF);
+    }
+
+    // ---- INC/DEC/NEG/NOT, shifts, bit tests, XADD/CMPXCHG, SETcc/CMOVcc, MUL/DIV ----
+
+    fn insn(len: usize, size: u8, kind: Access) -> MmioInstruction {
+        MmioInstruction { len, size, kind }
+    }
+
+    #[test]
+    fn more_read_modify_write_forms_decode() {
+        use Access::*;
+        let imm = Operand::Imm;
+        let cl = Operand::Reg(Reg::Rcx, 1);
+        for (bytes, want) in [
+            (&[0xff, 0x00][..], insn(2, 4, Unary { op: UnaryOp::Inc })),
+            (&[0xf0, 0xff, 0x00], insn(3, 4, Unary { op: UnaryOp::Inc })),
+            (&[0xfe, 0x08], insn(2, 1, Unary { op: UnaryOp::Dec })),
+            (&[0x48, 0xf7, 0x18], insn(3, 8, Unary { op: UnaryOp::Neg })),
+            (&[0x66, 0xf7, 0x10], insn(3, 2, Unary { op: UnaryOp::Not })),
+            (
+                &[0xd1, 0x20],
+                insn(
+                    2,
+                    4,
+                    Shift {
+                        op: ShiftOp::Shl,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0xd2, 0x38],
+                insn(
+                    2,
+                    1,
+                    Shift {
+                        op: ShiftOp::Sar,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0xc1, 0x00, 0x05],
+                insn(
+                    4,
+                    8,
+                    Shift {
+                        op: ShiftOp::Rol,
+                        count: imm(5),
+                    },
+                ),
+            ),
+            // C1 /6 is SAL, the same operation as SHL.
+            (
+                &[0x66, 0xc1, 0x30, 0x03],
+                insn(
+                    4,
+                    2,
+                    Shift {
+                        op: ShiftOp::Shl,
+                        count: imm(3),
+                    },
+                ),
+            ),
+            (
+                &[0xd1, 0x18],
+                insn(
+                    2,
+                    4,
+                    Shift {
+                        op: ShiftOp::Rcr,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0xd0, 0x10],
+                insn(
+                    2,
+                    1,
+                    Shift {
+                        op: ShiftOp::Rcl,
+                        count: imm(1),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0xd3, 0x08],
+                insn(
+                    3,
+                    2,
+                    Shift {
+                        op: ShiftOp::Ror,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0xd3, 0x28],
+                insn(
+                    3,
+                    8,
+                    Shift {
+                        op: ShiftOp::Shr,
+                        count: cl,
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xba, 0x20, 0x03],
+                insn(
+                    4,
+                    4,
+                    BitTest {
+                        op: BitOp::Bt,
+                        offset: imm(3),
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xab, 0x08],
+                insn(
+                    3,
+                    4,
+                    BitTest {
+                        op: BitOp::Bts,
+                        offset: Operand::Reg(Reg::Rcx, 4),
+                    },
+                ),
+            ),
+            (
+                &[0xf0, 0x48, 0x0f, 0xb3, 0x10],
+                insn(
+                    5,
+                    8,
+                    BitTest {
+                        op: BitOp::Btr,
+                        offset: Operand::Reg(Reg::Rdx, 8),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x0f, 0xba, 0x38, 0x0f],
+                insn(
+                    5,
+                    2,
+                    BitTest {
+                        op: BitOp::Btc,
+                        offset: imm(15),
+                    },
+                ),
+            ),
+            (
+                &[0x0f, 0xc1, 0x08],
+                insn(3, 4, ExchangeAdd { reg: Reg::Rcx }),
+            ),
+            (
+                &[0xf0, 0x0f, 0xb0, 0x08],
+                insn(4, 1, CompareExchange { reg: Reg::Rcx }),
+            ),
+            (
+                &[0x48, 0x0f, 0xb1, 0x18],
+                insn(4, 8, CompareExchange { reg: Reg::Rbx }),
+            ),
+            (&[0x0f, 0x94, 0x00], insn(3, 1, SetCondition { cc: 4 })),
+            (&[0x0f, 0x9f, 0x00], insn(3, 1, SetCondition { cc: 15 })),
+            (
+                &[0x0f, 0x45, 0x08],
+                insn(
+                    3,
+                    4,
+                    CondMove {
+                        cc: 5,
+                        reg: Reg::Rcx,
+                    },
+                ),
+            ),
+            (
+                &[0x4c, 0x0f, 0x4f, 0x08],
+                insn(
+                    4,
+                    8,
+                    CondMove {
+                        cc: 15,
+                        reg: Reg::R9,
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x0f, 0x40, 0x08],
+                insn(
+                    4,
+                    2,
+                    CondMove {
+                        cc: 0,
+                        reg: Reg::Rcx,
+                    },
+                ),
+            ),
+            (&[0xf7, 0x20], insn(2, 4, MulDiv { op: MulDivOp::Mul })),
+            (&[0xf6, 0x28], insn(2, 1, MulDiv { op: MulDivOp::Imul })),
+            (
+                &[0x48, 0xf7, 0x30],
+                insn(3, 8, MulDiv { op: MulDivOp::Div }),
+            ),
+            (&[0xf6, 0x38], insn(2, 1, MulDiv { op: MulDivOp::Idiv })),
+            (
+                &[0x0f, 0xaf, 0x08],
+                insn(
+                    3,
+                    4,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: None,
+                    },
+                ),
+            ),
+            (
+                &[0x6b, 0x08, 0xfe],
+                insn(
+                    3,
+                    4,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0xffff_fffe),
+                    },
+                ),
+            ),
+            (
+                &[0x66, 0x69, 0x08, 0x34, 0x12],
+                insn(
+                    5,
+                    2,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0x1234),
+                    },
+                ),
+            ),
+            (
+                &[0x48, 0x69, 0x08, 0x00, 0x00, 0x00, 0x80],
+                insn(
+                    7,
+                    8,
+                    ImulToRegister {
+                        reg: Reg::Rcx,
+                        imm: Some(0xffff_ffff_8000_0000),
+                    },
+                ),
+            ),
+        ] {
+            assert_eq!(decode(bytes, 64), Ok(want), "{bytes:x?}");
+        }
+        // 16- and 32-bit code: inc word [bx] ; sete [0x30000000]
+        assert_eq!(
+            decode(&[0xff, 0x07], 16),
+            Ok(insn(2, 2, Unary { op: UnaryOp::Inc }))
+        );
+        assert_eq!(
+            decode(&[0x0f, 0x94, 0x05, 0, 0, 0, 0x30], 32),
+            Ok(insn(7, 1, SetCondition { cc: 4 }))
+        );
+        // Register-only forms cannot have touched MMIO; LOCK BT is #UD.
+        assert_eq!(
+            decode(&[0xff, 0xc0], 64),
+            Err(MmioError::NoMemoryOperand {
+                mnemonic: Mnemonic::Inc
+            })
+        );
+        assert_eq!(
+            decode(&[0xf0, 0x0f, 0xa3, 0x08], 64),
+            Err(MmioError::Invalid)
+        );
+    }
+
+    /// Runs `code` at 0x8000 with RAX..RDX from `regs` (RCX as run_alu sets it
+    /// otherwise), every status flag and DF/IF/TF set unless `rflags` says otherwise.
+    fn run_with(
+        code: &[u8],
+        exit_write: bool,
+        reply: u64,
+        setup: impl FnOnce(&mut TestVcpu),
+    ) -> (TestVcpu, Result<(), MmioError>, Calls) {
+        let (mut vcpu, ram) = long_guest(0x8000, code);
+        vcpu.regs.rcx = 0x1111_2222_3333_4444;
+        vcpu.rflags = KEEP | flags::STATUS;
+        setup(&mut vcpu);
+        let (r, calls) = run(&mut vcpu, &ram, LAPIC + 0x40, exit_write, reply);
+        (vcpu, r, calls)
+    }
+
+    const G: u64 = LAPIC + 0x40;
+
+    #[test]
+    fn unary_and_shift_execute() {
+        // inc dword [rax] on 0xffffffff: CF kept (it was set), ZF PF AF.
+        let (v, r, calls) = run_with(&[0xff, 0x00], true, 0xffff_ffff, |_| {});
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0))]);
+        assert_eq!(v.rflags, KEEP | CF | ZF | PF | AF);
+        assert_eq!(v.rip, 0x8002);
+        // not byte [rax]: flags untouched.
+        let (v, _, calls) = run_with(&[0xf6, 0x10], false, 0x0f, |_| {});
+        assert_eq!(calls, [(G, 1, None), (G, 1, Some(0xf0))]);
+        assert_eq!(v.rflags, KEEP | flags::STATUS);
+        // shl dword [rax], cl: CL = 0x44, masked to 4.
+        let (v, _, calls) = run_with(&[0xd3, 0x20], true, 0x8000_0001, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x10))]);
+        // CF is bit 28 (0): clear; OF kept (count > 1); AF kept; SF ZF PF from 0x10.
+        assert_eq!(v.rflags, KEEP | OF | AF);
+        // ror word [rax], 1 on 1: 0x8000, CF and OF.
+        let (v, _, calls) = run_with(&[0x66, 0xd1, 0x08], true, 1, |v| v.rflags = KEEP);
+        assert_eq!(calls[1], (G, 2, Some(0x8000)));
+        assert_eq!(v.rflags, KEEP | CF | OF);
+    }
+
+    #[test]
+    fn bit_tests_execute() {
+        // bt dword [rax], 3: a read only.
+        let (v, _, calls) = run_with(&[0x0f, 0xba, 0x20, 0x03], false, 0x8, |v| v.rflags = KEEP);
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!(v.rflags, KEEP | CF);
+        // bts [rax], ecx: bit ECX mod 32 = 4 of the dword the exit reports.
+        let (v, _, calls) = run_with(&[0x0f, 0xab, 0x08], true, 0, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x10))]);
+        assert_eq!(v.rflags, KEEP | (flags::STATUS & !CF));
+        // lock btr qword [rax], 63
+        let (_, _, calls) = run_with(
+            &[0xf0, 0x48, 0x0f, 0xba, 0x30, 0x3f],
+            true,
+            u64::MAX,
+            |_| {},
+        );
+        assert_eq!(calls[1], (G, 8, Some(i64::MAX as u64)));
+    }
+
+    #[test]
+    fn xadd_and_cmpxchg_execute() {
+        // xadd [rax], ecx with 1 in memory: memory gets the sum, ECX the old 1.
+        let (v, _, calls) = run_with(&[0x0f, 0xc1, 0x08], true, 1, |_| {});
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x3333_4445))]);
+        assert_eq!(v.regs.rcx, 1);
+        assert_eq!(v.rflags, KEEP);
+        // lock cmpxchg [rax], ecx, EAX = 7: equal -> ECX stored, ZF.
+        let (v, _, calls) = run_with(&[0xf0, 0x0f, 0xb1, 0x08], true, 7, |v| {
+            v.regs.rax = 0xffff_ffff_0000_0007
+        });
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(0x3333_4444))]);
+        assert_eq!(v.regs.rax, 0xffff_ffff_0000_0007);
+        assert_eq!(v.rflags, KEEP | ZF | PF);
+        // Not equal (memory 5): 5 written back, loaded into EAX (zero-extended).
+        let (v, _, calls) = run_with(&[0x0f, 0xb1, 0x08], false, 5, |v| {
+            v.regs.rax = 0xffff_ffff_0000_0007
+        });
+        assert_eq!(calls, [(G, 4, None), (G, 4, Some(5))]);
+        assert_eq!(v.regs.rax, 5);
+        assert_eq!(v.rflags, KEEP);
+    }
+
+    #[test]
+    fn setcc_and_cmovcc_execute() {
+        // sete [rax]: a write only, of 1 with ZF and 0 without.
+        let (v, r, calls) = run_with(&[0x0f, 0x94, 0x00], true, 0, |_| {});
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 1, Some(1))]);
+        assert_eq!(v.rflags, KEEP | flags::STATUS);
+        let (_, _, calls) = run_with(&[0x0f, 0x94, 0x00], true, 0, |v| v.rflags = KEEP);
+        assert_eq!(calls, [(G, 1, Some(0))]);
+        let (_, r, _) = run_with(&[0x0f, 0x94, 0x00], false, 0, |_| {});
+        assert_eq!(r, Err(MmioError::DirectionMismatch { exit_write: false }));
+        // cmovne ecx, [rax] with ZF set: the read happens, ECX is only zero-extended.
+        let (v, _, calls) = run_with(&[0x0f, 0x45, 0x08], false, 0xabcd, |_| {});
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!(v.regs.rcx, 0x3333_4444);
+        // cmove rcx, [rax]: loaded.
+        let (v, _, _) = run_with(&[0x48, 0x0f, 0x44, 0x08], false, 0xabcd, |_| {});
+        assert_eq!(v.regs.rcx, 0xabcd);
+        // cmove cx, [rax] with ZF clear: nothing changes.
+        let (v, _, _) = run_with(&[0x66, 0x0f, 0x44, 0x08], false, 0xabcd, |v| {
+            v.rflags = KEEP
+        });
+        assert_eq!(v.regs.rcx, 0x1111_2222_3333_4444);
+    }
+
+    #[test]
+    fn multiply_and_divide_execute() {
+        // mul dword [rax]: EDX:EAX = EAX * m32, both halves zero-extended.
+        let (v, _, calls) = run_with(&[0xf7, 0x20], false, 0x10, |v| {
+            v.regs.rax = 0xdead_0000_8000_0001;
+            v.regs.rdx = u64::MAX;
+        });
+        assert_eq!(calls, [(G, 4, None)]);
+        assert_eq!((v.regs.rax, v.regs.rdx), (0x10, 0x8));
+        assert_eq!(v.rflags & (CF | OF), CF | OF);
+        // div byte [rax]: AX / m8 -> AL quotient, AH remainder, rest of RAX kept.
+        let (v, _, _) = run_with(&[0xf6, 0x30], false, 7, |v| v.regs.rax = 0x1234_0064);
+        assert_eq!(v.regs.rax, 0x1234_020e);
+        // imul ecx, [rax], -2 with 3 in memory.
+        let (v, _, _) = run_with(&[0x6b, 0x08, 0xfe], false, 3, |_| {});
+        assert_eq!(v.regs.rcx, 0xffff_fffa);
+        assert_eq!(v.rflags & (CF | OF), 0);
+        // imul rcx, [rax]
+        let (v, _, _) = run_with(&[0x48, 0x0f, 0xaf, 0x08], false, 2, |_| {});
+        assert_eq!(v.regs.rcx, 0x2222_4444_6666_8888);
+    }
+
+    #[test]
+    fn divide_errors_inject_de_and_leave_rip() {
+        for (code, reply) in [
+            (&[0xf7, 0x30][..], 0), // div dword [rax] by 0
+            (&[0xf6, 0x38], 0xff),  // idiv byte [rax]: AX = -128, / -1
+        ] {
+            let (v, r, calls) = run_with(code, false, reply, |v| {
+                v.regs.rax = 0xff80;
+                v.regs.rdx = 0;
+            });
+            assert_eq!(r, Ok(()), "{code:x?}");
+            assert_eq!(calls.len(), 1, "the operand is read before the fault");
+            assert_eq!(v.injected, Some(Exception::DE));
+            assert_eq!(v.rip, 0x8000);
+            assert_eq!((v.regs.rax, v.regs.rdx), (0xff80, 0));
+            assert_eq!(v.rflags, KEEP | flags::STATUS);
+        }
+    }
+
+    // ---- PUSH/POP, MOV Sreg, string instructions ----
+
+    /// `long_guest` plus linear 0x20_0000..0x40_0000 mapped to the 2 MiB at the
+    /// local APIC (no RAM there: every access is a device access).
+    fn guest_with_device_window(code: &[u8]) -> (TestVcpu, Ram) {
+        let (mut vcpu, mut ram) = long_guest(0x8000, code);
+        ram.put(0x3008, &(LAPIC | 0x83).to_le_bytes());
+        vcpu.regs.rcx = 0;
+        vcpu.rflags = KEEP & !(1 << 10);
+        (vcpu, ram)
+    }
+
+    const WINDOW: u64 = 0x20_0000;
+
+    #[test]
+    fn push_and_pop_move_between_the_device_and_the_stack() {
+        // push qword [rax]
+        let (mut v, mut ram) = guest_with_device_window(&[0xff, 0x30]);
+        v.rsp = 0x9000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0x1122_3344_5566_7788);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, None)]);
+        assert_eq!(v.rsp, 0x8ff8);
+        assert_eq!(
+            ram.0[0x8ff8..0x9000],
+            0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+        assert_eq!(v.rip, 0x8002);
+        // pop qword [rax]: a write exit.
+        ram.put(0x8000, &[0x8f, 0x00]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, Some(0x1122_3344_5566_7788))]);
+        assert_eq!((v.rsp, v.rip), (0x9000, 0x8002));
+        // push word [rax]: two bytes.
+        ram.put(0x8000, &[0x66, 0xff, 0x30]);
+        v.rip = 0x8000;
+        let (_, calls) = run_mut(&mut v, &mut ram, G, false, 0xbeef);
+        assert_eq!(calls, [(G, 2, None)]);
+        assert_eq!((v.rsp, &ram.0[0x8ffe..0x9000]), (0x8ffe, &[0xef, 0xbe][..]));
+        // A stack that does not translate: an error, and the device untouched.
+        ram.put(0x8000, &[0xff, 0x30]);
+        v.rip = 0x8000;
+        v.rsp = 0x4000_0000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0);
+        assert!(matches!(r, Err(MmioError::Operand { .. })), "{r:?}");
+        assert!(calls.is_empty());
+        assert_eq!((v.rsp, v.rip), (0x4000_0000, 0x8000));
+    }
+
+    #[test]
+    fn mov_sreg_stores_the_selector() {
+        // mov [rax], ds
+        let (mut v, ram) = guest_with_device_window(&[0x8c, 0x18]);
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Err(MmioError::NoSegment(SegReg::Ds)));
+        assert!(calls.is_empty());
+        v.segments[SegReg::Ds as usize] = Some(vcpu::state::Segment {
+            selector: 0x18,
+            ..Default::default()
+        });
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 2, Some(0x18))]);
+        assert_eq!(v.rip, 0x8002);
+    }
+
+    #[test]
+    fn rep_stos_writes_one_element_per_device_access() {
+        // rep stosd: three dwords up from the window's offset 0x40.
+        let (mut v, ram) = guest_with_device_window(&[0xf3, 0xab]);
+        v.regs.rax = 0xffff_ffff_0000_0055;
+        v.regs.rdi = WINDOW + 0x40;
+        v.regs.rcx = 3;
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 4, Some(0x55)),
+                (G + 4, 4, Some(0x55)),
+                (G + 8, 4, Some(0x55))
+            ]
+        );
+        assert_eq!((v.regs.rdi, v.regs.rcx, v.rip), (WINDOW + 0x4c, 0, 0x8002));
+        // DF set: down.
+        v.rip = 0x8000;
+        v.regs.rcx = 2;
+        v.rflags |= 1 << 10;
+        let (_, calls) = run(&mut v, &ram, G + 0xc, true, 0);
+        assert_eq!(calls, [(G + 0xc, 4, Some(0x55)), (G + 8, 4, Some(0x55))]);
+        assert_eq!(v.regs.rdi, WINDOW + 0x44);
+        // A count of 0 does nothing.
+        v.rip = 0x8000;
+        let (r, calls) = run(&mut v, &ram, G, true, 0);
+        assert_eq!((r, calls.len(), v.rip), (Ok(()), 0, 0x8002));
+    }
+
+    #[test]
+    fn rep_movs_from_the_device_into_ram() {
+        // rep movsb from the window into RAM at 0x5000
+        let (mut v, mut ram) = guest_with_device_window(&[0xf3, 0xa4]);
+        v.regs.rsi = WINDOW + 0x40;
+        v.regs.rdi = 0x5000;
+        v.regs.rcx = 4;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, 0xab);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 1, None),
+                (G + 1, 1, None),
+                (G + 2, 1, None),
+                (G + 3, 1, None)
+            ]
+        );
+        assert_eq!(ram.0[0x5000..0x5005], [0xab, 0xab, 0xab, 0xab, 0]);
+        assert_eq!(
+            (v.regs.rsi, v.regs.rdi, v.regs.rcx),
+            (WINDOW + 0x44, 0x5004, 0)
+        );
+        // movsq (no REP) from RAM into the device: a write exit.
+        ram.put(0x8000, &[0x48, 0xa5]);
+        ram.put(0x6000, &0x0102_0304_0506_0708u64.to_le_bytes());
+        v.rip = 0x8000;
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = WINDOW + 0x80;
+        v.regs.rcx = 77;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC + 0x80, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC + 0x80, 8, Some(0x0102_0304_0506_0708))]);
+        assert_eq!(
+            (v.regs.rsi, v.regs.rdi, v.regs.rcx),
+            (0x6008, WINDOW + 0x88, 77)
+        );
+        // The other side not mapped at element 0: an error, nothing accessed.
+        v.rip = 0x8000;
+        v.regs.rsi = 0x4000_0000;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC + 0x80, true, 0);
+        assert!(
+            matches!(
+                r,
+                Err(MmioError::Operand {
+                    linear: 0x4000_0000,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn rep_batches_are_bounded_and_stop_before_an_unmapped_page() {
+        // rep stosb with a count of 1000: MAX_BATCH elements, RIP stays.
+        let (mut v, ram) = guest_with_device_window(&[0xf3, 0xaa]);
+        v.regs.rdi = WINDOW;
+        v.regs.rcx = 1000;
+        let (r, calls) = run(&mut v, &ram, LAPIC, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len() as u64, MAX_BATCH);
+        assert_eq!((v.regs.rcx, v.rip), (1000 - MAX_BATCH, 0x8000));
+        assert_eq!(v.regs.rdi, WINDOW + MAX_BATCH);
+        // Two bytes before the end of the window (linear 0x40_0000 is not mapped):
+        // two elements, then RIP stays for the processor to fault on the third.
+        v.regs.rdi = 0x3f_fffe;
+        v.regs.rcx = 4;
+        let (r, calls) = run(&mut v, &ram, LAPIC + 0x1f_fffe, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len(), 2);
+        assert_eq!((v.regs.rcx, v.regs.rdi, v.rip), (2, 0x40_0000, 0x8000));
+    }
+
+    #[test]
+    fn repe_cmps_and_repne_scas_end_on_zf() {
+        // repe cmpsb: RAM 1, 1, 2 against a device answering 1: two elements.
+        let (mut v, mut ram) = guest_with_device_window(&[0xf3, 0xa6]);
+        ram.put(0x5000, &[1, 1, 2, 1]);
+        v.regs.rsi = 0x5000;
+        v.regs.rdi = WINDOW;
+        v.regs.rcx = 10;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, false, 1);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls.len(), 3);
+        assert_eq!((v.regs.rcx, v.regs.rsi, v.rip), (7, 0x5003, 0x8002));
+        // 2 - 1: no ZF, no CF.
+        assert_eq!(v.rflags & flags::STATUS, 0);
+        // repne scasw for AX = 0x1234 in a device answering 0x1234: one element.
+        ram.put(0x8000, &[0x66, 0xf2, 0xaf]);
+        v.rip = 0x8000;
+        v.regs.rax = 0x1234;
+        v.regs.rcx = 10;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, false, 0x1234);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC + 3, 2, None)]);
+        assert_eq!((v.regs.rcx, v.rip), (9, 0x8003));
+        assert_eq!(v.rflags & flags::STATUS, ZF | PF);
+    }
+
+    #[test]
+    fn string_forms_decode() {
+        let s = |op, addr_size, seg, rep| Access::String {
+            op,
+            addr_size,
+            seg,
+            rep,
+        };
+        use StringOp::*;
+        for (bytes, bits, size, kind) in [
+            (&[0xa4][..], 64, 1, s(Movs, 8, SegReg::Ds, Rep::Once)),
+            (
+                &[0xf3, 0x48, 0xa5],
+                64,
+                8,
+                s(Movs, 8, SegReg::Ds, Rep::Count),
+            ),
+            (
+                &[0x67, 0xf3, 0xab],
+                64,
+                4,
+                s(Stos, 4, SegReg::Es, Rep::Count),
+            ),
+            (&[0x64, 0xad], 64, 4, s(Lods, 8, SegReg::Fs, Rep::Once)),
+            (
+                &[0xf2, 0xa6],
+                64,
+                1,
+                s(Cmps, 8, SegReg::Ds, Rep::WhileNotEqual),
+            ),
+            (
+                &[0xf3, 0xae],
+                32,
+                1,
+                s(Scas, 4, SegReg::Es, Rep::WhileEqual),
+            ),
+            (&[0xf3, 0xa5], 16, 2, s(Movs, 2, SegReg::Ds, Rep::Count)),
+            (&[0x26, 0xac], 16, 1, s(Lods, 2, SegReg::Es, Rep::Once)),
+        ] {
+            let want = MmioInstruction {
+                len: bytes.len(),
+                size,
+                kind,
+            };
+            assert_eq!(decode(bytes, bits), Ok(want), "{bytes:x?}");
+        }
+        // push [rax] ; pop word [rax] ; mov [rax], gs ; push rax has no memory operand
+        assert_eq!(d64(&[0xff, 0x30]).kind, Access::Push);
+        assert_eq!(d64(&[0x66, 0x8f, 0x00]).size, 2);
+        assert_eq!(
+            d64(&[0x8c, 0x28]).kind,
+            Access::StoreSegment { seg: SegReg::Gs }
+        );
+        assert_eq!(
+            decode(&[0xff, 0xf0], 64),
+            Err(MmioError::NoMemoryOperand {
+                mnemonic: Mnemonic::Push
+            })
+        );
+    }
+
+    #[test]
+    fn an_element_straddling_ram_and_a_device_goes_to_the_device_part() {
+        // movsd from RAM into linear 0x1f_fffe: two bytes of RAM, then the window.
+        let (mut v, mut ram) = guest_with_device_window(&[0xa5]);
+        ram.put(0x6000, &0x1122_3344u32.to_le_bytes());
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = 0x1f_fffe;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(LAPIC, 4, Some(0x1122_3344))]);
+        assert_eq!(ram.0[0x1f_fffe..0x20_0000], [0, 0]);
+        // Both parts RAM (identity-mapped): the bytes on either side of the page
+        // boundary.
+        v.rip = 0x8000;
+        v.regs.rsi = 0x6000;
+        v.regs.rdi = 0xaffe;
+        let (r, calls) = run_mut(&mut v, &mut ram, LAPIC, true, 0);
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!(ram.0[0xaffe..0xb002], 0x1122_3344u32.to_le_bytes());
     }
 }

@@ -12,6 +12,7 @@ pub mod guest_ram;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
+pub mod mmio_memory;
 pub mod net;
 pub mod platform;
 pub mod policy;
@@ -19,6 +20,7 @@ pub mod sched;
 pub mod stats;
 pub mod vm;
 pub mod vm_disk;
+pub mod x86_arith;
 
 #[cfg(target_os = "none")]
 pub mod host_memory;

@@ -689,7 +689,7 @@ impl<V: Vcpu> VcpuCtx<V> {
                     .unwrap_or(all_ones64(size))
             }
         };
-        let result = mmio::emulate(&mut self.vcpu, &self.ram, gpa, write, &mut device);
+        let result = mmio::emulate(&mut self.vcpu, &mut self.ram, gpa, write, &mut device);
         vm.eoi(eoi);
         if let Some(next) = vm.finish(out) {
             return next;
@@ -1731,11 +1731,15 @@ mod tests {
         assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
         assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x10);
         assert_eq!(vm.cpu.vcpu.rip, 0x1007);
-        // An instruction the emulator does not handle is refused with a report
-        // naming it, not guessed at: inc dword [0xFEE00080].
+        // inc dword [0xFEE00080]
         at_rip(&mut vm, &[0xFF, 0x05, 0x80, 0x00, 0xE0, 0xFE]);
+        assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
+        assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x11);
+        // An instruction the emulator does not handle is refused with a report
+        // naming it, not guessed at: cmpxchg8b [0xFEE00080].
+        at_rip(&mut vm, &[0x0F, 0xC7, 0x0D, 0x80, 0x00, 0xE0, 0xFE]);
         assert!(
-            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `inc`"))
+            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `cmpxchg8b`"))
         );
     }
 
