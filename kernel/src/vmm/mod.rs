@@ -25,8 +25,6 @@ pub mod host_memory;
 #[cfg(target_os = "none")]
 pub mod mgmt_net;
 #[cfg(target_os = "none")]
-pub mod netprobe;
-#[cfg(target_os = "none")]
 mod persistent;
 #[cfg(target_os = "none")]
 mod run;

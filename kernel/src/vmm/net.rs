@@ -132,8 +132,6 @@ impl Hub {
         if let Some(Some(w)) = self.wake.get(usize::from(port.0)) {
             w.store(true, Ordering::Release);
             NET_KICK.store(true, Ordering::Release);
-            #[cfg(target_os = "none")]
-            super::netprobe::queued(usize::from(port.0));
         }
     }
 
@@ -229,21 +227,10 @@ impl NicFunction {
 
     /// Hands every frame the guest sent to the switch.
     fn pump_tx(&mut self) {
-        #[cfg(target_os = "none")]
-        if let Some(d) = super::netprobe::DEV.get(usize::from(self.port.port.0)) {
-            let s = self.pci.device().stats();
-            d[0].store(s.tx_segmented, Ordering::Relaxed);
-            d[1].store(s.rx_backlog_full, Ordering::Relaxed);
-            d[2].store(s.tx_bad_header, Ordering::Relaxed);
-        }
         let Some(first) = self.pci.device_mut().take_transmitted() else {
             return;
         };
         let now = (self.port.clock)();
-        #[cfg(target_os = "none")]
-        if first.len() > 1000 {
-            super::netprobe::BULK.store(true, Ordering::Relaxed);
-        }
         let mut hub = self.port.hub.lock();
         hub.transmit(self.port.port, &first, now);
         while let Some(frame) = self.pci.device_mut().take_transmitted() {
@@ -267,13 +254,6 @@ impl NicFunction {
             // A frame outside the size limits is dropped and counted by the device.
             self.pci.device_mut().receive(&frame);
             moved = true;
-        }
-        #[cfg(target_os = "none")]
-        if moved {
-            super::netprobe::taken(
-                usize::from(self.port.port.0),
-                hub.queued(self.port.port) > 0,
-            );
         }
         moved
     }

@@ -57,9 +57,6 @@ struct VcpuSlot<V: Vcpu> {
     cpu_tsc: u64,
     /// The host processors it has run on (bit per processor).
     ran_on: u64,
-    /// TEMPORARY (netprobe): slices that entered the guest, and the counts when the
-    /// bulk transfer began.
-    slices: u64,
 }
 
 /// What a VM's lifetime needs besides its devices and vCPUs.
@@ -551,7 +548,6 @@ fn create_vcpus<B: Backend>(
                     ran: false,
                     cpu_tsc: 0,
                     ran_on: 0,
-                    slices: 0,
                 });
             }
             Err(e) => {
@@ -1025,18 +1021,6 @@ impl<B: Backend> Machine<'_, B> {
                 .is_some_and(|w| w.load(Ordering::Acquire));
             if woken {
                 let all = u64::MAX >> (64 - vm.slots.len().clamp(1, 64));
-                {
-                    use super::netprobe as np;
-                    let running = self.queue.lock().cpus_running(v);
-                    let idle = self.idle.load(Ordering::Acquire);
-                    if running != 0 {
-                        np::KICK_RUNNING.fetch_add(1, Ordering::Relaxed);
-                    } else if idle != 0 {
-                        np::KICK_IDLE.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        np::KICK_NONE.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
                 self.kick_vcpus(v, all);
             }
         }
@@ -1345,64 +1329,12 @@ impl<B: Backend> Machine<'_, B> {
         self.console_tick(first);
         // The management network: frames, /metrics, syslog.
         self.management_tick();
-        self.netprobe_tick();
-    }
-
-    /// TEMPORARY (netprobe): every 500 ms once the bulk transfer began, each VM's
-    /// counts so far.
-    fn netprobe_tick(&self) {
-        use super::netprobe as np;
-        if !np::BULK.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = time::rdtsc();
-        let last = np::LAST_PRINT.load(Ordering::Relaxed);
-        if now.wrapping_sub(last) < time::tsc_hz() / 2 {
-            return;
-        }
-        np::LAST_PRINT.store(now, Ordering::Relaxed);
-        let ms = |t: u64| t / (time::tsc_hz() / 1000).max(1);
-        for (v, vm) in self.vms.iter().enumerate() {
-            let mut stats = ExitStats::default();
-            for e in vm.exits.iter() {
-                stats.add(&e.lock());
-            }
-            let (tx, rx, dropped) = vm
-                .life
-                .lock()
-                .machine
-                .nics
-                .first()
-                .and_then(|n| n.hub.lock().port_stats(n.port))
-                .map_or((0, 0, 0), |s| {
-                    (s.input.frames, s.output.frames, s.dropped_total().frames)
-                });
-            let p = &np::VMS[v.min(np::VMS.len() - 1)];
-            println!(
-                "netprobe: t {} ms vm {} tx {} rx {} dropped {} irqs {} slices {} cpu {} ms exits {}",
-                ms(now),
-                vm.name,
-                tx,
-                rx,
-                dropped,
-                p[0].load(Ordering::Relaxed),
-                p[1].load(Ordering::Relaxed),
-                ms(p[2].load(Ordering::Relaxed)),
-                stats
-            );
-        }
-        for port in 0..2 {
-            np::report(port);
-        }
     }
 
     /// Sleeps until the next tick or a kick.
     fn idle(&self, cpu: usize) {
         self.idle.fetch_or(1 << cpu, Ordering::AcqRel);
-        let t0 = time::rdtsc();
         timer::idle();
-        super::netprobe::IDLES.fetch_add(1, Ordering::Relaxed);
-        super::netprobe::IDLE_TSC.fetch_add(time::rdtsc() - t0, Ordering::Relaxed);
         self.idle.fetch_and(!(1 << cpu), Ordering::AcqRel);
     }
 
@@ -1451,17 +1383,6 @@ impl<B: Backend> Machine<'_, B> {
             let why = match taken {
                 Some(mut slot) => {
                     let why = self.run_slice(vm, &mut slot, &mut entered);
-                    if entered {
-                        slot.slices += 1;
-                    }
-                    {
-                        use super::netprobe as np;
-                        if let Some(p) = np::VMS.get(vm) {
-                            p[0].store(slot.ctx.irq_injected, Ordering::Relaxed);
-                            p[1].store(slot.slices, Ordering::Relaxed);
-                            p[2].store(slot.cpu_tsc, Ordering::Relaxed);
-                        }
-                    }
                     self.vms[vm].exits[index].lock().clone_from(&slot.ctx.stats);
                     *self.vms[vm].slots[index].lock() = Some(slot);
                     why

@@ -463,8 +463,6 @@ pub struct VcpuCtx<V: Vcpu> {
     pub halted: bool,
     /// NMIs delivered to this vCPU.
     pub nmi_injected: u64,
-    /// TEMPORARY (netprobe): interrupts injected.
-    pub irq_injected: u64,
     /// In the benchmark's bare CPUID loop (the run loop carries it out).
     pub in_bare_loop: bool,
     /// An NMI-window exit is requested.
@@ -509,7 +507,6 @@ impl<V: Vcpu> VcpuCtx<V> {
             stats: ExitStats::default(),
             halted: false,
             nmi_injected: 0,
-            irq_injected: 0,
             in_bare_loop: false,
             nmi_window: false,
             bench_hypercalls: machine.bench_hypercalls,
@@ -621,7 +618,6 @@ impl<V: Vcpu> VcpuCtx<V> {
                 vm.lapics[i].acknowledge()
             };
             if let Some(vector) = vector {
-                self.irq_injected += 1;
                 self.vcpu.inject_interrupt(vector);
             }
             self.vcpu.request_interrupt_window(false);
