@@ -31,9 +31,11 @@
 //! - **VM to VM** through the switch: two Linux VMs with `hv.bench=net`
 //!   ([`GuestSet::BenchNet`]) send [`NET_BENCH_MIB`] MiB over TCP and ping 100
 //!   times back to back, against the same kernels, initramfs and command lines in
-//!   two plain QEMUs joined by `-netdev socket`. Both are timed by the host from
-//!   the arrival of the guests' serial lines (their clocks tick in jiffies); the
-//!   ratios are hv/direct. `--only net` measures just these.
+//!   two plain QEMUs joined by `-netdev socket`, and once more with both plain
+//!   QEMUs pinned to one host core (`taskset -c 0`, as hv's two VMs share one TCG
+//!   thread). Both are timed by the host from the arrival of the guests' serial
+//!   lines (their clocks tick in jiffies); the ratios are hv/direct, and hv against
+//!   the pinned pair. `--only net` measures just these.
 //!
 //! These are figures, not tests: emulators on shared machines are noisy, so nothing
 //! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
