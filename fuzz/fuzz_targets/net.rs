@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut config = NetConfig::new(MAC);
     config.checksum_offload = flags & 1 != 0;
+    // Segmentation offload (offered only with checksum offload): TCPV4 chains the
+    // device cuts into frames.
+    config.segmentation_offload = flags & 2 != 0;
     config.rx_backlog = 4;
     config.tx_backlog = 4;
     let mut memory = VecMemory::new(RAM);

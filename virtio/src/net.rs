@@ -27,6 +27,15 @@
 //!   (§5.1.6.3.1: without MRG_RXBUF the driver SHOULD post buffers of at least
 //!   1526 bytes; MRG_RXBUF is not offered).
 //!
+//! Segmentation offload (VIRTIO_NET_F_HOST_TSO4, §5.1.6.2; offered with CSUM, which
+//! it requires, §5.1.3.1): a transmit chain with `gso_type` TCPV4, NEEDS_CSUM and
+//! `gso_size` carries one IPv4 TCP packet of up to 64 KiB, which the device cuts
+//! into frames of at most `gso_size` payload bytes ([`tso`]) before they reach the
+//! owner. Each of those frames is counted in `tx_frames`; a chain the device could
+//! not cut is dropped and counted in `tx_bad_header`. One chain can become up to
+//! 745 frames (65535 bytes at the smallest MSS), so the output queue may run over
+//! `tx_backlog` by one chain's frames; no new chain is taken while it is over.
+//!
 //! Checksum offload: with CSUM negotiated the driver may leave a transmit frame's
 //! TCP/UDP checksum partial (NEEDS_CSUM, §5.1.6.2); the device completes it, the
 //! Internet checksum (RFC 1071) of the bytes from `csum_start` to the end stored at
@@ -52,6 +61,8 @@ pub mod features {
     pub const GUEST_CSUM: u64 = 1 << 1;
     /// The configuration space has a MAC.
     pub const MAC: u64 = 1 << 5;
+    /// The device segments TCP over IPv4 (requires CSUM, §5.1.3.1).
+    pub const HOST_TSO4: u64 = 1 << 11;
     /// Receive buffers may be merged (not offered).
     pub const MRG_RXBUF: u64 = 1 << 15;
     /// The configuration space has a link status.
@@ -65,14 +76,19 @@ pub mod hdr_flags {
     pub const RSC_INFO: u8 = 4;
 }
 
-/// `virtio_net_hdr.gso_type` NONE.
+/// `virtio_net_hdr.gso_type` NONE, TCPV4 (§5.1.6); the ECN bit (0x80) needs
+/// HOST_ECN, which is not offered, so a type with it is refused.
 pub const GSO_NONE: u8 = 0;
+pub const GSO_TCPV4: u8 = 1;
 /// The header's size with VIRTIO_F_VERSION_1 (§5.1.6).
 pub const HDR_LEN: usize = 12;
 /// Ethernet header: destination, source, EtherType.
 pub const ETH_HEADER: usize = 14;
 /// The largest frame either way: 1514 bytes plus one 802.1Q tag, no FCS.
 pub const MAX_FRAME: usize = 1518;
+/// The largest transmit chain's frame with HOST_TSO4: a 65535-byte IPv4 packet
+/// behind an Ethernet header with one 802.1Q tag.
+pub const MAX_TSO_FRAME: usize = 18 + 65_535;
 /// The link-up bit of the configuration's `status` (§5.1.4).
 pub const STATUS_LINK_UP: u16 = 1;
 pub const RX_QUEUE: u16 = 0;
@@ -114,6 +130,8 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     /// Offer VIRTIO_NET_F_CSUM.
     pub checksum_offload: bool,
+    /// Offer VIRTIO_NET_F_HOST_TSO4 (only together with CSUM, which it requires).
+    pub segmentation_offload: bool,
     /// Received frames waiting for receive buffers.
     pub rx_backlog: usize,
     /// Transmitted frames waiting for the owner.
@@ -125,6 +143,7 @@ impl NetConfig {
         Self {
             mac,
             checksum_offload: true,
+            segmentation_offload: true,
             rx_backlog: 64,
             tx_backlog: 64,
         }
@@ -141,8 +160,11 @@ pub struct NetStats {
     pub tx_bad_header: u64,
     /// Transmitted frames shorter than the Ethernet header.
     pub tx_runt: u64,
-    /// Transmitted frames longer than [`MAX_FRAME`].
+    /// Transmitted frames longer than [`MAX_FRAME`] (or [`MAX_TSO_FRAME`] for a
+    /// TCPV4 chain).
     pub tx_oversized: u64,
+    /// TCPV4 chains cut into frames (HOST_TSO4).
+    pub tx_segmented: u64,
     /// Frames (and bytes) placed into the guest's receive buffers.
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -243,28 +265,60 @@ impl Net {
             self.stats.tx_bad_header += 1;
             return;
         }
-        let frame_len = len - HDR_LEN as u64;
-        if frame_len > MAX_FRAME as u64 {
-            self.stats.tx_oversized += 1;
-            return;
-        }
-        let mut buf = vec![0u8; len as usize];
-        if Cursor::new(chain, false).read(mem, &mut buf).is_err() {
+        // The header decides how long the frame may be: read it first.
+        let mut hdr = [0u8; HDR_LEN];
+        let mut cursor = Cursor::new(chain, false);
+        if cursor.read(mem, &mut hdr).is_err() {
             // The segments were checked against RAM when the chain was taken.
             self.stats.tx_bad_header += 1;
             return;
         }
-        let (hdr, frame) = buf.split_at_mut(HDR_LEN);
         let flags = hdr[0];
         let gso_type = hdr[1];
+        let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
         let csum_start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
         let csum_offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
-        if gso_type != GSO_NONE {
+        // §5.1.6.2.1: a driver uses a GSO type only if its feature was negotiated,
+        // and then sets NEEDS_CSUM; anything else is a bad header.
+        let tso = match gso_type {
+            GSO_NONE => false,
+            GSO_TCPV4
+                if self.negotiated & features::HOST_TSO4 != 0
+                    && flags & hdr_flags::NEEDS_CSUM != 0 =>
+            {
+                true
+            }
+            _ => {
+                self.stats.tx_bad_header += 1;
+                return;
+            }
+        };
+        let frame_len = len - HDR_LEN as u64;
+        if frame_len > if tso { MAX_TSO_FRAME } else { MAX_FRAME } as u64 {
+            self.stats.tx_oversized += 1;
+            return;
+        }
+        let mut frame = vec![0u8; frame_len as usize];
+        if cursor.read(mem, &mut frame).is_err() {
             self.stats.tx_bad_header += 1;
             return;
         }
         if frame.len() < ETH_HEADER {
             self.stats.tx_runt += 1;
+            return;
+        }
+        if tso {
+            match tso::segment(&frame, csum_start, csum_offset, gso_size, MAX_FRAME) {
+                Ok(frames) => {
+                    self.stats.tx_segmented += 1;
+                    for f in frames {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += f.len() as u64;
+                        self.tx.push_back(f);
+                    }
+                }
+                Err(_) => self.stats.tx_bad_header += 1,
+            }
             return;
         }
         // §5.1.6.2.2: other flag bits are ignored (DATA_VALID and RSC_INFO mean
@@ -289,7 +343,7 @@ impl Net {
         }
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += frame.len() as u64;
-        self.tx.push_back(frame.to_vec());
+        self.tx.push_back(frame);
     }
 
     /// Fills a receive chain with the oldest waiting frame; returns the bytes
@@ -361,7 +415,13 @@ impl VirtioDevice for Net {
         } else {
             0
         };
-        features::MAC | features::STATUS | csum
+        // §5.1.3.1: HOST_TSO4 requires CSUM.
+        let tso = if self.config.checksum_offload && self.config.segmentation_offload {
+            features::HOST_TSO4
+        } else {
+            0
+        };
+        features::MAC | features::STATUS | csum | tso
     }
 
     fn num_queues(&self) -> u16 {
@@ -374,6 +434,13 @@ impl VirtioDevice for Net {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         crate::device::read_config_bytes(&self.config_bytes(), offset, data);
+    }
+
+    /// §2.2.1: a driver accepts no feature without those it requires, and
+    /// HOST_TSO4 requires CSUM (§5.1.3.1); such a set is not a valid subset, so
+    /// FEATURES_OK stays clear (§3.1.1).
+    fn accepts_features(&self, driver_features: u64) -> bool {
+        driver_features & features::HOST_TSO4 == 0 || driver_features & features::CSUM != 0
     }
 
     fn set_features(&mut self, negotiated: u64) {
@@ -428,7 +495,8 @@ impl VirtioDevice for Net {
         let Some(rx) = take_frames(&mut rest, self.config.rx_backlog) else {
             return false;
         };
-        let Some(tx) = take_frames(&mut rest, self.config.tx_backlog) else {
+        // The output queue may run over its bound by one chain's frames (TSO).
+        let Some(tx) = take_frames(&mut rest, self.config.tx_backlog + tso::MAX_SEGMENTS) else {
             return false;
         };
         if !rest.is_empty() {
@@ -450,6 +518,8 @@ impl<M: GuestMemory> VirtioPci<Net, M> {
         (taken, self.device_work())
     }
 }
+
+pub mod tso;
 
 #[cfg(test)]
 mod tests;

@@ -31,9 +31,11 @@
 //! - **VM to VM** through the switch: two Linux VMs with `hv.bench=net`
 //!   ([`GuestSet::BenchNet`]) send [`NET_BENCH_MIB`] MiB over TCP and ping 100
 //!   times back to back, against the same kernels, initramfs and command lines in
-//!   two plain QEMUs joined by `-netdev socket`. Both are timed by the host from
-//!   the arrival of the guests' serial lines (their clocks tick in jiffies); the
-//!   ratios are hv/direct. `--only net` measures just these.
+//!   two plain QEMUs joined by `-netdev socket`, and once more with both plain
+//!   QEMUs pinned to one host core (`taskset -c 0`, as hv's two VMs share one TCG
+//!   thread). Both are timed by the host from the arrival of the guests' serial
+//!   lines (their clocks tick in jiffies); the ratios are hv/direct, and hv against
+//!   the pinned pair. `--only net` measures just these.
 //!
 //! These are figures, not tests: emulators on shared machines are noisy, so nothing
 //! here has a pass mark. Hypervisor and direct runs alternate so that a slow spell of
@@ -903,6 +905,9 @@ pub struct Collected {
     /// two in plain QEMUs joined by a socket netdev.
     pub net_hv: Vec<NetRun>,
     pub net_direct: Vec<NetRun>,
+    /// The same two plain QEMUs with every thread of both on one host core
+    /// (`taskset -c 0`): what sharing one core costs the reference by itself.
+    pub net_one_core: Vec<NetRun>,
     /// Only the VM-to-VM figures were asked for (`--only net`): the other rows
     /// are left out rather than shown as failed.
     pub only_net: bool,
@@ -1014,19 +1019,39 @@ fn net_rows(c: &Collected) -> Vec<String> {
                 fmt_figure(s, decimals, unit)
             })
         };
-        out.push(row(head, "direct QEMU", &show(&direct)));
-        out.push(row(
-            &sub,
-            "under hv",
-            &match (&under, &direct) {
+        let one_core = figures(&c.net_one_core, f);
+        let against =
+            |s: &Option<Summary>, reference: &Option<Summary>, what: &str| match (s, reference) {
                 (Some(u), Some(d)) => format!(
-                    "{:<30}  ratio {}",
-                    show(&under),
+                    "{:<30}  ratio {}{what}",
+                    show(s),
                     ratio(u.median, d.median).unwrap_or("n/a".into())
                 ),
-                _ => show(&under),
-            },
-        ));
+                _ => show(s),
+            };
+        out.push(row(head, "direct QEMU", &show(&direct)));
+        if !c.net_one_core.is_empty() {
+            out.push(row(
+                "",
+                "direct, 1 core",
+                &against(&one_core, &direct, " of direct"),
+            ));
+        }
+        out.push(row(&sub, "under hv", &against(&under, &direct, "")));
+        if !c.net_one_core.is_empty() {
+            out.push(row(
+                "",
+                "",
+                &format!(
+                    "{:<30}  ratio {} (hv against direct on 1 core)",
+                    "",
+                    match (&under, &one_core) {
+                        (Some(u), Some(d)) => ratio(u.median, d.median).unwrap_or("n/a".into()),
+                        _ => "n/a".into(),
+                    }
+                ),
+            ));
+        }
     }
     // busybox's own average of 20 pings by the guest's clock, and that clock
     // (each distinct name once).
@@ -1068,7 +1093,7 @@ fn net_rows(c: &Collected) -> Vec<String> {
 }
 
 /// What the VM-to-VM rows measure, under the table.
-const NET_NOTES: [&str; 10] = [
+const NET_NOTES: [&str; 12] = [
     "VM-to-VM: two Linux VMs (1 vCPU, 160 MiB, virtio-net) on one network: under hv",
     "  through its switch (one QEMU, 2 processors, one TCG thread for both VMs);",
     "  direct: the same kernel, initramfs and command lines in two plain QEMUs",
@@ -1079,6 +1104,8 @@ const NET_NOTES: [&str; 10] = [
     "  -A), timed by the host between the lines before and after them, per round",
     "  trip; ratio hv/direct, above 1 is slower. busybox's own average reads the",
     "  guest's clock, which with refined-jiffies ticks in 4 ms steps.",
+    "  direct, 1 core: the two plain QEMUs with all their threads on host core 0",
+    "  (taskset -c 0), as hv's two VMs share one TCG thread.",
 ];
 
 /// The printed table.
@@ -1832,8 +1859,9 @@ fn direct_net_command(
 
 /// The VM-to-VM reference: the same two VMs in two plain QEMUs, the sink's
 /// listening on a free port of 127.0.0.1 and the source's connecting to it a
-/// second later (QEMU opens the socket before the guest starts).
-fn net_direct_run(qemu: &Path) -> Result<Streamed, String> {
+/// second later (QEMU opens the socket before the guest starts). With
+/// `one_core`, both run under `taskset -c 0`: every thread of both on host core 0.
+fn net_direct_run(qemu: &Path, one_core: bool) -> Result<Streamed, String> {
     let vms = GuestSet::BenchNet.vms()?;
     let vm = |name: &str| {
         vms.iter()
@@ -1844,14 +1872,32 @@ fn net_direct_run(qemu: &Path) -> Result<Streamed, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("finding a free port on 127.0.0.1: {e}"))?
         .port();
+    let pinned = |cmd: Command| -> Command {
+        if !one_core {
+            return cmd;
+        }
+        let mut t = Command::new("taskset");
+        t.args(["-c", "0"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        t
+    };
     let cmds = vec![
         (
             NET_SINK.to_string(),
-            direct_net_command(qemu, vm(NET_SINK)?, &format!("listen=127.0.0.1:{port}"))?,
+            pinned(direct_net_command(
+                qemu,
+                vm(NET_SINK)?,
+                &format!("listen=127.0.0.1:{port}"),
+            )?),
         ),
         (
             NET_SOURCE.to_string(),
-            direct_net_command(qemu, vm(NET_SOURCE)?, &format!("connect=127.0.0.1:{port}"))?,
+            pinned(direct_net_command(
+                qemu,
+                vm(NET_SOURCE)?,
+                &format!("connect=127.0.0.1:{port}"),
+            )?),
         ),
     ];
     emulator::run_streaming_labelled(cmds, Duration::from_secs(1), QEMU_NET_LIMIT, net_run_over)
@@ -1892,10 +1938,10 @@ fn record_net(c: &mut Collected, i: u32, side: &str, out: Result<Streamed, Strin
     for p in problems {
         c.failures.push(format!("{name}: {p}"));
     }
-    if side == "hv" {
-        c.net_hv.push(run);
-    } else {
-        c.net_direct.push(run);
+    match side {
+        "hv" => c.net_hv.push(run),
+        "direct-1core" => c.net_one_core.push(run),
+        _ => c.net_direct.push(run),
     }
 }
 
@@ -2218,7 +2264,20 @@ fn net_runs(
     log: &dyn Fn(u32, &str) -> PathBuf,
 ) {
     record_net(c, i, "hv", net_hv_run(build, work), &log(i, "net-hv"));
-    record_net(c, i, "direct", net_direct_run(qemu), &log(i, "net-direct"));
+    record_net(
+        c,
+        i,
+        "direct",
+        net_direct_run(qemu, false),
+        &log(i, "net-direct"),
+    );
+    record_net(
+        c,
+        i,
+        "direct-1core",
+        net_direct_run(qemu, true),
+        &log(i, "net-direct-1core"),
+    );
 }
 
 /// Prints the table; an error only when nothing at all was measured.
@@ -3156,6 +3215,25 @@ mod net_tests {
             "{t}"
         );
 
+        // With the one-core reference: its row against direct, and hv against it.
+        let pinned = Collected {
+            net_one_core: vec![net_run(10.0, 1.0)],
+            ..c.clone()
+        };
+        let t = report(&pinned);
+        let expected = [
+            "VM-to-VM TCP     direct QEMU     20.0 MiB/s",
+            "                 direct, 1 core  10.0 MiB/s                      ratio 0.50x of direct",
+            "  8 MiB, nc      under hv        5.0 MiB/s                       ratio 0.25x",
+            "                                                                 ratio 0.50x (hv against direct on 1 core)",
+            "VM-to-VM ping    direct QEMU     0.50 ms",
+            "                 direct, 1 core  1.00 ms                         ratio 2.00x of direct",
+            "  100 in a row   under hv        1.50 ms                         ratio 3.00x",
+            "                                                                 ratio 1.50x (hv against direct on 1 core)",
+        ]
+        .join("\n");
+        assert!(t.contains(&expected), "{t}");
+
         // The reference failed: no ratio, and the failure is listed.
         let c = Collected {
             runs: 3,
@@ -3266,7 +3344,7 @@ mod net_machine_tests {
         let qemu = tools::require(&[tools::QEMU], "boot Linux")
             .unwrap()
             .remove(0);
-        let out = net_direct_run(&qemu).unwrap();
+        let out = net_direct_run(&qemu, false).unwrap();
         let run = analyse_net(&out.lines);
         let problems = net_problems(&run, out.timed_out, QEMU_NET_LIMIT);
         let log: Vec<String> = out

@@ -133,8 +133,15 @@ fn identity_features_and_configuration_space() {
             | features::MAC
             | features::STATUS
             | features::CSUM
+            | features::HOST_TSO4
     );
     assert_eq!(f & (features::GUEST_CSUM | features::MRG_RXBUF), 0);
+    // HOST_TSO4 without the CSUM it requires (§5.1.3.1) is not a valid set.
+    assert_eq!(
+        negotiate(&mut d, base() | features::HOST_TSO4) & st::FEATURES_OK,
+        0
+    );
+    set_status(&mut d, 0);
     // Features not offered are refused (FEATURES_OK stays clear).
     assert_eq!(
         negotiate(&mut d, base() | features::GUEST_CSUM) & st::FEATURES_OK,
@@ -154,11 +161,19 @@ fn identity_features_and_configuration_space() {
     assert_eq!(rd(&mut d, DEVICE_CFG + 8, 2), 1, "max_virtqueue_pairs");
     assert_eq!(rd(&mut d, DEVICE_CFG + 10, 2), 0);
     assert_eq!(rd(&mut d, common::NUM_QUEUES, 2), 2);
-    // Without checksum offload in the configuration CSUM is not offered.
+    // Without checksum offload in the configuration neither CSUM nor HOST_TSO4 is
+    // offered; without segmentation offload, CSUM alone.
     let mut c = NetConfig::new(MAC);
     c.checksum_offload = false;
     let mut e = VirtioPci::new(Net::new(c), VecMemory::new(RAM));
-    assert_eq!(offered(&mut e) & features::CSUM, 0);
+    assert_eq!(offered(&mut e) & (features::CSUM | features::HOST_TSO4), 0);
+    let mut c = NetConfig::new(MAC);
+    c.segmentation_offload = false;
+    let mut e = VirtioPci::new(Net::new(c), VecMemory::new(RAM));
+    assert_eq!(
+        offered(&mut e) & (features::CSUM | features::HOST_TSO4),
+        features::CSUM
+    );
 }
 
 #[test]
@@ -350,6 +365,117 @@ fn checksum_offload_completes_the_checksum() {
     check.extend_from_slice(&out[34..]);
     assert_eq!(internet_checksum(&check), 0);
     assert_ne!(&out[40..42], &[0, 0]);
+}
+
+/// A TCP over IPv4 packet of `payload` bytes from MAC, Linux's way for TSO: the
+/// total length of the whole, the pseudo-header sum (without length) left in the
+/// TCP checksum field.
+fn tcp_packet(payload: usize) -> Vec<u8> {
+    let mut f = frame(14 + 20 + 20 + payload, 3);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    f[20..22].copy_from_slice(&[0x40, 0]);
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 2]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 1]);
+    f[46] = 0x50;
+    f[47] = 0x18; // ACK, PSH
+    f
+}
+
+fn tso_header(mss: u16) -> [u8; HDR_LEN] {
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[0] = hdr_flags::NEEDS_CSUM;
+    hdr[1] = GSO_TCPV4;
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&mss.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    hdr
+}
+
+/// Puts header `hdr` and `data` on transmit descriptors 2i, 2i+1, the data at
+/// `at`, and publishes.
+fn post_tx_at(d: &mut Dev, r: &mut Ring, i: u16, hdr: [u8; HDR_LEN], data: &[u8], at: u64) {
+    let m = d.memory_mut();
+    let h = TXHDR + 0x10 * u64::from(i);
+    m.write(h, &hdr).unwrap();
+    m.write(at, data).unwrap();
+    desc(m, TXQ.0, 2 * i, h, HDR_LEN as u32, NEXT, 2 * i + 1);
+    desc(m, TXQ.0, 2 * i + 1, at, data.len() as u32, 0, 0);
+    r.publish(m, 2 * i);
+}
+
+#[test]
+fn segmentation_offload_cuts_a_tcp_packet_into_frames() {
+    let f = base() | features::CSUM | features::HOST_TSO4;
+    let (mut d, _, mut tx) = dev_with(NetConfig::new(MAC), f);
+    // 10,000 bytes of payload at an MSS of 1448: 7 frames, in one chain.
+    let big = tcp_packet(10_000);
+    post_tx_at(&mut d, &mut tx, 0, tso_header(1448), &big, 0x10000);
+    // GSO without NEEDS_CSUM (§5.1.6.2.1: the driver MUST set it): refused.
+    let mut no_csum = tso_header(1448);
+    no_csum[0] = 0;
+    post_tx_at(&mut d, &mut tx, 1, no_csum, &big, 0x10000);
+    // The ECN bit without HOST_ECN, and UDP fragmentation offload: refused.
+    let mut ecn = tso_header(1448);
+    ecn[1] |= 0x80;
+    post_tx_at(&mut d, &mut tx, 2, ecn, &big, 0x10000);
+    let mut ufo = tso_header(1448);
+    ufo[1] = 3;
+    post_tx_at(&mut d, &mut tx, 3, ufo, &big, 0x10000);
+    kick(&mut d, TX_QUEUE);
+    assert_eq!(used_idx(&d, TXQ), 4, "every chain returned");
+    let mut out = Vec::new();
+    while let Some(frame) = d.device_mut().take_transmitted() {
+        out.push(frame);
+    }
+    assert_eq!(out.len(), 7);
+    assert!(out.iter().all(|f| f.len() <= 1514));
+    let payload: Vec<u8> = out.iter().flat_map(|f| f[54..].to_vec()).collect();
+    assert_eq!(&payload[..], &big[54..]);
+    let s = d.device().stats();
+    assert_eq!((s.tx_segmented, s.tx_frames, s.tx_bad_header), (1, 7, 3));
+    assert_eq!(s.tx_bytes, out.iter().map(|f| f.len() as u64).sum::<u64>());
+    // A 65536-byte IPv4 packet: one byte too long for IPv4, refused.
+    let huge = tcp_packet(65_536 - 40);
+    post_tx_at(&mut d, &mut tx, 0, tso_header(1448), &huge, 0xFF00);
+    kick(&mut d, TX_QUEUE);
+    assert_eq!(d.device_mut().take_transmitted(), None);
+    assert_eq!(d.device().stats().tx_bad_header, 4);
+    // The largest (65535 bytes) is cut: 46 frames.
+    post_tx_at(
+        &mut d,
+        &mut tx,
+        1,
+        tso_header(1448),
+        &huge[..huge.len() - 1],
+        0xFF00,
+    );
+    kick(&mut d, TX_QUEUE);
+    let mut n = 0;
+    while d.device_mut().take_transmitted().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, (65_535 - 40usize).div_ceil(1448));
+}
+
+#[test]
+fn segmentation_offload_needs_its_feature() {
+    // CSUM only: a TCPV4 chain is a bad header (§5.1.6.2.1).
+    let (mut d, _, mut tx) = dev_with(NetConfig::new(MAC), base() | features::CSUM);
+    post_tx_at(
+        &mut d,
+        &mut tx,
+        0,
+        tso_header(1448),
+        &tcp_packet(3000),
+        0x10000,
+    );
+    kick(&mut d, TX_QUEUE);
+    assert_eq!(d.device_mut().take_transmitted(), None);
+    assert_eq!(d.device().stats().tx_bad_header, 1);
 }
 
 #[test]
