@@ -115,7 +115,11 @@ impl<P: Ports, C: Clock> Io<'_, P, C> {
         self.ports.write8(self.channel.control, control::NIEN);
         let idle = |s: u8| s & (status::BSY | status::DRQ) == 0;
         let limit = self.timeouts.command_ms;
-        self.wait("the channel to be idle before selecting a device", limit, idle)?;
+        self.wait(
+            "the channel to be idle before selecting a device",
+            limit,
+            idle,
+        )?;
         let lba_bit = if lba { DEVICE_LBA } else { 0 };
         self.write_reg(offset::DEVICE, DEVICE_OBSOLETE | lba_bit | drive.dev_bit());
         self.settle();
@@ -180,15 +184,15 @@ impl<P: Ports, C: Clock> Io<'_, P, C> {
 
     fn read_block(&mut self, out: &mut [u8]) {
         let data = self.channel.reg(offset::DATA);
-        for pair in out.chunks_exact_mut(2) {
-            pair.copy_from_slice(&self.ports.read16(data).to_le_bytes());
+        for pair in out.as_chunks_mut::<2>().0 {
+            *pair = self.ports.read16(data).to_le_bytes();
         }
     }
 
     fn write_block(&mut self, bytes: &[u8]) {
         let data = self.channel.reg(offset::DATA);
-        for pair in bytes.chunks_exact(2) {
-            self.ports.write16(data, u16::from_le_bytes([pair[0], pair[1]]));
+        for pair in bytes.as_chunks::<2>().0 {
+            self.ports.write16(data, u16::from_le_bytes(*pair));
         }
     }
 }
@@ -213,7 +217,8 @@ pub fn reset_channel<P: Ports, C: Clock>(
     if st == 0xFF {
         return Err(Error::NoDevice { status: st });
     }
-    io.ports.write8(channel.control, control::SRST | control::NIEN);
+    io.ports
+        .write8(channel.control, control::SRST | control::NIEN);
     io.busy_wait_us(5);
     io.ports.write8(channel.control, control::NIEN);
     io.busy_wait_us(2000);
@@ -287,8 +292,8 @@ pub fn identify_device<P: Ports, C: Clock>(
         timeouts.command_ms,
     )?;
     let mut words = [0u16; 256];
-    for (w, pair) in words.iter_mut().zip(bytes.chunks_exact(2)) {
-        *w = u16::from_le_bytes([pair[0], pair[1]]);
+    for (w, pair) in words.iter_mut().zip(bytes.as_chunks::<2>().0) {
+        *w = u16::from_le_bytes(*pair);
     }
     Identity::parse(&words)
 }
@@ -413,7 +418,7 @@ impl<P: Ports, C: Clock> Disk<P, C> {
             let count = (chunk.len() / SECTOR_SIZE) as u16;
             let mut io = self.io();
             io.issue_ext(drive, cmd, at, count)?;
-            for block in chunk.chunks_exact_mut(SECTOR_SIZE) {
+            for block in chunk.as_chunks_mut::<SECTOR_SIZE>().0 {
                 io.await_block(cmd, "READ SECTORS EXT data (DRQ)")?;
                 io.read_block(block);
             }
@@ -436,7 +441,7 @@ impl<P: Ports, C: Clock> Disk<P, C> {
             let count = (chunk.len() / SECTOR_SIZE) as u16;
             let mut io = self.io();
             io.issue_ext(drive, cmd, at, count)?;
-            for block in chunk.chunks_exact(SECTOR_SIZE) {
+            for block in chunk.as_chunks::<SECTOR_SIZE>().0 {
                 io.await_block(cmd, "WRITE SECTORS EXT to take data (DRQ)")?;
                 io.write_block(block);
             }
@@ -456,6 +461,10 @@ impl<P: Ports, C: Clock> Disk<P, C> {
         io.select(drive, true)?;
         io.write_reg(offset::COMMAND, command::FLUSH_CACHE_EXT);
         io.settle();
-        io.finish(command::FLUSH_CACHE_EXT, "FLUSH CACHE EXT to complete", limit)
+        io.finish(
+            command::FLUSH_CACHE_EXT,
+            "FLUSH CACHE EXT to complete",
+            limit,
+        )
     }
 }

@@ -11,7 +11,11 @@ pub enum Error {
     NoDevice { status: u8 },
     /// The device is not an ATA disk: its signature (LBA Mid, LBA High) is an
     /// ATAPI one (a CD drive) or unknown.
-    NotAta { kind: &'static str, mid: u8, high: u8 },
+    NotAta {
+        kind: &'static str,
+        mid: u8,
+        high: u8,
+    },
     /// A wait exceeded its limit: `what` names the condition waited for; `status`
     /// is the last Status read.
     Timeout {
@@ -87,13 +91,20 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Identify(what) => write!(f, "IDENTIFY DEVICE data unusable: {what}"),
-            Error::OutOfRange { lba, count, sectors } => write!(
+            Error::OutOfRange {
+                lba,
+                count,
+                sectors,
+            } => write!(
                 f,
                 "sectors {lba}..{} are outside the disk ({sectors} sectors)",
                 lba.saturating_add(*count)
             ),
             Error::BufferLength(len) => {
-                write!(f, "buffer of {len} bytes is not a whole number of 512-byte sectors")
+                write!(
+                    f,
+                    "buffer of {len} bytes is not a whole number of 512-byte sectors"
+                )
             }
         }
     }

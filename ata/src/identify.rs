@@ -79,9 +79,13 @@ impl Identity {
                 "no 48-bit addressing (word 83 bit 10 clear or word 83 not valid)",
             ));
         }
-        let sectors = (0..4).fold(0u64, |acc, i| acc | u64::from(word(data, 100 + i)) << (16 * i));
+        let sectors = (0..4).fold(0u64, |acc, i| {
+            acc | u64::from(word(data, 100 + i)) << (16 * i)
+        });
         if sectors == 0 {
-            return Err(Error::Identify("no 48-bit sector count (words 100-103 are 0)"));
+            return Err(Error::Identify(
+                "no 48-bit sector count (words 100-103 are 0)",
+            ));
         }
         if sectors > 1 << 48 {
             return Err(Error::Identify(

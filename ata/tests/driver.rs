@@ -82,7 +82,7 @@ fn identify_data_are_checked() {
         let (mut ports, mut clock) = rig(
             Some(Device::new(Kind::Ata {
                 sectors: 4096,
-                identify: words,
+                identify: Box::new(words),
             })),
             None,
         );
@@ -133,7 +133,10 @@ fn identify_data_are_checked() {
     let mut unsigned = identify_words("Model\u{7}\u{1b}", "s", 4096);
     unsigned[255] = 0;
     let id = check(unsigned).unwrap();
-    assert_eq!(id.model, "Model??", "control characters do not reach the log");
+    assert_eq!(
+        id.model, "Model??",
+        "control characters do not reach the log"
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ const UNC: u8 = 0x40;
 pub enum Kind {
     Ata {
         sectors: u64,
-        identify: [u16; 256],
+        identify: Box<[u16; 256]>,
     },
     Atapi,
 }
@@ -91,7 +91,7 @@ impl Device {
     pub fn disk(sectors: u64) -> Self {
         Self::new(Kind::Ata {
             sectors,
-            identify: identify_words("Model ATA Disk", "hv-ata-1", sectors),
+            identify: Box::new(identify_words("Model ATA Disk", "hv-ata-1", sectors)),
         })
     }
 
@@ -238,7 +238,7 @@ impl Model {
         d.error = 0;
         d.status = DRDY;
         let (sectors, identify) = match &d.kind {
-            Kind::Ata { sectors, identify } => (*sectors, *identify),
+            Kind::Ata { sectors, identify } => (*sectors, **identify),
             Kind::Atapi => {
                 // A packet device aborts IDENTIFY DEVICE and shows its signature.
                 d.signature();
