@@ -1,7 +1,8 @@
 //! Where the guest bundle comes from: the bootloader's ramdisk, or, when the ramdisk
 //! holds only a `bundle::BundleRef`, the start of a GPT partition of the host disk
-//! (NVMe or ATA, see `host_disk`), which the hypervisor reads itself. The second way starts faster under
-//! emulators, whose firmware disk services are slow (see `bundle::reference`).
+//! (NVMe or ATA, see `host_disk`), which the hypervisor reads itself. The second
+//! way starts faster under emulators, whose firmware disk services are slow (see
+//! `bundle::reference`).
 
 use alloc::format;
 use alloc::string::String;
@@ -57,11 +58,10 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
             r.partition
         ));
     }
-    let driver = host_disk::with(|d| d.driver()).unwrap_or("host");
+    let kind = host_disk::with(|d| d.kind()).unwrap_or("host");
     println!(
-        "hv: guest bundle read from partition \"{}\" of the {} disk: {} KiB in {} ms",
+        "hv: guest bundle read from partition \"{}\" of the {kind} disk: {} KiB in {} ms",
         r.partition,
-        if driver == "nvme" { "NVMe" } else { "ATA" },
         r.len / 1024,
         (time::uptime_micros() - start) / 1000
     );

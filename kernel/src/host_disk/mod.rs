@@ -71,11 +71,11 @@ impl Disk {
         }
     }
 
-    /// The driver's name in log lines ("nvme", "ata").
-    pub fn driver(&self) -> &'static str {
+    /// What kind of disk it is, for log lines ("NVMe", "ATA").
+    pub fn kind(&self) -> &'static str {
         match self {
-            Disk::Nvme(_) => "nvme",
-            Disk::Ata(_) => "ata",
+            Disk::Nvme(_) => "NVMe",
+            Disk::Ata(_) => "ATA",
         }
     }
 }
