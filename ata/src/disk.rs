@@ -173,10 +173,9 @@ impl<P: Ports, C: Clock> Io<'_, P, C> {
             return Err(self.failure(cmd, st));
         }
         if st & status::DRQ != 0 {
-            return Err(Error::Command {
+            return Err(Error::DataLeft {
                 command: cmd,
                 status: st,
-                error: 0,
             });
         }
         Ok(())

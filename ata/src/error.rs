@@ -25,6 +25,9 @@ pub enum Error {
     },
     /// A command ended with ERR or DF set in Status; `error` is the Error register.
     Command { command: u8, status: u8, error: u8 },
+    /// A command ended with DRQ still set: the device has more data to move than
+    /// the command asked for (a protocol mismatch; nothing of it was trusted).
+    DataLeft { command: u8, status: u8 },
     /// The IDENTIFY DEVICE data lack something the driver needs, or fail their
     /// checks; `what` says which.
     Identify(&'static str),
@@ -90,6 +93,12 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::DataLeft { command, status } => write!(
+                f,
+                "{} ({command:#04x}) ended with DRQ still set (status {status:#04x}): the device \
+                 has more data than the command asked for",
+                command_name(*command)
+            ),
             Error::Identify(what) => write!(f, "IDENTIFY DEVICE data unusable: {what}"),
             Error::OutOfRange {
                 lba,

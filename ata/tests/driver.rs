@@ -279,6 +279,22 @@ fn a_device_that_stops_answering_mid_command_times_out() {
 }
 
 #[test]
+fn a_device_with_more_data_than_asked_for_is_a_protocol_error() {
+    let mut dev = Device::disk(4096);
+    dev.identify_extra_block = true;
+    let (ports, clock) = rig(Some(dev), None);
+    match Disk::open(ports, clock, CHANNEL, Drive::Master, TIMEOUTS) {
+        Err(e @ Error::DataLeft { command: 0xEC, .. }) => assert!(
+            e.to_string()
+                .starts_with("IDENTIFY DEVICE (0xec) ended with DRQ still set"),
+            "{e}"
+        ),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened"),
+    }
+}
+
+#[test]
 fn the_device_refusing_a_command_is_an_error_not_data() {
     // A read past the end as the device sees it (a device smaller than it said).
     let mut dev = Device::disk(4096);

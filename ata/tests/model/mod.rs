@@ -41,6 +41,8 @@ pub struct Device {
     pub bad_sector: Option<u64>,
     /// FLUSH CACHE EXT ends with DF.
     pub fault_on_flush: bool,
+    /// IDENTIFY DEVICE offers a second block of data (a protocol error).
+    pub identify_extra_block: bool,
     pub flushes: u32,
     // Shadow registers: current and previous (HOB) contents.
     count: [u8; 2],
@@ -107,6 +109,7 @@ impl Device {
             stuck_busy: false,
             bad_sector: None,
             fault_on_flush: false,
+            identify_extra_block: false,
             flushes: 0,
             count: [0; 2],
             lba: [[0; 2]; 3],
@@ -144,9 +147,8 @@ impl Device {
 /// What the channel is doing.
 enum State {
     Idle,
-    /// Sectors to hand out: the command, the buffer, the next sector, how many left.
+    /// Sectors to hand out: the buffer, the next sector, how many left.
     DataIn {
-        cmd: u8,
         buf: Vec<u8>,
         pos: usize,
         next: u64,
@@ -237,6 +239,7 @@ impl Model {
         d.busy();
         d.error = 0;
         d.status = DRDY;
+        let identify_blocks = if d.identify_extra_block { 2 } else { 1 };
         let (sectors, identify) = match &d.kind {
             Kind::Ata { sectors, identify } => (*sectors, **identify),
             Kind::Atapi => {
@@ -252,11 +255,10 @@ impl Model {
                 let buf = identify.iter().flat_map(|w| w.to_le_bytes()).collect();
                 d.status = DRDY | DRQ;
                 self.state = State::DataIn {
-                    cmd: op,
                     buf,
                     pos: 0,
                     next: 0,
-                    left: 1,
+                    left: identify_blocks,
                 };
             }
             0x24 | 0x34 if lba + count > sectors => {
@@ -265,7 +267,6 @@ impl Model {
             }
             0x24 => {
                 self.state = State::DataIn {
-                    cmd: op,
                     buf: Vec::new(),
                     pos: 0,
                     next: lba,
@@ -315,7 +316,6 @@ impl Model {
     fn read_data(&mut self) -> u16 {
         let selected = self.selected;
         let State::DataIn {
-            cmd,
             buf,
             pos,
             next,
@@ -331,7 +331,7 @@ impl Model {
             *next += 1;
             let d = self.devices[selected].as_mut().unwrap();
             d.busy();
-            if *left == 0 || *cmd == 0xEC {
+            if *left == 0 {
                 d.status = DRDY;
                 self.state = State::Idle;
             } else {
