@@ -290,8 +290,8 @@ impl GuestSet {
                 ],
             })),
             // The VT-x test's own image, with the guest bundle on it too: the
-            // hypervisor reads it over ATA much faster than Bochs' BIOS loads a
-            // boot image that carries it.
+            // hypervisor reads its 13 MB over ATA (about 1 s of Bochs' time), a
+            // large PIO read that the bundle's checksum checks.
             GuestSet::LinuxDiskVtxTest => {
                 let mut disk = GuestSet::LinuxDiskTest
                     .storage()?
