@@ -1,7 +1,8 @@
 //! Where the guest bundle comes from: the bootloader's ramdisk, or, when the ramdisk
 //! holds only a `bundle::BundleRef`, the start of a GPT partition of the host disk
-//! (NVMe), which the hypervisor reads itself. The second way starts faster under
-//! emulators, whose firmware disk services are slow (see `bundle::reference`).
+//! (NVMe or ATA, see `host_disk`), which the hypervisor reads itself. The second
+//! way starts faster under emulators, whose firmware disk services are slow (see
+//! `bundle::reference`).
 
 use alloc::format;
 use alloc::string::String;
@@ -20,7 +21,7 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
     let mut disk = host_disk::HostDisk::get().ok_or_else(|| {
         format!(
             "the ramdisk says the bundle is on partition \"{}\" of the machine's disk, but \
-             there is no NVMe disk",
+             the hypervisor has no disk of its own (see the boot log's nvme and ata lines)",
             r.partition
         )
     })?;
@@ -45,7 +46,7 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
     for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
         let lba = lbas.start + (i * CHUNK / 512) as u64;
         host_disk::with(|d| d.read(lba, chunk))
-            .ok_or("the NVMe disk went away")?
+            .ok_or("the host disk went away")?
             .map_err(|e| format!("reading the bundle at LBA {lba}: {e}"))?;
     }
     let bytes = &buf[..r.len as usize];
@@ -57,8 +58,9 @@ pub fn bundle_bytes(ramdisk: &'static [u8]) -> Result<&'static [u8], String> {
             r.partition
         ));
     }
+    let kind = host_disk::with(|d| d.kind()).unwrap_or("host");
     println!(
-        "hv: guest bundle read from partition \"{}\" of the NVMe disk: {} KiB in {} ms",
+        "hv: guest bundle read from partition \"{}\" of the {kind} disk: {} KiB in {} ms",
         r.partition,
         r.len / 1024,
         (time::uptime_micros() - start) / 1000

@@ -10,6 +10,7 @@ const CONFIG_ADDRESS: u16 = 0xCF8;
 const CONFIG_DATA: u16 = 0xCFC;
 
 /// Command register bits (PCI 3.0 §6.2.2).
+pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
@@ -110,6 +111,19 @@ impl Function {
             size: (!mask).wrapping_add(1),
             is64,
         })
+    }
+}
+
+impl Function {
+    /// BAR `index` as an I/O BAR: its port base (PCI 3.0 §6.2.5.1: bit 0 set, bits
+    /// 31:2 the address). `None` for a memory BAR, an unassigned one (0) or one
+    /// beyond the 64 KiB port space.
+    pub fn io_bar(&self, index: u8) -> Option<u16> {
+        let low = self.read32(0x10 + 4 * index);
+        if low & 1 == 0 {
+            return None;
+        }
+        u16::try_from(low & !0x3).ok().filter(|&base| base != 0)
     }
 }
 

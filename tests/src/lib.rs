@@ -36,6 +36,7 @@ pub fn images(set: GuestSet) -> &'static Images {
     static HOSTILE: OnceLock<Images> = OnceLock::new();
     static CRCHECK: OnceLock<Images> = OnceLock::new();
     static LINUX_DISK: OnceLock<Images> = OnceLock::new();
+    static LINUX_DISK_VTX: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK: OnceLock<Images> = OnceLock::new();
     static BENCH_DISK_ENC: OnceLock<Images> = OnceLock::new();
     static NETWORK: OnceLock<Images> = OnceLock::new();
@@ -61,6 +62,7 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::Hostile => &HOSTILE,
         GuestSet::CrCheck => &CRCHECK,
         GuestSet::LinuxDiskTest => &LINUX_DISK,
+        GuestSet::LinuxDiskVtxTest => &LINUX_DISK_VTX,
         GuestSet::BenchDisk => &BENCH_DISK,
         GuestSet::BenchDiskEncrypted => &BENCH_DISK_ENC,
         GuestSet::NetworkTest => &NETWORK,
@@ -73,17 +75,22 @@ pub fn images(set: GuestSet) -> &'static Images {
         GuestSet::LinuxDiskConsoleTest => &LINUX_DISK_CONSOLE,
     };
     cell.get_or_init(|| {
-        let opts = build::BuildOptions {
-            release: std::env::var("HV_RELEASE").map_or(true, |v| v != "0"),
-            log_level: std::env::var("HV_LOG").unwrap_or_else(|_| "info".into()),
-        };
-        let built = build::build_all(&opts, set)
+        let built = build::build_all(&build_options(), set)
             .unwrap_or_else(|e| panic!("building the images failed: {e}"));
         Images {
             bios: built.images.bios,
             uefi: built.images.uefi,
         }
     })
+}
+
+/// The build options of `cargo xtask test`, passed in `HV_RELEASE` and `HV_LOG`
+/// (a release kernel at log level info when run directly).
+pub fn build_options() -> build::BuildOptions {
+    build::BuildOptions {
+        release: std::env::var("HV_RELEASE").map_or(true, |v| v != "0"),
+        log_level: std::env::var("HV_LOG").unwrap_or_else(|_| "info".into()),
+    }
 }
 
 /// A private scratch directory per test (UEFI variables, Bochs files).
@@ -161,9 +168,19 @@ pub fn boot_bochs(
     done_marker: &str,
     limit: Duration,
 ) -> RunOutput {
-    let out =
-        emulator::run_bochs_captured(&images(set).bios, opts, &work_dir(test), done_marker, limit)
-            .unwrap_or_else(|e| panic!("cannot run Bochs: {e}"));
+    boot_bochs_image(test, &images(set).bios, opts, done_marker, limit)
+}
+
+/// [`boot_bochs`] of a BIOS image built otherwise (with the bundle on a disk).
+pub fn boot_bochs_image(
+    test: &str,
+    image: &std::path::Path,
+    opts: &BochsOptions,
+    done_marker: &str,
+    limit: Duration,
+) -> RunOutput {
+    let out = emulator::run_bochs_captured(image, opts, &work_dir(test), done_marker, limit)
+        .unwrap_or_else(|e| panic!("cannot run Bochs: {e}"));
     eprintln!(
         "[{test}] Bochs ran {:.1} s, exit code {:?}",
         out.elapsed.as_secs_f64(),

@@ -41,6 +41,7 @@ fn linux_reaches_userspace_under_vt_x() {
     let opts = BochsOptions {
         memory_mib: 512,
         cpus: 1,
+        ata_disk: None,
     };
     let out = boot_bochs(
         "linux_vt_x",

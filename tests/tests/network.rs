@@ -169,6 +169,7 @@ fn linux_vms_on_one_network_reach_each_other_under_vt_x() {
     let opts = BochsOptions {
         memory_mib: 512,
         cpus: 1,
+        ata_disk: None,
     };
     let out = boot_bochs(
         "network_vt_x",

@@ -1,13 +1,14 @@
-//! Persistent, encrypted VM disks (AMD-V under QEMU, which has the NVMe controller
-//! the hypervisor drives; Bochs has none). xtask makes a GPT disk image with two
-//! encrypted partitions; Linux gets "linux-data" (passphrase from its key file),
+//! Persistent, encrypted VM disks, on AMD-V under QEMU (the disk is an NVMe
+//! controller) and on VT-x under Bochs (which has no NVMe: the disk is the second
+//! ATA disk, driven by the hypervisor's ATA driver). xtask makes a GPT disk image
+//! with two encrypted partitions; Linux gets "linux-data" (passphrase from its key file),
 //! makes a filesystem on it, writes, and powers off; a second boot of the same
 //! image finds what the first wrote. From the host: the marker the guest wrote is
 //! nowhere in the image (it is encrypted at rest) but is there once the host
 //! decrypts the partition (the kernel's AES-NI cipher is standard XTS), and
 //! `hello64`, given "vault" with a wrong passphrase, is refused and "vault" is left
 //! byte for byte as it was.
-//! A third boot, interactive and driven through the console, snapshots Linux with
+//! On AMD-V, a third boot, interactive and driven through the console, snapshots Linux with
 //! that disk, writes a file, clones the snapshot (the clone does not see the file;
 //! what it writes stays its own) and restores it: the file is gone from the disk.
 
@@ -189,5 +190,129 @@ fn linux_keeps_its_encrypted_disk_between_boots_under_amd_v() {
     assert!(
         before[vault.clone()] == after[vault.clone()],
         "the partition opened with a wrong passphrase was written"
+    );
+}
+
+/// The same two boots on VT-x under Bochs (one processor; Linux with 1 vCPU and
+/// 128 MiB): the disk image is attached as `ata0-slave` beside the boot image, and
+/// the hypervisor must choose it (its GPT has hv partitions), read the guest
+/// bundle from it, and leave the boot disk alone. No console boot here: a third Bochs boot of Linux would cost
+/// minutes more.
+#[test]
+fn linux_keeps_its_encrypted_disk_between_boots_under_vt_x() {
+    let set = GuestSet::LinuxDiskVtxTest;
+    let storage = set.storage().unwrap().unwrap();
+    let target = xtask::build::target_dir();
+    let _ = std::fs::remove_file(storage.image_path(&target));
+    let image = xtask::storage::prepare(&storage, &target).expect("making the disk image");
+    // The guest bundle goes to the disk's "hv-bundle" partition and the boot image
+    // carries only a reference to it: the hypervisor reads it over ATA.
+    let built = xtask::build::build_with_bundle_on_disk(
+        &build_options(),
+        "linux-disk-vtx-test",
+        &set.vms().unwrap(),
+        &set.machine().unwrap(),
+        &image,
+    )
+    .unwrap_or_else(|e| panic!("building the images failed: {e}"));
+    let before = std::fs::read(&image).unwrap();
+    let vault = partition(&before, "vault");
+    let opts = BochsOptions {
+        memory_mib: 384,
+        cpus: 1,
+        ata_disk: Some(image.clone()),
+    };
+    let boot_image = std::fs::read(&built.images.bios).unwrap();
+    let check = |out: &RunOutput, boot: u32, how: &str| {
+        // The persistent disk is the primary channel's slave, the boot image its
+        // master.
+        assert!(
+            out.line_with("the host disk")
+                .starts_with("hv: ata: primary slave "),
+            "{}",
+            out.line_with("the host disk")
+        );
+        assert!(out
+            .line_with("no usable GPT")
+            .starts_with("hv: ata: primary master "));
+        out.expect_line("hv: using VT-x")
+            .expect_line("hv: guest bundle read from partition \"hv-bundle\" of the ATA disk: ")
+            .expect_line(&format!(
+                "{} sectors of 512 bytes: GPT with 3 hv partition(s); the host disk",
+                before.len() / 512
+            ))
+            .expect_line(&format!(
+                "{} sectors of 512 bytes: no usable GPT",
+                boot_image.len() / 512
+            ))
+            // Bochs's corei7_skylake_x has AES-NI: the sectors go through `aesni`.
+            .expect_line("hv:   disk encryption: AES-NI (checked against the software cipher)")
+            .expect_line("hv: vm linux: disk = partition \"linux-data\" of the machine's disk")
+            .expect_line(", encrypted, unlocked")
+            .expect_line(
+                "hv: vm hello64 not started: partition \"vault\": wrong passphrase for the encrypted disk",
+            )
+            .expect_line("linux | hv-linux: userspace ok")
+            .expect_line(&format!("linux | hv-linux: /data mounted, {how}"))
+            .expect_line(&format!("linux | hv-linux: /data boots {boot}, unmounted"))
+            .expect_line("hv: vm linux stopped: halted with interrupts disabled")
+            .expect_line("hv: ata: write cache flushed")
+            .expect_line("hv: stopping with status 16 (Success)")
+            .expect_no("hv: ata: WARNING")
+            .expect_no("Kernel panic")
+            .expect_no("EXCEPTION");
+    };
+    let first = boot_bochs_image(
+        "linux_disk_vt_x_first",
+        &built.images.bios,
+        &opts,
+        "hv: stopping with status",
+        BOCHS_LIMIT,
+    );
+    check(&first, 1, "new filesystem");
+    let second = boot_bochs_image(
+        "linux_disk_vt_x_second",
+        &built.images.bios,
+        &opts,
+        "hv: stopping with status",
+        BOCHS_LIMIT,
+    );
+    check(&second, 2, "existing filesystem");
+
+    let after = std::fs::read(&image).unwrap();
+    assert_eq!(before.len(), after.len());
+    let linux = partition(&after, "linux-data");
+    assert_ne!(
+        before[linux.clone()],
+        after[linux.clone()],
+        "the guest's writes reached the disk image"
+    );
+    // The guest's /init writes "hv-persist-marker boot N" to /data: those lines
+    // are nowhere in the image; the bare marker only in "hv-bundle", whose
+    // initramfs holds the script itself in plain text.
+    let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    for boot in [1, 2] {
+        let line = format!("hv-persist-marker boot {boot}\n");
+        assert!(
+            !has(&after, line.as_bytes()),
+            "the line the guest wrote on boot {boot} is in the image in plain text"
+        );
+    }
+    let bundle = partition(&after, "hv-bundle");
+    assert!(
+        !has(&after[..bundle.start], b"hv-persist-marker")
+            && !has(&after[bundle.end..], b"hv-persist-marker"),
+        "the marker the guest wrote is in the image in plain text"
+    );
+    assert!(
+        before[vault.clone()] == after[vault.clone()],
+        "the partition opened with a wrong passphrase was written"
+    );
+    // The boot disk (Bochs runs a private copy of the boot image) was only read.
+    let booted = work_dir("linux_disk_vt_x_second").join("disk.img");
+    assert!(
+        std::fs::read(&booted).unwrap() == boot_image,
+        "the hypervisor wrote to the boot disk {}",
+        booted.display()
     );
 }

@@ -1554,11 +1554,13 @@ fn ipi_qemu_options() -> QemuOptions {
 const BOCHS_HV: BochsOptions = BochsOptions {
     memory_mib: HV_MEMORY_MIB,
     cpus: 1,
+    ata_disk: None,
 };
 /// The Bochs machine of an IPI benchmark run.
 const BOCHS_IPI: BochsOptions = BochsOptions {
     memory_mib: IPI_MEMORY_MIB,
     cpus: IPI_PROCESSORS,
+    ata_disk: None,
 };
 
 /// The same Linux guest booted by QEMU itself: the VM's bzImage, initrd, command

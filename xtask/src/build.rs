@@ -149,6 +149,11 @@ pub enum GuestSet {
     /// passphrase (it must be refused, and the partition left as it was). The disk
     /// image is [`GuestSet::storage`]'s.
     LinuxDiskTest,
+    /// [`GuestSet::LinuxDiskTest`] for VT-x under Bochs: the same VMs, Linux with 1
+    /// vCPU and 128 MiB, and a disk image of its own (the same partitions and
+    /// [`BUNDLE_PARTITION`] for the guest bundle), which Bochs attaches as its
+    /// second ATA disk.
+    LinuxDiskVtxTest,
     /// `cargo xtask bench`'s disk throughput: Linux in test mode with
     /// `hv.bench=disk` (64 MiB written and read back with direct I/O on its raw
     /// disk) and the plain partition "bench-plain" of the bench disk image.
@@ -288,6 +293,24 @@ impl GuestSet {
                     },
                 ],
             })),
+            // The VT-x test's own image, with the guest bundle on it too: the
+            // hypervisor reads its 13 MB over ATA (about 1 s of Bochs' time), a
+            // large PIO read that the bundle's checksum checks.
+            GuestSet::LinuxDiskVtxTest => {
+                let mut disk = GuestSet::LinuxDiskTest
+                    .storage()?
+                    .ok_or("the disk test has a disk")?;
+                disk.config_stem = "linux-disk-vtx-test".into();
+                disk.bytes += 64 << 20;
+                disk.partitions.push(StoragePartition {
+                    name: BUNDLE_PARTITION.into(),
+                    bytes: 64 << 20,
+                    contents: None,
+                    encrypted: false,
+                    key_file: None,
+                });
+                Ok(Some(disk))
+            }
             GuestSet::LinuxDiskTest | GuestSet::LinuxDiskConsoleTest => Ok(Some(StorageDef {
                 image: None,
                 config_stem: "linux-disk-test".into(),
@@ -466,6 +489,7 @@ impl GuestSet {
             GuestSet::Hostile => "hostile",
             GuestSet::CrCheck => "crcheck",
             GuestSet::LinuxDiskTest => "linux-disk-test",
+            GuestSet::LinuxDiskVtxTest => "linux-disk-vtx-test",
             GuestSet::BenchDisk => "bench-disk",
             GuestSet::BenchDiskEncrypted => "bench-disk-encrypted",
             GuestSet::NetworkTest => "network-test",
@@ -577,9 +601,15 @@ impl GuestSet {
                 });
                 Ok(vec![crate::config::check(&vm)?])
             }
-            GuestSet::LinuxDiskTest => {
+            GuestSet::LinuxDiskTest | GuestSet::LinuxDiskVtxTest => {
                 self.storage()?; // writes the key files
                 let mut vm = linux_vm(true)?;
+                if self == GuestSet::LinuxDiskVtxTest {
+                    // Bochs runs about 60 million instructions a second: one
+                    // processor, one vCPU, as little RAM as the guest needs.
+                    vm.vcpus = 1;
+                    vm.memory_kib = 128 * 1024;
+                }
                 vm.partition = Some(crate::vms::PartitionUse {
                     name: "linux-data".into(),
                     read_only: false,
@@ -923,7 +953,7 @@ pub const BUNDLE_PARTITION: &str = "hv-bundle";
 
 /// Like [`build_with_vms`], but the bundle goes to the start of partition
 /// [`BUNDLE_PARTITION`] of the disk image `disk` (attached to the machine as its
-/// NVMe disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
+/// NVMe disk, or under Bochs as its second ATA disk) and the boot images' ramdisk is only a `bundle::BundleRef` to it: the
 /// firmware then loads a few bytes instead of the guests' images, and the
 /// hypervisor reads them with its own NVMe driver (much faster under emulators).
 /// The bundle is the same as [`build_with_vms`] packs, `machine`'s settings

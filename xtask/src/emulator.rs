@@ -242,6 +242,10 @@ fn qemu_command_with_serial(
 pub struct BochsOptions {
     pub memory_mib: u32,
     pub cpus: u32,
+    /// The persistent disk image (`[storage]`), attached writable as the second
+    /// ATA disk (`ata0-slave`), in place: what the guests write stays in the file.
+    /// See [`ata_disk_line`].
+    pub ata_disk: Option<PathBuf>,
 }
 
 impl Default for BochsOptions {
@@ -249,8 +253,47 @@ impl Default for BochsOptions {
         Self {
             memory_mib: 128,
             cpus: 1,
+            ata_disk: None,
         }
     }
+}
+
+/// The bochsrc line that attaches `image` (`bytes` long) as `ata0-slave`, a flat
+/// image used in place. Bochs wants a whole number of 512-byte sectors, and its
+/// CHS geometry, which it would otherwise guess as 16 heads and 63 sectors per
+/// track and leave the rest of the image "outside of CHS address range", is given
+/// so that it covers the image exactly: the most heads (up to 16) and sectors per
+/// track (up to 63) that divide the image, when there are some. The hypervisor
+/// addresses the disk by 48-bit LBA, whatever the geometry.
+pub fn ata_disk_line(image: &Path, bytes: u64) -> Result<String, String> {
+    let path = image.display().to_string();
+    if path.contains([',', '\n', '"']) {
+        return Err(format!(
+            "{path}: Bochs cannot take a disk path with a comma, a quote or a newline"
+        ));
+    }
+    if bytes == 0 || !bytes.is_multiple_of(512) {
+        return Err(format!(
+            "{path}: {bytes} bytes is not a whole number of 512-byte sectors, which Bochs needs"
+        ));
+    }
+    let sectors = bytes / 512;
+    let geometry = (1..=16u64)
+        .rev()
+        .flat_map(|heads| (1..=63u64).rev().map(move |spt| (heads, spt)))
+        .find(|&(heads, spt)| {
+            sectors.is_multiple_of(heads * spt) && sectors / (heads * spt) <= 65_535
+        })
+        .map(|(heads, spt)| {
+            format!(
+                ", cylinders={}, heads={heads}, spt={spt}",
+                sectors / (heads * spt)
+            )
+        })
+        .unwrap_or_default();
+    Ok(format!(
+        "ata0-slave: type=disk, path={path}, mode=flat{geometry}"
+    ))
 }
 
 /// A prepared Bochs run: its configuration directory, the serial log it writes, and
@@ -332,6 +375,20 @@ pub fn start_bochs_with(
     let _ = std::fs::remove_file(work_dir.join("disk.img.lock"));
     let serial_log = work_dir.join("serial.txt");
     let _ = std::fs::remove_file(&serial_log);
+    // The persistent disk is used in place (it must keep what the guests write), so
+    // a lock a killed Bochs left on it is removed here.
+    let slave = match &opts.ata_disk {
+        Some(image) => {
+            let bytes = std::fs::metadata(image)
+                .map_err(|e| format!("{}: {e}", image.display()))?
+                .len();
+            let mut lock = image.as_os_str().to_owned();
+            lock.push(".lock");
+            let _ = std::fs::remove_file(PathBuf::from(lock));
+            format!("{}\n", ata_disk_line(image, bytes)?)
+        }
+        None => String::new(),
+    };
     let bochsrc = format!(
         "megs: {mem}\n\
          romimage: file={bios}\n\
@@ -340,6 +397,7 @@ pub fn start_bochs_with(
          display_library: x\n\
          cpu: model=corei7_skylake_x, count={cpus}, ips=100000000, reset_on_triple_fault=0\n\
          ata0-master: type=disk, path={disk}, mode=flat\n\
+         {slave}\
          boot: disk\n\
          {com1}\n\
          clock: sync=none, time0=local\n\
@@ -1054,6 +1112,33 @@ pub fn run_bochs_interactive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ata_disk_geometry_covers_the_image() {
+        let line = |bytes| ata_disk_line(Path::new("/t/hv/disks/d.img"), bytes);
+        // 160 MiB: 327,680 sectors = 512 x 16 x 40.
+        assert_eq!(
+            line(160 << 20).unwrap(),
+            "ata0-slave: type=disk, path=/t/hv/disks/d.img, mode=flat, cylinders=512, heads=16, spt=40"
+        );
+        // 16 x 63 divides it: the classic geometry.
+        assert_eq!(
+            line(1008 * 512 * 10).unwrap(),
+            "ata0-slave: type=disk, path=/t/hv/disks/d.img, mode=flat, cylinders=10, heads=16, spt=63"
+        );
+        // A prime number of sectors beyond 65,535 cylinders of 1 x 1: Bochs guesses.
+        assert_eq!(
+            line(1_000_003 * 512).unwrap(),
+            "ata0-slave: type=disk, path=/t/hv/disks/d.img, mode=flat"
+        );
+        assert!(line(1000)
+            .unwrap_err()
+            .contains("not a whole number of 512-byte sectors"));
+        assert!(line(0).is_err());
+        assert!(ata_disk_line(Path::new("/a,b.img"), 512)
+            .unwrap_err()
+            .contains("comma"));
+    }
 
     #[test]
     fn tcg_thread_values() {

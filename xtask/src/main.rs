@@ -258,25 +258,20 @@ fn run(mut args: Args) -> Result<(), String> {
         _ => QEMU_FLOOR_MIB,
     };
     let machine_mib = xtask::vms::machine_memory_mib(&vms, memory, floor)?;
-    if storage.is_some() && emulator == "bochs" {
-        return Err(
-            "the configuration has [storage], a disk the hypervisor reaches over NVMe, and \
-             Bochs has no NVMe controller: run it under QEMU"
-                .into(),
-        );
-    }
-    let nvme_disk = storage
+    // The persistent disk: QEMU attaches it as an NVMe disk, Bochs (which has no
+    // NVMe) as the second ATA disk; the hypervisor drives either.
+    let disk_image = storage
         .as_ref()
         .map(|s| xtask::storage::prepare(s, &build::target_dir()))
         .transpose()?;
-    // With a bundle partition on the NVMe disk, the bundle goes there and the boot
+    // With a bundle partition on the persistent disk, the bundle goes there and the boot
     // image carries only a reference to it (a faster start).
     let bundle_on_disk = storage.as_ref().is_some_and(|s| {
         s.partitions
             .iter()
             .any(|p| p.name == build::BUNDLE_PARTITION)
     });
-    let built = match &nvme_disk {
+    let built = match &disk_image {
         Some(disk) if bundle_on_disk => {
             build::build_with_bundle_on_disk(&bopts, &dir, &vms, &machine, disk)?
         }
@@ -298,7 +293,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 } else {
                     Vec::new()
                 },
-                nvme_disk,
+                nvme_disk: disk_image,
                 // Two or more Linux VMs on a multi-processor machine under
                 // multi-threaded TCG crash the hypervisor (the host runs with a bad
                 // CR3 after a #VMEXIT; see README, Known problems): one thread.
@@ -356,6 +351,7 @@ fn run(mut args: Args) -> Result<(), String> {
             let opts = BochsOptions {
                 memory_mib: machine_mib,
                 cpus: machine_cpus,
+                ata_disk: disk_image,
             };
             eprintln!(
                 "xtask: booting {} in Bochs ({machine_mib} MiB, VT-x with EPT; slow, be patient); quit with Ctrl-A X",

@@ -1,5 +1,5 @@
 //! The kernel side of VM disks on the host disk ([`super::vm_disk`] holds the
-//! logic): the shared device (the NVMe drive behind `host_disk`), the machine-wide
+//! logic): the shared device (the NVMe or ATA disk behind `host_disk`), the machine-wide
 //! record of which VM holds which partition, and unlocking with what the machine
 //! has: the passphrase packed from a key file, or one typed on the serial console,
 //! and Argon2's working memory from page frames (19 MiB with the default
@@ -22,7 +22,7 @@ const PASSPHRASE_TIMEOUT_MS: u64 = 120_000;
 static DEVICE: Once<Option<Arc<Mutex<HostDisk>>>> = Once::new();
 static CLAIMS: Mutex<Claims> = Mutex::new(Claims::new());
 
-/// The machine's NVMe disk, shared by every user of it (VM disks, the snapshot
+/// The machine's disk (NVMe or ATA), shared by every user of it (VM disks, the snapshot
 /// area), if it has one.
 pub fn host_disk() -> Option<Arc<Mutex<HostDisk>>> {
     DEVICE
@@ -64,7 +64,7 @@ fn open_fresh(vm: &str, spec: &bundle::PartitionDisk) -> Result<Opened, String> 
         .ok_or_else(|| {
             format!(
                 "its disk is partition \"{}\" of the machine's disk, but the hypervisor has no \
-                 NVMe disk (see the boot log's nvme line)",
+                 disk of its own (see the boot log's nvme and ata lines)",
                 spec.name
             )
         })?;

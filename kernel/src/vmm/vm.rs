@@ -1372,6 +1372,31 @@ mod tests {
         assert_eq!(vm.cpu.stats.count(vcpu::ExitKind::PortIo), 4);
     }
 
+    /// The host's IDE channels (the hypervisor's own disk under Bochs,
+    /// `host_disk::ata_disk`) are nothing in a VM: every guest access exits, is
+    /// served by the VM's platform, where nothing decodes them, and never reaches
+    /// the host's ports.
+    #[test]
+    fn the_hosts_ide_ports_are_not_the_guests() {
+        let mut vm = vm();
+        let ports: Vec<u16> = (0x1F0..=0x1F7)
+            .chain(0x170..=0x177)
+            .chain([0x3F6, 0x376])
+            .collect();
+        for &port in &ports {
+            vm.cpu.vcpu.regs.rax = 0;
+            vm.handle(inp(port, 1), 0);
+            assert_eq!(vm.cpu.vcpu.regs.rax, 0xff, "port {port:#x}");
+            vm.handle(out(port, 1), 0);
+        }
+        vm.handle(inp(0x1F0, 2), 0);
+        assert_eq!(vm.cpu.vcpu.regs.rax, 0xffff);
+        assert_eq!(
+            vm.shared.platform.unknown_port_accesses,
+            2 * ports.len() as u64 + 1
+        );
+    }
+
     #[test]
     fn cpuid_goes_through_the_policy() {
         let mut vm = vm();

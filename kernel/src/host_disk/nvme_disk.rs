@@ -1,6 +1,5 @@
-//! The hypervisor's own disk: the first NVMe controller on the host's PCI buses
-//! (class 01h, subclass 08h, interface 02h), brought up once at boot by the `nvme`
-//! crate and shared by every processor behind one lock.
+//! The host disk over NVMe: the first NVMe controller on the host's PCI buses
+//! (class 01h, subclass 08h, interface 02h), brought up by the `nvme` crate.
 //!
 //! This module owns the three things the driver cannot do itself: finding and
 //! enabling the PCI function, mapping BAR0 uncached, and handing out DMA memory
@@ -8,47 +7,19 @@
 
 use alloc::collections::BTreeMap;
 use core::sync::atomic::{compiler_fence, Ordering};
-use spin::Mutex;
 
+use super::TscClock;
 use crate::memory_map::PAGE_SIZE;
-use crate::{memory, pci, println, time};
+use crate::{memory, pci, println};
 
-pub type Disk = nvme::Controller<Bar, KernelDma, TscClock>;
+pub type NvmeDisk = nvme::Controller<Bar, KernelDma, TscClock>;
 
-static DISK: Mutex<Option<Disk>> = Mutex::new(None);
-
-/// Runs `f` on the host disk, if there is one. Callable from any processor; callers
-/// run with interrupts disabled (the hypervisor's normal state), so the spin lock is
-/// never held by an interrupted holder on the same processor.
-pub fn with<R>(f: impl FnOnce(&mut Disk) -> R) -> Option<R> {
-    DISK.lock().as_mut().map(f)
-}
-
-/// Tells the controller the hypervisor stops (a normal shutdown, NVMe 1.4 §7.6.2),
-/// so a real SSD commits its cache instead of counting an unsafe shutdown. Takes the
-/// lock only if it is free: this runs on the way out, possibly from a panic on a
-/// processor that holds it.
-pub fn shutdown() {
-    let Some(mut guard) = DISK.try_lock() else {
-        println!("hv: nvme: WARNING: the disk is busy; stopping without a shutdown notification");
-        return;
-    };
-    if let Some(disk) = guard.as_mut() {
-        match disk.shutdown() {
-            Ok(()) => println!("hv: nvme: controller shut down"),
-            Err(e) => println!("hv: nvme: WARNING: shutdown failed: {e}"),
-        }
-    }
-}
-
-/// Finds, enables and brings up the first NVMe controller, and reports it in one
-/// line (or a warning: the hypervisor carries on without a disk). Boot time, on the
-/// boot processor, before the other processors start (the BAR mapping changes page
-/// attributes in the shared page tables).
-pub fn init() {
+/// Finds, enables and brings up the first NVMe controller and reports it in one
+/// line (or a warning). `None`: no NVMe controller, or one that failed.
+pub(super) fn init() -> Option<NvmeDisk> {
     let Some(function) = pci::functions().find(|f| f.class() == (0x01, 0x08, 0x02)) else {
         println!("hv: nvme: no NVMe controller found");
-        return;
+        return None;
     };
     match bring_up(function) {
         Ok(mut disk) => {
@@ -62,13 +33,25 @@ pub fn init() {
                 info.max_transfer_bytes / 1024
             );
             report_partition_table(&mut disk);
-            *DISK.lock() = Some(disk);
+            Some(disk)
         }
-        Err(why) => println!("hv: nvme: WARNING: {function}: {why}; no host disk"),
+        Err(why) => {
+            println!("hv: nvme: WARNING: {function}: {why}; no host disk");
+            None
+        }
     }
 }
 
-fn bring_up(function: pci::Function) -> Result<Disk, alloc::string::String> {
+/// Tells the controller the hypervisor stops (a normal shutdown, NVMe 1.4 §7.6.2),
+/// so a real SSD commits its cache instead of counting an unsafe shutdown.
+pub(super) fn shutdown(disk: &mut NvmeDisk) {
+    match disk.shutdown() {
+        Ok(()) => println!("hv: nvme: controller shut down"),
+        Err(e) => println!("hv: nvme: WARNING: shutdown failed: {e}"),
+    }
+}
+
+fn bring_up(function: pci::Function) -> Result<NvmeDisk, alloc::string::String> {
     use alloc::format;
     let bar = function
         .memory_bar(0)
@@ -101,7 +84,7 @@ fn bring_up(function: pci::Function) -> Result<Disk, alloc::string::String> {
 }
 
 /// The GPT header's place: LBA 1 in the namespace's own block size (UEFI 2.10 §5.3.1).
-fn report_partition_table(disk: &mut Disk) {
+fn report_partition_table(disk: &mut NvmeDisk) {
     let mut block = [0u8; 512];
     let sector = u64::from(disk.lba_bytes()) / 512;
     match disk.read(sector, &mut block) {
@@ -232,65 +215,5 @@ impl nvme::Dma for KernelDma {
         // SAFETY: an aligned dword inside our allocation; volatile, because the
         // device writes it behind the compiler's back.
         unsafe { (memory::phys_to_virt(phys) as *const u32).read_volatile() }
-    }
-}
-
-/// Uptime from the calibrated TSC.
-pub struct TscClock;
-
-impl nvme::Clock for TscClock {
-    fn now_us(&mut self) -> u64 {
-        time::uptime_micros()
-    }
-
-    fn relax(&mut self) {
-        core::hint::spin_loop();
-    }
-}
-
-/// The host disk as the device VM partitions are windows onto
-/// ([`virtio::Partition`]): every call takes the disk's lock for its own transfer.
-/// A driver error is an I/O error for the guest's request (logged, the first few).
-pub struct HostDisk {
-    sectors: u64,
-}
-
-impl HostDisk {
-    /// The disk, if the hypervisor has one.
-    pub fn get() -> Option<Self> {
-        with(|d| d.sectors()).map(|sectors| Self { sectors })
-    }
-}
-
-fn io_error(what: &str, sector: u64, e: nvme::Error) -> virtio::BlockError {
-    use core::sync::atomic::AtomicU32;
-    static REPORTED: AtomicU32 = AtomicU32::new(0);
-    if REPORTED.fetch_add(1, Ordering::Relaxed) < 8 {
-        println!("hv: nvme: WARNING: {what} at sector {sector} failed: {e}");
-    }
-    virtio::BlockError::Io
-}
-
-impl virtio::BlockBackend for HostDisk {
-    fn sectors(&self) -> u64 {
-        self.sectors
-    }
-
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), virtio::BlockError> {
-        with(|d| d.read(sector, buf))
-            .ok_or(virtio::BlockError::Io)?
-            .map_err(|e| io_error("read", sector, e))
-    }
-
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), virtio::BlockError> {
-        with(|d| d.write(sector, data))
-            .ok_or(virtio::BlockError::Io)?
-            .map_err(|e| io_error("write", sector, e))
-    }
-
-    fn flush(&mut self) -> Result<(), virtio::BlockError> {
-        with(|d| d.flush())
-            .ok_or(virtio::BlockError::Io)?
-            .map_err(|e| io_error("flush", 0, e))
     }
 }
