@@ -29,6 +29,25 @@ fn partition(image: &[u8], name: &str) -> std::ops::Range<usize> {
     p.lbas.start as usize * 512..p.lbas.end as usize * 512
 }
 
+/// What every boot of the Linux disk guest set says on both vendors: the sectors go
+/// through AES-NI (QEMU's `+aes`; Bochs's `corei7_skylake_x`), "linux-data" is
+/// unlocked, "vault" with its wrong passphrase is refused, and Linux's /init reports
+/// boot `boot` of its filesystem, mounted `how`.
+fn expect_linux_disk_boot(out: &RunOutput, boot: u32, how: &str) {
+    out.expect_line("hv:   disk encryption: AES-NI (checked against the software cipher)")
+        .expect_line("hv: vm linux: disk = partition \"linux-data\" of the machine's disk")
+        .expect_line(", encrypted, unlocked")
+        .expect_line(
+            "hv: vm hello64 not started: partition \"vault\": wrong passphrase for the encrypted disk",
+        )
+        .expect_line("linux | hv-linux: userspace ok")
+        .expect_line(&format!("linux | hv-linux: /data mounted, {how}"))
+        .expect_line(&format!("linux | hv-linux: /data boots {boot}, unmounted"))
+        .expect_line("hv: vm linux stopped: halted with interrupts disabled")
+        .expect_no("Kernel panic")
+        .expect_no("EXCEPTION");
+}
+
 #[test]
 fn linux_keeps_its_encrypted_disk_between_boots_under_amd_v() {
     let storage = GuestSet::LinuxDiskTest.storage().unwrap().unwrap();
@@ -48,22 +67,9 @@ fn linux_keeps_its_encrypted_disk_between_boots_under_amd_v() {
     };
     let check = |out: &RunOutput, boot: u32, how: &str| {
         out.expect_line("hv: nvme: 00:")
-            // QEMU's CPU has AES-NI (`+aes`): the sectors go through the `aesni`
-            // object, checked at boot against the software cipher.
-            .expect_line("hv:   disk encryption: AES-NI (checked against the software cipher)")
-            .expect_line("hv: vm linux: disk = partition \"linux-data\" of the machine's disk")
-            .expect_line(", encrypted, unlocked")
-            .expect_line(
-                "hv: vm hello64 not started: partition \"vault\": wrong passphrase for the encrypted disk",
-            )
-            .expect_line("linux | hv-linux: userspace ok")
-            .expect_line(&format!("linux | hv-linux: /data mounted, {how}"))
-            .expect_line(&format!("linux | hv-linux: /data boots {boot}, unmounted"))
-            .expect_line("hv: vm linux stopped: halted with interrupts disabled")
             .expect_line("hv: nvme: controller shut down")
-            .expect_no("Kernel panic")
-            .expect_no("EXCEPTION")
             .expect_exit(EXIT_SUCCESS);
+        expect_linux_disk_boot(out, boot, how);
     };
     let first = boot_qemu(
         "linux_disk_amd_v_first",
@@ -245,22 +251,10 @@ fn linux_keeps_its_encrypted_disk_between_boots_under_vt_x() {
                 "{} sectors of 512 bytes: no usable GPT",
                 boot_image.len() / 512
             ))
-            // Bochs's corei7_skylake_x has AES-NI: the sectors go through `aesni`.
-            .expect_line("hv:   disk encryption: AES-NI (checked against the software cipher)")
-            .expect_line("hv: vm linux: disk = partition \"linux-data\" of the machine's disk")
-            .expect_line(", encrypted, unlocked")
-            .expect_line(
-                "hv: vm hello64 not started: partition \"vault\": wrong passphrase for the encrypted disk",
-            )
-            .expect_line("linux | hv-linux: userspace ok")
-            .expect_line(&format!("linux | hv-linux: /data mounted, {how}"))
-            .expect_line(&format!("linux | hv-linux: /data boots {boot}, unmounted"))
-            .expect_line("hv: vm linux stopped: halted with interrupts disabled")
             .expect_line("hv: ata: write cache flushed")
             .expect_line("hv: stopping with status 16 (Success)")
-            .expect_no("hv: ata: WARNING")
-            .expect_no("Kernel panic")
-            .expect_no("EXCEPTION");
+            .expect_no("hv: ata: WARNING");
+        expect_linux_disk_boot(out, boot, how);
     };
     let first = boot_bochs_image(
         "linux_disk_vt_x_first",
