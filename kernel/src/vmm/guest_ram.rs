@@ -480,6 +480,12 @@ impl GuestRam {
         }
     }
 
+    /// Pages were taken since vCPU `i` last entered: its tables must drop them at
+    /// its next entry ([`GuestRam::enter`]) before it runs on.
+    pub fn needs_apply(&self, i: usize) -> bool {
+        self.0.sync.applied_by(i) < self.0.sync.generation()
+    }
+
     /// vCPU `i` left the guest.
     pub fn left(&self, i: usize) {
         self.0.sync.left(i);

@@ -853,6 +853,9 @@ impl<B: Backend> Machine<'_, B> {
         let mut check_end = false;
         // The last exit left every interrupt source alone (the entry fast path).
         let mut quiet = false;
+        // Frames for this VM's NICs from other processors (the exit fastpath's check;
+        // the sender also kicks this vCPU).
+        let net_wake = vm.net_wake.lock().clone();
         let why = loop {
             if shared.parked & (1 << i) != 0 || shared.run[i] != RunState::Running {
                 break None;
@@ -874,6 +877,7 @@ impl<B: Backend> Machine<'_, B> {
                 // Waiting in HLT for an interrupt that has not come yet.
                 break None;
             }
+            let fast_until = slot.ctx.fast_exits_until(&shared);
             // Never held while the guest runs.
             drop(shared);
             if !*entered {
@@ -910,7 +914,30 @@ impl<B: Backend> Machine<'_, B> {
                     }
                 }
             } else {
-                slot.ctx.vcpu.run(clock.budget(tsc))
+                let mut exit = slot.ctx.vcpu.run(clock.budget(tsc));
+                // The exit fastpath (as KVM's): CPUID exits are answered right here and
+                // the guest re-entered, without the VM's lock, the RAM bookkeeping or
+                // the entry preparation, while the conditions of the fast entry hold:
+                // nothing was left to deliver, no device or timer deadline, slice end,
+                // NIC wake or pending page unmap has come. Everything else that can
+                // concern this vCPU (an IPI, an interrupt from another processor or
+                // the host, a balloon unmap) kicks its processor, and that exit is not
+                // a CPUID one.
+                if let Some(until) = fast_until {
+                    while let vcpu::Exit::Cpuid { leaf, subleaf } = exit {
+                        let t = time::rdtsc();
+                        if clock.ends(t, SliceEvent::Guest)
+                            || vm.now_ns_at(t) >= until
+                            || net_wake.as_ref().is_some_and(|w| w.load(Ordering::Acquire))
+                            || ram.needs_apply(i)
+                        {
+                            break;
+                        }
+                        slot.ctx.handle_fast_cpuid(leaf, subleaf);
+                        exit = slot.ctx.vcpu.run(clock.budget(t));
+                    }
+                }
+                exit
             };
             ram.left(i);
             let tsc = time::rdtsc();

@@ -659,6 +659,47 @@ impl<V: Vcpu> VcpuCtx<V> {
                 .is_none_or(|d| now_ns < d)
     }
 
+    /// Answers the CPUID the guest executed from the VM's CPUID view and steps over
+    /// it.
+    fn answer_cpuid(&mut self, leaf: u32, subleaf: u32) {
+        let (host, topology) = (self.host_cpuid, &self.topology);
+        let r = self.cpuid_cache.get(leaf, subleaf, || {
+            policy::cpuid(leaf, subleaf, host, topology)
+        });
+        let regs = self.vcpu.regs();
+        set_low32(&mut regs.rax, r.eax);
+        set_low32(&mut regs.rbx, r.ebx);
+        set_low32(&mut regs.rcx, r.ecx);
+        set_low32(&mut regs.rdx, r.edx);
+        self.vcpu.skip_instruction();
+    }
+
+    /// Until when (VM nanoseconds) CPUID exits may be answered without the VM's lock
+    /// and without leaving the guest's side of the run loop (the exit fastpath, see
+    /// `run_slice`): `None` when the last preparation left something to deliver or a
+    /// window open; otherwise the first device or local APIC timer deadline
+    /// (`u64::MAX`: none). Called under the VM's lock right before an entry.
+    pub fn fast_exits_until(&self, vm: &VmShared) -> Option<u64> {
+        // `poll_due(0)`: an access or a wake is waiting for the poll (no deadline is
+        // reached at time 0), which the preparation of the next entry must see.
+        if !self.entry_idle || vm.platform.poll_due(0) {
+            return None;
+        }
+        let device = vm.platform.next_deadline_ns().unwrap_or(u64::MAX);
+        let timer = vm.lapics[self.index].next_deadline_ns().unwrap_or(u64::MAX);
+        Some(device.min(timer))
+    }
+
+    /// The exit fastpath's handling of a CPUID exit: what [`Self::handle`] does for
+    /// one, without the VM (CPUID reads no device and no shared state).
+    pub fn handle_fast_cpuid(&mut self, leaf: u32, subleaf: u32) {
+        self.stats.record(vcpu::ExitKind::Cpuid);
+        // An instruction that exited: the guest made progress, which ends any
+        // exception-delivery loop count (`DeliveryLoop::observe` does the same).
+        self.delivery_loop = Default::default();
+        self.answer_cpuid(leaf, subleaf);
+    }
+
     fn set_nmi_window(&mut self, on: bool) {
         if self.nmi_window != on {
             self.nmi_window = on;
@@ -905,16 +946,7 @@ impl<V: Vcpu> VcpuCtx<V> {
                 Next::Continue
             }
             Exit::Cpuid { leaf, subleaf } => {
-                let (host, topology) = (self.host_cpuid, &self.topology);
-                let r = self.cpuid_cache.get(leaf, subleaf, || {
-                    policy::cpuid(leaf, subleaf, host, topology)
-                });
-                let regs = self.vcpu.regs();
-                set_low32(&mut regs.rax, r.eax);
-                set_low32(&mut regs.rbx, r.ebx);
-                set_low32(&mut regs.rcx, r.ecx);
-                set_low32(&mut regs.rdx, r.edx);
-                self.vcpu.skip_instruction();
+                self.answer_cpuid(leaf, subleaf);
                 Next::Continue
             }
             Exit::Rdmsr { msr } => {
@@ -1623,13 +1655,20 @@ mod tests {
         assert!(!leaves_interrupts_alone(&out(0x20, 1)));
         assert_eq!(vm.handle(cpuid, 2), Next::Continue);
         assert!(vm.cpu.entry_unchanged(&vm.shared, 2));
+        // The exit fastpath may answer CPUID until the PIT's deadline, and counts it.
+        assert_eq!(vm.cpu.fast_exits_until(&vm.shared), Some(pit));
+        let skipped = vm.cpu.vcpu.skipped;
+        vm.cpu.handle_fast_cpuid(0, 0);
+        assert_eq!(vm.cpu.stats.count(vcpu::ExitKind::Cpuid), 2);
+        assert_eq!(vm.cpu.vcpu.skipped, skipped + 1, "stepped over the CPUID");
         // The PIT's deadline: the preparation runs and raises IRQ 0.
         assert!(!vm.cpu.entry_unchanged(&vm.shared, pit));
         vm.prepare_entry(pit);
         assert_eq!(vm.cpu.vcpu.interrupts, [0x30]);
-        // Something was delivered: the next entry is prepared in full; IRQ 0 then
-        // waits in service and nothing else is pending.
+        // Something was delivered: the next entry is prepared in full, and no fastpath
+        // before that; IRQ 0 then waits in service and nothing else is pending.
         assert!(!vm.cpu.entry_unchanged(&vm.shared, pit + 1));
+        assert_eq!(vm.cpu.fast_exits_until(&vm.shared), None);
         vm.prepare_entry(pit + 1);
         assert!(vm.cpu.entry_unchanged(&vm.shared, pit + 1));
         // A device access since (a PIT counter latch) may have reprogrammed a timer:
@@ -1637,6 +1676,7 @@ mod tests {
         // one, is followed by a full preparation anyway; this is the second guard.)
         outb(&mut vm, 0x43, 0x00, pit + 2);
         assert!(!vm.cpu.entry_unchanged(&vm.shared, pit + 2));
+        assert_eq!(vm.cpu.fast_exits_until(&vm.shared), None);
         vm.prepare_entry(pit + 2);
         assert!(vm.cpu.entry_unchanged(&vm.shared, pit + 2));
         // A wake from another processor (a frame for a NIC) likewise.
@@ -1653,6 +1693,8 @@ mod tests {
         }
         let due = apic.next_deadline_ns().expect("the timer runs");
         assert!(due > t);
+        let until = vm.cpu.fast_exits_until(&vm.shared).expect("idle");
+        assert_eq!(until, due.min(vm.next_deadline_ns().unwrap()));
         assert!(vm.cpu.entry_unchanged(&vm.shared, due - 1));
         assert!(!vm.cpu.entry_unchanged(&vm.shared, due));
         vm.prepare_entry(due);
