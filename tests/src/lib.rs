@@ -376,9 +376,11 @@ pub fn expect_tiny_guests(out: &RunOutput) {
         .expect_line("msr64 | msr64: done")
         // Unknown ports float high and are counted; hypercalls answer.
         .expect_line("ports64 | ports64: in8=0xff in16=0xffff in32=0xffffffff")
+        .expect_line("ports64 | ports64: rep insb=[ff, ff, ff, ff]")
+        .expect_line("ports64 | ports64: rep outsb to COM1")
         .expect_line("ports64 | ports64: hypercall version=0x1")
         .expect_line("ports64 | ports64: hypercall unknown=0xfffffffffffffc18")
-        .expect_line("hv: vm ports64 unknown port accesses: 6")
+        .expect_line("hv: vm ports64 unknown port accesses: 10")
         // Containment.
         .expect_line("hv: vm oob64 stopped: write outside its memory: guest-physical 0x30000000")
         .expect_no("oob64: ERROR")

@@ -70,7 +70,7 @@ pub struct PortIo {
     /// Access width in bytes: 1, 2 or 4.
     pub size: u8,
     pub write: bool,
-    /// INS/OUTS: the core does not emulate string I/O through this path.
+    /// INS/OUTS: the core decodes the instruction for the memory side and the count.
     pub string: bool,
     pub rep: bool,
 }

@@ -85,8 +85,10 @@
 //! with it): `MOV Sreg, r/m16` and `POP Sreg` from MMIO (loading a segment register
 //! means a descriptor-table walk with its checks and faults, out of this module's
 //! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
-//! `OUTS` (an I/O port on the other side), the x87/SSE/AVX forms, and a `PUSH`/`POP`
-//! whose *stack* is the MMIO side (its other operand's address is not in the exit).
+//! `OUTS` whose memory side is MMIO (a port on one side and a device on the other;
+//! string port I/O to and from RAM is [`super::string_io`]'s), the x87/SSE/AVX
+//! forms, and a `PUSH`/`POP` whose *stack* is the MMIO side (its other operand's
+//! address is not in the exit).
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.
@@ -896,7 +898,7 @@ fn alu_form(code: Code) -> Option<Form> {
     })
 }
 
-fn mask(size: u8) -> u64 {
+pub(crate) fn mask(size: u8) -> u64 {
     match size {
         8 => u64::MAX,
         n => (1u64 << (8 * n as u32)) - 1,
@@ -1303,7 +1305,7 @@ pub fn execute<M: GuestMemoryMut>(
 
 /// Writes `value` into the low `width` bytes of `r` as a register write of that width
 /// does (16 bits merge; 32 and 64 replace, 32 zero-extending).
-fn set_width(r: &mut u64, width: u8, value: u64) {
+pub(crate) fn set_width(r: &mut u64, width: u8, value: u64) {
     *r = match width {
         2 => (*r & !0xffff) | (value & 0xffff),
         _ => value & mask(width),

@@ -18,6 +18,7 @@ pub mod platform;
 pub mod policy;
 pub mod sched;
 pub mod stats;
+pub mod string_io;
 pub mod vm;
 pub mod vm_disk;
 pub mod x86_arith;

@@ -23,6 +23,7 @@ use super::mmio;
 use super::platform::{Outcome, Platform, PlatformSpec};
 use super::policy::{self, CpuidResult, MsrAccess, MsrState, Topology};
 use super::stats::ExitStats;
+use super::string_io;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -707,6 +708,39 @@ impl<V: Vcpu> VcpuCtx<V> {
         }
     }
 
+    /// Carries out the INS/OUTS of I/O exit `io`, one port access per element
+    /// ([`string_io`]).
+    fn string_io(&mut self, vm: &mut VmShared, io: &vcpu::PortIo, now_ns: u64) -> Next {
+        let mut out = Outcome::default();
+        let mut port = |size: u8, value: Option<u32>| -> u32 {
+            let v = vm.platform.port_io(
+                io.port,
+                size,
+                value.is_some(),
+                value.unwrap_or(0),
+                now_ns,
+                &mut out,
+            );
+            if value.is_some() {
+                0
+            } else {
+                v
+            }
+        };
+        let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut port);
+        if let Some(next) = vm.finish(out) {
+            return next;
+        }
+        match result {
+            Ok(()) => Next::Continue,
+            Err(e) => Next::Stop(format!(
+                "string port I/O on port {:#x} at RIP {:#x} cannot be emulated: {e}",
+                io.port,
+                self.vcpu.rip()
+            )),
+        }
+    }
+
     /// Emulates the instruction that touched this vCPU's local APIC page or a device
     /// on the VM's MMIO bus.
     fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
@@ -918,11 +952,7 @@ impl<V: Vcpu> VcpuCtx<V> {
         match exit {
             Exit::PortIo(io) => {
                 if io.string {
-                    return Next::Stop(format!(
-                        "string port I/O (INS/OUTS) on port {:#x} at RIP {:#x} is not emulated",
-                        io.port,
-                        self.vcpu.rip()
-                    ));
+                    return self.string_io(vm, &io, now_ns);
                 }
                 let mask = all_ones(io.size) as u64;
                 let value = (self.vcpu.regs().rax & mask) as u32;
