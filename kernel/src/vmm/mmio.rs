@@ -1620,15 +1620,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
     );
     let segments = if needs_segments {
-        [
-            SegReg::Es,
-            SegReg::Cs,
-            SegReg::Ss,
-            SegReg::Ds,
-            SegReg::Fs,
-            SegReg::Gs,
-        ]
-        .map(|s| vcpu.segment(s))
+        super::mmio_memory::segments(vcpu)
     } else {
         [None; 6]
     };
@@ -1662,14 +1654,19 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         // interrupt first), as between the iterations of a real REP.
         return Ok(());
     }
-    // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
-    let next = rip.wrapping_add(insn.len as u64);
+    step_over(vcpu, rip, insn.len, bitness);
+    Ok(())
+}
+
+/// Moves RIP past the `len`-byte instruction at `rip` in `bitness`-bit code: IP and
+/// EIP wrap within the code segment (SDM Vol. 3A 5.3).
+pub(crate) fn step_over<V: Vcpu>(vcpu: &mut V, rip: u64, len: usize, bitness: u32) {
+    let next = rip.wrapping_add(len as u64);
     vcpu.set_rip(match bitness {
         16 => next & 0xffff,
         32 => next & 0xffff_ffff,
         _ => next,
     });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -65,6 +65,20 @@ pub enum Place {
     Device(u64),
 }
 
+/// The vCPU's segment registers in [`Env::segments`]' order (a VMCS read each on
+/// VT-x, so only for the instructions that use them).
+pub fn segments<V: vcpu::Vcpu>(vcpu: &V) -> [Option<Segment>; 6] {
+    [
+        SegReg::Es,
+        SegReg::Cs,
+        SegReg::Ss,
+        SegReg::Ds,
+        SegReg::Fs,
+        SegReg::Gs,
+    ]
+    .map(|s| vcpu.segment(s))
+}
+
 fn seg_index(seg: SegReg) -> usize {
     match seg {
         SegReg::Es => 0,

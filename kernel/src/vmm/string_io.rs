@@ -205,28 +205,14 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
                 .mnemonic(),
         });
     }
-    let segments = [
-        SegReg::Es,
-        SegReg::Cs,
-        SegReg::Ss,
-        SegReg::Ds,
-        SegReg::Fs,
-        SegReg::Gs,
-    ]
-    .map(|s| vcpu.segment(s));
+    let segments = super::mmio_memory::segments(vcpu);
     let rflags = vcpu.rflags();
     let mut regs = *vcpu.regs();
     let mut env = Env { mem, cr, segments };
     let complete = run(&insn, &mut regs, rflags, &mut env, port)?;
     *vcpu.regs() = regs;
     if complete {
-        // IP/EIP wrap within the code segment (SDM Vol. 3A 5.3).
-        let next = vcpu.rip().wrapping_add(insn.len as u64);
-        vcpu.set_rip(match bitness {
-            16 => next & 0xffff,
-            32 => next & 0xffff_ffff,
-            _ => next,
-        });
+        super::mmio::step_over(vcpu, vcpu.rip(), insn.len, bitness);
     }
     Ok(())
 }
