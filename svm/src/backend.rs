@@ -792,8 +792,11 @@ impl Vcpu for SvmVcpu {
         }
     }
 
-    /// ES, CS, SS and DS from the VMCB, which VMRUN and #VMEXIT keep current. FS and
-    /// GS are `None`: their bases move with VMLOAD/VMSAVE, not with every exit.
+    /// Every segment register from the VMCB. #VMEXIT stores ES, CS, SS and DS there
+    /// (APM Vol. 2 15.6); FS and GS (with their hidden bases, which a 64-bit guest
+    /// sets through WRMSR or WRFSBASE without an exit) are VMSAVE state, and
+    /// `svm_enter` executes VMSAVE into this VMCB right after every VMRUN returns, so
+    /// at any exit the VMCB holds them as the guest left them, too.
     fn segment(&self, seg: vcpu::SegReg) -> Option<vcpu::state::Segment> {
         let s = &self.vmcb().save;
         let raw = match seg {
@@ -801,7 +804,8 @@ impl Vcpu for SvmVcpu {
             vcpu::SegReg::Cs => s.cs,
             vcpu::SegReg::Ss => s.ss,
             vcpu::SegReg::Ds => s.ds,
-            vcpu::SegReg::Fs | vcpu::SegReg::Gs => return None,
+            vcpu::SegReg::Fs => s.fs,
+            vcpu::SegReg::Gs => s.gs,
         };
         Some(crate::state::segment_from(&raw))
     }

@@ -48,7 +48,12 @@ fn expect_hostile(out: &RunOutput) {
         .expect_line("insn64 | insn64: inc -> zf=1 cf=1, bts -> cf=1, xadd -> 0xffffffffffffffff")
         .expect_line("insn64 | insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0")
         .expect_line("insn64 | insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0")
-        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 11 (the first at 0x30000000)")
+        // Through FS with the base the guest set by WRMSR (AMD-V keeps it in the VMCB's
+        // VMSAVE state).
+        .expect_line(
+            "insn64 | insn64: fs-relative lodsq 0xffffffffffffffff, rep movsb 8 bytes of 0xff",
+        )
+        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 13 (the first at 0x30000000)")
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")

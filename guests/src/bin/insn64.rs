@@ -13,7 +13,8 @@
 //! 5 of all ones: CF), `XADD` (the old all ones into the register), `REP MOVSB` of
 //! 16 bytes from unbacked space into RAM (16 bytes of 0xFF, RCX 0), `REP STOSD` of
 //! 4 dwords into it, and `REP STOSB` of 300 bytes (more than the hypervisor does per
-//! exit, so the instruction is re-executed until RCX is 0).
+//! exit, so the instruction is re-executed until RCX is 0). Then `LODSQ` and
+//! `REP MOVSB` through an FS override with FS's base (set by WRMSR) at that space.
 //!
 //! Prints:
 //! ```text
@@ -24,6 +25,7 @@
 //! insn64: inc -> zf=1 cf=1, bts -> cf=1, xadd -> 0xffffffffffffffff
 //! insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0
 //! insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0
+//! insn64: fs-relative lodsq 0xffffffffffffffff, rep movsb 8 bytes of 0xff
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -71,6 +73,7 @@ mod guest {
         };
         println!("insn64: unbacked read {before:#x}, after a write {after:#x}");
         unbacked_forms(UNBACKED);
+        fs_relative(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
@@ -140,5 +143,45 @@ mod guest {
             );
         }
         println!("insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx {left_d} and {left_b}");
+    }
+
+    /// String instructions through an FS override, with FS's base (set by WRMSR to
+    /// IA32_FS_BASE, which neither backend intercepts) at unbacked space `at`: the
+    /// hypervisor must use the base the guest set, so it must read the live FS.
+    fn fs_relative(at: usize) {
+        const IA32_FS_BASE: u32 = 0xC000_0100;
+        let loaded: u64;
+        let mut buf = [0u8; 9];
+        // SAFETY: FS is used by nothing else in this guest; its base goes back to 0
+        // at the end. The reads are of unbacked space at FS:0 and FS:8, the write
+        // into `buf` (8 of its 9 bytes); DF is clear.
+        unsafe {
+            asm!(
+                "wrmsr",
+                in("ecx") IA32_FS_BASE,
+                in("eax") at as u32,
+                in("edx") (at as u64 >> 32) as u32,
+            );
+            asm!(
+                "lods rax, qword ptr fs:[rsi]",
+                "mov rsi, 8",
+                "mov rcx, 8",
+                "rep movs byte ptr es:[rdi], byte ptr fs:[rsi]",
+                inout("rsi") 0usize => _,
+                inout("rdi") buf.as_mut_ptr() => _,
+                out("rcx") _,
+                out("rax") loaded,
+            );
+            asm!("wrmsr", in("ecx") IA32_FS_BASE, in("eax") 0u32, in("edx") 0u32);
+        }
+        let all = buf[..8].iter().all(|&b| b == 0xff) && buf[8] == 0;
+        println!(
+            "insn64: fs-relative lodsq {loaded:#x}, rep movsb 8 bytes of {}",
+            if all {
+                "0xff"
+            } else {
+                "something else (ERROR)"
+            }
+        );
     }
 }

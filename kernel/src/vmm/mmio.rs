@@ -466,8 +466,8 @@ pub enum MmioError {
     StackPointer,
     /// [`complete_read`] on a write, or [`write_value`] on a read.
     WrongDirection,
-    /// The instruction needs this segment register, which the backend does not
-    /// report (AMD-V's FS/GS; test backends).
+    /// The instruction needs this segment register, which the vCPU does not report
+    /// (some host tests' vCPUs; both backends report all six).
     NoSegment(SegReg),
     /// The instruction's other memory operand (the stack, a string instruction's
     /// other side) at linear `linear` does not translate.
