@@ -15,9 +15,11 @@
 //!   first: the guest powers off (and the machine with it) once that is done;
 //! - UDP in: `udpecho64` (a tiny guest, UDP echo on port 7 at 10.0.2.16, beside
 //!   `web` on "lan": busybox has no UDP listener) through a UDP forward from a
-//!   free host port, resolved by xtask as `--forward udp:PORT=udpecho64:7` is:
+//!   free port on the host's 127.0.0.2, resolved by xtask as `--forward
+//!   udp:127.0.0.2:PORT=udpecho64:7` is:
 //!   the test sends a datagram with a fresh payload and gets the same bytes
-//!   back, and the guest's console shows it echoed them to the host (10.0.2.2).
+//!   back, and the guest's console shows it echoed them to the client's address
+//!   (127.0.0.2: QEMU's user network shows only 127.0.0.1 as its gateway 10.0.2.2).
 //!
 //! Once with QEMU's `e1000` (82540EM) and once with its `e1000e` (82574L), one
 //! boot after the other (the server's port is fixed in the guest's command line).
@@ -159,21 +161,27 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A free UDP port on the loopback, for a UDP forward.
+/// The host address of the UDP forward: a loopback address other than 127.0.0.1
+/// (all of 127.0.0.0/8 is the loopback on Linux), so the test covers a forward's
+/// own host address (`--forward udp:127.0.0.2:PORT=...`) without opening a port to
+/// other machines.
+const UDP_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// A free UDP port on [`UDP_HOST_ADDR`], for the UDP forward.
 fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+    UdpSocket::bind((UDP_HOST_ADDR, 0))
         .and_then(|s| s.local_addr())
         .unwrap()
         .port()
 }
 
-/// Sends `payload` to UDP `port` on the loopback until a datagram comes back
-/// from that port, or `stop` (then whatever already came is still taken): until
+/// Sends `payload` to UDP `port` at [`UDP_HOST_ADDR`] until a datagram comes back
+/// from there, or `stop` (then whatever already came is still taken): until
 /// the guest has answered slirp's ARP request the datagrams wait in QEMU, and
 /// before the guest runs they are dropped, so it sends again every half second.
 /// Returns the first datagram received.
 fn udp_echo(port: u16, payload: &[u8], stop: &AtomicBool) -> Option<Vec<u8>> {
-    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let s = UdpSocket::bind((UDP_HOST_ADDR, 0)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let start = Instant::now();
@@ -184,12 +192,12 @@ fn udp_echo(port: u16, payload: &[u8], stop: &AtomicBool) -> Option<Vec<u8>> {
         if stopped {
             s.set_nonblocking(true).unwrap();
         } else {
-            let _ = s.send_to(payload, (Ipv4Addr::LOCALHOST, port));
+            let _ = s.send_to(payload, (UDP_HOST_ADDR, port));
             sends += 1;
         }
         match s.recv_from(&mut buf) {
             // Anything else on the loopback is not the forward's answer.
-            Ok((n, from)) if from.port() == port => {
+            Ok((n, from)) if from == (UDP_HOST_ADDR, port).into() => {
                 eprintln!(
                     "UDP echo after {sends} datagram(s), {:.1} s",
                     start.elapsed().as_secs_f64()
@@ -225,12 +233,12 @@ fn a_linux_vm_and_the_host_reach_each_other_through_the_uplink() {
     );
 }
 
-/// The UDP forward from host port `port` to the echo VM, as `cargo xtask run
-/// --forward udp:PORT=udpecho64:7` resolves it against the set's own VMs and
+/// The UDP forward from host port `port` at [`UDP_HOST_ADDR`] to the echo VM, as
+/// `cargo xtask run --forward udp:127.0.0.2:PORT=udpecho64:7` resolves it against the set's own VMs and
 /// uplink (the VM's NIC `ip` on "lan").
 fn udp_forward(port: u16, (vms, machine): &(Vec<VmDef>, MachineDef)) -> HostFwd {
     let f = parse_forward(&format!(
-        "udp:{port}={UPLINK_TEST_UDP_VM}:{}",
+        "udp:{UDP_HOST_ADDR}:{port}={UPLINK_TEST_UDP_VM}:{}",
         udpecho::ECHO_PORT
     ))
     .unwrap();
@@ -245,6 +253,7 @@ fn udp_forward(port: u16, (vms, machine): &(Vec<VmDef>, MachineDef)) -> HostFwd 
         r,
         [HostFwd {
             protocol: Protocol::Udp,
+            host_addr: UDP_HOST_ADDR,
             host_port: port,
             guest: Ipv4Addr::from(udpecho::GUEST_ADDRESS),
             guest_port: udpecho::ECHO_PORT,
@@ -296,12 +305,14 @@ fn both_ways(test: &str, device: &str, model: &str, set: &(Vec<VmDef>, MachineDe
             &[
                 HostFwd {
                     protocol: Protocol::Tcp,
+                    host_addr: Ipv4Addr::LOCALHOST,
                     host_port: forward,
                     guest: Ipv4Addr::new(10, 0, 2, 15),
                     guest_port: UPLINK_TEST_GUEST_PORT,
                 },
                 HostFwd {
                     protocol: Protocol::Tcp,
+                    host_addr: Ipv4Addr::LOCALHOST,
                     host_port: metrics_port,
                     guest: Ipv4Addr::from(UPLINK_TEST_STATION),
                     guest_port: 80,
@@ -345,9 +356,12 @@ fn both_ways(test: &str, device: &str, model: &str, set: &(Vec<VmDef>, MachineDe
         Some(probe.as_str()),
         "{device}: no echo through the UDP forward"
     );
-    // The guest saw the probe itself, from the host as the user network shows it.
+    // The guest saw the probe itself, from the client's own address: QEMU's user
+    // network shows a client on 127.0.0.1 as the gateway 10.0.2.2 and keeps any
+    // other (as it keeps a remote client's on a 0.0.0.0 forward), and the echo goes
+    // back to it through the gateway.
     let line = out.line_with(&format!(
-        "udpecho64: echoed {} bytes to 10.0.2.2:",
+        "udpecho64: echoed {} bytes to {UDP_HOST_ADDR}:",
         probe.len()
     ));
     assert!(

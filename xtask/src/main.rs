@@ -28,10 +28,11 @@ commands:
       --gdb                 QEMU: GDB stub on tcp::1234, wait for the debugger
       --emulator <qemu|bochs>  bochs boots with VT-x (EPT) instead of AMD-V
       --tcg                 QEMU: software emulation even if a nested KVM exists
-      --forward <[tcp:|udp:]HOSTPORT=VM:PORT>  (repeatable) with a
-                            configuration that has an [uplink]: TCP (no
-                            prefix, or tcp:) or UDP (udp:) port HOSTPORT on
-                            the host's 127.0.0.1 reaches PORT of VM at its
+      --forward <[tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT>  (repeatable)
+                            with a configuration that has an [uplink]: TCP
+                            (no prefix, or tcp:) or UDP (udp:) port HOSTPORT
+                            on the host's HOSTADDR (127.0.0.1 unless given;
+                            0.0.0.0 is every interface) reaches PORT of VM at its
                             NIC's `ip` on the uplink's network (QEMU user
                             networking, 10.0.2.0/24; the host is 10.0.2.2
                             from the VMs), e.g. udp:5353=web:53; VM `hv` is
@@ -317,17 +318,24 @@ fn run(mut args: Args) -> Result<(), String> {
                 image.display()
             );
             for (f, h) in forwards.iter().zip(&hostfwds) {
+                // 0.0.0.0 listens everywhere; the loopback reaches it from here.
+                let reach = if f.host_addr.is_unspecified() {
+                    std::net::Ipv4Addr::LOCALHOST
+                } else {
+                    f.host_addr
+                };
                 let what = if f.vm == xtask::uplink::STATION {
                     format!(
-                        "the hypervisor's metrics: curl http://127.0.0.1:{}/metrics",
+                        "the hypervisor's metrics: curl http://{reach}:{}/metrics",
                         f.host_port
                     )
                 } else {
                     format!("VM {} {} port {}", f.vm, f.protocol.upper(), f.guest_port)
                 };
                 eprintln!(
-                    "xtask: {} 127.0.0.1:{} -> {}:{} ({what})",
+                    "xtask: {} {}:{} -> {}:{} ({what})",
                     f.protocol.name(),
+                    f.host_addr,
                     f.host_port,
                     h.guest,
                     h.guest_port

@@ -1,10 +1,15 @@
 //! The uplink under QEMU: the machine's e1000 on QEMU's user network (slirp,
 //! 10.0.2.0/24, the host reachable as the gateway 10.0.2.2), and `cargo xtask run
-//! --forward [tcp:|udp:]HOSTPORT=VM:PORT`, which becomes QEMU's `hostfwd` (TCP or
-//! UDP, as QEMU's own `hostfwd=udp::5353-:53` takes it) from the host's loopback to
-//! that VM's address on the uplink network (its NIC's `ip`), or, with [`STATION`]
-//! for VM (`--forward 9100=hv:80`), to the hypervisor's own station when
-//! `[management]` puts it on the uplink's network.
+//! --forward [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT`, which becomes QEMU's `hostfwd`
+//! (TCP or UDP, as QEMU's own `hostfwd=udp::5353-:53` takes it) from the host's
+//! loopback, or the host address given, to that VM's address on the uplink network
+//! (its NIC's `ip`), or, with [`STATION`] for VM (`--forward 9100=hv:80`), to the
+//! hypervisor's own station when `[management]` puts it on the uplink's network.
+//!
+//! Without a host address a forward listens on 127.0.0.1 only, unlike QEMU's
+//! `hostfwd`, whose empty address means every interface: a VM (or the
+//! hypervisor's metrics) is reachable from other machines only when the operator
+//! names an address for it, e.g. `0.0.0.0:8080=web:80`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
@@ -56,10 +61,14 @@ impl Protocol {
     }
 }
 
-/// One `--forward [tcp:|udp:]HOSTPORT=VM:PORT` as written (no prefix: TCP).
+/// One `--forward [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT` as written (no prefix:
+/// TCP; no host address: 127.0.0.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forward {
     pub protocol: Protocol,
+    /// The host address QEMU listens on ([`Ipv4Addr::LOCALHOST`] unless given;
+    /// [`Ipv4Addr::UNSPECIFIED`] is every interface).
+    pub host_addr: Ipv4Addr,
     pub host_port: u16,
     pub vm: String,
     pub guest_port: u16,
@@ -70,6 +79,7 @@ impl Forward {
     pub fn tcp(host_port: u16, vm: &str, guest_port: u16) -> Self {
         Self {
             protocol: Protocol::Tcp,
+            host_addr: Ipv4Addr::LOCALHOST,
             host_port,
             vm: vm.into(),
             guest_port,
@@ -77,11 +87,15 @@ impl Forward {
     }
 }
 
-/// As the user writes it: `udp:5353=web:53`, and TCP without its (optional) prefix.
+/// As the user writes it: `udp:5353=web:53`, TCP without its (optional) prefix,
+/// and the host address only when it is not the default 127.0.0.1.
 impl fmt::Display for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.protocol == Protocol::Udp {
             write!(f, "udp:")?;
+        }
+        if self.host_addr != Ipv4Addr::LOCALHOST {
+            write!(f, "{}:", self.host_addr)?;
         }
         write!(f, "{}={}:{}", self.host_port, self.vm, self.guest_port)
     }
@@ -91,6 +105,7 @@ impl fmt::Display for Forward {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostFwd {
     pub protocol: Protocol,
+    pub host_addr: Ipv4Addr,
     pub host_port: u16,
     pub guest: Ipv4Addr,
     pub guest_port: u16,
@@ -112,33 +127,65 @@ fn port(text: &str, what: &str, protocol: Protocol, whole: &str) -> Result<u16, 
     }
 }
 
-/// Parses `[tcp:|udp:]HOSTPORT=VM:PORT` (`8080=web:80`, `udp:5353=web:53`); no
-/// prefix is TCP, as in QEMU's `hostfwd`.
+/// Parses `[tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT` (`8080=web:80`,
+/// `udp:5353=web:53`, `0.0.0.0:8080=web:80`); no prefix is TCP, as in QEMU's
+/// `hostfwd`, and no host address is 127.0.0.1 (see the module header).
 pub fn parse_forward(text: &str) -> Result<Forward, String> {
     let usage = || {
         format!(
-            "--forward {text}: expected [tcp:|udp:]HOSTPORT=VM:PORT, e.g. 8080=web:80 or \
-             udp:5353=web:53"
+            "--forward {text}: expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT, e.g. \
+             8080=web:80, udp:5353=web:53 or 0.0.0.0:8080=web:80"
         )
     };
     let (host, target) = text.split_once('=').ok_or_else(usage)?;
-    let (protocol, host) = match host.split_once(':') {
-        None => (Protocol::Tcp, host),
-        Some(("tcp", port)) => (Protocol::Tcp, port),
-        Some(("udp", port)) => (Protocol::Udp, port),
-        Some((other, _)) => {
-            return Err(format!(
-                "--forward {text}: protocol {other:?} is not tcp or udp (the prefix is \
-                 optional: no prefix is tcp)"
-            ))
-        }
+    // Up to three fields: the protocol, the host address and the port, the port
+    // always last; a field that is not a protocol name is taken as the address.
+    let mut fields: Vec<&str> = host.split(':').collect();
+    let port_text = fields.pop().ok_or_else(usage)?;
+    let protocol = match fields.first() {
+        Some(&"tcp") => Some(Protocol::Tcp),
+        Some(&"udp") => Some(Protocol::Udp),
+        _ => None,
     };
+    if protocol.is_some() {
+        fields.remove(0);
+    }
+    let protocol_named = protocol.is_some();
+    let protocol = protocol.unwrap_or(Protocol::Tcp);
+    let host_addr = match fields.as_slice() {
+        [] => Ipv4Addr::LOCALHOST,
+        [addr] => match addr.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_multicast() || a.is_broadcast() => {
+                return Err(format!(
+                    "--forward {text}: host address {a} is not one a listener can bind \
+                     (a unicast IPv4 address of this host, or 0.0.0.0 for all of them)"
+                ))
+            }
+            Ok(a) => a,
+            Err(_) if !protocol_named && fields.len() == 1 && !addr.contains('.') => {
+                return Err(format!(
+                    "--forward {text}: protocol {addr:?} is not tcp or udp (the prefix is \
+                     optional: no prefix is tcp)"
+                ))
+            }
+            Err(_) => {
+                return Err(format!(
+                    "--forward {text}: host address {addr:?} is not an IPv4 address (QEMU's \
+                     user network forwards IPv4; 127.0.0.1 when none is given, 0.0.0.0 for \
+                     every interface)"
+                ))
+            }
+        },
+        _ => return Err(usage()),
+    };
+    let host = port_text;
     let (vm, guest) = target.rsplit_once(':').ok_or_else(usage)?;
     if vm.is_empty() {
         return Err(usage());
     }
     Ok(Forward {
         protocol,
+        host_addr,
         host_port: port(host, "the host port", protocol, text)?,
         vm: vm.to_string(),
         guest_port: port(guest, "the VM's port", protocol, text)?,
@@ -149,7 +196,9 @@ pub fn parse_forward(text: &str) -> Result<Forward, String> {
 /// and has a NIC with an `ip` on the uplink's network, inside QEMU's user network
 /// and not one of slirp's own addresses; [`STATION`] is the hypervisor's station
 /// (see [`station_address`]); no host port twice for one protocol (TCP and UDP
-/// ports are separate: `8053=web:53` and `udp:8053=web:53` go together).
+/// ports are separate: `8053=web:53` and `udp:8053=web:53` go together), whatever
+/// the host addresses (0.0.0.0 covers every address, so a port on two addresses
+/// is refused rather than left to the host's rules on overlapping binds).
 pub fn resolve(
     forwards: &[Forward],
     vms: &[VmDef],
@@ -192,6 +241,7 @@ pub fn resolve(
         };
         out.push(HostFwd {
             protocol: f.protocol,
+            host_addr: f.host_addr,
             host_port: f.host_port,
             guest,
             guest_port: f.guest_port,
@@ -325,14 +375,15 @@ pub fn with_defaults(user: Vec<Forward>, defaults: &[Forward]) -> Vec<Forward> {
     out
 }
 
-/// Checks that every forward's host port is free on 127.0.0.1 now, for its
+/// Checks that every forward's host port is free on its host address now, for its
 /// protocol (QEMU binds a TCP listener or a UDP socket there), so that a port in
-/// use (another run, another service) is a clear error before QEMU starts rather
-/// than QEMU's "Could not set up host forwarding rule". (Another program may
-/// still take it before QEMU does; QEMU then says so.)
+/// use (another run, another service) or an address this host does not have is a
+/// clear error before QEMU starts rather than QEMU's "Could not set up host
+/// forwarding rule". (Another program may still take it before QEMU does; QEMU
+/// then says so.)
 pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
     for f in forwards {
-        let addr = (Ipv4Addr::LOCALHOST, f.host_port);
+        let addr = (f.host_addr, f.host_port);
         let bound = match f.protocol {
             Protocol::Tcp => TcpListener::bind(addr).map(drop),
             Protocol::Udp => UdpSocket::bind(addr).map(drop),
@@ -342,11 +393,20 @@ pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
                 host_port: f.host_port.checked_add(1).unwrap_or(1024),
                 ..f.clone()
             };
+            if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                return Err(format!(
+                    "--forward {f}: host address {} is not one of this host's ({e}): use \
+                     an address of one of its interfaces, 0.0.0.0 for all of them, or none \
+                     for 127.0.0.1",
+                    f.host_addr
+                ));
+            }
             return Err(format!(
-                "--forward {f}: {} host port {} on 127.0.0.1 is not free ({e}): choose \
+                "--forward {f}: {} host port {} on {} is not free ({e}): choose \
                  another, e.g. --forward {other}",
                 f.protocol.upper(),
                 f.host_port,
+                f.host_addr,
             ));
         }
     }
@@ -354,8 +414,9 @@ pub fn check_host_ports(forwards: &[Forward]) -> Result<(), String> {
 }
 
 /// QEMU's arguments for the uplink: an e1000 on a user network, each forward from
-/// the host's loopback only (nothing outside this machine reaches the VMs), as
-/// `hostfwd=tcp:...` or `hostfwd=udp:...` (QEMU's `-netdev user` documentation).
+/// its host address (the loopback unless the operator named another, so by
+/// default nothing outside this machine reaches the VMs), as `hostfwd=tcp:...` or
+/// `hostfwd=udp:...` (QEMU's `-netdev user` documentation).
 pub fn qemu_args(forwards: &[HostFwd]) -> Vec<String> {
     qemu_args_with("e1000", forwards)
 }
@@ -365,8 +426,9 @@ pub fn qemu_args_with(device: &str, forwards: &[HostFwd]) -> Vec<String> {
     let mut netdev = String::from("user,id=uplink,net=10.0.2.0/24");
     for f in forwards {
         netdev.push_str(&format!(
-            ",hostfwd={}:127.0.0.1:{}-{}:{}",
+            ",hostfwd={}:{}:{}-{}:{}",
             f.protocol.name(),
+            f.host_addr,
             f.host_port,
             f.guest,
             f.guest_port
@@ -430,12 +492,75 @@ mod tests {
     }
 
     #[test]
+    fn forwards_take_a_host_address() {
+        let every = parse_forward("0.0.0.0:8080=web:80").unwrap();
+        assert_eq!(every.protocol, Protocol::Tcp);
+        assert_eq!(every.host_addr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(every.to_string(), "0.0.0.0:8080=web:80");
+        let udp = parse_forward("udp:127.0.0.2:5353=web:53").unwrap();
+        assert_eq!(
+            (udp.protocol, udp.host_addr, udp.host_port),
+            (Protocol::Udp, Ipv4Addr::new(127, 0, 0, 2), 5353)
+        );
+        assert_eq!(udp.to_string(), "udp:127.0.0.2:5353=web:53");
+        // The default address is not written back, so messages show what was typed.
+        let tcp = parse_forward("tcp:127.0.0.1:2222=web:22").unwrap();
+        assert_eq!(tcp, Forward::tcp(2222, "web", 22));
+        assert_eq!(tcp.to_string(), "2222=web:22");
+        let r = resolve(&[every, udp], &vms(), Some(&lan()), None).unwrap();
+        assert_eq!(
+            qemu_args(&r)[1],
+            "user,id=uplink,net=10.0.2.0/24,hostfwd=tcp:0.0.0.0:8080-10.0.2.15:80,\
+             hostfwd=udp:127.0.0.2:5353-10.0.2.15:53"
+        );
+        // One port on two addresses of one protocol: 0.0.0.0 would overlap.
+        let e = resolve(
+            &[
+                parse_forward("0.0.0.0:8080=web:80").unwrap(),
+                parse_forward("8080=web:81").unwrap(),
+            ],
+            &vms(),
+            Some(&lan()),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("TCP host port 8080 is forwarded twice"), "{e}");
+    }
+
+    #[test]
+    fn a_host_address_this_host_lacks_is_refused_before_qemu_starts() {
+        // 192.0.2.1 is TEST-NET-1 (RFC 5737): no interface of a test machine has it.
+        let f = parse_forward("192.0.2.1:8080=web:80").unwrap();
+        let e = check_host_ports(&[f]).unwrap_err();
+        assert!(
+            e.contains("host address 192.0.2.1 is not one of this host's"),
+            "{e}"
+        );
+        // Another loopback address is this host's, and binds.
+        let port = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+            .and_then(|s| s.local_addr())
+            .unwrap()
+            .port();
+        let f = parse_forward(&format!("udp:127.0.0.2:{port}=web:53")).unwrap();
+        check_host_ports(&[f]).unwrap();
+    }
+
+    #[test]
     fn bad_forwards_are_refused_with_the_reason() {
         for (text, expected) in [
-            ("8080", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
-            ("8080=web", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
-            ("8080=:80", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
-            ("udp:8080=web", "expected [tcp:|udp:]HOSTPORT=VM:PORT"),
+            ("8080", "expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT"),
+            (
+                "8080=web",
+                "expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT",
+            ),
+            (
+                "8080=:80",
+                "expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT",
+            ),
+            (
+                "udp:8080=web",
+                "expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT",
+            ),
             ("sctp:8080=web:80", "protocol \"sctp\" is not tcp or udp"),
             ("UDP:8080=web:80", "protocol \"UDP\" is not tcp or udp"),
             (":8080=web:80", "protocol \"\" is not tcp or udp"),
@@ -447,7 +572,19 @@ mod tests {
             ("tcp:x=web:80", "the host port \"x\" is not a TCP port"),
             (
                 "udp:udp:53=web:53",
-                "the host port \"udp:53\" is not a UDP port",
+                "host address \"udp\" is not an IPv4 address",
+            ),
+            (
+                "1.2.3:8080=web:80",
+                "host address \"1.2.3\" is not an IPv4 address",
+            ),
+            (
+                "udp:224.0.0.1:5353=web:53",
+                "host address 224.0.0.1 is not one a listener can bind",
+            ),
+            (
+                "tcp:0.0.0.0:1:80=web:80",
+                "expected [tcp:|udp:][HOSTADDR:]HOSTPORT=VM:PORT",
             ),
             ("0=web:80", "the host port \"0\" is not a TCP port"),
             ("x=web:80", "the host port \"x\" is not a TCP port"),
@@ -532,12 +669,14 @@ mod tests {
             [
                 HostFwd {
                     protocol: Protocol::Tcp,
+                    host_addr: Ipv4Addr::LOCALHOST,
                     host_port: 9100,
                     guest: Ipv4Addr::new(10, 0, 2, 10),
                     guest_port: 80
                 },
                 HostFwd {
                     protocol: Protocol::Tcp,
+                    host_addr: Ipv4Addr::LOCALHOST,
                     host_port: 8080,
                     guest: Ipv4Addr::new(10, 0, 2, 15),
                     guest_port: 80
@@ -672,6 +811,7 @@ mod tests {
             udp,
             Forward {
                 protocol: Protocol::Udp,
+                host_addr: Ipv4Addr::LOCALHOST,
                 host_port: 5353,
                 vm: "web".into(),
                 guest_port: 53
@@ -698,6 +838,7 @@ mod tests {
             r[0],
             HostFwd {
                 protocol: Protocol::Udp,
+                host_addr: Ipv4Addr::LOCALHOST,
                 host_port: 5353,
                 guest: Ipv4Addr::new(10, 0, 2, 15),
                 guest_port: 53
