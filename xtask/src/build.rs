@@ -705,6 +705,8 @@ impl GuestSet {
                 let mut net64 = tiny_vm(&all_guests()?, "net64")?;
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
                 vms.push(crate::config::check(&net64)?);
+                // Run under multi-threaded TCG with a spare boot processor.
+                crate::boot_cpu::keep_off_boot_processor(&mut vms, crate::boot_cpu::SPARED_CPUS);
                 Ok(vms)
             }
             GuestSet::BenchNet => {
@@ -717,7 +719,7 @@ impl GuestSet {
                     vm.nics = vec![crate::vms::NicDef::on("lan", name, 0)];
                     Ok(crate::config::check(&vm)?)
                 };
-                Ok(vec![
+                let mut vms = vec![
                     lan(
                         "net-sink",
                         format!("hv.ip=10.0.0.1/24 hv.netsink={NET_BENCH_PORT}"),
@@ -729,7 +731,13 @@ impl GuestSet {
                              hv.netmib={NET_BENCH_MIB}"
                         ),
                     )?,
-                ])
+                ];
+                // Under multi-threaded TCG with a spare boot processor, each VM on
+                // a processor (and a TCG thread) of its own, as each plain QEMU of
+                // the reference has one.
+                vms[0].cpus = vec![1];
+                vms[1].cpus = vec![2];
+                Ok(vms)
             }
             GuestSet::UplinkTest => {
                 let mut vm = linux_vm(true)?.renamed("web");

@@ -4,6 +4,7 @@
 pub mod admin;
 #[cfg(feature = "disk-images")]
 pub mod bench;
+pub mod boot_cpu;
 #[cfg(feature = "disk-images")]
 pub mod build;
 pub mod config;

@@ -214,10 +214,10 @@ fn run(mut args: Args) -> Result<(), String> {
     let fw = firmware(&mut args)?;
     let cpus = args.number("--cpus")?;
     let emulator = args.value("--emulator")?.unwrap_or_else(|| "qemu".into());
-    let machine_cpus = cpus.unwrap_or(if emulator == "bochs" { 1 } else { 2 });
+    let mut machine_cpus = cpus.unwrap_or(if emulator == "bochs" { 1 } else { 2 });
     let Chosen {
         dir,
-        vms,
+        mut vms,
         storage,
         machine,
         machine_memory: memory,
@@ -230,6 +230,21 @@ fn run(mut args: Args) -> Result<(), String> {
         forwards.push(xtask::uplink::parse_forward(&f)?);
     }
     args.finish()?;
+    // Under QEMU's multi-threaded TCG, guests that load x87 state race the boot
+    // processor's SVM state (README, Known problems): keep them off it.
+    let tcg_plan = if emulator == "qemu"
+        && (tcg || !xtask::tools::nested_kvm_available())
+        && emulator::TcgThread::from_env()? != Some(emulator::TcgThread::Single)
+    {
+        let own_guests = build::target_dir().join("hv").join("guests");
+        xtask::boot_cpu::plan(&vms, machine_cpus, &own_guests)
+    } else {
+        xtask::boot_cpu::Plan::AsAsked
+    };
+    if let xtask::boot_cpu::Plan::SpareBootProcessor { cpus } = tcg_plan {
+        xtask::boot_cpu::keep_off_boot_processor(&mut vms, cpus);
+        machine_cpus = cpus;
+    }
     // Under Bochs there is no uplink (refused below for a configuration that has
     // one), so the default run's metrics forward is not made there.
     if emulator != "bochs" {
@@ -295,16 +310,8 @@ fn run(mut args: Args) -> Result<(), String> {
                     Vec::new()
                 },
                 nvme_disk: disk_image,
-                // Two or more Linux VMs on a multi-processor machine under
-                // multi-threaded TCG crash the hypervisor (the host runs with a bad
-                // CR3 after a #VMEXIT; see README, Known problems): one thread.
-                tcg_thread: (machine_cpus > 1
-                    && vms
-                        .iter()
-                        .filter(|v| v.format == xtask::vms::ImageFormat::Linux)
-                        .count()
-                        > 1)
-                .then_some(emulator::TcgThread::Single),
+                tcg_thread: matches!(tcg_plan, xtask::boot_cpu::Plan::SingleThread { .. })
+                    .then_some(emulator::TcgThread::Single),
             };
             let image = if fw == Firmware::Uefi {
                 &built.images.uefi
@@ -317,6 +324,9 @@ fn run(mut args: Args) -> Result<(), String> {
                 "xtask: booting {} in QEMU ({accel}, -cpu {cpu}, {machine_mib} MiB); quit with Ctrl-A X",
                 image.display()
             );
+            if let Some(what) = xtask::boot_cpu::describe(&tcg_plan) {
+                eprintln!("xtask: {what}");
+            }
             for (f, h) in forwards.iter().zip(&hostfwds) {
                 // 0.0.0.0 listens everywhere; the loopback reaches it from here.
                 let reach = if f.host_addr.is_unspecified() {
