@@ -127,7 +127,7 @@ mod tests {
         let own = Path::new("/t/hv/guests");
         let linux = vm("linux", ImageFormat::Linux, "/t/bzImage");
         let tiny = vm("hello64", ImageFormat::Tiny, "/t/hv/guests/hello64.elf");
-        assert_eq!(plan(&[tiny.clone()], 2, own), Plan::AsAsked);
+        assert_eq!(plan(std::slice::from_ref(&tiny), 2, own), Plan::AsAsked);
         assert_eq!(plan(&[linux.clone(), tiny.clone()], 1, own), Plan::AsAsked);
         assert_eq!(
             plan(&[linux.clone(), tiny.clone()], 2, own),
