@@ -794,6 +794,12 @@ impl Vcpu for SvmVcpu {
 
     /// ES, CS, SS and DS from the VMCB, which VMRUN and #VMEXIT keep current. FS and
     /// GS are `None`: their bases move with VMLOAD/VMSAVE, not with every exit.
+    fn fx_area(&mut self) -> Option<&mut FxArea> {
+        // `run` loads it with FXRSTOR right before VMRUN and saves it with FXSAVE right
+        // after #VMEXIT, so between exits it is the guest's live state.
+        Some(&mut self.fx)
+    }
+
     fn segment(&self, seg: vcpu::SegReg) -> Option<vcpu::state::Segment> {
         let s = &self.vmcb().save;
         let raw = match seg {

@@ -14,6 +14,11 @@
 //! guest's nested paging (the exit stores the host's state as the guest's) or a guest
 //! without it. [`fxrstor`] loads such an image with ES set, which QEMU leaves alone,
 //! and clears it with FNCLEX.
+//!
+//! The image is the guest's live x87/SSE state while its vCPU is outside the guest
+//! (both backends save it right after the exit and load it right before the entry),
+//! so the core reads and writes the guest's XMM, MMX and x87 registers and MXCSR in
+//! it ([`crate::Vcpu::fx_area`]) when it emulates an instruction that uses them.
 
 use core::arch::asm;
 
@@ -21,6 +26,13 @@ use core::arch::asm;
 #[repr(C, align(16))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FxArea(pub [u8; 512]);
+
+impl Default for FxArea {
+    /// [`FxArea::initial`]: the state a vCPU starts with.
+    fn default() -> Self {
+        Self::initial()
+    }
+}
 
 /// The MXCSR_MASK to assume when FXSAVE stores 0 there (SDM Vol. 1 11.6.6): every bit
 /// but DAZ (bit 6).
@@ -34,10 +46,96 @@ const FSW_ES: u16 = 1 << 7;
 /// FCLEX/FNCLEX).
 const FSW_CLEARED_BY_FNCLEX: u16 = 0x80FF;
 
+/// Byte offset of the abridged x87 tag word (one bit per physical register, 1 =
+/// valid) in the image (SDM Vol. 1 Table 10-2).
+const FTW_OFFSET: usize = 4;
+/// Byte offset of ST0/MM0's 16-byte slot; ST(i) follows at 16-byte steps.
+const ST_OFFSET: usize = 32;
+/// Byte offset of XMM0's 16-byte slot; XMMn follows at 16-byte steps.
+const XMM_OFFSET: usize = 160;
+/// FSW bits 13:11, TOP: the physical register that is ST(0) (SDM Vol. 1 8.1.3).
+const FSW_TOP_SHIFT: u32 = 11;
+
 impl FxArea {
     /// MXCSR, bytes 24-27 of the image.
     pub fn mxcsr(&self) -> u32 {
         u32::from_le_bytes([self.0[24], self.0[25], self.0[26], self.0[27]])
+    }
+
+    /// Sets MXCSR. The caller keeps it [`FxArea::restorable`].
+    pub fn set_mxcsr(&mut self, mxcsr: u32) {
+        self.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+    }
+
+    /// XMM register `n` modulo 16 (FXSAVE64 stores all sixteen; outside 64-bit mode
+    /// a guest reaches only XMM0-7).
+    pub fn xmm(&self, n: usize) -> [u8; 16] {
+        let at = XMM_OFFSET + 16 * (n % 16);
+        let mut r = [0; 16];
+        r.copy_from_slice(&self.0[at..at + 16]);
+        r
+    }
+
+    /// Loads XMM register `n` modulo 16.
+    pub fn set_xmm(&mut self, n: usize, value: [u8; 16]) {
+        let at = XMM_OFFSET + 16 * (n % 16);
+        self.0[at..at + 16].copy_from_slice(&value);
+    }
+
+    /// TOP, the x87 stack top (FSW bits 13:11).
+    pub fn top(&self) -> usize {
+        usize::from(self.fsw() >> FSW_TOP_SHIFT) & 7
+    }
+
+    /// The abridged tag word: bit n set when physical register Rn is valid.
+    pub fn abridged_tags(&self) -> u8 {
+        self.0[FTW_OFFSET]
+    }
+
+    /// The 80-bit x87 register ST(i) modulo 8 as the image holds it (its slot's
+    /// first 10 bytes; the image keeps the stack in ST order, not physical order).
+    pub fn st(&self, i: usize) -> [u8; 10] {
+        let at = ST_OFFSET + 16 * (i % 8);
+        let mut r = [0; 10];
+        r.copy_from_slice(&self.0[at..at + 10]);
+        r
+    }
+
+    /// MMX register `n` modulo 8: bits 63:0 of physical x87 register Rn, which is
+    /// ST((n - TOP) mod 8) in the image (SDM Vol. 1 9.5: MMn is aliased to Rn, and
+    /// FXSAVE stores ST(0) first).
+    pub fn mm(&self, n: usize) -> u64 {
+        let at = ST_OFFSET + 16 * ((n + 8 - self.top()) % 8);
+        let mut r = [0; 8];
+        r.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(r)
+    }
+
+    /// Writes MMX register `n` modulo 8 as an MMX instruction does: bits 63:0 of Rn
+    /// get `value`, its bits 79:64 (sign and exponent) all ones (SDM Vol. 1 9.5.1).
+    pub fn set_mm(&mut self, n: usize, value: u64) {
+        let at = ST_OFFSET + 16 * ((n + 8 - self.top()) % 8);
+        self.0[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        self.0[at + 8..at + 10].copy_from_slice(&[0xFF, 0xFF]);
+    }
+
+    /// What every MMX instruction but EMMS does to the x87 state before it runs
+    /// (SDM Vol. 1 9.5.1, Table 9-4): TOP becomes 0 and every tag "valid". In the
+    /// image the slots move with TOP (slot i holds ST(i) = R((TOP + i) mod 8)), so
+    /// they are rotated until slot n holds Rn; FXSAVE's abridged tag word has one bit
+    /// per physical register, all set here (SDM Vol. 1 10.5.1.1).
+    pub fn enter_mmx_mode(&mut self) {
+        let top = self.top();
+        if top != 0 {
+            let mut regs = [0u8; 128];
+            regs.copy_from_slice(&self.0[ST_OFFSET..ST_OFFSET + 128]);
+            // New slot n = Rn = old slot (n - TOP) mod 8.
+            regs.rotate_right(16 * top);
+            self.0[ST_OFFSET..ST_OFFSET + 128].copy_from_slice(&regs);
+        }
+        let fsw = self.fsw() & !(7 << FSW_TOP_SHIFT);
+        self.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&fsw.to_le_bytes());
+        self.0[FTW_OFFSET] = 0xFF;
     }
 
     /// Whether FXRSTOR of this image succeeds on a processor whose MXCSR_MASK is
@@ -190,6 +288,51 @@ mod tests {
         for fsw in [0x0020, 0x0040, 0x0081, 0x8000] {
             assert!(with_fsw(fsw).with_summary_set().is_none(), "{fsw:#x}");
         }
+    }
+
+    #[test]
+    fn xmm_and_mxcsr_at_their_offsets() {
+        let mut a = FxArea::initial();
+        let v: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        a.set_xmm(15, v);
+        assert_eq!(&a.0[160 + 15 * 16..160 + 16 * 16], &v);
+        assert_eq!(a.xmm(15), v);
+        assert_eq!(a.xmm(0), [0; 16]);
+        a.set_mxcsr(0x1F80 | 1 << 15);
+        assert_eq!(a.0[24..28], (0x9F80u32).to_le_bytes());
+        assert_eq!(a.mxcsr(), 0x9F80);
+    }
+
+    #[test]
+    fn mmx_registers_are_physical_and_mmx_mode_rotates_the_stack() {
+        let mut a = FxArea::initial();
+        // TOP = 3: slot i holds ST(i) = R((3 + i) mod 8); mark each slot with i.
+        a.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&(3u16 << 11).to_le_bytes());
+        for i in 0..8 {
+            a.0[32 + 16 * i] = i as u8;
+        }
+        a.0[FTW_OFFSET] = 0x01;
+        assert_eq!(a.top(), 3);
+        // MM5 = R5 = ST(2): slot 2.
+        assert_eq!(a.mm(5), 2);
+        assert_eq!(a.mm(3), 0);
+        assert_eq!(a.mm(2), 7);
+        a.enter_mmx_mode();
+        assert_eq!(a.top(), 0);
+        assert_eq!(a.abridged_tags(), 0xFF);
+        // Each physical register kept its value; slot n is now Rn.
+        assert_eq!(a.mm(5), 2);
+        assert_eq!(a.mm(3), 0);
+        assert_eq!(a.mm(2), 7);
+        assert_eq!(a.0[32 + 16 * 5], 2);
+        a.set_mm(6, 0x1122_3344_5566_7788);
+        assert_eq!(a.mm(6), 0x1122_3344_5566_7788);
+        assert_eq!(a.st(6)[8..], [0xFF, 0xFF], "bits 79:64 all ones");
+        // Other FSW bits are kept.
+        let mut b = FxArea::initial();
+        b.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&0x4700u16.to_le_bytes());
+        b.enter_mmx_mode();
+        assert_eq!(b.fsw(), 0x4000 | 0x0700 & !0x3800);
     }
 
     #[test]
