@@ -13,6 +13,7 @@ pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
 pub mod mmio_memory;
+pub mod mmio_sse;
 pub mod net;
 pub mod platform;
 pub mod policy;
