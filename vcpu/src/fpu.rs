@@ -207,6 +207,132 @@ pub unsafe fn fxrstor(area: &FxArea) {
     }
 }
 
+/// An x87 load or store with a memory operand, carried out by [`x87_memory_op`] on a
+/// buffer that stands for the guest's memory (an MMIO operand the core read from a
+/// device, or will write to one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X87MemOp {
+    FldM32,
+    FldM64,
+    FldM80,
+    FildM16,
+    FildM32,
+    FildM64,
+    FstM32,
+    FstM64,
+    FstpM32,
+    FstpM64,
+    FstpM80,
+    FistM16,
+    FistM32,
+    FistpM16,
+    FistpM32,
+    FistpM64,
+    FisttpM16,
+    FisttpM32,
+    FisttpM64,
+}
+
+impl X87MemOp {
+    /// The memory operand's size in bytes: 2, 4, 8 or 10.
+    pub fn width(self) -> u8 {
+        use X87MemOp::*;
+        match self {
+            FildM16 | FistM16 | FistpM16 | FisttpM16 => 2,
+            FldM32 | FildM32 | FstM32 | FstpM32 | FistM32 | FistpM32 | FisttpM32 => 4,
+            FldM64 | FildM64 | FstM64 | FstpM64 | FistpM64 | FisttpM64 => 8,
+            FldM80 | FstpM80 => 10,
+        }
+    }
+
+    /// Whether it reads memory (`FLD`, `FILD`); the others write it.
+    pub fn loads(self) -> bool {
+        use X87MemOp::*;
+        matches!(self, FldM32 | FldM64 | FldM80 | FildM16 | FildM32 | FildM64)
+    }
+}
+
+/// Runs `op` on this processor with `area` as the x87 state and `mem` as its memory
+/// operand (the low [`X87MemOp::width`] bytes), and leaves the resulting state in
+/// `area`: the format conversions, rounding (FCW.RC), exception flags, stack and tag
+/// changes are the processor's own, not a model of them. The caller's x87 control
+/// word and MXCSR (callee-saved in the SysV ABI) are restored afterwards, and the x87
+/// stack is left empty (FNINIT), so the caller sees no change. An unmasked exception
+/// the instruction raises is only recorded (FSW.ES): it would be signalled at the
+/// next waiting x87 instruction, and none runs before FXSAVE (which does not wait,
+/// SDM Vol. 2A FXSAVE) and FNINIT. FIP/FDP/FOP in `area` then describe the host's
+/// instruction and buffer: the caller replaces them.
+///
+/// # Safety
+/// As [`fxrstor`]; moreover no x87 exception may be pending in `area` (FSW.ES clear
+/// and every exception flag set in FSW masked in FCW), or the instruction itself
+/// raises #MF here in the host.
+#[inline(never)]
+pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10]) {
+    let (mut cw, mut mxcsr) = (0u16, 0u32);
+    // SAFETY: stores of the caller's control word and MXCSR into locals.
+    unsafe {
+        asm!(
+            "fnstcw [{cw}]",
+            "stmxcsr [{mx}]",
+            cw = in(reg) &mut cw,
+            mx = in(reg) &mut mxcsr,
+            options(nostack, preserves_flags)
+        )
+    };
+    // SAFETY: upheld by the caller.
+    unsafe { fxrstor(area) };
+    let m = mem.as_mut_ptr();
+    // SAFETY: one x87 instruction on the 10-byte buffer (no operand is wider); with
+    // no exception pending (the caller's duty) it raises none here. `clobber_abi`:
+    // the x87 and MMX/XMM registers now hold the guest's values.
+    unsafe {
+        use X87MemOp::*;
+        match op {
+            FldM32 => asm!("fld dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FldM64 => asm!("fld qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FldM80 => asm!("fld tbyte ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM16 => asm!("fild word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM32 => asm!("fild dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM64 => asm!("fild qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstM32 => asm!("fst dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstM64 => asm!("fst qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM32 => asm!("fstp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM64 => asm!("fstp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM80 => asm!("fstp tbyte ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistM16 => asm!("fist word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistM32 => asm!("fist dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM16 => asm!("fistp word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM32 => asm!("fistp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM64 => asm!("fistp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FisttpM16 => {
+                asm!("fisttp word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+            FisttpM32 => {
+                asm!("fisttp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+            FisttpM64 => {
+                asm!("fisttp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+        }
+    }
+    // SAFETY: upheld by the caller; `area` is this function's caller's image.
+    unsafe { fxsave(area) };
+    // SAFETY: FNINIT empties the stack and clears FSW (no pending exception is left
+    // for the caller's code); then the caller's control word and MXCSR come back.
+    unsafe {
+        asm!(
+            "fninit",
+            "fldcw [{cw}]",
+            "ldmxcsr [{mx}]",
+            cw = in(reg) &cw,
+            mx = in(reg) &mxcsr,
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
+}
+
 /// The calling processor's MXCSR_MASK (the MXCSR bits FXRSTOR accepts), from an
 /// FXSAVE image ([`DEFAULT_MXCSR_MASK`] when the processor stores 0).
 ///

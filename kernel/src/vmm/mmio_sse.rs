@@ -31,7 +31,7 @@
 //!   `MOVNTDQA`) has a misaligned address;
 //! - MMX forms (`MOVD`/`MOVQ` on MM, `MOVNTQ`): #UD for CR0.EM or a hidden
 //!   extension (MMX; SSE for `MOVNTQ`), #NM for CR0.TS, #MF while an x87 exception
-//!   is pending (FSW.ES). CR4.OSFXSR does not matter for them (SDM Vol. 2B
+//!   is pending ([`mmio_x87::x87_error_pending`]). CR4.OSFXSR does not matter for them (SDM Vol. 2B
 //!   `MOVNTQ`: only the FXSAVE-managed XMM state needs the OS's consent). With CR0.NE
 //!   clear a pending x87 error goes out on FERR# instead, which is not modelled: the
 //!   VM stops with that named;
@@ -54,17 +54,18 @@
 //!
 //! Not here: AVX. VEX/EVEX encodings cannot reach an exit, because XSAVE is hidden
 //! and CR4.OSXSAVE refused ([`super::policy`], `vcpu::cr_policy`), so the processor
-//! raises #UD for every VEX instruction before any memory access. The x87 forms
-//! (`FLD`/`FST`/`FILD`/`FISTP` ... with MMIO: the format conversions and rounding are
-//! their own work), `MASKMOVQ`/`MASKMOVDQU`, `MOVDDUP`/`MOVSLDUP`/`MOVSHDUP` and
-//! every SSE computation with a memory operand (`ADDPS xmm, m128`, `PCMPEQB`, ...)
-//! stay [`MmioError::Unsupported`]: the VM stops with the instruction named.
+//! raises #UD for every VEX instruction before any memory access. The x87 loads and
+//! stores are [`super::mmio_x87`]'s, reached from [`emulate`] here. `MASKMOVQ`/
+//! `MASKMOVDQU`, `MOVDDUP`/`MOVSLDUP`/`MOVSHDUP` and every SSE computation with a
+//! memory operand (`ADDPS xmm, m128`, `PCMPEQB`, ...) stay
+//! [`MmioError::Unsupported`]: the VM stops with the instruction named.
 //! Limits as in [`super::mmio`]: no #AC for a misaligned access in ring 3 with
 //! CR0.AM and RFLAGS.AC, no segment-limit checks, no single-step #DB.
 
 use super::guest_walk::{self, GuestMemoryMut};
 use super::mmio::{self, MmioError};
 use super::mmio_memory::{self, Env, Place};
+use super::mmio_x87;
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
 use vcpu::fpu::FxArea;
 use vcpu::{ControlRegs, Exception, GuestRegisters, SegReg, Vcpu};
@@ -73,8 +74,6 @@ const CR0_EM: u64 = 1 << 2;
 const CR0_TS: u64 = 1 << 3;
 const CR0_NE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
-/// FSW.ES: an unmasked x87 exception is pending (SDM Vol. 1 8.1.3.1).
-const FSW_ES: u16 = 1 << 7;
 
 /// The extensions the guest's CPUID view advertises (leaf 1), which decide whether
 /// an instruction exists for it.
@@ -419,7 +418,7 @@ pub fn check(
     if cr.cr0 & CR0_TS != 0 {
         return Ok(Some(Exception::NM));
     }
-    if mv.mmx() && fx.fsw() & FSW_ES != 0 {
+    if mv.mmx() && mmio_x87::x87_error_pending(fx) {
         if cr.cr0 & CR0_NE == 0 {
             return Err(SimdError::PendingX87Error);
         }
@@ -507,11 +506,31 @@ pub fn execute<M: GuestMemoryMut>(
     Ok(())
 }
 
+/// Where the operand of `insn` is, and the address its alignment is checked on: its
+/// linear address where the segment base is known; else the exit's address, which
+/// has the same offset in its page whenever the access starts in that page (a
+/// 16-byte access that starts in the page before is misaligned, and the processor
+/// checks alignment before it touches memory).
+fn locate<M: GuestMemoryMut>(
+    insn: &Instruction,
+    regs: &GuestRegisters,
+    rsp: u64,
+    env: &Env<'_, M>,
+    gpa: u64,
+) -> (Operand, u64) {
+    let at = effective_offset(insn, regs, rsp)
+        .and_then(|(seg, offset)| Some((seg, offset, env.linear(seg, offset).ok()?)));
+    match at {
+        Some((seg, offset, linear)) => (Operand::Linear { seg, offset }, linear),
+        None => (Operand::Exit { gpa }, gpa),
+    }
+}
+
 /// Emulates the instruction at the vCPU's RIP that accessed MMIO or unbacked space at
 /// guest-physical `gpa`: [`mmio::emulate`] for the general-purpose forms, and when it
-/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here
-/// (fetched and decoded again: only those pay for it). On error nothing in the vCPU
-/// changed and the device was not called.
+/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here or the
+/// x87 loads and stores ([`super::mmio_x87`]), fetched and decoded again (only those
+/// pay for it). On error nothing in the vCPU changed and the device was not called.
 pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
     mem: &mut M,
@@ -529,13 +548,27 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let rip = vcpu.rip();
     let mut bytes = [0u8; 15];
     let n = guest_walk::fetch_instruction(&*mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
-    let (mv, insn) = match decode(&bytes[..n], bitness, rip) {
-        Ok(d) => d,
-        // Not one of ours either: the general emulator's answer names it.
-        Err(MmioError::Unsupported { .. }) => return Err(refused.into()),
+    let bytes = &bytes[..n];
+    let simd = match decode(bytes, bitness, rip) {
+        Ok(d) => Some(d),
+        Err(MmioError::Unsupported { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    if mv.load == write {
+    let x87 = match simd {
+        Some(_) => None,
+        None => match mmio_x87::decode(bytes, bitness, rip) {
+            Ok(d) => Some(d),
+            // Not one of ours either: the general emulator's answer names it.
+            Err(MmioError::Unsupported { .. }) => return Err(refused.into()),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let (loads, len, insn) = match (&simd, &x87) {
+        (Some((mv, insn)), _) => (mv.load, mv.len, *insn),
+        (None, Some((mv, insn))) => (mv.op.loads(), mv.len, *insn),
+        (None, None) => return Err(refused.into()),
+    };
+    if loads == write {
         return Err(MmioError::DirectionMismatch { exit_write: write }.into());
     }
     let regs = *vcpu.regs();
@@ -543,26 +576,30 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let mut fx = vcpu.fx_area().ok_or(SimdError::NoFpuState)?.clone();
     let segments = mmio_memory::segments(vcpu);
     let mut env = Env { mem, cr, segments };
-    // The operand's linear address where its segment base is known; else the exit's
-    // address, which has the same offset in its page whenever the access starts in
-    // that page (a 16-byte access that starts in the page before is misaligned, and
-    // the processor checks alignment before it touches memory).
-    let at = effective_offset(&insn, &regs, rsp)
-        .and_then(|(seg, offset)| Some((seg, offset, env.linear(seg, offset).ok()?)));
-    let (operand, address) = match at {
-        Some((seg, offset, linear)) => (Operand::Linear { seg, offset }, linear),
-        None => (Operand::Exit { gpa }, gpa),
+    let (operand, address) = locate(&insn, &regs, rsp, &env, gpa);
+    let fault = match (&simd, &x87) {
+        (Some((mv, _)), _) => check(mv, &cr, features, &fx, address)?,
+        (None, Some((mv, _))) => mmio_x87::check(mv, &cr, features, &fx)?,
+        (None, None) => None,
     };
-    if let Some(e) = check(&mv, &cr, features, &fx, address)? {
+    if let Some(e) = fault {
         // A fault: RIP stays on the instruction, nothing changes (SDM Vol. 3A 6.5).
         vcpu.inject_exception(e);
         return Ok(());
     }
-    execute(&mv, &regs, rsp, &mut fx, operand, device, &mut env)?;
+    match (&simd, &x87) {
+        (Some((mv, _)), _) => execute(mv, &regs, rsp, &mut fx, operand, device, &mut env)?,
+        (None, Some((mv, _))) => {
+            // FDP: the operand's effective address, as the processor records it.
+            let fdp = effective_offset(&insn, &regs, rsp).map_or(gpa, |(_, o)| o);
+            mmio_x87::execute(mv, &mut fx, operand, rip, fdp, device, &mut env)?
+        }
+        (None, None) => {}
+    }
     if let Some(live) = vcpu.fx_area() {
         *live = fx;
     }
-    mmio::step_over(vcpu, rip, mv.len, bitness);
+    mmio::step_over(vcpu, rip, len, bitness);
     Ok(())
 }
 
@@ -1293,6 +1330,39 @@ mod tests {
         let mut low = [0; 8];
         ram.read(0x20_0000 - 8, &mut low).unwrap();
         assert_eq!(u64::from_le_bytes(low), 0x1122_3344_5566_7788);
+    }
+
+    #[test]
+    fn x87_loads_and_stores_go_through_the_same_path() {
+        // fld qword [rax+8] from the device, then fstp dword [rax] back to it.
+        let (mut v, mut ram) = guest(&[0xDD, 0x40, 0x08]);
+        v.regs.rax = MMIO;
+        let mut calls = Vec::new();
+        let mut device = |a: u64, s: u8, w: Option<u64>| {
+            calls.push((a, s, w));
+            (-2.25f64).to_bits()
+        };
+        emulate(&mut v, &mut ram, DEV + 8, false, ALL, &mut device).unwrap();
+        assert_eq!(calls, [(DEV + 8, 8, None)]);
+        assert_eq!((v.rip, v.fx.top()), (0x10003, 7));
+        let fx = v.fx.clone();
+        let (mut v, mut ram) = guest(&[0xD9, 0x18]);
+        v.regs.rax = MMIO;
+        v.fx = fx;
+        let (r, calls) = run(&mut v, &mut ram, DEV, true, ALL);
+        r.unwrap();
+        assert_eq!(calls, [(DEV, 4, Some(u64::from((-2.25f32).to_bits())))]);
+        assert_eq!((v.rip, v.fx.top()), (0x10002, 0));
+        // CR0.TS: #NM, nothing done.
+        let (mut v, mut ram) = guest(&[0xD9, 0x18]);
+        v.regs.rax = MMIO;
+        v.cr.cr0 |= CR0_TS;
+        let (r, calls) = run(&mut v, &mut ram, DEV, true, ALL);
+        r.unwrap();
+        assert_eq!(
+            (v.injected, v.rip, calls.len()),
+            (Some(Exception::NM), 0x10000, 0)
+        );
     }
 
     #[test]
