@@ -22,6 +22,11 @@
 //! raise #GP(0) (from the processor, or from the hypervisor where the emulator
 //! skipped the alignment check and the access reached it).
 //!
+//! And the x87 loads and stores: `FLD m64fp` of all ones (a quiet NaN) then `FISTP`
+//! into RAM gives the integer indefinite 0x8000000000000000 (invalid operation,
+//! masked); `FLD m80fp` of all ones (10 bytes) and `FSTP m80fp` back into unbacked
+//! space leave the x87 stack empty again.
+//!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
@@ -33,6 +38,7 @@
 //! insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0
 //! insn64: sse from unbacked: movdqu 0xffffffffffffffff 0xffffffffffffffff, movq mm0 0xffffffffffffffff; movdqu and movnti into it done
 //! insn64: movdqa misaligned unbacked -> #GP(0x0)
+//! insn64: x87 from unbacked: fld m64 then fistp 0x8000000000000000, fld/fstp m80 tags 0x0
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -81,6 +87,7 @@ mod guest {
         println!("insn64: unbacked read {before:#x}, after a write {after:#x}");
         unbacked_forms(UNBACKED);
         simd_forms(handlers, UNBACKED);
+        x87_forms(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
@@ -137,6 +144,35 @@ mod guest {
                 f.error_code
             ),
         }
+    }
+
+    /// x87 loads and stores on unbacked space at `at` (no x87 state of the compiler's
+    /// exists on this soft-float target).
+    fn x87_forms(at: usize) {
+        let mut int = 0u64;
+        let mut env = [0u16; 14];
+        // SAFETY: loads from unbacked space (all ones), a store into `int`, a store
+        // into unbacked space (dropped), and FNSTENV of the 28-byte environment into
+        // `env`; every value pushed is popped again.
+        unsafe {
+            asm!(
+                "fninit",
+                "fld qword ptr [{p}]",
+                "fistp qword ptr [{i}]",
+                "fld tbyte ptr [{p}]",
+                "fstp tbyte ptr [{p}]",
+                "fnstenv [{e}]",
+                "fninit",
+                p = in(reg) at,
+                i = in(reg) &mut int,
+                e = in(reg) &mut env,
+            )
+        };
+        // The 32-bit environment's tag word (bytes 8-9): 0xffff is an empty stack.
+        println!(
+            "insn64: x87 from unbacked: fld m64 then fistp {int:#x}, fld/fstp m80 tags {:#x}",
+            !env[4]
+        );
     }
 
     /// Instruction forms beyond MOV on unbacked space at `at`.

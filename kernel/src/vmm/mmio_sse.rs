@@ -31,10 +31,11 @@
 //!   `MOVNTDQA`) has a misaligned address;
 //! - MMX forms (`MOVD`/`MOVQ` on MM, `MOVNTQ`): #UD for CR0.EM or a hidden
 //!   extension (MMX; SSE for `MOVNTQ`), #NM for CR0.TS, #MF while an x87 exception
-//!   is pending ([`mmio_x87::x87_error_pending`]). CR4.OSFXSR does not matter for them (SDM Vol. 2B
-//!   `MOVNTQ`: only the FXSAVE-managed XMM state needs the OS's consent). With CR0.NE
-//!   clear a pending x87 error goes out on FERR# instead, which is not modelled: the
-//!   VM stops with that named;
+//!   is pending ([`mmio_x87::x87_error_pending`]). CR4.OSFXSR does not matter for
+//!   them (SDM Vol. 3A Table 22-8, "Legacy SIMD/MMX Instructions without FP
+//!   Exception", which `MOVNTQ` refers to; the MMX `MOVD`/`MOVQ` list the same).
+//!   With CR0.NE clear a pending x87 error goes out on FERR# instead, which is not
+//!   modelled: the VM stops with that named;
 //! - `MOVNTI`: #UD without SSE2 only (it uses no x87/SSE state).
 //!
 //! Every MMX instruction (here `MOVD`/`MOVQ`/`MOVNTQ` with an MM register, loads and
