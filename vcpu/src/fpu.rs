@@ -1,7 +1,9 @@
 //! Guest x87/SSE state. Neither VMRUN nor VM entry switches it, so each vCPU keeps
 //! its own FXSAVE image, restored before entry and saved after exit; otherwise one
 //! guest could read another's XMM registers. The hypervisor itself is built without
-//! SSE and never touches this state.
+//! SSE and keeps nothing of its own in these registers (the AES-NI code uses them
+//! only inside its calls); [`x87_memory_op`] runs one guest x87 instruction on them
+//! with the guest's image loaded and leaves the caller's control words as they were.
 //!
 //! **Restoring under QEMU's multi-threaded TCG.** QEMU (7.2; 8.1 still does)
 //! clears IGNNE in the *boot* processor's `hflags2` whenever any processor loads an
