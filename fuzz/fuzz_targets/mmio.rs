@@ -25,6 +25,20 @@
 //!   and no device touched, or move RSP / RSI / RDI / RCX by exactly what the number of
 //!   elements done says (at most `MAX_BATCH`), within their address size, and change
 //!   no other register.
+//! - the MMX/SSE moves and `MOVNTI` (`kernel::vmm::mmio_sse`, for what
+//!   `mmio::decode` refuses): length, width and direction agree with iced's
+//!   instruction information, the effective address with iced's; `check` faults
+//!   only as the SDM's rules say (CR0/CR4 bits and CPUID from the input); `execute`
+//!   either fails with nothing changed or accesses the operand in ascending 4/8-byte
+//!   pieces in the right direction, stores exactly the register's bytes, and
+//!   changes only the destination register in the FXSAVE image (and, for MMX, TOP
+//!   and the tags as the MMX-mode switch does);
+//! - the x87 loads and stores (`kernel::vmm::mmio_x87`): length, width and direction
+//!   as iced says, #NM/#MF/#UD exactly by the rules, and `execute` (the host
+//!   processor running the instruction on the input's x87 state) accesses the
+//!   operand in ascending pieces (8 + 2 bytes for 80 bits), loads only reading and
+//!   stores only writing, leaves MXCSR and the XMM registers alone, and puts no host
+//!   address into FIP/FDP.
 //!
 //! Input: a mode byte (bits 1:0 real/protected/long/compatibility mode, bit 2
 //! paging, bit 3 PAE, bit 4 LA57, bit 5 PSE), CR3, RIP and CS base (8 bytes each),
@@ -40,6 +54,9 @@ use kernel::vmm::mmio::{
     ShiftOp, Step, StringOp, UnaryOp,
 };
 use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
+use kernel::vmm::mmio_sse::{self, SimdFeatures, SimdReg};
+use kernel::vmm::mmio_x87;
+use vcpu::fpu::FxArea;
 use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
 use vcpu::{ControlRegs, GuestRegisters};
@@ -1045,6 +1062,8 @@ fuzz_target!(|data: &[u8]| {
     assert!((1..=15).contains(&n), "{n} bytes fetched");
     let bitness = guest_walk::code_bitness(&cr);
     let Ok(insn) = mmio::decode(&bytes[..n], bitness) else {
+        let mut copy = RamCopy(ram.to_vec());
+        check_simd(&bytes[..n], bitness, rip, head, regs, rsp, reads, cr, &mut copy);
         return;
     };
     check_decoded(&bytes[..n], bitness, &insn);
@@ -1070,3 +1089,310 @@ fuzz_target!(|data: &[u8]| {
     };
     check_execute(&insn, regs, rsp, rflags, reads, &mut env);
 });
+
+/// The MMX/SSE moves (see the header). The input's mode byte bits 6-7 and RFLAGS'
+/// upper bytes choose CR0.EM/TS/NE, CR4.OSFXSR and the CPUID features; the FXSAVE
+/// image is filled from the register values.
+#[allow(clippy::too_many_arguments)]
+fn check_simd(
+    bytes: &[u8],
+    bitness: u32,
+    rip: u64,
+    head: &[u8],
+    regs: GuestRegisters,
+    rsp: u64,
+    reads: [u64; 4],
+    cr: ControlRegs,
+    ram: &mut RamCopy,
+) {
+    let Ok((mv, insn)) = mmio_sse::decode(bytes, bitness, rip) else {
+        check_x87(bytes, bitness, rip, regs, rsp, reads, cr, ram);
+        return;
+    };
+    assert_eq!(insn.len(), mv.len);
+    assert!(matches!(mv.width, 4 | 8 | 16), "{mv:?}");
+    // iced's view of the same bytes.
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
+    let instr = decoder.decode();
+    assert_eq!(instr.len(), mv.len, "{mv:?}");
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&instr);
+    let used = info.used_memory();
+    assert_eq!(used.len(), 1, "{mv:?}: {used:?}");
+    assert_eq!(used[0].memory_size().size(), usize::from(mv.width), "{mv:?}");
+    let load = match used[0].access() {
+        OpAccess::Read => true,
+        OpAccess::Write => false,
+        other => panic!("{mv:?}: memory access {other:?}"),
+    };
+    assert_eq!(mv.load, load, "{mv:?}");
+    let gpr = |r: iced_x86::Register| -> Option<u64> {
+        let n = r as u32;
+        let i = [iced_x86::Register::RAX, iced_x86::Register::EAX, iced_x86::Register::AX]
+            .iter()
+            .find_map(|&f| (f as u32..f as u32 + 16).contains(&n).then(|| n - f as u32))?;
+        let size = r.size() as u8;
+        Some(all(&regs, rsp)[i as usize] & mask(size))
+    };
+    let seg_zero = |r: iced_x86::Register, _: usize, _: usize| {
+        if r.is_segment_register() {
+            Some(0)
+        } else {
+            gpr(r)
+        }
+    };
+    let offset = mmio_sse::effective_offset(&insn, &regs, rsp);
+    assert_eq!(
+        offset.map(|(_, o)| o),
+        used[0].virtual_address(0, seg_zero),
+        "{mv:?}"
+    );
+
+    let knobs = head[0] >> 6 | (regs.rbp as u8) << 2;
+    let cr = ControlRegs {
+        cr0: cr.cr0 | u64::from(knobs & 1) << 2 | u64::from(knobs & 2) << 2 | 1 << 5,
+        cr4: cr.cr4 | u64::from(knobs & 4 != 0) << 9,
+        ..cr
+    };
+    let b = (regs.rbp >> 8) as u8;
+    let features = SimdFeatures {
+        mmx: b & 1 != 0,
+        sse: b & 2 != 0,
+        sse2: b & 4 != 0,
+        sse3: b & 8 != 0,
+        sse41: b & 16 != 0,
+    };
+    let mut fx0 = FxArea::initial();
+    for (i, chunk) in fx0.0[32..].chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&all(&regs, rsp)[i % 16].rotate_left(i as u32).to_le_bytes());
+    }
+    // FSW with TOP (and maybe ES) from the input.
+    fx0.0[2..4].copy_from_slice(&(regs.rsi as u16 & 0x3880).to_le_bytes());
+    let address = regs.rdi;
+    let fault = mmio_sse::check(&mv, &cr, features, &fx0, address);
+    let em = cr.cr0 & 4 != 0;
+    let ts = cr.cr0 & 8 != 0;
+    let osfxsr = cr.cr4 & 1 << 9 != 0;
+    let has = match mv.needs {
+        mmio_sse::Extension::Mmx => features.mmx,
+        mmio_sse::Extension::Sse => features.sse,
+        mmio_sse::Extension::Sse2 => features.sse2,
+        mmio_sse::Extension::Sse3 => features.sse3,
+        mmio_sse::Extension::Sse41 => features.sse41,
+    };
+    let expect = match mv.reg {
+        SimdReg::Gpr(_) => (!has).then_some(vcpu::Exception::UD),
+        SimdReg::Mm(_) if em || !has => Some(vcpu::Exception::UD),
+        SimdReg::Xmm(_) if em || !has || !osfxsr => Some(vcpu::Exception::UD),
+        _ if ts => Some(vcpu::Exception::NM),
+        SimdReg::Mm(_)
+            if fx0.fsw() & 0x80 != 0
+                || fx0.fsw() & !u16::from_le_bytes([fx0.0[0], fx0.0[1]]) & 0x3F != 0 =>
+        {
+            Some(vcpu::Exception::MF)
+        }
+        _ if mv.aligned && address % 16 != 0 => Some(vcpu::Exception::GP0),
+        _ => None,
+    };
+    assert_eq!(fault, Ok(expect), "{mv:?} {cr:?} {features:?}");
+
+    // Execution, on the input's state.
+    let segments = core::array::from_fn(|i| {
+        Some(vcpu::state::Segment {
+            selector: 0,
+            attrib: 0,
+            limit: u32::MAX,
+            base: regs.rdx.rotate_left(8 * i as u32),
+        })
+    });
+    let ram0 = ram.0.clone();
+    let mut env = Env {
+        mem: ram,
+        cr,
+        segments,
+    };
+    const GPA: u64 = 0xfee0_0000;
+    let operand = match offset {
+        Some((seg, offset)) if head[0] & 0x40 != 0 => mmio_sse::Operand::Linear { seg, offset },
+        _ => mmio_sse::Operand::Exit { gpa: GPA },
+    };
+    let mut fx = fx0.clone();
+    let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
+    let mut next = reads.iter().copied().cycle();
+    let mut device = |gpa: u64, size: u8, write: Option<u64>| {
+        log.push((gpa, size, write));
+        next.next().unwrap_or(0)
+    };
+    let result = mmio_sse::execute(&mv, &regs, rsp, &mut fx, operand, &mut device, &mut env);
+    if result.is_err() {
+        assert!(log.is_empty(), "{mv:?}: {log:?}");
+        assert_eq!(fx, fx0, "{mv:?}");
+        assert_eq!(env.mem.0, ram0, "{mv:?}");
+        return;
+    }
+    let piece = mv.width.min(8);
+    assert!(log.len() <= usize::from(mv.width / piece), "{mv:?}: {log:?}");
+    for (k, &(gpa, size, write)) in log.iter().enumerate() {
+        assert_eq!(size, piece, "{mv:?}: {log:?}");
+        assert_eq!(write.is_some(), !mv.load, "{mv:?}: {log:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{mv:?}: {log:?}");
+        }
+        if k > 0 && matches!(operand, mmio_sse::Operand::Exit { .. }) {
+            assert_eq!(gpa, log[k - 1].0 + u64::from(piece), "{mv:?}: {log:?}");
+        }
+    }
+    // Only the named register changes (after the MMX-mode switch for MM forms).
+    let mut expect_fx = fx0.clone();
+    if let SimdReg::Mm(_) = mv.reg {
+        expect_fx.enter_mmx_mode();
+        assert_eq!((fx.top(), fx.abridged_tags()), (0, 0xFF));
+    }
+    let mut rest = fx.clone();
+    match mv.reg {
+        SimdReg::Xmm(n) if mv.load => rest.set_xmm(usize::from(n), expect_fx.xmm(usize::from(n))),
+        SimdReg::Mm(n) if mv.load => {
+            let slot = 32 + 16 * usize::from(n);
+            rest.0[slot..slot + 10].copy_from_slice(&expect_fx.0[slot..slot + 10]);
+        }
+        _ => {}
+    }
+    assert_eq!(rest, expect_fx, "{mv:?}: only the destination changes");
+    // Stores with every piece at the device write exactly the register's bytes.
+    if !mv.load && log.len() == usize::from(mv.width / piece) {
+        let mut src = [0u8; 16];
+        match mv.reg {
+            SimdReg::Xmm(n) => {
+                let x = fx0.xmm(usize::from(n));
+                let lane = usize::from(mv.lane);
+                src[..usize::from(mv.width)].copy_from_slice(&x[lane..lane + usize::from(mv.width)]);
+            }
+            SimdReg::Mm(n) => src[..8].copy_from_slice(&expect_fx.mm(usize::from(n)).to_le_bytes()),
+            SimdReg::Gpr(r) => src[..8].copy_from_slice(&gpr(r).unwrap().to_le_bytes()),
+        }
+        for (k, &(_, size, write)) in log.iter().enumerate() {
+            let at = k * usize::from(size);
+            let mut b = [0u8; 8];
+            b[..usize::from(size)].copy_from_slice(&src[at..at + usize::from(size)]);
+            assert_eq!(write, Some(u64::from_le_bytes(b)), "{mv:?}: {log:?}");
+        }
+    }
+}
+
+/// The x87 loads and stores (see the header).
+#[allow(clippy::too_many_arguments)]
+fn check_x87(
+    bytes: &[u8],
+    bitness: u32,
+    rip: u64,
+    regs: GuestRegisters,
+    rsp: u64,
+    reads: [u64; 4],
+    cr: ControlRegs,
+    ram: &mut RamCopy,
+) {
+    let Ok((mv, insn)) = mmio_x87::decode(bytes, bitness, rip) else {
+        return;
+    };
+    assert_eq!(insn.len(), mv.len);
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
+    let instr = decoder.decode();
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&instr);
+    let used = info.used_memory();
+    assert_eq!(used.len(), 1, "{mv:?}: {used:?}");
+    assert_eq!(used[0].memory_size().size(), usize::from(mv.op.width()), "{mv:?}");
+    let load = match used[0].access() {
+        OpAccess::Read => true,
+        OpAccess::Write => false,
+        other => panic!("{mv:?}: memory access {other:?}"),
+    };
+    assert_eq!(mv.op.loads(), load, "{mv:?}");
+
+    // An x87 state from the input: registers from the GPRs, FCW from RBP (any
+    // rounding, any masks), FSW's TOP and flags from RSI, tags from RDI; MXCSR at
+    // its reset value so the image is restorable.
+    let mut fx0 = FxArea::initial();
+    for (i, chunk) in fx0.0[32..160].chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&all(&regs, rsp)[i].rotate_left(i as u32).to_le_bytes());
+    }
+    fx0.0[0..2].copy_from_slice(&(regs.rbp as u16 & 0x0F3F | 0x40).to_le_bytes());
+    let fsw = regs.rsi as u16 & 0x7F7F;
+    fx0.0[2..4].copy_from_slice(&fsw.to_le_bytes());
+    fx0.0[4] = regs.rdi as u8;
+    let features = SimdFeatures {
+        sse3: regs.rbp & 1 << 16 != 0,
+        ..Default::default()
+    };
+    let cr = ControlRegs {
+        cr0: cr.cr0 | (regs.rbp >> 17 & 3) << 2 | 1 << 5,
+        ..cr
+    };
+    let fisttp = matches!(
+        mv.op,
+        vcpu::fpu::X87MemOp::FisttpM16
+            | vcpu::fpu::X87MemOp::FisttpM32
+            | vcpu::fpu::X87MemOp::FisttpM64
+    );
+    let fcw = u16::from_le_bytes([fx0.0[0], fx0.0[1]]);
+    let expect = if fisttp && !features.sse3 {
+        Some(vcpu::Exception::UD)
+    } else if cr.cr0 & 0xC != 0 {
+        Some(vcpu::Exception::NM)
+    } else if fsw & !fcw & 0x3F != 0 {
+        Some(vcpu::Exception::MF)
+    } else {
+        None
+    };
+    assert_eq!(mmio_x87::check(&mv, &cr, features, &fx0), Ok(expect), "{mv:?}");
+    if expect.is_some() || fisttp && !std::is_x86_feature_detected!("sse3") {
+        return;
+    }
+
+    let mut env = Env {
+        mem: ram,
+        cr,
+        segments: [None; 6],
+    };
+    const GPA: u64 = 0xfee0_0000;
+    let mut fx = fx0.clone();
+    let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
+    let mut next = reads.iter().copied().cycle();
+    let mut device = |gpa: u64, size: u8, write: Option<u64>| {
+        log.push((gpa, size, write));
+        next.next().unwrap_or(0)
+    };
+    let fdp = regs.r8;
+    mmio_x87::execute(
+        &mv,
+        &mut fx,
+        mmio_sse::Operand::Exit { gpa: GPA },
+        rip,
+        fdp,
+        &mut device,
+        &mut env,
+    )
+    .expect("a device operand cannot fail");
+    let pieces: &[(u64, u8)] = match mv.op.width() {
+        10 => &[(GPA, 8), (GPA + 8, 2)],
+        w => &[(GPA, w)][..],
+    };
+    if mv.op.loads() || !log.is_empty() {
+        assert_eq!(log.len(), pieces.len(), "{mv:?}: {log:?}");
+    }
+    for (&(gpa, size, write), &(want_gpa, want_size)) in log.iter().zip(pieces) {
+        assert_eq!((gpa, size), (want_gpa, want_size), "{mv:?}: {log:?}");
+        assert_eq!(write.is_some(), !mv.op.loads(), "{mv:?}: {log:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{mv:?}: {log:?}");
+        }
+    }
+    assert_eq!(fx.mxcsr(), fx0.mxcsr(), "{mv:?}");
+    assert_eq!(fx.0[160..416], fx0.0[160..416], "{mv:?}: XMM registers");
+    assert_eq!(fx.0[0..2], fx0.0[0..2], "{mv:?}: FCW");
+    // FIP/FDP: the guest's old value or its new one, never the host's.
+    let fip = u64::from_le_bytes(fx.0[8..16].try_into().unwrap());
+    let fdp_now = u64::from_le_bytes(fx.0[16..24].try_into().unwrap());
+    assert!(fip == 0 || fip == rip, "{mv:?}: FIP {fip:#x}");
+    assert!(fdp_now == 0 || fdp_now == fdp, "{mv:?}: FDP {fdp_now:#x}");
+}

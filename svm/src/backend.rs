@@ -792,6 +792,12 @@ impl Vcpu for SvmVcpu {
         }
     }
 
+    fn fx_area(&mut self) -> Option<&mut FxArea> {
+        // `run` loads it with FXRSTOR right before VMRUN and saves it with FXSAVE right
+        // after #VMEXIT, so between exits it is the guest's live state.
+        Some(&mut self.fx)
+    }
+
     /// Every segment register from the VMCB. #VMEXIT stores ES, CS, SS and DS there
     /// (APM Vol. 2 15.6); FS and GS (with their hidden bases, which a 64-bit guest
     /// sets through WRMSR or WRFSBASE without an exit) are VMSAVE state, and

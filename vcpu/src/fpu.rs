@@ -1,7 +1,9 @@
 //! Guest x87/SSE state. Neither VMRUN nor VM entry switches it, so each vCPU keeps
 //! its own FXSAVE image, restored before entry and saved after exit; otherwise one
 //! guest could read another's XMM registers. The hypervisor itself is built without
-//! SSE and never touches this state.
+//! SSE and keeps nothing of its own in these registers (the AES-NI code uses them
+//! only inside its calls); [`x87_memory_op`] runs one guest x87 instruction on them
+//! with the guest's image loaded and leaves the caller's control words as they were.
 //!
 //! **Restoring under QEMU's multi-threaded TCG.** QEMU (7.2; 8.1 still does)
 //! clears IGNNE in the *boot* processor's `hflags2` whenever any processor loads an
@@ -14,6 +16,11 @@
 //! guest's nested paging (the exit stores the host's state as the guest's) or a guest
 //! without it. [`fxrstor`] loads such an image with ES set, which QEMU leaves alone,
 //! and clears it with FNCLEX.
+//!
+//! The image is the guest's live x87/SSE state while its vCPU is outside the guest
+//! (both backends save it right after the exit and load it right before the entry),
+//! so the core reads and writes the guest's XMM, MMX and x87 registers and MXCSR in
+//! it ([`crate::Vcpu::fx_area`]) when it emulates an instruction that uses them.
 
 use core::arch::asm;
 
@@ -21,6 +28,13 @@ use core::arch::asm;
 #[repr(C, align(16))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FxArea(pub [u8; 512]);
+
+impl Default for FxArea {
+    /// [`FxArea::initial`]: the state a vCPU starts with.
+    fn default() -> Self {
+        Self::initial()
+    }
+}
 
 /// The MXCSR_MASK to assume when FXSAVE stores 0 there (SDM Vol. 1 11.6.6): every bit
 /// but DAZ (bit 6).
@@ -34,10 +48,96 @@ const FSW_ES: u16 = 1 << 7;
 /// FCLEX/FNCLEX).
 const FSW_CLEARED_BY_FNCLEX: u16 = 0x80FF;
 
+/// Byte offset of the abridged x87 tag word (one bit per physical register, 1 =
+/// valid) in the image (SDM Vol. 1 Table 10-2).
+const FTW_OFFSET: usize = 4;
+/// Byte offset of ST0/MM0's 16-byte slot; ST(i) follows at 16-byte steps.
+const ST_OFFSET: usize = 32;
+/// Byte offset of XMM0's 16-byte slot; XMMn follows at 16-byte steps.
+const XMM_OFFSET: usize = 160;
+/// FSW bits 13:11, TOP: the physical register that is ST(0) (SDM Vol. 1 8.1.3).
+const FSW_TOP_SHIFT: u32 = 11;
+
 impl FxArea {
     /// MXCSR, bytes 24-27 of the image.
     pub fn mxcsr(&self) -> u32 {
         u32::from_le_bytes([self.0[24], self.0[25], self.0[26], self.0[27]])
+    }
+
+    /// Sets MXCSR. The caller keeps it [`FxArea::restorable`].
+    pub fn set_mxcsr(&mut self, mxcsr: u32) {
+        self.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+    }
+
+    /// XMM register `n` modulo 16 (FXSAVE64 stores all sixteen; outside 64-bit mode
+    /// a guest reaches only XMM0-7).
+    pub fn xmm(&self, n: usize) -> [u8; 16] {
+        let at = XMM_OFFSET + 16 * (n % 16);
+        let mut r = [0; 16];
+        r.copy_from_slice(&self.0[at..at + 16]);
+        r
+    }
+
+    /// Loads XMM register `n` modulo 16.
+    pub fn set_xmm(&mut self, n: usize, value: [u8; 16]) {
+        let at = XMM_OFFSET + 16 * (n % 16);
+        self.0[at..at + 16].copy_from_slice(&value);
+    }
+
+    /// TOP, the x87 stack top (FSW bits 13:11).
+    pub fn top(&self) -> usize {
+        usize::from(self.fsw() >> FSW_TOP_SHIFT) & 7
+    }
+
+    /// The abridged tag word: bit n set when physical register Rn is valid.
+    pub fn abridged_tags(&self) -> u8 {
+        self.0[FTW_OFFSET]
+    }
+
+    /// The 80-bit x87 register ST(i) modulo 8 as the image holds it (its slot's
+    /// first 10 bytes; the image keeps the stack in ST order, not physical order).
+    pub fn st(&self, i: usize) -> [u8; 10] {
+        let at = ST_OFFSET + 16 * (i % 8);
+        let mut r = [0; 10];
+        r.copy_from_slice(&self.0[at..at + 10]);
+        r
+    }
+
+    /// MMX register `n` modulo 8: bits 63:0 of physical x87 register Rn, which is
+    /// ST((n - TOP) mod 8) in the image (SDM Vol. 1 9.5: MMn is aliased to Rn, and
+    /// FXSAVE stores ST(0) first).
+    pub fn mm(&self, n: usize) -> u64 {
+        let at = ST_OFFSET + 16 * ((n + 8 - self.top()) % 8);
+        let mut r = [0; 8];
+        r.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(r)
+    }
+
+    /// Writes MMX register `n` modulo 8 as an MMX instruction does: bits 63:0 of Rn
+    /// get `value`, its bits 79:64 (sign and exponent) all ones (SDM Vol. 1 9.5.1).
+    pub fn set_mm(&mut self, n: usize, value: u64) {
+        let at = ST_OFFSET + 16 * ((n + 8 - self.top()) % 8);
+        self.0[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        self.0[at + 8..at + 10].copy_from_slice(&[0xFF, 0xFF]);
+    }
+
+    /// What every MMX instruction but EMMS does to the x87 state before it runs
+    /// (SDM Vol. 1 9.5.1, Table 9-4): TOP becomes 0 and every tag "valid". In the
+    /// image the slots move with TOP (slot i holds ST(i) = R((TOP + i) mod 8)), so
+    /// they are rotated until slot n holds Rn; FXSAVE's abridged tag word has one bit
+    /// per physical register, all set here (SDM Vol. 1 10.5.1.1).
+    pub fn enter_mmx_mode(&mut self) {
+        let top = self.top();
+        if top != 0 {
+            let mut regs = [0u8; 128];
+            regs.copy_from_slice(&self.0[ST_OFFSET..ST_OFFSET + 128]);
+            // New slot n = Rn = old slot (n - TOP) mod 8.
+            regs.rotate_right(16 * top);
+            self.0[ST_OFFSET..ST_OFFSET + 128].copy_from_slice(&regs);
+        }
+        let fsw = self.fsw() & !(7 << FSW_TOP_SHIFT);
+        self.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&fsw.to_le_bytes());
+        self.0[FTW_OFFSET] = 0xFF;
     }
 
     /// Whether FXRSTOR of this image succeeds on a processor whose MXCSR_MASK is
@@ -107,6 +207,132 @@ pub unsafe fn fxrstor(area: &FxArea) {
         // SAFETY: upheld by the caller.
         None => unsafe { asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) },
     }
+}
+
+/// An x87 load or store with a memory operand, carried out by [`x87_memory_op`] on a
+/// buffer that stands for the guest's memory (an MMIO operand the core read from a
+/// device, or will write to one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X87MemOp {
+    FldM32,
+    FldM64,
+    FldM80,
+    FildM16,
+    FildM32,
+    FildM64,
+    FstM32,
+    FstM64,
+    FstpM32,
+    FstpM64,
+    FstpM80,
+    FistM16,
+    FistM32,
+    FistpM16,
+    FistpM32,
+    FistpM64,
+    FisttpM16,
+    FisttpM32,
+    FisttpM64,
+}
+
+impl X87MemOp {
+    /// The memory operand's size in bytes: 2, 4, 8 or 10.
+    pub fn width(self) -> u8 {
+        use X87MemOp::*;
+        match self {
+            FildM16 | FistM16 | FistpM16 | FisttpM16 => 2,
+            FldM32 | FildM32 | FstM32 | FstpM32 | FistM32 | FistpM32 | FisttpM32 => 4,
+            FldM64 | FildM64 | FstM64 | FstpM64 | FistpM64 | FisttpM64 => 8,
+            FldM80 | FstpM80 => 10,
+        }
+    }
+
+    /// Whether it reads memory (`FLD`, `FILD`); the others write it.
+    pub fn loads(self) -> bool {
+        use X87MemOp::*;
+        matches!(self, FldM32 | FldM64 | FldM80 | FildM16 | FildM32 | FildM64)
+    }
+}
+
+/// Runs `op` on this processor with `area` as the x87 state and `mem` as its memory
+/// operand (the low [`X87MemOp::width`] bytes), and leaves the resulting state in
+/// `area`: the format conversions, rounding (FCW.RC), exception flags, stack and tag
+/// changes are the processor's own, not a model of them. The caller's x87 control
+/// word and MXCSR (callee-saved in the SysV ABI) are restored afterwards, and the x87
+/// stack is left empty (FNINIT), so the caller sees no change. An unmasked exception
+/// the instruction raises is only recorded (FSW.ES): it would be signalled at the
+/// next waiting x87 instruction, and none runs before FXSAVE (which does not wait,
+/// SDM Vol. 2A FXSAVE) and FNINIT. FIP/FDP/FOP in `area` then describe the host's
+/// instruction and buffer: the caller replaces them.
+///
+/// # Safety
+/// As [`fxrstor`]; moreover no x87 exception may be pending in `area` (FSW.ES clear
+/// and every exception flag set in FSW masked in FCW), or the instruction itself
+/// raises #MF here in the host.
+#[inline(never)]
+pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10]) {
+    let (mut cw, mut mxcsr) = (0u16, 0u32);
+    // SAFETY: stores of the caller's control word and MXCSR into locals.
+    unsafe {
+        asm!(
+            "fnstcw [{cw}]",
+            "stmxcsr [{mx}]",
+            cw = in(reg) &mut cw,
+            mx = in(reg) &mut mxcsr,
+            options(nostack, preserves_flags)
+        )
+    };
+    // SAFETY: upheld by the caller.
+    unsafe { fxrstor(area) };
+    let m = mem.as_mut_ptr();
+    // SAFETY: one x87 instruction on the 10-byte buffer (no operand is wider); with
+    // no exception pending (the caller's duty) it raises none here. `clobber_abi`:
+    // the x87 and MMX/XMM registers now hold the guest's values.
+    unsafe {
+        use X87MemOp::*;
+        match op {
+            FldM32 => asm!("fld dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FldM64 => asm!("fld qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FldM80 => asm!("fld tbyte ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM16 => asm!("fild word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM32 => asm!("fild dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FildM64 => asm!("fild qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstM32 => asm!("fst dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstM64 => asm!("fst qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM32 => asm!("fstp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM64 => asm!("fstp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FstpM80 => asm!("fstp tbyte ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistM16 => asm!("fist word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistM32 => asm!("fist dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM16 => asm!("fistp word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM32 => asm!("fistp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FistpM64 => asm!("fistp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
+            FisttpM16 => {
+                asm!("fisttp word ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+            FisttpM32 => {
+                asm!("fisttp dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+            FisttpM64 => {
+                asm!("fisttp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
+            }
+        }
+    }
+    // SAFETY: upheld by the caller; `area` is this function's caller's image.
+    unsafe { fxsave(area) };
+    // SAFETY: FNINIT empties the stack and clears FSW (no pending exception is left
+    // for the caller's code); then the caller's control word and MXCSR come back.
+    unsafe {
+        asm!(
+            "fninit",
+            "fldcw [{cw}]",
+            "ldmxcsr [{mx}]",
+            cw = in(reg) &cw,
+            mx = in(reg) &mxcsr,
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
 }
 
 /// The calling processor's MXCSR_MASK (the MXCSR bits FXRSTOR accepts), from an
@@ -190,6 +416,51 @@ mod tests {
         for fsw in [0x0020, 0x0040, 0x0081, 0x8000] {
             assert!(with_fsw(fsw).with_summary_set().is_none(), "{fsw:#x}");
         }
+    }
+
+    #[test]
+    fn xmm_and_mxcsr_at_their_offsets() {
+        let mut a = FxArea::initial();
+        let v: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        a.set_xmm(15, v);
+        assert_eq!(&a.0[160 + 15 * 16..160 + 16 * 16], &v);
+        assert_eq!(a.xmm(15), v);
+        assert_eq!(a.xmm(0), [0; 16]);
+        a.set_mxcsr(0x1F80 | 1 << 15);
+        assert_eq!(a.0[24..28], (0x9F80u32).to_le_bytes());
+        assert_eq!(a.mxcsr(), 0x9F80);
+    }
+
+    #[test]
+    fn mmx_registers_are_physical_and_mmx_mode_rotates_the_stack() {
+        let mut a = FxArea::initial();
+        // TOP = 3: slot i holds ST(i) = R((3 + i) mod 8); mark each slot with i.
+        a.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&(3u16 << 11).to_le_bytes());
+        for i in 0..8 {
+            a.0[32 + 16 * i] = i as u8;
+        }
+        a.0[FTW_OFFSET] = 0x01;
+        assert_eq!(a.top(), 3);
+        // MM5 = R5 = ST(2): slot 2.
+        assert_eq!(a.mm(5), 2);
+        assert_eq!(a.mm(3), 0);
+        assert_eq!(a.mm(2), 7);
+        a.enter_mmx_mode();
+        assert_eq!(a.top(), 0);
+        assert_eq!(a.abridged_tags(), 0xFF);
+        // Each physical register kept its value; slot n is now Rn.
+        assert_eq!(a.mm(5), 2);
+        assert_eq!(a.mm(3), 0);
+        assert_eq!(a.mm(2), 7);
+        assert_eq!(a.0[32 + 16 * 5], 2);
+        a.set_mm(6, 0x1122_3344_5566_7788);
+        assert_eq!(a.mm(6), 0x1122_3344_5566_7788);
+        assert_eq!(a.st(6)[8..], [0xFF, 0xFF], "bits 79:64 all ones");
+        // Other FSW bits are kept.
+        let mut b = FxArea::initial();
+        b.0[FSW_OFFSET..FSW_OFFSET + 2].copy_from_slice(&0x4700u16.to_le_bytes());
+        b.enter_mmx_mode();
+        assert_eq!(b.fsw(), 0x4000 | 0x0700 & !0x3800);
     }
 
     #[test]

@@ -289,6 +289,18 @@ impl Exception {
         vector: 6,
         error_code: None,
     };
+    /// Device not available (#NM, vector 7): an x87/MMX/SSE instruction with
+    /// CR0.TS set. No error code.
+    pub const NM: Exception = Exception {
+        vector: 7,
+        error_code: None,
+    };
+    /// x87 floating-point error (#MF, vector 16), raised by the next x87 or MMX
+    /// instruction while an unmasked x87 exception is pending. No error code.
+    pub const MF: Exception = Exception {
+        vector: 16,
+        error_code: None,
+    };
     pub const GP0: Exception = Exception {
         vector: 13,
         error_code: Some(0),
@@ -387,6 +399,15 @@ pub trait Vcpu {
     /// tell; FS and GS may be `None` where their live base is not in the control
     /// block (AMD-V keeps them for VMLOAD/VMSAVE).
     fn segment(&self, _seg: SegReg) -> Option<state::Segment> {
+        None
+    }
+    /// The guest's x87/SSE state (its FXSAVE image), for emulating an instruction
+    /// that reads or writes XMM, MMX or x87 registers. Between an exit and the next
+    /// entry the image *is* the guest's state: a backend that offers it saves it
+    /// right after every exit and loads it right before every entry, so what the core
+    /// changes here is what the guest sees next. `None` where a backend does not keep
+    /// one (the core then cannot emulate such instructions).
+    fn fx_area(&mut self) -> Option<&mut fpu::FxArea> {
         None
     }
     /// Releases whatever of this vCPU the calling processor holds, so that another

@@ -1276,6 +1276,12 @@ impl Vcpu for VmxVcpu {
     }
 
     /// Every segment register is in the VMCS, FS and GS bases included.
+    fn fx_area(&mut self) -> Option<&mut FxArea> {
+        // `run` loads it with FXRSTOR right before each VM entry and saves it with FXSAVE
+        // right after each exit, so between exits it is the guest's live state.
+        Some(&mut self.fx)
+    }
+
     fn segment(&self, seg: vcpu::SegReg) -> Option<vcpu::state::Segment> {
         use crate::guest_state::Seg;
         let s = match seg {

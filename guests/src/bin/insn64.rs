@@ -16,6 +16,18 @@
 //! exit, so the instruction is re-executed until RCX is 0). Then `LODSQ` and
 //! `REP MOVSB` through an FS override with FS's base (set by WRMSR) at that space.
 //!
+//! Then the MMX/SSE moves (issue 8), with CR4.OSFXSR set: `MOVDQU` of 16 bytes from
+//! unbacked space into XMM0 (both halves all ones: the low one by `MOVQ`, the high
+//! one by `PSRLDQ` and `MOVQ`), `MOVDQU` of XMM1 into it, `MOVQ` into MM0 from it,
+//! `MOVNTI` of RAX into it, and `MOVDQA` from a misaligned address there, which must
+//! raise #GP(0) (from the processor, or from the hypervisor where the emulator
+//! skipped the alignment check and the access reached it).
+//!
+//! And the x87 loads and stores: `FLD m64fp` of all ones (a quiet NaN) then `FISTP`
+//! into RAM gives the integer indefinite 0x8000000000000000 (invalid operation,
+//! masked); `FLD m80fp` of all ones (10 bytes) and `FSTP m80fp` back into unbacked
+//! space leave the x87 stack empty again.
+//!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
@@ -26,6 +38,9 @@
 //! insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0
 //! insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0
 //! insn64: fs-relative lodsq 0xffffffffffffffff, rep movsb 8 bytes of 0xff
+//! insn64: sse from unbacked: movdqu 0xffffffffffffffff 0xffffffffffffffff, movq mm0 0xffffffffffffffff; movdqu and movnti into it done
+//! insn64: movdqa misaligned unbacked -> #GP(0x0)
+//! insn64: x87 from unbacked: fld m64 then fistp 0x8000000000000000, fld/fstp m80 tags 0x0
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -74,11 +89,93 @@ mod guest {
         println!("insn64: unbacked read {before:#x}, after a write {after:#x}");
         unbacked_forms(UNBACKED);
         fs_relative(UNBACKED);
+        simd_forms(handlers, UNBACKED);
+        x87_forms(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
         unsafe { asm!("monitor", in("rax") &line, in("ecx") 0u32, in("edx") 0u32) };
         println!("insn64: monitor -> no fault (ERROR)");
+    }
+
+    /// MMX/SSE moves on unbacked space at `at`. This guest is built without SSE
+    /// (soft-float target), so nothing of the compiler's lives in the XMM or MMX
+    /// registers these blocks use; EMMS leaves the x87 state empty again.
+    fn simd_forms(handlers: idt::Handlers, at: usize) {
+        let (low, high, mm): (u64, u64, u64);
+        // SAFETY: CR4.OSFXSR lets SSE instructions run (the hypervisor allows the
+        // bit); the loads read unbacked space (all ones), the stores go to it and
+        // are dropped; no memory of this guest is written.
+        unsafe {
+            asm!(
+                "mov {t}, cr4",
+                "or {t}, 0x200",
+                "mov cr4, {t}",
+                "pxor xmm0, xmm0",
+                "movdqu xmm0, [{p}]",
+                "movq {lo}, xmm0",
+                "psrldq xmm0, 8",
+                "movq {hi}, xmm0",
+                "pxor xmm1, xmm1",
+                "movdqu [{p}], xmm1",
+                "movq mm0, [{p}]",
+                "movq {mm}, mm0",
+                "emms",
+                "movnti [{p}], {t}",
+                p = in(reg) at,
+                t = out(reg) _,
+                lo = out(reg) low,
+                hi = out(reg) high,
+                mm = out(reg) mm,
+            )
+        };
+        println!(
+            "insn64: sse from unbacked: movdqu {low:#x} {high:#x}, movq mm0 {mm:#x}; \
+             movdqu and movnti into it done"
+        );
+        // SAFETY: exactly the 5-byte `movdqa xmm0, [rax + 8]` (66 0F 6F 40 08),
+        // skipped by the armed #GP handler; it only reads.
+        let r = unsafe {
+            handlers.guarded(5, || {
+                asm!("movdqa xmm0, [rax + 8]", in("rax") at);
+            })
+        };
+        match r {
+            Ok(()) => println!("insn64: movdqa misaligned unbacked -> no fault (ERROR)"),
+            Err(f) => println!(
+                "insn64: movdqa misaligned unbacked -> #GP({:#x})",
+                f.error_code
+            ),
+        }
+    }
+
+    /// x87 loads and stores on unbacked space at `at` (no x87 state of the compiler's
+    /// exists on this soft-float target).
+    fn x87_forms(at: usize) {
+        let mut int = 0u64;
+        let mut env = [0u16; 14];
+        // SAFETY: loads from unbacked space (all ones), a store into `int`, a store
+        // into unbacked space (dropped), and FNSTENV of the 28-byte environment into
+        // `env`; every value pushed is popped again.
+        unsafe {
+            asm!(
+                "fninit",
+                "fld qword ptr [{p}]",
+                "fistp qword ptr [{i}]",
+                "fld tbyte ptr [{p}]",
+                "fstp tbyte ptr [{p}]",
+                "fnstenv [{e}]",
+                "fninit",
+                p = in(reg) at,
+                i = in(reg) &mut int,
+                e = in(reg) &mut env,
+            )
+        };
+        // The 32-bit environment's tag word (bytes 8-9): 0xffff is an empty stack.
+        println!(
+            "insn64: x87 from unbacked: fld m64 then fistp {int:#x}, fld/fstp m80 tags {:#x}",
+            !env[4]
+        );
     }
 
     /// Instruction forms beyond MOV on unbacked space at `at`.

@@ -86,9 +86,18 @@
 //! means a descriptor-table walk with its checks and faults, out of this module's
 //! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
 //! `OUTS` whose memory side is MMIO (a port on one side and a device on the other;
-//! string port I/O to and from RAM is [`super::string_io`]'s), the x87/SSE/AVX
-//! forms, and a `PUSH`/`POP` whose *stack* is the MMIO side (its other operand's
-//! address is not in the exit).
+//! string port I/O to and from RAM is [`super::string_io`]'s), the x87 and SSE
+//! computations with a memory operand, and a `PUSH`/`POP` whose *stack* is the MMIO
+//! side (its other operand's address is not in the exit).
+//!
+//! The MMX and SSE data moves (`MOVD`/`MOVQ`, `MOVDQA`/`MOVDQU`, `MOVAPS`/`MOVUPS`/
+//! `MOVAPD`/`MOVUPD`, `MOVSS`/`MOVSD`, `MOVLPS`/`MOVHPS`/`MOVLPD`/`MOVHPD`, the
+//! non-temporal `MOVNT*` including the general-purpose `MOVNTI`, `MOVNTDQA`, `LDDQU`)
+//! are [`super::mmio_sse`]'s, the x87 loads and stores (`FLD`/`FILD`/`FST`/`FSTP`/
+//! `FIST`/`FISTP`/`FISTTP`) [`super::mmio_x87`]'s: `mmio_sse::emulate` calls this
+//! module's first and takes over what [`decode`] refuses as unsupported. AVX cannot
+//! reach MMIO: XSAVE is hidden and CR4.OSXSAVE refused, so every VEX/EVEX form
+//! raises #UD in the guest itself.
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.

@@ -13,6 +13,8 @@ pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
 pub mod mmio_memory;
+pub mod mmio_sse;
+pub mod mmio_x87;
 pub mod net;
 pub mod platform;
 pub mod policy;

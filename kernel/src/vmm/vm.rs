@@ -19,7 +19,7 @@ use vcpu::{Exception, Exit, Vcpu};
 
 use super::console::{ConsoleOut, Relay};
 use super::cr_insn;
-use super::mmio;
+use super::mmio_sse;
 use super::platform::{Outcome, Platform, PlatformSpec};
 use super::policy::{self, CpuidResult, MsrAccess, MsrState, Topology};
 use super::stats::ExitStats;
@@ -745,6 +745,12 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// on the VM's MMIO bus.
     fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
         let i = self.index;
+        // Which MMX/SSE moves exist for the guest: its CPUID view, as it sees it.
+        let (host, topology) = (self.host_cpuid, &self.topology);
+        let leaf1 = self
+            .cpuid_cache
+            .get(1, 0, || policy::cpuid(1, 0, host, topology));
+        let simd = mmio_sse::SimdFeatures::from_leaf1(leaf1.ecx, leaf1.edx);
         let mut eoi = None;
         let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
@@ -764,7 +770,8 @@ impl<V: Vcpu> VcpuCtx<V> {
                     .unwrap_or(all_ones64(size))
             }
         };
-        let result = mmio::emulate(&mut self.vcpu, &mut self.ram, gpa, write, &mut device);
+        let result =
+            mmio_sse::emulate(&mut self.vcpu, &mut self.ram, gpa, write, simd, &mut device);
         vm.eoi(eoi);
         if let Some(next) = vm.finish(out) {
             return next;
@@ -1203,11 +1210,15 @@ mod tests {
         /// Pages mapped and unmapped in its (imaginary) nested page tables.
         mapped: Vec<(u64, u64)>,
         unmapped: Vec<u64>,
+        fx: vcpu::fpu::FxArea,
     }
 
     impl Vcpu for FakeVcpu {
         fn run(&mut self, _: u64) -> Exit {
             unreachable!()
+        }
+        fn fx_area(&mut self) -> Option<&mut vcpu::fpu::FxArea> {
+            Some(&mut self.fx)
         }
         fn map_page(
             &mut self,
@@ -1962,6 +1973,52 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.injected, [Exception::UD]);
         assert_eq!(vm.shared.platform.unbacked_accesses, 4);
         assert_eq!(vm.shared.platform.first_unbacked, 0x3000_0000);
+    }
+
+    #[test]
+    fn sse_moves_of_unbacked_space_follow_the_cpuid_view() {
+        let mut vm = vm();
+        let fault = |gpa, write| Exit::NestedPageFault {
+            gpa,
+            write,
+            fetch: false,
+        };
+        // movdqu xmm1, [0x30000000] (32-bit code) with CR4.OSFXSR: all ones, through
+        // the MMX/SSE emulation behind the general one.
+        let movdqu_load = [0xF3, 0x0F, 0x6F, 0x0D, 0x00, 0x00, 0x00, 0x30];
+        at_rip(&mut vm, &movdqu_load);
+        vm.cpu.vcpu.cr.cr4 = 1 << 9;
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.fx.xmm(1), [0xFF; 16]);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1008);
+        // movntdq [0x30000000], xmm1: dropped, completes.
+        at_rip(&mut vm, &[0x66, 0x0F, 0xE7, 0x0D, 0x00, 0x00, 0x00, 0x30]);
+        vm.cpu.vcpu.cr.cr4 = 1 << 9;
+        assert_eq!(vm.handle(fault(0x3000_0000, true), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1008);
+        // Without CR4.OSFXSR the instruction does not exist: #UD, RIP stays.
+        at_rip(&mut vm, &movdqu_load);
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.injected, [Exception::UD]);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1000);
+        assert_eq!(vm.shared.platform.unbacked_accesses, 3);
+        // The VM's CPUID view decides: with SSE4.1 hidden, MOVNTDQA is #UD.
+        let mut hidden = self::vm();
+        hidden.cpu.cpuid_cache.get(1, 0, || CpuidResult {
+            edx: 1 << 23 | 1 << 25 | 1 << 26,
+            ..Default::default()
+        });
+        at_rip(&mut hidden, &[0x66, 0x0F, 0x38, 0x2A, 0x05, 0, 0, 0, 0x30]);
+        hidden.cpu.vcpu.cr.cr4 = 1 << 9;
+        assert_eq!(hidden.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(hidden.cpu.vcpu.injected, [Exception::UD]);
+        // An SSE computation on such space is not emulated: the VM stops, named.
+        at_rip(&mut vm, &[0x0F, 0x58, 0x05, 0x00, 0x00, 0x00, 0x30]);
+        vm.cpu.vcpu.cr.cr4 = 1 << 9;
+        let Next::Stop(why) = vm.handle(fault(0x3000_0000, false), 0) else {
+            panic!("addps must stop the VM")
+        };
+        assert!(why.contains("`addps`"), "{why}");
     }
 
     #[test]
