@@ -554,11 +554,12 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
         return;
     }
     assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
-    assert_eq!(
-        used[0].memory_size().size(),
-        usize::from(insn.size),
-        "{insn:?}"
-    );
+    // CMPXCHG8B/16B: the operand is two halves, the device sees 8-byte accesses.
+    let operand = match insn.kind {
+        Access::CompareExchangeDouble { half } => 2 * usize::from(half),
+        _ => usize::from(insn.size),
+    };
+    assert_eq!(used[0].memory_size().size(), operand, "{insn:?}");
     let (reads, writes) = match used[0].access() {
         OpAccess::Read | OpAccess::CondRead => (true, false),
         OpAccess::Write | OpAccess::CondWrite => (false, true),
@@ -711,6 +712,52 @@ fn check_memory_forms(
     }
 }
 
+/// `CMPXCHG8B` (`half` 4) / `CMPXCHG16B` (`half` 8) at the 16-byte aligned `gpa`,
+/// from the SDM's definition: 8-byte device accesses (the 16-byte operand as two, at
+/// ascending addresses), the reads before the writes; ZF alone of the flags; equal:
+/// ECX:EBX / RCX:RBX written, no register changed; not equal: the old value written
+/// back and in EDX:EAX / RDX:RAX (32-bit halves zero-extended), nothing else changed.
+fn check_compare_exchange_double(
+    half: u8,
+    gpa: u64,
+    log: &[(u64, u8, Option<u64>)],
+    reads: [u64; 4],
+    (regs0, rflags0): (GuestRegisters, u64),
+    (regs, rflags): (GuestRegisters, u64),
+) {
+    let m = mask(half);
+    let (old, new) = if half == 4 {
+        let old = (reads[0] & m, reads[0] >> 32);
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0], (gpa, 8, None));
+        (old, log[1])
+    } else {
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[..2], [(gpa, 8, None), (gpa + 8, 8, None)]);
+        ((reads[0], reads[1]), log[2])
+    };
+    let equal = old == (regs0.rax & m, regs0.rdx & m);
+    let written = if equal {
+        (regs0.rbx & m, regs0.rcx & m)
+    } else {
+        old
+    };
+    if half == 4 {
+        assert_eq!(new, (gpa, 8, Some(written.0 | written.1 << 32)));
+    } else {
+        assert_eq!(new, (gpa, 8, Some(written.0)));
+        assert_eq!(log[3], (gpa + 8, 8, Some(written.1)));
+    }
+    let mut want = regs0;
+    if !equal {
+        want.rax = old.0;
+        want.rdx = old.1;
+    }
+    assert_eq!(regs, want);
+    assert_eq!(rflags & !flags::ZF, rflags0 & !flags::ZF);
+    assert_eq!(rflags & flags::ZF != 0, equal);
+}
+
 /// Carries out `insn` and checks what it did to the device, registers and flags.
 fn check_execute(
     insn: &MmioInstruction,
@@ -749,6 +796,12 @@ fn check_execute(
             (regs, rsp, rflags),
             env,
         );
+        return;
+    }
+    if let Access::CompareExchangeDouble { half } = insn.kind {
+        assert_eq!(result, Ok(Step::Done), "{insn:?}");
+        check_compare_exchange_double(half, GPA, &log, reads, (regs0, rflags0), (regs, rflags));
+        assert_eq!(rsp, rsp0);
         return;
     }
     let result = match result {
@@ -983,6 +1036,9 @@ fn check_execute(
         }
         Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {
             unreachable!("checked by check_memory_forms")
+        }
+        Access::CompareExchangeDouble { .. } => {
+            unreachable!("checked by check_compare_exchange_double")
         }
     };
     for i in 0..16 {

@@ -302,6 +302,13 @@ pub enum Access {
     /// mem`); equal: write `reg`; not equal: write the old value back (the SDM's
     /// unconditional write cycle) and load it into the accumulator.
     CompareExchange { reg: Reg },
+    /// `CMPXCHG8B` (`half` = 4) / `CMPXCHG16B` (`half` = 8) on the `2 * half`-byte
+    /// operand ([`super::cmpxchg_wide`]): read it, compare with EDX:EAX / RDX:RAX,
+    /// ZF; equal: write ECX:EBX / RCX:RBX; not equal: write the old value back and
+    /// load it into EDX:EAX / RDX:RAX. The device sees 8-byte accesses
+    /// ([`MmioInstruction::size`] is 8): one for `CMPXCHG8B`, two at ascending
+    /// addresses for `CMPXCHG16B`.
+    CompareExchangeDouble { half: u8 },
     /// `SETcc mem8`: write 1 or 0 as condition `cc` holds. No read, no flags.
     SetCondition { cc: u8 },
     /// `CMOVcc reg, mem`: read (always, as the processor does); load into `reg` if
@@ -400,6 +407,7 @@ impl MmioInstruction {
             | Access::Shift { .. }
             | Access::ExchangeAdd { .. }
             | Access::CompareExchange { .. }
+            | Access::CompareExchangeDouble { .. }
             | Access::SetCondition { .. }
             | Access::Pop
             | Access::StoreSegment { .. } => true,
@@ -425,6 +433,7 @@ impl MmioInstruction {
             | Access::BitTest { .. }
             | Access::ExchangeAdd { .. }
             | Access::CompareExchange { .. }
+            | Access::CompareExchangeDouble { .. }
             | Access::MulDiv { .. }
             | Access::ImulToRegister { .. } => true,
             Access::String { op, .. } => matches!(op, StringOp::Cmps | StringOp::Scas),
@@ -585,6 +594,8 @@ enum Form {
     Xadd,
     /// `CMPXCHG mem, reg`.
     Cmpxchg,
+    /// `CMPXCHG8B` / `CMPXCHG16B` with the half width (4 or 8).
+    CmpxchgDouble(u8),
     /// `SETcc mem8` with the condition code.
     Setcc(u8),
     /// `CMOVcc reg, mem` with the condition code.
@@ -714,6 +725,8 @@ fn more_form(code: Code) -> Option<Form> {
         C::Cmpxchg_rm8_r8 | C::Cmpxchg_rm16_r16 | C::Cmpxchg_rm32_r32 | C::Cmpxchg_rm64_r64 => {
             Form::Cmpxchg
         }
+        C::Cmpxchg8b_m64 => Form::CmpxchgDouble(4),
+        C::Cmpxchg16b_m128 => Form::CmpxchgDouble(8),
         C::Push_rm16 => Form::Push(2),
         C::Push_rm32 => Form::Push(4),
         C::Push_rm64 => Form::Push(8),
@@ -935,6 +948,7 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
         Form::Xchg | Form::Xadd | Form::Cmpxchg | Form::BitReg(_) | Form::BitImm(..) => (0, 1),
         Form::Unary(..) | Form::Shift(..) | Form::Setcc(_) | Form::MulDiv(..) => (0, 1),
+        Form::CmpxchgDouble(_) => (0, 0),
         Form::Load(..) | Form::AluRegMem(_) | Form::Cmov(_) | Form::Imul => (1, 0),
         Form::Push(_) | Form::Pop(_) | Form::StoreSreg => (0, 1),
         Form::Str(..) => (0, 0),
@@ -1059,6 +1073,11 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                 offset: Operand::Imm(u64::from(insn.immediate8())),
             },
         }),
+        Form::CmpxchgDouble(half) => Ok(MmioInstruction {
+            len,
+            size: 8,
+            kind: Access::CompareExchangeDouble { half },
+        }),
         Form::Setcc(cc) => Ok(MmioInstruction {
             len,
             size: 1,
@@ -1147,7 +1166,7 @@ fn uses_rsp(insn: &MmioInstruction) -> bool {
 }
 
 /// The low `size` bytes of `reg` (bits 15:8 of its register for AH..BH).
-fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
+pub(crate) fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
     let mut regs = *regs;
     let mut rsp = rsp;
     let full = *slot(&mut regs, &mut rsp, reg);
@@ -1156,7 +1175,7 @@ fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
 }
 
 /// Writes `value` into the `size`-byte register `reg` as an x86 instruction does.
-fn set_reg(regs: &mut GuestRegisters, rsp: &mut u64, reg: Reg, size: u8, value: u64) {
+pub(crate) fn set_reg(regs: &mut GuestRegisters, rsp: &mut u64, reg: Reg, size: u8, value: u64) {
     let value = value & mask(size);
     let r = slot(regs, rsp, reg);
     *r = match size {
@@ -1519,6 +1538,9 @@ fn execute_one(
             }
             set_flags(rflags, f);
         }
+        Access::CompareExchangeDouble { half } => {
+            super::cmpxchg_wide::execute(regs, rflags, half, gpa, device)?;
+        }
         Access::SetCondition { cc } => {
             device(gpa, 1, Some(u64::from(x86_arith::condition(cc, *rflags))));
         }
@@ -1585,6 +1607,17 @@ fn operand(regs: &GuestRegisters, rsp: u64, op: Operand) -> u64 {
 pub enum Fault {
     /// #DE: `DIV`/`IDIV` by zero or with a quotient that does not fit.
     DivideError,
+    /// #GP(0): `CMPXCHG16B` on an operand that is not 16-byte aligned.
+    GeneralProtection,
+}
+
+/// What the guest's CPUID says it has, where an emulated instruction depends on it
+/// (the processor would not check: the guest's view is the VM's policy,
+/// [`super::policy::cpuid`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFeatures {
+    /// CPUID.01H:ECX.CX16\[bit 13\]: `CMPXCHG16B` (SDM Vol. 2A: #UD without it).
+    pub cx16: bool,
 }
 
 /// Emulates the instruction at the vCPU's RIP, which accessed MMIO at guest-physical
@@ -1598,6 +1631,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     mem: &mut M,
     gpa: u64,
     write: bool,
+    features: GuestFeatures,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
 ) -> Result<(), MmioError> {
     let cr = vcpu.control_regs();
@@ -1608,6 +1642,12 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let insn = decode(&bytes[..n], bitness)?;
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
+    }
+    if insn.kind == (Access::CompareExchangeDouble { half: 8 }) && !features.cx16 {
+        // The guest was told there is no CMPXCHG16B (SDM Vol. 2A: #UD if
+        // CPUID.01H:ECX.CX16 = 0); the device is not touched.
+        vcpu.inject_exception(Exception::UD);
+        return Ok(());
     }
     let rsp0 = vcpu.rsp();
     let rflags0 = vcpu.rflags();
@@ -1639,6 +1679,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         // 6.5: the saved RIP of a fault points at the faulting instruction).
         vcpu.inject_exception(match fault {
             Fault::DivideError => Exception::DE,
+            Fault::GeneralProtection => Exception::GP0,
         });
         return Ok(());
     }
@@ -1885,24 +1926,23 @@ mod tests {
 
     #[test]
     fn unsupported_instructions_are_named() {
-        // cmpxchg8b [rax]
-        let e = decode(&[0x0f, 0xc7, 0x08], 64).unwrap_err();
+        // fst dword [rax] (x87)
+        let e = decode(&[0xd9, 0x10], 64).unwrap_err();
         assert_eq!(
             e,
             MmioError::Unsupported {
-                mnemonic: Mnemonic::Cmpxchg8b,
-                code: Code::Cmpxchg8b_m64
+                mnemonic: Mnemonic::Fst,
+                code: Code::Fst_m32fp
             }
         );
         assert_eq!(
             format!("{e}"),
-            "unsupported MMIO instruction `cmpxchg8b` (Cmpxchg8b_m64)"
+            "unsupported MMIO instruction `fst` (Fst_m32fp)"
         );
         for (bytes, m) in [
-            (&[0x8e, 0x18][..], Mnemonic::Mov),                // mov ds, [rax]
-            (&[0xf3, 0x6d], Mnemonic::Insd),                   // rep insd
-            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps),           // movaps xmm0, [rax]
-            (&[0x48, 0x0f, 0xc7, 0x08], Mnemonic::Cmpxchg16b), // cmpxchg16b [rax]
+            (&[0x8e, 0x18][..], Mnemonic::Mov),      // mov ds, [rax]
+            (&[0xf3, 0x6d], Mnemonic::Insd),         // rep insd
+            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps), // movaps xmm0, [rax]
         ] {
             match decode(bytes, 64) {
                 Err(MmioError::Unsupported { mnemonic, .. }) => assert_eq!(mnemonic, m),
@@ -2620,6 +2660,8 @@ mod tests {
 
     type Calls = Vec<(u64, u8, Option<u64>)>;
 
+    const FEATURES: GuestFeatures = GuestFeatures { cx16: true };
+
     fn run(
         vcpu: &mut TestVcpu,
         ram: &Ram,
@@ -2639,7 +2681,7 @@ mod tests {
         reply: u64,
     ) -> (Result<(), MmioError>, Calls) {
         let mut calls = Vec::new();
-        let r = emulate(vcpu, ram, gpa, write, &mut |gpa, size, value| {
+        let r = emulate(vcpu, ram, gpa, write, FEATURES, &mut |gpa, size, value| {
             calls.push((gpa, size, value));
             reply
         });
@@ -2722,13 +2764,13 @@ mod tests {
 
     #[test]
     fn unmapped_rip_and_unsupported_code_are_reported() {
-        // cmpxchg8b [rax]
-        let (mut vcpu, ram) = long_guest(0x8000, &[0x0f, 0xc7, 0x08]);
+        // fst dword [rax]
+        let (mut vcpu, ram) = long_guest(0x8000, &[0xd9, 0x10]);
         let (r, calls) = run(&mut vcpu, &ram, LAPIC, true, 0);
         assert!(matches!(
             r,
             Err(MmioError::Unsupported {
-                mnemonic: Mnemonic::Cmpxchg8b,
+                mnemonic: Mnemonic::Fst,
                 ..
             })
         ));
@@ -3459,6 +3501,67 @@ mod tests {
         assert!(matches!(r, Err(MmioError::Operand { .. })), "{r:?}");
         assert!(calls.is_empty());
         assert_eq!((v.rsp, v.rip), (0x4000_0000, 0x8000));
+    }
+
+    #[test]
+    fn cmpxchg8b_and_16b_decode_and_check_cx16_and_alignment() {
+        // lock cmpxchg8b [rax]; cmpxchg16b [rax]
+        assert_eq!(
+            d64(&[0xf0, 0x0f, 0xc7, 0x08]),
+            insn(4, 8, Access::CompareExchangeDouble { half: 4 })
+        );
+        assert_eq!(
+            d64(&[0x48, 0x0f, 0xc7, 0x08]),
+            insn(4, 8, Access::CompareExchangeDouble { half: 8 })
+        );
+        assert_eq!(
+            decode(&[0x0f, 0xc7, 0x08], 32).unwrap().kind,
+            Access::CompareExchangeDouble { half: 4 }
+        );
+        // cmpxchg16b on unbacked space (all ones): fails, RDX:RAX become all ones.
+        let (mut v, mut ram) = guest_with_device_window(&[0x48, 0x0f, 0xc7, 0x08]);
+        v.regs.rbx = 7;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, u64::MAX);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 8, None),
+                (G + 8, 8, None),
+                (G, 8, Some(u64::MAX)),
+                (G + 8, 8, Some(u64::MAX))
+            ]
+        );
+        assert_eq!(
+            (v.regs.rax, v.regs.rdx, v.rip),
+            (u64::MAX, u64::MAX, 0x8004)
+        );
+        assert_eq!(v.rflags & flags::ZF, 0);
+        // Misaligned: #GP(0), RIP stays, no access.
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G + 8, true, 0);
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!((v.injected, v.rip), (Some(Exception::GP0), 0x8000));
+        // CX16 hidden from the guest: #UD, no access.
+        v.injected = None;
+        let mut calls = Vec::new();
+        let hidden = GuestFeatures { cx16: false };
+        let r = emulate(&mut v, &mut ram, G, true, hidden, &mut |a, s, x| {
+            calls.push((a, s, x));
+            0
+        });
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!((v.injected, v.rip), (Some(Exception::UD), 0x8000));
+        // CMPXCHG8B needs no CPUID bit (every x86-64 processor has CX8).
+        v.injected = None;
+        ram.put(0x8000, &[0x0f, 0xc7, 0x08]);
+        v.regs.rax = 0xffff_ffff;
+        v.regs.rdx = 0xffff_ffff;
+        let r = emulate(&mut v, &mut ram, G + 4, true, hidden, &mut |_, _, x| {
+            x.unwrap_or(u64::MAX)
+        });
+        assert_eq!((r, v.injected, v.rip), (Ok(()), None, 0x8003));
+        assert_ne!(v.rflags & flags::ZF, 0);
     }
 
     #[test]

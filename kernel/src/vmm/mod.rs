@@ -5,6 +5,7 @@
 //! decided once, in `boot`.
 
 pub mod balloon;
+pub mod cmpxchg_wide;
 pub mod console;
 pub mod console_queue;
 pub mod cr_insn;

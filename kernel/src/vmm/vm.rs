@@ -675,6 +675,17 @@ impl<V: Vcpu> VcpuCtx<V> {
         self.vcpu.skip_instruction();
     }
 
+    /// What this guest's CPUID reports, where an emulated instruction depends on it.
+    fn guest_features(&mut self) -> mmio::GuestFeatures {
+        let (host, topology) = (self.host_cpuid, &self.topology);
+        let leaf1 = self
+            .cpuid_cache
+            .get(1, 0, || policy::cpuid(1, 0, host, topology));
+        mmio::GuestFeatures {
+            cx16: leaf1.ecx & (1 << 13) != 0,
+        }
+    }
+
     /// Until when (VM nanoseconds) CPUID exits may be answered without the VM's lock
     /// and without leaving the guest's side of the run loop (the exit fastpath, see
     /// `run_slice`): `None` when the last preparation left something to deliver or a
@@ -745,6 +756,7 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// on the VM's MMIO bus.
     fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
         let i = self.index;
+        let features = self.guest_features();
         let mut eoi = None;
         let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
@@ -764,7 +776,14 @@ impl<V: Vcpu> VcpuCtx<V> {
                     .unwrap_or(all_ones64(size))
             }
         };
-        let result = mmio::emulate(&mut self.vcpu, &mut self.ram, gpa, write, &mut device);
+        let result = mmio::emulate(
+            &mut self.vcpu,
+            &mut self.ram,
+            gpa,
+            write,
+            features,
+            &mut device,
+        );
         vm.eoi(eoi);
         if let Some(next) = vm.finish(out) {
             return next;
@@ -1833,10 +1852,10 @@ mod tests {
         assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
         assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x11);
         // An instruction the emulator does not handle is refused with a report
-        // naming it, not guessed at: cmpxchg8b [0xFEE00080].
-        at_rip(&mut vm, &[0x0F, 0xC7, 0x0D, 0x80, 0x00, 0xE0, 0xFE]);
+        // naming it, not guessed at: fst dword [0xFEE00080] (x87).
+        at_rip(&mut vm, &[0xD9, 0x15, 0x80, 0x00, 0xE0, 0xFE]);
         assert!(
-            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `cmpxchg8b`"))
+            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `fst`"))
         );
     }
 
