@@ -40,6 +40,7 @@ use kernel::vmm::mmio::{
     ShiftOp, Step, StringOp, UnaryOp,
 };
 use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
+use kernel::vmm::mmio_stack::{self, StackOp};
 use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
 use vcpu::{ControlRegs, GuestRegisters};
@@ -529,6 +530,16 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(&instr);
     let used = info.used_memory();
+    if let Access::Stack(_) = insn.kind {
+        // The stack slot (and `m` of CALL m) at the operand size; PUSH Sreg of a
+        // wider operand size writes 16 bits.
+        assert!(
+            used.iter().all(|u| matches!(u.memory_size().size(), 2)
+                || u.memory_size().size() == usize::from(insn.size)),
+            "{insn:?}: {used:?}"
+        );
+        return;
+    }
     if matches!(
         insn.kind,
         Access::Push | Access::Pop | Access::String { .. }
@@ -758,6 +769,103 @@ fn check_compare_exchange_double(
     assert_eq!(rflags & flags::ZF != 0, equal);
 }
 
+/// A push, pop, call or return whose stack is the device: an error or a fault
+/// changes nothing (a fault may follow the one read); otherwise the first device
+/// access is the exit's, in the instruction's direction, RSP moves by the operand size
+/// within the stack's address size, only the registers the form names change, and
+/// RFLAGS only for POPF (never VM or a reserved bit).
+fn check_stack(
+    insn: &MmioInstruction,
+    op: StackOp,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    const GPA: u64 = 0xfee0_0030;
+    let step = match result {
+        Err(_) => {
+            assert!(log.is_empty(), "{insn:?}: {log:?}");
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+            return;
+        }
+        Ok(step) => step,
+    };
+    if let Step::Fault(f) = step {
+        assert_eq!(f, mmio::Fault::GeneralProtection, "{insn:?}");
+        assert!(log.len() <= 1, "{insn:?}: {log:?}");
+        assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        return;
+    }
+    let branches = matches!(
+        op,
+        StackOp::CallRel { .. }
+            | StackOp::CallReg { .. }
+            | StackOp::CallMem { .. }
+            | StackOp::CallMemStack { .. }
+            | StackOp::Ret { .. }
+    );
+    assert_eq!(
+        matches!(step, Step::Jump(_)),
+        branches,
+        "{insn:?}: {step:?}"
+    );
+    assert!(!log.is_empty() && log.len() <= 2, "{insn:?}: {log:?}");
+    assert_eq!(log[0].0, GPA, "{insn:?}");
+    assert_eq!(log[0].2.is_some(), insn.writes(), "{insn:?}");
+    for &(_, size, write) in log {
+        assert!(size == insn.size || size == 2, "{insn:?}: {log:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{insn:?} wrote {v:#x}");
+        }
+    }
+    let stack = if guest_walk::code_bitness(&env.cr) == 64 {
+        8
+    } else if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+        4
+    } else {
+        2
+    };
+    let size = u64::from(insn.size);
+    let moved = match op {
+        StackOp::Push(_)
+        | StackOp::CallRel { .. }
+        | StackOp::CallReg { .. }
+        | StackOp::CallMem { .. }
+        | StackOp::CallMemStack { .. }
+        | StackOp::PushMem(_) => Some(rsp0.wrapping_sub(size)),
+        StackOp::PopReg(r) if r != Reg::Rsp => Some(rsp0.wrapping_add(size)),
+        StackOp::PopFlags | StackOp::PopMem(_) => Some(rsp0.wrapping_add(size)),
+        StackOp::Ret { release } => Some(rsp0.wrapping_add(size + u64::from(release))),
+        StackOp::PopReg(_) | StackOp::Leave | StackOp::Enter { .. } => None,
+    };
+    if let Some(moved) = moved {
+        assert_eq!(rsp & mask(stack), moved & mask(stack), "{insn:?}");
+        if stack == 2 {
+            assert_eq!(rsp & !0xffff, rsp0 & !0xffff, "{insn:?}");
+        }
+    }
+    let named = match op {
+        StackOp::PopReg(r) => Some(slot(r)),
+        StackOp::Leave | StackOp::Enter { .. } => Some(slot(Reg::Rbp)),
+        _ => None,
+    };
+    let (before, after) = (all(&regs0, rsp0), all(&regs, rsp));
+    for i in 0..16 {
+        if i != slot(Reg::Rsp) && Some(i) != named {
+            assert_eq!(before[i], after[i], "{insn:?} changed register {i}");
+        }
+    }
+    if op == StackOp::PopFlags {
+        // VM (bit 17) and the reserved bits never change.
+        let kept = (1 << 17) | !0x3f_7fd5;
+        assert_eq!(rflags & kept, rflags0 & kept, "{insn:?}");
+    } else {
+        assert_eq!(rflags, rflags0, "{insn:?}");
+    }
+}
+
 /// Carries out `insn` and checks what it did to the device, registers and flags.
 fn check_execute(
     insn: &MmioInstruction,
@@ -790,6 +898,18 @@ fn check_execute(
     ) {
         check_memory_forms(
             insn,
+            result,
+            &log,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    if let Access::Stack(op) = insn.kind {
+        check_stack(
+            insn,
+            op,
             result,
             &log,
             (regs0, rsp0, rflags0),
@@ -1040,6 +1160,7 @@ fn check_execute(
         Access::CompareExchangeDouble { .. } => {
             unreachable!("checked by check_compare_exchange_double")
         }
+        Access::Stack(_) => unreachable!("checked by check_stack"),
     };
     for i in 0..16 {
         match dests.iter().find(|(reg, _)| slot(*reg) == i) {
@@ -1100,10 +1221,13 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!((1..=15).contains(&n), "{n} bytes fetched");
     let bitness = guest_walk::code_bitness(&cr);
-    let Ok(insn) = mmio::decode(&bytes[..n], bitness) else {
+    let Ok(insn) = mmio::decode_at(&bytes[..n], bitness, rip) else {
         return;
     };
     check_decoded(&bytes[..n], bitness, &insn);
+    // The exit's direction (mode byte bit 6) picks which side of PUSH m / POP m /
+    // CALL m is the device.
+    let insn = mmio_stack::orient(insn, head[0] & 0x40 != 0, &bytes[..n], bitness, rip);
     // Segment registers from the input: selectors from RBX, bases from RDX, SS.B from
     // the mode byte's bit 1 (any of them may be nonsense, as a guest's may).
     let segments = core::array::from_fn(|i| {

@@ -47,6 +47,10 @@
 //! - `XADD` (0F C0/C1) and `CMPXCHG` (0F B0/B1): a read, then a write (for a failed
 //!   `CMPXCHG` the old value again: the SDM's unconditional write cycle), flags as
 //!   `ADD` / `CMP`;
+//! - `CMPXCHG8B`/`CMPXCHG16B` (0F C7 /1, with or without `LOCK`;
+//!   [`super::cmpxchg_wide`]): 8-byte device accesses, two at ascending addresses for
+//!   the 16-byte operand, ZF; #GP(0) for a misaligned `CMPXCHG16B`, #UD when the
+//!   guest's CPUID hides CX16 ([`GuestFeatures`]);
 //! - `SETcc r/m8` (0F 90-9F): one write of 0 or 1; `CMOVcc r, r/m` (0F 40-4F): one
 //!   read whether or not the condition holds (as on the processor), a 32-bit
 //!   destination zero-extended even when it does not;
@@ -74,21 +78,26 @@
 //! With a second memory operand ([`super::mmio_memory`], which locates it through the
 //! segment registers and the guest's page tables, and reaches RAM only through the
 //! checked accessors):
-//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack;
+//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack,
+//!   whichever of the two is the device;
+//! - a stack in device space ([`super::mmio_stack`]): `PUSH r/imm/Sreg`, `POP r`,
+//!   `PUSHF`/`POPF` (with the SDM's per-mode rules), near `CALL` (rel, r/m) and `RET`
+//!   (with and without imm16), `LEAVE`, `ENTER` at nesting level 0; the exit must be
+//!   the stack slot the emulator computes;
 //! - `MOV r/m16, Sreg` (8C) to memory: a 16-bit write of the selector;
 //! - `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS` at every element and address size, with
 //!   `REP`/`REPE`/`REPNE`: one device access per element, RSI/RDI/RCX and DF as the
 //!   processor uses them, at most [`MAX_BATCH`] elements per exit (then RIP stays on
 //!   the instruction and the guest runs it again, as a real `REP` is interruptible).
 //!
+//! `INS`/`OUTS`, whose exit is the port's, are [`super::string_io`]'s, with a memory
+//! side in RAM or not.
+//!
 //! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
-//! with it): `MOV Sreg, r/m16` and `POP Sreg` from MMIO (loading a segment register
-//! means a descriptor-table walk with its checks and faults, out of this module's
-//! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
-//! `OUTS` whose memory side is MMIO (a port on one side and a device on the other;
-//! string port I/O to and from RAM is [`super::string_io`]'s), the x87/SSE/AVX
-//! forms, and a `PUSH`/`POP` whose *stack* is the MMIO side (its other operand's
-//! address is not in the exit).
+//! with it): `MOV Sreg, r/m16`, `POP Sreg` and `LDS`/`LES`/`LFS`/`LGS`/`LSS` from MMIO
+//! (loading a segment register means a descriptor-table walk with its checks and
+//! faults; no guest loads a selector from a device), far `CALL`/`RET`, `IRET`,
+//! `PUSHA`/`POPA`, `ENTER` with a nesting level, and the x87/SSE/AVX forms.
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.
@@ -100,6 +109,7 @@
 
 use super::guest_walk::{self, GuestMemoryMut, WalkError};
 use super::mmio_memory::{Env, Place, MAX_BATCH};
+use super::mmio_stack::StackOp;
 use super::x86_arith::{self, DivideError, Wide};
 pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
@@ -329,6 +339,9 @@ pub enum Access {
     /// `MOV mem16, Sreg`: write the selector (16 bits whatever the operand size, SDM
     /// Vol. 2B `MOV`).
     StoreSegment { seg: SegReg },
+    /// A push, pop, call or return whose stack slot is the device
+    /// ([`super::mmio_stack`]); `size` is the operand size.
+    Stack(StackOp),
     /// A string instruction: `size`-byte elements, RSI/RDI/RCX at `addr_size` bytes,
     /// the source (RSI) in segment `seg` ([`super::mmio_memory`]).
     String {
@@ -373,6 +386,8 @@ pub enum Step {
     Repeat,
     /// It raises an exception instead: RIP stays, nothing else changed.
     Fault(Fault),
+    /// Complete, and a near branch (`CALL`, `RET`): RIP becomes this.
+    Jump(u64),
 }
 
 /// A decoded MMIO instruction.
@@ -389,6 +404,7 @@ impl MmioInstruction {
     /// Whether the device is read.
     pub fn reads(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.reads(),
             Access::String { op, .. } => op != StringOp::Stos,
             Access::Write { .. }
             | Access::SetCondition { .. }
@@ -401,6 +417,7 @@ impl MmioInstruction {
     /// Whether the device is written.
     pub fn writes(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.writes(),
             Access::Write { .. }
             | Access::Exchange { .. }
             | Access::Unary { .. }
@@ -426,6 +443,7 @@ impl MmioInstruction {
     /// Whether RFLAGS may change.
     pub fn sets_flags(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.sets_flags(),
             Access::Unary { op } => op != UnaryOp::Not,
             Access::AluToMemory { .. }
             | Access::AluToRegister { .. }
@@ -481,6 +499,9 @@ pub enum MmioError {
     /// The instruction's other memory operand (the stack, a string instruction's
     /// other side) at linear `linear` does not translate.
     Operand { linear: u64, err: WalkError },
+    /// The stack slot the instruction uses (at guest-physical `slot`) is not the
+    /// exit's address `exit` ([`super::mmio_stack`]).
+    StackMismatch { exit: u64, slot: u64 },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -531,6 +552,10 @@ impl core::fmt::Display for MmioError {
             MmioError::Operand { err, .. } => {
                 write!(f, "the instruction's other memory operand: {err}")
             }
+            MmioError::StackMismatch { exit, slot } => write!(
+                f,
+                "the exit is at guest-physical {exit:#x} but the stack slot is at {slot:#x}"
+            ),
         }
     }
 }
@@ -538,7 +563,7 @@ impl core::fmt::Display for MmioError {
 /// Maps an iced general-purpose register to ours with its width. iced numbers each
 /// size class in ModRM order (AL CL DL BL AH CH DH BH SPL BPL SIL DIL R8L..R15L, then
 /// AX.., EAX.., RAX..); the tests pin that down.
-fn gpr(r: Register) -> Option<(Reg, u8)> {
+pub(crate) fn gpr(r: Register) -> Option<(Reg, u8)> {
     let n = r as u32;
     let class = |first: Register, count: u32| {
         let first = first as u32;
@@ -759,7 +784,7 @@ fn more_form(code: Code) -> Option<Form> {
 }
 
 /// The segment register iced names, if it is one.
-fn seg_reg(r: Register) -> Option<SegReg> {
+pub(crate) fn seg_reg(r: Register) -> Option<SegReg> {
     Some(match r {
         Register::ES => SegReg::Es,
         Register::CS => SegReg::Cs,
@@ -921,10 +946,16 @@ pub(crate) fn mask(size: u8) -> u64 {
 /// Decodes the MMIO instruction at the start of `bytes` as `bitness`-bit code (16, 32
 /// or 64; see [`guest_walk::code_bitness`]).
 pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> {
+    decode_at(bytes, bitness, 0)
+}
+
+/// [`decode`] of the instruction at `rip`, which near-branch targets and `CALL`'s
+/// return address are taken from ([`super::mmio_stack`]).
+pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction, MmioError> {
     if !matches!(bitness, 16 | 32 | 64) {
         return Err(MmioError::BadBitness(bitness));
     }
-    let mut decoder = Decoder::new(bitness, bytes, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
         return Err(match decoder.last_error() {
@@ -943,6 +974,9 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
     let no_memory = MmioError::NoMemoryOperand {
         mnemonic: insn.mnemonic(),
     };
+    if let Some(stack) = super::mmio_stack::decode(&insn) {
+        return stack;
+    }
     let form = form(insn.code()).ok_or(unsupported)?;
     let (mem_op, reg_op) = match form {
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
@@ -1315,6 +1349,9 @@ pub fn execute<M: GuestMemoryMut>(
             seg,
             rep,
         } => execute_string(regs, rflags, size, op, addr_size, seg, rep, device, env),
+        Access::Stack(op) => {
+            super::mmio_stack::execute(op, size, regs, rsp, rflags, gpa, device, env)
+        }
         _ => Ok(match execute_one(regs, rsp, rflags, insn, gpa, device) {
             Ok(()) => Step::Done,
             Err(fault) => Step::Fault(fault),
@@ -1589,7 +1626,11 @@ fn execute_one(
             *rflags = f;
         }
         // With a second memory operand: carried out by `execute` itself.
-        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {}
+        Access::Push
+        | Access::Pop
+        | Access::StoreSegment { .. }
+        | Access::String { .. }
+        | Access::Stack(_) => {}
     }
     Ok(())
 }
@@ -1639,7 +1680,8 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let rip = vcpu.rip();
     let mut bytes = [0u8; 15];
     let n = guest_walk::fetch_instruction(&*mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
-    let insn = decode(&bytes[..n], bitness)?;
+    let insn = decode_at(&bytes[..n], bitness, rip)?;
+    let insn = super::mmio_stack::orient(insn, write, &bytes[..n], bitness, rip);
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
     }
@@ -1657,7 +1699,11 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     // each on VT-x).
     let needs_segments = matches!(
         insn.kind,
-        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+        Access::Push
+            | Access::Pop
+            | Access::StoreSegment { .. }
+            | Access::String { .. }
+            | Access::Stack(_)
     );
     let segments = if needs_segments {
         super::mmio_memory::segments(vcpu)
@@ -1693,6 +1739,10 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     if step == Step::Repeat {
         // Elements left: the guest runs the instruction again (and may take an
         // interrupt first), as between the iterations of a real REP.
+        return Ok(());
+    }
+    if let Step::Jump(target) = step {
+        vcpu.set_rip(target);
         return Ok(());
     }
     step_over(vcpu, rip, insn.len, bitness);
@@ -3562,6 +3612,60 @@ mod tests {
         });
         assert_eq!((r, v.injected, v.rip), (Ok(()), None, 0x8003));
         assert_ne!(v.rflags & flags::ZF, 0);
+    }
+
+    #[test]
+    fn a_stack_in_device_space_in_long_mode() {
+        // RSP inside the device window: push imm8, pop rax, call rel32, ret.
+        let (mut v, mut ram) = guest_with_device_window(&[0x6a, 0x7f]);
+        v.rsp = WINDOW + 0x48;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, Some(0x7f))]);
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8002));
+        // pop rax: the device's value (all ones from unbacked space).
+        ram.put(0x8000, &[0x58]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, u64::MAX);
+        assert_eq!((r, calls), (Ok(()), vec![(G, 8, None)]));
+        assert_eq!(
+            (v.regs.rax, v.rsp, v.rip),
+            (u64::MAX, WINDOW + 0x48, 0x8001)
+        );
+        // call +0x100: the return address is written, RIP moves to the target.
+        ram.put(0x8000, &[0xe8, 0x00, 0x01, 0x00, 0x00]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!((r, calls), (Ok(()), vec![(G, 8, Some(0x8005))]));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8105));
+        // ret to all ones: not canonical, #GP(0) with RSP and RIP kept.
+        ram.put(0x8105, &[0xc3]);
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, u64::MAX >> 1);
+        assert_eq!((r, calls.len()), (Ok(()), 1));
+        assert_eq!(v.injected, Some(Exception::GP0));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8105));
+        // ret to the return address.
+        v.injected = None;
+        let (r, _) = run_mut(&mut v, &mut ram, G, false, 0x8005);
+        assert_eq!(r, Ok(()));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x48, 0x8005));
+        // The exit elsewhere than the slot: a named error, nothing changed.
+        ram.put(0x8000, &[0x50]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G + 0x100, true, 0);
+        assert_eq!(
+            r,
+            Err(MmioError::StackMismatch {
+                exit: G + 0x100,
+                slot: G
+            })
+        );
+        assert!(calls.is_empty());
+        assert_eq!(
+            format!("{}", r.unwrap_err()),
+            "the exit is at guest-physical 0xfee00140 but the stack slot is at 0xfee00040"
+        );
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x48, 0x8000));
     }
 
     #[test]
