@@ -147,6 +147,37 @@ fn in_page(gpa: u64, base: u64, size: u64) -> bool {
     (base..base + size).contains(&gpa)
 }
 
+/// One access of vCPU `i` to guest-physical `addr` outside RAM: its local APIC page,
+/// a device on the VM's MMIO bus, or unbacked space (reads all ones, writes dropped).
+/// `eoi` receives the vector of an EOI written to the local APIC.
+#[allow(clippy::too_many_arguments)]
+fn mmio_access(
+    vm: &mut VmShared,
+    i: usize,
+    addr: u64,
+    size: u8,
+    value: Option<u64>,
+    now_ns: u64,
+    out: &mut Outcome,
+    eoi: &mut Option<u8>,
+) -> u64 {
+    if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
+        let offset = addr - LAPIC_BASE;
+        match value {
+            Some(v) => {
+                *eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
+                vm.send_ipis(i);
+                0
+            }
+            None => vm.lapics[i].mmio_read(offset, size, now_ns).into(),
+        }
+    } else {
+        vm.platform
+            .mmio(addr, size, value, now_ns, out)
+            .unwrap_or(all_ones64(size))
+    }
+}
+
 /// What the run loop should do after an exit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -720,25 +751,36 @@ impl<V: Vcpu> VcpuCtx<V> {
     }
 
     /// Carries out the INS/OUTS of I/O exit `io`, one port access per element
-    /// ([`string_io`]).
+    /// ([`string_io`]), and one MMIO access per element whose memory side is not RAM
+    /// (a device, or unbacked space: all ones, writes dropped).
     fn string_io(&mut self, vm: &mut VmShared, io: &vcpu::PortIo, now_ns: u64) -> Next {
+        let i = self.index;
         let mut out = Outcome::default();
-        let mut port = |size: u8, value: Option<u32>| -> u32 {
-            let v = vm.platform.port_io(
-                io.port,
-                size,
-                value.is_some(),
-                value.unwrap_or(0),
-                now_ns,
-                &mut out,
-            );
-            if value.is_some() {
-                0
-            } else {
-                v
+        let mut eoi = None;
+        let mut bus = |access: string_io::BusAccess| -> u64 {
+            match access {
+                string_io::BusAccess::Port { size, write } => {
+                    let v = vm.platform.port_io(
+                        io.port,
+                        size,
+                        write.is_some(),
+                        write.unwrap_or(0),
+                        now_ns,
+                        &mut out,
+                    );
+                    if write.is_some() {
+                        0
+                    } else {
+                        u64::from(v)
+                    }
+                }
+                string_io::BusAccess::Memory { gpa, size, write } => {
+                    mmio_access(vm, i, gpa, size, write, now_ns, &mut out, &mut eoi)
+                }
             }
         };
-        let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut port);
+        let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut bus);
+        vm.eoi(eoi);
         if let Some(next) = vm.finish(out) {
             return next;
         }
@@ -760,21 +802,7 @@ impl<V: Vcpu> VcpuCtx<V> {
         let mut eoi = None;
         let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
-            if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
-                let offset = addr - LAPIC_BASE;
-                match value {
-                    Some(v) => {
-                        eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
-                        vm.send_ipis(i);
-                        0
-                    }
-                    None => vm.lapics[i].mmio_read(offset, size, now_ns).into(),
-                }
-            } else {
-                vm.platform
-                    .mmio(addr, size, value, now_ns, &mut out)
-                    .unwrap_or(all_ones64(size))
-            }
+            mmio_access(vm, i, addr, size, value, now_ns, &mut out, &mut eoi)
         };
         let result = mmio::emulate(
             &mut self.vcpu,
