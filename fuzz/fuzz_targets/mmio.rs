@@ -40,6 +40,7 @@ use kernel::vmm::mmio::{
     ShiftOp, Step, StringOp, UnaryOp,
 };
 use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
+use kernel::vmm::mmio_segment::SegmentLoad;
 use kernel::vmm::mmio_stack::{self, StackOp};
 use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
@@ -769,6 +770,74 @@ fn check_compare_exchange_double(
     assert_eq!(rflags & flags::ZF != 0, equal);
 }
 
+/// A segment-register load: only in real-address or virtual-8086 mode (else an error
+/// with nothing done), the selector from the last device read, base = selector << 4,
+/// limit and attributes as they were; a far pointer's offset into its register, a
+/// `POP`'s RSP moved by the operand size; nothing else changes.
+#[allow(clippy::too_many_arguments)]
+fn check_segment_load(
+    insn: &MmioInstruction,
+    load: SegmentLoad,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    reads: [u64; 4],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    let real_like = env.cr.cr0 & 1 == 0 || rflags0 & (1 << 17) != 0;
+    let Ok(step) = result else {
+        assert!(log.is_empty(), "{insn:?}: {log:?}");
+        assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        return;
+    };
+    assert!(real_like, "{insn:?} loaded a segment in protected mode");
+    assert!(log.iter().all(|a| a.2.is_none()), "{insn:?}: {log:?}");
+    let Step::LoadSegment(seg, s) = step else {
+        panic!("{insn:?}: {step:?}")
+    };
+    assert_eq!(seg, load.segment());
+    let selector = reads[(log.len() - 1) % 4] as u16;
+    let cached = env.segments[seg as usize].unwrap();
+    assert_eq!(s.selector, selector, "{insn:?}");
+    assert_eq!(s.base, u64::from(selector) << 4, "{insn:?}");
+    assert_eq!(
+        (s.limit, s.attrib),
+        (cached.limit, cached.attrib),
+        "{insn:?}"
+    );
+    assert_eq!(rflags, rflags0);
+    let mut want_rsp = rsp0;
+    match load {
+        SegmentLoad::Move(_) => assert_eq!(log.len(), 1),
+        SegmentLoad::Pop(_) => {
+            assert_eq!(log.len(), 1);
+            let stack = if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+                4
+            } else {
+                2
+            };
+            let moved = rsp0.wrapping_add(u64::from(insn.size));
+            assert_eq!(rsp & mask(stack), moved & mask(stack), "{insn:?}");
+            want_rsp = rsp;
+        }
+        SegmentLoad::FarPointer { reg, .. } => {
+            assert_eq!(log.len(), 2);
+            assert_eq!(log[1].0, log[0].0.wrapping_add(u64::from(insn.size)));
+            let mut all_regs = all(&regs0, rsp0);
+            let offset = reads[0] & mask(insn.size);
+            let i = slot(reg);
+            all_regs[i] = match insn.size {
+                2 => (all_regs[i] & !0xffff) | offset,
+                _ => offset,
+            };
+            assert_eq!(all(&regs, rsp), all_regs, "{insn:?}");
+            return;
+        }
+    }
+    assert_eq!((regs, rsp), (regs0, want_rsp), "{insn:?}");
+}
+
 /// A push, pop, call or return whose stack is the device: an error or a fault
 /// changes nothing (a fault may follow the one read); otherwise the first device
 /// access is the exit's, in the instruction's direction, RSP moves by the operand size
@@ -900,6 +969,19 @@ fn check_execute(
             insn,
             result,
             &log,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    if let Access::SegmentLoad(load) = insn.kind {
+        check_segment_load(
+            insn,
+            load,
+            result,
+            &log,
+            reads,
             (regs0, rsp0, rflags0),
             (regs, rsp, rflags),
             env,
@@ -1161,6 +1243,7 @@ fn check_execute(
             unreachable!("checked by check_compare_exchange_double")
         }
         Access::Stack(_) => unreachable!("checked by check_stack"),
+        Access::SegmentLoad(_) => unreachable!("checked by check_segment_load"),
     };
     for i in 0..16 {
         match dests.iter().find(|(reg, _)| slot(*reg) == i) {

@@ -806,6 +806,23 @@ impl Vcpu for SvmVcpu {
         Some(crate::state::segment_from(&raw))
     }
 
+    fn set_segment(&mut self, seg: vcpu::SegReg, value: vcpu::state::Segment) -> bool {
+        let raw = crate::state::segment_to(&value);
+        let v = self.vmcb_mut();
+        match seg {
+            vcpu::SegReg::Es => v.save.es = raw,
+            vcpu::SegReg::Cs => v.save.cs = raw,
+            vcpu::SegReg::Ss => v.save.ss = raw,
+            vcpu::SegReg::Ds => v.save.ds = raw,
+            // As in `segment`: not in the state this backend keeps in the VMCB.
+            vcpu::SegReg::Fs | vcpu::SegReg::Gs => return false,
+        }
+        // The segment registers are in the VMCB's SEG clean-bits group; clear all,
+        // as `set_real_mode_cs` does.
+        v.control.vmcb_clean = 0;
+        true
+    }
+
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.

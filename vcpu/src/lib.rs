@@ -389,6 +389,13 @@ pub trait Vcpu {
     fn segment(&self, _seg: SegReg) -> Option<state::Segment> {
         None
     }
+    /// Loads the guest's segment register `seg` (selector, base, limit, attributes)
+    /// as an emulated segment load computed it. `false` (nothing changed) where the
+    /// backend cannot: the default, and AMD-V's FS/GS, whose live state VMLOAD/VMSAVE
+    /// keep outside the VMCB's save area this backend writes.
+    fn set_segment(&mut self, _seg: SegReg, _value: state::Segment) -> bool {
+        false
+    }
     /// Releases whatever of this vCPU the calling processor holds, so that another
     /// processor may `run` it next: the scheduler calls it on the processor that ran
     /// the vCPU last, before any other processor touches it (any method, not only

@@ -105,6 +105,15 @@ pub fn segment(vmcs: &impl VmcsAccess, seg: Seg) -> Segment {
     })
 }
 
+/// Writes segment register `seg` into the VMCS (the inverse of [`segment`]).
+pub fn set_segment(vmcs: &mut impl VmcsAccess, seg: Seg, value: &Segment) {
+    let s = segment_to(value);
+    vmcs.write(seg.selector_field(), u64::from(s.selector));
+    vmcs.write(seg.base_field(), s.base);
+    vmcs.write(seg.limit_field(), u64::from(s.limit));
+    vmcs.write(seg.ar_field(), u64::from(s.access_rights));
+}
+
 fn segment_from(s: &SegmentState) -> Segment {
     Segment {
         selector: s.selector,

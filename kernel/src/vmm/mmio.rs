@@ -93,11 +93,15 @@
 //! `INS`/`OUTS`, whose exit is the port's, are [`super::string_io`]'s, with a memory
 //! side in RAM or not.
 //!
+//! - segment-register loads from the device ([`super::mmio_segment`]): `MOV Sreg,
+//!   m16`, `POP Sreg` from a stack in device space, `LDS`/`LES`/`LFS`/`LGS`/`LSS`, in
+//!   real-address and virtual-8086 mode (base = selector << 4, the cached limit and
+//!   attributes kept; [`vcpu::Vcpu::set_segment`]).
+//!
 //! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
-//! with it): `MOV Sreg, r/m16`, `POP Sreg` and `LDS`/`LES`/`LFS`/`LGS`/`LSS` from MMIO
-//! (loading a segment register means a descriptor-table walk with its checks and
-//! faults; no guest loads a selector from a device), far `CALL`/`RET`, `IRET`,
-//! `PUSHA`/`POPA`, `ENTER` with a nesting level, and the x87/SSE/AVX forms.
+//! with it): segment loads in protected and long mode (a descriptor-table load with
+//! its checks and faults; no guest loads a selector from a device), far `CALL`/`RET`,
+//! `IRET`, `PUSHA`/`POPA`, `ENTER` with a nesting level, and the x87/SSE/AVX forms.
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.
@@ -109,6 +113,7 @@
 
 use super::guest_walk::{self, GuestMemoryMut, WalkError};
 use super::mmio_memory::{Env, Place, MAX_BATCH};
+use super::mmio_segment::SegmentLoad;
 use super::mmio_stack::StackOp;
 use super::x86_arith::{self, DivideError, Wide};
 pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
@@ -342,6 +347,8 @@ pub enum Access {
     /// A push, pop, call or return whose stack slot is the device
     /// ([`super::mmio_stack`]); `size` is the operand size.
     Stack(StackOp),
+    /// A segment-register load from the device ([`super::mmio_segment`]).
+    SegmentLoad(SegmentLoad),
     /// A string instruction: `size`-byte elements, RSI/RDI/RCX at `addr_size` bytes,
     /// the source (RSI) in segment `seg` ([`super::mmio_memory`]).
     String {
@@ -388,6 +395,9 @@ pub enum Step {
     Fault(Fault),
     /// Complete, and a near branch (`CALL`, `RET`): RIP becomes this.
     Jump(u64),
+    /// Complete, and this segment register is loaded with this value
+    /// ([`super::mmio_segment`]).
+    LoadSegment(SegReg, vcpu::state::Segment),
 }
 
 /// A decoded MMIO instruction.
@@ -405,6 +415,7 @@ impl MmioInstruction {
     pub fn reads(&self) -> bool {
         match self.kind {
             Access::Stack(op) => op.reads(),
+            Access::SegmentLoad(_) => true,
             Access::String { op, .. } => op != StringOp::Stos,
             Access::Write { .. }
             | Access::SetCondition { .. }
@@ -418,6 +429,7 @@ impl MmioInstruction {
     pub fn writes(&self) -> bool {
         match self.kind {
             Access::Stack(op) => op.writes(),
+            Access::SegmentLoad(_) => false,
             Access::Write { .. }
             | Access::Exchange { .. }
             | Access::Unary { .. }
@@ -444,6 +456,7 @@ impl MmioInstruction {
     pub fn sets_flags(&self) -> bool {
         match self.kind {
             Access::Stack(op) => op.sets_flags(),
+            Access::SegmentLoad(_) => false,
             Access::Unary { op } => op != UnaryOp::Not,
             Access::AluToMemory { .. }
             | Access::AluToRegister { .. }
@@ -502,6 +515,9 @@ pub enum MmioError {
     /// The stack slot the instruction uses (at guest-physical `slot`) is not the
     /// exit's address `exit` ([`super::mmio_stack`]).
     StackMismatch { exit: u64, slot: u64 },
+    /// A segment-register load outside real-address and virtual-8086 mode: a
+    /// descriptor load, not emulated ([`super::mmio_segment`]).
+    SegmentLoad { seg: SegReg },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -552,6 +568,11 @@ impl core::fmt::Display for MmioError {
             MmioError::Operand { err, .. } => {
                 write!(f, "the instruction's other memory operand: {err}")
             }
+            MmioError::SegmentLoad { seg } => write!(
+                f,
+                "loading {seg:?} from MMIO in protected or long mode (a descriptor load) is \
+                 not emulated"
+            ),
             MmioError::StackMismatch { exit, slot } => write!(
                 f,
                 "the exit is at guest-physical {exit:#x} but the stack slot is at {slot:#x}"
@@ -977,6 +998,9 @@ pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction
     if let Some(stack) = super::mmio_stack::decode(&insn) {
         return stack;
     }
+    if let Some(load) = super::mmio_segment::decode(&insn) {
+        return load;
+    }
     let form = form(insn.code()).ok_or(unsupported)?;
     let (mem_op, reg_op) = match form {
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
@@ -1352,6 +1376,9 @@ pub fn execute<M: GuestMemoryMut>(
         Access::Stack(op) => {
             super::mmio_stack::execute(op, size, regs, rsp, rflags, gpa, device, env)
         }
+        Access::SegmentLoad(load) => {
+            super::mmio_segment::execute(load, size, regs, rsp, *rflags, gpa, device, env)
+        }
         _ => Ok(match execute_one(regs, rsp, rflags, insn, gpa, device) {
             Ok(()) => Step::Done,
             Err(fault) => Step::Fault(fault),
@@ -1630,7 +1657,8 @@ fn execute_one(
         | Access::Pop
         | Access::StoreSegment { .. }
         | Access::String { .. }
-        | Access::Stack(_) => {}
+        | Access::Stack(_)
+        | Access::SegmentLoad(_) => {}
     }
     Ok(())
 }
@@ -1704,6 +1732,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
             | Access::StoreSegment { .. }
             | Access::String { .. }
             | Access::Stack(_)
+            | Access::SegmentLoad(_)
     );
     let segments = if needs_segments {
         super::mmio_memory::segments(vcpu)
@@ -1720,6 +1749,12 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         device,
         &mut env,
     )?;
+    if let Step::LoadSegment(seg, value) = step {
+        // First, so that a backend that cannot load it leaves everything unchanged.
+        if !vcpu.set_segment(seg, value) {
+            return Err(MmioError::NoSegment(seg));
+        }
+    }
     if let Step::Fault(fault) = step {
         // A fault: nothing changes and RIP stays on the instruction (SDM Vol. 3A
         // 6.5: the saved RIP of a fault points at the faulting instruction).
@@ -1990,7 +2025,7 @@ mod tests {
             "unsupported MMIO instruction `fst` (Fst_m32fp)"
         );
         for (bytes, m) in [
-            (&[0x8e, 0x18][..], Mnemonic::Mov),      // mov ds, [rax]
+            (&[0x48, 0xcf][..], Mnemonic::Iretq),    // iretq
             (&[0xf3, 0x6d], Mnemonic::Insd),         // rep insd
             (&[0x0f, 0x28, 0x00], Mnemonic::Movaps), // movaps xmm0, [rax]
         ] {

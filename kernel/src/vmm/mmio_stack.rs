@@ -32,7 +32,7 @@
 //!
 //! Not emulated (named stops): `ENTER` with a nesting level above 0 (a loop of
 //! pushes from the old frame; no compiler emits it), far `CALL`/`RET`, `IRET`,
-//! `PUSHA`/`POPA`, `POP Sreg`.
+//! `PUSHA`/`POPA`. `POP Sreg` is [`super::mmio_segment`]'s.
 
 use super::guest_walk::GuestMemoryMut;
 use super::mmio::{
@@ -252,7 +252,7 @@ fn operand_address(
 }
 
 /// Checks that the stack slot at SS:`top` is the device the exit named.
-fn stack_is_exit<M: GuestMemoryMut>(
+pub(crate) fn stack_is_exit<M: GuestMemoryMut>(
     env: &Env<'_, M>,
     top: u64,
     size: u8,
@@ -695,13 +695,13 @@ mod tests {
             k(&[0xc8, 0x20, 0, 0], 32),
             (4, st(StackOp::Enter { alloc: 0x20 }))
         );
-        // ENTER with a nesting level (32 is level 0 again), far returns, POP Sreg:
+        // ENTER with a nesting level (32 is level 0 again), far returns, IRET, POPA:
         // named stops.
         assert_eq!(
             k(&[0xc8, 0x20, 0, 32], 32),
             (4, st(StackOp::Enter { alloc: 0x20 }))
         );
-        for b in [&[0xc8, 0x20, 0, 1][..], &[0xcb], &[0x1f], &[0x61]] {
+        for b in [&[0xc8, 0x20, 0, 1][..], &[0xcb], &[0xcf], &[0x61]] {
             assert!(
                 matches!(decode_at(b, 32, 0), Err(MmioError::Unsupported { .. })),
                 "{b:x?}"

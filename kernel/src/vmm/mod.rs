@@ -14,6 +14,7 @@ pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
 pub mod mmio_memory;
+pub mod mmio_segment;
 pub mod mmio_stack;
 pub mod net;
 pub mod platform;
