@@ -207,6 +207,7 @@ mod tests {
 
     type Log = Vec<(u64, u8, Option<u64>)>;
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         bytes: &[u8],
         bits: u32,

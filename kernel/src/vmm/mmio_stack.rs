@@ -195,9 +195,11 @@ pub(crate) fn decode(insn: &Instruction) -> Option<Result<MmioInstruction, MmioE
         }),
         iced_x86::Mnemonic::Leave => Ok(StackOp::Leave),
         // The nesting level is taken modulo 32 (SDM Vol. 2A ENTER).
-        iced_x86::Mnemonic::Enter if insn.immediate8_2nd() % 32 == 0 => Ok(StackOp::Enter {
-            alloc: insn.immediate16(),
-        }),
+        iced_x86::Mnemonic::Enter if insn.immediate8_2nd().is_multiple_of(32) => {
+            Ok(StackOp::Enter {
+                alloc: insn.immediate16(),
+            })
+        }
         _ => Err(unsupported),
     };
     Some(op.map(|op| MmioInstruction {
