@@ -9,7 +9,8 @@
 //! - `insn64`: WBINVD and INVD complete, RDPMC raises #GP(0), MONITOR raises #UD,
 //!   and guest-physical space without RAM or a device reads all ones and drops
 //!   writes (the default `on_unmapped = "ignore"`; `oob64` in the tiny set checks
-//!   `"stop"`), also through `INC`, `BTS`, `XADD` and `REP MOVSB`/`STOSD`/`STOSB`;
+//!   `"stop"`), also through `INC`, `BTS`, `XADD`, `REP MOVSB`/`STOSD`/`STOSB`,
+//!   `CMPXCHG16B`, a stack there (`PUSH`, `POP`, `CALL`) and `REP INSB` from a port;
 //! - `timer64`: a periodic local APIC timer with count 1 at divide 1 does not
 //!   livelock its guest (its main loop finishes its rounds) and delivers at most one
 //!   tick per clamped period (200 us);
@@ -48,7 +49,17 @@ fn expect_hostile(out: &RunOutput) {
         .expect_line("insn64 | insn64: inc -> zf=1 cf=1, bts -> cf=1, xadd -> 0xffffffffffffffff")
         .expect_line("insn64 | insn64: rep movsb from unbacked: 16 bytes of 0xff, rcx 0")
         .expect_line("insn64 | insn64: rep stosd 4 and rep stosb 300 into unbacked: rcx 0 and 0")
-        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 11 (the first at 0x30000000)")
+        // The last forms: CMPXCHG16B (fails on all ones), a stack in unbacked space
+        // (PUSH dropped, POP all ones, CALL's push dropped with RSP moved), and REP
+        // INSB from a port into unbacked space (string I/O with a device side).
+        .expect_line(
+            "insn64 | insn64: cmpxchg16b on unbacked: zf=0, rdx:rax=0xffffffffffffffff:0xffffffffffffffff",
+        )
+        .expect_line(
+            "insn64 | insn64: stack in unbacked: pop -> 0xffffffffffffffff, call moved rsp by -8",
+        )
+        .expect_line("insn64 | insn64: rep insb 200 from port 0x1234 into unbacked: rcx 0")
+        .expect_line("hv: vm insn64 unbacked guest-physical accesses: 15 (the first at 0x30000000)")
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")
