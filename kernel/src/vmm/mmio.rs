@@ -2700,6 +2700,14 @@ mod tests {
         fn segment(&self, seg: SegReg) -> Option<vcpu::state::Segment> {
             self.segments[seg as usize]
         }
+        fn set_segment(&mut self, seg: SegReg, value: vcpu::state::Segment) -> bool {
+            // Like AMD-V: FS and GS cannot be loaded.
+            if matches!(seg, SegReg::Fs | SegReg::Gs) {
+                return false;
+            }
+            self.segments[seg as usize] = Some(value);
+            true
+        }
         fn save_state(&mut self) -> vcpu::state::CpuState {
             unimplemented!("MMIO emulation never saves vCPU state")
         }
@@ -2903,6 +2911,40 @@ mod tests {
         assert_eq!(calls, [(LAPIC + 0x20, 1, None)]);
         assert_eq!(vcpu.regs.rax, 0x1234_be42);
         assert_eq!(vcpu.rip, 0x1);
+    }
+
+    #[test]
+    fn real_mode_segment_loads_reach_the_vcpu() {
+        let mut ram = Ram(vec![0; 0x10_0000]);
+        // 07C0:0010: mov es, [bx]; then lfs si, [bx].
+        ram.put(0x7c10, &[0x8e, 0x07]);
+        let big = vcpu::state::Segment {
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        let mut vcpu = TestVcpu {
+            rip: 0x10,
+            cr: ControlRegs {
+                cs_base: 0x7c00,
+                ..Default::default()
+            },
+            segments: [Some(big); 6],
+            ..Default::default()
+        };
+        let (r, calls) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0xb800);
+        assert_eq!((r, calls), (Ok(()), vec![(LAPIC + 0x20, 2, None)]));
+        let es = vcpu.segments[SegReg::Es as usize].unwrap();
+        assert_eq!(
+            (es.selector, es.base, es.limit),
+            (0xb800, 0xb8000, u32::MAX)
+        );
+        assert_eq!(vcpu.rip, 0x12);
+        // A backend that cannot load the register: an error, nothing changed.
+        ram.put(0x7c12, &[0x0f, 0xb4, 0x37]);
+        vcpu.regs.rsi = 0x5555;
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x1234);
+        assert_eq!(r, Err(MmioError::NoSegment(SegReg::Fs)));
+        assert_eq!((vcpu.regs.rsi, vcpu.rip), (0x5555, 0x12));
     }
 
     #[test]

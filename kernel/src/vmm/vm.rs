@@ -147,9 +147,18 @@ fn in_page(gpa: u64, base: u64, size: u64) -> bool {
     (base..base + size).contains(&gpa)
 }
 
+/// What the accesses of one emulated instruction left to do after it.
+#[derive(Default)]
+struct Accesses {
+    /// The vector of an EOI written to the local APIC.
+    eoi: Option<u8>,
+    /// The first unbacked address accessed (for `on_unmapped = "stop"`).
+    unbacked: Option<u64>,
+}
+
 /// One access of vCPU `i` to guest-physical `addr` outside RAM: its local APIC page,
-/// a device on the VM's MMIO bus, or unbacked space (reads all ones, writes dropped).
-/// `eoi` receives the vector of an EOI written to the local APIC.
+/// a device on the VM's MMIO bus, or unbacked space (reads all ones, writes dropped;
+/// noted in `done`).
 #[allow(clippy::too_many_arguments)]
 fn mmio_access(
     vm: &mut VmShared,
@@ -159,13 +168,13 @@ fn mmio_access(
     value: Option<u64>,
     now_ns: u64,
     out: &mut Outcome,
-    eoi: &mut Option<u8>,
+    done: &mut Accesses,
 ) -> u64 {
     if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
         let offset = addr - LAPIC_BASE;
         match value {
             Some(v) => {
-                *eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
+                done.eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
                 vm.send_ipis(i);
                 0
             }
@@ -174,7 +183,10 @@ fn mmio_access(
     } else {
         vm.platform
             .mmio(addr, size, value, now_ns, out)
-            .unwrap_or(all_ones64(size))
+            .unwrap_or_else(|| {
+                done.unbacked.get_or_insert(addr);
+                all_ones64(size)
+            })
     }
 }
 
@@ -756,7 +768,7 @@ impl<V: Vcpu> VcpuCtx<V> {
     fn string_io(&mut self, vm: &mut VmShared, io: &vcpu::PortIo, now_ns: u64) -> Next {
         let i = self.index;
         let mut out = Outcome::default();
-        let mut eoi = None;
+        let mut done = Accesses::default();
         let mut bus = |access: string_io::BusAccess| -> u64 {
             match access {
                 string_io::BusAccess::Port { size, write } => {
@@ -775,14 +787,20 @@ impl<V: Vcpu> VcpuCtx<V> {
                     }
                 }
                 string_io::BusAccess::Memory { gpa, size, write } => {
-                    mmio_access(vm, i, gpa, size, write, now_ns, &mut out, &mut eoi)
+                    mmio_access(vm, i, gpa, size, write, now_ns, &mut out, &mut done)
                 }
             }
         };
         let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut bus);
-        vm.eoi(eoi);
+        vm.eoi(done.eoi);
         if let Some(next) = vm.finish(out) {
             return next;
+        }
+        if let (Some(gpa), true) = (done.unbacked, self.unmapped_stops) {
+            return Next::Stop(format!(
+                "string port I/O outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
+                self.vcpu.rip()
+            ));
         }
         match result {
             Ok(()) => Next::Continue,
@@ -799,10 +817,10 @@ impl<V: Vcpu> VcpuCtx<V> {
     fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
         let i = self.index;
         let features = self.guest_features();
-        let mut eoi = None;
+        let mut done = Accesses::default();
         let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
-            mmio_access(vm, i, addr, size, value, now_ns, &mut out, &mut eoi)
+            mmio_access(vm, i, addr, size, value, now_ns, &mut out, &mut done)
         };
         let result = mmio::emulate(
             &mut self.vcpu,
@@ -812,9 +830,17 @@ impl<V: Vcpu> VcpuCtx<V> {
             features,
             &mut device,
         );
-        vm.eoi(eoi);
+        vm.eoi(done.eoi);
         if let Some(next) = vm.finish(out) {
             return next;
+        }
+        // `on_unmapped = "stop"`: the instruction's other operand (a stack, a string
+        // instruction's other side) reached unbacked space.
+        if let (Some(other), true) = (done.unbacked, self.unmapped_stops) {
+            return Next::Stop(format!(
+                "access outside its memory: guest-physical {other:#x} at RIP {:#x}",
+                self.vcpu.rip()
+            ));
         }
         match result {
             Ok(()) => Next::Continue,
@@ -1345,6 +1371,14 @@ mod tests {
             0
         }
         fn set_rsp(&mut self, _: u64) {}
+        /// Flat 4 GiB segments with 32-bit stacks (for string port I/O).
+        fn segment(&self, _: vcpu::SegReg) -> Option<vcpu::state::Segment> {
+            Some(vcpu::state::Segment {
+                limit: u32::MAX,
+                attrib: vcpu::state::attrib::DB,
+                ..Default::default()
+            })
+        }
         fn control_regs(&self) -> vcpu::ControlRegs {
             self.cr
         }
@@ -1840,6 +1874,40 @@ mod tests {
             cr0: 1,
             ..Default::default()
         };
+    }
+
+    #[test]
+    fn string_port_io_into_unbacked_space_honours_on_unmapped() {
+        // rep insb from the unclaimed port 0x1234 to ES:0x30000000 (no RAM there).
+        let rep_insb = |vm: &mut TestVm| {
+            at_rip(vm, &[0xF3, 0x6C]);
+            vm.cpu.vcpu.regs.rdi = 0x3000_0000;
+            vm.cpu.vcpu.regs.rcx = 4;
+            let io = PortIo {
+                port: 0x1234,
+                size: 1,
+                write: false,
+                string: true,
+                rep: true,
+            };
+            vm.handle(Exit::PortIo(io), 0)
+        };
+        let mut vm = vm();
+        assert_eq!(rep_insb(&mut vm), Next::Continue);
+        assert_eq!(
+            (vm.cpu.vcpu.regs.rcx, vm.cpu.vcpu.regs.rdi, vm.cpu.vcpu.rip),
+            (0, 0x3000_0004, 0x1002)
+        );
+        // `on_unmapped = "stop"`: the first such access stops the VM.
+        let mut vm = self::vm();
+        vm.cpu.unmapped_stops = true;
+        let Next::Stop(why) = rep_insb(&mut vm) else {
+            panic!("not stopped")
+        };
+        assert!(
+            why.contains("string port I/O outside its memory: guest-physical 0x30000000"),
+            "{why}"
+        );
     }
 
     #[test]
