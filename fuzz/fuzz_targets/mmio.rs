@@ -807,21 +807,28 @@ fn check_segment_load(
         assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
         return;
     };
-    assert!(real_like, "{insn:?} loaded a segment in protected mode");
     assert!(log.iter().all(|a| a.2.is_none()), "{insn:?}: {log:?}");
-    let Step::LoadSegment(seg, s) = step else {
-        panic!("{insn:?}: {step:?}")
-    };
-    assert_eq!(seg, load.segment());
     let selector = reads[(log.len() - 1) % 4] as u16;
-    let cached = env.segments[seg as usize].unwrap();
-    assert_eq!(s.selector, selector, "{insn:?}");
-    assert_eq!(s.base, u64::from(selector) << 4, "{insn:?}");
-    assert_eq!(
-        (s.limit, s.attrib),
-        (cached.limit, cached.attrib),
-        "{insn:?}"
-    );
+    match step {
+        Step::LoadSegment(seg, s) => {
+            assert!(real_like, "{insn:?} loaded a segment in protected mode");
+            assert_eq!(seg, load.segment());
+            let cached = env.segments[seg as usize].unwrap();
+            assert_eq!(s.selector, selector, "{insn:?}");
+            assert_eq!(s.base, u64::from(selector) << 4, "{insn:?}");
+            assert_eq!(
+                (s.limit, s.attrib),
+                (cached.limit, cached.attrib),
+                "{insn:?}"
+            );
+        }
+        // Protected and long mode: the descriptor load is left to `emulate`.
+        Step::LoadSelector(seg, sel) => {
+            assert!(!real_like, "{insn:?}");
+            assert_eq!((seg, sel), (load.segment(), selector), "{insn:?}");
+        }
+        other => panic!("{insn:?}: {other:?}"),
+    }
     assert_eq!(rflags, rflags0);
     let mut want_rsp = rsp0;
     match load {
@@ -852,6 +859,73 @@ fn check_segment_load(
         }
     }
     assert_eq!((regs, rsp), (regs0, want_rsp), "{insn:?}");
+}
+
+/// A descriptor load of `seg` with the selector and tables from the input's registers
+/// (R11; GDTR from RSI/RDI, LDTR from RBP/R8/R9, CPL from R10) against the SDM's
+/// rules: a fault has the right vector and error code and writes nothing; a load
+/// writes at most the accessed bit, and what it loads passes the checks.
+fn check_descriptor_load(env: &mut Env<'_, RamCopy>, regs: &GuestRegisters, seg: vcpu::SegReg) {
+    use kernel::vmm::descriptor_load::{load, Context};
+    use vcpu::state::{attrib, Segment, TableRegister};
+    let selector = regs.r11 as u16;
+    let ctx = Context {
+        cr: env.cr,
+        gdtr: TableRegister {
+            base: regs.rsi,
+            limit: regs.rdi as u16,
+        },
+        ldtr: Segment {
+            selector: 0,
+            base: regs.rbp,
+            limit: regs.r8 as u32,
+            attrib: regs.r9 as u16,
+        },
+        cpl: (regs.r10 & 3) as u8,
+    };
+    let before = env.mem.0.clone();
+    let Ok(result) = load(env.mem, &ctx, seg, selector) else {
+        assert_eq!(env.mem.0, before);
+        return;
+    };
+    let changed = env
+        .mem
+        .0
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| a != b)
+        .count();
+    let (rpl, cpl) = (selector & 3, u16::from(ctx.cpl));
+    match result {
+        Err(e) => {
+            assert_eq!(changed, 0);
+            assert!(matches!(e.vector, 11..=13), "{e:?}");
+            let code = e.error_code.unwrap();
+            assert!(code == u32::from(selector & 0xfffc) || code == 0, "{e:?}");
+        }
+        Ok(s) => {
+            assert!(changed <= 1);
+            assert_eq!(s.selector, selector);
+            if selector & !3 == 0 {
+                assert!(!s.usable());
+                return;
+            }
+            assert!(s.usable() && s.attrib & attrib::P != 0 && s.attrib & attrib::S != 0);
+            let ty = s.attrib & attrib::TYPE_MASK;
+            let dpl = u16::from(s.dpl());
+            if seg == vcpu::SegReg::Ss {
+                assert!(
+                    ty & 8 == 0 && ty & 2 != 0 && dpl == cpl && rpl == cpl,
+                    "{s:?}"
+                );
+            } else {
+                assert!(ty & 8 == 0 || ty & 2 != 0, "{s:?}");
+                if ty & 8 == 0 || ty & 4 == 0 {
+                    assert!(dpl >= rpl.max(cpl), "{s:?}");
+                }
+            }
+        }
+    }
 }
 
 /// A push, pop, call or return whose stack is the device: an error or a fault
@@ -1348,4 +1422,7 @@ fuzz_target!(|data: &[u8]| {
         segments,
     };
     check_execute(&insn, regs, rsp, rflags, reads, &mut env);
+    if let Access::SegmentLoad(load) = insn.kind {
+        check_descriptor_load(&mut env, &regs, load.segment());
+    }
 });

@@ -823,6 +823,15 @@ impl Vcpu for SvmVcpu {
         true
     }
 
+    fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+        let s = &self.vmcb().save;
+        let gdtr = vcpu::state::TableRegister {
+            base: s.gdtr.base,
+            limit: s.gdtr.limit as u16,
+        };
+        Some((gdtr, crate::state::segment_from(&s.ldtr)))
+    }
+
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.

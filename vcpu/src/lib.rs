@@ -396,6 +396,11 @@ pub trait Vcpu {
     fn set_segment(&mut self, _seg: SegReg, _value: state::Segment) -> bool {
         false
     }
+    /// GDTR and LDTR, for a segment-register load the core emulates (a descriptor
+    /// read from the guest's tables). `None` where the backend cannot tell.
+    fn descriptor_tables(&self) -> Option<(state::TableRegister, state::Segment)> {
+        None
+    }
     /// Releases whatever of this vCPU the calling processor holds, so that another
     /// processor may `run` it next: the scheduler calls it on the processor that ran
     /// the vCPU last, before any other processor touches it (any method, not only

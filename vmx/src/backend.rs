@@ -1303,6 +1303,10 @@ impl Vcpu for VmxVcpu {
         true
     }
 
+    fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+        Some(crate::state::descriptor_tables(&self.make_current()))
+    }
+
     /// VMCLEAR on the processor where the VMCS is active: its cached state goes to
     /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
     /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).

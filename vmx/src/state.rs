@@ -105,6 +105,15 @@ pub fn segment(vmcs: &impl VmcsAccess, seg: Seg) -> Segment {
     })
 }
 
+/// GDTR and LDTR from the VMCS.
+pub fn descriptor_tables(vmcs: &impl VmcsAccess) -> (vcpu::state::TableRegister, Segment) {
+    let gdtr = vcpu::state::TableRegister {
+        base: vmcs.read(crate::vmcs::guest_nat::GDTR_BASE),
+        limit: vmcs.read(crate::vmcs::guest32::GDTR_LIMIT) as u16,
+    };
+    (gdtr, segment(vmcs, Seg::Ldtr))
+}
+
 /// Writes segment register `seg` into the VMCS (the inverse of [`segment`]).
 pub fn set_segment(vmcs: &mut impl VmcsAccess, seg: Seg, value: &Segment) {
     let s = segment_to(value);

@@ -94,14 +94,14 @@
 //! side in RAM or not.
 //!
 //! - segment-register loads from the device ([`super::mmio_segment`]): `MOV Sreg,
-//!   m16`, `POP Sreg` from a stack in device space, `LDS`/`LES`/`LFS`/`LGS`/`LSS`, in
-//!   real-address and virtual-8086 mode (base = selector << 4, the cached limit and
-//!   attributes kept; [`vcpu::Vcpu::set_segment`]).
+//!   m16`, `POP Sreg` from a stack in device space, `LDS`/`LES`/`LFS`/`LGS`/`LSS`: in
+//!   real-address and virtual-8086 mode base = selector << 4 with the cached limit
+//!   and attributes kept, in protected and long mode a descriptor load with the SDM's
+//!   checks and faults ([`super::descriptor_load`]); [`vcpu::Vcpu::set_segment`].
 //!
 //! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
-//! with it): segment loads in protected and long mode (a descriptor-table load with
-//! its checks and faults; no guest loads a selector from a device), far `CALL`/`RET`,
-//! `IRET`, `PUSHA`/`POPA`, `ENTER` with a nesting level, and the x87/SSE/AVX forms.
+//! with it): far `CALL`/`RET`, `IRET`, `PUSHA`/`POPA`, `ENTER` with a nesting level,
+//! and the x87/SSE/AVX forms.
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.
@@ -396,8 +396,12 @@ pub enum Step {
     /// Complete, and a near branch (`CALL`, `RET`): RIP becomes this.
     Jump(u64),
     /// Complete, and this segment register is loaded with this value
-    /// ([`super::mmio_segment`]).
+    /// ([`super::mmio_segment`], real-address and virtual-8086 mode).
     LoadSegment(SegReg, vcpu::state::Segment),
+    /// Complete once this segment register is loaded from this selector's
+    /// descriptor (protected and long mode, [`super::descriptor_load`]), which may
+    /// fault instead.
+    LoadSelector(SegReg, u16),
 }
 
 /// A decoded MMIO instruction.
@@ -515,9 +519,9 @@ pub enum MmioError {
     /// The stack slot the instruction uses (at guest-physical `slot`) is not the
     /// exit's address `exit` ([`super::mmio_stack`]).
     StackMismatch { exit: u64, slot: u64 },
-    /// A segment-register load outside real-address and virtual-8086 mode: a
-    /// descriptor load, not emulated ([`super::mmio_segment`]).
-    SegmentLoad { seg: SegReg },
+    /// A segment descriptor at guest-physical `gpa` is not in RAM
+    /// ([`super::descriptor_load`]).
+    DescriptorNotRam { gpa: u64 },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -568,10 +572,9 @@ impl core::fmt::Display for MmioError {
             MmioError::Operand { err, .. } => {
                 write!(f, "the instruction's other memory operand: {err}")
             }
-            MmioError::SegmentLoad { seg } => write!(
+            MmioError::DescriptorNotRam { gpa } => write!(
                 f,
-                "loading {seg:?} from MMIO in protected or long mode (a descriptor load) is \
-                 not emulated"
+                "the segment descriptor at guest-physical {gpa:#x} is not in RAM"
             ),
             MmioError::StackMismatch { exit, slot } => write!(
                 f,
@@ -1749,7 +1752,28 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         device,
         &mut env,
     )?;
-    if let Step::LoadSegment(seg, value) = step {
+    let load = match step {
+        Step::LoadSegment(seg, value) => Some((seg, value)),
+        Step::LoadSelector(seg, selector) => {
+            let (gdtr, ldtr) = vcpu.descriptor_tables().ok_or(MmioError::NoSegment(seg))?;
+            let ctx = super::descriptor_load::Context {
+                cr,
+                gdtr,
+                ldtr,
+                cpl: vcpu.cpl(),
+            };
+            match super::descriptor_load::load(env.mem, &ctx, seg, selector)? {
+                Ok(value) => Some((seg, value)),
+                Err(exception) => {
+                    // A fault of the load: nothing else changes, RIP stays.
+                    vcpu.inject_exception(exception);
+                    return Ok(());
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some((seg, value)) = load {
         // First, so that a backend that cannot load it leaves everything unchanged.
         if !vcpu.set_segment(seg, value) {
             return Err(MmioError::NoSegment(seg));
@@ -2614,6 +2638,7 @@ mod tests {
         cr: ControlRegs,
         injected: Option<Exception>,
         segments: [Option<vcpu::state::Segment>; 6],
+        tables: Option<(vcpu::state::TableRegister, vcpu::state::Segment)>,
     }
 
     impl Vcpu for TestVcpu {
@@ -2699,6 +2724,9 @@ mod tests {
         }
         fn segment(&self, seg: SegReg) -> Option<vcpu::state::Segment> {
             self.segments[seg as usize]
+        }
+        fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+            self.tables
         }
         fn set_segment(&mut self, seg: SegReg, value: vcpu::state::Segment) -> bool {
             // Like AMD-V: FS and GS cannot be loaded.
@@ -2945,6 +2973,51 @@ mod tests {
         let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x1234);
         assert_eq!(r, Err(MmioError::NoSegment(SegReg::Fs)));
         assert_eq!((vcpu.regs.rsi, vcpu.rip), (0x5555, 0x12));
+    }
+
+    #[test]
+    fn protected_mode_segment_loads_read_the_descriptor() {
+        let mut ram = Ram(vec![0; 0x20_0000]);
+        // mov ds, [ebx] at 0x10_0000; a GDT at 0x1000: entry 2 flat data (not yet
+        // accessed), entry 3 the same but not present.
+        ram.put(0x10_0000, &[0x8e, 0x1b]);
+        ram.put(0x1010, &0x00cf_9200_0000_ffffu64.to_le_bytes());
+        ram.put(0x1018, &0x00cf_1200_0000_ffffu64.to_le_bytes());
+        let mut vcpu = TestVcpu {
+            rip: 0x10_0000,
+            cr: ControlRegs {
+                cr0: 0x11,
+                ..Default::default()
+            },
+            segments: [Some(vcpu::state::Segment::default()); 6],
+            tables: Some((
+                vcpu::state::TableRegister {
+                    base: 0x1000,
+                    limit: 0x1f,
+                },
+                vcpu::state::Segment::default(),
+            )),
+            ..Default::default()
+        };
+        let mut ram2 = ram.clone();
+        let (r, calls) = run_mut(&mut vcpu, &mut ram2, LAPIC + 0x20, false, 0x10);
+        assert_eq!((r, calls.len()), (Ok(()), 1));
+        let ds = vcpu.segments[SegReg::Ds as usize].unwrap();
+        assert_eq!((ds.selector, ds.base, ds.limit), (0x10, 0, u32::MAX));
+        assert_eq!((vcpu.rip, ram2.0[0x1015]), (0x10_0002, 0x93));
+        // Not present: #NP(0x18), RIP and DS unchanged.
+        vcpu.rip = 0x10_0000;
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x18);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            vcpu.injected,
+            Some(Exception {
+                vector: 11,
+                error_code: Some(0x18)
+            })
+        );
+        assert_eq!(vcpu.rip, 0x10_0000);
+        assert_eq!(vcpu.segments[SegReg::Ds as usize].unwrap().selector, 0x10);
     }
 
     #[test]

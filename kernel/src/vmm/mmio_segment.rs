@@ -14,11 +14,12 @@
 //! 16 bits; a far pointer is the offset (operand size) at the exit's address, then the
 //! 16-bit selector right after it, each a device access.
 //!
-//! Not emulated (a named stop, [`MmioError::SegmentLoad`]): a load in protected or
-//! long mode, which is a descriptor-table load with the SDM's checks and faults
-//! (#GP(selector), #NP, #SS, the null-selector rules, SS's RPL/DPL = CPL). Limits:
-//! `MOV SS`/`POP SS` block interrupts for one instruction on the processor; the
-//! emulated ones do not.
+//! In protected and long mode the load is a descriptor load with the SDM's checks and
+//! faults (#GP(selector), #NP, #SS, the null-selector rules, SS's RPL/DPL = CPL):
+//! [`Step::LoadSelector`], which [`super::mmio::emulate`] completes with
+//! [`super::descriptor_load`] (it needs the vCPU's GDTR, LDTR and CPL); a fault there
+//! leaves the registers as they were. Limits: `MOV SS`/`POP SS` block interrupts for
+//! one instruction on the processor; the emulated ones do not.
 
 use super::guest_walk::GuestMemoryMut;
 use super::mmio::{
@@ -106,7 +107,7 @@ pub(crate) fn decode(insn: &Instruction) -> Option<Result<MmioInstruction, MmioE
 
 /// Carries out `load` (access width `size`) against the device at `gpa`: in
 /// real-address or virtual-8086 mode, [`Step::LoadSegment`] with the new register;
-/// otherwise [`MmioError::SegmentLoad`] before any access.
+/// otherwise [`Step::LoadSelector`] with the selector read.
 #[allow(clippy::too_many_arguments)]
 pub fn execute<M: GuestMemoryMut>(
     load: SegmentLoad,
@@ -120,10 +121,12 @@ pub fn execute<M: GuestMemoryMut>(
 ) -> Result<Step, MmioError> {
     const VM: u64 = 1 << 17;
     let seg = load.segment();
-    if env.cr.cr0 & 1 != 0 && rflags & VM == 0 {
-        return Err(MmioError::SegmentLoad { seg });
-    }
-    let cached = env.segment(seg)?;
+    let real_like = env.cr.cr0 & 1 == 0 || rflags & VM != 0;
+    let cached = if real_like {
+        Some(env.segment(seg)?)
+    } else {
+        None
+    };
     let selector = match load {
         SegmentLoad::Move(_) => device(gpa, 2, None) as u16,
         SegmentLoad::Pop(_) => {
@@ -141,14 +144,17 @@ pub fn execute<M: GuestMemoryMut>(
             selector
         }
     };
-    Ok(Step::LoadSegment(
-        seg,
-        Segment {
-            selector,
-            base: u64::from(selector) << 4,
-            ..cached
-        },
-    ))
+    Ok(match cached {
+        Some(cached) => Step::LoadSegment(
+            seg,
+            Segment {
+                selector,
+                base: u64::from(selector) << 4,
+                ..cached
+            },
+        ),
+        None => Step::LoadSelector(seg, selector),
+    })
 }
 
 #[cfg(test)]
@@ -339,15 +345,20 @@ mod tests {
     }
 
     #[test]
-    fn protected_mode_loads_are_a_named_stop_before_any_access() {
+    fn protected_mode_loads_leave_the_descriptor_to_emulate() {
         let (mut regs, mut rsp) = (GuestRegisters::default(), 0x100);
-        let (r, log) = run(&[0x8e, 0x1f], 32, 1, 2, &mut regs, &mut rsp, 0xa0000, &[]);
-        assert_eq!(r, Err(MmioError::SegmentLoad { seg: SegReg::Ds }));
-        assert!(log.is_empty());
-        assert_eq!(
-            alloc::format!("{}", r.unwrap_err()),
-            "loading Ds from MMIO in protected or long mode (a descriptor load) is not emulated"
+        let (r, log) = run(
+            &[0x8e, 0x1f],
+            32,
+            1,
+            2,
+            &mut regs,
+            &mut rsp,
+            0xa0000,
+            &[0x2b],
         );
+        assert_eq!(r, Ok(Step::LoadSelector(SegReg::Ds, 0x2b)));
+        assert_eq!(log, [(0xa0000, 2, None)]);
         assert_eq!((regs, rsp), (GuestRegisters::default(), 0x100));
     }
 }

@@ -9,6 +9,7 @@ pub mod cmpxchg_wide;
 pub mod console;
 pub mod console_queue;
 pub mod cr_insn;
+pub mod descriptor_load;
 pub mod guest_ram;
 pub mod guest_walk;
 pub mod loader;
