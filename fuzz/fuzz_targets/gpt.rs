@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = table.find("linux-data");
     }
     // Two copies, each at most a header and MAX_ENTRIES * MAX_ENTRY_SIZE bytes.
-    let bound = 1 + 2 * (1 + (gptdisk::MAX_ENTRIES as u64 * gptdisk::MAX_ENTRY_SIZE as u64) / S as u64);
+    let bound =
+        1 + 2 * (1 + (gptdisk::MAX_ENTRIES as u64 * gptdisk::MAX_ENTRY_SIZE as u64) / S as u64);
     assert!(reads.get() <= bound, "{} reads", reads.get());
     let _ = gptdisk::find_partition(&mut disk, count, "linux-data");
 });

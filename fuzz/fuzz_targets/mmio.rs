@@ -57,6 +57,8 @@ use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
 use kernel::vmm::mmio_sse::{self, SimdFeatures, SimdReg};
 use kernel::vmm::mmio_x87;
 use vcpu::fpu::FxArea;
+use kernel::vmm::mmio_segment::SegmentLoad;
+use kernel::vmm::mmio_stack::{self, StackOp};
 use kernel::vmm::x86_arith::{self, DivideError, Wide};
 use libfuzzer_sys::fuzz_target;
 use vcpu::{ControlRegs, GuestRegisters};
@@ -546,6 +548,26 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(&instr);
     let used = info.used_memory();
+    if let Access::SegmentLoad(load) = insn.kind {
+        // A far pointer is the offset and the 16-bit selector after it.
+        let operand = match load {
+            SegmentLoad::FarPointer { .. } => usize::from(insn.size) + 2,
+            _ => usize::from(insn.size),
+        };
+        assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
+        assert_eq!(used[0].memory_size().size(), operand, "{insn:?}: {used:?}");
+        return;
+    }
+    if let Access::Stack(_) = insn.kind {
+        // The stack slot (and `m` of CALL m) at the operand size; PUSH Sreg of a
+        // wider operand size writes 16 bits.
+        assert!(
+            used.iter().all(|u| matches!(u.memory_size().size(), 2)
+                || u.memory_size().size() == usize::from(insn.size)),
+            "{insn:?}: {used:?}"
+        );
+        return;
+    }
     if matches!(
         insn.kind,
         Access::Push | Access::Pop | Access::String { .. }
@@ -571,11 +593,12 @@ fn check_decoded(bytes: &[u8], bitness: u32, insn: &MmioInstruction) {
         return;
     }
     assert_eq!(used.len(), 1, "{insn:?}: {used:?}");
-    assert_eq!(
-        used[0].memory_size().size(),
-        usize::from(insn.size),
-        "{insn:?}"
-    );
+    // CMPXCHG8B/16B: the operand is two halves, the device sees 8-byte accesses.
+    let operand = match insn.kind {
+        Access::CompareExchangeDouble { half } => 2 * usize::from(half),
+        _ => usize::from(insn.size),
+    };
+    assert_eq!(used[0].memory_size().size(), operand, "{insn:?}");
     let (reads, writes) = match used[0].access() {
         OpAccess::Read | OpAccess::CondRead => (true, false),
         OpAccess::Write | OpAccess::CondWrite => (false, true),
@@ -650,7 +673,13 @@ fn check_memory_forms(
                 rsp0.wrapping_add(size)
             };
             assert_eq!(low(rsp, stack), low(moved, stack), "{insn:?}");
-            assert_eq!(rsp & !mask(stack), rsp0 & !mask(stack), "{insn:?}");
+            // SP merges into RSP; ESP is written as a 32-bit register (zero-extended,
+            // as for the string instructions' ESI/EDI/ECX).
+            if stack == 2 {
+                assert_eq!(rsp & !0xffff, rsp0 & !0xffff, "{insn:?}");
+            } else if stack == 4 {
+                assert_eq!(rsp >> 32, 0, "{insn:?}");
+            }
         }
         Access::StoreSegment { seg } => {
             assert_eq!(step, Step::Done);
@@ -728,6 +757,291 @@ fn check_memory_forms(
     }
 }
 
+/// `CMPXCHG8B` (`half` 4) / `CMPXCHG16B` (`half` 8) at the 16-byte aligned `gpa`,
+/// from the SDM's definition: 8-byte device accesses (the 16-byte operand as two, at
+/// ascending addresses), the reads before the writes; ZF alone of the flags; equal:
+/// ECX:EBX / RCX:RBX written, no register changed; not equal: the old value written
+/// back and in EDX:EAX / RDX:RAX (32-bit halves zero-extended), nothing else changed.
+fn check_compare_exchange_double(
+    half: u8,
+    gpa: u64,
+    log: &[(u64, u8, Option<u64>)],
+    reads: [u64; 4],
+    (regs0, rflags0): (GuestRegisters, u64),
+    (regs, rflags): (GuestRegisters, u64),
+) {
+    let m = mask(half);
+    let (old, new) = if half == 4 {
+        let old = (reads[0] & m, reads[0] >> 32);
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0], (gpa, 8, None));
+        (old, log[1])
+    } else {
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[..2], [(gpa, 8, None), (gpa + 8, 8, None)]);
+        ((reads[0], reads[1]), log[2])
+    };
+    let equal = old == (regs0.rax & m, regs0.rdx & m);
+    let written = if equal {
+        (regs0.rbx & m, regs0.rcx & m)
+    } else {
+        old
+    };
+    if half == 4 {
+        assert_eq!(new, (gpa, 8, Some(written.0 | written.1 << 32)));
+    } else {
+        assert_eq!(new, (gpa, 8, Some(written.0)));
+        assert_eq!(log[3], (gpa + 8, 8, Some(written.1)));
+    }
+    let mut want = regs0;
+    if !equal {
+        want.rax = old.0;
+        want.rdx = old.1;
+    }
+    assert_eq!(regs, want);
+    assert_eq!(rflags & !flags::ZF, rflags0 & !flags::ZF);
+    assert_eq!(rflags & flags::ZF != 0, equal);
+}
+
+/// A segment-register load: only in real-address or virtual-8086 mode (else an error
+/// with nothing done), the selector from the last device read, base = selector << 4,
+/// limit and attributes as they were; a far pointer's offset into its register, a
+/// `POP`'s RSP moved by the operand size; nothing else changes.
+#[allow(clippy::too_many_arguments)]
+fn check_segment_load(
+    insn: &MmioInstruction,
+    load: SegmentLoad,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    reads: [u64; 4],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    let real_like = env.cr.cr0 & 1 == 0 || rflags0 & (1 << 17) != 0;
+    let Ok(step) = result else {
+        assert!(log.is_empty(), "{insn:?}: {log:?}");
+        assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        return;
+    };
+    assert!(log.iter().all(|a| a.2.is_none()), "{insn:?}: {log:?}");
+    let selector = reads[(log.len() - 1) % 4] as u16;
+    match step {
+        Step::LoadSegment(seg, s) => {
+            assert!(real_like, "{insn:?} loaded a segment in protected mode");
+            assert_eq!(seg, load.segment());
+            let cached = env.segments[seg as usize].unwrap();
+            assert_eq!(s.selector, selector, "{insn:?}");
+            assert_eq!(s.base, u64::from(selector) << 4, "{insn:?}");
+            assert_eq!(
+                (s.limit, s.attrib),
+                (cached.limit, cached.attrib),
+                "{insn:?}"
+            );
+        }
+        // Protected and long mode: the descriptor load is left to `emulate`.
+        Step::LoadSelector(seg, sel) => {
+            assert!(!real_like, "{insn:?}");
+            assert_eq!((seg, sel), (load.segment(), selector), "{insn:?}");
+        }
+        other => panic!("{insn:?}: {other:?}"),
+    }
+    assert_eq!(rflags, rflags0);
+    let mut want_rsp = rsp0;
+    match load {
+        SegmentLoad::Move(_) => assert_eq!(log.len(), 1),
+        SegmentLoad::Pop(_) => {
+            assert_eq!(log.len(), 1);
+            let stack = if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+                4
+            } else {
+                2
+            };
+            let moved = rsp0.wrapping_add(u64::from(insn.size));
+            assert_eq!(rsp & mask(stack), moved & mask(stack), "{insn:?}");
+            want_rsp = rsp;
+        }
+        SegmentLoad::FarPointer { reg, .. } => {
+            assert_eq!(log.len(), 2);
+            assert_eq!(log[1].0, log[0].0.wrapping_add(u64::from(insn.size)));
+            let mut all_regs = all(&regs0, rsp0);
+            let offset = reads[0] & mask(insn.size);
+            let i = slot(reg);
+            all_regs[i] = match insn.size {
+                2 => (all_regs[i] & !0xffff) | offset,
+                _ => offset,
+            };
+            assert_eq!(all(&regs, rsp), all_regs, "{insn:?}");
+            return;
+        }
+    }
+    assert_eq!((regs, rsp), (regs0, want_rsp), "{insn:?}");
+}
+
+/// A descriptor load of `seg` with the selector and tables from the input's registers
+/// (R11; GDTR from RSI/RDI, LDTR from RBP/R8/R9, CPL from R10) against the SDM's
+/// rules: a fault has the right vector and error code and writes nothing; a load
+/// writes at most the accessed bit, and what it loads passes the checks.
+fn check_descriptor_load(env: &mut Env<'_, RamCopy>, regs: &GuestRegisters, seg: vcpu::SegReg) {
+    use kernel::vmm::descriptor_load::{load, Context};
+    use vcpu::state::{attrib, Segment, TableRegister};
+    let selector = regs.r11 as u16;
+    let ctx = Context {
+        cr: env.cr,
+        gdtr: TableRegister {
+            base: regs.rsi,
+            limit: regs.rdi as u16,
+        },
+        ldtr: Segment {
+            selector: 0,
+            base: regs.rbp,
+            limit: regs.r8 as u32,
+            attrib: regs.r9 as u16,
+        },
+        cpl: (regs.r10 & 3) as u8,
+    };
+    let before = env.mem.0.clone();
+    let Ok(result) = load(env.mem, &ctx, seg, selector) else {
+        assert_eq!(env.mem.0, before);
+        return;
+    };
+    let changed = env
+        .mem
+        .0
+        .iter()
+        .zip(&before)
+        .filter(|(a, b)| a != b)
+        .count();
+    let (rpl, cpl) = (selector & 3, u16::from(ctx.cpl));
+    match result {
+        Err(e) => {
+            assert_eq!(changed, 0);
+            assert!(matches!(e.vector, 11..=13), "{e:?}");
+            let code = e.error_code.unwrap();
+            assert!(code == u32::from(selector & 0xfffc) || code == 0, "{e:?}");
+        }
+        Ok(s) => {
+            assert!(changed <= 1);
+            assert_eq!(s.selector, selector);
+            if selector & !3 == 0 {
+                assert!(!s.usable());
+                return;
+            }
+            assert!(s.usable() && s.attrib & attrib::P != 0 && s.attrib & attrib::S != 0);
+            let ty = s.attrib & attrib::TYPE_MASK;
+            let dpl = u16::from(s.dpl());
+            if seg == vcpu::SegReg::Ss {
+                assert!(
+                    ty & 8 == 0 && ty & 2 != 0 && dpl == cpl && rpl == cpl,
+                    "{s:?}"
+                );
+            } else {
+                assert!(ty & 8 == 0 || ty & 2 != 0, "{s:?}");
+                if ty & 8 == 0 || ty & 4 == 0 {
+                    assert!(dpl >= rpl.max(cpl), "{s:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A push, pop, call or return whose stack is the device: an error or a fault
+/// changes nothing (a fault may follow the one read); otherwise the first device
+/// access is the exit's, in the instruction's direction, RSP moves by the operand size
+/// within the stack's address size, only the registers the form names change, and
+/// RFLAGS only for POPF (never VM or a reserved bit).
+fn check_stack(
+    insn: &MmioInstruction,
+    op: StackOp,
+    result: Result<Step, mmio::MmioError>,
+    log: &[(u64, u8, Option<u64>)],
+    (regs0, rsp0, rflags0): State,
+    (regs, rsp, rflags): State,
+    env: &Env<'_, RamCopy>,
+) {
+    const GPA: u64 = 0xfee0_0030;
+    let step = match result {
+        Err(_) => {
+            assert!(log.is_empty(), "{insn:?}: {log:?}");
+            assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+            return;
+        }
+        Ok(step) => step,
+    };
+    if let Step::Fault(f) = step {
+        assert_eq!(f, mmio::Fault::GeneralProtection, "{insn:?}");
+        assert!(log.len() <= 1, "{insn:?}: {log:?}");
+        assert_eq!((regs, rsp, rflags), (regs0, rsp0, rflags0), "{insn:?}");
+        return;
+    }
+    let branches = matches!(
+        op,
+        StackOp::CallRel { .. }
+            | StackOp::CallReg { .. }
+            | StackOp::CallMem { .. }
+            | StackOp::CallMemStack { .. }
+            | StackOp::Ret { .. }
+    );
+    assert_eq!(
+        matches!(step, Step::Jump(_)),
+        branches,
+        "{insn:?}: {step:?}"
+    );
+    assert!(!log.is_empty() && log.len() <= 2, "{insn:?}: {log:?}");
+    assert_eq!(log[0].0, GPA, "{insn:?}");
+    assert_eq!(log[0].2.is_some(), insn.writes(), "{insn:?}");
+    for &(_, size, write) in log {
+        assert!(size == insn.size || size == 2, "{insn:?}: {log:?}");
+        if let Some(v) = write {
+            assert_eq!(v & !mask(size), 0, "{insn:?} wrote {v:#x}");
+        }
+    }
+    let stack = if guest_walk::code_bitness(&env.cr) == 64 {
+        8
+    } else if env.segments[2].unwrap().attrib & vcpu::state::attrib::DB != 0 {
+        4
+    } else {
+        2
+    };
+    let size = u64::from(insn.size);
+    let moved = match op {
+        StackOp::Push(_)
+        | StackOp::CallRel { .. }
+        | StackOp::CallReg { .. }
+        | StackOp::CallMem { .. }
+        | StackOp::CallMemStack { .. }
+        | StackOp::PushMem(_) => Some(rsp0.wrapping_sub(size)),
+        StackOp::PopReg(r) if r != Reg::Rsp => Some(rsp0.wrapping_add(size)),
+        StackOp::PopFlags | StackOp::PopMem(_) => Some(rsp0.wrapping_add(size)),
+        StackOp::Ret { release } => Some(rsp0.wrapping_add(size + u64::from(release))),
+        StackOp::PopReg(_) | StackOp::Leave | StackOp::Enter { .. } => None,
+    };
+    if let Some(moved) = moved {
+        assert_eq!(rsp & mask(stack), moved & mask(stack), "{insn:?}");
+        if stack == 2 {
+            assert_eq!(rsp & !0xffff, rsp0 & !0xffff, "{insn:?}");
+        }
+    }
+    let named = match op {
+        StackOp::PopReg(r) => Some(slot(r)),
+        StackOp::Leave | StackOp::Enter { .. } => Some(slot(Reg::Rbp)),
+        _ => None,
+    };
+    let (before, after) = (all(&regs0, rsp0), all(&regs, rsp));
+    for i in 0..16 {
+        if i != slot(Reg::Rsp) && Some(i) != named {
+            assert_eq!(before[i], after[i], "{insn:?} changed register {i}");
+        }
+    }
+    if op == StackOp::PopFlags {
+        // VM (bit 17) and the reserved bits never change.
+        let kept = (1 << 17) | !0x3f_7fd5;
+        assert_eq!(rflags & kept, rflags0 & kept, "{insn:?}");
+    } else {
+        assert_eq!(rflags, rflags0, "{insn:?}");
+    }
+}
+
 /// Carries out `insn` and checks what it did to the device, registers and flags.
 fn check_execute(
     insn: &MmioInstruction,
@@ -766,6 +1080,37 @@ fn check_execute(
             (regs, rsp, rflags),
             env,
         );
+        return;
+    }
+    if let Access::SegmentLoad(load) = insn.kind {
+        check_segment_load(
+            insn,
+            load,
+            result,
+            &log,
+            reads,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    if let Access::Stack(op) = insn.kind {
+        check_stack(
+            insn,
+            op,
+            result,
+            &log,
+            (regs0, rsp0, rflags0),
+            (regs, rsp, rflags),
+            env,
+        );
+        return;
+    }
+    if let Access::CompareExchangeDouble { half } = insn.kind {
+        assert_eq!(result, Ok(Step::Done), "{insn:?}");
+        check_compare_exchange_double(half, GPA, &log, reads, (regs0, rflags0), (regs, rflags));
+        assert_eq!(rsp, rsp0);
         return;
     }
     let result = match result {
@@ -1001,6 +1346,11 @@ fn check_execute(
         Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {
             unreachable!("checked by check_memory_forms")
         }
+        Access::CompareExchangeDouble { .. } => {
+            unreachable!("checked by check_compare_exchange_double")
+        }
+        Access::Stack(_) => unreachable!("checked by check_stack"),
+        Access::SegmentLoad(_) => unreachable!("checked by check_segment_load"),
     };
     for i in 0..16 {
         match dests.iter().find(|(reg, _)| slot(*reg) == i) {
@@ -1061,12 +1411,15 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!((1..=15).contains(&n), "{n} bytes fetched");
     let bitness = guest_walk::code_bitness(&cr);
-    let Ok(insn) = mmio::decode(&bytes[..n], bitness) else {
+    let Ok(insn) = mmio::decode_at(&bytes[..n], bitness, rip) else {
         let mut copy = RamCopy(ram.to_vec());
         check_simd(&bytes[..n], bitness, rip, head, regs, rsp, reads, cr, &mut copy);
         return;
     };
     check_decoded(&bytes[..n], bitness, &insn);
+    // The exit's direction (mode byte bit 6) picks which side of PUSH m / POP m /
+    // CALL m is the device.
+    let insn = mmio_stack::orient(insn, head[0] & 0x40 != 0, &bytes[..n], bitness, rip);
     // Segment registers from the input: selectors from RBX, bases from RDX, SS.B from
     // the mode byte's bit 1 (any of them may be nonsense, as a guest's may).
     let segments = core::array::from_fn(|i| {
@@ -1088,6 +1441,9 @@ fuzz_target!(|data: &[u8]| {
         segments,
     };
     check_execute(&insn, regs, rsp, rflags, reads, &mut env);
+    if let Access::SegmentLoad(load) = insn.kind {
+        check_descriptor_load(&mut env, &regs, load.segment());
+    }
 });
 
 /// The MMX/SSE moves (see the header). The input's mode byte bits 6-7 and RFLAGS'

@@ -816,6 +816,34 @@ impl Vcpu for SvmVcpu {
         Some(crate::state::segment_from(&raw))
     }
 
+    fn set_segment(&mut self, seg: vcpu::SegReg, value: vcpu::state::Segment) -> bool {
+        let raw = crate::state::segment_to(&value);
+        let v = self.vmcb_mut();
+        match seg {
+            vcpu::SegReg::Es => v.save.es = raw,
+            vcpu::SegReg::Cs => v.save.cs = raw,
+            vcpu::SegReg::Ss => v.save.ss = raw,
+            vcpu::SegReg::Ds => v.save.ds = raw,
+            // VMSAVE state: `svm_enter` executes VMLOAD of this VMCB right before
+            // VMRUN, so the guest resumes with these (APM Vol. 2 15.5.2).
+            vcpu::SegReg::Fs => v.save.fs = raw,
+            vcpu::SegReg::Gs => v.save.gs = raw,
+        }
+        // The segment registers are in the VMCB's SEG clean-bits group; clear all,
+        // as `set_real_mode_cs` does.
+        v.control.vmcb_clean = 0;
+        true
+    }
+
+    fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+        let s = &self.vmcb().save;
+        let gdtr = vcpu::state::TableRegister {
+            base: s.gdtr.base,
+            limit: s.gdtr.limit as u16,
+        };
+        Some((gdtr, crate::state::segment_from(&s.ldtr)))
+    }
+
     /// A virtual interrupt (V_IRQ) that the guest would take as soon as it can, with
     /// the VINTR intercept set, exits exactly when the guest opens its interrupt
     /// window (APM 15.21.4); V_IGN_TPR keeps the guest's TPR out of the decision.

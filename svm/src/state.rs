@@ -106,7 +106,7 @@ pub(crate) fn segment_from(s: &Segment) -> NeutralSegment {
     }
 }
 
-fn segment_to(s: &NeutralSegment) -> Segment {
+pub(crate) fn segment_to(s: &NeutralSegment) -> Segment {
     Segment {
         selector: s.selector,
         attrib: attrib_to_vmcb(s.attrib),

@@ -10,8 +10,9 @@
 //!   and guest-physical space without RAM or a device reads all ones and drops
 //!   writes (the default `on_unmapped = "ignore"`; `oob64` in the tiny set checks
 //!   `"stop"`), also through `INC`, `BTS`, `XADD` and `REP MOVSB`/`STOSD`/`STOSB`,
-//!   through the MMX/SSE moves `MOVDQU`, `MOVQ mm`, `MOVNTI` (a misaligned
-//!   `MOVDQA` gets #GP(0)) and the x87 `FLD`/`FISTP`/`FSTP`;
+//!   string instructions through FS, the MMX/SSE moves `MOVDQU`, `MOVQ mm`,
+//!   `MOVNTI` (a misaligned `MOVDQA` gets #GP(0)), the x87 `FLD`/`FISTP`/`FSTP`,
+//!   `CMPXCHG16B`, a stack there (`PUSH`, `POP`, `CALL`) and `REP INSB` from a port;
 //! - `timer64`: a periodic local APIC timer with count 1 at divide 1 does not
 //!   livelock its guest (its main loop finishes its rounds) and delivers at most one
 //!   tick per clamped period (200 us);
@@ -67,6 +68,16 @@ fn expect_hostile(out: &RunOutput) {
             "insn64 | insn64: x87 from unbacked: fld m64 then fistp 0x8000000000000000, \
              fld/fstp m80 tags 0x0",
         )
+        // The last forms: CMPXCHG16B (fails on all ones), a stack in unbacked space
+        // (PUSH dropped, POP all ones, CALL's push dropped with RSP moved), and REP
+        // INSB from a port into unbacked space (string I/O with a device side).
+        .expect_line(
+            "insn64 | insn64: cmpxchg16b on unbacked: zf=0, rdx:rax=0xffffffffffffffff:0xffffffffffffffff",
+        )
+        .expect_line(
+            "insn64 | insn64: stack in unbacked: pop -> 0xffffffffffffffff, call moved rsp by -8",
+        )
+        .expect_line("insn64 | insn64: rep insb 200 from port 0x1234 into unbacked: rcx 0")
         .expect_line("insn64 | guest: unexpected exception vector=6 ")
         .expect_no("(ERROR)")
         .expect_line("hv: vm insn64 exits: total ")
@@ -89,13 +100,14 @@ fn expect_hostile(out: &RunOutput) {
         .expect_no("acloop32: the #AC handler ran")
         .expect_no("acloop32: unexpected exception");
     // 11 exits for the forms up to REP STOSB, 2 for the FS-relative LODSQ and REP
-    // MOVSB, 4 for the MMX/SSE moves, 3 for the x87 ones, and one more where the processor lets the misaligned MOVDQA reach
+    // MOVSB, 4 for the MMX/SSE moves, 3 for the x87 ones, 4 for CMPXCHG16B, the
+    // stack and REP INSB, and one more where the processor lets the misaligned MOVDQA reach
     // memory before its alignment check (the hypervisor then raises the #GP(0));
     // either is right.
     let unbacked = out.line_with("hv: vm insn64 unbacked guest-physical accesses: ");
     assert!(
-        unbacked.contains("accesses: 20 (the first at 0x30000000)")
-            || unbacked.contains("accesses: 21 (the first at 0x30000000)"),
+        unbacked.contains("accesses: 24 (the first at 0x30000000)")
+            || unbacked.contains("accesses: 25 (the first at 0x30000000)"),
         "{unbacked}"
     );
     let insn = out.line_with("hv: vm insn64 exits:");

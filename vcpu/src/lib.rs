@@ -396,8 +396,7 @@ pub trait Vcpu {
     /// The guest's segment register `seg` as loaded (selector, attributes, limit,
     /// base), for instructions the core emulates that address memory through it
     /// (string and stack operands, `MOV r/m16, Sreg`). `None` where the backend cannot
-    /// tell; FS and GS may be `None` where their live base is not in the control
-    /// block (AMD-V keeps them for VMLOAD/VMSAVE).
+    /// tell (some host tests' vCPUs; both backends report all six).
     fn segment(&self, _seg: SegReg) -> Option<state::Segment> {
         None
     }
@@ -408,6 +407,17 @@ pub trait Vcpu {
     /// changes here is what the guest sees next. `None` where a backend does not keep
     /// one (the core then cannot emulate such instructions).
     fn fx_area(&mut self) -> Option<&mut fpu::FxArea> {
+        None
+    }
+    /// Loads the guest's segment register `seg` (selector, base, limit, attributes)
+    /// as an emulated segment load computed it. `false` (nothing changed) where the
+    /// backend cannot (the default; both backends load all six).
+    fn set_segment(&mut self, _seg: SegReg, _value: state::Segment) -> bool {
+        false
+    }
+    /// GDTR and LDTR, for a segment-register load the core emulates (a descriptor
+    /// read from the guest's tables). `None` where the backend cannot tell.
+    fn descriptor_tables(&self) -> Option<(state::TableRegister, state::Segment)> {
         None
     }
     /// Releases whatever of this vCPU the calling processor holds, so that another

@@ -1295,6 +1295,24 @@ impl Vcpu for VmxVcpu {
         Some(crate::state::segment(&self.make_current(), s))
     }
 
+    fn set_segment(&mut self, seg: vcpu::SegReg, value: vcpu::state::Segment) -> bool {
+        use crate::guest_state::Seg;
+        let s = match seg {
+            vcpu::SegReg::Es => Seg::Es,
+            vcpu::SegReg::Cs => Seg::Cs,
+            vcpu::SegReg::Ss => Seg::Ss,
+            vcpu::SegReg::Ds => Seg::Ds,
+            vcpu::SegReg::Fs => Seg::Fs,
+            vcpu::SegReg::Gs => Seg::Gs,
+        };
+        crate::state::set_segment(&mut self.make_current(), s, &value);
+        true
+    }
+
+    fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+        Some(crate::state::descriptor_tables(&self.make_current()))
+    }
+
     /// VMCLEAR on the processor where the VMCS is active: its cached state goes to
     /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
     /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).

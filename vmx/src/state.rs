@@ -105,6 +105,24 @@ pub fn segment(vmcs: &impl VmcsAccess, seg: Seg) -> Segment {
     })
 }
 
+/// GDTR and LDTR from the VMCS.
+pub fn descriptor_tables(vmcs: &impl VmcsAccess) -> (vcpu::state::TableRegister, Segment) {
+    let gdtr = vcpu::state::TableRegister {
+        base: vmcs.read(crate::vmcs::guest_nat::GDTR_BASE),
+        limit: vmcs.read(crate::vmcs::guest32::GDTR_LIMIT) as u16,
+    };
+    (gdtr, segment(vmcs, Seg::Ldtr))
+}
+
+/// Writes segment register `seg` into the VMCS (the inverse of [`segment`]).
+pub fn set_segment(vmcs: &mut impl VmcsAccess, seg: Seg, value: &Segment) {
+    let s = segment_to(value);
+    vmcs.write(seg.selector_field(), u64::from(s.selector));
+    vmcs.write(seg.base_field(), s.base);
+    vmcs.write(seg.limit_field(), u64::from(s.limit));
+    vmcs.write(seg.ar_field(), u64::from(s.access_rights));
+}
+
 fn segment_from(s: &SegmentState) -> Segment {
     Segment {
         selector: s.selector,

@@ -28,6 +28,13 @@
 //! masked); `FLD m80fp` of all ones (10 bytes) and `FSTP m80fp` back into unbacked
 //! space leave the x87 stack empty again.
 //!
+//! Then the last forms of issue 8 there: `LOCK CMPXCHG16B` (the all-ones operand
+//! differs from RDX:RAX: ZF clear, RDX:RAX loaded with all ones), a stack in
+//! unbacked space (`PUSH imm` dropped, `POP` all ones, `CALL` whose pushed return
+//! address is dropped while RSP still moves by 8; not `RET`, which would jump to all
+//! ones), and `REP INSB` of 200 bytes from the unclaimed port 0x1234 into unbacked
+//! space (dropped, two exits' batches, RCX 0).
+//!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
@@ -41,6 +48,9 @@
 //! insn64: sse from unbacked: movdqu 0xffffffffffffffff 0xffffffffffffffff, movq mm0 0xffffffffffffffff; movdqu and movnti into it done
 //! insn64: movdqa misaligned unbacked -> #GP(0x0)
 //! insn64: x87 from unbacked: fld m64 then fistp 0x8000000000000000, fld/fstp m80 tags 0x0
+//! insn64: cmpxchg16b on unbacked: zf=0, rdx:rax=0xffffffffffffffff:0xffffffffffffffff
+//! insn64: stack in unbacked: pop -> 0xffffffffffffffff, call moved rsp by -8
+//! insn64: rep insb 200 from port 0x1234 into unbacked: rcx 0
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -91,6 +101,7 @@ mod guest {
         fs_relative(UNBACKED);
         simd_forms(handlers, UNBACKED);
         x87_forms(UNBACKED);
+        last_unbacked_forms(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
@@ -280,5 +291,72 @@ mod guest {
                 "something else (ERROR)"
             }
         );
+    }
+
+    /// CMPXCHG16B, a stack, and REP INSB on unbacked space at `at` (see the header).
+    fn last_unbacked_forms(at: usize) {
+        let (mut rax, mut rdx) = (1u64, 2u64);
+        let zf: u8;
+        // SAFETY: `at + 0x200` is 16-byte aligned unbacked space; RBX is reserved by
+        // LLVM, so it is exchanged with a scratch register around the instruction.
+        unsafe {
+            asm!(
+                "xchg {b}, rbx",
+                "lock cmpxchg16b xmmword ptr [{p}]",
+                "setz {zf}",
+                "xchg {b}, rbx",
+                p = in(reg) at + 0x200,
+                b = inout(reg) 3u64 => _,
+                zf = out(reg_byte) zf,
+                inout("rax") rax,
+                inout("rdx") rdx,
+                in("rcx") 4u64,
+            )
+        };
+        println!("insn64: cmpxchg16b on unbacked: zf={zf}, rdx:rax={rdx:#x}:{rax:#x}");
+        let (popped, moved): (u64, u64);
+        // SAFETY: RSP points into unbacked space only between the two MOVs, with
+        // interrupts off (RFLAGS is saved and restored around it), so nothing but
+        // these three instructions uses that stack; the CALL lands on the next
+        // instruction. The target has no red zone to lose.
+        unsafe {
+            asm!(
+                "pushfq",
+                "pop {flags}",
+                "cli",
+                "mov {saved}, rsp",
+                "mov rsp, {top}",
+                "push 0x7f",
+                "pop {popped}",
+                "call 2f",
+                "2:",
+                "mov {moved}, rsp",
+                "mov rsp, {saved}",
+                "sub {moved}, {top}",
+                "push {flags}",
+                "popfq",
+                top = in(reg) at + 0x1000,
+                flags = out(reg) _,
+                saved = out(reg) _,
+                popped = out(reg) popped,
+                moved = out(reg) moved,
+            )
+        };
+        println!(
+            "insn64: stack in unbacked: pop -> {popped:#x}, call moved rsp by {}",
+            moved as i64
+        );
+        let left: usize;
+        // SAFETY: port 0x1234 belongs to no device (reads all ones); the stores go to
+        // unbacked space, where the hypervisor drops them. DF is clear.
+        unsafe {
+            asm!(
+                "rep insb",
+                inout("rdi") at + 0x2000 => _,
+                inout("rcx") 200usize => left,
+                in("dx") 0x1234u16,
+            )
+        };
+        println!("insn64: rep insb 200 from port 0x1234 into unbacked: rcx {left}");
     }
 }

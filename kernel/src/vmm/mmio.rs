@@ -47,6 +47,10 @@
 //! - `XADD` (0F C0/C1) and `CMPXCHG` (0F B0/B1): a read, then a write (for a failed
 //!   `CMPXCHG` the old value again: the SDM's unconditional write cycle), flags as
 //!   `ADD` / `CMP`;
+//! - `CMPXCHG8B`/`CMPXCHG16B` (0F C7 /1, with or without `LOCK`;
+//!   [`super::cmpxchg_wide`]): 8-byte device accesses, two at ascending addresses for
+//!   the 16-byte operand, ZF; #GP(0) for a misaligned `CMPXCHG16B`, #UD when the
+//!   guest's CPUID hides CX16 ([`GuestFeatures`]);
 //! - `SETcc r/m8` (0F 90-9F): one write of 0 or 1; `CMOVcc r, r/m` (0F 40-4F): one
 //!   read whether or not the condition holds (as on the processor), a 32-bit
 //!   destination zero-extended even when it does not;
@@ -74,21 +78,26 @@
 //! With a second memory operand ([`super::mmio_memory`], which locates it through the
 //! segment registers and the guest's page tables, and reaches RAM only through the
 //! checked accessors):
-//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack;
+//! - `PUSH r/m` (FF /6) and `POP r/m` (8F /0) with memory: the device and the stack,
+//!   whichever of the two is the device;
+//! - a stack in device space ([`super::mmio_stack`]): `PUSH r/imm/Sreg`, `POP r`,
+//!   `PUSHF`/`POPF` (with the SDM's per-mode rules), near `CALL` (rel, r/m) and `RET`
+//!   (with and without imm16), `LEAVE`, `ENTER` at nesting level 0; the exit must be
+//!   the stack slot the emulator computes;
 //! - `MOV r/m16, Sreg` (8C) to memory: a 16-bit write of the selector;
 //! - `MOVS`, `STOS`, `LODS`, `CMPS`, `SCAS` at every element and address size, with
 //!   `REP`/`REPE`/`REPNE`: one device access per element, RSI/RDI/RCX and DF as the
 //!   processor uses them, at most [`MAX_BATCH`] elements per exit (then RIP stays on
 //!   the instruction and the guest runs it again, as a real `REP` is interruptible).
 //!
-//! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
-//! with it): `MOV Sreg, r/m16` and `POP Sreg` from MMIO (loading a segment register
-//! means a descriptor-table walk with its checks and faults, out of this module's
-//! reach; no guest loads a selector from a device), `CMPXCHG8B`/`CMPXCHG16B`, `INS`/
-//! `OUTS` whose memory side is MMIO (a port on one side and a device on the other;
-//! string port I/O to and from RAM is [`super::string_io`]'s), the x87 and SSE
-//! computations with a memory operand, and a `PUSH`/`POP` whose *stack* is the MMIO
-//! side (its other operand's address is not in the exit).
+//! `INS`/`OUTS`, whose exit is the port's, are [`super::string_io`]'s, with a memory
+//! side in RAM or not.
+//!
+//! - segment-register loads from the device ([`super::mmio_segment`]): `MOV Sreg,
+//!   m16`, `POP Sreg` from a stack in device space, `LDS`/`LES`/`LFS`/`LGS`/`LSS`: in
+//!   real-address and virtual-8086 mode base = selector << 4 with the cached limit
+//!   and attributes kept, in protected and long mode a descriptor load with the SDM's
+//!   checks and faults ([`super::descriptor_load`]); [`vcpu::Vcpu::set_segment`].
 //!
 //! The MMX and SSE data moves (`MOVD`/`MOVQ`, `MOVDQA`/`MOVDQU`, `MOVAPS`/`MOVUPS`/
 //! `MOVAPD`/`MOVUPD`, `MOVSS`/`MOVSD`, `MOVLPS`/`MOVHPS`/`MOVLPD`/`MOVHPD`, the
@@ -98,6 +107,11 @@
 //! module's first and takes over what [`decode`] refuses as unsupported. AVX cannot
 //! reach MMIO: XSAVE is hidden and CR4.OSXSAVE refused, so every VEX/EVEX form
 //! raises #UD in the guest itself.
+//!
+//! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
+//! with it): far `CALL`/`RET`, `IRET`, `PUSHA`/`POPA`, `ENTER` with a nesting level,
+//! and the x87 and SSE computations with a memory operand (and the rarer moves
+//! [`super::mmio_sse`] names).
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.
@@ -109,6 +123,8 @@
 
 use super::guest_walk::{self, GuestMemoryMut, WalkError};
 use super::mmio_memory::{Env, Place, MAX_BATCH};
+use super::mmio_segment::SegmentLoad;
+use super::mmio_stack::StackOp;
 use super::x86_arith::{self, DivideError, Wide};
 pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
@@ -311,6 +327,13 @@ pub enum Access {
     /// mem`); equal: write `reg`; not equal: write the old value back (the SDM's
     /// unconditional write cycle) and load it into the accumulator.
     CompareExchange { reg: Reg },
+    /// `CMPXCHG8B` (`half` = 4) / `CMPXCHG16B` (`half` = 8) on the `2 * half`-byte
+    /// operand ([`super::cmpxchg_wide`]): read it, compare with EDX:EAX / RDX:RAX,
+    /// ZF; equal: write ECX:EBX / RCX:RBX; not equal: write the old value back and
+    /// load it into EDX:EAX / RDX:RAX. The device sees 8-byte accesses
+    /// ([`MmioInstruction::size`] is 8): one for `CMPXCHG8B`, two at ascending
+    /// addresses for `CMPXCHG16B`.
+    CompareExchangeDouble { half: u8 },
     /// `SETcc mem8`: write 1 or 0 as condition `cc` holds. No read, no flags.
     SetCondition { cc: u8 },
     /// `CMOVcc reg, mem`: read (always, as the processor does); load into `reg` if
@@ -331,6 +354,11 @@ pub enum Access {
     /// `MOV mem16, Sreg`: write the selector (16 bits whatever the operand size, SDM
     /// Vol. 2B `MOV`).
     StoreSegment { seg: SegReg },
+    /// A push, pop, call or return whose stack slot is the device
+    /// ([`super::mmio_stack`]); `size` is the operand size.
+    Stack(StackOp),
+    /// A segment-register load from the device ([`super::mmio_segment`]).
+    SegmentLoad(SegmentLoad),
     /// A string instruction: `size`-byte elements, RSI/RDI/RCX at `addr_size` bytes,
     /// the source (RSI) in segment `seg` ([`super::mmio_memory`]).
     String {
@@ -375,6 +403,15 @@ pub enum Step {
     Repeat,
     /// It raises an exception instead: RIP stays, nothing else changed.
     Fault(Fault),
+    /// Complete, and a near branch (`CALL`, `RET`): RIP becomes this.
+    Jump(u64),
+    /// Complete, and this segment register is loaded with this value
+    /// ([`super::mmio_segment`], real-address and virtual-8086 mode).
+    LoadSegment(SegReg, vcpu::state::Segment),
+    /// Complete once this segment register is loaded from this selector's
+    /// descriptor (protected and long mode, [`super::descriptor_load`]), which may
+    /// fault instead.
+    LoadSelector(SegReg, u16),
 }
 
 /// A decoded MMIO instruction.
@@ -391,6 +428,8 @@ impl MmioInstruction {
     /// Whether the device is read.
     pub fn reads(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.reads(),
+            Access::SegmentLoad(_) => true,
             Access::String { op, .. } => op != StringOp::Stos,
             Access::Write { .. }
             | Access::SetCondition { .. }
@@ -403,12 +442,15 @@ impl MmioInstruction {
     /// Whether the device is written.
     pub fn writes(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.writes(),
+            Access::SegmentLoad(_) => false,
             Access::Write { .. }
             | Access::Exchange { .. }
             | Access::Unary { .. }
             | Access::Shift { .. }
             | Access::ExchangeAdd { .. }
             | Access::CompareExchange { .. }
+            | Access::CompareExchangeDouble { .. }
             | Access::SetCondition { .. }
             | Access::Pop
             | Access::StoreSegment { .. } => true,
@@ -427,6 +469,8 @@ impl MmioInstruction {
     /// Whether RFLAGS may change.
     pub fn sets_flags(&self) -> bool {
         match self.kind {
+            Access::Stack(op) => op.sets_flags(),
+            Access::SegmentLoad(_) => false,
             Access::Unary { op } => op != UnaryOp::Not,
             Access::AluToMemory { .. }
             | Access::AluToRegister { .. }
@@ -434,6 +478,7 @@ impl MmioInstruction {
             | Access::BitTest { .. }
             | Access::ExchangeAdd { .. }
             | Access::CompareExchange { .. }
+            | Access::CompareExchangeDouble { .. }
             | Access::MulDiv { .. }
             | Access::ImulToRegister { .. } => true,
             Access::String { op, .. } => matches!(op, StringOp::Cmps | StringOp::Scas),
@@ -481,6 +526,12 @@ pub enum MmioError {
     /// The instruction's other memory operand (the stack, a string instruction's
     /// other side) at linear `linear` does not translate.
     Operand { linear: u64, err: WalkError },
+    /// The stack slot the instruction uses (at guest-physical `slot`) is not the
+    /// exit's address `exit` ([`super::mmio_stack`]).
+    StackMismatch { exit: u64, slot: u64 },
+    /// A segment descriptor at guest-physical `gpa` is not in RAM
+    /// ([`super::descriptor_load`]).
+    DescriptorNotRam { gpa: u64 },
 }
 
 /// Formats a `Debug` name (iced's `Mnemonic::Add` -> "add") in lower case.
@@ -531,6 +582,14 @@ impl core::fmt::Display for MmioError {
             MmioError::Operand { err, .. } => {
                 write!(f, "the instruction's other memory operand: {err}")
             }
+            MmioError::DescriptorNotRam { gpa } => write!(
+                f,
+                "the segment descriptor at guest-physical {gpa:#x} is not in RAM"
+            ),
+            MmioError::StackMismatch { exit, slot } => write!(
+                f,
+                "the exit is at guest-physical {exit:#x} but the stack slot is at {slot:#x}"
+            ),
         }
     }
 }
@@ -538,7 +597,7 @@ impl core::fmt::Display for MmioError {
 /// Maps an iced general-purpose register to ours with its width. iced numbers each
 /// size class in ModRM order (AL CL DL BL AH CH DH BH SPL BPL SIL DIL R8L..R15L, then
 /// AX.., EAX.., RAX..); the tests pin that down.
-fn gpr(r: Register) -> Option<(Reg, u8)> {
+pub(crate) fn gpr(r: Register) -> Option<(Reg, u8)> {
     let n = r as u32;
     let class = |first: Register, count: u32| {
         let first = first as u32;
@@ -594,6 +653,8 @@ enum Form {
     Xadd,
     /// `CMPXCHG mem, reg`.
     Cmpxchg,
+    /// `CMPXCHG8B` / `CMPXCHG16B` with the half width (4 or 8).
+    CmpxchgDouble(u8),
     /// `SETcc mem8` with the condition code.
     Setcc(u8),
     /// `CMOVcc reg, mem` with the condition code.
@@ -723,6 +784,8 @@ fn more_form(code: Code) -> Option<Form> {
         C::Cmpxchg_rm8_r8 | C::Cmpxchg_rm16_r16 | C::Cmpxchg_rm32_r32 | C::Cmpxchg_rm64_r64 => {
             Form::Cmpxchg
         }
+        C::Cmpxchg8b_m64 => Form::CmpxchgDouble(4),
+        C::Cmpxchg16b_m128 => Form::CmpxchgDouble(8),
         C::Push_rm16 => Form::Push(2),
         C::Push_rm32 => Form::Push(4),
         C::Push_rm64 => Form::Push(8),
@@ -755,7 +818,7 @@ fn more_form(code: Code) -> Option<Form> {
 }
 
 /// The segment register iced names, if it is one.
-fn seg_reg(r: Register) -> Option<SegReg> {
+pub(crate) fn seg_reg(r: Register) -> Option<SegReg> {
     Some(match r {
         Register::ES => SegReg::Es,
         Register::CS => SegReg::Cs,
@@ -917,10 +980,16 @@ pub(crate) fn mask(size: u8) -> u64 {
 /// Decodes the MMIO instruction at the start of `bytes` as `bitness`-bit code (16, 32
 /// or 64; see [`guest_walk::code_bitness`]).
 pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> {
+    decode_at(bytes, bitness, 0)
+}
+
+/// [`decode`] of the instruction at `rip`, which near-branch targets and `CALL`'s
+/// return address are taken from ([`super::mmio_stack`]).
+pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction, MmioError> {
     if !matches!(bitness, 16 | 32 | 64) {
         return Err(MmioError::BadBitness(bitness));
     }
-    let mut decoder = Decoder::new(bitness, bytes, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let insn = decoder.decode();
     if insn.is_invalid() {
         return Err(match decoder.last_error() {
@@ -939,11 +1008,18 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
     let no_memory = MmioError::NoMemoryOperand {
         mnemonic: insn.mnemonic(),
     };
+    if let Some(stack) = super::mmio_stack::decode(&insn) {
+        return stack;
+    }
+    if let Some(load) = super::mmio_segment::decode(&insn) {
+        return load;
+    }
     let form = form(insn.code()).ok_or(unsupported)?;
     let (mem_op, reg_op) = match form {
         Form::StoreReg | Form::StoreImm(_) | Form::AluMemReg(_) | Form::AluMemImm(..) => (0, 1),
         Form::Xchg | Form::Xadd | Form::Cmpxchg | Form::BitReg(_) | Form::BitImm(..) => (0, 1),
         Form::Unary(..) | Form::Shift(..) | Form::Setcc(_) | Form::MulDiv(..) => (0, 1),
+        Form::CmpxchgDouble(_) => (0, 0),
         Form::Load(..) | Form::AluRegMem(_) | Form::Cmov(_) | Form::Imul => (1, 0),
         Form::Push(_) | Form::Pop(_) | Form::StoreSreg => (0, 1),
         Form::Str(..) => (0, 0),
@@ -1068,6 +1144,11 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
                 offset: Operand::Imm(u64::from(insn.immediate8())),
             },
         }),
+        Form::CmpxchgDouble(half) => Ok(MmioInstruction {
+            len,
+            size: 8,
+            kind: Access::CompareExchangeDouble { half },
+        }),
         Form::Setcc(cc) => Ok(MmioInstruction {
             len,
             size: 1,
@@ -1156,7 +1237,7 @@ fn uses_rsp(insn: &MmioInstruction) -> bool {
 }
 
 /// The low `size` bytes of `reg` (bits 15:8 of its register for AH..BH).
-fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
+pub(crate) fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
     let mut regs = *regs;
     let mut rsp = rsp;
     let full = *slot(&mut regs, &mut rsp, reg);
@@ -1165,7 +1246,7 @@ fn reg_value(regs: &GuestRegisters, rsp: u64, reg: Reg, size: u8) -> u64 {
 }
 
 /// Writes `value` into the `size`-byte register `reg` as an x86 instruction does.
-fn set_reg(regs: &mut GuestRegisters, rsp: &mut u64, reg: Reg, size: u8, value: u64) {
+pub(crate) fn set_reg(regs: &mut GuestRegisters, rsp: &mut u64, reg: Reg, size: u8, value: u64) {
     let value = value & mask(size);
     let r = slot(regs, rsp, reg);
     *r = match size {
@@ -1305,6 +1386,12 @@ pub fn execute<M: GuestMemoryMut>(
             seg,
             rep,
         } => execute_string(regs, rflags, size, op, addr_size, seg, rep, device, env),
+        Access::Stack(op) => {
+            super::mmio_stack::execute(op, size, regs, rsp, rflags, gpa, device, env)
+        }
+        Access::SegmentLoad(load) => {
+            super::mmio_segment::execute(load, size, regs, rsp, *rflags, gpa, device, env)
+        }
         _ => Ok(match execute_one(regs, rsp, rflags, insn, gpa, device) {
             Ok(()) => Step::Done,
             Err(fault) => Step::Fault(fault),
@@ -1528,6 +1615,9 @@ fn execute_one(
             }
             set_flags(rflags, f);
         }
+        Access::CompareExchangeDouble { half } => {
+            super::cmpxchg_wide::execute(regs, rflags, half, gpa, device)?;
+        }
         Access::SetCondition { cc } => {
             device(gpa, 1, Some(u64::from(x86_arith::condition(cc, *rflags))));
         }
@@ -1576,7 +1666,12 @@ fn execute_one(
             *rflags = f;
         }
         // With a second memory operand: carried out by `execute` itself.
-        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. } => {}
+        Access::Push
+        | Access::Pop
+        | Access::StoreSegment { .. }
+        | Access::String { .. }
+        | Access::Stack(_)
+        | Access::SegmentLoad(_) => {}
     }
     Ok(())
 }
@@ -1594,6 +1689,17 @@ fn operand(regs: &GuestRegisters, rsp: u64, op: Operand) -> u64 {
 pub enum Fault {
     /// #DE: `DIV`/`IDIV` by zero or with a quotient that does not fit.
     DivideError,
+    /// #GP(0): `CMPXCHG16B` on an operand that is not 16-byte aligned.
+    GeneralProtection,
+}
+
+/// What the guest's CPUID says it has, where an emulated instruction depends on it
+/// (the processor would not check: the guest's view is the VM's policy,
+/// [`super::policy::cpuid`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFeatures {
+    /// CPUID.01H:ECX.CX16\[bit 13\]: `CMPXCHG16B` (SDM Vol. 2A: #UD without it).
+    pub cx16: bool,
 }
 
 /// Emulates the instruction at the vCPU's RIP, which accessed MMIO at guest-physical
@@ -1607,6 +1713,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     mem: &mut M,
     gpa: u64,
     write: bool,
+    features: GuestFeatures,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
 ) -> Result<(), MmioError> {
     let cr = vcpu.control_regs();
@@ -1614,9 +1721,16 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let rip = vcpu.rip();
     let mut bytes = [0u8; 15];
     let n = guest_walk::fetch_instruction(&*mem, &cr, rip, &mut bytes).map_err(MmioError::Fetch)?;
-    let insn = decode(&bytes[..n], bitness)?;
+    let insn = decode_at(&bytes[..n], bitness, rip)?;
+    let insn = super::mmio_stack::orient(insn, write, &bytes[..n], bitness, rip);
     if !(if write { insn.writes() } else { insn.reads() }) {
         return Err(MmioError::DirectionMismatch { exit_write: write });
+    }
+    if insn.kind == (Access::CompareExchangeDouble { half: 8 }) && !features.cx16 {
+        // The guest was told there is no CMPXCHG16B (SDM Vol. 2A: #UD if
+        // CPUID.01H:ECX.CX16 = 0); the device is not touched.
+        vcpu.inject_exception(Exception::UD);
+        return Ok(());
     }
     let rsp0 = vcpu.rsp();
     let rflags0 = vcpu.rflags();
@@ -1626,7 +1740,12 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     // each on VT-x).
     let needs_segments = matches!(
         insn.kind,
-        Access::Push | Access::Pop | Access::StoreSegment { .. } | Access::String { .. }
+        Access::Push
+            | Access::Pop
+            | Access::StoreSegment { .. }
+            | Access::String { .. }
+            | Access::Stack(_)
+            | Access::SegmentLoad(_)
     );
     let segments = if needs_segments {
         super::mmio_memory::segments(vcpu)
@@ -1643,11 +1762,39 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         device,
         &mut env,
     )?;
+    let load = match step {
+        Step::LoadSegment(seg, value) => Some((seg, value)),
+        Step::LoadSelector(seg, selector) => {
+            let (gdtr, ldtr) = vcpu.descriptor_tables().ok_or(MmioError::NoSegment(seg))?;
+            let ctx = super::descriptor_load::Context {
+                cr,
+                gdtr,
+                ldtr,
+                cpl: vcpu.cpl(),
+            };
+            match super::descriptor_load::load(env.mem, &ctx, seg, selector)? {
+                Ok(value) => Some((seg, value)),
+                Err(exception) => {
+                    // A fault of the load: nothing else changes, RIP stays.
+                    vcpu.inject_exception(exception);
+                    return Ok(());
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some((seg, value)) = load {
+        // First, so that a backend that cannot load it leaves everything unchanged.
+        if !vcpu.set_segment(seg, value) {
+            return Err(MmioError::NoSegment(seg));
+        }
+    }
     if let Step::Fault(fault) = step {
         // A fault: nothing changes and RIP stays on the instruction (SDM Vol. 3A
         // 6.5: the saved RIP of a fault points at the faulting instruction).
         vcpu.inject_exception(match fault {
             Fault::DivideError => Exception::DE,
+            Fault::GeneralProtection => Exception::GP0,
         });
         return Ok(());
     }
@@ -1661,6 +1808,10 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     if step == Step::Repeat {
         // Elements left: the guest runs the instruction again (and may take an
         // interrupt first), as between the iterations of a real REP.
+        return Ok(());
+    }
+    if let Step::Jump(target) = step {
+        vcpu.set_rip(target);
         return Ok(());
     }
     step_over(vcpu, rip, insn.len, bitness);
@@ -1894,24 +2045,23 @@ mod tests {
 
     #[test]
     fn unsupported_instructions_are_named() {
-        // cmpxchg8b [rax]
-        let e = decode(&[0x0f, 0xc7, 0x08], 64).unwrap_err();
+        // fst dword [rax] (x87)
+        let e = decode(&[0xd9, 0x10], 64).unwrap_err();
         assert_eq!(
             e,
             MmioError::Unsupported {
-                mnemonic: Mnemonic::Cmpxchg8b,
-                code: Code::Cmpxchg8b_m64
+                mnemonic: Mnemonic::Fst,
+                code: Code::Fst_m32fp
             }
         );
         assert_eq!(
             format!("{e}"),
-            "unsupported MMIO instruction `cmpxchg8b` (Cmpxchg8b_m64)"
+            "unsupported MMIO instruction `fst` (Fst_m32fp)"
         );
         for (bytes, m) in [
-            (&[0x8e, 0x18][..], Mnemonic::Mov),                // mov ds, [rax]
-            (&[0xf3, 0x6d], Mnemonic::Insd),                   // rep insd
-            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps),           // movaps xmm0, [rax]
-            (&[0x48, 0x0f, 0xc7, 0x08], Mnemonic::Cmpxchg16b), // cmpxchg16b [rax]
+            (&[0x48, 0xcf][..], Mnemonic::Iretq),    // iretq
+            (&[0xf3, 0x6d], Mnemonic::Insd),         // rep insd
+            (&[0x0f, 0x28, 0x00], Mnemonic::Movaps), // movaps xmm0, [rax]
         ] {
             match decode(bytes, 64) {
                 Err(MmioError::Unsupported { mnemonic, .. }) => assert_eq!(mnemonic, m),
@@ -2498,6 +2648,7 @@ mod tests {
         cr: ControlRegs,
         injected: Option<Exception>,
         segments: [Option<vcpu::state::Segment>; 6],
+        tables: Option<(vcpu::state::TableRegister, vcpu::state::Segment)>,
     }
 
     impl Vcpu for TestVcpu {
@@ -2584,6 +2735,17 @@ mod tests {
         fn segment(&self, seg: SegReg) -> Option<vcpu::state::Segment> {
             self.segments[seg as usize]
         }
+        fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
+            self.tables
+        }
+        fn set_segment(&mut self, seg: SegReg, value: vcpu::state::Segment) -> bool {
+            // Like AMD-V: FS and GS cannot be loaded.
+            if matches!(seg, SegReg::Fs | SegReg::Gs) {
+                return false;
+            }
+            self.segments[seg as usize] = Some(value);
+            true
+        }
         fn save_state(&mut self) -> vcpu::state::CpuState {
             unimplemented!("MMIO emulation never saves vCPU state")
         }
@@ -2629,6 +2791,8 @@ mod tests {
 
     type Calls = Vec<(u64, u8, Option<u64>)>;
 
+    const FEATURES: GuestFeatures = GuestFeatures { cx16: true };
+
     fn run(
         vcpu: &mut TestVcpu,
         ram: &Ram,
@@ -2648,7 +2812,7 @@ mod tests {
         reply: u64,
     ) -> (Result<(), MmioError>, Calls) {
         let mut calls = Vec::new();
-        let r = emulate(vcpu, ram, gpa, write, &mut |gpa, size, value| {
+        let r = emulate(vcpu, ram, gpa, write, FEATURES, &mut |gpa, size, value| {
             calls.push((gpa, size, value));
             reply
         });
@@ -2731,13 +2895,13 @@ mod tests {
 
     #[test]
     fn unmapped_rip_and_unsupported_code_are_reported() {
-        // cmpxchg8b [rax]
-        let (mut vcpu, ram) = long_guest(0x8000, &[0x0f, 0xc7, 0x08]);
+        // fst dword [rax]
+        let (mut vcpu, ram) = long_guest(0x8000, &[0xd9, 0x10]);
         let (r, calls) = run(&mut vcpu, &ram, LAPIC, true, 0);
         assert!(matches!(
             r,
             Err(MmioError::Unsupported {
-                mnemonic: Mnemonic::Cmpxchg8b,
+                mnemonic: Mnemonic::Fst,
                 ..
             })
         ));
@@ -2785,6 +2949,85 @@ mod tests {
         assert_eq!(calls, [(LAPIC + 0x20, 1, None)]);
         assert_eq!(vcpu.regs.rax, 0x1234_be42);
         assert_eq!(vcpu.rip, 0x1);
+    }
+
+    #[test]
+    fn real_mode_segment_loads_reach_the_vcpu() {
+        let mut ram = Ram(vec![0; 0x10_0000]);
+        // 07C0:0010: mov es, [bx]; then lfs si, [bx].
+        ram.put(0x7c10, &[0x8e, 0x07]);
+        let big = vcpu::state::Segment {
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        let mut vcpu = TestVcpu {
+            rip: 0x10,
+            cr: ControlRegs {
+                cs_base: 0x7c00,
+                ..Default::default()
+            },
+            segments: [Some(big); 6],
+            ..Default::default()
+        };
+        let (r, calls) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0xb800);
+        assert_eq!((r, calls), (Ok(()), vec![(LAPIC + 0x20, 2, None)]));
+        let es = vcpu.segments[SegReg::Es as usize].unwrap();
+        assert_eq!(
+            (es.selector, es.base, es.limit),
+            (0xb800, 0xb8000, u32::MAX)
+        );
+        assert_eq!(vcpu.rip, 0x12);
+        // A backend that cannot load the register: an error, nothing changed.
+        ram.put(0x7c12, &[0x0f, 0xb4, 0x37]);
+        vcpu.regs.rsi = 0x5555;
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x1234);
+        assert_eq!(r, Err(MmioError::NoSegment(SegReg::Fs)));
+        assert_eq!((vcpu.regs.rsi, vcpu.rip), (0x5555, 0x12));
+    }
+
+    #[test]
+    fn protected_mode_segment_loads_read_the_descriptor() {
+        let mut ram = Ram(vec![0; 0x20_0000]);
+        // mov ds, [ebx] at 0x10_0000; a GDT at 0x1000: entry 2 flat data (not yet
+        // accessed), entry 3 the same but not present.
+        ram.put(0x10_0000, &[0x8e, 0x1b]);
+        ram.put(0x1010, &0x00cf_9200_0000_ffffu64.to_le_bytes());
+        ram.put(0x1018, &0x00cf_1200_0000_ffffu64.to_le_bytes());
+        let mut vcpu = TestVcpu {
+            rip: 0x10_0000,
+            cr: ControlRegs {
+                cr0: 0x11,
+                ..Default::default()
+            },
+            segments: [Some(vcpu::state::Segment::default()); 6],
+            tables: Some((
+                vcpu::state::TableRegister {
+                    base: 0x1000,
+                    limit: 0x1f,
+                },
+                vcpu::state::Segment::default(),
+            )),
+            ..Default::default()
+        };
+        let mut ram2 = ram.clone();
+        let (r, calls) = run_mut(&mut vcpu, &mut ram2, LAPIC + 0x20, false, 0x10);
+        assert_eq!((r, calls.len()), (Ok(()), 1));
+        let ds = vcpu.segments[SegReg::Ds as usize].unwrap();
+        assert_eq!((ds.selector, ds.base, ds.limit), (0x10, 0, u32::MAX));
+        assert_eq!((vcpu.rip, ram2.0[0x1015]), (0x10_0002, 0x93));
+        // Not present: #NP(0x18), RIP and DS unchanged.
+        vcpu.rip = 0x10_0000;
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x18);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            vcpu.injected,
+            Some(Exception {
+                vector: 11,
+                error_code: Some(0x18)
+            })
+        );
+        assert_eq!(vcpu.rip, 0x10_0000);
+        assert_eq!(vcpu.segments[SegReg::Ds as usize].unwrap().selector, 0x10);
     }
 
     #[test]
@@ -3468,6 +3711,121 @@ mod tests {
         assert!(matches!(r, Err(MmioError::Operand { .. })), "{r:?}");
         assert!(calls.is_empty());
         assert_eq!((v.rsp, v.rip), (0x4000_0000, 0x8000));
+    }
+
+    #[test]
+    fn cmpxchg8b_and_16b_decode_and_check_cx16_and_alignment() {
+        // lock cmpxchg8b [rax]; cmpxchg16b [rax]
+        assert_eq!(
+            d64(&[0xf0, 0x0f, 0xc7, 0x08]),
+            insn(4, 8, Access::CompareExchangeDouble { half: 4 })
+        );
+        assert_eq!(
+            d64(&[0x48, 0x0f, 0xc7, 0x08]),
+            insn(4, 8, Access::CompareExchangeDouble { half: 8 })
+        );
+        assert_eq!(
+            decode(&[0x0f, 0xc7, 0x08], 32).unwrap().kind,
+            Access::CompareExchangeDouble { half: 4 }
+        );
+        // cmpxchg16b on unbacked space (all ones): fails, RDX:RAX become all ones.
+        let (mut v, mut ram) = guest_with_device_window(&[0x48, 0x0f, 0xc7, 0x08]);
+        v.regs.rbx = 7;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, u64::MAX);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            calls,
+            [
+                (G, 8, None),
+                (G + 8, 8, None),
+                (G, 8, Some(u64::MAX)),
+                (G + 8, 8, Some(u64::MAX))
+            ]
+        );
+        assert_eq!(
+            (v.regs.rax, v.regs.rdx, v.rip),
+            (u64::MAX, u64::MAX, 0x8004)
+        );
+        assert_eq!(v.rflags & flags::ZF, 0);
+        // Misaligned: #GP(0), RIP stays, no access.
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G + 8, true, 0);
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!((v.injected, v.rip), (Some(Exception::GP0), 0x8000));
+        // CX16 hidden from the guest: #UD, no access.
+        v.injected = None;
+        let mut calls = Vec::new();
+        let hidden = GuestFeatures { cx16: false };
+        let r = emulate(&mut v, &mut ram, G, true, hidden, &mut |a, s, x| {
+            calls.push((a, s, x));
+            0
+        });
+        assert_eq!((r, calls.len()), (Ok(()), 0));
+        assert_eq!((v.injected, v.rip), (Some(Exception::UD), 0x8000));
+        // CMPXCHG8B needs no CPUID bit (every x86-64 processor has CX8).
+        v.injected = None;
+        ram.put(0x8000, &[0x0f, 0xc7, 0x08]);
+        v.regs.rax = 0xffff_ffff;
+        v.regs.rdx = 0xffff_ffff;
+        let r = emulate(&mut v, &mut ram, G + 4, true, hidden, &mut |_, _, x| {
+            x.unwrap_or(u64::MAX)
+        });
+        assert_eq!((r, v.injected, v.rip), (Ok(()), None, 0x8003));
+        assert_ne!(v.rflags & flags::ZF, 0);
+    }
+
+    #[test]
+    fn a_stack_in_device_space_in_long_mode() {
+        // RSP inside the device window: push imm8, pop rax, call rel32, ret.
+        let (mut v, mut ram) = guest_with_device_window(&[0x6a, 0x7f]);
+        v.rsp = WINDOW + 0x48;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!(r, Ok(()));
+        assert_eq!(calls, [(G, 8, Some(0x7f))]);
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8002));
+        // pop rax: the device's value (all ones from unbacked space).
+        ram.put(0x8000, &[0x58]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, u64::MAX);
+        assert_eq!((r, calls), (Ok(()), vec![(G, 8, None)]));
+        assert_eq!(
+            (v.regs.rax, v.rsp, v.rip),
+            (u64::MAX, WINDOW + 0x48, 0x8001)
+        );
+        // call +0x100: the return address is written, RIP moves to the target.
+        ram.put(0x8000, &[0xe8, 0x00, 0x01, 0x00, 0x00]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G, true, 0);
+        assert_eq!((r, calls), (Ok(()), vec![(G, 8, Some(0x8005))]));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8105));
+        // ret to all ones: not canonical, #GP(0) with RSP and RIP kept.
+        ram.put(0x8105, &[0xc3]);
+        let (r, calls) = run_mut(&mut v, &mut ram, G, false, u64::MAX >> 1);
+        assert_eq!((r, calls.len()), (Ok(()), 1));
+        assert_eq!(v.injected, Some(Exception::GP0));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x40, 0x8105));
+        // ret to the return address.
+        v.injected = None;
+        let (r, _) = run_mut(&mut v, &mut ram, G, false, 0x8005);
+        assert_eq!(r, Ok(()));
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x48, 0x8005));
+        // The exit elsewhere than the slot: a named error, nothing changed.
+        ram.put(0x8000, &[0x50]);
+        v.rip = 0x8000;
+        let (r, calls) = run_mut(&mut v, &mut ram, G + 0x100, true, 0);
+        assert_eq!(
+            r,
+            Err(MmioError::StackMismatch {
+                exit: G + 0x100,
+                slot: G
+            })
+        );
+        assert!(calls.is_empty());
+        assert_eq!(
+            format!("{}", r.unwrap_err()),
+            "the exit is at guest-physical 0xfee00140 but the stack slot is at 0xfee00040"
+        );
+        assert_eq!((v.rsp, v.rip), (WINDOW + 0x48, 0x8000));
     }
 
     #[test]

@@ -50,7 +50,7 @@
 //! located by its linear address (segment base plus the effective address, through
 //! the guest's page tables, [`super::mmio_memory`]) in 8-byte pieces, so a `MOVDQU`
 //! that straddles RAM and a device reaches each where it is; where a segment base is
-//! not known (AMD-V's FS/GS) the pieces go to the device at the exit's address and
+//! not known (a host test's vCPU) the pieces go to the device at the exit's address and
 //! after it. Unbacked space reads all ones and drops writes, as for every other form.
 //!
 //! Not here: AVX. VEX/EVEX encodings cannot reach an exit, because XSAVE is hidden
@@ -537,10 +537,11 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     mem: &mut M,
     gpa: u64,
     write: bool,
+    general: mmio::GuestFeatures,
     features: SimdFeatures,
     device: &mut dyn FnMut(u64, u8, Option<u64>) -> u64,
 ) -> Result<(), SimdError> {
-    let refused = match mmio::emulate(vcpu, mem, gpa, write, device) {
+    let refused = match mmio::emulate(vcpu, mem, gpa, write, general, device) {
         Err(e @ MmioError::Unsupported { .. }) => e,
         other => return Ok(other?),
     };
@@ -612,6 +613,8 @@ mod tests {
     use std::vec::Vec;
     use vcpu::{CpuMode, Exit};
 
+    /// The general-purpose features `mmio::emulate` checks (CX16), all present.
+    const GENERAL: mmio::GuestFeatures = mmio::GuestFeatures { cx16: true };
     const ALL: SimdFeatures = SimdFeatures {
         mmx: true,
         sse: true,
@@ -1152,7 +1155,7 @@ mod tests {
             calls.push((a, s, v));
             0x0102_0304_0506_0708u64.wrapping_add(a - DEV) & mmio::mask(s)
         };
-        let r = emulate(vcpu, ram, gpa, write, features, &mut device);
+        let r = emulate(vcpu, ram, gpa, write, GENERAL, features, &mut device);
         (r, calls)
     }
 
@@ -1343,7 +1346,7 @@ mod tests {
             calls.push((a, s, w));
             (-2.25f64).to_bits()
         };
-        emulate(&mut v, &mut ram, DEV + 8, false, ALL, &mut device).unwrap();
+        emulate(&mut v, &mut ram, DEV + 8, false, GENERAL, ALL, &mut device).unwrap();
         assert_eq!(calls, [(DEV + 8, 8, None)]);
         assert_eq!((v.rip, v.fx.top()), (0x10003, 7));
         let fx = v.fx.clone();

@@ -5,15 +5,19 @@
 //! decided once, in `boot`.
 
 pub mod balloon;
+pub mod cmpxchg_wide;
 pub mod console;
 pub mod console_queue;
 pub mod cr_insn;
+pub mod descriptor_load;
 pub mod guest_ram;
 pub mod guest_walk;
 pub mod loader;
 pub mod mmio;
 pub mod mmio_memory;
+pub mod mmio_segment;
 pub mod mmio_sse;
+pub mod mmio_stack;
 pub mod mmio_x87;
 pub mod net;
 pub mod platform;

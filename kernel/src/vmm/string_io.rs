@@ -11,10 +11,20 @@
 //! RIP stays on the instruction (a real `REP INS/OUTS` is interruptible between
 //! iterations), so no guest holds the processor with one.
 //!
-//! The memory side must be guest RAM (located with the segment bases and the guest's
-//! own page tables, [`Env::place`]); a memory operand in device space or one that does
-//! not translate is an error at the first element and the end of the batch at a later
-//! one (the processor then redoes that element and raises its own fault). The I/O
+//! The memory side is located with the segment bases and the guest's own page tables
+//! ([`Env::place`]). In guest RAM it is read or written there; anywhere else it is a
+//! device, or unbacked space (reads all ones, writes dropped), reached through the
+//! same bus as the VM's MMIO ([`BusAccess::Memory`], one access per element after or
+//! before its port access): `REP INSB` into a device window, `REP OUTSW` out of a
+//! frame buffer. A batch keeps to one kind of memory side, the kind of its first
+//! element: an element on the other side of a RAM/device boundary ends the batch
+//! (RIP stays on the instruction and the guest runs it again, which starts the next
+//! batch there), so the accesses of one exit go either to RAM or to the bus, never
+//! interleaved. A memory operand that does not translate is an error at the first
+//! element and the end of the batch at a later one (the processor then redoes that
+//! element and raises its own fault); so is, at a later element, one that straddles a
+//! page boundary. An element at the first that straddles RAM and a device goes to the
+//! device as one access at its part that is not RAM (as [`Env::place`] says). The I/O
 //! permission checks (IOPL, the TSS bitmap) were the processor's before the exit.
 
 use super::guest_walk::{self, GuestMemoryMut};
@@ -31,8 +41,22 @@ pub enum StringIoError {
     /// The instruction at RIP is not the INS/OUTS the exit reported (another vCPU
     /// rewrote it, or the exit information is wrong).
     NotTheExit { mnemonic: Mnemonic },
-    /// The memory operand is not guest RAM.
-    MemoryNotRam { gpa: u64 },
+}
+
+/// One access of a string I/O element: to the port, or to the memory side where it is
+/// not RAM. `write: Some(value)` writes; a read returns the value (the low `size`
+/// bytes count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusAccess {
+    Port {
+        size: u8,
+        write: Option<u32>,
+    },
+    Memory {
+        gpa: u64,
+        size: u8,
+        write: Option<u64>,
+    },
 }
 
 impl core::fmt::Display for StringIoError {
@@ -42,11 +66,6 @@ impl core::fmt::Display for StringIoError {
             Self::NotTheExit { mnemonic } => write!(
                 f,
                 "the instruction at RIP ({mnemonic:?}) is not the INS/OUTS the exit reported"
-            ),
-            Self::MemoryNotRam { gpa } => write!(
-                f,
-                "its memory operand at guest-physical {gpa:#x} is not RAM (string I/O \
-                 between a port and a device is not emulated)"
             ),
         }
     }
@@ -119,15 +138,16 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<StringIo, StringIoError> {
     })
 }
 
-/// One batch of `insn` on `regs` (RSI/RDI/RCX) with RFLAGS `rflags`; `port` does one
-/// port access (`Some(value)`: a write) and returns what a read gives. Returns whether
-/// the instruction is complete (RIP moves past it) or must run again.
+/// One batch of `insn` on `regs` (RSI/RDI/RCX) with RFLAGS `rflags`; `bus` does one
+/// port access, or one access of the memory side where that is not RAM
+/// ([`BusAccess`]). Returns whether the instruction is complete (RIP moves past it)
+/// or must run again.
 pub fn run<M: GuestMemoryMut>(
     insn: &StringIo,
     regs: &mut vcpu::GuestRegisters,
     rflags: u64,
     env: &mut Env<'_, M>,
-    port: &mut dyn FnMut(u8, Option<u32>) -> u32,
+    bus: &mut dyn FnMut(BusAccess) -> u64,
 ) -> Result<bool, StringIoError> {
     const DF: u64 = 1 << 10;
     let am = mask(insn.addr_size);
@@ -137,25 +157,35 @@ pub fn run<M: GuestMemoryMut>(
     }
     let size = insn.size;
     let mut done = 0u64;
-    // The memory side is never a device here (see the module header).
-    let mut no_device = |_: u64, _: u8, _: Option<u64>| u64::MAX;
+    // Whether this batch's memory side is RAM (set by its first element).
+    let mut in_ram = None;
     loop {
         let index = if insn.out { regs.rsi } else { regs.rdi } & am;
         let place = match env.place(insn.seg, index, size) {
-            Ok(p @ Place::Ram { split: None, .. }) => p,
             // A later element that straddles a page or does not translate: the
             // processor redoes it.
-            _ if done > 0 => return Ok(false),
-            Ok(p @ Place::Ram { .. }) => p,
-            Ok(Place::Device(gpa)) => return Err(StringIoError::MemoryNotRam { gpa }),
+            Ok(Place::Ram { split: Some(_), .. }) | Err(_) if done > 0 => return Ok(false),
+            Ok(p) => p,
             Err(e) => return Err(e.into()),
         };
+        let ram = matches!(place, Place::Ram { .. });
+        if *in_ram.get_or_insert(ram) != ram {
+            // A RAM/device boundary: the next batch starts here.
+            return Ok(false);
+        }
         if insn.out {
-            let v = env.load(place, size, &mut no_device) & mask(size);
-            port(size, Some(v as u32));
+            let v = env.load(place, size, &mut |gpa, size, write| {
+                bus(BusAccess::Memory { gpa, size, write })
+            }) & mask(size);
+            bus(BusAccess::Port {
+                size,
+                write: Some(v as u32),
+            });
         } else {
-            let v = port(size, None);
-            env.store(place, size, u64::from(v) & mask(size), &mut no_device);
+            let v = bus(BusAccess::Port { size, write: None });
+            env.store(place, size, v & mask(size), &mut |gpa, size, write| {
+                bus(BusAccess::Memory { gpa, size, write })
+            });
         }
         let step = u64::from(size);
         let next = if rflags & DF != 0 {
@@ -185,12 +215,13 @@ pub fn run<M: GuestMemoryMut>(
 
 /// Carries out the INS/OUTS that made the I/O exit `io` on `vcpu`: fetches and decodes
 /// it, checks it is the one the exit reported, runs one batch and steps RIP past it
-/// when it is complete. `port` is the port access (on `io.port`).
+/// when it is complete. `bus` does the port accesses (on `io.port`) and those of a
+/// memory side that is not RAM.
 pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
     mem: &mut M,
     io: &PortIo,
-    port: &mut dyn FnMut(u8, Option<u32>) -> u32,
+    bus: &mut dyn FnMut(BusAccess) -> u64,
 ) -> Result<(), StringIoError> {
     let cr = vcpu.control_regs();
     let bitness = guest_walk::code_bitness(&cr);
@@ -209,7 +240,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     let rflags = vcpu.rflags();
     let mut regs = *vcpu.regs();
     let mut env = Env { mem, cr, segments };
-    let complete = run(&insn, &mut regs, rflags, &mut env, port)?;
+    let complete = run(&insn, &mut regs, rflags, &mut env, bus)?;
     *vcpu.regs() = regs;
     if complete {
         super::mmio::step_over(vcpu, vcpu.rip(), insn.len, bitness);
@@ -270,6 +301,16 @@ mod tests {
         }
     }
 
+    /// A bus with ports only (the memory side of these tests is RAM).
+    fn ports<'a>(
+        mut port: impl FnMut(u8, Option<u32>) -> u32 + 'a,
+    ) -> impl FnMut(BusAccess) -> u64 + 'a {
+        move |a| match a {
+            BusAccess::Port { size, write } => u64::from(port(size, write)),
+            BusAccess::Memory { .. } => panic!("a device access: {a:?}"),
+        }
+    }
+
     #[test]
     fn decodes_ins_and_outs_with_their_sizes_segments_and_prefixes() {
         let d = |b: &[u8], bits| decode(b, bits).unwrap();
@@ -318,12 +359,14 @@ mod tests {
             ..Default::default()
         };
         let mut sent = Vec::new();
-        let done = run(&insn, &mut regs, 0x2, &mut env(&mut ram), &mut |size, v| {
+        let mut bus = ports(|size, v| {
             assert_eq!(size, 1);
             sent.push(v.unwrap() as u8);
             0
-        })
-        .unwrap();
+        });
+        let done = run(&insn, &mut regs, 0x2, &mut env(&mut ram), &mut bus).unwrap();
+        // `ports` returns an opaque type, which may have drop glue: end its borrow.
+        drop(bus);
         assert!(done);
         assert_eq!(sent, b"hello");
         assert_eq!((regs.rsi, regs.rcx), (0x105, 0));
@@ -344,11 +387,11 @@ mod tests {
             &mut regs,
             0x2 | (1 << 10),
             &mut env(&mut ram),
-            &mut |size, v| {
+            &mut ports(|size, v| {
                 assert_eq!((size, v), (2, None));
                 next += 0x1111;
                 next - 0x1111
-            },
+            }),
         )
         .unwrap();
         assert!(done);
@@ -366,10 +409,10 @@ mod tests {
             ..Default::default()
         };
         let calls = core::cell::Cell::new(0);
-        let mut port = |_: u8, _: Option<u32>| {
+        let mut port = ports(|_: u8, _: Option<u32>| {
             calls.set(calls.get() + 1);
             0xff
-        };
+        });
         assert!(!run(&insn, &mut regs, 2, &mut env(&mut ram), &mut port).unwrap());
         assert_eq!((regs.rdi, regs.rcx), (MAX_BATCH, 300 - MAX_BATCH));
         assert!(!run(&insn, &mut regs, 2, &mut env(&mut ram), &mut port).unwrap());
@@ -382,22 +425,112 @@ mod tests {
     }
 
     #[test]
-    fn a_memory_operand_outside_ram_is_refused_before_any_port_access() {
+    fn a_device_memory_side_gets_one_access_per_element_after_or_before_the_port() {
         let mut ram = Ram(vec![0; 0x4000]);
-        let insn = decode(&[0x6e], 32).unwrap(); // outsb from DS:0x10000 = 0x11000
+        // rep outsw from DS:0x10000 = guest-physical 0x11000, not RAM.
+        let insn = decode(&[0x66, 0xf3, 0x6f], 32).unwrap();
         let mut regs = GuestRegisters {
             rsi: 0x10000,
+            rcx: 2,
+            ..Default::default()
+        };
+        let mut log = Vec::new();
+        let mut bus = |a: BusAccess| {
+            log.push(a);
+            0xbeef
+        };
+        assert!(run(&insn, &mut regs, 2, &mut env(&mut ram), &mut bus).unwrap());
+        use BusAccess::*;
+        let read = |gpa| Memory {
+            gpa,
+            size: 2,
+            write: None,
+        };
+        let out = Port {
+            size: 2,
+            write: Some(0xbeef),
+        };
+        assert_eq!(log, [read(0x11000), out, read(0x11002), out]);
+        assert_eq!((regs.rsi, regs.rcx), (0x10004, 0));
+        // rep insb into unbacked space at ES:0x20000: the port, then the write.
+        let insn = decode(&[0xf3, 0x6c], 32).unwrap();
+        regs.rdi = 0x20000;
+        regs.rcx = 300;
+        let mut log = Vec::new();
+        let mut bus = |a: BusAccess| {
+            log.push(a);
+            0x1ab
+        };
+        assert!(!run(&insn, &mut regs, 2, &mut env(&mut ram), &mut bus).unwrap());
+        assert_eq!(log.len() as u64, 2 * MAX_BATCH);
+        assert_eq!(
+            log[..2],
+            [
+                Port {
+                    size: 1,
+                    write: None
+                },
+                Memory {
+                    gpa: 0x20000,
+                    size: 1,
+                    write: Some(0xab)
+                }
+            ]
+        );
+        assert_eq!((regs.rdi, regs.rcx), (0x20000 + MAX_BATCH, 300 - MAX_BATCH));
+    }
+
+    #[test]
+    fn a_batch_ends_at_a_boundary_between_ram_and_a_device() {
+        let mut ram = Ram(vec![0; 0x4000]);
+        // rep insb at ES:0x3ffe, 4 bytes: two in RAM, then two in device space.
+        let insn = decode(&[0xf3, 0x6c], 32).unwrap();
+        let mut regs = GuestRegisters {
+            rdi: 0x3ffe,
+            rcx: 4,
+            ..Default::default()
+        };
+        let mut log = Vec::new();
+        let mut bus = |a: BusAccess| {
+            log.push(a);
+            0x77
+        };
+        assert!(!run(&insn, &mut regs, 2, &mut env(&mut ram), &mut bus).unwrap());
+        assert_eq!((regs.rdi, regs.rcx), (0x4000, 2));
+        assert_eq!(ram.0[0x3ffe..], [0x77, 0x77]);
+        // The guest runs it again: the device part in one batch.
+        assert!(run(&insn, &mut regs, 2, &mut env(&mut ram), &mut bus).unwrap());
+        assert_eq!(log.len(), 6);
+        assert!(matches!(log[3], BusAccess::Memory { gpa: 0x4000, .. }));
+        assert_eq!((regs.rdi, regs.rcx), (0x4002, 0));
+    }
+
+    #[test]
+    fn a_memory_operand_that_does_not_translate_is_refused_before_any_port_access() {
+        let mut ram = Ram(vec![0; 0x4000]);
+        // outsb with paging on and an empty PML4 at 0: nothing translates.
+        let insn = decode(&[0x6e], 64).unwrap();
+        let mut regs = GuestRegisters {
+            rsi: 0x1000,
+            ..Default::default()
+        };
+        let mut e = env(&mut ram);
+        e.cr = ControlRegs {
+            cr0: 0x8000_0011,
+            cr4: 0x20,
+            efer: 0x500,
+            cs_long: true,
             ..Default::default()
         };
         let mut calls = 0;
-        let r = run(&insn, &mut regs, 2, &mut env(&mut ram), &mut |_, _| {
+        let r = run(&insn, &mut regs, 2, &mut e, &mut |_| {
             calls += 1;
             0
         });
-        assert!(matches!(
-            r,
-            Err(StringIoError::MemoryNotRam { gpa: 0x11000 })
-        ));
-        assert_eq!((calls, regs.rsi), (0, 0x10000));
+        assert!(
+            matches!(r, Err(StringIoError::Mmio(MmioError::Operand { .. }))),
+            "{r:?}"
+        );
+        assert_eq!((calls, regs.rsi), (0, 0x1000));
     }
 }

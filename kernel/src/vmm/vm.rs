@@ -19,6 +19,7 @@ use vcpu::{Exception, Exit, Vcpu};
 
 use super::console::{ConsoleOut, Relay};
 use super::cr_insn;
+use super::mmio;
 use super::mmio_sse;
 use super::platform::{Outcome, Platform, PlatformSpec};
 use super::policy::{self, CpuidResult, MsrAccess, MsrState, Topology};
@@ -145,6 +146,49 @@ fn disk_function(
 
 fn in_page(gpa: u64, base: u64, size: u64) -> bool {
     (base..base + size).contains(&gpa)
+}
+
+/// What the accesses of one emulated instruction left to do after it.
+#[derive(Default)]
+struct Accesses {
+    /// The vector of an EOI written to the local APIC.
+    eoi: Option<u8>,
+    /// The first unbacked address accessed (for `on_unmapped = "stop"`).
+    unbacked: Option<u64>,
+}
+
+/// One access of vCPU `i` to guest-physical `addr` outside RAM: its local APIC page,
+/// a device on the VM's MMIO bus, or unbacked space (reads all ones, writes dropped;
+/// noted in `done`).
+#[allow(clippy::too_many_arguments)]
+fn mmio_access(
+    vm: &mut VmShared,
+    i: usize,
+    addr: u64,
+    size: u8,
+    value: Option<u64>,
+    now_ns: u64,
+    out: &mut Outcome,
+    done: &mut Accesses,
+) -> u64 {
+    if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
+        let offset = addr - LAPIC_BASE;
+        match value {
+            Some(v) => {
+                done.eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
+                vm.send_ipis(i);
+                0
+            }
+            None => vm.lapics[i].mmio_read(offset, size, now_ns).into(),
+        }
+    } else {
+        vm.platform
+            .mmio(addr, size, value, now_ns, out)
+            .unwrap_or_else(|| {
+                done.unbacked.get_or_insert(addr);
+                all_ones64(size)
+            })
+    }
 }
 
 /// What the run loop should do after an exit.
@@ -675,6 +719,20 @@ impl<V: Vcpu> VcpuCtx<V> {
         self.vcpu.skip_instruction();
     }
 
+    /// What this guest's CPUID reports, where an emulated instruction depends on it.
+    fn guest_features(&mut self) -> (mmio::GuestFeatures, mmio_sse::SimdFeatures) {
+        let (host, topology) = (self.host_cpuid, &self.topology);
+        let leaf1 = self
+            .cpuid_cache
+            .get(1, 0, || policy::cpuid(1, 0, host, topology));
+        (
+            mmio::GuestFeatures {
+                cx16: leaf1.ecx & (1 << 13) != 0,
+            },
+            mmio_sse::SimdFeatures::from_leaf1(leaf1.ecx, leaf1.edx),
+        )
+    }
+
     /// Until when (VM nanoseconds) CPUID exits may be answered without the VM's lock
     /// and without leaving the guest's side of the run loop (the exit fastpath, see
     /// `run_slice`): `None` when the last preparation left something to deliver or a
@@ -709,27 +767,44 @@ impl<V: Vcpu> VcpuCtx<V> {
     }
 
     /// Carries out the INS/OUTS of I/O exit `io`, one port access per element
-    /// ([`string_io`]).
+    /// ([`string_io`]), and one MMIO access per element whose memory side is not RAM
+    /// (a device, or unbacked space: all ones, writes dropped).
     fn string_io(&mut self, vm: &mut VmShared, io: &vcpu::PortIo, now_ns: u64) -> Next {
+        let i = self.index;
         let mut out = Outcome::default();
-        let mut port = |size: u8, value: Option<u32>| -> u32 {
-            let v = vm.platform.port_io(
-                io.port,
-                size,
-                value.is_some(),
-                value.unwrap_or(0),
-                now_ns,
-                &mut out,
-            );
-            if value.is_some() {
-                0
-            } else {
-                v
+        let mut done = Accesses::default();
+        let mut bus = |access: string_io::BusAccess| -> u64 {
+            match access {
+                string_io::BusAccess::Port { size, write } => {
+                    let v = vm.platform.port_io(
+                        io.port,
+                        size,
+                        write.is_some(),
+                        write.unwrap_or(0),
+                        now_ns,
+                        &mut out,
+                    );
+                    if write.is_some() {
+                        0
+                    } else {
+                        u64::from(v)
+                    }
+                }
+                string_io::BusAccess::Memory { gpa, size, write } => {
+                    mmio_access(vm, i, gpa, size, write, now_ns, &mut out, &mut done)
+                }
             }
         };
-        let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut port);
+        let result = string_io::emulate(&mut self.vcpu, &mut self.ram, io, &mut bus);
+        vm.eoi(done.eoi);
         if let Some(next) = vm.finish(out) {
             return next;
+        }
+        if let (Some(gpa), true) = (done.unbacked, self.unmapped_stops) {
+            return Next::Stop(format!(
+                "string port I/O outside its memory: guest-physical {gpa:#x} at RIP {:#x}",
+                self.vcpu.rip()
+            ));
         }
         match result {
             Ok(()) => Next::Continue,
@@ -745,36 +820,33 @@ impl<V: Vcpu> VcpuCtx<V> {
     /// on the VM's MMIO bus.
     fn emulate_mmio(&mut self, vm: &mut VmShared, gpa: u64, write: bool, now_ns: u64) -> Next {
         let i = self.index;
-        // Which MMX/SSE moves exist for the guest: its CPUID view, as it sees it.
-        let (host, topology) = (self.host_cpuid, &self.topology);
-        let leaf1 = self
-            .cpuid_cache
-            .get(1, 0, || policy::cpuid(1, 0, host, topology));
-        let simd = mmio_sse::SimdFeatures::from_leaf1(leaf1.ecx, leaf1.edx);
-        let mut eoi = None;
+        // Which instructions exist for the guest: its CPUID view, as it sees it.
+        let (features, simd) = self.guest_features();
+        let mut done = Accesses::default();
         let mut out = Outcome::default();
         let mut device = |addr: u64, size: u8, value: Option<u64>| -> u64 {
-            if in_page(addr, LAPIC_BASE, LAPIC_MMIO_SIZE) {
-                let offset = addr - LAPIC_BASE;
-                match value {
-                    Some(v) => {
-                        eoi = vm.lapics[i].mmio_write(offset, size, v as u32, now_ns);
-                        vm.send_ipis(i);
-                        0
-                    }
-                    None => vm.lapics[i].mmio_read(offset, size, now_ns).into(),
-                }
-            } else {
-                vm.platform
-                    .mmio(addr, size, value, now_ns, &mut out)
-                    .unwrap_or(all_ones64(size))
-            }
+            mmio_access(vm, i, addr, size, value, now_ns, &mut out, &mut done)
         };
-        let result =
-            mmio_sse::emulate(&mut self.vcpu, &mut self.ram, gpa, write, simd, &mut device);
-        vm.eoi(eoi);
+        let result = mmio_sse::emulate(
+            &mut self.vcpu,
+            &mut self.ram,
+            gpa,
+            write,
+            features,
+            simd,
+            &mut device,
+        );
+        vm.eoi(done.eoi);
         if let Some(next) = vm.finish(out) {
             return next;
+        }
+        // `on_unmapped = "stop"`: the instruction's other operand (a stack, a string
+        // instruction's other side) reached unbacked space.
+        if let (Some(other), true) = (done.unbacked, self.unmapped_stops) {
+            return Next::Stop(format!(
+                "access outside its memory: guest-physical {other:#x} at RIP {:#x}",
+                self.vcpu.rip()
+            ));
         }
         match result {
             Ok(()) => Next::Continue,
@@ -1309,6 +1381,14 @@ mod tests {
             0
         }
         fn set_rsp(&mut self, _: u64) {}
+        /// Flat 4 GiB segments with 32-bit stacks (for string port I/O).
+        fn segment(&self, _: vcpu::SegReg) -> Option<vcpu::state::Segment> {
+            Some(vcpu::state::Segment {
+                limit: u32::MAX,
+                attrib: vcpu::state::attrib::DB,
+                ..Default::default()
+            })
+        }
         fn control_regs(&self) -> vcpu::ControlRegs {
             self.cr
         }
@@ -1807,6 +1887,40 @@ mod tests {
     }
 
     #[test]
+    fn string_port_io_into_unbacked_space_honours_on_unmapped() {
+        // rep insb from the unclaimed port 0x1234 to ES:0x30000000 (no RAM there).
+        let rep_insb = |vm: &mut TestVm| {
+            at_rip(vm, &[0xF3, 0x6C]);
+            vm.cpu.vcpu.regs.rdi = 0x3000_0000;
+            vm.cpu.vcpu.regs.rcx = 4;
+            let io = PortIo {
+                port: 0x1234,
+                size: 1,
+                write: false,
+                string: true,
+                rep: true,
+            };
+            vm.handle(Exit::PortIo(io), 0)
+        };
+        let mut vm = vm();
+        assert_eq!(rep_insb(&mut vm), Next::Continue);
+        assert_eq!(
+            (vm.cpu.vcpu.regs.rcx, vm.cpu.vcpu.regs.rdi, vm.cpu.vcpu.rip),
+            (0, 0x3000_0004, 0x1002)
+        );
+        // `on_unmapped = "stop"`: the first such access stops the VM.
+        let mut vm = self::vm();
+        vm.cpu.unmapped_stops = true;
+        let Next::Stop(why) = rep_insb(&mut vm) else {
+            panic!("not stopped")
+        };
+        assert!(
+            why.contains("string port I/O outside its memory: guest-physical 0x30000000"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn apic_mmio_is_decoded_and_emulated() {
         let mut vm = vm();
         // mov eax, [0xFEE00030]: the local APIC version register.
@@ -1844,10 +1958,12 @@ mod tests {
         assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
         assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x11);
         // An instruction the emulator does not handle is refused with a report
-        // naming it, not guessed at: cmpxchg8b [0xFEE00080].
-        at_rip(&mut vm, &[0x0F, 0xC7, 0x0D, 0x80, 0x00, 0xE0, 0xFE]);
+        // naming it, not guessed at: fadd dword [0xFEE00080] (x87 arithmetic).
+        at_rip(&mut vm, &[0xD8, 0x05, 0x80, 0x00, 0xE0, 0xFE]);
+        let next = vm.handle(fault(0xFEE0_0080, false), 0);
         assert!(
-            matches!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `cmpxchg8b`"))
+            matches!(&next, Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `fadd`")),
+            "{next:?}"
         );
     }
 
