@@ -36,6 +36,7 @@ const BINS: &[(&str, &str)] = &[
     ("blk64", "link64.ld"),
     ("vq64", "link64.ld"),
     ("net64", "link64.ld"),
+    ("flood64", "link64.ld"),
     ("udpecho64", "link64.ld"),
     ("count64", "link64.ld"),
     ("balloon64", "link64.ld"),

@@ -85,6 +85,13 @@ pub fn build_kernel(opts: &BuildOptions) -> Result<PathBuf, String> {
         .join("kernel"))
 }
 
+/// The rate limit of every port on [`GuestSet::NetworkTest`]'s network "lan" (the
+/// `[[network]]` key `rate_mbit`): far above what the Linux VMs' ping and 64 KiB
+/// need, far below what `flood64` sends.
+pub const NETWORK_TEST_RATE_MBIT: u32 = 2;
+/// Its burst (`burst_kib`).
+pub const NETWORK_TEST_BURST_KIB: u32 = 256;
+
 /// Which VMs an image carries in its ramdisk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestSet {
@@ -702,9 +709,24 @@ impl GuestSet {
                         true,
                     )?,
                 ];
-                let mut net64 = tiny_vm(&all_guests()?, "net64")?;
+                let guests = all_guests()?;
+                let mut net64 = tiny_vm(&guests, "net64")?;
                 net64.nics = vec![NicDef::on("other", "net64", 0)];
                 vms.push(crate::config::check(&net64)?);
+                // A flooder on "lan" beside the two Linux VMs, in the background
+                // (stopped once they finish): every "lan" port is limited to
+                // NETWORK_TEST_RATE_MBIT, so its broadcasts are dropped at its own
+                // port, and the Linux VMs' traffic goes through.
+                let mut flood64 = tiny_vm(&guests, "flood64")?;
+                flood64.nics = vec![NicDef::on("lan", "flood64", 0)];
+                flood64.background = true;
+                vms.push(crate::config::check(&flood64)?);
+                for nic in vms.iter_mut().flat_map(|v| v.nics.iter_mut()) {
+                    if nic.network == "lan" {
+                        nic.rate_mbit = NETWORK_TEST_RATE_MBIT;
+                        nic.burst_kib = NETWORK_TEST_BURST_KIB;
+                    }
+                }
                 // Run under multi-threaded TCG with a spare boot processor.
                 crate::boot_cpu::keep_off_boot_processor(&mut vms, crate::boot_cpu::SPARED_CPUS);
                 Ok(vms)

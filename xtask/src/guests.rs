@@ -80,6 +80,7 @@ const EXTRA_GUESTS: &[(&str, Kind)] = &[
     ("blk64", Kind::Elf64),
     ("vq64", Kind::Elf64),
     ("net64", Kind::Elf64),
+    ("flood64", Kind::Elf64),
     ("udpecho64", Kind::Elf64),
     ("count64", Kind::Elf64),
     ("balloon64", Kind::Elf64),

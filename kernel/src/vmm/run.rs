@@ -19,6 +19,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bundle::VmSpec;
+use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 use vcpu::{Backend, CpuMode, StartState, Vcpu};
@@ -456,15 +457,26 @@ fn detach_nics(nics: &[NicPort]) {
 
 /// The stop report's line per NIC: what the switch counted at its port (tx: frames
 /// the guest sent; rx: frames queued for it; dropped: its frames the switch dropped
-/// and frames for it that found its queue full).
+/// and frames for it that found its queue full, then by reason, those not zero).
 fn report_nics(name: &str, nics: &[NicPort]) {
     for (i, n) in nics.iter().enumerate() {
         let Some(s) = n.hub.lock().port_stats(n.port) else {
             continue;
         };
         let dropped = s.dropped_total();
+        let mut reasons = String::new();
+        for reason in vswitch::DropReason::ALL {
+            let c = s.dropped(reason);
+            if c.frames > 0 {
+                let sep = if reasons.is_empty() { " (" } else { ", " };
+                let _ = write!(reasons, "{sep}{} {}", reason.as_str(), c.frames);
+            }
+        }
+        if !reasons.is_empty() {
+            reasons.push(')');
+        }
         println!(
-            "hv: vm {name} net: eth{i} ({}) tx {} frames {} bytes, rx {} frames {} bytes, dropped {} frames",
+            "hv: vm {name} net: eth{i} ({}) tx {} frames {} bytes, rx {} frames {} bytes, dropped {} frames{reasons}",
             n.network, s.input.frames, s.input.bytes, s.output.frames, s.output.bytes, dropped.frames
         );
     }
