@@ -835,6 +835,18 @@ impl Vcpu for SvmVcpu {
         true
     }
 
+    /// AMD-V has one shadow bit for STI and MOV SS (`int_state::INTERRUPT_SHADOW`,
+    /// VMCB offset 0x68, read at VMRUN and not covered by the clean bits).
+    fn set_interrupt_shadow(&mut self, mov_ss: bool) {
+        let c = &mut self.vmcb_mut().control;
+        c.interrupt_shadow = (c.interrupt_shadow & !int_state::INTERRUPT_SHADOW)
+            | if mov_ss {
+                int_state::INTERRUPT_SHADOW
+            } else {
+                0
+            };
+    }
+
     fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
         let s = &self.vmcb().save;
         let gdtr = vcpu::state::TableRegister {

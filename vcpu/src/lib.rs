@@ -415,6 +415,13 @@ pub trait Vcpu {
     fn set_segment(&mut self, _seg: SegReg, _value: state::Segment) -> bool {
         false
     }
+    /// The interrupt shadow after an instruction the core emulated (SDM Vol. 3A
+    /// 6.8.3, APM Vol. 2 15.21.5): `false` ends blocking by STI or MOV SS (the
+    /// instruction it covered has completed), `true` blocks interrupts, NMIs and
+    /// debug traps until the next instruction completes, as a `MOV SS`/`POP SS`
+    /// does so that the `MOV (E/R)SP` after it runs on the new stack. The default
+    /// does nothing (the host tests' vCPUs).
+    fn set_interrupt_shadow(&mut self, _mov_ss: bool) {}
     /// GDTR and LDTR, for a segment-register load the core emulates (a descriptor
     /// read from the guest's tables). `None` where the backend cannot tell.
     fn descriptor_tables(&self) -> Option<(state::TableRegister, state::Segment)> {

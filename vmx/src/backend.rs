@@ -1313,6 +1313,10 @@ impl Vcpu for VmxVcpu {
         Some(crate::state::descriptor_tables(&self.make_current()))
     }
 
+    fn set_interrupt_shadow(&mut self, mov_ss: bool) {
+        ops::set_interrupt_shadow(&mut self.make_current(), mov_ss);
+    }
+
     /// VMCLEAR on the processor where the VMCS is active: its cached state goes to
     /// memory, and the next `run` (on any processor) loads it and uses VMLAUNCH, as
     /// the launch state is "clear" again (SDM Vol. 3C 25.11.3).

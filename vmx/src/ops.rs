@@ -208,6 +208,22 @@ pub fn skip_instruction(vmcs: &mut impl VmcsAccess) {
     }
 }
 
+/// Sets the guest's blocking by STI and by MOV SS after an instruction the core
+/// emulated: none, or blocking by MOV SS (SDM Vol. 3C 25.4.2, guest interruptibility
+/// state bits 0 and 1; only written when it changes).
+pub fn set_interrupt_shadow(vmcs: &mut impl VmcsAccess, mov_ss: bool) {
+    let state = vmcs.read(guest32::INTERRUPTIBILITY_STATE);
+    let blocking =
+        (interruptibility::BLOCKING_BY_STI | interruptibility::BLOCKING_BY_MOV_SS) as u64;
+    let mut next = state & !blocking;
+    if mov_ss {
+        next |= interruptibility::BLOCKING_BY_MOV_SS as u64;
+    }
+    if next != state {
+        vmcs.write(guest32::INTERRUPTIBILITY_STATE, next);
+    }
+}
+
 /// Whether `vector` pushes an error code in protected mode (#DF, #TS, #NP, #SS, #GP,
 /// #PF, #AC, #CP).
 pub const fn has_error_code(vector: u8) -> bool {
@@ -775,6 +791,17 @@ mod tests {
         v.fields.insert(ro32::VM_EXIT_INSTRUCTION_LENGTH, 3);
         skip_instruction(&mut v);
         assert_eq!(v.get(guest_nat::RIP), 0x1_0000_0002);
+    }
+
+    #[test]
+    fn an_emulated_mov_ss_blocks_and_any_other_instruction_ends_blocking() {
+        let mut v = vmcs_for(CpuMode::Protected);
+        // Blocking by STI (bit 0) and NMI blocking (bit 3), which is not ours to end.
+        v.write(guest32::INTERRUPTIBILITY_STATE, 0b1001);
+        set_interrupt_shadow(&mut v, true);
+        assert_eq!(v.get(guest32::INTERRUPTIBILITY_STATE), 0b1010);
+        set_interrupt_shadow(&mut v, false);
+        assert_eq!(v.get(guest32::INTERRUPTIBILITY_STATE), 0b1000);
     }
 
     #[test]

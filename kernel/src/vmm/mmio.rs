@@ -1812,14 +1812,25 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     }
     if let Step::Jump(target) = step {
         vcpu.set_rip(target);
+        vcpu.set_interrupt_shadow(false);
         return Ok(());
     }
     step_over(vcpu, rip, insn.len, bitness);
+    // MOV SS and POP SS block interrupts, NMIs and debug traps until the next
+    // instruction completes (SDM Vol. 3A 6.8.3), so that the stack pointer load
+    // after them runs before any handler uses the stack; LSS loads both at once
+    // and does not.
+    if let Access::SegmentLoad(SegmentLoad::Move(SegReg::Ss) | SegmentLoad::Pop(SegReg::Ss)) =
+        insn.kind
+    {
+        vcpu.set_interrupt_shadow(true);
+    }
     Ok(())
 }
 
 /// Moves RIP past the `len`-byte instruction at `rip` in `bitness`-bit code: IP and
-/// EIP wrap within the code segment (SDM Vol. 3A 5.3).
+/// EIP wrap within the code segment (SDM Vol. 3A 5.3). The instruction has
+/// completed, so a shadow of STI or MOV SS that covered it ends.
 pub(crate) fn step_over<V: Vcpu>(vcpu: &mut V, rip: u64, len: usize, bitness: u32) {
     let next = rip.wrapping_add(len as u64);
     vcpu.set_rip(match bitness {
@@ -1827,6 +1838,7 @@ pub(crate) fn step_over<V: Vcpu>(vcpu: &mut V, rip: u64, len: usize, bitness: u3
         32 => next & 0xffff_ffff,
         _ => next,
     });
+    vcpu.set_interrupt_shadow(false);
 }
 
 #[cfg(test)]
@@ -2649,6 +2661,8 @@ mod tests {
         injected: Option<Exception>,
         segments: [Option<vcpu::state::Segment>; 6],
         tables: Option<(vcpu::state::TableRegister, vcpu::state::Segment)>,
+        /// The last `set_interrupt_shadow` (`None`: never called).
+        shadow: Option<bool>,
     }
 
     impl Vcpu for TestVcpu {
@@ -2738,8 +2752,12 @@ mod tests {
         fn descriptor_tables(&self) -> Option<(vcpu::state::TableRegister, vcpu::state::Segment)> {
             self.tables
         }
+        fn set_interrupt_shadow(&mut self, mov_ss: bool) {
+            self.shadow = Some(mov_ss);
+        }
         fn set_segment(&mut self, seg: SegReg, value: vcpu::state::Segment) -> bool {
-            // Like AMD-V: FS and GS cannot be loaded.
+            // A backend that cannot load FS and GS (the trait allows it; neither
+            // real backend is one).
             if matches!(seg, SegReg::Fs | SegReg::Gs) {
                 return false;
             }
@@ -2977,12 +2995,43 @@ mod tests {
             (0xb800, 0xb8000, u32::MAX)
         );
         assert_eq!(vcpu.rip, 0x12);
+        // Completed: any STI/MOV SS shadow that covered it ends.
+        assert_eq!(vcpu.shadow, Some(false));
         // A backend that cannot load the register: an error, nothing changed.
         ram.put(0x7c12, &[0x0f, 0xb4, 0x37]);
         vcpu.regs.rsi = 0x5555;
         let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x1234);
         assert_eq!(r, Err(MmioError::NoSegment(SegReg::Fs)));
         assert_eq!((vcpu.regs.rsi, vcpu.rip), (0x5555, 0x12));
+    }
+
+    #[test]
+    fn mov_ss_and_pop_ss_block_interrupts_for_one_instruction() {
+        let big = vcpu::state::Segment {
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        // Real mode at 07C0:0010: mov ss, [bx] (8E 17), then lss sp, [bx] (0F B2 27).
+        let mut ram = Ram(vec![0; 0x10_0000]);
+        ram.put(0x7c10, &[0x8e, 0x17, 0x0f, 0xb2, 0x27]);
+        let mut vcpu = TestVcpu {
+            rip: 0x10,
+            cr: ControlRegs {
+                cs_base: 0x7c00,
+                ..Default::default()
+            },
+            segments: [Some(big); 6],
+            ..Default::default()
+        };
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x9000);
+        assert_eq!(r, Ok(()));
+        assert_eq!(vcpu.segments[SegReg::Ss as usize].unwrap().base, 0x90000);
+        assert_eq!((vcpu.rip, vcpu.shadow), (0x12, Some(true)));
+        // LSS loads SS and SP together: no shadow (SDM Vol. 3A 6.8.3 names only MOV
+        // SS and POP SS).
+        let (r, _) = run(&mut vcpu, &ram, LAPIC + 0x20, false, 0x8000);
+        assert_eq!(r, Ok(()));
+        assert_eq!((vcpu.rip, vcpu.shadow), (0x15, Some(false)));
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //! faults (#GP(selector), #NP, #SS, the null-selector rules, SS's RPL/DPL = CPL):
 //! [`Step::LoadSelector`], which [`super::mmio::emulate`] completes with
 //! [`super::descriptor_load`] (it needs the vCPU's GDTR, LDTR and CPL); a fault there
-//! leaves the registers as they were. Limits: `MOV SS`/`POP SS` block interrupts for
-//! one instruction on the processor; the emulated ones do not.
+//! leaves the registers as they were. An emulated `MOV SS`/`POP SS` blocks
+//! interrupts, NMIs and debug traps for one instruction as the processor's does
+//! (`Vcpu::set_interrupt_shadow`, set by [`super::mmio::emulate`]).
 
 use super::guest_walk::GuestMemoryMut;
 use super::mmio::{
