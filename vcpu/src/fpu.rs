@@ -209,7 +209,8 @@ pub unsafe fn fxrstor(area: &FxArea) {
     }
 }
 
-/// An x87 load or store with a memory operand, carried out by [`x87_memory_op`] on a
+/// An x87 load, store, arithmetic or comparison with a memory operand, carried out by
+/// [`x87_memory_op`] on a
 /// buffer that stands for the guest's memory (an MMIO operand the core read from a
 /// device, or will write to one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +234,39 @@ pub enum X87MemOp {
     FisttpM16,
     FisttpM32,
     FisttpM64,
+    // Arithmetic and comparisons with ST(0) and a memory source (they read it).
+    FaddM32,
+    FaddM64,
+    FmulM32,
+    FmulM64,
+    FsubM32,
+    FsubM64,
+    FsubrM32,
+    FsubrM64,
+    FdivM32,
+    FdivM64,
+    FdivrM32,
+    FdivrM64,
+    FcomM32,
+    FcomM64,
+    FcompM32,
+    FcompM64,
+    FiaddM16,
+    FiaddM32,
+    FimulM16,
+    FimulM32,
+    FisubM16,
+    FisubM32,
+    FisubrM16,
+    FisubrM32,
+    FidivM16,
+    FidivM32,
+    FidivrM16,
+    FidivrM32,
+    FicomM16,
+    FicomM32,
+    FicompM16,
+    FicompM32,
 }
 
 impl X87MemOp {
@@ -244,13 +278,35 @@ impl X87MemOp {
             FldM32 | FildM32 | FstM32 | FstpM32 | FistM32 | FistpM32 | FisttpM32 => 4,
             FldM64 | FildM64 | FstM64 | FstpM64 | FistpM64 | FisttpM64 => 8,
             FldM80 | FstpM80 => 10,
+            FiaddM16 | FimulM16 | FisubM16 | FisubrM16 | FidivM16 | FidivrM16 | FicomM16
+            | FicompM16 => 2,
+            FaddM32 | FmulM32 | FsubM32 | FsubrM32 | FdivM32 | FdivrM32 | FcomM32 | FcompM32
+            | FiaddM32 | FimulM32 | FisubM32 | FisubrM32 | FidivM32 | FidivrM32 | FicomM32
+            | FicompM32 => 4,
+            FaddM64 | FmulM64 | FsubM64 | FsubrM64 | FdivM64 | FdivrM64 | FcomM64 | FcompM64 => 8,
         }
     }
 
-    /// Whether it reads memory (`FLD`, `FILD`); the others write it.
+    /// Whether it reads memory (`FLD`, `FILD` and the arithmetic and comparisons);
+    /// the others write it.
     pub fn loads(self) -> bool {
         use X87MemOp::*;
-        matches!(self, FldM32 | FldM64 | FldM80 | FildM16 | FildM32 | FildM64)
+        !matches!(
+            self,
+            FstM32
+                | FstM64
+                | FstpM32
+                | FstpM64
+                | FstpM80
+                | FistM16
+                | FistM32
+                | FistpM16
+                | FistpM32
+                | FistpM64
+                | FisttpM16
+                | FisttpM32
+                | FisttpM64
+        )
     }
 }
 
@@ -290,6 +346,11 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
     // the x87 and MMX/XMM registers now hold the guest's values.
     unsafe {
         use X87MemOp::*;
+        macro_rules! op {
+            ($text:literal) => {
+                asm!($text, in(reg) m, clobber_abi("C"), options(nostack))
+            };
+        }
         match op {
             FldM32 => asm!("fld dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
             FldM64 => asm!("fld qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
@@ -316,6 +377,38 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
             FisttpM64 => {
                 asm!("fisttp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
             }
+            FaddM32 => op!("fadd dword ptr [{}]"),
+            FaddM64 => op!("fadd qword ptr [{}]"),
+            FmulM32 => op!("fmul dword ptr [{}]"),
+            FmulM64 => op!("fmul qword ptr [{}]"),
+            FsubM32 => op!("fsub dword ptr [{}]"),
+            FsubM64 => op!("fsub qword ptr [{}]"),
+            FsubrM32 => op!("fsubr dword ptr [{}]"),
+            FsubrM64 => op!("fsubr qword ptr [{}]"),
+            FdivM32 => op!("fdiv dword ptr [{}]"),
+            FdivM64 => op!("fdiv qword ptr [{}]"),
+            FdivrM32 => op!("fdivr dword ptr [{}]"),
+            FdivrM64 => op!("fdivr qword ptr [{}]"),
+            FcomM32 => op!("fcom dword ptr [{}]"),
+            FcomM64 => op!("fcom qword ptr [{}]"),
+            FcompM32 => op!("fcomp dword ptr [{}]"),
+            FcompM64 => op!("fcomp qword ptr [{}]"),
+            FiaddM16 => op!("fiadd word ptr [{}]"),
+            FiaddM32 => op!("fiadd dword ptr [{}]"),
+            FimulM16 => op!("fimul word ptr [{}]"),
+            FimulM32 => op!("fimul dword ptr [{}]"),
+            FisubM16 => op!("fisub word ptr [{}]"),
+            FisubM32 => op!("fisub dword ptr [{}]"),
+            FisubrM16 => op!("fisubr word ptr [{}]"),
+            FisubrM32 => op!("fisubr dword ptr [{}]"),
+            FidivM16 => op!("fidiv word ptr [{}]"),
+            FidivM32 => op!("fidiv dword ptr [{}]"),
+            FidivrM16 => op!("fidivr word ptr [{}]"),
+            FidivrM32 => op!("fidivr dword ptr [{}]"),
+            FicomM16 => op!("ficom word ptr [{}]"),
+            FicomM32 => op!("ficom dword ptr [{}]"),
+            FicompM16 => op!("ficomp word ptr [{}]"),
+            FicompM32 => op!("ficomp dword ptr [{}]"),
         }
     }
     // SAFETY: upheld by the caller; `area` is this function's caller's image.
