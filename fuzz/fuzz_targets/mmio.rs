@@ -1516,6 +1516,7 @@ fn check_simd(
         sse: b & 2 != 0,
         sse2: b & 4 != 0,
         sse3: b & 8 != 0,
+        ssse3: b & 32 != 0,
         sse41: b & 16 != 0,
     };
     let mut fx0 = FxArea::initial();
@@ -1534,6 +1535,7 @@ fn check_simd(
         mmio_sse::Extension::Sse => features.sse,
         mmio_sse::Extension::Sse2 => features.sse2,
         mmio_sse::Extension::Sse3 => features.sse3,
+        mmio_sse::Extension::Ssse3 => features.ssse3,
         mmio_sse::Extension::Sse41 => features.sse41,
     };
     let expect = match mv.reg {
