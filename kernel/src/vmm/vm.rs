@@ -2136,7 +2136,10 @@ mod tests {
         assert_eq!(vm.cpu.vcpu.fx.xmm(0), [0xFF; 16]);
         assert_eq!(vm.cpu.vcpu.rip, 0x1007);
         // One with an immediate is not emulated: the VM stops, named.
-        at_rip(&mut vm, &[0x66, 0x0F, 0x70, 0x05, 0x00, 0x00, 0x00, 0x30, 0x1B]);
+        at_rip(
+            &mut vm,
+            &[0x66, 0x0F, 0x70, 0x05, 0x00, 0x00, 0x00, 0x30, 0x1B],
+        );
         vm.cpu.vcpu.cr.cr4 = 1 << 9;
         let Next::Stop(why) = vm.handle(fault(0x3000_0000, false), 0) else {
             panic!("pshufd must stop the VM")
