@@ -3,7 +3,8 @@
 //! guest could read another's XMM registers. The hypervisor itself is built without
 //! SSE and keeps nothing of its own in these registers (the AES-NI code uses them
 //! only inside its calls); [`x87_memory_op`] runs one guest x87 instruction on them
-//! with the guest's image loaded and leaves the caller's control words as they were.
+//! with the guest's image loaded, and [`sse_memory_op`] one SSE computation from a
+//! fixed table of stubs, each leaving the caller's control words as they were.
 //!
 //! **Restoring under QEMU's multi-threaded TCG.** QEMU (7.2; 8.1 still does)
 //! clears IGNNE in the *boot* processor's `hflags2` whenever any processor loads an
@@ -1096,5 +1097,66 @@ mod tests {
     #[test]
     fn initial_state_qualifies() {
         assert_eq!(FxArea::initial().with_summary_set().unwrap().fsw(), FSW_ES);
+    }
+
+    fn f64s(a: f64, b: f64) -> [u8; 16] {
+        let mut r = [0; 16];
+        r[..8].copy_from_slice(&a.to_le_bytes());
+        r[8..].copy_from_slice(&b.to_le_bytes());
+        r
+    }
+
+    fn host_control_words() -> (u16, u32) {
+        let (mut cw, mut mx) = (0u16, 0u32);
+        // SAFETY: stores of this thread's control words into locals.
+        unsafe {
+            asm!("fnstcw [{}]", "stmxcsr [{}]", in(reg) &mut cw, in(reg) &mut mx, options(nostack))
+        };
+        (cw, mx)
+    }
+
+    #[test]
+    fn sse_stubs_compute_on_xmm0_and_the_buffer() {
+        let before = host_control_words();
+        let mut a = FxArea::initial();
+        a.set_xmm(0, f64s(1.0, 2.0));
+        a.set_xmm(1, f64s(9.0, 9.0));
+        let mem = SseOperand(f64s(0.5, 0.25));
+        // SAFETY: the initial image masks every exception; SSE2 exists on x86-64.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Addpd, &mem) };
+        assert_eq!(a.xmm(0), f64s(1.5, 2.25));
+        assert_eq!(a.xmm(1), f64s(9.0, 9.0), "only XMM0");
+        assert_eq!(out.gpr, 0);
+        assert_eq!(
+            host_control_words(),
+            before,
+            "the caller's control words are back"
+        );
+        // ucomisd xmm0 (1.5) with 0.5: greater, all of ZF, PF, CF clear; with NaN:
+        // all set.
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Ucomisd, &mem) };
+        assert_eq!(out.flags, 0);
+        let nan = SseOperand([0xFF; 16]);
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Ucomisd, &nan) };
+        assert_eq!(out.flags, 0x45);
+        // cvttsd2si eax of -2.75: -2, zero-extended from 32 bits.
+        let m = SseOperand(f64s(-2.75, 0.0));
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Cvttsd2siR32, &m) };
+        assert_eq!(out.gpr, 0xFFFF_FFFE);
+        assert_eq!(SseMemOp::Cvttsd2siR32.result(), SseResult::Gpr32);
+        assert_eq!(
+            (SseMemOp::Pmovzxbq.width(), SseMemOp::Movddup.width()),
+            (2, 8)
+        );
+        // An exception flag (masked) shows in the image's MXCSR: 1/3 is inexact.
+        let mut a = FxArea::initial();
+        a.set_xmm(0, f64s(1.0, 1.0));
+        // SAFETY: as above.
+        unsafe { sse_memory_op(&mut a, SseMemOp::Divsd, &SseOperand(f64s(3.0, 0.0))) };
+        assert_eq!(a.mxcsr(), 0x1F80 | 0x20);
+        assert_eq!(host_control_words(), before);
     }
 }

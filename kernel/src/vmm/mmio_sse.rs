@@ -56,9 +56,10 @@
 //! Not here: AVX. VEX/EVEX encodings cannot reach an exit, because XSAVE is hidden
 //! and CR4.OSXSAVE refused ([`super::policy`], `vcpu::cr_policy`), so the processor
 //! raises #UD for every VEX instruction before any memory access. The x87 loads and
-//! stores are [`super::mmio_x87`]'s, reached from [`emulate`] here. `MASKMOVQ`/
-//! `MASKMOVDQU`, `MOVDDUP`/`MOVSLDUP`/`MOVSHDUP` and every SSE computation with a
-//! memory operand (`ADDPS xmm, m128`, `PCMPEQB`, ...) stay
+//! stores (and arithmetic) are [`super::mmio_x87`]'s, and the SSE computations with a
+//! memory source (`ADDPS xmm, m128`, `PCMPEQB`, ..., also `MOVDDUP`/`MOVSLDUP`/
+//! `MOVSHDUP`) and `MASKMOVQ`/`MASKMOVDQU` are [`super::mmio_simd_alu`]'s, both
+//! reached from [`emulate`] here. What none of them takes stays
 //! [`MmioError::Unsupported`]: the VM stops with the instruction named.
 //! Limits as in [`super::mmio`]: no #AC for a misaligned access in ring 3 with
 //! CR0.AM and RFLAGS.AC, no segment-limit checks, no single-step #DB.
@@ -550,8 +551,9 @@ pub(super) fn locate<M: GuestMemoryMut>(
 
 /// Emulates the instruction at the vCPU's RIP that accessed MMIO or unbacked space at
 /// guest-physical `gpa`: [`mmio::emulate`] for the general-purpose forms, and when it
-/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here or the
-/// x87 loads and stores ([`super::mmio_x87`]), fetched and decoded again (only those
+/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here, the SSE
+/// computations and masked stores ([`super::mmio_simd_alu`]) or the x87 loads, stores
+/// and arithmetic ([`super::mmio_x87`]), fetched and decoded again (only those
 /// pay for it). On error nothing in the vCPU changed and the device was not called.
 pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
