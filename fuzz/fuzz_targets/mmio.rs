@@ -1870,8 +1870,20 @@ fn check_simd_alu(
     let alu = match decoded {
         SimdAluInsn::MaskMove(m) => {
             let mut fx = fx0.clone();
-            mmio_simd_alu::execute_mask_move(&m, &regs, &mut fx, GPA, &mut device, &mut env)
-                .expect("a device operand cannot fail");
+            // Where DS:rDI has a linear address (always in long mode) the bytes are
+            // located through the input's page tables, which may fail (then nothing
+            // happened) or find RAM; else each goes to the device after the exit's.
+            let located = env.linear(m.seg, regs.rdi & mask(m.address_size)).is_ok();
+            let ram0 = env.mem.0.clone();
+            let r =
+                mmio_simd_alu::execute_mask_move(&m, &regs, &mut fx, GPA, &mut device, &mut env);
+            if r.is_err() {
+                assert!(located, "{m:?}");
+                assert!(log.is_empty(), "{m:?}: {log:?}");
+                assert_eq!(fx, fx0, "{m:?}");
+                assert_eq!(env.mem.0, ram0, "{m:?}");
+                return;
+            }
             let (data, mask, n) = if m.mmx {
                 let mut e = fx0.clone();
                 e.enter_mmx_mode();
@@ -1888,6 +1900,12 @@ fn check_simd_alu(
                 (fx0.xmm(usize::from(m.src)), fx0.xmm(usize::from(m.mask)), 16)
             };
             let first = (0..n).find(|&i| mask[i] & 0x80 != 0);
+            if located {
+                let selected = (0..n).filter(|&i| mask[i] & 0x80 != 0).count();
+                assert!(log.len() <= selected, "{m:?}: {log:?}");
+                assert!(log.iter().all(|&(_, size, w)| size == 1 && w.is_some()), "{log:?}");
+                return;
+            }
             let want: Vec<(u64, u8, Option<u64>)> = (0..n)
                 .filter(|&i| mask[i] & 0x80 != 0)
                 .map(|i| (GPA + (i - first.unwrap()) as u64, 1, Some(u64::from(data[i]))))
