@@ -38,7 +38,18 @@
 //!   processor running the instruction on the input's x87 state) accesses the
 //!   operand in ascending pieces (8 + 2 bytes for 80 bits), loads only reading and
 //!   stores only writing, leaves MXCSR and the XMM registers alone, and puts no host
-//!   address into FIP/FDP.
+//!   address into FIP/FDP; the x87 arithmetic (`FADD m64fp`, ...) likewise;
+//! - the SSE computations with a memory source and `MASKMOVDQU`/`MASKMOVQ`
+//!   (`kernel::vmm::mmio_simd_alu`): length, memory size and direction as iced says,
+//!   #UD/#NM/#MF/#GP(0) exactly by the rules, and `execute` (the host running the
+//!   allow-listed stub on an input state with any MXCSR masks, rounding and FTZ)
+//!   reads the operand in ascending 8-byte pieces (or one of 4/2 bytes), changes
+//!   nothing but the destination and MXCSR's flags (only adding flags), faults (#XM,
+//!   or #UD without CR4.OSXMMEXCPT) exactly when a raised flag is unmasked, and then
+//!   leaves the destination alone; the result does not depend on which XMM register
+//!   holds the operand (the same values in another register give the same bytes);
+//!   the masked stores write one byte per selected mask byte, ascending, exactly the
+//!   register's bytes.
 //!
 //! Input: a mode byte (bits 1:0 real/protected/long/compatibility mode, bit 2
 //! paging, bit 3 PAE, bit 4 LA57, bit 5 PSE), CR3, RIP and CS base (8 bytes each),
@@ -55,6 +66,7 @@ use kernel::vmm::mmio::{
 };
 use kernel::vmm::mmio_memory::{Env, MAX_BATCH};
 use kernel::vmm::mmio_sse::{self, SimdFeatures, SimdReg};
+use kernel::vmm::mmio_simd_alu::{self, AluDest, AluOutcome, SimdAluInsn};
 use kernel::vmm::mmio_x87;
 use vcpu::fpu::FxArea;
 use kernel::vmm::mmio_segment::SegmentLoad;
@@ -1462,6 +1474,10 @@ fn check_simd(
     ram: &mut RamCopy,
 ) {
     let Ok((mv, insn)) = mmio_sse::decode(bytes, bitness, rip) else {
+        if let Ok((alu, _)) = mmio_simd_alu::decode(bytes, bitness, rip) {
+            check_simd_alu(bytes, bitness, rip, head, alu, regs, reads, cr, ram);
+            return;
+        }
         check_x87(bytes, bitness, rip, regs, rsp, reads, cr, ram);
         return;
     };
@@ -1516,6 +1532,7 @@ fn check_simd(
         sse: b & 2 != 0,
         sse2: b & 4 != 0,
         sse3: b & 8 != 0,
+        ssse3: b & 32 != 0,
         sse41: b & 16 != 0,
     };
     let mut fx0 = FxArea::initial();
@@ -1534,6 +1551,7 @@ fn check_simd(
         mmio_sse::Extension::Sse => features.sse,
         mmio_sse::Extension::Sse2 => features.sse2,
         mmio_sse::Extension::Sse3 => features.sse3,
+        mmio_sse::Extension::Ssse3 => features.ssse3,
         mmio_sse::Extension::Sse41 => features.sse41,
     };
     let expect = match mv.reg {
@@ -1751,4 +1769,242 @@ fn check_x87(
     let fdp_now = u64::from_le_bytes(fx.0[16..24].try_into().unwrap());
     assert!(fip == 0 || fip == rip, "{mv:?}: FIP {fip:#x}");
     assert!(fdp_now == 0 || fdp_now == fdp, "{mv:?}: FDP {fdp_now:#x}");
+}
+
+/// The SSE computations and masked stores (see the header).
+#[allow(clippy::too_many_arguments)]
+fn check_simd_alu(
+    bytes: &[u8],
+    bitness: u32,
+    rip: u64,
+    head: &[u8],
+    decoded: SimdAluInsn,
+    regs: GuestRegisters,
+    reads: [u64; 4],
+    cr: ControlRegs,
+    ram: &mut RamCopy,
+) {
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
+    let instr = decoder.decode();
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&instr);
+    let used = info.used_memory();
+    match decoded {
+        SimdAluInsn::Alu(a) => {
+            assert_eq!(instr.len(), a.len, "{a:?}");
+            assert_eq!(used.len(), 1, "{a:?}: {used:?}");
+            assert_eq!(used[0].memory_size().size(), usize::from(a.width()), "{a:?}");
+            assert_eq!(used[0].access(), OpAccess::Read, "{a:?}");
+        }
+        SimdAluInsn::MaskMove(m) => {
+            assert_eq!(instr.len(), m.len, "{m:?}");
+            assert!(
+                used.iter().any(|u| matches!(u.access(), OpAccess::Write | OpAccess::CondWrite)),
+                "{m:?}: {used:?}"
+            );
+        }
+    }
+
+    // Control registers, features and an FXSAVE image from the input; MXCSR with
+    // any masks, rounding and FTZ (DAZ where the host has it).
+    let knobs = head[0] >> 6 | (regs.rbp as u8) << 2;
+    let cr = ControlRegs {
+        cr0: cr.cr0 | u64::from(knobs & 1) << 2 | u64::from(knobs & 2) << 2 | 1 << 5,
+        cr4: cr.cr4 | u64::from(knobs & 4 != 0) << 9 | u64::from(knobs & 8 != 0) << 10,
+        ..cr
+    };
+    let b = (regs.rbp >> 8) as u8;
+    let features = SimdFeatures {
+        mmx: b & 1 != 0,
+        sse: b & 2 != 0,
+        sse2: b & 4 != 0,
+        sse3: b & 8 != 0,
+        ssse3: b & 32 != 0,
+        sse41: b & 16 != 0,
+    };
+    let mut fx0 = FxArea::initial();
+    let vals = all(&regs, 0);
+    for (i, chunk) in fx0.0[32..416].chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&vals[i % 16].rotate_left(3 * i as u32).to_le_bytes());
+    }
+    fx0.0[2..4].copy_from_slice(&(regs.rsi as u16 & 0x3880).to_le_bytes());
+    // SAFETY: this process runs with SSE enabled.
+    let host_mask = unsafe { vcpu::fpu::host_mxcsr_mask() };
+    fx0.set_mxcsr((regs.rbp >> 16) as u32 & 0xFFFF & host_mask);
+    let address = regs.rdi;
+    let em = cr.cr0 & 4 != 0;
+    let ts = cr.cr0 & 8 != 0;
+    let osfxsr = cr.cr4 & 1 << 9 != 0;
+    let (has, mmx, aligned) = match decoded {
+        SimdAluInsn::Alu(a) => (features.has(a.needs), false, a.aligned()),
+        SimdAluInsn::MaskMove(m) if m.mmx => (features.sse, true, false),
+        SimdAluInsn::MaskMove(_) => (features.sse2, false, false),
+    };
+    let pending = fx0.fsw() & 0x80 != 0;
+    let expect = if em || !has || (!mmx && !osfxsr) {
+        Some(vcpu::Exception::UD)
+    } else if ts {
+        Some(vcpu::Exception::NM)
+    } else if mmx && pending {
+        Some(vcpu::Exception::MF)
+    } else if aligned && address % 16 != 0 {
+        Some(vcpu::Exception::GP0)
+    } else {
+        None
+    };
+    let fault = mmio_simd_alu::check(&decoded, &cr, features, &fx0, address);
+    assert_eq!(fault, Ok(expect), "{decoded:?} {cr:?} {features:?}");
+
+    let mut env = Env {
+        mem: ram,
+        cr,
+        segments: [None; 6],
+    };
+    const GPA: u64 = 0xfee0_0000;
+    let mut log: Vec<(u64, u8, Option<u64>)> = Vec::new();
+    let mut next = reads.iter().copied().cycle();
+    let mut device = |gpa: u64, size: u8, write: Option<u64>| {
+        log.push((gpa, size, write));
+        next.next().unwrap_or(0)
+    };
+    let alu = match decoded {
+        SimdAluInsn::MaskMove(m) => {
+            let mut fx = fx0.clone();
+            // Where DS:rDI has a linear address (always in long mode) the bytes are
+            // located through the input's page tables, which may fail (then nothing
+            // happened) or find RAM; else each goes to the device after the exit's.
+            let located = env.linear(m.seg, regs.rdi & mask(m.address_size)).is_ok();
+            let ram0 = env.mem.0.clone();
+            let r =
+                mmio_simd_alu::execute_mask_move(&m, &regs, &mut fx, GPA, &mut device, &mut env);
+            if r.is_err() {
+                assert!(located, "{m:?}");
+                assert!(log.is_empty(), "{m:?}: {log:?}");
+                assert_eq!(fx, fx0, "{m:?}");
+                assert_eq!(env.mem.0, ram0, "{m:?}");
+                return;
+            }
+            let (data, mask, n) = if m.mmx {
+                let mut e = fx0.clone();
+                e.enter_mmx_mode();
+                assert_eq!(fx, e, "{m:?}: only the MMX-mode switch");
+                let d = fx0.mm(usize::from(m.src)).to_le_bytes();
+                let k = fx0.mm(usize::from(m.mask)).to_le_bytes();
+                let mut dd = [0u8; 16];
+                let mut kk = [0u8; 16];
+                dd[..8].copy_from_slice(&d);
+                kk[..8].copy_from_slice(&k);
+                (dd, kk, 8)
+            } else {
+                assert_eq!(fx, fx0, "{m:?}");
+                (fx0.xmm(usize::from(m.src)), fx0.xmm(usize::from(m.mask)), 16)
+            };
+            let first = (0..n).find(|&i| mask[i] & 0x80 != 0);
+            if located {
+                let selected = (0..n).filter(|&i| mask[i] & 0x80 != 0).count();
+                assert!(log.len() <= selected, "{m:?}: {log:?}");
+                assert!(log.iter().all(|&(_, size, w)| size == 1 && w.is_some()), "{log:?}");
+                return;
+            }
+            let want: Vec<(u64, u8, Option<u64>)> = (0..n)
+                .filter(|&i| mask[i] & 0x80 != 0)
+                .map(|i| (GPA + (i - first.unwrap()) as u64, 1, Some(u64::from(data[i]))))
+                .collect();
+            assert_eq!(log, want, "{m:?}");
+            return;
+        }
+        SimdAluInsn::Alu(a) => a,
+    };
+    if !mmio_simd_alu::host_features().has(alu.needs) {
+        return;
+    }
+    let osxmmexcpt = cr.cr4 & 1 << 10 != 0;
+    let mut fx = fx0.clone();
+    let result = mmio_simd_alu::execute(
+        &alu,
+        &mut fx,
+        mmio_sse::Operand::Exit { gpa: GPA },
+        osxmmexcpt,
+        &mut device,
+        &mut env,
+    );
+    let guest = fx0.mxcsr();
+    if alu.may_underflow && guest & 1 << 11 == 0 {
+        assert_eq!(result, Err(mmio_sse::SimdError::UnmaskedUnderflow));
+        assert!(log.is_empty());
+        assert_eq!(fx, fx0);
+        return;
+    }
+    let outcome = result.expect("a device operand cannot fail");
+    let piece = alu.width().min(8);
+    let want: Vec<(u64, u8, Option<u64>)> = (0..alu.width() / piece)
+        .map(|k| (GPA + u64::from(k * piece), piece, None))
+        .collect();
+    assert_eq!(log, want, "{alu:?}");
+    // Only MXCSR's flags are added; a fault exactly when a new flag is unmasked.
+    let now = fx.mxcsr();
+    assert_eq!(now & !0x3F, guest & !0x3F, "{alu:?}");
+    assert_eq!(now & guest, guest, "{alu:?}: flags only added");
+    let masks = guest >> 7 & 0x3F;
+    let dest_xmm = match alu.dest {
+        AluDest::Xmm(n) => Some(usize::from(n)),
+        _ => None,
+    };
+    let mut rest = fx.clone();
+    rest.set_mxcsr(guest);
+    if let (AluOutcome::Done { .. }, Some(n)) = (&outcome, dest_xmm) {
+        rest.set_xmm(n, fx0.xmm(n));
+    }
+    assert_eq!(rest, fx0, "{alu:?}: only the destination and MXCSR's flags change");
+    match outcome {
+        AluOutcome::Fault(e) => {
+            let want = if osxmmexcpt {
+                vcpu::Exception::XM
+            } else {
+                vcpu::Exception::UD
+            };
+            assert_eq!(e, want);
+            assert_ne!(now & !masks & 0x3F, 0, "{alu:?}: a fault needs an unmasked flag");
+        }
+        AluOutcome::Done { flags, gpr } => {
+            // Flags raised now are all masked (flags set before may be anything).
+            assert_eq!((now & !guest) & !masks & 0x3F, 0, "{alu:?}");
+            assert_eq!(flags & !0x45, 0, "only ZF, PF, CF");
+            if let AluDest::Gpr { width: 4, .. } = alu.dest {
+                assert_eq!(gpr >> 32, 0, "a 32-bit result is zero-extended");
+            }
+            // The same computation with the operand in another register.
+            let (AluDest::Xmm(d) | AluDest::Flags(d)) = alu.dest else {
+                return;
+            };
+            let other = (usize::from(d) + 5) % 16;
+            let mut fx2 = fx0.clone();
+            fx2.set_xmm(other, fx0.xmm(usize::from(d)));
+            let alu2 = mmio_simd_alu::SimdAlu {
+                dest: match alu.dest {
+                    AluDest::Xmm(_) => AluDest::Xmm(other as u8),
+                    _ => AluDest::Flags(other as u8),
+                },
+                ..alu
+            };
+            // The device answers as it did the first time.
+            let values: Vec<u64> = reads.iter().copied().cycle().take(log.len()).collect();
+            let mut it = values.into_iter();
+            let mut device2 = |_: u64, _: u8, _: Option<u64>| it.next().unwrap_or(0);
+            let out2 = mmio_simd_alu::execute(
+                &alu2,
+                &mut fx2,
+                mmio_sse::Operand::Exit { gpa: GPA },
+                osxmmexcpt,
+                &mut device2,
+                &mut env,
+            )
+            .expect("as before");
+            assert_eq!(out2, outcome, "{alu:?}");
+            assert_eq!(fx2.mxcsr(), now, "{alu:?}");
+            if let AluDest::Xmm(_) = alu.dest {
+                assert_eq!(fx2.xmm(other), fx.xmm(usize::from(d)), "{alu:?}");
+            }
+        }
+    }
 }

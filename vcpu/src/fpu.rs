@@ -3,7 +3,8 @@
 //! guest could read another's XMM registers. The hypervisor itself is built without
 //! SSE and keeps nothing of its own in these registers (the AES-NI code uses them
 //! only inside its calls); [`x87_memory_op`] runs one guest x87 instruction on them
-//! with the guest's image loaded and leaves the caller's control words as they were.
+//! with the guest's image loaded, and [`sse_memory_op`] one SSE computation from a
+//! fixed table of stubs, each leaving the caller's control words as they were.
 //!
 //! **Restoring under QEMU's multi-threaded TCG.** QEMU (7.2; 8.1 still does)
 //! clears IGNNE in the *boot* processor's `hflags2` whenever any processor loads an
@@ -209,7 +210,8 @@ pub unsafe fn fxrstor(area: &FxArea) {
     }
 }
 
-/// An x87 load or store with a memory operand, carried out by [`x87_memory_op`] on a
+/// An x87 load, store, arithmetic or comparison with a memory operand, carried out by
+/// [`x87_memory_op`] on a
 /// buffer that stands for the guest's memory (an MMIO operand the core read from a
 /// device, or will write to one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +235,39 @@ pub enum X87MemOp {
     FisttpM16,
     FisttpM32,
     FisttpM64,
+    // Arithmetic and comparisons with ST(0) and a memory source (they read it).
+    FaddM32,
+    FaddM64,
+    FmulM32,
+    FmulM64,
+    FsubM32,
+    FsubM64,
+    FsubrM32,
+    FsubrM64,
+    FdivM32,
+    FdivM64,
+    FdivrM32,
+    FdivrM64,
+    FcomM32,
+    FcomM64,
+    FcompM32,
+    FcompM64,
+    FiaddM16,
+    FiaddM32,
+    FimulM16,
+    FimulM32,
+    FisubM16,
+    FisubM32,
+    FisubrM16,
+    FisubrM32,
+    FidivM16,
+    FidivM32,
+    FidivrM16,
+    FidivrM32,
+    FicomM16,
+    FicomM32,
+    FicompM16,
+    FicompM32,
 }
 
 impl X87MemOp {
@@ -244,13 +279,35 @@ impl X87MemOp {
             FldM32 | FildM32 | FstM32 | FstpM32 | FistM32 | FistpM32 | FisttpM32 => 4,
             FldM64 | FildM64 | FstM64 | FstpM64 | FistpM64 | FisttpM64 => 8,
             FldM80 | FstpM80 => 10,
+            FiaddM16 | FimulM16 | FisubM16 | FisubrM16 | FidivM16 | FidivrM16 | FicomM16
+            | FicompM16 => 2,
+            FaddM32 | FmulM32 | FsubM32 | FsubrM32 | FdivM32 | FdivrM32 | FcomM32 | FcompM32
+            | FiaddM32 | FimulM32 | FisubM32 | FisubrM32 | FidivM32 | FidivrM32 | FicomM32
+            | FicompM32 => 4,
+            FaddM64 | FmulM64 | FsubM64 | FsubrM64 | FdivM64 | FdivrM64 | FcomM64 | FcompM64 => 8,
         }
     }
 
-    /// Whether it reads memory (`FLD`, `FILD`); the others write it.
+    /// Whether it reads memory (`FLD`, `FILD` and the arithmetic and comparisons);
+    /// the others write it.
     pub fn loads(self) -> bool {
         use X87MemOp::*;
-        matches!(self, FldM32 | FldM64 | FldM80 | FildM16 | FildM32 | FildM64)
+        !matches!(
+            self,
+            FstM32
+                | FstM64
+                | FstpM32
+                | FstpM64
+                | FstpM80
+                | FistM16
+                | FistM32
+                | FistpM16
+                | FistpM32
+                | FistpM64
+                | FisttpM16
+                | FisttpM32
+                | FisttpM64
+        )
     }
 }
 
@@ -290,6 +347,11 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
     // the x87 and MMX/XMM registers now hold the guest's values.
     unsafe {
         use X87MemOp::*;
+        macro_rules! op {
+            ($text:literal) => {
+                asm!($text, in(reg) m, clobber_abi("C"), options(nostack))
+            };
+        }
         match op {
             FldM32 => asm!("fld dword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
             FldM64 => asm!("fld qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack)),
@@ -316,6 +378,38 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
             FisttpM64 => {
                 asm!("fisttp qword ptr [{}]", in(reg) m, clobber_abi("C"), options(nostack))
             }
+            FaddM32 => op!("fadd dword ptr [{}]"),
+            FaddM64 => op!("fadd qword ptr [{}]"),
+            FmulM32 => op!("fmul dword ptr [{}]"),
+            FmulM64 => op!("fmul qword ptr [{}]"),
+            FsubM32 => op!("fsub dword ptr [{}]"),
+            FsubM64 => op!("fsub qword ptr [{}]"),
+            FsubrM32 => op!("fsubr dword ptr [{}]"),
+            FsubrM64 => op!("fsubr qword ptr [{}]"),
+            FdivM32 => op!("fdiv dword ptr [{}]"),
+            FdivM64 => op!("fdiv qword ptr [{}]"),
+            FdivrM32 => op!("fdivr dword ptr [{}]"),
+            FdivrM64 => op!("fdivr qword ptr [{}]"),
+            FcomM32 => op!("fcom dword ptr [{}]"),
+            FcomM64 => op!("fcom qword ptr [{}]"),
+            FcompM32 => op!("fcomp dword ptr [{}]"),
+            FcompM64 => op!("fcomp qword ptr [{}]"),
+            FiaddM16 => op!("fiadd word ptr [{}]"),
+            FiaddM32 => op!("fiadd dword ptr [{}]"),
+            FimulM16 => op!("fimul word ptr [{}]"),
+            FimulM32 => op!("fimul dword ptr [{}]"),
+            FisubM16 => op!("fisub word ptr [{}]"),
+            FisubM32 => op!("fisub dword ptr [{}]"),
+            FisubrM16 => op!("fisubr word ptr [{}]"),
+            FisubrM32 => op!("fisubr dword ptr [{}]"),
+            FidivM16 => op!("fidiv word ptr [{}]"),
+            FidivM32 => op!("fidiv dword ptr [{}]"),
+            FidivrM16 => op!("fidivr word ptr [{}]"),
+            FidivrM32 => op!("fidivr dword ptr [{}]"),
+            FicomM16 => op!("ficom word ptr [{}]"),
+            FicomM32 => op!("ficom dword ptr [{}]"),
+            FicompM16 => op!("ficomp word ptr [{}]"),
+            FicompM32 => op!("ficomp dword ptr [{}]"),
         }
     }
     // SAFETY: upheld by the caller; `area` is this function's caller's image.
@@ -333,6 +427,543 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
             options(nostack)
         )
     };
+}
+
+/// An SSE/SSE2/SSE3/SSSE3/SSE4.1 computation whose only memory operand is a 16-, 8-,
+/// 4- or 2-byte source, carried out by [`sse_memory_op`] as `op xmm0, [buf]` (or
+/// `op eax/rax, [buf]` for the conversions to an integer). Each variant is one fixed
+/// instruction assembled into this crate: nothing the guest wrote is ever executed,
+/// and the caller moves the guest's register operand into XMM0 (and back) around
+/// the call. No form here takes an immediate, loads MXCSR or changes any other state
+/// than XMM0 (or the GPR), MXCSR's flags and, for comparisons, RFLAGS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseMemOp {
+    Addps,
+    Addss,
+    Addpd,
+    Addsd,
+    Subps,
+    Subss,
+    Subpd,
+    Subsd,
+    Mulps,
+    Mulss,
+    Mulpd,
+    Mulsd,
+    Divps,
+    Divss,
+    Divpd,
+    Divsd,
+    Minps,
+    Minss,
+    Minpd,
+    Minsd,
+    Maxps,
+    Maxss,
+    Maxpd,
+    Maxsd,
+    Sqrtps,
+    Sqrtss,
+    Sqrtpd,
+    Sqrtsd,
+    Rcpps,
+    Rcpss,
+    Rsqrtps,
+    Rsqrtss,
+    Andps,
+    Andpd,
+    Andnps,
+    Andnpd,
+    Orps,
+    Orpd,
+    Xorps,
+    Xorpd,
+    Unpcklps,
+    Unpcklpd,
+    Unpckhps,
+    Unpckhpd,
+    Ucomiss,
+    Comiss,
+    Ucomisd,
+    Comisd,
+    Cvtss2sd,
+    Cvtsd2ss,
+    Cvtps2pd,
+    Cvtpd2ps,
+    Cvtdq2ps,
+    Cvtps2dq,
+    Cvttps2dq,
+    Cvtdq2pd,
+    Cvtpd2dq,
+    Cvttpd2dq,
+    Cvtsi2ssM32,
+    Cvtsi2ssM64,
+    Cvtsi2sdM32,
+    Cvtsi2sdM64,
+    Cvtss2siR32,
+    Cvtss2siR64,
+    Cvttss2siR32,
+    Cvttss2siR64,
+    Cvtsd2siR32,
+    Cvtsd2siR64,
+    Cvttsd2siR32,
+    Cvttsd2siR64,
+    Paddb,
+    Paddw,
+    Paddd,
+    Paddq,
+    Psubb,
+    Psubw,
+    Psubd,
+    Psubq,
+    Paddsb,
+    Paddsw,
+    Paddusb,
+    Paddusw,
+    Psubsb,
+    Psubsw,
+    Psubusb,
+    Psubusw,
+    Pmullw,
+    Pmulhw,
+    Pmulhuw,
+    Pmuludq,
+    Pmaddwd,
+    Pavgb,
+    Pavgw,
+    Pminub,
+    Pmaxub,
+    Pminsw,
+    Pmaxsw,
+    Psadbw,
+    Pand,
+    Pandn,
+    Por,
+    Pxor,
+    Pcmpeqb,
+    Pcmpeqw,
+    Pcmpeqd,
+    Pcmpgtb,
+    Pcmpgtw,
+    Pcmpgtd,
+    Packsswb,
+    Packssdw,
+    Packuswb,
+    Punpcklbw,
+    Punpcklwd,
+    Punpckldq,
+    Punpcklqdq,
+    Punpckhbw,
+    Punpckhwd,
+    Punpckhdq,
+    Punpckhqdq,
+    Psllw,
+    Pslld,
+    Psllq,
+    Psrlw,
+    Psrld,
+    Psrlq,
+    Psraw,
+    Psrad,
+    Addsubps,
+    Addsubpd,
+    Haddps,
+    Haddpd,
+    Hsubps,
+    Hsubpd,
+    Movsldup,
+    Movshdup,
+    Movddup,
+    Pshufb,
+    Phaddw,
+    Phaddd,
+    Phaddsw,
+    Phsubw,
+    Phsubd,
+    Phsubsw,
+    Pmaddubsw,
+    Pmulhrsw,
+    Psignb,
+    Psignw,
+    Psignd,
+    Pabsb,
+    Pabsw,
+    Pabsd,
+    Pmulld,
+    Pmuldq,
+    Pminsb,
+    Pminsd,
+    Pminuw,
+    Pminud,
+    Pmaxsb,
+    Pmaxsd,
+    Pmaxuw,
+    Pmaxud,
+    Pcmpeqq,
+    Packusdw,
+    Phminposuw,
+    Ptest,
+    Pmovsxbw,
+    Pmovsxbd,
+    Pmovsxbq,
+    Pmovsxwd,
+    Pmovsxwq,
+    Pmovsxdq,
+    Pmovzxbw,
+    Pmovzxbd,
+    Pmovzxbq,
+    Pmovzxwd,
+    Pmovzxwq,
+    Pmovzxdq,
+}
+
+/// Where an [`SseMemOp`] leaves its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseResult {
+    /// In XMM0 of the image.
+    Xmm0,
+    /// In RFLAGS: ZF, PF and CF (`UCOMISS`, `COMISS`, `UCOMISD`, `COMISD`, `PTEST`).
+    Flags,
+    /// In a 32-bit general-purpose register ([`SseOutput::gpr`]).
+    Gpr32,
+    /// In a 64-bit general-purpose register.
+    Gpr64,
+}
+
+impl SseMemOp {
+    /// The memory operand's size in bytes: 16, 8, 4 or 2.
+    pub fn width(self) -> u8 {
+        use SseMemOp::*;
+        match self {
+            Addps | Addpd | Subps | Subpd | Mulps | Mulpd | Divps | Divpd | Minps | Minpd
+            | Maxps | Maxpd | Sqrtps | Sqrtpd | Rcpps | Rsqrtps | Andps | Andpd | Andnps
+            | Andnpd | Orps | Orpd | Xorps | Xorpd | Unpcklps | Unpcklpd | Unpckhps | Unpckhpd
+            | Cvtpd2ps | Cvtdq2ps | Cvtps2dq | Cvttps2dq | Cvtpd2dq | Cvttpd2dq | Paddb | Paddw
+            | Paddd | Paddq | Psubb | Psubw | Psubd | Psubq | Paddsb | Paddsw | Paddusb
+            | Paddusw | Psubsb | Psubsw | Psubusb | Psubusw | Pmullw | Pmulhw | Pmulhuw
+            | Pmuludq | Pmaddwd | Pavgb | Pavgw | Pminub | Pmaxub | Pminsw | Pmaxsw | Psadbw
+            | Pand | Pandn | Por | Pxor | Pcmpeqb | Pcmpeqw | Pcmpeqd | Pcmpgtb | Pcmpgtw
+            | Pcmpgtd | Packsswb | Packssdw | Packuswb | Punpcklbw | Punpcklwd | Punpckldq
+            | Punpcklqdq | Punpckhbw | Punpckhwd | Punpckhdq | Punpckhqdq | Psllw | Pslld
+            | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad | Addsubps | Addsubpd | Haddps
+            | Haddpd | Hsubps | Hsubpd | Movsldup | Movshdup | Pshufb | Phaddw | Phaddd
+            | Phaddsw | Phsubw | Phsubd | Phsubsw | Pmaddubsw | Pmulhrsw | Psignb | Psignw
+            | Psignd | Pabsb | Pabsw | Pabsd | Pmulld | Pmuldq | Pminsb | Pminsd | Pminuw
+            | Pminud | Pmaxsb | Pmaxsd | Pmaxuw | Pmaxud | Pcmpeqq | Packusdw | Phminposuw
+            | Ptest => 16,
+            Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd | Ucomisd | Comisd
+            | Cvtsd2ss | Cvtps2pd | Cvtdq2pd | Cvtsi2ssM64 | Cvtsi2sdM64 | Cvtsd2siR32
+            | Cvtsd2siR64 | Cvttsd2siR32 | Cvttsd2siR64 | Movddup | Pmovsxbw | Pmovsxwd
+            | Pmovsxdq | Pmovzxbw | Pmovzxwd | Pmovzxdq => 8,
+            Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss | Rcpss | Rsqrtss | Ucomiss
+            | Comiss | Cvtss2sd | Cvtsi2ssM32 | Cvtsi2sdM32 | Cvtss2siR32 | Cvtss2siR64
+            | Cvttss2siR32 | Cvttss2siR64 | Pmovsxbd | Pmovsxwq | Pmovzxbd | Pmovzxwq => 4,
+            Pmovsxbq | Pmovzxbq => 2,
+        }
+    }
+
+    /// Where the result goes.
+    pub fn result(self) -> SseResult {
+        use SseMemOp::*;
+        match self {
+            Ucomiss | Comiss | Ucomisd | Comisd | Ptest => SseResult::Flags,
+            Cvtss2siR32 | Cvttss2siR32 | Cvtsd2siR32 | Cvttsd2siR32 => SseResult::Gpr32,
+            Cvtss2siR64 | Cvttss2siR64 | Cvtsd2siR64 | Cvttsd2siR64 => SseResult::Gpr64,
+            _ => SseResult::Xmm0,
+        }
+    }
+}
+
+/// The memory source of an [`SseMemOp`]: 16 bytes, 16-byte aligned, because the
+/// packed legacy-SSE forms raise #GP for a misaligned operand (SDM Vol. 1 11.6.7),
+/// which here would be the host's.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SseOperand(pub [u8; 16]);
+
+/// What [`sse_memory_op`] returns besides the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SseOutput {
+    /// ZF, PF and CF as the instruction left them, at their RFLAGS positions (bits
+    /// 6, 2, 0); meaningful for [`SseResult::Flags`].
+    pub flags: u64,
+    /// The general-purpose result (zero-extended from 32 bits for
+    /// [`SseResult::Gpr32`]).
+    pub gpr: u64,
+}
+
+/// Runs `op` on this processor with `area` as the x87/SSE state (the register
+/// operand in XMM0) and `mem` as its memory source (the low [`SseMemOp::width`]
+/// bytes), and leaves the resulting state in `area`: the arithmetic, rounding
+/// (MXCSR.RC, DAZ, FTZ) and MXCSR exception flags are the processor's own. The caller
+/// masks in `area`'s MXCSR the exceptions it does not want raised in the host (all
+/// of them: an unmasked SIMD floating-point exception here would be the host's #XM),
+/// then compares the flags with the guest's masks. The caller's x87 control word and
+/// MXCSR are restored afterwards and the x87 stack left empty (FNINIT), as
+/// [`x87_memory_op`] does.
+///
+/// # Safety
+/// As [`fxrstor`]; moreover every exception in `area`'s MXCSR must be masked (bits
+/// 12:7 set).
+#[inline(never)]
+pub unsafe fn sse_memory_op(area: &mut FxArea, op: SseMemOp, mem: &SseOperand) -> SseOutput {
+    let (mut cw, mut mxcsr) = (0u16, 0u32);
+    // SAFETY: stores of the caller's control word and MXCSR into locals.
+    unsafe {
+        asm!(
+            "fnstcw [{cw}]",
+            "stmxcsr [{mx}]",
+            cw = in(reg) &mut cw,
+            mx = in(reg) &mut mxcsr,
+            options(nostack, preserves_flags)
+        )
+    };
+    // SAFETY: upheld by the caller.
+    unsafe { fxrstor(area) };
+    let m = mem.0.as_ptr();
+    let (mut cf, mut pf, mut zf) = (0u8, 0u8, 0u8);
+    let mut gpr = 0u64;
+    // SAFETY: one fixed SSE instruction that reads at most 16 bytes at `m` (the
+    // buffer is 16 bytes and 16-byte aligned, so no form raises #GP) and writes only
+    // XMM0, the GPRs named as outputs, MXCSR's flags and RFLAGS; with every
+    // exception masked (the caller's duty) it raises none, and every form exists on
+    // the host (the caller runs only what the guest's CPUID view offers, which is a
+    // subset of the host's). `clobber_abi`: the vector registers hold the guest's.
+    unsafe {
+        use SseMemOp::*;
+        macro_rules! x {
+            ($text:literal) => {
+                asm!($text, in("rdi") m, clobber_abi("C"), options(nostack, readonly))
+            };
+        }
+        macro_rules! f {
+            ($text:literal) => {
+                asm!(
+                    $text,
+                    "setc al",
+                    "setp cl",
+                    "setz dl",
+                    in("rdi") m,
+                    out("al") cf,
+                    out("cl") pf,
+                    out("dl") zf,
+                    clobber_abi("C"),
+                    options(nostack, readonly)
+                )
+            };
+        }
+        macro_rules! r {
+            ($text:literal) => {
+                asm!(
+                    $text,
+                    in("rdi") m,
+                    out("rax") gpr,
+                    clobber_abi("C"),
+                    options(nostack, readonly)
+                )
+            };
+        }
+        match op {
+            Addps => x!("addps xmm0, xmmword ptr [rdi]"),
+            Addss => x!("addss xmm0, dword ptr [rdi]"),
+            Addpd => x!("addpd xmm0, xmmword ptr [rdi]"),
+            Addsd => x!("addsd xmm0, qword ptr [rdi]"),
+            Subps => x!("subps xmm0, xmmword ptr [rdi]"),
+            Subss => x!("subss xmm0, dword ptr [rdi]"),
+            Subpd => x!("subpd xmm0, xmmword ptr [rdi]"),
+            Subsd => x!("subsd xmm0, qword ptr [rdi]"),
+            Mulps => x!("mulps xmm0, xmmword ptr [rdi]"),
+            Mulss => x!("mulss xmm0, dword ptr [rdi]"),
+            Mulpd => x!("mulpd xmm0, xmmword ptr [rdi]"),
+            Mulsd => x!("mulsd xmm0, qword ptr [rdi]"),
+            Divps => x!("divps xmm0, xmmword ptr [rdi]"),
+            Divss => x!("divss xmm0, dword ptr [rdi]"),
+            Divpd => x!("divpd xmm0, xmmword ptr [rdi]"),
+            Divsd => x!("divsd xmm0, qword ptr [rdi]"),
+            Minps => x!("minps xmm0, xmmword ptr [rdi]"),
+            Minss => x!("minss xmm0, dword ptr [rdi]"),
+            Minpd => x!("minpd xmm0, xmmword ptr [rdi]"),
+            Minsd => x!("minsd xmm0, qword ptr [rdi]"),
+            Maxps => x!("maxps xmm0, xmmword ptr [rdi]"),
+            Maxss => x!("maxss xmm0, dword ptr [rdi]"),
+            Maxpd => x!("maxpd xmm0, xmmword ptr [rdi]"),
+            Maxsd => x!("maxsd xmm0, qword ptr [rdi]"),
+            Sqrtps => x!("sqrtps xmm0, xmmword ptr [rdi]"),
+            Sqrtss => x!("sqrtss xmm0, dword ptr [rdi]"),
+            Sqrtpd => x!("sqrtpd xmm0, xmmword ptr [rdi]"),
+            Sqrtsd => x!("sqrtsd xmm0, qword ptr [rdi]"),
+            Rcpps => x!("rcpps xmm0, xmmword ptr [rdi]"),
+            Rcpss => x!("rcpss xmm0, dword ptr [rdi]"),
+            Rsqrtps => x!("rsqrtps xmm0, xmmword ptr [rdi]"),
+            Rsqrtss => x!("rsqrtss xmm0, dword ptr [rdi]"),
+            Andps => x!("andps xmm0, xmmword ptr [rdi]"),
+            Andpd => x!("andpd xmm0, xmmword ptr [rdi]"),
+            Andnps => x!("andnps xmm0, xmmword ptr [rdi]"),
+            Andnpd => x!("andnpd xmm0, xmmword ptr [rdi]"),
+            Orps => x!("orps xmm0, xmmword ptr [rdi]"),
+            Orpd => x!("orpd xmm0, xmmword ptr [rdi]"),
+            Xorps => x!("xorps xmm0, xmmword ptr [rdi]"),
+            Xorpd => x!("xorpd xmm0, xmmword ptr [rdi]"),
+            Unpcklps => x!("unpcklps xmm0, xmmword ptr [rdi]"),
+            Unpcklpd => x!("unpcklpd xmm0, xmmword ptr [rdi]"),
+            Unpckhps => x!("unpckhps xmm0, xmmword ptr [rdi]"),
+            Unpckhpd => x!("unpckhpd xmm0, xmmword ptr [rdi]"),
+            Ucomiss => f!("ucomiss xmm0, dword ptr [rdi]"),
+            Comiss => f!("comiss xmm0, dword ptr [rdi]"),
+            Ucomisd => f!("ucomisd xmm0, qword ptr [rdi]"),
+            Comisd => f!("comisd xmm0, qword ptr [rdi]"),
+            Cvtss2sd => x!("cvtss2sd xmm0, dword ptr [rdi]"),
+            Cvtsd2ss => x!("cvtsd2ss xmm0, qword ptr [rdi]"),
+            Cvtps2pd => x!("cvtps2pd xmm0, qword ptr [rdi]"),
+            Cvtpd2ps => x!("cvtpd2ps xmm0, xmmword ptr [rdi]"),
+            Cvtdq2ps => x!("cvtdq2ps xmm0, xmmword ptr [rdi]"),
+            Cvtps2dq => x!("cvtps2dq xmm0, xmmword ptr [rdi]"),
+            Cvttps2dq => x!("cvttps2dq xmm0, xmmword ptr [rdi]"),
+            Cvtdq2pd => x!("cvtdq2pd xmm0, qword ptr [rdi]"),
+            Cvtpd2dq => x!("cvtpd2dq xmm0, xmmword ptr [rdi]"),
+            Cvttpd2dq => x!("cvttpd2dq xmm0, xmmword ptr [rdi]"),
+            Cvtsi2ssM32 => x!("cvtsi2ss xmm0, dword ptr [rdi]"),
+            Cvtsi2ssM64 => x!("cvtsi2ss xmm0, qword ptr [rdi]"),
+            Cvtsi2sdM32 => x!("cvtsi2sd xmm0, dword ptr [rdi]"),
+            Cvtsi2sdM64 => x!("cvtsi2sd xmm0, qword ptr [rdi]"),
+            Cvtss2siR32 => r!("cvtss2si eax, dword ptr [rdi]"),
+            Cvtss2siR64 => r!("cvtss2si rax, dword ptr [rdi]"),
+            Cvttss2siR32 => r!("cvttss2si eax, dword ptr [rdi]"),
+            Cvttss2siR64 => r!("cvttss2si rax, dword ptr [rdi]"),
+            Cvtsd2siR32 => r!("cvtsd2si eax, qword ptr [rdi]"),
+            Cvtsd2siR64 => r!("cvtsd2si rax, qword ptr [rdi]"),
+            Cvttsd2siR32 => r!("cvttsd2si eax, qword ptr [rdi]"),
+            Cvttsd2siR64 => r!("cvttsd2si rax, qword ptr [rdi]"),
+            Paddb => x!("paddb xmm0, xmmword ptr [rdi]"),
+            Paddw => x!("paddw xmm0, xmmword ptr [rdi]"),
+            Paddd => x!("paddd xmm0, xmmword ptr [rdi]"),
+            Paddq => x!("paddq xmm0, xmmword ptr [rdi]"),
+            Psubb => x!("psubb xmm0, xmmword ptr [rdi]"),
+            Psubw => x!("psubw xmm0, xmmword ptr [rdi]"),
+            Psubd => x!("psubd xmm0, xmmword ptr [rdi]"),
+            Psubq => x!("psubq xmm0, xmmword ptr [rdi]"),
+            Paddsb => x!("paddsb xmm0, xmmword ptr [rdi]"),
+            Paddsw => x!("paddsw xmm0, xmmword ptr [rdi]"),
+            Paddusb => x!("paddusb xmm0, xmmword ptr [rdi]"),
+            Paddusw => x!("paddusw xmm0, xmmword ptr [rdi]"),
+            Psubsb => x!("psubsb xmm0, xmmword ptr [rdi]"),
+            Psubsw => x!("psubsw xmm0, xmmword ptr [rdi]"),
+            Psubusb => x!("psubusb xmm0, xmmword ptr [rdi]"),
+            Psubusw => x!("psubusw xmm0, xmmword ptr [rdi]"),
+            Pmullw => x!("pmullw xmm0, xmmword ptr [rdi]"),
+            Pmulhw => x!("pmulhw xmm0, xmmword ptr [rdi]"),
+            Pmulhuw => x!("pmulhuw xmm0, xmmword ptr [rdi]"),
+            Pmuludq => x!("pmuludq xmm0, xmmword ptr [rdi]"),
+            Pmaddwd => x!("pmaddwd xmm0, xmmword ptr [rdi]"),
+            Pavgb => x!("pavgb xmm0, xmmword ptr [rdi]"),
+            Pavgw => x!("pavgw xmm0, xmmword ptr [rdi]"),
+            Pminub => x!("pminub xmm0, xmmword ptr [rdi]"),
+            Pmaxub => x!("pmaxub xmm0, xmmword ptr [rdi]"),
+            Pminsw => x!("pminsw xmm0, xmmword ptr [rdi]"),
+            Pmaxsw => x!("pmaxsw xmm0, xmmword ptr [rdi]"),
+            Psadbw => x!("psadbw xmm0, xmmword ptr [rdi]"),
+            Pand => x!("pand xmm0, xmmword ptr [rdi]"),
+            Pandn => x!("pandn xmm0, xmmword ptr [rdi]"),
+            Por => x!("por xmm0, xmmword ptr [rdi]"),
+            Pxor => x!("pxor xmm0, xmmword ptr [rdi]"),
+            Pcmpeqb => x!("pcmpeqb xmm0, xmmword ptr [rdi]"),
+            Pcmpeqw => x!("pcmpeqw xmm0, xmmword ptr [rdi]"),
+            Pcmpeqd => x!("pcmpeqd xmm0, xmmword ptr [rdi]"),
+            Pcmpgtb => x!("pcmpgtb xmm0, xmmword ptr [rdi]"),
+            Pcmpgtw => x!("pcmpgtw xmm0, xmmword ptr [rdi]"),
+            Pcmpgtd => x!("pcmpgtd xmm0, xmmword ptr [rdi]"),
+            Packsswb => x!("packsswb xmm0, xmmword ptr [rdi]"),
+            Packssdw => x!("packssdw xmm0, xmmword ptr [rdi]"),
+            Packuswb => x!("packuswb xmm0, xmmword ptr [rdi]"),
+            Punpcklbw => x!("punpcklbw xmm0, xmmword ptr [rdi]"),
+            Punpcklwd => x!("punpcklwd xmm0, xmmword ptr [rdi]"),
+            Punpckldq => x!("punpckldq xmm0, xmmword ptr [rdi]"),
+            Punpcklqdq => x!("punpcklqdq xmm0, xmmword ptr [rdi]"),
+            Punpckhbw => x!("punpckhbw xmm0, xmmword ptr [rdi]"),
+            Punpckhwd => x!("punpckhwd xmm0, xmmword ptr [rdi]"),
+            Punpckhdq => x!("punpckhdq xmm0, xmmword ptr [rdi]"),
+            Punpckhqdq => x!("punpckhqdq xmm0, xmmword ptr [rdi]"),
+            Psllw => x!("psllw xmm0, xmmword ptr [rdi]"),
+            Pslld => x!("pslld xmm0, xmmword ptr [rdi]"),
+            Psllq => x!("psllq xmm0, xmmword ptr [rdi]"),
+            Psrlw => x!("psrlw xmm0, xmmword ptr [rdi]"),
+            Psrld => x!("psrld xmm0, xmmword ptr [rdi]"),
+            Psrlq => x!("psrlq xmm0, xmmword ptr [rdi]"),
+            Psraw => x!("psraw xmm0, xmmword ptr [rdi]"),
+            Psrad => x!("psrad xmm0, xmmword ptr [rdi]"),
+            Addsubps => x!("addsubps xmm0, xmmword ptr [rdi]"),
+            Addsubpd => x!("addsubpd xmm0, xmmword ptr [rdi]"),
+            Haddps => x!("haddps xmm0, xmmword ptr [rdi]"),
+            Haddpd => x!("haddpd xmm0, xmmword ptr [rdi]"),
+            Hsubps => x!("hsubps xmm0, xmmword ptr [rdi]"),
+            Hsubpd => x!("hsubpd xmm0, xmmword ptr [rdi]"),
+            Movsldup => x!("movsldup xmm0, xmmword ptr [rdi]"),
+            Movshdup => x!("movshdup xmm0, xmmword ptr [rdi]"),
+            Movddup => x!("movddup xmm0, qword ptr [rdi]"),
+            Pshufb => x!("pshufb xmm0, xmmword ptr [rdi]"),
+            Phaddw => x!("phaddw xmm0, xmmword ptr [rdi]"),
+            Phaddd => x!("phaddd xmm0, xmmword ptr [rdi]"),
+            Phaddsw => x!("phaddsw xmm0, xmmword ptr [rdi]"),
+            Phsubw => x!("phsubw xmm0, xmmword ptr [rdi]"),
+            Phsubd => x!("phsubd xmm0, xmmword ptr [rdi]"),
+            Phsubsw => x!("phsubsw xmm0, xmmword ptr [rdi]"),
+            Pmaddubsw => x!("pmaddubsw xmm0, xmmword ptr [rdi]"),
+            Pmulhrsw => x!("pmulhrsw xmm0, xmmword ptr [rdi]"),
+            Psignb => x!("psignb xmm0, xmmword ptr [rdi]"),
+            Psignw => x!("psignw xmm0, xmmword ptr [rdi]"),
+            Psignd => x!("psignd xmm0, xmmword ptr [rdi]"),
+            Pabsb => x!("pabsb xmm0, xmmword ptr [rdi]"),
+            Pabsw => x!("pabsw xmm0, xmmword ptr [rdi]"),
+            Pabsd => x!("pabsd xmm0, xmmword ptr [rdi]"),
+            Pmulld => x!("pmulld xmm0, xmmword ptr [rdi]"),
+            Pmuldq => x!("pmuldq xmm0, xmmword ptr [rdi]"),
+            Pminsb => x!("pminsb xmm0, xmmword ptr [rdi]"),
+            Pminsd => x!("pminsd xmm0, xmmword ptr [rdi]"),
+            Pminuw => x!("pminuw xmm0, xmmword ptr [rdi]"),
+            Pminud => x!("pminud xmm0, xmmword ptr [rdi]"),
+            Pmaxsb => x!("pmaxsb xmm0, xmmword ptr [rdi]"),
+            Pmaxsd => x!("pmaxsd xmm0, xmmword ptr [rdi]"),
+            Pmaxuw => x!("pmaxuw xmm0, xmmword ptr [rdi]"),
+            Pmaxud => x!("pmaxud xmm0, xmmword ptr [rdi]"),
+            Pcmpeqq => x!("pcmpeqq xmm0, xmmword ptr [rdi]"),
+            Packusdw => x!("packusdw xmm0, xmmword ptr [rdi]"),
+            Phminposuw => x!("phminposuw xmm0, xmmword ptr [rdi]"),
+            Ptest => f!("ptest xmm0, xmmword ptr [rdi]"),
+            Pmovsxbw => x!("pmovsxbw xmm0, qword ptr [rdi]"),
+            Pmovsxbd => x!("pmovsxbd xmm0, dword ptr [rdi]"),
+            Pmovsxbq => x!("pmovsxbq xmm0, word ptr [rdi]"),
+            Pmovsxwd => x!("pmovsxwd xmm0, qword ptr [rdi]"),
+            Pmovsxwq => x!("pmovsxwq xmm0, dword ptr [rdi]"),
+            Pmovsxdq => x!("pmovsxdq xmm0, qword ptr [rdi]"),
+            Pmovzxbw => x!("pmovzxbw xmm0, qword ptr [rdi]"),
+            Pmovzxbd => x!("pmovzxbd xmm0, dword ptr [rdi]"),
+            Pmovzxbq => x!("pmovzxbq xmm0, word ptr [rdi]"),
+            Pmovzxwd => x!("pmovzxwd xmm0, qword ptr [rdi]"),
+            Pmovzxwq => x!("pmovzxwq xmm0, dword ptr [rdi]"),
+            Pmovzxdq => x!("pmovzxdq xmm0, qword ptr [rdi]"),
+        }
+    }
+    // SAFETY: upheld by the caller; `area` is this function's caller's image.
+    unsafe { fxsave(area) };
+    // SAFETY: as in `x87_memory_op`: an empty x87 stack, the caller's control words.
+    unsafe {
+        asm!(
+            "fninit",
+            "fldcw [{cw}]",
+            "ldmxcsr [{mx}]",
+            cw = in(reg) &cw,
+            mx = in(reg) &mxcsr,
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
+    if op.result() == SseResult::Gpr32 {
+        gpr &= 0xFFFF_FFFF;
+    }
+    SseOutput {
+        flags: u64::from(cf) | u64::from(pf) << 2 | u64::from(zf) << 6,
+        gpr,
+    }
 }
 
 /// The calling processor's MXCSR_MASK (the MXCSR bits FXRSTOR accepts), from an
@@ -466,5 +1097,66 @@ mod tests {
     #[test]
     fn initial_state_qualifies() {
         assert_eq!(FxArea::initial().with_summary_set().unwrap().fsw(), FSW_ES);
+    }
+
+    fn f64s(a: f64, b: f64) -> [u8; 16] {
+        let mut r = [0; 16];
+        r[..8].copy_from_slice(&a.to_le_bytes());
+        r[8..].copy_from_slice(&b.to_le_bytes());
+        r
+    }
+
+    fn host_control_words() -> (u16, u32) {
+        let (mut cw, mut mx) = (0u16, 0u32);
+        // SAFETY: stores of this thread's control words into locals.
+        unsafe {
+            asm!("fnstcw [{}]", "stmxcsr [{}]", in(reg) &mut cw, in(reg) &mut mx, options(nostack))
+        };
+        (cw, mx)
+    }
+
+    #[test]
+    fn sse_stubs_compute_on_xmm0_and_the_buffer() {
+        let before = host_control_words();
+        let mut a = FxArea::initial();
+        a.set_xmm(0, f64s(1.0, 2.0));
+        a.set_xmm(1, f64s(9.0, 9.0));
+        let mem = SseOperand(f64s(0.5, 0.25));
+        // SAFETY: the initial image masks every exception; SSE2 exists on x86-64.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Addpd, &mem) };
+        assert_eq!(a.xmm(0), f64s(1.5, 2.25));
+        assert_eq!(a.xmm(1), f64s(9.0, 9.0), "only XMM0");
+        assert_eq!(out.gpr, 0);
+        assert_eq!(
+            host_control_words(),
+            before,
+            "the caller's control words are back"
+        );
+        // ucomisd xmm0 (1.5) with 0.5: greater, all of ZF, PF, CF clear; with NaN:
+        // all set.
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Ucomisd, &mem) };
+        assert_eq!(out.flags, 0);
+        let nan = SseOperand([0xFF; 16]);
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Ucomisd, &nan) };
+        assert_eq!(out.flags, 0x45);
+        // cvttsd2si eax of -2.75: -2, zero-extended from 32 bits.
+        let m = SseOperand(f64s(-2.75, 0.0));
+        // SAFETY: as above.
+        let out = unsafe { sse_memory_op(&mut a, SseMemOp::Cvttsd2siR32, &m) };
+        assert_eq!(out.gpr, 0xFFFF_FFFE);
+        assert_eq!(SseMemOp::Cvttsd2siR32.result(), SseResult::Gpr32);
+        assert_eq!(
+            (SseMemOp::Pmovzxbq.width(), SseMemOp::Movddup.width()),
+            (2, 8)
+        );
+        // An exception flag (masked) shows in the image's MXCSR: 1/3 is inexact.
+        let mut a = FxArea::initial();
+        a.set_xmm(0, f64s(1.0, 1.0));
+        // SAFETY: as above.
+        unsafe { sse_memory_op(&mut a, SseMemOp::Divsd, &SseOperand(f64s(3.0, 0.0))) };
+        assert_eq!(a.mxcsr(), 0x1F80 | 0x20);
+        assert_eq!(host_control_words(), before);
     }
 }

@@ -301,6 +301,11 @@ impl Exception {
         vector: 16,
         error_code: None,
     };
+    /// #XM, the SIMD floating-point exception (vector 19).
+    pub const XM: Exception = Exception {
+        vector: 19,
+        error_code: None,
+    };
     pub const GP0: Exception = Exception {
         vector: 13,
         error_code: Some(0),

@@ -35,6 +35,13 @@
 //! ones), and `REP INSB` of 200 bytes from the unclaimed port 0x1234 into unbacked
 //! space (dropped, two exits' batches, RCX 0).
 //!
+//! Last, computations with a memory source there (issue 8), each one exit: `ADDPD`
+//! of 1.0s with all ones (a quiet NaN, which is the result), `PCMPEQB` of a register
+//! whose low byte is 0 against all ones, `UCOMISD` against the NaN (unordered: ZF,
+//! PF, CF printed as 111), `CVTTSD2SI` of it (the integer indefinite), the x87 `FADD
+//! m64fp` of it to 1.0 then `FISTP` into RAM (the indefinite again, printed after
+//! `fadd`), and a `MASKMOVDQU` of 7 selected bytes into that space (dropped).
+//!
 //! Prints:
 //! ```text
 //! insn64: wbinvd ok
@@ -51,6 +58,7 @@
 //! insn64: cmpxchg16b on unbacked: zf=0, rdx:rax=0xffffffffffffffff:0xffffffffffffffff
 //! insn64: stack in unbacked: pop -> 0xffffffffffffffff, call moved rsp by -8
 //! insn64: rep insb 200 from port 0x1234 into unbacked: rcx 0
+//! insn64: on unbacked: addpd 0xffffffffffffffff pcmpeqb 0xffffffffffffff00 ucomisd 111 cvttsd2si 0x8000000000000000 fadd 0x8000000000000000 maskmovdqu ok
 //! insn64: monitor next
 //! guest: unexpected exception vector=6 error=0x0 rip=0x...
 //! ```
@@ -102,6 +110,7 @@ mod guest {
         simd_forms(handlers, UNBACKED);
         x87_forms(UNBACKED);
         last_unbacked_forms(UNBACKED);
+        computations(UNBACKED);
         println!("insn64: monitor next");
         let line = 0u64;
         // SAFETY: MONITOR on a line of this guest's own stack; #UD is expected.
@@ -358,5 +367,56 @@ mod guest {
             )
         };
         println!("insn64: rep insb 200 from port 0x1234 into unbacked: rcx {left}");
+    }
+
+    /// SSE and x87 computations with a memory source on unbacked space at `at`, and
+    /// a masked store into it (see the header). CR4.OSFXSR is set by `simd_forms`.
+    fn computations(at: usize) {
+        let (sum, eq, flags, int): (u64, u64, u64, u64);
+        let mut fint = 0u64;
+        // SAFETY: reads of unbacked space (all ones) and a masked store into it
+        // (dropped), a store into `fint`; the x87 stack is empty again at the end.
+        unsafe {
+            asm!(
+                "mov {t}, 0x3FF0000000000000",
+                "movq xmm0, {t}",
+                "punpcklqdq xmm0, xmm0",
+                "addpd xmm0, xmmword ptr [{p}]",
+                "movq {sum}, xmm0",
+                "mov {t}, -256",
+                "movq xmm1, {t}",
+                "pcmpeqb xmm1, xmmword ptr [{p}]",
+                "movq {eq}, xmm1",
+                "pxor xmm2, xmm2",
+                "ucomisd xmm2, qword ptr [{p}]",
+                "pushfq",
+                "pop {flags}",
+                "cvttsd2si {int}, qword ptr [{p}]",
+                "fninit",
+                "fld1",
+                "fadd qword ptr [{p}]",
+                "fistp qword ptr [{f}]",
+                "fninit",
+                "mov {t}, -256",
+                "movq xmm1, {t}",
+                "maskmovdqu xmm1, xmm1",
+                p = in(reg) at,
+                f = in(reg) &mut fint,
+                t = out(reg) _,
+                sum = out(reg) sum,
+                eq = out(reg) eq,
+                flags = out(reg) flags,
+                int = out(reg) int,
+                in("rdi") at + 0x300,
+            )
+        };
+        println!(
+            // At most 160 characters reach the console as one line.
+            "insn64: on unbacked: addpd {sum:#x} pcmpeqb {eq:#x} ucomisd {}{}{} cvttsd2si \
+             {int:#x} fadd {fint:#x} maskmovdqu ok",
+            flags >> 6 & 1,
+            flags >> 2 & 1,
+            flags & 1
+        );
     }
 }

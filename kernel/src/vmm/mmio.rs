@@ -102,16 +102,18 @@
 //! The MMX and SSE data moves (`MOVD`/`MOVQ`, `MOVDQA`/`MOVDQU`, `MOVAPS`/`MOVUPS`/
 //! `MOVAPD`/`MOVUPD`, `MOVSS`/`MOVSD`, `MOVLPS`/`MOVHPS`/`MOVLPD`/`MOVHPD`, the
 //! non-temporal `MOVNT*` including the general-purpose `MOVNTI`, `MOVNTDQA`, `LDDQU`)
-//! are [`super::mmio_sse`]'s, the x87 loads and stores (`FLD`/`FILD`/`FST`/`FSTP`/
-//! `FIST`/`FISTP`/`FISTTP`) [`super::mmio_x87`]'s: `mmio_sse::emulate` calls this
+//! are [`super::mmio_sse`]'s, the x87 loads, stores and arithmetic (`FLD`/`FILD`/
+//! `FST`/`FSTP`/`FIST`/`FISTP`/`FISTTP`, `FADD m64fp`, ...) [`super::mmio_x87`]'s, the
+//! SSE computations with a memory source and `MASKMOVDQU`/`MASKMOVQ`
+//! [`super::mmio_simd_alu`]'s: `mmio_sse::emulate` calls this
 //! module's first and takes over what [`decode`] refuses as unsupported. AVX cannot
 //! reach MMIO: XSAVE is hidden and CR4.OSXSAVE refused, so every VEX/EVEX form
 //! raises #UD in the guest itself.
 //!
 //! Not emulated, deliberately, with an error that names the mnemonic (the VM stops
 //! with it): far `CALL`/`RET`, `IRET`, `PUSHA`/`POPA`, `ENTER` with a nesting level,
-//! and the x87 and SSE computations with a memory operand (and the rarer moves
-//! [`super::mmio_sse`] names).
+//! and the x87/SSE forms none of the modules above takes (those with an immediate,
+//! MMX computations, state loads and stores such as `FXRSTOR` or `LDMXCSR`).
 //! None of these is a form the processor would reject, so injecting #UD would break a
 //! correct guest in a way the manual does not allow; stopping that VM with the
 //! instruction named is the honest outcome.

@@ -56,9 +56,10 @@
 //! Not here: AVX. VEX/EVEX encodings cannot reach an exit, because XSAVE is hidden
 //! and CR4.OSXSAVE refused ([`super::policy`], `vcpu::cr_policy`), so the processor
 //! raises #UD for every VEX instruction before any memory access. The x87 loads and
-//! stores are [`super::mmio_x87`]'s, reached from [`emulate`] here. `MASKMOVQ`/
-//! `MASKMOVDQU`, `MOVDDUP`/`MOVSLDUP`/`MOVSHDUP` and every SSE computation with a
-//! memory operand (`ADDPS xmm, m128`, `PCMPEQB`, ...) stay
+//! stores (and arithmetic) are [`super::mmio_x87`]'s, and the SSE computations with a
+//! memory source (`ADDPS xmm, m128`, `PCMPEQB`, ..., also `MOVDDUP`/`MOVSLDUP`/
+//! `MOVSHDUP`) and `MASKMOVQ`/`MASKMOVDQU` are [`super::mmio_simd_alu`]'s, both
+//! reached from [`emulate`] here. What none of them takes stays
 //! [`MmioError::Unsupported`]: the VM stops with the instruction named.
 //! Limits as in [`super::mmio`]: no #AC for a misaligned access in ring 3 with
 //! CR0.AM and RFLAGS.AC, no segment-limit checks, no single-step #DB.
@@ -66,6 +67,7 @@
 use super::guest_walk::{self, GuestMemoryMut};
 use super::mmio::{self, MmioError};
 use super::mmio_memory::{self, Env, Place};
+use super::mmio_simd_alu;
 use super::mmio_x87;
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
 use vcpu::fpu::FxArea;
@@ -84,28 +86,32 @@ pub struct SimdFeatures {
     pub sse: bool,
     pub sse2: bool,
     pub sse3: bool,
+    pub ssse3: bool,
     pub sse41: bool,
 }
 
 impl SimdFeatures {
     /// From CPUID leaf 1 as the guest sees it: EDX bits 23 (MMX), 25 (SSE), 26
-    /// (SSE2); ECX bits 0 (SSE3), 19 (SSE4.1).
+    /// (SSE2); ECX bits 0 (SSE3), 9 (SSSE3), 19 (SSE4.1).
     pub fn from_leaf1(ecx: u32, edx: u32) -> Self {
         SimdFeatures {
             mmx: edx & 1 << 23 != 0,
             sse: edx & 1 << 25 != 0,
             sse2: edx & 1 << 26 != 0,
             sse3: ecx & 1 != 0,
+            ssse3: ecx & 1 << 9 != 0,
             sse41: ecx & 1 << 19 != 0,
         }
     }
 
-    fn has(&self, ext: Extension) -> bool {
+    /// Whether the extension exists in this view.
+    pub fn has(&self, ext: Extension) -> bool {
         match ext {
             Extension::Mmx => self.mmx,
             Extension::Sse => self.sse,
             Extension::Sse2 => self.sse2,
             Extension::Sse3 => self.sse3,
+            Extension::Ssse3 => self.ssse3,
             Extension::Sse41 => self.sse41,
         }
     }
@@ -118,6 +124,7 @@ pub enum Extension {
     Sse,
     Sse2,
     Sse3,
+    Ssse3,
     Sse41,
 }
 
@@ -170,6 +177,12 @@ pub enum SimdError {
     /// An MMX instruction with an x87 error pending and CR0.NE clear: the processor
     /// would signal it on FERR#, which is not modelled.
     PendingX87Error,
+    /// An SSE computation that can underflow, with MXCSR.UM clear: its tininess
+    /// cannot be told from the host's masked run ([`super::mmio_simd_alu`]).
+    UnmaskedUnderflow,
+    /// The guest's CPUID view offers an extension this processor lacks, so the
+    /// host cannot run the instruction for it.
+    HostLacks(Extension),
 }
 
 impl From<MmioError> for SimdError {
@@ -188,6 +201,15 @@ impl core::fmt::Display for SimdError {
             SimdError::PendingX87Error => write!(
                 f,
                 "an MMX move with an x87 error pending and CR0.NE clear (FERR# is not modelled)"
+            ),
+            SimdError::UnmaskedUnderflow => write!(
+                f,
+                "an SSE computation on MMIO with MXCSR's underflow exception unmasked \
+                 (not modelled)"
+            ),
+            SimdError::HostLacks(ext) => write!(
+                f,
+                "an SSE computation on MMIO that needs {ext:?}, which this processor lacks"
             ),
         }
     }
@@ -326,7 +348,7 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<(SimdMove, Instruc
 /// `first` (iced numbers each class in ModRM order: RAX RCX RDX RBX RSP RBP RSI RDI
 /// R8..R15, XMM0.., MM0..; the tests pin that down). Done by number because iced's
 /// register information needs its `instr_info` feature, which the kernel leaves out.
-fn class(r: Register, first: Register, count: u32) -> Option<u8> {
+pub(super) fn class(r: Register, first: Register, count: u32) -> Option<u8> {
     let (n, first) = (r as u32, first as u32);
     (first..first + count)
         .contains(&n)
@@ -334,7 +356,7 @@ fn class(r: Register, first: Register, count: u32) -> Option<u8> {
 }
 
 /// A 16-, 32- or 64-bit general-purpose register: its ModRM number and width.
-fn gpr(r: Register) -> Option<(u8, u8)> {
+pub(super) fn gpr(r: Register) -> Option<(u8, u8)> {
     if let Some(i) = class(r, Register::RAX, 16) {
         return Some((i, 8));
     }
@@ -346,7 +368,7 @@ fn gpr(r: Register) -> Option<(u8, u8)> {
 
 /// The value of 16-, 32- or 64-bit general-purpose register `r` in `regs` (RSP in
 /// `rsp`), as wide as `r`.
-fn gpr_value(regs: &GuestRegisters, rsp: u64, r: Register) -> Option<u64> {
+pub(super) fn gpr_value(regs: &GuestRegisters, rsp: u64, r: Register) -> Option<u64> {
     let (i, size) = gpr(r)?;
     let all = [
         regs.rax, regs.rcx, regs.rdx, regs.rbx, rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8,
@@ -355,7 +377,7 @@ fn gpr_value(regs: &GuestRegisters, rsp: u64, r: Register) -> Option<u64> {
     Some(all[usize::from(i)] & mmio::mask(size))
 }
 
-fn seg_reg(r: Register) -> Option<SegReg> {
+pub(super) fn seg_reg(r: Register) -> Option<SegReg> {
     Some(match r {
         Register::ES => SegReg::Es,
         Register::CS => SegReg::Cs,
@@ -512,7 +534,7 @@ pub fn execute<M: GuestMemoryMut>(
 /// has the same offset in its page whenever the access starts in that page (a
 /// 16-byte access that starts in the page before is misaligned, and the processor
 /// checks alignment before it touches memory).
-fn locate<M: GuestMemoryMut>(
+pub(super) fn locate<M: GuestMemoryMut>(
     insn: &Instruction,
     regs: &GuestRegisters,
     rsp: u64,
@@ -529,8 +551,9 @@ fn locate<M: GuestMemoryMut>(
 
 /// Emulates the instruction at the vCPU's RIP that accessed MMIO or unbacked space at
 /// guest-physical `gpa`: [`mmio::emulate`] for the general-purpose forms, and when it
-/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here or the
-/// x87 loads and stores ([`super::mmio_x87`]), fetched and decoded again (only those
+/// refuses the instruction as unsupported, the MMX/SSE moves and `MOVNTI` here, the SSE
+/// computations and masked stores ([`super::mmio_simd_alu`]) or the x87 loads, stores
+/// and arithmetic ([`super::mmio_x87`]), fetched and decoded again (only those
 /// pay for it). On error nothing in the vCPU changed and the device was not called.
 pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
     vcpu: &mut V,
@@ -556,6 +579,17 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
         Err(MmioError::Unsupported { .. }) => None,
         Err(e) => return Err(e.into()),
     };
+    if simd.is_none() {
+        match mmio_simd_alu::decode(bytes, bitness, rip) {
+            Ok((decoded, insn)) => {
+                return mmio_simd_alu::emulate(
+                    vcpu, mem, gpa, write, features, device, decoded, &insn,
+                )
+            }
+            Err(MmioError::Unsupported { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let x87 = match simd {
         Some(_) => None,
         None => match mmio_x87::decode(bytes, bitness, rip) {
@@ -620,6 +654,7 @@ mod tests {
         sse: true,
         sse2: true,
         sse3: true,
+        ssse3: true,
         sse41: true,
     };
 
@@ -1378,12 +1413,19 @@ mod tests {
         r.unwrap();
         assert_eq!(calls, [(DEV, 4, None)]);
         assert_eq!(v.regs.rax, 0x0506_0708);
-        // addps xmm0, [rax]: neither emulates it; the report names it.
+        // addps xmm0, [rax]: the computations' module (16 bytes in two pieces).
         let (mut v, mut ram) = guest(&[0x0F, 0x58, 0x00]);
         v.regs.rax = MMIO;
         let (r, calls) = run(&mut v, &mut ram, DEV, false, ALL);
+        r.unwrap();
+        assert_eq!(calls, [(DEV, 8, None), (DEV + 8, 8, None)]);
+        assert_eq!((v.rip, v.injected), (0x10003, None));
+        // pshufd xmm0, [rax], 0x1b: nobody emulates it; the report names it.
+        let (mut v, mut ram) = guest(&[0x66, 0x0F, 0x70, 0x00, 0x1B]);
+        v.regs.rax = MMIO;
+        let (r, calls) = run(&mut v, &mut ram, DEV, false, ALL);
         let e = r.unwrap_err();
-        assert!(std::format!("{e}").contains("`addps`"), "{e}");
+        assert!(std::format!("{e}").contains("`pshufd`"), "{e}");
         assert!(calls.is_empty());
         // The exit's direction must match.
         let (mut v, mut ram) = guest(&[0xF3, 0x0F, 0x6F, 0x00]);

@@ -1,7 +1,12 @@
-//! x87 loads and stores whose memory operand is MMIO or unbacked guest-physical
-//! space: `FLD m32fp/m64fp/m80fp`, `FILD m16int/m32int/m64int`, `FST m32fp/m64fp`,
-//! `FSTP m32fp/m64fp/m80fp`, `FIST m16int/m32int`, `FISTP m16int/m32int/m64int` and
-//! SSE3's `FISTTP m16int/m32int/m64int`. [`super::mmio_sse::emulate`] hands them
+//! x87 loads, stores and arithmetic whose memory operand is MMIO or unbacked
+//! guest-physical space: `FLD m32fp/m64fp/m80fp`, `FILD m16int/m32int/m64int`, `FST
+//! m32fp/m64fp`, `FSTP m32fp/m64fp/m80fp`, `FIST m16int/m32int`, `FISTP
+//! m16int/m32int/m64int`, SSE3's `FISTTP m16int/m32int/m64int`, and the arithmetic and
+//! comparisons of ST(0) with a memory source: `FADD`/`FMUL`/`FSUB`/`FSUBR`/`FDIV`/
+//! `FDIVR`/`FCOM`/`FCOMP` `m32fp/m64fp` and `FIADD`/`FIMUL`/`FISUB`/`FISUBR`/`FIDIV`/
+//! `FIDIVR`/`FICOM`/`FICOMP` `m16int/m32int` (each reads its operand once, like a
+//! load; an unmasked exception leaves ST(0) as it was and stays pending in FSW.ES,
+//! SDM Vol. 1 8.6, all done by the processor itself). [`super::mmio_sse::emulate`] hands them
 //! here when neither [`super::mmio`] nor the MMX/SSE moves take the instruction.
 //!
 //! The conversions between the memory formats and the 80-bit registers, the
@@ -33,8 +38,7 @@
 //!
 //! An 80-bit operand goes to a device as an 8-byte and a 2-byte access at ascending
 //! addresses (the bus's widest access is 8 bytes). Not here: `FBLD`/`FBSTP`,
-//! `FLDENV`/`FSTENV`/`FRSTOR`/`FSAVE`, `FLDCW`/`FSTCW`/`FSTSW` and the x87
-//! arithmetic with a memory operand (`FADD m32fp`, ...): the VM stops with the
+//! `FLDENV`/`FSTENV`/`FRSTOR`/`FSAVE`, `FLDCW`/`FSTCW`/`FSTSW`: the VM stops with the
 //! instruction named.
 
 use super::guest_walk::GuestMemoryMut;
@@ -96,6 +100,38 @@ fn op_of(code: Code) -> Option<X87MemOp> {
         Code::Fisttp_m16int => FisttpM16,
         Code::Fisttp_m32int => FisttpM32,
         Code::Fisttp_m64int => FisttpM64,
+        Code::Fadd_m32fp => FaddM32,
+        Code::Fadd_m64fp => FaddM64,
+        Code::Fmul_m32fp => FmulM32,
+        Code::Fmul_m64fp => FmulM64,
+        Code::Fsub_m32fp => FsubM32,
+        Code::Fsub_m64fp => FsubM64,
+        Code::Fsubr_m32fp => FsubrM32,
+        Code::Fsubr_m64fp => FsubrM64,
+        Code::Fdiv_m32fp => FdivM32,
+        Code::Fdiv_m64fp => FdivM64,
+        Code::Fdivr_m32fp => FdivrM32,
+        Code::Fdivr_m64fp => FdivrM64,
+        Code::Fcom_m32fp => FcomM32,
+        Code::Fcom_m64fp => FcomM64,
+        Code::Fcomp_m32fp => FcompM32,
+        Code::Fcomp_m64fp => FcompM64,
+        Code::Fiadd_m16int => FiaddM16,
+        Code::Fiadd_m32int => FiaddM32,
+        Code::Fimul_m16int => FimulM16,
+        Code::Fimul_m32int => FimulM32,
+        Code::Fisub_m16int => FisubM16,
+        Code::Fisub_m32int => FisubM32,
+        Code::Fisubr_m16int => FisubrM16,
+        Code::Fisubr_m32int => FisubrM32,
+        Code::Fidiv_m16int => FidivM16,
+        Code::Fidiv_m32int => FidivM32,
+        Code::Fidivr_m16int => FidivrM16,
+        Code::Fidivr_m32int => FidivrM32,
+        Code::Ficom_m16int => FicomM16,
+        Code::Ficom_m32int => FicomM32,
+        Code::Ficomp_m16int => FicompM16,
+        Code::Ficomp_m32int => FicompM32,
         _ => return None,
     })
 }
@@ -300,15 +336,25 @@ mod tests {
                 "{bytes:02x?}"
             );
         }
-        // fld st(1), fadd dword [rax]: not memory moves.
-        assert!(matches!(
-            decode(&[0xD9, 0xC1], 64, 0),
-            Err(MmioError::Unsupported { .. })
-        ));
-        assert!(matches!(
-            decode(&[0xD8, 0x00], 64, 0),
-            Err(MmioError::Unsupported { .. })
-        ));
+        // The arithmetic: fadd dword [rax], fdivr qword [rax], fiadd word [rax],
+        // ficomp dword [rax].
+        assert_eq!(d64(&[0xD8, 0x00]).op, FaddM32);
+        assert_eq!(d64(&[0xDC, 0x38]).op, FdivrM64);
+        assert_eq!(d64(&[0xDE, 0x00]).op, FiaddM16);
+        assert_eq!(d64(&[0xDA, 0x18]).op, FicompM32);
+        assert!(FcompM64.loads() && FiaddM16.width() == 2 && FdivrM64.width() == 8);
+        // fld st(1), fadd st(0), st(1), fbld [rax], fldcw [rax]: not ours.
+        for bytes in [
+            &[0xD9, 0xC1][..],
+            &[0xD8, 0xC1],
+            &[0xDF, 0x20],
+            &[0xD9, 0x28],
+        ] {
+            assert!(
+                matches!(decode(bytes, 64, 0), Err(MmioError::Unsupported { .. })),
+                "{bytes:02x?}"
+            );
+        }
     }
 
     fn fsw(fx: &mut FxArea, v: u16) {
@@ -449,5 +495,77 @@ mod tests {
         let calls = run(&[0xD9, 0x18], &mut fx, &[]);
         assert_eq!(calls, [(0x1000, 4, Some(0xFFC0_0000))]);
         assert_eq!(fx.fsw() & FSW_ES, 0);
+    }
+
+    /// ST(0)'s 80-bit value in `fx`: (significand, sign and exponent).
+    fn st0(fx: &FxArea) -> (u64, u16) {
+        let r = fx.st(0);
+        (
+            u64::from_le_bytes(r[..8].try_into().unwrap()),
+            u16::from_le_bytes([r[8], r[9]]),
+        )
+    }
+
+    #[test]
+    fn arithmetic_rounds_by_the_guests_control_word() {
+        // 1.0 (fld qword) divided by 3.0f32 from the device (fdiv dword [rax]): the
+        // 64-bit significand of 1/3 is AAAA...AAAA with 1010... beyond it, so nearest
+        // and up give ...AB, down and toward zero ...AA (64-bit precision, FCW.PC=3).
+        for (rc, want) in [
+            (0u16, 0xAAAA_AAAA_AAAA_AAABu64),
+            (1, 0xAAAA_AAAA_AAAA_AAAA),
+            (2, 0xAAAA_AAAA_AAAA_AAAB),
+            (3, 0xAAAA_AAAA_AAAA_AAAA),
+        ] {
+            let mut fx = FxArea::initial();
+            fx.0[0..2].copy_from_slice(&(0x037F | rc << 10).to_le_bytes());
+            run(&[0xDD, 0x00], &mut fx, &[1.0f64.to_bits()]);
+            let calls = run(&[0xD8, 0x30], &mut fx, &[u64::from(3.0f32.to_bits())]);
+            assert_eq!(calls, [(0x1000, 4, None)]);
+            assert_eq!(st0(&fx), (want, 0x3FFD), "rc {rc}");
+            assert_ne!(fx.fsw() & 0x20, 0, "PE: 1/3 is inexact");
+            assert_eq!(fx.top(), 7, "no pop");
+        }
+        // fadd qword [rax] of 2.25 to 1.5, then fstp qword: 3.75 as Rust computes it.
+        let mut fx = FxArea::initial();
+        run(&[0xDD, 0x00], &mut fx, &[1.5f64.to_bits()]);
+        run(&[0xDC, 0x00], &mut fx, &[2.25f64.to_bits()]);
+        let calls = run(&[0xDD, 0x18], &mut fx, &[]);
+        assert_eq!(calls, [(0x1000, 8, Some((1.5f64 + 2.25).to_bits()))]);
+        // fisub word [rax]: 10 - (-5) = 15; ficomp dword [rax] against 15: C3 (equal),
+        // popped.
+        run(&[0xDD, 0x00], &mut fx, &[10.0f64.to_bits()]);
+        run(&[0xDE, 0x20], &mut fx, &[0xFFFB]);
+        assert_eq!(st0(&fx), (0xF000_0000_0000_0000, 0x4002), "15.0");
+        run(&[0xDA, 0x18], &mut fx, &[15]);
+        assert_eq!(fx.fsw() & 0x4500, 0x4000, "C3 set, C2 and C0 clear");
+        assert_eq!(fx.top(), 0, "popped");
+        // fcom dword [rax] of all ones (a NaN, what unbacked space reads): unordered,
+        // C3 C2 C0 all set, and IE (masked: no exception pending).
+        run(&[0xDD, 0x00], &mut fx, &[1.0f64.to_bits()]);
+        run(&[0xD8, 0x10], &mut fx, &[u64::MAX]);
+        assert_eq!(fx.fsw() & 0x4501, 0x4501);
+        assert!(!x87_error_pending(&fx));
+    }
+
+    #[test]
+    fn an_unmasked_divide_by_zero_leaves_st0_and_stays_pending() {
+        // FCW with ZM clear: fdiv qword [rax] of +0.0 sets ZE and ES, ST(0) keeps 2.0.
+        let mut fx = FxArea::initial();
+        fx.0[0..2].copy_from_slice(&0x037Bu16.to_le_bytes());
+        run(&[0xDD, 0x00], &mut fx, &[2.0f64.to_bits()]);
+        run(&[0xDC, 0x30], &mut fx, &[0]);
+        assert_eq!(st0(&fx), (1 << 63, 0x4000), "2.0 unchanged");
+        assert_eq!(fx.fsw() & 0x84, 0x84, "ZE and ES");
+        assert!(
+            x87_error_pending(&fx),
+            "the next waiting instruction raises #MF"
+        );
+        // Masked: +infinity.
+        let mut fx = FxArea::initial();
+        run(&[0xDD, 0x00], &mut fx, &[2.0f64.to_bits()]);
+        run(&[0xDC, 0x30], &mut fx, &[0]);
+        assert_eq!(st0(&fx), (1 << 63, 0x7FFF));
+        assert!(!x87_error_pending(&fx));
     }
 }

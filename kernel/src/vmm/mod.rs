@@ -16,6 +16,7 @@ pub mod loader;
 pub mod mmio;
 pub mod mmio_memory;
 pub mod mmio_segment;
+pub mod mmio_simd_alu;
 pub mod mmio_sse;
 pub mod mmio_stack;
 pub mod mmio_x87;

@@ -1958,11 +1958,11 @@ mod tests {
         assert_eq!(vm.handle(fault(0xFEE0_0080, true), 0), Next::Continue);
         assert_eq!(vm.shared.lapics[0].mmio_read(0x80, 4, 0), 0x11);
         // An instruction the emulator does not handle is refused with a report
-        // naming it, not guessed at: fadd dword [0xFEE00080] (x87 arithmetic).
-        at_rip(&mut vm, &[0xD8, 0x05, 0x80, 0x00, 0xE0, 0xFE]);
+        // naming it, not guessed at: fbld [0xFEE00080] (an x87 BCD load).
+        at_rip(&mut vm, &[0xDF, 0x25, 0x80, 0x00, 0xE0, 0xFE]);
         let next = vm.handle(fault(0xFEE0_0080, false), 0);
         assert!(
-            matches!(&next, Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `fadd`")),
+            matches!(&next, Next::Stop(w) if w.contains("cannot be emulated: unsupported MMIO instruction `fbld`")),
             "{next:?}"
         );
     }
@@ -2128,13 +2128,23 @@ mod tests {
         hidden.cpu.vcpu.cr.cr4 = 1 << 9;
         assert_eq!(hidden.handle(fault(0x3000_0000, false), 0), Next::Continue);
         assert_eq!(hidden.cpu.vcpu.injected, [Exception::UD]);
-        // An SSE computation on such space is not emulated: the VM stops, named.
+        // An SSE computation on such space: addps xmm0, [0x30000000] adds the QNaN
+        // that all ones are, which is the result in every lane.
         at_rip(&mut vm, &[0x0F, 0x58, 0x05, 0x00, 0x00, 0x00, 0x30]);
         vm.cpu.vcpu.cr.cr4 = 1 << 9;
+        assert_eq!(vm.handle(fault(0x3000_0000, false), 0), Next::Continue);
+        assert_eq!(vm.cpu.vcpu.fx.xmm(0), [0xFF; 16]);
+        assert_eq!(vm.cpu.vcpu.rip, 0x1007);
+        // One with an immediate is not emulated: the VM stops, named.
+        at_rip(
+            &mut vm,
+            &[0x66, 0x0F, 0x70, 0x05, 0x00, 0x00, 0x00, 0x30, 0x1B],
+        );
+        vm.cpu.vcpu.cr.cr4 = 1 << 9;
         let Next::Stop(why) = vm.handle(fault(0x3000_0000, false), 0) else {
-            panic!("addps must stop the VM")
+            panic!("pshufd must stop the VM")
         };
-        assert!(why.contains("`addps`"), "{why}");
+        assert!(why.contains("`pshufd`"), "{why}");
     }
 
     #[test]
