@@ -311,6 +311,60 @@ impl X87MemOp {
     }
 }
 
+/// The host's x87 control word and MXCSR, kept across a [`load_guest_image`] /
+/// [`store_guest_image`] pair.
+struct HostControls {
+    cw: u16,
+    mxcsr: u32,
+}
+
+/// Saves the host's x87 control word and MXCSR, then loads `area` (FXRSTOR) so that
+/// one instruction can run on the guest's x87/SSE state.
+///
+/// # Safety
+/// As [`fxrstor`]; [`store_guest_image`] must follow on this processor before any
+/// other use of these registers.
+unsafe fn load_guest_image(area: &FxArea) -> HostControls {
+    let (mut cw, mut mxcsr) = (0u16, 0u32);
+    // SAFETY: stores of the caller's control word and MXCSR into locals.
+    unsafe {
+        asm!(
+            "fnstcw [{cw}]",
+            "stmxcsr [{mx}]",
+            cw = in(reg) &mut cw,
+            mx = in(reg) &mut mxcsr,
+            options(nostack, preserves_flags)
+        )
+    };
+    // SAFETY: upheld by the caller.
+    unsafe { fxrstor(area) };
+    HostControls { cw, mxcsr }
+}
+
+/// Stores the state back into `area` (FXSAVE), then empties the x87 stack and clears
+/// FSW (FNINIT: no pending exception is left for the host's code) and restores the
+/// host's control word and MXCSR.
+///
+/// # Safety
+/// [`load_guest_image`] loaded `area` on this processor and returned `host`.
+unsafe fn store_guest_image(area: &mut FxArea, host: HostControls) {
+    // SAFETY: FXSAVE into the caller's image.
+    unsafe { fxsave(area) };
+    // SAFETY: FNINIT, then the host's own control word and MXCSR, both valid (they
+    // were its values a moment ago).
+    unsafe {
+        asm!(
+            "fninit",
+            "fldcw [{cw}]",
+            "ldmxcsr [{mx}]",
+            cw = in(reg) &host.cw,
+            mx = in(reg) &host.mxcsr,
+            clobber_abi("C"),
+            options(nostack)
+        )
+    };
+}
+
 /// Runs `op` on this processor with `area` as the x87 state and `mem` as its memory
 /// operand (the low [`X87MemOp::width`] bytes), and leaves the resulting state in
 /// `area`: the format conversions, rounding (FCW.RC), exception flags, stack and tag
@@ -328,19 +382,8 @@ impl X87MemOp {
 /// raises #MF here in the host.
 #[inline(never)]
 pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10]) {
-    let (mut cw, mut mxcsr) = (0u16, 0u32);
-    // SAFETY: stores of the caller's control word and MXCSR into locals.
-    unsafe {
-        asm!(
-            "fnstcw [{cw}]",
-            "stmxcsr [{mx}]",
-            cw = in(reg) &mut cw,
-            mx = in(reg) &mut mxcsr,
-            options(nostack, preserves_flags)
-        )
-    };
     // SAFETY: upheld by the caller.
-    unsafe { fxrstor(area) };
+    let host = unsafe { load_guest_image(area) };
     let m = mem.as_mut_ptr();
     // SAFETY: one x87 instruction on the 10-byte buffer (no operand is wider); with
     // no exception pending (the caller's duty) it raises none here. `clobber_abi`:
@@ -412,21 +455,8 @@ pub unsafe fn x87_memory_op(area: &mut FxArea, op: X87MemOp, mem: &mut [u8; 10])
             FicompM32 => op!("ficomp dword ptr [{}]"),
         }
     }
-    // SAFETY: upheld by the caller; `area` is this function's caller's image.
-    unsafe { fxsave(area) };
-    // SAFETY: FNINIT empties the stack and clears FSW (no pending exception is left
-    // for the caller's code); then the caller's control word and MXCSR come back.
-    unsafe {
-        asm!(
-            "fninit",
-            "fldcw [{cw}]",
-            "ldmxcsr [{mx}]",
-            cw = in(reg) &cw,
-            mx = in(reg) &mxcsr,
-            clobber_abi("C"),
-            options(nostack)
-        )
-    };
+    // SAFETY: `load_guest_image` loaded `area` on this processor just before.
+    unsafe { store_guest_image(area, host) };
 }
 
 /// An SSE/SSE2/SSE3/SSSE3/SSE4.1 computation whose only memory operand is a 16-, 8-,
@@ -707,19 +737,8 @@ pub struct SseOutput {
 /// 12:7 set).
 #[inline(never)]
 pub unsafe fn sse_memory_op(area: &mut FxArea, op: SseMemOp, mem: &SseOperand) -> SseOutput {
-    let (mut cw, mut mxcsr) = (0u16, 0u32);
-    // SAFETY: stores of the caller's control word and MXCSR into locals.
-    unsafe {
-        asm!(
-            "fnstcw [{cw}]",
-            "stmxcsr [{mx}]",
-            cw = in(reg) &mut cw,
-            mx = in(reg) &mut mxcsr,
-            options(nostack, preserves_flags)
-        )
-    };
     // SAFETY: upheld by the caller.
-    unsafe { fxrstor(area) };
+    let host = unsafe { load_guest_image(area) };
     let m = mem.0.as_ptr();
     let (mut cf, mut pf, mut zf) = (0u8, 0u8, 0u8);
     let mut gpr = 0u64;
@@ -943,20 +962,8 @@ pub unsafe fn sse_memory_op(area: &mut FxArea, op: SseMemOp, mem: &SseOperand) -
             Pmovzxdq => x!("pmovzxdq xmm0, qword ptr [rdi]"),
         }
     }
-    // SAFETY: upheld by the caller; `area` is this function's caller's image.
-    unsafe { fxsave(area) };
-    // SAFETY: as in `x87_memory_op`: an empty x87 stack, the caller's control words.
-    unsafe {
-        asm!(
-            "fninit",
-            "fldcw [{cw}]",
-            "ldmxcsr [{mx}]",
-            cw = in(reg) &cw,
-            mx = in(reg) &mxcsr,
-            clobber_abi("C"),
-            options(nostack)
-        )
-    };
+    // SAFETY: `load_guest_image` loaded `area` on this processor just before.
+    unsafe { store_guest_image(area, host) };
     if op.result() == SseResult::Gpr32 {
         gpr &= 0xFFFF_FFFF;
     }

@@ -169,30 +169,9 @@ pub fn load<M: GuestMemoryMut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use alloc::vec;
-    use alloc::vec::Vec;
 
-    struct Ram(Vec<u8>);
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            buf.copy_from_slice(self.0.get(start..start + buf.len()).ok_or(())?);
-            Ok(())
-        }
-    }
-
-    impl GuestMemoryMut for Ram {
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            self.0
-                .get_mut(start..start + data.len())
-                .ok_or(())?
-                .copy_from_slice(data);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     /// A descriptor: base, 20-bit limit, access byte (P DPL S type), flags (G D/B L
     /// AVL).

@@ -325,37 +325,8 @@ pub fn fetch_instruction(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::vec;
-    use std::vec::Vec;
 
-    /// Guest RAM of `len` bytes at guest-physical 0.
-    pub(crate) struct Ram(pub Vec<u8>);
-
-    impl Ram {
-        pub fn new(len: usize) -> Ram {
-            Ram(vec![0; len])
-        }
-        pub fn put(&mut self, gpa: u64, bytes: &[u8]) {
-            self.0[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(bytes);
-        }
-        pub fn put32(&mut self, gpa: u64, v: u32) {
-            self.put(gpa, &v.to_le_bytes());
-        }
-        pub fn put64(&mut self, gpa: u64, v: u64) {
-            self.put(gpa, &v.to_le_bytes());
-        }
-    }
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let end = gpa.checked_add(buf.len() as u64).ok_or(())?;
-            if end > self.0.len() as u64 {
-                return Err(());
-            }
-            buf.copy_from_slice(&self.0[gpa as usize..end as usize]);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     const P: u64 = 1;
     const RW: u64 = 2;

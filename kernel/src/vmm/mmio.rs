@@ -129,7 +129,9 @@ use super::mmio_segment::SegmentLoad;
 use super::mmio_stack::StackOp;
 use super::x86_arith::{self, DivideError, Wide};
 pub use super::x86_arith::{BitOp, MulDivOp, ShiftOp, UnaryOp};
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register,
+};
 use vcpu::{Exception, GuestRegisters, SegReg, Vcpu};
 
 /// A general-purpose register as an MMIO instruction names it. `Ah`..`Bh` are bits
@@ -985,9 +987,14 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioInstruction, MmioError> 
     decode_at(bytes, bitness, 0)
 }
 
-/// [`decode`] of the instruction at `rip`, which near-branch targets and `CALL`'s
-/// return address are taken from ([`super::mmio_stack`]).
-pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction, MmioError> {
+/// iced's decoding of the instruction at the start of `bytes` (`bitness`-bit code at
+/// `rip`), for this module and the others that emulate MMIO instructions: a
+/// truncated fetch and an invalid encoding are errors.
+pub(crate) fn decode_instruction(
+    bytes: &[u8],
+    bitness: u32,
+    rip: u64,
+) -> Result<Instruction, MmioError> {
     if !matches!(bitness, 16 | 32 | 64) {
         return Err(MmioError::BadBitness(bitness));
     }
@@ -1003,6 +1010,13 @@ pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction
             _ => MmioError::Invalid,
         });
     }
+    Ok(insn)
+}
+
+/// [`decode`] of the instruction at `rip`, which near-branch targets and `CALL`'s
+/// return address are taken from ([`super::mmio_stack`]).
+pub fn decode_at(bytes: &[u8], bitness: u32, rip: u64) -> Result<MmioInstruction, MmioError> {
+    let insn = decode_instruction(bytes, bitness, rip)?;
     let unsupported = MmioError::Unsupported {
         mnemonic: insn.mnemonic(),
         code: insn.code(),
@@ -1846,7 +1860,6 @@ pub(crate) fn step_over<V: Vcpu>(vcpu: &mut V, rip: u64, len: usize, bitness: u3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use std::format;
     use std::vec;
     use std::vec::Vec;
@@ -2626,32 +2639,7 @@ mod tests {
 
     // ---- end to end ----
 
-    #[derive(Clone)]
-    struct Ram(Vec<u8>);
-
-    impl Ram {
-        fn put(&mut self, gpa: u64, bytes: &[u8]) {
-            self.0[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(bytes);
-        }
-    }
-
-    impl GuestMemoryMut for Ram {
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            let dst = self.0.get_mut(start..start + data.len()).ok_or(())?;
-            dst.copy_from_slice(data);
-            Ok(())
-        }
-    }
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            let src = self.0.get(start..start + buf.len()).ok_or(())?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     #[derive(Default)]
     struct TestVcpu {

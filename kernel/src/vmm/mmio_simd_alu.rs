@@ -63,7 +63,7 @@ use super::mmio::{self, MmioError};
 use super::mmio_memory::{self, Env, Place};
 use super::mmio_sse::{self, Extension, Operand, SimdError, SimdFeatures};
 use super::mmio_x87;
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
+use iced_x86::{Code, Instruction, OpKind, Register};
 use vcpu::fpu::{FxArea, SseMemOp, SseOperand, SseResult};
 use vcpu::{ControlRegs, Exception, GuestRegisters, SegReg, Vcpu};
 
@@ -336,19 +336,7 @@ pub fn decode(
     bitness: u32,
     rip: u64,
 ) -> Result<(SimdAluInsn, Instruction), MmioError> {
-    if !matches!(bitness, 16 | 32 | 64) {
-        return Err(MmioError::BadBitness(bitness));
-    }
-    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    if insn.is_invalid() {
-        return Err(match decoder.last_error() {
-            DecoderError::NoMoreBytes if bytes.len() < 15 => MmioError::Truncated {
-                available: bytes.len(),
-            },
-            _ => MmioError::Invalid,
-        });
-    }
+    let insn = mmio::decode_instruction(bytes, bitness, rip)?;
     let unsupported = MmioError::Unsupported {
         mnemonic: insn.mnemonic(),
         code: insn.code(),

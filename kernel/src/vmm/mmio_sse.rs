@@ -69,7 +69,7 @@ use super::mmio::{self, MmioError};
 use super::mmio_memory::{self, Env, Place};
 use super::mmio_simd_alu;
 use super::mmio_x87;
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
+use iced_x86::{Code, Instruction, OpKind, Register};
 use vcpu::fpu::FxArea;
 use vcpu::{ControlRegs, Exception, GuestRegisters, SegReg, Vcpu};
 
@@ -270,19 +270,7 @@ fn table(code: Code) -> Option<(bool, bool, u8, u8, bool, bool, Extension)> {
 /// which RIP-relative operands are relative to). Also returns iced's instruction, for
 /// the operand's address ([`effective_offset`]).
 pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<(SimdMove, Instruction), MmioError> {
-    if !matches!(bitness, 16 | 32 | 64) {
-        return Err(MmioError::BadBitness(bitness));
-    }
-    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    if insn.is_invalid() {
-        return Err(match decoder.last_error() {
-            DecoderError::NoMoreBytes if bytes.len() < 15 => MmioError::Truncated {
-                available: bytes.len(),
-            },
-            _ => MmioError::Invalid,
-        });
-    }
+    let insn = mmio::decode_instruction(bytes, bitness, rip)?;
     let unsupported = MmioError::Unsupported {
         mnemonic: insn.mnemonic(),
         code: insn.code(),
@@ -1022,26 +1010,7 @@ mod tests {
     // ---- end to end ----
 
     /// Guest RAM: the first 2 MiB of guest-physical space.
-    #[derive(Clone)]
-    struct Ram(Vec<u8>);
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            let src = self.0.get(start..start + buf.len()).ok_or(())?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-    }
-
-    impl GuestMemoryMut for Ram {
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            let dst = self.0.get_mut(start..start + data.len()).ok_or(())?;
-            dst.copy_from_slice(data);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     #[derive(Default)]
     struct TestVcpu {

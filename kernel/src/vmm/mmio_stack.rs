@@ -507,34 +507,13 @@ pub fn execute<M: GuestMemoryMut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use crate::vmm::mmio::{decode_at, execute, flags};
     use alloc::vec;
     use alloc::vec::Vec;
     use vcpu::state::{attrib, Segment};
     use vcpu::{ControlRegs, GuestRegisters};
 
-    /// 64 KiB of RAM; everything above is a device.
-    struct Ram(Vec<u8>);
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            buf.copy_from_slice(self.0.get(start..start + buf.len()).ok_or(())?);
-            Ok(())
-        }
-    }
-
-    impl GuestMemoryMut for Ram {
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            self.0
-                .get_mut(start..start + data.len())
-                .ok_or(())?
-                .copy_from_slice(data);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     type Log = Vec<(u64, u8, Option<u64>)>;
 

@@ -45,7 +45,7 @@ use super::guest_walk::GuestMemoryMut;
 use super::mmio::{self, MmioError};
 use super::mmio_memory::{Env, Place};
 use super::mmio_sse::{Operand, SimdError, SimdFeatures};
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind};
+use iced_x86::{Code, Instruction, OpKind};
 use vcpu::fpu::{FxArea, X87MemOp};
 use vcpu::{ControlRegs, Exception};
 
@@ -139,19 +139,7 @@ fn op_of(code: Code) -> Option<X87MemOp> {
 /// Decodes the x87 load or store at the start of `bytes` (`bitness`-bit code at
 /// `rip`), with iced's instruction for the operand's address.
 pub fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<(X87Move, Instruction), MmioError> {
-    if !matches!(bitness, 16 | 32 | 64) {
-        return Err(MmioError::BadBitness(bitness));
-    }
-    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    if insn.is_invalid() {
-        return Err(match decoder.last_error() {
-            DecoderError::NoMoreBytes if bytes.len() < 15 => MmioError::Truncated {
-                available: bytes.len(),
-            },
-            _ => MmioError::Invalid,
-        });
-    }
+    let insn = mmio::decode_instruction(bytes, bitness, rip)?;
     let op = op_of(insn.code()).ok_or(MmioError::Unsupported {
         mnemonic: insn.mnemonic(),
         code: insn.code(),

@@ -26,6 +26,8 @@ pub mod policy;
 pub mod sched;
 pub mod stats;
 pub mod string_io;
+#[cfg(test)]
+mod test_ram;
 pub mod vm;
 pub mod vm_disk;
 pub mod x86_arith;

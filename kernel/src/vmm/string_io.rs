@@ -251,32 +251,12 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use alloc::vec;
     use alloc::vec::Vec;
     use vcpu::state::Segment;
     use vcpu::{ControlRegs, GuestRegisters};
 
-    struct Ram(Vec<u8>);
-
-    impl GuestMemory for Ram {
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            buf.copy_from_slice(self.0.get(start..start + buf.len()).ok_or(())?);
-            Ok(())
-        }
-    }
-
-    impl GuestMemoryMut for Ram {
-        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), ()> {
-            let start = usize::try_from(gpa).map_err(|_| ())?;
-            self.0
-                .get_mut(start..start + data.len())
-                .ok_or(())?
-                .copy_from_slice(data);
-            Ok(())
-        }
-    }
+    use crate::vmm::test_ram::Ram;
 
     /// 32-bit protected mode without paging, flat segments but DS based at 0x1000
     /// (to see that OUTS honours the segment base and INS uses ES).
