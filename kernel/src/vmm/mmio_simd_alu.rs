@@ -710,32 +710,12 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use core::arch::asm;
     use std::vec::Vec;
 
-    struct NoRam;
+    use crate::vmm::test_ram::NoRam;
 
-    impl GuestMemory for NoRam {
-        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), ()> {
-            Err(())
-        }
-    }
-
-    impl GuestMemoryMut for NoRam {
-        fn write(&mut self, _: u64, _: &[u8]) -> Result<(), ()> {
-            Err(())
-        }
-    }
-
-    const ALL: SimdFeatures = SimdFeatures {
-        mmx: true,
-        sse: true,
-        sse2: true,
-        sse3: true,
-        ssse3: true,
-        sse41: true,
-    };
+    use crate::vmm::mmio_sse::tests::ALL;
 
     fn alu(bytes: &[u8]) -> SimdAlu {
         match decode(bytes, 64, 0).unwrap().0 {

@@ -628,7 +628,7 @@ pub fn emulate<V: Vcpu, M: GuestMemoryMut>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vmm::guest_walk::GuestMemory;
     use std::vec;
@@ -637,7 +637,9 @@ mod tests {
 
     /// The general-purpose features `mmio::emulate` checks (CX16), all present.
     const GENERAL: mmio::GuestFeatures = mmio::GuestFeatures { cx16: true };
-    const ALL: SimdFeatures = SimdFeatures {
+    /// Every extension present (what the tests of this module and of
+    /// `mmio_simd_alu` assume unless they hide one).
+    pub(crate) const ALL: SimdFeatures = SimdFeatures {
         mmx: true,
         sse: true,
         sse2: true,

@@ -265,22 +265,9 @@ pub fn execute<M: GuestMemoryMut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::guest_walk::GuestMemory;
     use std::vec::Vec;
 
-    struct NoRam;
-
-    impl GuestMemory for NoRam {
-        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), ()> {
-            Err(())
-        }
-    }
-
-    impl GuestMemoryMut for NoRam {
-        fn write(&mut self, _: u64, _: &[u8]) -> Result<(), ()> {
-            Err(())
-        }
-    }
+    use crate::vmm::test_ram::NoRam;
 
     fn d64(bytes: &[u8]) -> X87Move {
         decode(bytes, 64, 0).unwrap().0

@@ -1,7 +1,7 @@
 //! Guest RAM for the host tests of the instruction emulators: a byte vector at
 //! guest-physical 0, readable and writable through the checked accessors
 //! ([`GuestMemory`], [`GuestMemoryMut`]) the emulators use; an access beyond its end
-//! fails, as one beyond a VM's RAM does.
+//! fails, as one beyond a VM's RAM does. [`NoRam`] is a guest without any.
 
 use super::guest_walk::{GuestMemory, GuestMemoryMut};
 use std::vec;
@@ -50,5 +50,20 @@ impl GuestMemoryMut for Ram {
         let span = self.span(gpa, data.len()).ok_or(())?;
         self.0[span].copy_from_slice(data);
         Ok(())
+    }
+}
+
+/// No RAM at all: every access fails.
+pub(crate) struct NoRam;
+
+impl GuestMemory for NoRam {
+    fn read(&self, _: u64, _: &mut [u8]) -> Result<(), ()> {
+        Err(())
+    }
+}
+
+impl GuestMemoryMut for NoRam {
+    fn write(&mut self, _: u64, _: &[u8]) -> Result<(), ()> {
+        Err(())
     }
 }
